@@ -1,0 +1,181 @@
+// Package tartarus holds the domain types shared by every part of Tartarus:
+// sandboxes and their state machine, the Runtime interface that isolation
+// backends implement, and the error classes the API maps to HTTP statuses.
+//
+// It does no I/O. The seed names this package and its Runtime; the interface
+// here extends the seed's (which only shows Create, Pause, Resume, Destroy and
+// List) with exec, files, signals, fingerprint and recovery, which real use of
+// a sandbox platform needs.
+package tartarus
+
+import (
+	"fmt"
+	"time"
+)
+
+// State is where a sandbox is in its life.
+type State string
+
+// The sandbox states. Terminated and failed are final.
+const (
+	StateCreating    State = "creating"
+	StateRunning     State = "running"
+	StatePaused      State = "paused"
+	StateHibernated  State = "hibernated"
+	StateTerminating State = "terminating"
+	StateTerminated  State = "terminated"
+	StateQuarantined State = "quarantined"
+	StateFailed      State = "failed"
+)
+
+// States lists every state, in life order.
+var States = []State{StateCreating, StateRunning, StatePaused, StateHibernated,
+	StateTerminating, StateTerminated, StateQuarantined, StateFailed}
+
+// Final reports whether no transition leaves s.
+func (s State) Final() bool { return s == StateTerminated || s == StateFailed }
+
+// transitions lists, for each state, the states it may move to. A move to the
+// same state is always allowed, so every transition is idempotent.
+var transitions = map[State][]State{
+	StateCreating:    {StateRunning, StateTerminating, StateFailed},
+	StateRunning:     {StatePaused, StateHibernated, StateTerminating, StateQuarantined, StateFailed},
+	StatePaused:      {StateRunning, StateHibernated, StateTerminating, StateQuarantined, StateFailed},
+	StateHibernated:  {StateRunning, StateTerminating, StateFailed},
+	StateQuarantined: {StateRunning, StateTerminating, StateFailed},
+	StateTerminating: {StateTerminated, StateFailed},
+}
+
+// CanMove reports whether a sandbox in state from may move to state to.
+func CanMove(from, to State) bool {
+	if from == to {
+		return true
+	}
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckMove returns an ErrFailedPrecondition error when from → to is not allowed.
+func CheckMove(from, to State) error {
+	if CanMove(from, to) {
+		return nil
+	}
+	return Errorf(ErrFailedPrecondition, "sandbox is %s, cannot become %s", from, to)
+}
+
+// Sandbox is one isolated environment as the control plane records it.
+type Sandbox struct {
+	ID        string            `json:"id"`
+	Tenant    string            `json:"tenant,omitempty"`
+	Template  string            `json:"template"`
+	Runtime   string            `json:"runtime"`
+	State     State             `json:"state"`
+	Node      string            `json:"node"`
+	CPUs      int               `json:"cpus"`
+	MemoryMB  int               `json:"memory_mb"`
+	Env       map[string]string `json:"env,omitempty"`
+	Metadata  map[string]string `json:"metadata"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	// Error says why a sandbox failed; empty otherwise.
+	Error string `json:"error,omitempty"`
+}
+
+// CreateRequest is what a caller asks for when creating a sandbox.
+type CreateRequest struct {
+	Template string            `json:"template"`
+	Runtime  string            `json:"runtime,omitempty"`
+	MemoryMB int               `json:"memory_mb,omitempty"`
+	CPUs     int               `json:"cpus,omitempty"`
+	TimeoutS int               `json:"timeout_s,omitempty"`
+	Env      map[string]string `json:"env,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// Defaults and bounds for a CreateRequest.
+const (
+	DefaultTemplate = "base"
+	DefaultMemoryMB = 256
+	DefaultCPUs     = 1
+	DefaultTimeoutS = 300
+	MinMemoryMB     = 64
+	MaxTimeoutS     = 7 * 24 * 3600
+	MaxEnvEntries   = 256
+	MaxMetadata     = 64
+)
+
+// Normalize fills defaults and checks the request's own shape (not host
+// limits, which only the node knows). Errors wrap ErrInvalid.
+func (r *CreateRequest) Normalize() error {
+	if r.Template == "" {
+		r.Template = DefaultTemplate
+	}
+	if r.MemoryMB == 0 {
+		r.MemoryMB = DefaultMemoryMB
+	}
+	if r.CPUs == 0 {
+		r.CPUs = DefaultCPUs
+	}
+	if r.TimeoutS == 0 {
+		r.TimeoutS = DefaultTimeoutS
+	}
+	switch {
+	case !ValidName(r.Template):
+		return Errorf(ErrInvalid, "template %q: want 1-64 characters of a-z, 0-9, '-', '_', '.'", r.Template)
+	case r.MemoryMB < MinMemoryMB:
+		return Errorf(ErrInvalid, "memory_mb %d: must be at least %d", r.MemoryMB, MinMemoryMB)
+	case r.CPUs < 1:
+		return Errorf(ErrInvalid, "cpus %d: must be at least 1", r.CPUs)
+	case r.TimeoutS < 1 || r.TimeoutS > MaxTimeoutS:
+		return Errorf(ErrInvalid, "timeout_s %d: must be between 1 and %d", r.TimeoutS, MaxTimeoutS)
+	case len(r.Env) > MaxEnvEntries:
+		return Errorf(ErrInvalid, "env: at most %d entries", MaxEnvEntries)
+	case len(r.Metadata) > MaxMetadata:
+		return Errorf(ErrInvalid, "metadata: at most %d entries", MaxMetadata)
+	}
+	return ValidEnv(r.Env)
+}
+
+// ValidName reports whether s is a usable template, runtime or node name.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidEnv checks environment variable names: non-empty, no '=' and no NUL.
+func ValidEnv(env map[string]string) error {
+	for k, v := range env {
+		if k == "" || len(k) > 256 {
+			return Errorf(ErrInvalid, "env: name %q must be 1-256 characters", k)
+		}
+		for i := 0; i < len(k); i++ {
+			if k[i] == '=' || k[i] == 0 {
+				return Errorf(ErrInvalid, "env: name %q must not contain '=' or NUL", k)
+			}
+		}
+		for i := 0; i < len(v); i++ {
+			if v[i] == 0 {
+				return Errorf(ErrInvalid, "env: value of %q must not contain NUL", k)
+			}
+		}
+	}
+	return nil
+}
+
+// String is a short description for logs.
+func (s *Sandbox) String() string {
+	return fmt.Sprintf("%s(%s %s %s)", s.ID, s.Template, s.Runtime, s.State)
+}
