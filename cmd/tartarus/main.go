@@ -38,6 +38,7 @@ func newRootCmd() *cobra.Command {
 		newFerryCmd(),
 		newAPIKeyCmd(),
 		newAuditCmd(),
+		newTemplateCmd(),
 	)
 	addClientCmds(root)
 	return root
