@@ -82,6 +82,9 @@ type Sandbox struct {
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
 	ExpiresAt time.Time         `json:"expires_at"`
+	// LastActivityAt is when the API last acted on the sandbox (create,
+	// exec, files, pause, resume); idle detection reads it.
+	LastActivityAt time.Time `json:"last_activity_at,omitzero"`
 	// Error says why a sandbox failed; empty otherwise.
 	Error string `json:"error,omitempty"`
 }

@@ -1,0 +1,48 @@
+// Package store keeps the control plane's durable state: every sandbox with
+// its state, owner, placement and times.
+//
+// Store is deliberately small and SQL-shaped so that a Postgres
+// implementation (for several Olympus replicas) can follow the SQLite one.
+// State changes are compare-and-set on the old state, so two writers racing
+// on one sandbox cannot both win.
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Store holds sandboxes durably.
+type Store interface {
+	// Create records a new sandbox. An existing id is ErrAlreadyExists.
+	Create(ctx context.Context, sb *tartarus.Sandbox) error
+	// Get returns one sandbox or an error wrapping ErrNotFound.
+	Get(ctx context.Context, id string) (*tartarus.Sandbox, error)
+	// List returns the sandboxes matching f, oldest first.
+	List(ctx context.Context, f Filter) ([]*tartarus.Sandbox, error)
+	// Move changes a sandbox's state from `from` to `to` if, and only if, it
+	// is still in `from` (compare-and-set) and tartarus.CheckMove allows it.
+	// A sandbox no longer in `from` is ErrFailedPrecondition.
+	Move(ctx context.Context, id string, from, to tartarus.State, m Change) (*tartarus.Sandbox, error)
+	// Touch records API activity on a sandbox.
+	Touch(ctx context.Context, id string, at time.Time) error
+	// CountByState counts the sandboxes in each state (for metrics).
+	CountByState(ctx context.Context) (map[tartarus.State]int, error)
+	Close() error
+}
+
+// Filter narrows List. Zero fields match everything.
+type Filter struct {
+	Tenant string
+	Node   string
+	States []tartarus.State
+}
+
+// Change carries what a Move records besides the new state.
+type Change struct {
+	At time.Time
+	// Error is stored as the sandbox's error message when not empty.
+	Error string
+}
