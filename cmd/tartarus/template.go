@@ -1,12 +1,119 @@
 package main
 
 import (
-	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/images"
 )
 
-// newTemplateCmd is owned by the images work (template build, template ls).
+// newTemplateCmd builds and lists templates on this machine, without a server.
 func newTemplateCmd() *cobra.Command {
-	return &cobra.Command{Use: "template", RunE: func(*cobra.Command, []string) error { return errors.New("not built yet") }}
+	cmd := &cobra.Command{
+		Use:   "template",
+		Short: "Build and list sandbox templates on this machine",
+	}
+	cmd.AddCommand(newTemplateBuildCmd(), newTemplateLsCmd())
+	return cmd
+}
+
+// templateDataDir is /var/lib/tartarus for root and ~/.tartarus otherwise.
+func templateDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/tartarus"
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".tartarus"
+	}
+	return filepath.Join(home, ".tartarus")
+}
+
+func newTemplateBuildCmd() *cobra.Command {
+	var (
+		dataDir, agent string
+		all            bool
+	)
+	cmd := &cobra.Command{
+		Use:   "build [--all | NAME...]",
+		Short: "Build templates (skips those whose inputs have not changed)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return fmt.Errorf("name the templates to build, or pass --all")
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			cat, err := images.Open(images.Options{DataDir: dataDir, GuestAgent: agent, Log: log})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			start := time.Now()
+			stepStart := start
+			err = cat.Build(cmd.Context(), args, func(p images.Progress) {
+				switch {
+				case p.Cached:
+					fmt.Fprintf(out, "%-8s up to date\n", p.Template)
+				case p.Done == p.Total:
+					fmt.Fprintf(out, "%-8s built in %s\n", p.Template, time.Since(stepStart).Round(100*time.Millisecond))
+				default:
+					if p.Done == 0 {
+						stepStart = time.Now()
+					}
+					fmt.Fprintf(out, "%-8s [%d/%d] %s\n", p.Template, p.Done+1, p.Total, p.Step)
+				}
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "done in %s\n", time.Since(start).Round(100*time.Millisecond))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", templateDataDir(), "data directory")
+	cmd.Flags().StringVar(&agent, "guest-agent", "", "path of the tartarus-guest binary (default: next to this executable)")
+	cmd.Flags().BoolVar(&all, "all", false, "build every known template")
+	return cmd
+}
+
+func newTemplateLsCmd() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the templates built on this machine",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cat, err := images.Open(images.Options{DataDir: dataDir})
+			if err != nil {
+				return err
+			}
+			imgs, err := cat.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tBUILT\tDESCRIPTION")
+			for _, img := range imgs {
+				fmt.Fprintf(tw, "%s\t%s\t%.1f MiB\t%s\t%s\n", img.Name, shortDigest(img.Digest),
+					float64(img.SizeBytes)/(1<<20), img.BuiltAt.Local().Format(time.DateTime), img.Description)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", templateDataDir(), "data directory")
+	return cmd
+}
+
+// shortDigest shows the first 12 hex digits of a "sha256:…" digest.
+func shortDigest(d string) string {
+	const prefix = "sha256:"
+	if len(d) > len(prefix)+12 {
+		return d[len(prefix) : len(prefix)+12]
+	}
+	return d
 }
