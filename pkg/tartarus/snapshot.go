@@ -1,0 +1,43 @@
+package tartarus
+
+import (
+	"context"
+	"time"
+)
+
+// Snapshotter is the optional side interface of a Runtime whose sandboxes can
+// be saved to files and brought back: memory and device state together with
+// the disk overlay, taken at one instant so that they agree with each other.
+// Nyx (snapshots) and Hypnos (hibernation) use it; a runtime that implements
+// it declares Capabilities.Snapshot in its Fingerprint.
+//
+// The files belong to the runtime: callers move them as opaque bytes (pack,
+// compress, store, unpack) and hand the same set back to Restore, on the same
+// host or another one with the same template image.
+type Snapshotter interface {
+	// Snapshot pauses id (if running) and writes its memory+device state and
+	// its disk overlay, consistent with each other, as files into dir (which
+	// exists and is empty); the sandbox stays paused. Resuming it or
+	// destroying it afterwards is the caller's choice.
+	Snapshot(ctx context.Context, id string, dir string) (*SnapshotInfo, error)
+
+	// Restore creates sandbox cfg.ID from the files in dir and leaves it
+	// running. It fails with ErrAlreadyExists if cfg.ID exists. The files in
+	// dir may be moved or removed by Restore; the caller deletes dir after.
+	Restore(ctx context.Context, cfg *VMConfig, dir string) error
+}
+
+// SnapshotInfo describes the files one Snapshot call wrote.
+type SnapshotInfo struct {
+	// Template is the template the sandbox was created from; a snapshot only
+	// restores against the same image (ImageDigest, when known).
+	Template    string `json:"template"`
+	ImageDigest string `json:"image_digest,omitempty"`
+	// MemoryBytes is the guest's memory size (not the size of the files).
+	MemoryBytes int64 `json:"memory_bytes"`
+	CPUs        int   `json:"cpus,omitempty"`
+	// Files are the names, relative to dir, of everything written.
+	Files []string `json:"files"`
+	// Created is when the sandbox was stopped for the snapshot.
+	Created time.Time `json:"created"`
+}
