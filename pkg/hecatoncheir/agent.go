@@ -1,0 +1,501 @@
+// Package hecatoncheir (named for the hundred-handed guards of Tartarus) is
+// the node agent: it drives the enabled Runtimes of one host, records every
+// sandbox's life in the store, recovers its sandboxes after a restart, and
+// destroys sandboxes whose timeout has passed.
+//
+// On a single node it is embedded in `tartarus server`; the Olympus API calls
+// it directly.
+package hecatoncheir
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Catalog is the template catalog as the agent uses it (pkg/images
+// implements it).
+type Catalog interface {
+	List(ctx context.Context) ([]*tartarus.Image, error)
+	// Get returns a built template or an error wrapping tartarus.ErrNotFound.
+	Get(ctx context.Context, name string) (*tartarus.Image, error)
+}
+
+// Config wires an Agent.
+type Config struct {
+	// Node is this host's name, recorded on each sandbox.
+	Node  string
+	Store store.Store
+	// Runtimes are the enabled backends; the first is the default.
+	Runtimes []tartarus.Runtime
+	Images   Catalog
+	Clock    Clock
+	Log      *slog.Logger
+	// ExpiryInterval is how often Run looks for expired sandboxes
+	// (default 5s).
+	ExpiryInterval time.Duration
+}
+
+// Validate reports every problem of cfg at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if !tartarus.ValidName(c.Node) {
+		errs = append(errs, fmt.Errorf("node name %q is not a valid name", c.Node))
+	}
+	if c.Store == nil {
+		errs = append(errs, errors.New("no store"))
+	}
+	if len(c.Runtimes) == 0 {
+		errs = append(errs, errors.New("no runtime enabled"))
+	}
+	if c.Images == nil {
+		errs = append(errs, errors.New("no template catalog"))
+	}
+	seen := map[string]bool{}
+	for _, rt := range c.Runtimes {
+		if seen[rt.Name()] {
+			errs = append(errs, fmt.Errorf("runtime %s enabled twice", rt.Name()))
+		}
+		seen[rt.Name()] = true
+	}
+	return errors.Join(errs...)
+}
+
+// Agent is the node agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	runtimes map[string]tartarus.Runtime
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex // per-sandbox lifecycle locks
+}
+
+// New returns an agent. Call Recover before serving requests, and Run to
+// expire sandboxes.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ExpiryInterval <= 0 {
+		cfg.ExpiryInterval = 5 * time.Second
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("node agent: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log.With("component", "hecatoncheir"),
+		runtimes: map[string]tartarus.Runtime{}, locks: map[string]*sync.Mutex{}}
+	for _, rt := range cfg.Runtimes {
+		a.runtimes[rt.Name()] = rt
+	}
+	return a, nil
+}
+
+// Node is this agent's name.
+func (a *Agent) Node() string { return a.cfg.Node }
+
+// lock serializes lifecycle changes (create, pause, resume, destroy) of one
+// sandbox within this agent; the store's compare-and-set guards the rest.
+func (a *Agent) lock(id string) func() {
+	a.mu.Lock()
+	l, ok := a.locks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		a.locks[id] = l
+	}
+	a.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (a *Agent) runtime(name string) (tartarus.Runtime, error) {
+	if name == "" {
+		return a.cfg.Runtimes[0], nil
+	}
+	rt, ok := a.runtimes[name]
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "runtime %q is not enabled on this node (enabled: %s)",
+			name, strings.Join(a.RuntimeNames(), ", "))
+	}
+	return rt, nil
+}
+
+// RuntimeNames lists the enabled runtimes, default first.
+func (a *Agent) RuntimeNames() []string {
+	var out []string
+	for _, rt := range a.cfg.Runtimes {
+		out = append(out, rt.Name())
+	}
+	return out
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "sb-" + hex.EncodeToString(b[:])
+}
+
+// Create validates req, records the sandbox as creating, creates and starts
+// it in its runtime, and records it running. A failure after the record
+// exists leaves the sandbox failed with the error stored, and its remains
+// destroyed even when ctx is cancelled.
+func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
+	if err := req.Normalize(); err != nil {
+		return nil, err
+	}
+	rt, err := a.runtime(req.Runtime)
+	if err != nil {
+		return nil, err
+	}
+	fp, err := rt.Fingerprint(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
+	}
+	switch {
+	case !fp.Available:
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "runtime %s is not available on this node: %s", rt.Name(), fp.Reason)
+	case req.CPUs > fp.MaxCPUs:
+		return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "cpus %d exceeds this node's limit of %d per sandbox (max_cpus)", req.CPUs, fp.MaxCPUs)
+	case req.MemoryMB > fp.MaxMemoryMB:
+		return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
+	}
+	img, err := a.cfg.Images.Get(ctx, req.Template)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", req.Template, err)
+	}
+
+	now := a.cfg.Clock.Now().UTC()
+	sb := &tartarus.Sandbox{
+		ID: newID(), Tenant: tenant, Template: req.Template, Runtime: rt.Name(), State: tartarus.StateCreating,
+		Node: a.cfg.Node, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
+		LastActivityAt: now,
+	}
+	if sb.Metadata == nil {
+		sb.Metadata = map[string]string{}
+	}
+	unlock := a.lock(sb.ID)
+	defer unlock()
+	if err := a.cfg.Store.Create(ctx, sb); err != nil {
+		return nil, fmt.Errorf("record sandbox: %w", err)
+	}
+	log := a.log.With("sandbox", sb.ID, "runtime", rt.Name(), "template", sb.Template)
+
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	_, err = rt.Create(ctx, cfg)
+	if err == nil {
+		err = rt.Start(ctx, sb.ID)
+	}
+	if err == nil {
+		var running *tartarus.Sandbox
+		running, err = a.cfg.Store.Move(ctx, sb.ID, tartarus.StateCreating, tartarus.StateRunning, store.Change{At: a.cfg.Clock.Now().UTC()})
+		if err == nil {
+			log.Info("sandbox running")
+			return running, nil
+		}
+	}
+	// Clean up whatever exists, whatever happened to the caller.
+	cleanup := context.WithoutCancel(ctx)
+	log.Warn("create failed", "err", err)
+	if derr := rt.Destroy(cleanup, sb.ID); derr != nil {
+		log.Error("destroy after failed create", "err", derr)
+	}
+	if _, merr := a.cfg.Store.Move(cleanup, sb.ID, tartarus.StateCreating, tartarus.StateFailed,
+		store.Change{At: a.cfg.Clock.Now().UTC(), Error: err.Error()}); merr != nil {
+		log.Error("record failed create", "err", merr)
+	}
+	return nil, fmt.Errorf("create sandbox %s: %w", sb.ID, err)
+}
+
+// Get returns one sandbox.
+func (a *Agent) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	return a.cfg.Store.Get(ctx, id)
+}
+
+// List returns the sandboxes matching f.
+func (a *Agent) List(ctx context.Context, f store.Filter) ([]*tartarus.Sandbox, error) {
+	return a.cfg.Store.List(ctx, f)
+}
+
+// Destroy moves a sandbox to terminating, destroys it in its runtime and
+// records it terminated. Destroying a terminated or failed sandbox returns
+// it unchanged. The runtime's Destroy runs even if ctx is cancelled.
+func (a *Agent) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	unlock := a.lock(id)
+	defer unlock()
+	ctx = context.WithoutCancel(ctx)
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if sb.State.Final() {
+		return sb, nil
+	}
+	return a.destroy(ctx, sb, "")
+}
+
+// destroy does the work of Destroy; the caller holds the sandbox's lock.
+func (a *Agent) destroy(ctx context.Context, sb *tartarus.Sandbox, reason string) (*tartarus.Sandbox, error) {
+	log := a.log.With("sandbox", sb.ID)
+	sb, err := a.cfg.Store.Move(ctx, sb.ID, sb.State, tartarus.StateTerminating, store.Change{At: a.cfg.Clock.Now().UTC()})
+	if err != nil {
+		return nil, err
+	}
+	rt, err := a.runtime(sb.Runtime)
+	if err == nil {
+		err = rt.Destroy(ctx, sb.ID)
+	}
+	if err != nil {
+		log.Error("destroy", "err", err)
+		if _, merr := a.cfg.Store.Move(ctx, sb.ID, tartarus.StateTerminating, tartarus.StateFailed,
+			store.Change{At: a.cfg.Clock.Now().UTC(), Error: "destroy: " + err.Error()}); merr != nil {
+			log.Error("record failed destroy", "err", merr)
+		}
+		return nil, fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
+	}
+	sb, err = a.cfg.Store.Move(ctx, sb.ID, tartarus.StateTerminating, tartarus.StateTerminated,
+		store.Change{At: a.cfg.Clock.Now().UTC()})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("sandbox terminated", "reason", reason)
+	return sb, nil
+}
+
+// running returns a sandbox that must be running, and its runtime.
+func (a *Agent) running(ctx context.Context, id string) (*tartarus.Sandbox, tartarus.Runtime, error) {
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sb.State != tartarus.StateRunning {
+		return nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not running", id, sb.State)
+	}
+	rt, err := a.runtime(sb.Runtime)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.touch(ctx, id)
+	return sb, rt, nil
+}
+
+// touch records API activity; failing to record it is not worth failing the
+// request for.
+func (a *Agent) touch(ctx context.Context, id string) {
+	if err := a.cfg.Store.Touch(context.WithoutCancel(ctx), id, a.cfg.Clock.Now().UTC()); err != nil {
+		a.log.Warn("record activity", "sandbox", id, "err", err)
+	}
+}
+
+// Exec runs a command in a running sandbox.
+func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	_, rt, err := a.running(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer a.touch(ctx, id)
+	return rt.Exec(ctx, id, req)
+}
+
+// ReadFile streams a file out of a running sandbox.
+func (a *Agent) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error) {
+	_, rt, err := a.running(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return rt.ReadFile(ctx, id, path)
+}
+
+// WriteFile streams r into a file of a running sandbox.
+func (a *Agent) WriteFile(ctx context.Context, id, path string, mode os.FileMode, r io.Reader) error {
+	_, rt, err := a.running(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer a.touch(ctx, id)
+	return rt.WriteFile(ctx, id, path, mode, r)
+}
+
+// ListFiles lists a directory of a running sandbox.
+func (a *Agent) ListFiles(ctx context.Context, id, path string) ([]tartarus.FileInfo, error) {
+	_, rt, err := a.running(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return rt.ListFiles(ctx, id, path)
+}
+
+// Pause freezes a running sandbox. Pausing a paused sandbox is a no-op.
+func (a *Agent) Pause(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	return a.pauseResume(ctx, id, tartarus.StateRunning, tartarus.StatePaused, tartarus.Runtime.Pause)
+}
+
+// Resume continues a paused sandbox. Resuming a running sandbox is a no-op.
+func (a *Agent) Resume(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	return a.pauseResume(ctx, id, tartarus.StatePaused, tartarus.StateRunning, tartarus.Runtime.Resume)
+}
+
+func (a *Agent) pauseResume(ctx context.Context, id string, from, to tartarus.State,
+	do func(tartarus.Runtime, context.Context, string) error) (*tartarus.Sandbox, error) {
+	unlock := a.lock(id)
+	defer unlock()
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if sb.State == to {
+		return sb, nil
+	}
+	if sb.State != from {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not %s", id, sb.State, from)
+	}
+	rt, err := a.runtime(sb.Runtime)
+	if err != nil {
+		return nil, err
+	}
+	// The VM's state must not be left behind the record's: finish the
+	// change even when the caller goes away.
+	ctx = context.WithoutCancel(ctx)
+	if err := do(rt, ctx, id); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	a.touch(ctx, id)
+	return a.cfg.Store.Move(ctx, id, from, to, store.Change{At: a.cfg.Clock.Now().UTC()})
+}
+
+// Templates lists the built templates.
+func (a *Agent) Templates(ctx context.Context) ([]*tartarus.Image, error) {
+	return a.cfg.Images.List(ctx)
+}
+
+// NodeInfo describes this node and what its runtimes can do.
+type NodeInfo struct {
+	Name     string                  `json:"name"`
+	Runtimes []*tartarus.Fingerprint `json:"runtimes"`
+	// DefaultRuntime is used when a create request names none.
+	DefaultRuntime string `json:"default_runtime"`
+	// Sandboxes counts this node's sandboxes that are not final.
+	Sandboxes int `json:"sandboxes"`
+}
+
+// Info reports this node.
+func (a *Agent) Info(ctx context.Context) (*NodeInfo, error) {
+	info := &NodeInfo{Name: a.cfg.Node, DefaultRuntime: a.cfg.Runtimes[0].Name()}
+	for _, rt := range a.cfg.Runtimes {
+		fp, err := rt.Fingerprint(ctx)
+		if err != nil {
+			fp = &tartarus.Fingerprint{Runtime: rt.Name(), Reason: err.Error()}
+		}
+		info.Runtimes = append(info.Runtimes, fp)
+	}
+	live, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node, States: liveStates})
+	if err != nil {
+		return nil, err
+	}
+	info.Sandboxes = len(live)
+	return info, nil
+}
+
+// liveStates are the states that are not final.
+var liveStates = slices.DeleteFunc(slices.Clone(tartarus.States), tartarus.State.Final)
+
+// Ready returns nil when the node can create sandboxes: a runtime is
+// available and at least one template is built.
+func (a *Agent) Ready(ctx context.Context) error {
+	var reasons []string
+	avail := false
+	for _, rt := range a.cfg.Runtimes {
+		fp, err := rt.Fingerprint(ctx)
+		switch {
+		case err != nil:
+			reasons = append(reasons, fmt.Sprintf("runtime %s: %v", rt.Name(), err))
+		case !fp.Available:
+			reasons = append(reasons, fmt.Sprintf("runtime %s: %s", rt.Name(), fp.Reason))
+		default:
+			avail = true
+		}
+	}
+	if !avail {
+		return tartarus.Errorf(tartarus.ErrUnavailable, "no runtime available (%s)", strings.Join(reasons, "; "))
+	}
+	imgs, err := a.cfg.Images.List(ctx)
+	if err != nil {
+		return tartarus.Errorf(tartarus.ErrUnavailable, "templates: %v", err)
+	}
+	if len(imgs) == 0 {
+		return tartarus.Errorf(tartarus.ErrUnavailable, "no template is built (run `tartarus template build base`)")
+	}
+	return nil
+}
+
+// Run destroys expired sandboxes every ExpiryInterval until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	t := a.cfg.Clock.NewTicker(a.cfg.ExpiryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			if _, err := a.Expire(ctx); err != nil {
+				a.log.Error("expire sandboxes", "err", err)
+			}
+		}
+	}
+}
+
+// Expire destroys this node's sandboxes whose expiry time has passed and
+// returns their ids.
+func (a *Agent) Expire(ctx context.Context) ([]string, error) {
+	live, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node, States: liveStates})
+	if err != nil {
+		return nil, err
+	}
+	now := a.cfg.Clock.Now()
+	var done []string
+	var errs []error
+	for _, sb := range live {
+		if sb.ExpiresAt.IsZero() || now.Before(sb.ExpiresAt) || sb.State == tartarus.StateTerminating {
+			continue
+		}
+		if err := a.expire(ctx, sb.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		done = append(done, sb.ID)
+	}
+	sort.Strings(done)
+	return done, errors.Join(errs...)
+}
+
+func (a *Agent) expire(ctx context.Context, id string) error {
+	unlock := a.lock(id)
+	defer unlock()
+	ctx = context.WithoutCancel(ctx)
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if sb.State.Final() {
+		return nil
+	}
+	a.log.Info("sandbox expired", "sandbox", id, "expires_at", sb.ExpiresAt)
+	_, err = a.destroy(ctx, sb, "expired: timeout_s reached")
+	return err
+}
