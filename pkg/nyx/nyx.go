@@ -1,0 +1,557 @@
+// Package nyx (night, mother of Hypnos and Thanatos) makes and restores
+// sandbox snapshots: it asks a runtime's tartarus.Snapshotter for the files
+// of a consistent snapshot, packs them into one tar stream compressed with
+// zstd, stores that in Erebus beside a JSON metadata object, and on restore
+// fetches, verifies, unpacks and hands the files back to the runtime.
+//
+// The seed's Nyx returned a snapshot path; here a snapshot lives in the blob
+// store under <prefix>/<id>/data (the packed files) and <prefix>/<id>/meta.json
+// (Snapshot), so it survives the node and can move between nodes once Erebus
+// is distributed. Nothing is restored from data whose sha256 does not match
+// the checksum recorded at creation: Restore unpacks into a temporary
+// directory, checks the whole stream, and only then calls the runtime.
+package nyx
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Compression names how a snapshot's packed files are stored.
+const (
+	CompressionZstd = "zstd"
+	CompressionNone = "none"
+)
+
+// Snapshot is the metadata of one stored snapshot (its meta.json).
+type Snapshot struct {
+	ID          string `json:"id"`
+	SandboxID   string `json:"sandbox_id"`
+	Template    string `json:"template"`
+	ImageDigest string `json:"image_digest,omitempty"`
+	// MemoryBytes is the guest's memory size.
+	MemoryBytes int64 `json:"memory_bytes"`
+	CPUs        int   `json:"cpus,omitempty"`
+	// Files are the runtime's snapshot files, relative names, sorted.
+	Files []string `json:"files"`
+	// Size is the length of the packed (tar) stream before compression;
+	// CompressedSize is what the store holds.
+	Size           int64  `json:"size"`
+	CompressedSize int64  `json:"compressed_size"`
+	Compression    string `json:"compression"`
+	// Checksum is "sha256:<hex>" of the stored data object.
+	Checksum string `json:"checksum"`
+	// DataKey is the Erebus key of the packed files.
+	DataKey string    `json:"data_key"`
+	Created time.Time `json:"created"`
+	// Labels are the caller's (e.g. "purpose": "hibernate").
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Options configure a Manager. The zero value works except for Store.
+type Options struct {
+	// Prefix is the Erebus key prefix of snapshots; default "snapshots".
+	Prefix string
+	// TempDir holds snapshot files while they are packed or unpacked;
+	// default os.TempDir(). It must hold one uncompressed snapshot.
+	TempDir string
+	// Level is the zstd level; default zstd.SpeedFastest (see
+	// docs/BENCHMARKS.md for why).
+	Level zstd.EncoderLevel
+	// Now stamps snapshots when the runtime gives no time; default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Manager creates and restores snapshots through a Snapshotter and a Store.
+// It is safe for concurrent use.
+type Manager struct {
+	snap  tartarus.Snapshotter
+	store erebus.Store
+	opts  Options
+	log   *slog.Logger
+}
+
+// New returns a Manager.
+func New(snap tartarus.Snapshotter, store erebus.Store, opts Options) *Manager {
+	if opts.Prefix == "" {
+		opts.Prefix = "snapshots"
+	}
+	if opts.Level == 0 {
+		opts.Level = zstd.SpeedFastest
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{snap: snap, store: store, opts: opts, log: log.With("component", "nyx")}
+}
+
+// CreateOptions tune one CreateFromRunning call; nil means defaults.
+type CreateOptions struct {
+	// ID names the snapshot; default a random one. It must be one Erebus
+	// key segment.
+	ID string
+	// Compression is CompressionZstd (default) or CompressionNone.
+	Compression string
+	Labels      map[string]string
+}
+
+// CreateFromRunning snapshots sandbox sandboxID and stores it. The sandbox is
+// left paused (as the Snapshotter leaves it): the caller resumes it (a
+// template snapshot, a fork) or destroys it (hibernation). On error nothing
+// is stored.
+func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts *CreateOptions) (*Snapshot, error) {
+	var o CreateOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.ID == "" {
+		o.ID = newID()
+	}
+	if o.Compression == "" {
+		o.Compression = CompressionZstd
+	}
+	if err := validID(o.ID); err != nil {
+		return nil, err
+	}
+	if o.Compression != CompressionZstd && o.Compression != CompressionNone {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "compression %q: want %q or %q", o.Compression, CompressionZstd, CompressionNone)
+	}
+
+	dir, err := os.MkdirTemp(m.opts.TempDir, "nyx-create-")
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
+	}
+	defer os.RemoveAll(dir)
+
+	info, err := m.snap.Snapshot(ctx, sandboxID, dir)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
+	}
+	files, err := listFiles(dir)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
+	}
+	s := &Snapshot{
+		ID:          o.ID,
+		SandboxID:   sandboxID,
+		Template:    info.Template,
+		ImageDigest: info.ImageDigest,
+		MemoryBytes: info.MemoryBytes,
+		CPUs:        info.CPUs,
+		Files:       files,
+		Compression: o.Compression,
+		DataKey:     m.key(o.ID, "data"),
+		Created:     info.Created,
+		Labels:      o.Labels,
+	}
+	if s.Created.IsZero() {
+		s.Created = m.opts.Now()
+	}
+
+	// Pack and compress in one goroutine while the store reads the other
+	// end of a pipe: the snapshot crosses memory once, in buffer-sized pieces.
+	pr, pw := io.Pipe()
+	packed := make(chan int64, 1)
+	go func() {
+		n, err := m.pack(dir, files, o.Compression, pw)
+		packed <- n
+		pw.CloseWithError(err) // nil err closes with EOF
+	}()
+	obj, err := m.store.Put(ctx, s.DataKey, pr)
+	pr.CloseWithError(errors.New("store stopped reading")) // unblocks pack if Put failed early
+	s.Size = <-packed
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: store: %w", sandboxID, err)
+	}
+	s.CompressedSize, s.Checksum = obj.Size, obj.Checksum
+
+	meta, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
+	}
+	if _, err := m.store.Put(ctx, m.key(o.ID, "meta.json"), bytes.NewReader(meta)); err != nil {
+		m.deleteQuietly(s.DataKey)
+		return nil, fmt.Errorf("snapshot %s: store metadata: %w", sandboxID, err)
+	}
+	m.log.Info("snapshot stored", "snapshot", s.ID, "sandbox", sandboxID,
+		"memory_bytes", s.MemoryBytes, "size", s.Size, "compressed_size", s.CompressedSize)
+	return s, nil
+}
+
+// pack writes files (relative to dir) as a tar stream, compressed as asked,
+// to w, and returns the tar stream's length.
+func (m *Manager) pack(dir string, files []string, compression string, w io.Writer) (int64, error) {
+	var enc *zstd.Encoder
+	out := w
+	if compression == CompressionZstd {
+		var err error
+		enc, err = zstd.NewWriter(w, zstd.WithEncoderLevel(m.opts.Level))
+		if err != nil {
+			return 0, err
+		}
+		out = enc
+	}
+	cw := &countingWriter{w: out}
+	tw := tar.NewWriter(cw)
+	for _, name := range files {
+		if err := addFile(tw, dir, name); err != nil {
+			if enc != nil {
+				enc.Close()
+			}
+			return cw.n, fmt.Errorf("pack %s: %w", name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return cw.n, fmt.Errorf("pack: %w", err)
+	}
+	if enc != nil {
+		if err := enc.Close(); err != nil {
+			return cw.n, fmt.Errorf("pack: %w", err)
+		}
+	}
+	return cw.n, nil
+}
+
+func addFile(tw *tar.Writer, dir, name string) error {
+	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(name)))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: fi.Size(), Mode: 0o600, Format: tar.FormatPAX}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	_, err = io.Copy(tw, f)
+	return err
+}
+
+// listFiles returns the regular files under dir as sorted slash paths. A
+// runtime that wrote anything else (a symlink, a socket) is refused: a
+// snapshot must be plain bytes.
+func listFiles(dir string) ([]string, error) {
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("snapshot file %s is not a regular file", rel)
+		}
+		files = append(files, filepath.ToSlash(rel))
+		return nil
+	})
+	slices.Sort(files)
+	if err == nil && len(files) == 0 {
+		err = errors.New("runtime wrote no snapshot files")
+	}
+	return files, err
+}
+
+// Restore creates sandbox cfg.ID from snapshot id and leaves it running. It
+// refuses (with an error wrapping erebus.ErrCorrupt) a snapshot whose stored
+// bytes do not match the checksum in its metadata, before the runtime sees
+// any of it, and (with ErrFailedPrecondition) one taken from another
+// template or image than cfg's.
+func (m *Manager) Restore(ctx context.Context, id string, cfg *tartarus.VMConfig) (*Snapshot, error) {
+	s, err := m.Get(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
+	}
+	if err := compatible(s, cfg); err != nil {
+		return nil, fmt.Errorf("restore %s from snapshot %s: %w", cfg.ID, id, err)
+	}
+	dir, err := os.MkdirTemp(m.opts.TempDir, "nyx-restore-")
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
+	}
+	defer os.RemoveAll(dir)
+	if err := m.fetch(ctx, s, dir); err != nil {
+		return nil, fmt.Errorf("restore %s from snapshot %s: %w", cfg.ID, id, err)
+	}
+	if err := m.snap.Restore(ctx, cfg, dir); err != nil {
+		return nil, fmt.Errorf("restore %s from snapshot %s: %w", cfg.ID, id, err)
+	}
+	m.log.Info("snapshot restored", "snapshot", id, "sandbox", cfg.ID)
+	return s, nil
+}
+
+func compatible(s *Snapshot, cfg *tartarus.VMConfig) error {
+	if cfg.Template != "" && s.Template != "" && cfg.Template != s.Template {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot is of template %s, not %s", s.Template, cfg.Template)
+	}
+	if cfg.Image != nil && cfg.Image.Digest != "" && s.ImageDigest != "" && cfg.Image.Digest != s.ImageDigest {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot was taken on image %s, template %s is now image %s; rebuild the snapshot",
+			s.ImageDigest, s.Template, cfg.Image.Digest)
+	}
+	return nil
+}
+
+// fetch streams s's data from the store into dir, checking it against s's
+// checksum. Only after the whole stream checked out are the files usable.
+func (m *Manager) fetch(ctx context.Context, s *Snapshot, dir string) error {
+	rc, obj, err := m.store.Get(ctx, s.DataKey)
+	if err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	defer rc.Close()
+	if obj.Checksum != s.Checksum || obj.Size != s.CompressedSize {
+		return fmt.Errorf("stored data is %s (%d bytes), metadata recorded %s (%d bytes): %w",
+			obj.Checksum, obj.Size, s.Checksum, s.CompressedSize, erebus.ErrCorrupt)
+	}
+	h := sha256.New()
+	raw := io.TeeReader(rc, h)
+	var in io.Reader = raw
+	if s.Compression == CompressionZstd {
+		// One goroutine: the decoder reads raw only when asked, so raw can
+		// be drained below without racing a read-ahead.
+		dec, err := zstd.NewReader(raw, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return fmt.Errorf("fetch: %w", err)
+		}
+		defer dec.Close()
+		in = dec
+	}
+	unpackErr := unpack(in, dir, s.Files)
+	if unpackErr == nil {
+		_, unpackErr = io.Copy(io.Discard, in) // the end of the zstd frame
+	}
+	// Read the stored bytes to the end whatever happened, so that damage is
+	// reported as damage (ErrCorrupt at EOF, or a checksum mismatch) rather
+	// than as the tar or zstd error it caused.
+	if _, err := io.Copy(io.Discard, raw); err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	if got := sumOf(h); got != s.Checksum {
+		return fmt.Errorf("fetch: data hashes to %s, metadata recorded %s: %w", got, s.Checksum, erebus.ErrCorrupt)
+	}
+	if unpackErr != nil {
+		return fmt.Errorf("fetch: unpack: %w", unpackErr)
+	}
+	return nil
+}
+
+// unpack writes the tar stream's regular files into dir. Names must be
+// local paths and exactly the files the metadata lists; the writes go
+// through an os.Root so that nothing lands outside dir.
+func unpack(r io.Reader, dir string, want []string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tr := tar.NewReader(r)
+	var got []string
+	buf := make([]byte, 1<<20)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		name := hdr.Name
+		if hdr.Typeflag != tar.TypeReg || !filepath.IsLocal(name) || path.Clean(name) != name {
+			return fmt.Errorf("unexpected entry %q (type %c)", name, hdr.Typeflag)
+		}
+		if d := path.Dir(name); d != "." {
+			if err := root.MkdirAll(d, 0o700); err != nil {
+				return err
+			}
+		}
+		f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		err = writeSparse(f, tr, hdr.Size, buf)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+		got = append(got, name)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("archive holds %q, metadata lists %q", got, want)
+	}
+	return nil
+}
+
+// writeSparse copies size bytes from r to f, seeking over all-zero blocks
+// instead of writing them: guest memory is mostly zero pages, and a hole
+// costs no disk.
+func writeSparse(f *os.File, r io.Reader, size int64, buf []byte) error {
+	const block = 64 << 10
+	var off int64
+	for off < size {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), size-off)])
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i += block {
+			chunk := buf[i:min(i+block, n)]
+			if !allZero(chunk) {
+				if _, err := f.WriteAt(chunk, off+int64(i)); err != nil {
+					return err
+				}
+			}
+		}
+		off += int64(n)
+	}
+	return f.Truncate(size)
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Get returns the metadata of snapshot id (ErrNotFound if there is none).
+func (m *Manager) Get(ctx context.Context, id string) (*Snapshot, error) {
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	rc, _, err := m.store.Get(ctx, m.key(id, "meta.json"))
+	if err != nil {
+		if errors.Is(err, tartarus.ErrNotFound) {
+			return nil, tartarus.Errorf(tartarus.ErrNotFound, "snapshot %s", id)
+		}
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	defer rc.Close()
+	var s Snapshot
+	if err := json.NewDecoder(io.LimitReader(rc, 1<<20)).Decode(&s); err != nil {
+		return nil, fmt.Errorf("snapshot %s: metadata: %w", id, err)
+	}
+	// Read to EOF so the store verifies the checksum of what we parsed.
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return nil, fmt.Errorf("snapshot %s: metadata: %w", id, err)
+	}
+	if s.ID != id || s.DataKey != m.key(id, "data") {
+		return nil, fmt.Errorf("snapshot %s: metadata names %s at %s: %w", id, s.ID, s.DataKey, erebus.ErrCorrupt)
+	}
+	return &s, nil
+}
+
+// List returns every complete snapshot (one whose metadata is stored).
+func (m *Manager) List(ctx context.Context) ([]*Snapshot, error) {
+	objs, err := m.store.List(ctx, m.opts.Prefix+"/")
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	var out []*Snapshot
+	for _, o := range objs {
+		rest := strings.TrimPrefix(o.Key, m.opts.Prefix+"/")
+		id, file, ok := strings.Cut(rest, "/")
+		if !ok || file != "meta.json" {
+			continue
+		}
+		s, err := m.Get(ctx, id)
+		if err != nil {
+			if errors.Is(err, tartarus.ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// Delete removes snapshot id; a missing one is not an error. The metadata
+// goes first, so a half-deleted snapshot never looks complete.
+func (m *Manager) Delete(ctx context.Context, id string) error {
+	if err := validID(id); err != nil {
+		return err
+	}
+	for _, name := range []string{"meta.json", "data"} {
+		if err := m.store.Delete(ctx, m.key(id, name)); err != nil {
+			return fmt.Errorf("delete snapshot %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) deleteQuietly(key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.store.Delete(ctx, key); err != nil {
+		m.log.Warn("cannot remove partial snapshot", "key", key, "err", err)
+	}
+}
+
+func (m *Manager) key(id, name string) string { return m.opts.Prefix + "/" + id + "/" + name }
+
+func validID(id string) error {
+	if strings.Contains(id, "/") || erebus.ValidKey(id) != nil {
+		return tartarus.Errorf(tartarus.ErrInvalid, "snapshot id %.64q: want one key segment of letters, digits and ._-:=+@,~", id)
+	}
+	return nil
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "snap-" + hex.EncodeToString(b[:])
+}
+
+func sumOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
