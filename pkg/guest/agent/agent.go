@@ -1,0 +1,250 @@
+// Package agent is the guest side of the Tartarus guest protocol: it serves
+// one host session at a time over a byte stream (the VM's virtio-serial
+// port, or a unix socket in tests), running commands, moving files,
+// reporting stats and taking the host's clock and entropy.
+//
+// An Agent outlives sessions: the process groups it started, its activity
+// record and its CPU sampler carry over when the host reconnects (after a
+// host restart or a snapshot restore).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/guest/proto"
+)
+
+// Version is the agent's protocol and build version, reported in Info.
+const Version = "0.1.0"
+
+// Clock is the time source the agent decides with.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f in its own goroutine after d; stop cancels it.
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
+	return time.AfterFunc(d, f).Stop
+}
+
+// Options configure an Agent. The zero value is safe anywhere: it changes
+// nothing on the machine beyond running what it is asked to run.
+type Options struct {
+	Logger *slog.Logger
+	Clock  Clock
+	// SetClock lets OpSync set CLOCK_REALTIME. Only for PID 1 in a VM.
+	SetClock bool
+	// SeedRNG lets OpSync mix the host's bytes into the kernel RNG with
+	// credit (RNDADDENTROPY) and force a reseed (RNDRESEEDCRNG).
+	SeedRNG bool
+	// Reaper, when set, collects the exit statuses of every child (the
+	// agent is PID 1 or a subreaper). Otherwise each exec waits for its
+	// own pid.
+	Reaper *Reaper
+	// BootError is reported in Info when the guest did not boot fully.
+	BootError string
+	// SampleInterval is how often CPU use is sampled for Stats and
+	// activity; zero means 2 s.
+	SampleInterval time.Duration
+	// ExecLinger is how long an exec's result waits, after its process
+	// exited, for output still held open by processes it left behind;
+	// zero means 250 ms. Later output of those processes is discarded.
+	ExecLinger time.Duration
+}
+
+// Agent serves host sessions. Create it with New and Close it when done.
+type Agent struct {
+	opts  Options
+	log   *slog.Logger
+	clock Clock
+	procs starter
+
+	groups   *groupSet
+	activity *activity
+	cpu      *cpuSampler
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+// New starts an agent's background sampler.
+func New(opts Options) *Agent {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
+	if opts.SampleInterval <= 0 {
+		opts.SampleInterval = 2 * time.Second
+	}
+	if opts.ExecLinger <= 0 {
+		opts.ExecLinger = 250 * time.Millisecond
+	}
+	a := &Agent{
+		opts:     opts,
+		log:      opts.Logger,
+		clock:    opts.Clock,
+		groups:   newGroupSet(),
+		activity: &activity{},
+		cpu:      &cpuSampler{},
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if opts.Reaper != nil {
+		a.procs = opts.Reaper
+	} else {
+		a.procs = pidWaiter{}
+	}
+	a.activity.touch(a.clock.Now())
+	go a.sampleLoop()
+	return a
+}
+
+// Close stops the sampler. Processes the agent started keep running.
+func (a *Agent) Close() error {
+	a.once.Do(func() { close(a.stop) })
+	<-a.done
+	return nil
+}
+
+// Serve runs one session on conn with a fresh Agent; see Agent.Serve.
+func Serve(ctx context.Context, conn io.ReadWriteCloser, opts Options) error {
+	a := New(opts)
+	defer a.Close()
+	return a.Serve(ctx, conn)
+}
+
+type rwc struct {
+	io.Reader
+	io.WriteCloser
+}
+
+// Serve handshakes with the host on conn and serves its RPCs until the host
+// goes away, conn fails, or ctx ends. It closes conn. A session that ends
+// because the peer left returns nil.
+func (a *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	r, err := proto.ServerHandshake(conn)
+	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	sess, err := yamux.Server(rwc{r, conn}, proto.YamuxConfig(a.log, proto.GuestWindow))
+	if err != nil {
+		return fmt.Errorf("start yamux: %w", err)
+	}
+	defer sess.Close()
+	a.log.Info("host session started")
+	s := &session{a: a, execs: map[string]*execState{}}
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			a.log.Info("host session ended", "reason", err)
+			s.closeAll()
+			return nil
+		}
+		go s.handle(ctx, st)
+	}
+}
+
+// session is the state of one host session: the execs it may cancel.
+type session struct {
+	a     *Agent
+	mu    sync.Mutex
+	execs map[string]*execState
+}
+
+func (s *session) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.execs {
+		e.kill()
+	}
+}
+
+// handle runs one RPC. Every path ends with one result or error frame.
+func (s *session) handle(ctx context.Context, st *yamux.Stream) {
+	defer st.Close()
+	fr := proto.NewFrameReader(st)
+	fw := proto.NewFrameWriter(st)
+	t, p, err := fr.Next()
+	if err != nil {
+		return
+	}
+	if t != proto.FrameRequest {
+		_ = fw.WriteJSON(proto.FrameError, &proto.Error{Code: proto.CodeInvalid, Message: "first frame is " + t.String() + ", want request"})
+		return
+	}
+	req, err := proto.DecodeRequest(p)
+	if err != nil {
+		_ = fw.WriteJSON(proto.FrameError, proto.ErrorFrom(err))
+		return
+	}
+	a := s.a
+	var res any
+	switch req.Op {
+	case proto.OpPing:
+		res = struct{}{}
+	case proto.OpSync:
+		res, err = a.sync(req.Sync)
+	case proto.OpExec:
+		s.exec(ctx, st, fr, fw, req.Exec)
+		return
+	case proto.OpCancel:
+		res, err = s.cancel(req.ExecID)
+	case proto.OpSignal:
+		res = &proto.SignalResult{Groups: a.groups.signal(signalOf(req.Signal))}
+	case proto.OpReadFile:
+		res, err = a.readFile(st, fw, req.Path)
+	case proto.OpWriteFile:
+		res, err = a.writeFile(fr, req.Path, req.Mode)
+	case proto.OpListFiles:
+		res, err = a.listFiles(fw, req.Path)
+	case proto.OpStats:
+		res, err = a.stats()
+	}
+	if err != nil {
+		a.log.Debug("rpc failed", "op", req.Op, "err", err)
+		_ = fw.WriteJSON(proto.FrameError, proto.ErrorFrom(err))
+		return
+	}
+	_ = fw.WriteJSON(proto.FrameResult, res)
+}
+
+func (a *Agent) sampleLoop() {
+	defer close(a.done)
+	t := time.NewTicker(a.opts.SampleInterval)
+	defer t.Stop()
+	a.cpu.sample(a.clock.Now())
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		now := a.clock.Now()
+		if pct, ok := a.cpu.sample(now); ok && pct > activeCPUPercent {
+			a.activity.touch(now)
+		}
+		a.groups.prune()
+	}
+}
