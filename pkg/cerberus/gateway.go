@@ -10,6 +10,7 @@ package cerberus
 import (
 	"context"
 	"crypto/x509"
+	"log/slog"
 	"net/http"
 	"time"
 )
@@ -57,6 +58,14 @@ type APIKeyCredential struct {
 // Type implements Credentials.
 func (c *APIKeyCredential) Type() CredentialType { return CredentialTypeAPIKey }
 
+// LogValue keeps the secret out of logs: only the key id is shown.
+func (c *APIKeyCredential) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("type", string(CredentialTypeAPIKey)), slog.String("key_id", c.KeyID))
+}
+
+// String keeps the secret out of fmt output.
+func (c *APIKeyCredential) String() string { return "api_key " + c.KeyID + " (secret redacted)" }
+
 // OAuth2Credential is a bearer access token.
 type OAuth2Credential struct {
 	AccessToken string
@@ -65,6 +74,14 @@ type OAuth2Credential struct {
 
 // Type implements Credentials.
 func (c *OAuth2Credential) Type() CredentialType { return CredentialTypeOAuth2 }
+
+// LogValue keeps the token out of logs.
+func (c *OAuth2Credential) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("type", string(CredentialTypeOAuth2)), slog.String("token", "redacted"))
+}
+
+// String keeps the token out of fmt output.
+func (c *OAuth2Credential) String() string { return "oauth2 bearer token (redacted)" }
 
 // MTLSCredential is a verified client certificate.
 type MTLSCredential struct {
@@ -130,6 +147,9 @@ const (
 	ResourceTypeSnapshot ResourceType = "snapshot"
 	ResourceTypePolicy   ResourceType = "policy"
 	ResourceTypeNode     ResourceType = "node"
+	// Added for Cerberus's own routes.
+	ResourceTypeAPIKey ResourceType = "apikey"
+	ResourceTypeAudit  ResourceType = "audit"
 )
 
 // AuditEntry records one access.
@@ -144,6 +164,13 @@ type AuditEntry struct {
 	SourceIP     string
 	UserAgent    string
 	ErrorMessage string
+
+	// Added to the seed's fields: why the request was allowed or denied,
+	// and the HTTP request and status it belongs to.
+	Reason string
+	Method string
+	Path   string
+	Status int
 }
 
 // AuditResult is how an access ended.

@@ -1,0 +1,325 @@
+package cerberus
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// AuditRecord is one audit entry as written to the log and served by
+// GET /v1/audit: the seed's AuditEntry fields plus the decision's reason and
+// the HTTP request. It holds no credential: an identity is named by its id,
+// an API key by its key id.
+type AuditRecord struct {
+	Timestamp    time.Time      `json:"timestamp"`
+	RequestID    string         `json:"request_id,omitempty"`
+	Identity     *AuditIdentity `json:"identity,omitempty"`
+	Action       Action         `json:"action,omitempty"`
+	Resource     AuditResource  `json:"resource,omitzero"`
+	Result       AuditResult    `json:"result"`
+	Reason       string         `json:"reason,omitempty"`
+	LatencyMS    float64        `json:"latency_ms"`
+	SourceIP     string         `json:"source_ip,omitempty"`
+	UserAgent    string         `json:"user_agent,omitempty"`
+	Method       string         `json:"method,omitempty"`
+	Path         string         `json:"path,omitempty"`
+	Status       int            `json:"status,omitempty"`
+	ErrorMessage string         `json:"error,omitempty"`
+}
+
+// AuditIdentity is the part of an Identity an audit entry keeps.
+type AuditIdentity struct {
+	ID         string       `json:"id"`
+	Type       IdentityType `json:"type"`
+	TenantID   string       `json:"tenant_id"`
+	Roles      []string     `json:"roles,omitempty"`
+	Groups     []string     `json:"groups,omitempty"`
+	AuthMethod string       `json:"auth_method,omitempty"`
+}
+
+// AuditResource is Resource with JSON names.
+type AuditResource struct {
+	Type      ResourceType `json:"type,omitempty"`
+	ID        string       `json:"id,omitempty"`
+	TenantID  string       `json:"tenant_id,omitempty"`
+	Namespace string       `json:"namespace,omitempty"`
+}
+
+// Record converts an entry to its logged form.
+func (e *AuditEntry) Record() AuditRecord {
+	r := AuditRecord{
+		Timestamp: e.Timestamp.UTC(), RequestID: e.RequestID, Action: e.Action,
+		Resource: AuditResource{Type: e.Resource.Type, ID: e.Resource.ID, TenantID: e.Resource.TenantID, Namespace: e.Resource.Namespace},
+		Result:   e.Result, Reason: e.Reason, LatencyMS: float64(e.Latency.Microseconds()) / 1000,
+		SourceIP: e.SourceIP, UserAgent: e.UserAgent, Method: e.Method, Path: e.Path, Status: e.Status,
+		ErrorMessage: e.ErrorMessage,
+	}
+	if id := e.Identity; id != nil {
+		r.Identity = &AuditIdentity{ID: id.ID, Type: id.Type, TenantID: id.TenantID, Roles: id.Roles, Groups: id.Groups, AuthMethod: id.Attributes["auth_method"]}
+	}
+	return r
+}
+
+// AuditLogConfig says where and how the audit log is kept.
+type AuditLogConfig struct {
+	Dir     string // the log is Dir/audit.log; rotated files audit-<time>.log beside it
+	MaxSize int64  // rotate when the file passes this size; default 64 MiB
+	Keep    int    // rotated files kept; default 10
+	Clock   Clock
+}
+
+// AuditLog is an append-only JSON-lines audit log, rotated by size.
+//
+// Append returns only after the entry is on stable storage (fsync), and the
+// gateway calls it before the response is complete, so no entry of an
+// answered request is lost in a crash. Appends that arrive while one fsync
+// runs are covered by the next one (group commit), so concurrent requests
+// share fsyncs instead of queueing one each.
+type AuditLog struct {
+	dir     string
+	maxSize int64
+	keep    int
+	clock   Clock
+
+	mu      sync.Mutex // guards f, size, written
+	f       *os.File
+	size    int64
+	written uint64
+
+	syncMu sync.Mutex // one fsync or rotation at a time; guards synced
+	synced uint64
+}
+
+const auditFile = "audit.log"
+
+// OpenAuditLog opens (creating if needed) the log in cfg.Dir.
+func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
+	if cfg.MaxSize <= 0 {
+		cfg.MaxSize = 64 << 20
+	}
+	if cfg.Keep <= 0 {
+		cfg.Keep = 10
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	l := &AuditLog{dir: cfg.Dir, maxSize: cfg.MaxSize, keep: cfg.Keep, clock: cfg.Clock}
+	if err := l.openCurrent(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *AuditLog) openCurrent() error {
+	f, err := os.OpenFile(filepath.Join(l.dir, auditFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	l.f, l.size = f, st.Size()
+	return nil
+}
+
+// Append writes one entry and waits until it is durable.
+func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
+	line, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("audit: encode entry: %w", err)
+	}
+	line = append(line, '\n')
+
+	l.mu.Lock()
+	if l.f == nil {
+		l.mu.Unlock()
+		return errors.New("audit: log is closed")
+	}
+	n, err := l.f.Write(line)
+	l.size += int64(n)
+	l.written++
+	seq := l.written
+	l.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("audit: write: %w", err)
+	}
+	return l.syncTo(seq)
+}
+
+func (l *AuditLog) syncTo(seq uint64) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.synced >= seq {
+		return nil
+	}
+	l.mu.Lock()
+	target, f, size := l.written, l.f, l.size
+	l.mu.Unlock()
+	if f == nil {
+		return errors.New("audit: log is closed")
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("audit: fsync: %w", err)
+	}
+	l.synced = target
+	if size >= l.maxSize {
+		if err := l.rotate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rotate renames the full file aside and starts a new one. syncMu is held,
+// so no fsync runs on the file being closed.
+func (l *AuditLog) rotate() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.f.Sync(); err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	l.synced = l.written
+	l.f.Close()
+	l.f = nil
+	name := "audit-" + l.clock.Now().UTC().Format("20060102T150405.000000000Z") + ".log"
+	if err := os.Rename(filepath.Join(l.dir, auditFile), filepath.Join(l.dir, name)); err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	if err := l.openCurrent(); err != nil {
+		return err
+	}
+	if err := syncDir(l.dir); err != nil {
+		return fmt.Errorf("audit: rotate: %w", err)
+	}
+	old, err := l.rotated()
+	if err != nil {
+		return err
+	}
+	for len(old) > l.keep {
+		os.Remove(filepath.Join(l.dir, old[0]))
+		old = old[1:]
+	}
+	return nil
+}
+
+// rotated lists the rotated files, oldest first.
+func (l *AuditLog) rotated() ([]string, error) {
+	ents, err := os.ReadDir(l.dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: list: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, "audit-") && strings.HasSuffix(n, ".log") {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Close syncs and closes the log.
+func (l *AuditLog) Close() error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := errors.Join(l.f.Sync(), l.f.Close())
+	l.f = nil
+	return err
+}
+
+// AuditFilter selects entries for Query.
+type AuditFilter struct {
+	Tenant   string      // caller's or resource's tenant; "" or "*": all
+	Identity string      // identity id or principal ("user:alice"); "": all
+	Result   AuditResult // "": all
+	Since    time.Time   // entries strictly after
+	Limit    int         // the newest Limit matches; default 100
+}
+
+// Match reports whether r passes the filter.
+func (f AuditFilter) Match(r *AuditRecord) bool {
+	if f.Tenant != "" && f.Tenant != "*" {
+		if r.Resource.TenantID != f.Tenant && (r.Identity == nil || r.Identity.TenantID != f.Tenant) {
+			return false
+		}
+	}
+	if f.Identity != "" {
+		if r.Identity == nil || (r.Identity.ID != f.Identity && string(r.Identity.Type)+":"+r.Identity.ID != f.Identity) {
+			return false
+		}
+	}
+	if f.Result != "" && r.Result != f.Result {
+		return false
+	}
+	return f.Since.IsZero() || r.Timestamp.After(f.Since)
+}
+
+// Query returns the newest entries that match f, oldest first. It reads the
+// rotated files and the current one; lines that do not parse (a torn last
+// line after a crash) are skipped.
+func (l *AuditLog) Query(ctx context.Context, f AuditFilter) ([]AuditRecord, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	names, err := l.rotated()
+	if err != nil {
+		return nil, err
+	}
+	names = append(names, auditFile)
+	var out []AuditRecord
+	for _, n := range names {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		fh, err := os.Open(filepath.Join(l.dir, n))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // pruned by a rotation meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: read %s: %w", n, err)
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		for sc.Scan() {
+			var r AuditRecord
+			if json.Unmarshal(sc.Bytes(), &r) != nil {
+				continue
+			}
+			if !f.Match(&r) {
+				continue
+			}
+			out = append(out, r)
+			if len(out) > 2*f.Limit {
+				out = append(out[:0], out[len(out)-f.Limit:]...)
+			}
+		}
+		err = sc.Err()
+		fh.Close()
+		if err != nil {
+			return nil, fmt.Errorf("audit: read %s: %w", n, err)
+		}
+	}
+	if len(out) > f.Limit {
+		out = out[len(out)-f.Limit:]
+	}
+	return out, nil
+}

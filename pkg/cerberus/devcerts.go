@@ -1,0 +1,118 @@
+package cerberus
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// CertKey is a certificate with its private key, both also in PEM.
+type CertKey struct {
+	Cert    *x509.Certificate
+	Key     crypto.Signer
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// NewDevCA makes a self-signed ECDSA P-256 CA for development and tests
+// (`tartarus certs`). Production deployments bring their own CA.
+func NewDevCA(name string, now time.Time, validity time.Duration) (*CertKey, error) {
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"Tartarus development"}},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	return issue(tmpl, nil)
+}
+
+// IssueServer makes a server certificate for hosts (DNS names or IPs).
+func (ca *CertKey) IssueServer(hosts []string, now time.Time, validity time.Duration) (*CertKey, error) {
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: hosts[0]},
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return issue(tmpl, ca)
+}
+
+// IssueClient makes a client certificate for principal ("service:NAME" or
+// "agent:NAME") of tenant ("" for the server's default), in the form
+// MTLSConfig reads: CN = principal, URI SAN spiffe://trustDomain/KIND/NAME,
+// OU = tenant:T.
+func (ca *CertKey) IssueClient(principal, tenant, trustDomain string, now time.Time, validity time.Duration) (*CertKey, error) {
+	typ, name, ok := splitPrincipal(principal, ":")
+	if !ok {
+		return nil, fmt.Errorf("client certificate: %q is not service:NAME or agent:NAME", principal)
+	}
+	if trustDomain == "" {
+		trustDomain = "tartarus"
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: principal},
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{{Scheme: "spiffe", Host: trustDomain, Path: "/" + string(typ) + "/" + name}},
+	}
+	if tenant != "" {
+		tmpl.Subject.OrganizationalUnit = []string{"tenant:" + tenant}
+	}
+	return issue(tmpl, ca)
+}
+
+func issue(tmpl *x509.Certificate, parent *CertKey) (*CertKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("serial: %w", err)
+	}
+	tmpl.SerialNumber = serial
+	signerCert, signerKey := tmpl, crypto.Signer(key)
+	if parent != nil {
+		signerCert, signerKey = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, key.Public(), signerKey)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", strings.TrimSpace(tmpl.Subject.CommonName), err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &CertKey{
+		Cert: cert, Key: key,
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}),
+	}, nil
+}

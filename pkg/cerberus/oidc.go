@@ -1,0 +1,312 @@
+package cerberus
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// OIDCConfig says which issuer's bearer JWTs are accepted and how their
+// claims become an Identity.
+type OIDCConfig struct {
+	Issuer   string // discovery at Issuer/.well-known/openid-configuration
+	Audience string // the token's aud must contain it
+	// Algorithms are the accepted signing algorithms. Default RS256 and
+	// ES256. "none" and the HMAC algorithms are refused: a public key must
+	// never be usable as an HMAC secret.
+	Algorithms []string
+
+	// Claim names; a dotted name walks into objects ("realm_access.roles").
+	UserClaim   string // default "email", falling back to "sub"
+	TenantClaim string // default "tenant"
+	RolesClaim  string // default "roles"
+	GroupsClaim string // default "groups"
+	// DefaultTenant is used for tokens without the tenant claim; empty means
+	// such tokens are refused.
+	DefaultTenant string
+
+	// KeyMaxAge bounds how long fetched signing keys are trusted before the
+	// JWKS is fetched again, so a key the issuer dropped stops working.
+	// Unknown key ids (rotation) always trigger a fetch. Default 1h.
+	KeyMaxAge time.Duration
+	// RetryDiscovery is how long after a failed discovery it is tried again.
+	// Default 10s.
+	RetryDiscovery time.Duration
+
+	HTTPClient *http.Client // default http.DefaultClient
+}
+
+var refusedAlgs = []string{"none", "HS256", "HS384", "HS512"}
+
+// Validate returns every problem of the configuration at once.
+func (c *OIDCConfig) Validate() error {
+	var errs []error
+	if c.Issuer == "" {
+		errs = append(errs, errors.New("oidc: issuer is required"))
+	}
+	if c.Audience == "" {
+		errs = append(errs, errors.New("oidc: audience is required"))
+	}
+	for _, a := range c.Algorithms {
+		if slices.Contains(refusedAlgs, a) {
+			errs = append(errs, fmt.Errorf("oidc: algorithm %s is not allowed", a))
+		} else if !slices.Contains([]string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512, oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA}, a) {
+			errs = append(errs, fmt.Errorf("oidc: unknown algorithm %s", a))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// OIDCVerifier checks bearer JWTs from one OIDC issuer. Discovery happens on
+// first use (and is retried), so the server starts even if the issuer is
+// briefly down; JWKS keys are cached and refetched on an unknown key id.
+type OIDCVerifier struct {
+	cfg   OIDCConfig
+	clock Clock
+	log   *slog.Logger
+	base  context.Context // for the JWKS fetches, which outlive any request
+
+	mu       sync.Mutex
+	verifier *oidc.IDTokenVerifier
+	failedAt time.Time
+	lastErr  error
+}
+
+// NewOIDCVerifier checks cfg and returns a verifier.
+func NewOIDCVerifier(cfg OIDCConfig, clock Clock, log *slog.Logger) (*OIDCVerifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = []string{oidc.RS256, oidc.ES256}
+	}
+	if cfg.UserClaim == "" {
+		cfg.UserClaim = "email"
+	}
+	if cfg.TenantClaim == "" {
+		cfg.TenantClaim = "tenant"
+	}
+	if cfg.RolesClaim == "" {
+		cfg.RolesClaim = "roles"
+	}
+	if cfg.GroupsClaim == "" {
+		cfg.GroupsClaim = "groups"
+	}
+	if cfg.KeyMaxAge <= 0 {
+		cfg.KeyMaxAge = time.Hour
+	}
+	if cfg.RetryDiscovery <= 0 {
+		cfg.RetryDiscovery = 10 * time.Second
+	}
+	base := context.Background()
+	if cfg.HTTPClient != nil {
+		base = oidc.ClientContext(base, cfg.HTTPClient)
+	}
+	return &OIDCVerifier{cfg: cfg, clock: clock, log: log, base: base}, nil
+}
+
+func (v *OIDCVerifier) idTokenVerifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.verifier != nil {
+		return v.verifier, nil
+	}
+	now := v.clock.Now()
+	if !v.failedAt.IsZero() && now.Sub(v.failedAt) < v.cfg.RetryDiscovery {
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "oidc issuer %s: %v", v.cfg.Issuer, v.lastErr)
+	}
+	dctx, cancel := context.WithTimeout(v.base, 10*time.Second)
+	defer cancel()
+	provider, err := oidc.NewProvider(dctx, v.cfg.Issuer)
+	if err != nil {
+		v.failedAt, v.lastErr = now, err
+		v.log.Error("oidc discovery failed", "issuer", v.cfg.Issuer, "err", err)
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "oidc issuer %s: %v", v.cfg.Issuer, err)
+	}
+	var meta struct {
+		JWKSURL string `json:"jwks_uri"`
+	}
+	if err := provider.Claims(&meta); err != nil || meta.JWKSURL == "" {
+		v.failedAt, v.lastErr = now, fmt.Errorf("discovery document has no jwks_uri")
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "oidc issuer %s: no jwks_uri", v.cfg.Issuer)
+	}
+	ks := &agingKeySet{base: v.base, url: meta.JWKSURL, clock: v.clock, maxAge: v.cfg.KeyMaxAge}
+	v.verifier = oidc.NewVerifier(v.cfg.Issuer, ks, &oidc.Config{
+		ClientID:             v.cfg.Audience,
+		SupportedSigningAlgs: v.cfg.Algorithms,
+		Now:                  v.clock.Now,
+	})
+	v.log.Info("oidc issuer discovered", "issuer", v.cfg.Issuer, "jwks", meta.JWKSURL)
+	return v.verifier, nil
+}
+
+// agingKeySet is go-oidc's caching RemoteKeySet, replaced by a fresh one
+// once it is older than maxAge so that keys removed from the JWKS stop being
+// trusted.
+type agingKeySet struct {
+	base   context.Context
+	url    string
+	clock  Clock
+	maxAge time.Duration
+
+	mu   sync.Mutex
+	ks   *oidc.RemoteKeySet
+	born time.Time
+}
+
+func (a *agingKeySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
+	a.mu.Lock()
+	if now := a.clock.Now(); a.ks == nil || now.Sub(a.born) >= a.maxAge {
+		a.ks, a.born = oidc.NewRemoteKeySet(a.base, a.url), now
+	}
+	ks := a.ks
+	a.mu.Unlock()
+	return ks.VerifySignature(ctx, jwt)
+}
+
+// looksLikeJWT reports whether a bearer token has the three dot-separated
+// parts of a JWS compact serialization.
+func looksLikeJWT(tok string) bool { return strings.Count(tok, ".") == 2 }
+
+// Verify checks a bearer token and maps its claims to an Identity.
+func (v *OIDCVerifier) Verify(ctx context.Context, token string) (*Identity, error) {
+	alg, err := jwtAlg(token)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(v.cfg.Algorithms, alg) {
+		return nil, authErr(ReasonBadAlgorithm, fmt.Sprintf("token signing algorithm %q is not accepted", alg), "")
+	}
+	verifier, err := v.idTokenVerifier(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := verifier.Verify(ctx, token)
+	if err != nil {
+		return nil, classifyOIDCError(err)
+	}
+	var claims map[string]any
+	if err := tok.Claims(&claims); err != nil {
+		return nil, authErr(ReasonInvalidToken, "token claims are not a JSON object", err.Error())
+	}
+	user := claimString(claims, v.cfg.UserClaim)
+	if user == "" {
+		user = tok.Subject
+	}
+	if user == "" {
+		return nil, authErr(ReasonInvalidToken, "token names no subject", "")
+	}
+	tenant := claimString(claims, v.cfg.TenantClaim)
+	if tenant == "" {
+		tenant = v.cfg.DefaultTenant
+	}
+	if tenant == "" {
+		return nil, authErr(ReasonNoTenant, fmt.Sprintf("token has no %q claim naming a tenant", v.cfg.TenantClaim), "")
+	}
+	return &Identity{
+		ID:          user,
+		Type:        IdentityTypeUser,
+		TenantID:    tenant,
+		DisplayName: claimString(claims, "name"),
+		Roles:       claimStrings(claims, v.cfg.RolesClaim),
+		Groups:      claimStrings(claims, v.cfg.GroupsClaim),
+		Attributes:  map[string]string{"auth_method": "oidc", "issuer": tok.Issuer, "subject": tok.Subject},
+		AuthTime:    v.clock.Now(),
+		ExpiresAt:   tok.Expiry,
+	}, nil
+}
+
+// jwtAlg reads the alg of a JWS header without trusting anything else in it.
+func jwtAlg(token string) (string, error) {
+	head, _, ok := strings.Cut(token, ".")
+	if !ok || head == "" {
+		return "", authErr(ReasonMalformed, "bearer token is not a JWT", "")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(head)
+	if err != nil {
+		return "", authErr(ReasonMalformed, "bearer token header is not base64url", "")
+	}
+	var h struct {
+		Alg string `json:"alg"`
+	}
+	if err := json.Unmarshal(raw, &h); err != nil || h.Alg == "" {
+		return "", authErr(ReasonMalformed, "bearer token header has no alg", "")
+	}
+	return h.Alg, nil
+}
+
+// classifyOIDCError turns go-oidc's errors (plain strings, except expiry)
+// into a reason the client can act on.
+func classifyOIDCError(err error) error {
+	msg := err.Error()
+	var exp *oidc.TokenExpiredError
+	switch {
+	case errors.As(err, &exp):
+		return authErr(ReasonExpired, "token has expired", msg)
+	case strings.Contains(msg, "expected audience"):
+		return authErr(ReasonWrongAudience, "token is not meant for this server (wrong audience)", msg)
+	case strings.Contains(msg, "issued by a different provider"):
+		return authErr(ReasonWrongIssuer, "token comes from an issuer this server does not trust", msg)
+	case strings.Contains(msg, "nbf"):
+		return authErr(ReasonNotYetValid, "token is not valid yet (nbf)", msg)
+	case strings.Contains(msg, "unsupported algorithm"):
+		return authErr(ReasonBadAlgorithm, "token signing algorithm is not accepted", msg)
+	case strings.Contains(msg, "signature"):
+		return authErr(ReasonBadSignature, "token signature does not verify", msg)
+	case strings.Contains(msg, "fetching keys"), strings.Contains(msg, "get keys"):
+		return authErr(ReasonUnavailable, "identity provider keys could not be fetched", msg)
+	case strings.Contains(msg, "malformed"):
+		return authErr(ReasonMalformed, "bearer token is malformed", msg)
+	}
+	return authErr(ReasonInvalidToken, "bearer token is not valid", msg)
+}
+
+func claimValue(claims map[string]any, name string) any {
+	if v, ok := claims[name]; ok {
+		return v
+	}
+	var cur any = claims
+	for part := range strings.SplitSeq(name, ".") {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[part]
+	}
+	return cur
+}
+
+func claimString(claims map[string]any, name string) string {
+	s, _ := claimValue(claims, name).(string)
+	return s
+}
+
+// claimStrings accepts a JSON array of strings or one string of names
+// separated by spaces or commas.
+func claimStrings(claims map[string]any, name string) []string {
+	switch v := claimValue(claims, name).(type) {
+	case []any:
+		var out []string
+		for _, e := range v {
+			if s, ok := e.(string); ok && s != "" {
+				out = append(out, s)
+			}
+		}
+		return out
+	case string:
+		return strings.FieldsFunc(v, func(r rune) bool { return r == ' ' || r == ',' })
+	}
+	return nil
+}
