@@ -107,7 +107,7 @@ func (f *BoatFerry) choose(cand []*shoreState, clientKey string) *shoreState {
 			h.Write([]byte(clientKey))
 			h.Write([]byte{0})
 			h.Write([]byte(s.ID))
-			u := (float64(h.Sum64()>>11) + 0.5) / (1 << 53) // (0,1)
+			u := (float64(mix64(h.Sum64())>>11) + 0.5) / (1 << 53) // (0,1)
 			score := float64(s.weight) / -math.Log(u)
 			if score > bestScore {
 				best, bestScore = s, score
@@ -129,4 +129,15 @@ func (f *BoatFerry) choose(cand []*shoreState, clientKey string) *shoreState {
 		}
 	}
 	return cand[f.rr.Add(1)%uint64(len(cand))]
+}
+
+// mix64 is MurmurHash3's finaliser: FNV alone leaves the high bits of keys
+// that differ only at the end nearly equal.
+func mix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
 }
