@@ -326,6 +326,10 @@ func compatible(s *Snapshot, cfg *tartarus.VMConfig) error {
 // checksum. Only after the whole stream checked out are the files usable.
 func (m *Manager) fetch(ctx context.Context, s *Snapshot, dir string) error {
 	rc, obj, err := m.store.Get(ctx, s.DataKey)
+	if errors.Is(err, tartarus.ErrNotFound) {
+		// The metadata promises data that is gone: as unusable as damage.
+		return fmt.Errorf("fetch: data object %s is missing: %w", s.DataKey, erebus.ErrCorrupt)
+	}
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}

@@ -202,7 +202,7 @@ func TestRestoreRefusesDamage(t *testing.T) {
 		}, erebus.ErrCorrupt},
 		{"data missing", func(t *testing.T, s *nyx.Snapshot, store erebus.Store, _ string) {
 			store.Delete(t.Context(), s.DataKey)
-		}, tartarus.ErrNotFound},
+		}, erebus.ErrCorrupt},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, f, store, dir := setup(t)
