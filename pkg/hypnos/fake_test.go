@@ -24,17 +24,17 @@ type fakeRuntime struct {
 	boxes map[string]*fakeBox
 
 	failSnapshot, failDestroy, failResume, failRestore error
-	destroyCalls                                      int
-	restores                                          []string // ids, in order
-	restoreGate                                       chan struct{}
-	restoring, maxRestoring                           int
+	destroyCalls                                       int
+	restores                                           []string // ids, in order
+	restoreGate                                        chan struct{}
+	restoring, maxRestoring                            int
 }
 
 type fakeBox struct {
-	Template  string            `json:"template"`
-	MemoryMB  int               `json:"memory_mb"`
-	Files     map[string]string `json:"files"`
-	Counter   int               `json:"counter"`
+	Template string            `json:"template"`
+	MemoryMB int               `json:"memory_mb"`
+	Files    map[string]string `json:"files"`
+	Counter  int               `json:"counter"`
 	// IdleSince is the guest's own idea of its last activity; it travels
 	// in the memory image, so a woken sandbox reports a time before sleep.
 	IdleSince *time.Time `json:"idle_since"`
