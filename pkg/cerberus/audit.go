@@ -133,6 +133,20 @@ func (l *AuditLog) openCurrent() error {
 		return fmt.Errorf("open audit log: %w", err)
 	}
 	l.f, l.size = f, st.Size()
+	// A crash mid-write can leave a torn last line; end it so the next
+	// entry starts on a line of its own.
+	if l.size > 0 {
+		last := make([]byte, 1)
+		r, err := os.Open(f.Name())
+		if err == nil {
+			_, err = r.ReadAt(last, l.size-1)
+			r.Close()
+		}
+		if err == nil && last[0] != '\n' {
+			n, _ := f.Write([]byte{'\n'})
+			l.size += int64(n)
+		}
+	}
 	return nil
 }
 
@@ -144,10 +158,19 @@ func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
 	}
 	line = append(line, '\n')
 
-	l.mu.Lock()
-	if l.f == nil {
+	for {
+		l.mu.Lock()
+		if l.f == nil {
+			l.mu.Unlock()
+			return errors.New("audit: log is closed")
+		}
+		if l.size < l.maxSize {
+			break // still holding mu
+		}
 		l.mu.Unlock()
-		return errors.New("audit: log is closed")
+		if err := l.rotateIfFull(); err != nil {
+			return err
+		}
 	}
 	n, err := l.f.Write(line)
 	l.size += int64(n)
@@ -167,7 +190,7 @@ func (l *AuditLog) syncTo(seq uint64) error {
 		return nil
 	}
 	l.mu.Lock()
-	target, f, size := l.written, l.f, l.size
+	target, f := l.written, l.f
 	l.mu.Unlock()
 	if f == nil {
 		return errors.New("audit: log is closed")
@@ -176,26 +199,39 @@ func (l *AuditLog) syncTo(seq uint64) error {
 		return fmt.Errorf("audit: fsync: %w", err)
 	}
 	l.synced = target
-	if size >= l.maxSize {
-		if err := l.rotate(); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
-// rotate renames the full file aside and starts a new one. syncMu is held,
-// so no fsync runs on the file being closed.
-func (l *AuditLog) rotate() error {
+func (l *AuditLog) rotateIfFull() error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.f == nil || l.size < l.maxSize {
+		return nil
+	}
+	return l.rotateLocked()
+}
+
+// rotateLocked renames the full file aside and starts a new one. Both
+// syncMu and mu are held, so no write or fsync runs on the file being closed.
+func (l *AuditLog) rotateLocked() error {
 	if err := l.f.Sync(); err != nil {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	l.synced = l.written
 	l.f.Close()
 	l.f = nil
-	name := "audit-" + l.clock.Now().UTC().Format("20060102T150405.000000000Z") + ".log"
+	// A sequence number keeps names unique (and in order) when two
+	// rotations fall in the same clock tick.
+	stamp := "audit-" + l.clock.Now().UTC().Format("20060102T150405.000000000Z")
+	name := ""
+	for i := 0; ; i++ {
+		name = fmt.Sprintf("%s-%04d.log", stamp, i)
+		if _, err := os.Lstat(filepath.Join(l.dir, name)); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+	}
 	if err := os.Rename(filepath.Join(l.dir, auditFile), filepath.Join(l.dir, name)); err != nil {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
