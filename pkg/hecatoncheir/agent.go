@@ -220,7 +220,23 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		store.Change{At: a.cfg.Clock.Now().UTC(), Error: err.Error()}); merr != nil {
 		log.Error("record failed create", "err", merr)
 	}
-	return nil, fmt.Errorf("create sandbox %s: %w", sb.ID, err)
+	if !classified(err) {
+		// A boot that fails for no known reason is the node's trouble.
+		err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
+	}
+	return nil, fmt.Errorf("create sandbox %s (recorded as failed): %w", sb.ID, err)
+}
+
+// classified reports whether err wraps one of the tartarus error classes.
+func classified(err error) bool {
+	for _, c := range []error{tartarus.ErrNotFound, tartarus.ErrAlreadyExists, tartarus.ErrInvalid,
+		tartarus.ErrFailedPrecondition, tartarus.ErrResourceExhausted, tartarus.ErrUnavailable,
+		tartarus.ErrNotImplemented, tartarus.ErrUnauthenticated, tartarus.ErrPermissionDenied, tartarus.ErrTimeout} {
+		if errors.Is(err, c) {
+			return true
+		}
+	}
+	return false
 }
 
 // Get returns one sandbox.
@@ -377,6 +393,11 @@ func (a *Agent) pauseResume(ctx context.Context, id string, from, to tartarus.St
 	}
 	a.touch(ctx, id)
 	return a.cfg.Store.Move(ctx, id, from, to, store.Change{At: a.cfg.Clock.Now().UTC()})
+}
+
+// Counts counts the sandboxes in each state.
+func (a *Agent) Counts(ctx context.Context) (map[tartarus.State]int, error) {
+	return a.cfg.Store.CountByState(ctx)
 }
 
 // Templates lists the built templates.

@@ -1,0 +1,89 @@
+// Package api holds the JSON shapes of the Tartarus HTTP API that are not
+// domain types, shared by the server (pkg/olympus) and the Go SDK
+// (pkg/client).
+package api
+
+import (
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// ExecRequest is the body of POST /v1/sandboxes/{id}/exec.
+type ExecRequest struct {
+	Cmd      []string          `json:"cmd"`
+	Env      map[string]string `json:"env,omitempty"`
+	Cwd      string            `json:"cwd,omitempty"`
+	Stdin    string            `json:"stdin,omitempty"`
+	TimeoutS int               `json:"timeout_s,omitempty"`
+}
+
+// ExecResponse is the plain (non-streaming) answer to an exec.
+type ExecResponse struct {
+	ExitCode   int    `json:"exit_code"`
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+	DurationMS int64  `json:"duration_ms"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+	Signal     string `json:"signal,omitempty"`
+	// Truncated is set when an output stream exceeded what the server
+	// buffers (16 MiB); stream with NDJSON to get all of it.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// Exec event types of the NDJSON stream.
+const (
+	EventStdout = "stdout"
+	EventStderr = "stderr"
+	EventExit   = "exit"
+	EventError  = "error"
+)
+
+// NDJSON is the media type of the streaming exec answer.
+const NDJSON = "application/x-ndjson"
+
+// ExecEvent is one line of the NDJSON exec stream. Output is in Data when
+// it is valid UTF-8, otherwise base64 in DataB64.
+type ExecEvent struct {
+	Type       string       `json:"type"`
+	Data       string       `json:"data,omitempty"`
+	DataB64    []byte       `json:"data_b64,omitempty"`
+	ExitCode   *int         `json:"exit_code,omitempty"`
+	DurationMS int64        `json:"duration_ms,omitempty"`
+	TimedOut   bool         `json:"timed_out,omitempty"`
+	Signal     string       `json:"signal,omitempty"`
+	Error      *ErrorDetail `json:"error,omitempty"`
+}
+
+// ErrorBody is the JSON shape of every error answer.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// RequestID helps find the logged detail of a 500.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// SandboxList is the answer of GET /v1/sandboxes.
+type SandboxList struct {
+	Sandboxes []*tartarus.Sandbox `json:"sandboxes"`
+}
+
+// TemplateList is the answer of GET /v1/templates.
+type TemplateList struct {
+	Templates []*tartarus.Image `json:"templates"`
+}
+
+// NodeList is the answer of GET /v1/nodes.
+type NodeList struct {
+	Nodes []*hecatoncheir.NodeInfo `json:"nodes"`
+}
+
+// FileList is the answer of GET /v1/sandboxes/{id}/files?path=DIR&list=1.
+type FileList struct {
+	Path  string              `json:"path"`
+	Files []tartarus.FileInfo `json:"files"`
+}

@@ -1,0 +1,197 @@
+package olympus
+
+import (
+	"context"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"net/http"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// caller returns the request's authenticated identity.
+func caller(r *http.Request) (*cerberus.Identity, error) {
+	id := cerberus.IdentityFrom(r.Context())
+	if id == nil || id.TenantID == "" {
+		return nil, tartarus.Errorf(tartarus.ErrUnauthenticated, "no authenticated caller")
+	}
+	setTenant(r.Context(), id.TenantID)
+	return id, nil
+}
+
+// sandboxFor loads the sandbox named in the path and checks that the caller
+// may do action on it. Another tenant's sandbox is not found, never
+// forbidden, so ids do not leak.
+func (s *Server) sandboxFor(r *http.Request, action cerberus.Action) (*tartarus.Sandbox, error) {
+	who, err := caller(r)
+	if err != nil {
+		return nil, err
+	}
+	id := r.PathValue("id")
+	notFound := tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
+	if !tartarus.ValidName(id) {
+		return nil, notFound
+	}
+	sb, err := s.be.Get(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	if sb.Tenant != who.TenantID {
+		return nil, notFound
+	}
+	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: sb.ID, TenantID: sb.Tenant}
+	if err := s.guard.Authorize(r.Context(), action, res); err != nil {
+		return nil, err
+	}
+	return sb, nil
+}
+
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
+	who, err := caller(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), cerberus.ActionCreate, res); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	req, err := decodeCreate(http.MaxBytesReader(w, r.Body, MaxJSONBody))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := s.be.Create(r.Context(), who.TenantID, req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
+	writeJSON(w, http.StatusCreated, sb)
+}
+
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
+	who, err := caller(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	f := store.Filter{Tenant: who.TenantID}
+	if st := r.URL.Query().Get("state"); st != "" {
+		f.States = []tartarus.State{tartarus.State(st)}
+	}
+	list, err := s.be.List(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []*tartarus.Sandbox{}
+	}
+	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: list})
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
+	sb, err := s.sandboxFor(r, cerberus.ActionRead)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sb)
+}
+
+func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
+	sb, err := s.sandboxFor(r, cerberus.ActionDelete)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err = s.be.Destroy(r.Context(), sb.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, sb)
+}
+
+func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
+	s.change(w, r, s.be.Pause)
+}
+
+func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
+	s.change(w, r, s.be.Resume)
+}
+
+func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx context.Context, id string) (*tartarus.Sandbox, error)) {
+	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err = do(r.Context(), sb.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sb)
+}
+
+// hibernate answers hibernate and wake until the hibernation work lands.
+func (s *Server) hibernate(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.sandboxFor(r, cerberus.ActionUpdate); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented,
+		"hibernate and wake are not available in this build yet (the hibernation manager has not landed); use pause and resume"))
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
+	who, err := caller(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res := cerberus.Resource{Type: cerberus.ResourceTypeTemplate, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	list, err := s.be.Templates(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []*tartarus.Image{}
+	}
+	writeJSON(w, http.StatusOK, api.TemplateList{Templates: list})
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
+	who, err := caller(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	info, err := s.be.Info(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.NodeList{Nodes: []*hecatoncheir.NodeInfo{info}})
+}
