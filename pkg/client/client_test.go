@@ -1,0 +1,158 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+type catalog map[string]*tartarus.Image
+
+func (c catalog) List(context.Context) ([]*tartarus.Image, error) {
+	var out []*tartarus.Image
+	for _, img := range c {
+		out = append(out, img)
+	}
+	return out, nil
+}
+
+func (c catalog) Get(_ context.Context, name string) (*tartarus.Image, error) {
+	if img, ok := c[name]; ok {
+		return img, nil
+	}
+	return nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", name)
+}
+
+// newServer runs the real API over the fake runtime.
+func newServer(t *testing.T) *Client {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "t.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rt, err := fake.New(fake.Config{StateDir: filepath.Join(dir, "vms")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: "n1", Store: st, Runtimes: []tartarus.Runtime{rt},
+		Images: catalog{"base": {Name: "base"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := olympus.New(olympus.Config{Backend: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	c, err := New(srv.URL, "tk_test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestClient(t *testing.T) {
+	ctx := context.Background()
+	c := newServer(t)
+	if err := c.Health(ctx); err != nil {
+		t.Fatalf("Health: %v", err)
+	}
+	sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", Env: map[string]string{"V": "1"}})
+	if err != nil || sb.State != tartarus.StateRunning {
+		t.Fatalf("CreateSandbox: %+v %v", sb, err)
+	}
+	if _, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "nope"}); !errors.Is(err, tartarus.ErrNotFound) {
+		t.Errorf("create unknown template: %v", err)
+	}
+	list, err := c.ListSandboxes(ctx)
+	if err != nil || len(list) != 1 || list[0].ID != sb.ID {
+		t.Errorf("ListSandboxes: %v %v", list, err)
+	}
+	if got, err := c.GetSandbox(ctx, sb.ID); err != nil || got.ID != sb.ID {
+		t.Errorf("GetSandbox: %v %v", got, err)
+	}
+	res, err := c.Exec(ctx, sb.ID, &api.ExecRequest{Cmd: []string{"sh", "-c", "echo $V; exit 2"}})
+	if err != nil || res.Stdout != "1\n" || res.ExitCode != 2 {
+		t.Errorf("Exec: %+v %v", res, err)
+	}
+	var out, errb bytes.Buffer
+	sres, err := c.ExecStream(ctx, sb.ID, &api.ExecRequest{Cmd: []string{"sh", "-c", "cat; echo e >&2; exit 5"}, Stdin: "in"}, &out, &errb)
+	if err != nil || sres.ExitCode != 5 || out.String() != "in" || errb.String() != "e\n" {
+		t.Errorf("ExecStream: %+v %v %q %q", sres, err, out.String(), errb.String())
+	}
+	data := bytes.Repeat([]byte{0, 1, 2, 255}, 100000)
+	if err := c.WriteFile(ctx, sb.ID, "/d/f.bin", 0o600, bytes.NewReader(data)); err != nil {
+		t.Fatalf("WriteFile: %v", err)
+	}
+	// A reader of unknown length is sent chunked.
+	if err := c.WriteFile(ctx, sb.ID, "/d/g.txt", 0o644, io.MultiReader(strings.NewReader("g"))); err != nil {
+		t.Fatalf("WriteFile chunked: %v", err)
+	}
+	rc, err := c.ReadFile(ctx, sb.ID, "/d/f.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Errorf("ReadFile: %d bytes %v", len(got), err)
+	}
+	if _, err := c.ReadFile(ctx, sb.ID, "/d/missing"); !errors.Is(err, tartarus.ErrNotFound) {
+		t.Errorf("ReadFile missing: %v", err)
+	}
+	files, err := c.ListFiles(ctx, sb.ID, "/d")
+	if err != nil || len(files) != 2 {
+		t.Errorf("ListFiles: %v %v", files, err)
+	}
+	if sb, err := c.Pause(ctx, sb.ID); err != nil || sb.State != tartarus.StatePaused {
+		t.Errorf("Pause: %v %v", sb, err)
+	}
+	if _, err := c.Exec(ctx, sb.ID, &api.ExecRequest{Cmd: []string{"true"}}); !errors.Is(err, tartarus.ErrFailedPrecondition) {
+		t.Errorf("Exec while paused: %v", err)
+	}
+	if sb, err := c.Resume(ctx, sb.ID); err != nil || sb.State != tartarus.StateRunning {
+		t.Errorf("Resume: %v %v", sb, err)
+	}
+	if _, err := c.Hibernate(ctx, sb.ID); !errors.Is(err, tartarus.ErrNotImplemented) {
+		t.Errorf("Hibernate: %v", err)
+	}
+	if _, err := c.Wake(ctx, sb.ID); !errors.Is(err, tartarus.ErrNotImplemented) {
+		t.Errorf("Wake: %v", err)
+	}
+	if tpl, err := c.Templates(ctx); err != nil || len(tpl) != 1 {
+		t.Errorf("Templates: %v %v", tpl, err)
+	}
+	if nodes, err := c.Nodes(ctx); err != nil || len(nodes.Nodes) != 1 || nodes.Nodes[0].Runtimes[0].Runtime != "fake" {
+		t.Errorf("Nodes: %+v %v", nodes, err)
+	}
+	if sb, err := c.DeleteSandbox(ctx, sb.ID); err != nil || sb.State != tartarus.StateTerminated {
+		t.Errorf("DeleteSandbox: %v %v", sb, err)
+	}
+	var apiErr *Error
+	if _, err := c.GetSandbox(ctx, "sb-missing"); !errors.As(err, &apiErr) || apiErr.Status != 404 || !errors.Is(err, tartarus.ErrNotFound) {
+		t.Errorf("GetSandbox missing: %v", err)
+	}
+}
+
+func TestNewRejectsBadURL(t *testing.T) {
+	for _, u := range []string{"ftp://x", "127.0.0.1:7700", "http://"} {
+		if _, err := New(u, ""); err == nil {
+			t.Errorf("New(%q) accepted", u)
+		}
+	}
+}
