@@ -1,0 +1,16 @@
+package microvm
+
+import (
+	"context"
+	"io"
+	"log/slog"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/guest"
+)
+
+var _ guestConn = (*guest.Client)(nil)
+
+// dialGuest meets the real guest agent.
+func dialGuest(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (guestConn, error) {
+	return guest.Dial(ctx, conn, log)
+}
