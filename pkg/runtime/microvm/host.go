@@ -138,4 +138,3 @@ func waitGone(pid int, timeout time.Duration) bool {
 	}
 	return true
 }
-
