@@ -1,12 +1,223 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
-// newServerCmd is owned by the Olympus work; this stub keeps the tree building.
+// serverDataDir is the default --data-dir (API.md): /var/lib/tartarus for
+// root, ~/.tartarus otherwise.
+func serverDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/tartarus"
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".tartarus")
+	}
+	return ".tartarus"
+}
+
+type serverOptions struct {
+	listen, dataDir, logLevel, node string
+	runtimes                        []string
+	accel                           string
+	bootTimeout                     time.Duration
+	bootRetries                     int
+	maxUploadMB                     int64
+	unsafeFake                      bool
+	shutdownTimeout                 time.Duration
+}
+
 func newServerCmd() *cobra.Command {
-	return &cobra.Command{Use: "server", RunE: func(*cobra.Command, []string) error { return errors.New("not built yet") }}
+	o := &serverOptions{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the API server with an embedded node agent (single node)",
+		Long: `Run the Tartarus API with an embedded node agent.
+
+The server keeps its state in DATA/tartarus.db, its templates in DATA/images
+and its VMs' state in DATA/vms. On SIGTERM it stops serving and leaves the
+VMs running: the next start adopts them.`,
+		Args: cobra.NoArgs,
+	}
+	auth := addAuthFlags(cmd)
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "127.0.0.1:7700", "address to serve the API on")
+	f.StringVar(&o.dataDir, "data-dir", serverDataDir(), "data directory")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.node, "node", defaultNodeName(), "this node's name")
+	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
+	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
+	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
+	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
+	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
+	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
+	_ = f.MarkHidden("unsafe-fake-runtime")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return runServer(cmd.Context(), o, auth, cmd.OutOrStdout())
+	}
+	return cmd
+}
+
+// defaultNodeName is the host name, made a valid name.
+func defaultNodeName() string {
+	h, _ := os.Hostname()
+	h = strings.ToLower(h)
+	h = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			return r
+		}
+		return '-'
+	}, h)
+	if !tartarus.ValidName(h) {
+		return "node-1"
+	}
+	return h
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out interface{ Write([]byte) (int, error) }) error {
+	log, err := newLogger(o.logLevel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	// Everything below lives until shutdown, not until the first signal:
+	// VMs and their state must not be tied to ctx.
+	life := context.WithoutCancel(ctx)
+
+	st, err := store.OpenSQLite(life, filepath.Join(o.dataDir, "tartarus.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cat, err := images.Open(images.Options{DataDir: o.dataDir, Log: log})
+	if err != nil {
+		return err
+	}
+	var rts []tartarus.Runtime
+	for _, name := range o.runtimes {
+		rt, err := openRuntime(life, name, o, cat, log)
+		if err != nil {
+			return err
+		}
+		fp, _ := rt.Fingerprint(life)
+		if fp != nil {
+			log.Info("runtime", "name", name, "available", fp.Available, "accel", fp.Accel, "reason", fp.Reason,
+				"max_cpus", fp.MaxCPUs, "max_memory_mb", fp.MaxMemoryMB)
+		}
+		rts = append(rts, rt)
+	}
+
+	auth, err := authOpts.setup(life, o.dataDir, log)
+	if err != nil {
+		return err
+	}
+	defer auth.Close()
+
+	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: rts, Images: cat, Log: log})
+	if err != nil {
+		return err
+	}
+	rep, err := agent.Recover(life)
+	if err != nil {
+		// Partial recovery still leaves a usable node; say what failed.
+		log.Error("recover", "err", err)
+	}
+	if rep != nil {
+		log.Info("recovered sandboxes", "adopted", len(rep.Adopted), "lost", len(rep.Lost),
+			"finished", len(rep.Finished), "orphans_destroyed", len(rep.Orphans))
+	}
+
+	api, err := olympus.New(olympus.Config{Backend: agent, Guard: auth.Guard, Routes: auth.Routes,
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: []prometheus.Collector{auth.Metrics}, Log: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	scheme := "http"
+	if auth.TLS != nil {
+		ln = tls.NewListener(ln, auth.TLS)
+		scheme = "https"
+	}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+
+	loopCtx, stopLoop := context.WithCancel(life)
+	loopDone := make(chan struct{})
+	go func() { _ = agent.Run(loopCtx); close(loopDone) }()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
+	log.Info("serving", "url", url, "node", o.node, "data_dir", o.dataDir)
+	fmt.Fprintf(out, "Tartarus is listening on %s\n", url)
+	if err := agent.Ready(life); err != nil {
+		fmt.Fprintf(out, "Not ready to create sandboxes yet: %v\n", err)
+	} else {
+		fmt.Fprintf(out, "Try:\n  export TARTARUS_URL=%s\n  id=$(tartarus sandbox create --template base) && tartarus exec $id -- uname -a\n", url)
+	}
+
+	select {
+	case err = <-serveErr:
+	case <-ctx.Done():
+		log.Info("shutting down; sandboxes keep running and are adopted at the next start")
+		sctx, cancel := context.WithTimeout(life, o.shutdownTimeout)
+		err = srv.Shutdown(sctx)
+		cancel()
+	}
+	stopLoop()
+	<-loopDone
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func openRuntime(ctx context.Context, name string, o *serverOptions, cat *images.Catalog, log *slog.Logger) (tartarus.Runtime, error) {
+	switch name {
+	case "microvm":
+		probe, _ := cat.Get(ctx, "base") // without a built image the driver uses TCG unprobed
+		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(o.dataDir, "vms"), Log: log, Accel: o.accel,
+			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe})
+	case "fake":
+		if !o.unsafeFake {
+			return nil, errors.New("runtime fake runs commands on the host without isolation; it needs --unsafe-fake-runtime and is for tests only")
+		}
+		log.Warn("UNSAFE: the fake runtime runs sandbox commands as host processes with no isolation (tests only)")
+		return fake.New(fake.Config{StateDir: filepath.Join(o.dataDir, "fake-vms"), Log: log})
+	}
+	return nil, fmt.Errorf("--runtimes: %q is not a runtime this build offers (microvm)", name)
 }

@@ -72,7 +72,10 @@ type Config struct {
 	Routes map[string]http.Handler
 	// MaxUploadBytes bounds a file upload; 0 means DefaultMaxUpload.
 	MaxUploadBytes int64
-	Log            *slog.Logger
+	// Collectors are extra Prometheus collectors (for example Cerberus's
+	// counters) served on /metrics.
+	Collectors []prometheus.Collector
+	Log        *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -103,6 +106,14 @@ func New(cfg Config) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(reg, cfg.Backend, s.log)
+	for _, c := range cfg.Collectors {
+		if c == nil {
+			continue
+		}
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("olympus: register metrics: %w", err)
+		}
+	}
 
 	mux := http.NewServeMux()
 	v1 := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, cfg.Guard.Wrap(h)) }
