@@ -1,16 +1,307 @@
 package main
 
 import (
-	"errors"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 )
 
-// newAPIKeyCmd and newAuditCmd are owned by the Cerberus work.
+// newAPIKeyCmd is `tartarus apikey create|ls|revoke`, through the API.
 func newAPIKeyCmd() *cobra.Command {
-	return &cobra.Command{Use: "apikey", RunE: func(*cobra.Command, []string) error { return errors.New("not built yet") }}
+	cmd := &cobra.Command{
+		Use:   "apikey",
+		Short: "Create, list and revoke API keys",
+		Long: `Create, list and revoke API keys through the server's API.
+
+The server is $TARTARUS_URL (default http://127.0.0.1:7700); the caller's key
+is $TARTARUS_API_KEY, or else the admin key the server wrote to
+<data dir>/admin.key on first start.`,
+	}
+	var tenant, name, expires string
+	var roles []string
+	create := &cobra.Command{
+		Use:   "create --tenant T --role R [--expires 30d]",
+		Short: "Make a key; prints its secret once",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			body := map[string]any{"tenant": tenant, "roles": roles, "name": name}
+			if expires != "" {
+				body["expires_in"] = expires
+			}
+			var out struct {
+				APIKey cerberus.APIKey `json:"api_key"`
+				Secret string          `json:"secret"`
+			}
+			if err := cerbCall(cmd.Context(), "POST", "/v1/apikeys", body, &out); err != nil {
+				return err
+			}
+			exp := "never"
+			if !out.APIKey.ExpiresAt.IsZero() {
+				exp = out.APIKey.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "key %s for tenant %s, roles %s, expires %s. Its secret is shown only now:\n",
+				out.APIKey.ID, out.APIKey.TenantID, strings.Join(out.APIKey.Roles, ","), exp)
+			fmt.Fprintln(cmd.OutOrStdout(), out.Secret)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&tenant, "tenant", "", "tenant of the key (default: your own)")
+	create.Flags().StringSliceVar(&roles, "role", nil, "policy role of the key (repeat or comma-separate)")
+	create.Flags().StringVar(&expires, "expires", "", "lifetime such as 30d, 2w or 12h (default: never)")
+	create.Flags().StringVar(&name, "name", "", "a note saying what the key is for")
+	create.MarkFlagRequired("role")
+
+	var lsTenant string
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List keys (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if lsTenant != "" {
+				q.Set("tenant", lsTenant)
+			}
+			var out struct {
+				Keys []cerberus.APIKey `json:"api_keys"`
+			}
+			if err := cerbCall(cmd.Context(), "GET", "/v1/apikeys?"+q.Encode(), nil, &out); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTENANT\tROLES\tCREATED\tEXPIRES\tSTATE\tCREATED BY\tNAME")
+			now := time.Now()
+			for _, k := range out.Keys {
+				state, exp := "active", "never"
+				if !k.ExpiresAt.IsZero() {
+					exp = k.ExpiresAt.Local().Format("2006-01-02 15:04")
+				}
+				if k.Expired(now) {
+					state = "expired"
+				}
+				if k.Revoked {
+					state = "revoked"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.TenantID, strings.Join(k.Roles, ","),
+					k.CreatedAt.Local().Format("2006-01-02 15:04"), exp, state, k.CreatedBy, k.Name)
+			}
+			return tw.Flush()
+		},
+	}
+	ls.Flags().StringVar(&lsTenant, "tenant", "", `tenant to list (default: your own; "*" for all)`)
+
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a key at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var k cerberus.APIKey
+			if err := cerbCall(cmd.Context(), "DELETE", "/v1/apikeys/"+url.PathEscape(args[0]), nil, &k); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", k.ID)
+			return nil
+		},
+	}
+	cmd.AddCommand(create, ls, revoke)
+	return cmd
 }
 
+// newAuditCmd is `tartarus audit tail [-f]`.
 func newAuditCmd() *cobra.Command {
-	return &cobra.Command{Use: "audit", RunE: func(*cobra.Command, []string) error { return errors.New("not built yet") }}
+	cmd := &cobra.Command{Use: "audit", Short: "Read the audit log"}
+	var follow, asJSON bool
+	var n int
+	var tenant, identity, result string
+	var every time.Duration
+	tail := &cobra.Command{
+		Use:   "tail [-f]",
+		Short: "Print the newest audit entries; -f keeps printing new ones",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			q := url.Values{"limit": {fmt.Sprint(n)}}
+			for k, v := range map[string]string{"tenant": tenant, "identity": identity, "result": result} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			var since time.Time
+			for {
+				if !since.IsZero() {
+					q.Set("since", since.Format(time.RFC3339Nano))
+					q.Set("limit", "1000")
+				}
+				var out struct {
+					Entries []cerberus.AuditRecord `json:"entries"`
+				}
+				if err := cerbCall(ctx, "GET", "/v1/audit?"+q.Encode(), nil, &out); err != nil {
+					return err
+				}
+				for _, e := range out.Entries {
+					printAudit(cmd.OutOrStdout(), e, asJSON)
+					since = e.Timestamp
+				}
+				if !follow {
+					return nil
+				}
+				if since.IsZero() {
+					since = time.Now().Add(-time.Second)
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(every):
+				}
+			}
+		},
+	}
+	f := tail.Flags()
+	f.BoolVarP(&follow, "follow", "f", false, "keep printing new entries")
+	f.IntVarP(&n, "lines", "n", 20, "how many of the newest entries to print first")
+	f.StringVar(&tenant, "tenant", "", `tenant (default: your own; "*" for all)`)
+	f.StringVar(&identity, "identity", "", "only this caller (id or type:id)")
+	f.StringVar(&result, "result", "", "only success, denied or error")
+	f.BoolVar(&asJSON, "json", false, "print the JSON lines as stored")
+	f.DurationVar(&every, "interval", time.Second, "poll interval with -f")
+	cmd.AddCommand(tail)
+	return cmd
+}
+
+func printAudit(w io.Writer, e cerberus.AuditRecord, asJSON bool) {
+	if asJSON {
+		b, _ := json.Marshal(e)
+		fmt.Fprintln(w, string(b))
+		return
+	}
+	who := "-"
+	if e.Identity != nil {
+		who = fmt.Sprintf("%s:%s@%s", e.Identity.Type, e.Identity.ID, e.Identity.TenantID)
+	}
+	what := string(e.Action)
+	if e.Resource.Type != "" {
+		what += " " + string(e.Resource.Type)
+		if e.Resource.ID != "" {
+			what += "/" + e.Resource.ID
+		}
+	}
+	if what == "" {
+		what = "-"
+	}
+	fmt.Fprintf(w, "%s %-7s %3d %s %s %s %q\n", e.Timestamp.Local().Format("2006-01-02T15:04:05.000"), e.Result, e.Status,
+		who, what, e.Method+" "+e.Path, e.Reason)
+}
+
+// cerbCall does one API call for the apikey and audit verbs with plain
+// net/http (the Go SDK is separate work) and decodes the answer into out.
+func cerbCall(ctx context.Context, method, path string, body, out any) error {
+	base := strings.TrimRight(os.Getenv("TARTARUS_URL"), "/")
+	if base == "" {
+		base = "http://127.0.0.1:7700"
+	}
+	client, err := cerbHTTPClient()
+	if err != nil {
+		return err
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key := cerbAPIKey(); key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error struct{ Code, Message, Reason string } `json:"error"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
+			return fmt.Errorf("%s (%d %s)", e.Error.Message, resp.StatusCode, e.Error.Code)
+		}
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// cerbAPIKey is $TARTARUS_API_KEY, or the server's admin.key on this machine.
+func cerbAPIKey() string {
+	if k := os.Getenv("TARTARUS_API_KEY"); k != "" {
+		return k
+	}
+	for _, dir := range []string{os.Getenv("TARTARUS_DATA_DIR"), authDefaultDataDir()} {
+		if dir == "" {
+			continue
+		}
+		if k, err := cerberus.ReadKeyFile(filepath.Join(dir, "admin.key")); err == nil {
+			return k
+		}
+	}
+	return ""
+}
+
+// cerbHTTPClient trusts $TARTARUS_CA_CERT for an https server and presents
+// $TARTARUS_CLIENT_CERT / $TARTARUS_CLIENT_KEY when they are set (mTLS).
+func cerbHTTPClient() (*http.Client, error) {
+	ca, cert, key := os.Getenv("TARTARUS_CA_CERT"), os.Getenv("TARTARUS_CLIENT_CERT"), os.Getenv("TARTARUS_CLIENT_KEY")
+	if ca == "" && cert == "" {
+		return http.DefaultClient, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("TARTARUS_CA_CERT: %w", err)
+		}
+		conf.RootCAs = x509.NewCertPool()
+		if !conf.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TARTARUS_CA_CERT %s holds no PEM certificate", ca)
+		}
+	}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("TARTARUS_CLIENT_CERT/KEY: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{pair}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: conf}}, nil
 }

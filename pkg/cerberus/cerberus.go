@@ -294,7 +294,7 @@ func ParseAuthorization(h string) (Credentials, error) {
 }
 
 func requestID(r *http.Request) string {
-	if id := r.Header.Get("X-Request-ID"); id != "" && len(id) <= 64 && isToken(id) {
+	if id := r.Header.Get("X-Request-ID"); id != "" && len(id) <= 128 && isToken(id) {
 		return id
 	}
 	b := make([]byte, 8)

@@ -41,6 +41,9 @@ func NewDevCA(name string, now time.Time, validity time.Duration) (*CertKey, err
 
 // IssueServer makes a server certificate for hosts (DNS names or IPs).
 func (ca *CertKey) IssueServer(hosts []string, now time.Time, validity time.Duration) (*CertKey, error) {
+	if len(hosts) == 0 {
+		return nil, fmt.Errorf("server certificate: no host names")
+	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: hosts[0]},
 		NotBefore:   now.Add(-time.Minute),
@@ -115,4 +118,27 @@ func issue(tmpl *x509.Certificate, parent *CertKey) (*CertKey, error) {
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}),
 	}, nil
+}
+
+// LoadCertKey reads a certificate and its PKCS#8 private key from PEM, for
+// issuing more certificates from a CA made earlier.
+func LoadCertKey(certPEM, keyPEM []byte) (*CertKey, error) {
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("load certificate: not PEM")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate: %w", err)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("load key: not a signing key")
+	}
+	return &CertKey{Cert: cert, Key: signer, CertPEM: certPEM, KeyPEM: keyPEM}, nil
 }

@@ -92,3 +92,22 @@ func (m *Metrics) policyReload(ok bool) {
 		m.policyReloads.WithLabelValues("rejected").Inc()
 	}
 }
+
+// Describe implements prometheus.Collector, so a server with its own
+// registry can register Metrics as one collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	m.requests.Describe(ch)
+	m.authFailures.Describe(ch)
+	m.auditErrors.Describe(ch)
+	m.policyReloads.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.requests.Collect(ch)
+	m.authFailures.Collect(ch)
+	m.auditErrors.Collect(ch)
+	m.policyReloads.Collect(ch)
+}
+
+var _ prometheus.Collector = (*Metrics)(nil)

@@ -204,6 +204,9 @@ func (p *policyParser) document(doc *yaml.Node) ([]*roleDef, []*bindingDef) {
 	var bindings []*bindingDef
 	top := doc.Content[0]
 	p.mapping(top, "the policy", []string{"roles", "bindings"}, func(key string, k, v *yaml.Node) {
+		if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+			return // "bindings:" with nothing under it
+		}
 		if v.Kind != yaml.SequenceNode {
 			p.errf(v, "%s must be a list", key)
 			return

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+)
+
+// authServer runs setup() with flags, mounted the way the API server mounts
+// it, in front of one protected route.
+func authServer(t *testing.T, args ...string) (*authSetup, string, *bytes.Buffer) {
+	t.Helper()
+	cmd := &cobra.Command{Use: "server"}
+	opts := addAuthFlags(cmd)
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := t.TempDir()
+	var logs bytes.Buffer
+	setup, err := opts.setup(context.Background(), dataDir, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { setup.Close() })
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/sandboxes", setup.Guard.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := setup.Guard.Authorize(r.Context(), cerberus.ActionRead, cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: cerberus.IdentityFrom(r.Context()).TenantID})
+		if err != nil {
+			w.WriteHeader(403)
+			return
+		}
+		w.Write([]byte(`{"sandboxes":[]}`))
+	})))
+	for p, h := range setup.Routes {
+		mux.Handle(p, setup.Guard.Wrap(h))
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Setenv("TARTARUS_URL", srv.URL)
+	t.Setenv("TARTARUS_DATA_DIR", dataDir)
+	t.Setenv("TARTARUS_API_KEY", "")
+	return setup, dataDir, &logs
+}
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "tartarus", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(newAPIKeyCmd(), newAuditCmd(), newCertsCmd())
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestAuthSetupFirstStartAndCLI(t *testing.T) {
+	setup, dataDir, logs := authServer(t)
+	adminKey := filepath.Join(dataDir, "admin.key")
+	st, err := os.Stat(adminKey)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.key: %v %v", st, err)
+	}
+	if !strings.Contains(logs.String(), "first start: made an admin API key") || !strings.Contains(logs.String(), "TARTARUS_API_KEY") {
+		t.Fatalf("log does not say how to use the key:\n%s", logs)
+	}
+	key, _ := os.ReadFile(adminKey)
+	if strings.Contains(logs.String(), strings.TrimSpace(string(key))) {
+		t.Fatal("the admin key is in the log")
+	}
+	if setup.Metrics == nil {
+		t.Fatal("no metrics collector")
+	}
+
+	// The CLI finds admin.key and makes a key for tenant acme.
+	secret, err := runCLI(t, "apikey", "create", "--tenant", "acme", "--role", "sandbox-user", "--expires", "30d", "--name", "ci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret = strings.TrimSpace(secret)
+	cred, err := cerberus.ParseAPIKey(secret)
+	if err != nil {
+		t.Fatalf("create printed %q: %v", secret, err)
+	}
+	out, err := runCLI(t, "apikey", "ls", "--tenant", "*")
+	if err != nil || !strings.Contains(out, cred.KeyID) || !strings.Contains(out, "sandbox-user") || strings.Contains(out, cred.Secret) {
+		t.Fatalf("ls: %v\n%s", err, out)
+	}
+
+	// The new key works, and may not manage keys.
+	t.Setenv("TARTARUS_API_KEY", secret)
+	if _, err := runCLI(t, "apikey", "ls"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("sandbox-user listed keys: %v", err)
+	}
+	t.Setenv("TARTARUS_API_KEY", "")
+	if out, err := runCLI(t, "apikey", "revoke", cred.KeyID); err != nil || !strings.Contains(out, "revoked") {
+		t.Fatalf("revoke: %v %s", err, out)
+	}
+	t.Setenv("TARTARUS_API_KEY", secret)
+	_, err = runCLI(t, "apikey", "ls")
+	if err == nil || !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("revoked key: %v", err)
+	}
+	t.Setenv("TARTARUS_API_KEY", "")
+
+	out, err = runCLI(t, "audit", "tail", "--tenant", "*", "-n", "50", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var last cerberus.AuditRecord
+	json.Unmarshal([]byte(lines[len(lines)-1]), &last)
+	if len(lines) < 5 || last.Result != cerberus.AuditResultDenied || last.Status != 401 {
+		t.Fatalf("audit tail:\n%s", out)
+	}
+	if strings.Contains(out, cred.Secret) {
+		t.Fatal("secret in audit")
+	}
+	if out, err := runCLI(t, "audit", "tail", "--tenant", "*", "--result", "denied"); err != nil || !strings.Contains(out, "revoked_api_key") {
+		t.Fatalf("audit tail text: %v\n%s", err, out)
+	}
+}
+
+func TestAuthSetupPolicyFileReload(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	base := strings.Replace(cerberus.DefaultPolicyYAML, "bindings: []", "bindings:", 1)
+	os.WriteFile(pol, []byte(base), 0o644)
+	_, _, logs := authServer(t, "--auth-policy", pol, "--auth-policy-poll", "20ms")
+	secret, err := runCLI(t, "apikey", "create", "--tenant", "acme", "--role", "viewer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(pol, []byte(base+"  - identity: user:x\n    roles: [nope]\n"), 0o644)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "policy file rejected") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), `names unknown role \"nope\"`) {
+		t.Fatalf("rejection not logged:\n%s", logs)
+	}
+	// The old policy still lets the viewer read.
+	req, _ := http.NewRequest("GET", os.Getenv("TARTARUS_URL")+"/v1/sandboxes", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(secret))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after bad reload: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
+
+func TestAuthSetupOffAndBadFlags(t *testing.T) {
+	cmd := &cobra.Command{Use: "server"}
+	opts := addAuthFlags(cmd)
+	cmd.ParseFlags([]string{"--auth=off"})
+	var logs bytes.Buffer
+	s, err := opts.setup(context.Background(), t.TempDir(), slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil || s.Guard == nil || !strings.Contains(logs.String(), "AUTHENTICATION IS OFF") {
+		t.Fatalf("off: %v\n%s", err, logs.String())
+	}
+	cmd = &cobra.Command{Use: "server"}
+	opts = addAuthFlags(cmd)
+	cmd.ParseFlags([]string{"--auth=maybe", "--oidc-issuer=https://x", "--tls-client-ca=ca.pem"})
+	_, err = opts.setup(context.Background(), t.TempDir(), slog.New(slog.DiscardHandler))
+	for _, want := range []string{"--auth must be", "--oidc-audience", "--tls-client-ca needs"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}
+
+func TestCertsDevAndTLSSetup(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	if _, err := runCLI(t, "certs", "dev", "--dir", dir, "--client", "service:ci@acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI(t, "certs", "client", "--dir", dir, "agent:node-1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client-service-ci.pem", "client-agent-node-1-key.pem"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := &cobra.Command{Use: "server"}
+	opts := addAuthFlags(cmd)
+	cmd.ParseFlags([]string{"--tls-cert", dir + "/server.pem", "--tls-key", dir + "/server-key.pem", "--tls-client-ca", dir + "/ca.pem"})
+	s, err := opts.setup(context.Background(), t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.TLS == nil || s.TLS.ClientCAs == nil || len(s.TLS.Certificates) != 1 {
+		t.Fatalf("tls config %+v", s.TLS)
+	}
+}
