@@ -106,6 +106,8 @@ func newDriver(tb testing.TB, stateDir string, img *tartarus.Image) *microvm.Dri
 		StateDir:   stateDir,
 		Log:        testLogger(tb),
 		ProbeImage: img,
+		// One probe per host, not per test state directory.
+		ProbeCache: filepath.Join(imagesVal.dataDir, "kvm-probe.json"),
 	})
 	if err != nil {
 		tb.Fatal(err)

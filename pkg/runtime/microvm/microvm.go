@@ -56,6 +56,9 @@ type Config struct {
 	BootRetries int
 	// ProbeImage is what the KVM probe boots. Without it, "auto" uses TCG.
 	ProbeImage *tartarus.Image
+	// ProbeCache is the file that keeps the KVM probe's result (keyed by
+	// host kernel and QEMU version); empty means StateDir/.kvm-probe.json.
+	ProbeCache string
 	// TBSizeMB is TCG's translation cache size; zero means 32 MiB.
 	TBSizeMB int
 	// KernelArgs are added to the guest kernel's command line.
@@ -139,6 +142,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	cfg.StateDir = stateDir
+	if cfg.ProbeCache == "" {
+		cfg.ProbeCache = filepath.Join(stateDir, ".kvm-probe.json")
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("microvm: state dir: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -36,7 +35,7 @@ func (d *Driver) chooseAccel(ctx context.Context, qemuVersion string) (accel, re
 	f.Close()
 	osrelease, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	key := strings.TrimSpace(string(osrelease)) + " | " + qemuVersion
-	cache := filepath.Join(d.cfg.StateDir, ".kvm-probe.json")
+	cache := d.cfg.ProbeCache
 	if b, err := os.ReadFile(cache); err == nil {
 		var r probeResult
 		if json.Unmarshal(b, &r) == nil && r.Key == key {
