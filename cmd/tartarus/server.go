@@ -200,6 +200,14 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	stopLoop()
 	<-loopDone
+	// Let go of the VMs without stopping them; the next start adopts them.
+	for _, rt := range rts {
+		if c, ok := rt.(interface{ Close() error }); ok {
+			if cerr := c.Close(); cerr != nil {
+				log.Warn("close runtime", "runtime", rt.Name(), "err", cerr)
+			}
+		}
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

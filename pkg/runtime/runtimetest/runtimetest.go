@@ -41,7 +41,9 @@ import (
 // at the start and once more in the recover subtest: the second call must
 // return a NEW runtime value over the SAME state (for example the same state
 // directory, created once outside the factory), as a restarted node agent
-// would have.
+// would have. Before that second call the suite calls the first runtime's
+// Close() error method, when it has one, which must let go of the sandboxes
+// (connections, sockets) without stopping them, as an exiting agent does.
 type Factory func(t *testing.T) (tartarus.Runtime, *tartarus.Image)
 
 // callTimeout bounds every single call; a real VM under TCG may need a while
@@ -203,6 +205,13 @@ func Run(t *testing.T, newRuntime Factory) {
 				t.Errorf("Recover with Capabilities.Recover=false: %v, want ErrNotImplemented", err)
 			}
 			t.Skip("runtime declares Capabilities.Recover=false")
+		}
+		// An exiting node agent lets go of its sandboxes without stopping
+		// them; a runtime holding host-side connections does that in Close.
+		if c, ok := rt.(interface{ Close() error }); ok {
+			if err := c.Close(); err != nil {
+				t.Fatalf("Close before recovering: %v", err)
+			}
 		}
 		rt2, _ := newRuntime(t)
 		if rt2 == rt {
