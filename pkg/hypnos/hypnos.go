@@ -19,6 +19,23 @@
 //     failed.
 //   - Time comes from an injected Clock, and Touch records API activity,
 //     which idle detection combines with the guest's own (Instance.IdleSince).
+//
+// Wiring in the node agent, for a runtime rt that implements
+// tartarus.Snapshotter:
+//
+//	store, _ := erebus.NewLocal(filepath.Join(dataDir, "erebus"))
+//	snaps := nyx.New(rt.(tartarus.Snapshotter), store, nyx.Options{Prefix: "sleep", TempDir: filepath.Join(dataDir, "tmp")})
+//	hyp, _ := hypnos.NewHypnosManager(hypnos.Deps{Runtime: rt, Snapshots: snaps,
+//		Records: recordsFromTheSQLStore, Sandboxes: agent, Clock: clock, Logger: log,
+//		Observer: agent.recordState}, cfg)
+//	rt.Recover(ctx); hyp.Start(ctx); go hyp.Run(ctx)
+//
+// Then: ScheduleSleep(id, auto_hibernate_s) on create; Touch(id) on every
+// API call that acts on a sandbox; EnsureAwake(ctx, id) before exec and
+// file calls (a hibernated sandbox wakes transparently); Forget(ctx, id)
+// when the sandbox is destroyed, including while it sleeps. Observer events
+// carry the states Hypnos causes by itself (idle sleep, expiry, a refused
+// snapshot) for the agent to record.
 package hypnos
 
 import (

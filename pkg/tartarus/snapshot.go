@@ -22,8 +22,13 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context, id string, dir string) (*SnapshotInfo, error)
 
 	// Restore creates sandbox cfg.ID from the files in dir and leaves it
-	// running. It fails with ErrAlreadyExists if cfg.ID exists. The files in
-	// dir may be moved or removed by Restore; the caller deletes dir after.
+	// running. It fails with ErrAlreadyExists if cfg.ID exists. cfg.ID may
+	// differ from the snapshotted sandbox's (fork, create from a template
+	// snapshot): each restored sandbox gets its own copy of the disk. Before
+	// returning, the guest's wall clock is set and its entropy reseeded, so
+	// sandboxes restored from one snapshot do not share random numbers.
+	// The files in dir may be moved or removed by Restore; the caller
+	// deletes dir after.
 	Restore(ctx context.Context, cfg *VMConfig, dir string) error
 }
 
