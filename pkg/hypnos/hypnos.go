@@ -78,8 +78,9 @@ type SleepManager interface {
 // SleepOptions tune one Sleep. A nil *SleepOptions means: compress as
 // HypnosConfig.CompressionAlgorithm says, no time limit, priority 0.
 type SleepOptions struct {
-	// CompressMemory stores the snapshot compressed (the configured
-	// algorithm); false stores it as is (faster, about 4x larger).
+	// CompressMemory stores the snapshot compressed with the configured
+	// algorithm (none if HypnosConfig.CompressionAlgorithm is "none");
+	// false stores it as is (faster, about 4x larger).
 	CompressMemory bool
 
 	// MaxSleepDuration ends the sandbox (state terminated, snapshot

@@ -772,3 +772,73 @@ func mountTmpfs(t *testing.T, size string) string {
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 	return dir
 }
+
+func TestCompressionConfig(t *testing.T) {
+	for _, tc := range []struct {
+		algorithm string
+		opts      *SleepOptions
+		wantSmall bool
+	}{
+		{"zstd", nil, true},
+		{"zstd", &SleepOptions{CompressMemory: true}, true},
+		{"zstd", &SleepOptions{CompressMemory: false}, false},
+		{"none", nil, false},
+		{"none", &SleepOptions{CompressMemory: true}, false},
+	} {
+		e := newEnv(t, HypnosConfig{CompressionAlgorithm: tc.algorithm}, "")
+		e.prepare("sb-1")
+		rec, err := e.m.Sleep(t.Context(), "sb-1", tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if small := rec.CompressedSize < 64<<10; small != tc.wantSmall {
+			t.Errorf("%s %+v: stored %d bytes, want compressed=%v", tc.algorithm, tc.opts, rec.CompressedSize, tc.wantSmall)
+		}
+	}
+}
+
+// TestConcurrentOperations races Sleep, Wake, EnsureAwake and ReapExpired
+// on one sandbox: whatever the interleaving, it ends either asleep (no VM)
+// or awake (a VM with its state), never failed or lost.
+func TestConcurrentOperations(t *testing.T) {
+	e := newEnv(t, HypnosConfig{MaxConcurrentWakes: 2}, "")
+	e.prepare("sb-1")
+	for round := range 20 {
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Go(func() {
+				var err error
+				switch (i + round) % 4 {
+				case 0:
+					_, err = e.m.Sleep(t.Context(), "sb-1", &SleepOptions{CompressMemory: true, MaxSleepDuration: time.Hour})
+				case 1:
+					_, err = e.m.Wake(t.Context(), "sb-1")
+					if errors.Is(err, ErrNotSleeping) {
+						err = nil
+					}
+				case 2:
+					err = e.m.EnsureAwake(t.Context(), "sb-1")
+				case 3:
+					e.m.ReapExpired(t.Context())
+				}
+				if err != nil {
+					t.Errorf("round %d op %d: %v", round, i, err)
+				}
+			})
+		}
+		wg.Wait()
+		asleep, vm := e.m.IsSleeping("sb-1"), e.rt.box("sb-1") != nil
+		if asleep == vm {
+			t.Fatalf("round %d: sleeping=%v but VM exists=%v", round, asleep, vm)
+		}
+		if !vm {
+			if _, err := e.m.Wake(t.Context(), "sb-1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.checkIntact("sb-1", tartarus.InstanceRunning)
+	}
+	if s := e.states("sb-1"); slices.Contains(s, tartarus.StateFailed) || slices.Contains(s, tartarus.StateTerminated) {
+		t.Errorf("events include failure or termination: %v", s)
+	}
+}

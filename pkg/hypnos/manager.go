@@ -64,12 +64,20 @@ var _ SleepManager = (*HypnosManager)(nil)
 // flight is one Sleep or Wake in progress; later callers for the same
 // sandbox wait on done and share its result.
 type flight struct {
-	waking bool
+	kind   flightKind
 	done   chan struct{}
 	rec    *SleepRecord
 	res    *WakeResult
 	err    error
 }
+
+type flightKind int
+
+const (
+	flightSleep flightKind = iota
+	flightWake
+	flightOther // expiry: joiners look again once it ends
+)
 
 type policy struct {
 	threshold time.Duration
@@ -186,7 +194,7 @@ func (m *HypnosManager) Sleep(ctx context.Context, sandboxID string, opts *Sleep
 		}
 		f, busy := m.flights[sandboxID]
 		if !busy {
-			f = &flight{done: make(chan struct{})}
+			f = &flight{kind: flightSleep, done: make(chan struct{})}
 			m.flights[sandboxID] = f
 			m.mu.Unlock()
 			break
@@ -197,13 +205,13 @@ func (m *HypnosManager) Sleep(ctx context.Context, sandboxID string, opts *Sleep
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if !f.waking {
+		if f.kind == flightSleep {
 			if f.err != nil {
 				return nil, f.err
 			}
 			return f.rec.clone(), nil
 		}
-		// A wake just finished: the sandbox is awake now; go to sleep again.
+		// A wake (or expiry) just ended: look again.
 	}
 
 	rec, err := m.sleep(ctx, sandboxID, opts)
@@ -251,11 +259,10 @@ func (m *HypnosManager) sleep(ctx context.Context, id string, opts *SleepOptions
 	// the caller's cancellation does not end.
 	undoCtx := context.WithoutCancel(ctx)
 	compression := nyx.CompressionNone
-	if o.CompressMemory {
+	if o.CompressMemory && m.cfg.CompressionAlgorithm == "zstd" {
 		compression = nyx.CompressionZstd
 	}
 	snap, err := m.snaps.CreateFromRunning(ctx, id, &nyx.CreateOptions{
-		ID:          fmt.Sprintf("%s-%d", id, start.UnixNano()),
 		Compression: compression,
 		Labels:      map[string]string{"purpose": "hibernate", "sandbox": id},
 	})
@@ -360,38 +367,19 @@ func (m *HypnosManager) Wake(ctx context.Context, sandboxID string) (*WakeResult
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
-			if f.waking {
+			if f.kind == flightWake {
 				return f.res, f.err
 			}
-			continue // a Sleep finished; wake from it
+			continue // a Sleep (or expiry) ended: look again
 		}
-		rec, ok := m.sleeping[sandboxID]
-		m.mu.Unlock()
-		if !ok {
-			// Not known here: after a restart without Start, or a record
-			// written by another process; the durable record decides.
-			r, err := m.records.GetRecord(ctx, sandboxID)
-			if errors.Is(err, tartarus.ErrNotFound) {
-				return nil, fmt.Errorf("wake %s: %w", sandboxID, ErrNotSleeping)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("wake %s: %w", sandboxID, err)
-			}
-			if r.Status == StatusFailed {
-				return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "wake %s: the sandbox failed: %s", sandboxID, r.Error)
-			}
-			rec = r
-		}
-		m.mu.Lock()
-		if _, busy := m.flights[sandboxID]; busy {
-			m.mu.Unlock()
-			continue
-		}
-		f := &flight{waking: true, done: make(chan struct{})}
+		// The flight makes this wake the only operation on the sandbox
+		// until it ends, so what it reads below cannot change under it.
+		rec := m.sleeping[sandboxID]
+		f := &flight{kind: flightWake, done: make(chan struct{})}
 		m.flights[sandboxID] = f
 		m.mu.Unlock()
 
-		go m.runWake(context.WithoutCancel(ctx), rec, f)
+		go m.runWake(context.WithoutCancel(ctx), sandboxID, rec, f)
 		select {
 		case <-f.done:
 			return f.res, f.err
@@ -401,9 +389,18 @@ func (m *HypnosManager) Wake(ctx context.Context, sandboxID string) (*WakeResult
 	}
 }
 
-func (m *HypnosManager) runWake(ctx context.Context, rec *SleepRecord, f *flight) {
-	res, err := m.wake(ctx, rec)
-	id := rec.SandboxID
+// runWake performs one wake flight. rec is nil when the sandbox is not
+// known to be sleeping in memory (after a restart without Start); the
+// durable record decides then.
+func (m *HypnosManager) runWake(ctx context.Context, id string, rec *SleepRecord, f *flight) {
+	var res *WakeResult
+	var err error
+	if rec == nil {
+		rec, err = m.durableSleeper(ctx, id)
+	}
+	if err == nil {
+		res, err = m.wake(ctx, rec)
+	}
 	m.mu.Lock()
 	delete(m.flights, id)
 	if err == nil {
@@ -416,6 +413,20 @@ func (m *HypnosManager) runWake(ctx context.Context, rec *SleepRecord, f *flight
 	}
 	f.res, f.err = res, err
 	close(f.done)
+}
+
+func (m *HypnosManager) durableSleeper(ctx context.Context, id string) (*SleepRecord, error) {
+	r, err := m.records.GetRecord(ctx, id)
+	if errors.Is(err, tartarus.ErrNotFound) {
+		return nil, fmt.Errorf("wake %s: %w", id, ErrNotSleeping)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("wake %s: %w", id, err)
+	}
+	if r.Status == StatusFailed {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "wake %s: the sandbox failed: %s", id, r.Error)
+	}
+	return r, nil
 }
 
 func (m *HypnosManager) wake(ctx context.Context, rec *SleepRecord) (*WakeResult, error) {
@@ -661,10 +672,16 @@ func (m *HypnosManager) ReapExpired(ctx context.Context) []string {
 	now := m.clock.Now()
 	var ended []string
 	for _, rec := range m.snapshotSleeping() {
-		if rec.ExpiresAt == nil || now.Before(*rec.ExpiresAt) || m.busy(rec.SandboxID) {
+		if rec.ExpiresAt == nil || now.Before(*rec.ExpiresAt) {
 			continue
 		}
-		if err := m.terminate(ctx, rec, "slept longer than its limit"); err != nil {
+		f := m.tryFlight(rec.SandboxID)
+		if f == nil {
+			continue // a wake or sleep is under way; it decides
+		}
+		err := m.terminate(ctx, rec, "slept longer than its limit")
+		m.endFlight(rec.SandboxID, f, err)
+		if err != nil {
 			m.log.Warn("cannot end an expired sleeping sandbox", "sandbox", rec.SandboxID, "err", err)
 			continue
 		}
@@ -735,11 +752,25 @@ func (m *HypnosManager) snapshotSleeping() []*SleepRecord {
 	return out
 }
 
-func (m *HypnosManager) busy(id string) bool {
+// tryFlight claims the sandbox for an operation that is neither a Sleep nor
+// a Wake (those wait for it and then look again), or returns nil if busy.
+func (m *HypnosManager) tryFlight(id string) *flight {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, ok := m.flights[id]
-	return ok
+	if _, busy := m.flights[id]; busy {
+		return nil
+	}
+	f := &flight{kind: flightOther, done: make(chan struct{})}
+	m.flights[id] = f
+	return f
+}
+
+func (m *HypnosManager) endFlight(id string, f *flight, err error) {
+	m.mu.Lock()
+	delete(m.flights, id)
+	m.mu.Unlock()
+	f.err = err
+	close(f.done)
 }
 
 func (m *HypnosManager) instance(ctx context.Context, id string) (*tartarus.Instance, error) {
