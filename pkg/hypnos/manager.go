@@ -64,11 +64,11 @@ var _ SleepManager = (*HypnosManager)(nil)
 // flight is one Sleep or Wake in progress; later callers for the same
 // sandbox wait on done and share its result.
 type flight struct {
-	kind   flightKind
-	done   chan struct{}
-	rec    *SleepRecord
-	res    *WakeResult
-	err    error
+	kind flightKind
+	done chan struct{}
+	rec  *SleepRecord
+	res  *WakeResult
+	err  error
 }
 
 type flightKind int
