@@ -376,6 +376,13 @@ func TestWakeRefusesCorruptSnapshot(t *testing.T) {
 			if _, err := e.m.Wake(t.Context(), "sb-1"); !errors.Is(err, tartarus.ErrFailedPrecondition) {
 				t.Errorf("second Wake: %v, want ErrFailedPrecondition", err)
 			}
+			// The damaged snapshot stays for inspection, even across Start.
+			if _, err := e.m.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if objs := e.snapshotObjects(); len(objs) == 0 {
+				t.Error("Start collected the snapshot of a failed sandbox")
+			}
 			if err := e.m.Forget(t.Context(), "sb-1"); err != nil {
 				t.Fatal(err)
 			}
@@ -514,6 +521,17 @@ func TestRestart(t *testing.T) {
 	// sb-4: crash after a wake restored it but before the record went.
 	e.rt.add("sb-4", t0)
 
+	// Garbage of crashes: a hibernation snapshot without its record, and
+	// data without metadata.
+	e.prepare("sb-5")
+	if _, err := e.m.snaps.CreateFromRunning(t.Context(), "sb-5", &nyx.CreateOptions{Labels: map[string]string{"purpose": "hibernate"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.rt.Resume(t.Context(), "sb-5")
+	if _, err := e.store.Put(t.Context(), "sleep/half-done/data", strings.NewReader("partial")); err != nil {
+		t.Fatal(err)
+	}
+
 	e.open(HypnosConfig{}, nil) // a new process: nothing in memory
 	if e.m.IsSleeping("sb-1") {
 		t.Fatal("fresh manager knows about sleepers before Start")
@@ -541,6 +559,9 @@ func TestRestart(t *testing.T) {
 	}
 	if e.rt.box("sb-4") == nil || e.m.IsSleeping("sb-4") {
 		t.Error("Start mishandled a sandbox that was already awake")
+	}
+	if objs := e.snapshotObjects(); len(objs) != 4 {
+		t.Errorf("after Start the store holds %v; want only the data and metadata of sb-2 and sb-3", objs)
 	}
 	list, err := e.m.ListSleeping(t.Context(), nil)
 	if err != nil || len(list) != 2 {

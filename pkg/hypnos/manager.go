@@ -135,6 +135,8 @@ func NewHypnosManager(deps Deps, cfg HypnosConfig) (*HypnosManager, error) {
 //   - a record whose sandbox still exists, running: a Sleep was rolled back,
 //     or a Wake restored it, before the record was deleted; the record and
 //     its snapshot go.
+//   - a snapshot under Hypnos's Nyx prefix that no record refers to: a
+//     crash came between writing one and the other; the snapshot goes.
 //
 // It returns the sandboxes that are hibernated.
 func (m *HypnosManager) Start(ctx context.Context) ([]*SleepRecord, error) {
@@ -170,6 +172,7 @@ func (m *HypnosManager) Start(ctx context.Context) ([]*SleepRecord, error) {
 		}
 		sleeping = append(sleeping, rec.clone())
 	}
+	m.collectGarbage(ctx, recs)
 	m.mu.Lock()
 	for _, rec := range sleeping {
 		m.sleeping[rec.SandboxID] = rec
@@ -179,6 +182,47 @@ func (m *HypnosManager) Start(ctx context.Context) ([]*SleepRecord, error) {
 		m.notify(rec.SandboxID, tartarus.StateHibernated, rec, "hibernated (recovered)")
 	}
 	return sleeping, nil
+}
+
+// collectGarbage deletes the snapshots that no record refers to: a sleep
+// interrupted between storing its snapshot and writing its record, or a
+// wake or rollback interrupted between deleting the record and the
+// snapshot. Only Start calls it, before any Sleep can run; that is why
+// Hypnos needs a Nyx prefix of its own. Failures are logged: garbage costs
+// disk, not correctness.
+func (m *HypnosManager) collectGarbage(ctx context.Context, recs []*SleepRecord) {
+	used := map[string]bool{}
+	for _, r := range recs {
+		used[r.SnapshotID] = true
+	}
+	var unused []string
+	snaps, err := m.snaps.List(ctx)
+	if err != nil {
+		m.log.Warn("cannot list snapshots to collect garbage", "err", err)
+		return
+	}
+	for _, s := range snaps {
+		if s.Labels["purpose"] == "hibernate" && !used[s.ID] {
+			unused = append(unused, s.ID)
+		}
+	}
+	incomplete, err := m.snaps.Incomplete(ctx)
+	if err != nil {
+		m.log.Warn("cannot list incomplete snapshots", "err", err)
+		return
+	}
+	for _, id := range incomplete {
+		if !used[id] {
+			unused = append(unused, id)
+		}
+	}
+	for _, id := range unused {
+		if err := m.snaps.Delete(ctx, id); err != nil {
+			m.log.Warn("cannot delete an unused snapshot", "snapshot", id, "err", err)
+			continue
+		}
+		m.log.Info("deleted a snapshot no sleep record refers to", "snapshot", id)
+	}
 }
 
 // Sleep implements SleepManager: pause, snapshot, compress and store, record,

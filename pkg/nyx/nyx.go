@@ -510,6 +510,31 @@ func (m *Manager) List(ctx context.Context) ([]*Snapshot, error) {
 	return out, nil
 }
 
+// Incomplete returns the ids of snapshots whose data is stored without
+// metadata: creates that a crash interrupted, or that are running now.
+// Only a caller that knows no create runs under this prefix may delete them.
+func (m *Manager) Incomplete(ctx context.Context) ([]string, error) {
+	objs, err := m.store.List(ctx, m.opts.Prefix+"/")
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	files := map[string][]string{}
+	for _, o := range objs {
+		id, file, ok := strings.Cut(strings.TrimPrefix(o.Key, m.opts.Prefix+"/"), "/")
+		if ok {
+			files[id] = append(files[id], file)
+		}
+	}
+	var out []string
+	for id, fs := range files {
+		if !slices.Contains(fs, "meta.json") && validID(id) == nil {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
 // Delete removes snapshot id; a missing one is not an error. The metadata
 // goes first, so a half-deleted snapshot never looks complete.
 func (m *Manager) Delete(ctx context.Context, id string) error {

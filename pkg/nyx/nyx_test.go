@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -258,6 +259,9 @@ func TestListAndDelete(t *testing.T) {
 	list, err := m.List(ctx)
 	if err != nil || len(list) != 3 {
 		t.Fatalf("List = %d snapshots, %v; want 3", len(list), err)
+	}
+	if inc, err := m.Incomplete(ctx); err != nil || !slices.Equal(inc, []string{"orphan"}) {
+		t.Fatalf("Incomplete = %v, %v; want [orphan]", inc, err)
 	}
 	if err := m.Delete(ctx, ids[1]); err != nil {
 		t.Fatal(err)
