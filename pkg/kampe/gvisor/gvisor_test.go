@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe/gvisor"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
@@ -123,42 +122,10 @@ func TestHibernateWake(t *testing.T) {
 
 // BenchmarkCreateFirstExec measures create + start + the first command.
 func BenchmarkCreateFirstExec(b *testing.B) {
-	rt := newRuntime(b, b.TempDir())
-	img := kampetest.Image(b)
-	ctx := context.Background()
-	for i := 0; b.Loop(); i++ {
-		cfg := &tartarus.VMConfig{ID: "bench-" + time.Now().Format("150405.000000"), Image: img, CPUs: 1, MemoryMB: 128}
-		if _, err := rt.Create(ctx, cfg); err != nil {
-			b.Fatal(err)
-		}
-		if err := rt.Start(ctx, cfg.ID); err != nil {
-			b.Fatal(err)
-		}
-		if res, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil || res.ExitCode != 0 {
-			b.Fatal(err, res)
-		}
-		b.StopTimer()
-		_ = rt.Destroy(ctx, cfg.ID)
-		b.StartTimer()
-	}
+	kampetest.BenchCreateFirstExec(b, newRuntime(b, b.TempDir()), kampetest.Image(b))
 }
 
 // BenchmarkExec measures one command's round trip in a running sandbox.
 func BenchmarkExec(b *testing.B) {
-	rt := newRuntime(b, b.TempDir())
-	img := kampetest.Image(b)
-	ctx := context.Background()
-	cfg := &tartarus.VMConfig{ID: "bench-exec", Image: img, CPUs: 1, MemoryMB: 128}
-	if _, err := rt.Create(ctx, cfg); err != nil {
-		b.Fatal(err)
-	}
-	defer rt.Destroy(ctx, cfg.ID)
-	if err := rt.Start(ctx, cfg.ID); err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		if res, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil || res.ExitCode != 0 {
-			b.Fatal(err, res)
-		}
-	}
+	kampetest.BenchExec(b, newRuntime(b, b.TempDir()), kampetest.Image(b))
 }
