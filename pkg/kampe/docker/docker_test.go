@@ -82,7 +82,9 @@ func testMigration(t *testing.T, rt *docker.Runtime, host string, img *tartarus.
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cli.ContainerRemove(ctx, app.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}) })
+	t.Cleanup(func() {
+		_ = cli.ContainerRemove(ctx, app.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	})
 	if err := cli.ContainerStart(ctx, app.ID, container.StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
