@@ -71,7 +71,7 @@ type recipe struct {
 
 // recipeVersion covers the kernel, module and initramfs steps shared by all
 // templates; bump it when they change what they produce.
-const recipeVersion = "images/1"
+const recipeVersion = "images/2"
 
 var recipes = []recipe{
 	{name: "base", description: "busybox (Debian busybox-static)", version: "base/1", packages: []string{"busybox-static"}},

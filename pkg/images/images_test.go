@@ -405,3 +405,23 @@ func TestBuildBase(t *testing.T) {
 		t.Fatalf("digest changed on a cached build: %v %v", again, err)
 	}
 }
+
+func TestStripModuleSignature(t *testing.T) {
+	sig := bytes.Repeat([]byte{0xaa}, 681)
+	info := []byte{0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x02, 0xa9}
+	signed := append(append(append([]byte("\x7fELF body"), sig...), info...), moduleSigMagic...)
+	tests := []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"signed", signed, "\x7fELF body"},
+		{"unsigned", []byte("\x7fELF body"), "\x7fELF body"},
+		{"length past start", append(append([]byte("x"), info...), moduleSigMagic...), "x" + string(info) + moduleSigMagic},
+	}
+	for _, tt := range tests {
+		if got := string(stripModuleSignature(tt.in)); got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}

@@ -249,6 +249,7 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	if err != nil {
 		return fmt.Errorf("start qemu: %w", err)
 	}
+	t0 := time.Now()
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait() // reap: no zombies
@@ -276,6 +277,7 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	v.mu.Lock()
 	v.qmp = q
 	v.mu.Unlock()
+	tQMP := time.Since(t0)
 	if err := d.connectGuest(bootCtx, v, timeout); err != nil {
 		return fail(err)
 	}
@@ -288,7 +290,7 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	if err := v.saveConfig(); err != nil {
 		return fail(err)
 	}
-	v.log.Info("booted", "pid", v.pid, "accel", accel)
+	v.log.Info("booted", "pid", v.pid, "accel", accel, "qmp_ms", tQMP.Milliseconds(), "guest_ms", time.Since(t0).Milliseconds())
 	return nil
 }
 
