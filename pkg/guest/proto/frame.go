@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 )
 
@@ -99,18 +100,33 @@ func (fr *FrameReader) Next() (FrameType, []byte, error) {
 	if n > MaxPayload {
 		return 0, nil, fmt.Errorf("%w (%s frame of %d bytes)", ErrFrameTooLarge, t, n)
 	}
-	if uint32(cap(fr.buf)) < n {
-		fr.buf = make([]byte, n)
-	}
-	p := fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, p); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	// Grow the buffer as the payload arrives rather than trusting the
+	// length: a peer that announces 1 MiB and sends 10 bytes costs little.
+	buf := fr.buf[:0]
+	for uint32(len(buf)) < n {
+		want := int(n) - len(buf)
+		if room := cap(buf) - len(buf); room > 0 {
+			want = min(want, room)
+		} else {
+			want = min(want, max(len(buf), growStep))
+			buf = slices.Grow(buf, want)
 		}
-		return 0, nil, err
+		m, err := io.ReadFull(fr.r, buf[len(buf):len(buf)+want])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			fr.buf = buf[:0]
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, err
+		}
 	}
-	return t, p, nil
+	fr.buf = buf[:0]
+	return t, buf, nil
 }
+
+// growStep is the first allocation for a payload; the buffer then doubles.
+const growStep = 32 << 10
 
 // FrameWriter writes frames to a stream. It is safe for concurrent use; each
 // frame goes out in one Write call, so frames never interleave.

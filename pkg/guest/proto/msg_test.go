@@ -1,0 +1,165 @@
+package proto
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// requestTests are the decoding cases; they also seed FuzzDecodeRequest.
+var requestTests = []struct {
+	name string
+	in   string
+	code Code   // "" means valid
+	path string // cleaned path, for valid file ops
+}{
+	{"ping", `{"op":"ping"}`, "", ""},
+	{"stats", `{"op":"stats"}`, "", ""},
+	{"unknown fields are ignored", `{"op":"ping","future":1}`, "", ""},
+	{"sync", `{"op":"sync","sync":{"unix_nano":1700000000000000000,"entropy":"AAECAw=="}}`, "", ""},
+	{"sync without body", `{"op":"sync"}`, CodeInvalid, ""},
+	{"sync too much entropy", `{"op":"sync","sync":{"entropy":"` + strings.Repeat("A", 4*(MaxEntropy+3)/3) + `"}}`, CodeInvalid, ""},
+	{"exec", `{"op":"exec","exec":{"id":"1","cmd":["echo","hi"],"env":{"A":"b"},"cwd":"/tmp/../root","timeout_ms":5}}`, "", ""},
+	{"exec without body", `{"op":"exec"}`, CodeInvalid, ""},
+	{"exec empty cmd", `{"op":"exec","exec":{"cmd":[]}}`, CodeInvalid, ""},
+	{"exec empty program", `{"op":"exec","exec":{"cmd":[""]}}`, CodeInvalid, ""},
+	{"exec NUL in arg", `{"op":"exec","exec":{"cmd":["echo","a\u0000b"]}}`, CodeInvalid, ""},
+	{"exec bad env name", `{"op":"exec","exec":{"cmd":["env"],"env":{"A=B":"c"}}}`, CodeInvalid, ""},
+	{"exec relative cwd", `{"op":"exec","exec":{"cmd":["pwd"],"cwd":"tmp"}}`, CodeInvalid, ""},
+	{"exec negative timeout", `{"op":"exec","exec":{"cmd":["true"],"timeout_ms":-1}}`, CodeInvalid, ""},
+	{"exec long id", `{"op":"exec","exec":{"cmd":["true"],"id":"` + strings.Repeat("x", 65) + `"}}`, CodeInvalid, ""},
+	{"cancel", `{"op":"cancel","exec_id":"7"}`, "", ""},
+	{"cancel without id", `{"op":"cancel"}`, CodeInvalid, ""},
+	{"signal", `{"op":"signal","signal":15}`, "", ""},
+	{"signal zero", `{"op":"signal","signal":0}`, CodeInvalid, ""},
+	{"signal too big", `{"op":"signal","signal":65}`, CodeInvalid, ""},
+	{"read", `{"op":"read_file","path":"/etc//passwd"}`, "", "/etc/passwd"},
+	{"read dot-dot is cleaned", `{"op":"read_file","path":"/a/../../etc/./x/"}`, "", "/etc/x"},
+	{"read relative", `{"op":"read_file","path":"etc/passwd"}`, CodeInvalid, ""},
+	{"read empty path", `{"op":"read_file"}`, CodeInvalid, ""},
+	{"read NUL path", `{"op":"read_file","path":"/etc/\u0000"}`, CodeInvalid, ""},
+	{"read long path", `{"op":"read_file","path":"/` + strings.Repeat("a", MaxPathLen) + `"}`, CodeInvalid, ""},
+	{"write", `{"op":"write_file","path":"/tmp/x","mode":420}`, "", "/tmp/x"},
+	{"write setuid", `{"op":"write_file","path":"/tmp/x","mode":2541}`, "", "/tmp/x"},
+	{"write bad mode", `{"op":"write_file","path":"/tmp/x","mode":65536}`, CodeInvalid, ""},
+	{"list", `{"op":"list_files","path":"/"}`, "", "/"},
+	{"unknown op", `{"op":"format_disk"}`, CodeNotImplemented, ""},
+	{"no op", `{}`, CodeInvalid, ""},
+	{"not json", `op=ping`, CodeInvalid, ""},
+	{"trailing garbage", `{"op":"ping"} x`, CodeInvalid, ""},
+	{"wrong types", `{"op":"exec","exec":{"cmd":"echo"}}`, CodeInvalid, ""},
+	{"null", `null`, CodeInvalid, ""},
+	{"empty", ``, CodeInvalid, ""},
+}
+
+func TestDecodeRequest(t *testing.T) {
+	for _, tc := range requestTests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := DecodeRequest([]byte(tc.in))
+			if tc.code == "" {
+				if err != nil {
+					t.Fatalf("error %v", err)
+				}
+				if tc.path != "" && req.Path != tc.path {
+					t.Fatalf("path = %q, want %q", req.Path, tc.path)
+				}
+				return
+			}
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Code != tc.code {
+				t.Fatalf("error = %v, want code %s", err, tc.code)
+			}
+		})
+	}
+}
+
+func TestExecCwdCleaned(t *testing.T) {
+	req, err := DecodeRequest([]byte(`{"op":"exec","exec":{"cmd":["pwd"],"cwd":"/tmp/../root/"}}`))
+	if err != nil || req.Exec.Cwd != "/root" {
+		t.Fatalf("%+v %v", req, err)
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, tc := range requestTests {
+		f.Add([]byte(tc.in))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := DecodeRequest(b)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Code == "" {
+				t.Fatalf("error %v is not a coded *Error", err)
+			}
+			return
+		}
+		// A valid request survives a round trip and stays valid.
+		again, err := json.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req2, err := DecodeRequest(again)
+		if err != nil {
+			t.Fatalf("re-decoding %s: %v", again, err)
+		}
+		switch req.Op {
+		case OpReadFile, OpWriteFile, OpListFiles:
+			if !strings.HasPrefix(req.Path, "/") || req2.Path != req.Path {
+				t.Fatalf("path %q then %q", req.Path, req2.Path)
+			}
+		case OpExec:
+			if len(req.Exec.Cmd) == 0 || req.Exec.Cmd[0] == "" {
+				t.Fatalf("empty command accepted: %s", b)
+			}
+		}
+	})
+}
+
+func TestErrorClasses(t *testing.T) {
+	tests := []struct {
+		err   error
+		code  Code
+		class error
+	}{
+		{fs.ErrNotExist, CodeNotFound, tartarus.ErrNotFound},
+		{&fs.PathError{Op: "open", Path: "/x", Err: syscall.ENOENT}, CodeNotFound, tartarus.ErrNotFound},
+		{&fs.PathError{Op: "open", Path: "/x", Err: syscall.EACCES}, CodePermission, tartarus.ErrPermissionDenied},
+		{&fs.PathError{Op: "mkdir", Path: "/x", Err: syscall.EEXIST}, CodeExists, tartarus.ErrAlreadyExists},
+		{&fs.PathError{Op: "open", Path: "/x", Err: syscall.EISDIR}, CodeInvalid, tartarus.ErrInvalid},
+		{&fs.PathError{Op: "open", Path: "/x/y", Err: syscall.ENOTDIR}, CodeInvalid, tartarus.ErrInvalid},
+		{tartarus.Errorf(tartarus.ErrInvalid, "bad"), CodeInvalid, tartarus.ErrInvalid},
+		{&Error{Code: CodeTimeout, Message: "slow"}, CodeTimeout, tartarus.ErrTimeout},
+		{errors.New("boom"), CodeInternal, nil},
+		{io.ErrUnexpectedEOF, CodeInternal, nil},
+	}
+	for _, tc := range tests {
+		e := ErrorFrom(tc.err)
+		if e.Code != tc.code {
+			t.Errorf("ErrorFrom(%v).Code = %s, want %s", tc.err, e.Code, tc.code)
+		}
+		if got := e.Class(); got != tc.class {
+			t.Errorf("class of %v = %v, want %v", tc.err, got, tc.class)
+		}
+	}
+}
+
+func TestModeWire(t *testing.T) {
+	for _, m := range []os.FileMode{0, 0o644, 0o755, 0o600 | os.ModeSetuid, 0o750 | os.ModeSetgid, 0o777 | os.ModeSticky} {
+		if got := ModeFromWire(ModeToWire(m)); got != m {
+			t.Errorf("mode %v came back as %v", m, got)
+		}
+	}
+	if ModeToWire(0o4755|os.ModeSetuid) != 0o4755 {
+		t.Error("setuid is not 04000 on the wire")
+	}
+	if ModeToWire(os.ModeDir|0o755) != 0o755 {
+		t.Error("type bits leak onto the wire")
+	}
+}
