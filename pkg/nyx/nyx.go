@@ -338,27 +338,44 @@ func (m *Manager) fetch(ctx context.Context, s *Snapshot, dir string) error {
 		return fmt.Errorf("stored data is %s (%d bytes), metadata recorded %s (%d bytes): %w",
 			obj.Checksum, obj.Size, s.Checksum, s.CompressedSize, erebus.ErrCorrupt)
 	}
+	// One goroutine is the only reader of the stored bytes: it hashes all
+	// of them, feeds the decoder for as long as it reads, and then reads
+	// on to the end whatever happened, so the store verifies the whole
+	// object and a damaged stream is reported as damage (ErrCorrupt, or a
+	// checksum mismatch) rather than as the tar or zstd error it caused.
 	h := sha256.New()
-	raw := io.TeeReader(rc, h)
-	var in io.Reader = raw
+	pr, pw := io.Pipe()
+	pumped := make(chan error, 1)
+	go func() {
+		raw := io.TeeReader(rc, h)
+		_, err := io.Copy(pw, raw)
+		pw.CloseWithError(err) // nil err: EOF
+		if errors.Is(err, errStopped) {
+			_, err = io.Copy(io.Discard, raw)
+		}
+		pumped <- err
+	}()
+
+	var in io.Reader = pr
+	var dec *zstd.Decoder
 	if s.Compression == CompressionZstd {
-		// One goroutine: the decoder reads raw only when asked, so raw can
-		// be drained below without racing a read-ahead.
-		dec, err := zstd.NewReader(raw, zstd.WithDecoderConcurrency(1))
+		dec, err = zstd.NewReader(pr)
 		if err != nil {
+			pr.CloseWithError(errStopped)
+			<-pumped
 			return fmt.Errorf("fetch: %w", err)
 		}
-		defer dec.Close()
 		in = dec
 	}
 	unpackErr := unpack(in, dir, s.Files)
 	if unpackErr == nil {
 		_, unpackErr = io.Copy(io.Discard, in) // the end of the zstd frame
 	}
-	// Read the stored bytes to the end whatever happened, so that damage is
-	// reported as damage (ErrCorrupt at EOF, or a checksum mismatch) rather
-	// than as the tar or zstd error it caused.
-	if _, err := io.Copy(io.Discard, raw); err != nil {
+	pr.CloseWithError(errStopped)
+	if dec != nil {
+		dec.Close()
+	}
+	if err := <-pumped; err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
 	if got := sumOf(h); got != s.Checksum {
@@ -369,6 +386,9 @@ func (m *Manager) fetch(ctx context.Context, s *Snapshot, dir string) error {
 	}
 	return nil
 }
+
+// errStopped tells fetch's reading goroutine that the decoder needs no more.
+var errStopped = errors.New("nyx: consumer stopped reading")
 
 // unpack writes the tar stream's regular files into dir. Names must be
 // local paths and exactly the files the metadata lists; the writes go
