@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -186,6 +187,13 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 	defer st.Close()
 	fr := proto.NewFrameReader(st)
 	fw := proto.NewFrameWriter(st)
+	defer func() {
+		// A bug in one RPC must not take down PID 1 (and the kernel).
+		if v := recover(); v != nil {
+			s.a.log.Error("rpc panicked", "panic", v, "stack", string(debug.Stack()))
+			_ = fw.WriteJSON(proto.FrameError, &proto.Error{Code: proto.CodeInternal, Message: fmt.Sprintf("agent panic: %v", v)})
+		}
+	}()
 	t, p, err := fr.Next()
 	if err != nil {
 		return
@@ -241,10 +249,16 @@ func (a *Agent) sampleLoop() {
 			return
 		case <-t.C:
 		}
-		now := a.clock.Now()
-		if pct, ok := a.cpu.sample(now); ok && pct > activeCPUPercent {
-			a.activity.touch(now)
-		}
-		a.groups.prune()
+		a.sampleOnce()
 	}
+}
+
+// sampleOnce measures CPU use since the last sample; a busy window counts
+// as activity.
+func (a *Agent) sampleOnce() {
+	now := a.clock.Now()
+	if pct, ok := a.cpu.sample(now); ok && pct > activeCPUPercent {
+		a.activity.touch(now)
+	}
+	a.groups.prune()
 }
