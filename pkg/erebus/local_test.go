@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -248,4 +249,57 @@ func mountTmpfs(t *testing.T, size string) string {
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 	return dir
+}
+
+// patternReader yields n bytes of a repeating pattern without allocating.
+type patternReader struct{ n int64 }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > p.n {
+		b = b[:p.n]
+	}
+	for i := range b {
+		b[i] = byte(p.n - int64(i))
+	}
+	p.n -= int64(len(b))
+	return len(b), nil
+}
+
+// TestLocalStreams checks that objects stream: moving 64 MiB in and out
+// allocates a small, fixed amount, not the object's size.
+func TestLocalStreams(t *testing.T) {
+	s, err := erebus.NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 64 << 20
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	put := allocated(func() {
+		if _, err := s.Put(t.Context(), "big", &patternReader{n: size}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	get := allocated(func() {
+		rc, _, err := s.Get(t.Context(), "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		if n, err := io.CopyBuffer(io.Discard, rc, make([]byte, 64<<10)); err != nil || n != size {
+			t.Fatalf("read %d bytes: %v", n, err)
+		}
+	})
+	t.Logf("Put allocated %d KiB, Get %d KiB for a %d MiB object", put>>10, get>>10, size>>20)
+	if put > 8<<20 || get > 8<<20 {
+		t.Errorf("Put allocated %d bytes, Get %d, for %d bytes: not streaming", put, get, size)
+	}
 }
