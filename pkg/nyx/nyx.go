@@ -75,7 +75,9 @@ type Options struct {
 	// Prefix is the Erebus key prefix of snapshots; default "snapshots".
 	Prefix string
 	// TempDir holds snapshot files while they are packed or unpacked;
-	// default os.TempDir(). It must hold one uncompressed snapshot.
+	// default os.TempDir(). It must hold one uncompressed snapshot per
+	// concurrent call, and is best on the runtime's file system, so that
+	// Restore can rename the files into place instead of copying them.
 	TempDir string
 	// Level is the zstd level; default zstd.SpeedFastest (see
 	// docs/BENCHMARKS.md for why).
