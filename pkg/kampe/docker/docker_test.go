@@ -42,8 +42,11 @@ func TestDocker(t *testing.T) {
 	img := kampetest.Image(t)
 
 	t.Run("Conformance", func(t *testing.T) {
-		runtimetest.Run(t, func(t *testing.T) (tartarus.Runtime, *tartarus.Image) {
-			return newRuntime(t, host, cache), img
+		// Runtimes made by the factory live until the whole suite ends
+		// (the one made in the recover subtest is used after it).
+		suite := t
+		runtimetest.Run(t, func(*testing.T) (tartarus.Runtime, *tartarus.Image) {
+			return newRuntime(suite, host, cache), img
 		})
 	})
 	t.Run("Fingerprint", func(t *testing.T) {
