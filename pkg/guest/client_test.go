@@ -724,3 +724,50 @@ func TestReconnectFresh(t *testing.T) {
 		c.Close()
 	}
 }
+
+// slowWriter takes output slowly, as a far HTTP client does.
+type slowWriter struct {
+	n     int
+	delay time.Duration
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(w.delay)
+	w.n += len(p)
+	return len(p), nil
+}
+
+// TestExecSlowConsumer: output of a process that has exited is delivered in
+// full even when the host takes it far slower than the linger time.
+func TestExecSlowConsumer(t *testing.T) {
+	e := start(t, agent.Options{ExecLinger: 10 * time.Millisecond})
+	const size = 12 << 20
+	w := &slowWriter{delay: 3 * time.Millisecond}
+	res, err := e.client.Exec(ctxT(t), &tartarus.ExecRequest{
+		Cmd:    []string{"head", "-c", fmt.Sprint(size), "/dev/zero"},
+		Stdout: w,
+	})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatal(res, err)
+	}
+	if w.n != size {
+		t.Fatalf("got %d of %d bytes", w.n, size)
+	}
+}
+
+// TestExecChattyBackground: a background process that keeps writing to the
+// exec's stdout does not keep the exec from ending.
+func TestExecChattyBackground(t *testing.T) {
+	e := start(t, agent.Options{ExecLinger: 50 * time.Millisecond})
+	start := time.Now()
+	out := run(t, e.client, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", "(while true; do echo bg; sleep 0.02; done) & echo main"}})
+	if out.res.ExitCode != 0 || !strings.HasPrefix(out.stdout, "main\n") {
+		t.Fatalf("%+v %q", out.res, out.stdout)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("exec took %v", d)
+	}
+	if err := e.client.SignalAll(ctxT(t), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -144,8 +144,11 @@ func TestCPUActivity(t *testing.T) {
 	}
 	clk.now = clk.now.Add(2 * time.Second)
 	a.sampleOnce()
-	if a.cpu.pct <= activeCPUPercent {
-		t.Skipf("busy loop showed only %.1f%% CPU", a.cpu.pct)
+	a.cpu.mu.Lock()
+	pct := a.cpu.pct
+	a.cpu.mu.Unlock()
+	if pct <= activeCPUPercent {
+		t.Skipf("busy loop showed only %.1f%% CPU", pct)
 	}
 	if !a.activity.get().Equal(clk.now) {
 		t.Fatalf("activity %v, want %v (before %v)", a.activity.get(), clk.now, start)

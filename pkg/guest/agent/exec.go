@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -273,13 +274,9 @@ func (s *session) exec(ctx context.Context, st *yamux.Stream, fr *proto.FrameRea
 		defer stop()
 	}
 
-	// Output pumps. After the process exits they get ExecLinger to reach
-	// EOF; then they are detached and discard what processes left behind
-	// still write, so those never block or die of SIGPIPE.
 	out := &outputPumps{fw: fw}
-	out.wg.Add(2)
-	go out.pump(outR, proto.FrameStdout)
-	go out.pump(errR, proto.FrameStderr)
+	out.start(outR, proto.FrameStdout)
+	out.start(errR, proto.FrameStderr)
 
 	// Input: stdin frames, EOF, cancel; a stream that ends early means the
 	// host gave up on this exec.
@@ -344,24 +341,58 @@ func (s *session) exec(ctx context.Context, st *yamux.Stream, fr *proto.FrameRea
 }
 
 // outputPumps copies an exec's stdout and stderr pipes to frames.
+//
+// When the exec's process exits, everything it wrote is in the pipes, but
+// processes it left in the background may hold the pipes open for ever. So
+// after ExecLinger the pumps are detached as soon as both pipes are empty
+// and neither pump holds data (or, at the latest, after lingerCap); from
+// then on they discard what the background writes, so it never blocks or
+// dies of SIGPIPE. Output of the exec's own process is never dropped unless
+// the host takes longer than lingerCap to accept it.
 type outputPumps struct {
 	fw       *proto.FrameWriter
+	pumps    []*pump
 	wg       sync.WaitGroup
 	mu       sync.Mutex // held while forwarding, so nothing follows detach
 	detached bool
 }
 
-func (o *outputPumps) pump(r *os.File, t proto.FrameType) {
+// pump is one pipe being copied.
+type pump struct {
+	r       *os.File
+	t       proto.FrameType
+	reading atomic.Bool // blocked in Read, holding no data
+	done    atomic.Bool
+}
+
+// lingerCap bounds how long an exec's result waits for its output once its
+// process has exited.
+const lingerCap = 10 * time.Second
+
+// lingerPoll is how often a lingering exec checks whether its pipes are empty.
+const lingerPoll = 5 * time.Millisecond
+
+func (o *outputPumps) start(r *os.File, t proto.FrameType) {
+	p := &pump{r: r, t: t}
+	o.pumps = append(o.pumps, p)
+	o.wg.Add(1)
+	go o.run(p)
+}
+
+func (o *outputPumps) run(p *pump) {
 	defer o.wg.Done()
-	defer r.Close()
+	defer p.done.Store(true)
+	defer p.r.Close()
 	buf := make([]byte, outputChunk)
 	sendErr := false
 	for {
-		n, err := r.Read(buf)
+		p.reading.Store(true)
+		n, err := p.r.Read(buf)
+		p.reading.Store(false)
 		if n > 0 && !sendErr {
 			o.mu.Lock()
 			if !o.detached {
-				if werr := o.fw.Write(t, buf[:n]); werr != nil {
+				if werr := o.fw.Write(p.t, buf[:n]); werr != nil {
 					sendErr = true // host gone; keep draining so writers never block
 				}
 			}
@@ -373,18 +404,61 @@ func (o *outputPumps) pump(r *os.File, t proto.FrameType) {
 	}
 }
 
-// finish waits up to linger for both pipes to reach EOF, then detaches.
+// idle reports whether the pump has forwarded all the pipe holds.
+func (p *pump) idle() bool {
+	if p.done.Load() {
+		return true
+	}
+	if !p.reading.Load() {
+		return false
+	}
+	rc, err := p.r.SyscallConn()
+	if err != nil {
+		return true // closed: finished
+	}
+	pending := 0
+	cerr := rc.Control(func(fd uintptr) {
+		pending, err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
+	})
+	if cerr != nil {
+		return true
+	}
+	return err == nil && pending == 0 && p.reading.Load()
+}
+
+// finish waits, after the exec's process exited, until the pipes reach EOF
+// or may be detached, then detaches.
 func (o *outputPumps) finish(clock Clock, linger time.Duration) {
 	done := make(chan struct{})
 	go func() { o.wg.Wait(); close(done) }()
-	expired := make(chan struct{})
-	stop := clock.AfterFunc(linger, func() { close(expired) })
-	defer stop()
-	select {
-	case <-done:
-	case <-expired:
+	wait := func(d time.Duration) bool {
+		expired := make(chan struct{})
+		stop := clock.AfterFunc(d, func() { close(expired) })
+		defer stop()
+		select {
+		case <-done:
+			return true
+		case <-expired:
+			return false
+		}
+	}
+	if !wait(linger) {
+		for elapsed := linger; elapsed < lingerCap; elapsed += lingerPoll {
+			if o.allIdle() || wait(lingerPoll) {
+				break
+			}
+		}
 	}
 	o.mu.Lock()
 	o.detached = true
 	o.mu.Unlock()
+}
+
+func (o *outputPumps) allIdle() bool {
+	for _, p := range o.pumps {
+		if !p.idle() {
+			return false
+		}
+	}
+	return true
 }
