@@ -252,7 +252,10 @@ func mountTmpfs(t *testing.T, size string) string {
 }
 
 // patternReader yields n bytes of a repeating pattern without allocating.
-type patternReader struct{ n int64 }
+type patternReader struct {
+	n       int64
+	pattern [4099]byte // a length that does not divide the buffer sizes
+}
 
 func (p *patternReader) Read(b []byte) (int, error) {
 	if p.n <= 0 {
@@ -261,8 +264,8 @@ func (p *patternReader) Read(b []byte) (int, error) {
 	if int64(len(b)) > p.n {
 		b = b[:p.n]
 	}
-	for i := range b {
-		b[i] = byte(p.n - int64(i))
+	for i := 0; i < len(b); {
+		i += copy(b[i:], p.pattern[:])
 	}
 	p.n -= int64(len(b))
 	return len(b), nil
@@ -284,7 +287,11 @@ func TestLocalStreams(t *testing.T) {
 		return after.TotalAlloc - before.TotalAlloc
 	}
 	put := allocated(func() {
-		if _, err := s.Put(t.Context(), "big", &patternReader{n: size}); err != nil {
+		r := &patternReader{n: size}
+		for i := range r.pattern {
+			r.pattern[i] = byte(i * 7)
+		}
+		if _, err := s.Put(t.Context(), "big", r); err != nil {
 			t.Fatal(err)
 		}
 	})

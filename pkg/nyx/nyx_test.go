@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -329,8 +330,10 @@ func TestStreams(t *testing.T) {
 	m, f, _, _ := setup(t)
 	const size = 128 << 20
 	img := make([]byte, size)
+	line := []byte("page of a test image with some text on it: ")
 	for i := 0; i < size; i += 4096 {
-		copy(img[i:], fmt.Sprintf("page %d of a test image with some text on it", i))
+		n := copy(img[i:], line)
+		strconv.AppendInt(img[i+n:i+n], int64(i), 10)
 	}
 	f.boxes["big"] = map[string][]byte{"memory.bin": img}
 	allocated := func(fn func()) uint64 {
