@@ -81,7 +81,14 @@ type Agent struct {
 	runtimes map[string]tartarus.Runtime
 
 	mu    sync.Mutex
-	locks map[string]*sync.Mutex // per-sandbox lifecycle locks
+	locks map[string]*keyLock // per-sandbox lifecycle locks, while in use
+}
+
+// keyLock is one sandbox's lock; refs counts holders and waiters so the
+// entry goes away when nobody needs it.
+type keyLock struct {
+	mu   sync.Mutex
+	refs int
 }
 
 // New returns an agent. Call Recover before serving requests, and Run to
@@ -100,7 +107,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("node agent: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With("component", "hecatoncheir"),
-		runtimes: map[string]tartarus.Runtime{}, locks: map[string]*sync.Mutex{}}
+		runtimes: map[string]tartarus.Runtime{}, locks: map[string]*keyLock{}}
 	for _, rt := range cfg.Runtimes {
 		a.runtimes[rt.Name()] = rt
 	}
@@ -116,12 +123,21 @@ func (a *Agent) lock(id string) func() {
 	a.mu.Lock()
 	l, ok := a.locks[id]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &keyLock{}
 		a.locks[id] = l
 	}
+	l.refs++
 	a.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		a.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(a.locks, id)
+		}
+		a.mu.Unlock()
+	}
 }
 
 func (a *Agent) runtime(name string) (tartarus.Runtime, error) {

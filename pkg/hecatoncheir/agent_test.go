@@ -424,3 +424,24 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestLocksDoNotLeak checks that per-sandbox locks go away once released.
+func TestLocksDoNotLeak(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, fake.Config{})
+	for range 5 {
+		sb, err := e.agent.Create(ctx, "acme", &tartarus.CreateRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.agent.Destroy(ctx, sb.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.agent.mu.Lock()
+	n := len(e.agent.locks)
+	e.agent.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d locks left", n)
+	}
+}
