@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -114,9 +115,23 @@ func TestLookPath(t *testing.T) {
 	}
 }
 
-type fakeClock struct{ now time.Time }
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
 
-func (c *fakeClock) Now() time.Time { return c.now }
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
 func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
 	return time.AfterFunc(d, f).Stop
 }
@@ -142,7 +157,7 @@ func TestCPUActivity(t *testing.T) {
 	deadline := time.Now().Add(300 * time.Millisecond)
 	for time.Now().Before(deadline) {
 	}
-	clk.now = clk.now.Add(2 * time.Second)
+	now := clk.advance(2 * time.Second)
 	a.sampleOnce()
 	a.cpu.mu.Lock()
 	pct := a.cpu.pct
@@ -150,8 +165,8 @@ func TestCPUActivity(t *testing.T) {
 	if pct <= activeCPUPercent {
 		t.Skipf("busy loop showed only %.1f%% CPU", pct)
 	}
-	if !a.activity.get().Equal(clk.now) {
-		t.Fatalf("activity %v, want %v (before %v)", a.activity.get(), clk.now, start)
+	if !a.activity.get().Equal(now) {
+		t.Fatalf("activity %v, want %v (before %v)", a.activity.get(), now, start)
 	}
 }
 
