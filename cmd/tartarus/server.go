@@ -173,7 +173,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		ln = tls.NewListener(ln, auth.TLS)
 		scheme = "https"
 	}
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	// No write timeout: exec streams and file transfers may run long.
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
@@ -187,7 +189,11 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	if err := agent.Ready(life); err != nil {
 		fmt.Fprintf(out, "Not ready to create sandboxes yet: %v\n", err)
 	} else {
-		fmt.Fprintf(out, "Try:\n  export TARTARUS_URL=%s\n  id=$(tartarus sandbox create --template base) && tartarus exec $id -- uname -a\n", url)
+		fmt.Fprintf(out, "Try:\n  export TARTARUS_URL=%s\n", url)
+		if auth.AdminKeyFile != "" && o.dataDir != serverDataDir() {
+			fmt.Fprintf(out, "  export TARTARUS_DATA_DIR=%s   # where the CLI finds admin.key\n", o.dataDir)
+		}
+		fmt.Fprintf(out, "  id=$(tartarus sandbox create --template base) && tartarus exec $id -- uname -a\n")
 	}
 
 	select {

@@ -79,7 +79,7 @@ type testAPI struct {
 	cat   catalog
 }
 
-func newTestAPI(t *testing.T) *testAPI {
+func newTestAPI(t testing.TB) *testAPI {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "t.db"))
@@ -126,7 +126,7 @@ func (a answer) errCode() string {
 	return eb.Error.Code
 }
 
-func (a answer) sandbox(t *testing.T) *tartarus.Sandbox {
+func (a answer) sandbox(t testing.TB) *tartarus.Sandbox {
 	t.Helper()
 	var sb tartarus.Sandbox
 	if err := json.Unmarshal(a.body, &sb); err != nil {
@@ -135,7 +135,7 @@ func (a answer) sandbox(t *testing.T) *tartarus.Sandbox {
 	return &sb
 }
 
-func (ta *testAPI) do(t *testing.T, c call) answer {
+func (ta *testAPI) do(t testing.TB, c call) answer {
 	t.Helper()
 	req, err := http.NewRequest(c.method, ta.srv.URL+c.path, strings.NewReader(c.body))
 	if err != nil {
@@ -156,7 +156,7 @@ func (ta *testAPI) do(t *testing.T, c call) answer {
 	return answer{status: resp.StatusCode, header: resp.Header, body: body}
 }
 
-func (ta *testAPI) create(t *testing.T, tenant string) *tartarus.Sandbox {
+func (ta *testAPI) create(t testing.TB, tenant string) *tartarus.Sandbox {
 	t.Helper()
 	a := ta.do(t, call{method: "POST", path: "/v1/sandboxes", tenant: tenant, body: `{"template":"base"}`})
 	if a.status != http.StatusCreated {
