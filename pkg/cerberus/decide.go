@@ -87,7 +87,11 @@ func (cr *compiledRole) allows(id *Identity, action Action, res Resource) (*rule
 			continue
 		}
 		for _, a := range [2]Action{action, "*"} {
-			for _, ref := range byAction[a] {
+			b := byAction[a]
+			if b == nil {
+				continue
+			}
+			for _, ref := range b.scan {
 				c, ok := ref.matches(id, res)
 				if ok {
 					return ref, ""
@@ -95,6 +99,13 @@ func (cr *compiledRole) allows(id *Identity, action Action, res Resource) (*rule
 				if miss == "" {
 					miss = fmt.Sprintf("%s allows %s on %s only where %s is %q (it is %q)",
 						ref.reason, action, res.Type, c.attr, c.want(id), c.got(res))
+				}
+			}
+			for _, attr := range b.litAttrs {
+				for _, ref := range b.byLiteral[litKey{attr, condition{attr: attr}.got(res)}] {
+					if _, ok := ref.matches(id, res); ok {
+						return ref, ""
+					}
 				}
 			}
 		}

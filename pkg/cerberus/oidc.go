@@ -2,11 +2,13 @@ package cerberus
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -44,6 +46,10 @@ type OIDCConfig struct {
 	// RetryDiscovery is how long after a failed discovery it is tried again.
 	// Default 10s.
 	RetryDiscovery time.Duration
+	// TokenCacheTTL is how long a verified token is remembered (never past
+	// its exp), so a client that sends the same token with every request pays
+	// for the signature check once. Default 1m; negative turns it off.
+	TokenCacheTTL time.Duration
 
 	HTTPClient *http.Client // default http.DefaultClient
 }
@@ -82,6 +88,52 @@ type OIDCVerifier struct {
 	verifier *oidc.IDTokenVerifier
 	failedAt time.Time
 	lastErr  error
+
+	cacheMu sync.Mutex
+	cache   map[[32]byte]cachedToken
+}
+
+type cachedToken struct {
+	id    *Identity
+	until time.Time
+}
+
+// maxCachedTokens bounds the token cache; when full it is emptied.
+const maxCachedTokens = 10000
+
+func (v *OIDCVerifier) cached(sum [32]byte, now time.Time) *Identity {
+	v.cacheMu.Lock()
+	defer v.cacheMu.Unlock()
+	c, ok := v.cache[sum]
+	if !ok || !now.Before(c.until) {
+		return nil
+	}
+	return cloneIdentity(c.id, now)
+}
+
+func (v *OIDCVerifier) remember(sum [32]byte, id *Identity, now time.Time) {
+	if v.cfg.TokenCacheTTL < 0 {
+		return
+	}
+	until := now.Add(v.cfg.TokenCacheTTL)
+	if id.ExpiresAt.Before(until) {
+		until = id.ExpiresAt
+	}
+	v.cacheMu.Lock()
+	defer v.cacheMu.Unlock()
+	if v.cache == nil || len(v.cache) >= maxCachedTokens {
+		v.cache = map[[32]byte]cachedToken{}
+	}
+	v.cache[sum] = cachedToken{id: cloneIdentity(id, now), until: until}
+}
+
+func cloneIdentity(id *Identity, authTime time.Time) *Identity {
+	c := *id
+	c.Roles = slices.Clone(id.Roles)
+	c.Groups = slices.Clone(id.Groups)
+	c.Attributes = maps.Clone(id.Attributes)
+	c.AuthTime = authTime
+	return &c
 }
 
 // NewOIDCVerifier checks cfg and returns a verifier.
@@ -109,6 +161,9 @@ func NewOIDCVerifier(cfg OIDCConfig, clock Clock, log *slog.Logger) (*OIDCVerifi
 	}
 	if cfg.RetryDiscovery <= 0 {
 		cfg.RetryDiscovery = 10 * time.Second
+	}
+	if cfg.TokenCacheTTL == 0 {
+		cfg.TokenCacheTTL = time.Minute
 	}
 	base := context.Background()
 	if cfg.HTTPClient != nil {
@@ -182,6 +237,20 @@ func looksLikeJWT(tok string) bool { return strings.Count(tok, ".") == 2 }
 
 // Verify checks a bearer token and maps its claims to an Identity.
 func (v *OIDCVerifier) Verify(ctx context.Context, token string) (*Identity, error) {
+	now := v.clock.Now()
+	sum := sha256.Sum256([]byte(token))
+	if id := v.cached(sum, now); id != nil {
+		return id, nil
+	}
+	id, err := v.verify(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	v.remember(sum, id, now)
+	return id, nil
+}
+
+func (v *OIDCVerifier) verify(ctx context.Context, token string) (*Identity, error) {
 	alg, err := jwtAlg(token)
 	if err != nil {
 		return nil, err

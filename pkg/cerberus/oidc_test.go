@@ -206,6 +206,29 @@ func TestOIDCVerify(t *testing.T) {
 	}
 }
 
+func TestOIDCTokenCacheKeepsExpiry(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	iss := newTestIssuer(t)
+	v := iss.verifier(t, clock, nil)
+	tok := iss.sign("rsa-1", with(iss.claims(clock.Now()), "exp", clock.Now().Add(30*time.Second).Unix()))
+	for range 3 {
+		id, err := v.Verify(ctx, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id.Roles[0] = "platform-admin" // a caller changing its copy changes nothing cached
+	}
+	id, _ := v.Verify(ctx, tok)
+	if id.Roles[0] != "sandbox-user" {
+		t.Fatalf("cached identity was changed: %v", id.Roles)
+	}
+	clock.Advance(31 * time.Second)
+	if _, err := v.Verify(ctx, tok); reasonOf(err) != ReasonExpired {
+		t.Fatalf("cached token past exp: %v", err)
+	}
+}
+
 func TestOIDCClaimMapping(t *testing.T) {
 	ctx := context.Background()
 	clock := newFakeClock()

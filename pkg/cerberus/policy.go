@@ -49,7 +49,35 @@ type compiledRole struct {
 	name string
 	// index[resource type][action]: every rule of the role and of the roles it
 	// inherits; "*" keys hold the wildcard rules.
-	index map[string]map[Action][]*ruleRef
+	index map[string]map[Action]*bucket
+}
+
+// bucket holds the rules for one resource type and action. Rules with a
+// literal condition (id: sb-1) are found by that value, so even thousands of
+// them on one resource cost one map lookup; the rest are scanned.
+type bucket struct {
+	scan      []*ruleRef
+	byLiteral map[litKey][]*ruleRef
+	litAttrs  []string // the attrs used as keys in byLiteral
+}
+
+type litKey struct{ attr, value string }
+
+func (b *bucket) add(ref *ruleRef) {
+	for _, c := range ref.conds {
+		if c.ref == "" {
+			if b.byLiteral == nil {
+				b.byLiteral = map[litKey][]*ruleRef{}
+			}
+			k := litKey{c.attr, c.literal}
+			b.byLiteral[k] = append(b.byLiteral[k], ref)
+			if !slices.Contains(b.litAttrs, c.attr) {
+				b.litAttrs = append(b.litAttrs, c.attr)
+			}
+			return
+		}
+	}
+	b.scan = append(b.scan, ref)
 }
 
 // rule is one permission entry of the file.
@@ -452,7 +480,7 @@ func compile(roles []*roleDef, bindings []*bindingDef) (*Policy, error) {
 
 	pol := &Policy{roles: map[string]*compiledRole{}, bindings: map[string][]string{}, inherited: inherited}
 	for _, r := range roles {
-		cr := &compiledRole{name: r.name, index: map[string]map[Action][]*ruleRef{}}
+		cr := &compiledRole{name: r.name, index: map[string]map[Action]*bucket{}}
 		for _, ru := range flat[r.name] {
 			ref := &ruleRef{rule: ru}
 			if ru.role == r.name {
@@ -462,11 +490,14 @@ func compile(roles []*roleDef, bindings []*bindingDef) (*Policy, error) {
 			}
 			byAction := cr.index[ru.resource]
 			if byAction == nil {
-				byAction = map[Action][]*ruleRef{}
+				byAction = map[Action]*bucket{}
 				cr.index[ru.resource] = byAction
 			}
-			for _, a := range ru.actions {
-				byAction[a] = append(byAction[a], ref)
+			for _, a := range slices.Compact(slices.Sorted(slices.Values(ru.actions))) {
+				if byAction[a] == nil {
+					byAction[a] = &bucket{}
+				}
+				byAction[a].add(ref)
 			}
 		}
 		pol.roles[r.name] = cr
