@@ -191,6 +191,8 @@ func BenchmarkGateway(b *testing.B) {
 		}
 		defer shmAudit.Close()
 		cbShm, _ := New(Config{Keys: keys, OIDC: oidcV, Policy: StaticPolicy(DefaultPolicy()), Audit: shmAudit, Clock: clock})
+		noCache, _ := NewOIDCVerifier(OIDCConfig{Issuer: iss.srv.URL, Audience: "tartarus", TokenCacheTTL: -1}, clock, slog.New(slog.DiscardHandler))
+		cbNoCache, _ := New(Config{Keys: keys, OIDC: noCache, Policy: StaticPolicy(DefaultPolicy()), Audit: shmAudit, Clock: clock})
 		cases = append(cases,
 			struct {
 				name string
@@ -201,7 +203,17 @@ func BenchmarkGateway(b *testing.B) {
 				name string
 				h    http.Handler
 				auth string
-			}{"jwt-RS256-audit-on-tmpfs", handler(cbShm.Guard()), "Bearer " + jwt})
+			}{"jwt-RS256-audit-on-tmpfs", handler(cbShm.Guard()), "Bearer " + jwt},
+			struct {
+				name string
+				h    http.Handler
+				auth string
+			}{"jwt-RS256-uncached-audit-on-tmpfs", handler(cbNoCache.Guard()), "Bearer " + jwt},
+			struct {
+				name string
+				h    http.Handler
+				auth string
+			}{"jwt-ES256-uncached-audit-on-tmpfs", handler(cbNoCache.Guard()), "Bearer " + jwtES})
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
