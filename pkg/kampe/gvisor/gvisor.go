@@ -364,7 +364,7 @@ func bundleSpec(m *meta) *specs.Spec {
 	quota := int64(m.CPUs) * int64(period)
 	return &specs.Spec{
 		Version:  specs.Version,
-		Process:  process(kampe.InitCommand, baseEnv(m), "/"),
+		Process:  process([]string{"/bin/sh", "-c", initScript}, baseEnv(m), "/"),
 		Root:     &specs.Root{Path: m.RootFS},
 		Hostname: m.ID,
 		Mounts: []specs.Mount{
@@ -403,6 +403,9 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	}
 	// The sandbox must outlive the request that started it.
 	if err := r.runscDetached(context.WithoutCancel(ctx), id, "run", "--detach", "--bundle", r.sandboxDir(id), id); err != nil {
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	if err := r.waitInit(ctx, m); err != nil {
 		return fmt.Errorf("start %s: %w", id, err)
 	}
 	m.StartedAt = r.now()
@@ -446,8 +449,8 @@ func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest
 	return r.exec(ctx, m, req)
 }
 
-// exec runs req in the sandbox. The exec'd process leads its own process
-// group in gVisor, so a timeout or cancel kills that group from inside.
+// exec runs req as a child of the sandbox's init (see spawn.go), through
+// the shim; a timeout or cancel kills the command's process group.
 func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
 	if len(req.Cmd) == 0 {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "exec: empty command")
@@ -455,6 +458,25 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 	if err := tartarus.ValidEnv(req.Env); err != nil {
 		return nil, err
 	}
+	cwd := req.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	name := newCommandName()
+	shim := *req
+	shim.Cmd = []string{"sh", "-c", shimScript, "sh", name, commandScript(req, cwd)}
+	shim.Env, shim.Cwd = nil, "/"
+	res, err := r.runscExec(ctx, m, &shim, func() { r.killSpawned(m, name) })
+	if err == nil && res.ExitCode == 125 {
+		return nil, fmt.Errorf("exec in %s: the sandbox's init could not start the command", m.ID)
+	}
+	return res, err
+}
+
+// runscExec runs req directly under `runsc exec`; kill, when not nil, is
+// how a timeout or cancel ends the command (nil: kill the exec'd process's
+// group, which it leads in gVisor).
+func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequest, kill func()) (*tartarus.ExecResult, error) {
 	cwd := req.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -473,6 +495,9 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 		return nil, err
 	}
 	pidFile := filepath.Join(tmp, "pid")
+	if kill == nil {
+		kill = func() { r.killGroup(m.ID, pidFile) }
+	}
 	cmd := exec.Command(r.opts.Runsc, append(r.globalFlags(), "exec", "--process", pj, "--internal-pid-file", pidFile, m.ID)...)
 	// Always through pipes: a file handed to runsc as it is would be
 	// written by the sandbox at its own offsets.
@@ -502,10 +527,10 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 	case werr = <-done:
 	case <-timeout:
 		res.TimedOut = true
-		r.killGroup(m.ID, pidFile)
+		kill()
 		werr = <-done
 	case <-ctx.Done():
-		r.killGroup(m.ID, pidFile)
+		kill()
 		<-done
 		return nil, fmt.Errorf("exec in %s: %w", m.ID, ctx.Err())
 	}
@@ -555,14 +580,14 @@ func (r *Runtime) killGroup(id, pidFile string) {
 		return
 	}
 	kill := &tartarus.ExecRequest{Cmd: []string{"kill", "-s", "KILL", "--", "-" + strconv.Itoa(pid)}}
-	if res, err := r.exec(ctx, m, kill); err != nil || res.ExitCode != 0 {
+	if res, err := r.runscExec(ctx, m, kill, nil); err != nil || res.ExitCode != 0 {
 		// Not a group leader after all (or already gone): the process alone.
 		_, _ = r.runsc(ctx, "kill", "--pid", strconv.Itoa(pid), id, "KILL")
 	}
 }
 
-// Signal implements tartarus.Runtime: kill(-1) from inside the sandbox
-// reaches every process but init and the sender.
+// Signal implements tartarus.Runtime: sig goes to the process group of
+// every command Exec started.
 func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
 	name, err := kampe.SignalName(sig)
 	if err != nil {
@@ -572,7 +597,7 @@ func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) err
 	if err != nil {
 		return err
 	}
-	res, err := r.exec(ctx, m, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", `kill -s "$1" -1 2>/dev/null; exit 0`, "sh", name}})
+	res, err := r.runscExec(ctx, m, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", signalScript, "sh", name}}, nil)
 	if err != nil {
 		return fmt.Errorf("signal %s: %w", id, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos/hypnostest"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe/gvisor"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/runtimetest"
@@ -39,6 +40,12 @@ func TestConformance(t *testing.T) {
 	runtimetest.Run(t, func(t *testing.T) (tartarus.Runtime, *tartarus.Image) {
 		return newRuntime(t, state), img
 	})
+}
+
+// TestHypnos hibernates and wakes a gVisor sandbox through Hypnos, Nyx and
+// a local store: the shared suite every Snapshotter runtime passes.
+func TestHypnos(t *testing.T) {
+	hypnostest.Run(t, newRuntime(t, t.TempDir()), kampetest.Image(t), 128)
 }
 
 func exec(t *testing.T, rt tartarus.Runtime, id string, cmd ...string) string {
@@ -72,6 +79,9 @@ func TestHibernateWake(t *testing.T) {
 	if err := rt.WriteFile(ctx, cfg.ID, "/root/notes.txt", 0o600, strings.NewReader("before hibernate")); err != nil {
 		t.Fatal(err)
 	}
+	// A background process started by an Exec survives too: commands
+	// run as children of the sandbox's init (see spawn.go).
+	exec(t, rt, cfg.ID, "sh", "-c", "sleep 777 </dev/null >/dev/null 2>&1 &")
 	before := exec(t, rt, cfg.ID, "ps", "-o", "pid,args")
 
 	snap := filepath.Join(t.TempDir(), "snap")
@@ -107,9 +117,10 @@ func TestHibernateWake(t *testing.T) {
 		t.Errorf("file after wake: %q", got)
 	}
 	after := exec(t, rt, cfg.ID, "ps", "-o", "pid,args")
-	// The init shell and its sleep keep their pids: the same processes, not a reboot.
+	// The init's sleep and the Exec's background sleep keep their pids:
+	// the same processes, not a reboot.
 	for _, line := range strings.Split(before, "\n") {
-		if strings.Contains(line, "sleep 3600") || strings.Contains(line, "while :") {
+		if strings.Contains(line, "sleep 3600") || strings.Contains(line, "sleep 777") {
 			if !strings.Contains(after, strings.TrimSpace(line)) {
 				t.Errorf("process %q missing after wake; ps:\n%s", line, after)
 			}

@@ -1,0 +1,166 @@
+package gvisor
+
+import (
+	"context"
+	"fmt"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Commands run as children of the sandbox's init, not of `runsc exec`.
+//
+// gVisor's restore kills every process descended from a `runsc exec`
+// (runsc/boot/restore.go: "they cannot be properly restored"), so a
+// background process started by an Exec would not survive hibernation.
+// Instead, the init below reads spawn requests from a FIFO and starts each
+// command itself; the `runsc exec` that serves the Exec call only runs a
+// small shim that hands over the command and relays its stdio through
+// FIFOs and its exit status through a file. After a restore the shims of
+// commands that were running are gone (their callers are too), but every
+// process the commands started lives on.
+//
+// Each command leads its own session (setsid, when the image has it), so
+// a timeout or cancel kills its whole process group, and Signal reaches
+// every command's group.
+
+// spawnDir holds the FIFO and one directory per command, on the tmpfs the
+// bundle mounts at /dev (it always exists, whatever the image has).
+const spawnDir = "/dev/.tartarus"
+
+// initScript is the sandbox's init: it serves spawn requests (a directory
+// name per line) until SIGTERM. The FIFO is opened read-write so that it
+// never reports end-of-file between requests.
+const initScript = `trap 'exit 0' TERM
+mkdir -p ` + spawnDir + `/x && rm -f ` + spawnDir + `/spawn && mkfifo -m 600 ` + spawnDir + `/spawn || exit 1
+exec 3<>` + spawnDir + `/spawn
+s=
+command -v setsid >/dev/null 2>&1 && s=setsid
+while read -r d <&3; do
+	[ -f "$d/cmd" ] || continue
+	(
+		trap : TERM INT HUP QUIT USR1 USR2
+		$s sh -c 'exec <"$1/in" >"$1/out" 2>"$1/err"; . "$1/cmd"' sh "$d"
+		echo $? >"$d/status.tmp" && mv "$d/status.tmp" "$d/status"
+	) </dev/null >/dev/null 2>&1 &
+done`
+
+// shimScript runs under `runsc exec`: $1 is the command's directory name,
+// $2 the command script. It relays stdin, stdout and stderr and exits
+// with the command's status (125 when the init did not run it).
+const shimScript = `trap : TERM INT HUP QUIT USR1 USR2
+d=` + spawnDir + `/x/$1
+mkdir "$d" && mkfifo "$d/in" "$d/out" "$d/err" && printf '%s\n' "$2" >"$d/cmd" || exit 125
+exec 4<&0
+cat "$d/out" & o=$!
+cat "$d/err" >&2 & e=$!
+cat <&4 >"$d/in" 2>/dev/null & i=$!
+[ -p ` + spawnDir + `/spawn ] && echo "$d" >` + spawnDir + `/spawn || exit 125
+# Normally the outputs end with the command. A background process that
+# keeps them open gets one second after the command's exit, not forever.
+(while [ ! -f "$d/status" ]; do sleep 0.05; done; sleep 1; kill $o $e) </dev/null >/dev/null 2>&1 & w=$!
+n=0
+while [ ! -f "$d/pid" ] && [ ! -f "$d/status" ]; do
+	n=$((n+1))
+	if [ $n -gt 1000 ]; then echo "tartarus: the sandbox's init did not start the command" >&2; kill $w $o $e $i; exit 125; fi
+	sleep 0.005
+done
+wait $o $e
+while [ ! -f "$d/status" ]; do sleep 0.005; done
+kill $w $i 2>/dev/null
+read -r s <"$d/status"
+rm -rf "$d"
+exit "$s"`
+
+// commandScript is what the spawned shell sources: record the pid (the
+// group to kill), change directory, and exec the command with its
+// environment. Every word is single-quoted.
+func commandScript(req *tartarus.ExecRequest, cwd string) string {
+	var b strings.Builder
+	b.WriteString("echo $$ >\"$1/pid\"\ncd -- ")
+	b.WriteString(shellQuote(cwd))
+	b.WriteString(" || exit 1\nexec ")
+	if len(req.Env) > 0 {
+		b.WriteString("env")
+		for _, k := range sortedKeys(req.Env) {
+			b.WriteString(" " + shellQuote(k+"="+req.Env[k]))
+		}
+		b.WriteString(" ")
+	}
+	for i, a := range req.Cmd {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		b.WriteString(shellQuote(a))
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
+	}
+	return keys
+}
+
+func newCommandName() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "c" + hex.EncodeToString(b[:])
+}
+
+// killSpawned kills the process group of the spawned command name, waiting
+// a moment for it to have recorded its pid.
+func (r *Runtime) killSpawned(m *meta, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	script := `p=$(cat "` + spawnDir + `/x/$1/pid" 2>/dev/null) && [ -n "$p" ] || exit 3
+kill -s KILL -- -"$p" 2>/dev/null || kill -s KILL "$p"`
+	for ctx.Err() == nil {
+		res, err := r.runscExec(ctx, m, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", script, "sh", name}}, nil)
+		if err != nil || res.ExitCode != 3 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.log.Warn("exec: no pid to kill", "sandbox", m.ID, "command", name)
+}
+
+// signalScript sends $1 to the process group of every spawned command.
+const signalScript = `for f in ` + spawnDir + `/x/*/pid; do
+	[ -f "$f" ] || continue
+	p=$(cat "$f") && [ -n "$p" ] || continue
+	kill -s "$1" -- -"$p" 2>/dev/null || kill -s "$1" "$p" 2>/dev/null
+done
+exit 0`
+
+// waitInit waits until the sandbox's init serves spawn requests.
+func (r *Runtime) waitInit(ctx context.Context, m *meta) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		res, err := r.runscExec(ctx, m, &tartarus.ExecRequest{Cmd: []string{"test", "-p", spawnDir + "/spawn"}}, nil)
+		if err == nil && res.ExitCode == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sandbox %s: init did not come up: %w", m.ID, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
