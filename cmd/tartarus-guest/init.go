@@ -81,7 +81,7 @@ func runInit() {
 	if devErr != nil {
 		b.fail(devErr)
 	}
-	cfg := b.run(level)
+	cfg, initramfs := b.run(level)
 
 	reaper := agent.NewReaper(log)
 	a := agent.New(agent.Options{
@@ -94,6 +94,7 @@ func runInit() {
 	log.Info("boot done", "ms", ms(time.Since(started)), "steps", b.steps.String(),
 		"kernel_uptime_s", fmt.Sprintf("%.3f", uptime().Seconds()), "hostname", cfg.Hostname, "error", b.errText())
 
+	go freeInitramfs(initramfs, log)
 	servePort(context.Background(), a, log, func() (string, error) { return findVirtioPort(portName) })
 	for {
 		time.Sleep(time.Hour) // unreachable; PID 1 must never return
@@ -137,7 +138,7 @@ func (b *booter) step(name string) {
 // run mounts the initramfs's pseudo file systems, loads modules, mounts
 // the root file system and switches to it. Failures are recorded and the
 // boot goes on as far as it can: the host learns of them through Info.
-func (b *booter) run(level *slog.LevelVar) bootConfig {
+func (b *booter) run(level *slog.LevelVar) (bootConfig, *os.Root) {
 	for _, m := range []struct{ src, dst, fstype string }{
 		{"proc", "/proc", "proc"},
 		{"sysfs", "/sys", "sysfs"},
@@ -162,16 +163,18 @@ func (b *booter) run(level *slog.LevelVar) bootConfig {
 	}
 	b.step(fmt.Sprintf("modules(%d)", n))
 
+	var initramfs *os.Root
 	if err := waitFor(cfg.Root, rootWait); err != nil {
 		b.fail(err)
-		return cfg
+	} else {
+		b.step("rootdev")
+		initramfs, err = switchRoot(cfg, b.step)
+		if err != nil {
+			b.fail(err)
+		}
+		b.step("pivot")
 	}
-	b.step("rootdev")
-	if err := switchRoot(cfg); err != nil {
-		b.fail(err)
-		return cfg
-	}
-	b.step("switchroot")
+	// Even a guest that could not switch root gets its name and lo.
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		b.fail(fmt.Errorf("set hostname: %w", err))
 	}
@@ -179,7 +182,7 @@ func (b *booter) run(level *slog.LevelVar) bootConfig {
 		b.log.Warn("loopback not up", "err", err) // optional
 	}
 	b.step("net")
-	return cfg
+	return cfg, initramfs
 }
 
 // mount mounts fstype on target, creating target; an existing mount there
@@ -291,34 +294,42 @@ func waitFor(path string, limit time.Duration) error {
 }
 
 // switchRoot mounts the root file system on /newroot, moves /dev, /proc
-// and /sys into it, frees the initramfs, makes /newroot the root and mounts
-// the rest (devpts, /dev/shm, /tmp, /run).
-func switchRoot(cfg bootConfig) error {
+// and /sys into it, makes /newroot the root and mounts the rest (devpts,
+// /dev/shm, /tmp, /run). It returns a handle on the old initramfs root for
+// freeInitramfs.
+func switchRoot(cfg bootConfig, step func(string)) (*os.Root, error) {
 	const newRoot = "/newroot"
 	if err := mount(cfg.Root, newRoot, cfg.FSType, 0, cfg.RootFlags); err != nil {
-		return fmt.Errorf("mount root: %w", err)
+		return nil, fmt.Errorf("mount root: %w", err)
+	}
+	step("mountroot")
+	initramfs := openInitramfs()
+	fail := func(err error) (*os.Root, error) {
+		if initramfs != nil {
+			initramfs.Close()
+		}
+		return nil, fmt.Errorf("switch root: %w", err)
 	}
 	for _, m := range []string{"/dev", "/proc", "/sys"} {
 		dst := newRoot + m
 		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return fmt.Errorf("switch root: %w", err)
+			return fail(err)
 		}
 		if err := unix.Mount(m, dst, "", unix.MS_MOVE, ""); err != nil {
-			return fmt.Errorf("switch root: move %s: %w", m, err)
+			return fail(fmt.Errorf("move %s: %w", m, err))
 		}
 	}
-	freeInitramfs(newRoot)
 	if err := unix.Chdir(newRoot); err != nil {
-		return fmt.Errorf("switch root: %w", err)
+		return fail(err)
 	}
 	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
-		return fmt.Errorf("switch root: move / : %w", err)
+		return fail(fmt.Errorf("move %s to /: %w", newRoot, err))
 	}
 	if err := unix.Chroot("."); err != nil {
-		return fmt.Errorf("switch root: chroot: %w", err)
+		return fail(fmt.Errorf("chroot: %w", err))
 	}
 	if err := unix.Chdir("/"); err != nil {
-		return fmt.Errorf("switch root: %w", err)
+		return fail(err)
 	}
 	var errs []error
 	for _, m := range []struct {
@@ -343,27 +354,46 @@ func switchRoot(cfg bootConfig) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	// The switch itself worked: the initramfs may be freed even if a
+	// secondary mount failed.
+	return initramfs, errors.Join(errs...)
+}
+
+// openInitramfs returns the initramfs root, to free after the switch, or
+// nil when / is not a ramfs or tmpfs (never delete a real disk).
+func openInitramfs() *os.Root {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil || (st.Type != unix.RAMFS_MAGIC && st.Type != unix.TMPFS_MAGIC) {
+		return nil
+	}
+	r, err := os.OpenRoot("/")
+	if err != nil {
+		return nil
+	}
+	return r
 }
 
 // freeInitramfs deletes the initramfs's files (the agent binary, modules)
-// so their memory returns to the guest, as switch_root does. It only acts
-// on a ramfs or tmpfs root and never crosses into keep.
-func freeInitramfs(keep string) {
-	var st unix.Statfs_t
-	if err := unix.Statfs("/", &st); err != nil || (st.Type != unix.RAMFS_MAGIC && st.Type != unix.TMPFS_MAGIC) {
+// through a handle opened before the switch, so their memory returns to the
+// guest, as switch_root does. It runs after boot, off the critical path.
+func freeInitramfs(r *os.Root, log *slog.Logger) {
+	if r == nil {
 		return
 	}
-	entries, err := os.ReadDir("/")
+	defer r.Close()
+	start := time.Now()
+	d, err := r.Open(".")
 	if err != nil {
 		return
 	}
-	for _, e := range entries {
-		if "/"+e.Name() == keep {
-			continue
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		if err := r.RemoveAll(n); err != nil {
+			log.Debug("free initramfs", "name", n, "err", err)
 		}
-		_ = os.RemoveAll("/" + e.Name())
 	}
+	log.Debug("initramfs freed", "ms", ms(time.Since(start)))
 }
 
 // loopbackUp sets the lo interface up.
