@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 
 // authServer runs setup() with flags, mounted the way the API server mounts
 // it, in front of one protected route.
-func authServer(t *testing.T, args ...string) (*authSetup, string, *bytes.Buffer) {
+func authServer(t *testing.T, args ...string) (*authSetup, string, *lockedLog) {
 	t.Helper()
 	cmd := &cobra.Command{Use: "server"}
 	opts := addAuthFlags(cmd)
@@ -28,8 +29,8 @@ func authServer(t *testing.T, args ...string) (*authSetup, string, *bytes.Buffer
 		t.Fatal(err)
 	}
 	dataDir := t.TempDir()
-	var logs bytes.Buffer
-	setup, err := opts.setup(context.Background(), dataDir, slog.New(slog.NewTextHandler(&logs, nil)))
+	logs := &lockedLog{}
+	setup, err := opts.setup(context.Background(), dataDir, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +52,25 @@ func authServer(t *testing.T, args ...string) (*authSetup, string, *bytes.Buffer
 	t.Setenv("TARTARUS_URL", srv.URL)
 	t.Setenv("TARTARUS_DATA_DIR", dataDir)
 	t.Setenv("TARTARUS_API_KEY", "")
-	return setup, dataDir, &logs
+	return setup, dataDir, logs
+}
+
+// lockedLog is a log sink the server's goroutines and the test share.
+type lockedLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func runCLI(t *testing.T, args ...string) (string, error) {
