@@ -184,8 +184,12 @@ func (g guard) Wrap(next http.Handler) http.Handler {
 		if w.Header().Get("X-Request-ID") == "" {
 			w.Header().Set("X-Request-ID", reqID)
 		}
+		ua := r.UserAgent()
+		if len(ua) > 256 {
+			ua = ua[:256]
+		}
 		entry := &AuditEntry{
-			Timestamp: start, RequestID: reqID, SourceIP: sourceIP(r), UserAgent: r.UserAgent(),
+			Timestamp: start, RequestID: reqID, SourceIP: sourceIP(r), UserAgent: ua,
 			Method: r.Method, Path: r.URL.Path,
 		}
 		id, err := c.authenticateRequest(r)

@@ -104,6 +104,11 @@ func (c *Cerberus) serveCreateKey(w http.ResponseWriter, r *http.Request) {
 		writeClassError(w, tartarus.Errorf(tartarus.ErrInvalid, "%s", strings.Join(problems, "; ")))
 		return
 	}
+	// A key made with an expiring key expires no later than its maker, so a
+	// short-lived key cannot mint itself a permanent successor.
+	if id.Attributes["auth_method"] == "api_key" && !id.ExpiresAt.IsZero() && (expires.IsZero() || expires.After(id.ExpiresAt)) {
+		expires = id.ExpiresAt
+	}
 	k, secret, err := c.cfg.Keys.Create(ctx, KeySpec{
 		Name: req.Name, TenantID: req.Tenant, Roles: req.Roles, ExpiresAt: expires, CreatedBy: Principal(id),
 	})

@@ -74,6 +74,29 @@ func TestAPIKeyRoutes(t *testing.T) {
 	e.assertNoSecrets(secret)
 }
 
+func TestKeyMadeByExpiringKeyExpiresWithIt(t *testing.T) {
+	e := newTestEnv(t, false)
+	_, parent, _ := e.keys.Create(t.Context(), KeySpec{TenantID: "acme", Roles: []string{"tenant-admin"}, ExpiresAt: e.clock.Now().Add(time.Hour)})
+	for _, body := range []map[string]any{
+		{"roles": []string{"viewer"}},
+		{"roles": []string{"viewer"}, "expires_in": "30d"},
+	} {
+		a := e.do(nil, "POST", "/v1/apikeys", "Bearer "+string(parent), body)
+		if a.status != 201 {
+			t.Fatalf("%d %s", a.status, a.raw)
+		}
+		exp, _ := time.Parse(time.RFC3339, a.body["api_key"].(map[string]any)["expires_at"].(string))
+		if !exp.Equal(e.clock.Now().Add(time.Hour)) {
+			t.Fatalf("child expires %v, parent at %v", exp, e.clock.Now().Add(time.Hour))
+		}
+	}
+	a := e.do(nil, "POST", "/v1/apikeys", "Bearer "+string(parent), map[string]any{"roles": []string{"viewer"}, "expires_in": "10m"})
+	exp, _ := time.Parse(time.RFC3339, a.body["api_key"].(map[string]any)["expires_at"].(string))
+	if !exp.Equal(e.clock.Now().Add(10 * time.Minute)) {
+		t.Fatalf("shorter lifetime not kept: %v", exp)
+	}
+}
+
 func TestAuditRoute(t *testing.T) {
 	e := newTestEnv(t, false)
 	admin := "Bearer " + string(e.key(DefaultTenant, AdminRole))
