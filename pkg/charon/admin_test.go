@@ -19,8 +19,8 @@ func TestAdminRefusesBadInput(t *testing.T) {
 	defer admin.Close()
 	tests := []struct {
 		name, method, path, ctype, body string
-		want                             int
-		wantIn                           string // in the error message
+		want                            int
+		wantIn                          string // in the error message
 	}{
 		{"not JSON", "POST", "/ferry/shores", "application/json", `{"id":`, 400, "shore JSON"},
 		{"unknown field", "POST", "/ferry/shores", "application/json", `{"id":"x","address":"http://127.0.0.1:1","wieght":3}`, 400, "wieght"},

@@ -201,6 +201,13 @@ func (f *BoatFerry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if r.ContentLength != 0 {
+		// The shore may answer (and the answer be flushed to the client)
+		// before the request body is all sent: without full duplex the
+		// server closes the body on the first flush and the rest of the
+		// request, and with it the stream, is cut.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
 	f.proxy.ServeHTTP(w, r)
 }
 
