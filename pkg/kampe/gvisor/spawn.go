@@ -31,48 +31,60 @@ import (
 // bundle mounts at /dev (it always exists, whatever the image has).
 const spawnDir = "/dev/.tartarus"
 
-// initScript is the sandbox's init: it serves spawn requests (a directory
-// name per line) until SIGTERM. The FIFO is opened read-write so that it
-// never reports end-of-file between requests.
+// initScript is the sandbox's init: it serves spawn requests (a path
+// prefix per line) until SIGTERM. The FIFO is opened read-write so that it
+// never reports end-of-file between requests. The status goes back through
+// a FIFO opened read-write too, so a shim that is gone (after a restore)
+// blocks nothing.
 const initScript = `trap 'exit 0' TERM
 mkdir -p ` + spawnDir + `/x && rm -f ` + spawnDir + `/spawn && mkfifo -m 600 ` + spawnDir + `/spawn || exit 1
 exec 3<>` + spawnDir + `/spawn
 s=
 command -v setsid >/dev/null 2>&1 && s=setsid
 while read -r d <&3; do
-	[ -f "$d/cmd" ] || continue
-	(
+	[ -f "$d.cmd" ] || continue
+	# Forked twice: the init reaps the short-lived middle process at once
+	# and keeps no job table that grows with every command.
+	( (
 		trap : TERM INT HUP QUIT USR1 USR2
-		$s sh -c 'exec <"$1/in" >"$1/out" 2>"$1/err"; . "$1/cmd"' sh "$d"
-		echo $? >"$d/status.tmp" && mv "$d/status.tmp" "$d/status"
-	) </dev/null >/dev/null 2>&1 &
+		i=/dev/null
+		[ -p "$d.in" ] && i="$d.in"
+		$s sh -c 'exec <"$2" >"$1.out" 2>"$1.err"; . "$1.cmd"' sh "$d" "$i"
+		echo $? 1<>"$d.st"
+	) </dev/null >/dev/null 2>&1 & )
 done`
 
-// shimScript runs under `runsc exec`: $1 is the command's directory name,
-// $2 the command script. It relays stdin, stdout and stderr and exits
-// with the command's status (125 when the init did not run it).
+// shimScript runs under `runsc exec`: $1 is the command's name, $2 the
+// command script, $3 "1" when there is input to relay. It relays stdin,
+// stdout and stderr through FIFOs and exits with the command's status (125
+// when the init could not take the command). Only mkfifo, the cats and rm
+// are processes of their own: each process costs milliseconds in gVisor.
 const shimScript = `trap : TERM INT HUP QUIT USR1 USR2
 d=` + spawnDir + `/x/$1
-mkdir "$d" && mkfifo "$d/in" "$d/out" "$d/err" && printf '%s\n' "$2" >"$d/cmd" || exit 125
-exec 4<&0
-cat "$d/out" & o=$!
-cat "$d/err" >&2 & e=$!
-cat <&4 >"$d/in" 2>/dev/null & i=$!
-[ -p ` + spawnDir + `/spawn ] && echo "$d" >` + spawnDir + `/spawn || exit 125
+f="$d.out $d.err $d.st"
+[ "$3" = 1 ] && f="$f $d.in"
+mkfifo $f && printf '%s\n' "$2" >"$d.cmd" || exit 125
+exec 5<>"$d.st"
+cat "$d.out" & o=$!
+cat "$d.err" >&2 & e=$!
+i=
+if [ "$3" = 1 ]; then
+	exec 4<&0
+	cat <&4 >"$d.in" 2>/dev/null & i=$!
+fi
+if ! { [ -p ` + spawnDir + `/spawn ] && echo "$d" >` + spawnDir + `/spawn; }; then
+	echo "tartarus: the sandbox's init does not take commands" >&2
+	kill $o $e $i 2>/dev/null
+	rm -f $f "$d.cmd"
+	exit 125
+fi
+read -r s <&5
 # Normally the outputs end with the command. A background process that
 # keeps them open gets one second after the command's exit, not forever.
-(while [ ! -f "$d/status" ]; do sleep 0.05; done; sleep 1; kill $o $e) </dev/null >/dev/null 2>&1 & w=$!
-n=0
-while [ ! -f "$d/pid" ] && [ ! -f "$d/status" ]; do
-	n=$((n+1))
-	if [ $n -gt 1000 ]; then echo "tartarus: the sandbox's init did not start the command" >&2; kill $w $o $e $i; exit 125; fi
-	sleep 0.005
-done
+(read -t 1 x <&5; kill $o $e) </dev/null >/dev/null 2>&1 & w=$!
 wait $o $e
-while [ ! -f "$d/status" ]; do sleep 0.005; done
 kill $w $i 2>/dev/null
-read -r s <"$d/status"
-rm -rf "$d"
+rm -f $f "$d.cmd" "$d.pid"
 exit "$s"`
 
 // commandScript is what the spawned shell sources: record the pid (the
@@ -80,7 +92,7 @@ exit "$s"`
 // environment. Every word is single-quoted.
 func commandScript(req *tartarus.ExecRequest, cwd string) string {
 	var b strings.Builder
-	b.WriteString("echo $$ >\"$1/pid\"\ncd -- ")
+	b.WriteString("echo $$ >\"$1.pid\"\ncd -- ")
 	b.WriteString(shellQuote(cwd))
 	b.WriteString(" || exit 1\nexec ")
 	if len(req.Env) > 0 {
@@ -128,7 +140,7 @@ func newCommandName() string {
 func (r *Runtime) killSpawned(m *meta, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	script := `p=$(cat "` + spawnDir + `/x/$1/pid" 2>/dev/null) && [ -n "$p" ] || exit 3
+	script := `read -r p <"` + spawnDir + `/x/$1.pid" 2>/dev/null && [ -n "$p" ] || exit 3
 kill -s KILL -- -"$p" 2>/dev/null || kill -s KILL "$p"`
 	for ctx.Err() == nil {
 		res, err := r.runscExec(ctx, m, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", script, "sh", name}}, nil)
@@ -141,9 +153,9 @@ kill -s KILL -- -"$p" 2>/dev/null || kill -s KILL "$p"`
 }
 
 // signalScript sends $1 to the process group of every spawned command.
-const signalScript = `for f in ` + spawnDir + `/x/*/pid; do
+const signalScript = `for f in ` + spawnDir + `/x/*.pid; do
 	[ -f "$f" ] || continue
-	p=$(cat "$f") && [ -n "$p" ] || continue
+	read -r p <"$f" && [ -n "$p" ] || continue
 	kill -s "$1" -- -"$p" 2>/dev/null || kill -s "$1" "$p" 2>/dev/null
 done
 exit 0`
