@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -41,8 +42,11 @@ type OIDCConfig struct {
 
 	// KeyMaxAge bounds how long fetched signing keys are trusted before the
 	// JWKS is fetched again, so a key the issuer dropped stops working.
-	// Unknown key ids (rotation) always trigger a fetch. Default 1h.
+	// Default 1h.
 	KeyMaxAge time.Duration
+	// MinKeyRefetch is the least time between two fetches caused by tokens
+	// naming an unknown key id (rotation). Default 10s.
+	MinKeyRefetch time.Duration
 	// RetryDiscovery is how long after a failed discovery it is tried again.
 	// Default 10s.
 	RetryDiscovery time.Duration
@@ -86,6 +90,7 @@ type OIDCVerifier struct {
 
 	mu       sync.Mutex
 	verifier *oidc.IDTokenVerifier
+	keys     *jwksCache
 	failedAt time.Time
 	lastErr  error
 
@@ -159,6 +164,9 @@ func NewOIDCVerifier(cfg OIDCConfig, clock Clock, log *slog.Logger) (*OIDCVerifi
 	if cfg.KeyMaxAge <= 0 {
 		cfg.KeyMaxAge = time.Hour
 	}
+	if cfg.MinKeyRefetch <= 0 {
+		cfg.MinKeyRefetch = 10 * time.Second
+	}
 	if cfg.RetryDiscovery <= 0 {
 		cfg.RetryDiscovery = 10 * time.Second
 	}
@@ -197,7 +205,16 @@ func (v *OIDCVerifier) idTokenVerifier(ctx context.Context) (*oidc.IDTokenVerifi
 		v.failedAt, v.lastErr = now, fmt.Errorf("discovery document has no jwks_uri")
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "oidc issuer %s: no jwks_uri", v.cfg.Issuer)
 	}
-	ks := &agingKeySet{base: v.base, url: meta.JWKSURL, clock: v.clock, maxAge: v.cfg.KeyMaxAge}
+	client := v.cfg.HTTPClient
+	if client == nil {
+		client = http.DefaultClient
+	}
+	var algs []jose.SignatureAlgorithm
+	for _, a := range v.cfg.Algorithms {
+		algs = append(algs, jose.SignatureAlgorithm(a))
+	}
+	ks := &jwksCache{url: meta.JWKSURL, client: client, clock: v.clock, algs: algs, maxAge: v.cfg.KeyMaxAge, minRefetch: v.cfg.MinKeyRefetch}
+	v.keys = ks
 	v.verifier = oidc.NewVerifier(v.cfg.Issuer, ks, &oidc.Config{
 		ClientID:             v.cfg.Audience,
 		SupportedSigningAlgs: v.cfg.Algorithms,
@@ -205,30 +222,6 @@ func (v *OIDCVerifier) idTokenVerifier(ctx context.Context) (*oidc.IDTokenVerifi
 	})
 	v.log.Info("oidc issuer discovered", "issuer", v.cfg.Issuer, "jwks", meta.JWKSURL)
 	return v.verifier, nil
-}
-
-// agingKeySet is go-oidc's caching RemoteKeySet, replaced by a fresh one
-// once it is older than maxAge so that keys removed from the JWKS stop being
-// trusted.
-type agingKeySet struct {
-	base   context.Context
-	url    string
-	clock  Clock
-	maxAge time.Duration
-
-	mu   sync.Mutex
-	ks   *oidc.RemoteKeySet
-	born time.Time
-}
-
-func (a *agingKeySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
-	a.mu.Lock()
-	if now := a.clock.Now(); a.ks == nil || now.Sub(a.born) >= a.maxAge {
-		a.ks, a.born = oidc.NewRemoteKeySet(a.base, a.url), now
-	}
-	ks := a.ks
-	a.mu.Unlock()
-	return ks.VerifySignature(ctx, jwt)
 }
 
 // looksLikeJWT reports whether a bearer token has the three dot-separated
@@ -332,10 +325,10 @@ func classifyOIDCError(err error) error {
 		return authErr(ReasonNotYetValid, "token is not valid yet (nbf)", msg)
 	case strings.Contains(msg, "unsupported algorithm"):
 		return authErr(ReasonBadAlgorithm, "token signing algorithm is not accepted", msg)
+	case strings.Contains(msg, errKeysUnavailable.Error()):
+		return tartarus.Errorf(tartarus.ErrUnavailable, "oidc: %s", msg)
 	case strings.Contains(msg, "signature"):
 		return authErr(ReasonBadSignature, "token signature does not verify", msg)
-	case strings.Contains(msg, "fetching keys"), strings.Contains(msg, "get keys"):
-		return authErr(ReasonUnavailable, "identity provider keys could not be fetched", msg)
 	case strings.Contains(msg, "malformed"):
 		return authErr(ReasonMalformed, "bearer token is malformed", msg)
 	}

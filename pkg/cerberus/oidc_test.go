@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -280,6 +281,7 @@ func TestOIDCKeyRotation(t *testing.T) {
 	// starts signing.
 	iss.addKey("rsa-2", "rsa")
 	iss.publish("rsa-1", "rsa-2", "ec-1")
+	clock.Advance(11 * time.Second) // past MinKeyRefetch since the first fetch
 	fresh := iss.sign("rsa-2", long())
 	if _, err := v.Verify(ctx, fresh); err != nil {
 		t.Fatalf("token from the new key: %v", err)
@@ -303,6 +305,62 @@ func TestOIDCKeyRotation(t *testing.T) {
 	}
 	if _, err := v.Verify(ctx, iss.sign("rsa-2", long())); err != nil {
 		t.Fatalf("new key after max age: %v", err)
+	}
+}
+
+func TestOIDCUnknownKeyIDsDoNotFloodTheIssuer(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	iss := newTestIssuer(t)
+	v := iss.verifier(t, clock, nil)
+	if _, err := v.Verify(ctx, iss.sign("rsa-1", iss.claims(clock.Now()))); err != nil {
+		t.Fatal(err)
+	}
+	impostor, _ := rsa.GenerateKey(rand.Reader, 2048)
+	b, _ := json.Marshal(iss.claims(clock.Now()))
+	for i := range 50 {
+		tok := oidctest.SignIDToken(impostor, fmt.Sprintf("made-up-%d", i), oidc.RS256, string(b))
+		if _, err := v.Verify(ctx, tok); reasonOf(err) != ReasonBadSignature {
+			t.Fatalf("made-up kid: %v", err)
+		}
+	}
+	if n := iss.keyFetches.Load(); n != 1 {
+		t.Fatalf("50 made-up key ids caused %d JWKS fetches, want 1 (the first use)", n)
+	}
+	// After MinKeyRefetch one more fetch is allowed, and a real new key works.
+	iss.addKey("rsa-9", "rsa")
+	iss.publish("rsa-1", "rsa-9")
+	clock.Advance(11 * time.Second)
+	if _, err := v.Verify(ctx, iss.sign("rsa-9", iss.claims(clock.Now()))); err != nil {
+		t.Fatalf("new key after the refetch delay: %v", err)
+	}
+	if n := iss.keyFetches.Load(); n != 2 {
+		t.Fatalf("fetches %d, want 2", n)
+	}
+}
+
+func TestOIDCKeysUnavailable(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	iss := newTestIssuer(t)
+	v := iss.verifier(t, clock, func(c *OIDCConfig) { c.TokenCacheTTL = -1 })
+	tok := iss.sign("rsa-1", with(iss.claims(clock.Now()), "exp", clock.Now().Add(48*time.Hour).Unix()))
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	// The issuer's JWKS breaks: cached keys serve until they are too old.
+	iss.mu.Lock()
+	iss.cur.PublicKeys = nil
+	iss.mu.Unlock()
+	iss.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", 503) })
+	clock.Advance(5 * time.Minute)
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatalf("cached keys while the issuer is down: %v", err)
+	}
+	clock.Advance(time.Hour)
+	_, err := v.Verify(ctx, tok)
+	if !errors.Is(err, tartarus.ErrUnavailable) || reasonOf(err) != ReasonUnavailable {
+		t.Fatalf("keys too old and issuer down: %v", err)
 	}
 }
 
