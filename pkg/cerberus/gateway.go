@@ -5,6 +5,16 @@
 // The Gateway interface and its types are the seed's. Guard extends them with
 // what an HTTP server needs: a middleware that authenticates and audits each
 // request, and an Authorize that reads the caller from the request context.
+// Added to the seed: ResourceTypeAPIKey and ResourceTypeAudit, and the
+// AuditEntry fields Reason, Method, Path and Status.
+//
+// Where things are: Cerberus (cerberus.go) implements Gateway and, through
+// Guard(), the middleware; credentials are checked by KeyStore (keys.go),
+// OIDCVerifier (oidc.go, jwks.go) and MTLSConfig (mtls.go); the policy is
+// parsed and compiled in policy.go, decided in decide.go and reloaded by
+// PolicySource; AuditLog (audit.go) is the durable JSON-lines log; Routes
+// (routes.go) serve /v1/apikeys and /v1/audit. docs/auth.md is the
+// operator's guide.
 package cerberus
 
 import (
