@@ -72,7 +72,7 @@ func TemplateName(container string) string {
 		}
 	}
 	name := b.String()
-	if !tartarus.ValidName(name) {
+	if name == "migrated-" || !tartarus.ValidName(name) {
 		return "migrated"
 	}
 	return name
