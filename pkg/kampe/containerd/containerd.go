@@ -114,6 +114,9 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if _, err := os.Stat(opts.Address); err != nil {
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd socket %s: %v", opts.Address, err)
+	}
 	cli, err := client.New(opts.Address, client.WithDefaultNamespace(opts.Namespace), client.WithTimeout(5*time.Second))
 	if err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd at %s: %v", opts.Address, err)
