@@ -150,6 +150,9 @@ func newAuditCmd() *cobra.Command {
 					Entries []cerberus.AuditRecord `json:"entries"`
 				}
 				if err := cerbCall(ctx, "GET", "/v1/audit?"+q.Encode(), nil, &out); err != nil {
+					if follow && ctx.Err() != nil {
+						return nil // interrupted while following
+					}
 					return err
 				}
 				for _, e := range out.Entries {

@@ -225,3 +225,37 @@ func TestCertsDevAndTLSSetup(t *testing.T) {
 		t.Fatalf("tls config %+v", s.TLS)
 	}
 }
+
+func TestAuditTailFollow(t *testing.T) {
+	authServer(t)
+	root := &cobra.Command{Use: "tartarus", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(newAuditCmd())
+	out := &lockedLog{}
+	root.SetOut(out)
+	root.SetErr(out)
+	root.SetArgs([]string{"audit", "tail", "-f", "--tenant", "*", "--interval", "20ms"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	for i := range 3 {
+		req, _ := http.NewRequest("GET", os.Getenv("TARTARUS_URL")+"/v1/sandboxes", nil)
+		req.Header.Set("User-Agent", "follow-test-"+string(rune('a'+i)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		time.Sleep(30 * time.Millisecond)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(out.String(), "missing_credentials") < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "missing_credentials"); n != 3 {
+		t.Fatalf("tail -f printed %d of 3 new entries:\n%s", n, out.String())
+	}
+}
