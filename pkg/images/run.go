@@ -46,6 +46,12 @@ func (p aptPackage) String() string { return p.Name + "=" + p.Version }
 // linux-image-amd64 meta package ("linux-image-6.1.0-56-amd64").
 func resolveKernelPackage(ctx context.Context) (aptPackage, error) {
 	out, err := run(ctx, "", "apt-cache", "depends", "linux-image-amd64")
+	if err != nil || parseKernelDepends(out) == "" {
+		// A fresh machine may have no package lists yet.
+		if _, uerr := run(ctx, "", "apt-get", "update", "-qq"); uerr == nil {
+			out, err = run(ctx, "", "apt-cache", "depends", "linux-image-amd64")
+		}
+	}
 	if err != nil {
 		return aptPackage{}, fmt.Errorf("resolve kernel package: %w", err)
 	}
