@@ -40,7 +40,7 @@ var errKeysUnavailable = errors.New("fetching keys")
 
 // VerifySignature implements go-oidc's KeySet.
 func (c *jwksCache) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	jws, err := jose.ParseSigned(raw, c.algs)
+	jws, err := jose.ParseSignedCompact(raw, c.algs)
 	if err != nil {
 		return nil, fmt.Errorf("malformed jwt: %w", err)
 	}

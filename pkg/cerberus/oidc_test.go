@@ -352,7 +352,7 @@ func TestOIDCKeysUnavailable(t *testing.T) {
 	iss.mu.Lock()
 	iss.cur.PublicKeys = nil
 	iss.mu.Unlock()
-	iss.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", 503) })
+	iss.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) })
 	clock.Advance(5 * time.Minute)
 	if _, err := v.Verify(ctx, tok); err != nil {
 		t.Fatalf("cached keys while the issuer is down: %v", err)
