@@ -311,12 +311,16 @@ func (r *Runtime) Migrate(ctx context.Context, containerID string, opts MigrateO
 	// The kernel and initramfs are the base template's: a migrated
 	// template differs only in its root filesystem.
 	base := filepath.Join(templates, "base")
-	res.Bootable = true
+	var missing []string
 	for _, name := range []string{"vmlinux", "initrd.img"} {
 		if err := linkOrCopy(filepath.Join(base, name), filepath.Join(work, name)); err != nil {
-			res.Bootable = false
-			res.Missing = fmt.Sprintf("%s from the base template (run `tartarus template build base` first, then migrate again): %v", name, err)
+			missing = append(missing, name)
 		}
+	}
+	res.Bootable = len(missing) == 0
+	if !res.Bootable {
+		res.Missing = fmt.Sprintf("%s of the base template, not found in %s (run `tartarus template build base` first, then migrate again with --replace)",
+			strings.Join(missing, " and "), base)
 	}
 	m := TemplateManifest{Name: res.Template, Digest: "sha256:" + hex.EncodeToString(sum.Sum(nil)), BuiltAt: r.now().UTC(),
 		Description: fmt.Sprintf("migrated from container %s (%s)", kampe.TemplateName(f.Name), f.Image),
