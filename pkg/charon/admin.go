@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,8 @@ func (f *BoatFerry) AdminHandler(token string) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"shores": f.Shores()})
 	})
 	mux.HandleFunc("POST /ferry/shores", f.adminAddShore)
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("DELETE /ferry/shores/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := f.DeregisterShore(r.PathValue("id")); err != nil {
 			writeClassError(w, err)

@@ -151,8 +151,12 @@ func New(opts Options) (*BoatFerry, error) {
 			pr.SetXForwarded()
 			pr.Out.Host = "" // the shore's host:port, set per attempt
 		},
-		Transport:      roundTripperFunc(f.roundTrip),
-		FlushInterval:  -1, // stream: every write reaches the client at once (NDJSON line by line)
+		Transport: roundTripperFunc(f.roundTrip),
+		// Answers without a Content-Length (NDJSON exec output, event
+		// streams) are flushed on every write by ReverseProxy itself; a
+		// FlushInterval of -1 would add a timer and an early flush to every
+		// ordinary answer as well.
+		FlushInterval:  0,
 		BufferPool:     newBufferPool(),
 		ErrorLog:       slog.NewLogLogger(f.log.Handler(), slog.LevelDebug),
 		ModifyResponse: f.modifyResponse,
