@@ -294,12 +294,17 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	return nil
 }
 
-// dialWhenReady retries dial until the socket QEMU creates accepts, QEMU exits, or ctx ends.
+// dialWhenReady retries dial until the socket QEMU creates accepts, QEMU
+// exits, or ctx ends. QEMU binds the socket before it listens, so a refused
+// connection means "not yet" as much as a missing file does.
 func dialWhenReady[T any](ctx context.Context, path string, exited <-chan struct{}, dial func(context.Context, string) (T, error)) (T, error) {
 	var zero T
 	for {
 		if _, err := os.Stat(path); err == nil {
-			return dial(ctx, path)
+			c, err := dial(ctx, path)
+			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+				return c, err
+			}
 		}
 		select {
 		case <-exited:
