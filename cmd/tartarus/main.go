@@ -39,6 +39,7 @@ func newRootCmd() *cobra.Command {
 		newAPIKeyCmd(),
 		newAuditCmd(),
 		newTemplateCmd(),
+		newCertsCmd(),
 	)
 	addClientCmds(root)
 	return root

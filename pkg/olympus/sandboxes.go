@@ -39,11 +39,14 @@ func (s *Server) sandboxFor(r *http.Request, action cerberus.Action) (*tartarus.
 	if err != nil {
 		return nil, err
 	}
-	if sb.Tenant != who.TenantID {
-		return nil, notFound
-	}
+	// Authorize against the sandbox's real tenant so the audit log records
+	// a cross-tenant probe as denied; the caller still sees 404, so ids of
+	// other tenants do not leak. A policy may let an operator through.
 	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: sb.ID, TenantID: sb.Tenant}
 	if err := s.guard.Authorize(r.Context(), action, res); err != nil {
+		if sb.Tenant != who.TenantID {
+			return nil, notFound
+		}
 		return nil, err
 	}
 	return sb, nil
