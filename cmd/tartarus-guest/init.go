@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -72,7 +74,10 @@ func runInit() {
 
 	// /dev first: the console lives there.
 	devErr := mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755")
-	console := openConsole()
+	// Never write the console synchronously: after a snapshot restore the
+	// serial port can stall (its transmit interrupt lost), and a blocked log
+	// call would hang the agent.
+	console := newDropWriter(openConsole(), 256)
 	level := new(slog.LevelVar)
 	log := slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: level, ReplaceAttr: uptimeAttr}))
 	log = log.With("component", "tartarus-guest")
@@ -412,4 +417,33 @@ func loopbackUp() error {
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// dropWriter hands writes to a goroutine and drops them when it falls
+// behind, so a stalled console never blocks the caller.
+type dropWriter struct {
+	ch      chan []byte
+	dropped atomic.Int64
+}
+
+func newDropWriter(w io.Writer, queue int) *dropWriter {
+	d := &dropWriter{ch: make(chan []byte, queue)}
+	go func() {
+		for b := range d.ch {
+			if n := d.dropped.Swap(0); n > 0 {
+				fmt.Fprintf(w, "tartarus-guest: %d log lines dropped\n", n)
+			}
+			_, _ = w.Write(b)
+		}
+	}()
+	return d
+}
+
+func (d *dropWriter) Write(p []byte) (int, error) {
+	select {
+	case d.ch <- bytes.Clone(p):
+	default:
+		d.dropped.Add(1)
+	}
+	return len(p), nil
 }

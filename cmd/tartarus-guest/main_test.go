@@ -187,3 +187,29 @@ func TestFindVirtioPortMissing(t *testing.T) {
 		t.Fatal("found a port that does not exist")
 	}
 }
+
+// blockedWriter never returns from Write, as a stalled serial console.
+type blockedWriter struct{ block chan struct{} }
+
+func (w blockedWriter) Write(p []byte) (int, error) { <-w.block; return len(p), nil }
+
+func TestDropWriterNeverBlocks(t *testing.T) {
+	w := blockedWriter{make(chan struct{})}
+	defer close(w.block)
+	d := newDropWriter(w, 4)
+	done := make(chan struct{})
+	go func() {
+		for range 100 {
+			d.Write([]byte("line\n"))
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("writes blocked on a stalled console")
+	}
+	if d.dropped.Load() == 0 {
+		t.Fatal("nothing counted as dropped")
+	}
+}
