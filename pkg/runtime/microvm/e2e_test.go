@@ -179,6 +179,45 @@ func TestSandboxes(t *testing.T) {
 			t.Errorf("after resume: %q", got)
 		}
 	})
+	t.Run("SnapshotRestore", func(t *testing.T) {
+		run(t, d, base, "sh", "-c", "echo remembered > /root/note")
+		snap := t.TempDir()
+		start := time.Now()
+		info, err := d.Snapshot(ctxT(t), base, snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		saved := time.Since(start)
+		if info.Template != "base" || info.MemoryBytes != 256<<20 || len(info.Files) != 3 {
+			t.Errorf("snapshot info %+v", info)
+		}
+		if in := findInstance(t, d, base); in == nil || in.State != tartarus.InstancePaused {
+			t.Errorf("after Snapshot the sandbox is %+v, want paused", in)
+		}
+		copyID := base + "-copy"
+		start = time.Now()
+		if err := d.Restore(ctxT(t), &tartarus.VMConfig{ID: copyID, Template: "base", Image: imgs.base}, snap); err != nil {
+			t.Fatal(err)
+		}
+		restored := time.Since(start)
+		t.Logf("snapshot of a 256 MiB guest saved in %s, restored to a running guest in %s", saved.Round(time.Millisecond), restored.Round(time.Millisecond))
+		if got := run(t, d, copyID, "cat", "/root/note"); got != "remembered\n" {
+			t.Errorf("restored sandbox has %q in /root/note", got)
+		}
+		if got := strings.TrimSpace(run(t, d, copyID, "hostname")); got != copyID {
+			t.Errorf("restored hostname %q, want %q", got, copyID)
+		}
+		run(t, d, copyID, "sh", "-c", "echo changed > /root/note")
+		if err := d.Resume(ctxT(t), base); err != nil {
+			t.Fatal(err)
+		}
+		if got := run(t, d, base, "cat", "/root/note"); got != "remembered\n" {
+			t.Errorf("original sandbox sees %q after the copy wrote: disks are shared", got)
+		}
+		if err := d.Destroy(ctxT(t), copyID); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("Recover", func(t *testing.T) {
 		// Simulate a node agent restart: drop the driver, make a new one over the same state.
 		d.Close()
@@ -249,4 +288,18 @@ func TestRecoverCleansDeadSandboxes(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(stateDir, "never-started")); !os.IsNotExist(err) {
 		t.Errorf("state dir of a dead sandbox survived Recover: %v", err)
 	}
+}
+
+func findInstance(t *testing.T, rt tartarus.Runtime, id string) *tartarus.Instance {
+	t.Helper()
+	list, err := rt.List(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range list {
+		if in.ID == id {
+			return in
+		}
+	}
+	return nil
 }

@@ -178,7 +178,7 @@ func (d *Driver) fingerprint(ctx context.Context) tartarus.Fingerprint {
 		HostCPUs: runtime.NumCPU(),
 		MaxCPUs:  runtime.NumCPU(),
 		Capabilities: tartarus.Capabilities{
-			Pause: true, Signal: true, Files: true, Recover: true,
+			Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true,
 		},
 		Details: map[string]string{},
 	}

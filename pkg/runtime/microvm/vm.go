@@ -232,6 +232,36 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 
 // boot starts QEMU once and waits up to timeout for the guest agent.
 func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Duration) error {
+	t0 := time.Now()
+	bootCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := d.launch(bootCtx, v, accel); err != nil {
+		return timeoutErr(ctx, err, timeout)
+	}
+	tQMP := time.Since(t0)
+	if err := d.connectGuest(bootCtx, v, timeout); err != nil {
+		v.stop(context.WithoutCancel(ctx))
+		return timeoutErr(ctx, err, timeout)
+	}
+	if err := d.markRunning(v, accel); err != nil {
+		v.stop(context.WithoutCancel(ctx))
+		return err
+	}
+	v.log.Info("booted", "pid", v.pid, "accel", accel, "qmp_ms", tQMP.Milliseconds(), "guest_ms", time.Since(t0).Milliseconds())
+	return nil
+}
+
+// timeoutErr turns a boot deadline (not the caller's) into ErrTimeout.
+func timeoutErr(ctx context.Context, err error, timeout time.Duration) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return tartarus.Errorf(tartarus.ErrTimeout, "guest agent did not answer within %s", timeout)
+	}
+	return err
+}
+
+// launch starts QEMU with the sandbox's arguments plus extra and connects
+// to its QMP socket. On failure QEMU is stopped again.
+func (d *Driver) launch(ctx context.Context, v *vm, accel string, extra ...string) error {
 	for _, f := range []string{"qmp.sock", "agent.sock", "qemu.pid"} {
 		_ = os.Remove(v.path(f))
 	}
@@ -239,7 +269,7 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(d.cfg.QEMU, d.qemuArgs(v, accel)...)
+	cmd := exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// Its own session: QEMU outlives this process and its terminal.
@@ -249,7 +279,6 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	if err != nil {
 		return fmt.Errorf("start qemu: %w", err)
 	}
-	t0 := time.Now()
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait() // reap: no zombies
@@ -258,40 +287,29 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	v.mu.Lock()
 	v.pid, v.exited = cmd.Process.Pid, exited
 	v.mu.Unlock()
-
-	bootCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	fail := func(err error) error {
-		v.stop(context.WithoutCancel(ctx))
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			return tartarus.Errorf(tartarus.ErrTimeout, "guest agent did not answer within %s", timeout)
-		}
-		return err
-	}
-	q, err := dialWhenReady(bootCtx, v.path("qmp.sock"), exited, func(ctx context.Context, path string) (*qmp.Client, error) {
+	q, err := dialWhenReady(ctx, v.path("qmp.sock"), exited, func(ctx context.Context, path string) (*qmp.Client, error) {
 		return qmp.Dial(ctx, path)
 	})
 	if err != nil {
-		return fail(fmt.Errorf("qmp: %w", err))
+		v.stop(context.WithoutCancel(ctx))
+		return fmt.Errorf("qmp: %w", err)
 	}
 	v.mu.Lock()
 	v.qmp = q
 	v.mu.Unlock()
-	tQMP := time.Since(t0)
-	if err := d.connectGuest(bootCtx, v, timeout); err != nil {
-		return fail(err)
-	}
+	return nil
+}
+
+// markRunning records a sandbox whose guest answered.
+func (d *Driver) markRunning(v *vm, accel string) error {
 	now := d.now()
 	v.mu.Lock()
 	v.state = tartarus.InstanceRunning
 	v.startedAt = now
 	v.mu.Unlock()
 	v.conf.StartedAt = now.UTC()
-	if err := v.saveConfig(); err != nil {
-		return fail(err)
-	}
-	v.log.Info("booted", "pid", v.pid, "accel", accel, "qmp_ms", tQMP.Milliseconds(), "guest_ms", time.Since(t0).Milliseconds())
-	return nil
+	v.conf.Accel = accel
+	return v.saveConfig()
 }
 
 // dialWhenReady retries dial until the socket QEMU creates accepts, QEMU
