@@ -66,7 +66,11 @@ func servePort(ctx context.Context, a *agent.Agent, log *slog.Logger, find func(
 			continue
 		}
 		lastErr = ""
-		if err := a.Serve(ctx, f); err != nil {
+		err = a.Serve(ctx, f)
+		switch {
+		case errors.Is(err, agent.ErrStaleSession):
+			continue // a host is there and waiting: no pause
+		case err != nil:
 			log.Warn("session failed", "port", dev, "err", err)
 		}
 		sleep(ctx, reopenDelay)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -643,9 +644,13 @@ func TestReconnectOverStaleSession(t *testing.T) {
 	defer guestRaw.Close()
 	a := agent.New(agent.Options{Logger: testLogger(t).With("side", "guest")})
 	defer a.Close()
+	var stale atomic.Int32
 	go func() {
 		for {
-			if err := a.Serve(context.Background(), port{guestRaw}); err != nil {
+			err := a.Serve(context.Background(), port{guestRaw})
+			if errors.Is(err, agent.ErrStaleSession) {
+				stale.Add(1)
+			} else if err != nil {
 				return
 			}
 			if _, err := guestRaw.Write(nil); err != nil {
@@ -688,6 +693,9 @@ func TestReconnectOverStaleSession(t *testing.T) {
 	}
 	// The stale session's exec had nobody to report to: it was killed.
 	waitGone(t, readPid(t, pidFile))
+	if stale.Load() == 0 {
+		t.Error("no session ended as stale")
+	}
 }
 
 func TestReconnectFresh(t *testing.T) {

@@ -129,6 +129,11 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts Options) error {
 	return a.Serve(ctx, conn)
 }
 
+// ErrStaleSession is what Serve returns when the session ended because the
+// other end stopped speaking yamux: a new host is handshaking with a session
+// left over from before a snapshot restore. Serve again at once.
+var ErrStaleSession = errors.New("agent: stale session replaced by a new host")
+
 type rwc struct {
 	io.Reader
 	io.WriteCloser
@@ -136,7 +141,8 @@ type rwc struct {
 
 // Serve handshakes with the host on conn and serves its RPCs until the host
 // goes away, conn fails, or ctx ends. It closes conn. A session that ends
-// because the peer left returns nil.
+// because the peer left returns nil; one that a new host's handshake broke
+// returns ErrStaleSession.
 func (a *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -161,6 +167,11 @@ func (a *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 		if err != nil {
 			a.log.Info("host session ended", "reason", err)
 			s.closeAll()
+			if errors.Is(err, yamux.ErrInvalidVersion) || errors.Is(err, yamux.ErrInvalidMsgType) {
+				// Not yamux: a new host's handshake reached a stale
+				// session (after a snapshot restore).
+				return ErrStaleSession
+			}
 			return nil
 		}
 		go s.handle(ctx, st)
