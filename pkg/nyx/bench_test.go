@@ -187,3 +187,26 @@ func BenchmarkCreateRestore(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRestore restores one stored snapshot of the 256 MiB image
+// (SpeedFastest) over and over: fetch, verify, decode, unpack.
+func BenchmarkRestore(b *testing.B) {
+	src := writeImage(b)
+	dir := b.TempDir()
+	store, err := erebus.NewLocal(filepath.Join(dir, "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := New(fileSnapshotter{src}, store, Options{TempDir: dir})
+	ctx := context.Background()
+	s, err := m.CreateFromRunning(ctx, "sb", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(benchImageSize)
+	for b.Loop() {
+		if _, err := m.Restore(ctx, s.ID, &tartarus.VMConfig{ID: "sb2"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
