@@ -28,6 +28,7 @@ type ferryOptions struct {
 	rateKey                         string
 	whenAllUnhealthy                string
 	logLevel                        string
+	transport                       string
 }
 
 func newFerryCmd() *cobra.Command {
@@ -64,6 +65,7 @@ A --shore is a base URL, optionally with settings:
 	fl.StringVar(&o.rateKey, "rate-key", "tenant", "what a bucket belongs to: tenant, identity or ip")
 	fl.StringVar(&o.whenAllUnhealthy, "when-all-unhealthy", "try_all", "try_all (send anyway where breakers allow) or reject (503)")
 	fl.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&o.transport, "transport", "own", `"own" (the ferry's HTTP/1.1 pool) or "std" (net/http's Transport) for plain-HTTP shores`)
 	return cmd
 }
 
@@ -119,7 +121,10 @@ func runFerry(cmd *cobra.Command, o ferryOptions) error {
 		return err
 	}
 
-	opts := charon.Options{Config: fc.Ferry, Logger: log}
+	if o.transport != "own" && o.transport != "std" {
+		return fmt.Errorf("--transport %q: want own or std", o.transport)
+	}
+	opts := charon.Options{Config: fc.Ferry, Logger: log, StdTransport: o.transport == "std"}
 	if fc.Redis != "" {
 		if !fc.Ferry.RateLimiting.Enabled {
 			return errors.New("--redis shares rate limits: also set --rate-limit (or rate_limiting in --config)")

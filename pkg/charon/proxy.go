@@ -79,18 +79,28 @@ type Options struct {
 	Limiter Limiter
 	Clock   Clock
 	Logger  *slog.Logger
-	// Transport carries attempts to shores; nil means a tuned default.
+	// Transport carries attempts to shores. nil means the ferry's own
+	// HTTP/1.1 connection pool, with a tuned http.Transport for https
+	// shores and upgrades; a Transport given here is used for everything.
 	Transport *http.Transport
+	// StdTransport sends plain-HTTP attempts through net/http's Transport
+	// too, instead of the ferry's own pool (an escape hatch, and the
+	// baseline of the benchmark).
+	StdTransport bool
 }
 
 // BoatFerry is the Ferry: a reverse proxy over registered shores. Use New;
 // call Close when done to stop the health checks.
 type BoatFerry struct {
-	cfg          FerryConfig
-	clock        Clock
-	log          *slog.Logger
-	limiter      Limiter
-	transport    *http.Transport
+	cfg       FerryConfig
+	clock     Clock
+	log       *slog.Logger
+	limiter   Limiter
+	transport *http.Transport
+	rt        interface {
+		http.RoundTripper
+		CloseIdleConnections()
+	}
 	healthClient *http.Client
 	proxy        *httputil.ReverseProxy
 	m            *metrics
@@ -129,8 +139,15 @@ func New(opts Options) (*BoatFerry, error) {
 	if f.limiter == nil && cfg.RateLimiting.Enabled {
 		f.limiter = NewLocalLimiter(cfg.RateLimiting.RequestsPerSecond, cfg.RateLimiting.Burst, f.clock)
 	}
-	if f.transport == nil {
+	switch {
+	case f.transport != nil:
+		f.rt = f.transport
+	case opts.StdTransport:
 		f.transport = NewTransport(cfg)
+		f.rt = f.transport
+	default:
+		f.transport = NewTransport(cfg)
+		f.rt = newH1Transport(f.transport, cfg)
 	}
 	f.healthClient = &http.Client{
 		Transport: &http.Transport{
@@ -334,7 +351,7 @@ func (f *BoatFerry) roundTrip(req *http.Request) (*http.Response, error) {
 
 		start := f.clock.Now()
 		s.active.Add(1)
-		resp, err := f.transport.RoundTrip(out)
+		resp, err := f.rt.RoundTrip(out)
 		end := f.clock.Now()
 		o := classify(ctx, clientCtx, resp, err)
 		f.record(s, o, end.Sub(start), end)
@@ -707,7 +724,7 @@ func (f *BoatFerry) Close() error {
 	f.cancel()
 	f.mu.Unlock()
 	f.wg.Wait()
-	f.transport.CloseIdleConnections()
+	f.rt.CloseIdleConnections()
 	f.healthClient.CloseIdleConnections()
 	return nil
 }
