@@ -50,6 +50,22 @@ type Client struct {
 	execID atomic.Uint64
 }
 
+// Bounds on what the guest, which runs untrusted code, can make the host
+// hold or print.
+const (
+	maxInfoLen     = 256
+	maxMessageLen  = 1024
+	MaxListEntries = 200_000
+)
+
+// clip shortens s to at most n bytes.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
 // cancelTimeout bounds the cancel RPC an abandoned Exec sends.
 const cancelTimeout = 5 * time.Second
 
@@ -92,6 +108,7 @@ func Dial(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*Clie
 		return fail("session", err)
 	}
 	c := &Client{sess: sess, log: log}
+	go c.refuseStreams()
 	entropy := make([]byte, 64)
 	if _, err := rand.Read(entropy); err != nil {
 		sess.Close()
@@ -106,6 +123,17 @@ func Dial(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*Clie
 		return fail("sync", ctx.Err())
 	}
 	return c, nil
+}
+
+// refuseStreams ends the session if the guest opens a stream: the guest
+// runs untrusted code, and streams nobody reads would pin host memory.
+func (c *Client) refuseStreams() {
+	st, err := c.sess.AcceptStream()
+	if err != nil {
+		return // session over
+	}
+	c.log.Warn("guest opened a stream; closing the session", "stream", st.StreamID())
+	c.sess.Close()
 }
 
 // Info returns what the guest reported at the last sync.
@@ -136,7 +164,13 @@ func (c *Client) Sync(ctx context.Context, now time.Time, entropy []byte) error 
 		return err
 	}
 	c.mu.Lock()
-	c.info = Info{AgentVersion: in.AgentVersion, Kernel: in.Kernel, Hostname: in.Hostname, BootedAt: in.BootedAt, BootError: in.BootError}
+	c.info = Info{
+		AgentVersion: clip(in.AgentVersion, maxInfoLen),
+		Kernel:       clip(in.Kernel, maxInfoLen),
+		Hostname:     clip(in.Hostname, maxInfoLen),
+		BootedAt:     in.BootedAt,
+		BootError:    clip(in.BootError, maxMessageLen),
+	}
 	c.mu.Unlock()
 	return nil
 }
@@ -234,10 +268,11 @@ func (c *Client) wrap(ctx context.Context, op proto.Op, err error) error {
 	var pe *proto.Error
 	switch {
 	case errors.As(err, &pe):
+		msg := clip(pe.Message, maxMessageLen)
 		if class := pe.Class(); class != nil {
-			return fmt.Errorf("guest %s: %s: %w", op, pe.Message, class)
+			return fmt.Errorf("guest %s: %s: %w", op, msg, class)
 		}
-		return fmt.Errorf("guest %s: %s", op, pe.Message)
+		return fmt.Errorf("guest %s: %s", op, msg)
 	case ctx.Err() != nil:
 		return fmt.Errorf("guest %s: %w", op, ctx.Err())
 	case c.sess.IsClosed(), errors.Is(err, yamux.ErrSessionShutdown), errors.Is(err, io.EOF),
@@ -479,6 +514,9 @@ func (c *Client) ListFiles(ctx context.Context, path string) ([]tartarus.FileInf
 		var batch []tartarus.FileInfo
 		if err := json.Unmarshal(p, &batch); err != nil {
 			return nil, fmt.Errorf("guest list_files: decode entries: %w", err)
+		}
+		if len(out)+len(batch) > MaxListEntries {
+			return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "guest list_files %s: more than %d entries", path, MaxListEntries)
 		}
 		out = append(out, batch...)
 	}
