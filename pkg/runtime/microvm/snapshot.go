@@ -164,7 +164,7 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	}
 	v.op.Lock()
 	defer v.op.Unlock()
-	if err := d.restore(ctx, v, dir); err != nil {
+	if err := d.restore(ctx, v, dir, snap.Image.RootFS); err != nil {
 		v.stop(context.WithoutCancel(ctx))
 		d.forget(v)
 		_ = os.RemoveAll(v.dir)
@@ -173,33 +173,42 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	return nil
 }
 
-func (d *Driver) restore(ctx context.Context, v *vm, dir string) error {
+func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) error {
 	// The snapshot's disk replaces the fresh overlay Create made, pointed at
 	// this node's copy of the template's root filesystem.
+	t0 := time.Now()
+	var phases []any
+	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(t0).Milliseconds()) }
 	overlay := v.path("overlay.qcow2")
 	if err := os.Rename(filepath.Join(dir, snapDisk), overlay); err != nil {
 		if err := copyFileSparse(ctx, filepath.Join(dir, snapDisk), overlay); err != nil {
 			return err
 		}
 	}
-	out, err := exec.CommandContext(ctx, d.cfg.QEMUImg, "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", v.conf.Image.RootFS, overlay).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("qemu-img rebase: %w: %s", err, strings.TrimSpace(string(out)))
+	if snapRootFS != v.conf.Image.RootFS {
+		out, err := exec.CommandContext(ctx, d.cfg.QEMUImg, "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", v.conf.Image.RootFS, overlay).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("qemu-img rebase: %w: %s", err, strings.TrimSpace(string(out)))
+		}
 	}
+	mark("disk")
 	incoming := "exec:cat '" + filepath.Join(dir, snapMemory) + "'"
 	if err := d.launch(ctx, v, v.conf.Accel, "-S", "-incoming", incoming); err != nil {
 		return err
 	}
+	mark("qemu")
 	q := v.qmp
 	if err := waitIncoming(ctx, q); err != nil {
 		return err
 	}
+	mark("memory")
 	if _, err := q.Execute(ctx, "cont", nil); err != nil {
 		return err
 	}
 	if err := d.connectGuest(ctx, v, d.cfg.BootTimeout); err != nil {
 		return err
 	}
+	mark("guest")
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
 	if err := v.guest.Sync(ctx, d.now(), entropy); err != nil {
@@ -210,6 +219,8 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir string) error {
 	if err != nil || res.ExitCode != 0 {
 		v.log.Warn("cannot set the restored guest's hostname", "err", err, "result", res)
 	}
+	mark("sync")
+	v.log.Info("restored", phases...)
 	return d.markRunning(v, v.conf.Accel)
 }
 
