@@ -261,6 +261,12 @@ func (d *Driver) get(id string) (*vm, error) {
 
 // Create writes the sandbox's state directory and disk overlay.
 func (d *Driver) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, error) {
+	return d.create(ctx, cfg, true)
+}
+
+// create makes the state directory; with overlay, also a fresh disk overlay
+// (Restore brings the snapshot's instead).
+func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay bool) (string, error) {
 	if !d.fp.Available {
 		return "", tartarus.Errorf(tartarus.ErrUnavailable, "microvm: %s", d.fp.Reason)
 	}
@@ -286,7 +292,12 @@ func (d *Driver) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, er
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
 		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.now().UTC()}
-	err := d.prepare(context.WithoutCancel(ctx), v)
+	var err error
+	if overlay {
+		err = d.prepare(context.WithoutCancel(ctx), v)
+	} else {
+		err = v.saveConfig()
+	}
 	if err != nil {
 		d.forget(v)
 		_ = os.RemoveAll(dir)

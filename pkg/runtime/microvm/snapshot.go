@@ -155,7 +155,7 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	if c.Env == nil {
 		c.Env = snap.Env
 	}
-	if _, err := d.Create(ctx, &c); err != nil {
+	if _, err := d.create(ctx, &c, false); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	v, err := d.get(c.ID)
@@ -174,8 +174,8 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 }
 
 func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) error {
-	// The snapshot's disk replaces the fresh overlay Create made, pointed at
-	// this node's copy of the template's root filesystem.
+	// The snapshot's disk becomes the sandbox's overlay, pointed at this
+	// node's copy of the template's root filesystem.
 	t0 := time.Now()
 	var phases []any
 	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(t0).Milliseconds()) }
@@ -192,8 +192,13 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) err
 		}
 	}
 	mark("disk")
-	incoming := "exec:cat '" + filepath.Join(dir, snapMemory) + "'"
-	if err := d.launch(ctx, v, v.conf.Accel, "-S", "-incoming", incoming); err != nil {
+	// QEMU reads the memory file straight from an inherited descriptor.
+	mem, err := os.Open(filepath.Join(dir, snapMemory))
+	if err != nil {
+		return err
+	}
+	defer mem.Close()
+	if err := d.launch(ctx, v, v.conf.Accel, []*os.File{mem}, "-S", "-incoming", "fd:3"); err != nil {
 		return err
 	}
 	mark("qemu")

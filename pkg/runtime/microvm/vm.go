@@ -235,7 +235,7 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	t0 := time.Now()
 	bootCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := d.launch(bootCtx, v, accel); err != nil {
+	if err := d.launch(bootCtx, v, accel, nil); err != nil {
 		return timeoutErr(ctx, err, timeout)
 	}
 	tQMP := time.Since(t0)
@@ -260,8 +260,9 @@ func timeoutErr(ctx context.Context, err error, timeout time.Duration) error {
 }
 
 // launch starts QEMU with the sandbox's arguments plus extra and connects
-// to its QMP socket. On failure QEMU is stopped again.
-func (d *Driver) launch(ctx context.Context, v *vm, accel string, extra ...string) error {
+// to its QMP socket; files become QEMU's fds 3, 4, …. On failure QEMU is
+// stopped again.
+func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.File, extra ...string) error {
 	for _, f := range []string{"qmp.sock", "agent.sock", "qemu.pid"} {
 		_ = os.Remove(v.path(f))
 	}
@@ -272,6 +273,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, extra ...strin
 	cmd := exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	cmd.ExtraFiles = files
 	// Its own session: QEMU outlives this process and its terminal.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
