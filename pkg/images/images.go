@@ -73,6 +73,9 @@ type recipe struct {
 // templates; bump it when they change what they produce.
 const recipeVersion = "images/2"
 
+// rootfsVersion covers the root filesystem steps (skeleton, ext4 image).
+const rootfsVersion = "rootfs/1"
+
 var recipes = []recipe{
 	{name: "base", description: "busybox (Debian busybox-static)", version: "base/1", packages: []string{"busybox-static"}},
 	{name: "python", description: "Debian " + debianSuite + " minbase with python3", version: "python/1", packages: []string{"python3"}},
@@ -124,11 +127,13 @@ func (c *Catalog) Names() []string {
 
 // manifest is a built template's record, stored as manifest.json.
 type manifest struct {
-	Name        string            `json:"name"`
-	Description string            `json:"description"`
-	Digest      string            `json:"digest"`
-	Inputs      map[string]string `json:"inputs"`
-	BuiltAt     time.Time         `json:"built_at"`
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	Digest      string `json:"digest"`
+	// RootFSDigest covers only what rootfs.ext4 is made from.
+	RootFSDigest string            `json:"rootfs_digest"`
+	Inputs       map[string]string `json:"inputs"`
+	BuiltAt      time.Time         `json:"built_at"`
 }
 
 func (c *Catalog) templateDir(name string) string { return filepath.Join(c.dir, "templates", name) }
@@ -312,11 +317,20 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 		inputs["suite"] = debianSuite
 	}
 	digest := inputDigest(inputs)
+	// The root filesystem depends on fewer inputs than the template: a new
+	// guest agent or kernel reuses it instead of bootstrapping again.
+	rootfsDigest := inputDigest(map[string]string{
+		"rootfs":   rootfsVersion + " " + r.version,
+		"packages": inputs["packages"],
+		"suite":    inputs["suite"],
+	})
 	dir := c.templateDir(r.name)
-	if m, err := readManifest(dir); err == nil && m.Digest == digest {
+	old, err := readManifest(dir)
+	if err == nil && old.Digest == digest {
 		progress(Progress{Template: r.name, Step: "cached", Done: buildSteps, Total: buildSteps, Cached: true})
 		return nil
 	}
+	reuseRootFS := err == nil && old.RootFSDigest == rootfsDigest
 
 	report("kernel " + kpkg.String())
 	kdir := kernelCacheDir(filepath.Dir(c.dir), kpkg)
@@ -352,8 +366,12 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 	}
 
 	report("root filesystem")
-	switch r.name {
-	case "base":
+	if reuseRootFS {
+		err = linkOrCopy(filepath.Join(dir, "rootfs.ext4"), filepath.Join(out, "rootfs.ext4"))
+	}
+	switch {
+	case reuseRootFS:
+	case r.name == "base":
 		dl := filepath.Join(work, "pkg")
 		if err := os.Mkdir(dl, 0o755); err != nil {
 			return err
@@ -370,12 +388,14 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 	}
 
 	report("ext4 image")
-	if err := makeExt4(ctx, tree, filepath.Join(out, "rootfs.ext4")); err != nil {
-		return err
+	if !reuseRootFS {
+		if err := makeExt4(ctx, tree, filepath.Join(out, "rootfs.ext4")); err != nil {
+			return err
+		}
 	}
 
 	report("manifest")
-	m := manifest{Name: r.name, Description: r.description, Digest: digest, Inputs: inputs, BuiltAt: c.now().UTC()}
+	m := manifest{Name: r.name, Description: r.description, Digest: digest, RootFSDigest: rootfsDigest, Inputs: inputs, BuiltAt: c.now().UTC()}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err

@@ -404,6 +404,27 @@ func TestBuildBase(t *testing.T) {
 	if err != nil || again.Digest != img.Digest {
 		t.Fatalf("digest changed on a cached build: %v %v", again, err)
 	}
+
+	// A new guest agent rebuilds the template but reuses its root filesystem.
+	before, err := os.Stat(img.RootFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(agent, []byte("\x7fELF another agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	steps = nil
+	if err := cat.Build(ctx, []string{"base"}, func(p Progress) { steps = append(steps, p) }); err != nil {
+		t.Fatal(err)
+	}
+	rebuilt, err := cat.Get(ctx, "base")
+	if err != nil || rebuilt.Digest == img.Digest || len(steps) < 2 || steps[0].Cached {
+		t.Fatalf("a new agent did not rebuild: %+v %v, steps %+v", rebuilt, err, steps)
+	}
+	after, err := os.Stat(rebuilt.RootFS)
+	if err != nil || !os.SameFile(before, after) {
+		t.Errorf("root filesystem was rebuilt, want it reused (same file)")
+	}
 }
 
 func TestStripModuleSignature(t *testing.T) {
