@@ -214,3 +214,42 @@ func TestUnknownID(t *testing.T) {
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func nowFunc() func() time.Time { return time.Now }
+
+func TestSnapshotChecks(t *testing.T) {
+	d := testDriver(t)
+	ctx := context.Background()
+	if _, err := d.Snapshot(ctx, "nope", t.TempDir()); !errors.Is(err, tartarus.ErrNotFound) {
+		t.Errorf("Snapshot of an unknown id: %v, want ErrNotFound", err)
+	}
+	tests := []struct {
+		name  string
+		files map[string]string
+		dir   string
+		want  error
+	}{
+		{"empty dir", nil, "", tartarus.ErrInvalid},
+		{"bad vm.json", map[string]string{snapConfig: "{"}, "", tartarus.ErrInvalid},
+		{"quote in path", nil, "it's", tartarus.ErrInvalid},
+		{"other image", map[string]string{snapConfig: `{"id":"a","image":{"digest":"sha256:old"},"cpus":1,"memory_mb":256}`}, "", tartarus.ErrFailedPrecondition},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), tt.dir)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for name, content := range tt.files {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := &tartarus.VMConfig{ID: "restored", Image: &tartarus.Image{Name: "base", Digest: "sha256:new"}}
+			if err := d.Restore(ctx, cfg, dir); !errors.Is(err, tt.want) {
+				t.Fatalf("Restore: %v, want %v", err, tt.want)
+			}
+			if ents, _ := os.ReadDir(d.cfg.StateDir); len(ents) != 0 {
+				t.Errorf("a refused Restore left %d entries in the state dir", len(ents))
+			}
+		})
+	}
+}
