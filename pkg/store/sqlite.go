@@ -45,6 +45,15 @@ var migrations = []string{
 	);
 	CREATE INDEX sandboxes_tenant ON sandboxes(tenant, created_at);
 	CREATE INDEX sandboxes_state ON sandboxes(state);`,
+	`ALTER TABLE sandboxes ADD COLUMN auto_hibernate_s INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE sandboxes ADD COLUMN snapshot_bytes INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE sleep_records (
+		sandbox_id  TEXT PRIMARY KEY,
+		runtime     TEXT NOT NULL,
+		status      TEXT NOT NULL,
+		record      TEXT NOT NULL
+	);
+	CREATE INDEX sleep_records_runtime ON sleep_records(runtime);`,
 }
 
 // OpenSQLite opens (creating if needed) the database at path and brings its
@@ -105,7 +114,7 @@ func (s *SQLite) migrate(ctx context.Context) error {
 func (s *SQLite) Close() error { return s.db.Close() }
 
 const columns = `id, tenant, template, runtime, state, node, cpus, memory_mb, env, metadata,
-	created_at, updated_at, expires_at, last_activity_at, error`
+	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes`
 
 // Create implements Store.
 func (s *SQLite) Create(ctx context.Context, sb *tartarus.Sandbox) error {
@@ -117,10 +126,10 @@ func (s *SQLite) Create(ctx context.Context, sb *tartarus.Sandbox) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err = s.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
 		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error)
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes)
 	if err != nil {
 		var se *sqlite.Error
 		if errors.As(err, &se) && (se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
@@ -191,9 +200,9 @@ func (s *SQLite) Move(ctx context.Context, id string, from, to tartarus.State, c
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
 	res, err := s.db.ExecContext(ctx,
-		`UPDATE sandboxes SET state = ?, updated_at = ?, error = CASE WHEN ? = '' THEN error ELSE ? END
-		 WHERE id = ? AND state = ?`,
-		string(to), nanos(c.At), c.Error, c.Error, id, string(from))
+		`UPDATE sandboxes SET state = ?, updated_at = ?, error = CASE WHEN ? = '' THEN error ELSE ? END,
+		 snapshot_bytes = ? WHERE id = ? AND state = ?`,
+		string(to), nanos(c.At), c.Error, c.Error, c.SnapshotBytes, id, string(from))
 	if err != nil {
 		return nil, fmt.Errorf("move sandbox %s %s→%s: %w", id, from, to, err)
 	}
@@ -249,7 +258,7 @@ func scan(r scanner) (*tartarus.Sandbox, error) {
 	var state, env, md string
 	var created, updated, expires, active int64
 	err := r.Scan(&sb.ID, &sb.Tenant, &sb.Template, &sb.Runtime, &state, &sb.Node, &sb.CPUs, &sb.MemoryMB,
-		&env, &md, &created, &updated, &expires, &active, &sb.Error)
+		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes)
 	if err != nil {
 		return nil, err
 	}

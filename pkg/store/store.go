@@ -1,5 +1,6 @@
 // Package store keeps the control plane's durable state: every sandbox with
-// its state, owner, placement and times.
+// its state, owner, placement and times, and the sleep records of
+// hibernated sandboxes (SQLite.SleepRecords, a hypnos.RecordStore).
 //
 // Store is deliberately small and SQL-shaped so that a Postgres
 // implementation (for several Olympus replicas) can follow the SQLite one.
@@ -45,4 +46,7 @@ type Change struct {
 	At time.Time
 	// Error is stored as the sandbox's error message when not empty.
 	Error string
+	// SnapshotBytes is recorded as the sandbox's snapshot size (a move to
+	// hibernated sets it; every other move leaves 0, clearing it).
+	SnapshotBytes int64
 }

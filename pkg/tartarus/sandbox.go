@@ -87,6 +87,12 @@ type Sandbox struct {
 	LastActivityAt time.Time `json:"last_activity_at,omitzero"`
 	// Error says why a sandbox failed; empty otherwise.
 	Error string `json:"error,omitempty"`
+	// AutoHibernateS is the sandbox's own idle threshold in seconds before
+	// it is hibernated; 0 means the server's default.
+	AutoHibernateS int `json:"auto_hibernate_s,omitempty"`
+	// SnapshotBytes is what the stored snapshot of a hibernated sandbox
+	// takes; 0 otherwise.
+	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
 }
 
 // CreateRequest is what a caller asks for when creating a sandbox.
@@ -98,6 +104,9 @@ type CreateRequest struct {
 	TimeoutS int               `json:"timeout_s,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// AutoHibernateS hibernates the sandbox once idle this many seconds;
+	// 0 means the server's default (which may be off). Negative is invalid.
+	AutoHibernateS int `json:"auto_hibernate_s,omitempty"`
 }
 
 // Defaults and bounds for a CreateRequest.
@@ -136,6 +145,8 @@ func (r *CreateRequest) Normalize() error {
 		return Errorf(ErrInvalid, "cpus %d: must be at least 1", r.CPUs)
 	case r.TimeoutS < 1 || r.TimeoutS > MaxTimeoutS:
 		return Errorf(ErrInvalid, "timeout_s %d: must be between 1 and %d", r.TimeoutS, MaxTimeoutS)
+	case r.AutoHibernateS < 0 || r.AutoHibernateS > MaxTimeoutS:
+		return Errorf(ErrInvalid, "auto_hibernate_s %d: must be between 0 (server default) and %d", r.AutoHibernateS, MaxTimeoutS)
 	case len(r.Env) > MaxEnvEntries:
 		return Errorf(ErrInvalid, "env: at most %d entries", MaxEnvEntries)
 	case len(r.Metadata) > MaxMetadata:
