@@ -99,3 +99,51 @@ func TestNilBreakerAdmitsAll(t *testing.T) {
 		b.Done(false)
 	}
 }
+
+func TestEjectionTimeGrowsAndResets(t *testing.T) {
+	clock := newFakeClock()
+	cfg := quietConfig()
+	cfg.Outlier = OutlierConfig{Consecutive: 2, BaseEjection: time.Second, MaxEjection: 4 * time.Second}
+	f, err := New(Options{Config: cfg, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.RegisterShore(&Shore{ID: "s", Address: "http://127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	s := (*f.shores.Load())[0]
+	fail := func() {
+		for range 2 {
+			f.record(s, outcomeConnect, time.Millisecond, clock.Now())
+		}
+	}
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second} {
+		fail()
+		if !s.ejected(clock.Now()) {
+			t.Fatalf("ejection %d: not ejected after 2 failures", i+1)
+		}
+		clock.Advance(want - time.Millisecond)
+		if !s.ejected(clock.Now()) {
+			t.Fatalf("ejection %d: back before %v", i+1, want)
+		}
+		clock.Advance(time.Millisecond)
+		if s.ejected(clock.Now()) {
+			t.Fatalf("ejection %d: still out after %v", i+1, want)
+		}
+	}
+	// A success in between resets the count of failures in a row.
+	f.record(s, outcomeConnect, 0, clock.Now())
+	f.record(s, outcomeOK, 0, clock.Now())
+	f.record(s, outcomeConnect, 0, clock.Now())
+	if s.ejected(clock.Now()) {
+		t.Fatal("ejected without 2 failures in a row")
+	}
+	// After MaxEjection without an ejection, the time starts again at the base.
+	clock.Advance(5 * time.Second)
+	fail()
+	clock.Advance(time.Second)
+	if s.ejected(clock.Now()) {
+		t.Fatal("ejection time did not fall back to the base after a quiet spell")
+	}
+}
