@@ -229,12 +229,27 @@ func (t *h1Transport) put(c *h1Conn, host string, reuse bool) {
 	if reuse && c.br.Buffered() == 0 {
 		c.lastUsed = time.Now()
 		t.mu.Lock()
-		if len(t.idle[host]) < t.maxIdlePerHost {
-			t.idle[host] = append(t.idle[host], c)
-			t.mu.Unlock()
-			return
+		l := t.idle[host]
+		// The pool is a stack, so its bottom can sit idle for long after a
+		// burst: drop the oldest once it is past the idle timeout.
+		var stale *h1Conn
+		if len(l) > 0 && c.lastUsed.Sub(l[0].lastUsed) > t.idleTimeout {
+			stale = l[0]
+			l = append(l[:0], l[1:]...)
+		}
+		if len(l) < t.maxIdlePerHost {
+			t.idle[host] = append(l, c)
+			c = nil
+		} else {
+			t.idle[host] = l
 		}
 		t.mu.Unlock()
+		if stale != nil {
+			stale.Close()
+		}
+		if c == nil {
+			return
+		}
 	}
 	c.Close()
 }
