@@ -1,7 +1,9 @@
 package charon
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 func TestAdminRefusesBadInput(t *testing.T) {
@@ -242,5 +246,32 @@ shores:
 	os.WriteFile(bad, []byte("strategy: weighted\nretries: 3\n"), 0o600)
 	if _, err := LoadFileConfig(bad); err == nil || !strings.Contains(err.Error(), "retries") {
 		t.Fatalf("misspelt key: %v, want an error naming it", err)
+	}
+}
+
+func TestCrossForGoCallers(t *testing.T) {
+	b := newBackend(t, "a", nil)
+	clock := newFakeClock()
+	cfg := quietConfig()
+	cfg.RateLimiting = RateLimitConfig{Enabled: true, RequestsPerSecond: 1, Burst: 1, KeyFunc: "ip"}
+	f, _ := newTestFerry(t, Options{Config: cfg, Clock: clock}, b.shore())
+	req, _ := http.NewRequest("GET", "http://ferry.example/v1/templates?x=1", nil)
+	req.RemoteAddr = "10.0.0.1:1"
+	resp, err := f.Cross(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"shore":"a"`) {
+		t.Fatalf("Cross: %d %s", resp.StatusCode, body)
+	}
+	_, err = f.Cross(context.Background(), req)
+	var ce *CrossingError
+	if !errors.As(err, &ce) || ce.Code != 429 || ce.RetryAfter <= 0 || !errors.Is(err, tartarus.ErrResourceExhausted) {
+		t.Fatalf("second Cross: %v, want a 429 CrossingError of class resource exhausted", err)
+	}
+	if req.Header.Get(RequestIDHeader) != "" {
+		t.Fatal("Cross changed the caller's request")
 	}
 }
