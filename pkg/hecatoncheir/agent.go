@@ -3,6 +3,14 @@
 // sandbox's life in the store, recovers its sandboxes after a restart, and
 // destroys sandboxes whose timeout has passed.
 //
+// For every runtime that implements tartarus.Snapshotter (and declares the
+// capability) and when Config.Snapshots is set, it also hibernates and wakes
+// sandboxes through Hypnos (idle detection from API activity and the
+// guest's own, a per-sandbox "auto_hibernate_s"), wakes a hibernated
+// sandbox transparently for exec and file calls, forks running sandboxes,
+// and creates sandboxes by restoring a per-template snapshot, optionally
+// from a warm pool of already-restored ones (see restore.go).
+//
 // On a single node it is embedded in `tartarus server`; the Olympus API calls
 // it directly.
 package hecatoncheir
@@ -15,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -22,6 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -47,6 +58,21 @@ type Config struct {
 	// ExpiryInterval is how often Run looks for expired sandboxes
 	// (default 5s).
 	ExpiryInterval time.Duration
+
+	// Snapshots is the blob store of snapshots (DATA/snapshots); nil turns
+	// off hibernation, fork and creation by restore.
+	Snapshots erebus.Store
+	// SnapshotTempDir holds snapshot files while they are packed or
+	// unpacked (default os.TempDir()); best on the runtimes' file system.
+	SnapshotTempDir string
+	// Hypnos is the hibernation policy: DefaultIdleThreshold is the
+	// server's --auto-hibernate (0: only sandboxes with their own
+	// auto_hibernate_s sleep by themselves); PrewarmPoolSize is the warm
+	// pool per template and shape (--warm-pool).
+	Hypnos hypnos.HypnosConfig
+	// CreateFromSnapshot creates sandboxes by restoring their template's
+	// snapshot on runtimes that can.
+	CreateFromSnapshot bool
 }
 
 // Validate reports every problem of cfg at once.
@@ -80,6 +106,9 @@ type Agent struct {
 	log      *slog.Logger
 	runtimes map[string]tartarus.Runtime
 
+	snaps map[string]*snapRuntime // by runtime name: those that snapshot
+	pools *warmPools
+
 	mu    sync.Mutex
 	locks map[string]*keyLock // per-sandbox lifecycle locks, while in use
 }
@@ -107,11 +136,27 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("node agent: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With("component", "hecatoncheir"),
-		runtimes: map[string]tartarus.Runtime{}, locks: map[string]*keyLock{}}
+		runtimes: map[string]tartarus.Runtime{}, locks: map[string]*keyLock{},
+		snaps: map[string]*snapRuntime{}, pools: newWarmPools(cfg.Hypnos.PrewarmPoolSize)}
 	for _, rt := range cfg.Runtimes {
 		a.runtimes[rt.Name()] = rt
 	}
+	if err := a.setUpSnapshots(); err != nil {
+		return nil, fmt.Errorf("node agent: %w", err)
+	}
 	return a, nil
+}
+
+// SnapshotRuntimes lists the runtimes whose sandboxes can hibernate, fork
+// and be created by restore on this node.
+func (a *Agent) SnapshotRuntimes() []string {
+	var out []string
+	for _, rt := range a.cfg.Runtimes {
+		if _, ok := a.snaps[rt.Name()]; ok {
+			out = append(out, rt.Name())
+		}
+	}
+	return out
 }
 
 // Node is this agent's name.
@@ -196,33 +241,68 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		return nil, fmt.Errorf("template %s: %w", req.Template, err)
 	}
 
+	// A warm-pool sandbox, when one is ready, becomes this sandbox.
+	id := a.claimWarm(ctx, rt, req.Template, req.MemoryMB, req.CPUs)
+	claimed := id != ""
+	if !claimed {
+		id = newID()
+	}
 	now := a.cfg.Clock.Now().UTC()
 	sb := &tartarus.Sandbox{
-		ID: newID(), Tenant: tenant, Template: req.Template, Runtime: rt.Name(), State: tartarus.StateCreating,
+		ID: id, Tenant: tenant, Template: req.Template, Runtime: rt.Name(), State: tartarus.StateCreating,
 		Node: a.cfg.Node, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
-		LastActivityAt: now,
+		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS,
 	}
 	if sb.Metadata == nil {
 		sb.Metadata = map[string]string{}
 	}
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	how := "warm pool"
+	return a.createWith(ctx, sb, func() error {
+		if claimed {
+			return nil
+		}
+		var err error
+		how, err = a.restoreOrBoot(ctx, rt, cfg)
+		return err
+	}, "how", &how)
+}
+
+// createWith records sb as creating, brings it up with up, and records it
+// running. A failure after the record exists leaves the sandbox failed with
+// the error stored, and its remains destroyed even when ctx is cancelled.
+// logKV are logged when the sandbox runs (a *string is read then).
+func (a *Agent) createWith(ctx context.Context, sb *tartarus.Sandbox, up func() error, logKV ...any) (*tartarus.Sandbox, error) {
+	rt, err := a.runtime(sb.Runtime)
+	if err != nil {
+		return nil, err
+	}
 	unlock := a.lock(sb.ID)
 	defer unlock()
 	if err := a.cfg.Store.Create(ctx, sb); err != nil {
+		if a.instance(ctx, rt, sb.ID) != nil {
+			_ = rt.Destroy(context.WithoutCancel(ctx), sb.ID) // a claimed warm sandbox
+		}
 		return nil, fmt.Errorf("record sandbox: %w", err)
 	}
 	log := a.log.With("sandbox", sb.ID, "runtime", rt.Name(), "template", sb.Template)
-
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
-	_, err = rt.Create(ctx, cfg)
-	if err == nil {
-		err = rt.Start(ctx, sb.ID)
-	}
+	start := a.cfg.Clock.Now()
+	err = up()
 	if err == nil {
 		var running *tartarus.Sandbox
 		running, err = a.cfg.Store.Move(ctx, sb.ID, tartarus.StateCreating, tartarus.StateRunning, store.Change{At: a.cfg.Clock.Now().UTC()})
 		if err == nil {
-			log.Info("sandbox running")
+			for i := 1; i < len(logKV); i += 2 {
+				if p, ok := logKV[i].(*string); ok {
+					logKV[i] = *p
+				}
+			}
+			log.Info("sandbox running", append(logKV, "took", a.cfg.Clock.Now().Sub(start))...)
+			a.schedule(running)
+			if sr, ok := a.snaps[rt.Name()]; ok {
+				sr.hyp.Touch(sb.ID)
+			}
 			return running, nil
 		}
 	}
@@ -293,6 +373,9 @@ func (a *Agent) destroy(ctx context.Context, sb *tartarus.Sandbox, reason string
 	if err == nil {
 		err = rt.Destroy(ctx, sb.ID)
 	}
+	if err == nil {
+		a.forget(ctx, sb)
+	}
 	if err != nil {
 		log.Error("destroy", "err", err)
 		if _, merr := a.cfg.Store.Move(ctx, sb.ID, tartarus.StateTerminating, tartarus.StateFailed,
@@ -330,33 +413,46 @@ func (a *Agent) running(ctx context.Context, id string) (*tartarus.Sandbox, tart
 // touch records API activity; failing to record it is not worth failing the
 // request for.
 func (a *Agent) touch(ctx context.Context, id string) {
+	for _, sr := range a.snaps {
+		sr.hyp.Touch(id)
+	}
 	if err := a.cfg.Store.Touch(context.WithoutCancel(ctx), id, a.cfg.Clock.Now().UTC()); err != nil {
 		a.log.Warn("record activity", "sandbox", id, "err", err)
 	}
 }
 
-// Exec runs a command in a running sandbox.
+// Exec runs a command in a running sandbox, waking it first if it is
+// hibernated. The sandbox's environment is applied under req.Env here too,
+// so that it holds in sandboxes restored from a snapshot taken without it
+// (a warm-pool sandbox).
 func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	_, rt, err := a.running(ctx, id)
+	sb, rt, err := a.awake(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer a.touch(ctx, id)
+	if len(sb.Env) > 0 {
+		r := *req
+		r.Env = make(map[string]string, len(sb.Env)+len(req.Env))
+		maps.Copy(r.Env, sb.Env)
+		maps.Copy(r.Env, req.Env)
+		req = &r
+	}
 	return rt.Exec(ctx, id, req)
 }
 
-// ReadFile streams a file out of a running sandbox.
+// ReadFile streams a file out of a running sandbox, waking it if hibernated.
 func (a *Agent) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error) {
-	_, rt, err := a.running(ctx, id)
+	_, rt, err := a.awake(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	return rt.ReadFile(ctx, id, path)
 }
 
-// WriteFile streams r into a file of a running sandbox.
+// WriteFile streams r into a file of a running sandbox, waking it if hibernated.
 func (a *Agent) WriteFile(ctx context.Context, id, path string, mode os.FileMode, r io.Reader) error {
-	_, rt, err := a.running(ctx, id)
+	_, rt, err := a.awake(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -364,9 +460,9 @@ func (a *Agent) WriteFile(ctx context.Context, id, path string, mode os.FileMode
 	return rt.WriteFile(ctx, id, path, mode, r)
 }
 
-// ListFiles lists a directory of a running sandbox.
+// ListFiles lists a directory of a running sandbox, waking it if hibernated.
 func (a *Agent) ListFiles(ctx context.Context, id, path string) ([]tartarus.FileInfo, error) {
-	_, rt, err := a.running(ctx, id)
+	_, rt, err := a.awake(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -481,8 +577,27 @@ func (a *Agent) Ready(ctx context.Context) error {
 	return nil
 }
 
-// Run destroys expired sandboxes every ExpiryInterval until ctx is done.
+// Run destroys expired sandboxes every ExpiryInterval, runs each
+// runtime's Hypnos (idle sleep), and refills the warm pools, until ctx is
+// done.
 func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, sr := range a.snaps {
+		wg.Go(func() { _ = sr.hyp.Run(ctx) })
+	}
+	if a.pools.size > 0 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-a.pools.kick:
+					a.FillWarmPools(ctx)
+				}
+			}
+		})
+	}
 	t := a.cfg.Clock.NewTicker(a.cfg.ExpiryInterval)
 	defer t.Stop()
 	for {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -13,6 +14,7 @@ import (
 const (
 	msgLost        = "lost: node agent restarted and the VM was gone"
 	msgInterrupted = "interrupted: node agent restarted while the sandbox was being created"
+	msgNoRecord    = "lost: recorded hibernated but its sleep record is gone"
 )
 
 // RecoverReport says what Recover did.
@@ -26,8 +28,11 @@ type RecoverReport struct {
 	// now failed or terminated and their remains destroyed.
 	Finished []string
 	// Orphans are VMs the store did not know (or knew as ended); they were
-	// destroyed.
+	// destroyed. Warm-pool sandboxes and template snapshot builders of the
+	// previous run are among them.
 	Orphans []string
+	// Hibernated sandboxes sleep on and wake on demand.
+	Hibernated []string
 }
 
 // Recover reconciles the runtimes with the store after a (re)start: each
@@ -36,7 +41,11 @@ type RecoverReport struct {
 //   - recorded running/paused but not adopted → failed (msgLost);
 //   - recorded creating → destroyed and failed; terminating → destroyed and
 //     terminated;
-//   - adopted but unknown to the store, or recorded as final → destroyed.
+//   - adopted but unknown to the store, or recorded as final → destroyed;
+//   - hibernated: Hypnos reconciles its sleep records first (a sleep or
+//     wake that a crash interrupted is finished or undone, and the store
+//     follows); a sandbox recorded hibernated whose VM runs was woken
+//     → running; one with neither VM nor sleep record → failed.
 //
 // Cleanup runs to the end even if ctx is cancelled.
 func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
@@ -60,6 +69,17 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 			ids[in.ID] = true
 		}
 	}
+	for _, rt := range a.cfg.Runtimes {
+		sr, ok := a.snaps[rt.Name()]
+		if !ok {
+			continue
+		}
+		// Hypnos reports each sleeping sandbox to a.observe, which records it.
+		if _, err := sr.hyp.Start(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("recover hibernated sandboxes of %s: %w", rt.Name(), err))
+		}
+		a.cleanSnapshots(ctx, sr)
+	}
 
 	recs, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node})
 	if err != nil {
@@ -75,6 +95,7 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 		case tartarus.StateRunning, tartarus.StatePaused, tartarus.StateQuarantined:
 			if isAdopted {
 				rep.Adopted = append(rep.Adopted, sb.ID)
+				a.schedule(sb)
 				continue
 			}
 			log.Warn("sandbox lost")
@@ -82,6 +103,36 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 				errs = append(errs, err)
 			}
 			rep.Lost = append(rep.Lost, sb.ID)
+		case tartarus.StateHibernated:
+			sr, hasSnaps := a.snaps[sb.Runtime]
+			switch {
+			case hasSnaps && sr.hyp.IsSleeping(sb.ID):
+				a.schedule(sb)
+				rep.Hibernated = append(rep.Hibernated, sb.ID)
+			case isAdopted:
+				log.Info("sandbox runs although recorded hibernated (a wake was interrupted)")
+				if _, err := a.cfg.Store.Move(ctx, sb.ID, sb.State, tartarus.StateRunning, store.Change{At: now}); err != nil {
+					errs = append(errs, err)
+				}
+				a.schedule(sb)
+				rep.Adopted = append(rep.Adopted, sb.ID)
+			case hasSnaps:
+				msg := msgNoRecord
+				if r, err := sr.hyp.Record(ctx, sb.ID); err == nil && r.Error != "" {
+					msg = "cannot wake from hibernation: " + r.Error
+				}
+				log.Warn("hibernated sandbox lost", "why", msg)
+				if _, err := a.cfg.Store.Move(ctx, sb.ID, sb.State, tartarus.StateFailed, store.Change{At: now, Error: msg}); err != nil {
+					errs = append(errs, err)
+				}
+				rep.Lost = append(rep.Lost, sb.ID)
+			default:
+				// Hibernation is off on this node now (no snapshot store,
+				// or the runtime is gone): keep the record for a later
+				// start that can wake it.
+				log.Warn("hibernated sandbox cannot be woken by this node's configuration")
+				rep.Hibernated = append(rep.Hibernated, sb.ID)
+			}
 		case tartarus.StateCreating, tartarus.StateTerminating:
 			log.Warn("finishing interrupted sandbox")
 			if rt, ok := a.runtimes[sb.Runtime]; ok {
@@ -115,6 +166,29 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 		}
 	}
 	a.log.Info("recovered", "adopted", len(rep.Adopted), "lost", len(rep.Lost),
-		"finished", len(rep.Finished), "orphans", len(rep.Orphans))
+		"finished", len(rep.Finished), "orphans", len(rep.Orphans), "hibernated", len(rep.Hibernated))
 	return rep, errors.Join(errs...)
+}
+
+// cleanSnapshots deletes fork snapshots (they only live during a fork
+// call) and template snapshots a crash left incomplete. Only Recover calls
+// it, before any fork or template build can run.
+func (a *Agent) cleanSnapshots(ctx context.Context, sr *snapRuntime) {
+	if forks, err := sr.forks.List(ctx); err == nil {
+		for _, s := range forks {
+			_ = sr.forks.Delete(ctx, s.ID)
+		}
+	}
+	for _, m := range []*nyx.Manager{sr.forks, sr.templates} {
+		ids, err := m.Incomplete(ctx)
+		if err != nil {
+			a.log.Warn("list incomplete snapshots", "err", err)
+			continue
+		}
+		for _, id := range ids {
+			if err := m.Delete(ctx, id); err != nil {
+				a.log.Warn("delete incomplete snapshot", "snapshot", id, "err", err)
+			}
+		}
+	}
 }

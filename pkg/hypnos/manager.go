@@ -453,7 +453,8 @@ func (m *HypnosManager) runWake(ctx context.Context, id string, rec *SleepRecord
 	}
 	m.mu.Unlock()
 	if err == nil {
-		m.notify(id, tartarus.StateRunning, nil, "woken")
+		// Status is paused for a sandbox its user had paused before sleep.
+		m.notify(id, res.Status, nil, "woken")
 	}
 	f.res, f.err = res, err
 	close(f.done)

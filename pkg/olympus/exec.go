@@ -26,8 +26,8 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if sb.State != tartarus.StateRunning {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State))
+	if err := usable(sb); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if wantsNDJSON(r) {
@@ -48,6 +48,15 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		DurationMS: res.Duration.Milliseconds(), TimedOut: res.TimedOut, Signal: res.Signal,
 		Truncated: out.truncated || errOut.truncated,
 	})
+}
+
+// usable refuses exec and file calls on a sandbox that is neither running
+// nor hibernated (which the backend wakes first).
+func usable(sb *tartarus.Sandbox) error {
+	if sb.State != tartarus.StateRunning && sb.State != tartarus.StateHibernated {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State)
+	}
+	return nil
 }
 
 func wantsNDJSON(r *http.Request) bool {

@@ -35,8 +35,8 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, tooLarge(s.cfg.MaxUploadBytes))
 		return
 	}
-	if sb.State != tartarus.StateRunning {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State))
+	if err := usable(sb); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	body := &limitedBody{r: http.MaxBytesReader(w, r.Body, s.cfg.MaxUploadBytes)}
@@ -82,8 +82,8 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if sb.State != tartarus.StateRunning {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State))
+	if err := usable(sb); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if list, _ := strconv.ParseBool(r.URL.Query().Get("list")); list {

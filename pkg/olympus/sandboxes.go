@@ -148,14 +148,45 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx cont
 	writeJSON(w, http.StatusOK, sb)
 }
 
-// hibernate answers hibernate and wake until the hibernation work lands.
 func (s *Server) hibernate(w http.ResponseWriter, r *http.Request) {
-	if _, err := s.sandboxFor(r, cerberus.ActionUpdate); err != nil {
+	s.change(w, r, s.be.Hibernate)
+}
+
+func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
+	s.change(w, r, s.be.Wake)
+}
+
+// fork makes copies of a sandbox. Creating sandboxes is authorized like a
+// create in the caller's tenant, besides reading the original.
+func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
+	sb, err := s.sandboxFor(r, cerberus.ActionRead)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented,
-		"hibernate and wake are not available in this build yet (the hibernation manager has not landed); use pause and resume"))
+	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: sb.Tenant}
+	if err := s.guard.Authorize(r.Context(), cerberus.ActionCreate, res); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var req api.ForkRequest
+	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Count == 0 {
+		req.Count = 1
+	}
+	if req.Count < 1 || req.Count > api.MaxForkCount {
+		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount))
+		return
+	}
+	list, err := s.be.Fork(r.Context(), sb.ID, req.Count)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, api.SandboxList{Sandboxes: list})
 }
 
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {

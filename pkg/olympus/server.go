@@ -11,7 +11,12 @@
 //	GET  /v1/sandboxes/{id}/files?path=/dir&list=1  → {"path":"/dir","files":[FileInfo…]}
 //	PUT  /v1/sandboxes/{id}/files?path=/f&mode=0755 → 204 (mode is octal, default 0644)
 //	GET  /v1/nodes                                  → {"nodes":[{name, runtimes: [fingerprint…], …}]}
-//	POST /v1/sandboxes/{id}/hibernate, /wake        → 501 until hibernation lands
+//	POST /v1/sandboxes/{id}/fork {"count":N}        → 201 {"sandboxes":[sandbox…]} (N copies, 1-16)
+//
+// Hibernate, wake and fork answer 501 with the reason on runtimes that
+// cannot snapshot. Exec and file calls on a hibernated sandbox wake it
+// first: the answer is slower, not different. A hibernated sandbox shows
+// its stored snapshot's size as "snapshot_bytes".
 package olympus
 
 import (
@@ -45,6 +50,9 @@ type Backend interface {
 	ListFiles(ctx context.Context, id, path string) ([]tartarus.FileInfo, error)
 	Pause(ctx context.Context, id string) (*tartarus.Sandbox, error)
 	Resume(ctx context.Context, id string) (*tartarus.Sandbox, error)
+	Hibernate(ctx context.Context, id string) (*tartarus.Sandbox, error)
+	Wake(ctx context.Context, id string) (*tartarus.Sandbox, error)
+	Fork(ctx context.Context, id string, count int) ([]*tartarus.Sandbox, error)
 	Templates(ctx context.Context) ([]*tartarus.Image, error)
 	Info(ctx context.Context) (*hecatoncheir.NodeInfo, error)
 	Ready(ctx context.Context) error
@@ -127,7 +135,8 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/sandboxes/{id}/pause", s.pause)
 	v1("POST /v1/sandboxes/{id}/resume", s.resume)
 	v1("POST /v1/sandboxes/{id}/hibernate", s.hibernate)
-	v1("POST /v1/sandboxes/{id}/wake", s.hibernate)
+	v1("POST /v1/sandboxes/{id}/wake", s.wake)
+	v1("POST /v1/sandboxes/{id}/fork", s.fork)
 	v1("GET /v1/templates", s.listTemplates)
 	v1("GET /v1/nodes", s.listNodes)
 	for pattern, h := range cfg.Routes {

@@ -72,6 +72,15 @@ type SandboxList struct {
 	Sandboxes []*tartarus.Sandbox `json:"sandboxes"`
 }
 
+// ForkRequest is the body of POST /v1/sandboxes/{id}/fork; the answer is a
+// SandboxList of the copies. Count defaults to 1.
+type ForkRequest struct {
+	Count int `json:"count,omitempty"`
+}
+
+// MaxForkCount bounds ForkRequest.Count.
+const MaxForkCount = 16
+
 // TemplateList is the answer of GET /v1/templates.
 type TemplateList struct {
 	Templates []*tartarus.Image `json:"templates"`

@@ -9,6 +9,7 @@
 package fake
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,7 +38,8 @@ type Config struct {
 	StateDir string
 	// Name defaults to "fake".
 	Name string
-	// Capabilities defaults to everything but snapshots.
+	// Capabilities defaults to everything but snapshots. With Snapshot,
+	// the runtime's Snapshot and Restore (tartarus.Snapshotter) work.
 	Capabilities *tartarus.Capabilities
 	// MaxCPUs and MaxMemoryMB per sandbox default to 4 and 2048.
 	MaxCPUs     int
@@ -531,4 +533,191 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error)
 		return nil, err
 	}
 	return &tartarus.Stats{MemoryTotalMB: b.inst.MemoryMB, Processes: len(b.groups), LastActivityAt: b.lastActive}, nil
+}
+
+var _ tartarus.Snapshotter = (*Runtime)(nil)
+
+// Snapshot files the fake writes.
+const (
+	snapInstance = "instance.json"
+	snapFS       = "fs.tar"
+)
+
+// Snapshot implements tartarus.Snapshotter when the runtime was given
+// Capabilities.Snapshot (otherwise it is ErrNotImplemented): it pauses the
+// sandbox and writes its record and its file tree. A fake sandbox has no
+// memory to save: processes started by Exec are host processes and are not
+// part of the snapshot.
+func (r *Runtime) Snapshot(ctx context.Context, id, dir string) (*tartarus.SnapshotInfo, error) {
+	if !r.caps.Snapshot {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "snapshot: runtime %s", r.cfg.Name)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, err := r.get(id)
+	if err != nil {
+		return nil, err
+	}
+	if b.inst.State != tartarus.InstanceRunning && b.inst.State != tartarus.InstancePaused {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot %s: sandbox is %s", id, b.inst.State)
+	}
+	for pgid := range b.groups {
+		_ = syscall.Kill(-pgid, syscall.SIGSTOP)
+	}
+	b.inst.State = tartarus.InstancePaused
+	if err := r.save(b); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(b.inst)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, snapInstance), data, 0o600); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if err := tarDir(filepath.Join(r.dir(id), "fs"), filepath.Join(dir, snapFS)); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return &tartarus.SnapshotInfo{Template: b.inst.Template, MemoryBytes: int64(b.inst.MemoryMB) << 20,
+		CPUs: b.inst.CPUs, Files: []string{snapFS, snapInstance}, Created: time.Now().UTC()}, nil
+}
+
+// Restore implements tartarus.Snapshotter: a new running sandbox cfg.ID with
+// a copy of the snapshot's files. cfg.Env, when set, replaces the
+// snapshot's environment (as a restore from a template snapshot needs).
+func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string) error {
+	if !r.caps.Snapshot {
+		return tartarus.Errorf(tartarus.ErrNotImplemented, "restore: runtime %s", r.cfg.Name)
+	}
+	if cfg.ID == "" || !tartarus.ValidName(cfg.ID) {
+		return tartarus.Errorf(tartarus.ErrInvalid, "sandbox id %q", cfg.ID)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, snapInstance))
+	if err != nil {
+		return tartarus.Errorf(tartarus.ErrInvalid, "restore %s: not a fake snapshot: %v", cfg.ID, err)
+	}
+	var in instance
+	if err := json.Unmarshal(data, &in); err != nil {
+		return tartarus.Errorf(tartarus.ErrInvalid, "restore %s: %v", cfg.ID, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.boxes[cfg.ID]; ok {
+		return tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
+	}
+	fsDir := filepath.Join(r.dir(cfg.ID), "fs")
+	if err := os.MkdirAll(fsDir, 0o700); err != nil {
+		return fmt.Errorf("restore %s: %w", cfg.ID, err)
+	}
+	if err := untarDir(filepath.Join(dir, snapFS), fsDir); err != nil {
+		_ = os.RemoveAll(r.dir(cfg.ID))
+		return fmt.Errorf("restore %s: %w", cfg.ID, err)
+	}
+	in.ID, in.State, in.StartedAt = cfg.ID, tartarus.InstanceRunning, time.Now().UTC()
+	if cfg.Env != nil {
+		in.Env = cfg.Env
+	}
+	if cfg.Template != "" {
+		in.Template = cfg.Template
+	}
+	b := &box{inst: in, lastActive: time.Now(), groups: map[int]bool{}}
+	if err := r.save(b); err != nil {
+		_ = os.RemoveAll(r.dir(cfg.ID))
+		return err
+	}
+	r.boxes[cfg.ID] = b
+	return nil
+}
+
+// tarDir writes the regular files and directories under src as a tar file.
+func tarDir(src, dst string) error {
+	f, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == src {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() && !info.IsDir() {
+			return nil
+		}
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(rel)
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if info.IsDir() {
+			return nil
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		_, err = io.Copy(tw, in)
+		return err
+	})
+	if cerr := tw.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// untarDir extracts a tarDir file into dst (through an os.Root, so nothing
+// lands outside it).
+func untarDir(src, dst string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	root, err := os.OpenRoot(dst)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := root.MkdirAll(hdr.Name, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			out, err := root.OpenFile(hdr.Name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode).Perm())
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(out, tr)
+			if cerr := out.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -1,0 +1,331 @@
+package hecatoncheir
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Creation by restore: each template is booted once per shape (memory,
+// CPUs) and snapshotted; creating a sandbox then restores that snapshot
+// with a fresh id (and, by the Snapshotter's contract, its own copy of the
+// disk) instead of booting. The snapshot is named after the template, its
+// image digest and the shape, so a rebuilt template gets a new snapshot and
+// the old one is deleted. A warm pool keeps PrewarmPoolSize sandboxes per
+// template and shape already restored, unrecorded, to be claimed by a
+// create; the pool refills in the background. Pooled sandboxes are not in
+// the store, so after a restart Recover destroys them as orphans.
+
+// poolKey names a template snapshot, and the warm pool of sandboxes
+// restored from it.
+type poolKey struct {
+	runtime, template string
+	memoryMB, cpus    int
+}
+
+// warmPools holds the already-restored sandboxes, by key.
+type warmPools struct {
+	mu      sync.Mutex
+	size    int
+	ready   map[poolKey][]string
+	wanted  map[poolKey]bool
+	filling map[poolKey]bool
+	kick    chan struct{}
+}
+
+func newWarmPools(size int) *warmPools {
+	return &warmPools{size: size, ready: map[poolKey][]string{}, wanted: map[poolKey]bool{},
+		filling: map[poolKey]bool{}, kick: make(chan struct{}, 1)}
+}
+
+// maxPoolKeys bounds how many template shapes get a pool.
+const maxPoolKeys = 8
+
+// want asks for a pool of key and wakes the filler.
+func (p *warmPools) want(k poolKey) {
+	if p.size <= 0 {
+		return
+	}
+	p.mu.Lock()
+	if !p.wanted[k] && len(p.wanted) < maxPoolKeys {
+		p.wanted[k] = true
+	}
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// claim takes one pooled sandbox id of key, or "".
+func (p *warmPools) claim(k poolKey) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := p.ready[k]
+	if len(ids) == 0 {
+		return ""
+	}
+	id := ids[0]
+	p.ready[k] = ids[1:]
+	return id
+}
+
+// usage sums what runtime's pooled sandboxes hold.
+func (p *warmPools) usage(runtime string) (memoryMB, cpus int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, ids := range p.ready {
+		if k.runtime == runtime {
+			memoryMB += k.memoryMB * len(ids)
+			cpus += k.cpus * len(ids)
+		}
+	}
+	return memoryMB, cpus
+}
+
+// PoolSizes reports how many sandboxes wait in each warm pool, by
+// "runtime/template/memoryMB/cpus".
+func (a *Agent) PoolSizes() map[string]int {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	out := map[string]int{}
+	for k, ids := range a.pools.ready {
+		out[fmt.Sprintf("%s/%s/%d/%d", k.runtime, k.template, k.memoryMB, k.cpus)] = len(ids)
+	}
+	return out
+}
+
+// templateSnapshotID names the snapshot of img at a shape. An image without
+// a digest gets none: a rebuild could not be told apart.
+func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int) (string, bool) {
+	d := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' {
+			return r
+		}
+		return -1
+	}, strings.TrimPrefix(img.Digest, "sha256:"))
+	if d == "" {
+		return "", false
+	}
+	return fmt.Sprintf("%s-%.16s-%dm-%dc", img.Name, d, memoryMB, cpus), true
+}
+
+// templateSnapshot returns the id of img's snapshot at a shape, booting the
+// template and snapshotting it first if there is none. Builds of one
+// snapshot are serialized; a stale snapshot of the same template (another
+// image digest) is deleted once the new one exists.
+func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tartarus.Image, memoryMB, cpus int) (string, error) {
+	id, ok := templateSnapshotID(img, memoryMB, cpus)
+	if !ok {
+		return "", tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s has no image digest", img.Name)
+	}
+	unlock := a.lock("template/" + sr.rt.Name() + "/" + id)
+	defer unlock()
+	if _, err := sr.templates.Get(ctx, id); err == nil {
+		return id, nil
+	} else if !errors.Is(err, tartarus.ErrNotFound) {
+		return "", err
+	}
+	// The build serves every later create: a cancelled request must not
+	// cut it short.
+	ctx = context.WithoutCancel(ctx)
+	start := a.cfg.Clock.Now()
+	build := newID()
+	cfg := &tartarus.VMConfig{ID: build, Template: img.Name, Image: img, CPUs: cpus, MemoryMB: memoryMB}
+	defer func() {
+		if err := sr.rt.Destroy(ctx, build); err != nil {
+			a.log.Warn("destroy template snapshot builder", "sandbox", build, "err", err)
+		}
+	}()
+	if _, err := sr.rt.Create(ctx, cfg); err != nil {
+		return "", fmt.Errorf("template snapshot %s: create: %w", id, err)
+	}
+	if err := sr.rt.Start(ctx, build); err != nil {
+		return "", fmt.Errorf("template snapshot %s: boot: %w", id, err)
+	}
+	snap, err := sr.templates.CreateFromRunning(ctx, build, &nyx.CreateOptions{ID: id,
+		Labels: map[string]string{"purpose": "template", "template": img.Name, "digest": img.Digest}})
+	if err != nil {
+		return "", fmt.Errorf("template snapshot %s: %w", id, err)
+	}
+	a.log.Info("template snapshot built", "runtime", sr.rt.Name(), "snapshot", id, "took", a.cfg.Clock.Now().Sub(start),
+		"compressed_size", snap.CompressedSize)
+	a.deleteStaleTemplateSnapshots(ctx, sr, img)
+	return id, nil
+}
+
+func (a *Agent) deleteStaleTemplateSnapshots(ctx context.Context, sr *snapRuntime, img *tartarus.Image) {
+	list, err := sr.templates.List(ctx)
+	if err != nil {
+		a.log.Warn("list template snapshots", "err", err)
+		return
+	}
+	for _, s := range list {
+		if s.Labels["template"] == img.Name && s.Labels["digest"] != img.Digest {
+			if err := sr.templates.Delete(ctx, s.ID); err != nil {
+				a.log.Warn("delete stale template snapshot", "snapshot", s.ID, "err", err)
+				continue
+			}
+			a.log.Info("deleted the snapshot of an older build of the template", "snapshot", s.ID)
+		}
+	}
+}
+
+// restoreOrBoot brings sandbox cfg.ID up: from a warm-pool sandbox already
+// claimed (nothing to do), from the template's snapshot when the runtime
+// can, or by booting. A failed restore falls back to a boot: the snapshot
+// is an optimisation, not a requirement. It reports how it did it.
+func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tartarus.VMConfig) (string, error) {
+	if sr, ok := a.snaps[rt.Name()]; ok && a.cfg.CreateFromSnapshot {
+		snapID, err := a.templateSnapshot(ctx, sr, cfg.Image, cfg.MemoryMB, cfg.CPUs)
+		if err == nil {
+			_, err = sr.templates.Restore(ctx, snapID, cfg)
+			if err == nil {
+				a.pools.want(poolKey{rt.Name(), cfg.Template, cfg.MemoryMB, cfg.CPUs})
+				return "restored", nil
+			}
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		a.log.Warn("create by restore failed; booting instead", "sandbox", cfg.ID, "template", cfg.Template, "err", err)
+		if derr := rt.Destroy(context.WithoutCancel(ctx), cfg.ID); derr != nil {
+			return "", fmt.Errorf("clear a failed restore: %w", derr)
+		}
+	}
+	if _, err := rt.Create(ctx, cfg); err != nil {
+		return "", err
+	}
+	return "booted", rt.Start(ctx, cfg.ID)
+}
+
+// claimWarm takes a pooled sandbox for a create of this shape, checking
+// that the runtime still holds it running. It returns "" when none is ready.
+func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, template string, memoryMB, cpus int) string {
+	sr, ok := a.snaps[rt.Name()]
+	if !ok || !a.cfg.CreateFromSnapshot || a.pools.size <= 0 {
+		return ""
+	}
+	k := poolKey{rt.Name(), template, memoryMB, cpus}
+	defer a.pools.want(k) // refill
+	for {
+		id := a.pools.claim(k)
+		if id == "" {
+			return ""
+		}
+		if in := a.instance(ctx, rt, id); in != nil && in.State == tartarus.InstanceRunning {
+			// Pooled sandboxes were kept from idle sleep; this one now
+			// follows the normal policy.
+			if err := sr.hyp.Forget(ctx, id); err != nil {
+				a.log.Warn("reset the idle policy of a pooled sandbox", "sandbox", id, "err", err)
+			}
+			return id
+		}
+		a.log.Warn("warm pool sandbox vanished", "sandbox", id)
+		_ = rt.Destroy(context.WithoutCancel(ctx), id)
+	}
+}
+
+func (a *Agent) instance(ctx context.Context, rt tartarus.Runtime, id string) *tartarus.Instance {
+	list, err := rt.List(ctx)
+	if err != nil {
+		return nil
+	}
+	for _, in := range list {
+		if in.ID == id {
+			return in
+		}
+	}
+	return nil
+}
+
+// FillWarmPools tops up every wanted warm pool to PrewarmPoolSize, as far
+// as the node's capacity allows. Run calls it in the background; tests
+// call it directly.
+func (a *Agent) FillWarmPools(ctx context.Context) {
+	a.pools.mu.Lock()
+	var keys []poolKey
+	for k := range a.pools.wanted {
+		if !a.pools.filling[k] {
+			a.pools.filling[k] = true
+			keys = append(keys, k)
+		}
+	}
+	a.pools.mu.Unlock()
+	for _, k := range keys {
+		a.fillPool(ctx, k)
+		a.pools.mu.Lock()
+		delete(a.pools.filling, k)
+		a.pools.mu.Unlock()
+	}
+}
+
+func (a *Agent) fillPool(ctx context.Context, k poolKey) {
+	sr, ok := a.snaps[k.runtime]
+	if !ok {
+		return
+	}
+	for ctx.Err() == nil {
+		a.pools.mu.Lock()
+		n := len(a.pools.ready[k])
+		a.pools.mu.Unlock()
+		if n >= a.pools.size {
+			return
+		}
+		if err := a.checkCapacity(ctx, sr.rt, k.memoryMB, k.cpus); err != nil {
+			a.log.Debug("warm pool not refilled", "template", k.template, "err", err)
+			return
+		}
+		img, err := a.cfg.Images.Get(ctx, k.template)
+		if err != nil {
+			a.log.Warn("warm pool: template", "template", k.template, "err", err)
+			return
+		}
+		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus)
+		if err != nil {
+			a.log.Warn("warm pool: template snapshot", "template", k.template, "err", err)
+			return
+		}
+		id := newID()
+		cfg := &tartarus.VMConfig{ID: id, Template: k.template, Image: img, CPUs: k.cpus, MemoryMB: k.memoryMB}
+		if _, err := sr.templates.Restore(ctx, snapID, cfg); err != nil {
+			a.log.Warn("warm pool: restore", "template", k.template, "err", err)
+			_ = sr.rt.Destroy(context.WithoutCancel(ctx), id)
+			return
+		}
+		// An unclaimed sandbox is idle by nature; it must not hibernate.
+		_ = sr.hyp.CancelScheduledSleep(id)
+		a.pools.mu.Lock()
+		a.pools.ready[k] = append(a.pools.ready[k], id)
+		a.pools.mu.Unlock()
+		a.log.Debug("warm pool sandbox ready", "sandbox", id, "template", k.template)
+	}
+}
+
+// Prewarm builds the snapshot of every template at the default shape on
+// every runtime that can restore, and asks for their warm pools; errors
+// are logged. The server calls it at start when asked to.
+func (a *Agent) Prewarm(ctx context.Context) {
+	if !a.cfg.CreateFromSnapshot {
+		return
+	}
+	imgs, err := a.cfg.Images.List(ctx)
+	if err != nil {
+		a.log.Warn("prewarm: list templates", "err", err)
+		return
+	}
+	for _, sr := range a.snaps {
+		for _, img := range imgs {
+			if _, err := a.templateSnapshot(ctx, sr, img, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs); err != nil {
+				a.log.Warn("prewarm: template snapshot", "runtime", sr.rt.Name(), "template", img.Name, "err", err)
+				continue
+			}
+			a.pools.want(poolKey{sr.rt.Name(), img.Name, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
+		}
+	}
+}

@@ -1,0 +1,445 @@
+package hecatoncheir
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
+	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// MaxFork bounds the copies one fork call makes.
+const MaxFork = 16
+
+// snapRuntime is what the agent holds for a runtime that can snapshot:
+// its Hypnos (hibernation) and the Nyx managers of fork and template
+// snapshots. Each has its own Erebus prefix, so that Hypnos's garbage
+// collection never touches the others'.
+type snapRuntime struct {
+	rt        tartarus.Runtime
+	hyp       *hypnos.HypnosManager
+	forks     *nyx.Manager
+	templates *nyx.Manager
+}
+
+// recordStores is implemented by store.SQLite.
+type recordStores interface {
+	SleepRecords(runtime string) *store.SleepRecords
+}
+
+// setUpSnapshots makes a snapRuntime for each runtime that implements
+// tartarus.Snapshotter and declares the capability.
+func (a *Agent) setUpSnapshots() error {
+	if a.cfg.Snapshots == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, rt := range a.cfg.Runtimes {
+		snap, ok := rt.(tartarus.Snapshotter)
+		if !ok {
+			continue
+		}
+		fp, err := rt.Fingerprint(ctx)
+		if err != nil || !fp.Available || !fp.Capabilities.Snapshot {
+			continue
+		}
+		name := rt.Name()
+		nyxFor := func(prefix string) *nyx.Manager {
+			return nyx.New(snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix + "-" + name,
+				TempDir: a.cfg.SnapshotTempDir, Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
+		}
+		var records hypnos.RecordStore
+		if rs, ok := a.cfg.Store.(recordStores); ok {
+			records = rs.SleepRecords(name)
+		} else {
+			records = hypnos.NewStoreRecords(a.cfg.Snapshots, "hypnos-records/"+name)
+		}
+		hcfg := a.cfg.Hypnos
+		hyp, err := hypnos.NewHypnosManager(hypnos.Deps{
+			Runtime: rt, Snapshots: nyxFor("sleep"), Records: records, Sandboxes: sleepSource{a},
+			Clock: hypnosClock{a.cfg.Clock}, Logger: a.cfg.Log.With("runtime", name), Observer: a.observe,
+		}, hcfg)
+		if err != nil {
+			return err
+		}
+		a.snaps[name] = &snapRuntime{rt: rt, hyp: hyp, forks: nyxFor("fork"), templates: nyxFor("template")}
+	}
+	return nil
+}
+
+// hypnosClock adapts the agent's Clock to Hypnos's.
+type hypnosClock struct{ c Clock }
+
+func (h hypnosClock) Now() time.Time                          { return h.c.Now() }
+func (h hypnosClock) NewTicker(d time.Duration) hypnos.Ticker { return h.c.NewTicker(d) }
+
+// sleepSource tells Hypnos how to recreate a sandbox: from its record and
+// its template.
+type sleepSource struct{ a *Agent }
+
+func (s sleepSource) SleepInfo(ctx context.Context, id string) (*tartarus.VMConfig, string, error) {
+	sb, err := s.a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, "", err
+	}
+	img, err := s.a.cfg.Images.Get(ctx, sb.Template)
+	if err != nil {
+		return nil, "", fmt.Errorf("template %s: %w", sb.Template, err)
+	}
+	return &tartarus.VMConfig{ID: id, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}, sb.Tenant, nil
+}
+
+// snapshotter returns the snapshot machinery of a runtime, or an
+// ErrNotImplemented error that says why there is none.
+func (a *Agent) snapshotter(runtime, what string) (*snapRuntime, error) {
+	if sr, ok := a.snaps[runtime]; ok {
+		return sr, nil
+	}
+	if a.cfg.Snapshots == nil {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "%s: this node has no snapshot store configured", what)
+	}
+	return nil, tartarus.Errorf(tartarus.ErrNotImplemented,
+		"%s: runtime %s cannot snapshot sandboxes (it does not declare the snapshot capability); pause and resume work where it can pause", what, runtime)
+}
+
+// observe records in the store the state changes Hypnos makes, by itself
+// (idle sleep, a refused snapshot) or on the agent's request. It takes no
+// agent lock: the agent's Hibernate and Wake call Hypnos while holding one.
+func (a *Agent) observe(ev hypnos.Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ch := store.Change{At: a.cfg.Clock.Now().UTC()}
+	switch ev.State {
+	case tartarus.StateHibernated:
+		if ev.Record != nil {
+			ch.SnapshotBytes = ev.Record.CompressedSize
+		}
+	case tartarus.StateFailed:
+		ch.Error = "cannot wake from hibernation: " + ev.Reason
+	}
+	if err := a.record(ctx, ev.SandboxID, ev.State, ch); err != nil {
+		a.log.Error("record hibernation state", "sandbox", ev.SandboxID, "state", ev.State, "reason", ev.Reason, "err", err)
+		return
+	}
+	a.log.Info("sandbox state", "sandbox", ev.SandboxID, "state", ev.State, "reason", ev.Reason)
+}
+
+// record moves a sandbox to state to from whatever state it is in, through
+// the intermediate states the state machine asks for (hibernated → running
+// → paused, → terminating → terminated). It retries when another writer
+// moved the sandbox meanwhile.
+func (a *Agent) record(ctx context.Context, id string, to tartarus.State, ch store.Change) error {
+	for range 5 {
+		sb, err := a.cfg.Store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if sb.State.Final() && sb.State != to {
+			return nil // destroyed meanwhile; nothing to record
+		}
+		steps := []tartarus.State{to}
+		switch {
+		case to == tartarus.StatePaused && sb.State == tartarus.StateHibernated:
+			steps = []tartarus.State{tartarus.StateRunning, tartarus.StatePaused}
+		case to == tartarus.StateTerminated && sb.State != tartarus.StateTerminating:
+			steps = []tartarus.State{tartarus.StateTerminating, tartarus.StateTerminated}
+		}
+		from := sb.State
+		for i, st := range steps {
+			c := ch
+			if i < len(steps)-1 {
+				c = store.Change{At: ch.At}
+			}
+			if _, err = a.cfg.Store.Move(ctx, id, from, st, c); err != nil {
+				break
+			}
+			from = st
+		}
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, tartarus.ErrFailedPrecondition) {
+			return err
+		}
+	}
+	return fmt.Errorf("record %s as %s: the sandbox kept changing state", id, to)
+}
+
+// Hibernate puts a running or paused sandbox to sleep: snapshot, store,
+// free its resources. If any step fails the sandbox stays as it was and the
+// error says which step failed. Hibernating a hibernated sandbox is a no-op.
+func (a *Agent) Hibernate(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	unlock := a.lock(id)
+	defer unlock()
+	// The VM's state must not fall behind the record's.
+	ctx = context.WithoutCancel(ctx)
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	switch sb.State {
+	case tartarus.StateHibernated:
+		return sb, nil
+	case tartarus.StateRunning, tartarus.StatePaused:
+	default:
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s; only running or paused sandboxes hibernate", id, sb.State)
+	}
+	sr, err := a.snapshotter(sb.Runtime, "hibernate")
+	if err != nil {
+		return nil, err
+	}
+	a.touch(ctx, id)
+	rec, err := sr.hyp.Sleep(ctx, id, nil)
+	if err != nil {
+		if !classified(err) {
+			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("hibernate sandbox %s: %w", id, err)
+	}
+	// The observer has recorded it; make sure, in case the store failed then.
+	if err := a.record(ctx, id, tartarus.StateHibernated, store.Change{At: a.cfg.Clock.Now().UTC(), SnapshotBytes: rec.CompressedSize}); err != nil {
+		return nil, fmt.Errorf("hibernate sandbox %s: record: %w", id, err)
+	}
+	return a.cfg.Store.Get(ctx, id)
+}
+
+// Wake brings a hibernated sandbox back (running, or paused if it was
+// paused when put to sleep). Waking a running or paused sandbox is a no-op.
+// A sandbox whose snapshot is damaged is marked failed and the error says so.
+func (a *Agent) Wake(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	unlock := a.lock(id)
+	defer unlock()
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	sr, err := a.snapshotter(sb.Runtime, "wake")
+	if err != nil {
+		return nil, err
+	}
+	switch sb.State {
+	case tartarus.StateRunning, tartarus.StatePaused:
+		return sb, nil
+	case tartarus.StateHibernated:
+	default:
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not hibernated", id, sb.State)
+	}
+	res, err := sr.hyp.Wake(ctx, id)
+	if err != nil {
+		if now, gerr := a.cfg.Store.Get(context.WithoutCancel(ctx), id); gerr == nil && now.State == tartarus.StateFailed {
+			return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s cannot be woken and is now failed: %v", id, err)
+		}
+		if !classified(err) {
+			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("wake sandbox %s: %w", id, err)
+	}
+	ctx = context.WithoutCancel(ctx)
+	if err := a.record(ctx, id, res.Status, store.Change{At: a.cfg.Clock.Now().UTC()}); err != nil {
+		return nil, fmt.Errorf("wake sandbox %s: record: %w", id, err)
+	}
+	a.touch(ctx, id)
+	return a.cfg.Store.Get(ctx, id)
+}
+
+// awake returns a sandbox that must be running, waking it first if it is
+// hibernated (or on its way to sleep), and its runtime: the caller of
+// exec and file calls only sees a slower answer.
+func (a *Agent) awake(ctx context.Context, id string) (*tartarus.Sandbox, tartarus.Runtime, error) {
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sr, ok := a.snaps[sb.Runtime]; ok {
+		if sb.State == tartarus.StateHibernated {
+			if _, err := a.Wake(ctx, id); err != nil {
+				return nil, nil, err
+			}
+		} else if sb.State == tartarus.StateRunning {
+			if err := sr.hyp.EnsureAwake(ctx, id); err != nil {
+				return nil, nil, fmt.Errorf("wake sandbox %s: %w", id, err)
+			}
+		}
+	}
+	return a.running(ctx, id)
+}
+
+// forget drops what Hypnos holds about a destroyed sandbox (its sleep
+// record and snapshot, if it slept).
+func (a *Agent) forget(ctx context.Context, sb *tartarus.Sandbox) {
+	sr, ok := a.snaps[sb.Runtime]
+	if !ok {
+		return
+	}
+	if err := sr.hyp.Forget(ctx, sb.ID); err != nil {
+		a.log.Warn("forget hibernation state", "sandbox", sb.ID, "err", err)
+	}
+}
+
+// schedule applies a sandbox's own idle threshold; without one, the
+// server's default applies.
+func (a *Agent) schedule(sb *tartarus.Sandbox) {
+	sr, ok := a.snaps[sb.Runtime]
+	if !ok || sb.AutoHibernateS <= 0 {
+		return
+	}
+	if err := sr.hyp.ScheduleSleep(sb.ID, time.Duration(sb.AutoHibernateS)*time.Second); err != nil {
+		a.log.Warn("schedule sleep", "sandbox", sb.ID, "err", err)
+	}
+}
+
+// Fork makes count independent copies of a running (or paused) sandbox,
+// files and processes included, and returns them running. The original is
+// paused for the moment of the snapshot and then continues as it was.
+// count is 1 to MaxFork; the copies must fit the node's capacity.
+func (a *Agent) Fork(ctx context.Context, id string, count int) ([]*tartarus.Sandbox, error) {
+	if count < 1 || count > MaxFork {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", count, MaxFork)
+	}
+	ctx = context.WithoutCancel(ctx)
+	parent, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if parent.State != tartarus.StateRunning && parent.State != tartarus.StatePaused {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s; only running or paused sandboxes fork", id, parent.State)
+	}
+	sr, err := a.snapshotter(parent.Runtime, "fork")
+	if err != nil {
+		return nil, err
+	}
+	if err := a.checkCapacity(ctx, sr.rt, count*parent.MemoryMB, count*parent.CPUs); err != nil {
+		return nil, fmt.Errorf("fork %s into %d: %w", id, count, err)
+	}
+	img, err := a.cfg.Images.Get(ctx, parent.Template)
+	if err != nil {
+		return nil, fmt.Errorf("fork %s: template %s: %w", id, parent.Template, err)
+	}
+
+	snap, err := a.forkSnapshot(ctx, sr, parent)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := sr.forks.Delete(ctx, snap.ID); err != nil {
+			a.log.Warn("delete fork snapshot", "snapshot", snap.ID, "err", err)
+		}
+	}()
+
+	var made []*tartarus.Sandbox
+	for range count {
+		now := a.cfg.Clock.Now().UTC()
+		md := maps.Clone(parent.Metadata)
+		if md == nil {
+			md = map[string]string{}
+		}
+		md["forked_from"] = parent.ID
+		child := &tartarus.Sandbox{
+			ID: newID(), Tenant: parent.Tenant, Template: parent.Template, Runtime: parent.Runtime,
+			State: tartarus.StateCreating, Node: a.cfg.Node, CPUs: parent.CPUs, MemoryMB: parent.MemoryMB,
+			Env: parent.Env, Metadata: md, CreatedAt: now, UpdatedAt: now,
+			ExpiresAt: now.Add(parent.ExpiresAt.Sub(parent.CreatedAt)), LastActivityAt: now,
+			AutoHibernateS: parent.AutoHibernateS,
+		}
+		cfg := &tartarus.VMConfig{ID: child.ID, Template: child.Template, Image: img, CPUs: child.CPUs, MemoryMB: child.MemoryMB, Env: child.Env}
+		sb, err := a.createWith(ctx, child, func() error {
+			_, err := sr.forks.Restore(ctx, snap.ID, cfg)
+			return err
+		})
+		if err != nil {
+			for _, m := range made {
+				if _, derr := a.Destroy(ctx, m.ID); derr != nil {
+					a.log.Error("destroy fork after a failed fork", "sandbox", m.ID, "err", derr)
+				}
+			}
+			return nil, fmt.Errorf("fork %s: %w", id, err)
+		}
+		made = append(made, sb)
+	}
+	a.log.Info("sandbox forked", "sandbox", id, "count", count)
+	return made, nil
+}
+
+// forkSnapshot snapshots the parent under its lock and puts it back as it
+// was. A parent that cannot be resumed afterwards is recorded failed.
+func (a *Agent) forkSnapshot(ctx context.Context, sr *snapRuntime, parent *tartarus.Sandbox) (*nyx.Snapshot, error) {
+	unlock := a.lock(parent.ID)
+	defer unlock()
+	sb, err := a.cfg.Store.Get(ctx, parent.ID)
+	if err != nil {
+		return nil, err
+	}
+	if sb.State != parent.State {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s became %s during fork", sb.ID, sb.State)
+	}
+	a.touch(ctx, sb.ID)
+	snap, err := sr.forks.CreateFromRunning(ctx, sb.ID, &nyx.CreateOptions{Compression: nyx.CompressionNone,
+		Labels: map[string]string{"purpose": "fork", "sandbox": sb.ID}})
+	var resumeErr error
+	if sb.State == tartarus.StateRunning {
+		// The Snapshotter leaves it paused, even after some failures.
+		resumeErr = sr.rt.Resume(ctx, sb.ID)
+	}
+	if err != nil {
+		if resumeErr != nil {
+			a.log.Error("resume after a failed fork snapshot", "sandbox", sb.ID, "err", resumeErr)
+		}
+		if !classified(err) {
+			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("fork %s: snapshot: %w", sb.ID, err)
+	}
+	if resumeErr != nil {
+		if _, merr := a.cfg.Store.Move(ctx, sb.ID, sb.State, tartarus.StateFailed,
+			store.Change{At: a.cfg.Clock.Now().UTC(), Error: "resume after fork snapshot: " + resumeErr.Error()}); merr != nil {
+			a.log.Error("record failed resume", "sandbox", sb.ID, "err", merr)
+		}
+		_ = sr.forks.Delete(ctx, snap.ID)
+		return nil, fmt.Errorf("fork %s: resume after snapshot: %w", sb.ID, resumeErr)
+	}
+	return snap, nil
+}
+
+// checkCapacity refuses (ErrResourceExhausted) work that would take this
+// node's sandboxes of runtime rt past the host's memory or CPUs. Hibernated
+// sandboxes hold neither.
+func (a *Agent) checkCapacity(ctx context.Context, rt tartarus.Runtime, memoryMB, cpus int) error {
+	fp, err := rt.Fingerprint(ctx)
+	if err != nil {
+		return fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
+	}
+	live, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node,
+		States: []tartarus.State{tartarus.StateCreating, tartarus.StateRunning, tartarus.StatePaused, tartarus.StateQuarantined}})
+	if err != nil {
+		return err
+	}
+	usedMem, usedCPUs := a.pools.usage(rt.Name())
+	for _, sb := range live {
+		if sb.Runtime == rt.Name() {
+			usedMem += sb.MemoryMB
+			usedCPUs += sb.CPUs
+		}
+	}
+	var why []string
+	if fp.HostMemoryMB > 0 && usedMem+memoryMB > fp.HostMemoryMB {
+		why = append(why, fmt.Sprintf("memory: %d MiB in use + %d MiB asked > %d MiB on this node", usedMem, memoryMB, fp.HostMemoryMB))
+	}
+	// CPUs are shared in time, but not beyond a sane overcommit.
+	if fp.HostCPUs > 0 && usedCPUs+cpus > fp.HostCPUs*cpuOvercommit {
+		why = append(why, fmt.Sprintf("cpus: %d in use + %d asked > %d (%d host CPUs × %d)", usedCPUs, cpus, fp.HostCPUs*cpuOvercommit, fp.HostCPUs, cpuOvercommit))
+	}
+	if len(why) > 0 {
+		return tartarus.Errorf(tartarus.ErrResourceExhausted, "not enough capacity on node %s (%s)", a.cfg.Node, strings.Join(why, "; "))
+	}
+	return nil
+}
+
+// cpuOvercommit is how many virtual CPUs a host CPU may back.
+const cpuOvercommit = 8
