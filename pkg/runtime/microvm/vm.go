@@ -385,9 +385,31 @@ func (v *vm) stop(ctx context.Context) {
 		}
 		return waitGone(pid, timeout)
 	}
-	if pid > 0 && !gone(2*time.Second) {
+	// Signal only our QEMU, never a process that reused its pid.
+	kill := func(sig syscall.Signal) {
+		if exited != nil {
+			select {
+			case <-exited:
+				return
+			default:
+			}
+		} else if !isOurQEMU(procCmdline(pid), v.id, v.dir) {
+			return
+		}
+		_ = syscall.Kill(pid, sig)
+	}
+	if pid <= 0 {
+		return
+	}
+	grace := 2 * time.Second
+	if q == nil {
+		// No monitor to ask: QEMU treats SIGTERM as a request to quit.
+		kill(syscall.SIGTERM)
+		grace = 500 * time.Millisecond
+	}
+	if !gone(grace) {
 		v.log.Warn("qemu did not quit; killing it", "pid", pid)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		kill(syscall.SIGKILL)
 		gone(5 * time.Second)
 	}
 }
