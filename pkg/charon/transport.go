@@ -17,8 +17,9 @@ import (
 // Transport hands every request to two goroutines per connection (a writer
 // and a reader) and back; on a loaded two-core host those switches were a
 // third of the ferry's CPU time. Everything h1Transport does not handle —
-// https shores, protocol upgrades (WebSocket), Expect: 100-continue — goes
-// to the standard Transport (fallback).
+// https shores, protocol upgrades (WebSocket), Expect: 100-continue, and
+// request bodies over 1 MiB or of unknown length — goes to the standard
+// Transport (fallback).
 type h1Transport struct {
 	fallback       *http.Transport
 	dialer         *net.Dialer
@@ -52,7 +53,12 @@ var errConnReused = errors.New("charon: pooled connection closed by the shore")
 
 // RoundTrip implements http.RoundTripper.
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme != "http" || req.Header.Get("Upgrade") != "" || req.Header.Get("Expect") != "" {
+	// Large or unknown-length bodies also go to net/http: it reads the
+	// answer while it is still writing the body, so a shore that refuses
+	// an upload early (413) is heard instead of a broken pipe. Small
+	// bodies fit in the socket buffers and cannot block that way.
+	bigBody := req.Body != nil && req.Body != http.NoBody && (req.ContentLength < 0 || req.ContentLength > maxReplayBody)
+	if req.URL.Scheme != "http" || bigBody || req.Header.Get("Upgrade") != "" || req.Header.Get("Expect") != "" {
 		return t.fallback.RoundTrip(req)
 	}
 	ctx := req.Context()

@@ -91,3 +91,23 @@ func TestOwnTransportRetriesStalePooledConnection(t *testing.T) {
 		t.Fatalf("shore served %d, want 4", served.Load())
 	}
 }
+
+// A shore that refuses a large upload without reading it: the client must
+// get the shore's 413, not a broken pipe turned into 502.
+func TestEarlyAnswerToLargeUpload(t *testing.T) {
+	b := newBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	})
+	_, srv := newTestFerry(t, Options{Config: quietConfig()}, b.shore())
+	for _, size := range []int{100, 8 << 20} {
+		req, _ := http.NewRequest("PUT", srv.URL+"/v1/sandboxes/sb/files?path=/big", strings.NewReader(strings.Repeat("x", size)))
+		resp, err := testClient().Do(req)
+		if err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("%d bytes: status %d, want the shore's 413", size, resp.StatusCode)
+		}
+	}
+}
