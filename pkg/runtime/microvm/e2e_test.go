@@ -179,6 +179,27 @@ func TestSandboxes(t *testing.T) {
 			t.Errorf("after resume: %q", got)
 		}
 	})
+	t.Run("GuestPanicThenStart", func(t *testing.T) {
+		// A kernel panic ends QEMU (panic=-1, -no-reboot); Start boots it again.
+		_, _ = d.Exec(ctxT(t), base, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", "echo c > /proc/sysrq-trigger"}})
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			in := findInstance(t, d, base)
+			if in != nil && in.State == tartarus.InstanceStopped {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after a guest panic the sandbox is %+v, want stopped", in)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := d.Start(ctxT(t), base); err != nil {
+			t.Fatal(err)
+		}
+		if got := run(t, d, base, "echo", "again"); got != "again\n" {
+			t.Errorf("after restart: %q", got)
+		}
+	})
 	t.Run("SnapshotRestore", func(t *testing.T) {
 		run(t, d, base, "sh", "-c", "echo remembered > /root/note")
 		snap := t.TempDir()

@@ -365,6 +365,10 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	}
 	v.op.Lock()
 	defer v.op.Unlock()
+	if v.crashed() {
+		v.log.Warn("qemu is gone; booting again", "pid", v.pid)
+		v.stop(context.WithoutCancel(ctx))
+	}
 	switch st := v.getState(); st {
 	case tartarus.InstanceRunning:
 		return nil

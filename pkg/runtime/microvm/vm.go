@@ -151,6 +151,15 @@ func (v *vm) refreshActivity(ctx context.Context) {
 	}
 }
 
+// crashed reports a sandbox that should run but whose QEMU is gone (a guest
+// panic ends QEMU: -no-reboot with panic=-1).
+func (v *vm) crashed() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	up := v.state == tartarus.InstanceRunning || v.state == tartarus.InstancePaused
+	return up && v.pid > 0 && !alive(v.pid)
+}
+
 func (v *vm) instance() *tartarus.Instance {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -158,7 +167,7 @@ func (v *vm) instance() *tartarus.Instance {
 		ID: v.id, Template: v.conf.Template, State: v.state, CPUs: v.conf.CPUs, MemoryMB: v.conf.MemoryMB,
 		Pid: v.pid, StartedAt: v.startedAt,
 	}
-	if in.State == tartarus.InstanceRunning && v.pid > 0 && !alive(v.pid) {
+	if (in.State == tartarus.InstanceRunning || in.State == tartarus.InstancePaused) && v.pid > 0 && !alive(v.pid) {
 		in.State = tartarus.InstanceStopped
 	}
 	if v.busy == 0 {
