@@ -210,6 +210,10 @@ func (d *Driver) fingerprint(ctx context.Context) tartarus.Fingerprint {
 	d.tscKHz = tsc
 	fp.Accel, fp.Details["accel_reason"] = d.chooseAccel(ctx, version)
 	fp.Available = true
+	if fp.Accel == "tcg" {
+		// Available, but slower than it could be: say why.
+		fp.Reason = fp.Details["accel_reason"]
+	}
 	return fp
 }
 
