@@ -244,6 +244,11 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 	if err != nil {
 		a.log.Debug("rpc failed", "op", req.Op, "err", err)
 		_ = fw.WriteJSON(proto.FrameError, proto.ErrorFrom(err))
+		if req.Op == proto.OpWriteFile {
+			// Answer first, so the host stops sending, then take what
+			// it sent meanwhile.
+			drain(fr)
+		}
 		return
 	}
 	_ = fw.WriteJSON(proto.FrameResult, res)

@@ -64,17 +64,12 @@ func (a *Agent) readFile(st *yamux.Stream, fw *proto.FrameWriter, path string) (
 // writeFile receives data frames into a temporary file beside path and
 // renames it over path on FrameEOF, creating parent directories. A stream
 // that ends without FrameEOF leaves nothing behind.
-func (a *Agent) writeFile(fr *proto.FrameReader, path string, mode uint32) (res any, err error) {
+func (a *Agent) writeFile(fr *proto.FrameReader, path string, mode uint32) (any, error) {
 	a.activity.touch(a.clock.Now())
 	defer func() { a.activity.touch(a.clock.Now()) }()
 	if mode == 0 {
 		mode = proto.DefaultMode
 	}
-	defer func() {
-		if err != nil {
-			drain(fr) // let the host finish writing; it stops on our error
-		}
-	}()
 	if path == "/" {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "write /: is a directory")
 	}
@@ -128,7 +123,8 @@ func (a *Agent) writeFile(fr *proto.FrameReader, path string, mode uint32) (res 
 	return &proto.FileResult{Size: size}, nil
 }
 
-// drain reads frames until the host's FrameEOF or the stream's end.
+// drain reads frames until the host's FrameEOF or the stream's end, so a
+// host still sending after an error never blocks on a full window.
 func drain(fr *proto.FrameReader) {
 	for {
 		t, _, err := fr.Next()
