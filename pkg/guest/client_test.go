@@ -471,6 +471,10 @@ func TestFileErrors(t *testing.T) {
 	if err := e.client.WriteFile(ctx, dir, 0, big); !errors.Is(err, tartarus.ErrInvalid) {
 		t.Errorf("large write over directory: %v", err)
 	}
+	// The guest's early answer stops an endless upload.
+	if err := e.client.WriteFile(ctx, dir, 0, zeros{}); !errors.Is(err, tartarus.ErrInvalid) {
+		t.Errorf("endless write over directory: %v", err)
+	}
 	// A failing reader leaves nothing behind.
 	target := filepath.Join(dir, "partial")
 	err := e.client.WriteFile(ctx, target, 0, io.MultiReader(bytes.NewReader(make([]byte, 1<<20)), errReader{}))
@@ -484,6 +488,10 @@ func TestFileErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 type errReader struct{}
 
