@@ -71,18 +71,18 @@ type Config struct {
 func (c *Config) Validate() error {
 	var errs []error
 	if c.StateDir == "" {
-		errs = append(errs, errors.New("StateDir is required"))
+		errs = append(errs, errors.New("state dir is required (StateDir)"))
 	}
 	switch c.Accel {
 	case "", "auto", "kvm", "tcg":
 	default:
-		errs = append(errs, fmt.Errorf("Accel %q: want auto, kvm or tcg", c.Accel))
+		errs = append(errs, fmt.Errorf("accel %q: want auto, kvm or tcg", c.Accel))
 	}
 	if c.BootTimeout < 0 {
-		errs = append(errs, errors.New("BootTimeout must not be negative"))
+		errs = append(errs, errors.New("boot timeout must not be negative (BootTimeout)"))
 	}
 	if c.TBSizeMB < 0 {
-		errs = append(errs, errors.New("TBSizeMB must not be negative"))
+		errs = append(errs, errors.New("tb size must not be negative (TBSizeMB)"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return tartarus.Errorf(tartarus.ErrInvalid, "microvm config: %v", err)

@@ -23,7 +23,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ok", Config{StateDir: "/x", Accel: "tcg"}, nil},
 		{"defaults ok", Config{StateDir: "/x"}, nil},
 		{"everything wrong", Config{Accel: "hvf", BootTimeout: -1, TBSizeMB: -2},
-			[]string{"StateDir", "Accel \"hvf\"", "BootTimeout", "TBSizeMB"}},
+			[]string{"StateDir", "accel \"hvf\"", "BootTimeout", "TBSizeMB"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
