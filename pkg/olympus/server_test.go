@@ -181,6 +181,8 @@ func TestCreateStatuses(t *testing.T) {
 		{"cpus beyond node", `{"cpus":3}`, 422, "resource_exhausted", "max_cpus"},
 		{"memory too small", `{"memory_mb":1}`, 400, "invalid_argument", "memory_mb"},
 		{"negative cpus", `{"cpus":-1}`, 400, "invalid_argument", ""},
+		{"negative auto_hibernate_s", `{"auto_hibernate_s":-5}`, 400, "invalid_argument", "auto_hibernate_s"},
+		{"auto_hibernate_s", `{"auto_hibernate_s":600}`, 201, "", `"auto_hibernate_s":600`},
 		{"malformed JSON", `{"template":`, 400, "invalid_argument", "malformed"},
 		{"unknown field", `{"templat":"base"}`, 400, "invalid_argument", "unknown field"},
 		{"trailing data", `{} {}`, 400, "invalid_argument", "after"},
@@ -201,10 +203,10 @@ func TestCreateStatuses(t *testing.T) {
 			}
 		})
 	}
-	// Bad input changed nothing: only the two good creates exist.
+	// Bad input changed nothing: only the three good creates exist.
 	list, err := ta.st.List(context.Background(), store.Filter{})
-	if err != nil || len(list) != 2 {
-		t.Errorf("store has %d sandboxes (%v), want 2", len(list), err)
+	if err != nil || len(list) != 3 {
+		t.Errorf("store has %d sandboxes (%v), want 3", len(list), err)
 	}
 }
 
