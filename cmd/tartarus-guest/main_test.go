@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -211,5 +212,31 @@ func TestDropWriterNeverBlocks(t *testing.T) {
 	}
 	if d.dropped.Load() == 0 {
 		t.Fatal("nothing counted as dropped")
+	}
+}
+
+func TestLoadModulesList(t *testing.T) {
+	dir := t.TempDir()
+	if n, err := loadModules(dir, slog.New(slog.DiscardHandler)); n != 0 || err != nil {
+		t.Fatalf("no load file: %d %v", n, err)
+	}
+	// Not real modules: the kernel refuses them, and every failure is
+	// reported by name while the list goes on.
+	os.WriteFile(filepath.Join(dir, "a.ko"), []byte("not elf"), 0o644)
+	os.WriteFile(filepath.Join(dir, "load"), []byte("# comment\n\na.ko\nmissing.ko\n"), 0o644)
+	n, err := loadModules(dir, slog.New(slog.DiscardHandler))
+	if n != 0 || err == nil || !strings.Contains(err.Error(), "a.ko") || !strings.Contains(err.Error(), "missing.ko") {
+		t.Fatalf("loaded %d, %v", n, err)
+	}
+}
+
+func TestWaitFor(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "dev")
+	go func() { time.Sleep(20 * time.Millisecond); os.WriteFile(p, nil, 0o644) }()
+	if err := waitFor(p, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(p+"-never", 30*time.Millisecond); err == nil {
+		t.Fatal("waited for nothing")
 	}
 }
