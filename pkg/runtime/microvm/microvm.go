@@ -11,7 +11,11 @@
 // QEMU outlives the node agent: each sandbox's state directory
 // (Config.StateDir/<id>/) holds config.json, qemu.pid, qmp.sock,
 // agent.sock, console.log, qemu.log and overlay.qcow2, so that Recover in a
-// restarted agent can find and adopt every VM that still runs.
+// restarted agent can find and adopt every VM that still runs. QEMU runs in
+// its own session, so a dying agent's terminal or process group takes no VM
+// with it; a service manager that kills the whole control group (systemd's
+// default KillMode) still would, so a unit running the agent wants
+// KillMode=process.
 package microvm
 
 import (
