@@ -464,11 +464,7 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 	}
 	name := newCommandName()
 	shim := *req
-	input := "0"
-	if req.Stdin != nil {
-		input = "1"
-	}
-	shim.Cmd = []string{"sh", "-c", shimScript, "sh", name, commandScript(req, cwd), input}
+	shim.Cmd = []string{"sh", "-c", shimScript, "sh", name, commandScript(req, cwd)}
 	shim.Env, shim.Cwd = nil, "/"
 	res, err := r.runscExec(ctx, m, &shim, func() { r.killSpawned(m, name) })
 	if err == nil && res.ExitCode == 125 {

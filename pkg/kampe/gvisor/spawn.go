@@ -18,73 +18,58 @@ import (
 // background process started by an Exec would not survive hibernation.
 // Instead, the init below reads spawn requests from a FIFO and starts each
 // command itself; the `runsc exec` that serves the Exec call only runs a
-// small shim that hands over the command and relays its stdio through
-// FIFOs and its exit status through a file. After a restore the shims of
-// commands that were running are gone (their callers are too), but every
+// small shim that hands over the command and waits for its exit status.
+// The command takes the shim's stdin, stdout and stderr directly, opened
+// through /proc/<shim>/fd: no relay, and a checkpoint with such files open
+// restores fine (the files are dead afterwards, as their caller is). After
+// a restore the shims of commands that were running are gone, but every
 // process the commands started lives on.
 //
 // Each command leads its own session (setsid, when the image has it), so
 // a timeout or cancel kills its whole process group, and Signal reaches
 // every command's group.
 
-// spawnDir holds the FIFO and one directory per command, on the tmpfs the
+// spawnDir holds the FIFO and the per-command files, on the tmpfs the
 // bundle mounts at /dev (it always exists, whatever the image has).
 const spawnDir = "/dev/.tartarus"
 
-// initScript is the sandbox's init: it serves spawn requests (a path
-// prefix per line) until SIGTERM. The FIFO is opened read-write so that it
-// never reports end-of-file between requests. The status goes back through
-// a FIFO opened read-write too, so a shim that is gone (after a restore)
-// blocks nothing.
+// initScript is the sandbox's init: it serves spawn requests ("<path
+// prefix> <shim pid>" a line) until SIGTERM. The FIFO is opened read-write
+// so that it never reports end-of-file between requests. The status goes
+// back through a FIFO the shim holds open, written read-write so that a
+// shim that is gone (after a restore) blocks nothing. Forked twice: the
+// init reaps the short-lived middle process at once and keeps no job table
+// that grows with every command.
 const initScript = `trap 'exit 0' TERM
 mkdir -p ` + spawnDir + `/x && rm -f ` + spawnDir + `/spawn && mkfifo -m 600 ` + spawnDir + `/spawn || exit 1
 exec 3<>` + spawnDir + `/spawn
 s=
 command -v setsid >/dev/null 2>&1 && s=setsid
-while read -r d <&3; do
+while read -r d p <&3; do
 	[ -f "$d.cmd" ] || continue
-	# Forked twice: the init reaps the short-lived middle process at once
-	# and keeps no job table that grows with every command.
 	( (
 		trap : TERM INT HUP QUIT USR1 USR2
-		i=/dev/null
-		[ -p "$d.in" ] && i="$d.in"
-		$s sh -c 'exec <"$2" >"$1.out" 2>"$1.err"; . "$1.cmd"' sh "$d" "$i"
+		$s sh -c 'exec </proc/$2/fd/6 >/proc/$2/fd/7 2>/proc/$2/fd/8; . "$1.cmd"' sh "$d" "$p"
 		echo $? 1<>"$d.st"
+		rm -f "$d.st" "$d.cmd" "$d.pid"
 	) </dev/null >/dev/null 2>&1 & )
 done`
 
 // shimScript runs under `runsc exec`: $1 is the command's name, $2 the
-// command script, $3 "1" when there is input to relay. It relays stdin,
-// stdout and stderr through FIFOs and exits with the command's status (125
-// when the init could not take the command). Only mkfifo, the cats and rm
-// are processes of their own: each process costs milliseconds in gVisor.
+// command script. It exits with the command's status (125 when the init
+// could not take the command). The command opens the shim's stdio as fds
+// 6, 7 and 8: while a shell waits in "read <&5" its fd 0 is the FIFO. Only
+// mkfifo is a process of its own: each process costs milliseconds in gVisor.
 const shimScript = `trap : TERM INT HUP QUIT USR1 USR2
 d=` + spawnDir + `/x/$1
-f="$d.out $d.err $d.st"
-[ "$3" = 1 ] && f="$f $d.in"
-mkfifo $f && printf '%s\n' "$2" >"$d.cmd" || exit 125
-exec 5<>"$d.st"
-cat "$d.out" & o=$!
-cat "$d.err" >&2 & e=$!
-i=
-if [ "$3" = 1 ]; then
-	exec 4<&0
-	cat <&4 >"$d.in" 2>/dev/null & i=$!
-fi
-if ! { [ -p ` + spawnDir + `/spawn ] && echo "$d" >` + spawnDir + `/spawn; }; then
+mkfifo "$d.st" && printf '%s\n' "$2" >"$d.cmd" || exit 125
+exec 5<>"$d.st" 6<&0 7>&1 8>&2
+if ! { [ -p ` + spawnDir + `/spawn ] && echo "$d $$" >` + spawnDir + `/spawn; }; then
 	echo "tartarus: the sandbox's init does not take commands" >&2
-	kill $o $e $i 2>/dev/null
-	rm -f $f "$d.cmd"
+	rm -f "$d.st" "$d.cmd"
 	exit 125
 fi
 read -r s <&5
-# Normally the outputs end with the command. A background process that
-# keeps them open gets one second after the command's exit, not forever.
-(read -t 1 x <&5; kill $o $e) </dev/null >/dev/null 2>&1 & w=$!
-wait $o $e
-kill $w $i 2>/dev/null
-rm -f $f "$d.cmd" "$d.pid"
 exit "$s"`
 
 // commandScript is what the spawned shell sources: record the pid (the
