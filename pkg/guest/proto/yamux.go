@@ -10,8 +10,12 @@ import (
 
 // YamuxConfig is the yamux configuration both ends use: no keepalive (a
 // paused VM must not be declared dead), no open timeout (ctx bounds each
-// RPC), windows large enough for fast file transfer, logs to log at debug.
+// RPC), windows large enough for fast file transfer, logs to log at debug
+// (nil discards).
 func YamuxConfig(log *slog.Logger, window uint32) *yamux.Config {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &yamux.Config{
 		AcceptBacklog:          256,
 		EnableKeepAlive:        false,
