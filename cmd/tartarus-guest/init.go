@@ -65,11 +65,18 @@ const rootWait = 10 * time.Second
 func runInit() {
 	started := time.Now()
 	// The kernel delivers to PID 1 only signals it handles, and Go's
-	// handlers exit on most of them: ignore them all, or a stray
-	// `kill 1` in the sandbox would panic the kernel. SIGCHLD is the
-	// reaper's.
-	signal.Ignore(unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGTERM, unix.SIGUSR1,
+	// handlers exit on most of them, so a stray `kill 1` in the sandbox
+	// would panic the kernel. Catch and drop them rather than ignore them:
+	// an ignored signal stays ignored across exec, and then no command in
+	// the sandbox could be stopped with SIGTERM (or see SIGPIPE). SIGCHLD
+	// is the reaper's.
+	dropped := make(chan os.Signal, 16)
+	signal.Notify(dropped, unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGTERM, unix.SIGUSR1,
 		unix.SIGUSR2, unix.SIGPIPE, unix.SIGALRM, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU)
+	go func() {
+		for range dropped {
+		}
+	}()
 	os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 
 	// /dev first: the console lives there.
