@@ -97,7 +97,7 @@ func parseKV(flag string, kvs []string) (map[string]string, error) {
 
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
-	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o))
+	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
@@ -118,12 +118,63 @@ func newSandboxCmd(o *clientOptions) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", sb.ID, sb.State)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s", sb.ID, sb.State)
+				if sb.State == tartarus.StateHibernated && sb.SnapshotBytes > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), " (snapshot %s)", bytesHuman(sb.SnapshotBytes))
+				}
+				fmt.Fprintln(cmd.OutOrStdout())
 				return nil
 			},
 		})
 	}
 	return cmd
+}
+
+func newSandboxForkCmd(o *clientOptions) *cobra.Command {
+	var count int
+	cmd := &cobra.Command{
+		Use: "fork ID", Short: "Copy a running sandbox, files and processes included; print the copies' ids", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			if count < 1 || count > api.MaxForkCount {
+				return fmt.Errorf("--count %d: want 1 to %d", count, api.MaxForkCount)
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Fork(cmd.Context(), args[0], count)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), api.SandboxList{Sandboxes: list})
+			}
+			for _, sb := range list {
+				fmt.Fprintln(cmd.OutOrStdout(), sb.ID)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVarP(&count, "count", "n", 1, fmt.Sprintf("number of copies (1-%d)", api.MaxForkCount))
+	o.addOutputFlag(cmd)
+	return cmd
+}
+
+// bytesHuman prints a size in binary units.
+func bytesHuman(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
 }
 
 func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
@@ -164,6 +215,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.IntVar(&req.MemoryMB, "memory", tartarus.DefaultMemoryMB, "memory in MiB")
 	f.IntVar(&req.CPUs, "cpus", tartarus.DefaultCPUs, "virtual CPUs")
 	f.IntVar(&req.TimeoutS, "timeout", tartarus.DefaultTimeoutS, "seconds until the sandbox is destroyed")
+	f.IntVar(&req.AutoHibernateS, "auto-hibernate", 0, "hibernate after this many idle seconds (0: the server's default)")
 	f.StringVar(&req.Runtime, "runtime", "", "runtime (default: the server's first)")
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE environment of every command (repeatable)")
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
@@ -204,15 +256,19 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), api.SandboxList{Sandboxes: list})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTEMPLATE\tRUNTIME\tSTATE\tCPUS\tMEMORY\tAGE\tEXPIRES IN")
+			fmt.Fprintln(tw, "ID\tTEMPLATE\tRUNTIME\tSTATE\tCPUS\tMEMORY\tSNAPSHOT\tAGE\tEXPIRES IN")
 			now := time.Now()
 			for _, sb := range list {
 				expires := "-"
 				if !sb.State.Final() && !sb.ExpiresAt.IsZero() {
 					expires = human(sb.ExpiresAt.Sub(now))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n", sb.ID, sb.Template, sb.Runtime, sb.State,
-					sb.CPUs, sb.MemoryMB, human(now.Sub(sb.CreatedAt)), expires)
+				snap := "-"
+				if sb.SnapshotBytes > 0 {
+					snap = bytesHuman(sb.SnapshotBytes)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", sb.ID, sb.Template, sb.Runtime, sb.State,
+					sb.CPUs, sb.MemoryMB, snap, human(now.Sub(sb.CreatedAt)), expires)
 			}
 			return tw.Flush()
 		},
@@ -265,6 +321,12 @@ func newSandboxGetCmd(o *clientOptions) *cobra.Command {
 			row("node", sb.Node)
 			row("cpus", sb.CPUs)
 			row("memory", fmt.Sprintf("%d MiB", sb.MemoryMB))
+			if sb.SnapshotBytes > 0 {
+				row("snapshot", bytesHuman(sb.SnapshotBytes))
+			}
+			if sb.AutoHibernateS > 0 {
+				row("auto hibernate", (time.Duration(sb.AutoHibernateS) * time.Second).String())
+			}
 			row("created", sb.CreatedAt.Local().Format(time.RFC3339))
 			row("expires", sb.ExpiresAt.Local().Format(time.RFC3339))
 			if !sb.LastActivityAt.IsZero() {

@@ -16,8 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/kampe/runtimes"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
@@ -46,6 +49,12 @@ type serverOptions struct {
 	maxUploadMB                     int64
 	unsafeFake                      bool
 	shutdownTimeout                 time.Duration
+
+	autoHibernate      time.Duration
+	warmPool           int
+	createFromSnapshot bool
+	prewarm            bool
+	maxConcurrentWakes int
 }
 
 func newServerCmd() *cobra.Command {
@@ -55,9 +64,16 @@ func newServerCmd() *cobra.Command {
 		Short: "Run the API server with an embedded node agent (single node)",
 		Long: `Run the Tartarus API with an embedded node agent.
 
-The server keeps its state in DATA/tartarus.db, its templates in DATA/images
-and its VMs' state in DATA/vms. On SIGTERM it stops serving and leaves the
-VMs running: the next start adopts them.`,
+The server keeps its state in DATA/tartarus.db, its templates in DATA/images,
+its VMs' state in DATA/vms and its snapshots (hibernated sandboxes, template
+snapshots) in DATA/snapshots. On SIGTERM it stops serving and leaves the VMs
+running: the next start adopts them; hibernated sandboxes wake on demand.
+
+On runtimes that can snapshot (microvm, gvisor), sandboxes hibernate after
+--auto-hibernate of idle time (or their own "auto_hibernate_s"), wake by
+themselves when an exec or a file call needs them, fork, and are created by
+restoring a per-template snapshot (--create-from-snapshot) and, with
+--warm-pool N, claimed from N already-restored sandboxes per template.`,
 		Args: cobra.NoArgs,
 	}
 	auth := addAuthFlags(cmd)
@@ -72,6 +88,11 @@ VMs running: the next start adopts them.`,
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
+	f.DurationVar(&o.autoHibernate, "auto-hibernate", 0, "hibernate sandboxes idle this long (0: only those created with auto_hibernate_s)")
+	f.IntVar(&o.warmPool, "warm-pool", 0, "already-restored sandboxes to keep per template and shape, claimed on create")
+	f.BoolVar(&o.createFromSnapshot, "create-from-snapshot", true, "create sandboxes by restoring a per-template snapshot where the runtime can (else boot)")
+	f.BoolVar(&o.prewarm, "prewarm", false, "build every template's snapshot (and warm pool) at start instead of on first create")
+	f.IntVar(&o.maxConcurrentWakes, "max-concurrent-wakes", hypnos.DefaultMaxConcurrentWakes, "hibernated sandboxes restored at once")
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -145,10 +166,26 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	defer auth.Close()
 
-	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: rts, Images: cat, Log: log})
+	if o.warmPool < 0 || o.autoHibernate < 0 || o.maxConcurrentWakes < 1 {
+		return errors.New("--warm-pool and --auto-hibernate must not be negative, --max-concurrent-wakes at least 1")
+	}
+	snaps, err := erebus.NewLocal(filepath.Join(o.dataDir, "snapshots"))
 	if err != nil {
 		return err
 	}
+	snapTmp := filepath.Join(o.dataDir, "tmp")
+	if err := os.MkdirAll(snapTmp, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: rts, Images: cat, Log: log,
+		Snapshots: snaps, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
+		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
+			MaxConcurrentWakes: o.maxConcurrentWakes}})
+	if err != nil {
+		return err
+	}
+	log.Info("snapshots", "runtimes", agent.SnapshotRuntimes(), "auto_hibernate", o.autoHibernate,
+		"create_from_snapshot", o.createFromSnapshot, "warm_pool", o.warmPool)
 	rep, err := agent.Recover(life)
 	if err != nil {
 		// Partial recovery still leaves a usable node; say what failed.
@@ -156,7 +193,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	if rep != nil {
 		log.Info("recovered sandboxes", "adopted", len(rep.Adopted), "lost", len(rep.Lost),
-			"finished", len(rep.Finished), "orphans_destroyed", len(rep.Orphans))
+			"finished", len(rep.Finished), "orphans_destroyed", len(rep.Orphans), "hibernated", len(rep.Hibernated))
 	}
 
 	api, err := olympus.New(olympus.Config{Backend: agent, Guard: auth.Guard, Routes: auth.Routes,
@@ -180,6 +217,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
 	go func() { _ = agent.Run(loopCtx); close(loopDone) }()
+	if o.prewarm {
+		go agent.Prewarm(loopCtx)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -226,12 +266,17 @@ func openRuntime(ctx context.Context, name string, o *serverOptions, cat *images
 		probe, _ := cat.Get(ctx, "base") // without a built image the driver uses TCG unprobed
 		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(o.dataDir, "vms"), Log: log, Accel: o.accel,
 			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe})
+	case "gvisor", "docker", "containerd":
+		return runtimes.Open(ctx, name, runtimes.Config{DataDir: o.dataDir, Log: log})
 	case "fake":
 		if !o.unsafeFake {
 			return nil, errors.New("runtime fake runs commands on the host without isolation; it needs --unsafe-fake-runtime and is for tests only")
 		}
 		log.Warn("UNSAFE: the fake runtime runs sandbox commands as host processes with no isolation (tests only)")
-		return fake.New(fake.Config{StateDir: filepath.Join(o.dataDir, "fake-vms"), Log: log})
+		// The fake can snapshot (files only), so the hibernation paths of
+		// the server can be driven end to end without a VM.
+		return fake.New(fake.Config{StateDir: filepath.Join(o.dataDir, "fake-vms"), Log: log,
+			Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true}})
 	}
-	return nil, fmt.Errorf("--runtimes: %q is not a runtime this build offers (microvm)", name)
+	return nil, fmt.Errorf("--runtimes: %q is not a runtime this build offers (microvm, gvisor, docker, containerd)", name)
 }

@@ -203,14 +203,23 @@ func (c *Client) Resume(ctx context.Context, id string) (*tartarus.Sandbox, erro
 	return c.action(ctx, id, "resume")
 }
 
-// Hibernate puts a sandbox to sleep (snapshot to disk, memory freed).
+// Hibernate puts a sandbox to sleep (snapshot to disk, memory freed); its
+// answer shows the stored snapshot's size in SnapshotBytes.
 func (c *Client) Hibernate(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 	return c.action(ctx, id, "hibernate")
 }
 
-// Wake brings a hibernated sandbox back.
+// Wake brings a hibernated sandbox back. Exec and file calls wake a
+// hibernated sandbox by themselves.
 func (c *Client) Wake(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 	return c.action(ctx, id, "wake")
+}
+
+// Fork makes count independent copies of a running sandbox (files and
+// processes included) and returns them running.
+func (c *Client) Fork(ctx context.Context, id string, count int) ([]*tartarus.Sandbox, error) {
+	var out api.SandboxList
+	return out.Sandboxes, c.call(ctx, "POST", sandboxPath(id, "/fork"), api.ForkRequest{Count: count}, &out)
 }
 
 // Exec runs a command and returns its buffered output.

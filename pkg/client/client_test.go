@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
@@ -35,8 +36,9 @@ func (c catalog) Get(_ context.Context, name string) (*tartarus.Image, error) {
 	return nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", name)
 }
 
-// newServer runs the real API over the fake runtime.
-func newServer(t *testing.T) *Client {
+// newServer runs the real API over the fake runtime; with snapshots, the
+// runtime can snapshot and the agent has a snapshot store.
+func newServer(t *testing.T, snapshots bool) *Client {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "t.db"))
@@ -44,12 +46,22 @@ func newServer(t *testing.T) *Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	rt, err := fake.New(fake.Config{StateDir: filepath.Join(dir, "vms")})
+	fcfg := fake.Config{StateDir: filepath.Join(dir, "vms")}
+	acfg := hecatoncheir.Config{Node: "n1", Store: st, Images: catalog{"base": {Name: "base"}}}
+	if snapshots {
+		fcfg.Capabilities = &tartarus.Capabilities{Pause: true, Snapshot: true, Files: true, Signal: true, Recover: true}
+		blobs, err := erebus.NewLocal(filepath.Join(dir, "snapshots"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acfg.Snapshots, acfg.SnapshotTempDir = blobs, t.TempDir()
+	}
+	rt, err := fake.New(fcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: "n1", Store: st, Runtimes: []tartarus.Runtime{rt},
-		Images: catalog{"base": {Name: "base"}}})
+	acfg.Runtimes = []tartarus.Runtime{rt}
+	agent, err := hecatoncheir.New(acfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +80,7 @@ func newServer(t *testing.T) *Client {
 
 func TestClient(t *testing.T) {
 	ctx := context.Background()
-	c := newServer(t)
+	c := newServer(t, false)
 	if err := c.Health(ctx); err != nil {
 		t.Fatalf("Health: %v", err)
 	}
@@ -154,5 +166,43 @@ func TestNewRejectsBadURL(t *testing.T) {
 		if _, err := New(u, ""); err == nil {
 			t.Errorf("New(%q) accepted", u)
 		}
+	}
+}
+
+func TestHibernateWakeFork(t *testing.T) {
+	ctx := context.Background()
+	c := newServer(t, true)
+	sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{AutoHibernateS: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteFile(ctx, sb.ID, "/f", 0o644, strings.NewReader("kept")); err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.Hibernate(ctx, sb.ID)
+	if err != nil || h.State != tartarus.StateHibernated || h.SnapshotBytes <= 0 || h.AutoHibernateS != 300 {
+		t.Fatalf("Hibernate: %+v %v", h, err)
+	}
+	if list, err := c.ListSandboxes(ctx); err != nil || len(list) != 1 || list[0].SnapshotBytes != h.SnapshotBytes {
+		t.Errorf("ListSandboxes while hibernated: %+v %v", list, err)
+	}
+	if w, err := c.Wake(ctx, sb.ID); err != nil || w.State != tartarus.StateRunning || w.SnapshotBytes != 0 {
+		t.Errorf("Wake: %+v %v", w, err)
+	}
+	kids, err := c.Fork(ctx, sb.ID, 2)
+	if err != nil || len(kids) != 2 {
+		t.Fatalf("Fork: %v %v", kids, err)
+	}
+	rc, err := c.ReadFile(ctx, kids[1].ID, "/f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(got) != "kept" {
+		t.Errorf("file in a fork: %q", got)
+	}
+	if _, err := c.Fork(ctx, sb.ID, 17); !errors.Is(err, tartarus.ErrInvalid) {
+		t.Errorf("Fork 17: %v", err)
 	}
 }
