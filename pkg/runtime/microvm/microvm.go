@@ -403,6 +403,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 
 // Exec runs a command in the guest.
 func (d *Driver) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	if req == nil || len(req.Cmd) == 0 {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "exec in sandbox %s: no command", id)
+	}
 	v, g, done, err := d.begin(id)
 	if err != nil {
 		return nil, err

@@ -200,6 +200,9 @@ func TestUnknownID(t *testing.T) {
 	if _, err := d.Exec(ctx, "nope", &tartarus.ExecRequest{Cmd: []string{"true"}}); !errors.Is(err, tartarus.ErrNotFound) {
 		t.Errorf("Exec: %v", err)
 	}
+	if _, err := d.Exec(ctx, "nope", &tartarus.ExecRequest{}); !errors.Is(err, tartarus.ErrInvalid) {
+		t.Errorf("Exec without a command: %v, want ErrInvalid", err)
+	}
 	if err := d.Pause(ctx, "nope"); !errors.Is(err, tartarus.ErrNotFound) {
 		t.Errorf("Pause: %v", err)
 	}
