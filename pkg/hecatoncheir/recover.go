@@ -152,6 +152,25 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 		}
 	}
 
+	// A sleep that ended after its sandbox was destroyed (the idle watcher
+	// does not take the agent's lock) leaves a record nobody wakes.
+	for name, sr := range a.snaps {
+		recs, err := sr.hyp.ListSleeping(ctx, nil)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range recs {
+			if sb, ok := known[r.SandboxID]; ok && !sb.State.Final() && sb.Runtime == name {
+				continue
+			}
+			a.log.Warn("dropping the sleep record of an ended sandbox", "sandbox", r.SandboxID)
+			if err := sr.hyp.Forget(ctx, r.SandboxID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+
 	for _, rt := range a.cfg.Runtimes {
 		for id := range adopted[rt.Name()] {
 			if sb, ok := known[id]; ok && !sb.State.Final() && sb.Runtime == rt.Name() {

@@ -274,12 +274,12 @@ func (a *Agent) awake(ctx context.Context, id string) (*tartarus.Sandbox, tartar
 // forget drops what Hypnos holds about a destroyed sandbox (its sleep
 // record and snapshot, if it slept).
 func (a *Agent) forget(ctx context.Context, sb *tartarus.Sandbox) {
-	sr, ok := a.snaps[sb.Runtime]
-	if !ok {
-		return
-	}
-	if err := sr.hyp.Forget(ctx, sb.ID); err != nil {
-		a.log.Warn("forget hibernation state", "sandbox", sb.ID, "err", err)
+	// Every Hypnos heard its Touch calls; only its own runtime's holds a
+	// record (records are kept per runtime).
+	for _, sr := range a.snaps {
+		if err := sr.hyp.Forget(ctx, sb.ID); err != nil {
+			a.log.Warn("forget hibernation state", "sandbox", sb.ID, "err", err)
+		}
 	}
 }
 

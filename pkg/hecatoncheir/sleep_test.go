@@ -520,3 +520,44 @@ func TestWarmPool(t *testing.T) {
 		t.Errorf("recover after restart: %+v", rep)
 	}
 }
+
+// A crash can lose the store's write of a sleep that Hypnos finished, or
+// leave the sleep of a sandbox destroyed meanwhile: Recover sets both right.
+func TestRecoverReconcilesSleepRecords(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	unrecorded := e.create(t, tartarus.CreateRequest{})
+	ended := e.create(t, tartarus.CreateRequest{})
+	writeFile(t, e.agent, unrecorded.ID, "/f", "x")
+	hyp := e.agent.snaps["fake"].hyp
+	for _, id := range []string{unrecorded.ID, ended.ID} {
+		if _, err := hyp.Sleep(ctx, id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The store missed the first sleep; the second sandbox was destroyed.
+	if _, err := e.store.Move(ctx, unrecorded.ID, tartarus.StateHibernated, tartarus.StateRunning, store.Change{At: epoch}); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []tartarus.State{tartarus.StateTerminating, tartarus.StateTerminated} {
+		if _, err := e.store.Move(ctx, ended.ID, e.state(t, ended.ID).State, to, store.Change{At: epoch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := e.start(t)
+	if !slices.Contains(rep.Hibernated, unrecorded.ID) || len(rep.Lost) != 0 {
+		t.Errorf("recover report %+v", rep)
+	}
+	if st := e.state(t, unrecorded.ID); st.State != tartarus.StateHibernated || st.SnapshotBytes == 0 {
+		t.Errorf("sandbox whose sleep the store missed: %s (%d bytes)", st.State, st.SnapshotBytes)
+	}
+	if s := readFile(t, e.agent, unrecorded.ID, "/f"); s != "x" {
+		t.Errorf("file after wake: %q", s)
+	}
+	if recs, _ := e.agent.snaps["fake"].hyp.ListSleeping(ctx, nil); len(recs) != 0 {
+		t.Errorf("sleep records left: %+v", recs)
+	}
+	if objs, _ := e.blobs.List(ctx, "sleep-fake/"); len(objs) != 0 {
+		t.Errorf("snapshots left: %v", objs)
+	}
+}
