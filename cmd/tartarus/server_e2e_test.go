@@ -22,10 +22,12 @@ import (
 )
 
 // TestServerEndToEnd builds the real binary, runs `tartarus server` with the
-// microvm runtime on a loopback port, drives it with the CLI verbs, kills the
-// server with SIGKILL mid-life (and one VM with it gone), restarts it, and
-// checks that the surviving sandbox is adopted, the other is failed as lost,
-// and no QEMU is left at the end.
+// microvm runtime on a loopback port, drives it with the CLI verbs (create by
+// restore of the template's snapshot, exec, cp, pause, hibernate with a
+// transparent wake, fork), kills the server with SIGKILL mid-life (one
+// sandbox hibernated, one VM gone), restarts it, and checks that the
+// surviving sandbox is adopted, the sleeping one wakes, the other is failed
+// as lost, and no QEMU is left at the end.
 //
 // It needs root, QEMU and built templates (cached in $TARTARUS_TEST_DATA or
 // /var/tmp/tartarus-test; built when missing). It skips with the reason
@@ -68,15 +70,55 @@ func TestServerEndToEnd(t *testing.T) {
 	e.cli(t, 0, "", "sandbox", "pause", id)
 	e.cli(t, 1, "", "exec", id, "--", "true") // 409: not running
 	e.cli(t, 0, "", "sandbox", "resume", id)
-	e.cli(t, 1, "", "sandbox", "hibernate", id) // 501 until hibernation lands
 
+	// Hibernate: a background process and a file survive, the process
+	// continues where it was, and no QEMU runs while the sandbox sleeps.
+	e.cli(t, 0, "", "exec", id, "--", "sh", "-c",
+		`setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &`)
+	before := e.waitCounter(t, id, 3)
+	if out := e.cli(t, 0, "", "sandbox", "hibernate", id); !strings.Contains(out, "hibernated") {
+		t.Errorf("hibernate printed %q", out)
+	}
 	var list api.SandboxList
+	if err := json.Unmarshal([]byte(e.cli(t, 0, "", "sandbox", "ls", "-o", "json")), &list); err != nil ||
+		len(list.Sandboxes) != 1 || list.Sandboxes[0].State != tartarus.StateHibernated || list.Sandboxes[0].SnapshotBytes <= 0 {
+		t.Fatalf("ls -o json while hibernated: %+v %v", list, err)
+	}
+	if left := e.qemus(t); len(left) != 0 {
+		t.Errorf("QEMU processes while the only sandbox sleeps: %v", left)
+	}
+	if out := e.cli(t, 0, "", "sandbox", "ls"); !strings.Contains(out, "hibernated") || !strings.Contains(out, "MiB") {
+		t.Errorf("sandbox ls while hibernated:\n%s", out)
+	}
+	// exec wakes it transparently.
+	if after := e.counter(t, id); after < before {
+		t.Errorf("counter went from %d to %d across hibernation: the process restarted", before, after)
+	}
+	e.waitCounter(t, id, before+3)
+
+	// Fork: two copies with the same files and the counter running on.
+	kids := strings.Fields(e.cli(t, 0, "", "sandbox", "fork", id, "--count", "2"))
+	if len(kids) != 2 {
+		t.Fatalf("fork printed %q", kids)
+	}
+	for _, k := range kids {
+		if out := e.cli(t, 0, "", "exec", k, "--", "wc", "-c", "/tmp/e2e/in.bin"); !strings.HasPrefix(strings.TrimSpace(out), strconv.Itoa(len(data))) {
+			t.Errorf("fork %s: wc %q", k, out)
+		}
+		e.waitCounter(t, k, before+3)
+	}
+	e.cli(t, 0, "", append([]string{"sandbox", "rm"}, kids...)...)
+
 	if err := json.Unmarshal([]byte(e.cli(t, 0, "", "sandbox", "ls", "-o", "json")), &list); err != nil ||
 		len(list.Sandboxes) != 1 || list.Sandboxes[0].State != tartarus.StateRunning {
 		t.Fatalf("ls -o json: %+v %v", list, err)
 	}
 
-	// Crash: SIGKILL the server; one VM dies while the server is down.
+	// Crash: SIGKILL the server while one sandbox sleeps; one VM dies
+	// while the server is down.
+	sleeper := strings.TrimSpace(e.cli(t, 0, "", "sandbox", "create", "--timeout", "900"))
+	e.cli(t, 0, "", "exec", sleeper, "--", "sh", "-c", "echo zzz > /tmp/sleeper")
+	e.cli(t, 0, "", "sandbox", "hibernate", sleeper)
 	lost := strings.TrimSpace(e.cli(t, 0, "", "sandbox", "create", "--timeout", "900"))
 	e.kill(t)
 	qemuPid := e.qemuPid(t, lost)
@@ -94,7 +136,11 @@ func TestServerEndToEnd(t *testing.T) {
 		t.Errorf("sandbox whose VM died: %+v %v", sb, err)
 	}
 
-	e.cli(t, 0, "", "sandbox", "rm", id)
+	if out := e.cli(t, 0, "", "exec", sleeper, "--", "cat", "/tmp/sleeper"); out != "zzz\n" {
+		t.Errorf("sandbox hibernated across a server crash: %q", out)
+	}
+
+	e.cli(t, 0, "", "sandbox", "rm", id, sleeper)
 	if left := e.qemus(t); len(left) != 0 {
 		t.Errorf("QEMU processes left after rm: %v", left)
 	}
@@ -218,6 +264,35 @@ func (e *e2e) cli(t *testing.T, wantCode int, stdin string, args ...string) stri
 		t.Fatalf("tartarus %v: exit %d, want %d\nstdout: %.500s\nstderr: %.500s", args, code, wantCode, out.String(), errb.String())
 	}
 	return out.String()
+}
+
+// counter reads the background counter of the hibernation check.
+func (e *e2e) counter(t *testing.T, id string) int {
+	t.Helper()
+	for range 3 {
+		n, err := strconv.Atoi(strings.TrimSpace(e.cli(t, 0, "", "exec", id, "--", "sh", "-c", "cat /tmp/counter 2>/dev/null || echo 0")))
+		if err == nil {
+			return n
+		}
+		// Read while the writer truncated it; read again.
+	}
+	t.Fatalf("cannot read the counter of %s", id)
+	return 0
+}
+
+func (e *e2e) waitCounter(t *testing.T, id string, atLeast int) int {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n := e.counter(t, id)
+		if n >= atLeast {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the counter of %s stays at %d, want %d", id, n, atLeast)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // qemuPid reads the pid of a sandbox's QEMU from the driver's state dir.
