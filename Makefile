@@ -4,9 +4,12 @@
 GO        ?= go
 BIN       := $(CURDIR)/bin
 DATA_DIR  ?= $(if $(filter 0,$(shell id -u)),/var/lib/tartarus,$(HOME)/.tartarus)
+# Where the tests keep built templates and runsc between runs.
+TEST_DATA ?= /var/tmp/tartarus-test
+STATICCHECK_VERSION := v0.8.2
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build deps images run test vet unit e2e bench clean
+.PHONY: all build deps images run test vet staticcheck test-deps test-images bench clean
 
 all: build
 
@@ -26,5 +29,27 @@ run: images
 vet:
 	$(GO) vet ./...
 
-test: deps build vet
-	$(GO) test -race -count=1 ./...
+staticcheck:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+test-deps:
+	@bash scripts/deps.sh --test
+	@RUNSC_DIR=$(TEST_DATA)/bin bash scripts/runsc.sh >/dev/null
+
+# Templates are built once, before the tests, so test binaries running in
+# parallel find them ready (the build is cached by the digest of its inputs).
+test-images: test-deps build
+	$(BIN)/tartarus template build --data-dir $(TEST_DATA) --all
+
+# The whole suite: vet, staticcheck, then unit and end-to-end tests under the
+# race detector (the end-to-end ones boot real microVMs and start real Redis,
+# dockerd, containerd and runsc; TARTARUS_E2E=1 turns a missing piece into a
+# failure), then every benchmark once so they stay alive.
+test: test-images vet staticcheck
+	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
+		$(GO) test -race -count=1 -timeout 60m ./...
+	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
+		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./...
+
+clean:
+	rm -rf $(BIN)

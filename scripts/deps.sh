@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what Tartarus needs on a fresh Debian or
 # Ubuntu machine. Safe to run again: it installs only what is missing.
+#
+#   scripts/deps.sh          what `make run` needs (QEMU, image tools)
+#   scripts/deps.sh --test   also what the test suite starts (Redis, dockerd,
+#                            containerd, runc, HAProxy and wrk for benchmarks)
 set -euo pipefail
+
+pkgs=(qemu-system-x86 qemu-utils busybox-static debootstrap e2fsprogs zstd cpio xz-utils ca-certificates procps)
+if [ "${1:-}" = "--test" ]; then
+	pkgs+=(redis-server docker.io containerd runc haproxy wrk)
+fi
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in qemu-system-x86 qemu-utils busybox-static debootstrap e2fsprogs zstd cpio xz-utils ca-certificates redis-server procps docker.io containerd runc; do
-	have "$p" || need+=("$p")
-done
-for p in "$@"; do
+for p in "${pkgs[@]}"; do
 	have "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
