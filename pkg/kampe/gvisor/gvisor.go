@@ -7,11 +7,11 @@
 // It implements tartarus.Runtime and tartarus.Snapshotter (through runsc
 // checkpoint and restore). runsc is built by scripts/runsc.sh.
 //
-// Known limit, from gVisor itself: a restore kills every process that was
-// started through `runsc exec` (and its children), because the exec's
-// caller is gone (runsc/boot/restore.go). Files, memory and the processes
-// descending from the sandbox's init survive a snapshot and restore;
-// background processes started by Exec do not.
+// gVisor's restore kills every process started through `runsc exec` and
+// their children (runsc/boot/restore.go), so commands are started by the
+// sandbox's init instead and `runsc exec` only runs a shim that hands them
+// over (spawn.go): files, memory and every process survive a snapshot and
+// restore, except the shims of commands that were running at the time.
 package gvisor
 
 import (
