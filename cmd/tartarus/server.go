@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -233,7 +234,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		if auth.AdminKeyFile != "" && o.dataDir != serverDataDir() {
 			fmt.Fprintf(out, "  export TARTARUS_DATA_DIR=%s   # where the CLI finds admin.key\n", o.dataDir)
 		}
-		fmt.Fprintf(out, "  id=$(tartarus sandbox create --template base) && tartarus exec $id -- uname -a\n")
+		cli := cliName()
+		fmt.Fprintf(out, "  id=$(%s sandbox create --template python) && %s exec $id -- python3 -c 'print(6*7)'\n", cli, cli)
 	}
 
 	select {
@@ -279,4 +281,21 @@ func openRuntime(ctx context.Context, name string, o *serverOptions, cat *images
 			Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true}})
 	}
 	return nil, fmt.Errorf("--runtimes: %q is not a runtime this build offers (microvm, gvisor, docker, containerd)", name)
+}
+
+// cliName is how the user can call this binary: "tartarus" when that is on
+// PATH, else its full path (after `make run` it lives in ./bin).
+func cliName() string {
+	self, err := os.Executable()
+	if err != nil {
+		return "tartarus"
+	}
+	if onPath, err := exec.LookPath("tartarus"); err == nil {
+		if a, err := filepath.EvalSymlinks(onPath); err == nil {
+			if b, err := filepath.EvalSymlinks(self); err == nil && a == b {
+				return "tartarus"
+			}
+		}
+	}
+	return self
 }
