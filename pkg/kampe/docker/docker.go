@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
@@ -248,7 +249,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 		SecurityOpt: []string{"no-new-privileges"},
 	}, nil, nil, containerName(cfg.ID))
 	if err != nil {
-		if strings.Contains(err.Error(), "Conflict") || strings.Contains(err.Error(), "already in use") {
+		if cerrdefs.IsConflict(err) || strings.Contains(err.Error(), "already in use") {
 			return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
 		}
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/nat"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
@@ -36,8 +36,7 @@ func (r *Runtime) inspectAny(ctx context.Context, ref string) (container.Inspect
 }
 
 func isNotFound(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "No such container") || errors.Is(err, tartarus.ErrNotFound) ||
-		strings.Contains(strings.ToLower(err.Error()), "not found"))
+	return client.IsErrNotFound(err) || err != nil && strings.Contains(err.Error(), "No such container")
 }
 
 // facts turns a docker inspection into the runtime-neutral facts the
