@@ -204,8 +204,10 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 	return "booted", rt.Start(ctx, cfg.ID)
 }
 
-// claimWarm takes a pooled sandbox for a create of this shape, checking
-// that the runtime still holds it running. It returns "" when none is ready.
+// claimWarm takes a pooled sandbox for a create of this shape, or returns
+// "" when none is ready. It does not ask the runtime whether the sandbox
+// still runs (a List asks every guest; too slow for this path): the filler
+// drops pooled sandboxes that vanished each time it runs.
 func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, template string, memoryMB, cpus int) string {
 	sr, ok := a.snaps[rt.Name()]
 	if !ok || !a.cfg.CreateFromSnapshot || a.pools.size <= 0 {
@@ -213,21 +215,46 @@ func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, template str
 	}
 	k := poolKey{rt.Name(), template, memoryMB, cpus}
 	defer a.pools.want(k) // refill
-	for {
-		id := a.pools.claim(k)
-		if id == "" {
-			return ""
+	id := a.pools.claim(k)
+	if id == "" {
+		return ""
+	}
+	// Pooled sandboxes were kept from idle sleep; this one now follows
+	// the normal policy.
+	if err := sr.hyp.Forget(ctx, id); err != nil {
+		a.log.Warn("reset the idle policy of a pooled sandbox", "sandbox", id, "err", err)
+	}
+	return id
+}
+
+// pruneWarm drops pooled sandboxes that their runtime no longer runs.
+func (a *Agent) pruneWarm(ctx context.Context) {
+	for _, sr := range a.snaps {
+		list, err := sr.rt.List(ctx)
+		if err != nil {
+			continue
 		}
-		if in := a.instance(ctx, rt, id); in != nil && in.State == tartarus.InstanceRunning {
-			// Pooled sandboxes were kept from idle sleep; this one now
-			// follows the normal policy.
-			if err := sr.hyp.Forget(ctx, id); err != nil {
-				a.log.Warn("reset the idle policy of a pooled sandbox", "sandbox", id, "err", err)
+		running := map[string]bool{}
+		for _, in := range list {
+			running[in.ID] = in.State == tartarus.InstanceRunning
+		}
+		a.pools.mu.Lock()
+		for k, ids := range a.pools.ready {
+			if k.runtime != sr.rt.Name() {
+				continue
 			}
-			return id
+			kept := ids[:0]
+			for _, id := range ids {
+				if running[id] {
+					kept = append(kept, id)
+					continue
+				}
+				a.log.Warn("warm pool sandbox vanished", "sandbox", id)
+				go sr.rt.Destroy(context.WithoutCancel(ctx), id)
+			}
+			a.pools.ready[k] = kept
 		}
-		a.log.Warn("warm pool sandbox vanished", "sandbox", id)
-		_ = rt.Destroy(context.WithoutCancel(ctx), id)
+		a.pools.mu.Unlock()
 	}
 }
 
@@ -248,6 +275,7 @@ func (a *Agent) instance(ctx context.Context, rt tartarus.Runtime, id string) *t
 // as the node's capacity allows. Run calls it in the background; tests
 // call it directly.
 func (a *Agent) FillWarmPools(ctx context.Context) {
+	a.pruneWarm(ctx)
 	a.pools.mu.Lock()
 	var keys []poolKey
 	for k := range a.pools.wanted {

@@ -511,12 +511,32 @@ func TestWarmPool(t *testing.T) {
 	if got := e.agent.PoolSizes()["fake/base/256/1"]; got != 2 {
 		t.Errorf("pool holds %d after refill, want 2", got)
 	}
+	// A pooled sandbox that vanished is dropped and replaced.
+	var gone string
+	for _, id := range e.instances(t) {
+		if _, err := e.store.Get(ctx, id); errors.Is(err, tartarus.ErrNotFound) {
+			gone = id
+		}
+	}
+	if err := e.rt.Lose(gone); err != nil {
+		t.Fatal(err)
+	}
+	e.agent.FillWarmPools(ctx)
+	if got := e.agent.PoolSizes()["fake/base/256/1"]; got != 2 {
+		t.Errorf("pool holds %d after losing one and a refill, want 2", got)
+	}
+	for range 2 {
+		if sb := e.create(t, tartarus.CreateRequest{}); sb.ID == gone {
+			t.Errorf("create claimed the vanished sandbox %s", gone)
+		}
+	}
 	// Pooled sandboxes are never recorded; a restart destroys them.
+	e.agent.FillWarmPools(ctx)
 	if n := e.starts.Load(); n != 1 {
 		t.Errorf("%d boots, want 1", n)
 	}
 	rep := e.start(t)
-	if len(rep.Orphans) != 2 || !slices.Contains(rep.Adopted, first.ID) || !slices.Contains(rep.Adopted, sb.ID) {
+	if len(rep.Orphans) != 2 || len(rep.Adopted) != 4 || !slices.Contains(rep.Adopted, first.ID) || !slices.Contains(rep.Adopted, sb.ID) {
 		t.Errorf("recover after restart: %+v", rep)
 	}
 }
