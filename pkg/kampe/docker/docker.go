@@ -163,7 +163,7 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (string,
 	defer r.importMu.Unlock()
 	if _, err := r.cli.ImageInspect(ctx, ref); err == nil {
 		return ref, nil
-	} else if !client.IsErrNotFound(err) {
+	} else if !cerrdefs.IsNotFound(err) {
 		return "", fmt.Errorf("inspect image %s: %w", ref, err)
 	}
 	dir, err := kampe.UnpackImage(ctx, img, r.opts.CacheDir)
@@ -264,7 +264,7 @@ func (r *Runtime) inspect(ctx context.Context, id string) (container.InspectResp
 		return container.InspectResponse{}, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %q", id)
 	}
 	info, err := r.cli.ContainerInspect(ctx, containerName(id))
-	if client.IsErrNotFound(err) || err == nil && info.Config.Labels[labelRuntime] != Name {
+	if cerrdefs.IsNotFound(err) || err == nil && info.Config.Labels[labelRuntime] != Name {
 		return container.InspectResponse{}, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
 	}
 	if err != nil {
@@ -493,7 +493,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 		return err
 	}
 	err := r.cli.ContainerRemove(ctx, containerName(id), container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil && !client.IsErrNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
 	r.act.Forget(id)

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/nat"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
@@ -36,7 +36,7 @@ func (r *Runtime) inspectAny(ctx context.Context, ref string) (container.Inspect
 }
 
 func isNotFound(err error) bool {
-	return client.IsErrNotFound(err) || err != nil && strings.Contains(err.Error(), "No such container")
+	return cerrdefs.IsNotFound(err) || err != nil && strings.Contains(err.Error(), "No such container")
 }
 
 // facts turns a docker inspection into the runtime-neutral facts the
