@@ -40,6 +40,7 @@ func newRootCmd() *cobra.Command {
 		newAuditCmd(),
 		newTemplateCmd(),
 		newCertsCmd(),
+		newMigrateCmd(),
 	)
 	addClientCmds(root)
 	return root
