@@ -180,6 +180,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: rts, Images: cat, Log: log,
 		Snapshots: snaps, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
+		TemplateCacheDir: filepath.Join(o.dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
 			MaxConcurrentWakes: o.maxConcurrentWakes}})
 	if err != nil {

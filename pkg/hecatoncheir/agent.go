@@ -73,6 +73,11 @@ type Config struct {
 	// CreateFromSnapshot creates sandboxes by restoring their template's
 	// snapshot on runtimes that can.
 	CreateFromSnapshot bool
+	// TemplateCacheDir, if set, keeps template snapshots unpacked on local
+	// disk so that a create copies files instead of fetching, verifying
+	// and decompressing the stored snapshot (see tplcache.go). It must be
+	// on the same file system as SnapshotTempDir and the runtimes' state.
+	TemplateCacheDir string
 }
 
 // Validate reports every problem of cfg at once.

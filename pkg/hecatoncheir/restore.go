@@ -171,6 +171,7 @@ func (a *Agent) deleteStaleTemplateSnapshots(ctx context.Context, sr *snapRuntim
 				a.log.Warn("delete stale template snapshot", "snapshot", s.ID, "err", err)
 				continue
 			}
+			a.dropTemplateFiles(sr, s.ID)
 			a.log.Info("deleted the snapshot of an older build of the template", "snapshot", s.ID)
 		}
 	}
@@ -184,7 +185,7 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 	if sr, ok := a.snaps[rt.Name()]; ok && a.cfg.CreateFromSnapshot {
 		snapID, err := a.templateSnapshot(ctx, sr, cfg.Image, cfg.MemoryMB, cfg.CPUs)
 		if err == nil {
-			_, err = sr.templates.Restore(ctx, snapID, cfg)
+			err = a.restoreTemplate(ctx, sr, snapID, cfg)
 			if err == nil {
 				a.pools.want(poolKey{rt.Name(), cfg.Template, cfg.MemoryMB, cfg.CPUs})
 				return "restored", nil
@@ -321,7 +322,7 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 		}
 		id := newID()
 		cfg := &tartarus.VMConfig{ID: id, Template: k.template, Image: img, CPUs: k.cpus, MemoryMB: k.memoryMB}
-		if _, err := sr.templates.Restore(ctx, snapID, cfg); err != nil {
+		if err := a.restoreTemplate(ctx, sr, snapID, cfg); err != nil {
 			a.log.Warn("warm pool: restore", "template", k.template, "err", err)
 			_ = sr.rt.Destroy(context.WithoutCancel(ctx), id)
 			return

@@ -23,6 +23,7 @@ const MaxFork = 16
 // collection never touches the others'.
 type snapRuntime struct {
 	rt        tartarus.Runtime
+	snap      tartarus.Snapshotter
 	hyp       *hypnos.HypnosManager
 	forks     *nyx.Manager
 	templates *nyx.Manager
@@ -69,7 +70,7 @@ func (a *Agent) setUpSnapshots() error {
 		if err != nil {
 			return err
 		}
-		a.snaps[name] = &snapRuntime{rt: rt, hyp: hyp, forks: nyxFor("fork"), templates: nyxFor("template")}
+		a.snaps[name] = &snapRuntime{rt: rt, snap: snap, hyp: hyp, forks: nyxFor("fork"), templates: nyxFor("template")}
 	}
 	return nil
 }

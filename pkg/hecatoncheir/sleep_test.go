@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,6 +57,7 @@ type snapOpts struct {
 	noSnapshotCap      bool
 	clockStart         time.Time
 	digest             string
+	templateCache      bool
 }
 
 func newSnapEnv(t *testing.T, o snapOpts) *snapEnv {
@@ -95,7 +98,11 @@ func (e *snapEnv) start(t *testing.T) *RecoverReport {
 		t.Fatal(err)
 	}
 	e.blobs = &failingStore{Store: local}
-	a, err := New(Config{Node: "node-1", Store: e.store, Runtimes: []tartarus.Runtime{rt},
+	cache := ""
+	if e.opts.templateCache {
+		cache = filepath.Join(e.dir, "template-cache")
+	}
+	a, err := New(Config{TemplateCacheDir: cache,Node: "node-1", Store: e.store, Runtimes: []tartarus.Runtime{rt},
 		Images: catalog{"base": {Name: "base", Digest: e.opts.digest}}, Clock: e.clock,
 		Snapshots: e.blobs, SnapshotTempDir: tmp, CreateFromSnapshot: e.opts.createFromSnapshot,
 		Hypnos: hypnos.HypnosConfig{PrewarmPoolSize: e.opts.pool}})
@@ -445,8 +452,14 @@ func TestNoSnapshotterIsNotImplemented(t *testing.T) {
 }
 
 func TestCreateByRestore(t *testing.T) {
+	for _, cache := range []bool{false, true} {
+		t.Run(fmt.Sprintf("template cache %v", cache), func(t *testing.T) { testCreateByRestore(t, cache) })
+	}
+}
+
+func testCreateByRestore(t *testing.T, cache bool) {
 	ctx := context.Background()
-	e := newSnapEnv(t, snapOpts{createFromSnapshot: true})
+	e := newSnapEnv(t, snapOpts{createFromSnapshot: true, templateCache: cache})
 	var ids []string
 	for i := range 3 {
 		sb := e.create(t, tartarus.CreateRequest{Env: map[string]string{"N": string(rune('a' + i))}})
@@ -485,6 +498,12 @@ func TestCreateByRestore(t *testing.T) {
 	snaps, _ = e.agent.snaps["fake"].templates.List(ctx)
 	if len(snaps) != 1 || snaps[0].ID == first || snaps[0].Labels["digest"] != "sha256:3333cccc4444dddd" {
 		t.Errorf("template snapshots after a rebuild: %+v", snaps)
+	}
+	if cache {
+		dirs, _ := filepath.Glob(filepath.Join(e.dir, "template-cache", "fake", "*"))
+		if len(dirs) != 1 || filepath.Base(dirs[0]) != snaps[0].ID {
+			t.Errorf("template cache holds %v; want only %s", dirs, snaps[0].ID)
+		}
 	}
 }
 
@@ -579,5 +598,35 @@ func TestRecoverReconcilesSleepRecords(t *testing.T) {
 	}
 	if objs, _ := e.blobs.List(ctx, "sleep-fake/"); len(objs) != 0 {
 		t.Errorf("snapshots left: %v", objs)
+	}
+}
+
+func TestCopySparse(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// data, 8 MiB hole, data, trailing 4 MiB hole
+	f.WriteAt(bytes.Repeat([]byte("a"), 1<<20), 0)
+	f.WriteAt(bytes.Repeat([]byte("b"), 4096), 9<<20)
+	f.Truncate(14 << 20)
+	f.Close()
+	dst := filepath.Join(dir, "dst")
+	if err := copySparse(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("copy differs: %d vs %d bytes", len(a), len(b))
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 2<<20 {
+		t.Errorf("copy uses %d bytes on disk; the holes were written", used)
 	}
 }

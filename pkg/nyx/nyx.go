@@ -313,6 +313,21 @@ func (m *Manager) Restore(ctx context.Context, id string, cfg *tartarus.VMConfig
 	return s, nil
 }
 
+// Fetch checks snapshot id against its checksum and unpacks its files into
+// dir (which exists and is empty), restoring nothing: for a caller that
+// keeps the files, such as a node's cache of template snapshots. On error
+// dir holds nothing usable.
+func (m *Manager) Fetch(ctx context.Context, id, dir string) (*Snapshot, error) {
+	s, err := m.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.fetch(ctx, s, dir); err != nil {
+		return nil, fmt.Errorf("fetch snapshot %s: %w", id, err)
+	}
+	return s, nil
+}
+
 func compatible(s *Snapshot, cfg *tartarus.VMConfig) error {
 	if cfg.Template != "" && s.Template != "" && cfg.Template != s.Template {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot is of template %s, not %s", s.Template, cfg.Template)
