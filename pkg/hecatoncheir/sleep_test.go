@@ -102,7 +102,7 @@ func (e *snapEnv) start(t *testing.T) *RecoverReport {
 	if e.opts.templateCache {
 		cache = filepath.Join(e.dir, "template-cache")
 	}
-	a, err := New(Config{TemplateCacheDir: cache,Node: "node-1", Store: e.store, Runtimes: []tartarus.Runtime{rt},
+	a, err := New(Config{TemplateCacheDir: cache, Node: "node-1", Store: e.store, Runtimes: []tartarus.Runtime{rt},
 		Images: catalog{"base": {Name: "base", Digest: e.opts.digest}}, Clock: e.clock,
 		Snapshots: e.blobs, SnapshotTempDir: tmp, CreateFromSnapshot: e.opts.createFromSnapshot,
 		Hypnos: hypnos.HypnosConfig{PrewarmPoolSize: e.opts.pool}})
