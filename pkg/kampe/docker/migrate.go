@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -162,182 +160,50 @@ func (r *Runtime) ExportState(ctx context.Context, containerID string) (*kampe.C
 	return st, nil
 }
 
-// MigrateOptions says where and how Migrate builds the template.
-type MigrateOptions struct {
-	// DataDir is Tartarus's data directory: the template goes to
-	// DataDir/images/templates/<name>/, the layout of package images.
-	DataDir string
-	// Template is the new template's name; empty means the plan's
-	// TargetTemplate.
-	Template string
-	// Force carries out the move despite changes that need a person (the
-	// plan still lists them); without it such a plan stops the move.
-	Force bool
-	// Replace overwrites an existing template of the same name.
-	Replace bool
-}
+// Migration types, shared by every runtime that migrates (package kampe).
+type (
+	MigrateOptions    = kampe.MigrateOptions
+	MigrateResult     = kampe.MigrateResult
+	TemplateManifest  = kampe.TemplateManifest
+	ContainerManifest = kampe.ContainerManifest
+)
 
-// MigrateResult is what Migrate built.
-type MigrateResult struct {
-	Plan     *kampe.MigrationPlan `json:"plan"`
-	Template string               `json:"template"`
-	Dir      string               `json:"dir"`
-	RootFS   string               `json:"rootfs"`
-	// Bootable is true when the template directory also holds a kernel and
-	// initramfs (linked from the base template); Missing says what lacks.
-	Bootable bool   `json:"bootable"`
-	Missing  string `json:"missing,omitempty"`
-	// SkippedEntries counts device nodes and other special files of the
-	// container's file system that were not carried.
-	SkippedEntries int           `json:"skipped_entries"`
-	Duration       time.Duration `json:"duration"`
-}
-
-// TemplateManifest is the manifest.json of a migrated template: the fields
-// package images reads, plus the container's configuration.
-type TemplateManifest struct {
-	Name        string            `json:"name"`
-	Description string            `json:"description"`
-	Digest      string            `json:"digest"`
-	Inputs      map[string]string `json:"inputs"`
-	BuiltAt     time.Time         `json:"built_at"`
-	Container   ContainerManifest `json:"container"`
-}
-
-// ContainerManifest is what a migrated template keeps of its container.
-// The same JSON is written into the root filesystem as
-// /etc/tartarus/container.json.
-type ContainerManifest struct {
-	SourceID    string   `json:"source_id"`
-	SourceName  string   `json:"source_name,omitempty"`
-	SourceImage string   `json:"source_image"`
-	Entrypoint  []string `json:"entrypoint"`
-	Cmd         []string `json:"cmd"`
-	WorkingDir  string   `json:"working_dir"`
-	User        string   `json:"user,omitempty"`
-	Env         []string `json:"env"`
-}
-
-// Migrate carries a container into a microVM template: its file system
-// (docker export, plus the current content of its volumes), environment,
-// entrypoint, command, working directory and user. A plan with changes that
-// need a person stops it (ErrFailedPrecondition, with the plan returned)
-// unless opts.Force is set.
+// Migrate carries a container into a microVM template (kampe.BuildTemplate):
+// its file system (docker export, plus the current content of its
+// volumes), environment, entrypoint, command, working directory and user.
+// A plan with changes that need a person stops it (ErrFailedPrecondition,
+// with the plan returned) unless opts.Force is set.
 func (r *Runtime) Migrate(ctx context.Context, containerID string, opts MigrateOptions) (*MigrateResult, error) {
-	start := r.now()
-	if opts.DataDir == "" {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "migrate: no data directory")
-	}
 	info, err := r.inspectAny(ctx, containerID)
 	if err != nil {
 		return nil, err
 	}
 	f := r.facts(ctx, info)
-	plan := kampe.Analyze(f)
-	res := &MigrateResult{Plan: plan, Template: opts.Template}
-	if res.Template == "" {
-		res.Template = plan.TargetTemplate
+	if opts.Now == nil {
+		opts.Now = r.now
 	}
-	if !tartarus.ValidName(res.Template) {
-		return res, tartarus.Errorf(tartarus.ErrInvalid, "migrate: template name %q", res.Template)
-	}
-	if blocking := plan.Blocking(); len(blocking) > 0 && !opts.Force {
-		var lines []string
-		for _, c := range blocking {
-			lines = append(lines, c.Description)
+	return kampe.BuildTemplate(ctx, f, opts, func(ctx context.Context, rootfs string) (int, string, error) {
+		rc, err := r.cli.ContainerExport(ctx, info.ID)
+		if err != nil {
+			return 0, "", fmt.Errorf("export: %w", err)
 		}
-		return res, tartarus.Errorf(tartarus.ErrFailedPrecondition, "migrate %s: %d change(s) need a person (pass --force to migrate without them): %s",
-			containerID, len(blocking), strings.Join(lines, "; "))
-	}
-	templates := filepath.Join(opts.DataDir, "images", "templates")
-	res.Dir = filepath.Join(templates, res.Template)
-	if _, err := os.Stat(res.Dir); err == nil && !opts.Replace {
-		return res, tartarus.Errorf(tartarus.ErrAlreadyExists, "migrate: template %s (%s)", res.Template, res.Dir)
-	}
-	if err := os.MkdirAll(templates, 0o755); err != nil {
-		return res, err
-	}
-	work, err := os.MkdirTemp(templates, ".migrate-"+res.Template+"-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(work)
-	rootfs := filepath.Join(work, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
-		return res, err
-	}
-
-	// 1. The file system, as the container sees it now.
-	rc, err := r.cli.ContainerExport(ctx, info.ID)
-	if err != nil {
-		return res, fmt.Errorf("migrate %s: export: %w", containerID, err)
-	}
-	sum := sha256.New()
-	res.SkippedEntries, err = kampe.ExtractTar(ctx, io.TeeReader(rc, sum), rootfs)
-	rc.Close()
-	if err != nil {
-		return res, fmt.Errorf("migrate %s: %w", containerID, err)
-	}
-	// docker export leaves volumes out; carry their current content.
-	for _, m := range f.Mounts {
-		if m.Type != "volume" || m.Source == "" {
-			continue
+		defer rc.Close()
+		sum := sha256.New()
+		skipped, err := kampe.ExtractTar(ctx, io.TeeReader(rc, sum), rootfs)
+		if err != nil {
+			return skipped, "", err
 		}
-		if err := copyInto(ctx, m.Source, rootfs, m.Destination); err != nil {
-			return res, fmt.Errorf("migrate %s: volume %s: %w", containerID, m.Destination, err)
+		// docker export leaves volumes out; carry their current content.
+		for _, m := range f.Mounts {
+			if m.Type != "volume" || m.Source == "" {
+				continue
+			}
+			if err := copyInto(ctx, m.Source, rootfs, m.Destination); err != nil {
+				return skipped, "", fmt.Errorf("volume %s: %w", m.Destination, err)
+			}
 		}
-	}
-	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "etc/tartarus"} {
-		_ = os.MkdirAll(filepath.Join(rootfs, d), 0o755)
-	}
-	_ = os.Remove(filepath.Join(rootfs, ".dockerenv"))
-
-	// 2. The configuration, in the image and in the manifest.
-	cm := ContainerManifest{SourceID: info.ID, SourceName: f.Name, SourceImage: f.Image, Entrypoint: f.Entrypoint,
-		Cmd: f.Cmd, WorkingDir: f.WorkingDir, User: f.User, Env: f.Env}
-	cmJSON, _ := json.MarshalIndent(cm, "", "  ")
-	if err := os.WriteFile(filepath.Join(rootfs, "etc", "tartarus", "container.json"), cmJSON, 0o644); err != nil {
-		return res, err
-	}
-
-	// 3. The ext4 image a microVM boots.
-	if err := kampe.MakeExt4(ctx, rootfs, filepath.Join(work, "rootfs.ext4"), 256); err != nil {
-		return res, fmt.Errorf("migrate %s: %w", containerID, err)
-	}
-	if err := os.RemoveAll(rootfs); err != nil {
-		return res, err
-	}
-	// The kernel and initramfs are the base template's: a migrated
-	// template differs only in its root filesystem.
-	base := filepath.Join(templates, "base")
-	var missing []string
-	for _, name := range []string{"vmlinux", "initrd.img"} {
-		if err := linkOrCopy(filepath.Join(base, name), filepath.Join(work, name)); err != nil {
-			missing = append(missing, name)
-		}
-	}
-	res.Bootable = len(missing) == 0
-	if !res.Bootable {
-		res.Missing = fmt.Sprintf("%s of the base template, not found in %s (run `tartarus template build base` first, then migrate again with --replace)",
-			strings.Join(missing, " and "), base)
-	}
-	m := TemplateManifest{Name: res.Template, Digest: "sha256:" + hex.EncodeToString(sum.Sum(nil)), BuiltAt: r.now().UTC(),
-		Description: fmt.Sprintf("migrated from container %s (%s)", kampe.TemplateName(f.Name), f.Image),
-		Inputs:      map[string]string{"container": info.ID, "image": f.Image, "kernel": "base"}, Container: cm}
-	mJSON, _ := json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(filepath.Join(work, "manifest.json"), append(mJSON, '\n'), 0o644); err != nil {
-		return res, err
-	}
-	if opts.Replace {
-		_ = os.RemoveAll(res.Dir)
-	}
-	if err := os.Rename(work, res.Dir); err != nil {
-		return res, fmt.Errorf("migrate %s: %w", containerID, err)
-	}
-	_ = os.Chmod(res.Dir, 0o755)
-	res.RootFS = filepath.Join(res.Dir, "rootfs.ext4")
-	res.Duration = r.now().Sub(start)
-	return res, nil
+		return skipped, "sha256:" + hex.EncodeToString(sum.Sum(nil)), nil
+	})
 }
 
 // copyInto copies the tree at src to dst inside root (cp -a keeps owners,
@@ -367,24 +233,4 @@ func copyInto(ctx context.Context, src, root, dst string) error {
 		return fmt.Errorf("cp: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-func linkOrCopy(src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
