@@ -60,7 +60,7 @@ type snapOpts struct {
 	templateCache      bool
 }
 
-func newSnapEnv(t *testing.T, o snapOpts) *snapEnv {
+func newSnapEnv(t testing.TB, o snapOpts) *snapEnv {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "t.db"))
@@ -81,7 +81,7 @@ func newSnapEnv(t *testing.T, o snapOpts) *snapEnv {
 
 // start makes a new runtime, blob store and agent over the env's state and
 // recovers, as a restarted server does.
-func (e *snapEnv) start(t *testing.T) *RecoverReport {
+func (e *snapEnv) start(t testing.TB) *RecoverReport {
 	t.Helper()
 	caps := &tartarus.Capabilities{Pause: true, Snapshot: !e.opts.noSnapshotCap, Signal: true, Files: true, Recover: true}
 	rt, err := fake.New(fake.Config{StateDir: filepath.Join(e.dir, "vms"), Capabilities: caps,
@@ -117,7 +117,7 @@ func (e *snapEnv) start(t *testing.T) *RecoverReport {
 	return rep
 }
 
-func (e *snapEnv) instances(t *testing.T) []string {
+func (e *snapEnv) instances(t testing.TB) []string {
 	t.Helper()
 	list, err := e.rt.List(context.Background())
 	if err != nil {
@@ -130,7 +130,7 @@ func (e *snapEnv) instances(t *testing.T) []string {
 	return ids
 }
 
-func (e *snapEnv) create(t *testing.T, req tartarus.CreateRequest) *tartarus.Sandbox {
+func (e *snapEnv) create(t testing.TB, req tartarus.CreateRequest) *tartarus.Sandbox {
 	t.Helper()
 	sb, err := e.agent.Create(context.Background(), "acme", &req)
 	if err != nil {
