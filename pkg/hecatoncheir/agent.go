@@ -530,11 +530,17 @@ type NodeInfo struct {
 	DefaultRuntime string `json:"default_runtime"`
 	// Sandboxes counts this node's sandboxes that are not final.
 	Sandboxes int `json:"sandboxes"`
+	// SnapshotRuntimes can hibernate, fork and create by restore here.
+	SnapshotRuntimes []string `json:"snapshot_runtimes,omitempty"`
+	// WarmPools counts the ready sandboxes of each warm pool, by
+	// "runtime/template/memory_mb/cpus".
+	WarmPools map[string]int `json:"warm_pools,omitempty"`
 }
 
 // Info reports this node.
 func (a *Agent) Info(ctx context.Context) (*NodeInfo, error) {
-	info := &NodeInfo{Name: a.cfg.Node, DefaultRuntime: a.cfg.Runtimes[0].Name()}
+	info := &NodeInfo{Name: a.cfg.Node, DefaultRuntime: a.cfg.Runtimes[0].Name(),
+		SnapshotRuntimes: a.SnapshotRuntimes(), WarmPools: a.PoolSizes()}
 	for _, rt := range a.cfg.Runtimes {
 		fp, err := rt.Fingerprint(ctx)
 		if err != nil {
