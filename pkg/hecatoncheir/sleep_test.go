@@ -630,3 +630,36 @@ func TestCopySparse(t *testing.T) {
 		t.Errorf("copy uses %d bytes on disk; the holes were written", used)
 	}
 }
+
+// Concurrent calls on a hibernated sandbox share one wake and all succeed.
+func TestConcurrentCallsWakeOnce(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	sb := e.create(t, tartarus.CreateRequest{})
+	writeFile(t, e.agent, sb.ID, "/f", "x")
+	if _, err := e.agent.Hibernate(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			rc, err := e.agent.ReadFile(ctx, sb.ID, "/f")
+			if err == nil {
+				b, _ := io.ReadAll(rc)
+				rc.Close()
+				if string(b) != "x" {
+					err = fmt.Errorf("read %q", b)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if ids := e.instances(t); len(ids) != 1 {
+		t.Errorf("instances after concurrent wakes: %v", ids)
+	}
+}
