@@ -190,6 +190,31 @@ func (a *Agent) lock(id string) func() {
 	}
 }
 
+// tryLock takes id's lock if nobody holds it.
+func (a *Agent) tryLock(id string) (func(), bool) {
+	a.mu.Lock()
+	l, ok := a.locks[id]
+	if !ok {
+		l = &keyLock{}
+		a.locks[id] = l
+	}
+	l.refs++
+	a.mu.Unlock()
+	release := func() {
+		a.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(a.locks, id)
+		}
+		a.mu.Unlock()
+	}
+	if !l.mu.TryLock() {
+		release()
+		return nil, false
+	}
+	return func() { l.mu.Unlock(); release() }, true
+}
+
 func (a *Agent) runtime(name string) (tartarus.Runtime, error) {
 	if name == "" {
 		return a.cfg.Runtimes[0], nil

@@ -65,7 +65,7 @@ func (a *Agent) setUpSnapshots() error {
 		hcfg := a.cfg.Hypnos
 		hyp, err := hypnos.NewHypnosManager(hypnos.Deps{
 			Runtime: rt, Snapshots: nyxFor("sleep"), Records: records, Sandboxes: sleepSource{a},
-			Clock: hypnosClock{a.cfg.Clock}, Logger: a.cfg.Log.With("runtime", name), Observer: a.observe,
+			Clock: hypnosClock{a.cfg.Clock}, Logger: a.cfg.Log.With("runtime", name), Observer: a.observe, Guard: a.idleGuard,
 		}, hcfg)
 		if err != nil {
 			return err
@@ -95,6 +95,23 @@ func (s sleepSource) SleepInfo(ctx context.Context, id string) (*tartarus.VMConf
 		return nil, "", fmt.Errorf("template %s: %w", sb.Template, err)
 	}
 	return &tartarus.VMConfig{ID: id, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}, sb.Tenant, nil
+}
+
+// idleGuard lets the idle watcher put a sandbox to sleep only while no
+// lifecycle change (pause, destroy, hibernate, fork) holds it, and only if
+// the store still has it running: pooled and half-created sandboxes, and
+// template builders, are not the watcher's to touch.
+func (a *Agent) idleGuard(id string) (func(), bool) {
+	unlock, ok := a.tryLock(id)
+	if !ok {
+		return nil, false
+	}
+	sb, err := a.cfg.Store.Get(context.Background(), id)
+	if err != nil || sb.State != tartarus.StateRunning {
+		unlock()
+		return nil, false
+	}
+	return unlock, true
 }
 
 // snapshotter returns the snapshot machinery of a runtime, or an

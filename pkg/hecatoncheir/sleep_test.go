@@ -663,3 +663,33 @@ func TestConcurrentCallsWakeOnce(t *testing.T) {
 		t.Errorf("instances after concurrent wakes: %v", ids)
 	}
 }
+
+// The idle watcher leaves a sandbox alone while a lifecycle change holds
+// it, and never touches sandboxes the store does not have running.
+func TestIdleSleepRespectsLifecycleLock(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{clockStart: time.Now()})
+	sb := e.create(t, tartarus.CreateRequest{AutoHibernateS: 10})
+	hyp := e.agent.snaps["fake"].hyp
+	unlock := e.agent.lock(sb.ID)
+	e.clock.Advance(time.Minute)
+	hyp.Check(ctx)
+	if st := e.state(t, sb.ID); st.State != tartarus.StateRunning {
+		t.Errorf("slept while the agent held the sandbox: %s", st.State)
+	}
+	unlock()
+	hyp.Check(ctx)
+	if st := e.state(t, sb.ID); st.State != tartarus.StateHibernated {
+		t.Errorf("after the lock was released: %s, want hibernated", st.State)
+	}
+	// A paused sandbox is not idle-slept either (the user paused it).
+	other := e.create(t, tartarus.CreateRequest{AutoHibernateS: 10})
+	if _, err := e.agent.Pause(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute)
+	hyp.Check(ctx)
+	if st := e.state(t, other.ID); st.State != tartarus.StatePaused {
+		t.Errorf("paused sandbox after idle check: %s", st.State)
+	}
+}

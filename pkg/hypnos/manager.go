@@ -38,6 +38,12 @@ type Deps struct {
 	// called without locks held, before the Sleep or Wake that caused it
 	// returns; it must not block for long nor call Sleep or Wake itself.
 	Observer func(Event)
+	// Guard, if set, is asked before the idle watcher puts a sandbox to
+	// sleep: ok false skips the sandbox this round (its owner is changing
+	// it); otherwise release is called once the Sleep returns. The node
+	// agent uses it to hold its own lock of the sandbox, so that an idle
+	// sleep never races a pause or a destroy.
+	Guard func(sandboxID string) (release func(), ok bool)
 }
 
 // HypnosManager implements SleepManager. It is safe for concurrent use.
@@ -49,6 +55,7 @@ type HypnosManager struct {
 	clock   Clock
 	log     *slog.Logger
 	observe func(Event)
+	guard   func(string) (func(), bool)
 	cfg     HypnosConfig
 	wakes   *wakeQueue
 
@@ -118,6 +125,7 @@ func NewHypnosManager(deps Deps, cfg HypnosConfig) (*HypnosManager, error) {
 		clock:    deps.Clock,
 		log:      log.With("component", "hypnos"),
 		observe:  deps.Observer,
+		guard:    deps.Guard,
 		cfg:      cfg,
 		wakes:    newWakeQueue(cfg.MaxConcurrentWakes),
 		sleeping: map[string]*SleepRecord{},
@@ -777,7 +785,17 @@ func (m *HypnosManager) SleepIdle(ctx context.Context) ([]string, error) {
 		if busy || p.disabled || threshold <= 0 || now.Sub(last) < threshold {
 			continue
 		}
-		if _, err := m.Sleep(ctx, in.ID, nil); err != nil {
+		release := func() {}
+		if m.guard != nil {
+			r, ok := m.guard(in.ID)
+			if !ok {
+				continue
+			}
+			release = r
+		}
+		_, err := m.Sleep(ctx, in.ID, nil)
+		release()
+		if err != nil {
 			m.log.Warn("cannot put an idle sandbox to sleep", "sandbox", in.ID, "err", err)
 			continue
 		}
