@@ -14,12 +14,14 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	"github.com/tartarus-sandbox/tartarus/pkg/kampe/containerd"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe/docker"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 type migrateOptions struct {
 	dockerHost, dataDir, template, output string
+	containerd, namespace                 string
 	url, apiKey                           string
 	planOnly, force, replace, start       bool
 	memoryMB, cpus                        int
@@ -31,8 +33,9 @@ func newMigrateCmd() *cobra.Command {
 	o := &migrateOptions{}
 	cmd := &cobra.Command{
 		Use:   "migrate CONTAINER",
-		Short: "Move a Docker container to a microVM template",
-		Long: `Inspect a Docker container and move it to a microVM template.
+		Short: "Move a Docker (or containerd) container to a microVM template",
+		Long: `Inspect a Docker container (or, with --containerd, a containerd one) and
+move it to a microVM template.
 
 First the plan: what differs between the container and a microVM (host bind
 mounts, host networking, privileged mode, devices, published ports, shared
@@ -52,6 +55,8 @@ and manifest.json; the kernel and initramfs are the base template's). With
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dockerHost, "docker-host", os.Getenv("DOCKER_HOST"), "Docker daemon address ($DOCKER_HOST; default its socket)")
+	f.StringVar(&o.containerd, "containerd", "", "migrate from containerd at this socket instead of Docker")
+	f.StringVar(&o.namespace, "namespace", "default", "containerd namespace of the container (with --containerd)")
 	f.StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "Tartarus data directory the template goes into")
 	f.StringVar(&o.template, "template", "", "name of the new template (default migrated-<container name>)")
 	f.BoolVar(&o.planOnly, "plan", false, "only print the plan")
@@ -75,7 +80,7 @@ func runMigrate(ctx context.Context, o *migrateOptions, container string, stdout
 		return err
 	}
 	defer os.RemoveAll(cache)
-	rt, err := docker.New(docker.Options{Host: o.dockerHost, CacheDir: cache})
+	rt, err := o.migrator(cache)
 	if err != nil {
 		return err
 	}
@@ -97,7 +102,7 @@ func runMigrate(ctx context.Context, o *migrateOptions, container string, stdout
 			fmt.Fprintf(stderr, "\nmigrating %s: exporting the file system and building the template…\n", container)
 		}
 	}
-	res, err := rt.Migrate(ctx, container, docker.MigrateOptions{DataDir: o.dataDir, Template: o.template,
+	res, err := rt.Migrate(ctx, container, kampe.MigrateOptions{DataDir: o.dataDir, Template: o.template,
 		Force: o.force, Replace: o.replace})
 	if err != nil {
 		if errors.Is(err, tartarus.ErrFailedPrecondition) {
@@ -114,7 +119,7 @@ func runMigrate(ctx context.Context, o *migrateOptions, container string, stdout
 	}
 	if o.output == "json" {
 		return printJSON(stdout, struct {
-			*docker.MigrateResult
+			*kampe.MigrateResult
 			Sandbox *tartarus.Sandbox `json:"sandbox,omitempty"`
 		}{res, sb})
 	}
@@ -134,7 +139,7 @@ func runMigrate(ctx context.Context, o *migrateOptions, container string, stdout
 	return nil
 }
 
-func startMigrated(ctx context.Context, o *migrateOptions, res *docker.MigrateResult) (*tartarus.Sandbox, error) {
+func startMigrated(ctx context.Context, o *migrateOptions, res *kampe.MigrateResult) (*tartarus.Sandbox, error) {
 	key := o.apiKey
 	if key == "" {
 		key = os.Getenv("TARTARUS_API_KEY")
@@ -149,6 +154,20 @@ func startMigrated(ctx context.Context, o *migrateOptions, res *docker.MigrateRe
 		return nil, err
 	}
 	return c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: res.Template, MemoryMB: o.memoryMB, CPUs: o.cpus})
+}
+
+// migrator is what migrate needs of a container runtime.
+type migrator interface {
+	MigrateToMicroVM(ctx context.Context, containerID string) (*kampe.MigrationPlan, error)
+	Migrate(ctx context.Context, containerID string, opts kampe.MigrateOptions) (*kampe.MigrateResult, error)
+	Close() error
+}
+
+func (o *migrateOptions) migrator(cache string) (migrator, error) {
+	if o.containerd != "" {
+		return containerd.New(containerd.Options{Address: o.containerd, Namespace: o.namespace, CacheDir: cache})
+	}
+	return docker.New(docker.Options{Host: o.dockerHost, CacheDir: cache})
 }
 
 // printPlan writes the plan for a person.

@@ -112,8 +112,32 @@ func UnpackImage(ctx context.Context, img *tartarus.Image, cacheDir string) (str
 // relative to dir, keeping owners, modes, symbolic links and device nodes.
 // Files named .tartarus-unpacked (the unpack marker) are left out.
 func WriteTar(ctx context.Context, dir string, w io.Writer) error {
+	return writeTar(ctx, dir, w, false)
+}
+
+// WriteTarOneFileSystem is WriteTar that stays on dir's file system: the
+// directories other file systems are mounted on are written empty. It reads
+// a running container's root through /proc/<pid>/root without descending
+// into its /proc, /sys or /dev.
+func WriteTarOneFileSystem(ctx context.Context, dir string, w io.Writer) error {
+	return writeTar(ctx, dir, w, true)
+}
+
+func writeTar(ctx context.Context, dir string, w io.Writer, oneFS bool) error {
+	var rootDev uint64
+	if st, err := os.Stat(dir); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			rootDev = sys.Dev
+		}
+	}
+	// A trailing slash makes the walk follow dir itself when it is a link
+	// (/proc/<pid>/root is one).
+	walkRoot := dir
+	if !strings.HasSuffix(walkRoot, "/") {
+		walkRoot += "/"
+	}
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(walkRoot, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -130,6 +154,10 @@ func WriteTar(ctx context.Context, dir string, w io.Writer) error {
 		fi, err := d.Info()
 		if err != nil {
 			return err
+		}
+		var skipBelow bool
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && oneFS && fi.IsDir() && sys.Dev != rootDev {
+			skipBelow = true
 		}
 		if fi.Mode()&os.ModeSocket != 0 {
 			return nil
@@ -155,6 +183,9 @@ func WriteTar(ctx context.Context, dir string, w io.Writer) error {
 		hdr.Format = tar.FormatPAX
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
+		}
+		if skipBelow {
+			return filepath.SkipDir
 		}
 		if hdr.Typeflag == tar.TypeReg {
 			f, err := os.Open(p)

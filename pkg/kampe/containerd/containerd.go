@@ -11,6 +11,12 @@
 //
 // Snapshots are not offered: containerd's checkpoint needs CRIU, which does
 // not work on the hosts measured (DESIGN.md); the fingerprint says so.
+//
+// It is also a kampe.LegacyRuntime for any container of its namespace: the
+// migration plan reads the container's OCI spec (bind mounts, namespaces
+// shared with the host, devices, capabilities, limits), and Migrate copies
+// its root filesystem (through the task's root while it runs, else from
+// its snapshot) into a template.
 package containerd
 
 import (

@@ -69,7 +69,7 @@ func testMigration(t *testing.T, rt *docker.Runtime, host string, img *tartarus.
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
+	t.Cleanup(func() { cli.Close() }) // after the containers' cleanups (LIFO)
 	ref, err := rt.ImportTemplate(ctx, img)
 	if err != nil {
 		t.Fatalf("ImportTemplate: %v", err)

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -274,6 +275,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	d := startDaemon(t, dir, "containerd", "--config", writeFile(t, dir, "config.toml", cfg))
 	t.Cleanup(func() {
 		d.stop(t)
+		killShims(sock)
 		unmountUnder(dir)
 		_ = os.RemoveAll(dir)
 	})
@@ -329,6 +331,45 @@ func BenchExec(b *testing.B, rt tartarus.Runtime, img *tartarus.Image) {
 	for b.Loop() {
 		if res, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil || res.ExitCode != 0 {
 			b.Fatal(err, res)
+		}
+	}
+}
+
+// killShims ends the runc shims a test left behind for the containerd at
+// sock (shims outlive their daemon by design) and removes their runc state,
+// which lives under /run/containerd/runc/<namespace> whatever the daemon.
+func killShims(sock string) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		var ns, id, addr string
+		for i := 0; i+1 < len(args); i++ {
+			switch args[i] {
+			case "-namespace":
+				ns = args[i+1]
+			case "-id":
+				id = args[i+1]
+			case "-address":
+				addr = args[i+1]
+			}
+		}
+		if addr != sock {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if ns != "" && id != "" {
+			_ = exec.Command("runc", "--root", filepath.Join("/run/containerd/runc", ns), "delete", "--force", id).Run()
 		}
 	}
 }
