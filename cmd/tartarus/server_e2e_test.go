@@ -148,11 +148,12 @@ func TestServerEndToEnd(t *testing.T) {
 
 type e2e struct {
 	bin, data, url string
+	args           []string // extra server flags
 	server         *exec.Cmd
 	logs           string
 }
 
-func newE2E(t *testing.T) *e2e {
+func newE2E(t testing.TB, serverArgs ...string) *e2e {
 	t.Helper()
 	must := os.Getenv("TARTARUS_E2E") == "1"
 	skip := func(reason string) {
@@ -184,7 +185,7 @@ func newE2E(t *testing.T) *e2e {
 			t.Fatalf("build %s: %v\n%s", b.pkg, err, out)
 		}
 	}
-	e := &e2e{bin: filepath.Join(binDir, "tartarus"), data: t.TempDir()}
+	e := &e2e{bin: filepath.Join(binDir, "tartarus"), data: t.TempDir(), args: serverArgs}
 	// Templates are cached between runs; this is quick when they are built.
 	build := exec.Command(e.bin, "template", "build", "--data-dir", cache, "base")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -204,7 +205,7 @@ func newE2E(t *testing.T) *e2e {
 	return e
 }
 
-func (e *e2e) start(t *testing.T) {
+func (e *e2e) start(t testing.TB) {
 	t.Helper()
 	e.logs = filepath.Join(e.data, "server-"+strconv.FormatInt(time.Now().UnixNano(), 10)+".log")
 	logf, err := os.Create(e.logs)
@@ -212,8 +213,8 @@ func (e *e2e) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	e.server = exec.Command(e.bin, "server", "--listen", strings.TrimPrefix(e.url, "http://"),
-		"--data-dir", e.data, "--accel", "tcg", "--log-level", "debug")
+	e.server = exec.Command(e.bin, append([]string{"server", "--listen", strings.TrimPrefix(e.url, "http://"),
+		"--data-dir", e.data, "--accel", "tcg", "--log-level", "debug"}, e.args...)...)
 	e.server.Stdout, e.server.Stderr = logf, logf
 	if err := e.server.Start(); err != nil {
 		t.Fatal(err)
@@ -235,14 +236,14 @@ func (e *e2e) start(t *testing.T) {
 	}
 }
 
-func (e *e2e) kill(t *testing.T) {
+func (e *e2e) kill(t testing.TB) {
 	t.Helper()
 	_ = e.server.Process.Kill()
 	_ = e.server.Wait()
 }
 
 // cli runs a client verb and checks its exit code; it returns stdout.
-func (e *e2e) cli(t *testing.T, wantCode int, stdin string, args ...string) string {
+func (e *e2e) cli(t testing.TB, wantCode int, stdin string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -311,7 +312,7 @@ func (e *e2e) qemuPid(t *testing.T, id string) int {
 
 // qemus lists the live QEMU processes whose command line names this test's
 // data directory.
-func (e *e2e) qemus(t *testing.T) []int {
+func (e *e2e) qemus(t testing.TB) []int {
 	t.Helper()
 	var pids []int
 	deadline := time.Now().Add(10 * time.Second)
@@ -334,7 +335,7 @@ func (e *e2e) qemus(t *testing.T) []int {
 }
 
 // cleanup stops the server and kills whatever VM this test left.
-func (e *e2e) cleanup(t *testing.T) {
+func (e *e2e) cleanup(t testing.TB) {
 	if e.server != nil && e.server.ProcessState == nil {
 		_ = e.server.Process.Signal(syscall.SIGTERM)
 		_ = e.server.Wait()
