@@ -22,10 +22,11 @@ import (
 // the store, so after a restart Recover destroys them as orphans.
 
 // poolKey names a template snapshot, and the warm pool of sandboxes
-// restored from it.
+// restored from it. The image digest is part of it, so that a rebuilt
+// template never hands out sandboxes of its previous build.
 type poolKey struct {
-	runtime, template string
-	memoryMB, cpus    int
+	runtime, template, digest string
+	memoryMB, cpus            int
 }
 
 // warmPools holds the already-restored sandboxes, by key.
@@ -95,7 +96,7 @@ func (a *Agent) PoolSizes() map[string]int {
 	defer a.pools.mu.Unlock()
 	out := map[string]int{}
 	for k, ids := range a.pools.ready {
-		out[fmt.Sprintf("%s/%s/%d/%d", k.runtime, k.template, k.memoryMB, k.cpus)] = len(ids)
+		out[fmt.Sprintf("%s/%s/%d/%d", k.runtime, k.template, k.memoryMB, k.cpus)] += len(ids)
 	}
 	return out
 }
@@ -187,7 +188,7 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 		if err == nil {
 			err = a.restoreTemplate(ctx, sr, snapID, cfg)
 			if err == nil {
-				a.pools.want(poolKey{rt.Name(), cfg.Template, cfg.MemoryMB, cfg.CPUs})
+				a.pools.want(poolKey{rt.Name(), cfg.Template, cfg.Image.Digest, cfg.MemoryMB, cfg.CPUs})
 				return "restored", nil
 			}
 		}
@@ -209,12 +210,12 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 // "" when none is ready. It does not ask the runtime whether the sandbox
 // still runs (a List asks every guest; too slow for this path): the filler
 // drops pooled sandboxes that vanished each time it runs.
-func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, template string, memoryMB, cpus int) string {
+func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, img *tartarus.Image, memoryMB, cpus int) string {
 	sr, ok := a.snaps[rt.Name()]
 	if !ok || !a.cfg.CreateFromSnapshot || a.pools.size <= 0 {
 		return ""
 	}
-	k := poolKey{rt.Name(), template, memoryMB, cpus}
+	k := poolKey{rt.Name(), img.Name, img.Digest, memoryMB, cpus}
 	defer a.pools.want(k) // refill
 	id := a.pools.claim(k)
 	if id == "" {
@@ -299,6 +300,15 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 	if !ok {
 		return
 	}
+	img, err := a.cfg.Images.Get(ctx, k.template)
+	if err != nil {
+		a.log.Warn("warm pool: template", "template", k.template, "err", err)
+		return
+	}
+	if img.Digest != k.digest {
+		a.dropPool(ctx, sr, k, "the template was rebuilt")
+		return
+	}
 	for ctx.Err() == nil {
 		a.pools.mu.Lock()
 		n := len(a.pools.ready[k])
@@ -308,11 +318,6 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 		}
 		if err := a.checkCapacity(ctx, sr.rt, k.memoryMB, k.cpus); err != nil {
 			a.log.Debug("warm pool not refilled", "template", k.template, "err", err)
-			return
-		}
-		img, err := a.cfg.Images.Get(ctx, k.template)
-		if err != nil {
-			a.log.Warn("warm pool: template", "template", k.template, "err", err)
 			return
 		}
 		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus)
@@ -336,6 +341,21 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 	}
 }
 
+// dropPool destroys a pool's sandboxes and stops refilling it.
+func (a *Agent) dropPool(ctx context.Context, sr *snapRuntime, k poolKey, why string) {
+	a.pools.mu.Lock()
+	ids := a.pools.ready[k]
+	delete(a.pools.ready, k)
+	delete(a.pools.wanted, k)
+	a.pools.mu.Unlock()
+	for _, id := range ids {
+		if err := sr.rt.Destroy(context.WithoutCancel(ctx), id); err != nil {
+			a.log.Warn("destroy a dropped warm-pool sandbox", "sandbox", id, "err", err)
+		}
+	}
+	a.log.Info("warm pool dropped", "template", k.template, "sandboxes", len(ids), "why", why)
+}
+
 // Prewarm builds the snapshot of every template at the default shape on
 // every runtime that can restore, and asks for their warm pools; errors
 // are logged. The server calls it at start when asked to.
@@ -354,7 +374,7 @@ func (a *Agent) Prewarm(ctx context.Context) {
 				a.log.Warn("prewarm: template snapshot", "runtime", sr.rt.Name(), "template", img.Name, "err", err)
 				continue
 			}
-			a.pools.want(poolKey{sr.rt.Name(), img.Name, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
+			a.pools.want(poolKey{sr.rt.Name(), img.Name, img.Digest, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
 		}
 	}
 }

@@ -49,6 +49,7 @@ type snapEnv struct {
 	dir    string
 	starts atomic.Int32 // boots (Start calls) in the runtime
 	opts   snapOpts
+	cat    catalog
 }
 
 type snapOpts struct {
@@ -102,8 +103,9 @@ func (e *snapEnv) start(t testing.TB) *RecoverReport {
 	if e.opts.templateCache {
 		cache = filepath.Join(e.dir, "template-cache")
 	}
+	e.cat = catalog{"base": {Name: "base", Digest: e.opts.digest}}
 	a, err := New(Config{TemplateCacheDir: cache, Node: "node-1", Store: e.store, Runtimes: []tartarus.Runtime{rt},
-		Images: catalog{"base": {Name: "base", Digest: e.opts.digest}}, Clock: e.clock,
+		Images: e.cat, Clock: e.clock,
 		Snapshots: e.blobs, SnapshotTempDir: tmp, CreateFromSnapshot: e.opts.createFromSnapshot,
 		Hypnos: hypnos.HypnosConfig{PrewarmPoolSize: e.opts.pool}})
 	if err != nil {
@@ -691,5 +693,31 @@ func TestIdleSleepRespectsLifecycleLock(t *testing.T) {
 	hyp.Check(ctx)
 	if st := e.state(t, other.ID); st.State != tartarus.StatePaused {
 		t.Errorf("paused sandbox after idle check: %s", st.State)
+	}
+}
+
+// A rebuilt template never hands out warm sandboxes of its old build.
+func TestWarmPoolFollowsTemplateRebuild(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{createFromSnapshot: true, pool: 2})
+	e.create(t, tartarus.CreateRequest{})
+	e.agent.FillWarmPools(ctx)
+	old := e.instances(t)
+	e.cat["base"] = &tartarus.Image{Name: "base", Digest: "sha256:9999eeee"}
+	sb := e.create(t, tartarus.CreateRequest{})
+	if slices.Contains(old, sb.ID) {
+		t.Errorf("create after a rebuild claimed %s from the old build's pool", sb.ID)
+	}
+	e.agent.FillWarmPools(ctx)
+	for _, id := range old {
+		if _, err := e.store.Get(ctx, id); err == nil {
+			continue // a recorded sandbox, not a pooled one
+		}
+		if slices.Contains(e.instances(t), id) {
+			t.Errorf("pooled sandbox %s of the old build still runs", id)
+		}
+	}
+	if got := e.agent.PoolSizes()["fake/base/256/1"]; got != 2 {
+		t.Errorf("pool holds %d after the rebuild and a refill, want 2", got)
 	}
 }
