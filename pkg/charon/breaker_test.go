@@ -77,7 +77,8 @@ func TestBreakerHalfOpenAdmitsOnlyTrials(t *testing.T) {
 	b.Allow()
 	b.Done(false)
 	clock.Advance(time.Second)
-	if !b.Allow() || !b.Allow() {
+	first, second := b.Allow(), b.Allow()
+	if !first || !second {
 		t.Fatal("half-open breaker refused its trials")
 	}
 	if b.Allow() || b.Ready() {

@@ -211,7 +211,7 @@ func validateShore(s *Shore) (*url.URL, error) {
 	} else if len(s.ID) > 64 || strings.IndexFunc(s.ID, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r))
 	}) >= 0 {
-		errs = append(errs, fmt.Errorf("id %q: up to 64 of A-Z a-z 0-9 - _ . :", s.ID))
+		errs = append(errs, fmt.Errorf("id %q: want up to 64 characters of A-Z a-z 0-9 and - _ . : (colon)", s.ID))
 	}
 	var u *url.URL
 	if s.Address == "" {

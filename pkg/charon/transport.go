@@ -28,7 +28,6 @@ type h1Transport struct {
 	maxIdlePerHost int
 	mu             sync.Mutex
 	idle           map[string][]*h1Conn
-	closed         bool
 }
 
 type h1Conn struct {
