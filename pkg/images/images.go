@@ -140,9 +140,20 @@ func (c *Catalog) templateDir(name string) string { return filepath.Join(c.dir, 
 
 // List returns the built templates, by name.
 func (c *Catalog) List(ctx context.Context) ([]*tartarus.Image, error) {
+	entries, err := os.ReadDir(filepath.Join(c.dir, "templates"))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("images: list templates: %w", err)
+	}
 	var out []*tartarus.Image
-	for _, r := range recipes {
-		img, err := c.Get(ctx, r.name)
+	for _, e := range entries {
+		// Builds in progress live in dot-directories.
+		if !e.IsDir() || !validTemplateName(e.Name()) {
+			continue
+		}
+		img, err := c.Get(ctx, e.Name())
 		if errors.Is(err, tartarus.ErrNotFound) {
 			continue
 		}
@@ -155,16 +166,20 @@ func (c *Catalog) List(ctx context.Context) ([]*tartarus.Image, error) {
 	return out, nil
 }
 
-// Get returns a built template; the error wraps tartarus.ErrNotFound for an
-// unknown or unbuilt one.
 func (c *Catalog) Get(ctx context.Context, name string) (*tartarus.Image, error) {
-	if _, ok := findRecipe(name); !ok {
+	// Besides the recipes, a template may have been made elsewhere (by
+	// `tartarus migrate`): any directory with a manifest and the three
+	// files counts.
+	if !validTemplateName(name) {
 		return nil, fmt.Errorf("%q: %w", name, ErrNotFound)
 	}
 	dir := c.templateDir(name)
 	m, err := readManifest(dir)
 	if os.IsNotExist(err) {
-		return nil, fmt.Errorf("%q not built (run tartarus template build %s): %w", name, name, ErrNotFound)
+		if _, ok := findRecipe(name); ok {
+			return nil, fmt.Errorf("%q not built (run tartarus template build %s): %w", name, name, ErrNotFound)
+		}
+		return nil, fmt.Errorf("%q: %w", name, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("images: template %s: %w", name, err)
@@ -203,6 +218,12 @@ func readManifest(dir string) (*manifest, error) {
 		return nil, fmt.Errorf("manifest.json: %w", err)
 	}
 	return m, nil
+}
+
+// validTemplateName reports whether name can be a template's directory: a
+// valid name that is not hidden (builds in progress are dot-directories).
+func validTemplateName(name string) bool {
+	return tartarus.ValidName(name) && !strings.HasPrefix(name, ".")
 }
 
 func findRecipe(name string) (recipe, bool) {

@@ -446,3 +446,51 @@ func TestStripModuleSignature(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignTemplate checks that a template made outside the recipes (as
+// `tartarus migrate` makes them) is listed and usable, and that a directory
+// without its files or a build in progress is not.
+func TestForeignTemplate(t *testing.T) {
+	data := t.TempDir()
+	cat, err := Open(Options{DataDir: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string, files ...string) {
+		dir := filepath.Join(data, "images", "templates", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			body := []byte("x")
+			if f == "manifest.json" {
+				body = []byte(`{"name":"` + name + `","digest":"d1"}`)
+			}
+			if err := os.WriteFile(filepath.Join(dir, f), body, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mk("myapp", "manifest.json", "vmlinux", "initrd.img", "rootfs.ext4")
+	mk(".migrate-other-123", "manifest.json", "vmlinux", "initrd.img", "rootfs.ext4")
+	mk("half", "manifest.json", "vmlinux")
+	mk("empty")
+
+	img, err := cat.Get(context.Background(), "myapp")
+	if err != nil || img.Digest != "d1" || img.RootFS != filepath.Join(data, "images", "templates", "myapp", "rootfs.ext4") {
+		t.Fatalf("Get(myapp) = %+v, %v", img, err)
+	}
+	if _, err := cat.Get(context.Background(), "../myapp"); !errors.Is(err, tartarus.ErrNotFound) {
+		t.Errorf("Get(../myapp) = %v, want ErrNotFound", err)
+	}
+	if _, err := cat.List(context.Background()); err == nil {
+		t.Error("List with an incomplete template: want an error naming it")
+	}
+	if err := os.RemoveAll(filepath.Join(data, "images", "templates", "half")); err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := cat.List(context.Background())
+	if err != nil || len(imgs) != 1 || imgs[0].Name != "myapp" {
+		t.Fatalf("List = %v, %v; want only myapp", imgs, err)
+	}
+}
