@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"io"
 	"log/slog"
 	"maps"
@@ -53,7 +54,7 @@ type Config struct {
 	// Runtimes are the enabled backends; the first is the default.
 	Runtimes []tartarus.Runtime
 	Images   Catalog
-	Clock    Clock
+	Clock    clock.Clock
 	Log      *slog.Logger
 	// ExpiryInterval is how often Run looks for expired sandboxes
 	// (default 5s).
@@ -129,7 +130,7 @@ type keyLock struct {
 // expire sandboxes.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Clock == nil {
-		cfg.Clock = SystemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)

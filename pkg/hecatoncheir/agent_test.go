@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -39,7 +40,7 @@ type env struct {
 	agent *Agent
 	rt    *fake.Runtime
 	store *store.SQLite
-	clock *FakeClock
+	clock *clock.Fake
 	dir   string
 }
 
@@ -51,7 +52,7 @@ func newEnv(t *testing.T, fcfg fake.Config) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	e := &env{store: st, clock: NewFakeClock(epoch), dir: dir}
+	e := &env{store: st, clock: clock.NewFake(epoch), dir: dir}
 	e.start(t, fcfg)
 	return e
 }

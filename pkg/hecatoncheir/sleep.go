@@ -65,7 +65,7 @@ func (a *Agent) setUpSnapshots() error {
 		hcfg := a.cfg.Hypnos
 		hyp, err := hypnos.NewHypnosManager(hypnos.Deps{
 			Runtime: rt, Snapshots: nyxFor("sleep"), Records: records, Sandboxes: sleepSource{a},
-			Clock: hypnosClock{a.cfg.Clock}, Logger: a.cfg.Log.With("runtime", name), Observer: a.observe, Guard: a.idleGuard,
+			Clock: a.cfg.Clock, Logger: a.cfg.Log.With("runtime", name), Observer: a.observe, Guard: a.idleGuard,
 		}, hcfg)
 		if err != nil {
 			return err
@@ -74,12 +74,6 @@ func (a *Agent) setUpSnapshots() error {
 	}
 	return nil
 }
-
-// hypnosClock adapts the agent's Clock to Hypnos's.
-type hypnosClock struct{ c Clock }
-
-func (h hypnosClock) Now() time.Time                          { return h.c.Now() }
-func (h hypnosClock) NewTicker(d time.Duration) hypnos.Ticker { return h.c.NewTicker(d) }
 
 // sleepSource tells Hypnos how to recreate a sandbox: from its record and
 // its template.

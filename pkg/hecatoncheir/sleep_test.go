@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"io"
 	"io/fs"
 	"os"
@@ -45,7 +46,7 @@ type snapEnv struct {
 	rt     *fake.Runtime
 	store  *store.SQLite
 	blobs  *failingStore
-	clock  *FakeClock
+	clock  *clock.Fake
 	dir    string
 	starts atomic.Int32 // boots (Start calls) in the runtime
 	opts   snapOpts
@@ -75,7 +76,7 @@ func newSnapEnv(t testing.TB, o snapOpts) *snapEnv {
 	if o.digest == "" {
 		o.digest = "sha256:1111aaaa2222bbbb"
 	}
-	e := &snapEnv{store: st, clock: NewFakeClock(o.clockStart), dir: dir, opts: o}
+	e := &snapEnv{store: st, clock: clock.NewFake(o.clockStart), dir: dir, opts: o}
 	e.start(t)
 	return e
 }

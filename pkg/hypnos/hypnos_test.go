@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"io"
 	"os"
 	"os/exec"
@@ -30,7 +31,7 @@ type env struct {
 	store   erebus.Store
 	local   *erebus.Local
 	records RecordStore
-	clock   *FakeClock
+	clock   *clock.Fake
 	m       *HypnosManager
 
 	mu     sync.Mutex
@@ -44,7 +45,7 @@ func newEnv(t *testing.T, cfg HypnosConfig, dir string) *env {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	e := &env{t: t, rt: newFakeRuntime(), dir: dir, clock: NewFakeClock(t0)}
+	e := &env{t: t, rt: newFakeRuntime(), dir: dir, clock: clock.NewFake(t0)}
 	e.open(cfg, nil)
 	return e
 }

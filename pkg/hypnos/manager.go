@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"log/slog"
 	"slices"
 	"sync"
@@ -31,8 +32,8 @@ type Deps struct {
 	// Sandboxes supplies each sandbox's VMConfig and tenant; without it the
 	// config is rebuilt from the runtime's Instance (no image, no env).
 	Sandboxes SandboxSource
-	// Clock defaults to SystemClock.
-	Clock  Clock
+	// Clock defaults to clock.System.
+	Clock  clock.Clock
 	Logger *slog.Logger
 	// Observer, if set, hears about every state change Hypnos makes. It is
 	// called without locks held, before the Sleep or Wake that caused it
@@ -52,7 +53,7 @@ type HypnosManager struct {
 	snaps   *nyx.Manager
 	records RecordStore
 	source  SandboxSource
-	clock   Clock
+	clock   clock.Clock
 	log     *slog.Logger
 	observe func(Event)
 	guard   func(string) (func(), bool)
@@ -111,7 +112,7 @@ func NewHypnosManager(deps Deps, cfg HypnosConfig) (*HypnosManager, error) {
 		return nil, fmt.Errorf("new hypnos manager: %w", err)
 	}
 	if deps.Clock == nil {
-		deps.Clock = SystemClock{}
+		deps.Clock = clock.System{}
 	}
 	log := deps.Logger
 	if log == nil {

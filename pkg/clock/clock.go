@@ -1,12 +1,13 @@
-package hecatoncheir
+// Package clock is the time source of everything whose behaviour time decides
+// (expiry, idle thresholds, sleep limits), with a fake that tests move by hand.
+package clock
 
 import (
 	"sync"
 	"time"
 )
 
-// Clock is the time source of everything time decides here (expiry), so
-// tests can move time by hand.
+// Clock is a time source that hands out tickers; tests use Fake.
 type Clock interface {
 	Now() time.Time
 	NewTicker(d time.Duration) Ticker
@@ -18,45 +19,45 @@ type Ticker interface {
 	Stop()
 }
 
-// SystemClock is the real clock.
-type SystemClock struct{}
+// System is the real clock.
+type System struct{}
 
-var _ Clock = SystemClock{}
+var _ Clock = System{}
 
 // Now implements Clock.
-func (SystemClock) Now() time.Time { return time.Now() }
+func (System) Now() time.Time { return time.Now() }
 
 // NewTicker implements Clock.
-func (SystemClock) NewTicker(d time.Duration) Ticker { return realTicker{time.NewTicker(d)} }
+func (System) NewTicker(d time.Duration) Ticker { return realTicker{time.NewTicker(d)} }
 
 type realTicker struct{ t *time.Ticker }
 
 func (r realTicker) C() <-chan time.Time { return r.t.C }
 func (r realTicker) Stop()               { r.t.Stop() }
 
-// FakeClock is a Clock that only moves when Advance is called. Its tickers
-// fire (at most one pending tick each, like time.Ticker) when Advance passes
-// their next deadline.
-type FakeClock struct {
+// Fake is a Clock that moves only when Advance is called; its tickers
+// fire (at most one pending tick each, like time.Ticker) when Advance
+// passes their deadline.
+type Fake struct {
 	mu      sync.Mutex
 	now     time.Time
 	tickers []*fakeTicker
 }
 
-var _ Clock = (*FakeClock)(nil)
+var _ Clock = (*Fake)(nil)
 
-// NewFakeClock returns a fake clock set to start.
-func NewFakeClock(start time.Time) *FakeClock { return &FakeClock{now: start} }
+// NewFake returns a fake clock set to start.
+func NewFake(start time.Time) *Fake { return &Fake{now: start} }
 
 // Now implements Clock.
-func (c *FakeClock) Now() time.Time {
+func (c *Fake) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
 }
 
 // NewTicker implements Clock.
-func (c *FakeClock) NewTicker(d time.Duration) Ticker {
+func (c *Fake) NewTicker(d time.Duration) Ticker {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTicker{c: make(chan time.Time, 1), every: d, next: c.now.Add(d), clock: c}
@@ -64,8 +65,22 @@ func (c *FakeClock) NewTicker(d time.Duration) Ticker {
 	return t
 }
 
+// Tickers reports how many live tickers the clock has handed out, so a test
+// can wait until a loop is ready before advancing time.
+func (c *Fake) Tickers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, t := range c.tickers {
+		if !t.stopped {
+			n++
+		}
+	}
+	return n
+}
+
 // Advance moves the clock forward by d and fires the tickers that are due.
-func (c *FakeClock) Advance(d time.Duration) {
+func (c *Fake) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
@@ -88,7 +103,7 @@ type fakeTicker struct {
 	every   time.Duration
 	next    time.Time
 	stopped bool
-	clock   *FakeClock
+	clock   *Fake
 }
 
 func (t *fakeTicker) C() <-chan time.Time { return t.c }
