@@ -233,3 +233,55 @@ func UnixMode(m uint32) os.FileMode {
 	}
 	return fm
 }
+
+// SandboxFiles implements a Runtime's ReadFile, WriteFile and ListFiles for
+// the container drivers, which all move files through Files: Open returns
+// the Files of one running sandbox and a func to call when the transfer ends
+// (it marks the sandbox busy meanwhile).
+type SandboxFiles struct {
+	Open func(ctx context.Context, id string) (Files, func(), error)
+}
+
+// ReadFile implements tartarus.Runtime.
+func (s SandboxFiles) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error) {
+	f, end, err := s.Open(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.ReadFile(ctx, path)
+	if err != nil {
+		end()
+		return nil, err
+	}
+	return &endReader{ReadCloser: rc, end: end}, nil
+}
+
+type endReader struct {
+	io.ReadCloser
+	end func()
+}
+
+func (e *endReader) Close() error {
+	defer e.end()
+	return e.ReadCloser.Close()
+}
+
+// WriteFile implements tartarus.Runtime.
+func (s SandboxFiles) WriteFile(ctx context.Context, id, path string, mode os.FileMode, src io.Reader) error {
+	f, end, err := s.Open(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer end()
+	return f.WriteFile(ctx, path, mode, src)
+}
+
+// ListFiles implements tartarus.Runtime.
+func (s SandboxFiles) ListFiles(ctx context.Context, id, path string) ([]tartarus.FileInfo, error) {
+	f, end, err := s.Open(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	return f.ListFiles(ctx, path)
+}

@@ -84,6 +84,7 @@ type Options struct {
 
 // Runtime is the containerd driver.
 type Runtime struct {
+	kampe.SandboxFiles
 	cli      *client.Client
 	opts     Options
 	log      *slog.Logger
@@ -127,8 +128,10 @@ func New(opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd at %s: %v", opts.Address, err)
 	}
-	return &Runtime{cli: cli, opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}, nil
+	r := &Runtime{cli: cli, opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
+		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
+	r.SandboxFiles = kampe.SandboxFiles{Open: r.files}
+	return r, nil
 }
 
 // Close lets go of the connection; containers keep running.
@@ -761,50 +764,6 @@ func (r *Runtime) files(ctx context.Context, id string) (kampe.Files, func(), er
 	return kampe.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
 		return r.exec(ctx, id, t, env, req)
 	}}, end, nil
-}
-
-// ReadFile implements tartarus.Runtime.
-func (r *Runtime) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error) {
-	f, end, err := r.files(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := f.ReadFile(ctx, path)
-	if err != nil {
-		end()
-		return nil, err
-	}
-	return &endReader{ReadCloser: rc, end: end}, nil
-}
-
-type endReader struct {
-	io.ReadCloser
-	end func()
-}
-
-func (e *endReader) Close() error {
-	defer e.end()
-	return e.ReadCloser.Close()
-}
-
-// WriteFile implements tartarus.Runtime.
-func (r *Runtime) WriteFile(ctx context.Context, id, path string, mode os.FileMode, src io.Reader) error {
-	f, end, err := r.files(ctx, id)
-	if err != nil {
-		return err
-	}
-	defer end()
-	return f.WriteFile(ctx, path, mode, src)
-}
-
-// ListFiles implements tartarus.Runtime.
-func (r *Runtime) ListFiles(ctx context.Context, id, path string) ([]tartarus.FileInfo, error) {
-	f, end, err := r.files(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	defer end()
-	return f.ListFiles(ctx, path)
 }
 
 // Stats implements tartarus.Runtime from the task's cgroup metrics (v1 or

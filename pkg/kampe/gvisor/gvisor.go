@@ -61,6 +61,7 @@ type Options struct {
 
 // Runtime is the gVisor driver.
 type Runtime struct {
+	kampe.SandboxFiles
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
@@ -113,8 +114,10 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Runtime{opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}, nil
+	r := &Runtime{opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
+		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
+	r.SandboxFiles = kampe.SandboxFiles{Open: r.files}
+	return r, nil
 }
 
 // Name implements tartarus.Runtime.
@@ -755,50 +758,6 @@ func (r *Runtime) files(ctx context.Context, id string) (kampe.Files, func(), er
 	return kampe.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
 		return r.exec(ctx, m, req)
 	}}, end, nil
-}
-
-// ReadFile implements tartarus.Runtime.
-func (r *Runtime) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error) {
-	f, end, err := r.files(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := f.ReadFile(ctx, path)
-	if err != nil {
-		end()
-		return nil, err
-	}
-	return &endReader{ReadCloser: rc, end: end}, nil
-}
-
-type endReader struct {
-	io.ReadCloser
-	end func()
-}
-
-func (e *endReader) Close() error {
-	defer e.end()
-	return e.ReadCloser.Close()
-}
-
-// WriteFile implements tartarus.Runtime.
-func (r *Runtime) WriteFile(ctx context.Context, id, path string, mode os.FileMode, src io.Reader) error {
-	f, end, err := r.files(ctx, id)
-	if err != nil {
-		return err
-	}
-	defer end()
-	return f.WriteFile(ctx, path, mode, src)
-}
-
-// ListFiles implements tartarus.Runtime.
-func (r *Runtime) ListFiles(ctx context.Context, id, path string) ([]tartarus.FileInfo, error) {
-	f, end, err := r.files(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	defer end()
-	return f.ListFiles(ctx, path)
 }
 
 // events is the part of `runsc events --stats` this driver reads.
