@@ -4,12 +4,13 @@
 #
 #   scripts/deps.sh          what `make run` needs (QEMU, image tools)
 #   scripts/deps.sh --test   also what the test suite starts (Redis, dockerd,
-#                            containerd, runc, HAProxy and wrk for benchmarks)
+#                            containerd, runc, HAProxy and wrk for benchmarks,
+#                            PostgreSQL for the Postgres store tests)
 set -euo pipefail
 
 pkgs=(qemu-system-x86 qemu-utils busybox-static debootstrap e2fsprogs zstd cpio xz-utils ca-certificates procps)
 if [ "${1:-}" = "--test" ]; then
-	pkgs+=(redis-server docker.io containerd runc haproxy wrk)
+	pkgs+=(redis-server docker.io containerd runc haproxy wrk postgresql)
 fi
 
 need=()

@@ -12,13 +12,22 @@ import (
 )
 
 // SleepRecords is the hypnos.RecordStore of one runtime's hibernated
-// sandboxes, kept in the sleep_records table of the SQLite store. Each
+// sandboxes, kept in the sleep_records table of the SQLite or Postgres store. Each
 // runtime has its own view, so that one runtime's Hypnos never reconciles
 // another's sandboxes. A record is written in one statement, so it survives
 // a crash once PutRecord returns.
 type SleepRecords struct {
 	db      *sql.DB
 	runtime string
+	// numbered is set for PostgreSQL, whose placeholders are $1, $2, ….
+	numbered bool
+}
+
+func (r *SleepRecords) q(query string) string {
+	if r.numbered {
+		return numbered(query)
+	}
+	return query
 }
 
 var _ hypnos.RecordStore = (*SleepRecords)(nil)
@@ -34,8 +43,8 @@ func (r *SleepRecords) PutRecord(ctx context.Context, rec *hypnos.SleepRecord) e
 	if err != nil {
 		return fmt.Errorf("put sleep record %s: %w", rec.SandboxID, err)
 	}
-	_, err = r.db.ExecContext(ctx, `INSERT INTO sleep_records (sandbox_id, runtime, status, record) VALUES (?,?,?,?)
-		ON CONFLICT(sandbox_id) DO UPDATE SET runtime = excluded.runtime, status = excluded.status, record = excluded.record`,
+	_, err = r.db.ExecContext(ctx, r.q(`INSERT INTO sleep_records (sandbox_id, runtime, status, record) VALUES (?,?,?,?)
+		ON CONFLICT(sandbox_id) DO UPDATE SET runtime = excluded.runtime, status = excluded.status, record = excluded.record`),
 		rec.SandboxID, r.runtime, string(rec.Status), string(b))
 	if err != nil {
 		return fmt.Errorf("put sleep record %s: %w", rec.SandboxID, err)
@@ -46,7 +55,7 @@ func (r *SleepRecords) PutRecord(ctx context.Context, rec *hypnos.SleepRecord) e
 // GetRecord implements hypnos.RecordStore.
 func (r *SleepRecords) GetRecord(ctx context.Context, id string) (*hypnos.SleepRecord, error) {
 	var raw string
-	err := r.db.QueryRowContext(ctx, `SELECT record FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`, id, r.runtime).Scan(&raw)
+	err := r.db.QueryRowContext(ctx, r.q(`SELECT record FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`), id, r.runtime).Scan(&raw)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "sleep record %s", id)
 	}
@@ -66,7 +75,7 @@ func decodeRecord(id, raw string) (*hypnos.SleepRecord, error) {
 
 // DeleteRecord implements hypnos.RecordStore.
 func (r *SleepRecords) DeleteRecord(ctx context.Context, id string) error {
-	if _, err := r.db.ExecContext(ctx, `DELETE FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`, id, r.runtime); err != nil {
+	if _, err := r.db.ExecContext(ctx, r.q(`DELETE FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`), id, r.runtime); err != nil {
 		return fmt.Errorf("delete sleep record %s: %w", id, err)
 	}
 	return nil
@@ -74,7 +83,7 @@ func (r *SleepRecords) DeleteRecord(ctx context.Context, id string) error {
 
 // ListRecords implements hypnos.RecordStore.
 func (r *SleepRecords) ListRecords(ctx context.Context) ([]*hypnos.SleepRecord, error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT sandbox_id, record FROM sleep_records WHERE runtime = ? ORDER BY sandbox_id`, r.runtime)
+	rows, err := r.db.QueryContext(ctx, r.q(`SELECT sandbox_id, record FROM sleep_records WHERE runtime = ? ORDER BY sandbox_id`), r.runtime)
 	if err != nil {
 		return nil, fmt.Errorf("list sleep records: %w", err)
 	}

@@ -38,21 +38,3 @@ func TestSleepRecordsPerRuntimeAndDurable(t *testing.T) {
 		t.Errorf("after reopen: %+v, %v", got, err)
 	}
 }
-
-func TestSnapshotBytesFollowMoves(t *testing.T) {
-	ctx := context.Background()
-	s := openTest(t, "")
-	sb := sandbox("sb-1", "acme", tartarus.StateRunning)
-	sb.AutoHibernateS = 30
-	if err := s.Create(ctx, sb); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Move(ctx, "sb-1", tartarus.StateRunning, tartarus.StateHibernated, Change{At: t0, SnapshotBytes: 15 << 20})
-	if err != nil || got.SnapshotBytes != 15<<20 || got.AutoHibernateS != 30 {
-		t.Fatalf("hibernated: %+v, %v", got, err)
-	}
-	got, err = s.Move(ctx, "sb-1", tartarus.StateHibernated, tartarus.StateRunning, Change{At: t0})
-	if err != nil || got.SnapshotBytes != 0 {
-		t.Errorf("woken: %+v, %v", got, err)
-	}
-}

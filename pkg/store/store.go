@@ -2,8 +2,9 @@
 // its state, owner, placement and times, and the sleep records of
 // hibernated sandboxes (SQLite.SleepRecords, a hypnos.RecordStore).
 //
-// Store is deliberately small and SQL-shaped so that a Postgres
-// implementation (for several Olympus replicas) can follow the SQLite one.
+// Store is deliberately small and SQL-shaped: SQLite serves a single
+// control-plane process, Postgres several replicas sharing one database
+// (Open picks by the DSN).
 // State changes are compare-and-set on the old state, so two writers racing
 // on one sandbox cannot both win.
 package store
