@@ -97,11 +97,12 @@ func runInit() {
 
 	reaper := agent.NewReaper(log)
 	a := agent.New(agent.Options{
-		Logger:    log,
-		SetClock:  true,
-		SeedRNG:   true,
-		Reaper:    reaper,
-		BootError: b.errText(),
+		Logger:      log,
+		SetClock:    true,
+		SeedRNG:     true,
+		SetHostname: true,
+		Reaper:      reaper,
+		BootError:   b.errText(),
 	})
 	log.Info("boot done", "ms", ms(time.Since(started)), "steps", b.steps.String(),
 		"kernel_uptime_s", fmt.Sprintf("%.3f", uptime().Seconds()), "hostname", cfg.Hostname, "error", b.errText())

@@ -158,8 +158,15 @@ func (c *Client) Ping(ctx context.Context) error {
 // a VM does) and mixes entropy into its kernel RNG, then refreshes Info.
 // Send it again after a snapshot restore.
 func (c *Client) Sync(ctx context.Context, now time.Time, entropy []byte) error {
+	return c.SyncHostname(ctx, now, entropy, "")
+}
+
+// SyncHostname is Sync that also sets the guest's hostname (when the guest
+// allows it) in the same round trip; an empty hostname leaves it alone.
+// Info().Hostname tells whether the guest took it: an older agent ignores it.
+func (c *Client) SyncHostname(ctx context.Context, now time.Time, entropy []byte, hostname string) error {
 	var in proto.Info
-	req := &proto.Request{Op: proto.OpSync, Sync: &proto.SyncRequest{UnixNano: now.UnixNano(), Entropy: entropy}}
+	req := &proto.Request{Op: proto.OpSync, Sync: &proto.SyncRequest{UnixNano: now.UnixNano(), Entropy: entropy, Hostname: hostname}}
 	if err := c.call(ctx, req, &in); err != nil {
 		return err
 	}

@@ -50,6 +50,8 @@ type Options struct {
 	// SeedRNG lets OpSync mix the host's bytes into the kernel RNG with
 	// credit (RNDADDENTROPY) and force a reseed (RNDRESEEDCRNG).
 	SeedRNG bool
+	// SetHostname lets OpSync set the hostname. Only for PID 1 in a VM.
+	SetHostname bool
 	// Reaper, when set, collects the exit statuses of every child (the
 	// agent is PID 1 or a subreaper). Otherwise each exec waits for its
 	// own pid.

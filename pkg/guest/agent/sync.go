@@ -26,6 +26,11 @@ func (a *Agent) sync(req *proto.SyncRequest) (*proto.Info, error) {
 			return nil, err
 		}
 	}
+	if a.opts.SetHostname && req.Hostname != "" {
+		if err := unix.Sethostname([]byte(req.Hostname)); err != nil {
+			return nil, fmt.Errorf("set hostname: %w", err)
+		}
+	}
 	return a.info(), nil
 }
 

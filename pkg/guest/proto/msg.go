@@ -71,7 +71,13 @@ type Request struct {
 type SyncRequest struct {
 	UnixNano int64  `json:"unix_nano"`
 	Entropy  []byte `json:"entropy,omitempty"`
+	// Hostname, when set, becomes the guest's hostname (a restored
+	// snapshot still carries the snapshotted sandbox's).
+	Hostname string `json:"hostname,omitempty"`
 }
+
+// MaxHostname is the longest hostname a sync may set (Linux HOST_NAME_MAX).
+const MaxHostname = 64
 
 // Info is the guest's answer to OpSync.
 type Info struct {
@@ -147,6 +153,9 @@ func (r *Request) Validate() error {
 		}
 		if len(r.Sync.Entropy) > MaxEntropy {
 			return bad("entropy: at most %d bytes", MaxEntropy)
+		}
+		if len(r.Sync.Hostname) > MaxHostname || strings.ContainsRune(r.Sync.Hostname, 0) {
+			return bad("hostname: at most %d bytes, no NUL", MaxHostname)
 		}
 		return nil
 	case OpExec:

@@ -216,15 +216,20 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) err
 	mark("guest")
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
-	if err := v.guest.Sync(ctx, d.now(), entropy); err != nil {
+	// The guest still carries the snapshotted sandbox's hostname; the sync
+	// renames it in the same round trip.
+	if err := v.guest.SyncHostname(ctx, d.now(), entropy, v.id); err != nil {
 		return fmt.Errorf("sync restored guest: %w", err)
 	}
-	// The guest still carries the snapshotted sandbox's hostname.
-	res, err := v.guest.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"hostname", v.id}})
-	if err != nil || res.ExitCode != 0 {
-		v.log.Warn("cannot set the restored guest's hostname", "err", err, "result", res)
-	}
 	mark("sync")
+	if v.guest.Info().Hostname != v.id {
+		// An older agent ignores the sync's hostname.
+		res, err := v.guest.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"hostname", v.id}})
+		if err != nil || res.ExitCode != 0 {
+			v.log.Warn("cannot set the restored guest's hostname", "err", err, "result", res)
+		}
+		mark("hostname")
+	}
 	v.log.Info("restored", phases...)
 	return d.markRunning(v, v.conf.Accel)
 }

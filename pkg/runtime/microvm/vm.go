@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/guest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -26,6 +27,8 @@ import (
 // stand in for a guest.
 type guestConn interface {
 	Sync(ctx context.Context, now time.Time, entropy []byte) error
+	SyncHostname(ctx context.Context, now time.Time, entropy []byte, hostname string) error
+	Info() guest.Info
 	Exec(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error)
 	SignalAll(ctx context.Context, sig syscall.Signal) error
 	ReadFile(ctx context.Context, path string) (io.ReadCloser, error)
