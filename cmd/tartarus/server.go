@@ -43,6 +43,7 @@ func serverDataDir() string {
 
 type serverOptions struct {
 	listen, dataDir, logLevel, node string
+	database                        string
 	runtimes                        []string
 	accel                           string
 	bootTimeout                     time.Duration
@@ -81,6 +82,7 @@ restoring a per-template snapshot (--create-from-snapshot) and, with
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:7700", "address to serve the API on")
 	f.StringVar(&o.dataDir, "data-dir", serverDataDir(), "data directory")
+	f.StringVar(&o.database, "database", "", "postgres://… to keep state in Postgres (default: SQLite in the data directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.node, "node", defaultNodeName(), "this node's name")
 	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
@@ -138,7 +140,11 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	// VMs and their state must not be tied to ctx.
 	life := context.WithoutCancel(ctx)
 
-	st, err := store.OpenSQLite(life, filepath.Join(o.dataDir, "tartarus.db"))
+	dsn := o.database
+	if dsn == "" {
+		dsn = filepath.Join(o.dataDir, "tartarus.db")
+	}
+	st, err := store.Open(life, dsn)
 	if err != nil {
 		return err
 	}
