@@ -8,6 +8,7 @@ DATA_DIR  ?= $(if $(filter 0,$(shell id -u)),/var/lib/tartarus,$(HOME)/.tartarus
 TEST_DATA ?= /var/tmp/tartarus-test
 STATICCHECK_VERSION := v0.8.2
 export GOFLAGS := -buildvcs=false
+SHELL     := /bin/bash
 
 .PHONY: all build deps images run test vet staticcheck test-deps test-images bench clean
 
@@ -41,15 +42,17 @@ test-deps:
 test-images: test-deps build
 	$(BIN)/tartarus template build --data-dir $(TEST_DATA) --all
 
-# The whole suite: vet, staticcheck, then unit and end-to-end tests under the
+# The whole suite: vet, staticcheck, benchmarks once, then unit and end-to-end tests under the
 # race detector (the end-to-end ones boot real microVMs and start real Redis,
 # dockerd, containerd and runsc; TARTARUS_E2E=1 turns a missing piece into a
-# failure), then every benchmark once so they stay alive.
+# failure). Every benchmark runs once first, so they stay alive; the tests
+# run last, so their summary closes the output.
 test: test-images vet staticcheck
 	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
-		$(GO) test -race -count=1 -timeout 60m ./...
-	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
 		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./...
+	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
+		$(GO) test -race -count=1 -timeout 60m ./... 2>&1 | tee $(BIN)/test.log; exit $${PIPESTATUS[0]}
+	@echo "packages: $$(grep -c '^ok' $(BIN)/test.log) passed, $$(grep -c '^FAIL' $(BIN)/test.log) failed"
 
 clean:
 	rm -rf $(BIN)
