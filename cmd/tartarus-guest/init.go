@@ -431,15 +431,17 @@ func loopbackUp() error {
 // behind, so a stalled console never blocks the caller.
 type dropWriter struct {
 	ch      chan []byte
-	dropped atomic.Int64
+	dropped atomic.Int64 // lines dropped since start; the writer reports the growth
 }
 
 func newDropWriter(w io.Writer, queue int) *dropWriter {
 	d := &dropWriter{ch: make(chan []byte, queue)}
 	go func() {
+		var reported int64
 		for b := range d.ch {
-			if n := d.dropped.Swap(0); n > 0 {
-				fmt.Fprintf(w, "tartarus-guest: %d log lines dropped\n", n)
+			if n := d.dropped.Load(); n > reported {
+				fmt.Fprintf(w, "tartarus-guest: %d log lines dropped\n", n-reported)
+				reported = n
 			}
 			_, _ = w.Write(b)
 		}
