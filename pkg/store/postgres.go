@@ -190,23 +190,7 @@ func (p *Postgres) List(ctx context.Context, f Filter) ([]*tartarus.Sandbox, err
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	q += " ORDER BY created_at, id"
-	rows, err := p.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	defer rows.Close()
-	var out []*tartarus.Sandbox
-	for rows.Next() {
-		sb, err := scan(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sandboxes: %w", err)
-		}
-		out = append(out, sb)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	return out, nil
+	return querySandboxes(ctx, p.db, q, args)
 }
 
 // Move implements Store.

@@ -175,23 +175,7 @@ func (s *SQLite) List(ctx context.Context, f Filter) ([]*tartarus.Sandbox, error
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	q += " ORDER BY created_at, id"
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	defer rows.Close()
-	var out []*tartarus.Sandbox
-	for rows.Next() {
-		sb, err := scan(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sandboxes: %w", err)
-		}
-		out = append(out, sb)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	return out, nil
+	return querySandboxes(ctx, s.db, q, args)
 }
 
 // Move implements Store.

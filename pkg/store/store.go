@@ -11,6 +11,8 @@ package store
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -50,4 +52,26 @@ type Change struct {
 	// SnapshotBytes is recorded as the sandbox's snapshot size (a move to
 	// hibernated sets it; every other move leaves 0, clearing it).
 	SnapshotBytes int64
+}
+
+// querySandboxes runs a SELECT of columns and scans every row; both SQL
+// stores list through it.
+func querySandboxes(ctx context.Context, db *sql.DB, q string, args []any) ([]*tartarus.Sandbox, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	defer rows.Close()
+	var out []*tartarus.Sandbox
+	for rows.Next() {
+		sb, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list sandboxes: %w", err)
+		}
+		out = append(out, sb)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	return out, nil
 }
