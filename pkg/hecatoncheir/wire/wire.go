@@ -1,0 +1,227 @@
+// Package wire is the protocol between node agents (`tartarus agent`) and
+// the API server replicas of a multi-node Tartarus: the messages, their
+// routes, and how each side authenticates the other.
+//
+// Everything goes over HTTPS with mutual TLS: both sides hold certificates
+// of the operator's CA (`tartarus certs` makes a development one). An
+// agent's certificate names it "agent:NAME"; a server's names it
+// "service:NAME".
+//
+// The agent calls the server (its --agent-listen address):
+//
+//	POST /v1/agent/heartbeat        Heartbeat → HeartbeatReply
+//	GET  /v1/agent/commands?wait=D  → Commands (long poll: answers at once when
+//	                                 commands are pending, else within D)
+//	POST /v1/agent/commands/{id}    Result → 204 (idempotent)
+//	POST /v1/agent/reports          Reports → 204 (state changes the agent made
+//	                                 on its own: expiry, auto-hibernate, wake)
+//
+// The server calls the agent's node API (Heartbeat.Node.Address) only for
+// streams: exec, file transfers and listings. They are the public API's
+// requests, forwarded unchanged under the same paths, with the sandbox's
+// tenant in the TenantHeader header; the agent trusts that header only from
+// a verified server certificate.
+//
+// Commands are durable: the server writes one to its database before it
+// answers the caller, delivers it until the agent posts its Result, and an
+// agent that gets the same command twice (after a restart, or because a
+// Result was lost) does it once. Pending commands for one node are
+// delivered oldest first.
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Routes on the server's agent listener.
+const (
+	PathHeartbeat = "/v1/agent/heartbeat"
+	PathCommands  = "/v1/agent/commands"
+	PathReports   = "/v1/agent/reports"
+)
+
+// TenantHeader carries the tenant of the sandbox a forwarded request acts
+// on.
+const TenantHeader = "X-Tartarus-Tenant"
+
+// Defaults both sides use unless configured otherwise.
+const (
+	DefaultHeartbeatInterval = 2 * time.Second
+	// DefaultPollWait is how long a command long poll waits when nothing
+	// is pending.
+	DefaultPollWait = 25 * time.Second
+)
+
+// NodeStatus is what an agent says about itself in every heartbeat.
+type NodeStatus struct {
+	Name string `json:"name"`
+	// Address is the agent's node API, https://HOST:PORT.
+	Address string            `json:"address"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	// CPUs and MemoryMB are what sandboxes may use on this host in all.
+	CPUs     int `json:"cpus"`
+	MemoryMB int `json:"memory_mb"`
+	// Sandboxes counts the sandboxes the agent holds that are not final.
+	Sandboxes int `json:"sandboxes"`
+	// Runtimes are the enabled runtimes, default first.
+	Runtimes []tartarus.Fingerprint `json:"runtimes"`
+	// Templates are the template names the agent can create from.
+	Templates []string `json:"templates,omitempty"`
+	// SharedSnapshots is true when the agent keeps snapshots in storage
+	// other nodes share (S3), so its hibernated sandboxes can wake
+	// elsewhere.
+	SharedSnapshots bool      `json:"shared_snapshots"`
+	StartedAt       time.Time `json:"started_at"`
+	Version         string    `json:"version,omitempty"`
+}
+
+// Heartbeat is sent every HeartbeatReply.Interval. The first one after the
+// agent starts (and any after the server answered Resync) is Full: it lists
+// every sandbox the agent holds, so the server can reconcile.
+type Heartbeat struct {
+	Node NodeStatus `json:"node"`
+	Full bool       `json:"full,omitempty"`
+	// Sandboxes is every sandbox the agent holds, when Full.
+	Sandboxes []Report `json:"sandboxes,omitempty"`
+}
+
+// HeartbeatReply tells the agent what the server wants of it.
+type HeartbeatReply struct {
+	// Interval is when to send the next heartbeat.
+	Interval time.Duration `json:"interval_ns"`
+	// Resync asks for a Full heartbeat next (the server had marked the node
+	// down, or has no record of it).
+	Resync bool `json:"resync,omitempty"`
+	// Drop lists sandboxes the agent must let go of: the cluster declared
+	// them lost while the node was down, or woke them elsewhere. The agent
+	// destroys their instances; a hibernated one's snapshot is left alone
+	// when the sandbox now lives on another node (Keep).
+	Drop []Drop `json:"drop,omitempty"`
+}
+
+// Drop is one sandbox to let go of.
+type Drop struct {
+	SandboxID string `json:"sandbox_id"`
+	// KeepSnapshot: another node owns the sandbox's snapshot now.
+	KeepSnapshot bool   `json:"keep_snapshot,omitempty"`
+	Reason       string `json:"reason"`
+}
+
+// Kind names a command.
+type Kind string
+
+// The commands.
+const (
+	KindCreate    Kind = "create"
+	KindDestroy   Kind = "destroy"
+	KindPause     Kind = "pause"
+	KindResume    Kind = "resume"
+	KindHibernate Kind = "hibernate"
+	KindWake      Kind = "wake"
+	KindFork      Kind = "fork"
+	// KindAdopt takes over a hibernated sandbox whose node went down: the
+	// agent records Sandbox and Sleep as its own, then wakes it.
+	KindAdopt Kind = "adopt"
+)
+
+// Command is one thing an agent must do.
+type Command struct {
+	ID        string    `json:"id"`
+	Node      string    `json:"node"`
+	Kind      Kind      `json:"kind"`
+	SandboxID string    `json:"sandbox_id"`
+	CreatedAt time.Time `json:"created_at"`
+	// Create: the sandbox to create, with its id, tenant, shape, times.
+	Sandbox *tartarus.Sandbox `json:"sandbox,omitempty"`
+	// Create: the caller's request (normalized).
+	Create *tartarus.CreateRequest `json:"create,omitempty"`
+	// Fork: the ids the copies get, in order.
+	ForkIDs []string `json:"fork_ids,omitempty"`
+	// Adopt: the sleep record of the hibernated sandbox (Sandbox is set too).
+	Sleep *hypnos.SleepRecord `json:"sleep,omitempty"`
+}
+
+// Commands is the long poll's answer.
+type Commands struct {
+	Commands []Command `json:"commands"`
+}
+
+// Result is what became of a command. Error is empty on success.
+type Result struct {
+	// Sandboxes are the sandboxes the command touched, as the agent now
+	// has them (a fork's copies after the parent).
+	Sandboxes []Report `json:"sandboxes,omitempty"`
+	Error     *Error   `json:"error,omitempty"`
+}
+
+// Error is a failed command's error: Code is the tartarus error class
+// name (not_found, invalid, failed_precondition, resource_exhausted,
+// unavailable, unimplemented, …) so the server answers its caller with
+// the same status a single node would.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Report is one sandbox as its agent has it.
+type Report struct {
+	Sandbox tartarus.Sandbox `json:"sandbox"`
+	// Sleep is the sleep record of a hibernated sandbox, so that another
+	// node can wake it if this one goes down.
+	Sleep *hypnos.SleepRecord `json:"sleep,omitempty"`
+}
+
+// Reports carries state changes the agent made on its own.
+type Reports struct {
+	Node      string   `json:"node"`
+	Sandboxes []Report `json:"sandboxes"`
+}
+
+// classes maps Error.Code to the tartarus error class it stands for.
+var classes = []struct {
+	code  string
+	class error
+}{
+	{"not_found", tartarus.ErrNotFound},
+	{"already_exists", tartarus.ErrAlreadyExists},
+	{"invalid", tartarus.ErrInvalid},
+	{"failed_precondition", tartarus.ErrFailedPrecondition},
+	{"resource_exhausted", tartarus.ErrResourceExhausted},
+	{"unavailable", tartarus.ErrUnavailable},
+	{"not_implemented", tartarus.ErrNotImplemented},
+	{"timeout", tartarus.ErrTimeout},
+}
+
+// ErrorOf makes the wire form of err; nil for nil.
+func ErrorOf(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	for _, c := range classes {
+		if errors.Is(err, c.class) {
+			return &Error{Code: c.code, Message: err.Error()}
+		}
+	}
+	return &Error{Code: "internal", Message: err.Error()}
+}
+
+// Err turns a wire error back into a Go error of the same class; nil for
+// nil. The message is the agent's, prefixed so the caller knows where it
+// happened.
+func (e *Error) Err(node string) error {
+	if e == nil {
+		return nil
+	}
+	for _, c := range classes {
+		if e.Code == c.code {
+			return fmt.Errorf("node %s: %s: %w", node, strings.TrimSuffix(e.Message, ": "+c.class.Error()), c.class)
+		}
+	}
+	return fmt.Errorf("node %s: %s", node, e.Message)
+}
