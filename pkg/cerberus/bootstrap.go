@@ -18,6 +18,10 @@ const AdminRole = "platform-admin"
 // mode 0600, so that the CLI on the same machine can use it. It never
 // replaces an existing file, and never re-creates a key once the operator
 // has others. It reports whether it made one.
+//
+// With a store shared by several replicas starting at once, exactly one of
+// them makes the key (KeyStore.CreateFirst) and writes it to its own
+// admin.key; the others report false.
 func EnsureAdminKey(ctx context.Context, keys *KeyStore, path string) (bool, error) {
 	_, err := os.Stat(path)
 	if err == nil {
@@ -26,14 +30,14 @@ func EnsureAdminKey(ctx context.Context, keys *KeyStore, path string) (bool, err
 	if !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("admin key: %w", err)
 	}
-	if len(keys.List(ctx, "")) > 0 {
-		return false, nil
-	}
-	_, secret, err := keys.Create(ctx, KeySpec{
+	_, secret, made, err := keys.CreateFirst(ctx, KeySpec{
 		Name: "admin (made on first start)", TenantID: DefaultTenant, Roles: []string{AdminRole}, CreatedBy: "system:bootstrap",
 	})
 	if err != nil {
 		return false, fmt.Errorf("admin key: %w", err)
+	}
+	if !made {
+		return false, nil
 	}
 	if err := writeFileAtomic(path, []byte(string(secret)+"\n"), 0o600); err != nil {
 		return false, fmt.Errorf("admin key: write %s: %w", path, err)

@@ -6,13 +6,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -74,49 +70,91 @@ func (s Secret) String() string {
 	return "<redacted>"
 }
 
-// storedKey is one key as written to disk.
+// storedKey is one key as a backend keeps it.
 type storedKey struct {
 	APIKey
 	SecretSHA256 string `json:"secret_sha256"`
 }
 
-type keyFile struct {
-	Version int         `json:"version"`
-	Keys    []storedKey `json:"keys"`
+// keyBackend is where a KeyStore keeps its keys: a JSON file for one server
+// (fileKeys, keys_file.go) or a Postgres table that several replicas share
+// (pgKeys, keys_pg.go). Backends store and fetch; the KeyStore makes the
+// secrets, checks them, and validates specs.
+type keyBackend interface {
+	// insert adds k; ErrAlreadyExists when its id is taken.
+	insert(ctx context.Context, k storedKey) error
+	// insertFirst adds k only if the backend holds no key at all (revoked
+	// and expired ones count), atomically for every process sharing the
+	// backend. It reports whether it added k.
+	insertFirst(ctx context.Context, k storedKey) (bool, error)
+	// get returns one key; ErrNotFound when there is none.
+	get(ctx context.Context, id string) (storedKey, error)
+	// list returns the keys of tenant ("" or "*": all), in any order.
+	list(ctx context.Context, tenant string) ([]storedKey, error)
+	// revoke marks the key revoked at at, unless it already is, and returns
+	// it; ErrNotFound when there is none.
+	revoke(ctx context.Context, id string, at time.Time) (storedKey, error)
+	close() error
 }
 
-// KeyStore keeps API keys in one JSON file (mode 0600) in the data dir,
-// rewritten atomically (temp file, fsync, rename) on every change. It is
-// meant for one server process; several replicas would need a shared store.
+// KeyStore creates, checks, lists and revokes API keys. Where the keys live
+// is its backend: OpenKeyStore keeps them in a JSON file for one server,
+// OpenPostgresKeyStore in a table that several server replicas share.
+//
+// With a shared backend, Verify remembers a key it has read for CacheTTL on
+// the store's clock, so the authentication path does not query the database
+// on every request. A key created on another replica authenticates at once
+// (an unknown id is never remembered); a key revoked on another replica is
+// refused at most CacheTTL later (on this replica, at once).
 type KeyStore struct {
-	path  string
-	clock Clock
+	backend  keyBackend
+	clock    Clock
+	cacheTTL time.Duration // <= 0: every Verify asks the backend
 
-	mu   sync.RWMutex
-	keys map[string]*storedKey
+	mu    sync.RWMutex
+	cache map[string]cachedKey
+	// gen counts local revocations, so a lookup that read a key before a
+	// revocation here does not put the stale copy back in the cache.
+	gen       uint64
+	nextSweep int
 }
 
-// OpenKeyStore loads the store at path, or starts an empty one if the file
-// does not exist yet.
+// cachedKey is a key as read from the backend at at.
+type cachedKey struct {
+	key storedKey
+	at  time.Time
+}
+
+// minSweep is the cache size below which stale entries are left alone.
+const minSweep = 1024
+
+func newKeyStore(b keyBackend, clock Clock, cacheTTL time.Duration) *KeyStore {
+	if clock == nil {
+		clock = SystemClock{}
+	}
+	return &KeyStore{backend: b, clock: clock, cacheTTL: cacheTTL, cache: map[string]cachedKey{}, nextSweep: minSweep}
+}
+
+// OpenKeyStore loads the JSON key file at path (mode 0600, rewritten
+// atomically on every change), or starts an empty one if the file does not
+// exist yet. The file is for one server process: replicas sharing a
+// database use OpenPostgresKeyStore.
 func OpenKeyStore(path string, clock Clock) (*KeyStore, error) {
-	s := &KeyStore{path: path, clock: clock, keys: map[string]*storedKey{}}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
-	}
+	b, err := openFileKeys(path)
 	if err != nil {
-		return nil, fmt.Errorf("open key store: %w", err)
+		return nil, err
 	}
-	var f keyFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("open key store %s: %w", path, err)
-	}
-	for i := range f.Keys {
-		k := f.Keys[i]
-		s.keys[k.ID] = &k
-	}
-	return s, nil
+	// The file's keys are in memory already: nothing to cache.
+	return newKeyStore(b, clock, 0), nil
 }
+
+// Close releases the backend (the Postgres connection pool).
+func (s *KeyStore) Close() error { return s.backend.close() }
+
+// CacheTTL is how long Verify may trust a key it read from a shared backend:
+// the bound on how late a revocation made on another replica takes effect
+// here. Zero when every Verify reads the backend.
+func (s *KeyStore) CacheTTL() time.Duration { return max(s.cacheTTL, 0) }
 
 // ParseAPIKey splits a presented key into id and secret. It checks the shape
 // only; Verify checks the secret.
@@ -144,15 +182,47 @@ func isLowerHex(s string) bool {
 
 // Create makes a new key and returns it with its secret, which is not kept.
 func (s *KeyStore) Create(ctx context.Context, spec KeySpec) (APIKey, Secret, error) {
+	k, secret, err := s.newKey(spec)
+	if err != nil {
+		return APIKey{}, "", err
+	}
+	if err := s.backend.insert(ctx, k); err != nil {
+		return APIKey{}, "", err
+	}
+	return cloneKey(k.APIKey), secret, nil
+}
+
+// CreateFirst makes a key like Create, but only when the store holds no key
+// at all; every server sharing the store agrees, so of several replicas
+// starting at once exactly one makes it. It reports whether it made one.
+func (s *KeyStore) CreateFirst(ctx context.Context, spec KeySpec) (APIKey, Secret, bool, error) {
+	k, secret, err := s.newKey(spec)
+	if err != nil {
+		return APIKey{}, "", false, err
+	}
+	made, err := s.backend.insertFirst(ctx, k)
+	if err != nil {
+		return APIKey{}, "", false, err
+	}
+	if !made {
+		return APIKey{}, "", false, nil
+	}
+	return cloneKey(k.APIKey), secret, true, nil
+}
+
+// newKey checks spec and makes a key with a fresh id and secret. Times are
+// cut to microseconds, what Postgres keeps, so every backend returns the
+// key it was given.
+func (s *KeyStore) newKey(spec KeySpec) (storedKey, Secret, error) {
 	if spec.TenantID == "" {
-		return APIKey{}, "", tartarus.Errorf(tartarus.ErrInvalid, "api key needs a tenant")
+		return storedKey{}, "", tartarus.Errorf(tartarus.ErrInvalid, "api key needs a tenant")
 	}
 	if len(spec.Roles) == 0 {
-		return APIKey{}, "", tartarus.Errorf(tartarus.ErrInvalid, "api key needs at least one role")
+		return storedKey{}, "", tartarus.Errorf(tartarus.ErrInvalid, "api key needs at least one role")
 	}
-	now := s.clock.Now().UTC()
+	now := s.now()
 	if !spec.ExpiresAt.IsZero() && !spec.ExpiresAt.After(now) {
-		return APIKey{}, "", tartarus.Errorf(tartarus.ErrInvalid, "api key expiry %s is in the past", spec.ExpiresAt.Format(time.RFC3339))
+		return storedKey{}, "", tartarus.Errorf(tartarus.ErrInvalid, "api key expiry %s is in the past", spec.ExpiresAt.Format(time.RFC3339))
 	}
 	idb := make([]byte, keyIDBytes)
 	secb := make([]byte, keySecretBytes)
@@ -160,76 +230,112 @@ func (s *KeyStore) Create(ctx context.Context, spec KeySpec) (APIKey, Secret, er
 	rand.Read(secb)
 	id, secret := hex.EncodeToString(idb), hex.EncodeToString(secb)
 	sum := sha256.Sum256([]byte(secret))
-	k := &storedKey{
+	k := storedKey{
 		APIKey: APIKey{
 			ID: id, Name: spec.Name, TenantID: spec.TenantID, Roles: slices.Clone(spec.Roles),
-			CreatedAt: now, CreatedBy: spec.CreatedBy, ExpiresAt: spec.ExpiresAt.UTC(),
+			CreatedAt: now, CreatedBy: spec.CreatedBy, ExpiresAt: spec.ExpiresAt.UTC().Truncate(time.Microsecond),
 		},
 		SecretSHA256: hex.EncodeToString(sum[:]),
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, dup := s.keys[id]; dup {
-		return APIKey{}, "", tartarus.Errorf(tartarus.ErrAlreadyExists, "api key %s", id)
-	}
-	s.keys[id] = k
-	if err := s.saveLocked(); err != nil {
-		delete(s.keys, id)
-		return APIKey{}, "", err
-	}
-	return cloneKey(k.APIKey), Secret(KeyPrefix + id + "_" + secret), nil
+	return k, Secret(KeyPrefix + id + "_" + secret), nil
 }
 
-// Verify checks a presented key and returns the stored key it names.
+func (s *KeyStore) now() time.Time { return s.clock.Now().UTC().Truncate(time.Microsecond) }
+
+// Verify checks a presented key and returns the stored key it names. When
+// the backend cannot be reached it fails with ReasonUnavailable (a 503), not
+// as an invalid key.
 func (s *KeyStore) Verify(ctx context.Context, c *APIKeyCredential) (APIKey, error) {
-	s.mu.RLock()
-	k, ok := s.keys[c.KeyID]
-	var stored APIKey
-	var want string
-	if ok {
-		stored, want = cloneKey(k.APIKey), k.SecretSHA256
+	k, err := s.lookup(ctx, c.KeyID)
+	found := err == nil
+	if err != nil && !errors.Is(err, tartarus.ErrNotFound) {
+		return APIKey{}, authErr(ReasonUnavailable, "the api key store cannot be reached; try again", fmt.Sprintf("key %s: %v", c.KeyID, err))
 	}
-	s.mu.RUnlock()
 	// Hash and compare even for an unknown id so timing tells nothing.
 	got := sha256.Sum256([]byte(c.Secret))
-	wantb, _ := hex.DecodeString(want)
+	wantb, _ := hex.DecodeString(k.SecretSHA256)
 	if len(wantb) != len(got) {
 		wantb = make([]byte, len(got))
 	}
 	match := subtle.ConstantTimeCompare(got[:], wantb) == 1
 	switch {
-	case !ok:
+	case !found:
 		return APIKey{}, authErr(ReasonInvalidKey, "api key is not valid", "unknown key id "+c.KeyID)
 	case !match:
 		return APIKey{}, authErr(ReasonInvalidKey, "api key is not valid", "wrong secret for key "+c.KeyID)
-	case stored.Revoked:
+	case k.Revoked:
 		return APIKey{}, authErr(ReasonRevoked, "api key has been revoked", "key "+c.KeyID)
-	case stored.Expired(s.clock.Now()):
+	case k.Expired(s.clock.Now()):
 		return APIKey{}, authErr(ReasonExpired, "api key has expired", "key "+c.KeyID)
 	}
-	return stored, nil
+	return cloneKey(k.APIKey), nil
+}
+
+// lookup returns the key id names, from the cache while it is fresh.
+func (s *KeyStore) lookup(ctx context.Context, id string) (storedKey, error) {
+	if s.cacheTTL <= 0 {
+		return s.backend.get(ctx, id)
+	}
+	now := s.clock.Now()
+	s.mu.RLock()
+	c, ok := s.cache[id]
+	gen := s.gen
+	s.mu.RUnlock()
+	if ok && fresh(c.at, now, s.cacheTTL) {
+		return c.key, nil
+	}
+	k, err := s.backend.get(ctx, id)
+	if err != nil {
+		return storedKey{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == gen {
+		s.cache[id] = cachedKey{key: k, at: now}
+		s.sweepLocked(now)
+	}
+	return k, nil
+}
+
+// fresh reports whether an entry read at at may still be used at now. A
+// clock that went back makes it stale too.
+func fresh(at, now time.Time, ttl time.Duration) bool {
+	age := now.Sub(at)
+	return age >= 0 && age < ttl
+}
+
+// sweepLocked drops stale entries once the cache has doubled since the last
+// sweep, so keys nobody uses any more do not pile up.
+func (s *KeyStore) sweepLocked(now time.Time) {
+	if len(s.cache) < s.nextSweep {
+		return
+	}
+	for id, c := range s.cache {
+		if !fresh(c.at, now, s.cacheTTL) {
+			delete(s.cache, id)
+		}
+	}
+	s.nextSweep = max(minSweep, 2*len(s.cache))
 }
 
 // Get returns one key.
 func (s *KeyStore) Get(ctx context.Context, id string) (APIKey, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	k, ok := s.keys[id]
-	if !ok {
-		return APIKey{}, tartarus.Errorf(tartarus.ErrNotFound, "api key %s", id)
+	k, err := s.backend.get(ctx, id)
+	if err != nil {
+		return APIKey{}, err
 	}
 	return cloneKey(k.APIKey), nil
 }
 
 // List returns the keys of tenant ("" or "*": every tenant), oldest first.
-func (s *KeyStore) List(ctx context.Context, tenant string) []APIKey {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []APIKey
-	for _, k := range s.keys {
-		if tenant == "" || tenant == "*" || k.TenantID == tenant {
-			out = append(out, cloneKey(k.APIKey))
-		}
+func (s *KeyStore) List(ctx context.Context, tenant string) ([]APIKey, error) {
+	ks, err := s.backend.list(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]APIKey, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, cloneKey(k.APIKey))
 	}
 	slices.SortFunc(out, func(a, b APIKey) int {
 		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
@@ -237,42 +343,22 @@ func (s *KeyStore) List(ctx context.Context, tenant string) []APIKey {
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	return out
+	return out, nil
 }
 
-// Revoke marks a key revoked; it stays listed. Revoking twice is not an error.
+// Revoke marks a key revoked; it stays listed. Revoking twice is not an
+// error (the first time is kept). This store refuses the key at once; other
+// stores sharing the backend within their CacheTTL.
 func (s *KeyStore) Revoke(ctx context.Context, id string) (APIKey, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	k, ok := s.keys[id]
-	if !ok {
-		return APIKey{}, tartarus.Errorf(tartarus.ErrNotFound, "api key %s", id)
-	}
-	if k.Revoked {
-		return cloneKey(k.APIKey), nil
-	}
-	k.Revoked, k.RevokedAt = true, s.clock.Now().UTC()
-	if err := s.saveLocked(); err != nil {
-		k.Revoked, k.RevokedAt = false, time.Time{}
+	k, err := s.backend.revoke(ctx, id, s.now())
+	if err != nil {
 		return APIKey{}, err
 	}
+	s.mu.Lock()
+	delete(s.cache, id)
+	s.gen++
+	s.mu.Unlock()
 	return cloneKey(k.APIKey), nil
-}
-
-func (s *KeyStore) saveLocked() error {
-	f := keyFile{Version: 1}
-	for _, k := range s.keys {
-		f.Keys = append(f.Keys, *k)
-	}
-	slices.SortFunc(f.Keys, func(a, b storedKey) int { return strings.Compare(a.ID, b.ID) })
-	b, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return fmt.Errorf("save key store: %w", err)
-	}
-	if err := writeFileAtomic(s.path, b, 0o600); err != nil {
-		return fmt.Errorf("save key store: %w", err)
-	}
-	return nil
 }
 
 func cloneKey(k APIKey) APIKey {
@@ -280,41 +366,3 @@ func cloneKey(k APIKey) APIKey {
 	return k
 }
 
-// writeFileAtomic replaces path with data so that a crash leaves either the
-// old or the new file, never a torn one.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}

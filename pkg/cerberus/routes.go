@@ -131,7 +131,12 @@ func (c *Cerberus) serveListKeys(w http.ResponseWriter, r *http.Request) {
 		writeClassError(w, err)
 		return
 	}
-	keys := c.cfg.Keys.List(ctx, tenant)
+	keys, err := c.cfg.Keys.List(ctx, tenant)
+	if err != nil {
+		c.log.Error("list api keys", "tenant", tenant, "err", err)
+		writeClassError(w, err)
+		return
+	}
 	if keys == nil {
 		keys = []APIKey{}
 	}
