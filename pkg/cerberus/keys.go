@@ -365,4 +365,3 @@ func cloneKey(k APIKey) APIKey {
 	k.Roles = slices.Clone(k.Roles)
 	return k
 }
-
