@@ -63,6 +63,11 @@ type Config struct {
 	// Snapshots is the blob store of snapshots (DATA/snapshots); nil turns
 	// off hibernation, fork and creation by restore.
 	Snapshots erebus.Store
+	// SnapshotPrefix is put before every Erebus key this agent writes
+	// ("nodes/NAME/"), so that agents sharing one store (S3) each keep
+	// their own key space: Hypnos's and Recover's clean-up delete what no
+	// local record refers to, which must never be another node's.
+	SnapshotPrefix string
 	// SnapshotTempDir holds snapshot files while they are packed or
 	// unpacked (default os.TempDir()); best on the runtimes' file system.
 	SnapshotTempDir string
@@ -248,28 +253,9 @@ func newID() string {
 // exists leaves the sandbox failed with the error stored, and its remains
 // destroyed even when ctx is cancelled.
 func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
-	if err := req.Normalize(); err != nil {
-		return nil, err
-	}
-	rt, err := a.runtime(req.Runtime)
+	rt, img, err := a.checkCreate(ctx, req)
 	if err != nil {
 		return nil, err
-	}
-	fp, err := rt.Fingerprint(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
-	}
-	switch {
-	case !fp.Available:
-		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "runtime %s is not available on this node: %s", rt.Name(), fp.Reason)
-	case req.CPUs > fp.MaxCPUs:
-		return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "cpus %d exceeds this node's limit of %d per sandbox (max_cpus)", req.CPUs, fp.MaxCPUs)
-	case req.MemoryMB > fp.MaxMemoryMB:
-		return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
-	}
-	img, err := a.cfg.Images.Get(ctx, req.Template)
-	if err != nil {
-		return nil, fmt.Errorf("template %s: %w", req.Template, err)
 	}
 
 	// A warm-pool sandbox, when one is ready, becomes this sandbox.
@@ -298,6 +284,36 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		how, err = a.restoreOrBoot(ctx, rt, cfg)
 		return err
 	}, "how", &how)
+}
+
+// checkCreate normalizes req and checks that this node can create it: the
+// runtime is enabled and available, the shape fits its per-sandbox limits,
+// and the template is built.
+func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (tartarus.Runtime, *tartarus.Image, error) {
+	if err := req.Normalize(); err != nil {
+		return nil, nil, err
+	}
+	rt, err := a.runtime(req.Runtime)
+	if err != nil {
+		return nil, nil, err
+	}
+	fp, err := rt.Fingerprint(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
+	}
+	switch {
+	case !fp.Available:
+		return nil, nil, tartarus.Errorf(tartarus.ErrUnavailable, "runtime %s is not available on this node: %s", rt.Name(), fp.Reason)
+	case req.CPUs > fp.MaxCPUs:
+		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "cpus %d exceeds this node's limit of %d per sandbox (max_cpus)", req.CPUs, fp.MaxCPUs)
+	case req.MemoryMB > fp.MaxMemoryMB:
+		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
+	}
+	img, err := a.cfg.Images.Get(ctx, req.Template)
+	if err != nil {
+		return nil, nil, fmt.Errorf("template %s: %w", req.Template, err)
+	}
+	return rt, img, nil
 }
 
 // createWith records sb as creating, brings it up with up, and records it

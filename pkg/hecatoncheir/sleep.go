@@ -25,6 +25,7 @@ type snapRuntime struct {
 	rt        tartarus.Runtime
 	snap      tartarus.Snapshotter
 	hyp       *hypnos.HypnosManager
+	records   hypnos.RecordStore // Hypnos's sleep records
 	forks     *nyx.Manager
 	templates *nyx.Manager
 }
@@ -53,14 +54,14 @@ func (a *Agent) setUpSnapshots() error {
 		}
 		name := rt.Name()
 		nyxFor := func(prefix string) *nyx.Manager {
-			return nyx.New(snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix + "-" + name,
+			return nyx.New(snap, a.cfg.Snapshots, nyx.Options{Prefix: a.cfg.SnapshotPrefix + prefix + "-" + name,
 				TempDir: a.cfg.SnapshotTempDir, Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
 		}
 		var records hypnos.RecordStore
 		if rs, ok := a.cfg.Store.(recordStores); ok {
 			records = rs.SleepRecords(name)
 		} else {
-			records = hypnos.NewStoreRecords(a.cfg.Snapshots, "hypnos-records/"+name)
+			records = hypnos.NewStoreRecords(a.cfg.Snapshots, a.cfg.SnapshotPrefix+"hypnos-records/"+name)
 		}
 		hcfg := a.cfg.Hypnos
 		hyp, err := hypnos.NewHypnosManager(hypnos.Deps{
@@ -70,7 +71,7 @@ func (a *Agent) setUpSnapshots() error {
 		if err != nil {
 			return err
 		}
-		a.snaps[name] = &snapRuntime{rt: rt, snap: snap, hyp: hyp, forks: nyxFor("fork"), templates: nyxFor("template")}
+		a.snaps[name] = &snapRuntime{rt: rt, snap: snap, hyp: hyp, records: records, forks: nyxFor("fork"), templates: nyxFor("template")}
 	}
 	return nil
 }
@@ -315,6 +316,17 @@ func (a *Agent) Fork(ctx context.Context, id string, count int) ([]*tartarus.San
 	if count < 1 || count > MaxFork {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", count, MaxFork)
 	}
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = newID()
+	}
+	return a.forkInto(ctx, id, ids)
+}
+
+// forkInto makes one copy of sandbox id for each of ids (1 to MaxFork
+// new ids), as Fork describes.
+func (a *Agent) forkInto(ctx context.Context, id string, ids []string) ([]*tartarus.Sandbox, error) {
+	count := len(ids)
 	ctx = context.WithoutCancel(ctx)
 	parent, err := a.cfg.Store.Get(ctx, id)
 	if err != nil {
@@ -346,7 +358,7 @@ func (a *Agent) Fork(ctx context.Context, id string, count int) ([]*tartarus.San
 	}()
 
 	var made []*tartarus.Sandbox
-	for range count {
+	for _, childID := range ids {
 		now := a.cfg.Clock.Now().UTC()
 		md := maps.Clone(parent.Metadata)
 		if md == nil {
@@ -354,7 +366,7 @@ func (a *Agent) Fork(ctx context.Context, id string, count int) ([]*tartarus.San
 		}
 		md["forked_from"] = parent.ID
 		child := &tartarus.Sandbox{
-			ID: newID(), Tenant: parent.Tenant, Template: parent.Template, Runtime: parent.Runtime,
+			ID: childID, Tenant: parent.Tenant, Template: parent.Template, Runtime: parent.Runtime,
 			State: tartarus.StateCreating, Node: a.cfg.Node, CPUs: parent.CPUs, MemoryMB: parent.MemoryMB,
 			Env: parent.Env, Metadata: md, CreatedAt: now, UpdatedAt: now,
 			ExpiresAt: now.Add(parent.ExpiresAt.Sub(parent.CreatedAt)), LastActivityAt: now,

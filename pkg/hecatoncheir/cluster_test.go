@@ -1,0 +1,256 @@
+package hecatoncheir
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+func TestCreateAsIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	created := epoch.Add(-time.Minute)
+	want := &tartarus.Sandbox{ID: "sb-chosen", Tenant: "acme", CreatedAt: created, ExpiresAt: created.Add(time.Hour),
+		Metadata: map[string]string{"k": "v"}}
+	var got []*tartarus.Sandbox
+	for range 2 {
+		sb, err := e.agent.CreateAs(ctx, want, &tartarus.CreateRequest{Template: "base"})
+		if err != nil {
+			t.Fatalf("CreateAs: %v", err)
+		}
+		got = append(got, sb)
+	}
+	for _, sb := range got {
+		if sb.ID != "sb-chosen" || sb.Tenant != "acme" || sb.State != tartarus.StateRunning || sb.Node != "node-1" ||
+			!sb.CreatedAt.Equal(created) || !sb.ExpiresAt.Equal(created.Add(time.Hour)) || sb.Metadata["k"] != "v" {
+			t.Errorf("CreateAs gave %+v", sb)
+		}
+	}
+	if ids := e.instances(t); !slices.Equal(ids, []string{"sb-chosen"}) {
+		t.Errorf("instances = %v, want one", ids)
+	}
+	if e.starts.Load() != 1 {
+		t.Errorf("booted %d times, want 1", e.starts.Load())
+	}
+	if _, err := e.agent.CreateAs(ctx, &tartarus.Sandbox{}, &tartarus.CreateRequest{}); !errors.Is(err, tartarus.ErrInvalid) {
+		t.Errorf("CreateAs without id: %v, want invalid", err)
+	}
+}
+
+func TestForkAsMakesOnlyMissingCopies(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	parent := e.create(t, tartarus.CreateRequest{})
+	writeFile(t, e.agent, parent.ID, "/f", "forked")
+
+	first, err := e.agent.ForkAs(ctx, parent.ID, []string{"sb-c1"})
+	if err != nil {
+		t.Fatalf("ForkAs: %v", err)
+	}
+	both, err := e.agent.ForkAs(ctx, parent.ID, []string{"sb-c1", "sb-c2"})
+	if err != nil {
+		t.Fatalf("ForkAs again: %v", err)
+	}
+	if len(first) != 1 || len(both) != 2 || both[0].ID != "sb-c1" || both[1].ID != "sb-c2" {
+		t.Fatalf("ForkAs gave %v then %v", first, both)
+	}
+	if !both[0].CreatedAt.Equal(first[0].CreatedAt) {
+		t.Errorf("sb-c1 was made again")
+	}
+	if got := readFile(t, e.agent, "sb-c2", "/f"); got != "forked" {
+		t.Errorf("copy reads %q", got)
+	}
+	if n := len(e.instances(t)); n != 3 {
+		t.Errorf("%d instances, want parent and two copies", n)
+	}
+	for _, ids := range [][]string{nil, {"sb-x", "sb-x"}, {parent.ID}} {
+		if _, err := e.agent.ForkAs(ctx, parent.ID, ids); !errors.Is(err, tartarus.ErrInvalid) {
+			t.Errorf("ForkAs %v: %v, want invalid", ids, err)
+		}
+	}
+}
+
+// secondNode is another agent over its own store and runtime that shares
+// e's snapshot store under a key prefix of its own, as agents sharing S3 do.
+func secondNode(t *testing.T, e *snapEnv) *Agent {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "b.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rt, err := fake.New(fake.Config{StateDir: filepath.Join(dir, "vms"),
+		Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Node: "node-2", Store: st, Runtimes: []tartarus.Runtime{rt}, Images: e.cat, Clock: e.clock,
+		Snapshots: e.blobs, SnapshotPrefix: "nodes/node-2/", SnapshotTempDir: filepath.Join(dir, "tmp")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestAdoptWakesAnotherNodesSandbox(t *testing.T) {
+	ctx := context.Background()
+	for _, paused := range []bool{false, true} {
+		e := newSnapEnv(t, snapOpts{})
+		sb := e.create(t, tartarus.CreateRequest{})
+		writeFile(t, e.agent, sb.ID, "/state", "kept")
+		if paused {
+			if _, err := e.agent.Pause(ctx, sb.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slept, err := e.agent.Hibernate(ctx, sb.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := e.agent.SleepRecord(ctx, sb.ID)
+		if err != nil {
+			t.Fatalf("SleepRecord: %v", err)
+		}
+		b := secondNode(t, e)
+		got, err := b.Adopt(ctx, slept, rec)
+		if err != nil {
+			t.Fatalf("Adopt: %v", err)
+		}
+		want := tartarus.StateRunning
+		if paused {
+			want = tartarus.StatePaused
+		}
+		if got.Node != "node-2" || got.Tenant != "acme" || got.State != want {
+			t.Errorf("adopted sandbox = %+v, want %s on node-2", got, want)
+		}
+		if paused {
+			if _, err := b.Resume(ctx, sb.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s := readFile(t, b, sb.ID, "/state"); s != "kept" {
+			t.Errorf("adopted sandbox reads %q", s)
+		}
+		// Delivered again: nothing new happens.
+		if again, err := b.Adopt(ctx, slept, rec); err != nil || again.Node != "node-2" {
+			t.Errorf("Adopt again: %v, %v", again, err)
+		}
+		if woken, err := b.Wake(ctx, sb.ID); err != nil || woken.State != tartarus.StateRunning {
+			t.Errorf("Wake after adopt: %v, %v", woken, err)
+		}
+		// The first node comes back and is told to let go.
+		if err := e.agent.Drop(ctx, sb.ID, true); err != nil {
+			t.Fatalf("Drop: %v", err)
+		}
+		old := e.state(t, sb.ID)
+		if old.State != tartarus.StateTerminated || !Dropped(old) {
+			t.Errorf("dropped sandbox on the first node = %+v", old)
+		}
+		if _, err := e.agent.SleepRecord(ctx, sb.ID); !errors.Is(err, tartarus.ErrNotFound) {
+			t.Errorf("sleep record after drop: %v", err)
+		}
+		if s := readFile(t, b, sb.ID, "/state"); s != "kept" {
+			t.Errorf("sandbox on the second node reads %q after the drop", s)
+		}
+	}
+}
+
+func TestAdoptRefusesBadRecords(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	sb := &tartarus.Sandbox{ID: "sb-1", Template: "base", Runtime: "fake", CPUs: 1, MemoryMB: 256}
+	for _, rec := range []*hypnos.SleepRecord{
+		{SandboxID: "sb-2", SnapshotID: "s", SnapshotPath: "sleep-fake/s/data"},
+		{SandboxID: "sb-1", SnapshotID: "s", SnapshotPath: "elsewhere"},
+	} {
+		if _, err := e.agent.Adopt(ctx, sb, rec); !errors.Is(err, tartarus.ErrInvalid) {
+			t.Errorf("Adopt %+v: %v, want invalid", rec, err)
+		}
+	}
+	// A snapshot that is not there: nothing is recorded, no VM is left.
+	_, err := e.agent.Adopt(ctx, sb, &hypnos.SleepRecord{SandboxID: "sb-1", SnapshotID: "s", SnapshotPath: "sleep-fake/s/data"})
+	if err == nil {
+		t.Fatal("Adopt of a missing snapshot worked")
+	}
+	if _, gerr := e.store.Get(ctx, "sb-1"); !errors.Is(gerr, tartarus.ErrNotFound) {
+		t.Errorf("failed adopt left a record: %v", gerr)
+	}
+	if ids := e.instances(t); len(ids) != 0 {
+		t.Errorf("failed adopt left instances %v", ids)
+	}
+}
+
+func TestDrop(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	running := e.create(t, tartarus.CreateRequest{})
+	asleep := e.create(t, tartarus.CreateRequest{})
+	if _, err := e.agent.Hibernate(ctx, asleep.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{running.ID, asleep.ID, running.ID, "sb-unknown"} {
+		if err := e.agent.Drop(ctx, id, false); err != nil {
+			t.Errorf("Drop %s: %v", id, err)
+		}
+	}
+	for _, id := range []string{running.ID, asleep.ID} {
+		if sb := e.state(t, id); sb.State != tartarus.StateTerminated || !Dropped(sb) {
+			t.Errorf("%s after drop: %+v", id, sb)
+		}
+	}
+	if ids := e.instances(t); len(ids) != 0 {
+		t.Errorf("instances after drop: %v", ids)
+	}
+	// Without keepSnapshot the snapshot of the hibernated one is gone.
+	objs, err := e.blobs.List(ctx, "sleep-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 0 {
+		t.Errorf("snapshot objects left after drop: %v", objs)
+	}
+}
+
+func TestLifecycleCallsAreIdempotent(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	sb := e.create(t, tartarus.CreateRequest{})
+	steps := []struct {
+		name string
+		do   func(context.Context, string) (*tartarus.Sandbox, error)
+		want tartarus.State
+	}{
+		{"pause", e.agent.Pause, tartarus.StatePaused},
+		{"resume", e.agent.Resume, tartarus.StateRunning},
+		{"hibernate", e.agent.Hibernate, tartarus.StateHibernated},
+		{"wake", e.agent.Wake, tartarus.StateRunning},
+		{"destroy", e.agent.Destroy, tartarus.StateTerminated},
+	}
+	for _, s := range steps {
+		for i := range 2 {
+			got, err := s.do(ctx, sb.ID)
+			if err != nil || got.State != s.want {
+				t.Errorf("%s #%d: %v, %v; want %s", s.name, i+1, got, err, s.want)
+			}
+		}
+	}
+	if _, err := e.agent.Destroy(ctx, "sb-unknown"); !errors.Is(err, tartarus.ErrNotFound) {
+		t.Errorf("Destroy of an unknown id: %v, want not found", err)
+	}
+}
