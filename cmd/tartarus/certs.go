@@ -15,7 +15,14 @@ import (
 // newCertsCmd is `tartarus certs dev|client`: a development CA with server
 // and client certificates for TLS and mTLS. Production brings its own CA.
 func newCertsCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "certs", Short: "Make development TLS certificates (CA, server, mTLS clients)"}
+	cmd := &cobra.Command{Use: "certs", Short: "Make development TLS certificates (CA, server, mTLS clients, node agents)",
+		Long: `Make development TLS certificates.
+
+The server certificate (server.pem) also works as a client certificate
+naming "service:tartarus-server": server replicas present it when they call
+node agents. An agent certificate (--client agent:NODE) is both the agent's
+client certificate towards the servers and the server certificate of its
+node API, for the names and addresses given with --host.`}
 	var dir string
 	var hosts, clients []string
 	var validity time.Duration
@@ -46,7 +53,7 @@ func newCertsCmd() *cobra.Command {
 				return err
 			}
 			for _, c := range clients {
-				if err := issueClient(cmd, dir, ca, c, now, validity); err != nil {
+				if err := issueClient(cmd, dir, ca, c, hosts, now, validity); err != nil {
 					return err
 				}
 			}
@@ -55,13 +62,14 @@ func newCertsCmd() *cobra.Command {
 		},
 	}
 	dev.Flags().StringVar(&dir, "dir", "certs", "directory to write into")
-	dev.Flags().StringSliceVar(&hosts, "host", []string{"127.0.0.1", "localhost"}, "names and addresses of the server")
+	dev.Flags().StringSliceVar(&hosts, "host", []string{"127.0.0.1", "localhost"}, "names and addresses of the server (and of agents made here)")
 	dev.Flags().StringSliceVar(&clients, "client", nil, "client certificate to make: service:NAME or agent:NAME, optionally @TENANT")
 	dev.Flags().DurationVar(&validity, "valid", 365*24*time.Hour, "how long the certificates are valid")
 
 	var caDir string
+	var agentHosts []string
 	client := &cobra.Command{
-		Use:   "client service:NAME[@TENANT]... --dir DIR",
+		Use:   "client service:NAME[@TENANT]|agent:NODE... --dir DIR [--host H]...",
 		Short: "Make more client certificates from the CA in DIR",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -78,7 +86,7 @@ func newCertsCmd() *cobra.Command {
 				return err
 			}
 			for _, c := range args {
-				if err := issueClient(cmd, caDir, ca, c, time.Now(), validity); err != nil {
+				if err := issueClient(cmd, caDir, ca, c, agentHosts, time.Now(), validity); err != nil {
 					return err
 				}
 			}
@@ -87,13 +95,19 @@ func newCertsCmd() *cobra.Command {
 	}
 	client.Flags().StringVar(&caDir, "dir", "certs", "directory holding ca.pem and ca-key.pem")
 	client.Flags().DurationVar(&validity, "valid", 365*24*time.Hour, "how long the certificates are valid")
+	client.Flags().StringSliceVar(&agentHosts, "host", []string{"127.0.0.1", "localhost"}, "names and addresses an agent's node API is reached at (agent:NODE only)")
 	cmd.AddCommand(dev, client)
 	return cmd
 }
 
-func issueClient(cmd *cobra.Command, dir string, ca *cerberus.CertKey, spec string, now time.Time, validity time.Duration) error {
+// issueClient writes a client certificate; an agent's also serves its node
+// API at hosts.
+func issueClient(cmd *cobra.Command, dir string, ca *cerberus.CertKey, spec string, hosts []string, now time.Time, validity time.Duration) error {
 	principal, tenant, _ := strings.Cut(spec, "@")
-	c, err := ca.IssueClient(principal, tenant, "", now, validity)
+	if !strings.HasPrefix(principal, "agent:") {
+		hosts = nil
+	}
+	c, err := ca.IssueNode(principal, tenant, "", hosts, now, validity)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,14 @@ func NewDevCA(name string, now time.Time, validity time.Duration) (*CertKey, err
 	return issue(tmpl, nil)
 }
 
-// IssueServer makes a server certificate for hosts (DNS names or IPs).
+// ServerPrincipal is the service principal the server certificate names
+// (URI SAN spiffe://tartarus/service/tartarus-server): API server replicas
+// present that certificate as a client when they call node agents.
+const ServerPrincipal = "service:tartarus-server"
+
+// IssueServer makes a server certificate for hosts (DNS names or IPs). It
+// is also a client certificate naming ServerPrincipal, so that server
+// replicas can present it to the node agents they call.
 func (ca *CertKey) IssueServer(hosts []string, now time.Time, validity time.Duration) (*CertKey, error) {
 	if len(hosts) == 0 {
 		return nil, fmt.Errorf("server certificate: no host names")
@@ -49,8 +56,14 @@ func (ca *CertKey) IssueServer(hosts []string, now time.Time, validity time.Dura
 		NotBefore:   now.Add(-time.Minute),
 		NotAfter:    now.Add(validity),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{spiffe("tartarus", IdentityTypeService, "tartarus-server")},
 	}
+	addHosts(tmpl, hosts)
+	return issue(tmpl, ca)
+}
+
+func addHosts(tmpl *x509.Certificate, hosts []string) {
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -58,7 +71,10 @@ func (ca *CertKey) IssueServer(hosts []string, now time.Time, validity time.Dura
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	return issue(tmpl, ca)
+}
+
+func spiffe(trustDomain string, typ IdentityType, name string) *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/" + string(typ) + "/" + name}
 }
 
 // IssueClient makes a client certificate for principal ("service:NAME" or
@@ -66,6 +82,15 @@ func (ca *CertKey) IssueServer(hosts []string, now time.Time, validity time.Dura
 // MTLSConfig reads: CN = principal, URI SAN spiffe://trustDomain/KIND/NAME,
 // OU = tenant:T.
 func (ca *CertKey) IssueClient(principal, tenant, trustDomain string, now time.Time, validity time.Duration) (*CertKey, error) {
+	return ca.IssueNode(principal, tenant, trustDomain, nil, now, validity)
+}
+
+// IssueNode is IssueClient for a holder that also serves TLS: with hosts
+// (DNS names or IPs) the certificate is a server certificate for them as
+// well. A node agent ("agent:NAME") serves its node API with the same
+// certificate it presents to the servers, so an agent certificate is
+// always usable for both.
+func (ca *CertKey) IssueNode(principal, tenant, trustDomain string, hosts []string, now time.Time, validity time.Duration) (*CertKey, error) {
 	typ, name, ok := splitPrincipal(principal, ":")
 	if !ok {
 		return nil, fmt.Errorf("client certificate: %q is not service:NAME or agent:NAME", principal)
@@ -79,8 +104,12 @@ func (ca *CertKey) IssueClient(principal, tenant, trustDomain string, now time.T
 		NotAfter:    now.Add(validity),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{{Scheme: "spiffe", Host: trustDomain, Path: "/" + string(typ) + "/" + name}},
+		URIs:        []*url.URL{spiffe(trustDomain, typ, name)},
 	}
+	if typ == IdentityTypeAgent || len(hosts) > 0 {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	addHosts(tmpl, hosts)
 	if tenant != "" {
 		tmpl.Subject.OrganizationalUnit = []string{"tenant:" + tenant}
 	}
