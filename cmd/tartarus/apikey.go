@@ -21,7 +21,8 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 )
 
-// newAPIKeyCmd is `tartarus apikey create|ls|revoke`, through the API.
+// newAPIKeyCmd is `tartarus apikey create|ls|revoke`, through the API, or
+// with --database straight on the Postgres database the replicas share.
 func newAPIKeyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "apikey",
@@ -30,8 +31,30 @@ func newAPIKeyCmd() *cobra.Command {
 
 The server is $TARTARUS_URL (default http://127.0.0.1:7700); the caller's key
 is $TARTARUS_API_KEY, or else the admin key the server wrote to
-<data dir>/admin.key on first start.`,
+<data dir>/admin.key on first start.
+
+With --database postgres://… the verbs work on the api_keys table that server
+replicas started with the same --database share, without a server or a key:
+for an operator who holds the database's credentials (say, to make a key on a
+machine that has no admin.key). Such keys are not checked against the
+server's policy, and --tenant must be given.`,
 	}
+	var database string
+	cmd.PersistentFlags().StringVar(&database, "database", "", "postgres://… of the servers' shared database: change the keys there instead of through the API")
+	admin := func(ctx context.Context) (keyAdmin, error) {
+		if database == "" {
+			return apiKeys{}, nil
+		}
+		if !cerberus.IsPostgresDSN(database) {
+			return nil, fmt.Errorf("--database takes the servers' postgres:// URL; a single server's key file is changed through its API (leave --database out)")
+		}
+		s, err := cerberus.OpenPostgresKeyStore(ctx, cerberus.PostgresKeysConfig{DSN: database})
+		if err != nil {
+			return nil, err
+		}
+		return dbKeys{s}, nil
+	}
+
 	var tenant, name, expires string
 	var roles []string
 	create := &cobra.Command{
@@ -39,28 +62,26 @@ is $TARTARUS_API_KEY, or else the admin key the server wrote to
 		Short: "Make a key; prints its secret once",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			body := map[string]any{"tenant": tenant, "roles": roles, "name": name}
-			if expires != "" {
-				body["expires_in"] = expires
+			a, err := admin(cmd.Context())
+			if err != nil {
+				return err
 			}
-			var out struct {
-				APIKey cerberus.APIKey `json:"api_key"`
-				Secret string          `json:"secret"`
-			}
-			if err := cerbCall(cmd.Context(), "POST", "/v1/apikeys", body, &out); err != nil {
+			defer a.close()
+			k, secret, err := a.create(cmd.Context(), keyRequest{Tenant: tenant, Roles: roles, Name: name, ExpiresIn: expires})
+			if err != nil {
 				return err
 			}
 			exp := "never"
-			if !out.APIKey.ExpiresAt.IsZero() {
-				exp = out.APIKey.ExpiresAt.Format(time.RFC3339)
+			if !k.ExpiresAt.IsZero() {
+				exp = k.ExpiresAt.Format(time.RFC3339)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "key %s for tenant %s, roles %s, expires %s. Its secret is shown only now:\n",
-				out.APIKey.ID, out.APIKey.TenantID, strings.Join(out.APIKey.Roles, ","), exp)
-			fmt.Fprintln(cmd.OutOrStdout(), out.Secret)
+				k.ID, k.TenantID, strings.Join(k.Roles, ","), exp)
+			fmt.Fprintln(cmd.OutOrStdout(), secret)
 			return nil
 		},
 	}
-	create.Flags().StringVar(&tenant, "tenant", "", "tenant of the key (default: your own)")
+	create.Flags().StringVar(&tenant, "tenant", "", "tenant of the key (default: your own; required with --database)")
 	create.Flags().StringSliceVar(&roles, "role", nil, "policy role of the key (repeat or comma-separate)")
 	create.Flags().StringVar(&expires, "expires", "", "lifetime such as 30d, 2w or 12h (default: never)")
 	create.Flags().StringVar(&name, "name", "", "a note saying what the key is for")
@@ -72,20 +93,19 @@ is $TARTARUS_API_KEY, or else the admin key the server wrote to
 		Short: "List keys (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			q := url.Values{}
-			if lsTenant != "" {
-				q.Set("tenant", lsTenant)
+			a, err := admin(cmd.Context())
+			if err != nil {
+				return err
 			}
-			var out struct {
-				Keys []cerberus.APIKey `json:"api_keys"`
-			}
-			if err := cerbCall(cmd.Context(), "GET", "/v1/apikeys?"+q.Encode(), nil, &out); err != nil {
+			defer a.close()
+			keys, err := a.list(cmd.Context(), lsTenant)
+			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tTENANT\tROLES\tCREATED\tEXPIRES\tSTATE\tCREATED BY\tNAME")
 			now := time.Now()
-			for _, k := range out.Keys {
+			for _, k := range keys {
 				state, exp := "active", "never"
 				if !k.ExpiresAt.IsZero() {
 					exp = k.ExpiresAt.Local().Format("2006-01-02 15:04")
@@ -102,15 +122,20 @@ is $TARTARUS_API_KEY, or else the admin key the server wrote to
 			return tw.Flush()
 		},
 	}
-	ls.Flags().StringVar(&lsTenant, "tenant", "", `tenant to list (default: your own; "*" for all)`)
+	ls.Flags().StringVar(&lsTenant, "tenant", "", `tenant to list (default: your own, or all with --database; "*" for all)`)
 
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a key at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var k cerberus.APIKey
-			if err := cerbCall(cmd.Context(), "DELETE", "/v1/apikeys/"+url.PathEscape(args[0]), nil, &k); err != nil {
+			a, err := admin(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer a.close()
+			k, err := a.revoke(cmd.Context(), args[0])
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", k.ID)
@@ -120,6 +145,90 @@ is $TARTARUS_API_KEY, or else the admin key the server wrote to
 	cmd.AddCommand(create, ls, revoke)
 	return cmd
 }
+
+// keyRequest is a key to create, as the API's POST /v1/apikeys takes it.
+type keyRequest struct {
+	Tenant    string   `json:"tenant"`
+	Roles     []string `json:"roles"`
+	Name      string   `json:"name"`
+	ExpiresIn string   `json:"expires_in,omitempty"`
+}
+
+// keyAdmin is what the apikey verbs do: through the API (apiKeys) or on
+// the shared database (dbKeys).
+type keyAdmin interface {
+	create(ctx context.Context, req keyRequest) (cerberus.APIKey, string, error)
+	list(ctx context.Context, tenant string) ([]cerberus.APIKey, error)
+	revoke(ctx context.Context, id string) (cerberus.APIKey, error)
+	close() error
+}
+
+var (
+	_ keyAdmin = apiKeys{}
+	_ keyAdmin = dbKeys{}
+)
+
+// apiKeys manages keys through the server's /v1/apikeys, as the caller.
+type apiKeys struct{}
+
+func (apiKeys) create(ctx context.Context, req keyRequest) (cerberus.APIKey, string, error) {
+	var out struct {
+		APIKey cerberus.APIKey `json:"api_key"`
+		Secret string          `json:"secret"`
+	}
+	err := cerbCall(ctx, "POST", "/v1/apikeys", req, &out)
+	return out.APIKey, out.Secret, err
+}
+
+func (apiKeys) list(ctx context.Context, tenant string) ([]cerberus.APIKey, error) {
+	q := url.Values{}
+	if tenant != "" {
+		q.Set("tenant", tenant)
+	}
+	var out struct {
+		Keys []cerberus.APIKey `json:"api_keys"`
+	}
+	err := cerbCall(ctx, "GET", "/v1/apikeys?"+q.Encode(), nil, &out)
+	return out.Keys, err
+}
+
+func (apiKeys) revoke(ctx context.Context, id string) (cerberus.APIKey, error) {
+	var k cerberus.APIKey
+	err := cerbCall(ctx, "DELETE", "/v1/apikeys/"+url.PathEscape(id), nil, &k)
+	return k, err
+}
+
+func (apiKeys) close() error { return nil }
+
+// dbKeys manages keys in the api_keys table directly. The servers see a new
+// key at once and a revocation within their key cache TTL.
+type dbKeys struct{ s *cerberus.KeyStore }
+
+func (d dbKeys) create(ctx context.Context, req keyRequest) (cerberus.APIKey, string, error) {
+	if req.Tenant == "" {
+		return cerberus.APIKey{}, "", fmt.Errorf("--tenant is required with --database")
+	}
+	spec := cerberus.KeySpec{Name: req.Name, TenantID: req.Tenant, Roles: req.Roles, CreatedBy: "system:cli-database"}
+	if req.ExpiresIn != "" {
+		ttl, err := cerberus.ParseTTL(req.ExpiresIn)
+		if err != nil {
+			return cerberus.APIKey{}, "", err
+		}
+		spec.ExpiresAt = time.Now().Add(ttl)
+	}
+	k, secret, err := d.s.Create(ctx, spec)
+	return k, string(secret), err
+}
+
+func (d dbKeys) list(ctx context.Context, tenant string) ([]cerberus.APIKey, error) {
+	return d.s.List(ctx, tenant)
+}
+
+func (d dbKeys) revoke(ctx context.Context, id string) (cerberus.APIKey, error) {
+	return d.s.Revoke(ctx, strings.TrimPrefix(id, cerberus.KeyPrefix))
+}
+
+func (d dbKeys) close() error { return d.s.Close() }
 
 // newAuditCmd is `tartarus audit tail [-f]`.
 func newAuditCmd() *cobra.Command {

@@ -35,6 +35,11 @@ type authOptions struct {
 
 	auditMaxMiB int64
 	auditKeep   int
+
+	// database is the server's --database (set by server.go before setup):
+	// with a postgres:// URL, API keys live in its api_keys table, shared
+	// by every replica; otherwise in <data dir>/apikeys.json.
+	database string
 }
 
 // authSetup is what the server needs from Cerberus.
@@ -118,10 +123,16 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 	}
 	clock := cerberus.SystemClock{}
 
-	keys, err := cerberus.OpenKeyStore(filepath.Join(dataDir, "apikeys.json"), clock)
+	keys, err := o.openKeys(ctx, dataDir, clock, log)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
+	closeKeys := true
+	defer func() {
+		if closeKeys {
+			keys.Close()
+		}
+	}()
 	var policy *cerberus.PolicySource
 	if o.policyFile != "" {
 		policy, err = cerberus.LoadPolicyFile(o.policyFile, clock, log)
@@ -172,20 +183,40 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 		audit.Close()
 		return nil, err
 	}
-	if made {
+	_, statErr := os.Stat(adminFile)
+	switch {
+	case made:
 		log.Info("first start: made an admin API key", "file", adminFile)
+	case statErr != nil && cerberus.IsPostgresDSN(o.database):
+		log.Info("an admin key already exists in the database (made by another replica or an earlier start); this machine has no " + adminFile +
+			": use the admin.key of the replica that made it, or make a key with `tartarus apikey create --database …`")
 	}
-	if _, err := os.Stat(adminFile); err == nil {
+	if statErr == nil {
 		log.Info("the CLI on this machine uses " + adminFile + " when TARTARUS_API_KEY is not set; elsewhere: export TARTARUS_API_KEY=$(cat " + adminFile + ")")
 	}
 
+	closeKeys = false
 	pollCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() { policy.Run(pollCtx, o.policyPoll); close(done) }()
 	return &authSetup{
 		Guard: cb.Guard(), Routes: cb.Routes(), TLS: tlsConf, Metrics: metrics, AdminKeyFile: adminFile,
-		Close: func() error { stop(); <-done; return audit.Close() },
+		Close: func() error { stop(); <-done; return errors.Join(audit.Close(), keys.Close()) },
 	}, nil
+}
+
+// openKeys opens the API key store: the Postgres table when --database is a
+// postgres:// URL (replicas share it), else the data dir's JSON file.
+func (o *authOptions) openKeys(ctx context.Context, dataDir string, clock cerberus.Clock, log *slog.Logger) (*cerberus.KeyStore, error) {
+	if !cerberus.IsPostgresDSN(o.database) {
+		return cerberus.OpenKeyStore(filepath.Join(dataDir, "apikeys.json"), clock)
+	}
+	keys, err := cerberus.OpenPostgresKeyStore(ctx, cerberus.PostgresKeysConfig{DSN: o.database, Clock: clock})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("api keys are kept in Postgres (table api_keys), shared by every replica", "revocation_delay_max", keys.CacheTTL())
+	return keys, nil
 }
 
 // tlsConfig loads the server certificate and the client CA. Client

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
 )
 
 // authServer runs setup() with flags, mounted the way the API server mounts
@@ -35,6 +36,16 @@ func authServer(t *testing.T, args ...string) (*authSetup, string, *lockedLog) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { setup.Close() })
+	t.Setenv("TARTARUS_URL", mountAuth(t, setup))
+	t.Setenv("TARTARUS_DATA_DIR", dataDir)
+	t.Setenv("TARTARUS_API_KEY", "")
+	return setup, dataDir, logs
+}
+
+// mountAuth serves setup's Guard in front of GET /v1/sandboxes and its own
+// routes, and returns the server's URL.
+func mountAuth(t *testing.T, setup *authSetup) string {
+	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/sandboxes", setup.Guard.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := setup.Guard.Authorize(r.Context(), cerberus.ActionRead, cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: cerberus.IdentityFrom(r.Context()).TenantID})
@@ -49,10 +60,7 @@ func authServer(t *testing.T, args ...string) (*authSetup, string, *lockedLog) {
 	}
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	t.Setenv("TARTARUS_URL", srv.URL)
-	t.Setenv("TARTARUS_DATA_DIR", dataDir)
-	t.Setenv("TARTARUS_API_KEY", "")
-	return setup, dataDir, logs
+	return srv.URL
 }
 
 // lockedLog is a log sink the server's goroutines and the test share.
@@ -257,5 +265,140 @@ func TestAuditTailFollow(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "missing_credentials"); n != 3 {
 		t.Fatalf("tail -f printed %d of 3 new entries:\n%s", n, out.String())
+	}
+}
+
+// TestAuthSetupSharedDatabase starts two replicas' auth on one Postgres at
+// the same time, as `tartarus server --database postgres://…` does: one
+// admin key is made, a key made through one replica works on the other,
+// revocations reach both, and `apikey --database` changes the shared keys
+// without a server.
+func TestAuthSetupSharedDatabase(t *testing.T) {
+	dsn := storetest.CreateDatabase(t, storetest.StartPostgres(t), "auth")
+	type replica struct {
+		dir   string
+		logs  *lockedLog
+		setup *authSetup
+		err   error
+		url   string
+	}
+	reps := []*replica{{dir: t.TempDir(), logs: &lockedLog{}}, {dir: t.TempDir(), logs: &lockedLog{}}}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, r := range reps {
+		wg.Go(func() {
+			opts := addAuthFlags(&cobra.Command{Use: "server"})
+			opts.database = dsn
+			<-start
+			r.setup, r.err = opts.setup(context.Background(), r.dir, slog.New(slog.NewTextHandler(r.logs, nil)))
+		})
+	}
+	close(start)
+	wg.Wait()
+	for _, r := range reps {
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		t.Cleanup(func() { r.setup.Close() })
+		r.url = mountAuth(t, r.setup)
+	}
+
+	// Exactly one replica made the admin key; the other says so.
+	var maker, other *replica
+	for _, r := range reps {
+		if _, err := os.Stat(filepath.Join(r.dir, "admin.key")); err == nil {
+			if maker != nil {
+				t.Fatal("both replicas wrote an admin.key")
+			}
+			maker = r
+		} else {
+			other = r
+		}
+	}
+	if maker == nil {
+		t.Fatal("no replica made the admin key")
+	}
+	if !strings.Contains(maker.logs.String(), "first start: made an admin API key") {
+		t.Fatalf("maker's log:\n%s", maker.logs)
+	}
+	if !strings.Contains(other.logs.String(), "an admin key already exists in the database") {
+		t.Fatalf("other replica's log does not say the admin key exists:\n%s", other.logs)
+	}
+
+	get := func(url, key string) int {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url+"/v1/sandboxes", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	// Made through the maker with its admin.key; works on the other at once.
+	t.Setenv("TARTARUS_URL", maker.url)
+	t.Setenv("TARTARUS_DATA_DIR", maker.dir)
+	t.Setenv("TARTARUS_API_KEY", "")
+	secret, err := runCLI(t, "apikey", "create", "--tenant", "acme", "--role", "sandbox-user")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret = strings.TrimSpace(secret)
+	cred, _ := cerberus.ParseAPIKey(secret)
+	if code := get(other.url, secret); code != 200 {
+		t.Fatalf("key made on one replica, used on the other: %d", code)
+	}
+	if code := get(maker.url, secret); code != 200 {
+		t.Fatalf("key on its own replica: %d", code)
+	}
+
+	// Revoked through the other replica: refused there at once, and on the
+	// maker (which has the key cached) within its cache TTL.
+	t.Setenv("TARTARUS_URL", other.url)
+	if _, err := runCLI(t, "apikey", "revoke", cred.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	if code := get(other.url, secret); code != 401 {
+		t.Fatalf("revoked key on the replica that revoked it: %d", code)
+	}
+	deadline := time.Now().Add(10 * cerberus.DefaultKeyCacheTTL)
+	for get(maker.url, secret) != 401 {
+		if time.Now().After(deadline) {
+			t.Fatal("revoked key still works on the other replica")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// apikey --database: no server, no key; both replicas see the change.
+	t.Setenv("TARTARUS_URL", "http://127.0.0.1:1") // nothing listens: the verbs must not need it
+	if _, err := runCLI(t, "apikey", "create", "--database", dsn, "--role", "viewer"); err == nil || !strings.Contains(err.Error(), "--tenant is required") {
+		t.Fatalf("create --database without --tenant: %v", err)
+	}
+	dbSecret, err := runCLI(t, "apikey", "create", "--database", dsn, "--tenant", "acme", "--role", "viewer", "--expires", "1d", "--name", "ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbSecret = strings.TrimSpace(dbSecret)
+	dbCred, err := cerberus.ParseAPIKey(dbSecret)
+	if err != nil {
+		t.Fatalf("create --database printed %q: %v", dbSecret, err)
+	}
+	for _, r := range reps {
+		if code := get(r.url, dbSecret); code != 200 {
+			t.Fatalf("key made with --database on a replica: %d", code)
+		}
+	}
+	out, err := runCLI(t, "apikey", "ls", "--database", dsn)
+	if err != nil || !strings.Contains(out, dbCred.KeyID) || !strings.Contains(out, cred.KeyID) || !strings.Contains(out, "revoked") ||
+		!strings.Contains(out, cerberus.AdminRole) || strings.Contains(out, dbCred.Secret) {
+		t.Fatalf("ls --database: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "apikey", "revoke", "--database", dsn, cerberus.KeyPrefix+dbCred.KeyID); err != nil || !strings.Contains(out, "revoked "+dbCred.KeyID) {
+		t.Fatalf("revoke --database: %v %s", err, out)
+	}
+	if _, err := runCLI(t, "apikey", "ls", "--database", filepath.Join(t.TempDir(), "state.db")); err == nil || !strings.Contains(err.Error(), "postgres://") {
+		t.Fatalf("--database with a SQLite path: %v", err)
 	}
 }
