@@ -109,10 +109,7 @@ func referencePlace(nodes []Node, req Request, p Placer) (string, bool) {
 		}
 		labelsOK := true
 		for k, v := range req.Labels {
-			if n.Labels[k] != v || n.Labels == nil {
-				labelsOK = false
-			}
-			if _, has := n.Labels[k]; !has {
+			if got, has := n.Labels[k]; !has || got != v {
 				labelsOK = false
 			}
 		}

@@ -90,6 +90,12 @@ type Runtime struct {
 	MaxMemoryMB int    // per sandbox; 0: no maximum
 }
 
+// RuntimeOf is the Runtime placement sees in a runtime's fingerprint, as a
+// node agent reports it.
+func RuntimeOf(fp tartarus.Fingerprint) Runtime {
+	return Runtime{Name: fp.Runtime, Available: fp.Available, Reason: fp.Reason, MaxCPUs: fp.MaxCPUs, MaxMemoryMB: fp.MaxMemoryMB}
+}
+
 // Request is what one sandbox needs.
 type Request struct {
 	Runtime  string // "" : the node's default runtime

@@ -401,3 +401,12 @@ func TestPlaceAllocations(t *testing.T) {
 		t.Errorf("Place allocates %v times per call, want 0", n)
 	}
 }
+
+func TestRuntimeOf(t *testing.T) {
+	fp := tartarus.Fingerprint{Runtime: "gvisor", Available: false, Reason: "runsc not found", Accel: "systrap",
+		HostCPUs: 2, HostMemoryMB: 4096, MaxCPUs: 2, MaxMemoryMB: 2048}
+	want := Runtime{Name: "gvisor", Reason: "runsc not found", MaxCPUs: 2, MaxMemoryMB: 2048}
+	if got := RuntimeOf(fp); got != want {
+		t.Errorf("RuntimeOf = %+v, want %+v", got, want)
+	}
+}
