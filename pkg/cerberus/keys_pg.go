@@ -53,6 +53,9 @@ const pgKeysSchema = `CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created_at)`
 
+// pgKeysMaxConns bounds the key store's connection pool.
+const pgKeysMaxConns = 8
+
 const pgKeyColumns = `id, name, tenant, roles, created_at, created_by, expires_at, revoked_at, secret_sha256`
 
 // pgKeys keeps keys in the api_keys table of a database that several
@@ -75,6 +78,11 @@ func OpenPostgresKeyStore(ctx context.Context, cfg PostgresKeysConfig) (*KeyStor
 	if err != nil {
 		return nil, fmt.Errorf("api key store: open postgres: %w", err)
 	}
+	// A handful of connections: lookups are single-row reads by primary
+	// key, and a burst of requests with stale cache entries then waits for
+	// a connection instead of taking a slice of max_connections per replica.
+	db.SetMaxOpenConns(pgKeysMaxConns)
+	db.SetMaxIdleConns(pgKeysMaxConns / 2)
 	p := &pgKeys{db: db}
 	if err := p.createSchema(ctx); err != nil {
 		db.Close()

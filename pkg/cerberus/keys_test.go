@@ -307,3 +307,55 @@ func TestSecretsStayOutOfText(t *testing.T) {
 		}
 	}
 }
+
+// pausedGets is a backend whose get, once armed, stops after reading until
+// released, so a test can slip a revocation between a lookup's read and its
+// cache write.
+type pausedGets struct {
+	keyBackend
+	armed   chan struct{} // receives when a get has read and waits
+	release chan struct{}
+}
+
+func (p *pausedGets) get(ctx context.Context, id string) (storedKey, error) {
+	k, err := p.keyBackend.get(ctx, id)
+	select {
+	case p.armed <- struct{}{}:
+		<-p.release
+	default:
+	}
+	return k, err
+}
+
+// TestKeyCacheRevokeDuringLookup: a lookup that read a key before this
+// store revoked it must not put the stale copy in the cache, or the key
+// would keep working here for a whole TTL after Revoke returned.
+func TestKeyCacheRevokeDuringLookup(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	inner, err := openFileKeys(filepath.Join(t.TempDir(), "apikeys.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &pausedGets{keyBackend: inner, armed: make(chan struct{}), release: make(chan struct{})}
+	s := newKeyStore(b, clock, time.Minute)
+	k, secret, err := s.Create(ctx, KeySpec{TenantID: "acme", Roles: []string{"viewer"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, _ := ParseAPIKey(string(secret))
+
+	done := make(chan error, 1)
+	go func() { _, err := s.Verify(ctx, cred); done <- err }()
+	<-b.armed // the lookup has read the key, not yet revoked
+	if _, err := s.Revoke(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(b.release)
+	if err := <-done; err != nil {
+		t.Fatalf("lookup that read before the revoke: %v", err)
+	}
+	if _, err := s.Verify(ctx, cred); reasonOf(err) != ReasonRevoked {
+		t.Fatalf("after Revoke returned: %v, want %s (stale copy cached)", err, ReasonRevoked)
+	}
+}
