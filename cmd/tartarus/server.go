@@ -36,6 +36,7 @@ func serverDataDir() string {
 
 type serverOptions struct {
 	nodeOptions
+	cluster                   clusterOptions
 	listen, dataDir, logLevel string
 	database                  string
 	maxUploadMB               int64
@@ -70,6 +71,7 @@ restoring a per-template snapshot (--create-from-snapshot) and, with
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	addNodeFlags(f, &o.nodeOptions)
+	addClusterFlags(f, &o.cluster)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return runServer(cmd.Context(), o, auth, cmd.OutOrStdout())
 	}
@@ -121,19 +123,46 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		return err
 	}
 	defer st.Close()
+	authOpts.database = o.database
 	auth, err := authOpts.setup(life, o.dataDir, log)
 	if err != nil {
 		return err
 	}
 	defer auth.Close()
-	n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, log)
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	agent := n.agent
 
-	api, err := olympus.New(olympus.Config{Backend: agent, Guard: auth.Guard, Routes: auth.Routes,
+	// A single node runs its sandboxes itself; a replica of a cluster
+	// hands them to node agents.
+	var (
+		be      olympus.Backend
+		run     func(context.Context) error
+		prewarm func(context.Context)
+		role    = "node " + o.node
+	)
+	if o.cluster.agentListen != "" {
+		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, log)
+		if err != nil {
+			return err
+		}
+		defer closeBus()
+		agentSrv := &http.Server{Handler: cl.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go func() { _ = agentSrv.Serve(aln) }()
+		defer agentSrv.Close()
+		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
+		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
+	} else {
+		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, log)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		be, run = n.agent, n.agent.Run
+		if o.prewarm {
+			prewarm = n.agent.Prewarm
+		}
+	}
+
+	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
 		MaxUploadBytes: o.maxUploadMB << 20, Collectors: []prometheus.Collector{auth.Metrics}, Log: log})
 	if err != nil {
 		return err
@@ -153,17 +182,17 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
-	go func() { _ = agent.Run(loopCtx); close(loopDone) }()
-	if o.prewarm {
-		go agent.Prewarm(loopCtx)
+	go func() { _ = run(loopCtx); close(loopDone) }()
+	if prewarm != nil {
+		go prewarm(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
-	log.Info("serving", "url", url, "node", o.node, "data_dir", o.dataDir)
+	log.Info("serving", "url", url, "as", role, "data_dir", o.dataDir)
 	fmt.Fprintf(out, "Tartarus is listening on %s\n", url)
-	if err := agent.Ready(life); err != nil {
+	if err := be.Ready(life); err != nil {
 		fmt.Fprintf(out, "Not ready to create sandboxes yet: %v\n", err)
 	} else {
 		fmt.Fprintf(out, "Try:\n  export TARTARUS_URL=%s\n", url)

@@ -26,9 +26,10 @@ const DefaultURL = "http://127.0.0.1:7700"
 
 // Client talks to one Tartarus API endpoint.
 type Client struct {
-	base *url.URL
-	key  string
-	hc   *http.Client
+	base   *url.URL
+	key    string
+	hc     *http.Client
+	header http.Header
 }
 
 // Option changes a Client.
@@ -38,6 +39,17 @@ type Option func(*Client)
 // default has no overall timeout, since exec streams may run long; bound
 // calls with their context.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// WithHeader sends header k: v with every request (a cluster's servers
+// use it to tell a node agent the tenant they act for).
+func WithHeader(k, v string) Option {
+	return func(c *Client) {
+		if c.header == nil {
+			c.header = http.Header{}
+		}
+		c.header.Set(k, v)
+	}
+}
 
 // New returns a client for baseURL (for example "http://127.0.0.1:7700")
 // that authenticates with apiKey when it is not empty.
@@ -96,6 +108,9 @@ func (c *Client) request(ctx context.Context, method, p string, q url.Values, bo
 	req, err := http.NewRequestWithContext(ctx, method, c.url(p, q), body)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range c.header {
+		req.Header[k] = v
 	}
 	if c.key != "" {
 		req.Header.Set("Authorization", "Bearer "+c.key)

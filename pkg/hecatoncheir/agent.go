@@ -577,6 +577,28 @@ type NodeInfo struct {
 	// WarmPools counts the ready sandboxes of each warm pool, by
 	// "runtime/template/memory_mb/cpus".
 	WarmPools map[string]int `json:"warm_pools,omitempty"`
+
+	// In a cluster: whether the node is "up" or "down" (and why), where
+	// its agent listens, its labels and last heartbeat, and what its
+	// sandboxes hold of its CPUs and memory.
+	State        string            `json:"state,omitempty"`
+	DownReason   string            `json:"down_reason,omitempty"`
+	Address      string            `json:"address,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	LastSeen     time.Time         `json:"last_seen,omitzero"`
+	CPUs         int               `json:"cpus,omitempty"`
+	MemoryMB     int               `json:"memory_mb,omitempty"`
+	UsedCPUs     int               `json:"used_cpus,omitempty"`
+	UsedMemoryMB int               `json:"used_memory_mb,omitempty"`
+}
+
+// Nodes reports this node, the only one.
+func (a *Agent) Nodes(ctx context.Context) ([]*NodeInfo, error) {
+	info, err := a.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return []*NodeInfo{info}, nil
 }
 
 // Info reports this node.

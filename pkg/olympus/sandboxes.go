@@ -3,7 +3,6 @@ package olympus
 import (
 	"context"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"net/http"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
@@ -222,10 +221,10 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	info, err := s.be.Info(r.Context())
+	nodes, err := s.be.Nodes(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.NodeList{Nodes: []*hecatoncheir.NodeInfo{info}})
+	writeJSON(w, http.StatusOK, api.NodeList{Nodes: nodes})
 }

@@ -38,7 +38,8 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
-// Backend is what the API drives: the node agent on a single node.
+// Backend is what the API drives: the node agent on a single node
+// (hecatoncheir.Agent), or the nodes of a cluster (cluster.Cluster).
 type Backend interface {
 	Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error)
 	Get(ctx context.Context, id string) (*tartarus.Sandbox, error)
@@ -54,7 +55,7 @@ type Backend interface {
 	Wake(ctx context.Context, id string) (*tartarus.Sandbox, error)
 	Fork(ctx context.Context, id string, count int) ([]*tartarus.Sandbox, error)
 	Templates(ctx context.Context) ([]*tartarus.Image, error)
-	Info(ctx context.Context) (*hecatoncheir.NodeInfo, error)
+	Nodes(ctx context.Context) ([]*hecatoncheir.NodeInfo, error)
 	Ready(ctx context.Context) error
 	Counts(ctx context.Context) (map[tartarus.State]int, error)
 }

@@ -55,6 +55,35 @@ var pgMigrations = []string{
 		record      TEXT NOT NULL
 	);
 	CREATE INDEX sleep_records_runtime ON sleep_records(runtime);`,
+	// 2: nodes, durable commands and the shared sleep records of a cluster
+	// (cluster.go).
+	`CREATE TABLE nodes (
+		name          TEXT PRIMARY KEY,
+		address       TEXT NOT NULL,
+		status        TEXT NOT NULL,
+		state         TEXT NOT NULL,
+		last_seen     BIGINT NOT NULL,
+		registered_at BIGINT NOT NULL,
+		down_reason   TEXT NOT NULL DEFAULT ''
+	);
+	CREATE TABLE commands (
+		seq        BIGSERIAL PRIMARY KEY,
+		id         TEXT NOT NULL UNIQUE,
+		node       TEXT NOT NULL,
+		sandbox_id TEXT NOT NULL,
+		kind       TEXT NOT NULL,
+		body       TEXT NOT NULL,
+		done       BOOLEAN NOT NULL DEFAULT FALSE,
+		result     TEXT NOT NULL DEFAULT '',
+		created_at BIGINT NOT NULL,
+		done_at    BIGINT NOT NULL DEFAULT 0
+	);
+	CREATE INDEX commands_pending ON commands(node, seq) WHERE NOT done;
+	CREATE INDEX sandboxes_node ON sandboxes(node, state);
+	CREATE TABLE cluster_sleep (
+		sandbox_id TEXT PRIMARY KEY,
+		record     TEXT NOT NULL
+	);`,
 }
 
 // migrationLock is the pg_advisory_xact_lock key that serialises schema

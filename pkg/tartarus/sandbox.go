@@ -107,6 +107,9 @@ type CreateRequest struct {
 	// AutoHibernateS hibernates the sandbox once idle this many seconds;
 	// 0 means the server's default (which may be off). Negative is invalid.
 	AutoHibernateS int `json:"auto_hibernate_s,omitempty"`
+	// NodeLabels restricts a multi-node server's placement to nodes
+	// carrying every one of these labels (for example {"pool": "gpu"}).
+	NodeLabels map[string]string `json:"node_labels,omitempty"`
 }
 
 // Defaults and bounds for a CreateRequest.
@@ -119,6 +122,7 @@ const (
 	MaxTimeoutS     = 7 * 24 * 3600
 	MaxEnvEntries   = 256
 	MaxMetadata     = 64
+	MaxNodeLabels   = 16
 )
 
 // Normalize fills defaults and checks the request's own shape (not host
@@ -151,6 +155,13 @@ func (r *CreateRequest) Normalize() error {
 		return Errorf(ErrInvalid, "env: at most %d entries", MaxEnvEntries)
 	case len(r.Metadata) > MaxMetadata:
 		return Errorf(ErrInvalid, "metadata: at most %d entries", MaxMetadata)
+	case len(r.NodeLabels) > MaxNodeLabels:
+		return Errorf(ErrInvalid, "node_labels: at most %d entries", MaxNodeLabels)
+	}
+	for k, v := range r.NodeLabels {
+		if !ValidLabel(k) || !ValidLabel(v) {
+			return Errorf(ErrInvalid, "node_labels: %q=%q: want 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', '/'", k, v)
+		}
 	}
 	return ValidEnv(r.Env)
 }
@@ -162,6 +173,20 @@ func ValidName(s string) bool {
 	}
 	for _, c := range s {
 		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidLabel reports whether s is a usable node label key or value.
+func ValidLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for _, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '/'
 		if !ok {
 			return false
 		}

@@ -1,0 +1,396 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
+	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// These tests drive a Cluster on a real Postgres and play the agents'
+// side of the protocol by hand over HTTP, so that every message and its
+// effect on the database is visible. The agent itself
+// (hecatoncheir/link) has its own tests, and the end-to-end test in
+// cmd/tartarus runs real agents with real VMs.
+
+type env struct {
+	t   *testing.T
+	c   *Cluster
+	st  *store.Postgres
+	srv *httptest.Server
+}
+
+func newEnv(t *testing.T, adminDSN, db string) *env {
+	t.Helper()
+	dsn := storetest.CreateDatabase(t, adminDSN, db)
+	ctx := context.Background()
+	st, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c, err := New(Config{Store: st, NodeTimeout: 300 * time.Millisecond, PollInterval: 20 * time.Millisecond,
+		CommandWait: 10 * time.Second, AgentClient: http.DefaultClient,
+		AgentIdentity: func(r *http.Request) (string, error) {
+			if n := r.Header.Get("X-Test-Agent"); n != "" {
+				return n, nil
+			}
+			return "", errors.New("no test identity")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = c.Run(runCtx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	srv := httptest.NewServer(c.Handler())
+	t.Cleanup(srv.Close)
+	return &env{t: t, c: c, st: st, srv: srv}
+}
+
+// call sends one agent request and decodes the answer into out.
+func (e *env) call(node, method, path string, in, out any) int {
+	e.t.Helper()
+	var body bytes.Buffer
+	if in != nil {
+		if err := json.NewEncoder(&body).Encode(in); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	req, err := http.NewRequest(method, e.srv.URL+path, &body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if node != "" {
+		req.Header.Set("X-Test-Agent", node)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func status(name string, memMB int, labels map[string]string, shared bool) wire.NodeStatus {
+	return wire.NodeStatus{Name: name, Address: "https://127.0.0.1:1", Labels: labels, CPUs: 8, MemoryMB: memMB,
+		Templates: []string{"base"}, SharedSnapshots: shared,
+		Runtimes: []tartarus.Fingerprint{{Runtime: "microvm", Available: true, MaxCPUs: 8, MaxMemoryMB: memMB,
+			Capabilities: tartarus.Capabilities{Snapshot: true}}}}
+}
+
+func (e *env) beat(st wire.NodeStatus, full bool, sandboxes ...wire.Report) wire.HeartbeatReply {
+	e.t.Helper()
+	var reply wire.HeartbeatReply
+	if code := e.call(st.Name, "POST", wire.PathHeartbeat, wire.Heartbeat{Node: st, Full: full, Sandboxes: sandboxes}, &reply); code != 200 {
+		e.t.Fatalf("heartbeat of %s: status %d", st.Name, code)
+	}
+	return reply
+}
+
+func (e *env) poll(node string) []wire.Command {
+	e.t.Helper()
+	var cmds wire.Commands
+	if code := e.call(node, "GET", wire.PathCommands+"?wait=2s", nil, &cmds); code != 200 {
+		e.t.Fatalf("poll of %s: status %d", node, code)
+	}
+	return cmds.Commands
+}
+
+// finish posts the agent's result: the command's sandbox now in state to.
+func (e *env) finish(cmd wire.Command, sb *tartarus.Sandbox, to tartarus.State) {
+	e.t.Helper()
+	done := *sb
+	done.State, done.UpdatedAt = to, time.Now().UTC()
+	if code := e.call(cmd.Node, "POST", wire.PathCommands+"/"+cmd.ID, wire.Result{Sandboxes: []wire.Report{{Sandbox: done}}}, nil); code != http.StatusNoContent {
+		e.t.Fatalf("result of %s: status %d", cmd.ID, code)
+	}
+}
+
+type created struct {
+	sb  *tartarus.Sandbox
+	err error
+}
+
+func (e *env) create(req *tartarus.CreateRequest) chan created {
+	ch := make(chan created, 1)
+	go func() {
+		sb, err := e.c.Create(context.Background(), "t1", req)
+		ch <- created{sb, err}
+	}()
+	return ch
+}
+
+// createOn drives one create through the agent that receives it and
+// returns the sandbox and its node.
+func (e *env) createOn(nodes ...string) *tartarus.Sandbox {
+	e.t.Helper()
+	ch := e.create(&tartarus.CreateRequest{Template: "base", MemoryMB: 1024})
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range nodes {
+			var cmds wire.Commands
+			e.call(n, "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+			for _, cmd := range cmds.Commands {
+				if cmd.Kind == wire.KindCreate {
+					e.finish(cmd, cmd.Sandbox, tartarus.StateRunning)
+					r := <-ch
+					if r.err != nil {
+						e.t.Fatal(r.err)
+					}
+					return r.sb
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.t.Fatal("no create command reached any node")
+	return nil
+}
+
+func TestCluster(t *testing.T) {
+	admin := storetest.StartPostgres(t)
+
+	t.Run("heartbeat registers and unknown nodes are asked for a full list", func(t *testing.T) {
+		e := newEnv(t, admin, "register")
+		if r := e.beat(status("a", 4096, nil, false), false); !r.Resync || r.Interval <= 0 {
+			t.Fatalf("first partial heartbeat: %+v, want resync and an interval", r)
+		}
+		if r := e.beat(status("a", 4096, nil, false), true); r.Resync {
+			t.Fatalf("full heartbeat: %+v", r)
+		}
+		nodes, err := e.c.Nodes(context.Background())
+		if err != nil || len(nodes) != 1 || nodes[0].State != "up" || nodes[0].MemoryMB != 4096 {
+			t.Fatalf("nodes = %+v, %v", nodes, err)
+		}
+		// Another agent's certificate cannot speak for a.
+		if code := e.call("b", "POST", wire.PathHeartbeat, wire.Heartbeat{Node: status("a", 1, nil, false)}, nil); code != http.StatusForbidden {
+			t.Fatalf("heartbeat for another node: %d, want 403", code)
+		}
+		if code := e.call("", "POST", wire.PathHeartbeat, wire.Heartbeat{Node: status("a", 1, nil, false)}, nil); code != http.StatusUnauthorized {
+			t.Fatalf("heartbeat without identity: %d, want 401", code)
+		}
+		bad := status("a", 1, nil, false)
+		bad.Address = "http://plain"
+		if code := e.call("a", "POST", wire.PathHeartbeat, wire.Heartbeat{Node: bad}, nil); code != http.StatusBadRequest {
+			t.Fatalf("heartbeat with a plain-http address: %d, want 400", code)
+		}
+	})
+
+	t.Run("creates spread over nodes and wait for the agent", func(t *testing.T) {
+		e := newEnv(t, admin, "spread")
+		e.beat(status("a", 4096, nil, false), true)
+		e.beat(status("b", 4096, nil, false), true)
+		first := e.createOn("a", "b")
+		second := e.createOn("a", "b")
+		if first.State != tartarus.StateRunning || second.State != tartarus.StateRunning {
+			t.Fatalf("states %s, %s", first.State, second.State)
+		}
+		if first.Node == second.Node {
+			t.Fatalf("both sandboxes on %s; spread wants two nodes", first.Node)
+		}
+		if first.Runtime != "microvm" {
+			t.Fatalf("runtime %q, want the node's default", first.Runtime)
+		}
+	})
+
+	t.Run("refusal explains itself", func(t *testing.T) {
+		e := newEnv(t, admin, "refuse")
+		e.beat(status("a", 4096, map[string]string{"pool": "cpu"}, false), true)
+		_, err := e.c.Create(context.Background(), "t1", &tartarus.CreateRequest{Template: "base", MemoryMB: 1024,
+			NodeLabels: map[string]string{"pool": "gpu"}})
+		if !errors.Is(err, tartarus.ErrResourceExhausted) || !strings.Contains(err.Error(), "pool=gpu") {
+			t.Fatalf("err = %v, want resource exhausted naming pool=gpu", err)
+		}
+		_, err = e.c.Create(context.Background(), "t1", &tartarus.CreateRequest{Template: "python"})
+		if !errors.Is(err, tartarus.ErrNotFound) || !strings.Contains(err.Error(), "python") {
+			t.Fatalf("err = %v, want not found naming the template", err)
+		}
+	})
+
+	t.Run("a command is delivered until its result comes, and counts once", func(t *testing.T) {
+		e := newEnv(t, admin, "durable")
+		e.beat(status("a", 4096, nil, false), true)
+		ch := e.create(&tartarus.CreateRequest{Template: "base"})
+		cmds := e.poll("a")
+		again := e.poll("a") // the agent restarted before answering
+		if len(cmds) != 1 || len(again) != 1 || cmds[0].ID != again[0].ID {
+			t.Fatalf("deliveries %+v then %+v, want the same command twice", cmds, again)
+		}
+		if cmds[0].Create == nil || cmds[0].Sandbox == nil || cmds[0].Sandbox.ID != cmds[0].SandboxID {
+			t.Fatalf("create command without its sandbox: %+v", cmds[0])
+		}
+		e.finish(cmds[0], cmds[0].Sandbox, tartarus.StateRunning)
+		e.finish(cmds[0], cmds[0].Sandbox, tartarus.StateRunning) // a duplicate (the first answer was lost) is harmless
+		r := <-ch
+		if r.err != nil || r.sb.State != tartarus.StateRunning {
+			t.Fatalf("create = %+v, %v", r.sb, r.err)
+		}
+		if left := e.poll("a"); len(left) != 0 {
+			t.Fatalf("commands left after the result: %+v", left)
+		}
+		// A node's error comes back with its class.
+		go func() {
+			for _, cmd := range e.poll("a") {
+				_ = e.call("a", "POST", wire.PathCommands+"/"+cmd.ID, wire.Result{Error: &wire.Error{Code: "failed_precondition", Message: "sandbox is paused"}}, nil)
+			}
+		}()
+		if _, err := e.c.Hibernate(context.Background(), r.sb.ID); !errors.Is(err, tartarus.ErrFailedPrecondition) {
+			t.Fatalf("hibernate err = %v, want failed precondition", err)
+		}
+	})
+
+	t.Run("a quiet node goes down and its sandboxes are settled", func(t *testing.T) {
+		e := newEnv(t, admin, "down")
+		a := status("a", 4096, nil, true)
+		e.beat(a, true)
+		running := e.createOn("a")
+		sleeping := e.createOn("a")
+		rec := &hypnos.SleepRecord{SandboxID: sleeping.ID, SnapshotID: "snap-1", SnapshotPath: "sleep-microvm/snap-1"}
+		slept := *sleeping
+		slept.State, slept.UpdatedAt, slept.SnapshotBytes = tartarus.StateHibernated, time.Now().UTC(), 1234
+		if code := e.call("a", "POST", wire.PathReports, wire.Reports{Node: "a", Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil); code != http.StatusNoContent {
+			t.Fatalf("report: %d", code)
+		}
+		pending := e.create(&tartarus.CreateRequest{Template: "base"}) // a never answers it
+		time.Sleep(400 * time.Millisecond)
+		if err := e.c.Sweep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := e.st.Node(context.Background(), "a")
+		if n.State != store.NodeDown {
+			t.Fatalf("node state %s, want down", n.State)
+		}
+		if r := <-pending; !errors.Is(r.err, tartarus.ErrUnavailable) {
+			t.Fatalf("create on a node that went down: %v, want unavailable", r.err)
+		}
+		got, _ := e.c.Get(context.Background(), running.ID)
+		if got.State != tartarus.StateFailed || !strings.Contains(got.Error, "lost") {
+			t.Fatalf("running sandbox after its node went down: %s %q", got.State, got.Error)
+		}
+		kept, _ := e.c.Get(context.Background(), sleeping.ID)
+		if kept.State != tartarus.StateHibernated || kept.Node != "" {
+			t.Fatalf("hibernated sandbox with a shared snapshot: %s on %q, want hibernated and unassigned", kept.State, kept.Node)
+		}
+		// A late report from the lost node changes nothing.
+		late := *running
+		late.UpdatedAt = time.Now().UTC()
+		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: late}}}, nil)
+		if got, _ := e.c.Get(context.Background(), running.ID); got.State != tartarus.StateFailed {
+			t.Fatalf("late report revived a lost sandbox: %s", got.State)
+		}
+
+		// The node comes back: it must drop both.
+		r := e.beat(a, false)
+		if !r.Resync {
+			t.Fatal("a node back from down was not asked for a full list")
+		}
+		r = e.beat(a, true, wire.Report{Sandbox: *running}, wire.Report{Sandbox: slept, Sleep: rec})
+		drops := map[string]wire.Drop{}
+		for _, d := range r.Drop {
+			drops[d.SandboxID] = d
+		}
+		if d, ok := drops[running.ID]; !ok || d.KeepSnapshot {
+			t.Fatalf("drops %+v: want %s dropped with its snapshot", r.Drop, running.ID)
+		}
+		if d, ok := drops[sleeping.ID]; !ok || !d.KeepSnapshot {
+			t.Fatalf("drops %+v: want %s dropped keeping the shared snapshot", r.Drop, sleeping.ID)
+		}
+
+		// Waking the unassigned sandbox adopts it on a node with shared snapshots.
+		e.beat(status("b", 4096, nil, false), true) // local snapshots only: cannot adopt
+		e.beat(status("c", 4096, nil, true), true)
+		woke := make(chan created, 1)
+		go func() {
+			sb, err := e.c.Wake(context.Background(), sleeping.ID)
+			woke <- created{sb, err}
+		}()
+		var adopt wire.Command
+		for adopt.ID == "" {
+			for _, n := range []string{"a", "b", "c"} {
+				var cmds wire.Commands
+				e.call(n, "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+				for _, c := range cmds.Commands {
+					if c.Kind == wire.KindAdopt {
+						adopt = c
+					}
+				}
+			}
+		}
+		if adopt.Node == "b" || adopt.Sleep == nil || adopt.Sleep.SnapshotID != "snap-1" || adopt.Sandbox == nil {
+			t.Fatalf("adopt command %+v", adopt)
+		}
+		e.finish(adopt, adopt.Sandbox, tartarus.StateRunning)
+		w := <-woke
+		if w.err != nil || w.sb.State != tartarus.StateRunning || w.sb.Node != adopt.Node {
+			t.Fatalf("wake = %+v, %v", w.sb, w.err)
+		}
+	})
+
+	t.Run("fork records the copies", func(t *testing.T) {
+		e := newEnv(t, admin, "fork")
+		e.beat(status("a", 4096, nil, false), true)
+		parent := e.createOn("a")
+		type forked struct {
+			sbs []*tartarus.Sandbox
+			err error
+		}
+		ch := make(chan forked, 1)
+		go func() {
+			sbs, err := e.c.Fork(context.Background(), parent.ID, 2)
+			ch <- forked{sbs, err}
+		}()
+		cmds := e.poll("a")
+		if len(cmds) != 1 || cmds[0].Kind != wire.KindFork || len(cmds[0].ForkIDs) != 2 {
+			t.Fatalf("fork command %+v", cmds)
+		}
+		res := wire.Result{Sandboxes: []wire.Report{{Sandbox: *parent}}}
+		for _, id := range cmds[0].ForkIDs {
+			cp := *parent
+			cp.ID, cp.UpdatedAt = id, time.Now().UTC()
+			res.Sandboxes = append(res.Sandboxes, wire.Report{Sandbox: cp})
+		}
+		e.call("a", "POST", wire.PathCommands+"/"+cmds[0].ID, res, nil)
+		f := <-ch
+		if f.err != nil || len(f.sbs) != 2 || f.sbs[0].ID != cmds[0].ForkIDs[0] || f.sbs[1].Node != "a" {
+			t.Fatalf("fork = %+v, %v", f.sbs, f.err)
+		}
+		if _, err := e.c.Fork(context.Background(), parent.ID, 17); !errors.Is(err, tartarus.ErrInvalid) {
+			t.Fatalf("fork of 17: %v", err)
+		}
+	})
+}
+
+func TestAgentName(t *testing.T) {
+	for _, tc := range []struct {
+		typ, name string
+		ok        bool
+	}{
+		{"agent", "node-a", true},
+		{"service", "node-a", false},
+		{"agent", "Node-A", false},
+		{"agent", "", false},
+	} {
+		_, err := AgentName(tc.typ, tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("AgentName(%q, %q) = %v", tc.typ, tc.name, err)
+		}
+	}
+}

@@ -1,0 +1,420 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// The cluster's tables, kept only by Postgres: the nodes that registered,
+// the commands they must carry out, and the sleep records of hibernated
+// sandboxes (so that another node can wake one whose node went down).
+//
+// A node is "up" while it heartbeats and "down" once a replica's sweep
+// finds its last heartbeat too old. A command is written in the same
+// transaction as the change that needs it and stays pending until its
+// node posts a result.
+
+// Node states.
+const (
+	NodeUp   = "up"
+	NodeDown = "down"
+)
+
+// NodeRecord is a registered node.
+type NodeRecord struct {
+	Name    string
+	Address string
+	State   string
+	// Status is the node's last self-description (wire.NodeStatus JSON).
+	Status       []byte
+	LastSeen     time.Time
+	RegisteredAt time.Time
+	DownReason   string
+	// What the sandboxes placed on the node hold (those that are not
+	// final and not hibernated), and how many are not final.
+	UsedCPUs, UsedMemoryMB, Sandboxes int
+}
+
+// CommandRecord is one durable command.
+type CommandRecord struct {
+	Seq       int64
+	ID        string
+	Node      string
+	SandboxID string
+	Kind      string
+	// Body is the command (wire.Command JSON); Result its result, once Done.
+	Body      []byte
+	Done      bool
+	Result    []byte
+	CreatedAt time.Time
+	DoneAt    time.Time
+}
+
+// placementLock serialises placements across replicas, so two creates do
+// not both take a node's last free memory.
+const placementLock = 0x706c616365 // "place"
+
+// Heartbeat records a node's heartbeat and marks it up. prev is the
+// node's state before: "" for a node never seen, NodeDown for one that
+// had been marked down.
+func (p *Postgres) Heartbeat(ctx context.Context, name, address string, status []byte, at time.Time) (prev string, err error) {
+	err = p.db.QueryRowContext(ctx, `
+		WITH prev AS (SELECT state FROM nodes WHERE name = $1)
+		INSERT INTO nodes (name, address, status, state, last_seen, registered_at)
+		VALUES ($1, $2, $3, 'up', $4, $4)
+		ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, status = EXCLUDED.status,
+			state = 'up', last_seen = EXCLUDED.last_seen, down_reason = ''
+		RETURNING COALESCE((SELECT state FROM prev), '')`,
+		name, address, string(status), nanos(at)).Scan(&prev)
+	if err != nil {
+		return "", fmt.Errorf("heartbeat of node %s: %w", name, err)
+	}
+	return prev, nil
+}
+
+const nodeColumns = `n.name, n.address, n.state, n.status, n.last_seen, n.registered_at, n.down_reason,
+	COALESCE(u.cpus, 0), COALESCE(u.memory_mb, 0), COALESCE(u.n, 0)`
+
+const nodeUsage = `LEFT JOIN (SELECT node, SUM(cpus) FILTER (WHERE state <> 'hibernated') AS cpus,
+		SUM(memory_mb) FILTER (WHERE state <> 'hibernated') AS memory_mb, COUNT(*) AS n
+	FROM sandboxes WHERE state NOT IN ('terminated', 'failed') GROUP BY node) u ON u.node = n.name`
+
+func scanNode(r scanner) (*NodeRecord, error) {
+	var n NodeRecord
+	var status string
+	var seen, reg int64
+	if err := r.Scan(&n.Name, &n.Address, &n.State, &status, &seen, &reg, &n.DownReason,
+		&n.UsedCPUs, &n.UsedMemoryMB, &n.Sandboxes); err != nil {
+		return nil, err
+	}
+	n.Status, n.LastSeen, n.RegisteredAt = []byte(status), fromNanos(seen), fromNanos(reg)
+	return &n, nil
+}
+
+// Nodes lists every registered node, by name.
+func (p *Postgres) Nodes(ctx context.Context) ([]*NodeRecord, error) {
+	return queryNodes(ctx, p.db, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+` ORDER BY n.name`)
+}
+
+// Node returns one node or an error wrapping ErrNotFound.
+func (p *Postgres) Node(ctx context.Context, name string) (*NodeRecord, error) {
+	n, err := scanNode(p.db.QueryRowContext(ctx, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+` WHERE n.name = $1`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "node %s", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get node %s: %w", name, err)
+	}
+	return n, nil
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+func queryNodes(ctx context.Context, db querier, q string, args ...any) ([]*NodeRecord, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	defer rows.Close()
+	var out []*NodeRecord
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list nodes: %w", err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// MarkDown marks down every up node whose last heartbeat is before
+// `before`, and returns their names. Of two replicas sweeping at once,
+// only one gets each node.
+func (p *Postgres) MarkDown(ctx context.Context, before time.Time, reason string) ([]string, error) {
+	rows, err := p.db.QueryContext(ctx, `UPDATE nodes SET state = 'down', down_reason = $1
+		WHERE state = 'up' AND last_seen < $2 RETURNING name`, reason, nanos(before))
+	if err != nil {
+		return nil, fmt.Errorf("mark nodes down: %w", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("mark nodes down: %w", err)
+		}
+		names = append(names, n)
+	}
+	return names, rows.Err()
+}
+
+// LoseNode settles the sandboxes of a node that went down: hibernated ones
+// whose snapshots other nodes can read (keepHibernated) are left
+// unassigned, to wake elsewhere; every other live one fails with reason.
+// The node's pending commands end with failed (their JSON result). It
+// returns the ids it changed.
+func (p *Postgres) LoseNode(ctx context.Context, node string, keepHibernated bool, reason string, failed []byte, at time.Time) ([]string, error) {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("lose node %s: %w", node, err)
+	}
+	defer tx.Rollback()
+	var ids []string
+	collect := func(q string, args ...any) error {
+		rows, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	}
+	if keepHibernated {
+		if err := collect(`UPDATE sandboxes SET node = '', updated_at = $2 WHERE node = $1 AND state = 'hibernated' RETURNING id`,
+			node, nanos(at)); err != nil {
+			return nil, fmt.Errorf("lose node %s: %w", node, err)
+		}
+	}
+	if err := collect(`UPDATE sandboxes SET state = 'failed', error = $2, updated_at = $3
+		WHERE node = $1 AND state NOT IN ('terminated', 'failed') RETURNING id`, node, reason, nanos(at)); err != nil {
+		return nil, fmt.Errorf("lose node %s: %w", node, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE commands SET done = TRUE, result = $2, done_at = $3 WHERE node = $1 AND NOT done`,
+		node, string(failed), nanos(at)); err != nil {
+		return nil, fmt.Errorf("lose node %s: %w", node, err)
+	}
+	return ids, tx.Commit()
+}
+
+// PlaceFunc chooses a node among the up nodes and returns the sandbox to
+// record there (nil to record none) and the command that creates or wakes
+// it.
+type PlaceFunc func(nodes []*NodeRecord) (*tartarus.Sandbox, *CommandRecord, error)
+
+// Place runs place over the up nodes, with placements of every replica
+// serialised, and records what it returns in one transaction: a new
+// sandbox is inserted; an existing one (an unassigned hibernated sandbox
+// being adopted) moves to the chosen node if it is still unassigned.
+func (p *Postgres) Place(ctx context.Context, place PlaceFunc) error {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("place: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(placementLock)); err != nil {
+		return fmt.Errorf("placement lock: %w", err)
+	}
+	nodes, err := queryNodes(ctx, tx, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+` WHERE n.state = 'up' ORDER BY n.name`)
+	if err != nil {
+		return err
+	}
+	sb, cmd, err := place(nodes)
+	if err != nil {
+		return err
+	}
+	if sb != nil {
+		res, err := tx.ExecContext(ctx, `UPDATE sandboxes SET node = $1, updated_at = $2 WHERE id = $3 AND node = '' AND state = 'hibernated'`,
+			sb.Node, nanos(sb.UpdatedAt), sb.ID)
+		if err != nil {
+			return fmt.Errorf("assign sandbox %s: %w", sb.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			if err := insertSandbox(ctx, tx, sb); err != nil {
+				return err
+			}
+		}
+	}
+	if err := insertCommand(ctx, tx, cmd); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// AddCommand records a command for a sandbox on its node, if the sandbox
+// is still there (else ErrFailedPrecondition: it moved or was lost).
+func (p *Postgres) AddCommand(ctx context.Context, cmd *CommandRecord) error {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("add command: %w", err)
+	}
+	defer tx.Rollback()
+	var node string
+	err = tx.QueryRowContext(ctx, `SELECT node FROM sandboxes WHERE id = $1 FOR UPDATE`, cmd.SandboxID).Scan(&node)
+	if errors.Is(err, sql.ErrNoRows) {
+		return tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", cmd.SandboxID)
+	}
+	if err != nil {
+		return fmt.Errorf("add command: %w", err)
+	}
+	if node != cmd.Node {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is no longer on node %s", cmd.SandboxID, cmd.Node)
+	}
+	if err := insertCommand(ctx, tx, cmd); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func insertCommand(ctx context.Context, tx *sql.Tx, c *CommandRecord) error {
+	err := tx.QueryRowContext(ctx, `INSERT INTO commands (id, node, sandbox_id, kind, body, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`,
+		c.ID, c.Node, c.SandboxID, c.Kind, string(c.Body), nanos(c.CreatedAt)).Scan(&c.Seq)
+	if err != nil {
+		return fmt.Errorf("insert command %s: %w", c.ID, err)
+	}
+	return nil
+}
+
+func insertSandbox(ctx context.Context, tx *sql.Tx, sb *tartarus.Sandbox) error {
+	env, err := json.Marshal(orEmpty(sb.Env))
+	if err != nil {
+		return err
+	}
+	md, err := json.Marshal(orEmpty(sb.Metadata))
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES
+		($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)`,
+		sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
+		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes)
+	if err != nil {
+		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
+	}
+	return nil
+}
+
+const commandColumns = `seq, id, node, sandbox_id, kind, body, done, result, created_at, done_at`
+
+func scanCommand(r scanner) (*CommandRecord, error) {
+	var c CommandRecord
+	var body, result string
+	var created, done int64
+	if err := r.Scan(&c.Seq, &c.ID, &c.Node, &c.SandboxID, &c.Kind, &body, &c.Done, &result, &created, &done); err != nil {
+		return nil, err
+	}
+	c.Body, c.Result, c.CreatedAt, c.DoneAt = []byte(body), []byte(result), fromNanos(created), fromNanos(done)
+	return &c, nil
+}
+
+// PendingCommands returns up to limit commands of node not yet done,
+// oldest first.
+func (p *Postgres) PendingCommands(ctx context.Context, node string, limit int) ([]*CommandRecord, error) {
+	rows, err := p.db.QueryContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE node = $1 AND NOT done ORDER BY seq LIMIT $2`, node, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pending commands of %s: %w", node, err)
+	}
+	defer rows.Close()
+	var out []*CommandRecord
+	for rows.Next() {
+		c, err := scanCommand(rows)
+		if err != nil {
+			return nil, fmt.Errorf("pending commands of %s: %w", node, err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// Command returns one command or an error wrapping ErrNotFound.
+func (p *Postgres) Command(ctx context.Context, id string) (*CommandRecord, error) {
+	c, err := scanCommand(p.db.QueryRowContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "command %s", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get command %s: %w", id, err)
+	}
+	return c, nil
+}
+
+// FinishCommand records node's result of a command. Only the first result
+// counts; first says whether this was it. A command of another node is
+// ErrNotFound.
+func (p *Postgres) FinishCommand(ctx context.Context, node, id string, result []byte, at time.Time) (first bool, err error) {
+	res, err := p.db.ExecContext(ctx, `UPDATE commands SET done = TRUE, result = $1, done_at = $2 WHERE id = $3 AND node = $4 AND NOT done`,
+		string(result), nanos(at), id, node)
+	if err != nil {
+		return false, fmt.Errorf("finish command %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return true, nil
+	}
+	c, err := p.Command(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	if c.Node != node {
+		return false, tartarus.Errorf(tartarus.ErrNotFound, "command %s", id)
+	}
+	return false, nil
+}
+
+// Report records a sandbox as its node has it. It is ignored (applied
+// false) when the sandbox belongs to another node, when the cluster has
+// already settled it as terminated or failed, or when the recorded state
+// is newer. A sandbox the cluster has never seen (a fork's copy) is
+// inserted.
+func (p *Postgres) Report(ctx context.Context, node string, sb *tartarus.Sandbox) (applied bool, err error) {
+	env, err := json.Marshal(orEmpty(sb.Env))
+	if err != nil {
+		return false, err
+	}
+	md, err := json.Marshal(orEmpty(sb.Metadata))
+	if err != nil {
+		return false, err
+	}
+	res, err := p.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES
+		($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at,
+			expires_at = EXCLUDED.expires_at, last_activity_at = GREATEST(sandboxes.last_activity_at, EXCLUDED.last_activity_at),
+			error = EXCLUDED.error, snapshot_bytes = EXCLUDED.snapshot_bytes
+		WHERE sandboxes.node = EXCLUDED.node AND sandboxes.state NOT IN ('terminated', 'failed')
+			AND sandboxes.updated_at <= EXCLUDED.updated_at`,
+		sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), node, sb.CPUs, sb.MemoryMB,
+		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes)
+	if err != nil {
+		return false, fmt.Errorf("report sandbox %s: %w", sb.ID, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// PutSleep keeps the sleep record (JSON) of a hibernated sandbox.
+func (p *Postgres) PutSleep(ctx context.Context, id string, record []byte) error {
+	_, err := p.db.ExecContext(ctx, `INSERT INTO cluster_sleep (sandbox_id, record) VALUES ($1, $2)
+		ON CONFLICT (sandbox_id) DO UPDATE SET record = EXCLUDED.record`, id, string(record))
+	if err != nil {
+		return fmt.Errorf("put sleep record %s: %w", id, err)
+	}
+	return nil
+}
+
+// Sleep returns a sandbox's sleep record or an error wrapping ErrNotFound.
+func (p *Postgres) Sleep(ctx context.Context, id string) ([]byte, error) {
+	var rec string
+	err := p.db.QueryRowContext(ctx, `SELECT record FROM cluster_sleep WHERE sandbox_id = $1`, id).Scan(&rec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "sleep record of %s", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get sleep record %s: %w", id, err)
+	}
+	return []byte(rec), nil
+}
