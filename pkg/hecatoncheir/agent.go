@@ -293,6 +293,9 @@ func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (t
 	if err := req.Normalize(); err != nil {
 		return nil, nil, err
 	}
+	if len(req.NodeLabels) > 0 {
+		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "node_labels: this server is a single node without labels (labels choose among the nodes of a cluster)")
+	}
 	rt, err := a.runtime(req.Runtime)
 	if err != nil {
 		return nil, nil, err

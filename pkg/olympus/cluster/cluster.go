@@ -450,7 +450,9 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 }
 
 // Get implements olympus.Backend.
-func (c *Cluster) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) { return c.st.Get(ctx, id) }
+func (c *Cluster) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	return c.st.Get(ctx, id)
+}
 
 // List implements olympus.Backend.
 func (c *Cluster) List(ctx context.Context, f store.Filter) ([]*tartarus.Sandbox, error) {
