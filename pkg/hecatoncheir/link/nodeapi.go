@@ -1,0 +1,83 @@
+package link
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Handler is the node API: the public API's routes served by this node's
+// agent, for the requests the servers forward to it (exec, files). Only a
+// server may call it: a client certificate of Config.ClientCAs naming a
+// service ("service:NAME"), never an agent's; the sandbox's tenant comes
+// in wire.TenantHeader and confines the request to that tenant's
+// sandboxes. The servers have authorized the caller already.
+func (l *Link) Handler() http.Handler { return l.api }
+
+func newNodeAPI(cfg *Config) (http.Handler, error) {
+	g := &nodeGuard{mtls: &cerberus.MTLSConfig{ClientCAs: cfg.ClientCAs, Clock: cerberus.SystemClock{}}}
+	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log})
+	if err != nil {
+		return nil, fmt.Errorf("node API: %w", err)
+	}
+	return api, nil
+}
+
+// nodeGuard lets in servers only, acting for the tenant they name.
+type nodeGuard struct {
+	mtls *cerberus.MTLSConfig
+}
+
+var _ cerberus.Guard = (*nodeGuard)(nil)
+
+// Wrap implements cerberus.Guard.
+func (g *nodeGuard) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			refuse(w, http.StatusUnauthorized, "unauthenticated", "the node API needs a server's client certificate")
+			return
+		}
+		certs := r.TLS.PeerCertificates
+		id, err := g.mtls.Verify(&cerberus.MTLSCredential{Certificate: certs[0], Chain: certs[1:]})
+		if err != nil {
+			refuse(w, http.StatusUnauthorized, "unauthenticated", err.Error())
+			return
+		}
+		if id.Type != cerberus.IdentityTypeService {
+			refuse(w, http.StatusForbidden, "permission_denied", fmt.Sprintf("%s:%s may not call a node API; only servers may", id.Type, id.ID))
+			return
+		}
+		tenant := r.Header.Get(wire.TenantHeader)
+		if tenant == "" {
+			refuse(w, http.StatusBadRequest, "invalid_argument", "missing "+wire.TenantHeader+" header")
+			return
+		}
+		acting := *id
+		acting.TenantID = tenant
+		next.ServeHTTP(w, r.WithContext(cerberus.WithIdentity(r.Context(), &acting)))
+	})
+}
+
+// Authorize implements cerberus.Guard. The server authorized the caller
+// already; the one check left is that the request acts within the tenant
+// the server named, as the server always forwards with the sandbox's own.
+func (g *nodeGuard) Authorize(ctx context.Context, _ cerberus.Action, res cerberus.Resource) error {
+	id := cerberus.IdentityFrom(ctx)
+	if id == nil || (res.TenantID != "" && res.TenantID != id.TenantID) {
+		return tartarus.Errorf(tartarus.ErrPermissionDenied, "the request's tenant is not the resource's")
+	}
+	return nil
+}
+
+func refuse(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg}})
+}
