@@ -28,17 +28,37 @@ const pgBin = "/usr/lib/postgresql/15/bin"
 // test is skipped, or fails when TARTARUS_E2E=1.
 func StartPostgres(t testing.TB) string {
 	t.Helper()
+	return StartPostgresServer(t).DSN
+}
+
+// PostgresServer is a throwaway PostgreSQL server that a test can restart.
+type PostgresServer struct {
+	// DSN is the "postgres" database's, as superuser.
+	DSN  string
+	dir  string
+	port int
+	cred *syscall.Credential
+	logf *os.File
+	srv  *exec.Cmd
+	done chan error
+}
+
+// StartPostgresServer is StartPostgres, returning the server so that the
+// test can restart it.
+func StartPostgresServer(t testing.TB) *PostgresServer {
+	t.Helper()
 	if _, err := os.Stat(filepath.Join(pgBin, "postgres")); err != nil {
 		if os.Getenv("TARTARUS_E2E") == "1" {
 			t.Fatalf("postgres server binaries missing (%v); install the postgresql package", err)
 		}
 		t.Skipf("postgres server binaries missing (%v); install the postgresql package", err)
 	}
-	var cred *syscall.Credential
+	p := &PostgresServer{}
 	dir, err := os.MkdirTemp("", "tartarus-pg-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.dir = dir
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
@@ -47,47 +67,47 @@ func StartPostgres(t testing.TB) string {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 		if err := os.Chown(dir, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
-	data := filepath.Join(dir, "data")
-	initdb := exec.Command(filepath.Join(pgBin, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	initdb := exec.Command(filepath.Join(pgBin, "initdb"), "-D", filepath.Join(dir, "data"), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
 	initdb.Dir = dir
 	if out, err := initdb.CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	port := freePort(t)
-	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
+	p.port = freePort(t)
+	p.logf, err = os.Create(filepath.Join(dir, "postgres.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := exec.Command(filepath.Join(pgBin, "postgres"), "-D", data, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
-	srv.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-	srv.Dir = dir
-	srv.Stdout, srv.Stderr = logf, logf
-	if err := srv.Start(); err != nil {
+	p.DSN = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.port)
+	t.Cleanup(func() {
+		p.Stop()
+		p.logf.Close()
+	})
+	p.Start(t)
+	return p
+}
+
+// Start starts the server (again) on its port and waits until it answers.
+func (p *PostgresServer) Start(t testing.TB) {
+	t.Helper()
+	// fsync and synchronous_commit stay on: a test that restarts the
+	// server checks that what was acknowledged survives.
+	p.srv = exec.Command(filepath.Join(pgBin, "postgres"), "-D", filepath.Join(p.dir, "data"), "-p", strconv.Itoa(p.port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "full_page_writes=off")
+	p.srv.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Setpgid: true}
+	p.srv.Dir = p.dir
+	p.srv.Stdout, p.srv.Stderr = p.logf, p.logf
+	if err := p.srv.Start(); err != nil {
 		t.Fatalf("start postgres: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Wait() }()
-	t.Cleanup(func() {
-		// SIGINT is Postgres's "fast shutdown": roll back and exit.
-		srv.Process.Signal(syscall.SIGINT)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			srv.Process.Kill()
-			<-done
-		}
-		logf.Close()
-	})
-	dsn := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
-	db, err := sql.Open("pgx", dsn)
+	p.done = make(chan error, 1)
+	go func(srv *exec.Cmd, done chan error) { done <- srv.Wait() }(p.srv, p.done)
+	db, err := sql.Open("pgx", p.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,18 +117,34 @@ func StartPostgres(t testing.TB) string {
 	for {
 		err := db.PingContext(ctx)
 		if err == nil {
-			return dsn
+			return
 		}
 		select {
 		case <-ctx.Done():
-			log, _ := os.ReadFile(logf.Name())
+			log, _ := os.ReadFile(p.logf.Name())
 			t.Fatalf("postgres did not come up: %v\n%s", err, log)
-		case err := <-done:
-			log, _ := os.ReadFile(logf.Name())
+		case err := <-p.done:
+			log, _ := os.ReadFile(p.logf.Name())
 			t.Fatalf("postgres exited: %v\n%s", err, log)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Stop shuts the server down the way an operator's restart does (a fast
+// shutdown: open transactions roll back, committed ones are on disk).
+func (p *PostgresServer) Stop() {
+	if p.srv == nil {
+		return
+	}
+	_ = p.srv.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.srv.Process.Kill()
+		<-p.done
+	}
+	p.srv = nil
 }
 
 // CreateDatabase creates a new empty database on the server of adminDSN
