@@ -155,42 +155,8 @@ type e2e struct {
 
 func newE2E(t testing.TB, serverArgs ...string) *e2e {
 	t.Helper()
-	must := os.Getenv("TARTARUS_E2E") == "1"
-	skip := func(reason string) {
-		if must {
-			t.Fatalf("TARTARUS_E2E=1 but %s", reason)
-		}
-		t.Skip(reason + " (set TARTARUS_E2E=1 to make this a failure)")
-	}
-	if os.Geteuid() != 0 {
-		skip("the server e2e test needs root (QEMU, template builds)")
-	}
-	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			skip(tool + " is not installed")
-		}
-	}
-	cache := os.Getenv("TARTARUS_TEST_DATA")
-	if cache == "" {
-		cache = "/var/tmp/tartarus-test"
-	}
-	binDir := t.TempDir()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	for _, b := range []struct{ out, pkg string }{{"tartarus", "./cmd/tartarus"}, {"tartarus-guest", "./cmd/tartarus-guest"}} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", b.pkg, err, out)
-		}
-	}
-	e := &e2e{bin: filepath.Join(binDir, "tartarus"), data: t.TempDir(), args: serverArgs}
-	// Templates are cached between runs; this is quick when they are built.
-	build := exec.Command(e.bin, "template", "build", "--data-dir", cache, "base")
-	if out, err := build.CombinedOutput(); err != nil {
-		skip("cannot build the base template: " + err.Error() + "\n" + string(out))
-	}
+	bin, cache := e2eBinary(t)
+	e := &e2e{bin: bin, data: t.TempDir(), args: serverArgs}
 	if err := os.Symlink(filepath.Join(cache, "images"), filepath.Join(e.data, "images")); err != nil {
 		t.Fatal(err)
 	}
@@ -332,6 +298,51 @@ func (e *e2e) qemus(t testing.TB) []int {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// e2eBinary builds the tartarus binary (and the guest agent) for an
+// end-to-end test and makes sure the base template is built in the cache,
+// which it returns. It skips when the machine cannot run VMs, unless
+// TARTARUS_E2E=1.
+func e2eBinary(t testing.TB) (bin, cache string) {
+	t.Helper()
+	must := os.Getenv("TARTARUS_E2E") == "1"
+	skip := func(reason string) {
+		if must {
+			t.Fatalf("TARTARUS_E2E=1 but %s", reason)
+		}
+		t.Skip(reason + " (set TARTARUS_E2E=1 to make this a failure)")
+	}
+	if os.Geteuid() != 0 {
+		skip("the server e2e test needs root (QEMU, template builds)")
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			skip(tool + " is not installed")
+		}
+	}
+	cache = os.Getenv("TARTARUS_TEST_DATA")
+	if cache == "" {
+		cache = "/var/tmp/tartarus-test"
+	}
+	binDir := t.TempDir()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	for _, b := range []struct{ out, pkg string }{{"tartarus", "./cmd/tartarus"}, {"tartarus-guest", "./cmd/tartarus-guest"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b.pkg, err, out)
+		}
+	}
+	bin = filepath.Join(binDir, "tartarus")
+	// Templates are cached between runs; this is quick when they are built.
+	build := exec.Command(bin, "template", "build", "--data-dir", cache, "base")
+	if out, err := build.CombinedOutput(); err != nil {
+		skip("cannot build the base template: " + err.Error() + "\n" + string(out))
+	}
+	return bin, cache
 }
 
 // cleanup stops the server and kills whatever VM this test left.
