@@ -35,6 +35,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newServerCmd(),
+		newAgentCmd(),
 		newFerryCmd(),
 		newAPIKeyCmd(),
 		newAuditCmd(),

@@ -37,6 +37,10 @@ type nodeOptions struct {
 	createFromSnapshot bool
 	prewarm            bool
 	maxConcurrentWakes int
+
+	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
+	// `tartarus agent` when its snapshot store is shared with other nodes.
+	snapshotPrefix string
 }
 
 func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
@@ -98,7 +102,7 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Log: log,
-		Snapshots: snaps, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
+		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
 			MaxConcurrentWakes: o.maxConcurrentWakes}})
