@@ -23,6 +23,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -89,6 +90,17 @@ type Cluster struct {
 	mu      sync.Mutex
 	waiters map[string][]chan struct{} // command id → calls waiting for its result
 	polls   map[string][]chan struct{} // node → agents' long polls
+
+	statusMu sync.Mutex
+	statuses map[string]*decodedStatus // node → its last status, decoded
+}
+
+// decodedStatus keeps a node's status decoded while its JSON stays the
+// same (placement reads every node's, and decoding them was most of its
+// cost).
+type decodedStatus struct {
+	raw []byte
+	st  wire.NodeStatus
 }
 
 // New returns a Cluster; call Run to sweep and hear events.
@@ -124,7 +136,8 @@ func New(cfg Config) (*Cluster, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Cluster{cfg: cfg, st: cfg.Store, log: cfg.Log.With("component", "cluster"),
-		waiters: map[string][]chan struct{}{}, polls: map[string][]chan struct{}{}}, nil
+		waiters: map[string][]chan struct{}{}, polls: map[string][]chan struct{}{},
+		statuses: map[string]*decodedStatus{}}, nil
 }
 
 // Run hears events and sweeps for nodes that went quiet until ctx is done.
@@ -244,13 +257,25 @@ func nodeStatus(n *store.NodeRecord) wire.NodeStatus {
 	return st
 }
 
+// status is nodeStatus, decoding only what changed since the last call.
+func (c *Cluster) status(n *store.NodeRecord) *wire.NodeStatus {
+	c.statusMu.Lock()
+	defer c.statusMu.Unlock()
+	d := c.statuses[n.Name]
+	if d == nil || !bytes.Equal(d.raw, n.Status) {
+		d = &decodedStatus{raw: n.Status, st: nodeStatus(n)}
+		c.statuses[n.Name] = d
+	}
+	return &d.st
+}
+
 // candidates turns the up nodes into placement's view, leaving out those
 // without the template (and saying which were left out, for the refusal).
-func candidates(nodes []*store.NodeRecord, template string) ([]placement.Node, []string) {
-	var out []placement.Node
+func (c *Cluster) candidates(nodes []*store.NodeRecord, template string) ([]placement.Node, []string) {
+	out := make([]placement.Node, 0, len(nodes))
 	var without []string
 	for _, n := range nodes {
-		st := nodeStatus(n)
+		st := c.status(n)
 		if template != "" && !slices.Contains(st.Templates, template) {
 			without = append(without, n.Name)
 			continue
@@ -268,7 +293,7 @@ func candidates(nodes []*store.NodeRecord, template string) ([]placement.Node, [
 
 // place chooses a node for a sandbox of req's shape.
 func (c *Cluster) place(nodes []*store.NodeRecord, template string, req placement.Request) (string, string, error) {
-	cands, without := candidates(nodes, template)
+	cands, without := c.candidates(nodes, template)
 	if len(cands) == 0 && len(without) > 0 {
 		return "", "", tartarus.Errorf(tartarus.ErrNotFound, "template %s: no up node has it built (%s)", template, strings.Join(without, ", "))
 	}
@@ -285,6 +310,10 @@ func (c *Cluster) place(nodes []*store.NodeRecord, template string, req placemen
 		}
 	}
 	return name, rt, nil
+}
+
+func placementRequest(req *tartarus.CreateRequest) placement.Request {
+	return placement.Request{Runtime: req.Runtime, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Labels: req.NodeLabels}
 }
 
 func commandRecord(cmd *wire.Command) (*store.CommandRecord, error) {
@@ -312,8 +341,7 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	}
 	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
 	err := c.st.Place(ctx, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
-		name, rt, err := c.place(nodes, req.Template, placement.Request{Runtime: req.Runtime, CPUs: req.CPUs,
-			MemoryMB: req.MemoryMB, Labels: req.NodeLabels})
+		name, rt, err := c.place(nodes, req.Template, placementRequest(req))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -425,7 +453,7 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 	err = c.st.Place(ctx, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		var shared []*store.NodeRecord
 		for _, n := range nodes {
-			if nodeStatus(n).SharedSnapshots {
+			if c.status(n).SharedSnapshots {
 				shared = append(shared, n)
 			}
 		}
