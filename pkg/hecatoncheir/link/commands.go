@@ -5,6 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -14,13 +17,24 @@ import (
 // that it never runs beside one of them. It never goes on the wire.
 const kindDrop wire.Kind = "drop (from heartbeat)"
 
+// maxHave bounds the command ids one poll names as had already.
+const maxHave = 64
+
+// idlePoll is the pause after a poll that brought no new command: a server
+// answers at once while commands are pending, including those the agent
+// runs already, unless it honours wire.QueryHave.
+const idlePoll = 200 * time.Millisecond
+
 // poll long-polls for commands until ctx ends and queues each one.
 func (l *Link) poll(ctx context.Context) {
-	path := wire.PathCommands + "?wait=" + url.QueryEscape(l.cfg.PollWait.String())
 	failures := 0
 	for ctx.Err() == nil {
+		q := url.Values{"wait": {l.cfg.PollWait.String()}}
+		if have := l.have(); len(have) > 0 {
+			q.Set(wire.QueryHave, strings.Join(have, ","))
+		}
 		var cmds wire.Commands
-		if err := l.call(ctx, http.MethodGet, path, nil, &cmds); err != nil {
+		if err := l.call(ctx, http.MethodGet, wire.PathCommands+"?"+q.Encode(), nil, &cmds); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -32,15 +46,36 @@ func (l *Link) poll(ctx context.Context) {
 			continue
 		}
 		failures = 0
+		fresh := 0
 		for _, c := range cmds.Commands {
-			l.enqueue(ctx, c, nil)
+			if l.enqueue(ctx, c, nil) {
+				fresh++
+			}
+		}
+		if len(cmds.Commands) > 0 && fresh == 0 {
+			l.sleep(ctx, idlePoll)
 		}
 	}
 }
 
+// have lists the commands queued or running (not drops), at most maxHave.
+func (l *Link) have() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ids []string
+	for id := range l.inflight {
+		if _, drop := l.dropOf[id]; !drop && len(ids) < maxHave {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // enqueue queues a command behind the others of its sandbox, unless it is
-// queued or running already (delivered again before its result arrived).
-func (l *Link) enqueue(ctx context.Context, c wire.Command, drop *wire.Drop) {
+// queued or running already (delivered again before its result arrived)
+// or done; it reports whether it queued it.
+func (l *Link) enqueue(ctx context.Context, c wire.Command, drop *wire.Drop) bool {
 	key := c.SandboxID
 	if key == "" {
 		key = "command/" + c.ID
@@ -48,7 +83,7 @@ func (l *Link) enqueue(ctx context.Context, c wire.Command, drop *wire.Drop) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.inflight[c.ID] || l.done[c.ID] {
-		return
+		return false
 	}
 	l.inflight[c.ID] = true
 	q, running := l.queues[key]
@@ -59,6 +94,7 @@ func (l *Link) enqueue(ctx context.Context, c wire.Command, drop *wire.Drop) {
 	if !running {
 		l.workers.Go(func() { l.work(ctx, key) })
 	}
+	return true
 }
 
 // work runs the queued commands of one sandbox in order until none is

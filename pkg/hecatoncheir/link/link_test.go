@@ -84,12 +84,14 @@ type server struct {
 	posts      int
 	reports    []wire.Report
 	kick       chan struct{}
-	agentNames []string // the agents' certificate names, as seen
+	agentNames []string        // the agents' certificate names, as seen
+	had        map[string]bool // command ids polls named in wire.QueryHave
 }
 
 func newServer(t *testing.T, c *certs) *server {
 	t.Helper()
-	s := &server{t: t, delivered: map[string]int{}, results: map[string][]wire.Result{}, kick: make(chan struct{}, 1)}
+	s := &server{t: t, delivered: map[string]int{}, results: map[string][]wire.Result{}, kick: make(chan struct{}, 1),
+		had: map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+wire.PathHeartbeat, s.heartbeat)
 	mux.HandleFunc("GET "+wire.PathCommands, s.commands)
@@ -127,6 +129,13 @@ func (s *server) commands(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad wait", http.StatusBadRequest)
 		return
 	}
+	s.mu.Lock()
+	for _, id := range strings.Split(r.URL.Query().Get(wire.QueryHave), ",") {
+		s.had[id] = true
+	}
+	s.mu.Unlock()
+	// Like a server that ignores QueryHave: pending commands are
+	// delivered whether the agent has them or not.
 	deadline := time.After(wait)
 	for {
 		s.mu.Lock()
@@ -413,6 +422,9 @@ func TestCreateCommandOnceAndInOrder(t *testing.T) {
 	if len(res) != 1 || res[0].Error != nil || res[0].Sandboxes[0].Sandbox.ID != "sb-slow-1" ||
 		res[0].Sandboxes[0].Sandbox.State != tartarus.StateRunning || res[0].Sandboxes[0].Sandbox.Tenant != "acme" {
 		t.Errorf("create result = %+v", res)
+	}
+	if !s.had["cmd-1"] {
+		t.Errorf("no poll said the agent had cmd-1 while it ran")
 	}
 	if b := n.boots("sb-slow-1"); b != 1 {
 		t.Errorf("sb-slow-1 booted %d times for %d deliveries", b, s.delivered["cmd-1"])

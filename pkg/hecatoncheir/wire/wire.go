@@ -12,6 +12,10 @@
 //	POST /v1/agent/heartbeat        Heartbeat → HeartbeatReply
 //	GET  /v1/agent/commands?wait=D  → Commands (long poll: answers at once when
 //	                                 commands are pending, else within D)
+//	     [&have=ID,ID…]              commands the agent has queued or running:
+//	                                 a server may leave them out and wait
+//	                                 instead (QueryHave; agents pause briefly
+//	                                 between polls that brought nothing new)
 //	POST /v1/agent/commands/{id}    Result → 204 (idempotent)
 //	POST /v1/agent/reports          Reports → 204 (state changes the agent made
 //	                                 on its own: expiry, auto-hibernate, wake)
@@ -45,6 +49,11 @@ const (
 	PathCommands  = "/v1/agent/commands"
 	PathReports   = "/v1/agent/reports"
 )
+
+// QueryHave is the commands poll's parameter listing, comma separated, the
+// ids of commands the agent already has (queued or running), so that a
+// long-running command does not make every poll answer at once.
+const QueryHave = "have"
 
 // TenantHeader carries the tenant of the sandbox a forwarded request acts
 // on.
