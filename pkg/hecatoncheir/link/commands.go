@@ -20,10 +20,11 @@ const kindDrop wire.Kind = "drop (from heartbeat)"
 // maxHave bounds the command ids one poll names as had already.
 const maxHave = 64
 
-// idlePoll is the pause after a poll that brought no new command: a server
-// answers at once while commands are pending, including those the agent
-// runs already, unless it honours wire.QueryHave.
-const idlePoll = 200 * time.Millisecond
+// idlePoll bounds the pause after a poll that brought no new command: a
+// server answers at once while commands are pending, including those the
+// agent runs already, unless it honours wire.QueryHave. The pause ends
+// early when one of those commands is done.
+const idlePoll = 250 * time.Millisecond
 
 // poll long-polls for commands until ctx ends and queues each one.
 func (l *Link) poll(ctx context.Context) {
@@ -53,8 +54,19 @@ func (l *Link) poll(ctx context.Context) {
 			}
 		}
 		if len(cmds.Commands) > 0 && fresh == 0 {
-			l.sleep(ctx, idlePoll)
+			l.waitSettled(ctx)
 		}
+	}
+}
+
+// waitSettled waits until a command is done, idlePoll passes, or ctx ends.
+func (l *Link) waitSettled(ctx context.Context) {
+	t := l.cfg.Clock.NewTicker(idlePoll)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-l.settled:
+	case <-t.C():
 	}
 }
 
@@ -126,6 +138,10 @@ func (l *Link) work(ctx context.Context, key string) {
 			l.rememberDone(c.ID)
 		}
 		l.mu.Unlock()
+		select {
+		case l.settled <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -135,6 +135,7 @@ type Link struct {
 	// pause after the resume that followed it) would undo them.
 	done      map[string]bool
 	doneOrder []string
+	settled   chan struct{} // a token when a command finished
 	workers   sync.WaitGroup
 }
 
@@ -174,7 +175,7 @@ func New(cfg Config) (*Link, error) {
 	return &Link{cfg: cfg, agent: cfg.Agent, log: cfg.Log.With("component", "link"),
 		client: &http.Client{Transport: tr}, api: api, started: cfg.Clock.Now().UTC(),
 		inflight: map[string]bool{}, queues: map[string][]wire.Command{}, dropOf: map[string]wire.Drop{},
-		done: map[string]bool{}}, nil
+		done: map[string]bool{}, settled: make(chan struct{}, 1)}, nil
 }
 
 // Run heartbeats, takes commands and sends reports until ctx ends, then

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,7 +39,7 @@ type certs struct {
 	agent  *cerberus.CertKey // client and node API server certificate
 }
 
-func newCerts(t *testing.T) *certs {
+func newCerts(t testing.TB) *certs {
 	t.Helper()
 	now := time.Now()
 	ca, err := cerberus.NewDevCA("test CA", now, time.Hour)
@@ -58,7 +59,7 @@ func newCerts(t *testing.T) *certs {
 	return &certs{ca: ca, pool: pool, server: srv, agent: agent}
 }
 
-func tlsCert(t *testing.T, ck *cerberus.CertKey) tls.Certificate {
+func tlsCert(t testing.TB, ck *cerberus.CertKey) tls.Certificate {
 	t.Helper()
 	c, err := tls.X509KeyPair(ck.CertPEM, ck.KeyPEM)
 	if err != nil {
@@ -71,7 +72,7 @@ func tlsCert(t *testing.T, ck *cerberus.CertKey) tls.Certificate {
 // need it: it keeps heartbeats, reports and results, and delivers pending
 // commands on every poll until their result arrives.
 type server struct {
-	t   *testing.T
+	t   testing.TB
 	srv *httptest.Server
 
 	mu         sync.Mutex
@@ -88,7 +89,7 @@ type server struct {
 	had        map[string]bool // command ids polls named in wire.QueryHave
 }
 
-func newServer(t *testing.T, c *certs) *server {
+func newServer(t testing.TB, c *certs) *server {
 	t.Helper()
 	s := &server{t: t, delivered: map[string]int{}, results: map[string][]wire.Result{}, kick: make(chan struct{}, 1),
 		had: map[string]bool{}}
@@ -230,7 +231,7 @@ type node struct {
 	starts sync.Map      // id → *atomic.Int32 boots
 }
 
-func newNode(t *testing.T, c *certs, servers ...string) *node {
+func newNode(t testing.TB, c *certs, servers ...string) *node {
 	t.Helper()
 	dir := t.TempDir()
 	sql, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "agent.db"))
@@ -281,7 +282,7 @@ func newNode(t *testing.T, c *certs, servers ...string) *node {
 }
 
 // run runs the link until the test ends.
-func (n *node) run(t *testing.T) {
+func (n *node) run(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = n.link.Run(ctx); close(done) }()
@@ -644,5 +645,38 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := (&Config{Agent: a, ClientCAs: pool, Servers: []string{"https://x:1/"}}).Validate(); err != nil {
 		t.Errorf("good config: %v", err)
+	}
+}
+
+// BenchmarkCommandRoundTrip measures one command from the moment a server
+// has it pending to the moment its result is recorded: the long poll over
+// mutual TLS on loopback, the agent pausing or resuming a fake-runtime
+// sandbox (no VM), and the result's post.
+func BenchmarkCommandRoundTrip(b *testing.B) {
+	c := newCerts(b)
+	s := newServer(b, c)
+	n := newNode(b, c, s.srv.URL)
+	sb, err := n.agent.Create(context.Background(), "acme", &tartarus.CreateRequest{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n.run(b)
+	b.ResetTimer()
+	for i := range b.N {
+		kind := wire.KindPause
+		if i%2 == 1 {
+			kind = wire.KindResume
+		}
+		id := "cmd-" + strconv.Itoa(i)
+		s.send(wire.Command{ID: id, Kind: kind, SandboxID: sb.ID})
+		for {
+			s.mu.Lock()
+			done := len(s.results[id]) > 0
+			s.mu.Unlock()
+			if done {
+				break
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
 	}
 }
