@@ -120,3 +120,59 @@ func benchHibernate(b *testing.B, c *client.Client, mem, n int) (hib, wake []tim
 	}
 	return hib, wake, size
 }
+
+// BenchmarkClusterCreateExec measures create→first exec (the time from
+// asking for a sandbox until a command's output is back) through a cluster
+// replica with one agent, beside the same through a single-node server, in
+// one run and interleaved, both on the microvm runtime (TCG here) creating
+// by restore of the template's snapshot. Run it once:
+//
+//	TARTARUS_E2E=1 go test -run XXX -bench ClusterCreateExec -benchtime 1x ./cmd/tartarus/
+func BenchmarkClusterCreateExec(b *testing.B) {
+	if testing.Short() {
+		b.Skip("boots VMs")
+	}
+	for b.Loop() {
+		single := benchClient(b, newE2E(b))
+		c := newCluster(b, 1, 1)
+		waitNodes(b, c.cl[0], map[string]string{"node-a": "up"})
+		replica := c.cl[0]
+		// The first create of each builds the template's snapshot.
+		benchCreateExec(b, single, 1)
+		benchCreateExec(b, replica, 1)
+		var s, r []time.Duration
+		for range 15 {
+			s = append(s, benchCreateExec(b, single, 1)...)
+			r = append(r, benchCreateExec(b, replica, 1)...)
+		}
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		for name, ds := range map[string][]time.Duration{"single": s, "replica": r} {
+			slices.Sort(ds)
+			b.ReportMetric(ms(ds[len(ds)/2]), name+"-p50-ms")
+			b.ReportMetric(ms(ds[len(ds)-1]), name+"-max-ms")
+		}
+	}
+}
+
+// benchCreateExec times n create→first exec, destroying each sandbox after.
+func benchCreateExec(b *testing.B, c *client.Client, n int) []time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	var ds []time.Duration
+	for range n {
+		start := time.Now()
+		sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base"})
+		if err != nil {
+			b.Fatalf("create: %v", err)
+		}
+		out, err := c.Exec(ctx, sb.ID, &api.ExecRequest{Cmd: []string{"echo", "hi"}})
+		if err != nil || out.Stdout != "hi\n" {
+			b.Fatalf("exec: %+v %v", out, err)
+		}
+		ds = append(ds, time.Since(start))
+		if _, err := c.DeleteSandbox(ctx, sb.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return ds
+}

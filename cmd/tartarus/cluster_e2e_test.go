@@ -73,28 +73,30 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// TestClusterEndToEnd runs the issue's multi-node set-up on one machine:
-// a real Postgres and Redis, two `tartarus server` replicas sharing them,
-// and three `tartarus agent`s with their own data directories running
-// real microVMs, all talking over mutual TLS with certificates from
-// `tartarus certs dev`. It checks that sandboxes spread across the
-// agents; that with one agent killed (-9) the others' sandboxes keep
-// answering and the dead node is marked down, and when it comes back it
-// kills the VM the cluster declared lost; that with one replica killed
-// (-9) every call through the other works; and that restarting Redis and
-// then Postgres under a steady load of creates loses and duplicates no
-// acknowledged sandbox and orphans no QEMU.
-func TestClusterEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots VMs")
-	}
+// clusterEnv is a cluster of real processes on loopback.
+type clusterEnv struct {
+	root             string
+	pg               *storetest.PostgresServer
+	redis            *clustertest.Redis
+	replicas, agents []*proc
+	// cl are clients of the replicas' public APIs, in order.
+	cl []*client.Client
+}
+
+// newCluster starts Postgres, Redis, n replicas and m agents (node-a,
+// node-b, …) with certificates from `tartarus certs dev`, and stops them
+// all (and any VM left) when t ends. Extra agent flags go to every agent.
+func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
+	t.Helper()
 	bin, cache := e2eBinary(t)
-	pg := storetest.StartPostgresServer(t)
-	redis := clustertest.StartRedis(t)
-	root := t.TempDir()
+	c := &clusterEnv{root: t.TempDir(), pg: storetest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
+	root := c.root
 
 	certs := filepath.Join(root, "certs")
-	nodes := []string{"node-a", "node-b", "node-c"}
+	var nodes []string
+	for i := range m {
+		nodes = append(nodes, "node-"+string(rune('a'+i)))
+	}
 	certArgs := []string{"certs", "dev", "--dir", certs, "--host", "127.0.0.1"}
 	for _, n := range nodes {
 		certArgs = append(certArgs, "--client", "agent:"+n)
@@ -103,20 +105,19 @@ func TestClusterEndToEnd(t *testing.T) {
 		t.Fatalf("certs dev: %v\n%s", err, out)
 	}
 
-	var replicas, agents []*proc
 	var urls, agentURLs []string
-	for i := range 2 {
+	for i := range n {
 		listen, agentListen := freeAddr(t), freeAddr(t)
-		dir := filepath.Join(root, "replica-"+strconv.Itoa(i+1))
+		name := "replica-" + strconv.Itoa(i+1)
+		dir := filepath.Join(root, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		p := &proc{name: "replica-" + strconv.Itoa(i+1), bin: bin, logs: filepath.Join(root, "replica-"+strconv.Itoa(i+1)+".log"),
+		c.replicas = append(c.replicas, &proc{name: name, bin: bin, logs: filepath.Join(root, name+".log"),
 			args: []string{"server", "--listen", listen, "--data-dir", dir, "--auth=off", "--log-level", "debug",
-				"--database", pg.DSN, "--redis", redis.URL, "--agent-listen", agentListen,
+				"--database", c.pg.DSN, "--redis", c.redis.URL, "--agent-listen", agentListen,
 				"--agent-cert", filepath.Join(certs, "server.pem"), "--agent-key", filepath.Join(certs, "server-key.pem"),
-				"--agent-ca", filepath.Join(certs, "ca.pem"), "--node-timeout", "4s", "--heartbeat-interval", "500ms"}}
-		replicas = append(replicas, p)
+				"--agent-ca", filepath.Join(certs, "ca.pem"), "--node-timeout", "4s", "--heartbeat-interval", "500ms"}})
 		urls = append(urls, "http://"+listen)
 		agentURLs = append(agentURLs, "https://"+agentListen)
 	}
@@ -129,13 +130,13 @@ func TestClusterEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		listen := freeAddr(t)
-		agents = append(agents, &proc{name: n, bin: bin, logs: filepath.Join(root, n+".log"),
-			args: []string{"agent", "--server", strings.Join(agentURLs, ","), "--name", n, "--data-dir", dir,
+		c.agents = append(c.agents, &proc{name: n, bin: bin, logs: filepath.Join(root, n+".log"),
+			args: append([]string{"agent", "--server", strings.Join(agentURLs, ","), "--name", n, "--data-dir", dir,
 				"--listen", listen, "--advertise", "https://" + listen, "--labels", "pool=test,node=" + n,
 				"--tls-cert", filepath.Join(certs, "client-agent-"+n+".pem"), "--tls-key", filepath.Join(certs, "client-agent-"+n+"-key.pem"),
-				"--tls-ca", filepath.Join(certs, "ca.pem"), "--accel", "tcg", "--log-level", "debug"}})
+				"--tls-ca", filepath.Join(certs, "ca.pem"), "--accel", "tcg", "--log-level", "debug"}, agentArgs...)})
 	}
-	all := append(slices.Clone(replicas), agents...)
+	all := append(slices.Clone(c.replicas), c.agents...)
 	t.Cleanup(func() {
 		for _, p := range all {
 			p.stop()
@@ -156,16 +157,34 @@ func TestClusterEndToEnd(t *testing.T) {
 	for _, p := range all {
 		p.start(t)
 	}
-
-	ctx := context.Background()
-	cl := make([]*client.Client, len(urls))
-	for i, u := range urls {
-		c, err := client.New(u, "")
+	for _, u := range urls {
+		cl, err := client.New(u, "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		cl[i] = c
+		c.cl = append(c.cl, cl)
 	}
+	return c
+}
+
+// TestClusterEndToEnd runs the issue's multi-node set-up on one machine:
+// a real Postgres and Redis, two `tartarus server` replicas sharing them,
+// and three `tartarus agent`s with their own data directories running
+// real microVMs, all talking over mutual TLS with certificates from
+// `tartarus certs dev`. It checks that sandboxes spread across the
+// agents; that with one agent killed (-9) the others' sandboxes keep
+// answering and the dead node is marked down, and when it comes back it
+// kills the VM the cluster declared lost; that with one replica killed
+// (-9) every call through the other works; and that restarting Redis and
+// then Postgres under a steady load of creates loses and duplicates no
+// acknowledged sandbox and orphans no QEMU.
+func TestClusterEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	c := newCluster(t, 2, 3)
+	ctx, root, cl, pg, redis := context.Background(), c.root, c.cl, c.pg, c.redis
+	replicas, agents := c.replicas, c.agents
 	waitNodes(t, cl[0], map[string]string{"node-a": "up", "node-b": "up", "node-c": "up"})
 
 	// Spread: three sandboxes, through alternating replicas, on three nodes.
@@ -217,8 +236,12 @@ func TestClusterEndToEnd(t *testing.T) {
 	if sb, err := cl[0].GetSandbox(ctx, lost.ID); err != nil || sb.State != tartarus.StateFailed || !strings.Contains(sb.Error, "lost") {
 		t.Fatalf("sandbox of the dead node: %+v, %v", sb, err)
 	}
-	// node-c comes back, learns its sandbox was settled as lost, and
-	// destroys its VM.
+	// Its VM outlived the agent (VMs are not the agent's children)...
+	if len(qemusUnder(filepath.Join(root, "node-c"))) == 0 {
+		t.Fatal("node-c's VM died with its agent; the drop below would prove nothing")
+	}
+	// ...until node-c comes back, learns its sandbox was settled as lost,
+	// and destroys the VM.
 	agents[2].start(t)
 	waitNodes(t, cl[0], map[string]string{"node-a": "up", "node-b": "up", "node-c": "up"})
 	waitFor(t, "node-c to drop the VM the cluster declared lost", func() bool {

@@ -16,7 +16,8 @@ import (
 // loses, a command or its result.
 type Event struct {
 	Kind EventKind `json:"kind"`
-	// Node is set for EventCommand and EventNodeDown, ID for EventDone.
+	// Node is set for EventCommand and EventNodeDown, ID for EventDone
+	// (a command's) and EventEnded (a sandbox's).
 	Node string `json:"node,omitempty"`
 	ID   string `json:"id,omitempty"`
 }
@@ -30,8 +31,12 @@ const (
 	EventCommand EventKind = "command"
 	// EventDone: command ID has its result.
 	EventDone EventKind = "done"
-	// EventNodeDown: Node was marked down; its commands have ended.
+	// EventNodeDown: Node was marked down; its commands have ended, and
+	// calls forwarded to it are cut.
 	EventNodeDown EventKind = "node_down"
+	// EventEnded: sandbox ID was terminated or failed; calls forwarded to
+	// it are cut.
+	EventEnded EventKind = "ended"
 )
 
 // Bus carries events to every replica, this one included.

@@ -33,6 +33,11 @@ type env struct {
 
 func newEnv(t *testing.T, adminDSN, db string) *env {
 	t.Helper()
+	return newEnvWith(t, adminDSN, db, http.DefaultClient)
+}
+
+func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client) *env {
+	t.Helper()
 	dsn := storetest.CreateDatabase(t, adminDSN, db)
 	ctx := context.Background()
 	st, err := store.OpenPostgres(ctx, dsn)
@@ -41,7 +46,7 @@ func newEnv(t *testing.T, adminDSN, db string) *env {
 	}
 	t.Cleanup(func() { st.Close() })
 	c, err := New(Config{Store: st, NodeTimeout: 300 * time.Millisecond, PollInterval: 20 * time.Millisecond,
-		CommandWait: 10 * time.Second, AgentClient: http.DefaultClient,
+		CommandWait: 10 * time.Second, AgentClient: agents,
 		AgentIdentity: func(r *http.Request) (string, error) {
 			if n := r.Header.Get("X-Test-Agent"); n != "" {
 				return n, nil
@@ -341,6 +346,45 @@ func TestCluster(t *testing.T) {
 		w := <-woke
 		if w.err != nil || w.sb.State != tartarus.StateRunning || w.sb.Node != adopt.Node {
 			t.Fatalf("wake = %+v, %v", w.sb, w.err)
+		}
+	})
+
+	t.Run("a stream to a node that goes down is cut with the reason", func(t *testing.T) {
+		started := make(chan struct{}, 1)
+		hang := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get(wire.TenantHeader) != "t1" {
+				http.Error(w, "no tenant", http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			started <- struct{}{}
+			<-r.Context().Done() // a node that stopped answering
+		}))
+		defer hang.Close()
+		e := newEnvWith(t, admin, "kill", hang.Client())
+		a := status("a", 4096, nil, false)
+		a.Address = hang.URL
+		e.beat(a, true)
+		sb := e.createOn("a")
+		errc := make(chan error, 1)
+		go func() {
+			_, err := e.c.Exec(context.Background(), sb.ID, &tartarus.ExecRequest{Cmd: []string{"sleep", "1000"}})
+			errc <- err
+		}()
+		<-started
+		time.Sleep(400 * time.Millisecond) // a's heartbeats stopped
+		if err := e.c.Sweep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errc:
+			if !errors.Is(err, tartarus.ErrUnavailable) || !strings.Contains(err.Error(), "node a went down") {
+				t.Fatalf("exec cut by the node going down: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("exec to a dead node still hangs after it was marked down")
 		}
 	})
 

@@ -154,6 +154,9 @@ func (c *Cluster) apply(ctx context.Context, node string, reports []wire.Report)
 		if err != nil {
 			return err
 		}
+		if applied && sb.State.Final() {
+			c.publish(ctx, Event{Kind: EventEnded, ID: sb.ID})
+		}
 		if applied && rep.Sleep != nil && sb.State == tartarus.StateHibernated {
 			rec, err := json.Marshal(rep.Sleep)
 			if err != nil {
