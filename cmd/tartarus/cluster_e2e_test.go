@@ -478,4 +478,3 @@ func qemusUnder(dir string) []int {
 	}
 	return pids
 }
-
