@@ -36,6 +36,7 @@ staticcheck:
 test-deps:
 	@bash scripts/deps.sh --test
 	@RUNSC_DIR=$(TEST_DATA)/bin bash scripts/runsc.sh >/dev/null
+	@bash scripts/seaweedfs.sh $(TEST_DATA)/bin >/dev/null
 
 # Templates are built once, before the tests, so test binaries running in
 # parallel find them ready (the build is cached by the digest of its inputs).
