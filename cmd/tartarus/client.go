@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,7 +30,7 @@ type clientOptions struct {
 // addClientCmds adds the client verbs: sandbox, exec, cp.
 func addClientCmds(root *cobra.Command) {
 	o := &clientOptions{}
-	for _, cmd := range []*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o)} {
+	for _, cmd := range []*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o)} {
 		pf := cmd.PersistentFlags()
 		pf.StringVar(&o.url, "url", envOr("TARTARUS_URL", client.DefaultURL), "API URL ($TARTARUS_URL)")
 		pf.StringVar(&o.apiKey, "api-key", "", "API key ($TARTARUS_API_KEY, else DATA/admin.key when readable)")
@@ -181,6 +183,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	var (
 		req       tartarus.CreateRequest
 		env, meta []string
+		labels    []string
 	)
 	cmd := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
@@ -193,6 +196,9 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 				return err
 			}
 			if req.Metadata, err = parseKV("metadata", meta); err != nil {
+				return err
+			}
+			if req.NodeLabels, err = parseKV("node-label", labels); err != nil {
 				return err
 			}
 			c, err := o.client()
@@ -219,8 +225,81 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.StringVar(&req.Runtime, "runtime", "", "runtime (default: the server's first)")
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE environment of every command (repeatable)")
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
+	f.StringArrayVar(&labels, "node-label", nil, "KEY=VALUE a cluster node must carry to run it (repeatable)")
 	o.addOutputFlag(cmd)
 	return cmd
+}
+
+func newNodeCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Aliases: []string{"nodes"}, Short: "List the nodes that run sandboxes"}
+	ls := &cobra.Command{
+		Use: "ls", Aliases: []string{"list"}, Short: "List nodes: state, runtimes, labels, what their sandboxes hold", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tRUNTIMES\tSANDBOXES\tCPUS\tMEMORY\tLABELS\tLAST SEEN")
+			now := time.Now()
+			for _, n := range list.Nodes {
+				state, seen := n.State, "-"
+				if state == "" {
+					state = "up" // a single node: the server itself
+				}
+				if n.DownReason != "" {
+					state += " (" + n.DownReason + ")"
+				}
+				if !n.LastSeen.IsZero() {
+					seen = human(now.Sub(n.LastSeen)) + " ago"
+				}
+				var rts []string
+				for _, fp := range n.Runtimes {
+					rt := fp.Runtime
+					if fp.Accel != "" {
+						rt += "/" + fp.Accel
+					}
+					if !fp.Available {
+						rt += "(unavailable)"
+					}
+					rts = append(rts, rt)
+				}
+				var labels []string
+				for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
+					labels = append(labels, k+"="+n.Labels[k])
+				}
+				cpus, mem := "-", "-"
+				if n.CPUs > 0 {
+					cpus = fmt.Sprintf("%d/%d", n.UsedCPUs, n.CPUs)
+					mem = fmt.Sprintf("%d/%dMiB", n.UsedMemoryMB, n.MemoryMB)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, state, strings.Join(rts, ","), n.Sandboxes,
+					cpus, mem, orDash(strings.Join(labels, ",")), seen)
+			}
+			return tw.Flush()
+		},
+	}
+	o.addOutputFlag(ls)
+	cmd.AddCommand(ls)
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newSandboxLsCmd(o *clientOptions) *cobra.Command {

@@ -75,7 +75,8 @@ func freeAddr(t testing.TB) string {
 
 // clusterEnv is a cluster of real processes on loopback.
 type clusterEnv struct {
-	root             string
+	bin, root        string
+	urls             []string
 	pg               *storetest.PostgresServer
 	redis            *clustertest.Redis
 	replicas, agents []*proc
@@ -89,7 +90,7 @@ type clusterEnv struct {
 func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
 	t.Helper()
 	bin, cache := e2eBinary(t)
-	c := &clusterEnv{root: t.TempDir(), pg: storetest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
+	c := &clusterEnv{bin: bin, root: t.TempDir(), pg: storetest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
 	root := c.root
 
 	certs := filepath.Join(root, "certs")
@@ -157,6 +158,7 @@ func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
 	for _, p := range all {
 		p.start(t)
 	}
+	c.urls = urls
 	for _, u := range urls {
 		cl, err := client.New(u, "")
 		if err != nil {
@@ -235,6 +237,15 @@ func TestClusterEndToEnd(t *testing.T) {
 	waitNodes(t, cl[1], map[string]string{"node-a": "up", "node-b": "up", "node-c": "down"})
 	if sb, err := cl[0].GetSandbox(ctx, lost.ID); err != nil || sb.State != tartarus.StateFailed || !strings.Contains(sb.Error, "lost") {
 		t.Fatalf("sandbox of the dead node: %+v, %v", sb, err)
+	}
+	// The CLI shows it; and creates with a node label through the CLI.
+	if out := c.cli(t, "node", "ls", "--url", c.urls[0]); !strings.Contains(out, "node-c") || !strings.Contains(out, "down (no heartbeat") {
+		t.Fatalf("node ls with node-c dead:\n%s", out)
+	}
+	if id := strings.TrimSpace(c.cli(t, "sandbox", "create", "--url", c.urls[1], "--node-label", "node=node-b", "--memory", "128")); !strings.HasPrefix(id, "sb-") {
+		t.Fatalf("create --node-label printed %q", id)
+	} else if sb, err := cl[0].GetSandbox(ctx, id); err != nil || sb.Node != "node-b" {
+		t.Fatalf("create --node-label node=node-b: %+v, %v", sb, err)
 	}
 	// Its VM outlived the agent (VMs are not the agent's children)...
 	if len(qemusUnder(filepath.Join(root, "node-c"))) == 0 {
@@ -383,6 +394,18 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 	}
 	waitFor(t, "every QEMU to be gone after deleting every sandbox", func() bool { return len(qemusUnder(root)) == 0 })
+}
+
+// cli runs the tartarus CLI and returns its output.
+func (c *clusterEnv) cli(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = append(os.Environ(), "TARTARUS_API_KEY=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tartarus %v: %v\n%s", args, err, out)
+	}
+	return string(out)
 }
 
 func firstN(s []string, n int) []string { return s[:min(n, len(s))] }
