@@ -60,6 +60,9 @@ type CommandRecord struct {
 // not both take a node's last free memory.
 const placementLock = 0x706c616365 // "place"
 
+// Ping checks that the database answers.
+func (p *Postgres) Ping(ctx context.Context) error { return p.db.PingContext(ctx) }
+
 // Heartbeat records a node's heartbeat and marks it up. prev is the
 // node's state before: "" for a node never seen, NodeDown for one that
 // had been marked down.

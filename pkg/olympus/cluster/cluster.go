@@ -91,6 +91,9 @@ type Cluster struct {
 	waiters map[string][]chan struct{} // command id → calls waiting for its result
 	polls   map[string][]chan struct{} // node → agents' long polls
 	streams map[*stream]struct{}       // calls forwarded to nodes
+	// reachable is since when Sweep has reached the database without a
+	// break (zero: not now).
+	reachable time.Time
 
 	statusMu sync.Mutex
 	statuses map[string]*decodedStatus // node → its last status, decoded
@@ -224,8 +227,29 @@ func (c *Cluster) listen(m map[string][]chan struct{}, key string) (chan struct{
 
 // Sweep marks down the nodes whose last heartbeat is older than
 // NodeTimeout and settles their sandboxes.
+//
+// Heartbeats land in the database through some replica, so a node's last
+// heartbeat only says something once this replica has reached the
+// database without a break for NodeTimeout: after a database outage (or
+// when this replica starts) every node gets that long to heartbeat again
+// before any is marked down.
 func (c *Cluster) Sweep(ctx context.Context) error {
 	now := c.cfg.Clock.Now().UTC()
+	if err := c.st.Ping(ctx); err != nil {
+		c.mu.Lock()
+		c.reachable = time.Time{}
+		c.mu.Unlock()
+		return tartarus.Errorf(tartarus.ErrUnavailable, "database: %v", err)
+	}
+	c.mu.Lock()
+	if c.reachable.IsZero() {
+		c.reachable = now
+	}
+	since := c.reachable
+	c.mu.Unlock()
+	if now.Sub(since) < c.cfg.NodeTimeout {
+		return nil
+	}
 	names, err := c.st.MarkDown(ctx, now.Add(-c.cfg.NodeTimeout), fmt.Sprintf("no heartbeat for %s", c.cfg.NodeTimeout))
 	if err != nil {
 		return err

@@ -438,3 +438,38 @@ func TestAgentName(t *testing.T) {
 		}
 	}
 }
+
+// TestDatabaseOutageIsNotANodeOutage stops Postgres for longer than the
+// node timeout: heartbeats cannot land meanwhile, and no node may be
+// marked down for that once the database is back.
+func TestDatabaseOutageIsNotANodeOutage(t *testing.T) {
+	pg := storetest.StartPostgresServer(t)
+	e := newEnv(t, pg.DSN, "outage")
+	a := status("a", 4096, nil, false)
+	e.beat(a, true)
+	sb := e.createOn("a")
+	pg.Stop()
+	time.Sleep(time.Second) // > NodeTimeout (300ms), while replicas sweep
+	pg.Start(t)
+	for range 5 {
+		_ = e.c.Sweep(context.Background())
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n, err := e.st.Node(context.Background(), "a"); err != nil || n.State != store.NodeUp {
+		if n == nil {
+			t.Fatal(err)
+		}
+		t.Fatalf("node after a database outage: %v (%s), %v; want still up", n.State, n.DownReason, err)
+	}
+	if got, _ := e.c.Get(context.Background(), sb.ID); got.State != tartarus.StateRunning {
+		t.Fatalf("sandbox after a database outage: %s", got.State)
+	}
+	// A node that really stops heartbeating still goes down.
+	time.Sleep(400 * time.Millisecond)
+	if err := e.c.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.st.Node(context.Background(), "a"); n.State != store.NodeDown {
+		t.Fatalf("node that stopped heartbeating: %s, want down", n.State)
+	}
+}
