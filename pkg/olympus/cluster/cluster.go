@@ -342,6 +342,27 @@ func (c *Cluster) place(nodes []*store.NodeRecord, template string, req placemen
 	return name, rt, nil
 }
 
+// classes are the error classes a caller is told as they are.
+var classes = []error{tartarus.ErrNotFound, tartarus.ErrAlreadyExists, tartarus.ErrInvalid, tartarus.ErrFailedPrecondition,
+	tartarus.ErrResourceExhausted, tartarus.ErrUnavailable, tartarus.ErrNotImplemented, tartarus.ErrTimeout}
+
+// dbErr says that the database failed (it is restarting, or unreachable)
+// when err carries no class of its own: the caller may retry.
+func dbErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, c := range classes {
+		if errors.Is(err, c) {
+			return err
+		}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return tartarus.Errorf(tartarus.ErrUnavailable, "cluster database: %v", err)
+}
+
 func placementRequest(req *tartarus.CreateRequest) placement.Request {
 	return placement.Request{Runtime: req.Runtime, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Labels: req.NodeLabels}
 }
@@ -383,7 +404,7 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 		return sb, rec, err
 	})
 	if err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
 	if _, err := c.await(ctx, cmd); err != nil {
@@ -433,7 +454,7 @@ func (c *Cluster) command(ctx context.Context, sb *tartarus.Sandbox, kind wire.K
 		return nil, err
 	}
 	if err := c.st.AddCommand(ctx, rec); err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
 	return c.await(ctx, cmd)
@@ -498,7 +519,7 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 		return &moved, rec, err
 	})
 	if err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
 	if _, err := c.await(ctx, cmd); err != nil {
@@ -514,7 +535,8 @@ func (c *Cluster) Get(ctx context.Context, id string) (*tartarus.Sandbox, error)
 
 // List implements olympus.Backend.
 func (c *Cluster) List(ctx context.Context, f store.Filter) ([]*tartarus.Sandbox, error) {
-	return c.st.List(ctx, f)
+	sbs, err := c.st.List(ctx, f)
+	return sbs, dbErr(err)
 }
 
 // Counts implements olympus.Backend.
