@@ -564,7 +564,18 @@ func (c *Cluster) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, er
 	if _, err := c.command(ctx, sb, wire.KindDestroy, nil); err != nil {
 		return nil, err
 	}
-	return c.st.Get(ctx, id)
+	// The node has nothing of it any more (it may never have recorded
+	// it); make sure the cluster agrees.
+	if sb, err = c.st.Get(ctx, id); err != nil || sb.State.Final() {
+		return sb, dbErr(err)
+	}
+	at := store.Change{At: c.cfg.Clock.Now().UTC()}
+	if sb.State != tartarus.StateTerminating {
+		if _, err := c.st.Move(ctx, id, sb.State, tartarus.StateTerminating, at); err != nil {
+			return nil, err
+		}
+	}
+	return c.st.Move(ctx, id, tartarus.StateTerminating, tartarus.StateTerminated, at)
 }
 
 // Pause implements olympus.Backend.

@@ -239,6 +239,10 @@ func TestCluster(t *testing.T) {
 		if len(cmds) != 1 || len(again) != 1 || cmds[0].ID != again[0].ID {
 			t.Fatalf("deliveries %+v then %+v, want the same command twice", cmds, again)
 		}
+		var held wire.Commands // the agent says it has the command in hand
+		if code := e.call("a", "GET", wire.PathCommands+"?wait=300ms&"+wire.QueryHave+"="+cmds[0].ID, nil, &held); code != 200 || len(held.Commands) != 0 {
+			t.Fatalf("poll naming the command in hand: %d %+v, want it left out", code, held.Commands)
+		}
 		if cmds[0].Create == nil || cmds[0].Sandbox == nil || cmds[0].Sandbox.ID != cmds[0].SandboxID {
 			t.Fatalf("create command without its sandbox: %+v", cmds[0])
 		}

@@ -179,15 +179,28 @@ func (c *Cluster) commands(w http.ResponseWriter, r *http.Request, node string) 
 		}
 		wait = min(d, maxPollWait)
 	}
+	have := map[string]bool{}
+	for _, id := range strings.Split(r.URL.Query().Get(wire.QueryHave), ",") {
+		if id != "" {
+			have[id] = true
+		}
+	}
 	ch, stop := c.listen(c.polls, node)
 	defer stop()
 	poll := c.cfg.Clock.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	deadline := c.cfg.Clock.Now().Add(wait)
 	for {
-		pending, err := c.st.PendingCommands(r.Context(), node, 64)
+		all, err := c.st.PendingCommands(r.Context(), node, 64+len(have))
 		if err != nil {
 			return err
+		}
+		// Leave out what the agent has in hand already.
+		pending := all[:0]
+		for _, p := range all {
+			if !have[p.ID] {
+				pending = append(pending, p)
+			}
 		}
 		if len(pending) > 0 || wait == 0 {
 			out := wire.Commands{Commands: make([]wire.Command, 0, len(pending))}
