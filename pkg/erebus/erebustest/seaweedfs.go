@@ -129,9 +129,11 @@ func StartSeaweedFS(t testing.TB) *SeaweedFS {
 			t.Logf("seaweedfs log (tail):\n%s", s.LogTail(4000))
 		}
 	})
+	start := time.Now()
 	if err := s.waitReady(60 * time.Second); err != nil {
 		t.Fatalf("seaweedfs: %v\nlog (tail):\n%s", err, s.LogTail(4000))
 	}
+	t.Logf("seaweedfs: S3 on %s ready in %v", s.Endpoint, time.Since(start).Round(time.Millisecond))
 	return s
 }
 

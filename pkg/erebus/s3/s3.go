@@ -22,7 +22,13 @@
 // through ListObjectsV2 and reads each listed object's trailer (a few at a
 // time) for its checksum.
 //
+// Unlike the local store, which refuses to keep "a" beside "a/b", S3 keeps
+// both, and deleting "a" leaves "a/b" alone.
+//
 // New creates the bucket when it does not exist (and logs that it did).
+// Every call is bounded by its ctx; without a deadline, the HTTP client's
+// own limits (30 s to connect, 1 min for response headers, 3 retries)
+// still end a call to a dead or hung server.
 package s3
 
 import (
@@ -256,13 +262,15 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (erebus.Object
 		// Cannot happen: the client read to EOF or failed.
 		return erebus.Object{}, fmt.Errorf("erebus s3: %s: upload ended before the source did", op)
 	}
-	mod := info.LastModified
-	if mod.IsZero() {
-		if st, err := s.Stat(ctx, key); err == nil {
-			mod = st.ModTime
+	// S3 answers a PUT without the object's modification time; a HEAD
+	// gives it (zero if the object is already gone again).
+	obj := erebus.Object{Key: key, Size: src.n, Checksum: src.sum, ModTime: info.LastModified}
+	if obj.ModTime.IsZero() {
+		if st, err := s.core.StatObject(ctx, s.bucket, s.name(key), minio.StatObjectOptions{}); err == nil {
+			obj.ModTime = st.LastModified
 		}
 	}
-	return erebus.Object{Key: key, Size: src.n, Checksum: src.sum, ModTime: mod}, nil
+	return obj, nil
 }
 
 // Get implements erebus.Store.

@@ -174,6 +174,31 @@ func TestS3(t *testing.T) {
 		}
 	})
 
+	t.Run("KeyAndPrefixCoexist", func(t *testing.T) {
+		// Unlike the local store (which refuses), S3 keeps "a" and "a/b"
+		// side by side; deleting "a" must not touch "a/b".
+		st := newStore(t, config(srv, "coexist", ""))
+		for _, k := range []string{"d/a/b", "d/a", "f", "f/x"} {
+			if _, err := st.Put(ctx, k, strings.NewReader("v:"+k)); err != nil {
+				t.Fatalf("Put(%q): %v", k, err)
+			}
+		}
+		if err := st.Delete(ctx, "d/a"); err != nil {
+			t.Fatal(err)
+		}
+		objs, err := st.List(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, o := range objs {
+			got = append(got, o.Key)
+		}
+		if want := []string{"d/a/b", "f", "f/x"}; !slices.Equal(got, want) {
+			t.Fatalf("List = %q, want %q", got, want)
+		}
+	})
+
 	t.Run("ListPages", func(t *testing.T) {
 		var listCalls atomic.Int64
 		cfg := config(srv, "pages", "")
