@@ -38,7 +38,8 @@ type SeaweedFS struct {
 	// Dir holds the server's data and its log (weed.log).
 	Dir string
 
-	master   string // HOST:PORT of the master's HTTP API
+	master   string   // HOST:PORT of the master's HTTP API
+	sockets  []string // what the server leaves in /tmp
 	cmd      *exec.Cmd
 	done     chan struct{}
 	stopOnce sync.Once
@@ -86,7 +87,7 @@ func StartSeaweedFS(t testing.TB) *SeaweedFS {
 	if err := writeS3Config(cfgPath, s.AccessKey, s.SecretKey); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := freePorts(8)
+	ports, err := freePorts(10)
 	if err != nil {
 		t.Fatalf("seaweedfs: %v", err)
 	}
@@ -102,7 +103,15 @@ func StartSeaweedFS(t testing.TB) *SeaweedFS {
 	}
 	defer logf.Close()
 	p := func(i int) string { return strconv.Itoa(ports[i]) }
-	s.cmd = exec.Command(weed, "mini",
+	// weed mini puts one unix socket per gRPC port in /tmp whatever its
+	// flags say; they are removed once the server is gone.
+	for _, svc := range []struct {
+		name string
+		port int
+	}{{"master", ports[1]}, {"volume", ports[3]}, {"filer", ports[5]}, {"s3", ports[7]}, {"admin", ports[9]}} {
+		s.sockets = append(s.sockets, fmt.Sprintf("/tmp/seaweedfs-%s-grpc-%d.sock", svc.name, svc.port))
+	}
+	s.cmd = exec.Command(weed, "-logdir="+dir, "mini",
 		"-dir="+data,
 		"-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-master.port="+p(0), "-master.port.grpc="+p(1),
@@ -112,6 +121,7 @@ func StartSeaweedFS(t testing.TB) *SeaweedFS {
 		"-s3.config="+cfgPath,
 		"-s3.port.iceberg=0", "-s3.port.lance=0",
 		"-webdav=false", "-admin.ui=false",
+		"-admin.port="+p(8), "-admin.port.grpc="+p(9), "-admin.port.legacy=0",
 		"-master.telemetry=false",
 		"-master.volumeSizeLimitMB=256",
 		"-filer.localSocket="+filepath.Join(dir, "filer.sock"),
@@ -142,6 +152,9 @@ func (s *SeaweedFS) Stop() {
 	s.stopOnce.Do(func() {
 		s.cmd.Process.Kill()
 		<-s.done
+		for _, p := range s.sockets {
+			os.Remove(p)
+		}
 	})
 }
 
