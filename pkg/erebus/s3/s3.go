@@ -126,7 +126,11 @@ func (c Config) Validate() error {
 	if c.PartSize != 0 && c.PartSize < MinPartSize {
 		errs = append(errs, fmt.Errorf("part size %d: want at least %d", c.PartSize, MinPartSize))
 	}
-	if c.SmallObjectSize < 0 || c.SmallObjectSize > max(c.PartSize, DefaultPartSize) {
+	part := c.PartSize
+	if part == 0 {
+		part = DefaultPartSize
+	}
+	if c.SmallObjectSize < 0 || c.SmallObjectSize > part {
 		errs = append(errs, fmt.Errorf("small object size %d: want 0 to the part size", c.SmallObjectSize))
 	}
 	if c.ListPageSize < 0 {
@@ -164,10 +168,13 @@ type Store struct {
 var _ erebus.Store = (*Store)(nil)
 
 // New connects to the store c describes, checks that the credentials work
-// and creates the bucket if it does not exist.
+// and creates the bucket if it does not exist. A nil log discards.
 func New(ctx context.Context, c Config, log *slog.Logger) (*Store, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	if c.PartSize == 0 {
 		c.PartSize = DefaultPartSize

@@ -389,6 +389,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad prefix", func(c *s3.Config) { c.Prefix = "/abs/" }, []string{"prefix"}},
 		{"no secret", func(c *s3.Config) { c.SecretKey = "" }, []string{"secret key"}},
 		{"small parts", func(c *s3.Config) { c.PartSize = 1 << 20 }, []string{"part size"}},
+		{"small object above part", func(c *s3.Config) { c.PartSize, c.SmallObjectSize = 5<<20, 6<<20 }, []string{"small object size"}},
+		{"custom sizes", func(c *s3.Config) { c.PartSize, c.SmallObjectSize, c.ListPageSize = 8<<20, 8<<20, 100 }, nil},
 		{"everything", func(c *s3.Config) { *c = s3.Config{} }, []string{"endpoint", "bucket", "access key"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
