@@ -49,9 +49,9 @@ test-images: test-deps build
 # failure). Every benchmark runs once first, so they stay alive; the tests
 # run last, so their summary closes the output.
 test: test-images vet staticcheck
-	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
+	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc TARTARUS_WEED=$(TEST_DATA)/bin/weed TARTARUS_REQUIRE_S3=1 \
 		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./...
-	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc \
+	TARTARUS_E2E=1 TARTARUS_REQUIRE_KAMPE=1 TARTARUS_TEST_DATA=$(TEST_DATA) TARTARUS_RUNSC=$(TEST_DATA)/bin/runsc TARTARUS_WEED=$(TEST_DATA)/bin/weed TARTARUS_REQUIRE_S3=1 \
 		$(GO) test -race -count=1 -timeout 60m ./... 2>&1 | tee $(BIN)/test.log; exit $${PIPESTATUS[0]}
 	@echo "packages: $$(grep -c '^ok' $(BIN)/test.log) passed, $$(grep -c '^FAIL' $(BIN)/test.log) failed"
 

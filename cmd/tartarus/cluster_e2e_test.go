@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster/clustertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
@@ -29,6 +30,7 @@ type proc struct {
 	name string
 	bin  string
 	args []string
+	env  []string // added to the test's environment
 	logs string
 	cmd  *exec.Cmd
 }
@@ -42,6 +44,7 @@ func (p *proc) start(t testing.TB) {
 	defer f.Close()
 	fmt.Fprintf(f, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
 	p.cmd = exec.Command(p.bin, p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
@@ -73,6 +76,74 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// TestClusterWakeElsewhere gives two agents one snapshot store on a real
+// SeaweedFS (S3), hibernates a sandbox on one, kills that agent (-9) and
+// checks that the sandbox, marked unassigned rather than lost, wakes on
+// the other node with its files and a process that kept its memory.
+func TestClusterWakeElsewhere(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	s3 := erebustest.StartSeaweedFS(t)
+	c := newClusterEnv(t, 1, 2,
+		[]string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey},
+		"--snapshots", "s3://snapshots/cluster?endpoint="+s3.Endpoint+"&tls=false")
+	ctx, cl := context.Background(), c.cl[0]
+	waitNodes(t, cl, map[string]string{"node-a": "up", "node-b": "up"})
+	nl, err := cl.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nl.Nodes {
+		if len(n.SnapshotRuntimes) == 0 {
+			t.Fatalf("node %s cannot snapshot: %+v", n.Name, n)
+		}
+	}
+
+	sb, err := cl.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 256, TimeoutS: 1800,
+		NodeLabels: map[string]string{"node": "node-a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOut(t, cl, sb.ID, "sh", "-c", "echo kept > /tmp/kept; "+
+		"setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
+	time.Sleep(time.Second)
+	before, _ := strconv.Atoi(strings.TrimSpace(execOut(t, cl, sb.ID, "cat", "/tmp/counter")))
+	if h, err := cl.Hibernate(ctx, sb.ID); err != nil || h.State != tartarus.StateHibernated {
+		t.Fatalf("hibernate: %+v, %v", h, err)
+	}
+	c.agents[0].kill()
+	waitNodes(t, cl, map[string]string{"node-a": "down", "node-b": "up"})
+	got, err := cl.GetSandbox(ctx, sb.ID)
+	if err != nil || got.State != tartarus.StateHibernated || got.Node != "" {
+		t.Fatalf("hibernated sandbox of the dead node: %+v, %v; want hibernated and unassigned", got, err)
+	}
+	// An exec wakes it, on node-b.
+	if out := execOut(t, cl, sb.ID, "cat", "/tmp/kept"); out != "kept\n" {
+		t.Fatalf("file after waking on another node: %q", out)
+	}
+	got, _ = cl.GetSandbox(ctx, sb.ID)
+	if got.Node != "node-b" || got.State != tartarus.StateRunning {
+		t.Fatalf("after the wake: %+v, want running on node-b", got)
+	}
+	after, _ := strconv.Atoi(strings.TrimSpace(execOut(t, cl, sb.ID, "cat", "/tmp/counter")))
+	if after < before {
+		t.Fatalf("counter %d → %d: the process restarted instead of waking", before, after)
+	}
+	// node-a comes back and lets go of it without touching the snapshot
+	// node-b now owns; node-b still answers.
+	c.agents[0].start(t)
+	waitNodes(t, cl, map[string]string{"node-a": "up", "node-b": "up"})
+	time.Sleep(2 * time.Second)
+	if out := execOut(t, cl, sb.ID, "cat", "/tmp/kept"); out != "kept\n" {
+		t.Fatalf("after node-a came back: %q", out)
+	}
+	if _, err := cl.DeleteSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "no QEMU left", func() bool { return len(qemusUnder(c.root)) == 0 })
+}
+
 // clusterEnv is a cluster of real processes on loopback.
 type clusterEnv struct {
 	bin, root        string
@@ -88,6 +159,12 @@ type clusterEnv struct {
 // node-b, …) with certificates from `tartarus certs dev`, and stops them
 // all (and any VM left) when t ends. Extra agent flags go to every agent.
 func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
+	t.Helper()
+	return newClusterEnv(t, n, m, nil, agentArgs...)
+}
+
+// newClusterEnv is newCluster with environment variables for the agents.
+func newClusterEnv(t testing.TB, n, m int, agentEnv []string, agentArgs ...string) *clusterEnv {
 	t.Helper()
 	bin, cache := e2eBinary(t)
 	c := &clusterEnv{bin: bin, root: t.TempDir(), pg: storetest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
@@ -131,7 +208,7 @@ func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
 			t.Fatal(err)
 		}
 		listen := freeAddr(t)
-		c.agents = append(c.agents, &proc{name: n, bin: bin, logs: filepath.Join(root, n+".log"),
+		c.agents = append(c.agents, &proc{name: n, bin: bin, logs: filepath.Join(root, n+".log"), env: agentEnv,
 			args: append([]string{"agent", "--server", strings.Join(agentURLs, ","), "--name", n, "--data-dir", dir,
 				"--listen", listen, "--advertise", "https://" + listen, "--labels", "pool=test,node=" + n,
 				"--tls-cert", filepath.Join(certs, "client-agent-"+n+".pem"), "--tls-key", filepath.Join(certs, "client-agent-"+n+"-key.pem"),
