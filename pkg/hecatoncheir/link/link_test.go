@@ -96,7 +96,7 @@ func newServer(t testing.TB, c *certs) *server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+wire.PathHeartbeat, s.heartbeat)
 	mux.HandleFunc("GET "+wire.PathCommands, s.commands)
-	mux.HandleFunc("POST "+wire.PathCommands+"/{id}", s.result)
+	mux.HandleFunc("POST "+wire.PathCommands+"/{id}", s.takeResult)
 	mux.HandleFunc("POST "+wire.PathReports, s.report)
 	s.srv = httptest.NewUnstartedServer(mux)
 	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{tlsCert(t, c.server)},
@@ -160,7 +160,7 @@ func (s *server) commands(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *server) result(w http.ResponseWriter, r *http.Request) {
+func (s *server) takeResult(w http.ResponseWriter, r *http.Request) {
 	var res wire.Result
 	if err := json.NewDecoder(r.Body).Decode(&res); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -190,6 +190,15 @@ func (s *server) report(w http.ResponseWriter, r *http.Request) {
 	s.reports = append(s.reports, rep.Sandboxes...)
 	s.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// result returns the first result posted for command id, waiting for it.
+func (s *server) result(id string) wire.Result {
+	s.t.Helper()
+	s.waitFor("the result of "+id, func() bool { return len(s.results[id]) > 0 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.results[id][0]
 }
 
 // send queues commands for delivery.
@@ -227,12 +236,29 @@ type node struct {
 	store  store.Store
 	clock  *clock.Fake // the agent's: expiry
 	rt     *fake.Runtime
+	blobs  erebus.Store
 	gate   chan struct{} // while not nil, boots of sandboxes named sb-slow* wait for it
 	starts sync.Map      // id → *atomic.Int32 boots
 }
 
+// nodeOpts vary a test node: its name, and a snapshot store shared with
+// other nodes (under a key prefix of its own).
+type nodeOpts struct {
+	name   string
+	blobs  erebus.Store
+	prefix string
+}
+
 func newNode(t testing.TB, c *certs, servers ...string) *node {
 	t.Helper()
+	return newNodeWith(t, c, nodeOpts{}, servers...)
+}
+
+func newNodeWith(t testing.TB, c *certs, o nodeOpts, servers ...string) *node {
+	t.Helper()
+	if o.name == "" {
+		o.name = "node-1"
+	}
 	dir := t.TempDir()
 	sql, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "agent.db"))
 	if err != nil {
@@ -254,16 +280,18 @@ func newNode(t testing.TB, c *certs, servers ...string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blobs, err := erebus.NewLocal(filepath.Join(dir, "snapshots"))
-	if err != nil {
-		t.Fatal(err)
+	if o.blobs == nil {
+		if o.blobs, err = erebus.NewLocal(filepath.Join(dir, "snapshots")); err != nil {
+			t.Fatal(err)
+		}
 	}
+	n.blobs = o.blobs
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: "node-1", Store: st, Runtimes: []tartarus.Runtime{n.rt},
+	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.name, Store: st, Runtimes: []tartarus.Runtime{n.rt},
 		Images: catalog{"base": {Name: "base", Digest: "sha256:1234abcd"}}, Clock: n.clock,
-		Snapshots: blobs, SnapshotTempDir: filepath.Join(dir, "tmp")})
+		Snapshots: o.blobs, SnapshotPrefix: o.prefix, SnapshotTempDir: filepath.Join(dir, "tmp")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,20 +309,25 @@ func newNode(t testing.TB, c *certs, servers ...string) *node {
 	return n
 }
 
-// run runs the link until the test ends.
-func (n *node) run(t testing.TB) {
+// run runs the link until the test ends or stop is called.
+func (n *node) run(t testing.TB) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = n.link.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		select {
-		case <-n.gate:
-		default:
-			close(n.gate)
-		}
-		cancel()
-		<-done
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			select {
+			case <-n.gate:
+			default:
+				close(n.gate)
+			}
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func (n *node) boots(id string) int32 {
@@ -429,6 +462,46 @@ func TestCreateCommandOnceAndInOrder(t *testing.T) {
 	}
 	if b := n.boots("sb-slow-1"); b != 1 {
 		t.Errorf("sb-slow-1 booted %d times for %d deliveries", b, s.delivered["cmd-1"])
+	}
+}
+
+func TestForkAndAdoptCommands(t *testing.T) {
+	ctx := context.Background()
+	c := newCerts(t)
+	s := newServer(t, c)
+	n1 := newNodeWith(t, c, nodeOpts{name: "node-1", prefix: "nodes/node-1/"}, s.srv.URL)
+	stop1 := n1.run(t)
+	s.send(createCmd("cmd-1", "sb-parent"),
+		wire.Command{ID: "cmd-2", Kind: wire.KindFork, SandboxID: "sb-parent", ForkIDs: []string{"sb-copy-1", "sb-copy-2"}})
+	fork := s.result("cmd-2")
+	var ids []string
+	for _, r := range fork.Sandboxes {
+		ids = append(ids, r.Sandbox.ID)
+	}
+	if fork.Error != nil || !slices.Equal(ids, []string{"sb-parent", "sb-copy-1", "sb-copy-2"}) {
+		t.Errorf("fork result = %+v", fork)
+	}
+	s.send(wire.Command{ID: "cmd-3", Kind: wire.KindHibernate, SandboxID: "sb-copy-2"})
+	res := s.result("cmd-3")
+	if res.Error != nil || len(res.Sandboxes) != 1 || res.Sandboxes[0].Sleep == nil {
+		t.Fatalf("hibernate result = %+v", res)
+	}
+	slept := res.Sandboxes[0]
+
+	// node-1 goes away; node-2, sharing the snapshot store, adopts the
+	// hibernated copy from the server's record of it.
+	stop1()
+	n2 := newNodeWith(t, c, nodeOpts{name: "node-2", blobs: n1.blobs, prefix: "nodes/node-2/"}, s.srv.URL)
+	n2.run(t)
+	s.send(wire.Command{ID: "cmd-4", Node: "node-2", Kind: wire.KindAdopt, SandboxID: "sb-copy-2",
+		Sandbox: &slept.Sandbox, Sleep: slept.Sleep})
+	adopt := s.result("cmd-4")
+	if adopt.Error != nil || len(adopt.Sandboxes) != 1 || adopt.Sandboxes[0].Sandbox.Node != "node-2" ||
+		adopt.Sandboxes[0].Sandbox.State != tartarus.StateRunning {
+		t.Fatalf("adopt result = %+v", adopt)
+	}
+	if _, err := n2.agent.Exec(ctx, "sb-copy-2", &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil {
+		t.Errorf("exec in the adopted sandbox: %v", err)
 	}
 }
 
