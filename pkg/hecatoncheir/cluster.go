@@ -203,8 +203,8 @@ func (a *Agent) Adopt(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.Sle
 // declared lost while the node was away, or woke elsewhere): its instance
 // is destroyed and its record ends terminated. With keepSnapshot, the
 // stored snapshot of a hibernated sandbox is left where it is, since
-// another node owns it now; only this node's sleep record goes. An unknown
-// or already ended id is done already.
+// another node owns it now, and this node never deletes it (see
+// keepSnapshot). An unknown or already ended id is done already.
 func (a *Agent) Drop(ctx context.Context, id string, keepSnapshot bool) error {
 	unlock := a.lock(id)
 	defer unlock()
@@ -222,12 +222,12 @@ func (a *Agent) Drop(ctx context.Context, id string, keepSnapshot bool) error {
 		}
 	}
 	if sr, ok := a.snaps[sb.Runtime]; ok && keepSnapshot {
-		if err := sr.records.DeleteRecord(ctx, id); err != nil {
+		if err := a.keepSnapshot(ctx, sr, id); err != nil {
 			return fmt.Errorf("drop %s: %w", id, err)
 		}
+	} else {
+		a.forget(ctx, sb)
 	}
-	// Without its record, Forget only clears what Hypnos holds in memory.
-	a.forget(ctx, sb)
 	if sb.State.Final() {
 		return nil
 	}
@@ -236,6 +236,33 @@ func (a *Agent) Drop(ctx context.Context, id string, keepSnapshot bool) error {
 	}
 	a.log.Info("sandbox dropped", "sandbox", id, "keep_snapshot", keepSnapshot)
 	return nil
+}
+
+// keepSnapshot lets go of a sleeping sandbox's record without deleting
+// its snapshot, which another node owns now (and may still be about to
+// wake from). The record stays behind marked failed, as a tombstone:
+// Hypnos's clean-up at the next start deletes every snapshot under this
+// node's prefix that no record refers to, and must not delete this one;
+// a failed record is never woken nor counted as sleeping.
+func (a *Agent) keepSnapshot(ctx context.Context, sr *snapRuntime, id string) error {
+	rec, err := sr.records.GetRecord(ctx, id)
+	if err != nil && !errors.Is(err, tartarus.ErrNotFound) {
+		return err
+	}
+	if rec != nil {
+		if err := sr.records.DeleteRecord(ctx, id); err != nil {
+			return err
+		}
+	}
+	// Without a record, Forget only clears what Hypnos holds in memory.
+	if err := sr.hyp.Forget(ctx, id); err != nil {
+		return err
+	}
+	if rec == nil {
+		return nil
+	}
+	rec.Status, rec.Error = hypnos.StatusFailed, msgDropped+" (the snapshot is another node's now)"
+	return sr.records.PutRecord(ctx, rec)
 }
 
 // Dropped reports whether sb ended because the cluster dropped it from

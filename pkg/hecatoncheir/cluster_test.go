@@ -162,12 +162,48 @@ func TestAdoptWakesAnotherNodesSandbox(t *testing.T) {
 		if old.State != tartarus.StateTerminated || !Dropped(old) {
 			t.Errorf("dropped sandbox on the first node = %+v", old)
 		}
-		if _, err := e.agent.SleepRecord(ctx, sb.ID); !errors.Is(err, tartarus.ErrNotFound) {
-			t.Errorf("sleep record after drop: %v", err)
+		if r, err := e.agent.SleepRecord(ctx, sb.ID); err != nil || r.Status != hypnos.StatusFailed {
+			t.Errorf("sleep record after drop: %+v, %v; want a failed one (a tombstone)", r, err)
 		}
 		if s := readFile(t, b, sb.ID, "/state"); s != "kept" {
 			t.Errorf("sandbox on the second node reads %q after the drop", s)
 		}
+	}
+}
+
+// TestDropKeepsSnapshotAcrossRestart: a node told to let go of a
+// hibernated sandbox another node may still wake never deletes its
+// snapshot, not even in the clean-up of its next start.
+func TestDropKeepsSnapshotAcrossRestart(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	sb := e.create(t, tartarus.CreateRequest{})
+	writeFile(t, e.agent, sb.ID, "/state", "kept")
+	slept, err := e.agent.Hibernate(ctx, sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := e.agent.SleepRecord(ctx, sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.agent.Drop(ctx, sb.ID, true); err != nil {
+		t.Fatalf("Drop: %v", err)
+	}
+	rep := e.start(t) // restart: Recover, Hypnos's clean-up
+	if slices.Contains(rep.Hibernated, sb.ID) {
+		t.Errorf("the dropped sandbox is counted hibernated after the restart")
+	}
+	if _, err := e.agent.Wake(ctx, sb.ID); err == nil {
+		t.Errorf("the dropped sandbox woke on the node that let it go")
+	}
+	b := secondNode(t, e)
+	got, err := b.Adopt(ctx, slept, rec)
+	if err != nil {
+		t.Fatalf("Adopt after the first node restarted: %v", err)
+	}
+	if s := readFile(t, b, got.ID, "/state"); s != "kept" {
+		t.Errorf("adopted sandbox reads %q", s)
 	}
 }
 
