@@ -336,6 +336,18 @@ func TestClusterEndToEnd(t *testing.T) {
 		return len(qemusUnder(filepath.Join(root, "node-c"))) == 0
 	})
 
+	// Restarting an agent (an upgrade, say) keeps its sandboxes: the
+	// next start adopts their VMs.
+	agents[0].stop()
+	agents[0].start(t)
+	waitFor(t, "node-a's sandbox to answer after its agent restarted", func() bool {
+		out, err := execTry(cl[1], onNode["node-a"].ID, "echo", "adopted")
+		return err == nil && out == "adopted\n"
+	})
+	if sb, err := cl[0].GetSandbox(ctx, onNode["node-a"].ID); err != nil || sb.State != tartarus.StateRunning {
+		t.Fatalf("node-a's sandbox after its agent restarted: %+v, %v", sb, err)
+	}
+
 	// Kill -9 replica 1: everything through replica 2 works, and the
 	// agents fail over to it (they stay up).
 	replicas[0].kill()
@@ -497,17 +509,25 @@ func listAll(ctx context.Context, c *client.Client) (*api.SandboxList, error) {
 
 func execOut(t testing.TB, c *client.Client, id string, cmd ...string) string {
 	t.Helper()
+	out, err := execTry(c, id, cmd...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func execTry(c *client.Client, id string, cmd ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
 	res, err := c.ExecStream(ctx, id, &api.ExecRequest{Cmd: cmd}, &out, nil)
 	if err != nil {
-		t.Fatalf("exec %v in %s: %v", cmd, id, err)
+		return "", fmt.Errorf("exec %v in %s: %w", cmd, id, err)
 	}
 	if res.ExitCode != 0 {
-		t.Fatalf("exec %v in %s: exit %d", cmd, id, res.ExitCode)
+		return "", fmt.Errorf("exec %v in %s: exit %d", cmd, id, res.ExitCode)
 	}
-	return out.String()
+	return out.String(), nil
 }
 
 func waitHealthy(t testing.TB, c *client.Client) {
