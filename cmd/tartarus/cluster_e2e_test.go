@@ -355,7 +355,6 @@ func TestClusterEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create through replica 2 with replica 1 dead: %v", err)
 	}
-	sbs = append(sbs, sb)
 	for _, s := range []*tartarus.Sandbox{onNode["node-a"], onNode["node-b"], sb} {
 		if out := execOut(t, cl[1], s.ID, "echo", "ok"); out != "ok\n" {
 			t.Fatalf("exec through replica 2: %q", out)
