@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -47,7 +48,7 @@ func newServerCmd() *cobra.Command {
 	o := &serverOptions{}
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the API server with an embedded node agent (single node)",
+		Short: "Run the API server: a single node, or one replica of a cluster",
 		Long: `Run the Tartarus API with an embedded node agent.
 
 The server keeps its state in DATA/tartarus.db, its templates in DATA/images,
@@ -59,7 +60,14 @@ On runtimes that can snapshot (microvm, gvisor), sandboxes hibernate after
 --auto-hibernate of idle time (or their own "auto_hibernate_s"), wake by
 themselves when an exec or a file call needs them, fork, and are created by
 restoring a per-template snapshot (--create-from-snapshot) and, with
---warm-pool N, claimed from N already-restored sandboxes per template.`,
+--warm-pool N, claimed from N already-restored sandboxes per template.
+
+With --agent-listen the server is instead one replica of a cluster: it runs
+no sandboxes itself, keeps its state in Postgres (--database postgres://…,
+shared with the other replicas), hears the other replicas over Redis
+(--redis), and places sandboxes on the node agents (` + "`tartarus agent`" + `) that
+connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
+--agent-ca). See docs/cluster.md.`,
 		Args: cobra.NoArgs,
 	}
 	auth := addAuthFlags(cmd)
@@ -73,6 +81,21 @@ restoring a per-template snapshot (--create-from-snapshot) and, with
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if o.cluster.agentListen != "" {
+			// A replica runs no sandboxes: node flags belong on the agents.
+			nodeFlags := pflag.NewFlagSet("node", pflag.ContinueOnError)
+			addNodeFlags(nodeFlags, &nodeOptions{})
+			var misplaced []string
+			nodeFlags.VisitAll(func(nf *pflag.Flag) {
+				if cmd.Flags().Changed(nf.Name) {
+					misplaced = append(misplaced, "--"+nf.Name)
+				}
+			})
+			if len(misplaced) > 0 {
+				return fmt.Errorf("%s: a replica (--agent-listen) runs no sandboxes; give these to `tartarus agent` on each node",
+					strings.Join(misplaced, ", "))
+			}
+		}
 		return runServer(cmd.Context(), o, auth, cmd.OutOrStdout())
 	}
 	return cmd
