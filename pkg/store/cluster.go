@@ -399,6 +399,19 @@ func (p *Postgres) Report(ctx context.Context, node string, sb *tartarus.Sandbox
 	return n == 1, nil
 }
 
+// Reclaim gives an unassigned hibernated sandbox back to node (the node it
+// slept on, back before anyone woke it elsewhere); it reports whether it
+// did.
+func (p *Postgres) Reclaim(ctx context.Context, id, node string, at time.Time) (bool, error) {
+	res, err := p.db.ExecContext(ctx, `UPDATE sandboxes SET node = $1, updated_at = $2
+		WHERE id = $3 AND node = '' AND state = 'hibernated'`, node, nanos(at), id)
+	if err != nil {
+		return false, fmt.Errorf("reclaim sandbox %s: %w", id, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
 // PutSleep keeps the sleep record (JSON) of a hibernated sandbox.
 func (p *Postgres) PutSleep(ctx context.Context, id string, record []byte) error {
 	_, err := p.db.ExecContext(ctx, `INSERT INTO cluster_sleep (sandbox_id, record) VALUES ($1, $2)

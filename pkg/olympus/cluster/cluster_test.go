@@ -306,7 +306,37 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("late report revived a lost sandbox: %s", got.State)
 		}
 
-		// The node comes back: it must drop both.
+		// Waking the unassigned sandbox adopts it on a node with shared
+		// snapshots.
+		e.beat(status("b", 4096, nil, false), true) // local snapshots only: cannot adopt
+		e.beat(status("c", 4096, nil, true), true)
+		woke := make(chan created, 1)
+		go func() {
+			sb, err := e.c.Wake(context.Background(), sleeping.ID)
+			woke <- created{sb, err}
+		}()
+		var adopt wire.Command
+		for adopt.ID == "" {
+			for _, n := range []string{"b", "c"} {
+				var cmds wire.Commands
+				e.call(n, "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+				for _, c := range cmds.Commands {
+					if c.Kind == wire.KindAdopt {
+						adopt = c
+					}
+				}
+			}
+		}
+		if adopt.Node != "c" || adopt.Sleep == nil || adopt.Sleep.SnapshotID != "snap-1" || adopt.Sandbox == nil {
+			t.Fatalf("adopt command %+v", adopt)
+		}
+		e.finish(adopt, adopt.Sandbox, tartarus.StateRunning)
+		w := <-woke
+		if w.err != nil || w.sb.State != tartarus.StateRunning || w.sb.Node != "c" {
+			t.Fatalf("wake = %+v, %v", w.sb, w.err)
+		}
+
+		// a comes back: it must drop both, keeping the snapshot c woke from.
 		r := e.beat(a, false)
 		if !r.Resync {
 			t.Fatal("a node back from down was not asked for a full list")
@@ -322,34 +352,30 @@ func TestCluster(t *testing.T) {
 		if d, ok := drops[sleeping.ID]; !ok || !d.KeepSnapshot {
 			t.Fatalf("drops %+v: want %s dropped keeping the shared snapshot", r.Drop, sleeping.ID)
 		}
+	})
 
-		// Waking the unassigned sandbox adopts it on a node with shared snapshots.
-		e.beat(status("b", 4096, nil, false), true) // local snapshots only: cannot adopt
-		e.beat(status("c", 4096, nil, true), true)
-		woke := make(chan created, 1)
-		go func() {
-			sb, err := e.c.Wake(context.Background(), sleeping.ID)
-			woke <- created{sb, err}
-		}()
-		var adopt wire.Command
-		for adopt.ID == "" {
-			for _, n := range []string{"a", "b", "c"} {
-				var cmds wire.Commands
-				e.call(n, "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
-				for _, c := range cmds.Commands {
-					if c.Kind == wire.KindAdopt {
-						adopt = c
-					}
-				}
-			}
+	t.Run("a node back before anyone woke its hibernated sandbox reclaims it", func(t *testing.T) {
+		e := newEnv(t, admin, "reclaim")
+		a := status("a", 4096, nil, true)
+		e.beat(a, true)
+		sb := e.createOn("a")
+		slept := *sb
+		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
+		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-2"}
+		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
+		time.Sleep(400 * time.Millisecond)
+		if err := e.c.Sweep(context.Background()); err != nil {
+			t.Fatal(err)
 		}
-		if adopt.Node == "b" || adopt.Sleep == nil || adopt.Sleep.SnapshotID != "snap-1" || adopt.Sandbox == nil {
-			t.Fatalf("adopt command %+v", adopt)
+		if got, _ := e.c.Get(context.Background(), sb.ID); got.Node != "" {
+			t.Fatalf("hibernated sandbox of a down node is on %q, want unassigned", got.Node)
 		}
-		e.finish(adopt, adopt.Sandbox, tartarus.StateRunning)
-		w := <-woke
-		if w.err != nil || w.sb.State != tartarus.StateRunning || w.sb.Node != adopt.Node {
-			t.Fatalf("wake = %+v, %v", w.sb, w.err)
+		r := e.beat(a, true, wire.Report{Sandbox: slept, Sleep: rec})
+		if len(r.Drop) != 0 {
+			t.Fatalf("drops %+v, want none: a reclaims its sandbox", r.Drop)
+		}
+		if got, _ := e.c.Get(context.Background(), sb.ID); got.Node != "a" || got.State != tartarus.StateHibernated {
+			t.Fatalf("after a came back: %s on %q, want hibernated on a", got.State, got.Node)
 		}
 	})
 

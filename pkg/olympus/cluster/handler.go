@@ -127,6 +127,20 @@ func (c *Cluster) reconcile(ctx context.Context, node string, reports []wire.Rep
 		if err != nil {
 			return nil, err
 		}
+		if sb.Node == "" && sb.State == tartarus.StateHibernated && rep.Sandbox.State == tartarus.StateHibernated {
+			// It slept here and nobody has woken it elsewhere: it is
+			// this node's again.
+			ok, err := c.st.Reclaim(ctx, sb.ID, node, c.cfg.Clock.Now().UTC())
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				continue
+			}
+			if sb, err = c.st.Get(ctx, rep.Sandbox.ID); err != nil {
+				return nil, err
+			}
+		}
 		switch {
 		case sb.Node != node:
 			where := "another node"
