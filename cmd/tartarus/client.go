@@ -58,7 +58,11 @@ func (o *clientOptions) client() (*client.Client, error) {
 			key = strings.TrimSpace(string(data))
 		}
 	}
-	return client.New(o.url, key)
+	hc, err := cerbHTTPClient()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(o.url, key, client.WithHTTPClient(hc))
 }
 
 func (o *clientOptions) addOutputFlag(cmd *cobra.Command) {

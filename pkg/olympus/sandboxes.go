@@ -67,6 +67,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	req.IdempotencyKey = r.Header.Get("Idempotency-Key")
 	sb, err := s.be.Create(r.Context(), who.TenantID, req)
 	if err != nil {
 		s.writeError(w, r, err)

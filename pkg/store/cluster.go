@@ -208,43 +208,69 @@ func (p *Postgres) LoseNode(ctx context.Context, node string, keepHibernated boo
 // it.
 type PlaceFunc func(nodes []*NodeRecord) (*tartarus.Sandbox, *CommandRecord, error)
 
+// IdempotencyKey names a create that a client may send again (its
+// Idempotency-Key header, per tenant).
+type IdempotencyKey struct {
+	Tenant, Key string
+}
+
 // Place runs place over the up nodes, with placements of every replica
 // serialised, and records what it returns in one transaction: a new
 // sandbox is inserted; an existing one (an unassigned hibernated sandbox
 // being adopted) moves to the chosen node if it is still unassigned.
-func (p *Postgres) Place(ctx context.Context, place PlaceFunc) error {
+//
+// With an idempotency key (Key not empty) already used, nothing is placed
+// and the id of the sandbox that key created is returned instead; a new
+// key is recorded with the new sandbox.
+func (p *Postgres) Place(ctx context.Context, idem IdempotencyKey, place PlaceFunc) (existing string, err error) {
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("place: %w", err)
+		return "", fmt.Errorf("place: %w", err)
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(placementLock)); err != nil {
-		return fmt.Errorf("placement lock: %w", err)
+		return "", fmt.Errorf("placement lock: %w", err)
+	}
+	if idem.Key != "" {
+		err := tx.QueryRowContext(ctx, `SELECT sandbox_id FROM idempotency WHERE tenant = $1 AND key = $2`,
+			idem.Tenant, idem.Key).Scan(&existing)
+		if err == nil {
+			return existing, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return "", fmt.Errorf("idempotency key: %w", err)
+		}
 	}
 	nodes, err := queryNodes(ctx, tx, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+` WHERE n.state = 'up' ORDER BY n.name`)
 	if err != nil {
-		return err
+		return "", err
 	}
 	sb, cmd, err := place(nodes)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if sb != nil {
 		res, err := tx.ExecContext(ctx, `UPDATE sandboxes SET node = $1, updated_at = $2 WHERE id = $3 AND node = '' AND state = 'hibernated'`,
 			sb.Node, nanos(sb.UpdatedAt), sb.ID)
 		if err != nil {
-			return fmt.Errorf("assign sandbox %s: %w", sb.ID, err)
+			return "", fmt.Errorf("assign sandbox %s: %w", sb.ID, err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			if err := insertSandbox(ctx, tx, sb); err != nil {
-				return err
+				return "", err
+			}
+		}
+		if idem.Key != "" {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO idempotency (tenant, key, sandbox_id, created_at) VALUES ($1, $2, $3, $4)`,
+				idem.Tenant, idem.Key, sb.ID, nanos(sb.CreatedAt)); err != nil {
+				return "", fmt.Errorf("idempotency key: %w", err)
 			}
 		}
 	}
 	if err := insertCommand(ctx, tx, cmd); err != nil {
-		return err
+		return "", err
 	}
-	return tx.Commit()
+	return "", tx.Commit()
 }
 
 // AddCommand records a command for a sandbox on its node, if the sandbox

@@ -84,6 +84,14 @@ var pgMigrations = []string{
 		sandbox_id TEXT PRIMARY KEY,
 		record     TEXT NOT NULL
 	);`,
+	// 3: creates made with an Idempotency-Key (cluster.go).
+	`CREATE TABLE idempotency (
+		tenant     TEXT NOT NULL,
+		key        TEXT NOT NULL,
+		sandbox_id TEXT NOT NULL,
+		created_at BIGINT NOT NULL,
+		PRIMARY KEY (tenant, key)
+	);`,
 }
 
 // migrationLock is the pg_advisory_xact_lock key that serialises schema

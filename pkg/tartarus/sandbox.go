@@ -110,6 +110,11 @@ type CreateRequest struct {
 	// NodeLabels restricts a multi-node server's placement to nodes
 	// carrying every one of these labels (for example {"pool": "gpu"}).
 	NodeLabels map[string]string `json:"node_labels,omitempty"`
+	// IdempotencyKey, from the request's Idempotency-Key header, makes a
+	// create sent again (after a lost answer) return the sandbox the
+	// first one made instead of making another. Cluster replicas honour
+	// it.
+	IdempotencyKey string `json:"-"`
 }
 
 // Defaults and bounds for a CreateRequest.
@@ -157,6 +162,14 @@ func (r *CreateRequest) Normalize() error {
 		return Errorf(ErrInvalid, "metadata: at most %d entries", MaxMetadata)
 	case len(r.NodeLabels) > MaxNodeLabels:
 		return Errorf(ErrInvalid, "node_labels: at most %d entries", MaxNodeLabels)
+	}
+	if len(r.IdempotencyKey) > 128 {
+		return Errorf(ErrInvalid, "Idempotency-Key: at most 128 characters")
+	}
+	for _, c := range r.IdempotencyKey {
+		if c < 0x21 || c > 0x7e {
+			return Errorf(ErrInvalid, "Idempotency-Key: printable ASCII without spaces only")
+		}
 	}
 	for k, v := range r.NodeLabels {
 		if !ValidLabel(k) || !ValidLabel(v) {

@@ -323,6 +323,9 @@ func (c *Cluster) candidates(nodes []*store.NodeRecord, template string) ([]plac
 
 // place chooses a node for a sandbox of req's shape.
 func (c *Cluster) place(nodes []*store.NodeRecord, template string, req placement.Request) (string, string, error) {
+	if len(nodes) == 0 {
+		return "", "", tartarus.Errorf(tartarus.ErrUnavailable, "no node agent is up (`tartarus node ls` shows those registered)")
+	}
 	cands, without := c.candidates(nodes, template)
 	if len(cands) == 0 && len(without) > 0 {
 		return "", "", tartarus.Errorf(tartarus.ErrNotFound, "template %s: no up node has it built (%s)", template, strings.Join(without, ", "))
@@ -391,7 +394,7 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 		sb.Metadata = map[string]string{}
 	}
 	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
-	err := c.st.Place(ctx, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
+	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		name, rt, err := c.place(nodes, req.Template, placementRequest(req))
 		if err != nil {
 			return nil, nil, err
@@ -406,11 +409,39 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	if err != nil {
 		return nil, dbErr(err)
 	}
+	if existing != "" {
+		return c.created(ctx, existing)
+	}
 	c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
 	if _, err := c.await(ctx, cmd); err != nil {
 		return nil, err
 	}
 	return c.st.Get(ctx, sb.ID)
+}
+
+// created answers a create sent again with the sandbox the first one made,
+// once it is no longer being created (or within CommandWait).
+func (c *Cluster) created(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	poll := c.cfg.Clock.NewTicker(c.cfg.PollInterval)
+	defer poll.Stop()
+	deadline := c.cfg.Clock.Now().Add(c.cfg.CommandWait)
+	for {
+		sb, err := c.st.Get(ctx, id)
+		if err != nil {
+			return nil, dbErr(err)
+		}
+		if sb.State != tartarus.StateCreating || !c.cfg.Clock.Now().Before(deadline) {
+			if sb.State == tartarus.StateFailed {
+				return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "the create with this Idempotency-Key made sandbox %s, which failed: %s", sb.ID, sb.Error)
+			}
+			return sb, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-poll.C():
+		}
+	}
 }
 
 // await waits for cmd's result and returns it, or the node's error.
@@ -465,7 +496,7 @@ func (c *Cluster) command(ctx context.Context, sb *tartarus.Sandbox, kind wire.K
 func (c *Cluster) lifecycle(ctx context.Context, id string, kind wire.Kind) (*tartarus.Sandbox, error) {
 	sb, err := c.st.Get(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	if sb.State.Final() {
 		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, sb.State)
@@ -501,12 +532,15 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 	}
 	now := c.cfg.Clock.Now().UTC()
 	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindAdopt, SandboxID: sb.ID, CreatedAt: now, Sleep: &rec}
-	err = c.st.Place(ctx, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
+	_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		var shared []*store.NodeRecord
 		for _, n := range nodes {
 			if c.status(n).SharedSnapshots {
 				shared = append(shared, n)
 			}
+		}
+		if len(shared) == 0 {
+			return nil, nil, tartarus.Errorf(tartarus.ErrUnavailable, "wake %s on another node: no up node shares snapshot storage (agents' --snapshots)", sb.ID)
 		}
 		name, _, err := c.place(shared, sb.Template, placement.Request{Runtime: sb.Runtime, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB})
 		if err != nil {
@@ -548,7 +582,7 @@ func (c *Cluster) Counts(ctx context.Context) (map[tartarus.State]int, error) {
 func (c *Cluster) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 	sb, err := c.st.Get(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	if sb.State.Final() {
 		return sb, nil
@@ -606,7 +640,7 @@ func (c *Cluster) Fork(ctx context.Context, id string, count int) ([]*tartarus.S
 	}
 	sb, err := c.st.Get(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	if sb.Node == "" || sb.State.Final() {
 		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, cannot fork", id, sb.State)
@@ -638,7 +672,7 @@ func (c *Cluster) Fork(ctx context.Context, id string, count int) ([]*tartarus.S
 func (c *Cluster) agent(ctx context.Context, id string) (*client.Client, context.Context, func(), error) {
 	sb, err := c.st.Get(ctx, id)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, dbErr(err)
 	}
 	if sb.Node == "" && sb.State == tartarus.StateHibernated {
 		if sb, err = c.adopt(ctx, sb); err != nil {

@@ -31,12 +31,19 @@ type env struct {
 	srv *httptest.Server
 }
 
+// newEnv makes a cluster whose nodes go down only after 10s without a
+// heartbeat; quickEnv one where they go down after 300ms.
 func newEnv(t *testing.T, adminDSN, db string) *env {
 	t.Helper()
-	return newEnvWith(t, adminDSN, db, http.DefaultClient)
+	return newEnvWith(t, adminDSN, db, http.DefaultClient, 10*time.Second)
 }
 
-func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client) *env {
+func quickEnv(t *testing.T, adminDSN, db string) *env {
+	t.Helper()
+	return newEnvWith(t, adminDSN, db, http.DefaultClient, 300*time.Millisecond)
+}
+
+func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client, nodeTimeout time.Duration) *env {
 	t.Helper()
 	dsn := storetest.CreateDatabase(t, adminDSN, db)
 	ctx := context.Background()
@@ -45,7 +52,7 @@ func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	c, err := New(Config{Store: st, NodeTimeout: 300 * time.Millisecond, PollInterval: 20 * time.Millisecond,
+	c, err := New(Config{Store: st, NodeTimeout: nodeTimeout, PollInterval: 20 * time.Millisecond,
 		CommandWait: 10 * time.Second, AgentClient: agents,
 		AgentIdentity: func(r *http.Request) (string, error) {
 			if n := r.Header.Get("X-Test-Agent"); n != "" {
@@ -108,6 +115,30 @@ func (e *env) beat(st wire.NodeStatus, full bool, sandboxes ...wire.Report) wire
 		e.t.Fatalf("heartbeat of %s: status %d", st.Name, code)
 	}
 	return reply
+}
+
+// keepBeating heartbeats st every 50ms until the returned func is called,
+// so that a node of a quickEnv stays up however slow the machine is.
+func (e *env) keepBeating(st wire.NodeStatus) func() {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			data, _ := json.Marshal(wire.Heartbeat{Node: st})
+			if req, err := http.NewRequest("POST", e.srv.URL+wire.PathHeartbeat, bytes.NewReader(data)); err == nil {
+				req.Header.Set("X-Test-Agent", st.Name)
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
 }
 
 func (e *env) poll(node string) []wire.Command {
@@ -267,9 +298,10 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("a quiet node goes down and its sandboxes are settled", func(t *testing.T) {
-		e := newEnv(t, admin, "down")
+		e := quickEnv(t, admin, "down")
 		a := status("a", 4096, nil, true)
 		e.beat(a, true)
+		stopA := e.keepBeating(a)
 		running := e.createOn("a")
 		sleeping := e.createOn("a")
 		rec := &hypnos.SleepRecord{SandboxID: sleeping.ID, SnapshotID: "snap-1", SnapshotPath: "sleep-microvm/snap-1"}
@@ -278,6 +310,7 @@ func TestCluster(t *testing.T) {
 		if code := e.call("a", "POST", wire.PathReports, wire.Reports{Node: "a", Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil); code != http.StatusNoContent {
 			t.Fatalf("report: %d", code)
 		}
+		stopA()
 		pending := e.create(&tartarus.CreateRequest{Template: "base"}) // a never answers it
 		time.Sleep(400 * time.Millisecond)
 		if err := e.c.Sweep(context.Background()); err != nil {
@@ -310,6 +343,8 @@ func TestCluster(t *testing.T) {
 		// snapshots.
 		e.beat(status("b", 4096, nil, false), true) // local snapshots only: cannot adopt
 		e.beat(status("c", 4096, nil, true), true)
+		defer e.keepBeating(status("b", 4096, nil, false))()
+		defer e.keepBeating(status("c", 4096, nil, true))()
 		woke := make(chan created, 1)
 		go func() {
 			sb, err := e.c.Wake(context.Background(), sleeping.ID)
@@ -355,14 +390,16 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("a node back before anyone woke its hibernated sandbox reclaims it", func(t *testing.T) {
-		e := newEnv(t, admin, "reclaim")
+		e := quickEnv(t, admin, "reclaim")
 		a := status("a", 4096, nil, true)
 		e.beat(a, true)
+		stopA := e.keepBeating(a)
 		sb := e.createOn("a")
 		slept := *sb
 		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
 		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-2"}
 		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
+		stopA()
 		time.Sleep(400 * time.Millisecond)
 		if err := e.c.Sweep(context.Background()); err != nil {
 			t.Fatal(err)
@@ -393,10 +430,11 @@ func TestCluster(t *testing.T) {
 			<-r.Context().Done() // a node that stopped answering
 		}))
 		defer hang.Close()
-		e := newEnvWith(t, admin, "kill", hang.Client())
+		e := newEnvWith(t, admin, "kill", hang.Client(), 300*time.Millisecond)
 		a := status("a", 4096, nil, false)
 		a.Address = hang.URL
 		e.beat(a, true)
+		stopA := e.keepBeating(a)
 		sb := e.createOn("a")
 		errc := make(chan error, 1)
 		go func() {
@@ -404,6 +442,7 @@ func TestCluster(t *testing.T) {
 			errc <- err
 		}()
 		<-started
+		stopA()
 		time.Sleep(400 * time.Millisecond) // a's heartbeats stopped
 		if err := e.c.Sweep(context.Background()); err != nil {
 			t.Fatal(err)
@@ -415,6 +454,44 @@ func TestCluster(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("exec to a dead node still hangs after it was marked down")
+		}
+	})
+
+	t.Run("a create sent again with its Idempotency-Key makes nothing new", func(t *testing.T) {
+		e := newEnv(t, admin, "idem")
+		e.beat(status("a", 4096, nil, false), true)
+		req := func() *tartarus.CreateRequest {
+			return &tartarus.CreateRequest{Template: "base", IdempotencyKey: "k-1"}
+		}
+		first := e.create(req())
+		cmds := e.poll("a")
+		again := e.create(req()) // the client lost the first answer and retries at once
+		time.Sleep(100 * time.Millisecond)
+		e.finish(cmds[0], cmds[0].Sandbox, tartarus.StateRunning)
+		r1, r2 := <-first, <-again
+		if r1.err != nil || r2.err != nil || r1.sb.ID != r2.sb.ID || r2.sb.State != tartarus.StateRunning {
+			t.Fatalf("first %+v %v, again %+v %v: want the same running sandbox", r1.sb, r1.err, r2.sb, r2.err)
+		}
+		if left := e.poll("a"); len(left) != 0 {
+			t.Fatalf("the retry made commands: %+v", left)
+		}
+		// Another tenant's key is its own.
+		other := make(chan created, 1)
+		go func() {
+			sb, err := e.c.Create(context.Background(), "t2", req())
+			other <- created{sb, err}
+		}()
+		if cmds := e.poll("a"); len(cmds) != 1 {
+			r := <-other
+			t.Fatalf("another tenant's create with the same key: %d commands, want 1 (create: %+v %v)", len(cmds), r.sb, r.err)
+		} else {
+			e.finish(cmds[0], cmds[0].Sandbox, tartarus.StateRunning)
+		}
+		if r := <-other; r.err != nil || r.sb.ID == r1.sb.ID {
+			t.Fatalf("other tenant: %+v %v", r.sb, r.err)
+		}
+		if _, err := e.c.Create(context.Background(), "t1", &tartarus.CreateRequest{IdempotencyKey: "has space"}); !errors.Is(err, tartarus.ErrInvalid) {
+			t.Fatalf("bad key: %v", err)
 		}
 	})
 
@@ -474,10 +551,13 @@ func TestAgentName(t *testing.T) {
 // marked down for that once the database is back.
 func TestDatabaseOutageIsNotANodeOutage(t *testing.T) {
 	pg := storetest.StartPostgresServer(t)
-	e := newEnv(t, pg.DSN, "outage")
+	e := quickEnv(t, pg.DSN, "outage")
 	a := status("a", 4096, nil, false)
 	e.beat(a, true)
+	stopA := e.keepBeating(a)
 	sb := e.createOn("a")
+	stopA()
+	e.beat(a, false)
 	pg.Stop()
 	time.Sleep(time.Second) // > NodeTimeout (300ms), while replicas sweep
 	pg.Start(t)
