@@ -157,6 +157,13 @@ func (a *Agent) Adopt(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.Sle
 	if err != nil {
 		return nil, fmt.Errorf("adopt %s: template %s: %w", sb.ID, sb.Template, err)
 	}
+	// The snapshot's disk is an overlay on the template's root file
+	// system: restoring it over another build would corrupt it.
+	if rec.Config != nil && rec.Config.Image != nil && rec.Config.Image.Digest != "" && rec.Config.Image.Digest != img.Digest {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition,
+			"adopt %s: template %s here is another build (digest %.12s, the sandbox slept on %.12s); build the same templates on every node",
+			sb.ID, sb.Template, img.Digest, rec.Config.Image.Digest)
+	}
 	from := nyx.New(sr.snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix, TempDir: a.cfg.SnapshotTempDir,
 		Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
 	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -218,6 +219,12 @@ func TestAdoptRefusesBadRecords(t *testing.T) {
 		if _, err := e.agent.Adopt(ctx, sb, rec); !errors.Is(err, tartarus.ErrInvalid) {
 			t.Errorf("Adopt %+v: %v, want invalid", rec, err)
 		}
+	}
+	// A snapshot taken over another build of the template.
+	other := &hypnos.SleepRecord{SandboxID: "sb-1", SnapshotID: "s", SnapshotPath: "sleep-fake/s/data",
+		Config: &tartarus.VMConfig{Image: &tartarus.Image{Name: "base", Digest: "another-build"}}}
+	if _, err := e.agent.Adopt(ctx, sb, other); !errors.Is(err, tartarus.ErrFailedPrecondition) || !strings.Contains(err.Error(), "another build") {
+		t.Errorf("Adopt over another template build: %v, want failed precondition", err)
 	}
 	// A snapshot that is not there: nothing is recorded, no VM is left.
 	_, err := e.agent.Adopt(ctx, sb, &hypnos.SleepRecord{SandboxID: "sb-1", SnapshotID: "s", SnapshotPath: "sleep-fake/s/data"})
