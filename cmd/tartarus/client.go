@@ -295,7 +295,25 @@ func newNodeCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	o.addOutputFlag(ls)
-	cmd.AddCommand(ls)
+	rm := &cobra.Command{
+		Use: "rm NAME...", Short: "Forget nodes that went down for good (a cluster's; they must hold no live sandbox)", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, name := range args {
+				if err := c.ForgetNode(cmd.Context(), name); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", name, err))
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), name)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.AddCommand(ls, rm)
 	return cmd
 }
 

@@ -373,6 +373,11 @@ func (c *Client) Nodes(ctx context.Context) (*api.NodeList, error) {
 	return &out, c.call(ctx, "GET", "/v1/nodes", nil, &out)
 }
 
+// ForgetNode removes a cluster's node that went down for good.
+func (c *Client) ForgetNode(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/v1/nodes/"+url.PathEscape(name), nil, nil)
+}
+
 // Health returns nil when the server can create sandboxes.
 func (c *Client) Health(ctx context.Context) error {
 	return c.call(ctx, "GET", "/healthz", nil, nil)

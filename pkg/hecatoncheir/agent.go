@@ -595,6 +595,11 @@ type NodeInfo struct {
 	UsedMemoryMB int               `json:"used_memory_mb,omitempty"`
 }
 
+// ForgetNode refuses: a single node has only itself.
+func (a *Agent) ForgetNode(ctx context.Context, name string) error {
+	return tartarus.Errorf(tartarus.ErrFailedPrecondition, "node %s: a single-node server cannot forget its only node", name)
+}
+
 // Nodes reports this node, the only one.
 func (a *Agent) Nodes(ctx context.Context) ([]*NodeInfo, error) {
 	info, err := a.Info(ctx)

@@ -211,6 +211,29 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.TemplateList{Templates: list})
 }
 
+func (s *Server) forgetNode(w http.ResponseWriter, r *http.Request) {
+	who, err := caller(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	name := r.PathValue("name")
+	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, ID: name, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), cerberus.ActionDelete, res); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !tartarus.ValidName(name) {
+		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotFound, "node %q", name))
+		return
+	}
+	if err := s.be.ForgetNode(r.Context(), name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 	who, err := caller(r)
 	if err != nil {

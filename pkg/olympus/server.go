@@ -11,6 +11,7 @@
 //	GET  /v1/sandboxes/{id}/files?path=/dir&list=1  → {"path":"/dir","files":[FileInfo…]}
 //	PUT  /v1/sandboxes/{id}/files?path=/f&mode=0755 → 204 (mode is octal, default 0644)
 //	GET  /v1/nodes                                  → {"nodes":[{name, runtimes: [fingerprint…], …}]}
+//	DELETE /v1/nodes/{name}                         → 204 (a cluster's down node without live sandboxes)
 //	POST /v1/sandboxes/{id}/fork {"count":N}        → 201 {"sandboxes":[sandbox…]} (N copies, 1-16)
 //
 // Hibernate, wake and fork answer 501 with the reason on runtimes that
@@ -56,6 +57,8 @@ type Backend interface {
 	Fork(ctx context.Context, id string, count int) ([]*tartarus.Sandbox, error)
 	Templates(ctx context.Context) ([]*tartarus.Image, error)
 	Nodes(ctx context.Context) ([]*hecatoncheir.NodeInfo, error)
+	// ForgetNode removes a node that went down for good.
+	ForgetNode(ctx context.Context, name string) error
 	Ready(ctx context.Context) error
 	Counts(ctx context.Context) (map[tartarus.State]int, error)
 }
@@ -140,6 +143,7 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/sandboxes/{id}/fork", s.fork)
 	v1("GET /v1/templates", s.listTemplates)
 	v1("GET /v1/nodes", s.listNodes)
+	v1("DELETE /v1/nodes/{name}", s.forgetNode)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err

@@ -138,6 +138,40 @@ func queryNodes(ctx context.Context, db querier, q string, args ...any) ([]*Node
 	return out, rows.Err()
 }
 
+// ForgetNode removes a down node that holds no live sandbox from the
+// cluster (a host that will not come back). If its agent does come back,
+// it registers anew.
+func (p *Postgres) ForgetNode(ctx context.Context, name string) error {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("forget node %s: %w", name, err)
+	}
+	defer tx.Rollback()
+	var state string
+	err = tx.QueryRowContext(ctx, `SELECT state FROM nodes WHERE name = $1 FOR UPDATE`, name).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) {
+		return tartarus.Errorf(tartarus.ErrNotFound, "node %s", name)
+	}
+	if err != nil {
+		return fmt.Errorf("forget node %s: %w", name, err)
+	}
+	if state != NodeDown {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "node %s is %s: stop its agent and wait until it is marked down", name, state)
+	}
+	var live int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM sandboxes WHERE node = $1 AND state NOT IN ('terminated', 'failed')`,
+		name).Scan(&live); err != nil {
+		return fmt.Errorf("forget node %s: %w", name, err)
+	}
+	if live > 0 {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "node %s still holds %d live sandboxes", name, live)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE name = $1`, name); err != nil {
+		return fmt.Errorf("forget node %s: %w", name, err)
+	}
+	return tx.Commit()
+}
+
 // MarkDown marks down every up node whose last heartbeat is before
 // `before`, and returns their names. Of two replicas sweeping at once,
 // only one gets each node.

@@ -887,6 +887,19 @@ func (c *Cluster) Nodes(ctx context.Context) ([]*hecatoncheir.NodeInfo, error) {
 	return out, nil
 }
 
+// ForgetNode implements olympus.Backend: a down node that holds no live
+// sandbox leaves the cluster's list.
+func (c *Cluster) ForgetNode(ctx context.Context, name string) error {
+	if err := c.st.ForgetNode(ctx, name); err != nil {
+		return dbErr(err)
+	}
+	c.statusMu.Lock()
+	delete(c.statuses, name)
+	c.statusMu.Unlock()
+	c.log.Info("node forgotten", "node", name)
+	return nil
+}
+
 // Ready implements olympus.Backend: the database answers and some node is
 // up.
 func (c *Cluster) Ready(ctx context.Context) error {

@@ -495,6 +495,45 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("only a down node without live sandboxes can be forgotten", func(t *testing.T) {
+		e := quickEnv(t, admin, "forget")
+		a, b := status("a", 4096, nil, false), status("b", 4096, nil, false)
+		e.beat(a, true)
+		e.beat(b, true)
+		stopA := e.keepBeating(a)
+		sb := e.createOn("a")
+		stopA()
+		ctx := context.Background()
+		if err := e.c.ForgetNode(ctx, "b"); !errors.Is(err, tartarus.ErrFailedPrecondition) || !strings.Contains(err.Error(), "is up") {
+			t.Fatalf("forget an up node: %v", err)
+		}
+		time.Sleep(400 * time.Millisecond)
+		if err := e.c.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.ForgetNode(ctx, "nope"); !errors.Is(err, tartarus.ErrNotFound) {
+			t.Fatalf("forget an unknown node: %v", err)
+		}
+		// a's sandbox was settled as lost when it went down, so a holds
+		// nothing live any more.
+		if got, _ := e.c.Get(ctx, sb.ID); got.State != tartarus.StateFailed {
+			t.Fatalf("sandbox of a down node: %s", got.State)
+		}
+		if err := e.c.ForgetNode(ctx, "a"); err != nil {
+			t.Fatalf("forget a down node: %v", err)
+		}
+		nodes, _ := e.c.Nodes(ctx)
+		for _, n := range nodes {
+			if n.Name == "a" {
+				t.Fatalf("forgotten node still listed: %+v", n)
+			}
+		}
+		// Coming back, it registers anew.
+		if r := e.beat(a, false); !r.Resync {
+			t.Fatalf("a forgotten node's heartbeat: %+v, want a resync", r)
+		}
+	})
+
 	t.Run("fork records the copies", func(t *testing.T) {
 		e := newEnv(t, admin, "fork")
 		e.beat(status("a", 4096, nil, false), true)
