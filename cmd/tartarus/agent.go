@@ -32,6 +32,7 @@ type agentOptions struct {
 	labels                     []string
 	dataDir, listen, advertise string
 	tlsCert, tlsKey, tlsCA     string
+	serverNames                []string
 	snapshots                  string
 	logLevel                   string
 	heartbeat, shutdownTimeout time.Duration
@@ -74,6 +75,7 @@ On SIGTERM it stops and leaves the VMs running: the next start adopts them.`,
 	f.StringVar(&o.tlsCert, "tls-cert", "", "this agent's certificate (PEM), naming agent:NODE")
 	f.StringVar(&o.tlsKey, "tls-key", "", "the certificate's private key (PEM)")
 	f.StringVar(&o.tlsCA, "tls-ca", "", "the CA certificate (PEM) of the servers' and agents' certificates")
+	f.StringSliceVar(&o.serverNames, "server-name", []string{link.DefaultServerName}, "service names (service:NAME) of the servers' certificates: only they may call this node")
 	f.StringVar(&o.snapshots, "snapshots", "", "snapshot store shared by the nodes: a directory on shared storage or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT (default: DATA/snapshots, this node only)")
 	f.DurationVar(&o.heartbeat, "heartbeat", 0, "heartbeat interval until a server says otherwise (default 2s)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -249,7 +251,7 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 	agent := n.agent
 
 	l, err := link.New(link.Config{Agent: agent, Changes: changes, Servers: o.servers, TLS: setup.client,
-		ClientCAs: setup.cas, Address: setup.advertise, Labels: setup.labels, SharedSnapshots: shared,
+		ClientCAs: setup.cas, ServerNames: o.serverNames, Address: setup.advertise, Labels: setup.labels, SharedSnapshots: shared,
 		HeartbeatInterval: o.heartbeat, Log: log})
 	if err != nil {
 		return err

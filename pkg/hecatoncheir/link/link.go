@@ -53,6 +53,12 @@ type Config struct {
 	// ClientCAs verify the servers' certificates when they call the node
 	// API (Handler).
 	ClientCAs *x509.CertPool
+	// ServerNames are the service names the servers' certificates carry
+	// ("service:NAME"); only they may call the node API. Default
+	// DefaultServerName. A tenant's own service certificate from the same
+	// CA must not reach the node API, where the tenant is the caller's to
+	// name.
+	ServerNames []string
 
 	// Address is the node API as the servers reach it, https://HOST:PORT.
 	Address string
@@ -167,6 +173,9 @@ func New(cfg Config) (*Link, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if cfg.TLS != nil {
 		tr.TLSClientConfig = cfg.TLS.Clone()
+	}
+	if len(cfg.ServerNames) == 0 {
+		cfg.ServerNames = []string{DefaultServerName}
 	}
 	api, err := newNodeAPI(&cfg)
 	if err != nil {

@@ -656,7 +656,7 @@ func TestNodeAPI(t *testing.T) {
 		status int
 	}{
 		{"server certificate", c.server, "acme", http.StatusOK},
-		{"another service", other, "acme", http.StatusOK},
+		{"another service (a tenant's client certificate, say)", other, "acme", http.StatusForbidden},
 		{"agent certificate", c.agent, "acme", http.StatusForbidden},
 		{"no certificate", nil, "acme", http.StatusUnauthorized},
 		{"no tenant", c.server, "", http.StatusBadRequest},

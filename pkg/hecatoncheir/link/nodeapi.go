@@ -13,10 +13,15 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
+// DefaultServerName is the service name in the servers' certificates that
+// `tartarus certs dev` makes (cerberus.ServerPrincipal).
+const DefaultServerName = "tartarus-server"
+
 // Handler is the node API: the public API's routes served by this node's
 // agent, for the requests the servers forward to it (exec, files). Only a
-// server may call it: a client certificate of Config.ClientCAs naming a
-// service ("service:NAME"), never an agent's; the sandbox's tenant comes
+// server may call it: a client certificate of Config.ClientCAs naming one
+// of Config.ServerNames ("service:NAME"), never an agent's or another
+// service's; the sandbox's tenant comes
 // in wire.TenantHeader and confines the request to that tenant's
 // sandboxes. The servers have authorized the caller already.
 func (l *Link) Handler() http.Handler { return l.api }
@@ -24,7 +29,11 @@ func (l *Link) Handler() http.Handler { return l.api }
 func newNodeAPI(cfg *Config) (http.Handler, error) {
 	// Certificates are valid in real time, as the TLS handshake that
 	// verified them first has it.
-	g := &nodeGuard{mtls: &cerberus.MTLSConfig{ClientCAs: cfg.ClientCAs, Clock: cerberus.SystemClock{}}}
+	g := &nodeGuard{mtls: &cerberus.MTLSConfig{ClientCAs: cfg.ClientCAs, Clock: cerberus.SystemClock{}},
+		servers: map[string]bool{}}
+	for _, n := range cfg.ServerNames {
+		g.servers[n] = true
+	}
 	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log})
 	if err != nil {
 		return nil, fmt.Errorf("node API: %w", err)
@@ -34,7 +43,8 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 
 // nodeGuard lets in servers only, acting for the tenant they name.
 type nodeGuard struct {
-	mtls *cerberus.MTLSConfig
+	mtls    *cerberus.MTLSConfig
+	servers map[string]bool // service names of the servers
 }
 
 var _ cerberus.Guard = (*nodeGuard)(nil)
@@ -52,8 +62,8 @@ func (g *nodeGuard) Wrap(next http.Handler) http.Handler {
 			refuse(w, http.StatusUnauthorized, "unauthenticated", err.Error())
 			return
 		}
-		if id.Type != cerberus.IdentityTypeService {
-			refuse(w, http.StatusForbidden, "permission_denied", fmt.Sprintf("%s:%s may not call a node API; only servers may", id.Type, id.ID))
+		if id.Type != cerberus.IdentityTypeService || !g.servers[id.ID] {
+			refuse(w, http.StatusForbidden, "permission_denied", fmt.Sprintf("%s:%s may not call a node API; only servers may (the agent's --server-name)", id.Type, id.ID))
 			return
 		}
 		tenant := r.Header.Get(wire.TenantHeader)
