@@ -294,6 +294,10 @@ func TestClusterEndToEnd(t *testing.T) {
 	if out := execOut(t, cl[0], sbs[0].ID, "cat", "/tmp/hello"); out != "files cross replicas" {
 		t.Fatalf("file written through replica 2, read through 1: %q", out)
 	}
+	// Templates through a replica are the nodes'.
+	if imgs, err := cl[1].Templates(ctx); err != nil || len(imgs) == 0 || imgs[0].Name != "base" {
+		t.Fatalf("templates through a replica: %+v, %v", imgs, err)
+	}
 	// A refusal says why.
 	if _, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", NodeLabels: map[string]string{"pool": "gpu"}}); err == nil ||
 		!strings.Contains(err.Error(), "pool=gpu") {
