@@ -206,6 +206,30 @@ func (a *Agent) Adopt(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.Sle
 	return a.cfg.Store.Get(ctx, sb.ID)
 }
 
+// Discard deletes the snapshot a sleep record of another node names, in
+// the shared snapshot store: the sandbox was destroyed while no node held
+// it. A snapshot already gone is not an error.
+func (a *Agent) Discard(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.SleepRecord) error {
+	if sb == nil || rec == nil || rec.SandboxID != sb.ID {
+		return tartarus.Errorf(tartarus.ErrInvalid, "discard: want a sandbox and its own sleep record")
+	}
+	sr, err := a.snapshotter(sb.Runtime, "discard")
+	if err != nil {
+		return err
+	}
+	prefix, ok := strings.CutSuffix(rec.SnapshotPath, "/"+rec.SnapshotID+"/data")
+	if !ok || rec.SnapshotID == "" || prefix == "" {
+		return tartarus.Errorf(tartarus.ErrInvalid, "discard %s: snapshot path %q does not name snapshot %q", sb.ID, rec.SnapshotPath, rec.SnapshotID)
+	}
+	from := nyx.New(sr.snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix, TempDir: a.cfg.SnapshotTempDir,
+		Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
+	if err := from.Delete(ctx, rec.SnapshotID); err != nil && !errors.Is(err, tartarus.ErrNotFound) {
+		return fmt.Errorf("discard %s: %w", sb.ID, err)
+	}
+	a.log.Info("discarded the snapshot of a sandbox destroyed while unassigned", "sandbox", sb.ID, "snapshot", rec.SnapshotPath)
+	return nil
+}
+
 // Drop lets go of a sandbox the cluster took away from this node (it was
 // declared lost while the node was away, or woke elsewhere): its instance
 // is destroyed and its record ends terminated. With keepSnapshot, the

@@ -297,3 +297,33 @@ func TestLifecycleCallsAreIdempotent(t *testing.T) {
 		t.Errorf("Destroy of an unknown id: %v, want not found", err)
 	}
 }
+
+// TestDiscardDeletesAnotherNodesSnapshot: a second node sharing the
+// snapshot store deletes a sleeping sandbox's snapshot, after which nobody
+// can adopt it; discarding again is no error.
+func TestDiscardDeletesAnotherNodesSnapshot(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	sb := e.create(t, tartarus.CreateRequest{})
+	slept, err := e.agent.Hibernate(ctx, sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := e.agent.SleepRecord(ctx, sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := secondNode(t, e)
+	if err := b.Discard(ctx, slept, rec); err != nil {
+		t.Fatalf("Discard: %v", err)
+	}
+	if err := b.Discard(ctx, slept, rec); err != nil {
+		t.Fatalf("Discard again: %v", err)
+	}
+	if _, err := b.Adopt(ctx, slept, rec); err == nil {
+		t.Fatal("adopted a sandbox whose snapshot was discarded")
+	}
+	if err := b.Discard(ctx, slept, &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "x", SnapshotPath: "elsewhere"}); !errors.Is(err, tartarus.ErrInvalid) {
+		t.Fatalf("Discard of a bad record: %v", err)
+	}
+}

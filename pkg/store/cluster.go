@@ -332,6 +332,20 @@ func (p *Postgres) AddCommand(ctx context.Context, cmd *CommandRecord) error {
 	return tx.Commit()
 }
 
+// AddNodeCommand records a command for a node that is about no sandbox
+// the node holds (discarding a snapshot in shared storage).
+func (p *Postgres) AddNodeCommand(ctx context.Context, cmd *CommandRecord) error {
+	tx, err := p.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("add command: %w", err)
+	}
+	defer tx.Rollback()
+	if err := insertCommand(ctx, tx, cmd); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
 func insertCommand(ctx context.Context, tx *sql.Tx, c *CommandRecord) error {
 	err := tx.QueryRowContext(ctx, `INSERT INTO commands (id, node, sandbox_id, kind, body, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`,

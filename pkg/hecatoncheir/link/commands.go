@@ -236,6 +236,11 @@ func (l *Link) do(ctx context.Context, c wire.Command) ([]*tartarus.Sandbox, err
 			return nil, err
 		}
 		return one(a.Wake(ctx, c.SandboxID))
+	case wire.KindDiscard:
+		if c.Sandbox == nil || c.Sleep == nil || c.Sandbox.ID != c.SandboxID {
+			return nil, tartarus.Errorf(tartarus.ErrInvalid, "discard command %s: want the sandbox %s and its sleep record", c.ID, c.SandboxID)
+		}
+		return nil, a.Discard(ctx, c.Sandbox, c.Sleep)
 	}
 	return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "command %s: this agent does not know the kind %q", c.ID, c.Kind)
 }

@@ -137,6 +137,10 @@ const (
 	// KindAdopt takes over a hibernated sandbox whose node went down: the
 	// agent records Sandbox and Sleep as its own, then wakes it.
 	KindAdopt Kind = "adopt"
+	// KindDiscard deletes the shared snapshot of a hibernated sandbox that
+	// was destroyed while no node held it (its node went down); Sandbox
+	// and Sleep are set. Nothing is recorded on the agent.
+	KindDiscard Kind = "discard"
 )
 
 // Command is one thing an agent must do.
@@ -152,7 +156,8 @@ type Command struct {
 	Create *tartarus.CreateRequest `json:"create,omitempty"`
 	// Fork: the ids the copies get, in order.
 	ForkIDs []string `json:"fork_ids,omitempty"`
-	// Adopt: the sleep record of the hibernated sandbox (Sandbox is set too).
+	// Adopt, Discard: the sleep record of the hibernated sandbox (Sandbox
+	// is set too).
 	Sleep *hypnos.SleepRecord `json:"sleep,omitempty"`
 }
 

@@ -562,6 +562,45 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 	return c.st.Get(ctx, sb.ID)
 }
 
+// discard has an up node with shared snapshots delete the snapshot of an
+// unassigned hibernated sandbox.
+func (c *Cluster) discard(ctx context.Context, sb *tartarus.Sandbox) error {
+	raw, err := c.st.Sleep(ctx, sb.ID)
+	if err != nil {
+		return err
+	}
+	var rec hypnos.SleepRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return fmt.Errorf("sleep record: %w", err)
+	}
+	nodes, err := c.st.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	node := ""
+	for _, n := range nodes {
+		if n.State == store.NodeUp && c.status(n).SharedSnapshots {
+			node = n.Name
+			break
+		}
+	}
+	if node == "" {
+		return tartarus.Errorf(tartarus.ErrUnavailable, "no up node shares snapshot storage")
+	}
+	cmd := &wire.Command{ID: newID("cmd-"), Node: node, Kind: wire.KindDiscard, SandboxID: sb.ID,
+		CreatedAt: c.cfg.Clock.Now().UTC(), Sandbox: sb, Sleep: &rec}
+	cr, err := commandRecord(cmd)
+	if err != nil {
+		return err
+	}
+	if err := c.st.AddNodeCommand(ctx, cr); err != nil {
+		return err
+	}
+	c.publish(ctx, Event{Kind: EventCommand, Node: node})
+	_, err = c.await(ctx, cmd)
+	return err
+}
+
 // Get implements olympus.Backend.
 func (c *Cluster) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 	return c.st.Get(ctx, id)
@@ -588,7 +627,14 @@ func (c *Cluster) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, er
 		return sb, nil
 	}
 	if sb.Node == "" {
-		// Hibernated on a node that went down: nothing runs anywhere.
+		// Hibernated on a node that went down: nothing runs anywhere, but
+		// its snapshot is in the shared store.
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := c.discard(dctx, sb)
+		cancel()
+		if err != nil {
+			c.log.Warn("the snapshot of a destroyed sandbox stays in shared storage", "sandbox", id, "err", err)
+		}
 		at := store.Change{At: c.cfg.Clock.Now().UTC()}
 		if _, err := c.st.Move(ctx, id, sb.State, tartarus.StateTerminating, at); err != nil {
 			return nil, err

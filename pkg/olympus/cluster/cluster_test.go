@@ -416,6 +416,39 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("destroying an unassigned hibernated sandbox discards its shared snapshot", func(t *testing.T) {
+		e := quickEnv(t, admin, "discard")
+		a := status("a", 4096, nil, true)
+		e.beat(a, true)
+		stopA := e.keepBeating(a)
+		sb := e.createOn("a")
+		slept := *sb
+		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
+		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-3", SnapshotPath: "nodes/a/sleep-microvm/snap-3/data"}
+		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
+		stopA()
+		time.Sleep(400 * time.Millisecond)
+		if err := e.c.Sweep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		c := status("c", 4096, nil, true)
+		e.beat(c, true)
+		defer e.keepBeating(c)()
+		done := make(chan created, 1)
+		go func() {
+			sb, err := e.c.Destroy(context.Background(), sb.ID)
+			done <- created{sb, err}
+		}()
+		cmds := e.poll("c")
+		if len(cmds) != 1 || cmds[0].Kind != wire.KindDiscard || cmds[0].Sleep == nil || cmds[0].Sleep.SnapshotID != "snap-3" {
+			t.Fatalf("commands to c: %+v, want one discard of snap-3", cmds)
+		}
+		e.call("c", "POST", wire.PathCommands+"/"+cmds[0].ID, wire.Result{}, nil)
+		if r := <-done; r.err != nil || r.sb.State != tartarus.StateTerminated {
+			t.Fatalf("destroy: %+v, %v", r.sb, r.err)
+		}
+	})
+
 	t.Run("a stream to a node that goes down is cut with the reason", func(t *testing.T) {
 		started := make(chan struct{}, 1)
 		hang := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
