@@ -283,19 +283,9 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 		fmt.Fprintf(out, "Not ready to create sandboxes yet: %v\n", err)
 	}
 
-	select {
-	case err = <-serveErr:
-	case <-ctx.Done():
-		log.Info("shutting down; sandboxes keep running and are adopted at the next start")
-		sctx, cancel := context.WithTimeout(life, o.shutdownTimeout)
-		err = srv.Shutdown(sctx)
-		cancel()
-	}
+	err = serveUntil(ctx, srv, serveErr, o.shutdownTimeout, log)
 	stopLoops()
 	<-linkDone
 	<-agentDone
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
 	return err
 }

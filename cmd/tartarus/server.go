@@ -226,18 +226,27 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		fmt.Fprintf(out, "  id=$(%s sandbox create --template python) && %s exec $id -- python3 -c 'print(6*7)'\n", cli, cli)
 	}
 
+	err = serveUntil(ctx, srv, serveErr, o.shutdownTimeout, log)
+	stopLoop()
+	<-loopDone
+	return err
+}
+
+// serveUntil waits until srv fails (serveErr) or ctx ends; then it shuts
+// srv down, giving the requests in flight up to timeout. VMs are not
+// stopped: the next start adopts them.
+func serveUntil(ctx context.Context, srv *http.Server, serveErr <-chan error, timeout time.Duration, log *slog.Logger) error {
+	var err error
 	select {
 	case err = <-serveErr:
 	case <-ctx.Done():
 		log.Info("shutting down; sandboxes keep running and are adopted at the next start")
-		sctx, cancel := context.WithTimeout(life, o.shutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		err = srv.Shutdown(sctx)
 		cancel()
 	}
-	stopLoop()
-	<-loopDone
 	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
+		return nil
 	}
 	return err
 }

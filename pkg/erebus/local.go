@@ -252,6 +252,12 @@ func parseHeader(hdr []byte) (sum string, size int64, err error) {
 	if !ok {
 		return "", 0, errors.New("bad header magic")
 	}
+	return ParseSumSize(rest)
+}
+
+// ParseSumSize reads the checksum and size lines both stores write with an
+// object ("sha256:HEX\nsize N\n…"), after their own magic line.
+func ParseSumSize(rest []byte) (sum string, size int64, err error) {
 	lines := strings.SplitN(string(rest), "\n", 3)
 	if len(lines) < 3 || !strings.HasPrefix(lines[0], "sha256:") || len(lines[0]) != len("sha256:")+64 {
 		return "", 0, errors.New("bad checksum line")

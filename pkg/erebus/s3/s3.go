@@ -646,20 +646,5 @@ func parseTrailer(t []byte) (sum string, size int64, err error) {
 	if !ok {
 		return "", 0, errors.New("bad trailer magic")
 	}
-	lines := strings.SplitN(string(rest), "\n", 3)
-	if len(lines) < 3 || !strings.HasPrefix(lines[0], "sha256:") || len(lines[0]) != len("sha256:")+64 {
-		return "", 0, errors.New("bad checksum line")
-	}
-	if _, err := hex.DecodeString(lines[0][len("sha256:"):]); err != nil {
-		return "", 0, errors.New("bad checksum line")
-	}
-	sizeStr, ok := strings.CutPrefix(lines[1], "size ")
-	if !ok {
-		return "", 0, errors.New("bad size line")
-	}
-	size, err = strconv.ParseInt(sizeStr, 10, 64)
-	if err != nil || size < 0 {
-		return "", 0, errors.New("bad size line")
-	}
-	return lines[0], size, nil
+	return erebus.ParseSumSize(rest)
 }
