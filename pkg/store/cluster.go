@@ -486,6 +486,18 @@ func (p *Postgres) Reclaim(ctx context.Context, id, node string, at time.Time) (
 	return n == 1, nil
 }
 
+// Unassign takes a hibernated sandbox back from node (which refused to
+// wake it), to wake elsewhere; it reports whether it did.
+func (p *Postgres) Unassign(ctx context.Context, id, node string, at time.Time) (bool, error) {
+	res, err := p.db.ExecContext(ctx, `UPDATE sandboxes SET node = '', updated_at = $1
+		WHERE id = $2 AND node = $3 AND state = 'hibernated'`, nanos(at), id, node)
+	if err != nil {
+		return false, fmt.Errorf("unassign sandbox %s: %w", id, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
 // PutSleep keeps the sleep record (JSON) of a hibernated sandbox.
 func (p *Postgres) PutSleep(ctx context.Context, id string, record []byte) error {
 	_, err := p.db.ExecContext(ctx, `INSERT INTO cluster_sleep (sandbox_id, record) VALUES ($1, $2)

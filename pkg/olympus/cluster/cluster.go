@@ -524,42 +524,56 @@ func (c *Cluster) lifecycle(ctx context.Context, id string, kind wire.Kind) (*ta
 func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sandbox, error) {
 	raw, err := c.st.Sleep(ctx, sb.ID)
 	if err != nil {
-		return nil, fmt.Errorf("wake %s on another node: %w", sb.ID, err)
+		return nil, fmt.Errorf("wake %s on another node: %w", sb.ID, dbErr(err))
 	}
 	var rec hypnos.SleepRecord
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return nil, fmt.Errorf("wake %s on another node: sleep record: %w", sb.ID, err)
 	}
-	now := c.cfg.Clock.Now().UTC()
-	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindAdopt, SandboxID: sb.ID, CreatedAt: now, Sleep: &rec}
-	_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
-		var shared []*store.NodeRecord
-		for _, n := range nodes {
-			if c.status(n).SharedSnapshots {
-				shared = append(shared, n)
+	// A node may refuse (another build of the template, or it let this
+	// sandbox go before and keeps its id as a tombstone): then the
+	// sandbox is unassigned again and another node tries.
+	var avoid []string
+	for {
+		now := c.cfg.Clock.Now().UTC()
+		cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindAdopt, SandboxID: sb.ID, CreatedAt: now, Sleep: &rec}
+		_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
+			var shared []*store.NodeRecord
+			for _, n := range nodes {
+				if c.status(n).SharedSnapshots {
+					shared = append(shared, n)
+				}
 			}
-		}
-		if len(shared) == 0 {
-			return nil, nil, tartarus.Errorf(tartarus.ErrUnavailable, "wake %s on another node: no up node shares snapshot storage (agents' --snapshots)", sb.ID)
-		}
-		name, _, err := c.place(shared, sb.Template, placement.Request{Runtime: sb.Runtime, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB})
+			if len(shared) == 0 {
+				return nil, nil, tartarus.Errorf(tartarus.ErrUnavailable, "wake %s on another node: no up node shares snapshot storage (agents' --snapshots)", sb.ID)
+			}
+			name, _, err := c.place(shared, sb.Template, placement.Request{Runtime: sb.Runtime, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Avoid: avoid})
+			if err != nil {
+				return nil, nil, fmt.Errorf("wake %s on another node: %w", sb.ID, err)
+			}
+			moved := *sb
+			moved.Node, moved.UpdatedAt = name, now
+			cmd.Node, cmd.Sandbox = name, &moved
+			rec, err := commandRecord(cmd)
+			return &moved, rec, err
+		})
 		if err != nil {
-			return nil, nil, fmt.Errorf("wake %s on another node: %w", sb.ID, err)
+			return nil, dbErr(err)
 		}
-		moved := *sb
-		moved.Node, moved.UpdatedAt = name, now
-		cmd.Node, cmd.Sandbox = name, &moved
-		rec, err := commandRecord(cmd)
-		return &moved, rec, err
-	})
-	if err != nil {
-		return nil, dbErr(err)
+		c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
+		res, err := c.await(ctx, cmd)
+		if err == nil {
+			return c.st.Get(ctx, sb.ID)
+		}
+		if res == nil || res.Error == nil || errors.Is(err, tartarus.ErrUnavailable) && strings.Contains(res.Error.Message, "stopped heartbeating") {
+			return nil, err // no answer of the node's own (timeout, cancel, node down): the command stands
+		}
+		if _, uerr := c.st.Unassign(ctx, sb.ID, cmd.Node, c.cfg.Clock.Now().UTC()); uerr != nil {
+			return nil, dbErr(uerr)
+		}
+		c.log.Warn("node refused to wake another node's sandbox; trying another", "sandbox", sb.ID, "node", cmd.Node, "err", err)
+		avoid = append(avoid, cmd.Node)
 	}
-	c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
-	if _, err := c.await(ctx, cmd); err != nil {
-		return nil, err
-	}
-	return c.st.Get(ctx, sb.ID)
 }
 
 // discard has an up node with shared snapshots delete the snapshot of an

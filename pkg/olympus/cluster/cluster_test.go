@@ -416,6 +416,52 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a node refusing to adopt passes the sandbox to another", func(t *testing.T) {
+		e := quickEnv(t, admin, "refuse-adopt")
+		a := status("a", 4096, nil, true)
+		e.beat(a, true)
+		stopA := e.keepBeating(a)
+		sb := e.createOn("a")
+		slept := *sb
+		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
+		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-4", SnapshotPath: "nodes/a/sleep-microvm/snap-4/data"}
+		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
+		stopA()
+		time.Sleep(400 * time.Millisecond)
+		if err := e.c.Sweep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		c, d := status("c", 4096, nil, true), status("d", 4096, nil, true)
+		e.beat(c, true)
+		e.beat(d, true)
+		defer e.keepBeating(c)()
+		defer e.keepBeating(d)()
+		woke := make(chan created, 1)
+		go func() {
+			sb, err := e.c.Wake(context.Background(), sb.ID)
+			woke <- created{sb, err}
+		}()
+		var nodes []string
+		for len(nodes) < 2 {
+			for _, n := range []string{"c", "d"} {
+				var cmds wire.Commands
+				e.call(n, "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+				for _, cmd := range cmds.Commands {
+					nodes = append(nodes, n)
+					if len(nodes) == 1 { // the first node refuses
+						e.call(n, "POST", wire.PathCommands+"/"+cmd.ID, wire.Result{Error: &wire.Error{Code: "failed_precondition", Message: "another build"}}, nil)
+					} else {
+						e.finish(cmd, cmd.Sandbox, tartarus.StateRunning)
+					}
+				}
+			}
+		}
+		w := <-woke
+		if nodes[0] == nodes[1] || w.err != nil || w.sb.Node != nodes[1] || w.sb.State != tartarus.StateRunning {
+			t.Fatalf("adopt went to %v; wake = %+v, %v", nodes, w.sb, w.err)
+		}
+	})
+
 	t.Run("destroying an unassigned hibernated sandbox discards its shared snapshot", func(t *testing.T) {
 		e := quickEnv(t, admin, "discard")
 		a := status("a", 4096, nil, true)
