@@ -102,8 +102,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	for k, v := range c.Labels {
-		if k == "" || strings.ContainsAny(k, "=,") || strings.ContainsAny(v, ",") {
-			errs = append(errs, fmt.Errorf("label %q=%q: want a non-empty key without '=' or ',' and a value without ','", k, v))
+		// The same rule as a create's node_labels, so every label can be asked for.
+		if !tartarus.ValidLabel(k) || !tartarus.ValidLabel(v) {
+			errs = append(errs, fmt.Errorf("label %q=%q: want 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', '/' on each side", k, v))
 		}
 	}
 	return errors.Join(errs...)
