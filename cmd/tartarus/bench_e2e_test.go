@@ -125,7 +125,8 @@ func benchHibernate(b *testing.B, c *client.Client, mem, n int) (hib, wake []tim
 // asking for a sandbox until a command's output is back) through a cluster
 // replica with one agent, beside the same through a single-node server, in
 // one run and interleaved, both on the microvm runtime (TCG here) creating
-// by restore of the template's snapshot. Run it once:
+// by restore of the template's snapshot, then both again claiming from a
+// warm pool of 2. Run it once:
 //
 //	TARTARUS_E2E=1 go test -run XXX -bench ClusterCreateExec -benchtime 1x ./cmd/tartarus/
 func BenchmarkClusterCreateExec(b *testing.B) {
@@ -145,8 +146,23 @@ func BenchmarkClusterCreateExec(b *testing.B) {
 			s = append(s, benchCreateExec(b, single, 1)...)
 			r = append(r, benchCreateExec(b, replica, 1)...)
 		}
+		// The same with warm pools of 2 on both (a pause lets them refill
+		// and, in the cluster, the agent's next heartbeat name the new ones).
+		singleWarm := benchClient(b, newE2E(b, "--warm-pool", "2"))
+		cw := newCluster(b, 1, 1, "--warm-pool", "2")
+		waitNodes(b, cw.cl[0], map[string]string{"node-a": "up"})
+		replicaWarm := cw.cl[0]
+		benchCreateExec(b, singleWarm, 1)
+		benchCreateExec(b, replicaWarm, 1)
+		var sw, rw []time.Duration
+		for range 10 {
+			time.Sleep(3 * time.Second)
+			sw = append(sw, benchCreateExec(b, singleWarm, 1)...)
+			time.Sleep(3 * time.Second)
+			rw = append(rw, benchCreateExec(b, replicaWarm, 1)...)
+		}
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		for name, ds := range map[string][]time.Duration{"single": s, "replica": r} {
+		for name, ds := range map[string][]time.Duration{"single": s, "replica": r, "single-warm": sw, "replica-warm": rw} {
 			slices.Sort(ds)
 			b.ReportMetric(ms(ds[len(ds)/2]), name+"-p50-ms")
 			b.ReportMetric(ms(ds[len(ds)-1]), name+"-max-ms")

@@ -259,7 +259,7 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	}
 
 	// A warm-pool sandbox, when one is ready, becomes this sandbox.
-	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs)
+	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
 	claimed := id != ""
 	if !claimed {
 		id = newID()

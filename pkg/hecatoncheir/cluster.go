@@ -25,8 +25,9 @@ const msgDropped = "dropped: the cluster moved or ended this sandbox while the n
 // tenant, creation and expiry times and metadata, with the shape of req.
 // If this node already has want.ID it is returned as it is now, once any
 // lifecycle change in progress on it has finished: a command delivered
-// twice creates one sandbox. No warm-pool sandbox is claimed (a pooled VM
-// has an id of its own).
+// twice creates one sandbox. When want.ID is a sandbox waiting in the warm
+// pool of this shape (the servers read WarmIDs from heartbeats), it is
+// claimed instead of restoring one.
 func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
 	if want == nil || want.ID == "" || req == nil {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "create: want a sandbox with an id and a request")
@@ -58,8 +59,12 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 		sb.ExpiresAt = sb.CreatedAt.Add(time.Duration(req.TimeoutS) * time.Second)
 	}
 	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
-	how := ""
+	claimed := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, want.ID) != ""
+	how := "warm pool"
 	made, err := a.createWith(ctx, sb, func() error {
+		if claimed {
+			return nil
+		}
 		var err error
 		how, err = a.restoreOrBoot(ctx, rt, cfg)
 		return err

@@ -327,3 +327,39 @@ func TestDiscardDeletesAnotherNodesSnapshot(t *testing.T) {
 		t.Fatalf("Discard of a bad record: %v", err)
 	}
 }
+
+// TestCreateAsClaimsTheWarmSandboxNamed: a server that creates under the
+// id of a pooled sandbox gets that sandbox, without a restore; an id not
+// in the pool is restored as usual.
+func TestCreateAsClaimsTheWarmSandboxNamed(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{createFromSnapshot: true, pool: 2})
+	e.create(t, tartarus.CreateRequest{}) // asks for a pool
+	e.agent.FillWarmPools(ctx)
+	warm := e.agent.WarmIDs()[PoolKey("fake", "base", 256, 1)]
+	if len(warm) != 2 {
+		t.Fatalf("warm ids %v, want 2", warm)
+	}
+	before := len(e.instances(t))
+	req := &tartarus.CreateRequest{Template: "base", Env: map[string]string{"A": "named"}}
+	sb, err := e.agent.CreateAs(ctx, &tartarus.Sandbox{ID: warm[1], Tenant: "t1"}, req)
+	if err != nil || sb.ID != warm[1] || sb.State != tartarus.StateRunning {
+		t.Fatalf("CreateAs(%s) = %+v, %v", warm[1], sb, err)
+	}
+	if n := len(e.instances(t)); n != before {
+		t.Errorf("claiming a warm sandbox made %d instances", n-before)
+	}
+	if got := e.agent.WarmIDs()[PoolKey("fake", "base", 256, 1)]; !slices.Equal(got, warm[:1]) {
+		t.Errorf("warm ids after the claim %v, want %v", got, warm[:1])
+	}
+	if out := execOut(t, e.agent, sb.ID, "echo $A"); out != "named\n" {
+		t.Errorf("env of the claimed sandbox: %q", out)
+	}
+	fresh, err := e.agent.CreateAs(ctx, &tartarus.Sandbox{ID: "sb-not-pooled", Tenant: "t1"}, &tartarus.CreateRequest{Template: "base"})
+	if err != nil || fresh.ID != "sb-not-pooled" {
+		t.Fatalf("CreateAs of an id not in the pool: %+v, %v", fresh, err)
+	}
+	if n := len(e.instances(t)); n != before+1 {
+		t.Errorf("an id not in the pool: %d new instances, want 1", n-before)
+	}
+}

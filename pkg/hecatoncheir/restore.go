@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -76,6 +77,19 @@ func (p *warmPools) claim(k poolKey) string {
 	return id
 }
 
+// claimID takes pooled sandbox id of key; false if it is not in the pool.
+func (p *warmPools) claimID(k poolKey, id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := p.ready[k]
+	i := slices.Index(ids, id)
+	if i < 0 {
+		return false
+	}
+	p.ready[k] = slices.Delete(slices.Clone(ids), i, i+1)
+	return true
+}
+
 // usage sums what runtime's pooled sandboxes hold.
 func (p *warmPools) usage(runtime string) (memoryMB, cpus int) {
 	p.mu.Lock()
@@ -89,6 +103,38 @@ func (p *warmPools) usage(runtime string) (memoryMB, cpus int) {
 	return memoryMB, cpus
 }
 
+// PoolKey names the warm pool of a shape as PoolSizes and WarmIDs do:
+// "runtime/template/memoryMB/cpus".
+func PoolKey(runtime, template string, memoryMB, cpus int) string {
+	return fmt.Sprintf("%s/%s/%d/%d", runtime, template, memoryMB, cpus)
+}
+
+// WarmIDs lists the ids of the sandboxes waiting in each warm pool, by
+// PoolKey: a cluster's servers create a sandbox under one of them so that
+// CreateAs claims it instead of restoring.
+func (a *Agent) WarmIDs() map[string][]string {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	out := map[string][]string{}
+	for k, ids := range a.pools.ready {
+		if len(ids) > 0 {
+			key := PoolKey(k.runtime, k.template, k.memoryMB, k.cpus)
+			out[key] = append(out[key], ids...)
+		}
+	}
+	return out
+}
+
+// PoolUsage sums the memory the warm pools' sandboxes hold, on every
+// runtime.
+func (a *Agent) PoolUsage() (memoryMB int) {
+	for _, rt := range a.cfg.Runtimes {
+		m, _ := a.pools.usage(rt.Name())
+		memoryMB += m
+	}
+	return memoryMB
+}
+
 // PoolSizes reports how many sandboxes wait in each warm pool, by
 // "runtime/template/memoryMB/cpus".
 func (a *Agent) PoolSizes() map[string]int {
@@ -96,7 +142,7 @@ func (a *Agent) PoolSizes() map[string]int {
 	defer a.pools.mu.Unlock()
 	out := map[string]int{}
 	for k, ids := range a.pools.ready {
-		out[fmt.Sprintf("%s/%s/%d/%d", k.runtime, k.template, k.memoryMB, k.cpus)] += len(ids)
+		out[PoolKey(k.runtime, k.template, k.memoryMB, k.cpus)] += len(ids)
 	}
 	return out
 }
@@ -207,17 +253,23 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 }
 
 // claimWarm takes a pooled sandbox for a create of this shape, or returns
-// "" when none is ready. It does not ask the runtime whether the sandbox
-// still runs (a List asks every guest; too slow for this path): the filler
-// drops pooled sandboxes that vanished each time it runs.
-func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, img *tartarus.Image, memoryMB, cpus int) string {
+// "" when none is ready; with want set, it takes that pooled sandbox or
+// none. It does not ask the runtime whether the sandbox still runs (a List
+// asks every guest; too slow for this path): the filler drops pooled
+// sandboxes that vanished each time it runs.
+func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, img *tartarus.Image, memoryMB, cpus int, want string) string {
 	sr, ok := a.snaps[rt.Name()]
 	if !ok || !a.cfg.CreateFromSnapshot || a.pools.size <= 0 {
 		return ""
 	}
 	k := poolKey{rt.Name(), img.Name, img.Digest, memoryMB, cpus}
 	defer a.pools.want(k) // refill
-	id := a.pools.claim(k)
+	id := want
+	if want == "" {
+		id = a.pools.claim(k)
+	} else if !a.pools.claimID(k, want) {
+		id = ""
+	}
 	if id == "" {
 		return ""
 	}

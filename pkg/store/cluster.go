@@ -239,8 +239,9 @@ func (p *Postgres) LoseNode(ctx context.Context, node string, keepHibernated boo
 
 // PlaceFunc chooses a node among the up nodes and returns the sandbox to
 // record there (nil to record none) and the command that creates or wakes
-// it.
-type PlaceFunc func(nodes []*NodeRecord) (*tartarus.Sandbox, *CommandRecord, error)
+// it. taken says whether a sandbox id is in use already (a node's warm
+// sandbox that another create took).
+type PlaceFunc func(nodes []*NodeRecord, taken func(id string) bool) (*tartarus.Sandbox, *CommandRecord, error)
 
 // IdempotencyKey names a create that a client may send again (its
 // Idempotency-Key header, per tenant).
@@ -279,7 +280,14 @@ func (p *Postgres) Place(ctx context.Context, idem IdempotencyKey, place PlaceFu
 	if err != nil {
 		return "", err
 	}
-	sb, cmd, err := place(nodes)
+	taken := func(id string) bool {
+		var used bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sandboxes WHERE id = $1)`, id).Scan(&used); err != nil {
+			return true
+		}
+		return used
+	}
+	sb, cmd, err := place(nodes, taken)
 	if err != nil {
 		return "", err
 	}

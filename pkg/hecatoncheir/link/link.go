@@ -253,6 +253,9 @@ func (l *Link) heartbeat(ctx context.Context, full bool) (*wire.Heartbeat, error
 			st.MemoryMB = max(st.MemoryMB, fp.HostMemoryMB)
 		}
 	}
+	// Pooled sandboxes hold memory no placement counted.
+	st.MemoryMB = max(st.MemoryMB-l.agent.PoolUsage(), 0)
+	st.Warm = l.agent.WarmIDs()
 	imgs, err := l.agent.Templates(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat: templates: %w", err)

@@ -73,7 +73,8 @@ type NodeStatus struct {
 	// Address is the agent's node API, https://HOST:PORT.
 	Address string            `json:"address"`
 	Labels  map[string]string `json:"labels,omitempty"`
-	// CPUs and MemoryMB are what sandboxes may use on this host in all.
+	// CPUs and MemoryMB are what sandboxes may use on this host in all
+	// (memory held by the warm pools taken out).
 	CPUs     int `json:"cpus"`
 	MemoryMB int `json:"memory_mb"`
 	// Sandboxes counts the sandboxes the agent holds that are not final.
@@ -82,6 +83,10 @@ type NodeStatus struct {
 	Runtimes []tartarus.Fingerprint `json:"runtimes"`
 	// Templates are the template names the agent can create from.
 	Templates []string `json:"templates,omitempty"`
+	// Warm lists the sandboxes waiting in the agent's warm pools, by
+	// "runtime/template/memory_mb/cpus": a server that creates a sandbox of
+	// that shape under one of these ids gets it at once.
+	Warm map[string][]string `json:"warm,omitempty"`
 	// SharedSnapshots is true when the agent keeps snapshots in storage
 	// other nodes share (S3), so its hibernated sandboxes can wake
 	// elsewhere.

@@ -366,6 +366,24 @@ func dbErr(err error) error {
 	return tartarus.Errorf(tartarus.ErrUnavailable, "cluster database: %v", err)
 }
 
+// warm returns a sandbox id waiting in node's warm pool of key that no
+// sandbox has taken yet, or "". The node's list is as of its last
+// heartbeat: an id it handed out since is taken already, and one it
+// dropped since is created afresh under that id.
+func (c *Cluster) warm(nodes []*store.NodeRecord, node, key string, taken func(string) bool) string {
+	for _, n := range nodes {
+		if n.Name != node {
+			continue
+		}
+		for _, id := range c.status(n).Warm[key] {
+			if tartarus.ValidName(id) && !taken(id) {
+				return id
+			}
+		}
+	}
+	return ""
+}
+
 func placementRequest(req *tartarus.CreateRequest) placement.Request {
 	return placement.Request{Runtime: req.Runtime, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Labels: req.NodeLabels}
 }
@@ -394,12 +412,16 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 		sb.Metadata = map[string]string{}
 	}
 	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
-	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
+	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord, taken func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		name, rt, err := c.place(nodes, req.Template, placementRequest(req))
 		if err != nil {
 			return nil, nil, err
 		}
 		sb.Node, sb.Runtime, cmd.Node = name, rt, name
+		// A sandbox waiting in the node's warm pool becomes this one.
+		if id := c.warm(nodes, name, hecatoncheir.PoolKey(rt, req.Template, req.MemoryMB, req.CPUs), taken); id != "" {
+			sb.ID, cmd.SandboxID = id, id
+		}
 		create := *req
 		create.Runtime, create.NodeLabels = rt, nil
 		cmd.Create = &create
@@ -537,7 +559,7 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 	for {
 		now := c.cfg.Clock.Now().UTC()
 		cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindAdopt, SandboxID: sb.ID, CreatedAt: now, Sleep: &rec}
-		_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord) (*tartarus.Sandbox, *store.CommandRecord, error) {
+		_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord, _ func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 			var shared []*store.NodeRecord
 			for _, n := range nodes {
 				if c.status(n).SharedSnapshots {

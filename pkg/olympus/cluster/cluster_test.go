@@ -613,6 +613,30 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("creates take the node's warm sandboxes, each once", func(t *testing.T) {
+		e := newEnv(t, admin, "warm")
+		a := status("a", 4096, nil, false)
+		a.Warm = map[string][]string{"microvm/base/256/1": {"sb-warm1", "sb-warm2"}, "microvm/base/512/1": {"sb-big"}}
+		e.beat(a, true)
+		var ids []string
+		for range 3 {
+			ch := e.create(&tartarus.CreateRequest{Template: "base"})
+			cmds := e.poll("a")
+			if len(cmds) != 1 || cmds[0].SandboxID != cmds[0].Sandbox.ID {
+				t.Fatalf("create commands %+v", cmds)
+			}
+			e.finish(cmds[0], cmds[0].Sandbox, tartarus.StateRunning)
+			r := <-ch
+			if r.err != nil || r.sb.ID != cmds[0].SandboxID {
+				t.Fatalf("create = %+v, %v", r.sb, r.err)
+			}
+			ids = append(ids, r.sb.ID)
+		}
+		if ids[0] != "sb-warm1" || ids[1] != "sb-warm2" || strings.HasPrefix(ids[2], "sb-warm") || ids[2] == "sb-big" {
+			t.Fatalf("sandbox ids %v: want the two warm ones of this shape, then a new one", ids)
+		}
+	})
+
 	t.Run("fork records the copies", func(t *testing.T) {
 		e := newEnv(t, admin, "fork")
 		e.beat(status("a", 4096, nil, false), true)
