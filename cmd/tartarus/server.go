@@ -215,7 +215,11 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	log.Info("serving", "url", url, "as", role, "data_dir", o.dataDir)
 	fmt.Fprintf(out, "Tartarus is listening on %s\n", url)
-	if err := be.Ready(life); err != nil {
+	if o.cluster.agentListen != "" {
+		// Agents register over the next seconds; which templates they
+		// have is theirs to say.
+		fmt.Fprintf(out, "Try:\n  export TARTARUS_URL=%s\n  %s node ls\n", url, cliName())
+	} else if err := be.Ready(life); err != nil {
 		fmt.Fprintf(out, "Not ready to create sandboxes yet: %v\n", err)
 	} else {
 		fmt.Fprintf(out, "Try:\n  export TARTARUS_URL=%s\n", url)
