@@ -345,22 +345,11 @@ func (c *Cluster) place(nodes []*store.NodeRecord, template string, req placemen
 	return name, rt, nil
 }
 
-// classes are the error classes a caller is told as they are.
-var classes = []error{tartarus.ErrNotFound, tartarus.ErrAlreadyExists, tartarus.ErrInvalid, tartarus.ErrFailedPrecondition,
-	tartarus.ErrResourceExhausted, tartarus.ErrUnavailable, tartarus.ErrNotImplemented, tartarus.ErrTimeout}
-
 // dbErr says that the database failed (it is restarting, or unreachable)
 // when err carries no class of its own: the caller may retry.
 func dbErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, c := range classes {
-		if errors.Is(err, c) {
-			return err
-		}
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || wire.ErrorOf(err).Code != "internal" ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	return tartarus.Errorf(tartarus.ErrUnavailable, "cluster database: %v", err)
