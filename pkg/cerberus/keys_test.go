@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,21 +309,21 @@ func TestSecretsStayOutOfText(t *testing.T) {
 	}
 }
 
-// pausedGets is a backend whose get, once armed, stops after reading until
-// released, so a test can slip a revocation between a lookup's read and its
-// cache write.
+// pausedGets is a backend whose next get, once armed, stops after reading
+// until released, so a test can slip a revocation between a lookup's read
+// and its cache write.
 type pausedGets struct {
 	keyBackend
-	armed   chan struct{} // receives when a get has read and waits
+	on      atomic.Bool   // the next get pauses
+	armed   chan struct{} // receives when that get has read and waits
 	release chan struct{}
 }
 
 func (p *pausedGets) get(ctx context.Context, id string) (storedKey, error) {
 	k, err := p.keyBackend.get(ctx, id)
-	select {
-	case p.armed <- struct{}{}:
+	if p.on.CompareAndSwap(true, false) {
+		p.armed <- struct{}{}
 		<-p.release
-	default:
 	}
 	return k, err
 }
@@ -346,6 +347,7 @@ func TestKeyCacheRevokeDuringLookup(t *testing.T) {
 	cred, _ := ParseAPIKey(string(secret))
 
 	done := make(chan error, 1)
+	b.on.Store(true)
 	go func() { _, err := s.Verify(ctx, cred); done <- err }()
 	<-b.armed // the lookup has read the key, not yet revoked
 	if _, err := s.Revoke(ctx, k.ID); err != nil {
