@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -386,6 +387,12 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 		}
 		// An unclaimed sandbox is idle by nature; it must not hibernate.
 		_ = sr.hyp.CancelScheduledSleep(id)
+		// A guest restored from a snapshot runs its first command slowly
+		// (under TCG, every code path of the guest's kernel and agent is
+		// translated anew); run one now, so its claimant's first is fast.
+		if _, err := sr.rt.Exec(ctx, id, &tartarus.ExecRequest{Cmd: []string{"true"}, Timeout: 30 * time.Second}); err != nil {
+			a.log.Warn("warm pool: warm-up command", "sandbox", id, "err", err)
+		}
 		a.pools.mu.Lock()
 		a.pools.ready[k] = append(a.pools.ready[k], id)
 		a.pools.mu.Unlock()
