@@ -177,7 +177,7 @@ func (s *Local) Get(ctx context.Context, key string) (io.ReadCloser, Object, err
 	if err != nil {
 		return nil, Object{}, err
 	}
-	vr := &verifyingReader{ctx: ctx, f: f, key: key, want: obj.Checksum, size: obj.Size, h: sha256.New()}
+	vr := NewVerifyingReader(ctx, f, key, obj)
 	return vr, obj, nil
 }
 
@@ -422,11 +422,17 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// verifyingReader streams an object's content and turns io.EOF into
-// ErrCorrupt when the bytes read do not hash to the recorded checksum.
+// NewVerifyingReader streams an object's content from body and turns
+// io.EOF into an ErrCorrupt error when the bytes read are not obj's size or
+// do not hash to its checksum. Errors name key; a cancelled ctx ends the
+// read with ctx's error.
+func NewVerifyingReader(ctx context.Context, body io.ReadCloser, key string, obj Object) io.ReadCloser {
+	return &verifyingReader{ctx: ctx, body: body, key: key, want: obj.Checksum, size: obj.Size, h: sha256.New()}
+}
+
 type verifyingReader struct {
 	ctx  context.Context
-	f    *os.File
+	body io.ReadCloser
 	key  string
 	want string
 	size int64
@@ -442,7 +448,7 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	if err := v.ctx.Err(); err != nil {
 		return 0, fmt.Errorf("read %s: %w", v.key, err)
 	}
-	n, err := v.f.Read(p)
+	n, err := v.body.Read(p)
 	v.h.Write(p[:n])
 	v.n += int64(n)
 	if v.n > v.size {
@@ -462,9 +468,12 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 		return n, v.err
 	}
 	if err != nil {
+		if ctxErr := v.ctx.Err(); ctxErr != nil {
+			err = ctxErr
+		}
 		return n, fmt.Errorf("read %s: %w", v.key, err)
 	}
 	return n, nil
 }
 
-func (v *verifyingReader) Close() error { return v.f.Close() }
+func (v *verifyingReader) Close() error { return v.body.Close() }

@@ -292,10 +292,8 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, erebus.Obje
 		if err != nil {
 			return nil, erebus.Object{}, err
 		}
-		vr := &verifyingReader{ctx: ctx, key: key, want: obj.Checksum, size: obj.Size, h: sha256.New()}
 		if obj.Size == 0 {
-			vr.body = io.NopCloser(bytes.NewReader(nil))
-			return vr, obj, nil
+			return erebus.NewVerifyingReader(ctx, io.NopCloser(bytes.NewReader(nil)), key, obj), obj, nil
 		}
 		opts := minio.GetObjectOptions{}
 		if err := opts.SetRange(0, obj.Size-1); err != nil {
@@ -313,8 +311,7 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, erebus.Obje
 		if err != nil {
 			return nil, erebus.Object{}, s.err(ctx, "get "+key, err)
 		}
-		vr.body = body
-		return vr, obj, nil
+		return erebus.NewVerifyingReader(ctx, body, key, obj), obj, nil
 	}
 }
 
@@ -568,56 +565,6 @@ func (sr *sealingReader) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
-
-// verifyingReader streams an object's content and turns io.EOF into
-// ErrCorrupt when the bytes read do not hash to the trailer's checksum.
-type verifyingReader struct {
-	ctx  context.Context
-	body io.ReadCloser
-	key  string
-	want string
-	size int64
-	n    int64
-	h    hash.Hash
-	err  error // sticky final result
-}
-
-func (v *verifyingReader) Read(p []byte) (int, error) {
-	if v.err != nil {
-		return 0, v.err
-	}
-	if err := v.ctx.Err(); err != nil {
-		return 0, fmt.Errorf("erebus s3: read %s: %w", v.key, err)
-	}
-	n, err := v.body.Read(p)
-	v.h.Write(p[:n])
-	v.n += int64(n)
-	if v.n > v.size {
-		v.err = fmt.Errorf("erebus s3: object %s: longer than its recorded %d bytes: %w", v.key, v.size, erebus.ErrCorrupt)
-		return n, v.err
-	}
-	if err == io.EOF {
-		got := "sha256:" + hex.EncodeToString(v.h.Sum(nil))
-		switch {
-		case v.n != v.size:
-			v.err = fmt.Errorf("erebus s3: object %s: read %d bytes, recorded %d: %w", v.key, v.n, v.size, erebus.ErrCorrupt)
-		case got != v.want:
-			v.err = fmt.Errorf("erebus s3: object %s: content hashes to %s, recorded %s: %w", v.key, got, v.want, erebus.ErrCorrupt)
-		default:
-			v.err = io.EOF
-		}
-		return n, v.err
-	}
-	if err != nil {
-		if ctxErr := v.ctx.Err(); ctxErr != nil {
-			err = ctxErr
-		}
-		return n, fmt.Errorf("erebus s3: read %s: %w", v.key, err)
-	}
-	return n, nil
-}
-
-func (v *verifyingReader) Close() error { return v.body.Close() }
 
 // The trailer: a magic line, "sha256:<hex>\n", "size <n>\n", spaces up to
 // trailerSize-1 and a final newline, so `tail -c 128` shows it readably.
