@@ -172,38 +172,33 @@ func (p *Postgres) ForgetNode(ctx context.Context, name string) error {
 	return tx.Commit()
 }
 
-// MarkDown marks down every up node whose last heartbeat is before
-// `before`, and returns their names. Of two replicas sweeping at once,
-// only one gets each node.
-func (p *Postgres) MarkDown(ctx context.Context, before time.Time, reason string) ([]string, error) {
-	rows, err := p.db.QueryContext(ctx, `UPDATE nodes SET state = 'down', down_reason = $1
-		WHERE state = 'up' AND last_seen < $2 RETURNING name`, reason, nanos(before))
-	if err != nil {
-		return nil, fmt.Errorf("mark nodes down: %w", err)
-	}
-	defer rows.Close()
-	var names []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, fmt.Errorf("mark nodes down: %w", err)
-		}
-		names = append(names, n)
-	}
-	return names, rows.Err()
+// StaleNodes lists the up nodes whose last heartbeat is before `before`.
+func (p *Postgres) StaleNodes(ctx context.Context, before time.Time) ([]*NodeRecord, error) {
+	return queryNodes(ctx, p.db, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+`
+		WHERE n.state = 'up' AND n.last_seen < $1 ORDER BY n.name`, nanos(before))
 }
 
-// LoseNode settles the sandboxes of a node that went down: hibernated ones
-// whose snapshots other nodes can read (keepHibernated) are left
-// unassigned, to wake elsewhere; every other live one fails with reason.
-// The node's pending commands end with failed (their JSON result). It
-// returns the ids it changed.
-func (p *Postgres) LoseNode(ctx context.Context, node string, keepHibernated bool, reason string, failed []byte, at time.Time) ([]string, error) {
+// LoseNode marks node down, if it is still up with its last heartbeat
+// before `before`, and in the same transaction settles its sandboxes:
+// hibernated ones whose snapshots other nodes can read (keepHibernated)
+// are left unassigned, to wake elsewhere; every other live one fails with
+// reason. The node's pending commands end with failed (their JSON result).
+// It reports whether it marked the node down (of two replicas sweeping at
+// once, one does) and the ids it changed.
+func (p *Postgres) LoseNode(ctx context.Context, node string, before time.Time, downReason string, keepHibernated bool, reason string, failed []byte, at time.Time) (bool, []string, error) {
 	tx, err := p.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("lose node %s: %w", node, err)
+		return false, nil, fmt.Errorf("lose node %s: %w", node, err)
 	}
 	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `UPDATE nodes SET state = 'down', down_reason = $1
+		WHERE name = $2 AND state = 'up' AND last_seen < $3`, downReason, node, nanos(before))
+	if err != nil {
+		return false, nil, fmt.Errorf("mark node %s down: %w", node, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return false, nil, nil // it heartbeated, or another replica took it
+	}
 	var ids []string
 	collect := func(q string, args ...any) error {
 		rows, err := tx.QueryContext(ctx, q, args...)
@@ -223,18 +218,18 @@ func (p *Postgres) LoseNode(ctx context.Context, node string, keepHibernated boo
 	if keepHibernated {
 		if err := collect(`UPDATE sandboxes SET node = '', updated_at = $2 WHERE node = $1 AND state = 'hibernated' RETURNING id`,
 			node, nanos(at)); err != nil {
-			return nil, fmt.Errorf("lose node %s: %w", node, err)
+			return false, nil, fmt.Errorf("lose node %s: %w", node, err)
 		}
 	}
 	if err := collect(`UPDATE sandboxes SET state = 'failed', error = $2, updated_at = $3
 		WHERE node = $1 AND state NOT IN ('terminated', 'failed') RETURNING id`, node, reason, nanos(at)); err != nil {
-		return nil, fmt.Errorf("lose node %s: %w", node, err)
+		return false, nil, fmt.Errorf("lose node %s: %w", node, err)
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE commands SET done = TRUE, result = $2, done_at = $3 WHERE node = $1 AND NOT done`,
 		node, string(failed), nanos(at)); err != nil {
-		return nil, fmt.Errorf("lose node %s: %w", node, err)
+		return false, nil, fmt.Errorf("lose node %s: %w", node, err)
 	}
-	return ids, tx.Commit()
+	return true, ids, tx.Commit()
 }
 
 // PlaceFunc chooses a node among the up nodes and returns the sandbox to

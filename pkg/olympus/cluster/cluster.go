@@ -250,26 +250,25 @@ func (c *Cluster) Sweep(ctx context.Context) error {
 	if now.Sub(since) < c.cfg.NodeTimeout {
 		return nil
 	}
-	names, err := c.st.MarkDown(ctx, now.Add(-c.cfg.NodeTimeout), fmt.Sprintf("no heartbeat for %s", c.cfg.NodeTimeout))
+	before := now.Add(-c.cfg.NodeTimeout)
+	stale, err := c.st.StaleNodes(ctx, before)
 	if err != nil {
-		return err
+		return dbErr(err)
 	}
-	for _, name := range names {
-		shared := false
-		if n, err := c.st.Node(ctx, name); err == nil {
-			var st wire.NodeStatus
-			if json.Unmarshal(n.Status, &st) == nil {
-				shared = st.SharedSnapshots
-			}
-		}
-		reason := fmt.Sprintf("lost: node %s stopped heartbeating for %s", name, c.cfg.NodeTimeout)
+	for _, n := range stale {
+		shared := c.status(n).SharedSnapshots
+		reason := fmt.Sprintf("lost: node %s stopped heartbeating for %s", n.Name, c.cfg.NodeTimeout)
 		failed, _ := json.Marshal(wire.Result{Error: &wire.Error{Code: "unavailable", Message: reason}})
-		ids, err := c.st.LoseNode(ctx, name, shared, reason, failed, now)
+		down, ids, err := c.st.LoseNode(ctx, n.Name, before, fmt.Sprintf("no heartbeat for %s", c.cfg.NodeTimeout),
+			shared, reason, failed, now)
 		if err != nil {
-			return err
+			return dbErr(err)
 		}
-		c.log.Warn("node down", "node", name, "sandboxes_settled", len(ids), "hibernated_kept_for_other_nodes", shared)
-		c.publish(ctx, Event{Kind: EventNodeDown, Node: name})
+		if !down {
+			continue
+		}
+		c.log.Warn("node down", "node", n.Name, "sandboxes_settled", len(ids), "hibernated_kept_for_other_nodes", shared)
+		c.publish(ctx, Event{Kind: EventNodeDown, Node: n.Name})
 	}
 	return nil
 }

@@ -141,6 +141,30 @@ func (e *env) keepBeating(st wire.NodeStatus) func() {
 	return func() { close(stop); <-done }
 }
 
+// sleptOnDownNode creates a sandbox on node st (which must share its
+// snapshots), has the node report it hibernated as snapshot snap, and lets
+// the node go down: the sandbox is left unassigned. It returns the
+// sandbox, its hibernated form and its sleep record.
+func (e *env) sleptOnDownNode(st wire.NodeStatus, snap string) (*tartarus.Sandbox, tartarus.Sandbox, *hypnos.SleepRecord) {
+	e.t.Helper()
+	e.beat(st, true)
+	stop := e.keepBeating(st)
+	sb := e.createOn(st.Name)
+	slept := *sb
+	slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
+	rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: snap, SnapshotPath: "nodes/" + st.Name + "/sleep-microvm/" + snap + "/data"}
+	e.call(st.Name, "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
+	stop()
+	time.Sleep(400 * time.Millisecond)
+	if err := e.c.Sweep(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	if got, err := e.c.Get(context.Background(), sb.ID); err != nil || got.Node != "" || got.State != tartarus.StateHibernated {
+		e.t.Fatalf("hibernated sandbox of a down node: %+v, %v; want hibernated and unassigned", got, err)
+	}
+	return sb, slept, rec
+}
+
 func (e *env) poll(node string) []wire.Command {
 	e.t.Helper()
 	var cmds wire.Commands
@@ -392,21 +416,7 @@ func TestCluster(t *testing.T) {
 	t.Run("a node back before anyone woke its hibernated sandbox reclaims it", func(t *testing.T) {
 		e := quickEnv(t, admin, "reclaim")
 		a := status("a", 4096, nil, true)
-		e.beat(a, true)
-		stopA := e.keepBeating(a)
-		sb := e.createOn("a")
-		slept := *sb
-		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
-		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-2"}
-		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
-		stopA()
-		time.Sleep(400 * time.Millisecond)
-		if err := e.c.Sweep(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := e.c.Get(context.Background(), sb.ID); got.Node != "" {
-			t.Fatalf("hibernated sandbox of a down node is on %q, want unassigned", got.Node)
-		}
+		sb, slept, rec := e.sleptOnDownNode(a, "snap-2")
 		r := e.beat(a, true, wire.Report{Sandbox: slept, Sleep: rec})
 		if len(r.Drop) != 0 {
 			t.Fatalf("drops %+v, want none: a reclaims its sandbox", r.Drop)
@@ -419,18 +429,7 @@ func TestCluster(t *testing.T) {
 	t.Run("a node refusing to adopt passes the sandbox to another", func(t *testing.T) {
 		e := quickEnv(t, admin, "refuse-adopt")
 		a := status("a", 4096, nil, true)
-		e.beat(a, true)
-		stopA := e.keepBeating(a)
-		sb := e.createOn("a")
-		slept := *sb
-		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
-		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-4", SnapshotPath: "nodes/a/sleep-microvm/snap-4/data"}
-		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
-		stopA()
-		time.Sleep(400 * time.Millisecond)
-		if err := e.c.Sweep(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		sb, _, _ := e.sleptOnDownNode(a, "snap-4")
 		c, d := status("c", 4096, nil, true), status("d", 4096, nil, true)
 		e.beat(c, true)
 		e.beat(d, true)
@@ -465,18 +464,7 @@ func TestCluster(t *testing.T) {
 	t.Run("destroying an unassigned hibernated sandbox discards its shared snapshot", func(t *testing.T) {
 		e := quickEnv(t, admin, "discard")
 		a := status("a", 4096, nil, true)
-		e.beat(a, true)
-		stopA := e.keepBeating(a)
-		sb := e.createOn("a")
-		slept := *sb
-		slept.State, slept.UpdatedAt = tartarus.StateHibernated, time.Now().UTC()
-		rec := &hypnos.SleepRecord{SandboxID: sb.ID, SnapshotID: "snap-3", SnapshotPath: "nodes/a/sleep-microvm/snap-3/data"}
-		e.call("a", "POST", wire.PathReports, wire.Reports{Sandboxes: []wire.Report{{Sandbox: slept, Sleep: rec}}}, nil)
-		stopA()
-		time.Sleep(400 * time.Millisecond)
-		if err := e.c.Sweep(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		sb, _, _ := e.sleptOnDownNode(a, "snap-3")
 		c := status("c", 4096, nil, true)
 		e.beat(c, true)
 		defer e.keepBeating(c)()
