@@ -98,7 +98,7 @@ func (s *Local) Put(ctx context.Context, key string, r io.Reader) (Object, error
 		return Object{}, storageErr("put "+key, err)
 	}
 	sum := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	if _, err := f.WriteAt(formatHeader(sum, n), 0); err != nil {
+	if _, err := f.WriteAt(FormatChecksum(headerMagic, sum, n, headerSize), 0); err != nil {
 		return Object{}, storageErr("put "+key, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -221,7 +221,7 @@ func readHeader(f *os.File, key string) (Object, error) {
 	if _, err := io.ReadFull(f, hdr); err != nil {
 		return Object{}, fmt.Errorf("object %s: short header: %w", key, ErrCorrupt)
 	}
-	sum, size, err := parseHeader(hdr)
+	sum, size, err := ParseChecksum(hdr, headerMagic)
 	if err != nil {
 		return Object{}, fmt.Errorf("object %s: %v: %w", key, err, ErrCorrupt)
 	}
@@ -232,32 +232,27 @@ func readHeader(f *os.File, key string) (Object, error) {
 	return Object{Key: key, Size: size, Checksum: sum, ModTime: fi.ModTime()}, nil
 }
 
-// formatHeader writes the magic line, "sha256:<hex>\n", "size <n>\n", and
-// pads with spaces to headerSize-1 and a final newline, so `head -c 128`
-// shows it readably.
-func formatHeader(sum string, size int64) []byte {
+// FormatChecksum writes the block both stores keep with an object: the
+// magic line, "sha256:<hex>\n", "size <n>\n", padded with spaces to n-1
+// bytes and a final newline, so `head -c`/`tail -c` shows it readably.
+func FormatChecksum(magic, sum string, size int64, n int) []byte {
 	var b bytes.Buffer
-	b.WriteString(headerMagic)
+	b.WriteString(magic)
 	b.WriteString(sum + "\n")
 	b.WriteString("size " + strconv.FormatInt(size, 10) + "\n")
-	for b.Len() < headerSize-1 {
+	for b.Len() < n-1 {
 		b.WriteByte(' ')
 	}
 	b.WriteByte('\n')
 	return b.Bytes()
 }
 
-func parseHeader(hdr []byte) (sum string, size int64, err error) {
-	rest, ok := bytes.CutPrefix(hdr, []byte(headerMagic))
+// ParseChecksum reads a block FormatChecksum wrote with magic.
+func ParseChecksum(block []byte, magic string) (sum string, size int64, err error) {
+	rest, ok := bytes.CutPrefix(block, []byte(magic))
 	if !ok {
-		return "", 0, errors.New("bad header magic")
+		return "", 0, errors.New("bad magic line")
 	}
-	return ParseSumSize(rest)
-}
-
-// ParseSumSize reads the checksum and size lines both stores write with an
-// object ("sha256:HEX\nsize N\n…"), after their own magic line.
-func ParseSumSize(rest []byte) (sum string, size int64, err error) {
 	lines := strings.SplitN(string(rest), "\n", 3)
 	if len(lines) < 3 || !strings.HasPrefix(lines[0], "sha256:") || len(lines[0]) != len("sha256:")+64 {
 		return "", 0, errors.New("bad checksum line")

@@ -557,7 +557,7 @@ func (sr *sealingReader) Read(p []byte) (int, error) {
 	case err == io.EOF:
 		sr.sealed = true
 		sr.sum = "sha256:" + hex.EncodeToString(sr.h.Sum(nil))
-		sr.trailer = formatTrailer(sr.sum, sr.n)
+		sr.trailer = erebus.FormatChecksum(trailerMagic, sr.sum, sr.n, trailerSize)
 		return n, nil
 	case err != nil:
 		sr.err = err
@@ -573,25 +573,9 @@ const (
 	trailerMagic = "erebus-s3-object v1\n"
 )
 
-func formatTrailer(sum string, size int64) []byte {
-	var b bytes.Buffer
-	b.WriteString(trailerMagic)
-	b.WriteString(sum + "\n")
-	b.WriteString("size " + strconv.FormatInt(size, 10) + "\n")
-	for b.Len() < trailerSize-1 {
-		b.WriteByte(' ')
-	}
-	b.WriteByte('\n')
-	return b.Bytes()
-}
-
 func parseTrailer(t []byte) (sum string, size int64, err error) {
 	if len(t) != trailerSize {
 		return "", 0, fmt.Errorf("trailer is %d bytes, want %d", len(t), trailerSize)
 	}
-	rest, ok := bytes.CutPrefix(t, []byte(trailerMagic))
-	if !ok {
-		return "", 0, errors.New("bad trailer magic")
-	}
-	return erebus.ParseSumSize(rest)
+	return erebus.ParseChecksum(t, trailerMagic)
 }
