@@ -359,7 +359,12 @@ func insertCommand(ctx context.Context, tx *sql.Tx, c *CommandRecord) error {
 	return nil
 }
 
-func insertSandbox(ctx context.Context, tx *sql.Tx, sb *tartarus.Sandbox) error {
+// execer is a *sql.DB or a *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+}
+
+func insertSandbox(ctx context.Context, tx execer, sb *tartarus.Sandbox) error {
 	env, err := json.Marshal(orEmpty(sb.Env))
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -166,27 +165,12 @@ func (p *Postgres) Close() error { return p.db.Close() }
 
 // Create implements Store.
 func (p *Postgres) Create(ctx context.Context, sb *tartarus.Sandbox) error {
-	env, err := json.Marshal(orEmpty(sb.Env))
-	if err != nil {
-		return err
+	err := insertSandbox(ctx, p.db, sb)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" { // unique_violation
+		return tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", sb.ID)
 	}
-	md, err := json.Marshal(orEmpty(sb.Metadata))
-	if err != nil {
-		return err
-	}
-	_, err = p.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES
-		($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)`,
-		sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
-		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes)
-	if err != nil {
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "23505" { // unique_violation
-			return tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", sb.ID)
-		}
-		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
-	}
-	return nil
+	return err
 }
 
 // Get implements Store.
