@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // BenchmarkServerSnapshots measures, through the real server on the microvm

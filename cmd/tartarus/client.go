@@ -18,8 +18,8 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // clientOptions are the flags every client verb shares.

@@ -19,10 +19,10 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster/clustertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // proc is one tartarus process of the cluster test.

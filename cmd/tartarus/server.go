@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -25,6 +26,9 @@ import (
 
 // serverDataDir is the default --data-dir (API.md): /var/lib/tartarus for
 // root, ~/.tartarus otherwise.
+// The embedded node agent is the single node's backend.
+var _ olympus.Backend = (*hecatoncheir.Agent)(nil)
+
 func serverDataDir() string {
 	if os.Geteuid() == 0 {
 		return "/var/lib/tartarus"

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // TestServerEndToEnd builds the real binary, runs `tartarus server` with the

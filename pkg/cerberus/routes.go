@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // Routes are the API routes Cerberus serves itself. The server mounts them
@@ -255,30 +256,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// writeClassError maps an error class to a status for Cerberus's own routes
-// (the rest of the API maps them in olympus).
-func writeClassError(w http.ResponseWriter, err error) {
-	status, code := http.StatusInternalServerError, "internal"
-	for _, m := range []struct {
-		class  error
-		status int
-		code   string
-	}{
-		{tartarus.ErrInvalid, http.StatusBadRequest, "invalid_argument"},
-		{tartarus.ErrNotFound, http.StatusNotFound, "not_found"},
-		{tartarus.ErrAlreadyExists, http.StatusConflict, "already_exists"},
-		{tartarus.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
-		{tartarus.ErrPermissionDenied, http.StatusForbidden, "permission_denied"},
-		{tartarus.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
-	} {
-		if errors.Is(err, m.class) {
-			status, code = m.status, m.code
-			break
-		}
-	}
-	msg := err.Error()
-	if status == http.StatusInternalServerError {
-		msg = "internal error"
-	}
-	writeError(w, status, code, msg, "")
-}
+// writeClassError answers err for Cerberus's own routes through the one
+// error table (api.WriteError), as the rest of the API does.
+func writeClassError(w http.ResponseWriter, err error) { api.WriteError(w, err, "") }

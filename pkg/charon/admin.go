@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/pprof"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // AdminHandler serves the ferry's admin API. It belongs on a listener of
@@ -99,27 +99,8 @@ func decodeShore(r io.Reader) (*Shore, error) {
 	return &s, nil
 }
 
-// writeClassError maps a tartarus error class to its HTTP status, once.
-func writeClassError(w http.ResponseWriter, err error) {
-	status, code := http.StatusInternalServerError, "internal"
-	for _, c := range []struct {
-		class  error
-		status int
-		code   string
-	}{
-		{tartarus.ErrInvalid, http.StatusBadRequest, "invalid_argument"},
-		{tartarus.ErrNotFound, http.StatusNotFound, "not_found"},
-		{tartarus.ErrAlreadyExists, http.StatusConflict, "already_exists"},
-		{tartarus.ErrResourceExhausted, http.StatusTooManyRequests, "resource_exhausted"},
-		{tartarus.ErrFailedPrecondition, http.StatusConflict, "failed_precondition"},
-	} {
-		if errors.Is(err, c.class) {
-			status, code = c.status, c.code
-			break
-		}
-	}
-	writeJSONError(w, status, code, err.Error())
-}
+// writeClassError answers err through the one error table (api.WriteError).
+func writeClassError(w http.ResponseWriter, err error) { api.WriteError(w, err, "") }
 
 func promHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})

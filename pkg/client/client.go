@@ -17,8 +17,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // DefaultURL is where a local server listens by default.
@@ -85,16 +85,11 @@ func (e *Error) Error() string {
 	return s
 }
 
-// Is reports whether the answer's code is target's class.
+// Is reports whether the answer's code is target's class (through the one
+// error table, tartarus.ClassForCode).
 func (e *Error) Is(target error) bool {
-	class, ok := map[string]error{
-		"not_found": tartarus.ErrNotFound, "already_exists": tartarus.ErrAlreadyExists,
-		"invalid_argument": tartarus.ErrInvalid, "failed_precondition": tartarus.ErrFailedPrecondition,
-		"resource_exhausted": tartarus.ErrResourceExhausted, "unavailable": tartarus.ErrUnavailable,
-		"not_implemented": tartarus.ErrNotImplemented, "unauthenticated": tartarus.ErrUnauthenticated,
-		"permission_denied": tartarus.ErrPermissionDenied, "timeout": tartarus.ErrTimeout,
-	}[e.Code]
-	return ok && class == target
+	c, ok := tartarus.ClassForCode(e.Code)
+	return ok && c.Err == target
 }
 
 func (c *Client) url(p string, q url.Values) string {

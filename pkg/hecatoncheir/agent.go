@@ -21,7 +21,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"io"
 	"log/slog"
 	"maps"
@@ -31,6 +30,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
@@ -366,23 +367,11 @@ func (a *Agent) createWith(ctx context.Context, sb *tartarus.Sandbox, up func() 
 		store.Change{At: a.cfg.Clock.Now().UTC(), Error: err.Error()}); merr != nil {
 		log.Error("record failed create", "err", merr)
 	}
-	if !classified(err) {
+	if tartarus.ClassOf(err).Err == nil {
 		// A boot that fails for no known reason is the node's trouble.
 		err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
 	}
 	return nil, fmt.Errorf("create sandbox %s (recorded as failed): %w", sb.ID, err)
-}
-
-// classified reports whether err wraps one of the tartarus error classes.
-func classified(err error) bool {
-	for _, c := range []error{tartarus.ErrNotFound, tartarus.ErrAlreadyExists, tartarus.ErrInvalid,
-		tartarus.ErrFailedPrecondition, tartarus.ErrResourceExhausted, tartarus.ErrUnavailable,
-		tartarus.ErrNotImplemented, tartarus.ErrUnauthenticated, tartarus.ErrPermissionDenied, tartarus.ErrTimeout} {
-		if errors.Is(err, c) {
-			return true
-		}
-	}
-	return false
 }
 
 // Get returns one sandbox.
@@ -391,7 +380,7 @@ func (a *Agent) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 }
 
 // List returns the sandboxes matching f.
-func (a *Agent) List(ctx context.Context, f store.Filter) ([]*tartarus.Sandbox, error) {
+func (a *Agent) List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus.Sandbox, error) {
 	return a.cfg.Store.List(ctx, f)
 }
 
@@ -567,51 +556,23 @@ func (a *Agent) Templates(ctx context.Context) ([]*tartarus.Image, error) {
 	return a.cfg.Images.List(ctx)
 }
 
-// NodeInfo describes this node and what its runtimes can do.
-type NodeInfo struct {
-	Name     string                  `json:"name"`
-	Runtimes []*tartarus.Fingerprint `json:"runtimes"`
-	// DefaultRuntime is used when a create request names none.
-	DefaultRuntime string `json:"default_runtime"`
-	// Sandboxes counts this node's sandboxes that are not final.
-	Sandboxes int `json:"sandboxes"`
-	// SnapshotRuntimes can hibernate, fork and create by restore here.
-	SnapshotRuntimes []string `json:"snapshot_runtimes,omitempty"`
-	// WarmPools counts the ready sandboxes of each warm pool, by
-	// "runtime/template/memory_mb/cpus".
-	WarmPools map[string]int `json:"warm_pools,omitempty"`
-
-	// In a cluster: whether the node is "up" or "down" (and why), where
-	// its agent listens, its labels and last heartbeat, and what its
-	// sandboxes hold of its CPUs and memory.
-	State        string            `json:"state,omitempty"`
-	DownReason   string            `json:"down_reason,omitempty"`
-	Address      string            `json:"address,omitempty"`
-	Labels       map[string]string `json:"labels,omitempty"`
-	LastSeen     time.Time         `json:"last_seen,omitzero"`
-	CPUs         int               `json:"cpus,omitempty"`
-	MemoryMB     int               `json:"memory_mb,omitempty"`
-	UsedCPUs     int               `json:"used_cpus,omitempty"`
-	UsedMemoryMB int               `json:"used_memory_mb,omitempty"`
-}
-
 // ForgetNode refuses: a single node has only itself.
 func (a *Agent) ForgetNode(ctx context.Context, name string) error {
 	return tartarus.Errorf(tartarus.ErrFailedPrecondition, "node %s: a single-node server cannot forget its only node", name)
 }
 
 // Nodes reports this node, the only one.
-func (a *Agent) Nodes(ctx context.Context) ([]*NodeInfo, error) {
+func (a *Agent) Nodes(ctx context.Context) ([]*tartarus.NodeInfo, error) {
 	info, err := a.Info(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return []*NodeInfo{info}, nil
+	return []*tartarus.NodeInfo{info}, nil
 }
 
 // Info reports this node.
-func (a *Agent) Info(ctx context.Context) (*NodeInfo, error) {
-	info := &NodeInfo{Name: a.cfg.Node, DefaultRuntime: a.cfg.Runtimes[0].Name(),
+func (a *Agent) Info(ctx context.Context) (*tartarus.NodeInfo, error) {
+	info := &tartarus.NodeInfo{Name: a.cfg.Node, DefaultRuntime: a.cfg.Runtimes[0].Name(),
 		SnapshotRuntimes: a.SnapshotRuntimes(), WarmPools: a.PoolSizes()}
 	for _, rt := range a.cfg.Runtimes {
 		fp, err := rt.Fingerprint(ctx)
@@ -620,7 +581,7 @@ func (a *Agent) Info(ctx context.Context) (*NodeInfo, error) {
 		}
 		info.Runtimes = append(info.Runtimes, fp)
 	}
-	live, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node, States: liveStates})
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
 	if err != nil {
 		return nil, err
 	}
@@ -698,7 +659,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // Expire destroys this node's sandboxes whose expiry time has passed and
 // returns their ids.
 func (a *Agent) Expire(ctx context.Context) ([]string, error) {
-	live, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node, States: liveStates})
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
 	if err != nil {
 		return nil, err
 	}

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -135,7 +136,7 @@ func TestCreateRejects(t *testing.T) {
 		})
 	}
 	// Bad input changes nothing.
-	if list, _ := e.store.List(ctx, store.Filter{}); len(list) != 0 {
+	if list, _ := e.store.List(ctx, tartarus.SandboxFilter{}); len(list) != 0 {
 		t.Errorf("store has %d sandboxes after rejected creates", len(list))
 	}
 	if got := e.instances(t); len(got) != 0 {
@@ -164,7 +165,7 @@ func TestCreateFailureCleansUp(t *testing.T) {
 			if err == nil {
 				t.Fatal("Create succeeded")
 			}
-			list, _ := e.store.List(context.Background(), store.Filter{})
+			list, _ := e.store.List(context.Background(), tartarus.SandboxFilter{})
 			if len(list) != 1 || list[0].State != tartarus.StateFailed || list[0].Error == "" {
 				t.Fatalf("records %v", list)
 			}

@@ -197,7 +197,7 @@ func (a *Agent) Adopt(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.Sle
 		if derr := sr.rt.Destroy(ctx, sb.ID); derr != nil {
 			log.Error("destroy after a failed adopt", "err", derr)
 		}
-		if !classified(err) {
+		if tartarus.ClassOf(err).Err == nil {
 			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("adopt %s: %w", sb.ID, err)

@@ -81,7 +81,7 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 		a.cleanSnapshots(ctx, sr)
 	}
 
-	recs, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node})
+	recs, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node})
 	if err != nil {
 		return nil, fmt.Errorf("recover: %w", err)
 	}

@@ -211,7 +211,7 @@ func (a *Agent) Hibernate(ctx context.Context, id string) (*tartarus.Sandbox, er
 	a.touch(ctx, id)
 	rec, err := sr.hyp.Sleep(ctx, id, nil)
 	if err != nil {
-		if !classified(err) {
+		if tartarus.ClassOf(err).Err == nil {
 			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("hibernate sandbox %s: %w", id, err)
@@ -249,7 +249,7 @@ func (a *Agent) Wake(ctx context.Context, id string) (*tartarus.Sandbox, error) 
 		if now, gerr := a.cfg.Store.Get(context.WithoutCancel(ctx), id); gerr == nil && now.State == tartarus.StateFailed {
 			return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s cannot be woken and is now failed: %v", id, err)
 		}
-		if !classified(err) {
+		if tartarus.ClassOf(err).Err == nil {
 			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("wake sandbox %s: %w", id, err)
@@ -415,7 +415,7 @@ func (a *Agent) forkSnapshot(ctx context.Context, sr *snapRuntime, parent *tarta
 		if resumeErr != nil {
 			a.log.Error("resume after a failed fork snapshot", "sandbox", sb.ID, "err", resumeErr)
 		}
-		if !classified(err) {
+		if tartarus.ClassOf(err).Err == nil {
 			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("fork %s: snapshot: %w", sb.ID, err)
@@ -439,7 +439,7 @@ func (a *Agent) checkCapacity(ctx context.Context, rt tartarus.Runtime, memoryMB
 	if err != nil {
 		return fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
 	}
-	live, err := a.cfg.Store.List(ctx, store.Filter{Node: a.cfg.Node,
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node,
 		States: []tartarus.State{tartarus.StateCreating, tartarus.StateRunning, tartarus.StatePaused, tartarus.StateQuarantined}})
 	if err != nil {
 		return err

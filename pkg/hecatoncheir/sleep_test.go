@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"io"
 	"io/fs"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
@@ -201,7 +202,7 @@ func TestHibernateAndTransparentWake(t *testing.T) {
 	if ids := e.instances(t); len(ids) != 0 {
 		t.Errorf("the runtime still holds %v while the sandbox sleeps", ids)
 	}
-	list, _ := e.agent.List(ctx, store.Filter{Tenant: "acme"})
+	list, _ := e.agent.List(ctx, tartarus.SandboxFilter{Tenant: "acme"})
 	if len(list) != 1 || list[0].State != tartarus.StateHibernated || list[0].SnapshotBytes != got.SnapshotBytes {
 		t.Errorf("list shows %+v", list[0])
 	}
@@ -431,7 +432,7 @@ func TestFork(t *testing.T) {
 			t.Errorf("fork %d: %v, want ErrInvalid", n, err)
 		}
 	}
-	if list, _ := e.store.List(ctx, store.Filter{}); len(list) != 4 {
+	if list, _ := e.store.List(ctx, tartarus.SandboxFilter{}); len(list) != 4 {
 		t.Errorf("%d sandboxes recorded after refused forks, want 4", len(list))
 	}
 }

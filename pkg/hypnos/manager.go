@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"

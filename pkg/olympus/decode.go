@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // Bounds of an exec request.
@@ -29,12 +29,12 @@ func decodeJSON(r io.Reader, limit int64, v any) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return fmt.Errorf("%w (limit %d bytes)", errTooLarge, limit)
+			return tartarus.Errorf(tartarus.ErrTooLarge, "request body over its limit of %d bytes", limit)
 		}
 		return tartarus.Errorf(tartarus.ErrInvalid, "read body: %v", err)
 	}
 	if int64(len(data)) > limit {
-		return fmt.Errorf("%w (limit %d bytes)", errTooLarge, limit)
+		return tartarus.Errorf(tartarus.ErrTooLarge, "request body over its limit of %d bytes", limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -84,7 +84,7 @@ func decodeExec(r io.Reader) (*tartarus.ExecRequest, error) {
 	case len(req.Cmd) > maxArgs:
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "cmd: at most %d arguments", maxArgs)
 	case len(req.Stdin) > MaxExecStdin:
-		return nil, fmt.Errorf("%w: stdin is limited to %d bytes", errTooLarge, MaxExecStdin)
+		return nil, tartarus.Errorf(tartarus.ErrTooLarge, "stdin is limited to %d bytes", MaxExecStdin)
 	case req.TimeoutS < 0 || req.TimeoutS > maxExecTimeoutS:
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "timeout_s %d: must be between 0 and %d", req.TimeoutS, maxExecTimeoutS)
 	case len(req.Env) > tartarus.MaxEnvEntries:

@@ -11,8 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {

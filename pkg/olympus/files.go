@@ -7,8 +7,8 @@ import (
 	"strconv"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {

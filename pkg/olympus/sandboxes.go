@@ -6,9 +6,8 @@ import (
 	"net/http"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
-	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // caller returns the request's authenticated identity.
@@ -88,7 +87,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	f := store.Filter{Tenant: who.TenantID}
+	f := tartarus.SandboxFilter{Tenant: who.TenantID}
 	if st := r.URL.Query().Get("state"); st != "" {
 		f.States = []tartarus.State{tartarus.State(st)}
 	}

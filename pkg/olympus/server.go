@@ -34,8 +34,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
-	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
-	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -44,7 +42,7 @@ import (
 type Backend interface {
 	Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error)
 	Get(ctx context.Context, id string) (*tartarus.Sandbox, error)
-	List(ctx context.Context, f store.Filter) ([]*tartarus.Sandbox, error)
+	List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus.Sandbox, error)
 	Destroy(ctx context.Context, id string) (*tartarus.Sandbox, error)
 	Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error)
 	ReadFile(ctx context.Context, id, path string) (io.ReadCloser, error)
@@ -56,14 +54,12 @@ type Backend interface {
 	Wake(ctx context.Context, id string) (*tartarus.Sandbox, error)
 	Fork(ctx context.Context, id string, count int) ([]*tartarus.Sandbox, error)
 	Templates(ctx context.Context) ([]*tartarus.Image, error)
-	Nodes(ctx context.Context) ([]*hecatoncheir.NodeInfo, error)
+	Nodes(ctx context.Context) ([]*tartarus.NodeInfo, error)
 	// ForgetNode removes a node that went down for good.
 	ForgetNode(ctx context.Context, name string) error
 	Ready(ctx context.Context) error
 	Counts(ctx context.Context) (map[tartarus.State]int, error)
 }
-
-var _ Backend = (*hecatoncheir.Agent)(nil)
 
 // Size limits of request bodies.
 const (

@@ -18,10 +18,10 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // testGuard takes the caller's tenant from X-Test-Tenant (no header: no
@@ -204,7 +204,7 @@ func TestCreateStatuses(t *testing.T) {
 		})
 	}
 	// Bad input changed nothing: only the three good creates exist.
-	list, err := ta.st.List(context.Background(), store.Filter{})
+	list, err := ta.st.List(context.Background(), tartarus.SandboxFilter{})
 	if err != nil || len(list) != 3 {
 		t.Errorf("store has %d sandboxes (%v), want 3", len(list), err)
 	}
@@ -563,8 +563,8 @@ func TestStatusFor(t *testing.T) {
 		{errors.New("disk on fire"), 500},
 	}
 	for _, tt := range tests {
-		if got, _ := statusFor(tt.err); got != tt.status {
-			t.Errorf("statusFor(%v) = %d, want %d", tt.err, got, tt.status)
+		if got, _ := errorBody(tt.err, ""); got != tt.status {
+			t.Errorf("errorBody(%v) status = %d, want %d", tt.err, got, tt.status)
 		}
 	}
 	if _, body := errorBody(errors.New("secret detail"), "r1"); strings.Contains(body.Error.Message, "secret") {

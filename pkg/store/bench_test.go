@@ -44,7 +44,7 @@ func BenchmarkListTenant(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		list, err := s.List(ctx, Filter{Tenant: "t3"})
+		list, err := s.List(ctx, tartarus.SandboxFilter{Tenant: "t3"})
 		if err != nil || len(list) != 100 {
 			b.Fatal(len(list), err)
 		}

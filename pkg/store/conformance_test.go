@@ -107,7 +107,7 @@ func TestPostgres(t *testing.T) {
 				t.Errorf("open during migration race: %v", err)
 			}
 		}
-		got, err := open(t, dsn).List(context.Background(), store.Filter{})
+		got, err := open(t, dsn).List(context.Background(), tartarus.SandboxFilter{})
 		if err != nil || len(got) != servers {
 			t.Errorf("after race: %d sandboxes, %v; want %d", len(got), err, servers)
 		}

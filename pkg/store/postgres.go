@@ -186,7 +186,7 @@ func (p *Postgres) Get(ctx context.Context, id string) (*tartarus.Sandbox, error
 }
 
 // List implements Store.
-func (p *Postgres) List(ctx context.Context, f Filter) ([]*tartarus.Sandbox, error) {
+func (p *Postgres) List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus.Sandbox, error) {
 	var where []string
 	var args []any
 	arg := func(v any) string {

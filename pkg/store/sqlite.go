@@ -153,7 +153,7 @@ func (s *SQLite) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) 
 }
 
 // List implements Store.
-func (s *SQLite) List(ctx context.Context, f Filter) ([]*tartarus.Sandbox, error) {
+func (s *SQLite) List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus.Sandbox, error) {
 	var where []string
 	var args []any
 	if f.Tenant != "" {

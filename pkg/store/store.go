@@ -25,7 +25,7 @@ type Store interface {
 	// Get returns one sandbox or an error wrapping ErrNotFound.
 	Get(ctx context.Context, id string) (*tartarus.Sandbox, error)
 	// List returns the sandboxes matching f, oldest first.
-	List(ctx context.Context, f Filter) ([]*tartarus.Sandbox, error)
+	List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus.Sandbox, error)
 	// Move changes a sandbox's state from `from` to `to` if, and only if, it
 	// is still in `from` (compare-and-set) and tartarus.CheckMove allows it.
 	// A sandbox no longer in `from` is ErrFailedPrecondition.
@@ -35,13 +35,6 @@ type Store interface {
 	// CountByState counts the sandboxes in each state (for metrics).
 	CountByState(ctx context.Context) (map[tartarus.State]int, error)
 	Close() error
-}
-
-// Filter narrows List. Zero fields match everything.
-type Filter struct {
-	Tenant string
-	Node   string
-	States []tartarus.State
 }
 
 // Change carries what a Move records besides the new state.

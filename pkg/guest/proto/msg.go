@@ -237,20 +237,30 @@ func CleanPath(p string) (string, error) {
 	return path.Clean(p), nil
 }
 
-// Code classifies an Error; codes map one-to-one onto tartarus error classes.
+// Code classifies an Error. Its values are the wire codes of the one error
+// table (tartarus.ClassOf), so the guest speaks the same codes as every
+// other side.
 type Code string
 
-// The error codes.
+// The error codes the guest sends.
 const (
 	CodeNotFound       Code = "not_found"
-	CodeExists         Code = "exists"
-	CodeInvalid        Code = "invalid"
-	CodePermission     Code = "permission"
+	CodeExists         Code = "already_exists"
+	CodeInvalid        Code = "invalid_argument"
+	CodePermission     Code = "permission_denied"
 	CodeUnavailable    Code = "unavailable"
 	CodeTimeout        Code = "timeout"
 	CodeNotImplemented Code = "not_implemented"
-	CodeInternal       Code = "internal"
+	CodeInternal       Code = tartarus.CodeInternal
 )
+
+// legacyCodes are the codes guests built before the one error table sent;
+// a hibernated sandbox from then may still answer with them.
+var legacyCodes = map[Code]error{
+	"exists":     tartarus.ErrAlreadyExists,
+	"invalid":    tartarus.ErrInvalid,
+	"permission": tartarus.ErrPermissionDenied,
+}
 
 // Error is the JSON payload of a FrameError.
 type Error struct {
@@ -264,47 +274,33 @@ func (e *Error) Error() string { return e.Message + " (" + string(e.Code) + ")" 
 // treated as internal failures of the guest, which tartarus has no class
 // for, so nil.
 func (e *Error) Class() error {
-	switch e.Code {
-	case CodeNotFound:
-		return tartarus.ErrNotFound
-	case CodeExists:
-		return tartarus.ErrAlreadyExists
-	case CodeInvalid:
-		return tartarus.ErrInvalid
-	case CodePermission:
-		return tartarus.ErrPermissionDenied
-	case CodeUnavailable:
-		return tartarus.ErrUnavailable
-	case CodeTimeout:
-		return tartarus.ErrTimeout
-	case CodeNotImplemented:
-		return tartarus.ErrNotImplemented
+	if c, ok := tartarus.ClassForCode(string(e.Code)); ok {
+		return c.Err
 	}
-	return nil
+	return legacyCodes[e.Code]
 }
 
-// ErrorFrom turns a guest-side error into the Error sent to the host.
+// ErrorFrom turns a guest-side error into the Error sent to the host: file
+// system errors become their tartarus class first, then the one table names
+// the code.
 func ErrorFrom(err error) *Error {
 	var pe *Error
 	if errors.As(err, &pe) {
 		return pe
 	}
-	code := CodeInternal
+	class := err
 	switch {
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, tartarus.ErrNotFound):
-		code = CodeNotFound
-	case errors.Is(err, fs.ErrExist), errors.Is(err, tartarus.ErrAlreadyExists):
-		code = CodeExists
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, tartarus.ErrPermissionDenied):
-		code = CodePermission
-	case errors.Is(err, tartarus.ErrInvalid), errors.Is(err, syscall.EISDIR),
-		errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EINVAL),
-		errors.Is(err, syscall.ENAMETOOLONG):
-		code = CodeInvalid
-	case errors.Is(err, tartarus.ErrNotImplemented):
-		code = CodeNotImplemented
+	case errors.Is(err, fs.ErrNotExist):
+		class = tartarus.ErrNotFound
+	case errors.Is(err, fs.ErrExist):
+		class = tartarus.ErrAlreadyExists
+	case errors.Is(err, fs.ErrPermission):
+		class = tartarus.ErrPermissionDenied
+	case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTDIR),
+		errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.ENAMETOOLONG):
+		class = tartarus.ErrInvalid
 	}
-	return &Error{Code: code, Message: err.Error()}
+	return &Error{Code: Code(tartarus.CodeOf(class)), Message: err.Error()}
 }
 
 // ModeToWire encodes a file mode's permission, setuid, setgid and sticky

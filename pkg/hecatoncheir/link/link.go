@@ -33,7 +33,6 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
-	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -268,7 +267,7 @@ func (l *Link) heartbeat(ctx context.Context, full bool) (*wire.Heartbeat, error
 	if !full {
 		return hb, nil
 	}
-	all, err := l.agent.List(ctx, store.Filter{Node: info.Name})
+	all, err := l.agent.List(ctx, tartarus.SandboxFilter{Node: info.Name})
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}

@@ -25,10 +25,10 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // certs are a development CA and the certificates a cluster uses.

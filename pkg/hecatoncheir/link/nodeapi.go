@@ -2,15 +2,14 @@ package link
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // DefaultServerName is the service name in the servers' certificates that
@@ -53,22 +52,22 @@ var _ cerberus.Guard = (*nodeGuard)(nil)
 func (g *nodeGuard) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-			refuse(w, http.StatusUnauthorized, "unauthenticated", "the node API needs a server's client certificate")
+			api.WriteError(w, tartarus.Errorf(tartarus.ErrUnauthenticated, "the node API needs a server's client certificate"), "")
 			return
 		}
 		certs := r.TLS.PeerCertificates
 		id, err := g.mtls.Verify(&cerberus.MTLSCredential{Certificate: certs[0], Chain: certs[1:]})
 		if err != nil {
-			refuse(w, http.StatusUnauthorized, "unauthenticated", err.Error())
+			api.WriteError(w, tartarus.Errorf(tartarus.ErrUnauthenticated, "%v", err), "")
 			return
 		}
 		if id.Type != cerberus.IdentityTypeService || !g.servers[id.ID] {
-			refuse(w, http.StatusForbidden, "permission_denied", fmt.Sprintf("%s:%s may not call a node API; only servers may (the agent's --server-name)", id.Type, id.ID))
+			api.WriteError(w, tartarus.Errorf(tartarus.ErrPermissionDenied, "%s:%s may not call a node API; only servers may (the agent's --server-name)", id.Type, id.ID), "")
 			return
 		}
 		tenant := r.Header.Get(wire.TenantHeader)
 		if tenant == "" {
-			refuse(w, http.StatusBadRequest, "invalid_argument", "missing "+wire.TenantHeader+" header")
+			api.WriteError(w, tartarus.Errorf(tartarus.ErrInvalid, "missing %s header", wire.TenantHeader), "")
 			return
 		}
 		acting := *id
@@ -86,10 +85,4 @@ func (g *nodeGuard) Authorize(ctx context.Context, _ cerberus.Action, res cerber
 		return tartarus.Errorf(tartarus.ErrPermissionDenied, "the request's tenant is not the resource's")
 	}
 	return nil
-}
-
-func refuse(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg}})
 }

@@ -34,7 +34,6 @@
 package wire
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -179,10 +178,10 @@ type Result struct {
 	Error     *Error   `json:"error,omitempty"`
 }
 
-// Error is a failed command's error: Code is the tartarus error class
-// name (not_found, invalid, failed_precondition, resource_exhausted,
-// unavailable, unimplemented, …) so the server answers its caller with
-// the same status a single node would.
+// Error is a failed command's error: Code is the error class's wire code
+// from the one table (tartarus.ClassOf: not_found, invalid_argument,
+// failed_precondition, resource_exhausted, unavailable, not_implemented, …)
+// so the server answers its caller with the same status a single node would.
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
@@ -202,32 +201,15 @@ type Reports struct {
 	Sandboxes []Report `json:"sandboxes"`
 }
 
-// classes maps Error.Code to the tartarus error class it stands for.
-var classes = []struct {
-	code  string
-	class error
-}{
-	{"not_found", tartarus.ErrNotFound},
-	{"already_exists", tartarus.ErrAlreadyExists},
-	{"invalid", tartarus.ErrInvalid},
-	{"failed_precondition", tartarus.ErrFailedPrecondition},
-	{"resource_exhausted", tartarus.ErrResourceExhausted},
-	{"unavailable", tartarus.ErrUnavailable},
-	{"not_implemented", tartarus.ErrNotImplemented},
-	{"timeout", tartarus.ErrTimeout},
-}
+// legacyCodes are codes agents sent before the one error table.
+var legacyCodes = map[string]error{"invalid": tartarus.ErrInvalid}
 
 // ErrorOf makes the wire form of err; nil for nil.
 func ErrorOf(err error) *Error {
 	if err == nil {
 		return nil
 	}
-	for _, c := range classes {
-		if errors.Is(err, c.class) {
-			return &Error{Code: c.code, Message: err.Error()}
-		}
-	}
-	return &Error{Code: "internal", Message: err.Error()}
+	return &Error{Code: tartarus.CodeOf(err), Message: err.Error()}
 }
 
 // Err turns a wire error back into a Go error of the same class; nil for
@@ -237,10 +219,12 @@ func (e *Error) Err(node string) error {
 	if e == nil {
 		return nil
 	}
-	for _, c := range classes {
-		if e.Code == c.code {
-			return fmt.Errorf("node %s: %s: %w", node, strings.TrimSuffix(e.Message, ": "+c.class.Error()), c.class)
-		}
+	class := legacyCodes[e.Code]
+	if c, ok := tartarus.ClassForCode(e.Code); ok {
+		class = c.Err
 	}
-	return fmt.Errorf("node %s: %s", node, e.Message)
+	if class == nil {
+		return fmt.Errorf("node %s: %s", node, e.Message)
+	}
+	return fmt.Errorf("node %s: %s: %w", node, strings.TrimSuffix(e.Message, ": "+class.Error()), class)
 }

@@ -47,10 +47,10 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
-	"github.com/tartarus-sandbox/tartarus/pkg/olympus/api"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/placement"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // Config wires a Cluster.
@@ -631,7 +631,7 @@ func (c *Cluster) Get(ctx context.Context, id string) (*tartarus.Sandbox, error)
 }
 
 // List implements olympus.Backend.
-func (c *Cluster) List(ctx context.Context, f store.Filter) ([]*tartarus.Sandbox, error) {
+func (c *Cluster) List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus.Sandbox, error) {
 	sbs, err := c.st.List(ctx, f)
 	return sbs, dbErr(err)
 }
@@ -931,15 +931,15 @@ func (c *Cluster) Templates(ctx context.Context) ([]*tartarus.Image, error) {
 }
 
 // Nodes implements olympus.Backend: every registered node, up or down.
-func (c *Cluster) Nodes(ctx context.Context) ([]*hecatoncheir.NodeInfo, error) {
+func (c *Cluster) Nodes(ctx context.Context) ([]*tartarus.NodeInfo, error) {
 	nodes, err := c.st.Nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*hecatoncheir.NodeInfo, 0, len(nodes))
+	out := make([]*tartarus.NodeInfo, 0, len(nodes))
 	for _, n := range nodes {
 		st := nodeStatus(n)
-		info := &hecatoncheir.NodeInfo{Name: n.Name, State: n.State, DownReason: n.DownReason, Address: n.Address,
+		info := &tartarus.NodeInfo{Name: n.Name, State: n.State, DownReason: n.DownReason, Address: n.Address,
 			Labels: st.Labels, LastSeen: n.LastSeen, CPUs: st.CPUs, MemoryMB: st.MemoryMB,
 			UsedCPUs: n.UsedCPUs, UsedMemoryMB: n.UsedMemoryMB, Sandboxes: n.Sandboxes}
 		for i := range st.Runtimes {

@@ -102,17 +102,17 @@ func testList(t *testing.T, open Opener) {
 		}
 	}
 	tests := []struct {
-		f    store.Filter
+		f    tartarus.SandboxFilter
 		want string
 	}{
-		{store.Filter{}, "sb-0 sb-1 sb-2"},
-		{store.Filter{Tenant: "a"}, "sb-0 sb-2"},
-		{store.Filter{Tenant: "c"}, ""},
-		{store.Filter{States: []tartarus.State{tartarus.StateRunning}}, "sb-0 sb-1"},
-		{store.Filter{Tenant: "a", States: []tartarus.State{tartarus.StateRunning, tartarus.StateFailed}}, "sb-0 sb-2"},
-		{store.Filter{Node: "n2"}, "sb-1"},
-		{store.Filter{Node: "n1", States: []tartarus.State{tartarus.StateFailed}}, "sb-2"},
-		{store.Filter{Node: "other"}, ""},
+		{tartarus.SandboxFilter{}, "sb-0 sb-1 sb-2"},
+		{tartarus.SandboxFilter{Tenant: "a"}, "sb-0 sb-2"},
+		{tartarus.SandboxFilter{Tenant: "c"}, ""},
+		{tartarus.SandboxFilter{States: []tartarus.State{tartarus.StateRunning}}, "sb-0 sb-1"},
+		{tartarus.SandboxFilter{Tenant: "a", States: []tartarus.State{tartarus.StateRunning, tartarus.StateFailed}}, "sb-0 sb-2"},
+		{tartarus.SandboxFilter{Node: "n2"}, "sb-1"},
+		{tartarus.SandboxFilter{Node: "n1", States: []tartarus.State{tartarus.StateFailed}}, "sb-2"},
+		{tartarus.SandboxFilter{Node: "other"}, ""},
 	}
 	for _, tt := range tests {
 		got, err := s.List(ctx, tt.f)

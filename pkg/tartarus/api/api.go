@@ -1,10 +1,10 @@
 // Package api holds the JSON shapes of the Tartarus HTTP API that are not
-// domain types, shared by the server (pkg/olympus) and the Go SDK
-// (pkg/client).
+// domain types. With package tartarus it is the public contract: the server
+// (pkg/olympus) and the Go SDK (pkg/client) both speak it, and the SDK links
+// nothing else of Tartarus.
 package api
 
 import (
-	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -88,7 +88,7 @@ type TemplateList struct {
 
 // NodeList is the answer of GET /v1/nodes.
 type NodeList struct {
-	Nodes []*hecatoncheir.NodeInfo `json:"nodes"`
+	Nodes []*tartarus.NodeInfo `json:"nodes"`
 }
 
 // FileList is the answer of GET /v1/sandboxes/{id}/files?path=DIR&list=1.
