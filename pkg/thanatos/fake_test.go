@@ -229,4 +229,3 @@ func equal[T comparable](a, b []T) bool {
 }
 
 var errBoom = errors.New("boom")
-

@@ -106,7 +106,7 @@ func TestPhaseTransitions(t *testing.T) {
 			drive: func(t *testing.T, h *harness) {
 				waitPhase(t, h.m, "sb-1", PhaseDraining)
 				// Odd steps, so the deadline is not a multiple of them.
-				for h.clk.Now().Add(7*time.Second).Before(deadline) {
+				for h.clk.Now().Add(7 * time.Second).Before(deadline) {
 					waitTickers(t, h.clk, 2)
 					h.clk.Advance(7 * time.Second)
 				}
