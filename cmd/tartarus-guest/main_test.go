@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,6 +109,46 @@ func dial(t testing.TB, sock string) *guest.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// A daemon that left its exec's process group and session is orphaned to
+// the agent (as to PID 1 in a VM); SignalProcesses still reaches it, and
+// its SIGTERM trap writes its state.
+func TestSignalProcessesReachesDaemons(t *testing.T) {
+	sock := startAgent(t, "--reaper")
+	c := dial(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	ready, state := filepath.Join(dir, "ready"), filepath.Join(dir, "state")
+	daemon := `trap 'echo saved > ` + state + `; exit 0' TERM; echo > ` + ready + `; while :; do sleep 0.05; done`
+	res, err := c.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", `setsid sh -c "$0" </dev/null >/dev/null 2>&1 &`, daemon}})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("start daemon: %+v, %v", res, err)
+	}
+	waitPath(t, ready)
+	n, err := c.SignalProcesses(ctx, syscall.SIGTERM)
+	if err != nil || n < 1 {
+		t.Fatalf("SignalProcesses = %d, %v", n, err)
+	}
+	waitPath(t, state)
+	if b, _ := os.ReadFile(state); string(b) != "saved\n" {
+		t.Errorf("state %q", b)
+	}
+}
+
+func waitPath(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // TestReaperMode runs the agent as a child subreaper, which collects every

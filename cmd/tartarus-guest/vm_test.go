@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -437,7 +438,7 @@ func buildRootfs(t *testing.T, dir string) string {
 	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []string{"sh", "cat", "echo", "ls", "true", "kill", "hostname", "mount", "grep", "date", "sleep"} {
+	for _, c := range []string{"sh", "cat", "echo", "ls", "true", "kill", "hostname", "mount", "grep", "date", "sleep", "setsid", "sync"} {
 		if err := os.Symlink("busybox", filepath.Join(root, "bin", c)); err != nil {
 			t.Fatal(err)
 		}
@@ -484,3 +485,62 @@ func (c *cpioWriter) node(name string, mode, major, minor uint32) {
 	c.entry(name, mode, major, minor, nil)
 }
 func (c *cpioWriter) trailer() { c.entry("TRAILER!!!", 0, 0, 0, nil) }
+
+// TestSignalProcessesInVM: in a real guest, a daemon that left its exec's
+// session traps SIGTERM; SignalProcesses reaches it (the agent is PID 1)
+// and it writes its state to the disk before it exits. A second program
+// that ignores SIGTERM is still there afterwards, for SIGKILL to end.
+func TestSignalProcessesInVM(t *testing.T) {
+	img := vmImages(t)
+	v := img.start(t, "signal", img.rootfs, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	c := dialVM(t, ctx, v.sock)
+	trap := `trap 'echo saved > /root/state; sync; exit 0' TERM; echo > /tmp/trap.ready; while :; do sleep 0.1; done`
+	deaf := `trap '' TERM; echo $$ > /tmp/deaf.pid; while :; do sleep 0.1; done`
+	for _, script := range []string{trap, deaf} {
+		res, err := c.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", `setsid sh -c "$0" </dev/null >/dev/null 2>&1 &`, script}})
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("start: %+v, %v", res, err)
+		}
+	}
+	guestWait(t, ctx, c, "test -e /tmp/trap.ready && test -s /tmp/deaf.pid")
+	n, err := c.SignalProcesses(ctx, syscall.SIGTERM)
+	if err != nil || n < 2 {
+		t.Fatalf("SignalProcesses = %d, %v", n, err)
+	}
+	guestWait(t, ctx, c, "test -e /root/state")
+	var out bytes.Buffer
+	if res, err := c.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", "cat /root/state; kill -0 $(cat /tmp/deaf.pid) && echo alive"}, Stdout: &out}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("check: %+v, %v", res, err)
+	}
+	if out.String() != "saved\nalive\n" {
+		t.Errorf("guest says %q, want the trapping program's state and the deaf program alive", out.String())
+	}
+	if _, err := c.SignalProcesses(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	guestWait(t, ctx, c, "! kill -0 $(cat /tmp/deaf.pid)")
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("agent after SIGKILL to every process: %v", err)
+	}
+}
+
+// guestWait runs cond in the guest until it succeeds.
+func guestWait(t *testing.T, ctx context.Context, c *guest.Client, cond string) {
+	t.Helper()
+	for {
+		res, err := c.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", cond}})
+		if err != nil {
+			t.Fatalf("wait for %q: %v", cond, err)
+		}
+		if res.ExitCode == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("gave up waiting for %q", cond)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

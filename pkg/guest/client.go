@@ -187,6 +187,17 @@ func (c *Client) SignalAll(ctx context.Context, sig syscall.Signal) error {
 	return c.call(ctx, &proto.Request{Op: proto.OpSignal, Signal: int(sig)}, nil)
 }
 
+// SignalProcesses sends sig to every process in the guest but the agent
+// (every process descended from it) and returns how many it reached. A
+// program that traps the signal sees it, wherever its process group.
+func (c *Client) SignalProcesses(ctx context.Context, sig syscall.Signal) (int, error) {
+	var res proto.SignalResult
+	if err := c.call(ctx, &proto.Request{Op: proto.OpSignalProcesses, Signal: int(sig)}, &res); err != nil {
+		return 0, err
+	}
+	return res.Processes, nil
+}
+
 // Stats reports the guest's resource use and last activity.
 func (c *Client) Stats(ctx context.Context) (*tartarus.Stats, error) {
 	var st tartarus.Stats

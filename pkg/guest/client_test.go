@@ -293,6 +293,47 @@ func TestSignalAll(t *testing.T) {
 	}
 }
 
+// SignalProcesses reaches a program that traps SIGTERM, which then writes
+// its state. The in-process agent signals only its own descendants, never
+// the rest of the machine.
+func TestSignalProcesses(t *testing.T) {
+	e := start(t, agent.Options{})
+	dir := t.TempDir()
+	ready, state := filepath.Join(dir, "ready"), filepath.Join(dir, "state")
+	script := `trap 'echo saved > ` + state + `; exit 3' TERM; echo > ` + ready + `; while :; do sleep 0.05; done`
+	done := make(chan execOut, 1)
+	go func() { done <- run(t, e.client, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", script}}) }()
+	waitFile(t, ready)
+	n, err := e.client.SignalProcesses(ctxT(t), syscall.SIGTERM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 1 {
+		t.Errorf("signal reached %d processes", n)
+	}
+	out := <-done
+	if out.res.ExitCode != 3 {
+		t.Errorf("trapping program ended %+v", out.res)
+	}
+	if b, err := os.ReadFile(state); err != nil || string(b) != "saved\n" {
+		t.Errorf("state file %q, %v", b, err)
+	}
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestExecLargeOutput(t *testing.T) {
 	e := start(t, agent.Options{})
 	const size = 8 << 20

@@ -234,6 +234,8 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 		res, err = s.cancel(req.ExecID)
 	case proto.OpSignal:
 		res = &proto.SignalResult{Groups: a.groups.signal(signalOf(req.Signal))}
+	case proto.OpSignalProcesses:
+		res, err = signalDescendants(signalOf(req.Signal))
 	case proto.OpReadFile:
 		res, err = a.readFile(st, fw, req.Path)
 	case proto.OpWriteFile:

@@ -31,6 +31,12 @@ const (
 	OpCancel Op = "cancel"
 	// OpSignal sends a signal to every process group started by exec.
 	OpSignal Op = "signal"
+	// OpSignalProcesses sends a signal to every process descended from the
+	// agent but the agent itself: in a VM, where the agent is PID 1, every
+	// process of the guest (kernel threads descend from kthreadd, not from
+	// PID 1). It reaches what OpSignal misses: daemons that left their
+	// exec's process group (setsid, setpgid).
+	OpSignalProcesses Op = "signal_processes"
 	// OpReadFile streams a file out as data frames, then FileResult.
 	OpReadFile Op = "read_file"
 	// OpWriteFile takes data frames and FrameEOF, writes the file
@@ -62,7 +68,7 @@ type Request struct {
 	Sync   *SyncRequest `json:"sync,omitempty"`
 	Exec   *ExecRequest `json:"exec,omitempty"`
 	ExecID string       `json:"exec_id,omitempty"` // OpCancel
-	Signal int          `json:"signal,omitempty"`  // OpSignal
+	Signal int          `json:"signal,omitempty"`  // OpSignal, OpSignalProcesses
 	Path   string       `json:"path,omitempty"`    // file ops
 	Mode   uint32       `json:"mode,omitempty"`    // OpWriteFile; 0 means DefaultMode
 }
@@ -110,9 +116,11 @@ type ExecResult struct {
 	DurationNS int64  `json:"duration_ns"`
 }
 
-// SignalResult says how many process groups a signal reached.
+// SignalResult says how many process groups (OpSignal) or processes
+// (OpSignalProcesses) a signal reached.
 type SignalResult struct {
-	Groups int `json:"groups"`
+	Groups    int `json:"groups"`
+	Processes int `json:"processes,omitempty"`
 }
 
 // FileResult ends a file transfer.
@@ -168,7 +176,7 @@ func (r *Request) Validate() error {
 			return bad("exec_id must be 1-%d bytes", MaxExecIDLen)
 		}
 		return nil
-	case OpSignal:
+	case OpSignal, OpSignalProcesses:
 		if r.Signal < 1 || r.Signal > maxSignal {
 			return bad("signal %d out of range", r.Signal)
 		}

@@ -1,0 +1,269 @@
+package thanatos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Exit codes a termination reports.
+const (
+	exitDrained = 0
+	exitKilled  = 128 + 9
+)
+
+// drive runs r from its recorded phase to a final one. Before each step
+// the phase is in the journal, so a manager that stops (Close, or a crash)
+// leaves a record the next one resumes from; every step may therefore run
+// twice and the Target's methods are idempotent.
+func (m *Manager) drive(r *run) {
+	defer close(r.done)
+	ctx := m.ctx
+	for {
+		st := m.snapshot(r)
+		if ctx.Err() != nil {
+			return
+		}
+		var next TerminationPhase
+		switch st.Phase {
+		case PhaseInitiated:
+			m.preMortem(ctx, st)
+			next = PhaseSignaled
+		case PhaseSignaled:
+			m.signal(ctx, r, st)
+			next = PhaseDraining
+		case PhaseDraining:
+			code := m.drain(ctx, r, st)
+			if ctx.Err() != nil {
+				return
+			}
+			m.update(r, func(s *TerminationStatus) { s.ExitCode = &code })
+			next = PhaseTerminating
+			if st.CreateCheckpoint {
+				next = PhaseCheckpointing
+			}
+		case PhaseCheckpointing:
+			ttl := st.CheckpointTTL
+			if ttl == 0 {
+				ttl = m.cfg.CheckpointTTL
+			}
+			_, err := m.checkpoint(ctx, st.SandboxID, st.Tenant, st.CheckpointID, ttl, st.Reason)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				// The sandbox still ends: what was asked for is its end,
+				// and a sandbox kept alive past its deadline is worse than a
+				// missing checkpoint. The termination ends failed with why.
+				m.log.Warn("checkpoint failed; terminating anyway", "sandbox", st.SandboxID, "err", err)
+				m.update(r, func(s *TerminationStatus) { s.ErrorMessage = err.Error(); s.CheckpointID = "" })
+			}
+			next = PhaseTerminating
+		case PhaseTerminating:
+			err := m.terminate(ctx, st)
+			if ctx.Err() != nil {
+				return
+			}
+			next = PhaseCompleted
+			m.update(r, func(s *TerminationStatus) {
+				if err != nil {
+					s.ErrorMessage = joinMessage(s.ErrorMessage, err.Error())
+				}
+				if s.ErrorMessage != "" {
+					next = PhaseFailed
+				}
+				if s.ExitCode == nil {
+					code := exitKilled
+					s.ExitCode = &code
+				}
+			})
+		case PhaseCompleted, PhaseFailed:
+			m.finish(r, st)
+			return
+		default:
+			m.update(r, func(s *TerminationStatus) { s.ErrorMessage = fmt.Sprintf("unknown phase %q", st.Phase) })
+			next = PhaseTerminating
+		}
+		if !m.advance(ctx, r, next) {
+			return
+		}
+	}
+}
+
+func joinMessage(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+func (m *Manager) snapshot(r *run) *TerminationStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return r.st.Clone()
+}
+
+func (m *Manager) update(r *run, f func(*TerminationStatus)) {
+	m.mu.Lock()
+	f(r.st)
+	m.mu.Unlock()
+}
+
+func (m *Manager) forced(r *run) bool {
+	select {
+	case <-r.force:
+		return true
+	default:
+		return false
+	}
+}
+
+// advance records phase next (and when it started) in the journal. It
+// returns false if the run must stop: the manager is closing or the
+// journal refused the write (the earlier phase stays recorded, so a
+// Resume redoes the step).
+func (m *Manager) advance(ctx context.Context, r *run, next TerminationPhase) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	now := m.clock.Now()
+	var st *TerminationStatus
+	m.update(r, func(s *TerminationStatus) {
+		prev := s.Phases[len(s.Phases)-1]
+		m.metrics.phase(s.Reason, prev.Phase, now.Sub(prev.StartedAt))
+		s.Phase = next
+		s.Phases = append(s.Phases, PhaseRecord{next, now})
+		if m.forced(r) && !s.Forced {
+			s.Forced = true
+			if now.Before(s.GraceDeadline) {
+				s.GraceDeadline = now
+			}
+		}
+		if next.Final() {
+			s.FinishedAt = now
+		}
+		st = s.Clone()
+	})
+	if err := m.cfg.Journal.Put(ctx, st); err != nil {
+		m.log.Error("record termination phase; stopping until resumed", "sandbox", st.SandboxID, "phase", next, "err", err)
+		return false
+	}
+	m.log.Info("termination phase", "sandbox", st.SandboxID, "phase", next, "reason", st.Reason)
+	return true
+}
+
+// signal sends the termination's signal, unless there is no grace period
+// to use it in (grace 0, or forced).
+func (m *Manager) signal(ctx context.Context, r *run, st *TerminationStatus) {
+	if st.GracePeriod == 0 || st.Forced || m.forced(r) || !m.clock.Now().Before(st.GraceDeadline) {
+		return
+	}
+	sig, err := st.Signal.Syscall()
+	if err != nil {
+		return // normalize checked it; a corrupt record just skips the signal
+	}
+	if err := m.cfg.Target.SignalAll(ctx, st.SandboxID, sig); err != nil && ctx.Err() == nil {
+		// A guest that cannot be signalled is drained and killed all the same.
+		m.log.Warn("signal sandbox", "sandbox", st.SandboxID, "signal", st.Signal, "err", err)
+	}
+}
+
+// drain waits until the sandbox has no active work (exit code 0) or the
+// deadline passes or the termination is forced (137).
+func (m *Manager) drain(ctx context.Context, r *run, st *TerminationStatus) int {
+	deadline, stopDeadline := m.after(st.GraceDeadline.Sub(m.clock.Now()))
+	defer stopDeadline()
+	poll := m.clock.NewTicker(m.cfg.DrainPoll)
+	defer poll.Stop()
+	for {
+		if !m.clock.Now().Before(st.GraceDeadline) || m.forced(r) {
+			if n, err := m.cfg.Target.ActiveWork(ctx, st.SandboxID); err == nil && n == 0 {
+				return exitDrained
+			}
+			return exitKilled
+		}
+		n, err := m.cfg.Target.ActiveWork(ctx, st.SandboxID)
+		switch {
+		case err == nil && n == 0, errors.Is(err, tartarus.ErrNotFound):
+			return exitDrained
+		case err != nil && ctx.Err() == nil:
+			m.log.Debug("active work unknown; waiting for the deadline", "sandbox", st.SandboxID, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return exitKilled
+		case <-r.force:
+		case <-deadline:
+		case <-poll.C():
+		}
+	}
+}
+
+// terminate kills the sandbox and releases what it held; both are tried.
+func (m *Manager) terminate(ctx context.Context, st *TerminationStatus) error {
+	var errs []error
+	if err := m.cfg.Target.Kill(ctx, st.SandboxID); err != nil && !errors.Is(err, tartarus.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("kill: %w", err))
+	}
+	if err := m.cfg.Target.Release(ctx, st.SandboxID); err != nil && !errors.Is(err, tartarus.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("release: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// finish runs what follows a final phase: metrics, post-mortem hooks,
+// webhooks and the callback (in the background, never delaying anything).
+// A crash between the final write and here loses them: they are at most
+// once.
+func (m *Manager) finish(r *run, st *TerminationStatus) {
+	m.mu.Lock()
+	if m.runs[st.SandboxID] == r {
+		delete(m.runs, st.SandboxID)
+	}
+	m.mu.Unlock()
+	m.metrics.final(st)
+	m.log.Info("termination done", "sandbox", st.SandboxID, "phase", st.Phase, "reason", st.Reason, "err", st.ErrorMessage)
+	m.postMortem(m.ctx, st)
+	m.notify(st)
+}
+
+// after returns a channel that receives once d has passed on the clock.
+// A clock.Ticker stands in for a timer: the first tick is the deadline.
+func (m *Manager) after(d time.Duration) (<-chan time.Time, func()) {
+	if d <= 0 {
+		ch := make(chan time.Time, 1)
+		ch <- m.clock.Now()
+		return ch, func() {}
+	}
+	t := m.clock.NewTicker(d)
+	return t.C(), t.Stop
+}
+
+// within runs f with a context cut when budget passes on the clock (or
+// ctx ends). A hook that ignores its context is abandoned, not waited for.
+func (m *Manager) within(ctx context.Context, budget time.Duration, f func(context.Context) error) error {
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- fmt.Errorf("hook panicked: %v", v)
+			}
+		}()
+		done <- f(hctx)
+	}()
+	timer, stop := m.after(budget)
+	defer stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer:
+		return tartarus.Errorf(tartarus.ErrTimeout, "cut at its budget of %v", budget)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
