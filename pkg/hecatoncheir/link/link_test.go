@@ -518,7 +518,7 @@ func TestCommandErrorsAndDestroyOfUnknown(t *testing.T) {
 	s.waitFor("four results", func() bool { return len(s.results) == 4 })
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for id, code := range map[string]string{"cmd-1": "not_found", "cmd-3": "not_implemented", "cmd-4": "invalid"} {
+	for id, code := range map[string]string{"cmd-1": "not_found", "cmd-3": "not_implemented", "cmd-4": "invalid_argument"} {
 		if r := s.results[id][0]; r.Error == nil || r.Error.Code != code {
 			t.Errorf("%s: error %+v, want %s", id, r.Error, code)
 		}
