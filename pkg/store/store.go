@@ -6,7 +6,7 @@
 // control-plane process, Postgres several replicas sharing one database
 // (Open picks by the DSN). Both are the one SQL store, whose statements are
 // written once; a dialect value holds what the databases spell differently
-// (placeholders, schema types, the migration lock).
+// (placeholders, the schema, the migration lock, a duplicate key's error).
 // State changes are compare-and-set on the old state, so two writers racing
 // on one sandbox cannot both win.
 package store
@@ -37,12 +37,13 @@ type Store interface {
 	Close() error
 }
 
-// SleepRecordKeeper is a Store that also keeps Hypnos's sleep records in
-// its database (SQLite and Postgres do). The node agent keeps a runtime's
-// records there when its Store is one, and in the snapshot store
-// otherwise; so a wrapper around a Store must implement it too, forwarding
-// to the wrapped Store, or hibernation silently moves its records (and
-// forgets the sandboxes that slept before).
+// SleepRecordKeeper is the optional side interface of a Store that also
+// keeps Hypnos's sleep records in its database (SQLite and Postgres do).
+// The node agent keeps a runtime's records there when its Store has it,
+// and in the snapshot store otherwise; so a wrapper around a Store must
+// implement it too, forwarding to the wrapped Store, or hibernation
+// silently moves its records (and no longer finds the sandboxes that slept
+// before).
 type SleepRecordKeeper interface {
 	// SleepRecords returns the sleep records of runtime's sandboxes.
 	SleepRecords(runtime string) *SleepRecords
