@@ -128,7 +128,7 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 // them.
 func (n *node) Close() {
 	for _, rt := range n.runtimes {
-		if c, ok := rt.(interface{ Close() error }); ok {
+		if c, ok := rt.(tartarus.RuntimeCloser); ok {
 			if err := c.Close(); err != nil {
 				n.log.Warn("close runtime", "runtime", rt.Name(), "err", err)
 			}

@@ -50,7 +50,9 @@ type Catalog interface {
 // Config wires an Agent.
 type Config struct {
 	// Node is this host's name, recorded on each sandbox.
-	Node  string
+	Node string
+	// Store holds the sandboxes. When it is also a store.SleepRecordKeeper,
+	// Hypnos keeps its sleep records there; otherwise in Snapshots.
 	Store store.Store
 	// Runtimes are the enabled backends; the first is the default.
 	Runtimes []tartarus.Runtime

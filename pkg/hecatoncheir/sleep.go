@@ -30,11 +30,6 @@ type snapRuntime struct {
 	templates *nyx.Manager
 }
 
-// recordStores is implemented by store.SQLite.
-type recordStores interface {
-	SleepRecords(runtime string) *store.SleepRecords
-}
-
 // setUpSnapshots makes a snapRuntime for each runtime that implements
 // tartarus.Snapshotter and declares the capability.
 func (a *Agent) setUpSnapshots() error {
@@ -58,7 +53,7 @@ func (a *Agent) setUpSnapshots() error {
 				TempDir: a.cfg.SnapshotTempDir, Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
 		}
 		var records hypnos.RecordStore
-		if rs, ok := a.cfg.Store.(recordStores); ok {
+		if rs, ok := a.cfg.Store.(store.SleepRecordKeeper); ok {
 			records = rs.SleepRecords(name)
 		} else {
 			records = hypnos.NewStoreRecords(a.cfg.Snapshots, a.cfg.SnapshotPrefix+"hypnos-records/"+name)

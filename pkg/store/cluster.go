@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -293,7 +292,7 @@ func (p *Postgres) Place(ctx context.Context, idem IdempotencyKey, place PlaceFu
 			return "", fmt.Errorf("assign sandbox %s: %w", sb.ID, err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			if err := insertSandbox(ctx, tx, sb); err != nil {
+			if err := p.insertSandbox(ctx, tx, sb); err != nil {
 				return "", err
 			}
 		}
@@ -355,31 +354,6 @@ func insertCommand(ctx context.Context, tx *sql.Tx, c *CommandRecord) error {
 		c.ID, c.Node, c.SandboxID, c.Kind, string(c.Body), nanos(c.CreatedAt)).Scan(&c.Seq)
 	if err != nil {
 		return fmt.Errorf("insert command %s: %w", c.ID, err)
-	}
-	return nil
-}
-
-// execer is a *sql.DB or a *sql.Tx.
-type execer interface {
-	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
-}
-
-func insertSandbox(ctx context.Context, tx execer, sb *tartarus.Sandbox) error {
-	env, err := json.Marshal(orEmpty(sb.Env))
-	if err != nil {
-		return err
-	}
-	md, err := json.Marshal(orEmpty(sb.Metadata))
-	if err != nil {
-		return err
-	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES
-		($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)`,
-		sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
-		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes)
-	if err != nil {
-		return fmt.Errorf("insert sandbox %s: %w", sb.ID, err)
 	}
 	return nil
 }
@@ -456,24 +430,18 @@ func (p *Postgres) FinishCommand(ctx context.Context, node, id string, result []
 // is newer. A sandbox the cluster has never seen (a fork's copy) is
 // inserted.
 func (p *Postgres) Report(ctx context.Context, node string, sb *tartarus.Sandbox) (applied bool, err error) {
-	env, err := json.Marshal(orEmpty(sb.Env))
+	on := *sb
+	on.Node = node
+	args, err := sandboxArgs(&on)
 	if err != nil {
 		return false, err
 	}
-	md, err := json.Marshal(orEmpty(sb.Metadata))
-	if err != nil {
-		return false, err
-	}
-	res, err := p.db.ExecContext(ctx, `INSERT INTO sandboxes (`+columns+`) VALUES
-		($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+	res, err := p.db.ExecContext(ctx, p.d.q(insertColumns+`
 		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at,
 			expires_at = EXCLUDED.expires_at, last_activity_at = GREATEST(sandboxes.last_activity_at, EXCLUDED.last_activity_at),
 			error = EXCLUDED.error, snapshot_bytes = EXCLUDED.snapshot_bytes
 		WHERE sandboxes.node = EXCLUDED.node AND sandboxes.state NOT IN ('terminated', 'failed')
-			AND sandboxes.updated_at <= EXCLUDED.updated_at`,
-		sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), node, sb.CPUs, sb.MemoryMB,
-		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes)
+			AND sandboxes.updated_at <= EXCLUDED.updated_at`), args...)
 	if err != nil {
 		return false, fmt.Errorf("report sandbox %s: %w", sb.ID, err)
 	}

@@ -18,23 +18,15 @@ import (
 // a crash once PutRecord returns.
 type SleepRecords struct {
 	db      *sql.DB
+	d       *dialect
 	runtime string
-	// numbered is set for PostgreSQL, whose placeholders are $1, $2, ….
-	numbered bool
-}
-
-func (r *SleepRecords) q(query string) string {
-	if r.numbered {
-		return numbered(query)
-	}
-	return query
 }
 
 var _ hypnos.RecordStore = (*SleepRecords)(nil)
 
-// SleepRecords returns the sleep records of runtime's sandboxes.
-func (s *SQLite) SleepRecords(runtime string) *SleepRecords {
-	return &SleepRecords{db: s.db, runtime: runtime}
+// SleepRecords implements SleepRecordKeeper.
+func (s *SQL) SleepRecords(runtime string) *SleepRecords {
+	return &SleepRecords{db: s.db, d: s.d, runtime: runtime}
 }
 
 // PutRecord implements hypnos.RecordStore.
@@ -43,7 +35,7 @@ func (r *SleepRecords) PutRecord(ctx context.Context, rec *hypnos.SleepRecord) e
 	if err != nil {
 		return fmt.Errorf("put sleep record %s: %w", rec.SandboxID, err)
 	}
-	_, err = r.db.ExecContext(ctx, r.q(`INSERT INTO sleep_records (sandbox_id, runtime, status, record) VALUES (?,?,?,?)
+	_, err = r.db.ExecContext(ctx, r.d.q(`INSERT INTO sleep_records (sandbox_id, runtime, status, record) VALUES (?,?,?,?)
 		ON CONFLICT(sandbox_id) DO UPDATE SET runtime = excluded.runtime, status = excluded.status, record = excluded.record`),
 		rec.SandboxID, r.runtime, string(rec.Status), string(b))
 	if err != nil {
@@ -55,7 +47,7 @@ func (r *SleepRecords) PutRecord(ctx context.Context, rec *hypnos.SleepRecord) e
 // GetRecord implements hypnos.RecordStore.
 func (r *SleepRecords) GetRecord(ctx context.Context, id string) (*hypnos.SleepRecord, error) {
 	var raw string
-	err := r.db.QueryRowContext(ctx, r.q(`SELECT record FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`), id, r.runtime).Scan(&raw)
+	err := r.db.QueryRowContext(ctx, r.d.q(`SELECT record FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`), id, r.runtime).Scan(&raw)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "sleep record %s", id)
 	}
@@ -75,7 +67,7 @@ func decodeRecord(id, raw string) (*hypnos.SleepRecord, error) {
 
 // DeleteRecord implements hypnos.RecordStore.
 func (r *SleepRecords) DeleteRecord(ctx context.Context, id string) error {
-	if _, err := r.db.ExecContext(ctx, r.q(`DELETE FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`), id, r.runtime); err != nil {
+	if _, err := r.db.ExecContext(ctx, r.d.q(`DELETE FROM sleep_records WHERE sandbox_id = ? AND runtime = ?`), id, r.runtime); err != nil {
 		return fmt.Errorf("delete sleep record %s: %w", id, err)
 	}
 	return nil
@@ -83,7 +75,7 @@ func (r *SleepRecords) DeleteRecord(ctx context.Context, id string) error {
 
 // ListRecords implements hypnos.RecordStore.
 func (r *SleepRecords) ListRecords(ctx context.Context) ([]*hypnos.SleepRecord, error) {
-	rows, err := r.db.QueryContext(ctx, r.q(`SELECT sandbox_id, record FROM sleep_records WHERE runtime = ? ORDER BY sandbox_id`), r.runtime)
+	rows, err := r.db.QueryContext(ctx, r.d.q(`SELECT sandbox_id, record FROM sleep_records WHERE runtime = ? ORDER BY sandbox_id`), r.runtime)
 	if err != nil {
 		return nil, fmt.Errorf("list sleep records: %w", err)
 	}

@@ -1,18 +1,18 @@
 // Package store keeps the control plane's durable state: every sandbox with
 // its state, owner, placement and times, and the sleep records of
-// hibernated sandboxes (SQLite.SleepRecords, a hypnos.RecordStore).
+// hibernated sandboxes (SleepRecordKeeper, a hypnos.RecordStore per runtime).
 //
 // Store is deliberately small and SQL-shaped: SQLite serves a single
 // control-plane process, Postgres several replicas sharing one database
-// (Open picks by the DSN).
+// (Open picks by the DSN). Both are the one SQL store, whose statements are
+// written once; a dialect value holds what the databases spell differently
+// (placeholders, the schema, the migration lock, a duplicate key's error).
 // State changes are compare-and-set on the old state, so two writers racing
 // on one sandbox cannot both win.
 package store
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -37,6 +37,18 @@ type Store interface {
 	Close() error
 }
 
+// SleepRecordKeeper is the optional side interface of a Store that also
+// keeps Hypnos's sleep records in its database (SQLite and Postgres do).
+// The node agent keeps a runtime's records there when its Store has it,
+// and in the snapshot store otherwise; so a wrapper around a Store must
+// implement it too, forwarding to the wrapped Store, or hibernation
+// silently moves its records (and no longer finds the sandboxes that slept
+// before).
+type SleepRecordKeeper interface {
+	// SleepRecords returns the sleep records of runtime's sandboxes.
+	SleepRecords(runtime string) *SleepRecords
+}
+
 // Change carries what a Move records besides the new state.
 type Change struct {
 	At time.Time
@@ -45,26 +57,4 @@ type Change struct {
 	// SnapshotBytes is recorded as the sandbox's snapshot size (a move to
 	// hibernated sets it; every other move leaves 0, clearing it).
 	SnapshotBytes int64
-}
-
-// querySandboxes runs a SELECT of columns and scans every row; both SQL
-// stores list through it.
-func querySandboxes(ctx context.Context, db *sql.DB, q string, args []any) ([]*tartarus.Sandbox, error) {
-	rows, err := db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	defer rows.Close()
-	var out []*tartarus.Sandbox
-	for rows.Next() {
-		sb, err := scan(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sandboxes: %w", err)
-		}
-		out = append(out, sb)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list sandboxes: %w", err)
-	}
-	return out, nil
 }

@@ -70,6 +70,15 @@ type Runtime interface {
 	Stats(ctx context.Context, id string) (*Stats, error)
 }
 
+// RuntimeCloser is the optional side interface of a Runtime that holds
+// host-side resources (a daemon connection, QMP sockets). Close lets go of
+// them without stopping any sandbox, as a node agent does when it exits:
+// the sandboxes keep running for the next agent's Recover. A wrapper around
+// such a Runtime must forward it.
+type RuntimeCloser interface {
+	Close() error
+}
+
 // VMConfig is what a runtime needs to create one sandbox.
 type VMConfig struct {
 	ID       string

@@ -54,21 +54,15 @@ func (c *Changes) Take() []string {
 // Watch returns st wrapped so that every sandbox it creates or moves is
 // noted in the returned Changes: the node agent opened over the wrapper
 // has every state change it makes, on its own or on command, reported.
-// The wrapper keeps st's sleep records (store.SQLite's SleepRecords), so
-// the agent keeps its sleep records in the same database.
+// When st is a store.SleepRecordKeeper the wrapper is one too, forwarding
+// to st, so the agent keeps its sleep records in the same database.
 func Watch(st store.Store) (store.Store, *Changes) {
 	ch := NewChanges()
 	w := &watched{Store: st, ch: ch}
-	if rs, ok := st.(recordStores); ok {
+	if rs, ok := st.(store.SleepRecordKeeper); ok {
 		return &watchedRecords{watched: w, rs: rs}, ch
 	}
 	return w, ch
-}
-
-// recordStores is what hecatoncheir asks of a store that keeps sleep
-// records.
-type recordStores interface {
-	SleepRecords(runtime string) *store.SleepRecords
 }
 
 type watched struct {
@@ -94,19 +88,22 @@ func (w *watched) Move(ctx context.Context, id string, from, to tartarus.State, 
 	return sb, err
 }
 
+// watchedRecords is watched over a store that keeps sleep records.
 type watchedRecords struct {
 	*watched
-	rs recordStores
+	rs store.SleepRecordKeeper
 }
 
-// SleepRecords hands out the wrapped store's sleep records.
+// SleepRecords implements store.SleepRecordKeeper: the wrapped store's
+// sleep records.
 func (w *watchedRecords) SleepRecords(runtime string) *store.SleepRecords {
 	return w.rs.SleepRecords(runtime)
 }
 
 var (
-	_ store.Store  = (*watched)(nil)
-	_ recordStores = (*watchedRecords)(nil)
+	_ store.Store             = (*watched)(nil)
+	_ store.Store             = (*watchedRecords)(nil)
+	_ store.SleepRecordKeeper = (*watchedRecords)(nil)
 )
 
 // maxReports bounds one POST of reports.

@@ -134,6 +134,8 @@ func New(opts Options) (*Runtime, error) {
 	return r, nil
 }
 
+var _ tartarus.RuntimeCloser = (*Runtime)(nil)
+
 // Close lets go of the connection; containers keep running.
 func (r *Runtime) Close() error { return r.cli.Close() }
 

@@ -111,6 +111,8 @@ func New(opts Options) (*Runtime, error) {
 	return r, nil
 }
 
+var _ tartarus.RuntimeCloser = (*Runtime)(nil)
+
 // Close lets go of the daemon connection; containers keep running.
 func (r *Runtime) Close() error { return r.cli.Close() }
 

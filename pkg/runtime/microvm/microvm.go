@@ -230,6 +230,8 @@ func qemuVersion(ctx context.Context, qemu string) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
+var _ tartarus.RuntimeCloser = (*Driver)(nil)
+
 // Close lets go of every VM without stopping it, as a node agent does when
 // it exits: the VMs keep running for the next agent's Recover.
 func (d *Driver) Close() error {

@@ -208,7 +208,7 @@ func Run(t *testing.T, newRuntime Factory) {
 		}
 		// An exiting node agent lets go of its sandboxes without stopping
 		// them; a runtime holding host-side connections does that in Close.
-		if c, ok := rt.(interface{ Close() error }); ok {
+		if c, ok := rt.(tartarus.RuntimeCloser); ok {
 			if err := c.Close(); err != nil {
 				t.Fatalf("Close before recovering: %v", err)
 			}
