@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebusopen"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/link"
@@ -181,7 +182,7 @@ func (s *agentSetup) loadTLS(o *agentOptions) error {
 	}
 	// The certificate must name this node: the servers know the agent by it.
 	if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil {
-		m := &cerberus.MTLSConfig{ClientCAs: s.cas, Clock: cerberus.SystemClock{}}
+		m := &cerberus.MTLSConfig{ClientCAs: s.cas, Clock: clock.System{}}
 		id, err := m.Verify(&cerberus.MTLSCredential{Certificate: leaf})
 		switch {
 		case err != nil:
@@ -225,6 +226,9 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	log = log.With("node", o.node)
+	// The one clock of this agent: every part whose behaviour time decides
+	// reads it.
+	clk := clock.System{}
 	// VMs and their state live until shutdown, not until the first signal.
 	life := context.WithoutCancel(ctx)
 
@@ -243,7 +247,7 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 	}
 	defer sql.Close()
 	st, changes := link.Watch(sql)
-	n, err := openNode(life, &o.nodeOptions, o.dataDir, st, snaps, log)
+	n, err := openNode(life, &o.nodeOptions, o.dataDir, st, snaps, clk, log)
 	if err != nil {
 		return err
 	}
@@ -252,7 +256,7 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 
 	l, err := link.New(link.Config{Agent: agent, Changes: changes, Servers: o.servers, TLS: setup.client,
 		ClientCAs: setup.cas, ServerNames: o.serverNames, Address: setup.advertise, Labels: setup.labels, SharedSnapshots: shared,
-		HeartbeatInterval: o.heartbeat, Log: log})
+		HeartbeatInterval: o.heartbeat, Clock: clk, Log: log})
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // authOptions are the server's authentication flags. Owned by the Cerberus
@@ -40,6 +41,9 @@ type authOptions struct {
 	// with a postgres:// URL, API keys live in its api_keys table, shared
 	// by every replica; otherwise in <data dir>/apikeys.json.
 	database string
+	// clock is the server's clock (set by server.go before setup); nil
+	// means clock.System.
+	clock clock.Clock
 }
 
 // authSetup is what the server needs from Cerberus.
@@ -121,9 +125,12 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
-	clock := cerberus.SystemClock{}
+	clk := o.clock
+	if clk == nil {
+		clk = clock.System{}
+	}
 
-	keys, err := o.openKeys(ctx, dataDir, clock, log)
+	keys, err := o.openKeys(ctx, dataDir, clk, log)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
@@ -135,7 +142,7 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 	}()
 	var policy *cerberus.PolicySource
 	if o.policyFile != "" {
-		policy, err = cerberus.LoadPolicyFile(o.policyFile, clock, log)
+		policy, err = cerberus.LoadPolicyFile(o.policyFile, clk, log)
 		if err != nil {
 			return nil, fmt.Errorf("auth: %w", err)
 		}
@@ -148,19 +155,19 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 		log.Warn("the policy defines no " + cerberus.AdminRole + " role: the admin key made on first start can do nothing")
 	}
 	audit, err := cerberus.OpenAuditLog(cerberus.AuditLogConfig{
-		Dir: filepath.Join(dataDir, "audit"), MaxSize: o.auditMaxMiB << 20, Keep: o.auditKeep, Clock: clock,
+		Dir: filepath.Join(dataDir, "audit"), MaxSize: o.auditMaxMiB << 20, Keep: o.auditKeep, Clock: clk,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
 	metrics, _ := cerberus.NewMetrics(nil)
-	cfg := cerberus.Config{Keys: keys, Policy: policy, Audit: audit, Metrics: metrics, Clock: clock, Log: log}
+	cfg := cerberus.Config{Keys: keys, Policy: policy, Audit: audit, Metrics: metrics, Clock: clk, Log: log}
 	if o.oidcIssuer != "" {
 		cfg.OIDC, err = cerberus.NewOIDCVerifier(cerberus.OIDCConfig{
 			Issuer: o.oidcIssuer, Audience: o.oidcAudience, Algorithms: o.oidcAlgs,
 			UserClaim: o.oidcUserClaim, TenantClaim: o.oidcTenantClaim, RolesClaim: o.oidcRolesClaim,
 			GroupsClaim: o.oidcGroupsClaim, DefaultTenant: o.oidcDefault,
-		}, clock, log)
+		}, clk, log)
 		if err != nil {
 			audit.Close()
 			return nil, fmt.Errorf("auth: %w", err)
@@ -168,7 +175,7 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 		log.Info("oidc bearer tokens accepted", "issuer", o.oidcIssuer, "audience", o.oidcAudience)
 	}
 	if clientCAs != nil {
-		cfg.MTLS = &cerberus.MTLSConfig{ClientCAs: clientCAs, DefaultTenant: o.mtlsDefaultTenant, TrustDomain: o.mtlsTrustDom, Clock: clock}
+		cfg.MTLS = &cerberus.MTLSConfig{ClientCAs: clientCAs, DefaultTenant: o.mtlsDefaultTenant, TrustDomain: o.mtlsTrustDom, Clock: clk}
 		log.Info("client certificates accepted", "ca", o.tlsClientCA)
 	}
 	cb, err := cerberus.New(cfg)
@@ -207,11 +214,11 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 
 // openKeys opens the API key store: the Postgres table when --database is a
 // postgres:// URL (replicas share it), else the data dir's JSON file.
-func (o *authOptions) openKeys(ctx context.Context, dataDir string, clock cerberus.Clock, log *slog.Logger) (*cerberus.KeyStore, error) {
+func (o *authOptions) openKeys(ctx context.Context, dataDir string, clk clock.Clock, log *slog.Logger) (*cerberus.KeyStore, error) {
 	if !cerberus.IsPostgresDSN(o.database) {
-		return cerberus.OpenKeyStore(filepath.Join(dataDir, "apikeys.json"), clock)
+		return cerberus.OpenKeyStore(filepath.Join(dataDir, "apikeys.json"), clk)
 	}
-	keys, err := cerberus.OpenPostgresKeyStore(ctx, cerberus.PostgresKeysConfig{DSN: o.database, Clock: clock})
+	keys, err := cerberus.OpenPostgresKeyStore(ctx, cerberus.PostgresKeysConfig{DSN: o.database, Clock: clk})
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/charon"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // ferryOptions are the flags of `tartarus ferry`; a --config file gives the
@@ -131,7 +132,9 @@ func runFerry(cmd *cobra.Command, o ferryOptions) error {
 	if o.transport != "own" && o.transport != "std" {
 		return fmt.Errorf("--transport %q: want own or std", o.transport)
 	}
-	opts := charon.Options{Config: fc.Ferry, Logger: log, StdTransport: o.transport == "std"}
+	// The one clock of this ferry: breakers, ejections and rate limits read it.
+	clk := clock.System{}
+	opts := charon.Options{Config: fc.Ferry, Clock: clk, Logger: log, StdTransport: o.transport == "std"}
 	if fc.Redis != "" {
 		if !fc.Ferry.RateLimiting.Enabled {
 			return errors.New("--redis shares rate limits: also set --rate-limit (or rate_limiting in --config)")
@@ -149,7 +152,7 @@ func runFerry(cmd *cobra.Command, o ferryOptions) error {
 			return fmt.Errorf("redis %s: %w", ropts.Addr, err)
 		}
 		rl := fc.Ferry.RateLimiting
-		opts.Limiter = charon.NewRedisLimiter(rdb, rl.RequestsPerSecond, rl.Burst, nil, log)
+		opts.Limiter = charon.NewRedisLimiter(rdb, rl.RequestsPerSecond, rl.Burst, clk, log)
 	}
 	ferry, err := charon.New(opts)
 	if err != nil {

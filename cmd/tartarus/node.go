@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
@@ -68,11 +69,11 @@ type node struct {
 // openNode opens the runtimes and the node agent keeping its sandboxes in
 // st, its templates in DATA/images, its VMs in DATA/vms, and its snapshots
 // in snaps (DATA/snapshots when nil).
-func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Store, snaps erebus.Store, log *slog.Logger) (*node, error) {
+func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Store, snaps erebus.Store, clk clock.Clock, log *slog.Logger) (*node, error) {
 	if o.warmPool < 0 || o.autoHibernate < 0 || o.maxConcurrentWakes < 1 {
 		return nil, errors.New("--warm-pool and --auto-hibernate must not be negative, --max-concurrent-wakes at least 1")
 	}
-	cat, err := images.Open(images.Options{DataDir: dataDir, Log: log})
+	cat, err := images.Open(images.Options{DataDir: dataDir, Clock: clk, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +102,7 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		n.Close()
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Log: log,
+	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Clock: clk, Log: log,
 		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,

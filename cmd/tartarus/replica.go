@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/placement"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -63,7 +64,7 @@ func (o *clusterOptions) agentTLS() (cert tls.Certificate, pool *x509.CertPool, 
 }
 
 // openCluster makes the replica's backend and the listener agents call.
-func openCluster(ctx context.Context, o *clusterOptions, st store.Store, log *slog.Logger) (*cluster.Cluster, net.Listener, func(), error) {
+func openCluster(ctx context.Context, o *clusterOptions, st store.Store, clk clock.Clock, log *slog.Logger) (*cluster.Cluster, net.Listener, func(), error) {
 	pg, ok := st.(*store.Postgres)
 	if !ok {
 		return nil, nil, nil, errors.New("--agent-listen needs --database postgres://…: replicas share their state in Postgres")
@@ -90,7 +91,7 @@ func openCluster(ctx context.Context, o *clusterOptions, st store.Store, log *sl
 	} else {
 		log.Warn("no --redis: replicas and agents find new commands by polling the database each second")
 	}
-	mtls := &cerberus.MTLSConfig{ClientCAs: pool, Clock: cerberus.SystemClock{}}
+	mtls := &cerberus.MTLSConfig{ClientCAs: pool, Clock: clock.System{}}
 	identity := func(r *http.Request) (string, error) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 			return "", errors.New("no client certificate")
@@ -107,7 +108,7 @@ func openCluster(ctx context.Context, o *clusterOptions, st store.Store, log *sl
 		ResponseHeaderTimeout: 0, ForceAttemptHTTP2: false,
 	}}
 	cl, err := cluster.New(cluster.Config{Store: pg, Bus: bus, Strategy: strategy, NodeTimeout: o.nodeTimeout,
-		HeartbeatInterval: o.heartbeat, CommandWait: o.cmdWait, AgentClient: hc, AgentIdentity: identity, Log: log})
+		HeartbeatInterval: o.heartbeat, CommandWait: o.cmdWait, AgentClient: hc, AgentIdentity: identity, Clock: clk, Log: log})
 	if err != nil {
 		closeBus()
 		return nil, nil, nil, err

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -140,6 +141,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	// Everything below lives until shutdown, not until the first signal:
 	// VMs and their state must not be tied to ctx.
 	life := context.WithoutCancel(ctx)
+	// The one clock of this server: every part whose behaviour time decides
+	// reads it.
+	clk := clock.System{}
 
 	dsn := o.database
 	if dsn == "" {
@@ -151,6 +155,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	defer st.Close()
 	authOpts.database = o.database
+	authOpts.clock = clk
 	auth, err := authOpts.setup(life, o.dataDir, log)
 	if err != nil {
 		return err
@@ -166,7 +171,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		role    = "node " + o.node
 	)
 	if o.cluster.agentListen != "" {
-		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, log)
+		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
 		if err != nil {
 			return err
 		}
@@ -178,7 +183,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
 	} else {
-		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, log)
+		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // AuditRecord is one audit entry as written to the log and served by
@@ -74,7 +76,7 @@ type AuditLogConfig struct {
 	Dir     string // the log is Dir/audit.log; rotated files audit-<time>.log beside it
 	MaxSize int64  // rotate when the file passes this size; default 64 MiB
 	Keep    int    // rotated files kept; default 10
-	Clock   Clock
+	Clock   clock.Clock
 }
 
 // AuditLog is an append-only JSON-lines audit log, rotated by size.
@@ -88,7 +90,7 @@ type AuditLog struct {
 	dir     string
 	maxSize int64
 	keep    int
-	clock   Clock
+	clock   clock.Clock
 
 	mu      sync.Mutex // guards f, size, written
 	f       *os.File
@@ -110,7 +112,7 @@ func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
 		cfg.Keep = 10
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = SystemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // benchPolicy writes a policy of n rules: n/10 roles of 10 rules each over
@@ -144,17 +146,17 @@ func BenchmarkParsePolicy10000(b *testing.B) {
 // the difference is the gateway's own cost; the audit log is on the test's
 // temporary directory and each entry is fsync'd.
 func BenchmarkGateway(b *testing.B) {
-	clock := SystemClock{}
+	clk := clock.System{}
 	dir := b.TempDir()
-	keys, _ := OpenKeyStore(filepath.Join(dir, "apikeys.json"), clock)
-	audit, err := OpenAuditLog(AuditLogConfig{Dir: filepath.Join(dir, "audit"), Clock: clock, MaxSize: 1 << 30})
+	keys, _ := OpenKeyStore(filepath.Join(dir, "apikeys.json"), clk)
+	audit, err := OpenAuditLog(AuditLogConfig{Dir: filepath.Join(dir, "audit"), Clock: clk, MaxSize: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer audit.Close()
 	iss := newTestIssuer(b)
-	oidcV, _ := NewOIDCVerifier(OIDCConfig{Issuer: iss.srv.URL, Audience: "tartarus"}, clock, slog.New(slog.DiscardHandler))
-	cb, err := New(Config{Keys: keys, OIDC: oidcV, Policy: StaticPolicy(DefaultPolicy()), Audit: audit, Clock: clock})
+	oidcV, _ := NewOIDCVerifier(OIDCConfig{Issuer: iss.srv.URL, Audience: "tartarus"}, clk, slog.New(slog.DiscardHandler))
+	cb, err := New(Config{Keys: keys, OIDC: oidcV, Policy: StaticPolicy(DefaultPolicy()), Audit: audit, Clock: clk})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -185,14 +187,14 @@ func BenchmarkGateway(b *testing.B) {
 	// nothing: the difference to the cases above is the fsync.
 	if shm, err := os.MkdirTemp("/dev/shm", "cerberus-bench"); err == nil {
 		defer os.RemoveAll(shm)
-		shmAudit, err := OpenAuditLog(AuditLogConfig{Dir: shm, Clock: clock, MaxSize: 1 << 30})
+		shmAudit, err := OpenAuditLog(AuditLogConfig{Dir: shm, Clock: clk, MaxSize: 1 << 30})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer shmAudit.Close()
-		cbShm, _ := New(Config{Keys: keys, OIDC: oidcV, Policy: StaticPolicy(DefaultPolicy()), Audit: shmAudit, Clock: clock})
-		noCache, _ := NewOIDCVerifier(OIDCConfig{Issuer: iss.srv.URL, Audience: "tartarus", TokenCacheTTL: -1}, clock, slog.New(slog.DiscardHandler))
-		cbNoCache, _ := New(Config{Keys: keys, OIDC: noCache, Policy: StaticPolicy(DefaultPolicy()), Audit: shmAudit, Clock: clock})
+		cbShm, _ := New(Config{Keys: keys, OIDC: oidcV, Policy: StaticPolicy(DefaultPolicy()), Audit: shmAudit, Clock: clk})
+		noCache, _ := NewOIDCVerifier(OIDCConfig{Issuer: iss.srv.URL, Audience: "tartarus", TokenCacheTTL: -1}, clk, slog.New(slog.DiscardHandler))
+		cbNoCache, _ := New(Config{Keys: keys, OIDC: noCache, Policy: StaticPolicy(DefaultPolicy()), Audit: shmAudit, Clock: clk})
 		cases = append(cases,
 			struct {
 				name string

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -25,8 +26,10 @@ type Config struct {
 	Policy  *PolicySource
 	Audit   *AuditLog
 	Metrics *Metrics // may be nil
-	Clock   Clock
-	Log     *slog.Logger
+	// Clock decides key expiry and audit latency; nil: clock.System. Give
+	// the same one to the key store, verifiers and audit log.
+	Clock clock.Clock
+	Log   *slog.Logger
 }
 
 // Cerberus is the gateway: it implements the seed's Gateway and, through
@@ -57,7 +60,7 @@ func New(cfg Config) (*Cerberus, error) {
 		return nil, err
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = SystemClock{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)

@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // TestDevCertUsages checks what each development certificate can be used
@@ -30,7 +32,7 @@ func TestDevCertUsages(t *testing.T) {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)
-	m := &MTLSConfig{ClientCAs: roots, Clock: SystemClock{}}
+	m := &MTLSConfig{ClientCAs: roots, Clock: clock.System{}}
 	tests := []struct {
 		name       string
 		cert       *CertKey

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -52,7 +53,7 @@ func (l *lockedBuffer) String() string {
 // sandboxes belong to tenants, another tenant's sandbox answers 404.
 type testEnv struct {
 	t       *testing.T
-	clock   *fakeClock
+	clock   *clock.Fake
 	dir     string
 	cb      *Cerberus
 	keys    *KeyStore

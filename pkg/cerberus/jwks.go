@@ -12,6 +12,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // jwksCache is the issuer's signing keys (its JWKS), fetched on first use,
@@ -22,7 +24,7 @@ import (
 type jwksCache struct {
 	url        string
 	client     *http.Client
-	clock      Clock
+	clock      clock.Clock
 	algs       []jose.SignatureAlgorithm
 	maxAge     time.Duration
 	minRefetch time.Duration

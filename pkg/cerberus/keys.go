@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -108,7 +109,7 @@ type keyBackend interface {
 // refused at most CacheTTL later (on this replica, at once).
 type KeyStore struct {
 	backend  keyBackend
-	clock    Clock
+	clock    clock.Clock
 	cacheTTL time.Duration // <= 0: every Verify asks the backend
 
 	mu    sync.RWMutex
@@ -128,24 +129,24 @@ type cachedKey struct {
 // minSweep is the cache size below which stale entries are left alone.
 const minSweep = 1024
 
-func newKeyStore(b keyBackend, clock Clock, cacheTTL time.Duration) *KeyStore {
-	if clock == nil {
-		clock = SystemClock{}
+func newKeyStore(b keyBackend, clk clock.Clock, cacheTTL time.Duration) *KeyStore {
+	if clk == nil {
+		clk = clock.System{}
 	}
-	return &KeyStore{backend: b, clock: clock, cacheTTL: cacheTTL, cache: map[string]cachedKey{}, nextSweep: minSweep}
+	return &KeyStore{backend: b, clock: clk, cacheTTL: cacheTTL, cache: map[string]cachedKey{}, nextSweep: minSweep}
 }
 
 // OpenKeyStore loads the JSON key file at path (mode 0600, rewritten
 // atomically on every change), or starts an empty one if the file does not
 // exist yet. The file is for one server process: replicas sharing a
 // database use OpenPostgresKeyStore.
-func OpenKeyStore(path string, clock Clock) (*KeyStore, error) {
+func OpenKeyStore(path string, clk clock.Clock) (*KeyStore, error) {
 	b, err := openFileKeys(path)
 	if err != nil {
 		return nil, err
 	}
 	// The file's keys are in memory already: nothing to cache.
-	return newKeyStore(b, clock, 0), nil
+	return newKeyStore(b, clk, 0), nil
 }
 
 // Close releases the backend (the Postgres connection pool).

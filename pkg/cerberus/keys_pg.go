@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -27,7 +28,7 @@ type PostgresKeysConfig struct {
 	// DSN is the database's postgres:// URL; the store keeps its keys in
 	// the table api_keys, made on first use.
 	DSN   string
-	Clock Clock // nil: SystemClock
+	Clock clock.Clock // nil: clock.System
 	// CacheTTL bounds how long Verify trusts a key it has read (0:
 	// DefaultKeyCacheTTL; negative: read the database on every Verify).
 	CacheTTL time.Duration

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -32,9 +33,9 @@ func (e *pgKeysEnv) database(t testing.TB) string {
 	return storetest.CreateDatabase(t, e.admin, fmt.Sprintf("keys%d", e.n.Add(1)))
 }
 
-func openPGKeys(t testing.TB, dsn string, clock Clock) *KeyStore {
+func openPGKeys(t testing.TB, dsn string, clk clock.Clock) *KeyStore {
 	t.Helper()
-	s, err := OpenPostgresKeyStore(context.Background(), PostgresKeysConfig{DSN: dsn, Clock: clock})
+	s, err := OpenPostgresKeyStore(context.Background(), PostgresKeysConfig{DSN: dsn, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +49,9 @@ func openPGKeys(t testing.TB, dsn string, clock Clock) *KeyStore {
 // CacheTTL, and two replicas starting at once make one admin key.
 func TestKeyStorePostgres(t *testing.T) {
 	env := newPGKeysEnv(t)
-	testKeyStore(t, keyStoreCase{name: "postgres", place: func(t *testing.T) func(*testing.T, Clock) *KeyStore {
+	testKeyStore(t, keyStoreCase{name: "postgres", place: func(t *testing.T) func(*testing.T, clock.Clock) *KeyStore {
 		dsn := env.database(t)
-		return func(t *testing.T, clock Clock) *KeyStore { return openPGKeys(t, dsn, clock) }
+		return func(t *testing.T, clk clock.Clock) *KeyStore { return openPGKeys(t, dsn, clk) }
 	}})
 
 	t.Run("TwoReplicas", func(t *testing.T) {
@@ -134,7 +135,7 @@ func TestKeyStorePostgres(t *testing.T) {
 		for round := range 5 {
 			ctx := context.Background()
 			dsn := env.database(t)
-			stores := []*KeyStore{openPGKeys(t, dsn, SystemClock{}), openPGKeys(t, dsn, SystemClock{})}
+			stores := []*KeyStore{openPGKeys(t, dsn, clock.System{}), openPGKeys(t, dsn, clock.System{})}
 			paths := []string{filepath.Join(t.TempDir(), "admin.key"), filepath.Join(t.TempDir(), "admin.key")}
 			made := make([]bool, len(stores))
 			errs := make([]error, len(stores))
@@ -280,13 +281,13 @@ func TestRedactDSN(t *testing.T) {
 // querying every time (CacheTTL < 0) over loopback TCP.
 func BenchmarkKeyStoreVerify(b *testing.B) {
 	ctx := context.Background()
-	file, err := OpenKeyStore(filepath.Join(b.TempDir(), "apikeys.json"), SystemClock{})
+	file, err := OpenKeyStore(filepath.Join(b.TempDir(), "apikeys.json"), clock.System{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	env := newPGKeysEnv(b)
 	dsn := env.database(b)
-	cached := openPGKeys(b, dsn, SystemClock{})
+	cached := openPGKeys(b, dsn, clock.System{})
 	uncached, err := OpenPostgresKeyStore(ctx, PostgresKeysConfig{DSN: dsn, CacheTTL: -1})
 	if err != nil {
 		b.Fatal(err)

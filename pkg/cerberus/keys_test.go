@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -19,15 +20,15 @@ import (
 // that opens a store on it. Opening twice is a restart, or a second replica.
 type keyStoreCase struct {
 	name  string
-	place func(t *testing.T) (open func(t *testing.T, clock Clock) *KeyStore)
+	place func(t *testing.T) (open func(t *testing.T, clk clock.Clock) *KeyStore)
 }
 
 func fileKeyStoreCase() keyStoreCase {
-	return keyStoreCase{name: "file", place: func(t *testing.T) func(*testing.T, Clock) *KeyStore {
+	return keyStoreCase{name: "file", place: func(t *testing.T) func(*testing.T, clock.Clock) *KeyStore {
 		path := filepath.Join(t.TempDir(), "apikeys.json")
-		return func(t *testing.T, clock Clock) *KeyStore {
+		return func(t *testing.T, clk clock.Clock) *KeyStore {
 			t.Helper()
-			s, err := OpenKeyStore(path, clock)
+			s, err := OpenKeyStore(path, clk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -44,7 +45,7 @@ func TestKeyStoreFile(t *testing.T) {
 func testKeyStore(t *testing.T, c keyStoreCase) {
 	tests := []struct {
 		name string
-		run  func(t *testing.T, open func(*testing.T, Clock) *KeyStore)
+		run  func(t *testing.T, open func(*testing.T, clock.Clock) *KeyStore)
 	}{
 		{"Lifecycle", testKeyLifecycle},
 		{"Rejects", testKeyRejects},
@@ -57,7 +58,7 @@ func testKeyStore(t *testing.T, c keyStoreCase) {
 	}
 }
 
-func testKeyLifecycle(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
+func testKeyLifecycle(t *testing.T, open func(*testing.T, clock.Clock) *KeyStore) {
 	ctx := context.Background()
 	clock := newFakeClock()
 	s := open(t, clock)
@@ -130,7 +131,7 @@ func sameKey(a, b APIKey) bool {
 		a.Revoked == b.Revoked && a.RevokedAt.Equal(b.RevokedAt)
 }
 
-func testKeyRejects(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
+func testKeyRejects(t *testing.T, open func(*testing.T, clock.Clock) *KeyStore) {
 	ctx := context.Background()
 	clock := newFakeClock()
 	s := open(t, clock)
@@ -154,7 +155,7 @@ func testKeyRejects(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
 	}
 }
 
-func testKeyList(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
+func testKeyList(t *testing.T, open func(*testing.T, clock.Clock) *KeyStore) {
 	ctx := context.Background()
 	clock := newFakeClock()
 	s := open(t, clock)
@@ -192,7 +193,7 @@ func testKeyList(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
 	}
 }
 
-func testKeyRevokeTwice(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
+func testKeyRevokeTwice(t *testing.T, open func(*testing.T, clock.Clock) *KeyStore) {
 	ctx := context.Background()
 	clock := newFakeClock()
 	s := open(t, clock)
@@ -211,7 +212,7 @@ func testKeyRevokeTwice(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
 	}
 }
 
-func testEnsureAdminKey(t *testing.T, open func(*testing.T, Clock) *KeyStore) {
+func testEnsureAdminKey(t *testing.T, open func(*testing.T, clock.Clock) *KeyStore) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := open(t, newFakeClock())

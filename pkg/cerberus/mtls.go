@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // MTLSConfig maps verified client certificates to identities.
@@ -22,9 +24,9 @@ import (
 // opaque handshake failure.
 type MTLSConfig struct {
 	ClientCAs     *x509.CertPool
-	TrustDomain   string // when set, SPIFFE URIs must use this domain
-	DefaultTenant string // default DefaultTenant
-	Clock         Clock
+	TrustDomain   string      // when set, SPIFFE URIs must use this domain
+	DefaultTenant string      // default DefaultTenant
+	Clock         clock.Clock // nil: clock.System
 }
 
 // Verify checks the certificate chain and maps it to an Identity.
@@ -36,7 +38,11 @@ func (m *MTLSConfig) Verify(c *MTLSCredential) (*Identity, error) {
 	for _, ic := range c.Chain {
 		inter.AddCert(ic)
 	}
-	now := m.Clock.Now()
+	clk := m.Clock
+	if clk == nil {
+		clk = clock.System{}
+	}
+	now := clk.Now()
 	_, err := c.Certificate.Verify(x509.VerifyOptions{
 		Roots: m.ClientCAs, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},

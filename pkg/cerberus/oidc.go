@@ -18,6 +18,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -84,7 +85,7 @@ func (c *OIDCConfig) Validate() error {
 // briefly down; JWKS keys are cached and refetched on an unknown key id.
 type OIDCVerifier struct {
 	cfg   OIDCConfig
-	clock Clock
+	clock clock.Clock
 	log   *slog.Logger
 	base  context.Context // for the JWKS fetches, which outlive any request
 
@@ -142,7 +143,7 @@ func cloneIdentity(id *Identity, authTime time.Time) *Identity {
 }
 
 // NewOIDCVerifier checks cfg and returns a verifier.
-func NewOIDCVerifier(cfg OIDCConfig, clock Clock, log *slog.Logger) (*OIDCVerifier, error) {
+func NewOIDCVerifier(cfg OIDCConfig, clk clock.Clock, log *slog.Logger) (*OIDCVerifier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -173,11 +174,14 @@ func NewOIDCVerifier(cfg OIDCConfig, clock Clock, log *slog.Logger) (*OIDCVerifi
 	if cfg.TokenCacheTTL == 0 {
 		cfg.TokenCacheTTL = time.Minute
 	}
+	if clk == nil {
+		clk = clock.System{}
+	}
 	base := context.Background()
 	if cfg.HTTPClient != nil {
 		base = oidc.ClientContext(base, cfg.HTTPClient)
 	}
-	return &OIDCVerifier{cfg: cfg, clock: clock, log: log, base: base}, nil
+	return &OIDCVerifier{cfg: cfg, clock: clk, log: log, base: base}, nil
 }
 
 func (v *OIDCVerifier) idTokenVerifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {

@@ -26,6 +26,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc/oidctest"
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -111,12 +112,12 @@ func (i *testIssuer) sign(kid string, claims map[string]any) string {
 	return oidctest.SignIDToken(k, kid, algOf(k), string(b))
 }
 
-func (i *testIssuer) verifier(t testing.TB, clock Clock, mod func(*OIDCConfig)) *OIDCVerifier {
+func (i *testIssuer) verifier(t testing.TB, clk clock.Clock, mod func(*OIDCConfig)) *OIDCVerifier {
 	cfg := OIDCConfig{Issuer: i.srv.URL, Audience: "tartarus", KeyMaxAge: 10 * time.Minute}
 	if mod != nil {
 		mod(&cfg)
 	}
-	v, err := NewOIDCVerifier(cfg, clock, slog.New(slog.DiscardHandler))
+	v, err := NewOIDCVerifier(cfg, clk, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // PolicySource holds the policy in force. One made by LoadPolicyFile reloads
@@ -17,7 +19,7 @@ import (
 // parse is rejected with its line and reason and the old policy stays.
 type PolicySource struct {
 	path  string
-	clock Clock
+	clock clock.Clock
 	log   *slog.Logger
 	cur   atomic.Pointer[Policy]
 
@@ -38,8 +40,11 @@ func StaticPolicy(p *Policy) *PolicySource {
 
 // LoadPolicyFile reads and compiles path. The server refuses to start on an
 // invalid file rather than start with a policy the operator did not write.
-func LoadPolicyFile(path string, clock Clock, log *slog.Logger) (*PolicySource, error) {
-	s := &PolicySource{path: path, clock: clock, log: log}
+func LoadPolicyFile(path string, clk clock.Clock, log *slog.Logger) (*PolicySource, error) {
+	if clk == nil {
+		clk = clock.System{}
+	}
+	s := &PolicySource{path: path, clock: clk, log: log}
 	data, sum, err := readPolicyFile(path)
 	if err != nil {
 		return nil, err
@@ -49,7 +54,7 @@ func LoadPolicyFile(path string, clock Clock, log *slog.Logger) (*PolicySource, 
 		return nil, fmt.Errorf("policy %s: %w", path, err)
 	}
 	s.cur.Store(p)
-	s.lastSum, s.loadedAt = sum, clock.Now()
+	s.lastSum, s.loadedAt = sum, clk.Now()
 	return s, nil
 }
 

@@ -51,9 +51,9 @@ func TestPolicyReload(t *testing.T) {
 		t.Helper()
 		// Wait for Run to arm its timer, fire it, and wait for the check to
 		// finish (it re-arms afterwards).
-		waitFor(t, func() bool { return clock.Waiters() == 1 })
+		waitFor(t, func() bool { return clock.Timers() == 1 })
 		clock.Advance(2 * time.Second)
-		waitFor(t, func() bool { return clock.Waiters() == 1 })
+		waitFor(t, func() bool { return clock.Timers() == 1 })
 	}
 
 	tick()

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // BreakerState is closed, open or half_open.
@@ -25,7 +27,7 @@ const (
 // A nil *breaker (breakers disabled) admits everything.
 type breaker struct {
 	cfg   CircuitBreakerConfig
-	clock Clock
+	clock clock.Clock
 
 	// closed mirrors state == BreakerClosed and failures counts consecutive
 	// failures while closed, so the common case takes no lock.
@@ -39,11 +41,11 @@ type breaker struct {
 	successes int       // successful trials, while half-open
 }
 
-func newBreaker(cfg CircuitBreakerConfig, clock Clock) *breaker {
+func newBreaker(cfg CircuitBreakerConfig, clk clock.Clock) *breaker {
 	if !cfg.Enabled {
 		return nil
 	}
-	b := &breaker{cfg: cfg, clock: clock, state: BreakerClosed}
+	b := &breaker{cfg: cfg, clock: clk, state: BreakerClosed}
 	b.closed.Store(true)
 	return b
 }

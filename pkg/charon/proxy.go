@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -77,8 +78,11 @@ type Options struct {
 	// Limiter overrides the limiter built from Config.RateLimiting (a
 	// LocalLimiter when enabled); pass a RedisLimiter to share limits.
 	Limiter Limiter
-	Clock   Clock
-	Logger  *slog.Logger
+	// Clock decides breakers, ejections, rate-limit buckets and the retry
+	// budget; nil: clock.System. Health-check intervals, retry backoff and
+	// the crossing timeout run on real time.
+	Clock  clock.Clock
+	Logger *slog.Logger
 	// Transport carries attempts to shores. nil means the ferry's own
 	// HTTP/1.1 connection pool, with a tuned http.Transport for https
 	// shores and upgrades; a Transport given here is used for everything.
@@ -93,7 +97,7 @@ type Options struct {
 // call Close when done to stop the health checks.
 type BoatFerry struct {
 	cfg       FerryConfig
-	clock     Clock
+	clock     clock.Clock
 	log       *slog.Logger
 	limiter   Limiter
 	transport *http.Transport
@@ -131,7 +135,7 @@ func New(opts Options) (*BoatFerry, error) {
 	cfg := opts.Config.Defaults()
 	f := &BoatFerry{cfg: cfg, clock: opts.Clock, log: opts.Logger, limiter: opts.Limiter, transport: opts.Transport}
 	if f.clock == nil {
-		f.clock = systemClock{}
+		f.clock = clock.System{}
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)

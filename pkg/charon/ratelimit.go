@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // Decision is a rate limiter's answer for one request.
@@ -38,7 +40,7 @@ var (
 type LocalLimiter struct {
 	rate   float64 // tokens per second
 	burst  float64
-	clock  Clock
+	clock  clock.Clock
 	seed   maphash.Seed
 	shards [32]limiterShard
 }
@@ -56,14 +58,14 @@ type bucket struct {
 
 // NewLocalLimiter returns a limiter of rps requests per second with the
 // given burst.
-func NewLocalLimiter(rps, burst int, clock Clock) *LocalLimiter {
-	if clock == nil {
-		clock = systemClock{}
+func NewLocalLimiter(rps, burst int, clk clock.Clock) *LocalLimiter {
+	if clk == nil {
+		clk = clock.System{}
 	}
 	if burst <= 0 {
 		burst = max(rps, 1)
 	}
-	l := &LocalLimiter{rate: float64(rps), burst: float64(burst), clock: clock, seed: maphash.MakeSeed()}
+	l := &LocalLimiter{rate: float64(rps), burst: float64(burst), clock: clk, seed: maphash.MakeSeed()}
 	for i := range l.shards {
 		l.shards[i].buckets = make(map[string]*bucket)
 	}
@@ -158,7 +160,7 @@ return {allowed, tostring(tokens)}
 
 // NewRedisLimiter returns a limiter sharing its buckets through client.
 // Keys are prefixed with "tartarus:ferry:rl:".
-func NewRedisLimiter(client redis.UniversalClient, rps, burst int, clock Clock, log *slog.Logger) *RedisLimiter {
+func NewRedisLimiter(client redis.UniversalClient, rps, burst int, clk clock.Clock, log *slog.Logger) *RedisLimiter {
 	if burst <= 0 {
 		burst = max(rps, 1)
 	}
@@ -166,7 +168,7 @@ func NewRedisLimiter(client redis.UniversalClient, rps, burst int, clock Clock, 
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &RedisLimiter{client: client, rps: rps, burst: burst, prefix: "tartarus:ferry:rl:",
-		fallback: NewLocalLimiter(rps, burst, clock), log: log}
+		fallback: NewLocalLimiter(rps, burst, clk), log: log}
 }
 
 // Take implements Limiter.

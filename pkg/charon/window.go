@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // window counts two quantities over the last len(slots) seconds, in
@@ -61,12 +63,12 @@ type retryBudget struct {
 	ratio     float64
 	minPerSec int
 	span      time.Duration
-	clock     Clock
+	clock     clock.Clock
 	w         window
 }
 
-func newRetryBudget(cfg RetryConfig, clock Clock) *retryBudget {
-	return &retryBudget{ratio: cfg.BudgetRatio, minPerSec: cfg.MinRetriesPerSecond, span: min(cfg.BudgetWindow, 10*time.Second), clock: clock}
+func newRetryBudget(cfg RetryConfig, clk clock.Clock) *retryBudget {
+	return &retryBudget{ratio: cfg.BudgetRatio, minPerSec: cfg.MinRetriesPerSecond, span: min(cfg.BudgetWindow, 10*time.Second), clock: clk}
 }
 
 func (rb *retryBudget) request() { rb.w.add(rb.clock.Now(), 1, 0) }

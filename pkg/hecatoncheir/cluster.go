@@ -170,7 +170,7 @@ func (a *Agent) Adopt(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.Sle
 			sb.ID, sb.Template, img.Digest, rec.Config.Image.Digest)
 	}
 	from := nyx.New(sr.snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix, TempDir: a.cfg.SnapshotTempDir,
-		Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
+		Clock: a.cfg.Clock, Logger: a.cfg.Log})
 	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
 	log := a.log.With("sandbox", sb.ID, "snapshot", rec.SnapshotPath)
 	start := a.cfg.Clock.Now()
@@ -227,7 +227,7 @@ func (a *Agent) Discard(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.S
 		return tartarus.Errorf(tartarus.ErrInvalid, "discard %s: snapshot path %q does not name snapshot %q", sb.ID, rec.SnapshotPath, rec.SnapshotID)
 	}
 	from := nyx.New(sr.snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix, TempDir: a.cfg.SnapshotTempDir,
-		Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
+		Clock: a.cfg.Clock, Logger: a.cfg.Log})
 	if err := from.Delete(ctx, rec.SnapshotID); err != nil && !errors.Is(err, tartarus.ErrNotFound) {
 		return fmt.Errorf("discard %s: %w", sb.ID, err)
 	}

@@ -50,7 +50,7 @@ func (a *Agent) setUpSnapshots() error {
 		name := rt.Name()
 		nyxFor := func(prefix string) *nyx.Manager {
 			return nyx.New(snap, a.cfg.Snapshots, nyx.Options{Prefix: a.cfg.SnapshotPrefix + prefix + "-" + name,
-				TempDir: a.cfg.SnapshotTempDir, Now: a.cfg.Clock.Now, Logger: a.cfg.Log})
+				TempDir: a.cfg.SnapshotTempDir, Clock: a.cfg.Clock, Logger: a.cfg.Log})
 		}
 		var records hypnos.RecordStore
 		if rs, ok := a.cfg.Store.(store.SleepRecordKeeper); ok {

@@ -66,7 +66,7 @@ func (e *env) open(cfg HypnosConfig, wrap func(erebus.Store) erebus.Store) {
 		e.tmp = e.t.TempDir() // apart from dir, which a test may make small
 	}
 	tmp := e.tmp
-	snaps := nyx.New(e.rt, e.store, nyx.Options{Prefix: "sleep", TempDir: tmp, Now: e.clock.Now})
+	snaps := nyx.New(e.rt, e.store, nyx.Options{Prefix: "sleep", TempDir: tmp, Clock: e.clock})
 	e.records = NewStoreRecords(e.store, "")
 	m, err := NewHypnosManager(Deps{
 		Runtime: e.rt, Snapshots: snaps, Records: e.records, Clock: e.clock,

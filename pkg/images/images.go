@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -45,8 +46,8 @@ type Options struct {
 	// EtcApt is apt's configuration directory, read to find the Debian
 	// mirror; empty means /etc/apt.
 	EtcApt string
-	// Now is the clock for built_at; nil means time.Now.
-	Now func() time.Time
+	// Clock stamps built_at; nil means clock.System.
+	Clock clock.Clock
 }
 
 // Progress reports one step of a template build.
@@ -87,7 +88,7 @@ type Catalog struct {
 	agent  string
 	etcApt string
 	log    *slog.Logger
-	now    func() time.Time
+	clock  clock.Clock
 }
 
 // Open returns a catalog over opts.DataDir, creating its directory.
@@ -102,7 +103,7 @@ func Open(opts Options) (*Catalog, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "templates"), 0o755); err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
-	c := &Catalog{dir: dir, agent: opts.GuestAgent, etcApt: opts.EtcApt, log: opts.Log, now: opts.Now}
+	c := &Catalog{dir: dir, agent: opts.GuestAgent, etcApt: opts.EtcApt, log: opts.Log, clock: opts.Clock}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -110,8 +111,8 @@ func Open(opts Options) (*Catalog, error) {
 	if c.etcApt == "" {
 		c.etcApt = "/etc/apt"
 	}
-	if c.now == nil {
-		c.now = time.Now
+	if c.clock == nil {
+		c.clock = clock.System{}
 	}
 	return c, nil
 }
@@ -416,7 +417,7 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 	}
 
 	report("manifest")
-	m := manifest{Name: r.name, Description: r.description, Digest: digest, RootFSDigest: rootfsDigest, Inputs: inputs, BuiltAt: c.now().UTC()}
+	m := manifest{Name: r.name, Description: r.description, Digest: digest, RootFSDigest: rootfsDigest, Inputs: inputs, BuiltAt: c.clock.Now().UTC()}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err

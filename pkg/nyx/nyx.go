@@ -35,6 +35,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -82,8 +83,9 @@ type Options struct {
 	// Level is the zstd level; default zstd.SpeedFastest (see
 	// docs/BENCHMARKS.md for why).
 	Level zstd.EncoderLevel
-	// Now stamps snapshots when the runtime gives no time; default time.Now.
-	Now    func() time.Time
+	// Clock stamps snapshots when the runtime gives no time; default
+	// clock.System.
+	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
@@ -104,8 +106,8 @@ func New(snap tartarus.Snapshotter, store erebus.Store, opts Options) *Manager {
 	if opts.Level == 0 {
 		opts.Level = zstd.SpeedFastest
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Clock == nil {
+		opts.Clock = clock.System{}
 	}
 	log := opts.Logger
 	if log == nil {
@@ -174,7 +176,7 @@ func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts 
 		Labels:      o.Labels,
 	}
 	if s.Created.IsZero() {
-		s.Created = m.opts.Now()
+		s.Created = m.opts.Clock.Now()
 	}
 
 	// Pack and compress in one goroutine while the store reads the other

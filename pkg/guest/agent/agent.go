@@ -20,31 +20,20 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/guest/proto"
 )
 
 // Version is the agent's protocol and build version, reported in Info.
 const Version = "0.1.0"
 
-// Clock is the time source the agent decides with.
-type Clock interface {
-	Now() time.Time
-	// AfterFunc calls f in its own goroutine after d; stop cancels it.
-	AfterFunc(d time.Duration, f func()) (stop func() bool)
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
-	return time.AfterFunc(d, f).Stop
-}
-
 // Options configure an Agent. The zero value is safe anywhere: it changes
 // nothing on the machine beyond running what it is asked to run.
 type Options struct {
 	Logger *slog.Logger
-	Clock  Clock
+	// Clock decides exec timeouts, output linger, CPU sampling and
+	// activity times; nil means clock.System.
+	Clock clock.Clock
 	// SetClock lets OpSync set CLOCK_REALTIME. Only for PID 1 in a VM.
 	SetClock bool
 	// SeedRNG lets OpSync mix the host's bytes into the kernel RNG with
@@ -71,7 +60,7 @@ type Options struct {
 type Agent struct {
 	opts  Options
 	log   *slog.Logger
-	clock Clock
+	clock clock.Clock
 	procs starter
 
 	groups   *groupSet
@@ -89,7 +78,7 @@ func New(opts Options) *Agent {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Clock == nil {
-		opts.Clock = realClock{}
+		opts.Clock = clock.System{}
 	}
 	if opts.SampleInterval <= 0 {
 		opts.SampleInterval = 2 * time.Second
@@ -260,14 +249,14 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 
 func (a *Agent) sampleLoop() {
 	defer close(a.done)
-	t := time.NewTicker(a.opts.SampleInterval)
+	t := a.clock.NewTicker(a.opts.SampleInterval)
 	defer t.Stop()
 	a.cpu.sample(a.clock.Now())
 	for {
 		select {
 		case <-a.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		a.sampleOnce()
 	}

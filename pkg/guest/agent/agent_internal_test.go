@@ -8,9 +8,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 func TestParseCPUTimes(t *testing.T) {
@@ -115,27 +116,6 @@ func TestLookPath(t *testing.T) {
 	}
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	return c.now
-}
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
-	return time.AfterFunc(d, f).Stop
-}
-
 func TestActivity(t *testing.T) {
 	var a activity
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -148,7 +128,7 @@ func TestActivity(t *testing.T) {
 
 // TestCPUActivity: a sampling window with user CPU counts as activity.
 func TestCPUActivity(t *testing.T) {
-	clk := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	a := New(Options{Clock: clk, SampleInterval: time.Hour})
 	defer a.Close()
 	start := a.activity.get()
@@ -157,7 +137,8 @@ func TestCPUActivity(t *testing.T) {
 	deadline := time.Now().Add(300 * time.Millisecond)
 	for time.Now().Before(deadline) {
 	}
-	now := clk.advance(2 * time.Second)
+	clk.Advance(2 * time.Second)
+	now := clk.Now()
 	a.sampleOnce()
 	a.cpu.mu.Lock()
 	pct := a.cpu.pct

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/guest/proto"
 )
 
@@ -270,8 +271,8 @@ func (s *session) exec(ctx context.Context, st *yamux.Stream, fr *proto.FrameRea
 	}
 	a.log.Debug("exec started", "pid", pid, "cmd", req.Cmd[0])
 	if req.TimeoutMS > 0 {
-		stop := a.clock.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, e.timeout)
-		defer stop()
+		t := a.clock.AfterFunc(time.Duration(req.TimeoutMS)*time.Millisecond, e.timeout)
+		defer t.Stop()
 	}
 
 	out := &outputPumps{fw: fw}
@@ -428,13 +429,13 @@ func (p *pump) idle() bool {
 
 // finish waits, after the exec's process exited, until the pipes reach EOF
 // or may be detached, then detaches.
-func (o *outputPumps) finish(clock Clock, linger time.Duration) {
+func (o *outputPumps) finish(clk clock.Clock, linger time.Duration) {
 	done := make(chan struct{})
 	go func() { o.wg.Wait(); close(done) }()
 	wait := func(d time.Duration) bool {
 		expired := make(chan struct{})
-		stop := clock.AfterFunc(d, func() { close(expired) })
-		defer stop()
+		t := clk.AfterFunc(d, func() { close(expired) })
+		defer t.Stop()
 		select {
 		case <-done:
 			return true

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -28,7 +29,7 @@ func (l *Link) Handler() http.Handler { return l.api }
 func newNodeAPI(cfg *Config) (http.Handler, error) {
 	// Certificates are valid in real time, as the TLS handshake that
 	// verified them first has it.
-	g := &nodeGuard{mtls: &cerberus.MTLSConfig{ClientCAs: cfg.ClientCAs, Clock: cerberus.SystemClock{}},
+	g := &nodeGuard{mtls: &cerberus.MTLSConfig{ClientCAs: cfg.ClientCAs, Clock: clock.System{}},
 		servers: map[string]bool{}}
 	for _, n := range cfg.ServerNames {
 		g.servers[n] = true
