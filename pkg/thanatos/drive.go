@@ -27,25 +27,25 @@ func (m *Manager) drive(r *run) {
 		if ctx.Err() != nil {
 			return
 		}
-		var next TerminationPhase
+		var next tartarus.TerminationPhase
 		switch st.Phase {
-		case PhaseInitiated:
+		case tartarus.PhaseInitiated:
 			m.preMortem(ctx, st)
-			next = PhaseSignaled
-		case PhaseSignaled:
+			next = tartarus.PhaseSignaled
+		case tartarus.PhaseSignaled:
 			m.signal(ctx, r, st)
-			next = PhaseDraining
-		case PhaseDraining:
+			next = tartarus.PhaseDraining
+		case tartarus.PhaseDraining:
 			code := m.drain(ctx, r, st)
 			if ctx.Err() != nil {
 				return
 			}
-			m.update(r, func(s *TerminationStatus) { s.ExitCode = &code })
-			next = PhaseTerminating
+			m.update(r, func(s *tartarus.TerminationStatus) { s.ExitCode = &code })
+			next = tartarus.PhaseTerminating
 			if st.CreateCheckpoint {
-				next = PhaseCheckpointing
+				next = tartarus.PhaseCheckpointing
 			}
-		case PhaseCheckpointing:
+		case tartarus.PhaseCheckpointing:
 			ttl := st.CheckpointTTL
 			if ttl == 0 {
 				ttl = m.cfg.CheckpointTTL
@@ -59,33 +59,33 @@ func (m *Manager) drive(r *run) {
 				// and a sandbox kept alive past its deadline is worse than a
 				// missing checkpoint. The termination ends failed with why.
 				m.log.Warn("checkpoint failed; terminating anyway", "sandbox", st.SandboxID, "err", err)
-				m.update(r, func(s *TerminationStatus) { s.ErrorMessage = err.Error(); s.CheckpointID = "" })
+				m.update(r, func(s *tartarus.TerminationStatus) { s.ErrorMessage = err.Error(); s.CheckpointID = "" })
 			}
-			next = PhaseTerminating
-		case PhaseTerminating:
+			next = tartarus.PhaseTerminating
+		case tartarus.PhaseTerminating:
 			err := m.terminate(ctx, st)
 			if ctx.Err() != nil {
 				return
 			}
-			next = PhaseCompleted
-			m.update(r, func(s *TerminationStatus) {
+			next = tartarus.PhaseCompleted
+			m.update(r, func(s *tartarus.TerminationStatus) {
 				if err != nil {
 					s.ErrorMessage = joinMessage(s.ErrorMessage, err.Error())
 				}
 				if s.ErrorMessage != "" {
-					next = PhaseFailed
+					next = tartarus.PhaseFailed
 				}
 				if s.ExitCode == nil {
 					code := exitKilled
 					s.ExitCode = &code
 				}
 			})
-		case PhaseCompleted, PhaseFailed:
+		case tartarus.PhaseCompleted, tartarus.PhaseFailed:
 			m.finish(r, st)
 			return
 		default:
-			m.update(r, func(s *TerminationStatus) { s.ErrorMessage = fmt.Sprintf("unknown phase %q", st.Phase) })
-			next = PhaseTerminating
+			m.update(r, func(s *tartarus.TerminationStatus) { s.ErrorMessage = fmt.Sprintf("unknown phase %q", st.Phase) })
+			next = tartarus.PhaseTerminating
 		}
 		if !m.advance(ctx, r, next) {
 			return
@@ -100,13 +100,13 @@ func joinMessage(a, b string) string {
 	return a + "; " + b
 }
 
-func (m *Manager) snapshot(r *run) *TerminationStatus {
+func (m *Manager) snapshot(r *run) *tartarus.TerminationStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return r.st.Clone()
 }
 
-func (m *Manager) update(r *run, f func(*TerminationStatus)) {
+func (m *Manager) update(r *run, f func(*tartarus.TerminationStatus)) {
 	m.mu.Lock()
 	f(r.st)
 	m.mu.Unlock()
@@ -125,17 +125,17 @@ func (m *Manager) forced(r *run) bool {
 // returns false if the run must stop: the manager is closing or the
 // journal refused the write (the earlier phase stays recorded, so a
 // Resume redoes the step).
-func (m *Manager) advance(ctx context.Context, r *run, next TerminationPhase) bool {
+func (m *Manager) advance(ctx context.Context, r *run, next tartarus.TerminationPhase) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	now := m.clock.Now()
-	var st *TerminationStatus
-	m.update(r, func(s *TerminationStatus) {
+	var st *tartarus.TerminationStatus
+	m.update(r, func(s *tartarus.TerminationStatus) {
 		prev := s.Phases[len(s.Phases)-1]
 		m.metrics.phase(s.Reason, prev.Phase, now.Sub(prev.StartedAt))
 		s.Phase = next
-		s.Phases = append(s.Phases, PhaseRecord{next, now})
+		s.Phases = append(s.Phases, tartarus.PhaseRecord{Phase: next, StartedAt: now})
 		if m.forced(r) && !s.Forced {
 			s.Forced = true
 			if now.Before(s.GraceDeadline) {
@@ -157,7 +157,7 @@ func (m *Manager) advance(ctx context.Context, r *run, next TerminationPhase) bo
 
 // signal sends the termination's signal, unless there is no grace period
 // to use it in (grace 0, or forced).
-func (m *Manager) signal(ctx context.Context, r *run, st *TerminationStatus) {
+func (m *Manager) signal(ctx context.Context, r *run, st *tartarus.TerminationStatus) {
 	if st.GracePeriod == 0 || st.Forced || m.forced(r) || !m.clock.Now().Before(st.GraceDeadline) {
 		return
 	}
@@ -173,7 +173,7 @@ func (m *Manager) signal(ctx context.Context, r *run, st *TerminationStatus) {
 
 // drain waits until the sandbox has no active work (exit code 0) or the
 // deadline passes or the termination is forced (137).
-func (m *Manager) drain(ctx context.Context, r *run, st *TerminationStatus) int {
+func (m *Manager) drain(ctx context.Context, r *run, st *tartarus.TerminationStatus) int {
 	deadline, stopDeadline := m.after(st.GraceDeadline.Sub(m.clock.Now()))
 	defer stopDeadline()
 	poll := m.clock.NewTicker(m.cfg.DrainPoll)
@@ -203,7 +203,7 @@ func (m *Manager) drain(ctx context.Context, r *run, st *TerminationStatus) int 
 }
 
 // terminate kills the sandbox and releases what it held; both are tried.
-func (m *Manager) terminate(ctx context.Context, st *TerminationStatus) error {
+func (m *Manager) terminate(ctx context.Context, st *tartarus.TerminationStatus) error {
 	var errs []error
 	if err := m.cfg.Target.Kill(ctx, st.SandboxID); err != nil && !errors.Is(err, tartarus.ErrNotFound) {
 		errs = append(errs, fmt.Errorf("kill: %w", err))
@@ -218,7 +218,7 @@ func (m *Manager) terminate(ctx context.Context, st *TerminationStatus) error {
 // webhooks and the callback (in the background, never delaying anything).
 // A crash between the final write and here loses them: they are at most
 // once.
-func (m *Manager) finish(r *run, st *TerminationStatus) {
+func (m *Manager) finish(r *run, st *tartarus.TerminationStatus) {
 	m.mu.Lock()
 	if m.runs[st.SandboxID] == r {
 		delete(m.runs, st.SandboxID)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
@@ -182,7 +183,7 @@ func waitTickers(t *testing.T, clk *clock.Fake, n int) {
 }
 
 // waitPhase waits until the sandbox's termination is recorded in phase.
-func waitPhase(t *testing.T, m *Manager, id string, phase TerminationPhase) *TerminationStatus {
+func waitPhase(t *testing.T, m *Manager, id string, phase tartarus.TerminationPhase) *tartarus.TerminationStatus {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -197,7 +198,7 @@ func waitPhase(t *testing.T, m *Manager, id string, phase TerminationPhase) *Ter
 	}
 }
 
-func wait(t *testing.T, m *Manager, id string) *TerminationStatus {
+func wait(t *testing.T, m *Manager, id string) *tartarus.TerminationStatus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -208,8 +209,8 @@ func wait(t *testing.T, m *Manager, id string) *TerminationStatus {
 	return st
 }
 
-func phasesOf(st *TerminationStatus) []TerminationPhase {
-	var out []TerminationPhase
+func phasesOf(st *tartarus.TerminationStatus) []tartarus.TerminationPhase {
+	var out []tartarus.TerminationPhase
 	for _, p := range st.Phases {
 		out = append(out, p.Phase)
 	}

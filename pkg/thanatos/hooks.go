@@ -3,11 +3,13 @@ package thanatos
 import (
 	"context"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // PreMortemHook runs before a sandbox is signalled (Typhon collects
 // evidence here). Its error is logged and counted; the sandbox ends anyway.
-type PreMortemHook func(ctx context.Context, sandboxID string, reason TerminationReason) error
+type PreMortemHook func(ctx context.Context, sandboxID string, reason tartarus.TerminationReason) error
 
 // PostMortemHook runs after the termination's final phase is recorded;
 // duration is from initiation to that phase.
@@ -52,7 +54,7 @@ func (m *Manager) AddPostMortem(name string, budget time.Duration, h PostMortemH
 	m.mu.Unlock()
 }
 
-func (m *Manager) preMortem(ctx context.Context, st *TerminationStatus) {
+func (m *Manager) preMortem(ctx context.Context, st *tartarus.TerminationStatus) {
 	m.mu.Lock()
 	hooks := append([]preHook(nil), m.pre...)
 	m.mu.Unlock()
@@ -63,7 +65,7 @@ func (m *Manager) preMortem(ctx context.Context, st *TerminationStatus) {
 	m.webhooks(ctx, WebhookPreMortem, st)
 }
 
-func (m *Manager) postMortem(ctx context.Context, st *TerminationStatus) {
+func (m *Manager) postMortem(ctx context.Context, st *tartarus.TerminationStatus) {
 	m.mu.Lock()
 	hooks := append([]postHook(nil), m.post...)
 	m.mu.Unlock()
@@ -79,7 +81,7 @@ func (m *Manager) postMortem(ctx context.Context, st *TerminationStatus) {
 	m.webhooks(ctx, WebhookPostMortem, st)
 }
 
-func (m *Manager) hookDone(kind, name string, st *TerminationStatus, err error) {
+func (m *Manager) hookDone(kind, name string, st *tartarus.TerminationStatus, err error) {
 	if err == nil || m.ctx.Err() != nil {
 		return
 	}

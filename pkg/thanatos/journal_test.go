@@ -19,15 +19,15 @@ import (
 func testJournal(t *testing.T, j Journal) {
 	ctx := ctxT(t)
 	code := 137
-	a := &TerminationStatus{
-		SandboxID: "sb-a", Tenant: "acme", Phase: PhaseDraining, Reason: ReasonTimeout, Signal: SignalTerm,
+	a := &tartarus.TerminationStatus{
+		SandboxID: "sb-a", Tenant: "acme", Phase: tartarus.PhaseDraining, Reason: tartarus.ReasonTimeout, Signal: tartarus.SignalTerm,
 		GracePeriod: 30 * time.Second, CreateCheckpoint: true, CheckpointID: "ck-1", CallbackURL: "https://example.com/cb",
 		InitiatedAt: t0, GraceDeadline: t0.Add(30 * time.Second),
-		Phases: []PhaseRecord{{PhaseInitiated, t0}, {PhaseSignaled, t0.Add(time.Second)}, {PhaseDraining, t0.Add(2 * time.Second)}},
+		Phases: []tartarus.PhaseRecord{{Phase: tartarus.PhaseInitiated, StartedAt: t0}, {Phase: tartarus.PhaseSignaled, StartedAt: t0.Add(time.Second)}, {Phase: tartarus.PhaseDraining, StartedAt: t0.Add(2 * time.Second)}},
 	}
-	b := &TerminationStatus{SandboxID: "sb-b", Phase: PhaseInitiated, Reason: ReasonUserRequest, InitiatedAt: t0.Add(-time.Minute), Phases: []PhaseRecord{{PhaseInitiated, t0.Add(-time.Minute)}}}
-	c := &TerminationStatus{SandboxID: "sb-c", Phase: PhaseCompleted, Reason: ReasonCompleted, InitiatedAt: t0, ExitCode: &code, FinishedAt: t0.Add(time.Second)}
-	for _, s := range []*TerminationStatus{a, b, c} {
+	b := &tartarus.TerminationStatus{SandboxID: "sb-b", Phase: tartarus.PhaseInitiated, Reason: tartarus.ReasonUserRequest, InitiatedAt: t0.Add(-time.Minute), Phases: []tartarus.PhaseRecord{{Phase: tartarus.PhaseInitiated, StartedAt: t0.Add(-time.Minute)}}}
+	c := &tartarus.TerminationStatus{SandboxID: "sb-c", Phase: tartarus.PhaseCompleted, Reason: tartarus.ReasonCompleted, InitiatedAt: t0, ExitCode: &code, FinishedAt: t0.Add(time.Second)}
+	for _, s := range []*tartarus.TerminationStatus{a, b, c} {
 		if err := j.Put(ctx, s); err != nil {
 			t.Fatal(err)
 		}
@@ -36,8 +36,8 @@ func testJournal(t *testing.T, j Journal) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Tenant != "acme" || got.Phase != PhaseDraining || !got.GraceDeadline.Equal(a.GraceDeadline) || len(got.Phases) != 3 ||
-		!got.Started(PhaseSignaled).Equal(t0.Add(time.Second)) || got.CheckpointID != "ck-1" || got.GracePeriod != 30*time.Second {
+	if got.Tenant != "acme" || got.Phase != tartarus.PhaseDraining || !got.GraceDeadline.Equal(a.GraceDeadline) || len(got.Phases) != 3 ||
+		!got.Started(tartarus.PhaseSignaled).Equal(t0.Add(time.Second)) || got.CheckpointID != "ck-1" || got.GracePeriod != 30*time.Second {
 		t.Errorf("got %+v", got)
 	}
 	if got, _ := j.Get(ctx, "sb-c"); got.ExitCode == nil || *got.ExitCode != 137 {
@@ -51,7 +51,7 @@ func testJournal(t *testing.T, j Journal) {
 		t.Fatalf("pending %v, %v", pending, err)
 	}
 	// Replacing moves a record out of pending.
-	a.Phase = PhaseFailed
+	a.Phase = tartarus.PhaseFailed
 	a.ErrorMessage = "kill: boom"
 	if err := j.Put(ctx, a); err != nil {
 		t.Fatal(err)
@@ -63,8 +63,8 @@ func testJournal(t *testing.T, j Journal) {
 		t.Errorf("after replace %+v", got)
 	}
 
-	cks := []*Checkpoint{
-		{ID: "ck-1", SandboxID: "sb-a", Tenant: "acme", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), Size: 10, SnapshotRef: "r1", Restorable: true, Reason: ReasonTimeout},
+	cks := []*tartarus.Checkpoint{
+		{ID: "ck-1", SandboxID: "sb-a", Tenant: "acme", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), Size: 10, SnapshotRef: "r1", Restorable: true, Reason: tartarus.ReasonTimeout},
 		{ID: "ck-2", SandboxID: "sb-b", Tenant: "other", CreatedAt: t0.Add(time.Second), ExpiresAt: t0.Add(2 * time.Hour), SnapshotRef: "r2"},
 		{ID: "ck-3", SandboxID: "sb-c", Tenant: "acme", CreatedAt: t0.Add(2 * time.Second), ExpiresAt: t0.Add(3 * time.Hour), SnapshotRef: "r3"},
 	}
@@ -123,7 +123,7 @@ func TestSQLiteJournal(t *testing.T) {
 	testJournal(t, openSQLite(t, path))
 	// Migrate is idempotent and the data is still there after reopening.
 	j := openSQLite(t, path)
-	if got, err := j.Get(ctxT(t), "sb-a"); err != nil || got.Phase != PhaseFailed {
+	if got, err := j.Get(ctxT(t), "sb-a"); err != nil || got.Phase != tartarus.PhaseFailed {
 		t.Errorf("after reopen %+v, %v", got, err)
 	}
 }
@@ -158,10 +158,10 @@ func TestResumeOverSQLite(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "t.db")
 	h1 := newHarness(t, openSQLite(t, path), nil)
 	h1.target.setActive(1)
-	if _, err := h1.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{GracePeriod: time.Minute, Reason: ReasonSystemShutdown}); err != nil {
+	if _, err := h1.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{GracePeriod: time.Minute, Reason: tartarus.ReasonSystemShutdown}); err != nil {
 		t.Fatal(err)
 	}
-	waitPhase(t, h1.m, "sb-1", PhaseDraining)
+	waitPhase(t, h1.m, "sb-1", tartarus.PhaseDraining)
 	h1.m.Close()
 	h2 := newHarness(t, openSQLite(t, path), nil)
 	h2.target.setActive(1)
@@ -171,7 +171,7 @@ func TestResumeOverSQLite(t *testing.T) {
 	waitTickers(t, h2.clk, 2)
 	h2.clk.Advance(time.Minute)
 	st := wait(t, h2.m, "sb-1")
-	if at, _ := h2.target.callAt("kill"); st.Phase != PhaseCompleted || !at.Equal(t0.Add(time.Minute)) {
+	if at, _ := h2.target.callAt("kill"); st.Phase != tartarus.PhaseCompleted || !at.Equal(t0.Add(time.Minute)) {
 		t.Errorf("final %+v, killed at %v (the deadline recorded by the first manager is kept)", st, at)
 	}
 }

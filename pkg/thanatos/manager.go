@@ -33,7 +33,7 @@ type Config struct {
 	DrainPoll time.Duration
 	// CheckpointTTL is how long a checkpoint is kept unless asked otherwise.
 	CheckpointTTL time.Duration
-	// MaxGracePeriod bounds ShutdownOptions.GracePeriod.
+	// MaxGracePeriod bounds tartarus.ShutdownOptions.GracePeriod.
 	MaxGracePeriod time.Duration
 	// Webhooks are operator-configured URLs told of each termination.
 	Webhooks []Webhook
@@ -108,9 +108,9 @@ var _ TerminationHandler = (*Manager)(nil)
 type run struct {
 	ready chan struct{} // closed once st is set (or err)
 	err   error
-	st    *TerminationStatus // guarded by Manager.mu
-	force chan struct{}      // closed by ForceTerminate
-	done  chan struct{}      // closed when the run stops (final or manager closed)
+	st    *tartarus.TerminationStatus // guarded by Manager.mu
+	force chan struct{}               // closed by ForceTerminate
+	done  chan struct{}               // closed when the run stops (final or manager closed)
 	once  sync.Once
 }
 
@@ -182,14 +182,14 @@ func newID(prefix string) string {
 // background; ctx bounds only that first write. A sandbox that already
 // has a termination (running, left by a crash, or finished) gets that
 // one back, unchanged.
-func (m *Manager) InitiateShutdown(ctx context.Context, id string, opts *ShutdownOptions) (*TerminationStatus, error) {
+func (m *Manager) InitiateShutdown(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.TerminationStatus, error) {
 	if id == "" {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "sandbox id is empty")
 	}
 	if opts == nil {
-		opts = &ShutdownOptions{}
+		opts = &tartarus.ShutdownOptions{}
 	}
-	o, err := opts.normalize(m.cfg.MaxGracePeriod)
+	o, err := normalize(*opts, m.cfg.MaxGracePeriod)
 	if err != nil {
 		return nil, err
 	}
@@ -213,11 +213,11 @@ func (m *Manager) InitiateShutdown(ctx context.Context, id string, opts *Shutdow
 		m.log.Info("adopting a termination left by an earlier manager", "sandbox", id, "phase", st.Phase)
 	case errors.Is(err, tartarus.ErrNotFound):
 		now := m.clock.Now()
-		st = &TerminationStatus{
-			SandboxID: id, Tenant: o.Tenant, Phase: PhaseInitiated, Reason: o.Reason, Signal: o.Signal,
+		st = &tartarus.TerminationStatus{
+			SandboxID: id, Tenant: o.Tenant, Phase: tartarus.PhaseInitiated, Reason: o.Reason, Signal: o.Signal,
 			GracePeriod: o.GracePeriod, CreateCheckpoint: o.CreateCheckpoint, CheckpointTTL: o.CheckpointTTL,
 			CallbackURL: o.CallbackURL, InitiatedAt: now, GraceDeadline: now.Add(o.GracePeriod),
-			Phases: []PhaseRecord{{PhaseInitiated, now}},
+			Phases: []tartarus.PhaseRecord{{Phase: tartarus.PhaseInitiated, StartedAt: now}},
 		}
 		if o.CreateCheckpoint {
 			st.CheckpointID = newID("ck")
@@ -255,7 +255,7 @@ func (m *Manager) claim(id string) (*run, bool, error) {
 
 // unclaim removes a placeholder that will not run, answering its waiters
 // with st or err.
-func (m *Manager) unclaim(id string, r *run, st *TerminationStatus, err error) {
+func (m *Manager) unclaim(id string, r *run, st *tartarus.TerminationStatus, err error) {
 	m.mu.Lock()
 	delete(m.runs, id)
 	r.st, r.err = st, err
@@ -265,7 +265,7 @@ func (m *Manager) unclaim(id string, r *run, st *TerminationStatus, err error) {
 }
 
 // await returns r's status once it is set up.
-func (m *Manager) await(ctx context.Context, r *run) (*TerminationStatus, error) {
+func (m *Manager) await(ctx context.Context, r *run) (*tartarus.TerminationStatus, error) {
 	select {
 	case <-r.ready:
 	case <-ctx.Done():
@@ -280,7 +280,7 @@ func (m *Manager) await(ctx context.Context, r *run) (*TerminationStatus, error)
 }
 
 // start drives r from st's phase in the background.
-func (m *Manager) start(r *run, st *TerminationStatus) {
+func (m *Manager) start(r *run, st *tartarus.TerminationStatus) {
 	m.mu.Lock()
 	r.st = st.Clone()
 	m.mu.Unlock()
@@ -319,7 +319,7 @@ func (m *Manager) Resume(ctx context.Context) (int, error) {
 }
 
 // Status implements TerminationHandler.
-func (m *Manager) Status(ctx context.Context, id string) (*TerminationStatus, error) {
+func (m *Manager) Status(ctx context.Context, id string) (*tartarus.TerminationStatus, error) {
 	m.mu.Lock()
 	r, ok := m.runs[id]
 	if ok && r.st != nil {
@@ -333,13 +333,13 @@ func (m *Manager) Status(ctx context.Context, id string) (*TerminationStatus, er
 
 // ListPending implements TerminationHandler: what the journal holds in a
 // non-final phase (on every node sharing the journal).
-func (m *Manager) ListPending(ctx context.Context) ([]*TerminationStatus, error) {
+func (m *Manager) ListPending(ctx context.Context) ([]*tartarus.TerminationStatus, error) {
 	return m.cfg.Journal.ListPending(ctx)
 }
 
 // Wait blocks until the sandbox's termination is final (or ctx ends, or
 // the manager closes) and returns its status.
-func (m *Manager) Wait(ctx context.Context, id string) (*TerminationStatus, error) {
+func (m *Manager) Wait(ctx context.Context, id string) (*tartarus.TerminationStatus, error) {
 	m.mu.Lock()
 	r, ok := m.runs[id]
 	m.mu.Unlock()
@@ -365,7 +365,7 @@ func (m *Manager) Wait(ctx context.Context, id string) (*TerminationStatus, erro
 // ends, kill now); otherwise one starts with no grace at the user's
 // request. It waits for the final phase and returns its error, if any.
 func (m *Manager) ForceTerminate(ctx context.Context, id string) error {
-	if _, err := m.InitiateShutdown(ctx, id, &ShutdownOptions{Reason: ReasonUserRequest}); err != nil {
+	if _, err := m.InitiateShutdown(ctx, id, &tartarus.ShutdownOptions{Reason: tartarus.ReasonUserRequest}); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -378,7 +378,7 @@ func (m *Manager) ForceTerminate(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if st.Phase == PhaseFailed {
+	if st.Phase == tartarus.PhaseFailed {
 		return fmt.Errorf("terminate %s: %s", id, st.ErrorMessage)
 	}
 	return nil
@@ -387,13 +387,13 @@ func (m *Manager) ForceTerminate(ctx context.Context, id string) error {
 // Checkpoint implements TerminationHandler: a checkpoint of a live
 // sandbox, which keeps running. It is refused while the sandbox is being
 // terminated (ask for CreateCheckpoint instead).
-func (m *Manager) Checkpoint(ctx context.Context, id string) (*Checkpoint, error) {
+func (m *Manager) Checkpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error) {
 	return m.CheckpointFor(ctx, id, "", 0)
 }
 
 // CheckpointFor is Checkpoint recording the owning tenant and a lifetime
 // (zero means the default).
-func (m *Manager) CheckpointFor(ctx context.Context, id, tenant string, ttl time.Duration) (*Checkpoint, error) {
+func (m *Manager) CheckpointFor(ctx context.Context, id, tenant string, ttl time.Duration) (*tartarus.Checkpoint, error) {
 	if ttl < 0 {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "checkpoint ttl %v is negative", ttl)
 	}
@@ -414,13 +414,13 @@ func (m *Manager) CheckpointFor(ctx context.Context, id, tenant string, ttl time
 	return m.checkpoint(ctx, id, tenant, newID("ck"), ttl, "")
 }
 
-func (m *Manager) checkpoint(ctx context.Context, id, tenant, ckID string, ttl time.Duration, reason TerminationReason) (*Checkpoint, error) {
+func (m *Manager) checkpoint(ctx context.Context, id, tenant, ckID string, ttl time.Duration, reason tartarus.TerminationReason) (*tartarus.Checkpoint, error) {
 	snap, err := m.cfg.Target.Checkpoint(ctx, id, ckID)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", id, err)
 	}
 	now := m.clock.Now()
-	ck := &Checkpoint{
+	ck := &tartarus.Checkpoint{
 		ID: ckID, SandboxID: id, Tenant: tenant, CreatedAt: now, ExpiresAt: now.Add(ttl),
 		Size: snap.Size, SnapshotRef: snap.Ref, Restorable: true, Reason: reason,
 	}
@@ -431,12 +431,12 @@ func (m *Manager) checkpoint(ctx context.Context, id, tenant, ckID string, ttl t
 }
 
 // ListCheckpoints returns a tenant's checkpoints ("" for all).
-func (m *Manager) ListCheckpoints(ctx context.Context, tenant string) ([]*Checkpoint, error) {
+func (m *Manager) ListCheckpoints(ctx context.Context, tenant string) ([]*tartarus.Checkpoint, error) {
 	return m.cfg.Journal.ListCheckpoints(ctx, tenant)
 }
 
 // GetCheckpoint returns one checkpoint, or ErrNotFound.
-func (m *Manager) GetCheckpoint(ctx context.Context, id string) (*Checkpoint, error) {
+func (m *Manager) GetCheckpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error) {
 	return m.cfg.Journal.GetCheckpoint(ctx, id)
 }
 

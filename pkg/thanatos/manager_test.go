@@ -22,19 +22,19 @@ func ctxT(t *testing.T) context.Context {
 // Every reason takes the same path; with no grace there is no signal and
 // the kill comes at once.
 func TestEveryReasonEndsTheSameWay(t *testing.T) {
-	for _, reason := range Reasons {
+	for _, reason := range tartarus.Reasons {
 		t.Run(string(reason), func(t *testing.T) {
 			h := newHarness(t, nil, nil)
 			h.target.setActive(3)
-			st, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Reason: reason, Tenant: "acme"})
+			st, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Reason: reason, Tenant: "acme"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Phase != PhaseInitiated || st.Reason != reason || !st.GraceDeadline.Equal(t0) {
+			if st.Phase != tartarus.PhaseInitiated || st.Reason != reason || !st.GraceDeadline.Equal(t0) {
 				t.Fatalf("initiated status %+v", st)
 			}
 			st = wait(t, h.m, "sb-1")
-			want := []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseCompleted}
+			want := []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseCompleted}
 			if !equal(phasesOf(st), want) {
 				t.Errorf("phases %v, want %v", phasesOf(st), want)
 			}
@@ -60,10 +60,10 @@ func TestPhaseTransitions(t *testing.T) {
 	deadline := t0.Add(grace)
 	tests := []struct {
 		name       string
-		opts       ShutdownOptions
+		opts       tartarus.ShutdownOptions
 		setup      func(*fakeTarget)
 		drive      func(t *testing.T, h *harness) // moves the clock
-		wantPhases []TerminationPhase
+		wantPhases []tartarus.TerminationPhase
 		wantOps    []string
 		wantExit   int
 		wantKillAt time.Time
@@ -71,21 +71,21 @@ func TestPhaseTransitions(t *testing.T) {
 	}{
 		{
 			name: "program traps SIGTERM and finishes at once",
-			opts: ShutdownOptions{GracePeriod: grace},
+			opts: tartarus.ShutdownOptions{GracePeriod: grace},
 			setup: func(f *fakeTarget) {
 				f.active, f.trapsTerm = 1, true
 			},
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseCompleted},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseCompleted},
 			wantOps:    []string{"signal", "kill", "release"},
 			wantExit:   0,
 			wantKillAt: t0,
 		},
 		{
 			name:  "drain ends early when the work ends",
-			opts:  ShutdownOptions{GracePeriod: grace, Reason: ReasonNodeDrain},
+			opts:  tartarus.ShutdownOptions{GracePeriod: grace, Reason: tartarus.ReasonNodeDrain},
 			setup: func(f *fakeTarget) { f.active = 2 },
 			drive: func(t *testing.T, h *harness) {
-				waitPhase(t, h.m, "sb-1", PhaseDraining)
+				waitPhase(t, h.m, "sb-1", tartarus.PhaseDraining)
 				for range 20 { // 5 s of polls
 					waitTickers(t, h.clk, 2)
 					h.clk.Advance(DefaultDrainPoll)
@@ -94,17 +94,17 @@ func TestPhaseTransitions(t *testing.T) {
 				waitTickers(t, h.clk, 2)
 				h.clk.Advance(DefaultDrainPoll)
 			},
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseCompleted},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseCompleted},
 			wantOps:    []string{"signal", "kill", "release"},
 			wantExit:   0,
 			wantKillAt: t0.Add(21 * DefaultDrainPoll),
 		},
 		{
 			name:  "a program ignoring SIGTERM is killed exactly at the deadline",
-			opts:  ShutdownOptions{GracePeriod: grace, Reason: ReasonTimeout},
+			opts:  tartarus.ShutdownOptions{GracePeriod: grace, Reason: tartarus.ReasonTimeout},
 			setup: func(f *fakeTarget) { f.active = 1 },
 			drive: func(t *testing.T, h *harness) {
-				waitPhase(t, h.m, "sb-1", PhaseDraining)
+				waitPhase(t, h.m, "sb-1", tartarus.PhaseDraining)
 				// Odd steps, so the deadline is not a multiple of them.
 				for h.clk.Now().Add(7 * time.Second).Before(deadline) {
 					waitTickers(t, h.clk, 2)
@@ -113,33 +113,33 @@ func TestPhaseTransitions(t *testing.T) {
 				waitTickers(t, h.clk, 2)
 				h.clk.Advance(deadline.Sub(h.clk.Now()))
 			},
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseCompleted},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseCompleted},
 			wantOps:    []string{"signal", "kill", "release"},
 			wantExit:   exitKilled,
 			wantKillAt: deadline,
 		},
 		{
 			name:       "SIGINT is sent when asked",
-			opts:       ShutdownOptions{GracePeriod: grace, Signal: SignalInt, Reason: ReasonResourceLimit},
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseCompleted},
+			opts:       tartarus.ShutdownOptions{GracePeriod: grace, Signal: tartarus.SignalInt, Reason: tartarus.ReasonResourceLimit},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseCompleted},
 			wantOps:    []string{"signal", "kill", "release"},
 			wantExit:   0,
 			wantKillAt: t0,
 		},
 		{
 			name:       "checkpoint after draining",
-			opts:       ShutdownOptions{GracePeriod: grace, CreateCheckpoint: true, Tenant: "acme"},
+			opts:       tartarus.ShutdownOptions{GracePeriod: grace, CreateCheckpoint: true, Tenant: "acme"},
 			setup:      func(f *fakeTarget) { f.active, f.trapsTerm = 1, true },
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseCheckpointing, PhaseTerminating, PhaseCompleted},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseCheckpointing, tartarus.PhaseTerminating, tartarus.PhaseCompleted},
 			wantOps:    []string{"signal", "checkpoint", "kill", "release"},
 			wantExit:   0,
 			wantKillAt: t0,
 		},
 		{
 			name:       "checkpoint failure fails the termination but still releases",
-			opts:       ShutdownOptions{GracePeriod: grace, CreateCheckpoint: true},
+			opts:       tartarus.ShutdownOptions{GracePeriod: grace, CreateCheckpoint: true},
 			setup:      func(f *fakeTarget) { f.errs["checkpoint"] = errBoom },
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseCheckpointing, PhaseTerminating, PhaseFailed},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseCheckpointing, tartarus.PhaseTerminating, tartarus.PhaseFailed},
 			wantOps:    []string{"signal", "checkpoint", "kill", "release"},
 			wantExit:   0,
 			wantKillAt: t0,
@@ -147,9 +147,9 @@ func TestPhaseTransitions(t *testing.T) {
 		},
 		{
 			name:       "kill failure still releases and fails",
-			opts:       ShutdownOptions{Reason: ReasonPolicyViolation},
+			opts:       tartarus.ShutdownOptions{Reason: tartarus.ReasonPolicyViolation},
 			setup:      func(f *fakeTarget) { f.errs["kill"] = errBoom },
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseFailed},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseFailed},
 			wantOps:    []string{"kill", "release"},
 			wantExit:   0, // no work was left when it was killed
 			wantKillAt: t0,
@@ -157,9 +157,9 @@ func TestPhaseTransitions(t *testing.T) {
 		},
 		{
 			name:       "a sandbox already gone is a completed termination",
-			opts:       ShutdownOptions{GracePeriod: grace, Reason: ReasonSystemShutdown},
+			opts:       tartarus.ShutdownOptions{GracePeriod: grace, Reason: tartarus.ReasonSystemShutdown},
 			setup:      func(f *fakeTarget) { f.errs["kill"] = tartarus.ErrNotFound; f.errs["release"] = tartarus.ErrNotFound },
-			wantPhases: []TerminationPhase{PhaseInitiated, PhaseSignaled, PhaseDraining, PhaseTerminating, PhaseCompleted},
+			wantPhases: []tartarus.TerminationPhase{tartarus.PhaseInitiated, tartarus.PhaseSignaled, tartarus.PhaseDraining, tartarus.PhaseTerminating, tartarus.PhaseCompleted},
 			wantOps:    []string{"signal", "kill", "release"},
 			wantExit:   0,
 			wantKillAt: t0,
@@ -222,10 +222,10 @@ func TestPhaseTransitions(t *testing.T) {
 func TestForceTerminateCutsTheGrace(t *testing.T) {
 	h := newHarness(t, nil, nil)
 	h.target.setActive(1)
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{GracePeriod: time.Minute}); err != nil {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{GracePeriod: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	waitPhase(t, h.m, "sb-1", PhaseDraining)
+	waitPhase(t, h.m, "sb-1", tartarus.PhaseDraining)
 	waitTickers(t, h.clk, 2)
 	h.clk.Advance(10 * time.Second)
 	if err := h.m.ForceTerminate(ctxT(t), "sb-1"); err != nil {
@@ -242,7 +242,7 @@ func TestForceTerminateCutsTheGrace(t *testing.T) {
 	if err := h.m.ForceTerminate(ctxT(t), "sb-2"); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := h.m.Status(ctxT(t), "sb-2"); st.Phase != PhaseCompleted || st.Reason != ReasonUserRequest {
+	if st, _ := h.m.Status(ctxT(t), "sb-2"); st.Phase != tartarus.PhaseCompleted || st.Reason != tartarus.ReasonUserRequest {
 		t.Errorf("sb-2 %+v", st)
 	}
 }
@@ -251,14 +251,14 @@ func TestConcurrentInitiateReturnsTheOneInProgress(t *testing.T) {
 	h := newHarness(t, nil, nil)
 	h.target.setActive(1)
 	var wg sync.WaitGroup
-	got := make([]*TerminationStatus, 16)
+	got := make([]*tartarus.TerminationStatus, 16)
 	errs := make([]error, 16)
 	for i := range got {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// Different options: the first wins, the others get it back.
-			got[i], errs[i] = h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{GracePeriod: time.Duration(i+1) * time.Second})
+			got[i], errs[i] = h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{GracePeriod: time.Duration(i+1) * time.Second})
 		}()
 	}
 	wg.Wait()
@@ -270,7 +270,7 @@ func TestConcurrentInitiateReturnsTheOneInProgress(t *testing.T) {
 			t.Errorf("call %d got grace %v, call 0 got %v", i, got[i].GracePeriod, got[0].GracePeriod)
 		}
 	}
-	waitPhase(t, h.m, "sb-1", PhaseDraining)
+	waitPhase(t, h.m, "sb-1", tartarus.PhaseDraining)
 	waitTickers(t, h.clk, 2)
 	h.clk.Advance(got[0].GracePeriod)
 	st := wait(t, h.m, "sb-1")
@@ -278,8 +278,8 @@ func TestConcurrentInitiateReturnsTheOneInProgress(t *testing.T) {
 		t.Errorf("signalled %d times", n)
 	}
 	// After the end it still answers the finished termination, unchanged.
-	again, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Reason: ReasonTimeout})
-	if err != nil || again.Phase != PhaseCompleted || again.Reason != st.Reason {
+	again, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Reason: tartarus.ReasonTimeout})
+	if err != nil || again.Phase != tartarus.PhaseCompleted || again.Reason != st.Reason {
 		t.Errorf("again: %+v, %v", again, err)
 	}
 	if n := strings.Count(strings.Join(h.target.ops(), ","), "kill"); n != 1 {
@@ -292,16 +292,16 @@ func TestConcurrentInitiateReturnsTheOneInProgress(t *testing.T) {
 // recorded, repeating only that step.
 func TestResumeAfterCrashInEachPhase(t *testing.T) {
 	tests := []struct {
-		phase   TerminationPhase
+		phase   tartarus.TerminationPhase
 		block   string // target op that hangs in the first manager ("" = none)
 		hook    bool   // a pre-mortem hook hangs instead
 		wantOps []string
 	}{
-		{phase: PhaseInitiated, hook: true, wantOps: []string{"signal", "checkpoint", "kill", "release"}},
-		{phase: PhaseSignaled, block: "signal", wantOps: []string{"signal", "checkpoint", "kill", "release"}},
-		{phase: PhaseDraining, block: "active", wantOps: []string{"checkpoint", "kill", "release"}},
-		{phase: PhaseCheckpointing, block: "checkpoint", wantOps: []string{"checkpoint", "kill", "release"}},
-		{phase: PhaseTerminating, block: "kill", wantOps: []string{"kill", "release"}},
+		{phase: tartarus.PhaseInitiated, hook: true, wantOps: []string{"signal", "checkpoint", "kill", "release"}},
+		{phase: tartarus.PhaseSignaled, block: "signal", wantOps: []string{"signal", "checkpoint", "kill", "release"}},
+		{phase: tartarus.PhaseDraining, block: "active", wantOps: []string{"checkpoint", "kill", "release"}},
+		{phase: tartarus.PhaseCheckpointing, block: "checkpoint", wantOps: []string{"checkpoint", "kill", "release"}},
+		{phase: tartarus.PhaseTerminating, block: "kill", wantOps: []string{"kill", "release"}},
 	}
 	for _, tc := range tests {
 		t.Run(string(tc.phase), func(t *testing.T) {
@@ -310,7 +310,7 @@ func TestResumeAfterCrashInEachPhase(t *testing.T) {
 			h1.target.block = tc.block
 			hookCalls := 0
 			var mu sync.Mutex
-			hook := func(ctx context.Context, id string, r TerminationReason) error {
+			hook := func(ctx context.Context, id string, r tartarus.TerminationReason) error {
 				mu.Lock()
 				hookCalls++
 				n := hookCalls
@@ -322,7 +322,7 @@ func TestResumeAfterCrashInEachPhase(t *testing.T) {
 				return nil
 			}
 			h1.m.AddPreMortem("evidence", time.Hour, hook)
-			st, err := h1.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{GracePeriod: time.Minute, CreateCheckpoint: true, Reason: ReasonNodeDrain})
+			st, err := h1.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{GracePeriod: time.Minute, CreateCheckpoint: true, Reason: tartarus.ReasonNodeDrain})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -340,7 +340,7 @@ func TestResumeAfterCrashInEachPhase(t *testing.T) {
 				t.Fatalf("resume: %d, %v", n, err)
 			}
 			final := wait(t, h2.m, "sb-1")
-			if final.Phase != PhaseCompleted || final.Reason != ReasonNodeDrain || !final.InitiatedAt.Equal(st.InitiatedAt) {
+			if final.Phase != tartarus.PhaseCompleted || final.Reason != tartarus.ReasonNodeDrain || !final.InitiatedAt.Equal(st.InitiatedAt) {
 				t.Fatalf("final %+v", final)
 			}
 			if got := h2.target.ops(); !equal(got, tc.wantOps) {
@@ -372,17 +372,17 @@ func TestInitiateAdoptsAJournalRecord(t *testing.T) {
 	journal := &MemJournal{}
 	h1 := newHarness(t, journal, nil)
 	h1.target.block = "kill"
-	if _, err := h1.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Reason: ReasonTimeout}); err != nil {
+	if _, err := h1.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Reason: tartarus.ReasonTimeout}); err != nil {
 		t.Fatal(err)
 	}
 	<-h1.target.blocked
 	h1.m.Close()
 	h2 := newHarness(t, journal, nil)
-	st, err := h2.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Reason: ReasonUserRequest, GracePeriod: time.Minute})
-	if err != nil || st.Reason != ReasonTimeout || st.Phase != PhaseTerminating {
+	st, err := h2.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Reason: tartarus.ReasonUserRequest, GracePeriod: time.Minute})
+	if err != nil || st.Reason != tartarus.ReasonTimeout || st.Phase != tartarus.PhaseTerminating {
 		t.Fatalf("adopted %+v, %v", st, err)
 	}
-	if final := wait(t, h2.m, "sb-1"); final.Phase != PhaseCompleted {
+	if final := wait(t, h2.m, "sb-1"); final.Phase != tartarus.PhaseCompleted {
 		t.Fatalf("final %+v", final)
 	}
 }
@@ -390,7 +390,7 @@ func TestInitiateAdoptsAJournalRecord(t *testing.T) {
 func TestHookHangingIsCutAtItsBudget(t *testing.T) {
 	h := newHarness(t, nil, nil)
 	released := make(chan struct{})
-	h.m.AddPreMortem("hangs", 3*time.Second, func(ctx context.Context, id string, r TerminationReason) error {
+	h.m.AddPreMortem("hangs", 3*time.Second, func(ctx context.Context, id string, r tartarus.TerminationReason) error {
 		<-released // ignores its context: must be abandoned, not awaited
 		return nil
 	})
@@ -403,16 +403,16 @@ func TestHookHangingIsCutAtItsBudget(t *testing.T) {
 		return ctx.Err()
 	})
 	defer close(released)
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{GracePeriod: 10 * time.Second, Reason: ReasonPolicyViolation}); err != nil {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{GracePeriod: 10 * time.Second, Reason: tartarus.ReasonPolicyViolation}); err != nil {
 		t.Fatal(err)
 	}
 	waitTickers(t, h.clk, 1)
 	h.clk.Advance(2 * time.Second)
-	if st, _ := h.m.Status(ctxT(t), "sb-1"); st.Phase != PhaseInitiated {
+	if st, _ := h.m.Status(ctxT(t), "sb-1"); st.Phase != tartarus.PhaseInitiated {
 		t.Fatalf("phase %s before the budget ran out", st.Phase)
 	}
 	h.clk.Advance(time.Second)
-	waitPhase(t, h.m, "sb-1", PhaseCompleted)
+	waitPhase(t, h.m, "sb-1", tartarus.PhaseCompleted)
 	if at, _ := h.target.callAt("signal"); !at.Equal(t0.Add(3 * time.Second)) {
 		t.Errorf("signalled at %v, want at the hook's budget", at)
 	}
@@ -446,10 +446,10 @@ func TestPostMortemHookSeesTheEnd(t *testing.T) {
 		return nil
 	})
 	h.target.setActive(1)
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{GracePeriod: 4 * time.Second}); err != nil {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{GracePeriod: 4 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	waitPhase(t, h.m, "sb-1", PhaseDraining)
+	waitPhase(t, h.m, "sb-1", tartarus.PhaseDraining)
 	waitTickers(t, h.clk, 2)
 	h.clk.Advance(4 * time.Second)
 	if s := <-got; s.code != exitKilled || s.d != 4*time.Second {
@@ -461,16 +461,16 @@ func TestShutdownOptionsValidation(t *testing.T) {
 	h := newHarness(t, nil, nil)
 	tests := []struct {
 		name string
-		opts ShutdownOptions
+		opts tartarus.ShutdownOptions
 		want []string
 	}{
-		{"unknown reason", ShutdownOptions{Reason: "bored"}, []string{`reason "bored"`}},
-		{"unknown signal", ShutdownOptions{Signal: "SIGSTOP"}, []string{`signal "SIGSTOP"`}},
-		{"negative grace", ShutdownOptions{GracePeriod: -time.Second}, []string{"grace period -1s"}},
-		{"grace too long", ShutdownOptions{GracePeriod: 2 * time.Hour}, []string{"grace period 2h0m0s"}},
-		{"ftp callback", ShutdownOptions{CallbackURL: "ftp://example.com/x"}, []string{`scheme "ftp"`}},
-		{"credentials in callback", ShutdownOptions{CallbackURL: "https://u:p@example.com/"}, []string{"credentials"}},
-		{"every problem at once", ShutdownOptions{Reason: "x", Signal: "y", GracePeriod: -1, CheckpointTTL: -1},
+		{"unknown reason", tartarus.ShutdownOptions{Reason: "bored"}, []string{`reason "bored"`}},
+		{"unknown signal", tartarus.ShutdownOptions{Signal: "SIGSTOP"}, []string{`signal "SIGSTOP"`}},
+		{"negative grace", tartarus.ShutdownOptions{GracePeriod: -time.Second}, []string{"grace period -1s"}},
+		{"grace too long", tartarus.ShutdownOptions{GracePeriod: 2 * time.Hour}, []string{"grace period 2h0m0s"}},
+		{"ftp callback", tartarus.ShutdownOptions{CallbackURL: "ftp://example.com/x"}, []string{`scheme "ftp"`}},
+		{"credentials in callback", tartarus.ShutdownOptions{CallbackURL: "https://u:p@example.com/"}, []string{"credentials"}},
+		{"every problem at once", tartarus.ShutdownOptions{Reason: "x", Signal: "y", GracePeriod: -1, CheckpointTTL: -1},
 			[]string{`reason "x"`, `signal "y"`, "grace period", "checkpoint ttl"}},
 	}
 	for _, tc := range tests {
@@ -489,7 +489,7 @@ func TestShutdownOptionsValidation(t *testing.T) {
 	if _, err := h.m.InitiateShutdown(ctxT(t), "", nil); !errors.Is(err, tartarus.ErrInvalid) {
 		t.Errorf("empty id: %v", err)
 	}
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{CallbackURL: "https://example.com/"}); !errors.Is(err, tartarus.ErrFailedPrecondition) {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{CallbackURL: "https://example.com/"}); !errors.Is(err, tartarus.ErrFailedPrecondition) {
 		t.Errorf("callback without a key: %v", err)
 	}
 	if _, err := h.journal.Get(ctxT(t), "sb-1"); !errors.Is(err, tartarus.ErrNotFound) {

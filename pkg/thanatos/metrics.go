@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // Collector holds the termination metrics; it is a prometheus.Collector.
@@ -68,11 +69,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func (c *Collector) phase(reason TerminationReason, phase TerminationPhase, d time.Duration) {
+func (c *Collector) phase(reason tartarus.TerminationReason, phase tartarus.TerminationPhase, d time.Duration) {
 	c.phases.WithLabelValues(string(reason), string(phase)).Observe(d.Seconds())
 }
 
-func (c *Collector) final(st *TerminationStatus) {
+func (c *Collector) final(st *tartarus.TerminationStatus) {
 	c.terminations.WithLabelValues(string(st.Reason), string(st.Phase)).Inc()
 	c.duration.WithLabelValues(string(st.Reason)).Observe(st.FinishedAt.Sub(st.InitiatedAt).Seconds())
 }

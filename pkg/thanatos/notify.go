@@ -189,14 +189,14 @@ func (m *Manager) send(ctx context.Context, url string, key, body []byte, delive
 	return nil
 }
 
-func (m *Manager) webhooks(ctx context.Context, when WebhookWhen, st *TerminationStatus) {
+func (m *Manager) webhooks(ctx context.Context, when WebhookWhen, st *tartarus.TerminationStatus) {
 	for _, w := range m.cfg.Webhooks {
 		if w.When != when {
 			continue
 		}
 		body, err := json.Marshal(struct {
-			Event       WebhookWhen        `json:"event"`
-			Termination *TerminationStatus `json:"termination"`
+			Event       WebhookWhen                 `json:"event"`
+			Termination *tartarus.TerminationStatus `json:"termination"`
 		}{when, st})
 		if err != nil {
 			continue
@@ -215,7 +215,7 @@ func (m *Manager) webhooks(ctx context.Context, when WebhookWhen, st *Terminatio
 // notify delivers st to its CallbackURL in the background, retrying with
 // backoff on the manager's clock until it is accepted, the attempts run
 // out or the manager closes.
-func (m *Manager) notify(st *TerminationStatus) {
+func (m *Manager) notify(st *tartarus.TerminationStatus) {
 	if st.CallbackURL == "" {
 		return
 	}

@@ -75,11 +75,11 @@ func callbackConfig(c *Config) {
 func TestCallbackRetriedWithoutDelayingTheTermination(t *testing.T) {
 	rcv := newReceiver(t, 3)
 	h := newHarness(t, nil, callbackConfig)
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Tenant: "acme", CallbackURL: rcv.srv.URL + "/done"}); err != nil {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Tenant: "acme", CallbackURL: rcv.srv.URL + "/done"}); err != nil {
 		t.Fatal(err)
 	}
 	st := wait(t, h.m, "sb-1") // final before any retry: the clock has not moved
-	if st.Phase != PhaseCompleted || !st.FinishedAt.Equal(t0) {
+	if st.Phase != tartarus.PhaseCompleted || !st.FinishedAt.Equal(t0) {
 		t.Fatalf("final %+v", st)
 	}
 	<-rcv.seen
@@ -103,8 +103,8 @@ func TestCallbackRetriedWithoutDelayingTheTermination(t *testing.T) {
 		if err := VerifySignature(tenantKey, r.body, r.sig, h.clk.Now(), 5*time.Minute); err != nil {
 			t.Errorf("signature %q: %v", r.sig, err)
 		}
-		var sent TerminationStatus
-		if err := json.Unmarshal(r.body, &sent); err != nil || sent.SandboxID != "sb-1" || sent.Phase != PhaseCompleted || r.path != "/done" {
+		var sent tartarus.TerminationStatus
+		if err := json.Unmarshal(r.body, &sent); err != nil || sent.SandboxID != "sb-1" || sent.Phase != tartarus.PhaseCompleted || r.path != "/done" {
 			t.Errorf("body %s, %v", r.body, err)
 		}
 	}
@@ -124,7 +124,7 @@ func TestCallbackToLoopbackRefused(t *testing.T) {
 		callbackConfig(c)
 		c.AllowHosts = nil
 	})
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Tenant: "acme", CallbackURL: rcv.srv.URL}); err != nil {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Tenant: "acme", CallbackURL: rcv.srv.URL}); err != nil {
 		t.Fatal(err)
 	}
 	wait(t, h.m, "sb-1")
@@ -156,7 +156,7 @@ func TestWebhooksAreSignedAndCut(t *testing.T) {
 			{URL: rcv.srv.URL + "/post", When: WebhookPostMortem},
 		}
 	})
-	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &ShutdownOptions{Reason: ReasonPolicyViolation}); err != nil {
+	if _, err := h.m.InitiateShutdown(ctxT(t), "sb-1", &tartarus.ShutdownOptions{Reason: tartarus.ReasonPolicyViolation}); err != nil {
 		t.Fatal(err)
 	}
 	waitTickers(t, h.clk, 1)
@@ -178,7 +178,7 @@ func TestWebhooksAreSignedAndCut(t *testing.T) {
 	}
 	var post struct {
 		Event       WebhookWhen
-		Termination TerminationStatus
+		Termination tartarus.TerminationStatus
 	}
 	if err := json.Unmarshal(got[1].body, &post); err != nil || post.Event != WebhookPostMortem || post.Termination.Phase != st.Phase {
 		t.Errorf("post-mortem webhook body %s", got[1].body)

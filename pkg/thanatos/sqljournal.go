@@ -102,7 +102,7 @@ func boolInt(b bool) int {
 }
 
 // Put implements Journal.
-func (j *SQLJournal) Put(ctx context.Context, s *TerminationStatus) error {
+func (j *SQLJournal) Put(ctx context.Context, s *tartarus.TerminationStatus) error {
 	data, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encode termination %s: %w", s.SandboxID, err)
@@ -119,7 +119,7 @@ func (j *SQLJournal) Put(ctx context.Context, s *TerminationStatus) error {
 }
 
 // Get implements Journal.
-func (j *SQLJournal) Get(ctx context.Context, id string) (*TerminationStatus, error) {
+func (j *SQLJournal) Get(ctx context.Context, id string) (*tartarus.TerminationStatus, error) {
 	var data string
 	err := j.db.QueryRowContext(ctx, j.q(`SELECT status FROM terminations WHERE sandbox_id = ?`), id).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -128,7 +128,7 @@ func (j *SQLJournal) Get(ctx context.Context, id string) (*TerminationStatus, er
 	if err != nil {
 		return nil, fmt.Errorf("get termination %s: %w", id, err)
 	}
-	var s TerminationStatus
+	var s tartarus.TerminationStatus
 	if err := json.Unmarshal([]byte(data), &s); err != nil {
 		return nil, fmt.Errorf("decode termination %s: %w", id, err)
 	}
@@ -136,16 +136,16 @@ func (j *SQLJournal) Get(ctx context.Context, id string) (*TerminationStatus, er
 }
 
 // ListPending implements Journal.
-func (j *SQLJournal) ListPending(ctx context.Context) ([]*TerminationStatus, error) {
+func (j *SQLJournal) ListPending(ctx context.Context) ([]*tartarus.TerminationStatus, error) {
 	rows, err := j.db.QueryContext(ctx, j.q(`SELECT status FROM terminations WHERE final = 0 ORDER BY initiated_at, sandbox_id`))
 	if err != nil {
 		return nil, fmt.Errorf("list pending terminations: %w", err)
 	}
-	return scanAll[TerminationStatus](rows, "termination")
+	return scanAll[tartarus.TerminationStatus](rows, "termination")
 }
 
 // PutCheckpoint implements Journal.
-func (j *SQLJournal) PutCheckpoint(ctx context.Context, c *Checkpoint) error {
+func (j *SQLJournal) PutCheckpoint(ctx context.Context, c *tartarus.Checkpoint) error {
 	data, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode checkpoint %s: %w", c.ID, err)
@@ -162,7 +162,7 @@ func (j *SQLJournal) PutCheckpoint(ctx context.Context, c *Checkpoint) error {
 }
 
 // GetCheckpoint implements Journal.
-func (j *SQLJournal) GetCheckpoint(ctx context.Context, id string) (*Checkpoint, error) {
+func (j *SQLJournal) GetCheckpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error) {
 	var data string
 	err := j.db.QueryRowContext(ctx, j.q(`SELECT checkpoint FROM checkpoints WHERE id = ?`), id).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -171,7 +171,7 @@ func (j *SQLJournal) GetCheckpoint(ctx context.Context, id string) (*Checkpoint,
 	if err != nil {
 		return nil, fmt.Errorf("get checkpoint %s: %w", id, err)
 	}
-	var c Checkpoint
+	var c tartarus.Checkpoint
 	if err := json.Unmarshal([]byte(data), &c); err != nil {
 		return nil, fmt.Errorf("decode checkpoint %s: %w", id, err)
 	}
@@ -179,7 +179,7 @@ func (j *SQLJournal) GetCheckpoint(ctx context.Context, id string) (*Checkpoint,
 }
 
 // ListCheckpoints implements Journal.
-func (j *SQLJournal) ListCheckpoints(ctx context.Context, tenant string) ([]*Checkpoint, error) {
+func (j *SQLJournal) ListCheckpoints(ctx context.Context, tenant string) ([]*tartarus.Checkpoint, error) {
 	query, args := `SELECT checkpoint FROM checkpoints ORDER BY created_at, id`, []any(nil)
 	if tenant != "" {
 		query, args = `SELECT checkpoint FROM checkpoints WHERE tenant = ? ORDER BY created_at, id`, []any{tenant}
@@ -188,16 +188,16 @@ func (j *SQLJournal) ListCheckpoints(ctx context.Context, tenant string) ([]*Che
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints: %w", err)
 	}
-	return scanAll[Checkpoint](rows, "checkpoint")
+	return scanAll[tartarus.Checkpoint](rows, "checkpoint")
 }
 
 // ExpiredCheckpoints implements Journal.
-func (j *SQLJournal) ExpiredCheckpoints(ctx context.Context, now time.Time) ([]*Checkpoint, error) {
+func (j *SQLJournal) ExpiredCheckpoints(ctx context.Context, now time.Time) ([]*tartarus.Checkpoint, error) {
 	rows, err := j.db.QueryContext(ctx, j.q(`SELECT checkpoint FROM checkpoints WHERE expires_at <= ? ORDER BY created_at, id`), now.UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("list expired checkpoints: %w", err)
 	}
-	return scanAll[Checkpoint](rows, "checkpoint")
+	return scanAll[tartarus.Checkpoint](rows, "checkpoint")
 }
 
 // DeleteCheckpoint implements Journal.
