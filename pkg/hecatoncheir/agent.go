@@ -17,8 +17,6 @@ package hecatoncheir
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
@@ -242,12 +240,6 @@ func (a *Agent) RuntimeNames() []string {
 	return out
 }
 
-func newID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return "sb-" + hex.EncodeToString(b[:])
-}
-
 // Create validates req, records the sandbox as creating, creates and starts
 // it in its runtime, and records it running. A failure after the record
 // exists leaves the sandbox failed with the error stored, and its remains
@@ -262,18 +254,10 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
 	claimed := id != ""
 	if !claimed {
-		id = newID()
+		id = tartarus.NewID("sb-")
 	}
-	now := a.cfg.Clock.Now().UTC()
-	sb := &tartarus.Sandbox{
-		ID: id, Tenant: tenant, Template: req.Template, Runtime: rt.Name(), State: tartarus.StateCreating,
-		Node: a.cfg.Node, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
-		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS,
-	}
-	if sb.Metadata == nil {
-		sb.Metadata = map[string]string{}
-	}
+	sb := tartarus.NewSandbox(id, tenant, req, a.cfg.Clock.Now().UTC())
+	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
 	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
 	how := "warm pool"
 	return a.createWith(ctx, sb, func() error {

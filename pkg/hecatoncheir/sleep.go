@@ -318,7 +318,7 @@ func (a *Agent) Fork(ctx context.Context, id string, count int) ([]*tartarus.San
 	}
 	ids := make([]string, count)
 	for i := range ids {
-		ids[i] = newID()
+		ids[i] = tartarus.NewID("sb-")
 	}
 	return a.forkInto(ctx, id, ids)
 }

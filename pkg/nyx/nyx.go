@@ -16,7 +16,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -134,7 +133,7 @@ func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts 
 		o = *opts
 	}
 	if o.ID == "" {
-		o.ID = newID()
+		o.ID = tartarus.NewID("snap-")
 	}
 	if o.Compression == "" {
 		o.Compression = CompressionZstd
@@ -601,12 +600,6 @@ func validID(id string) error {
 		return tartarus.Errorf(tartarus.ErrInvalid, "snapshot id %.64q: want one key segment of letters, digits and ._-:=+@,~", id)
 	}
 	return nil
-}
-
-func newID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return "snap-" + hex.EncodeToString(b[:])
 }
 
 func sumOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }

@@ -25,8 +25,6 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -273,12 +271,6 @@ func (c *Cluster) Sweep(ctx context.Context) error {
 	return nil
 }
 
-func newID(prefix string) string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return prefix + hex.EncodeToString(b[:])
-}
-
 // nodeStatus decodes a node record's status.
 func nodeStatus(n *store.NodeRecord) wire.NodeStatus {
 	var st wire.NodeStatus
@@ -392,14 +384,9 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 		return nil, err
 	}
 	now := c.cfg.Clock.Now().UTC()
-	sb := &tartarus.Sandbox{ID: newID("sb-"), Tenant: tenant, Template: req.Template, State: tartarus.StateCreating,
-		CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
-		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS}
-	if sb.Metadata == nil {
-		sb.Metadata = map[string]string{}
-	}
-	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
+	// Node and Runtime are set when the sandbox is placed.
+	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, req, now)
+	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
 	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord, taken func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		name, rt, err := c.place(nodes, req.Template, placementRequest(req))
 		if err != nil {
@@ -488,7 +475,7 @@ func (c *Cluster) await(ctx context.Context, cmd *wire.Command) (*wire.Result, e
 
 // command sends one command about sandbox sb to its node and waits.
 func (c *Cluster) command(ctx context.Context, sb *tartarus.Sandbox, kind wire.Kind, forkIDs []string) (*wire.Result, error) {
-	cmd := &wire.Command{ID: newID("cmd-"), Node: sb.Node, Kind: kind, SandboxID: sb.ID,
+	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Node: sb.Node, Kind: kind, SandboxID: sb.ID,
 		CreatedAt: c.cfg.Clock.Now().UTC(), ForkIDs: forkIDs}
 	rec, err := commandRecord(cmd)
 	if err != nil {
@@ -546,7 +533,7 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 	var avoid []string
 	for {
 		now := c.cfg.Clock.Now().UTC()
-		cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindAdopt, SandboxID: sb.ID, CreatedAt: now, Sleep: &rec}
+		cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindAdopt, SandboxID: sb.ID, CreatedAt: now, Sleep: &rec}
 		_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord, _ func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 			var shared []*store.NodeRecord
 			for _, n := range nodes {
@@ -611,7 +598,7 @@ func (c *Cluster) discard(ctx context.Context, sb *tartarus.Sandbox) error {
 	if node == "" {
 		return tartarus.Errorf(tartarus.ErrUnavailable, "no up node shares snapshot storage")
 	}
-	cmd := &wire.Command{ID: newID("cmd-"), Node: node, Kind: wire.KindDiscard, SandboxID: sb.ID,
+	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Node: node, Kind: wire.KindDiscard, SandboxID: sb.ID,
 		CreatedAt: c.cfg.Clock.Now().UTC(), Sandbox: sb, Sleep: &rec}
 	cr, err := commandRecord(cmd)
 	if err != nil {
@@ -717,7 +704,7 @@ func (c *Cluster) Fork(ctx context.Context, id string, count int) ([]*tartarus.S
 	}
 	ids := make([]string, count)
 	for i := range ids {
-		ids[i] = newID("sb-")
+		ids[i] = tartarus.NewID("sb-")
 	}
 	if _, err := c.command(ctx, sb, wire.KindFork, ids); err != nil {
 		return nil, err
