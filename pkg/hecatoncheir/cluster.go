@@ -40,23 +40,19 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 		return nil, err
 	}
 	now := a.cfg.Clock.Now().UTC()
-	sb := &tartarus.Sandbox{
-		ID: want.ID, Tenant: want.Tenant, Template: req.Template, Runtime: rt.Name(), State: tartarus.StateCreating,
-		Node: a.cfg.Node, CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: want.Metadata,
-		CreatedAt: want.CreatedAt.UTC(), UpdatedAt: now, ExpiresAt: want.ExpiresAt.UTC(),
-		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS,
-	}
-	if sb.Metadata == nil {
-		sb.Metadata = req.Metadata
-	}
-	if sb.Metadata == nil {
-		sb.Metadata = map[string]string{}
-	}
-	if sb.CreatedAt.IsZero() {
-		sb.CreatedAt = now
-	}
-	if sb.ExpiresAt.IsZero() {
+	sb := tartarus.NewSandbox(want.ID, want.Tenant, req, now)
+	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
+	// The API server's creation and expiry times and metadata stand; the
+	// request fills in what it left out.
+	if !want.CreatedAt.IsZero() {
+		sb.CreatedAt = want.CreatedAt.UTC()
 		sb.ExpiresAt = sb.CreatedAt.Add(time.Duration(req.TimeoutS) * time.Second)
+	}
+	if !want.ExpiresAt.IsZero() {
+		sb.ExpiresAt = want.ExpiresAt.UTC()
+	}
+	if want.Metadata != nil {
+		sb.Metadata = want.Metadata
 	}
 	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
 	claimed := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, want.ID) != ""

@@ -183,7 +183,7 @@ func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tart
 	// cut it short.
 	ctx = context.WithoutCancel(ctx)
 	start := a.cfg.Clock.Now()
-	build := newID()
+	build := tartarus.NewID("sb-")
 	cfg := &tartarus.VMConfig{ID: build, Template: img.Name, Image: img, CPUs: cpus, MemoryMB: memoryMB}
 	defer func() {
 		if err := sr.rt.Destroy(ctx, build); err != nil {
@@ -378,7 +378,7 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 			a.log.Warn("warm pool: template snapshot", "template", k.template, "err", err)
 			return
 		}
-		id := newID()
+		id := tartarus.NewID("sb-")
 		cfg := &tartarus.VMConfig{ID: id, Template: k.template, Image: img, CPUs: k.cpus, MemoryMB: k.memoryMB}
 		if err := a.restoreTemplate(ctx, sr, snapID, cfg); err != nil {
 			a.log.Warn("warm pool: restore", "template", k.template, "err", err)

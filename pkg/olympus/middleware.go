@@ -3,13 +3,13 @@ package olympus
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // RequestIDHeader carries a request's id, taken from the caller when it
@@ -52,12 +52,6 @@ func validRequestID(s string) bool {
 	return true
 }
 
-func newRequestID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // middleware adds the request id, recovers panics, counts and times the
 // request by route pattern, and writes one access log line.
 func (s *Server) middleware(next http.Handler) http.Handler {
@@ -65,7 +59,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		id := r.Header.Get(RequestIDHeader)
 		if !validRequestID(id) {
-			id = newRequestID()
+			id = tartarus.NewID("")
 			r.Header.Set(RequestIDHeader, id) // so that the guard's audit sees it
 		}
 		w.Header().Set(RequestIDHeader, id)

@@ -95,6 +95,24 @@ type Sandbox struct {
 	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
 }
 
+// NewSandbox returns the record of a sandbox about to be created from req
+// (normalized) by tenant: creating, created and last active at now, expiring
+// req.TimeoutS later, with req's shape, environment and metadata (an empty
+// map when req has none). Runtime and Node are left to the caller, who
+// knows where the sandbox is placed.
+func NewSandbox(id, tenant string, req *CreateRequest, now time.Time) *Sandbox {
+	sb := &Sandbox{
+		ID: id, Tenant: tenant, Template: req.Template, State: StateCreating,
+		CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
+		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS,
+	}
+	if sb.Metadata == nil {
+		sb.Metadata = map[string]string{}
+	}
+	return sb
+}
+
 // CreateRequest is what a caller asks for when creating a sandbox.
 type CreateRequest struct {
 	Template string            `json:"template"`

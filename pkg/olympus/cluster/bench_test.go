@@ -68,9 +68,8 @@ func BenchmarkPlaceSimulated1000(b *testing.B) {
 // placeOnly is Create without waiting for the node.
 func (c *Cluster) placeOnly(ctx context.Context, tenant string, req *tartarus.CreateRequest) error {
 	now := time.Now().UTC()
-	sb := &tartarus.Sandbox{ID: newID("sb-"), Tenant: tenant, Template: req.Template, State: tartarus.StateCreating,
-		CPUs: req.CPUs, MemoryMB: req.MemoryMB, CreatedAt: now, UpdatedAt: now, Metadata: map[string]string{}}
-	cmd := &wire.Command{ID: newID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb, Create: req}
+	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, req, now)
+	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb, Create: req}
 	_, err := c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord, _ func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		name, rt, err := c.place(nodes, req.Template, placementRequest(req))
 		if err != nil {

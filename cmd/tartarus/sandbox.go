@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+)
+
+func newSandboxCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
+	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o))
+	for _, verb := range []struct {
+		name, short string
+		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
+	}{
+		{"pause", "Freeze a sandbox (its memory stays)", (*client.Client).Pause},
+		{"resume", "Continue a paused sandbox", (*client.Client).Resume},
+		{"hibernate", "Snapshot a sandbox to disk and free its memory", (*client.Client).Hibernate},
+		{"wake", "Bring a hibernated sandbox back", (*client.Client).Wake},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use: verb.name + " ID", Short: verb.short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := o.client()
+				if err != nil {
+					return err
+				}
+				sb, err := verb.do(c, cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s", sb.ID, sb.State)
+				if sb.State == tartarus.StateHibernated && sb.SnapshotBytes > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), " (snapshot %s)", bytesHuman(sb.SnapshotBytes))
+				}
+				fmt.Fprintln(cmd.OutOrStdout())
+				return nil
+			},
+		})
+	}
+	return cmd
+}
+
+func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
+	var (
+		req       tartarus.CreateRequest
+		env, meta []string
+		labels    []string
+	)
+	cmd := &cobra.Command{
+		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			if req.Env, err = parseKV("env", env); err != nil {
+				return err
+			}
+			if req.Metadata, err = parseKV("metadata", meta); err != nil {
+				return err
+			}
+			if req.NodeLabels, err = parseKV("node-label", labels); err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			sb, err := c.CreateSandbox(cmd.Context(), &req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), sb)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), sb.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Template, "template", tartarus.DefaultTemplate, "template to boot")
+	f.IntVar(&req.MemoryMB, "memory", tartarus.DefaultMemoryMB, "memory in MiB")
+	f.IntVar(&req.CPUs, "cpus", tartarus.DefaultCPUs, "virtual CPUs")
+	f.IntVar(&req.TimeoutS, "timeout", tartarus.DefaultTimeoutS, "seconds until the sandbox is destroyed")
+	f.IntVar(&req.AutoHibernateS, "auto-hibernate", 0, "hibernate after this many idle seconds (0: the server's default)")
+	f.StringVar(&req.Runtime, "runtime", "", "runtime (default: the server's first)")
+	f.StringArrayVar(&env, "env", nil, "KEY=VALUE environment of every command (repeatable)")
+	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
+	f.StringArrayVar(&labels, "node-label", nil, "KEY=VALUE a cluster node must carry to run it (repeatable)")
+	o.addOutputFlag(cmd)
+	return cmd
+}
+
+func newSandboxLsCmd(o *clientOptions) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use: "ls", Aliases: []string{"list"}, Short: "List sandboxes (live ones unless --all)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.ListSandboxes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if !all {
+				live := list[:0]
+				for _, sb := range list {
+					if !sb.State.Final() {
+						live = append(live, sb)
+					}
+				}
+				list = live
+			}
+			if asJSON {
+				if list == nil {
+					list = []*tartarus.Sandbox{}
+				}
+				return printJSON(cmd.OutOrStdout(), api.SandboxList{Sandboxes: list})
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTEMPLATE\tRUNTIME\tSTATE\tCPUS\tMEMORY\tSNAPSHOT\tAGE\tEXPIRES IN")
+			now := time.Now()
+			for _, sb := range list {
+				expires := "-"
+				if !sb.State.Final() && !sb.ExpiresAt.IsZero() {
+					expires = human(sb.ExpiresAt.Sub(now))
+				}
+				snap := "-"
+				if sb.SnapshotBytes > 0 {
+					snap = bytesHuman(sb.SnapshotBytes)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", sb.ID, sb.Template, sb.Runtime, sb.State,
+					sb.CPUs, sb.MemoryMB, snap, human(now.Sub(sb.CreatedAt)), expires)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "include terminated and failed sandboxes")
+	o.addOutputFlag(cmd)
+	return cmd
+}
+
+func newSandboxGetCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use: "get ID", Short: "Show one sandbox", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			sb, err := c.GetSandbox(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), sb)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			row := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
+			row("id", sb.ID)
+			row("state", sb.State)
+			row("template", sb.Template)
+			row("runtime", sb.Runtime)
+			row("node", sb.Node)
+			row("cpus", sb.CPUs)
+			row("memory", fmt.Sprintf("%d MiB", sb.MemoryMB))
+			if sb.SnapshotBytes > 0 {
+				row("snapshot", bytesHuman(sb.SnapshotBytes))
+			}
+			if sb.AutoHibernateS > 0 {
+				row("auto hibernate", (time.Duration(sb.AutoHibernateS) * time.Second).String())
+			}
+			row("created", sb.CreatedAt.Local().Format(time.RFC3339))
+			row("expires", sb.ExpiresAt.Local().Format(time.RFC3339))
+			if !sb.LastActivityAt.IsZero() {
+				row("last activity", sb.LastActivityAt.Local().Format(time.RFC3339))
+			}
+			for k, v := range sb.Metadata {
+				row("metadata."+k, v)
+			}
+			if sb.Error != "" {
+				row("error", sb.Error)
+			}
+			return tw.Flush()
+		},
+	}
+	o.addOutputFlag(cmd)
+	return cmd
+}
+
+func newSandboxRmCmd(o *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use: "rm ID...", Aliases: []string{"delete", "destroy"}, Short: "Destroy sandboxes", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range args {
+				sb, err := c.DeleteSandbox(cmd.Context(), id)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", id, err))
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", sb.ID, sb.State)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func newSandboxForkCmd(o *clientOptions) *cobra.Command {
+	var count int
+	cmd := &cobra.Command{
+		Use: "fork ID", Short: "Copy a running sandbox, files and processes included; print the copies' ids", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			if count < 1 || count > api.MaxForkCount {
+				return fmt.Errorf("--count %d: want 1 to %d", count, api.MaxForkCount)
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Fork(cmd.Context(), args[0], count)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), api.SandboxList{Sandboxes: list})
+			}
+			for _, sb := range list {
+				fmt.Fprintln(cmd.OutOrStdout(), sb.ID)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVarP(&count, "count", "n", 1, fmt.Sprintf("number of copies (1-%d)", api.MaxForkCount))
+	o.addOutputFlag(cmd)
+	return cmd
+}

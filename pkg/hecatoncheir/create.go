@@ -1,0 +1,164 @@
+package hecatoncheir
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Create validates req, records the sandbox as creating, creates and starts
+// it in its runtime, and records it running. A failure after the record
+// exists leaves the sandbox failed with the error stored, and its remains
+// destroyed even when ctx is cancelled.
+func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
+	rt, img, err := a.checkCreate(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+
+	// A warm-pool sandbox, when one is ready, becomes this sandbox.
+	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
+	claimed := id != ""
+	if !claimed {
+		id = tartarus.NewID("sb-")
+	}
+	sb := tartarus.NewSandbox(id, tenant, req, a.cfg.Clock.Now().UTC())
+	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	how := "warm pool"
+	return a.createWith(ctx, sb, func() error {
+		if claimed {
+			return nil
+		}
+		var err error
+		how, err = a.restoreOrBoot(ctx, rt, cfg)
+		return err
+	}, "how", &how)
+}
+
+// checkCreate normalizes req and checks that this node can create it: the
+// runtime is enabled and available, the shape fits its per-sandbox limits,
+// and the template is built.
+func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (tartarus.Runtime, *tartarus.Image, error) {
+	if err := req.Normalize(); err != nil {
+		return nil, nil, err
+	}
+	if len(req.NodeLabels) > 0 {
+		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "node_labels: this server is a single node without labels (labels choose among the nodes of a cluster)")
+	}
+	rt, err := a.runtime(req.Runtime)
+	if err != nil {
+		return nil, nil, err
+	}
+	fp, err := rt.Fingerprint(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
+	}
+	switch {
+	case !fp.Available:
+		return nil, nil, tartarus.Errorf(tartarus.ErrUnavailable, "runtime %s is not available on this node: %s", rt.Name(), fp.Reason)
+	case req.CPUs > fp.MaxCPUs:
+		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "cpus %d exceeds this node's limit of %d per sandbox (max_cpus)", req.CPUs, fp.MaxCPUs)
+	case req.MemoryMB > fp.MaxMemoryMB:
+		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
+	}
+	img, err := a.cfg.Images.Get(ctx, req.Template)
+	if err != nil {
+		return nil, nil, fmt.Errorf("template %s: %w", req.Template, err)
+	}
+	return rt, img, nil
+}
+
+// createWith records sb as creating, brings it up with up, and records it
+// running. A failure after the record exists leaves the sandbox failed with
+// the error stored, and its remains destroyed even when ctx is cancelled.
+// logKV are logged when the sandbox runs (a *string is read then).
+func (a *Agent) createWith(ctx context.Context, sb *tartarus.Sandbox, up func() error, logKV ...any) (*tartarus.Sandbox, error) {
+	rt, err := a.runtime(sb.Runtime)
+	if err != nil {
+		return nil, err
+	}
+	unlock := a.lock(sb.ID)
+	defer unlock()
+	if err := a.cfg.Store.Create(ctx, sb); err != nil {
+		if a.instance(ctx, rt, sb.ID) != nil {
+			_ = rt.Destroy(context.WithoutCancel(ctx), sb.ID) // a claimed warm sandbox
+		}
+		return nil, fmt.Errorf("record sandbox: %w", err)
+	}
+	log := a.log.With("sandbox", sb.ID, "runtime", rt.Name(), "template", sb.Template)
+	start := a.cfg.Clock.Now()
+	err = up()
+	if err == nil {
+		var running *tartarus.Sandbox
+		running, err = a.cfg.Store.Move(ctx, sb.ID, tartarus.StateCreating, tartarus.StateRunning, store.Change{At: a.cfg.Clock.Now().UTC()})
+		if err == nil {
+			for i := 1; i < len(logKV); i += 2 {
+				if p, ok := logKV[i].(*string); ok {
+					logKV[i] = *p
+				}
+			}
+			log.Info("sandbox running", append(logKV, "took", a.cfg.Clock.Now().Sub(start))...)
+			a.schedule(running)
+			if sr, ok := a.snaps[rt.Name()]; ok {
+				sr.hyp.Touch(sb.ID)
+			}
+			return running, nil
+		}
+	}
+	// Clean up whatever exists, whatever happened to the caller.
+	cleanup := context.WithoutCancel(ctx)
+	log.Warn("create failed", "err", err)
+	if derr := rt.Destroy(cleanup, sb.ID); derr != nil {
+		log.Error("destroy after failed create", "err", derr)
+	}
+	if _, merr := a.cfg.Store.Move(cleanup, sb.ID, tartarus.StateCreating, tartarus.StateFailed,
+		store.Change{At: a.cfg.Clock.Now().UTC(), Error: err.Error()}); merr != nil {
+		log.Error("record failed create", "err", merr)
+	}
+	if tartarus.ClassOf(err).Err == nil {
+		// A boot that fails for no known reason is the node's trouble.
+		err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
+	}
+	return nil, fmt.Errorf("create sandbox %s (recorded as failed): %w", sb.ID, err)
+}
+
+// checkCapacity refuses (ErrResourceExhausted) work that would take this
+// node's sandboxes of runtime rt past the host's memory or CPUs. Hibernated
+// sandboxes hold neither.
+func (a *Agent) checkCapacity(ctx context.Context, rt tartarus.Runtime, memoryMB, cpus int) error {
+	fp, err := rt.Fingerprint(ctx)
+	if err != nil {
+		return fmt.Errorf("fingerprint %s: %w", rt.Name(), err)
+	}
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node,
+		States: []tartarus.State{tartarus.StateCreating, tartarus.StateRunning, tartarus.StatePaused, tartarus.StateQuarantined}})
+	if err != nil {
+		return err
+	}
+	usedMem, usedCPUs := a.pools.usage(rt.Name())
+	for _, sb := range live {
+		if sb.Runtime == rt.Name() {
+			usedMem += sb.MemoryMB
+			usedCPUs += sb.CPUs
+		}
+	}
+	var why []string
+	if fp.HostMemoryMB > 0 && usedMem+memoryMB > fp.HostMemoryMB {
+		why = append(why, fmt.Sprintf("memory: %d MiB in use + %d MiB asked > %d MiB on this node", usedMem, memoryMB, fp.HostMemoryMB))
+	}
+	// CPUs are shared in time, but not beyond a sane overcommit.
+	if fp.HostCPUs > 0 && usedCPUs+cpus > fp.HostCPUs*cpuOvercommit {
+		why = append(why, fmt.Sprintf("cpus: %d in use + %d asked > %d (%d host CPUs × %d)", usedCPUs, cpus, fp.HostCPUs*cpuOvercommit, fp.HostCPUs, cpuOvercommit))
+	}
+	if len(why) > 0 {
+		return tartarus.Errorf(tartarus.ErrResourceExhausted, "not enough capacity on node %s (%s)", a.cfg.Node, strings.Join(why, "; "))
+	}
+	return nil
+}
+
+// cpuOvercommit is how many virtual CPUs a host CPU may back.
+const cpuOvercommit = 8

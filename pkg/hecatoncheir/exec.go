@@ -1,0 +1,28 @@
+package hecatoncheir
+
+import (
+	"context"
+	"maps"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Exec runs a command in a running sandbox, waking it first if it is
+// hibernated. The sandbox's environment is applied under req.Env here too,
+// so that it holds in sandboxes restored from a snapshot taken without it
+// (a warm-pool sandbox).
+func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	sb, rt, err := a.awake(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer a.touch(ctx, id)
+	if len(sb.Env) > 0 {
+		r := *req
+		r.Env = make(map[string]string, len(sb.Env)+len(req.Env))
+		maps.Copy(r.Env, sb.Env)
+		maps.Copy(r.Env, req.Env)
+		req = &r
+	}
+	return rt.Exec(ctx, id, req)
+}

@@ -1,0 +1,49 @@
+package hecatoncheir
+
+import (
+	"context"
+	"errors"
+	"sort"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Expire destroys this node's sandboxes whose expiry time has passed and
+// returns their ids.
+func (a *Agent) Expire(ctx context.Context) ([]string, error) {
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
+	if err != nil {
+		return nil, err
+	}
+	now := a.cfg.Clock.Now()
+	var done []string
+	var errs []error
+	for _, sb := range live {
+		if sb.ExpiresAt.IsZero() || now.Before(sb.ExpiresAt) || sb.State == tartarus.StateTerminating {
+			continue
+		}
+		if err := a.expire(ctx, sb.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		done = append(done, sb.ID)
+	}
+	sort.Strings(done)
+	return done, errors.Join(errs...)
+}
+
+func (a *Agent) expire(ctx context.Context, id string) error {
+	unlock := a.lock(id)
+	defer unlock()
+	ctx = context.WithoutCancel(ctx)
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if sb.State.Final() {
+		return nil
+	}
+	a.log.Info("sandbox expired", "sandbox", id, "expires_at", sb.ExpiresAt)
+	_, err = a.destroy(ctx, sb, "expired: timeout_s reached")
+	return err
+}
