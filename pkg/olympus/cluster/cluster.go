@@ -151,7 +151,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 // dbErr says that the database failed (it is restarting, or unreachable)
 // when err carries no class of its own: the caller may retry.
 func dbErr(err error) error {
-	if err == nil || wire.ErrorOf(err).Code != "internal" ||
+	if err == nil || tartarus.ClassOf(err).Err != nil ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}

@@ -77,7 +77,7 @@ func (c *Cluster) Sweep(ctx context.Context) error {
 	for _, n := range stale {
 		shared := c.status(n).SharedSnapshots
 		reason := fmt.Sprintf("lost: node %s stopped heartbeating for %s", n.Name, c.cfg.NodeTimeout)
-		failed, _ := json.Marshal(wire.Result{Error: &wire.Error{Code: "unavailable", Message: reason}})
+		failed, _ := json.Marshal(wire.Result{Error: &wire.Error{Code: tartarus.CodeOf(tartarus.ErrUnavailable), Message: reason}})
 		down, ids, err := c.st.LoseNode(ctx, n.Name, before, fmt.Sprintf("no heartbeat for %s", c.cfg.NodeTimeout),
 			shared, reason, failed, now)
 		if err != nil {
