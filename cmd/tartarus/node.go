@@ -15,9 +15,9 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/runtimes"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )

@@ -34,7 +34,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -61,11 +61,11 @@ type Options struct {
 
 // Runtime is the gVisor driver.
 type Runtime struct {
-	kampe.SandboxFiles
+	container.SandboxFiles
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
-	act      *kampe.Activity
+	act      *container.Activity
 	unpackMu sync.Mutex
 
 	mu  sync.Mutex
@@ -115,8 +115,8 @@ func New(opts Options) (*Runtime, error) {
 		opts.Now = time.Now
 	}
 	r := &Runtime{opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
-	r.SandboxFiles = kampe.SandboxFiles{Open: r.files}
+		act: container.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
+	r.SandboxFiles = container.SandboxFiles{Open: r.files}
 	return r, nil
 }
 
@@ -268,7 +268,7 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 		fp := *r.fp
 		return &fp, nil
 	}
-	cpus, mem := kampe.HostResources()
+	cpus, mem := container.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: r.opts.Platform, HostCPUs: cpus, HostMemoryMB: mem,
 		MaxCPUs: cpus, MaxMemoryMB: mem,
 		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true},
@@ -298,7 +298,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if !fp.Available {
 		return "", tartarus.Errorf(tartarus.ErrUnavailable, "gvisor: %s", fp.Reason)
 	}
-	if err := kampe.CheckLimits(fp, cfg); err != nil {
+	if err := container.CheckLimits(fp, cfg); err != nil {
 		return "", err
 	}
 	if _, err := os.Stat(r.sandboxDir(cfg.ID)); err == nil {
@@ -315,7 +315,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 // prepare writes the sandbox directory: bundle (config.json) and meta.json.
 func (r *Runtime) prepare(ctx context.Context, cfg *tartarus.VMConfig) error {
 	r.unpackMu.Lock()
-	rootfs, err := kampe.UnpackImage(ctx, cfg.Image, filepath.Join(r.opts.StateDir, "images"))
+	rootfs, err := container.UnpackImage(ctx, cfg.Image, filepath.Join(r.opts.StateDir, "images"))
 	r.unpackMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("create %s: %w", cfg.ID, err)
@@ -349,7 +349,7 @@ var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_F
 	"CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP"}
 
 func baseEnv(m *meta) []string {
-	return kampe.EnvList([]string{kampe.DefaultPath, "HOME=/root", "HOSTNAME=" + m.ID}, m.Env)
+	return container.EnvList([]string{container.DefaultPath, "HOME=/root", "HOSTNAME=" + m.ID}, m.Env)
 }
 
 func process(args, env []string, cwd string) *specs.Process {
@@ -490,7 +490,7 @@ func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequ
 	}
 	defer os.RemoveAll(tmp)
 	pj := filepath.Join(tmp, "process.json")
-	b, err := json.Marshal(process(req.Cmd, kampe.EnvList(baseEnv(m), req.Env), cwd))
+	b, err := json.Marshal(process(req.Cmd, container.EnvList(baseEnv(m), req.Env), cwd))
 	if err != nil {
 		return nil, err
 	}
@@ -592,7 +592,7 @@ func (r *Runtime) killGroup(id, pidFile string) {
 // Signal implements tartarus.Runtime: sig goes to the process group of
 // every command Exec started.
 func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	name, err := kampe.SignalName(sig)
+	name, err := container.SignalName(sig)
 	if err != nil {
 		return err
 	}
@@ -749,13 +749,13 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 }
 
 // Files returns the file helper over this sandbox's exec.
-func (r *Runtime) files(ctx context.Context, id string) (kampe.Files, func(), error) {
+func (r *Runtime) files(ctx context.Context, id string) (container.Files, func(), error) {
 	m, err := r.requireRunning(ctx, id)
 	if err != nil {
-		return kampe.Files{}, nil, err
+		return container.Files{}, nil, err
 	}
 	end := r.act.Begin(id)
-	return kampe.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	return container.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
 		return r.exec(ctx, m, req)
 	}}, end, nil
 }
@@ -861,7 +861,7 @@ func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir strin
 	if err != nil {
 		return err
 	}
-	if err := kampe.CheckLimits(fp, cfg); err != nil {
+	if err := container.CheckLimits(fp, cfg); err != nil {
 		return err
 	}
 	if _, err := os.Stat(r.sandboxDir(cfg.ID)); err == nil {

@@ -51,7 +51,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -84,12 +84,12 @@ type Options struct {
 
 // Runtime is the containerd driver.
 type Runtime struct {
-	kampe.SandboxFiles
+	container.SandboxFiles
 	cli      *client.Client
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
-	act      *kampe.Activity
+	act      *container.Activity
 	importMu sync.Mutex
 
 	mu  sync.Mutex
@@ -129,8 +129,8 @@ func New(opts Options) (*Runtime, error) {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd at %s: %v", opts.Address, err)
 	}
 	r := &Runtime{cli: cli, opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
-	r.SandboxFiles = kampe.SandboxFiles{Open: r.files}
+		act: container.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
+	r.SandboxFiles = container.SandboxFiles{Open: r.files}
 	return r, nil
 }
 
@@ -152,7 +152,7 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 		fp := *r.fp
 		return &fp, nil
 	}
-	cpus, mem := kampe.HostResources()
+	cpus, mem := container.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: "runc", HostCPUs: cpus, HostMemoryMB: mem, MaxCPUs: cpus, MaxMemoryMB: mem,
 		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true},
 		Details: map[string]string{"address": r.opts.Address, "namespace": r.opts.Namespace,
@@ -170,7 +170,7 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 }
 
 func imageRef(img *tartarus.Image) (string, error) {
-	key, err := kampe.ImageKey(img)
+	key, err := container.ImageKey(img)
 	if err != nil {
 		return "", err
 	}
@@ -193,7 +193,7 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (client.
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	dir, err := kampe.UnpackImage(ctx, img, r.opts.CacheDir)
+	dir, err := container.UnpackImage(ctx, img, r.opts.CacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (client.
 	defer os.Remove(layer.Name())
 	defer layer.Close()
 	h := sha256.New()
-	if err := kampe.WriteTar(ctx, dir, io.MultiWriter(layer, h)); err != nil {
+	if err := container.WriteTar(ctx, dir, io.MultiWriter(layer, h)); err != nil {
 		return nil, fmt.Errorf("import template %s: %w", img.Name, err)
 	}
 	size, err := layer.Seek(0, io.SeekCurrent)
@@ -240,7 +240,7 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (client.
 func writeOCIArchive(w io.Writer, ref string, layerDigest digest.Digest, layerSize int64, layer io.Reader) error {
 	cfg := ocispec.Image{
 		Platform: ocispec.Platform{Architecture: "amd64", OS: "linux"},
-		Config:   ocispec.ImageConfig{Env: []string{kampe.DefaultPath}, Cmd: kampe.InitCommand, WorkingDir: "/"},
+		Config:   ocispec.ImageConfig{Env: []string{container.DefaultPath}, Cmd: container.InitCommand, WorkingDir: "/"},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDigest}},
 	}
 	cfgJSON, err := json.Marshal(cfg)
@@ -293,7 +293,7 @@ func writeOCIArchive(w io.Writer, ref string, layerDigest digest.Digest, layerSi
 }
 
 func baseEnv(id string, env map[string]string) []string {
-	return kampe.EnvList([]string{kampe.DefaultPath, "HOME=/root", "HOSTNAME=" + id}, env)
+	return container.EnvList([]string{container.DefaultPath, "HOME=/root", "HOSTNAME=" + id}, env)
 }
 
 // Create implements tartarus.Runtime: import the template if needed, then
@@ -306,7 +306,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if !fp.Available {
 		return "", tartarus.Errorf(tartarus.ErrUnavailable, "containerd: %s", fp.Reason)
 	}
-	if err := kampe.CheckLimits(fp, cfg); err != nil {
+	if err := container.CheckLimits(fp, cfg); err != nil {
 		return "", err
 	}
 	ctx = r.ns(context.WithoutCancel(ctx))
@@ -331,7 +331,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 			labelCPUs: strconv.Itoa(cfg.CPUs), labelMemory: strconv.Itoa(cfg.MemoryMB)}),
 		client.WithNewSpec(
 			oci.WithImageConfig(im),
-			oci.WithProcessArgs(kampe.InitCommand...),
+			oci.WithProcessArgs(container.InitCommand...),
 			oci.WithEnv(baseEnv(cfg.ID, cfg.Env)),
 			oci.WithHostname(cfg.ID),
 			oci.WithMemoryLimit(uint64(cfg.MemoryMB)<<20),
@@ -492,7 +492,7 @@ func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []stri
 		cwd = "/"
 	}
 	bg := r.ns(context.WithoutCancel(ctx))
-	pspec := &specs.Process{Args: req.Cmd, Env: kampe.EnvList(env, req.Env), Cwd: cwd}
+	pspec := &specs.Process{Args: req.Cmd, Env: container.EnvList(env, req.Env), Cwd: cwd}
 	// The rest of the process spec (user, capabilities, rlimits) is the
 	// init's, as for `ctr task exec`.
 	if spec, err := t.Spec(bg); err == nil && spec.Process != nil {
@@ -540,10 +540,10 @@ func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []stri
 	case status = <-statusC:
 	case <-timeout:
 		res.TimedOut = true
-		kampe.KillTree(int(p.Pid()), syscall.SIGKILL)
+		container.KillTree(int(p.Pid()), syscall.SIGKILL)
 		status = <-statusC
 	case <-ctx.Done():
-		kampe.KillTree(int(p.Pid()), syscall.SIGKILL)
+		container.KillTree(int(p.Pid()), syscall.SIGKILL)
 		<-statusC
 		return nil, fmt.Errorf("exec in %s: %w", id, ctx.Err())
 	}
@@ -580,7 +580,7 @@ func orDiscard(w io.Writer) io.Writer {
 // Signal implements tartarus.Runtime: kill(-1) from inside the container
 // reaches every process but init and the sender.
 func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	name, err := kampe.SignalName(sig)
+	name, err := container.SignalName(sig)
 	if err != nil {
 		return err
 	}
@@ -755,13 +755,13 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 	return adopted, nil
 }
 
-func (r *Runtime) files(ctx context.Context, id string) (kampe.Files, func(), error) {
+func (r *Runtime) files(ctx context.Context, id string) (container.Files, func(), error) {
 	t, env, err := r.requireRunning(r.ns(ctx), id)
 	if err != nil {
-		return kampe.Files{}, nil, err
+		return container.Files{}, nil, err
 	}
 	end := r.act.Begin(id)
-	return kampe.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	return container.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
 		return r.exec(ctx, id, t, env, req)
 	}}, end, nil
 }

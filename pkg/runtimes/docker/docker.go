@@ -33,6 +33,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	rtcontainer "github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -63,12 +64,12 @@ type Options struct {
 
 // Runtime is the Docker driver.
 type Runtime struct {
-	kampe.SandboxFiles
+	rtcontainer.SandboxFiles
 	cli      *client.Client
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
-	act      *kampe.Activity
+	act      *rtcontainer.Activity
 	importMu sync.Mutex
 
 	mu  sync.Mutex
@@ -106,8 +107,8 @@ func New(opts Options) (*Runtime, error) {
 		opts.Now = time.Now
 	}
 	r := &Runtime{cli: cli, opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: kampe.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
-	r.SandboxFiles = kampe.SandboxFiles{Open: r.files}
+		act: rtcontainer.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
+	r.SandboxFiles = rtcontainer.SandboxFiles{Open: r.files}
 	return r, nil
 }
 
@@ -127,7 +128,7 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 		fp := *r.fp
 		return &fp, nil
 	}
-	cpus, mem := kampe.HostResources()
+	cpus, mem := rtcontainer.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: "runc", HostCPUs: cpus, HostMemoryMB: mem, MaxCPUs: cpus, MaxMemoryMB: mem,
 		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true},
 		Details: map[string]string{"host": r.cli.DaemonHost(),
@@ -148,7 +149,7 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 
 // imageRef is the tag a template is imported under.
 func imageRef(img *tartarus.Image) (string, error) {
-	key, err := kampe.ImageKey(img)
+	key, err := rtcontainer.ImageKey(img)
 	if err != nil {
 		return "", err
 	}
@@ -168,12 +169,12 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (string,
 	} else if !cerrdefs.IsNotFound(err) {
 		return "", fmt.Errorf("inspect image %s: %w", ref, err)
 	}
-	dir, err := kampe.UnpackImage(ctx, img, r.opts.CacheDir)
+	dir, err := rtcontainer.UnpackImage(ctx, img, r.opts.CacheDir)
 	if err != nil {
 		return "", err
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(kampe.WriteTar(ctx, dir, pw)) }()
+	go func() { pw.CloseWithError(rtcontainer.WriteTar(ctx, dir, pw)) }()
 	body, err := r.cli.ImageImport(ctx, image.ImportSource{Source: pr, SourceName: "-"}, ref, image.ImportOptions{
 		Message: "tartarus template " + img.Name,
 	})
@@ -211,7 +212,7 @@ func readProgress(r io.Reader) error {
 }
 
 func baseEnv(id string, env map[string]string) []string {
-	return kampe.EnvList([]string{kampe.DefaultPath, "HOME=/root", "HOSTNAME=" + id}, env)
+	return rtcontainer.EnvList([]string{rtcontainer.DefaultPath, "HOME=/root", "HOSTNAME=" + id}, env)
 }
 
 // Create implements tartarus.Runtime: import the template if needed, then
@@ -224,7 +225,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if !fp.Available {
 		return "", tartarus.Errorf(tartarus.ErrUnavailable, "docker: %s", fp.Reason)
 	}
-	if err := kampe.CheckLimits(fp, cfg); err != nil {
+	if err := rtcontainer.CheckLimits(fp, cfg); err != nil {
 		return "", err
 	}
 	ref, err := r.ensureImage(ctx, cfg.Image)
@@ -238,7 +239,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	pids := int64(4096)
 	_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), &container.Config{
 		Image:      ref,
-		Cmd:        kampe.InitCommand,
+		Cmd:        rtcontainer.InitCommand,
 		Env:        baseEnv(cfg.ID, cfg.Env),
 		Hostname:   cfg.ID,
 		WorkingDir: "/",
@@ -334,7 +335,7 @@ func (r *Runtime) exec(ctx context.Context, info container.InspectResponse, req 
 	// kills the command instead of abandoning it.
 	bg := context.WithoutCancel(ctx)
 	created, err := r.cli.ContainerExecCreate(bg, info.ID, container.ExecOptions{
-		Cmd: req.Cmd, Env: kampe.EnvList(info.Config.Env, req.Env), WorkingDir: cwd,
+		Cmd: req.Cmd, Env: rtcontainer.EnvList(info.Config.Env, req.Env), WorkingDir: cwd,
 		AttachStdin: req.Stdin != nil, AttachStdout: true, AttachStderr: true,
 	})
 	if err != nil {
@@ -407,7 +408,7 @@ func (r *Runtime) killExec(ctx context.Context, execID string) {
 			return
 		}
 		if ins.Pid > 0 {
-			kampe.KillTree(ins.Pid, syscall.SIGKILL)
+			rtcontainer.KillTree(ins.Pid, syscall.SIGKILL)
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -424,7 +425,7 @@ func orDiscard(w io.Writer) io.Writer {
 // Signal implements tartarus.Runtime: kill(-1) from inside the container
 // reaches every process but init and the sender.
 func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	name, err := kampe.SignalName(sig)
+	name, err := rtcontainer.SignalName(sig)
 	if err != nil {
 		return err
 	}
@@ -568,13 +569,13 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 	return adopted, nil
 }
 
-func (r *Runtime) files(ctx context.Context, id string) (kampe.Files, func(), error) {
+func (r *Runtime) files(ctx context.Context, id string) (rtcontainer.Files, func(), error) {
 	info, err := r.requireRunning(ctx, id)
 	if err != nil {
-		return kampe.Files{}, nil, err
+		return rtcontainer.Files{}, nil, err
 	}
 	end := r.act.Begin(id)
-	return kampe.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	return rtcontainer.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
 		return r.exec(ctx, info, req)
 	}}, end, nil
 }

@@ -34,7 +34,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm/qmp"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

@@ -16,10 +16,10 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/docker"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/gvisor"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/runtimetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/gvisor"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -36,10 +36,10 @@ func newRuntime(t testing.TB, host, cache string) *docker.Runtime {
 // TestDocker runs everything against one private dockerd: starting it
 // costs a few seconds, so the subtests share it.
 func TestDocker(t *testing.T) {
-	kampetest.Require(t, "dockerd", "debugfs", "mke2fs")
-	host := kampetest.Dockerd(t)
+	containertest.Require(t, "dockerd", "debugfs", "mke2fs")
+	host := containertest.Dockerd(t)
 	cache := t.TempDir()
-	img := kampetest.Image(t)
+	img := containertest.Image(t)
 
 	t.Run("Conformance", func(t *testing.T) {
 		// Runtimes made by the factory live until the whole suite ends
@@ -295,10 +295,10 @@ func hasFile(st *kampe.ContainerState, path string) bool {
 
 // BenchmarkDocker measures create→first exec and the exec round trip.
 func BenchmarkDocker(b *testing.B) {
-	kampetest.Require(b, "dockerd", "debugfs", "mke2fs")
-	host := kampetest.Dockerd(b)
+	containertest.Require(b, "dockerd", "debugfs", "mke2fs")
+	host := containertest.Dockerd(b)
 	rt := newRuntime(b, host, b.TempDir())
-	img := kampetest.Image(b)
-	b.Run("CreateFirstExec", func(b *testing.B) { kampetest.BenchCreateFirstExec(b, rt, img) })
-	b.Run("Exec", func(b *testing.B) { kampetest.BenchExec(b, rt, img) })
+	img := containertest.Image(b)
+	b.Run("CreateFirstExec", func(b *testing.B) { containertest.BenchCreateFirstExec(b, rt, img) })
+	b.Run("Exec", func(b *testing.B) { containertest.BenchExec(b, rt, img) })
 }

@@ -10,9 +10,9 @@ import (
 	"testing"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos/hypnostest"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/gvisor"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/runtimetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/gvisor"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -26,7 +26,7 @@ func runscPath() string {
 // newRuntime returns a runtime over stateDir, or skips without runsc.
 func newRuntime(t testing.TB, stateDir string) *gvisor.Runtime {
 	t.Helper()
-	kampetest.Require(t, runscPath(), "debugfs", "mke2fs")
+	containertest.Require(t, runscPath(), "debugfs", "mke2fs")
 	rt, err := gvisor.New(gvisor.Options{StateDir: stateDir, Runsc: runscPath()})
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +36,7 @@ func newRuntime(t testing.TB, stateDir string) *gvisor.Runtime {
 
 func TestConformance(t *testing.T) {
 	state := t.TempDir()
-	img := kampetest.Image(t)
+	img := containertest.Image(t)
 	runtimetest.Run(t, func(t *testing.T) (tartarus.Runtime, *tartarus.Image) {
 		return newRuntime(t, state), img
 	})
@@ -45,7 +45,7 @@ func TestConformance(t *testing.T) {
 // TestHypnos hibernates and wakes a gVisor sandbox through Hypnos, Nyx and
 // a local store: the shared suite every Snapshotter runtime passes.
 func TestHypnos(t *testing.T) {
-	hypnostest.Run(t, newRuntime(t, t.TempDir()), kampetest.Image(t), 128)
+	hypnostest.Run(t, newRuntime(t, t.TempDir()), containertest.Image(t), 128)
 }
 
 func exec(t *testing.T, rt tartarus.Runtime, id string, cmd ...string) string {
@@ -66,7 +66,7 @@ func exec(t *testing.T, rt tartarus.Runtime, id string, cmd ...string) string {
 // init survive; so does memory (the init shell's variable).
 func TestHibernateWake(t *testing.T) {
 	rt := newRuntime(t, t.TempDir())
-	img := kampetest.Image(t)
+	img := containertest.Image(t)
 	ctx := context.Background()
 	cfg := &tartarus.VMConfig{ID: "hib-1", Template: img.Name, Image: img, CPUs: 1, MemoryMB: 128}
 	if _, err := rt.Create(ctx, cfg); err != nil {
@@ -133,10 +133,10 @@ func TestHibernateWake(t *testing.T) {
 
 // BenchmarkCreateFirstExec measures create + start + the first command.
 func BenchmarkCreateFirstExec(b *testing.B) {
-	kampetest.BenchCreateFirstExec(b, newRuntime(b, b.TempDir()), kampetest.Image(b))
+	containertest.BenchCreateFirstExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
 }
 
 // BenchmarkExec measures one command's round trip in a running sandbox.
 func BenchmarkExec(b *testing.B) {
-	kampetest.BenchExec(b, newRuntime(b, b.TempDir()), kampetest.Image(b))
+	containertest.BenchExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
 }

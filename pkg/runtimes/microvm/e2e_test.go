@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/runtimetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

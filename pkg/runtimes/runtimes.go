@@ -12,9 +12,9 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/containerd"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/docker"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/gvisor"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/gvisor"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

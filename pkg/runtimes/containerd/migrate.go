@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -219,9 +220,9 @@ func (r *Runtime) Migrate(ctx context.Context, containerID string, opts kampe.Mi
 			pr, pw := io.Pipe()
 			go func() {
 				if oneFS {
-					pw.CloseWithError(kampe.WriteTarOneFileSystem(ctx, root, pw))
+					pw.CloseWithError(container.WriteTarOneFileSystem(ctx, root, pw))
 				} else {
-					pw.CloseWithError(kampe.WriteTar(ctx, root, pw))
+					pw.CloseWithError(container.WriteTar(ctx, root, pw))
 				}
 			}()
 			var err error

@@ -1,8 +1,8 @@
-// Package kampetest sets up what the Kampe drivers' end-to-end tests need:
+// Package containertest sets up what the container drivers' end-to-end tests need:
 // a small busybox template image built on the spot, and private dockerd and
 // containerd daemons (own sockets and data directories, stopped after the
 // test). Nothing here is a fake: the tests run against the real daemons.
-package kampetest
+package containertest
 
 import (
 	"bytes"

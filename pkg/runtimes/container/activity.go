@@ -1,4 +1,4 @@
-package kampe
+package container
 
 import (
 	"sync"

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

@@ -1,10 +1,12 @@
-package kampe
+package container
 
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -130,7 +132,7 @@ func EnvList(base []string, extra ...map[string]string) []string {
 		set(kv)
 	}
 	for _, m := range extra {
-		for _, k := range sortedKeys(m) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			set(k + "=" + m[k])
 		}
 	}

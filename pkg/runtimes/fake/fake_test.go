@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/runtimetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

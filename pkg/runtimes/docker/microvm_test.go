@@ -11,9 +11,9 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/docker"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -23,7 +23,7 @@ import (
 // built by the microvm tests into $TARTARUS_TEST_DATA (default
 // /var/tmp/tartarus-test); without them it skips and says so.
 func TestMigratedTemplateBootsInMicroVM(t *testing.T) {
-	kampetest.Require(t, "dockerd", "debugfs", "mke2fs", "qemu-system-x86_64")
+	containertest.Require(t, "dockerd", "debugfs", "mke2fs", "qemu-system-x86_64")
 	cache := os.Getenv("TARTARUS_TEST_DATA")
 	if cache == "" {
 		cache = "/var/tmp/tartarus-test"
@@ -36,10 +36,10 @@ func TestMigratedTemplateBootsInMicroVM(t *testing.T) {
 	if err != nil {
 		t.Skipf("no built base template in %s (the microvm tests build it): %v", cache, err)
 	}
-	host := kampetest.Dockerd(t)
+	host := containertest.Dockerd(t)
 	ctx := context.Background()
 	rt := newRuntime(t, host, t.TempDir())
-	ref, err := rt.ImportTemplate(ctx, kampetest.Image(t))
+	ref, err := rt.ImportTemplate(ctx, containertest.Image(t))
 	if err != nil {
 		t.Fatal(err)
 	}

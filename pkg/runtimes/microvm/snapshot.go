@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm/qmp"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

@@ -19,9 +19,9 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/containerd"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/runtimetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -37,10 +37,10 @@ func newRuntime(t testing.TB, addr, cache string) *containerd.Runtime {
 
 // TestContainerd runs the conformance suite against a private containerd.
 func TestContainerd(t *testing.T) {
-	kampetest.Require(t, "containerd", "debugfs", "mke2fs")
-	addr := kampetest.Containerd(t)
+	containertest.Require(t, "containerd", "debugfs", "mke2fs")
+	addr := containertest.Containerd(t)
 	cache := t.TempDir()
-	img := kampetest.Image(t)
+	img := containertest.Image(t)
 	t.Run("Conformance", func(t *testing.T) {
 		// Runtimes made by the factory live until the whole suite ends
 		// (the one made in the recover subtest is used after it).
@@ -60,12 +60,12 @@ func TestContainerd(t *testing.T) {
 
 // BenchmarkContainerd measures create→first exec and the exec round trip.
 func BenchmarkContainerd(b *testing.B) {
-	kampetest.Require(b, "containerd", "debugfs", "mke2fs")
-	addr := kampetest.Containerd(b)
+	containertest.Require(b, "containerd", "debugfs", "mke2fs")
+	addr := containertest.Containerd(b)
 	rt := newRuntime(b, addr, b.TempDir())
-	img := kampetest.Image(b)
-	b.Run("CreateFirstExec", func(b *testing.B) { kampetest.BenchCreateFirstExec(b, rt, img) })
-	b.Run("Exec", func(b *testing.B) { kampetest.BenchExec(b, rt, img) })
+	img := containertest.Image(b)
+	b.Run("CreateFirstExec", func(b *testing.B) { containertest.BenchCreateFirstExec(b, rt, img) })
+	b.Run("Exec", func(b *testing.B) { containertest.BenchExec(b, rt, img) })
 }
 
 // testMigration makes ordinary containers in the runtime's namespace (no

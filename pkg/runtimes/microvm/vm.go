@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/guest"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm/qmp"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
