@@ -1,48 +1,72 @@
-// Package runtimes opens Kampe's runtimes by name — "gvisor", "docker",
-// "containerd" — for a server's --runtimes flag. A backend this host cannot
-// run still opens, as an Unavailable runtime whose fingerprint says why, so
-// the node can show what it lacks.
+// Package runtimes opens a node's runtimes by name — "microvm", "gvisor",
+// "docker", "containerd" and, for tests only, "fake" — for the --runtimes
+// flag of `tartarus server` and `tartarus agent`. The drivers live in the
+// sub-packages of the same names; what the container drivers share is in
+// package container.
+//
+// A known runtime this host cannot run still opens, as an Unavailable
+// runtime whose fingerprint says why, so the node can show what it lacks.
 package runtimes
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
+	"slices"
+	"strings"
+	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/gvisor"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
-// Names are the runtimes this package opens.
-var Names = []string{gvisor.Name, docker.Name, containerd.Name}
+// Fake is the name of the fake runtime, which Open gives only when
+// Config.AllowUnsafeFake is set.
+const Fake = "fake"
 
-// Config is what the runtimes need from the server.
+// Names are the runtimes a node offers (the fake, for tests only, aside).
+var Names = []string{microvm.Name, gvisor.Name, docker.Name, containerd.Name}
+
+// Config is what the runtimes need from the node.
 type Config struct {
-	// DataDir is the server's data directory; each runtime keeps its state
-	// under DataDir/<name>.
+	// DataDir is the node's data directory: the microVMs keep their state
+	// in DataDir/vms, the fake in DataDir/fake-vms, every other runtime in
+	// DataDir/<name>.
 	DataDir string
+	Log     *slog.Logger
+	// Clock is the runtimes' time source; nil means clock.System{}.
+	Clock clock.Clock
+
+	// Accel, BootTimeout and BootRetries are microvm's (see microvm.Config;
+	// zero values mean its defaults).
+	Accel       string
+	BootTimeout time.Duration
+	BootRetries int
+	// ProbeImage is what microvm's KVM probe boots; without it "auto" uses
+	// TCG unprobed.
+	ProbeImage *tartarus.Image
+
 	// Runsc is the runsc binary (default: on PATH, else scripts/runsc.sh's).
 	Runsc string
 	// DockerHost is the Docker daemon (default: $DOCKER_HOST or its socket).
 	DockerHost string
 	// ContainerdAddress is containerd's socket (default /run/containerd/containerd.sock).
 	ContainerdAddress string
-	Log               *slog.Logger
+
+	// AllowUnsafeFake lets Open give the fake runtime, which runs commands
+	// as host processes without any isolation (tests only).
+	AllowUnsafeFake bool
 }
 
-// Known reports whether name is a runtime this package opens.
+// Known reports whether name is a runtime Open offers (the fake aside).
 func Known(name string) bool {
-	for _, n := range Names {
-		if n == name {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(Names, name)
 }
 
 // Open returns the runtime called name. An unknown name is ErrInvalid; a
@@ -51,22 +75,28 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 	if cfg.DataDir == "" {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "runtimes: no data directory")
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	dir := filepath.Join(cfg.DataDir, name)
 	switch name {
+	case microvm.Name:
+		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(cfg.DataDir, "vms"), Log: cfg.Log, Clock: cfg.Clock,
+			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage})
 	case gvisor.Name:
-		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log})
+		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}
 		return rt, nil
 	case docker.Name:
-		rt, err := docker.New(docker.Options{Host: cfg.DockerHost, CacheDir: dir, Log: cfg.Log})
+		rt, err := docker.New(docker.Options{Host: cfg.DockerHost, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}
 		return rt, nil
 	case containerd.Name:
-		rt, err := containerd.New(containerd.Options{Address: cfg.ContainerdAddress, CacheDir: dir, Log: cfg.Log})
+		rt, err := containerd.New(containerd.Options{Address: cfg.ContainerdAddress, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}
@@ -74,76 +104,15 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 			return nil, err
 		}
 		return rt, nil
+	case Fake:
+		if !cfg.AllowUnsafeFake {
+			return nil, tartarus.Errorf(tartarus.ErrInvalid, "runtime fake runs commands on the host without isolation; it needs --unsafe-fake-runtime and is for tests only")
+		}
+		cfg.Log.Warn("UNSAFE: the fake runtime runs sandbox commands as host processes with no isolation (tests only)")
+		// The fake can snapshot (files only), so the hibernation paths of
+		// the server can be driven end to end without a VM.
+		return fake.New(fake.Config{StateDir: filepath.Join(cfg.DataDir, "fake-vms"), Log: cfg.Log, Clock: cfg.Clock,
+			Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true}})
 	}
-	return nil, tartarus.Errorf(tartarus.ErrInvalid, "runtime %q (this package offers %v)", name, Names)
+	return nil, tartarus.Errorf(tartarus.ErrInvalid, "runtime %q is not one this build offers (%s)", name, strings.Join(Names, ", "))
 }
-
-// Unavailable is a runtime the host cannot run. Its fingerprint says why;
-// every call that would need the backend fails with ErrUnavailable.
-type Unavailable struct {
-	RuntimeName string
-	Reason      string
-}
-
-var _ tartarus.Runtime = (*Unavailable)(nil)
-
-func (u *Unavailable) err() error {
-	return tartarus.Errorf(tartarus.ErrUnavailable, "runtime %s: %s", u.RuntimeName, u.Reason)
-}
-
-// Name implements tartarus.Runtime.
-func (u *Unavailable) Name() string { return u.RuntimeName }
-
-// Fingerprint implements tartarus.Runtime: not available, with the reason.
-func (u *Unavailable) Fingerprint(context.Context) (*tartarus.Fingerprint, error) {
-	return &tartarus.Fingerprint{Runtime: u.RuntimeName, Available: false, Reason: u.Reason}, nil
-}
-
-// Create implements tartarus.Runtime.
-func (u *Unavailable) Create(context.Context, *tartarus.VMConfig) (string, error) {
-	return "", u.err()
-}
-
-// Start implements tartarus.Runtime.
-func (u *Unavailable) Start(context.Context, string) error { return u.err() }
-
-// Exec implements tartarus.Runtime.
-func (u *Unavailable) Exec(context.Context, string, *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	return nil, u.err()
-}
-
-// Signal implements tartarus.Runtime.
-func (u *Unavailable) Signal(context.Context, string, syscall.Signal) error { return u.err() }
-
-// Pause implements tartarus.Runtime.
-func (u *Unavailable) Pause(context.Context, string) error { return u.err() }
-
-// Resume implements tartarus.Runtime.
-func (u *Unavailable) Resume(context.Context, string) error { return u.err() }
-
-// Destroy implements tartarus.Runtime: it holds nothing, so nothing to do.
-func (u *Unavailable) Destroy(context.Context, string) error { return nil }
-
-// List implements tartarus.Runtime: it holds no sandboxes.
-func (u *Unavailable) List(context.Context) ([]*tartarus.Instance, error) { return nil, nil }
-
-// Recover implements tartarus.Runtime: nothing to adopt.
-func (u *Unavailable) Recover(context.Context) ([]*tartarus.Instance, error) { return nil, nil }
-
-// ReadFile implements tartarus.Runtime.
-func (u *Unavailable) ReadFile(context.Context, string, string) (io.ReadCloser, error) {
-	return nil, u.err()
-}
-
-// WriteFile implements tartarus.Runtime.
-func (u *Unavailable) WriteFile(context.Context, string, string, os.FileMode, io.Reader) error {
-	return u.err()
-}
-
-// ListFiles implements tartarus.Runtime.
-func (u *Unavailable) ListFiles(context.Context, string, string) ([]tartarus.FileInfo, error) {
-	return nil, u.err()
-}
-
-// Stats implements tartarus.Runtime.
-func (u *Unavailable) Stats(context.Context, string) (*tartarus.Stats, error) { return nil, u.err() }

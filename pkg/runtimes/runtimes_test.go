@@ -3,6 +3,7 @@ package runtimes
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -15,6 +16,8 @@ func TestOpen(t *testing.T) {
 		name    string
 		cfg     Config
 		wantErr error
+		// wantText is part of the error's text, when set.
+		wantText string
 		// wantAvailable is checked only when the runtime opened.
 		wantUnavailable bool
 	}{
@@ -22,6 +25,11 @@ func TestOpen(t *testing.T) {
 		{name: "gvisor", cfg: Config{DataDir: dir, Runsc: "/nonexistent/runsc"}, wantUnavailable: true},
 		{name: "docker", cfg: Config{DataDir: dir, DockerHost: "unix:///nonexistent/docker.sock"}, wantUnavailable: true},
 		{name: "containerd", cfg: Config{DataDir: dir, ContainerdAddress: "/nonexistent/containerd.sock"}, wantUnavailable: true},
+		{name: "microvm", cfg: Config{DataDir: dir, Accel: "tcg"}},
+		{name: "microvm", cfg: Config{DataDir: dir, Accel: "warp"}, wantErr: tartarus.ErrInvalid},
+		{name: "fake", cfg: Config{DataDir: dir}, wantErr: tartarus.ErrInvalid, wantText: "--unsafe-fake-runtime"},
+		{name: "fake", cfg: Config{DataDir: dir, AllowUnsafeFake: true}},
+		{name: "docker", cfg: Config{}, wantErr: tartarus.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -29,6 +37,9 @@ func TestOpen(t *testing.T) {
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("Open: %v, want %v", err, tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), tt.wantText) {
+					t.Errorf("Open: %v, want it to say %q", err, tt.wantText)
 				}
 				return
 			}
@@ -52,5 +63,19 @@ func TestOpen(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOpenUnknownNamesTheRuntimes checks that a mistyped name is told
+// what the build offers.
+func TestOpenUnknownNamesTheRuntimes(t *testing.T) {
+	_, err := Open(context.Background(), "dokcer", Config{DataDir: t.TempDir()})
+	if !errors.Is(err, tartarus.ErrInvalid) {
+		t.Fatalf("Open: %v, want ErrInvalid", err)
+	}
+	for _, name := range Names {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
 	}
 }

@@ -3,23 +3,26 @@ package container
 import (
 	"sync"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // Activity tracks, per sandbox, whether a command or transfer is under way
 // and when the last one ended, for Instance.IdleSince. Safe for concurrent use.
 type Activity struct {
-	now  func() time.Time
-	mu   sync.Mutex
-	busy map[string]int
-	last map[string]time.Time
+	clock clock.Clock
+	mu    sync.Mutex
+	busy  map[string]int
+	last  map[string]time.Time
 }
 
-// NewActivity returns a tracker reading time from now (time.Now when nil).
-func NewActivity(now func() time.Time) *Activity {
-	if now == nil {
-		now = time.Now
+// NewActivity returns a tracker reading time from clk (clock.System{}
+// when nil).
+func NewActivity(clk clock.Clock) *Activity {
+	if clk == nil {
+		clk = clock.System{}
 	}
-	return &Activity{now: now, busy: map[string]int{}, last: map[string]time.Time{}}
+	return &Activity{clock: clk, busy: map[string]int{}, last: map[string]time.Time{}}
 }
 
 // Begin marks id busy; call the returned function when the work ends.
@@ -35,7 +38,7 @@ func (a *Activity) Begin(id string) (end func()) {
 			if a.busy[id] <= 0 {
 				delete(a.busy, id)
 			}
-			a.last[id] = a.now()
+			a.last[id] = a.clock.Now()
 			a.mu.Unlock()
 		})
 	}
@@ -44,7 +47,7 @@ func (a *Activity) Begin(id string) (end func()) {
 // Touch records activity on id now.
 func (a *Activity) Touch(id string) {
 	a.mu.Lock()
-	a.last[id] = a.now()
+	a.last[id] = a.clock.Now()
 	a.mu.Unlock()
 }
 
@@ -58,7 +61,7 @@ func (a *Activity) IdleSince(id string) *time.Time {
 	}
 	t, ok := a.last[id]
 	if !ok {
-		t = a.now()
+		t = a.clock.Now()
 		a.last[id] = t
 	}
 	return &t

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -91,7 +92,8 @@ func TestEnvList(t *testing.T) {
 
 func TestActivity(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	a := NewActivity(func() time.Time { return now })
+	clk := clock.NewFake(now)
+	a := NewActivity(clk)
 	if got := a.IdleSince("x"); got == nil || !got.Equal(now) {
 		t.Errorf("unseen sandbox idle since %v", got)
 	}
@@ -100,6 +102,7 @@ func TestActivity(t *testing.T) {
 		t.Error("busy sandbox reported idle")
 	}
 	now = now.Add(time.Minute)
+	clk.Advance(time.Minute)
 	end()
 	end() // ending twice is harmless
 	if got := a.IdleSince("x"); got == nil || !got.Equal(now) {

@@ -33,7 +33,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -51,20 +50,13 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // Name is the runtime's name as users choose it.
 const Name = "containerd"
-
-// Labels the driver sets on its containers.
-const (
-	labelRuntime  = "tartarus.runtime"
-	labelTemplate = "tartarus.template"
-	labelCPUs     = "tartarus.cpus"
-	labelMemory   = "tartarus.memory_mb"
-)
 
 const snapshotter = "overlayfs"
 
@@ -78,28 +70,19 @@ type Options struct {
 	// their import (required).
 	CacheDir string
 	Log      *slog.Logger
-	// Now is the clock for activity and CPU accounting; nil means time.Now.
-	Now func() time.Time
+	// Clock is the time source for activity and CPU accounting; nil means
+	// clock.System{}.
+	Clock clock.Clock
 }
 
-// Runtime is the containerd driver.
+// Runtime is the containerd driver. Fingerprint, Exec, Signal and the file
+// methods are the shared ones of container.Base, over this driver's probe
+// and task exec.
 type Runtime struct {
-	container.SandboxFiles
+	*container.Base
 	cli      *client.Client
 	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	act      *container.Activity
 	importMu sync.Mutex
-
-	mu  sync.Mutex
-	fp  *tartarus.Fingerprint
-	cpu map[string]cpuSample
-}
-
-type cpuSample struct {
-	at    time.Time
-	total uint64
 }
 
 var _ tartarus.Runtime = (*Runtime)(nil)
@@ -115,12 +98,6 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Namespace == "" {
 		opts.Namespace = "tartarus"
 	}
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	if _, err := os.Stat(opts.Address); err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd socket %s: %v", opts.Address, err)
 	}
@@ -128,9 +105,8 @@ func New(opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd at %s: %v", opts.Address, err)
 	}
-	r := &Runtime{cli: cli, opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: container.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
-	r.SandboxFiles = container.SandboxFiles{Open: r.files}
+	r := &Runtime{cli: cli, opts: opts}
+	r.Base = container.NewBase(container.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
 	return r, nil
 }
 
@@ -144,14 +120,8 @@ func (r *Runtime) ns(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.opts.Namespace)
 }
 
-// Fingerprint implements tartarus.Runtime: the daemon must answer.
-func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fp != nil {
-		fp := *r.fp
-		return &fp, nil
-	}
+// probe is the fingerprint (container.ProbeFunc): the daemon must answer.
+func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
 	cpus, mem := container.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: "runc", HostCPUs: cpus, HostMemoryMB: mem, MaxCPUs: cpus, MaxMemoryMB: mem,
 		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true},
@@ -160,26 +130,17 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 	v, err := r.cli.Version(r.ns(ctx))
 	if err != nil {
 		fp.Reason = fmt.Sprintf("containerd at %s does not answer: %v", r.opts.Address, err)
-		return fp, nil
+		// Not kept: the daemon may come up later.
+		return fp, false
 	}
 	fp.Available = true
 	fp.Details["version"] = v.Version
-	r.fp = fp
-	c := *fp
-	return &c, nil
-}
-
-func imageRef(img *tartarus.Image) (string, error) {
-	key, err := container.ImageKey(img)
-	if err != nil {
-		return "", err
-	}
-	return "tartarus-template/" + img.Name + ":" + strings.TrimPrefix(key, img.Name+"-"), nil
+	return fp, true
 }
 
 // ensureImage imports and unpacks the template unless it is there.
 func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (client.Image, error) {
-	ref, err := imageRef(img)
+	ref, err := container.ImageRef(img)
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +191,7 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (client.
 	if err := im.Unpack(ctx, snapshotter); err != nil {
 		return nil, fmt.Errorf("unpack template %s: %w", img.Name, err)
 	}
-	r.log.Info("imported template", "template", img.Name, "ref", ref)
+	r.Log.Info("imported template", "template", img.Name, "ref", ref)
 	return im, nil
 }
 
@@ -292,21 +253,10 @@ func writeOCIArchive(w io.Writer, ref string, layerDigest digest.Digest, layerSi
 	return tw.Close()
 }
 
-func baseEnv(id string, env map[string]string) []string {
-	return container.EnvList([]string{container.DefaultPath, "HOME=/root", "HOSTNAME=" + id}, env)
-}
-
 // Create implements tartarus.Runtime: import the template if needed, then
 // create the container and its snapshot (no task yet).
 func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, error) {
-	fp, err := r.Fingerprint(ctx)
-	if err != nil {
-		return "", err
-	}
-	if !fp.Available {
-		return "", tartarus.Errorf(tartarus.ErrUnavailable, "containerd: %s", fp.Reason)
-	}
-	if err := container.CheckLimits(fp, cfg); err != nil {
+	if err := r.CheckCreate(ctx, cfg); err != nil {
 		return "", err
 	}
 	ctx = r.ns(context.WithoutCancel(ctx))
@@ -317,22 +267,17 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if err != nil {
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	tmpl := cfg.Template
-	if tmpl == "" {
-		tmpl = cfg.Image.Name
-	}
 	period := uint64(100000)
 	_, err = r.cli.NewContainer(ctx, cfg.ID,
 		client.WithImage(im),
 		client.WithSnapshotter(snapshotter),
 		client.WithNewSnapshot(cfg.ID+"-rootfs", im),
 		client.WithRuntime("io.containerd.runc.v2", nil),
-		client.WithContainerLabels(map[string]string{labelRuntime: Name, labelTemplate: tmpl,
-			labelCPUs: strconv.Itoa(cfg.CPUs), labelMemory: strconv.Itoa(cfg.MemoryMB)}),
+		client.WithContainerLabels(container.SandboxLabels(Name, cfg)),
 		client.WithNewSpec(
 			oci.WithImageConfig(im),
 			oci.WithProcessArgs(container.InitCommand...),
-			oci.WithEnv(baseEnv(cfg.ID, cfg.Env)),
+			oci.WithEnv(container.BaseEnv(cfg.ID, cfg.Env)),
 			oci.WithHostname(cfg.ID),
 			oci.WithMemoryLimit(uint64(cfg.MemoryMB)<<20),
 			oci.WithCPUCFS(int64(cfg.CPUs)*int64(period), period),
@@ -345,7 +290,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if err != nil {
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	r.act.Touch(cfg.ID)
+	r.Activity.Touch(cfg.ID)
 	return cfg.ID, nil
 }
 
@@ -365,7 +310,7 @@ func (r *Runtime) load(ctx context.Context, id string) (client.Container, map[st
 	if err != nil {
 		return nil, nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	if labels[labelRuntime] != Name {
+	if labels[container.LabelRuntime] != Name {
 		return nil, nil, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
 	}
 	return c, labels, nil
@@ -416,44 +361,31 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		_, _ = t.Delete(ctx, client.WithProcessKill)
 		return fmt.Errorf("start %s: %w", id, err)
 	}
-	r.act.Touch(id)
+	r.Activity.Touch(id)
 	return nil
 }
 
-func (r *Runtime) requireRunning(ctx context.Context, id string) (client.Task, []string, error) {
-	c, _, err := r.load(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	t, st, err := taskStatus(ctx, c)
-	if err != nil {
-		return nil, nil, fmt.Errorf("sandbox %s: %w", id, err)
-	}
-	switch st {
-	case client.Running:
-	case client.Paused:
-		return nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is paused", id)
-	case "":
-		return nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is not started", id)
-	default:
-		return nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, st)
-	}
-	spec, err := c.Spec(ctx)
-	if err != nil {
-		return nil, nil, fmt.Errorf("sandbox %s: %w", id, err)
-	}
-	return t, spec.Process.Env, nil
-}
-
-// Exec implements tartarus.Runtime through a task exec.
-func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	t, env, err := r.requireRunning(r.ns(ctx), id)
+// open returns the task exec of a running sandbox (container.OpenFunc).
+func (r *Runtime) open(ctx context.Context, id string) (container.ExecFunc, error) {
+	nsCtx := r.ns(ctx)
+	c, _, err := r.load(nsCtx, id)
 	if err != nil {
 		return nil, err
 	}
-	end := r.act.Begin(id)
-	defer end()
-	return r.exec(ctx, id, t, env, req)
+	t, st, err := taskStatus(nsCtx, c)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	if err := container.RequireRunning(id, string(st)); err != nil {
+		return nil, err
+	}
+	spec, err := c.Spec(nsCtx)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.exec(ctx, id, t, spec.Process.Env, req)
+	}, nil
 }
 
 // stdinCloser calls onEOF once when r is exhausted, so the process sees
@@ -481,15 +413,9 @@ func execID() string {
 // exec runs req as a new process of the task. A timeout or cancel kills
 // the process and its descendants from the host.
 func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	if len(req.Cmd) == 0 {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "exec: empty command")
-	}
-	if err := tartarus.ValidEnv(req.Env); err != nil {
+	cwd, err := container.CheckExec(req)
+	if err != nil {
 		return nil, err
-	}
-	cwd := req.Cwd
-	if cwd == "" {
-		cwd = "/"
 	}
 	bg := r.ns(context.WithoutCancel(ctx))
 	pspec := &specs.Process{Args: req.Cmd, Env: container.EnvList(env, req.Env), Cwd: cwd}
@@ -511,7 +437,7 @@ func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []stri
 			}
 		}}
 	}
-	p, err := t.Exec(bg, execID(), pspec, cio.NewCreator(cio.WithStreams(stdin, orDiscard(req.Stdout), orDiscard(req.Stderr))))
+	p, err := t.Exec(bg, execID(), pspec, cio.NewCreator(cio.WithStreams(stdin, container.OrDiscard(req.Stdout), container.OrDiscard(req.Stderr))))
 	if err != nil {
 		close(started)
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
@@ -522,30 +448,15 @@ func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []stri
 		close(started)
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
-	start := r.now()
+	start := r.Clock.Now()
 	if err := p.Start(bg); err != nil {
 		close(started)
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
 	started <- p
-	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		tm := time.NewTimer(req.Timeout)
-		defer tm.Stop()
-		timeout = tm.C
-	}
-	res := &tartarus.ExecResult{}
-	var status client.ExitStatus
-	select {
-	case status = <-statusC:
-	case <-timeout:
-		res.TimedOut = true
-		container.KillTree(int(p.Pid()), syscall.SIGKILL)
-		status = <-statusC
-	case <-ctx.Done():
-		container.KillTree(int(p.Pid()), syscall.SIGKILL)
-		<-statusC
-		return nil, fmt.Errorf("exec in %s: %w", id, ctx.Err())
+	status, timedOut, err := container.Wait(ctx, req.Timeout, statusC, func() { container.KillTree(int(p.Pid()), syscall.SIGKILL) })
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
 	// Let the output copy finish (a background child holding the pipes
 	// open gets a moment, not forever).
@@ -559,43 +470,7 @@ func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []stri
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
-	res.Duration = r.now().Sub(start)
-	res.ExitCode = int(code)
-	if res.TimedOut {
-		res.ExitCode = 128 + int(syscall.SIGKILL)
-	}
-	if res.ExitCode > 128 {
-		res.Signal = syscall.Signal(res.ExitCode - 128).String()
-	}
-	return res, nil
-}
-
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
-}
-
-// Signal implements tartarus.Runtime: kill(-1) from inside the container
-// reaches every process but init and the sender.
-func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	name, err := container.SignalName(sig)
-	if err != nil {
-		return err
-	}
-	t, env, err := r.requireRunning(r.ns(ctx), id)
-	if err != nil {
-		return err
-	}
-	res, err := r.exec(ctx, id, t, env, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", `kill -s "$1" -1 2>/dev/null; exit 0`, "sh", name}})
-	if err != nil {
-		return fmt.Errorf("signal %s: %w", id, err)
-	}
-	if res.ExitCode != 0 {
-		return fmt.Errorf("signal %s: exit code %d", id, res.ExitCode)
-	}
-	return nil
+	return container.ExitResult(int(code), timedOut, r.Clock.Now().Sub(start)), nil
 }
 
 // Pause implements tartarus.Runtime through the cgroup freezer (idempotent).
@@ -618,34 +493,12 @@ func (r *Runtime) pauseResume(ctx context.Context, id string, pause bool) error 
 	if err != nil {
 		return err
 	}
-	verb, target, from := "resume", client.Running, client.Paused
-	if pause {
-		verb, target, from = "pause", client.Paused, client.Running
-	}
-	switch st {
-	case target:
-		return nil
-	case from:
-	default:
-		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "%s %s: sandbox is %s", verb, id, orNotStarted(st))
-	}
-	if pause {
-		err = t.Pause(ctx)
-	} else {
-		err = t.Resume(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", verb, id, err)
-	}
-	r.act.Touch(id)
-	return nil
-}
-
-func orNotStarted(st client.ProcessStatus) string {
-	if st == "" {
-		return "not started"
-	}
-	return string(st)
+	return r.PauseResume(id, pause, string(st), func() error {
+		if pause {
+			return t.Pause(ctx)
+		}
+		return t.Resume(ctx)
+	})
 }
 
 // Destroy implements tartarus.Runtime; it runs to the end even when ctx is
@@ -658,7 +511,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	defer cancel()
 	c, _, err := r.load(ctx, id)
 	if errors.Is(err, tartarus.ErrNotFound) {
-		r.act.Forget(id)
+		r.Activity.Forget(id)
 		return nil
 	}
 	if err != nil {
@@ -675,10 +528,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
-	r.act.Forget(id)
-	r.mu.Lock()
-	delete(r.cpu, id)
-	r.mu.Unlock()
+	r.Forget(id)
 	return nil
 }
 
@@ -687,9 +537,8 @@ func (r *Runtime) instance(ctx context.Context, c client.Container) (*tartarus.I
 	if err != nil {
 		return nil, err
 	}
-	cpus, _ := strconv.Atoi(labels[labelCPUs])
-	mem, _ := strconv.Atoi(labels[labelMemory])
-	in := &tartarus.Instance{ID: c.ID(), Template: labels[labelTemplate], CPUs: cpus, MemoryMB: mem, IdleSince: r.act.IdleSince(c.ID())}
+	in := container.LabeledInstance(c.ID(), labels)
+	in.IdleSince = r.Activity.IdleSince(in.ID)
 	if info, err := c.Info(ctx); err == nil {
 		in.StartedAt = info.CreatedAt
 	}
@@ -700,23 +549,14 @@ func (r *Runtime) instance(ctx context.Context, c client.Container) (*tartarus.I
 	if t != nil {
 		in.Pid = int(t.Pid())
 	}
-	switch st {
-	case client.Running:
-		in.State = tartarus.InstanceRunning
-	case client.Paused, client.Pausing:
-		in.State = tartarus.InstancePaused
-	case "", client.Created:
-		in.State = tartarus.InstanceCreated
-	default:
-		in.State = tartarus.InstanceStopped
-	}
+	in.State = container.InstanceState(string(st))
 	return in, nil
 }
 
 // List implements tartarus.Runtime.
 func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
 	ctx = r.ns(ctx)
-	cs, err := r.cli.Containers(ctx, fmt.Sprintf("labels.%q==%s", labelRuntime, Name))
+	cs, err := r.cli.Containers(ctx, fmt.Sprintf("labels.%q==%s", container.LabelRuntime, Name))
 	if err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
@@ -737,33 +577,7 @@ func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
 // Recover implements tartarus.Runtime: running and paused sandboxes are
 // adopted; the others are removed.
 func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
-	list, err := r.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("recover: %w", err)
-	}
-	var adopted []*tartarus.Instance
-	for _, in := range list {
-		if in.State == tartarus.InstanceRunning || in.State == tartarus.InstancePaused {
-			adopted = append(adopted, in)
-			continue
-		}
-		r.log.Info("recover: removing sandbox that no longer runs", "sandbox", in.ID, "state", in.State)
-		if err := r.Destroy(ctx, in.ID); err != nil {
-			r.log.Warn("recover: cleanup failed", "sandbox", in.ID, "err", err)
-		}
-	}
-	return adopted, nil
-}
-
-func (r *Runtime) files(ctx context.Context, id string) (container.Files, func(), error) {
-	t, env, err := r.requireRunning(r.ns(ctx), id)
-	if err != nil {
-		return container.Files{}, nil, err
-	}
-	end := r.act.Begin(id)
-	return container.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-		return r.exec(ctx, id, t, env, req)
-	}}, end, nil
+	return r.Adopt(ctx, r.List, r.Destroy)
 }
 
 // Stats implements tartarus.Runtime from the task's cgroup metrics (v1 or
@@ -786,7 +600,7 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error)
 	if err != nil {
 		return nil, fmt.Errorf("stats %s: %w", id, err)
 	}
-	mem, _ := strconv.Atoi(labels[labelMemory])
+	mem, _ := strconv.Atoi(labels[container.LabelMemory])
 	st := &tartarus.Stats{MemoryTotalMB: mem}
 	var cpuTotal uint64
 	switch s := data.(type) {
@@ -813,17 +627,6 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error)
 	default:
 		return nil, fmt.Errorf("stats %s: unknown metrics type %T", id, data)
 	}
-	now := r.now()
-	if t := r.act.IdleSince(id); t != nil {
-		st.LastActivityAt = *t
-	} else {
-		st.LastActivityAt = now
-	}
-	r.mu.Lock()
-	if prev, ok := r.cpu[id]; ok && now.After(prev.at) && cpuTotal >= prev.total {
-		st.CPUPercent = float64(cpuTotal-prev.total) / float64(now.Sub(prev.at).Nanoseconds()) * 100
-	}
-	r.cpu[id] = cpuSample{at: now, total: cpuTotal}
-	r.mu.Unlock()
+	r.FillStats(id, st, cpuTotal)
 	return st, nil
 }

@@ -64,8 +64,8 @@ func BenchmarkContainerd(b *testing.B) {
 	addr := containertest.Containerd(b)
 	rt := newRuntime(b, addr, b.TempDir())
 	img := containertest.Image(b)
-	b.Run("CreateFirstExec", func(b *testing.B) { containertest.BenchCreateFirstExec(b, rt, img) })
-	b.Run("Exec", func(b *testing.B) { containertest.BenchExec(b, rt, img) })
+	b.Run("CreateFirstExec", func(b *testing.B) { runtimetest.BenchCreateFirstExec(b, rt, img) })
+	b.Run("Exec", func(b *testing.B) { runtimetest.BenchExec(b, rt, img) })
 }
 
 // testMigration makes ordinary containers in the runtime's namespace (no

@@ -44,6 +44,20 @@ func (r *Runtime) loadAny(ctx context.Context, id string) (client.Container, err
 	return c, nil
 }
 
+// inspect loads any container of the runtime's namespace (ctx carries it)
+// and reads its facts; verb says what for, in errors.
+func (r *Runtime) inspect(ctx context.Context, containerID, verb string) (client.Container, *kampe.ContainerFacts, error) {
+	c, err := r.loadAny(ctx, containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := r.facts(ctx, c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s %s: %w", verb, containerID, err)
+	}
+	return c, f, nil
+}
+
 // facts reads what the migration analysis needs from the container's
 // record and OCI spec.
 func (r *Runtime) facts(ctx context.Context, c client.Container) (*kampe.ContainerFacts, error) {
@@ -134,14 +148,9 @@ func (r *Runtime) facts(ctx context.Context, c client.Container) (*kampe.Contain
 // MigrateToMicroVM implements kampe.LegacyRuntime for any container of the
 // runtime's namespace: inspect it and return the plan. It changes nothing.
 func (r *Runtime) MigrateToMicroVM(ctx context.Context, containerID string) (*kampe.MigrationPlan, error) {
-	ctx = r.ns(ctx)
-	c, err := r.loadAny(ctx, containerID)
+	_, f, err := r.inspect(r.ns(ctx), containerID, "inspect")
 	if err != nil {
 		return nil, err
-	}
-	f, err := r.facts(ctx, c)
-	if err != nil {
-		return nil, fmt.Errorf("inspect %s: %w", containerID, err)
 	}
 	return kampe.Analyze(f), nil
 }
@@ -159,24 +168,11 @@ func (r *Runtime) CanMigrate(ctx context.Context, containerID string) (bool, err
 // containerd keeps no cheap list of changes against the image.
 func (r *Runtime) ExportState(ctx context.Context, containerID string) (*kampe.ContainerState, error) {
 	ctx = r.ns(ctx)
-	c, err := r.loadAny(ctx, containerID)
+	c, f, err := r.inspect(ctx, containerID, "export state")
 	if err != nil {
 		return nil, err
 	}
-	f, err := r.facts(ctx, c)
-	if err != nil {
-		return nil, fmt.Errorf("export state %s: %w", containerID, err)
-	}
-	st := &kampe.ContainerState{ID: f.ID, Name: f.Name, Image: f.Image, Running: f.Running,
-		Config:      kampe.ContainerConfig{Cmd: f.Cmd, WorkingDir: f.WorkingDir, User: f.User, Env: f.Env},
-		Environment: map[string]string{}, Filesystem: []kampe.FileEntry{}, Processes: []kampe.ProcessInfo{}}
-	for _, m := range f.Mounts {
-		st.Config.Volumes = append(st.Config.Volumes, m.Destination)
-	}
-	for _, kv := range f.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		st.Environment[k] = v
-	}
+	st := f.State()
 	if t, status, err := taskStatus(ctx, c); err == nil && t != nil && status != client.Stopped {
 		pids, err := t.Pids(ctx)
 		if err != nil {
@@ -196,20 +192,16 @@ func (r *Runtime) ExportState(ctx context.Context, containerID string) (*kampe.C
 // read-only for the copy, and its process configuration.
 func (r *Runtime) Migrate(ctx context.Context, containerID string, opts kampe.MigrateOptions) (*kampe.MigrateResult, error) {
 	ctx = r.ns(ctx)
-	c, err := r.loadAny(ctx, containerID)
+	c, f, err := r.inspect(ctx, containerID, "migrate")
 	if err != nil {
 		return nil, err
-	}
-	f, err := r.facts(ctx, c)
-	if err != nil {
-		return nil, fmt.Errorf("migrate %s: %w", containerID, err)
 	}
 	info, err := c.Info(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Now == nil {
-		opts.Now = r.now
+	if opts.Clock == nil {
+		opts.Clock = r.Clock
 	}
 	return kampe.BuildTemplate(ctx, f, opts, func(ctx context.Context, rootfs string) (int, string, error) {
 		var skipped int

@@ -32,6 +32,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
 	rtcontainer "github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -39,15 +40,6 @@ import (
 
 // Name is the runtime's name as users choose it.
 const Name = "docker"
-
-// Labels the driver sets on its containers.
-const (
-	labelRuntime  = "tartarus.runtime"
-	labelSandbox  = "tartarus.sandbox"
-	labelTemplate = "tartarus.template"
-	labelCPUs     = "tartarus.cpus"
-	labelMemory   = "tartarus.memory_mb"
-)
 
 // Options configures a Runtime.
 type Options struct {
@@ -58,28 +50,19 @@ type Options struct {
 	// their import (required).
 	CacheDir string
 	Log      *slog.Logger
-	// Now is the clock for activity and CPU accounting; nil means time.Now.
-	Now func() time.Time
+	// Clock is the time source for activity and CPU accounting; nil means
+	// clock.System{}.
+	Clock clock.Clock
 }
 
-// Runtime is the Docker driver.
+// Runtime is the Docker driver. Fingerprint, Exec, Signal and the file
+// methods are the shared ones of container.Base, over this driver's probe
+// and docker exec.
 type Runtime struct {
-	rtcontainer.SandboxFiles
+	*rtcontainer.Base
 	cli      *client.Client
 	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	act      *rtcontainer.Activity
 	importMu sync.Mutex
-
-	mu  sync.Mutex
-	fp  *tartarus.Fingerprint
-	cpu map[string]cpuSample
-}
-
-type cpuSample struct {
-	at    time.Time
-	total uint64
 }
 
 var (
@@ -100,15 +83,8 @@ func New(opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker: %w", err)
 	}
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	r := &Runtime{cli: cli, opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: rtcontainer.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
-	r.SandboxFiles = rtcontainer.SandboxFiles{Open: r.files}
+	r := &Runtime{cli: cli, opts: opts}
+	r.Base = rtcontainer.NewBase(rtcontainer.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
 	return r, nil
 }
 
@@ -120,14 +96,8 @@ func (r *Runtime) Name() string { return Name }
 
 func containerName(id string) string { return "tartarus-" + id }
 
-// Fingerprint implements tartarus.Runtime: the daemon must answer.
-func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fp != nil {
-		fp := *r.fp
-		return &fp, nil
-	}
+// probe is the fingerprint (container.ProbeFunc): the daemon must answer.
+func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
 	cpus, mem := rtcontainer.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: "runc", HostCPUs: cpus, HostMemoryMB: mem, MaxCPUs: cpus, MaxMemoryMB: mem,
 		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true},
@@ -136,29 +106,18 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 	v, err := r.cli.ServerVersion(ctx)
 	if err != nil {
 		fp.Reason = fmt.Sprintf("docker daemon at %s does not answer: %v", r.cli.DaemonHost(), err)
-		// Not cached: the daemon may come up later.
-		return fp, nil
+		// Not kept: the daemon may come up later.
+		return fp, false
 	}
 	fp.Available = true
 	fp.Details["version"] = v.Version
 	fp.Details["api_version"] = r.cli.ClientVersion()
-	r.fp = fp
-	c := *fp
-	return &c, nil
-}
-
-// imageRef is the tag a template is imported under.
-func imageRef(img *tartarus.Image) (string, error) {
-	key, err := rtcontainer.ImageKey(img)
-	if err != nil {
-		return "", err
-	}
-	return "tartarus-template/" + img.Name + ":" + strings.TrimPrefix(key, img.Name+"-"), nil
+	return fp, true
 }
 
 // ensureImage imports the template's root filesystem unless it is there.
 func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (string, error) {
-	ref, err := imageRef(img)
+	ref, err := rtcontainer.ImageRef(img)
 	if err != nil {
 		return "", err
 	}
@@ -186,7 +145,7 @@ func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (string,
 	if err := readProgress(body); err != nil {
 		return "", fmt.Errorf("import template %s: %w", img.Name, err)
 	}
-	r.log.Info("imported template", "template", img.Name, "ref", ref)
+	r.Log.Info("imported template", "template", img.Name, "ref", ref)
 	return ref, nil
 }
 
@@ -211,40 +170,26 @@ func readProgress(r io.Reader) error {
 	}
 }
 
-func baseEnv(id string, env map[string]string) []string {
-	return rtcontainer.EnvList([]string{rtcontainer.DefaultPath, "HOME=/root", "HOSTNAME=" + id}, env)
-}
-
 // Create implements tartarus.Runtime: import the template if needed, then
 // create (not start) the container.
 func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, error) {
-	fp, err := r.Fingerprint(ctx)
-	if err != nil {
-		return "", err
-	}
-	if !fp.Available {
-		return "", tartarus.Errorf(tartarus.ErrUnavailable, "docker: %s", fp.Reason)
-	}
-	if err := rtcontainer.CheckLimits(fp, cfg); err != nil {
+	if err := r.CheckCreate(ctx, cfg); err != nil {
 		return "", err
 	}
 	ref, err := r.ensureImage(ctx, cfg.Image)
 	if err != nil {
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	tmpl := cfg.Template
-	if tmpl == "" {
-		tmpl = cfg.Image.Name
-	}
+	labels := rtcontainer.SandboxLabels(Name, cfg)
+	labels[rtcontainer.LabelSandbox] = cfg.ID
 	pids := int64(4096)
 	_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), &container.Config{
 		Image:      ref,
 		Cmd:        rtcontainer.InitCommand,
-		Env:        baseEnv(cfg.ID, cfg.Env),
+		Env:        rtcontainer.BaseEnv(cfg.ID, cfg.Env),
 		Hostname:   cfg.ID,
 		WorkingDir: "/",
-		Labels: map[string]string{labelRuntime: Name, labelSandbox: cfg.ID, labelTemplate: tmpl,
-			labelCPUs: strconv.Itoa(cfg.CPUs), labelMemory: strconv.Itoa(cfg.MemoryMB)},
+		Labels:     labels,
 	}, &container.HostConfig{
 		NetworkMode: "none",
 		Resources: container.Resources{Memory: int64(cfg.MemoryMB) << 20, MemorySwap: int64(cfg.MemoryMB) << 20,
@@ -257,7 +202,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 		}
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	r.act.Touch(cfg.ID)
+	r.Activity.Touch(cfg.ID)
 	return cfg.ID, nil
 }
 
@@ -267,7 +212,7 @@ func (r *Runtime) inspect(ctx context.Context, id string) (container.InspectResp
 		return container.InspectResponse{}, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %q", id)
 	}
 	info, err := r.cli.ContainerInspect(ctx, containerName(id))
-	if cerrdefs.IsNotFound(err) || err == nil && info.Config.Labels[labelRuntime] != Name {
+	if cerrdefs.IsNotFound(err) || err == nil && info.Config.Labels[rtcontainer.LabelRuntime] != Name {
 		return container.InspectResponse{}, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
 	}
 	if err != nil {
@@ -288,49 +233,43 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if err := r.cli.ContainerStart(context.WithoutCancel(ctx), info.ID, container.StartOptions{}); err != nil {
 		return fmt.Errorf("start %s: %w", id, err)
 	}
-	r.act.Touch(id)
+	r.Activity.Touch(id)
 	return nil
 }
 
-func (r *Runtime) requireRunning(ctx context.Context, id string) (container.InspectResponse, error) {
-	info, err := r.inspect(ctx, id)
-	if err != nil {
-		return info, err
-	}
+// state is the container's state as container.Base's helpers name it.
+func state(info container.InspectResponse) string {
 	switch {
 	case info.State.Paused:
-		return info, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is paused", id)
-	case !info.State.Running:
-		return info, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, info.State.Status)
+		return "paused"
+	case info.State.Running:
+		return "running"
 	}
-	return info, nil
+	return info.State.Status
 }
 
-// Exec implements tartarus.Runtime through docker exec.
-func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	info, err := r.requireRunning(ctx, id)
+// open returns the docker exec of a running sandbox (container.OpenFunc).
+func (r *Runtime) open(ctx context.Context, id string) (rtcontainer.ExecFunc, error) {
+	info, err := r.inspect(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	end := r.act.Begin(id)
-	defer end()
-	return r.exec(ctx, info, req)
+	if err := rtcontainer.RequireRunning(id, state(info)); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.exec(ctx, info, req)
+	}, nil
 }
 
 // exec runs req in the container. A timeout or cancel kills the command's
 // process and its descendants from the host (the exec's host pid is known).
 func (r *Runtime) exec(ctx context.Context, info container.InspectResponse, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	if len(req.Cmd) == 0 {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "exec: empty command")
-	}
-	if err := tartarus.ValidEnv(req.Env); err != nil {
+	cwd, err := rtcontainer.CheckExec(req)
+	if err != nil {
 		return nil, err
 	}
-	id := info.Config.Labels[labelSandbox]
-	cwd := req.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
+	id := info.Config.Labels[rtcontainer.LabelSandbox]
 	// The exec's own calls use a context that outlives ctx, so a cancel
 	// kills the command instead of abandoning it.
 	bg := context.WithoutCancel(ctx)
@@ -341,7 +280,7 @@ func (r *Runtime) exec(ctx context.Context, info container.InspectResponse, req 
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
-	start := r.now()
+	start := r.Clock.Now()
 	hr, err := r.cli.ContainerExecAttach(bg, created.ID, container.ExecAttachOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
@@ -355,26 +294,12 @@ func (r *Runtime) exec(ctx context.Context, info container.InspectResponse, req 
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := stdcopy.StdCopy(orDiscard(req.Stdout), orDiscard(req.Stderr), hr.Reader)
+		_, err := stdcopy.StdCopy(rtcontainer.OrDiscard(req.Stdout), rtcontainer.OrDiscard(req.Stderr), hr.Reader)
 		done <- err
 	}()
-	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		t := time.NewTimer(req.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-	res := &tartarus.ExecResult{}
-	select {
-	case err = <-done:
-	case <-timeout:
-		res.TimedOut = true
-		r.killExec(bg, created.ID)
-		err = <-done
-	case <-ctx.Done():
-		r.killExec(bg, created.ID)
-		<-done
-		return nil, fmt.Errorf("exec in %s: %w", id, ctx.Err())
+	err, timedOut, ctxErr := rtcontainer.Wait(ctx, req.Timeout, done, func() { r.killExec(bg, created.ID) })
+	if ctxErr != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, ctxErr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
@@ -390,15 +315,7 @@ func (r *Runtime) exec(ctx context.Context, info container.InspectResponse, req 
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	res.Duration = r.now().Sub(start)
-	res.ExitCode = ins.ExitCode
-	if res.TimedOut {
-		res.ExitCode = 128 + int(syscall.SIGKILL)
-	}
-	if res.ExitCode > 128 {
-		res.Signal = syscall.Signal(res.ExitCode - 128).String()
-	}
-	return res, nil
+	return rtcontainer.ExitResult(ins.ExitCode, timedOut, r.Clock.Now().Sub(start)), nil
 }
 
 func (r *Runtime) killExec(ctx context.Context, execID string) {
@@ -415,51 +332,15 @@ func (r *Runtime) killExec(ctx context.Context, execID string) {
 	}
 }
 
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
-}
-
-// Signal implements tartarus.Runtime: kill(-1) from inside the container
-// reaches every process but init and the sender.
-func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	name, err := rtcontainer.SignalName(sig)
-	if err != nil {
-		return err
-	}
-	info, err := r.requireRunning(ctx, id)
-	if err != nil {
-		return err
-	}
-	res, err := r.exec(ctx, info, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", `kill -s "$1" -1 2>/dev/null; exit 0`, "sh", name}})
-	if err != nil {
-		return fmt.Errorf("signal %s: %w", id, err)
-	}
-	if res.ExitCode != 0 {
-		return fmt.Errorf("signal %s: exit code %d", id, res.ExitCode)
-	}
-	return nil
-}
-
 // Pause implements tartarus.Runtime through the cgroup freezer (idempotent).
 func (r *Runtime) Pause(ctx context.Context, id string) error {
 	info, err := r.inspect(ctx, id)
 	if err != nil {
 		return err
 	}
-	if info.State.Paused {
-		return nil
-	}
-	if !info.State.Running {
-		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "pause %s: sandbox is %s", id, info.State.Status)
-	}
-	if err := r.cli.ContainerPause(context.WithoutCancel(ctx), info.ID); err != nil {
-		return fmt.Errorf("pause %s: %w", id, err)
-	}
-	r.act.Touch(id)
-	return nil
+	return r.PauseResume(id, true, state(info), func() error {
+		return r.cli.ContainerPause(context.WithoutCancel(ctx), info.ID)
+	})
 }
 
 // Resume implements tartarus.Runtime (idempotent).
@@ -468,17 +349,9 @@ func (r *Runtime) Resume(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if !info.State.Paused {
-		if info.State.Running {
-			return nil
-		}
-		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "resume %s: sandbox is %s", id, info.State.Status)
-	}
-	if err := r.cli.ContainerUnpause(context.WithoutCancel(ctx), info.ID); err != nil {
-		return fmt.Errorf("resume %s: %w", id, err)
-	}
-	r.act.Touch(id)
-	return nil
+	return r.PauseResume(id, false, state(info), func() error {
+		return r.cli.ContainerUnpause(context.WithoutCancel(ctx), info.ID)
+	})
 }
 
 // Destroy implements tartarus.Runtime; it runs to the end even when ctx is
@@ -490,7 +363,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	if _, err := r.inspect(ctx, id); errors.Is(err, tartarus.ErrNotFound) {
-		r.act.Forget(id)
+		r.Activity.Forget(id)
 		return nil
 	} else if err != nil {
 		return err
@@ -499,16 +372,13 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
-	r.act.Forget(id)
-	r.mu.Lock()
-	delete(r.cpu, id)
-	r.mu.Unlock()
+	r.Forget(id)
 	return nil
 }
 
 func (r *Runtime) containers(ctx context.Context) ([]container.Summary, error) {
 	list, err := r.cli.ContainerList(ctx, container.ListOptions{All: true,
-		Filters: filters.NewArgs(filters.Arg("label", labelRuntime+"="+Name))})
+		Filters: filters.NewArgs(filters.Arg("label", rtcontainer.LabelRuntime+"="+Name))})
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
@@ -516,21 +386,10 @@ func (r *Runtime) containers(ctx context.Context) ([]container.Summary, error) {
 }
 
 func (r *Runtime) instance(c container.Summary) *tartarus.Instance {
-	id := c.Labels[labelSandbox]
-	cpus, _ := strconv.Atoi(c.Labels[labelCPUs])
-	mem, _ := strconv.Atoi(c.Labels[labelMemory])
-	in := &tartarus.Instance{ID: id, Template: c.Labels[labelTemplate], CPUs: cpus, MemoryMB: mem,
-		StartedAt: time.Unix(c.Created, 0), IdleSince: r.act.IdleSince(id)}
-	switch c.State {
-	case "running":
-		in.State = tartarus.InstanceRunning
-	case "paused":
-		in.State = tartarus.InstancePaused
-	case "created":
-		in.State = tartarus.InstanceCreated
-	default:
-		in.State = tartarus.InstanceStopped
-	}
+	in := rtcontainer.LabeledInstance(c.Labels[rtcontainer.LabelSandbox], c.Labels)
+	in.State = rtcontainer.InstanceState(c.State)
+	in.StartedAt = time.Unix(c.Created, 0)
+	in.IdleSince = r.Activity.IdleSince(in.ID)
 	return in
 }
 
@@ -550,34 +409,7 @@ func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
 // Recover implements tartarus.Runtime: running and paused sandbox
 // containers are adopted; the others are removed.
 func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
-	list, err := r.containers(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("recover: %w", err)
-	}
-	var adopted []*tartarus.Instance
-	for _, c := range list {
-		in := r.instance(c)
-		if in.State == tartarus.InstanceRunning || in.State == tartarus.InstancePaused {
-			adopted = append(adopted, in)
-			continue
-		}
-		r.log.Info("recover: removing sandbox that no longer runs", "sandbox", in.ID, "state", c.State)
-		if err := r.Destroy(ctx, in.ID); err != nil {
-			r.log.Warn("recover: cleanup failed", "sandbox", in.ID, "err", err)
-		}
-	}
-	return adopted, nil
-}
-
-func (r *Runtime) files(ctx context.Context, id string) (rtcontainer.Files, func(), error) {
-	info, err := r.requireRunning(ctx, id)
-	if err != nil {
-		return rtcontainer.Files{}, nil, err
-	}
-	end := r.act.Begin(id)
-	return rtcontainer.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-		return r.exec(ctx, info, req)
-	}}, end, nil
+	return r.Adopt(ctx, r.List, r.Destroy)
 }
 
 // Stats implements tartarus.Runtime from the daemon's one-shot stats;
@@ -596,21 +428,9 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error)
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return nil, fmt.Errorf("stats %s: %w", id, err)
 	}
-	mem, _ := strconv.Atoi(info.Config.Labels[labelMemory])
-	now := r.now()
+	mem, _ := strconv.Atoi(info.Config.Labels[rtcontainer.LabelMemory])
 	st := &tartarus.Stats{MemoryUsedMB: int(s.MemoryStats.Usage >> 20), MemoryTotalMB: mem, Processes: int(s.PidsStats.Current)}
-	if t := r.act.IdleSince(id); t != nil {
-		st.LastActivityAt = *t
-	} else {
-		st.LastActivityAt = now
-	}
-	total := s.CPUStats.CPUUsage.TotalUsage
-	r.mu.Lock()
-	if prev, ok := r.cpu[id]; ok && now.After(prev.at) && total >= prev.total {
-		st.CPUPercent = float64(total-prev.total) / float64(now.Sub(prev.at).Nanoseconds()) * 100
-	}
-	r.cpu[id] = cpuSample{at: now, total: total}
-	r.mu.Unlock()
+	r.FillStats(id, st, s.CPUStats.CPUUsage.TotalUsage)
 	return st, nil
 }
 

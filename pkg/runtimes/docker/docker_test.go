@@ -299,6 +299,6 @@ func BenchmarkDocker(b *testing.B) {
 	host := containertest.Dockerd(b)
 	rt := newRuntime(b, host, b.TempDir())
 	img := containertest.Image(b)
-	b.Run("CreateFirstExec", func(b *testing.B) { containertest.BenchCreateFirstExec(b, rt, img) })
-	b.Run("Exec", func(b *testing.B) { containertest.BenchExec(b, rt, img) })
+	b.Run("CreateFirstExec", func(b *testing.B) { runtimetest.BenchCreateFirstExec(b, rt, img) })
+	b.Run("Exec", func(b *testing.B) { runtimetest.BenchExec(b, rt, img) })
 }

@@ -123,17 +123,7 @@ func (r *Runtime) ExportState(ctx context.Context, containerID string) (*kampe.C
 		return nil, err
 	}
 	f := r.facts(ctx, info)
-	st := &kampe.ContainerState{ID: info.ID, Name: f.Name, Image: f.Image, Running: f.Running,
-		Config: kampe.ContainerConfig{Entrypoint: f.Entrypoint, Cmd: f.Cmd, WorkingDir: f.WorkingDir, User: f.User,
-			Env: f.Env, Ports: f.Ports},
-		Environment: map[string]string{}, Filesystem: []kampe.FileEntry{}, Processes: []kampe.ProcessInfo{}}
-	for _, m := range f.Mounts {
-		st.Config.Volumes = append(st.Config.Volumes, m.Destination)
-	}
-	for _, kv := range f.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		st.Environment[k] = v
-	}
+	st := f.State()
 	changes, err := r.cli.ContainerDiff(ctx, info.ID)
 	if err != nil {
 		return nil, fmt.Errorf("export state %s: diff: %w", containerID, err)
@@ -179,8 +169,8 @@ func (r *Runtime) Migrate(ctx context.Context, containerID string, opts MigrateO
 		return nil, err
 	}
 	f := r.facts(ctx, info)
-	if opts.Now == nil {
-		opts.Now = r.now
+	if opts.Clock == nil {
+		opts.Clock = r.Clock
 	}
 	return kampe.BuildTemplate(ctx, f, opts, func(ctx context.Context, rootfs string) (int, string, error) {
 		rc, err := r.cli.ContainerExport(ctx, info.ID)

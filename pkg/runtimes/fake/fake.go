@@ -4,7 +4,7 @@
 //
 // Files live under StateDir/<id>/fs and are not visible to Exec (which runs
 // on the host's file system), so tests must not cross-check the two. The
-// fake passes the conformance suite in pkg/runtime/runtimetest, which keeps
+// fake passes the conformance suite in pkg/runtimes/runtimetest, which keeps
 // its behaviour honest to the Runtime contract.
 package fake
 
@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -48,6 +49,9 @@ type Config struct {
 	// fails Start (to test the node agent's failure paths).
 	StartHook func(ctx context.Context, id string) error
 	Log       *slog.Logger
+	// Clock is the time source for idle and start times; nil means
+	// clock.System{}.
+	Clock clock.Clock
 }
 
 // Runtime is the fake runtime.
@@ -96,6 +100,9 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System{}
+	}
 	caps := tartarus.Capabilities{Pause: true, Signal: true, Files: true, Recover: true}
 	if cfg.Capabilities != nil {
 		caps = *cfg.Capabilities
@@ -143,7 +150,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 		return "", fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	b := &box{inst: instance{ID: cfg.ID, Template: cfg.Template, State: tartarus.InstanceCreated,
-		CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB, Env: cfg.Env}, lastActive: time.Now(), groups: map[int]bool{}}
+		CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB, Env: cfg.Env}, lastActive: r.cfg.Clock.Now(), groups: map[int]bool{}}
 	if err := r.save(b); err != nil {
 		return "", err
 	}
@@ -193,7 +200,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, b.inst.State)
 	}
 	b.inst.State = tartarus.InstanceRunning
-	b.inst.StartedAt = time.Now().UTC()
+	b.inst.StartedAt = r.cfg.Clock.Now().UTC()
 	return r.save(b)
 }
 
@@ -225,7 +232,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest
 	defer func() {
 		r.mu.Lock()
 		b.busy--
-		b.lastActive = time.Now()
+		b.lastActive = r.cfg.Clock.Now()
 		r.mu.Unlock()
 	}()
 
@@ -245,7 +252,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
-	start := time.Now()
+	start := r.cfg.Clock.Now()
 	// Start under the lock so that a Signal or Pause called as soon as the
 	// command's first output arrives already sees its process group.
 	r.mu.Lock()
@@ -421,7 +428,7 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 			_ = os.RemoveAll(r.dir(id))
 			continue
 		}
-		r.boxes[id] = &box{inst: in, lastActive: time.Now(), groups: map[int]bool{}}
+		r.boxes[id] = &box{inst: in, lastActive: r.cfg.Clock.Now(), groups: map[int]bool{}}
 	}
 	r.mu.Unlock()
 	return r.List(ctx)
@@ -444,7 +451,7 @@ func (r *Runtime) fsPath(id, p string) (string, error) {
 	if b.inst.State != tartarus.InstanceRunning {
 		return "", tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, b.inst.State)
 	}
-	b.lastActive = time.Now()
+	b.lastActive = r.cfg.Clock.Now()
 	return filepath.Join(r.dir(id), "fs", filepath.FromSlash(p)), nil
 }
 
@@ -579,7 +586,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, dir string) (*tartarus.Snaps
 		return nil, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	return &tartarus.SnapshotInfo{Template: b.inst.Template, MemoryBytes: int64(b.inst.MemoryMB) << 20,
-		CPUs: b.inst.CPUs, Files: []string{snapFS, snapInstance}, Created: time.Now().UTC()}, nil
+		CPUs: b.inst.CPUs, Files: []string{snapFS, snapInstance}, Created: r.cfg.Clock.Now().UTC()}, nil
 }
 
 // Restore implements tartarus.Snapshotter: a new running sandbox cfg.ID with
@@ -613,14 +620,14 @@ func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir strin
 		_ = os.RemoveAll(r.dir(cfg.ID))
 		return fmt.Errorf("restore %s: %w", cfg.ID, err)
 	}
-	in.ID, in.State, in.StartedAt = cfg.ID, tartarus.InstanceRunning, time.Now().UTC()
+	in.ID, in.State, in.StartedAt = cfg.ID, tartarus.InstanceRunning, r.cfg.Clock.Now().UTC()
 	if cfg.Env != nil {
 		in.Env = cfg.Env
 	}
 	if cfg.Template != "" {
 		in.Template = cfg.Template
 	}
-	b := &box{inst: in, lastActive: time.Now(), groups: map[int]bool{}}
+	b := &box{inst: in, lastActive: r.cfg.Clock.Now(), groups: map[int]bool{}}
 	if err := r.save(b); err != nil {
 		_ = os.RemoveAll(r.dir(cfg.ID))
 		return err

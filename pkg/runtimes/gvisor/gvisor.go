@@ -34,6 +34,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -55,27 +56,18 @@ type Options struct {
 	// does not work on nested hosts).
 	Platform string
 	Log      *slog.Logger
-	// Now is the clock for activity and CPU accounting; nil means time.Now.
-	Now func() time.Time
+	// Clock is the time source for activity and CPU accounting; nil means
+	// clock.System{}.
+	Clock clock.Clock
 }
 
-// Runtime is the gVisor driver.
+// Runtime is the gVisor driver. Fingerprint, Exec and the file methods are
+// the shared ones of container.Base, over this driver's probe and exec
+// (spawn.go); Signal is its own.
 type Runtime struct {
-	container.SandboxFiles
+	*container.Base
 	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	act      *container.Activity
 	unpackMu sync.Mutex
-
-	mu  sync.Mutex
-	fp  *tartarus.Fingerprint
-	cpu map[string]cpuSample
-}
-
-type cpuSample struct {
-	at    time.Time
-	total uint64 // ns
 }
 
 var (
@@ -108,15 +100,8 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Platform == "" {
 		opts.Platform = "systrap"
 	}
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	r := &Runtime{opts: opts, log: opts.Log.With("runtime", Name), now: opts.Now,
-		act: container.NewActivity(opts.Now), cpu: map[string]cpuSample{}}
-	r.SandboxFiles = container.SandboxFiles{Open: r.files}
+	r := &Runtime{opts: opts}
+	r.Base = container.NewBase(container.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
 	return r, nil
 }
 
@@ -259,15 +244,9 @@ func (r *Runtime) status(ctx context.Context, id string) (string, error) {
 	return all[id].Status, nil
 }
 
-// Fingerprint implements tartarus.Runtime: runsc must exist and run, and
-// this process must be root.
-func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fp != nil {
-		fp := *r.fp
-		return &fp, nil
-	}
+// probe is the fingerprint (container.ProbeFunc): runsc must exist and
+// run, and this process must be root. The answer is kept either way.
+func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
 	cpus, mem := container.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: r.opts.Platform, HostCPUs: cpus, HostMemoryMB: mem,
 		MaxCPUs: cpus, MaxMemoryMB: mem,
@@ -283,22 +262,13 @@ func (r *Runtime) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error
 		fp.Available = true
 		fp.Details["version"] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
-	r.fp = fp
-	c := *fp
-	return &c, nil
+	return fp, true
 }
 
 // Create implements tartarus.Runtime: it unpacks the template (once per
 // image) and writes the sandbox's OCI bundle; nothing runs yet.
 func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, error) {
-	fp, err := r.Fingerprint(ctx)
-	if err != nil {
-		return "", err
-	}
-	if !fp.Available {
-		return "", tartarus.Errorf(tartarus.ErrUnavailable, "gvisor: %s", fp.Reason)
-	}
-	if err := container.CheckLimits(fp, cfg); err != nil {
+	if err := r.CheckCreate(ctx, cfg); err != nil {
 		return "", err
 	}
 	if _, err := os.Stat(r.sandboxDir(cfg.ID)); err == nil {
@@ -308,7 +278,7 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 		_ = os.RemoveAll(r.sandboxDir(cfg.ID))
 		return "", err
 	}
-	r.act.Touch(cfg.ID)
+	r.Activity.Touch(cfg.ID)
 	return cfg.ID, nil
 }
 
@@ -324,11 +294,8 @@ func (r *Runtime) prepare(ctx context.Context, cfg *tartarus.VMConfig) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	m := &meta{ID: cfg.ID, Template: cfg.Template, RootFS: rootfs, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
-		Env: cfg.Env, CreatedAt: r.now()}
-	if m.Template == "" {
-		m.Template = cfg.Image.Name
-	}
+	m := &meta{ID: cfg.ID, Template: container.TemplateName(cfg), RootFS: rootfs, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
+		Env: cfg.Env, CreatedAt: r.Clock.Now()}
 	b, err := json.MarshalIndent(bundleSpec(m), "", "  ")
 	if err != nil {
 		return err
@@ -348,10 +315,6 @@ var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_F
 	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
 	"CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP"}
 
-func baseEnv(m *meta) []string {
-	return container.EnvList([]string{container.DefaultPath, "HOME=/root", "HOSTNAME=" + m.ID}, m.Env)
-}
-
 func process(args, env []string, cwd string) *specs.Process {
 	caps := slices.Clone(defaultCaps)
 	return &specs.Process{
@@ -367,7 +330,7 @@ func bundleSpec(m *meta) *specs.Spec {
 	quota := int64(m.CPUs) * int64(period)
 	return &specs.Spec{
 		Version:  specs.Version,
-		Process:  process([]string{"/bin/sh", "-c", initScript}, baseEnv(m), "/"),
+		Process:  process([]string{"/bin/sh", "-c", initScript}, container.BaseEnv(m.ID, m.Env), "/"),
 		Root:     &specs.Root{Path: m.RootFS},
 		Hostname: m.ID,
 		Mounts: []specs.Mount{
@@ -411,11 +374,11 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if err := r.waitInit(ctx, m); err != nil {
 		return fmt.Errorf("start %s: %w", id, err)
 	}
-	m.StartedAt = r.now()
+	m.StartedAt = r.Clock.Now()
 	if err := r.saveMeta(m); err != nil {
 		return fmt.Errorf("start %s: %w", id, err)
 	}
-	r.act.Touch(id)
+	r.Activity.Touch(id)
 	return nil
 }
 
@@ -430,40 +393,42 @@ func (r *Runtime) requireRunning(ctx context.Context, id string) (*meta, error) 
 	if err != nil {
 		return nil, err
 	}
-	switch st {
-	case "running":
-		return m, nil
-	case "paused":
-		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is paused", id)
-	case "":
-		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is not started", id)
+	if err := container.RequireRunning(id, st); err != nil {
+		return nil, err
 	}
-	return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, st)
+	return m, nil
 }
 
-// Exec implements tartarus.Runtime through runsc exec.
-func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+// open returns the exec of a running sandbox (container.OpenFunc): through
+// the sandbox's init, so the command survives a checkpoint (spawn.go).
+func (r *Runtime) open(ctx context.Context, id string) (container.ExecFunc, error) {
 	m, err := r.requireRunning(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	end := r.act.Begin(id)
-	defer end()
-	return r.exec(ctx, m, req)
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.exec(ctx, m, req)
+	}, nil
+}
+
+// openDirect returns the plain `runsc exec` of a running sandbox, outside
+// the init; it serves Signal.
+func (r *Runtime) openDirect(ctx context.Context, id string) (container.ExecFunc, error) {
+	m, err := r.requireRunning(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.runscExec(ctx, m, req, nil)
+	}, nil
 }
 
 // exec runs req as a child of the sandbox's init (see spawn.go), through
 // the shim; a timeout or cancel kills the command's process group.
 func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-	if len(req.Cmd) == 0 {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "exec: empty command")
-	}
-	if err := tartarus.ValidEnv(req.Env); err != nil {
+	cwd, err := container.CheckExec(req)
+	if err != nil {
 		return nil, err
-	}
-	cwd := req.Cwd
-	if cwd == "" {
-		cwd = "/"
 	}
 	name := newCommandName()
 	shim := *req
@@ -490,7 +455,7 @@ func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequ
 	}
 	defer os.RemoveAll(tmp)
 	pj := filepath.Join(tmp, "process.json")
-	b, err := json.Marshal(process(req.Cmd, container.EnvList(baseEnv(m), req.Env), cwd))
+	b, err := json.Marshal(process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), req.Env), cwd))
 	if err != nil {
 		return nil, err
 	}
@@ -507,56 +472,27 @@ func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequ
 	if req.Stdin != nil {
 		cmd.Stdin = struct{ io.Reader }{req.Stdin}
 	}
-	cmd.Stdout = struct{ io.Writer }{orDiscard(req.Stdout)}
-	cmd.Stderr = struct{ io.Writer }{orDiscard(req.Stderr)}
+	cmd.Stdout = struct{ io.Writer }{container.OrDiscard(req.Stdout)}
+	cmd.Stderr = struct{ io.Writer }{container.OrDiscard(req.Stderr)}
 	// A background process of the command may keep the output open after
 	// the command ended; stop waiting for it after a moment.
 	cmd.WaitDelay = time.Second
-	start := r.now()
+	start := r.Clock.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		t := time.NewTimer(req.Timeout)
-		defer t.Stop()
-		timeout = t.C
+	werr, timedOut, err := container.Wait(ctx, req.Timeout, done, kill)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
 	}
-	res := &tartarus.ExecResult{}
-	var werr error
-	select {
-	case werr = <-done:
-	case <-timeout:
-		res.TimedOut = true
-		kill()
-		werr = <-done
-	case <-ctx.Done():
-		kill()
-		<-done
-		return nil, fmt.Errorf("exec in %s: %w", m.ID, ctx.Err())
-	}
-	res.Duration = r.now().Sub(start)
+	took := r.Clock.Now().Sub(start)
 	var ee *exec.ExitError
 	if werr != nil && !errors.As(werr, &ee) && !errors.Is(werr, exec.ErrWaitDelay) {
 		return nil, fmt.Errorf("exec in %s: %w", m.ID, werr)
 	}
-	res.ExitCode = cmd.ProcessState.ExitCode()
-	if res.TimedOut {
-		res.ExitCode = 128 + int(syscall.SIGKILL)
-	}
-	if res.ExitCode > 128 {
-		res.Signal = syscall.Signal(res.ExitCode - 128).String()
-	}
-	return res, nil
-}
-
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
+	return container.ExitResult(cmd.ProcessState.ExitCode(), timedOut, took), nil
 }
 
 // killGroup kills the process group led by the exec'd process whose
@@ -575,7 +511,7 @@ func (r *Runtime) killGroup(id, pidFile string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if pid <= 1 {
-		r.log.Warn("exec: no pid to kill", "sandbox", id)
+		r.Log.Warn("exec: no pid to kill", "sandbox", id)
 		return
 	}
 	m, err := r.loadMeta(id)
@@ -590,37 +526,23 @@ func (r *Runtime) killGroup(id, pidFile string) {
 }
 
 // Signal implements tartarus.Runtime: sig goes to the process group of
-// every command Exec started.
+// every command Exec started (the commands are the init's children, which
+// container.Base's kill -1 would miss from a `runsc exec` of its own).
 func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
-	name, err := container.SignalName(sig)
-	if err != nil {
-		return err
-	}
-	m, err := r.requireRunning(ctx, id)
-	if err != nil {
-		return err
-	}
-	res, err := r.runscExec(ctx, m, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", signalScript, "sh", name}}, nil)
-	if err != nil {
-		return fmt.Errorf("signal %s: %w", id, err)
-	}
-	if res.ExitCode != 0 {
-		return fmt.Errorf("signal %s: exit code %d", id, res.ExitCode)
-	}
-	return nil
+	return container.Signal(ctx, id, sig, signalScript, r.openDirect)
 }
 
 // Pause implements tartarus.Runtime: runsc pause (idempotent).
 func (r *Runtime) Pause(ctx context.Context, id string) error {
-	return r.pauseResume(ctx, id, "pause", "paused", "running")
+	return r.pauseResume(ctx, id, true)
 }
 
 // Resume implements tartarus.Runtime: runsc resume (idempotent).
 func (r *Runtime) Resume(ctx context.Context, id string) error {
-	return r.pauseResume(ctx, id, "resume", "running", "paused")
+	return r.pauseResume(ctx, id, false)
 }
 
-func (r *Runtime) pauseResume(ctx context.Context, id, verb, target, from string) error {
+func (r *Runtime) pauseResume(ctx context.Context, id string, pause bool) error {
 	if _, err := r.loadMeta(id); err != nil {
 		return err
 	}
@@ -628,27 +550,14 @@ func (r *Runtime) pauseResume(ctx context.Context, id, verb, target, from string
 	if err != nil {
 		return err
 	}
-	switch st {
-	case target:
-		return nil
-	case from:
-	default:
-		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "%s %s: sandbox is %s", verb, id, firstNonEmpty(st, "not started"))
-	}
-	if _, err := r.runsc(context.WithoutCancel(ctx), verb, id); err != nil {
-		return fmt.Errorf("%s %s: %w", verb, id, err)
-	}
-	r.act.Touch(id)
-	return nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
+	return r.PauseResume(id, pause, st, func() error {
+		verb := "resume"
+		if pause {
+			verb = "pause"
 		}
-	}
-	return ""
+		_, err := r.runsc(context.WithoutCancel(ctx), verb, id)
+		return err
+	})
 }
 
 // Destroy implements tartarus.Runtime. It runs to the end even when ctx is
@@ -671,10 +580,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if err := os.RemoveAll(r.sandboxDir(id)); err != nil {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
-	r.act.Forget(id)
-	r.mu.Lock()
-	delete(r.cpu, id)
-	r.mu.Unlock()
+	r.Forget(id)
 	return nil
 }
 
@@ -700,19 +606,8 @@ func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
 }
 
 func (r *Runtime) instance(m *meta, st state) *tartarus.Instance {
-	in := &tartarus.Instance{ID: m.ID, Template: m.Template, CPUs: m.CPUs, MemoryMB: m.MemoryMB,
-		Pid: max(st.Pid, 0), StartedAt: m.StartedAt, IdleSince: r.act.IdleSince(m.ID)}
-	switch st.Status {
-	case "running":
-		in.State = tartarus.InstanceRunning
-	case "paused":
-		in.State = tartarus.InstancePaused
-	case "", "creating", "created":
-		in.State = tartarus.InstanceCreated
-	default:
-		in.State = tartarus.InstanceStopped
-	}
-	return in
+	return &tartarus.Instance{ID: m.ID, Template: m.Template, CPUs: m.CPUs, MemoryMB: m.MemoryMB, State: container.InstanceState(st.Status),
+		Pid: max(st.Pid, 0), StartedAt: m.StartedAt, IdleSince: r.Activity.IdleSince(m.ID)}
 }
 
 // Recover implements tartarus.Runtime: sandboxes runsc still runs (or
@@ -735,9 +630,9 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 			delete(states, e.Name())
 			continue
 		}
-		r.log.Info("recover: removing sandbox that no longer runs", "sandbox", e.Name(), "status", st.Status)
+		r.Log.Info("recover: removing sandbox that no longer runs", "sandbox", e.Name(), "status", st.Status)
 		if err := r.Destroy(ctx, e.Name()); err != nil {
-			r.log.Warn("recover: cleanup failed", "sandbox", e.Name(), "err", err)
+			r.Log.Warn("recover: cleanup failed", "sandbox", e.Name(), "err", err)
 		}
 		delete(states, e.Name())
 	}
@@ -746,18 +641,6 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 		_, _ = r.runsc(ctx, "delete", "--force", id)
 	}
 	return adopted, nil
-}
-
-// Files returns the file helper over this sandbox's exec.
-func (r *Runtime) files(ctx context.Context, id string) (container.Files, func(), error) {
-	m, err := r.requireRunning(ctx, id)
-	if err != nil {
-		return container.Files{}, nil, err
-	}
-	end := r.act.Begin(id)
-	return container.Files{Exec: func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
-		return r.exec(ctx, m, req)
-	}}, end, nil
 }
 
 // events is the part of `runsc events --stats` this driver reads.
@@ -794,20 +677,9 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error)
 	if err := json.Unmarshal(out, &ev); err != nil {
 		return nil, fmt.Errorf("stats %s: %w", id, err)
 	}
-	now := r.now()
 	st := &tartarus.Stats{MemoryUsedMB: int(ev.Data.Memory.Usage.Usage >> 20), MemoryTotalMB: m.MemoryMB,
 		Processes: ev.Data.Pids.Current}
-	if t := r.act.IdleSince(id); t != nil {
-		st.LastActivityAt = *t
-	} else {
-		st.LastActivityAt = now
-	}
-	r.mu.Lock()
-	if prev, ok := r.cpu[id]; ok && now.After(prev.at) && ev.Data.CPU.Usage.Total >= prev.total {
-		st.CPUPercent = float64(ev.Data.CPU.Usage.Total-prev.total) / float64(now.Sub(prev.at).Nanoseconds()) * 100
-	}
-	r.cpu[id] = cpuSample{at: now, total: ev.Data.CPU.Usage.Total}
-	r.mu.Unlock()
+	r.FillStats(id, st, ev.Data.CPU.Usage.Total)
 	return st, nil
 }
 
@@ -833,9 +705,9 @@ func (r *Runtime) Snapshot(ctx context.Context, id string, dir string) (*tartaru
 		}
 	case "running":
 	default:
-		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot %s: sandbox is %s", id, firstNonEmpty(st, "not started"))
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot %s: sandbox is %s", id, container.StateName(st))
 	}
-	created := r.now()
+	created := r.Clock.Now()
 	if _, err := r.runsc(ctx, "checkpoint", "--leave-running", "--image-path="+dir, id); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", id, err)
 	}
@@ -880,10 +752,10 @@ func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir strin
 	if err != nil {
 		return err
 	}
-	m.StartedAt = r.now()
+	m.StartedAt = r.Clock.Now()
 	if err := r.saveMeta(m); err != nil {
 		return fmt.Errorf("restore %s: %w", cfg.ID, err)
 	}
-	r.act.Touch(cfg.ID)
+	r.Activity.Touch(cfg.ID)
 	return nil
 }

@@ -133,10 +133,10 @@ func TestHibernateWake(t *testing.T) {
 
 // BenchmarkCreateFirstExec measures create + start + the first command.
 func BenchmarkCreateFirstExec(b *testing.B) {
-	containertest.BenchCreateFirstExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
+	runtimetest.BenchCreateFirstExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
 }
 
 // BenchmarkExec measures one command's round trip in a running sandbox.
 func BenchmarkExec(b *testing.B) {
-	containertest.BenchExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
+	runtimetest.BenchExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
 }

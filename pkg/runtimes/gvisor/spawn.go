@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -82,7 +84,7 @@ func commandScript(req *tartarus.ExecRequest, cwd string) string {
 	b.WriteString(" || exit 1\nexec ")
 	if len(req.Env) > 0 {
 		b.WriteString("env")
-		for _, k := range sortedKeys(req.Env) {
+		for _, k := range slices.Sorted(maps.Keys(req.Env)) {
 			b.WriteString(" " + shellQuote(k+"="+req.Env[k]))
 		}
 		b.WriteString(" ")
@@ -99,19 +101,6 @@ func commandScript(req *tartarus.ExecRequest, cwd string) string {
 
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
 }
 
 func newCommandName() string {
@@ -134,7 +123,7 @@ kill -s KILL -- -"$p" 2>/dev/null || kill -s KILL "$p"`
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r.log.Warn("exec: no pid to kill", "sandbox", m.ID, "command", name)
+	r.Log.Warn("exec: no pid to kill", "sandbox", m.ID, "command", name)
 }
 
 // signalScript sends $1 to the process group of every spawned command.

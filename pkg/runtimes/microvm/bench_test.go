@@ -19,7 +19,7 @@ import (
 // idle 256 MiB sandboxes; and snapshot save/restore. Figures and their
 // conditions are in docs/BENCHMARKS.md. Run once with:
 //
-//	go test -run '^$' -bench . -benchtime=1x ./pkg/runtime/microvm/
+//	go test -run '^$' -bench . -benchtime=1x ./pkg/runtimes/microvm/
 
 const (
 	coldCreates  = 20

@@ -34,9 +34,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
+
+// Name is the runtime's name as users choose it.
+const Name = "microvm"
 
 var _ tartarus.Runtime = (*Driver)(nil)
 
@@ -67,8 +71,9 @@ type Config struct {
 	TBSizeMB int
 	// KernelArgs are added to the guest kernel's command line.
 	KernelArgs []string
-	// Now is the clock for idle times; nil means time.Now.
-	Now func() time.Time
+	// Clock is the time source for idle times and timestamps; nil means
+	// clock.System{}.
+	Clock clock.Clock
 }
 
 // Validate reports every problem with the configuration at once.
@@ -101,7 +106,7 @@ const hostReserveMB = 1024
 type Driver struct {
 	cfg    Config
 	log    *slog.Logger
-	now    func() time.Time
+	clock  clock.Clock
 	dial   guestDialer
 	tscKHz int
 	fp     tartarus.Fingerprint
@@ -138,8 +143,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.TBSizeMB == 0 {
 		cfg.TBSizeMB = 32
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System{}
 	}
 	stateDir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
@@ -153,18 +158,18 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("microvm: state dir: %w", err)
 	}
 	d := &Driver{
-		cfg:  cfg,
-		log:  cfg.Log.With("runtime", "microvm"),
-		now:  cfg.Now,
-		dial: dialGuest,
-		vms:  map[string]*vm{},
+		cfg:   cfg,
+		log:   cfg.Log.With("runtime", Name),
+		clock: cfg.Clock,
+		dial:  dialGuest,
+		vms:   map[string]*vm{},
 	}
 	d.fp = d.fingerprint(ctx)
 	return d, nil
 }
 
-// Name is "microvm".
-func (d *Driver) Name() string { return "microvm" }
+// Name implements tartarus.Runtime: "microvm".
+func (d *Driver) Name() string { return Name }
 
 // Fingerprint reports what New found; it does no I/O.
 func (d *Driver) Fingerprint(ctx context.Context) (*tartarus.Fingerprint, error) {
@@ -294,12 +299,12 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 		}
 		return "", fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
-	v := &vm{id: cfg.ID, dir: dir, log: d.log.With("sandbox", cfg.ID), state: tartarus.InstanceCreated, lastCall: d.now()}
+	v := &vm{id: cfg.ID, dir: dir, log: d.log.With("sandbox", cfg.ID), state: tartarus.InstanceCreated, lastCall: d.clock.Now()}
 	d.vms[cfg.ID] = v
 	d.mu.Unlock()
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
-		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.now().UTC()}
+		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC()}
 	var err error
 	if overlay {
 		err = d.prepare(context.WithoutCancel(ctx), v)
@@ -389,7 +394,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	for i := 1; i <= attempts; i++ {
 		err := d.boot(ctx, v, v.conf.Accel, d.cfg.BootTimeout)
 		if err == nil {
-			v.touch(d.now())
+			v.touch(d.clock.Now())
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("attempt %d: %w", i, err))
@@ -512,11 +517,11 @@ func (d *Driver) begin(id string) (*vm, guestConn, func(), error) {
 		return nil, nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, v.state)
 	}
 	v.busy++
-	v.lastCall = d.now()
+	v.lastCall = d.clock.Now()
 	return v, v.guest, func() {
 		v.mu.Lock()
 		v.busy--
-		v.lastCall = d.now()
+		v.lastCall = d.clock.Now()
 		v.mu.Unlock()
 	}, nil
 }
@@ -540,7 +545,7 @@ func (d *Driver) Pause(ctx context.Context, id string) error {
 		return fmt.Errorf("pause sandbox %s: %w", id, err)
 	}
 	v.setState(tartarus.InstancePaused)
-	v.touch(d.now())
+	v.touch(d.clock.Now())
 	return nil
 }
 
@@ -567,11 +572,11 @@ func (d *Driver) Resume(ctx context.Context, id string) error {
 		if err := d.connectGuest(ctx, v, d.cfg.BootTimeout); err != nil {
 			return fmt.Errorf("resume sandbox %s: %w", id, err)
 		}
-	} else if err := v.guest.Sync(ctx, d.now(), nil); err != nil {
+	} else if err := v.guest.Sync(ctx, d.clock.Now(), nil); err != nil {
 		v.log.Warn("clock sync after resume failed", "err", err)
 	}
 	v.setState(tartarus.InstanceRunning)
-	v.touch(d.now())
+	v.touch(d.clock.Now())
 	return nil
 }
 
@@ -703,7 +708,7 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 		v.state = tartarus.InstanceRunning
 	}
 	v.startedAt = v.conf.StartedAt
-	v.lastCall = d.now()
+	v.lastCall = d.clock.Now()
 	d.mu.Lock()
 	d.vms[id] = v
 	d.mu.Unlock()

@@ -9,7 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -110,7 +111,7 @@ func testDriver(t *testing.T) *Driver {
 		fp:     tartarus.Fingerprint{Available: true, MaxCPUs: 2, MaxMemoryMB: 1024, Accel: "tcg"},
 	}
 	d.log = discardLogger()
-	d.now = nowFunc()
+	d.clock = clock.System{}
 	return d
 }
 
@@ -215,8 +216,6 @@ func TestUnknownID(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-func nowFunc() func() time.Time { return time.Now }
 
 func TestSnapshotChecks(t *testing.T) {
 	d := testDriver(t)

@@ -45,13 +45,13 @@ func (d *Driver) chooseAccel(ctx context.Context, qemuVersion string) (accel, re
 	if d.cfg.ProbeImage == nil {
 		return "tcg", "KVM not probed (no probe image); using TCG"
 	}
-	r := probeResult{Key: key, At: d.now().UTC()}
-	start := d.now()
+	r := probeResult{Key: key, At: d.clock.Now().UTC()}
+	start := d.clock.Now()
 	if err := d.probeKVM(ctx); err != nil {
 		r.Reason = fmt.Sprintf("/dev/kvm exists but a KVM guest did not boot (%v); using TCG", err)
 	} else {
 		r.KVM = true
-		r.Reason = fmt.Sprintf("a KVM guest booted in %s", d.now().Sub(start).Round(time.Millisecond))
+		r.Reason = fmt.Sprintf("a KVM guest booted in %s", d.clock.Now().Sub(start).Round(time.Millisecond))
 	}
 	d.log.Info("KVM probe", "kvm", r.KVM, "reason", r.Reason)
 	if b, err := json.Marshal(r); err == nil {

@@ -52,7 +52,7 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
 	v.setState(tartarus.InstancePaused)
-	created := d.now().UTC()
+	created := d.clock.Now().UTC()
 	if _, err := q.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
@@ -74,7 +74,7 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 	if err := os.WriteFile(filepath.Join(dir, snapConfig), b, 0o600); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
-	v.touch(d.now())
+	v.touch(d.clock.Now())
 	return &tartarus.SnapshotInfo{
 		Template:    v.conf.Template,
 		ImageDigest: v.conf.Image.Digest,
@@ -218,7 +218,7 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) err
 	_, _ = rand.Read(entropy)
 	// The guest still carries the snapshotted sandbox's hostname; the sync
 	// renames it in the same round trip.
-	if err := v.guest.SyncHostname(ctx, d.now(), entropy, v.id); err != nil {
+	if err := v.guest.SyncHostname(ctx, d.clock.Now(), entropy, v.id); err != nil {
 		return fmt.Errorf("sync restored guest: %w", err)
 	}
 	mark("sync")

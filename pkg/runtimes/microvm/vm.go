@@ -316,7 +316,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 
 // markRunning records a sandbox whose guest answered.
 func (d *Driver) markRunning(v *vm, accel string) error {
-	now := d.now()
+	now := d.clock.Now()
 	v.mu.Lock()
 	v.state = tartarus.InstanceRunning
 	v.startedAt = now

@@ -1,7 +1,8 @@
-// Package containertest sets up what the container drivers' end-to-end tests need:
-// a small busybox template image built on the spot, and private dockerd and
-// containerd daemons (own sockets and data directories, stopped after the
-// test). Nothing here is a fake: the tests run against the real daemons.
+// Package containertest sets up what the container drivers' end-to-end
+// tests (and `tartarus migrate`'s) need: a small busybox template image built
+// on the spot, and private dockerd and containerd daemons (own sockets and
+// data directories, stopped after the test). Nothing here is a fake: the
+// tests run against the real daemons.
 package containertest
 
 import (
@@ -113,7 +114,7 @@ func BuildRootFS(dir string) error {
 }
 
 // Image builds the busybox root filesystem as an ext4 image (as the images
-// package makes templates) and returns it as template "kampetest".
+// package makes templates) and returns it as template "containertest".
 func Image(t testing.TB) *tartarus.Image {
 	t.Helper()
 	dir := t.TempDir()
@@ -128,7 +129,7 @@ func Image(t testing.TB) *tartarus.Image {
 	bb, _ := busyboxPath()
 	b, _ := os.ReadFile(bb)
 	sum := sha256.Sum256(b)
-	return &tartarus.Image{Name: "kampetest", RootFS: img, Digest: "sha256:" + hex.EncodeToString(sum[:]),
+	return &tartarus.Image{Name: "containertest", RootFS: img, Digest: "sha256:" + hex.EncodeToString(sum[:]),
 		Description: "busybox test template", BuiltAt: time.Now()}
 }
 
@@ -290,49 +291,6 @@ func writeFile(t testing.TB, dir, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// BenchCreateFirstExec measures create, start and the first command of a
-// new sandbox, destroying it outside the timed part.
-func BenchCreateFirstExec(b *testing.B, rt tartarus.Runtime, img *tartarus.Image) {
-	ctx := context.Background()
-	for i := 0; b.Loop(); i++ {
-		cfg := &tartarus.VMConfig{ID: fmt.Sprintf("bench-%d-%d", time.Now().UnixNano()%1e6, i), Template: img.Name, Image: img, CPUs: 1, MemoryMB: 128}
-		if _, err := rt.Create(ctx, cfg); err != nil {
-			b.Fatal(err)
-		}
-		if err := rt.Start(ctx, cfg.ID); err != nil {
-			b.Fatal(err)
-		}
-		if res, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil || res.ExitCode != 0 {
-			b.Fatal(err, res)
-		}
-		b.StopTimer()
-		_ = rt.Destroy(ctx, cfg.ID)
-		b.StartTimer()
-	}
-}
-
-// BenchExec measures one command's round trip in a running sandbox.
-func BenchExec(b *testing.B, rt tartarus.Runtime, img *tartarus.Image) {
-	ctx := context.Background()
-	cfg := &tartarus.VMConfig{ID: fmt.Sprintf("bench-exec-%d", time.Now().UnixNano()%1e6), Template: img.Name, Image: img, CPUs: 1, MemoryMB: 128}
-	if _, err := rt.Create(ctx, cfg); err != nil {
-		b.Fatal(err)
-	}
-	defer rt.Destroy(ctx, cfg.ID)
-	if err := rt.Start(ctx, cfg.ID); err != nil {
-		b.Fatal(err)
-	}
-	// The first exec warms caches (image layers, runsc binary pages).
-	if _, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		if res, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil || res.ExitCode != 0 {
-			b.Fatal(err, res)
-		}
-	}
 }
 
 // killShims ends the runc shims a test left behind for the containerd at
