@@ -14,8 +14,8 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/containerd"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/docker"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/docker"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/kampetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -21,10 +21,10 @@ import (
 // private dockerd: a compatible container becomes a template; one with a
 // host bind mount is refused with the plan saying why.
 func TestMigrateCommand(t *testing.T) {
-	kampetest.Require(t, "dockerd", "debugfs", "mke2fs")
-	host := kampetest.Dockerd(t)
+	containertest.Require(t, "dockerd", "debugfs", "mke2fs")
+	host := containertest.Dockerd(t)
 	ctx := context.Background()
-	img := kampetest.Image(t)
+	img := containertest.Image(t)
 	rt, err := docker.New(docker.Options{Host: host, CacheDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

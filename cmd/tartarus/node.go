@@ -16,9 +16,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
-	"github.com/tartarus-sandbox/tartarus/pkg/kampe/runtimes"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -77,9 +75,12 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 	if err != nil {
 		return nil, err
 	}
+	probe, _ := cat.Get(ctx, "base") // without a built image microvm uses TCG unprobed
+	rcfg := runtimes.Config{DataDir: dataDir, Log: log, Accel: o.accel, BootTimeout: o.bootTimeout,
+		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake}
 	n := &node{log: log}
 	for _, name := range o.runtimes {
-		rt, err := openRuntime(ctx, name, o, dataDir, cat, log)
+		rt, err := runtimes.Open(ctx, name, rcfg)
 		if err != nil {
 			n.Close()
 			return nil, err
@@ -135,25 +136,4 @@ func (n *node) Close() {
 			}
 		}
 	}
-}
-
-func openRuntime(ctx context.Context, name string, o *nodeOptions, dataDir string, cat *images.Catalog, log *slog.Logger) (tartarus.Runtime, error) {
-	switch name {
-	case "microvm":
-		probe, _ := cat.Get(ctx, "base") // without a built image the driver uses TCG unprobed
-		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(dataDir, "vms"), Log: log, Accel: o.accel,
-			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe})
-	case "gvisor", "docker", "containerd":
-		return runtimes.Open(ctx, name, runtimes.Config{DataDir: dataDir, Log: log})
-	case "fake":
-		if !o.unsafeFake {
-			return nil, errors.New("runtime fake runs commands on the host without isolation; it needs --unsafe-fake-runtime and is for tests only")
-		}
-		log.Warn("UNSAFE: the fake runtime runs sandbox commands as host processes with no isolation (tests only)")
-		// The fake can snapshot (files only), so the hibernation paths of
-		// the server can be driven end to end without a VM.
-		return fake.New(fake.Config{StateDir: filepath.Join(dataDir, "fake-vms"), Log: log,
-			Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true}})
-	}
-	return nil, fmt.Errorf("--runtimes: %q is not a runtime this build offers (microvm, gvisor, docker, containerd)", name)
 }

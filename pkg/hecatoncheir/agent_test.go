@@ -12,7 +12,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )

@@ -20,7 +20,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )

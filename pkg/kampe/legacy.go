@@ -1,18 +1,18 @@
-// Package kampe (named for the jailer of the old order in Tartarus) puts
-// existing container runtimes — Docker, containerd and gVisor — behind the
-// same tartarus.Runtime as the microVM driver, and moves containers to
-// microVM templates.
+// Package kampe (named for the jailer of the old order in Tartarus) moves
+// containers to microVM templates: the seed's LegacyRuntime interface and
+// migration types, the migration analysis (Analyze), and the template
+// build (BuildTemplate, with ExtractTar and MakeExt4).
 //
-// The drivers live in subpackages (docker, containerd, gvisor); this package
-// holds what they share: the seed's LegacyRuntime interface and migration
-// types, the migration analysis (Analyze), file transfer through commands in
-// the sandbox (Files), root filesystem import and export (UnpackImage,
-// WriteTar, ExtractTar, MakeExt4) and host process helpers.
+// The container runtimes themselves — Docker, containerd and gVisor behind
+// the same tartarus.Runtime as the microVM driver — live in
+// pkg/runtimes/{docker,containerd,gvisor}; the docker and containerd drivers
+// are LegacyRuntimes and fill ContainerFacts from their own inspection.
 //
 // Extensions beyond the seed: MigrationChange has a Field naming what it
 // concerns; ContainerState carries the seed's FileEntry, ProcessInfo and
-// PortMapping, which the seed names but does not define; Migrate (in the
-// docker subpackage) carries a compatible container into a template.
+// PortMapping, which the seed names but does not define; Migrate (on the
+// docker and containerd drivers) carries a compatible container into a
+// template.
 package kampe
 
 import (

@@ -2,6 +2,7 @@ package kampe
 
 import (
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -45,6 +46,24 @@ type ContainerFacts struct {
 	Env         []string
 	// SizeBytes is the size of the container's root filesystem, when known.
 	SizeBytes int64
+}
+
+// State is the ContainerState f describes: image, configuration and
+// environment, with no files or processes yet (the runtime that holds the
+// container adds what it can see of those).
+func (f *ContainerFacts) State() *ContainerState {
+	st := &ContainerState{ID: f.ID, Name: f.Name, Image: f.Image, Running: f.Running,
+		Config: ContainerConfig{Entrypoint: f.Entrypoint, Cmd: f.Cmd, WorkingDir: f.WorkingDir, User: f.User,
+			Env: f.Env, Ports: f.Ports},
+		Environment: map[string]string{}, Filesystem: []FileEntry{}, Processes: []ProcessInfo{}}
+	for _, m := range f.Mounts {
+		st.Config.Volumes = append(st.Config.Volumes, m.Destination)
+	}
+	for _, kv := range f.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		st.Environment[k] = v
+	}
+	return st
 }
 
 // Mount is one mount of a container.
@@ -169,7 +188,7 @@ func Analyze(f *ContainerFacts) *MigrationPlan {
 		add(RiskLevelLow, MigrationChange{Type: ChangeTypeSecurity, Field: "HostConfig.SecurityOpt", AutoFix: true,
 			Description: fmt.Sprintf("security option %q does not apply: the guest kernel is the isolation boundary", o)})
 	}
-	for _, k := range sortedKeys(f.Sysctls) {
+	for _, k := range slices.Sorted(maps.Keys(f.Sysctls)) {
 		add(RiskLevelLow, MigrationChange{Type: ChangeTypeResources, Field: "HostConfig.Sysctls", Required: true,
 			Description: fmt.Sprintf("sysctl %s=%s must be set in the guest (for example by the entrypoint)", k, f.Sysctls[k])})
 	}
@@ -241,13 +260,4 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -26,8 +27,9 @@ type MigrateOptions struct {
 	Force bool
 	// Replace overwrites an existing template of the same name.
 	Replace bool
-	// Now is the clock for built_at and the duration; nil means time.Now.
-	Now func() time.Time
+	// Clock is the time source for built_at and the duration; nil means
+	// clock.System{}.
+	Clock clock.Clock
 }
 
 // MigrateResult is what a migration built.
@@ -83,11 +85,11 @@ type FillFunc func(ctx context.Context, rootfs string) (skipped int, digest stri
 // when they exist. A plan with changes that need a person stops it
 // (ErrFailedPrecondition, with the plan in the result) unless opts.Force.
 func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, fill FillFunc) (*MigrateResult, error) {
-	now := opts.Now
-	if now == nil {
-		now = time.Now
+	clk := opts.Clock
+	if clk == nil {
+		clk = clock.System{}
 	}
-	start := now()
+	start := clk.Now()
 	if opts.DataDir == "" {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "migrate: no data directory")
 	}
@@ -166,7 +168,7 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 		res.Missing = fmt.Sprintf("%s of the base template, not found in %s (run `tartarus template build base` first, then migrate again with --replace)",
 			strings.Join(missing, " and "), base)
 	}
-	m := TemplateManifest{Name: res.Template, Digest: digest, BuiltAt: now().UTC(),
+	m := TemplateManifest{Name: res.Template, Digest: digest, BuiltAt: clk.Now().UTC(),
 		Description: fmt.Sprintf("migrated from container %s (%s)", ref, f.Image),
 		Inputs:      map[string]string{"container": f.ID, "image": f.Image, "kernel": "base"}, Container: cm}
 	mJSON, _ := json.MarshalIndent(m, "", "  ")
@@ -181,7 +183,7 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 	}
 	_ = os.Chmod(res.Dir, 0o755)
 	res.RootFS = filepath.Join(res.Dir, "rootfs.ext4")
-	res.Duration = now().Sub(start)
+	res.Duration = clk.Now().Sub(start)
 	return res, nil
 }
 

@@ -18,7 +18,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"

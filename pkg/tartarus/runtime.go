@@ -13,7 +13,7 @@ import (
 // sandbox's life is never tied to ctx: cancelling a Create or Exec call never
 // leaks a VM, and Destroy cleans up even when ctx is already done.
 //
-// Implementations must pass the conformance suite in pkg/runtime/runtimetest.
+// Implementations must pass the conformance suite in pkg/runtimes/runtimetest.
 // A capability the backend truly lacks is declared in Fingerprint and its
 // method returns an error wrapping ErrNotImplemented, never a silent no-op.
 type Runtime interface {

@@ -1,0 +1,634 @@
+// Package containerd runs Tartarus sandboxes as containerd containers
+// (runc through the io.containerd.runc.v2 shim) with the containerd v2 Go
+// client, in their own namespace ("tartarus" by default).
+//
+// A template's root filesystem is imported once as a one-layer OCI image
+// (an OCI archive written on the fly and passed to the client's Import),
+// named tartarus-template/<name>:<digest>, and unpacked into the overlayfs
+// snapshotter. Each sandbox is a container with its own snapshot, a new
+// network namespace with only loopback, the template's memory and CPU
+// limits, and a shell that waits as its init.
+//
+// Snapshots are not offered: containerd's checkpoint needs CRIU, which does
+// not work on the hosts measured (DESIGN.md); the fingerprint says so.
+//
+// It is also a kampe.LegacyRuntime for any container of its namespace: the
+// migration plan reads the container's OCI spec (bind mounts, namespaces
+// shared with the host, devices, capabilities, limits), and Migrate copies
+// its root filesystem (through the task's root while it runs, else from
+// its snapshot) into a template.
+package containerd
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Name is the runtime's name as users choose it.
+const Name = "containerd"
+
+const snapshotter = "overlayfs"
+
+// Options configures a Runtime.
+type Options struct {
+	// Address is containerd's socket (default /run/containerd/containerd.sock).
+	Address string
+	// Namespace holds the sandboxes; empty means "tartarus".
+	Namespace string
+	// CacheDir is where template root filesystems are unpacked before
+	// their import (required).
+	CacheDir string
+	Log      *slog.Logger
+	// Clock is the time source for activity and CPU accounting; nil means
+	// clock.System{}.
+	Clock clock.Clock
+}
+
+// Runtime is the containerd driver. Fingerprint, Exec, Signal and the file
+// methods are the shared ones of container.Base, over this driver's probe
+// and task exec.
+type Runtime struct {
+	*container.Base
+	cli      *client.Client
+	opts     Options
+	importMu sync.Mutex
+}
+
+var _ tartarus.Runtime = (*Runtime)(nil)
+
+// New connects to containerd. It fails when the socket does not answer.
+func New(opts Options) (*Runtime, error) {
+	if opts.CacheDir == "" {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "containerd: no cache directory")
+	}
+	if opts.Address == "" {
+		opts.Address = "/run/containerd/containerd.sock"
+	}
+	if opts.Namespace == "" {
+		opts.Namespace = "tartarus"
+	}
+	if _, err := os.Stat(opts.Address); err != nil {
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd socket %s: %v", opts.Address, err)
+	}
+	cli, err := client.New(opts.Address, client.WithDefaultNamespace(opts.Namespace), client.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd at %s: %v", opts.Address, err)
+	}
+	r := &Runtime{cli: cli, opts: opts}
+	r.Base = container.NewBase(container.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
+	return r, nil
+}
+
+var _ tartarus.RuntimeCloser = (*Runtime)(nil)
+
+// Close lets go of the connection; containers keep running.
+func (r *Runtime) Close() error { return r.cli.Close() }
+
+// Name implements tartarus.Runtime.
+func (r *Runtime) Name() string { return Name }
+
+func (r *Runtime) ns(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.opts.Namespace)
+}
+
+// probe is the fingerprint (container.ProbeFunc): the daemon must answer.
+func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
+	cpus, mem := container.HostResources()
+	fp := &tartarus.Fingerprint{Runtime: Name, Accel: "runc", HostCPUs: cpus, HostMemoryMB: mem, MaxCPUs: cpus, MaxMemoryMB: mem,
+		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true},
+		Details: map[string]string{"address": r.opts.Address, "namespace": r.opts.Namespace,
+			"snapshot": "not offered: containerd checkpoint needs CRIU, which does not work on this kernel"}}
+	v, err := r.cli.Version(r.ns(ctx))
+	if err != nil {
+		fp.Reason = fmt.Sprintf("containerd at %s does not answer: %v", r.opts.Address, err)
+		// Not kept: the daemon may come up later.
+		return fp, false
+	}
+	fp.Available = true
+	fp.Details["version"] = v.Version
+	return fp, true
+}
+
+// ensureImage imports and unpacks the template unless it is there.
+func (r *Runtime) ensureImage(ctx context.Context, img *tartarus.Image) (client.Image, error) {
+	ref, err := container.ImageRef(img)
+	if err != nil {
+		return nil, err
+	}
+	r.importMu.Lock()
+	defer r.importMu.Unlock()
+	if im, err := r.cli.GetImage(ctx, ref); err == nil {
+		if ok, _ := im.IsUnpacked(ctx, snapshotter); ok {
+			return im, nil
+		}
+		return im, im.Unpack(ctx, snapshotter)
+	} else if !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	dir, err := container.UnpackImage(ctx, img, r.opts.CacheDir)
+	if err != nil {
+		return nil, err
+	}
+	layer, err := os.CreateTemp(r.opts.CacheDir, ".layer-*.tar")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(layer.Name())
+	defer layer.Close()
+	h := sha256.New()
+	if err := container.WriteTar(ctx, dir, io.MultiWriter(layer, h)); err != nil {
+		return nil, fmt.Errorf("import template %s: %w", img.Name, err)
+	}
+	size, err := layer.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := layer.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(writeOCIArchive(pw, ref, digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)), size, layer))
+	}()
+	imgs, err := r.cli.Import(ctx, pr)
+	pr.CloseWithError(err)
+	if err != nil {
+		return nil, fmt.Errorf("import template %s: %w", img.Name, err)
+	}
+	if len(imgs) == 0 {
+		return nil, fmt.Errorf("import template %s: no image in the archive", img.Name)
+	}
+	im := client.NewImage(r.cli, imgs[0])
+	if err := im.Unpack(ctx, snapshotter); err != nil {
+		return nil, fmt.Errorf("unpack template %s: %w", img.Name, err)
+	}
+	r.Log.Info("imported template", "template", img.Name, "ref", ref)
+	return im, nil
+}
+
+// writeOCIArchive writes an OCI image layout as a tar stream: one
+// uncompressed layer (its digest and size known), its config and manifest,
+// and an index naming the image ref.
+func writeOCIArchive(w io.Writer, ref string, layerDigest digest.Digest, layerSize int64, layer io.Reader) error {
+	cfg := ocispec.Image{
+		Platform: ocispec.Platform{Architecture: "amd64", OS: "linux"},
+		Config:   ocispec.ImageConfig{Env: []string{container.DefaultPath}, Cmd: container.InitCommand, WorkingDir: "/"},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDigest}},
+	}
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfgJSON), Size: int64(len(cfgJSON))}
+	man := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cfgDesc,
+		Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: layerDigest, Size: layerSize}}}
+	man.SchemaVersion = 2
+	manJSON, err := json.Marshal(man)
+	if err != nil {
+		return err
+	}
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{{
+		MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(manJSON), Size: int64(len(manJSON)),
+		Annotations: map[string]string{images.AnnotationImageName: ref, ocispec.AnnotationRefName: ref},
+		Platform:    &ocispec.Platform{Architecture: "amd64", OS: "linux"},
+	}}}
+	idx.SchemaVersion = 2
+	idxJSON, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(w)
+	add := func(name string, size int64, r io.Reader) error {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		_, err := io.Copy(tw, r)
+		return err
+	}
+	blob := func(d digest.Digest) string { return "blobs/sha256/" + d.Encoded() }
+	if err := tw.WriteHeader(&tar.Header{Name: "blobs/sha256/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
+		return err
+	}
+	layout := []byte(`{"imageLayoutVersion":"1.0.0"}`)
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{{"oci-layout", layout}, {"index.json", idxJSON}, {blob(cfgDesc.Digest), cfgJSON}, {blob(digest.FromBytes(manJSON)), manJSON}} {
+		if err := add(f.name, int64(len(f.b)), bytes.NewReader(f.b)); err != nil {
+			return err
+		}
+	}
+	if err := add(blob(layerDigest), layerSize, layer); err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// Create implements tartarus.Runtime: import the template if needed, then
+// create the container and its snapshot (no task yet).
+func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, error) {
+	if err := r.CheckCreate(ctx, cfg); err != nil {
+		return "", err
+	}
+	ctx = r.ns(context.WithoutCancel(ctx))
+	if _, err := r.cli.LoadContainer(ctx, cfg.ID); err == nil {
+		return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
+	}
+	im, err := r.ensureImage(ctx, cfg.Image)
+	if err != nil {
+		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	period := uint64(100000)
+	_, err = r.cli.NewContainer(ctx, cfg.ID,
+		client.WithImage(im),
+		client.WithSnapshotter(snapshotter),
+		client.WithNewSnapshot(cfg.ID+"-rootfs", im),
+		client.WithRuntime("io.containerd.runc.v2", nil),
+		client.WithContainerLabels(container.SandboxLabels(Name, cfg)),
+		client.WithNewSpec(
+			oci.WithImageConfig(im),
+			oci.WithProcessArgs(container.InitCommand...),
+			oci.WithEnv(container.BaseEnv(cfg.ID, cfg.Env)),
+			oci.WithHostname(cfg.ID),
+			oci.WithMemoryLimit(uint64(cfg.MemoryMB)<<20),
+			oci.WithCPUCFS(int64(cfg.CPUs)*int64(period), period),
+			oci.WithNoNewPrivileges,
+		),
+	)
+	if errdefs.IsAlreadyExists(err) {
+		return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
+	}
+	if err != nil {
+		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	r.Activity.Touch(cfg.ID)
+	return cfg.ID, nil
+}
+
+// load returns the sandbox's container; an unknown one is ErrNotFound.
+func (r *Runtime) load(ctx context.Context, id string) (client.Container, map[string]string, error) {
+	if !tartarus.ValidName(id) {
+		return nil, nil, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %q", id)
+	}
+	c, err := r.cli.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil, nil, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	if labels[container.LabelRuntime] != Name {
+		return nil, nil, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
+	}
+	return c, labels, nil
+}
+
+// taskStatus returns the container's task and its status ("" without task).
+func taskStatus(ctx context.Context, c client.Container) (client.Task, client.ProcessStatus, error) {
+	t, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	st, err := t.Status(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	return t, st.Status, nil
+}
+
+// Start implements tartarus.Runtime: create and start the task.
+func (r *Runtime) Start(ctx context.Context, id string) error {
+	ctx = r.ns(context.WithoutCancel(ctx))
+	c, _, err := r.load(ctx, id)
+	if err != nil {
+		return err
+	}
+	t, st, err := taskStatus(ctx, c)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	switch st {
+	case client.Running, client.Paused:
+		return nil
+	case client.Stopped:
+		if _, err := t.Delete(ctx, client.WithProcessKill); err != nil {
+			return fmt.Errorf("start %s: %w", id, err)
+		}
+		t = nil
+	}
+	if t == nil {
+		if t, err = c.NewTask(ctx, cio.NullIO); err != nil {
+			return fmt.Errorf("start %s: %w", id, err)
+		}
+	}
+	if err := t.Start(ctx); err != nil {
+		_, _ = t.Delete(ctx, client.WithProcessKill)
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	r.Activity.Touch(id)
+	return nil
+}
+
+// open returns the task exec of a running sandbox (container.OpenFunc).
+func (r *Runtime) open(ctx context.Context, id string) (container.ExecFunc, error) {
+	nsCtx := r.ns(ctx)
+	c, _, err := r.load(nsCtx, id)
+	if err != nil {
+		return nil, err
+	}
+	t, st, err := taskStatus(nsCtx, c)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	if err := container.RequireRunning(id, string(st)); err != nil {
+		return nil, err
+	}
+	spec, err := c.Spec(nsCtx)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.exec(ctx, id, t, spec.Process.Env, req)
+	}, nil
+}
+
+// stdinCloser calls onEOF once when r is exhausted, so the process sees
+// the end of its input.
+type stdinCloser struct {
+	r     io.Reader
+	once  sync.Once
+	onEOF func()
+}
+
+func (s *stdinCloser) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil {
+		s.once.Do(s.onEOF)
+	}
+	return n, err
+}
+
+func execID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "exec-" + hex.EncodeToString(b[:])
+}
+
+// exec runs req as a new process of the task. A timeout or cancel kills
+// the process and its descendants from the host.
+func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []string, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	cwd, err := container.CheckExec(req)
+	if err != nil {
+		return nil, err
+	}
+	bg := r.ns(context.WithoutCancel(ctx))
+	pspec := &specs.Process{Args: req.Cmd, Env: container.EnvList(env, req.Env), Cwd: cwd}
+	// The rest of the process spec (user, capabilities, rlimits) is the
+	// init's, as for `ctr task exec`.
+	if spec, err := t.Spec(bg); err == nil && spec.Process != nil {
+		base := *spec.Process
+		base.Args, base.Env, base.Cwd, base.Terminal = pspec.Args, pspec.Env, pspec.Cwd, false
+		pspec = &base
+	}
+	var started = make(chan client.Process, 1)
+	var stdin io.Reader
+	if req.Stdin != nil {
+		stdin = &stdinCloser{r: req.Stdin, onEOF: func() {
+			p := <-started
+			started <- p
+			if p != nil {
+				_ = p.CloseIO(bg, client.WithStdinCloser)
+			}
+		}}
+	}
+	p, err := t.Exec(bg, execID(), pspec, cio.NewCreator(cio.WithStreams(stdin, container.OrDiscard(req.Stdout), container.OrDiscard(req.Stderr))))
+	if err != nil {
+		close(started)
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	defer p.Delete(bg, client.WithProcessKill)
+	statusC, err := p.Wait(bg)
+	if err != nil {
+		close(started)
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	start := r.Clock.Now()
+	if err := p.Start(bg); err != nil {
+		close(started)
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	started <- p
+	status, timedOut, err := container.Wait(ctx, req.Timeout, statusC, func() { container.KillTree(int(p.Pid()), syscall.SIGKILL) })
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	// Let the output copy finish (a background child holding the pipes
+	// open gets a moment, not forever).
+	ioDone := make(chan struct{})
+	go func() { p.IO().Wait(); close(ioDone) }()
+	select {
+	case <-ioDone:
+	case <-time.After(time.Second):
+	}
+	code, _, err := status.Result()
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	return container.ExitResult(int(code), timedOut, r.Clock.Now().Sub(start)), nil
+}
+
+// Pause implements tartarus.Runtime through the cgroup freezer (idempotent).
+func (r *Runtime) Pause(ctx context.Context, id string) error {
+	return r.pauseResume(ctx, id, true)
+}
+
+// Resume implements tartarus.Runtime (idempotent).
+func (r *Runtime) Resume(ctx context.Context, id string) error {
+	return r.pauseResume(ctx, id, false)
+}
+
+func (r *Runtime) pauseResume(ctx context.Context, id string, pause bool) error {
+	ctx = r.ns(context.WithoutCancel(ctx))
+	c, _, err := r.load(ctx, id)
+	if err != nil {
+		return err
+	}
+	t, st, err := taskStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	return r.PauseResume(id, pause, string(st), func() error {
+		if pause {
+			return t.Pause(ctx)
+		}
+		return t.Resume(ctx)
+	})
+}
+
+// Destroy implements tartarus.Runtime; it runs to the end even when ctx is
+// already cancelled.
+func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	if !tartarus.ValidName(id) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(r.ns(context.WithoutCancel(ctx)), time.Minute)
+	defer cancel()
+	c, _, err := r.load(ctx, id)
+	if errors.Is(err, tartarus.ErrNotFound) {
+		r.Activity.Forget(id)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if t, st, err := taskStatus(ctx, c); err == nil && t != nil {
+		if st == client.Paused {
+			_ = t.Resume(ctx)
+		}
+		if _, err := t.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("destroy %s: %w", id, err)
+		}
+	}
+	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("destroy %s: %w", id, err)
+	}
+	r.Forget(id)
+	return nil
+}
+
+func (r *Runtime) instance(ctx context.Context, c client.Container) (*tartarus.Instance, error) {
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in := container.LabeledInstance(c.ID(), labels)
+	in.IdleSince = r.Activity.IdleSince(in.ID)
+	if info, err := c.Info(ctx); err == nil {
+		in.StartedAt = info.CreatedAt
+	}
+	t, st, err := taskStatus(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if t != nil {
+		in.Pid = int(t.Pid())
+	}
+	in.State = container.InstanceState(string(st))
+	return in, nil
+}
+
+// List implements tartarus.Runtime.
+func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
+	ctx = r.ns(ctx)
+	cs, err := r.cli.Containers(ctx, fmt.Sprintf("labels.%q==%s", container.LabelRuntime, Name))
+	if err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
+	out := make([]*tartarus.Instance, 0, len(cs))
+	for _, c := range cs {
+		in, err := r.instance(ctx, c)
+		if errdefs.IsNotFound(err) {
+			continue // destroyed meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list: %w", err)
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// Recover implements tartarus.Runtime: running and paused sandboxes are
+// adopted; the others are removed.
+func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
+	return r.Adopt(ctx, r.List, r.Destroy)
+}
+
+// Stats implements tartarus.Runtime from the task's cgroup metrics (v1 or
+// v2); CPUPercent is measured since the previous Stats call (0 on the first).
+func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error) {
+	ctx = r.ns(ctx)
+	c, labels, err := r.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	t, _, err := taskStatus(ctx, c)
+	if err != nil || t == nil {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "stats %s: sandbox is not started", id)
+	}
+	m, err := t.Metrics(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stats %s: %w", id, err)
+	}
+	data, err := typeurl.UnmarshalAny(m.Data)
+	if err != nil {
+		return nil, fmt.Errorf("stats %s: %w", id, err)
+	}
+	mem, _ := strconv.Atoi(labels[container.LabelMemory])
+	st := &tartarus.Stats{MemoryTotalMB: mem}
+	var cpuTotal uint64
+	switch s := data.(type) {
+	case *cgroup1stats.Metrics:
+		if s.Memory != nil && s.Memory.Usage != nil {
+			st.MemoryUsedMB = int(s.Memory.Usage.Usage >> 20)
+		}
+		if s.CPU != nil && s.CPU.Usage != nil {
+			cpuTotal = s.CPU.Usage.Total
+		}
+		if s.Pids != nil {
+			st.Processes = int(s.Pids.Current)
+		}
+	case *cgroup2stats.Metrics:
+		if s.Memory != nil {
+			st.MemoryUsedMB = int(s.Memory.Usage >> 20)
+		}
+		if s.CPU != nil {
+			cpuTotal = s.CPU.UsageUsec * 1000
+		}
+		if s.Pids != nil {
+			st.Processes = int(s.Pids.Current)
+		}
+	default:
+		return nil, fmt.Errorf("stats %s: unknown metrics type %T", id, data)
+	}
+	r.FillStats(id, st, cpuTotal)
+	return st, nil
+}

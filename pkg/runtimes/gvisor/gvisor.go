@@ -1,0 +1,761 @@
+// Package gvisor runs Tartarus sandboxes in gVisor: each sandbox is a runsc
+// container (systrap platform, no network) whose root is a template's root
+// filesystem under an in-memory overlay, so many sandboxes share one
+// read-only unpacked template and a checkpoint holds the sandbox's files
+// together with its memory.
+//
+// It implements tartarus.Runtime and tartarus.Snapshotter (through runsc
+// checkpoint and restore). runsc is built by scripts/runsc.sh.
+//
+// gVisor's restore kills every process started through `runsc exec` and
+// their children (runsc/boot/restore.go), so commands are started by the
+// sandbox's init instead and `runsc exec` only runs a shim that hands them
+// over (spawn.go): files, memory and every process survive a snapshot and
+// restore, except the shims of commands that were running at the time.
+package gvisor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Name is the runtime's name as users choose it.
+const Name = "gvisor"
+
+// DefaultRunsc is where scripts/runsc.sh puts the binary.
+const DefaultRunsc = "/var/cache/tartarus/bin/runsc"
+
+// Options configures a Runtime.
+type Options struct {
+	// StateDir holds runsc's state, the bundles and the unpacked templates
+	// (required). A new Runtime over the same StateDir recovers its sandboxes.
+	StateDir string
+	// Runsc is the runsc binary; empty means "runsc" on PATH, else DefaultRunsc.
+	Runsc string
+	// Platform is runsc's platform; empty means "systrap" (the kvm platform
+	// does not work on nested hosts).
+	Platform string
+	Log      *slog.Logger
+	// Clock is the time source for activity and CPU accounting; nil means
+	// clock.System{}.
+	Clock clock.Clock
+}
+
+// Runtime is the gVisor driver. Fingerprint, Exec and the file methods are
+// the shared ones of container.Base, over this driver's probe and exec
+// (spawn.go); Signal is its own.
+type Runtime struct {
+	*container.Base
+	opts     Options
+	unpackMu sync.Mutex
+}
+
+var (
+	_ tartarus.Runtime     = (*Runtime)(nil)
+	_ tartarus.Snapshotter = (*Runtime)(nil)
+)
+
+// New returns a gVisor runtime over opts.StateDir, creating it.
+func New(opts Options) (*Runtime, error) {
+	if opts.StateDir == "" {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "gvisor: no state directory")
+	}
+	dir, err := filepath.Abs(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	opts.StateDir = dir
+	for _, d := range []string{"runsc", "images", "sandboxes"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("gvisor: %w", err)
+		}
+	}
+	if opts.Runsc == "" {
+		if p, err := exec.LookPath("runsc"); err == nil {
+			opts.Runsc = p
+		} else {
+			opts.Runsc = DefaultRunsc
+		}
+	}
+	if opts.Platform == "" {
+		opts.Platform = "systrap"
+	}
+	r := &Runtime{opts: opts}
+	r.Base = container.NewBase(container.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
+	return r, nil
+}
+
+// Name implements tartarus.Runtime.
+func (r *Runtime) Name() string { return Name }
+
+// meta is what the driver records about one sandbox, in its directory.
+type meta struct {
+	ID        string            `json:"id"`
+	Template  string            `json:"template"`
+	RootFS    string            `json:"rootfs"`
+	CPUs      int               `json:"cpus"`
+	MemoryMB  int               `json:"memory_mb"`
+	Env       map[string]string `json:"env,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	StartedAt time.Time         `json:"started_at,omitzero"`
+}
+
+func (r *Runtime) sandboxDir(id string) string {
+	return filepath.Join(r.opts.StateDir, "sandboxes", id)
+}
+
+func (r *Runtime) loadMeta(id string) (*meta, error) {
+	if !tartarus.ValidName(id) {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %q", id)
+	}
+	b, err := os.ReadFile(filepath.Join(r.sandboxDir(id), "meta.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "sandbox %s", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	m := &meta{}
+	if err := json.Unmarshal(b, m); err != nil {
+		return nil, fmt.Errorf("sandbox %s: meta.json: %w", id, err)
+	}
+	return m, nil
+}
+
+func (r *Runtime) saveMeta(m *meta) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(r.sandboxDir(m.ID), "meta.json")
+	if err := os.WriteFile(p+".tmp", b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
+}
+
+// runscDetached runs a runsc command that leaves a sandbox behind (run or
+// restore with --detach). The sandbox inherits the command's stdout and
+// stderr, so they go to a file in the sandbox's directory, not to a pipe
+// that would never close.
+func (r *Runtime) runscDetached(ctx context.Context, id string, args ...string) error {
+	logPath := filepath.Join(r.sandboxDir(id), "console.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	start, _ := logf.Seek(0, io.SeekEnd)
+	cmd := exec.CommandContext(ctx, r.opts.Runsc, append(r.globalFlags(), args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Run(); err != nil {
+		b, _ := os.ReadFile(logPath)
+		if int64(len(b)) >= start {
+			b = b[start:]
+		}
+		return fmt.Errorf("runsc %s: %w: %s", args[0], err, lastLines(string(b)))
+	}
+	return nil
+}
+
+// runsc runs one runsc command and returns its stdout.
+func (r *Runtime) runsc(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, r.opts.Runsc, append(r.globalFlags(), args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, lastLines(stderr.String()))
+	}
+	return out, nil
+}
+
+func (r *Runtime) globalFlags() []string {
+	return []string{
+		"--root=" + filepath.Join(r.opts.StateDir, "runsc"),
+		"--platform=" + r.opts.Platform,
+		"--network=none",
+		// Writes go to memory inside the sandbox: the template stays
+		// read-only and shared, and a checkpoint carries the files.
+		"--overlay2=root:memory",
+	}
+}
+
+func lastLines(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 && len(s) > 300 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// state is runsc's view of one container.
+type state struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+}
+
+// states returns runsc's containers by id.
+func (r *Runtime) states(ctx context.Context) (map[string]state, error) {
+	out, err := r.runsc(ctx, "list", "--format=json")
+	if err != nil {
+		return nil, err
+	}
+	var list []state
+	if len(bytes.TrimSpace(out)) > 0 && string(bytes.TrimSpace(out)) != "null" {
+		if err := json.Unmarshal(out, &list); err != nil {
+			return nil, fmt.Errorf("runsc list: %w", err)
+		}
+	}
+	m := map[string]state{}
+	for _, s := range list {
+		m[s.ID] = s
+	}
+	return m, nil
+}
+
+// status returns the container's runsc status, or "" when runsc has none.
+func (r *Runtime) status(ctx context.Context, id string) (string, error) {
+	all, err := r.states(ctx)
+	if err != nil {
+		return "", err
+	}
+	return all[id].Status, nil
+}
+
+// probe is the fingerprint (container.ProbeFunc): runsc must exist and
+// run, and this process must be root. The answer is kept either way.
+func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
+	cpus, mem := container.HostResources()
+	fp := &tartarus.Fingerprint{Runtime: Name, Accel: r.opts.Platform, HostCPUs: cpus, HostMemoryMB: mem,
+		MaxCPUs: cpus, MaxMemoryMB: mem,
+		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true},
+		Details:      map[string]string{"runsc": r.opts.Runsc, "platform": r.opts.Platform, "overlay": "root:memory"}}
+	out, err := exec.CommandContext(ctx, r.opts.Runsc, "--version").CombinedOutput()
+	switch {
+	case os.Geteuid() != 0:
+		fp.Reason = "runsc needs root"
+	case err != nil:
+		fp.Reason = fmt.Sprintf("runsc at %s does not run (build it with scripts/runsc.sh): %v", r.opts.Runsc, err)
+	default:
+		fp.Available = true
+		fp.Details["version"] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	return fp, true
+}
+
+// Create implements tartarus.Runtime: it unpacks the template (once per
+// image) and writes the sandbox's OCI bundle; nothing runs yet.
+func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, error) {
+	if err := r.CheckCreate(ctx, cfg); err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(r.sandboxDir(cfg.ID)); err == nil {
+		return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
+	}
+	if err := r.prepare(ctx, cfg); err != nil {
+		_ = os.RemoveAll(r.sandboxDir(cfg.ID))
+		return "", err
+	}
+	r.Activity.Touch(cfg.ID)
+	return cfg.ID, nil
+}
+
+// prepare writes the sandbox directory: bundle (config.json) and meta.json.
+func (r *Runtime) prepare(ctx context.Context, cfg *tartarus.VMConfig) error {
+	r.unpackMu.Lock()
+	rootfs, err := container.UnpackImage(ctx, cfg.Image, filepath.Join(r.opts.StateDir, "images"))
+	r.unpackMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	dir := r.sandboxDir(cfg.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	m := &meta{ID: cfg.ID, Template: container.TemplateName(cfg), RootFS: rootfs, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
+		Env: cfg.Env, CreatedAt: r.Clock.Now()}
+	b, err := json.MarshalIndent(bundleSpec(m), "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	if err := r.saveMeta(m); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	return nil
+}
+
+// defaultCaps are Docker's default capabilities: what root in a container
+// usually has.
+var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
+	"CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP"}
+
+func process(args, env []string, cwd string) *specs.Process {
+	caps := slices.Clone(defaultCaps)
+	return &specs.Process{
+		Args: args, Env: env, Cwd: cwd,
+		User:         specs.User{UID: 0, GID: 0},
+		Capabilities: &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps},
+	}
+}
+
+func bundleSpec(m *meta) *specs.Spec {
+	mem := int64(m.MemoryMB) << 20
+	period := uint64(100000)
+	quota := int64(m.CPUs) * int64(period)
+	return &specs.Spec{
+		Version:  specs.Version,
+		Process:  process([]string{"/bin/sh", "-c", initScript}, container.BaseEnv(m.ID, m.Env), "/"),
+		Root:     &specs.Root{Path: m.RootFS},
+		Hostname: m.ID,
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}, {Type: "network"}},
+			Resources: &specs.LinuxResources{
+				Memory: &specs.LinuxMemory{Limit: &mem},
+				CPU:    &specs.LinuxCPU{Period: &period, Quota: &quota},
+			},
+		},
+	}
+}
+
+// Start implements tartarus.Runtime: runsc run --detach.
+func (r *Runtime) Start(ctx context.Context, id string) error {
+	m, err := r.loadMeta(id)
+	if err != nil {
+		return err
+	}
+	st, err := r.status(ctx, id)
+	if err != nil {
+		return err
+	}
+	switch st {
+	case "running", "paused":
+		return nil
+	case "":
+	default:
+		// A stopped container cannot start again; clear it and boot anew.
+		_, _ = r.runsc(context.WithoutCancel(ctx), "delete", "--force", id)
+	}
+	// The sandbox must outlive the request that started it.
+	if err := r.runscDetached(context.WithoutCancel(ctx), id, "run", "--detach", "--bundle", r.sandboxDir(id), id); err != nil {
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	if err := r.waitInit(ctx, m); err != nil {
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	m.StartedAt = r.Clock.Now()
+	if err := r.saveMeta(m); err != nil {
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	r.Activity.Touch(id)
+	return nil
+}
+
+// requireRunning returns the sandbox's meta when it runs; a paused sandbox
+// is ErrFailedPrecondition.
+func (r *Runtime) requireRunning(ctx context.Context, id string) (*meta, error) {
+	m, err := r.loadMeta(id)
+	if err != nil {
+		return nil, err
+	}
+	st, err := r.status(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := container.RequireRunning(id, st); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// open returns the exec of a running sandbox (container.OpenFunc): through
+// the sandbox's init, so the command survives a checkpoint (spawn.go).
+func (r *Runtime) open(ctx context.Context, id string) (container.ExecFunc, error) {
+	m, err := r.requireRunning(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.exec(ctx, m, req)
+	}, nil
+}
+
+// openDirect returns the plain `runsc exec` of a running sandbox, outside
+// the init; it serves Signal.
+func (r *Runtime) openDirect(ctx context.Context, id string) (container.ExecFunc, error) {
+	m, err := r.requireRunning(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+		return r.runscExec(ctx, m, req, nil)
+	}, nil
+}
+
+// exec runs req as a child of the sandbox's init (see spawn.go), through
+// the shim; a timeout or cancel kills the command's process group.
+func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) (*tartarus.ExecResult, error) {
+	cwd, err := container.CheckExec(req)
+	if err != nil {
+		return nil, err
+	}
+	name := newCommandName()
+	shim := *req
+	shim.Cmd = []string{"sh", "-c", shimScript, "sh", name, commandScript(req, cwd)}
+	shim.Env, shim.Cwd = nil, "/"
+	res, err := r.runscExec(ctx, m, &shim, func() { r.killSpawned(m, name) })
+	if err == nil && res.ExitCode == 125 {
+		return nil, fmt.Errorf("exec in %s: the sandbox's init could not start the command", m.ID)
+	}
+	return res, err
+}
+
+// runscExec runs req directly under `runsc exec`; kill, when not nil, is
+// how a timeout or cancel ends the command (nil: kill the exec'd process's
+// group, which it leads in gVisor).
+func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequest, kill func()) (*tartarus.ExecResult, error) {
+	cwd := req.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	tmp, err := os.MkdirTemp(r.sandboxDir(m.ID), "exec-")
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
+	}
+	defer os.RemoveAll(tmp)
+	pj := filepath.Join(tmp, "process.json")
+	b, err := json.Marshal(process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), req.Env), cwd))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(pj, b, 0o600); err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(tmp, "pid")
+	if kill == nil {
+		kill = func() { r.killGroup(m.ID, pidFile) }
+	}
+	cmd := exec.Command(r.opts.Runsc, append(r.globalFlags(), "exec", "--process", pj, "--internal-pid-file", pidFile, m.ID)...)
+	// Always through pipes: a file handed to runsc as it is would be
+	// written by the sandbox at its own offsets.
+	if req.Stdin != nil {
+		cmd.Stdin = struct{ io.Reader }{req.Stdin}
+	}
+	cmd.Stdout = struct{ io.Writer }{container.OrDiscard(req.Stdout)}
+	cmd.Stderr = struct{ io.Writer }{container.OrDiscard(req.Stderr)}
+	// A background process of the command may keep the output open after
+	// the command ended; stop waiting for it after a moment.
+	cmd.WaitDelay = time.Second
+	start := r.Clock.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	werr, timedOut, err := container.Wait(ctx, req.Timeout, done, kill)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
+	}
+	took := r.Clock.Now().Sub(start)
+	var ee *exec.ExitError
+	if werr != nil && !errors.As(werr, &ee) && !errors.Is(werr, exec.ErrWaitDelay) {
+		return nil, fmt.Errorf("exec in %s: %w", m.ID, werr)
+	}
+	return container.ExitResult(cmd.ProcessState.ExitCode(), timedOut, took), nil
+}
+
+// killGroup kills the process group led by the exec'd process whose
+// sandbox pid is in pidFile.
+func (r *Runtime) killGroup(id, pidFile string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var pid int
+	for ctx.Err() == nil {
+		b, err := os.ReadFile(pidFile)
+		if err == nil {
+			if pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if pid <= 1 {
+		r.Log.Warn("exec: no pid to kill", "sandbox", id)
+		return
+	}
+	m, err := r.loadMeta(id)
+	if err != nil {
+		return
+	}
+	kill := &tartarus.ExecRequest{Cmd: []string{"kill", "-s", "KILL", "--", "-" + strconv.Itoa(pid)}}
+	if res, err := r.runscExec(ctx, m, kill, nil); err != nil || res.ExitCode != 0 {
+		// Not a group leader after all (or already gone): the process alone.
+		_, _ = r.runsc(ctx, "kill", "--pid", strconv.Itoa(pid), id, "KILL")
+	}
+}
+
+// Signal implements tartarus.Runtime: sig goes to the process group of
+// every command Exec started (the commands are the init's children, which
+// container.Base's kill -1 would miss from a `runsc exec` of its own).
+func (r *Runtime) Signal(ctx context.Context, id string, sig syscall.Signal) error {
+	return container.Signal(ctx, id, sig, signalScript, r.openDirect)
+}
+
+// Pause implements tartarus.Runtime: runsc pause (idempotent).
+func (r *Runtime) Pause(ctx context.Context, id string) error {
+	return r.pauseResume(ctx, id, true)
+}
+
+// Resume implements tartarus.Runtime: runsc resume (idempotent).
+func (r *Runtime) Resume(ctx context.Context, id string) error {
+	return r.pauseResume(ctx, id, false)
+}
+
+func (r *Runtime) pauseResume(ctx context.Context, id string, pause bool) error {
+	if _, err := r.loadMeta(id); err != nil {
+		return err
+	}
+	st, err := r.status(ctx, id)
+	if err != nil {
+		return err
+	}
+	return r.PauseResume(id, pause, st, func() error {
+		verb := "resume"
+		if pause {
+			verb = "pause"
+		}
+		_, err := r.runsc(context.WithoutCancel(ctx), verb, id)
+		return err
+	})
+}
+
+// Destroy implements tartarus.Runtime. It runs to the end even when ctx is
+// already cancelled.
+func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	if !tartarus.ValidName(id) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	st, err := r.status(ctx, id)
+	if err != nil {
+		return fmt.Errorf("destroy %s: %w", id, err)
+	}
+	if st != "" {
+		if _, err := r.runsc(ctx, "delete", "--force", id); err != nil {
+			return fmt.Errorf("destroy %s: %w", id, err)
+		}
+	}
+	if err := os.RemoveAll(r.sandboxDir(id)); err != nil {
+		return fmt.Errorf("destroy %s: %w", id, err)
+	}
+	r.Forget(id)
+	return nil
+}
+
+// List implements tartarus.Runtime.
+func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
+	states, err := r.states(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(filepath.Join(r.opts.StateDir, "sandboxes"))
+	if err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
+	var out []*tartarus.Instance
+	for _, e := range ents {
+		m, err := r.loadMeta(e.Name())
+		if err != nil {
+			continue
+		}
+		out = append(out, r.instance(m, states[m.ID]))
+	}
+	return out, nil
+}
+
+func (r *Runtime) instance(m *meta, st state) *tartarus.Instance {
+	return &tartarus.Instance{ID: m.ID, Template: m.Template, CPUs: m.CPUs, MemoryMB: m.MemoryMB, State: container.InstanceState(st.Status),
+		Pid: max(st.Pid, 0), StartedAt: m.StartedAt, IdleSince: r.Activity.IdleSince(m.ID)}
+}
+
+// Recover implements tartarus.Runtime: sandboxes runsc still runs (or
+// holds paused) are adopted; the rest are deleted.
+func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
+	states, err := r.states(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	ents, err := os.ReadDir(filepath.Join(r.opts.StateDir, "sandboxes"))
+	if err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	var adopted []*tartarus.Instance
+	for _, e := range ents {
+		m, err := r.loadMeta(e.Name())
+		st := states[e.Name()]
+		if err == nil && (st.Status == "running" || st.Status == "paused") {
+			adopted = append(adopted, r.instance(m, st))
+			delete(states, e.Name())
+			continue
+		}
+		r.Log.Info("recover: removing sandbox that no longer runs", "sandbox", e.Name(), "status", st.Status)
+		if err := r.Destroy(ctx, e.Name()); err != nil {
+			r.Log.Warn("recover: cleanup failed", "sandbox", e.Name(), "err", err)
+		}
+		delete(states, e.Name())
+	}
+	// runsc containers without a sandbox directory are leftovers too.
+	for id := range states {
+		_, _ = r.runsc(ctx, "delete", "--force", id)
+	}
+	return adopted, nil
+}
+
+// events is the part of `runsc events --stats` this driver reads.
+type events struct {
+	Data struct {
+		CPU struct {
+			Usage struct {
+				Total uint64 `json:"total"`
+			} `json:"usage"`
+		} `json:"cpu"`
+		Memory struct {
+			Usage struct {
+				Usage uint64 `json:"usage"`
+			} `json:"usage"`
+		} `json:"memory"`
+		Pids struct {
+			Current int `json:"current"`
+		} `json:"pids"`
+	} `json:"data"`
+}
+
+// Stats implements tartarus.Runtime from runsc events --stats; CPUPercent
+// is measured since the previous Stats call (0 on the first).
+func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error) {
+	m, err := r.loadMeta(id)
+	if err != nil {
+		return nil, err
+	}
+	out, err := r.runsc(ctx, "events", "--stats", id)
+	if err != nil {
+		return nil, fmt.Errorf("stats %s: %w", id, err)
+	}
+	var ev events
+	if err := json.Unmarshal(out, &ev); err != nil {
+		return nil, fmt.Errorf("stats %s: %w", id, err)
+	}
+	st := &tartarus.Stats{MemoryUsedMB: int(ev.Data.Memory.Usage.Usage >> 20), MemoryTotalMB: m.MemoryMB,
+		Processes: ev.Data.Pids.Current}
+	r.FillStats(id, st, ev.Data.CPU.Usage.Total)
+	return st, nil
+}
+
+// Snapshot implements tartarus.Snapshotter: runsc checkpoint (memory,
+// processes and the in-memory overlay holding the sandbox's file changes)
+// into dir, after which the sandbox is left paused.
+func (r *Runtime) Snapshot(ctx context.Context, id string, dir string) (*tartarus.SnapshotInfo, error) {
+	m, err := r.loadMeta(id)
+	if err != nil {
+		return nil, err
+	}
+	ctx = context.WithoutCancel(ctx)
+	st, err := r.status(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	switch st {
+	case "paused":
+		// runsc checkpoints a running container; the resume-checkpoint-pause
+		// window is a few milliseconds.
+		if _, err := r.runsc(ctx, "resume", id); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", id, err)
+		}
+	case "running":
+	default:
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot %s: sandbox is %s", id, container.StateName(st))
+	}
+	created := r.Clock.Now()
+	if _, err := r.runsc(ctx, "checkpoint", "--leave-running", "--image-path="+dir, id); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if _, err := r.runsc(ctx, "pause", id); err != nil {
+		return nil, fmt.Errorf("snapshot %s: pause after checkpoint: %w", id, err)
+	}
+	info := &tartarus.SnapshotInfo{Template: m.Template, MemoryBytes: int64(m.MemoryMB) << 20, CPUs: m.CPUs, Created: created}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	for _, e := range ents {
+		info.Files = append(info.Files, e.Name())
+	}
+	return info, nil
+}
+
+// Restore implements tartarus.Snapshotter: a new sandbox cfg.ID from a
+// checkpoint, running. cfg.Image must be the template the snapshot was
+// taken from.
+func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string) error {
+	fp, err := r.Fingerprint(ctx)
+	if err != nil {
+		return err
+	}
+	if err := container.CheckLimits(fp, cfg); err != nil {
+		return err
+	}
+	if _, err := os.Stat(r.sandboxDir(cfg.ID)); err == nil {
+		return tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
+	}
+	if err := r.prepare(ctx, cfg); err != nil {
+		_ = os.RemoveAll(r.sandboxDir(cfg.ID))
+		return err
+	}
+	ctx = context.WithoutCancel(ctx)
+	if err := r.runscDetached(ctx, cfg.ID, "restore", "--detach", "--image-path="+dir, "--bundle", r.sandboxDir(cfg.ID), cfg.ID); err != nil {
+		_ = r.Destroy(ctx, cfg.ID)
+		return fmt.Errorf("restore %s: %w", cfg.ID, err)
+	}
+	m, err := r.loadMeta(cfg.ID)
+	if err != nil {
+		return err
+	}
+	m.StartedAt = r.Clock.Now()
+	if err := r.saveMeta(m); err != nil {
+		return fmt.Errorf("restore %s: %w", cfg.ID, err)
+	}
+	r.Activity.Touch(cfg.ID)
+	return nil
+}

@@ -1,0 +1,263 @@
+package microvm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+var _ tartarus.Snapshotter = (*Driver)(nil)
+
+// Files of a snapshot directory.
+const (
+	snapMemory = "memory"     // QEMU's migration stream: RAM and device state
+	snapDisk   = "disk.qcow2" // the sandbox's overlay, backed by the template's root filesystem
+	snapConfig = "vm.json"    // the sandbox's vmConfig
+)
+
+// migrateBandwidth lifts QEMU's default migration cap (32 MiB/s), which
+// would make saving a 256 MiB guest take seconds.
+const migrateBandwidth = 16 << 30
+
+// Snapshot stops the sandbox and writes its memory and device state (QEMU
+// migration to a file), its disk overlay and its config into dir. The
+// sandbox stays paused.
+func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus.SnapshotInfo, error) {
+	v, err := d.get(id)
+	if err != nil {
+		return nil, err
+	}
+	if strings.ContainsAny(dir, "'\n") {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "snapshot directory %q: no quotes or newlines", dir)
+	}
+	v.op.Lock()
+	defer v.op.Unlock()
+	switch st := v.getState(); st {
+	case tartarus.InstanceRunning, tartarus.InstancePaused:
+	default:
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot sandbox %s: it is %s", id, st)
+	}
+	q := v.qmp
+	if _, err := q.Execute(ctx, "stop", nil); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+	}
+	v.setState(tartarus.InstancePaused)
+	created := d.clock.Now().UTC()
+	if _, err := q.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+	}
+	mem := filepath.Join(dir, snapMemory)
+	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > '" + mem + "'"}); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+	}
+	if err := waitMigration(ctx, q); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: save memory: %w", id, err)
+	}
+	// After migration QEMU has flushed and let go of the disk; copy it now.
+	if err := copyFileSparse(ctx, v.path("overlay.qcow2"), filepath.Join(dir, snapDisk)); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: copy disk: %w", id, err)
+	}
+	b, err := json.MarshalIndent(v.conf, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, snapConfig), b, 0o600); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+	}
+	v.touch(d.clock.Now())
+	return &tartarus.SnapshotInfo{
+		Template:    v.conf.Template,
+		ImageDigest: v.conf.Image.Digest,
+		MemoryBytes: int64(v.conf.MemoryMB) << 20,
+		CPUs:        v.conf.CPUs,
+		Files:       []string{snapMemory, snapDisk, snapConfig},
+		Created:     created,
+	}, nil
+}
+
+// waitMigration polls query-migrate until the migration completes or fails.
+func waitMigration(ctx context.Context, q *qmp.Client) error {
+	for {
+		ret, err := q.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(ret, &st); err != nil {
+			return fmt.Errorf("query-migrate: %w", err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// copyFileSparse copies a disk file keeping its holes.
+func copyFileSparse(ctx context.Context, src, dst string) error {
+	out, err := exec.CommandContext(ctx, "cp", "--sparse=always", src, dst).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cp: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Restore creates sandbox cfg.ID from a snapshot directory and leaves it
+// running with its clock set and its entropy reseeded. The snapshot's CPU
+// count and memory size win over cfg's: QEMU can only load state into the
+// same machine.
+func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string) error {
+	if !d.fp.Available {
+		return tartarus.Errorf(tartarus.ErrUnavailable, "microvm: %s", d.fp.Reason)
+	}
+	if strings.ContainsAny(dir, "'\n") {
+		return tartarus.Errorf(tartarus.ErrInvalid, "snapshot directory %q: no quotes or newlines", dir)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, snapConfig))
+	if err != nil {
+		return tartarus.Errorf(tartarus.ErrInvalid, "restore %s: not a microvm snapshot: %v", cfg.ID, err)
+	}
+	var snap vmConfig
+	if err := json.Unmarshal(b, &snap); err != nil {
+		return tartarus.Errorf(tartarus.ErrInvalid, "restore %s: %s: %v", cfg.ID, snapConfig, err)
+	}
+	c := *cfg
+	if c.Image == nil {
+		c.Image = &snap.Image
+	}
+	if c.Image.Digest != "" && snap.Image.Digest != "" && c.Image.Digest != snap.Image.Digest {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "restore %s: snapshot of image %s, template is now %s", cfg.ID, snap.Image.Digest, c.Image.Digest)
+	}
+	c.CPUs, c.MemoryMB = snap.CPUs, snap.MemoryMB
+	if c.Template == "" {
+		c.Template = snap.Template
+	}
+	if c.Env == nil {
+		c.Env = snap.Env
+	}
+	if _, err := d.create(ctx, &c, false); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	v, err := d.get(c.ID)
+	if err != nil {
+		return err
+	}
+	v.op.Lock()
+	defer v.op.Unlock()
+	if err := d.restore(ctx, v, dir, snap.Image.RootFS); err != nil {
+		v.stop(context.WithoutCancel(ctx))
+		d.forget(v)
+		_ = os.RemoveAll(v.dir)
+		return fmt.Errorf("restore sandbox %s: %w\nconsole:\n%s", c.ID, err, v.consoleTail(10))
+	}
+	return nil
+}
+
+func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) error {
+	// The snapshot's disk becomes the sandbox's overlay, pointed at this
+	// node's copy of the template's root filesystem.
+	t0 := time.Now()
+	var phases []any
+	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(t0).Milliseconds()) }
+	overlay := v.path("overlay.qcow2")
+	if err := os.Rename(filepath.Join(dir, snapDisk), overlay); err != nil {
+		if err := copyFileSparse(ctx, filepath.Join(dir, snapDisk), overlay); err != nil {
+			return err
+		}
+	}
+	if snapRootFS != v.conf.Image.RootFS {
+		out, err := exec.CommandContext(ctx, d.cfg.QEMUImg, "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", v.conf.Image.RootFS, overlay).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("qemu-img rebase: %w: %s", err, strings.TrimSpace(string(out)))
+		}
+	}
+	mark("disk")
+	// QEMU reads the memory file straight from an inherited descriptor.
+	mem, err := os.Open(filepath.Join(dir, snapMemory))
+	if err != nil {
+		return err
+	}
+	defer mem.Close()
+	if err := d.launch(ctx, v, v.conf.Accel, []*os.File{mem}, "-S", "-incoming", "fd:3"); err != nil {
+		return err
+	}
+	mark("qemu")
+	q := v.qmp
+	if err := waitIncoming(ctx, q); err != nil {
+		return err
+	}
+	mark("memory")
+	if _, err := q.Execute(ctx, "cont", nil); err != nil {
+		return err
+	}
+	if err := d.connectGuest(ctx, v, d.cfg.BootTimeout); err != nil {
+		return err
+	}
+	mark("guest")
+	entropy := make([]byte, 64)
+	_, _ = rand.Read(entropy)
+	// The guest still carries the snapshotted sandbox's hostname; the sync
+	// renames it in the same round trip.
+	if err := v.guest.SyncHostname(ctx, d.clock.Now(), entropy, v.id); err != nil {
+		return fmt.Errorf("sync restored guest: %w", err)
+	}
+	mark("sync")
+	if v.guest.Info().Hostname != v.id {
+		// An older agent ignores the sync's hostname.
+		res, err := v.guest.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"hostname", v.id}})
+		if err != nil || res.ExitCode != 0 {
+			v.log.Warn("cannot set the restored guest's hostname", "err", err, "result", res)
+		}
+		mark("hostname")
+	}
+	v.log.Info("restored", phases...)
+	return d.markRunning(v, v.conf.Accel)
+}
+
+// waitIncoming waits until QEMU has loaded the incoming migration.
+func waitIncoming(ctx context.Context, q *qmp.Client) error {
+	for {
+		ret, err := q.Execute(ctx, "query-status", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(ret, &st); err != nil {
+			return fmt.Errorf("query-status: %w", err)
+		}
+		switch st.Status {
+		case "prelaunch", "paused", "postmigrate":
+			return nil
+		case "inmigrate":
+		default:
+			return errors.New("after loading the snapshot QEMU is " + st.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

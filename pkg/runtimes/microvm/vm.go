@@ -1,0 +1,441 @@
+package microvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/guest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// guestConn is what the driver needs from the guest agent's client
+// (pkg/guest). It is an interface so that the driver's own unit tests can
+// stand in for a guest.
+type guestConn interface {
+	Sync(ctx context.Context, now time.Time, entropy []byte) error
+	SyncHostname(ctx context.Context, now time.Time, entropy []byte, hostname string) error
+	Info() guest.Info
+	Exec(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error)
+	SignalAll(ctx context.Context, sig syscall.Signal) error
+	ReadFile(ctx context.Context, path string) (io.ReadCloser, error)
+	WriteFile(ctx context.Context, path string, mode os.FileMode, r io.Reader) error
+	ListFiles(ctx context.Context, path string) ([]tartarus.FileInfo, error)
+	Stats(ctx context.Context) (*tartarus.Stats, error)
+	Close() error
+	Done() <-chan struct{}
+}
+
+// guestDialer meets the guest agent on conn (the virtio-serial socket).
+type guestDialer func(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (guestConn, error)
+
+// vmConfig is a sandbox's config.json: what Recover needs to adopt it.
+type vmConfig struct {
+	ID        string            `json:"id"`
+	Template  string            `json:"template"`
+	Image     tartarus.Image    `json:"image"`
+	CPUs      int               `json:"cpus"`
+	MemoryMB  int               `json:"memory_mb"`
+	Env       map[string]string `json:"env,omitempty"`
+	Accel     string            `json:"accel"`
+	CreatedAt time.Time         `json:"created_at"`
+	StartedAt time.Time         `json:"started_at,omitzero"`
+}
+
+// vm is one sandbox.
+type vm struct {
+	id   string
+	dir  string
+	log  *slog.Logger
+	conf vmConfig
+
+	// op serialises lifecycle operations (start, pause, resume, destroy).
+	op sync.Mutex
+
+	mu        sync.Mutex
+	state     tartarus.InstanceState
+	pid       int
+	exited    chan struct{} // closed when a QEMU this process started exits; nil when adopted
+	qmp       *qmp.Client
+	guest     guestConn
+	startedAt time.Time
+	busy      int
+	lastCall  time.Time
+	guestLast time.Time
+}
+
+func (v *vm) path(name string) string { return filepath.Join(v.dir, name) }
+
+func (v *vm) saveConfig() error {
+	b, err := json.MarshalIndent(v.conf, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := v.path("config.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, v.path("config.json"))
+}
+
+func (v *vm) loadConfig() error {
+	b, err := os.ReadFile(v.path("config.json"))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, &v.conf); err != nil {
+		return fmt.Errorf("config.json: %w", err)
+	}
+	if v.conf.ID != v.id {
+		return fmt.Errorf("config.json names %q, not %q", v.conf.ID, v.id)
+	}
+	return nil
+}
+
+func (v *vm) readPid() (int, error) {
+	b, err := os.ReadFile(v.path("qemu.pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func (v *vm) getState() tartarus.InstanceState {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.state
+}
+
+func (v *vm) setState(s tartarus.InstanceState) {
+	v.mu.Lock()
+	v.state = s
+	v.mu.Unlock()
+}
+
+func (v *vm) touch(now time.Time) {
+	v.mu.Lock()
+	v.lastCall = now
+	v.mu.Unlock()
+}
+
+func (v *vm) sawGuestActivity(t time.Time) {
+	v.mu.Lock()
+	if t.After(v.guestLast) {
+		v.guestLast = t
+	}
+	v.mu.Unlock()
+}
+
+// refreshActivity asks a running guest when it last did something, briefly.
+func (v *vm) refreshActivity(ctx context.Context) {
+	v.mu.Lock()
+	g, running := v.guest, v.state == tartarus.InstanceRunning
+	v.mu.Unlock()
+	if !running || g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if st, err := g.Stats(ctx); err == nil {
+		v.sawGuestActivity(st.LastActivityAt)
+	}
+}
+
+// crashed reports a sandbox that should run but whose QEMU is gone (a guest
+// panic ends QEMU: -no-reboot with panic=-1).
+func (v *vm) crashed() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	up := v.state == tartarus.InstanceRunning || v.state == tartarus.InstancePaused
+	return up && v.pid > 0 && !alive(v.pid)
+}
+
+func (v *vm) instance() *tartarus.Instance {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	in := &tartarus.Instance{
+		ID: v.id, Template: v.conf.Template, State: v.state, CPUs: v.conf.CPUs, MemoryMB: v.conf.MemoryMB,
+		Pid: v.pid, StartedAt: v.startedAt,
+	}
+	if (in.State == tartarus.InstanceRunning || in.State == tartarus.InstancePaused) && v.pid > 0 && !alive(v.pid) {
+		in.State = tartarus.InstanceStopped
+	}
+	if v.busy == 0 {
+		idle := v.lastCall
+		if v.guestLast.After(idle) {
+			idle = v.guestLast
+		}
+		in.IdleSince = &idle
+	}
+	return in
+}
+
+// consoleTail returns the last n lines of the guest's serial console and QEMU's own messages.
+func (v *vm) consoleTail(n int) string {
+	var parts []string
+	for _, f := range []string{"console.log", "qemu.log"} {
+		b, err := os.ReadFile(v.path(f))
+		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		parts = append(parts, "["+f+"]\n"+strings.Join(lines, "\n"))
+	}
+	if len(parts) == 0 {
+		return "(empty)"
+	}
+	return strings.Join(parts, "\n")
+}
+
+// qemuName is the -name QEMU runs under; Recover recognises its processes by it.
+func qemuName(id string) string { return "tartarus-" + id }
+
+// qemuArgs builds the QEMU command line for one boot.
+func (d *Driver) qemuArgs(v *vm, accel string) []string {
+	c := v.conf
+	cmdline := []string{
+		"console=ttyS0", fmt.Sprintf("tsc_early_khz=%d", d.tscKHz), "reboot=k", "panic=-1", "quiet",
+		"tartarus.root=/dev/vda", "tartarus.rootfstype=ext4", "tartarus.hostname=" + c.ID,
+	}
+	cmdline = append(cmdline, d.cfg.KernelArgs...)
+	args := []string{
+		"-name", qemuName(c.ID),
+		"-machine", "microvm",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-monitor", "none",
+		"-m", strconv.Itoa(c.MemoryMB),
+		"-smp", strconv.Itoa(c.CPUs),
+		"-kernel", c.Image.Kernel,
+		"-initrd", c.Image.Initrd,
+		"-append", strings.Join(cmdline, " "),
+		"-chardev", "file,id=console,path=" + v.path("console.log") + ",append=on",
+		"-serial", "chardev:console",
+		"-drive", "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap",
+		"-device", "virtio-blk-device,drive=root",
+		"-chardev", "socket,id=agent,path=" + v.path("agent.sock") + ",server=on,wait=off",
+		"-device", "virtio-serial-device,max_ports=2",
+		"-device", "virtserialport,chardev=agent,name=tartarus",
+		"-qmp", "unix:" + v.path("qmp.sock") + ",server=on,wait=off",
+		"-pidfile", v.path("qemu.pid"),
+	}
+	if accel == "kvm" {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", fmt.Sprintf("tcg,tb-size=%d", d.cfg.TBSizeMB))
+	}
+	return args
+}
+
+// boot starts QEMU once and waits up to timeout for the guest agent.
+func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Duration) error {
+	t0 := time.Now()
+	bootCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := d.launch(bootCtx, v, accel, nil); err != nil {
+		return timeoutErr(ctx, err, timeout)
+	}
+	tQMP := time.Since(t0)
+	if err := d.connectGuest(bootCtx, v, timeout); err != nil {
+		v.stop(context.WithoutCancel(ctx))
+		return timeoutErr(ctx, err, timeout)
+	}
+	if err := d.markRunning(v, accel); err != nil {
+		v.stop(context.WithoutCancel(ctx))
+		return err
+	}
+	v.log.Info("booted", "pid", v.pid, "accel", accel, "qmp_ms", tQMP.Milliseconds(), "guest_ms", time.Since(t0).Milliseconds())
+	return nil
+}
+
+// timeoutErr turns a boot deadline (not the caller's) into ErrTimeout.
+func timeoutErr(ctx context.Context, err error, timeout time.Duration) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return tartarus.Errorf(tartarus.ErrTimeout, "guest agent did not answer within %s", timeout)
+	}
+	return err
+}
+
+// launch starts QEMU with the sandbox's arguments plus extra and connects
+// to its QMP socket; files become QEMU's fds 3, 4, …. On failure QEMU is
+// stopped again.
+func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.File, extra ...string) error {
+	for _, f := range []string{"qmp.sock", "agent.sock", "qemu.pid"} {
+		_ = os.Remove(v.path(f))
+	}
+	logf, err := os.OpenFile(v.path("qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.ExtraFiles = files
+	// Its own session: QEMU outlives this process and its terminal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("start qemu: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // reap: no zombies
+		close(exited)
+	}()
+	v.mu.Lock()
+	v.pid, v.exited = cmd.Process.Pid, exited
+	v.mu.Unlock()
+	q, err := dialWhenReady(ctx, v.path("qmp.sock"), exited, func(ctx context.Context, path string) (*qmp.Client, error) {
+		return qmp.Dial(ctx, path)
+	})
+	if err != nil {
+		v.stop(context.WithoutCancel(ctx))
+		return fmt.Errorf("qmp: %w", err)
+	}
+	v.mu.Lock()
+	v.qmp = q
+	v.mu.Unlock()
+	return nil
+}
+
+// markRunning records a sandbox whose guest answered.
+func (d *Driver) markRunning(v *vm, accel string) error {
+	now := d.clock.Now()
+	v.mu.Lock()
+	v.state = tartarus.InstanceRunning
+	v.startedAt = now
+	v.mu.Unlock()
+	v.conf.StartedAt = now.UTC()
+	v.conf.Accel = accel
+	return v.saveConfig()
+}
+
+// dialWhenReady retries dial until the socket QEMU creates accepts, QEMU
+// exits, or ctx ends. QEMU binds the socket before it listens, so a refused
+// connection means "not yet" as much as a missing file does.
+func dialWhenReady[T any](ctx context.Context, path string, exited <-chan struct{}, dial func(context.Context, string) (T, error)) (T, error) {
+	var zero T
+	for {
+		if _, err := os.Stat(path); err == nil {
+			c, err := dial(ctx, path)
+			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+				return c, err
+			}
+		}
+		select {
+		case <-exited:
+			return zero, errors.New("qemu exited during start")
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// connectGuest opens the agent socket and runs the guest handshake.
+func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var nd net.Dialer
+	conn, err := dialWhenReady(ctx, v.path("agent.sock"), v.exited, func(ctx context.Context, path string) (net.Conn, error) {
+		return nd.DialContext(ctx, "unix", path)
+	})
+	if err != nil {
+		return fmt.Errorf("guest agent socket: %w", err)
+	}
+	g, err := d.dial(ctx, conn, v.log)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("guest agent: %w", err)
+	}
+	v.mu.Lock()
+	v.guest = g
+	v.mu.Unlock()
+	return nil
+}
+
+// stop ends QEMU: QMP quit, then SIGKILL, and waits until it is gone.
+func (v *vm) stop(ctx context.Context) {
+	v.mu.Lock()
+	q, g, pid, exited := v.qmp, v.guest, v.pid, v.exited
+	v.qmp, v.guest = nil, nil
+	v.state = tartarus.InstanceStopped
+	v.mu.Unlock()
+	if g != nil {
+		_ = g.Close()
+	}
+	if q != nil {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, _ = q.Execute(qctx, "quit", nil)
+		cancel()
+		q.Close()
+	}
+	gone := func(timeout time.Duration) bool {
+		if exited != nil {
+			select {
+			case <-exited:
+				return true
+			case <-time.After(timeout):
+				return false
+			}
+		}
+		return waitGone(pid, timeout)
+	}
+	// Signal only our QEMU, never a process that reused its pid.
+	kill := func(sig syscall.Signal) {
+		if exited != nil {
+			select {
+			case <-exited:
+				return
+			default:
+			}
+		} else if !isOurQEMU(procCmdline(pid), v.id, v.dir) {
+			return
+		}
+		_ = syscall.Kill(pid, sig)
+	}
+	if pid <= 0 {
+		return
+	}
+	grace := 2 * time.Second
+	if q == nil {
+		// No monitor to ask: QEMU treats SIGTERM as a request to quit.
+		kill(syscall.SIGTERM)
+		grace = 500 * time.Millisecond
+	}
+	if !gone(grace) {
+		v.log.Warn("qemu did not quit; killing it", "pid", pid)
+		kill(syscall.SIGKILL)
+		gone(5 * time.Second)
+	}
+}
+
+// disconnect closes the driver's connections and leaves QEMU running.
+func (v *vm) disconnect() {
+	v.mu.Lock()
+	q, g := v.qmp, v.guest
+	v.qmp, v.guest = nil, nil
+	v.mu.Unlock()
+	if g != nil {
+		_ = g.Close()
+	}
+	if q != nil {
+		_ = q.Close()
+	}
+}
