@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
@@ -81,6 +82,11 @@ type Config struct {
 	// and decompressing the stored snapshot (see tplcache.go). It must be
 	// on the same file system as SnapshotTempDir and the runtimes' state.
 	TemplateCacheDir string
+	// Termination configures how sandboxes end (pkg/thanatos): its journal
+	// (nil keeps terminations in memory, lost with the process), webhooks,
+	// callback keys, grace and checkpoint limits. Target, Clock and Logger
+	// are the agent's own and need not be set.
+	Termination thanatos.Config
 }
 
 // Validate reports every problem of cfg at once.
@@ -117,6 +123,9 @@ type Agent struct {
 	snaps map[string]*snapRuntime // by runtime name: those that snapshot
 	pools *warmPools
 
+	term *thanatos.Manager // every ending goes through it
+	work workCounter       // exec and file calls under way, per sandbox
+
 	mu    sync.Mutex
 	locks map[string]*keyLock // per-sandbox lifecycle locks, while in use
 }
@@ -143,6 +152,9 @@ func New(cfg Config) (*Agent, error) {
 		a.runtimes[rt.Name()] = rt
 	}
 	if err := a.setUpSnapshots(); err != nil {
+		return nil, fmt.Errorf("node agent: %w", err)
+	}
+	if err := a.setUpTermination(); err != nil {
 		return nil, fmt.Errorf("node agent: %w", err)
 	}
 	return a, nil
@@ -208,6 +220,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		})
 	}
+	// Terminations a crash interrupted finish first (Recover left their
+	// sandboxes to them).
+	if n, err := a.term.Resume(ctx); err != nil {
+		a.log.Error("resume terminations", "err", err)
+	} else if n > 0 {
+		a.log.Info("resumed terminations", "count", n)
+	}
 	t := a.cfg.Clock.NewTicker(a.cfg.ExpiryInterval)
 	defer t.Stop()
 	for {
@@ -217,6 +236,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-t.C():
 			if _, err := a.Expire(ctx); err != nil {
 				a.log.Error("expire sandboxes", "err", err)
+			}
+			if _, err := a.term.CollectCheckpoints(ctx); err != nil {
+				a.log.Error("collect expired checkpoints", "err", err)
 			}
 		}
 	}

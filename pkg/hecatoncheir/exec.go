@@ -16,6 +16,7 @@ func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) 
 	if err != nil {
 		return nil, err
 	}
+	defer a.work.begin(id)()
 	defer a.touch(ctx, id)
 	if len(sb.Env) > 0 {
 		r := *req

@@ -33,17 +33,14 @@ func (a *Agent) Expire(ctx context.Context) ([]string, error) {
 }
 
 func (a *Agent) expire(ctx context.Context, id string) error {
-	unlock := a.lock(id)
-	defer unlock()
-	ctx = context.WithoutCancel(ctx)
 	sb, err := a.cfg.Store.Get(ctx, id)
 	if err != nil {
 		return err
 	}
-	if sb.State.Final() {
+	if sb.State.Final() || sb.State == tartarus.StateTerminating {
 		return nil
 	}
 	a.log.Info("sandbox expired", "sandbox", id, "expires_at", sb.ExpiresAt)
-	_, err = a.destroy(ctx, sb, "expired: timeout_s reached")
+	_, err = a.terminateAndWait(ctx, id, tartarus.ReasonTimeout)
 	return err
 }

@@ -14,7 +14,13 @@ func (a *Agent) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, e
 	if err != nil {
 		return nil, err
 	}
-	return rt.ReadFile(ctx, id, path)
+	done := a.work.begin(id)
+	rc, err := rt.ReadFile(ctx, id, path)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	return &countedReader{ReadCloser: rc, done: done}, nil
 }
 
 // WriteFile streams r into a file of a running sandbox, waking it if hibernated.
@@ -23,6 +29,7 @@ func (a *Agent) WriteFile(ctx context.Context, id, path string, mode os.FileMode
 	if err != nil {
 		return err
 	}
+	defer a.work.begin(id)()
 	defer a.touch(ctx, id)
 	return rt.WriteFile(ctx, id, path, mode, r)
 }
@@ -34,4 +41,15 @@ func (a *Agent) ListFiles(ctx context.Context, id, path string) ([]tartarus.File
 		return nil, err
 	}
 	return rt.ListFiles(ctx, id, path)
+}
+
+// countedReader ends its call's count in the work counter when closed.
+type countedReader struct {
+	io.ReadCloser
+	done func()
+}
+
+func (r *countedReader) Close() error {
+	defer r.done()
+	return r.ReadCloser.Close()
 }

@@ -99,39 +99,55 @@ func (a *Agent) forkInto(ctx context.Context, id string, ids []string) ([]*tarta
 // forkSnapshot snapshots the parent under its lock and puts it back as it
 // was. A parent that cannot be resumed afterwards is recorded failed.
 func (a *Agent) forkSnapshot(ctx context.Context, sr *snapRuntime, parent *tartarus.Sandbox) (*nyx.Snapshot, error) {
-	unlock := a.lock(parent.ID)
+	snap, err := a.pausedSnapshot(ctx, sr, parent.ID, sr.forks, &nyx.CreateOptions{Compression: nyx.CompressionNone,
+		Labels: map[string]string{"purpose": "fork", "sandbox": parent.ID}}, parent.State)
+	if err != nil {
+		return nil, fmt.Errorf("fork %s: %w", parent.ID, err)
+	}
+	return snap, nil
+}
+
+// pausedSnapshot snapshots sandbox id into mgr under the sandbox's lock
+// and puts it back as it was (running or paused). want, if not empty, is
+// the state the sandbox must still be in. A sandbox that cannot be resumed
+// afterwards is recorded failed.
+func (a *Agent) pausedSnapshot(ctx context.Context, sr *snapRuntime, id string, mgr *nyx.Manager, opts *nyx.CreateOptions, want ...tartarus.State) (*nyx.Snapshot, error) {
+	unlock := a.lock(id)
 	defer unlock()
-	sb, err := a.cfg.Store.Get(ctx, parent.ID)
+	sb, err := a.cfg.Store.Get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if sb.State != parent.State {
-		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s became %s during fork", sb.ID, sb.State)
+	if len(want) > 0 && sb.State != want[0] {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s became %s", sb.ID, sb.State)
+	}
+	if sb.State == tartarus.StateHibernated || sb.State.Final() || sb.State == tartarus.StateCreating {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s; only a live sandbox is snapshotted", sb.ID, sb.State)
 	}
 	a.touch(ctx, sb.ID)
-	snap, err := sr.forks.CreateFromRunning(ctx, sb.ID, &nyx.CreateOptions{Compression: nyx.CompressionNone,
-		Labels: map[string]string{"purpose": "fork", "sandbox": sb.ID}})
+	wasPaused := sb.State == tartarus.StatePaused
+	snap, err := mgr.CreateFromRunning(ctx, sb.ID, opts)
 	var resumeErr error
-	if sb.State == tartarus.StateRunning {
+	if !wasPaused {
 		// The Snapshotter leaves it paused, even after some failures.
 		resumeErr = sr.rt.Resume(ctx, sb.ID)
 	}
 	if err != nil {
 		if resumeErr != nil {
-			a.log.Error("resume after a failed fork snapshot", "sandbox", sb.ID, "err", resumeErr)
+			a.log.Error("resume after a failed snapshot", "sandbox", sb.ID, "err", resumeErr)
 		}
 		if tartarus.ClassOf(err).Err == nil {
 			err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
 		}
-		return nil, fmt.Errorf("fork %s: snapshot: %w", sb.ID, err)
+		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	if resumeErr != nil {
 		if _, merr := a.cfg.Store.Move(ctx, sb.ID, sb.State, tartarus.StateFailed,
-			store.Change{At: a.cfg.Clock.Now().UTC(), Error: "resume after fork snapshot: " + resumeErr.Error()}); merr != nil {
+			store.Change{At: a.cfg.Clock.Now().UTC(), Error: "resume after snapshot: " + resumeErr.Error()}); merr != nil {
 			a.log.Error("record failed resume", "sandbox", sb.ID, "err", merr)
 		}
-		_ = sr.forks.Delete(ctx, snap.ID)
-		return nil, fmt.Errorf("fork %s: resume after snapshot: %w", sb.ID, resumeErr)
+		_ = mgr.Delete(ctx, snap.ID)
+		return nil, fmt.Errorf("resume after snapshot: %w", resumeErr)
 	}
 	return snap, nil
 }

@@ -18,13 +18,11 @@ func (a *Agent) List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus
 	return a.cfg.Store.List(ctx, f)
 }
 
-// Destroy moves a sandbox to terminating, destroys it in its runtime and
-// records it terminated. Destroying a terminated or failed sandbox returns
-// it unchanged. The runtime's Destroy runs even if ctx is cancelled.
+// Destroy ends a sandbox at once through Thanatos (reason user_request,
+// no grace period) and returns it terminated. Destroying a terminated or
+// failed sandbox returns it unchanged. The work goes on even if ctx is
+// cancelled.
 func (a *Agent) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, error) {
-	unlock := a.lock(id)
-	defer unlock()
-	ctx = context.WithoutCancel(ctx)
 	sb, err := a.cfg.Store.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -32,38 +30,7 @@ func (a *Agent) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, erro
 	if sb.State.Final() {
 		return sb, nil
 	}
-	return a.destroy(ctx, sb, "")
-}
-
-// destroy does the work of Destroy; the caller holds the sandbox's lock.
-func (a *Agent) destroy(ctx context.Context, sb *tartarus.Sandbox, reason string) (*tartarus.Sandbox, error) {
-	log := a.log.With("sandbox", sb.ID)
-	sb, err := a.cfg.Store.Move(ctx, sb.ID, sb.State, tartarus.StateTerminating, store.Change{At: a.cfg.Clock.Now().UTC()})
-	if err != nil {
-		return nil, err
-	}
-	rt, err := a.runtime(sb.Runtime)
-	if err == nil {
-		err = rt.Destroy(ctx, sb.ID)
-	}
-	if err == nil {
-		a.forget(ctx, sb)
-	}
-	if err != nil {
-		log.Error("destroy", "err", err)
-		if _, merr := a.cfg.Store.Move(ctx, sb.ID, tartarus.StateTerminating, tartarus.StateFailed,
-			store.Change{At: a.cfg.Clock.Now().UTC(), Error: "destroy: " + err.Error()}); merr != nil {
-			log.Error("record failed destroy", "err", merr)
-		}
-		return nil, fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
-	}
-	sb, err = a.cfg.Store.Move(ctx, sb.ID, tartarus.StateTerminating, tartarus.StateTerminated,
-		store.Change{At: a.cfg.Clock.Now().UTC()})
-	if err != nil {
-		return nil, err
-	}
-	log.Info("sandbox terminated", "reason", reason)
-	return sb, nil
+	return a.terminateAndWait(ctx, id, tartarus.ReasonUserRequest)
 }
 
 // Pause freezes a running sandbox. Pausing a paused sandbox is a no-op.

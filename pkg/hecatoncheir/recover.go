@@ -134,6 +134,12 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 				rep.Hibernated = append(rep.Hibernated, sb.ID)
 			}
 		case tartarus.StateCreating, tartarus.StateTerminating:
+			if st, err := a.term.Status(ctx, sb.ID); err == nil && sb.State == tartarus.StateTerminating && !st.Phase.Final() {
+				// Thanatos resumes it from its recorded phase (Run).
+				log.Info("termination interrupted; it resumes", "phase", st.Phase)
+				rep.Finished = append(rep.Finished, sb.ID)
+				continue
+			}
 			log.Warn("finishing interrupted sandbox")
 			if rt, ok := a.runtimes[sb.Runtime]; ok {
 				if err := rt.Destroy(ctx, sb.ID); err != nil {

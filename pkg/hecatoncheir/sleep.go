@@ -17,12 +17,13 @@ import (
 // snapshots. Each has its own Erebus prefix, so that Hypnos's garbage
 // collection never touches the others'.
 type snapRuntime struct {
-	rt        tartarus.Runtime
-	snap      tartarus.Snapshotter
-	hyp       *hypnos.HypnosManager
-	records   hypnos.RecordStore // Hypnos's sleep records
-	forks     *nyx.Manager
-	templates *nyx.Manager
+	rt          tartarus.Runtime
+	snap        tartarus.Snapshotter
+	hyp         *hypnos.HypnosManager
+	records     hypnos.RecordStore // Hypnos's sleep records
+	forks       *nyx.Manager
+	templates   *nyx.Manager
+	checkpoints *nyx.Manager // Thanatos's checkpoints, kept until they expire
 }
 
 // setUpSnapshots makes a snapRuntime for each runtime that implements
@@ -61,7 +62,8 @@ func (a *Agent) setUpSnapshots() error {
 		if err != nil {
 			return err
 		}
-		a.snaps[name] = &snapRuntime{rt: rt, snap: snap, hyp: hyp, records: records, forks: nyxFor("fork"), templates: nyxFor("template")}
+		a.snaps[name] = &snapRuntime{rt: rt, snap: snap, hyp: hyp, records: records, forks: nyxFor("fork"), templates: nyxFor("template"),
+			checkpoints: nyxFor(checkpointPrefix)}
 	}
 	return nil
 }
