@@ -14,6 +14,9 @@ import (
 // exists leaves the sandbox failed with the error stored, and its remains
 // destroyed even when ctx is cancelled.
 func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
+	if req.FromCheckpoint != "" {
+		return a.createFromCheckpoint(ctx, tenant, req)
+	}
 	rt, img, err := a.checkCreate(ctx, req)
 	if err != nil {
 		return nil, err

@@ -300,3 +300,52 @@ func (w *workCounter) count(id string) int {
 	defer w.mu.Unlock()
 	return w.n[id]
 }
+
+// createFromCheckpoint makes a new sandbox of tenant's from one of its
+// checkpoints: the checkpointed sandbox's shape, restored from the
+// checkpoint's snapshot, running. Another tenant's checkpoint is not found.
+func (a *Agent) createFromCheckpoint(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
+	ck, err := a.term.GetCheckpoint(ctx, req.FromCheckpoint)
+	if err != nil || ck.Tenant != tenant {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "checkpoint %s", req.FromCheckpoint)
+	}
+	if !ck.Restorable {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "checkpoint %s is not restorable", ck.ID)
+	}
+	src, err := a.cfg.Store.Get(ctx, ck.SandboxID)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: its sandbox %s: %w", ck.ID, ck.SandboxID, err)
+	}
+	r := *req
+	switch {
+	case r.Template != "" && r.Template != src.Template,
+		r.Runtime != "" && r.Runtime != src.Runtime,
+		r.MemoryMB != 0 && r.MemoryMB != src.MemoryMB,
+		r.CPUs != 0 && r.CPUs != src.CPUs:
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "from_checkpoint: the sandbox takes the checkpoint's template, runtime, memory and CPUs (%s, %s, %d MiB, %d)",
+			src.Template, src.Runtime, src.MemoryMB, src.CPUs)
+	}
+	r.Template, r.Runtime, r.MemoryMB, r.CPUs = src.Template, src.Runtime, src.MemoryMB, src.CPUs
+	if r.Env == nil {
+		r.Env = src.Env
+	}
+	rt, img, err := a.checkCreate(ctx, &r)
+	if err != nil {
+		return nil, err
+	}
+	sr, snapID, err := a.checkpointRef(ck.SnapshotRef)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.checkCapacity(ctx, rt, r.MemoryMB, r.CPUs); err != nil {
+		return nil, err
+	}
+	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, &r, a.cfg.Clock.Now().UTC())
+	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
+	sb.Metadata["from_checkpoint"] = ck.ID
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	return a.createWith(ctx, sb, func() error {
+		_, err := sr.checkpoints.Restore(ctx, snapID, cfg)
+		return err
+	}, "how", "checkpoint "+ck.ID)
+}

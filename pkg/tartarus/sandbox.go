@@ -133,6 +133,11 @@ type CreateRequest struct {
 	// first one made instead of making another. Cluster replicas honour
 	// it.
 	IdempotencyKey string `json:"-"`
+	// FromCheckpoint creates the sandbox from a checkpoint a termination
+	// (or POST /v1/sandboxes/{id}/checkpoint) left: its files and memory as
+	// they were, running. Template, runtime, memory and CPUs are the
+	// checkpointed sandbox's; asking for others is invalid.
+	FromCheckpoint string `json:"from_checkpoint,omitempty"`
 }
 
 // Defaults and bounds for a CreateRequest.
