@@ -58,7 +58,7 @@ func testUsageStore(t *testing.T, s UsageStore) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 || got[0].LaunchesByTemplate["python"] != 1 || !got[0].Timestamp.Equal(t0) || got[0].Resolution != time.Minute {
+	if len(got) != 4 || got[0].LaunchesByTemplate["python"] != 1 || !got[0].Timestamp.Equal(t0) || got[0].Resolution != time.Minute {
 		t.Fatalf("first hour: %d rows, first %+v", len(got), got[0])
 	}
 	now := t0.Add(40 * 24 * time.Hour)
