@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -156,6 +157,9 @@ func WriteBacktestTable(w io.Writer, results []BacktestResult) error {
 func shortErr(err error) string {
 	if errors.Is(err, ErrTooShort) {
 		return "too little history"
+	}
+	if strings.Contains(err.Error(), "needs positive data") {
+		return "needs positive data"
 	}
 	s := err.Error()
 	if len(s) > 60 {

@@ -116,10 +116,17 @@ func (s *Scaler) PoolTargets(ctx context.Context, current map[string]int) ([]Poo
 	if seasonNow != nil && seasonNow.Prewarming.LeadTime > 0 {
 		lead = seasonNow.Prewarming.LeadTime
 	}
-	seasonAhead := s.SeasonAt(now.Add(lead))
+	// A season's floor applies from its lead time before it starts until
+	// the instant it ends.
 	floors := map[string]int{}
-	for _, season := range []*Season{seasonNow, seasonAhead} {
-		if season == nil {
+	all, _ := s.Seasons()
+	for _, season := range all {
+		if len(season.Prewarming.Templates) == 0 {
+			continue
+		}
+		ahead := s.SeasonAt(now.Add(season.Prewarming.LeadTime))
+		inForce := seasonNow != nil && seasonNow.ID == season.ID
+		if !inForce && (ahead == nil || ahead.ID != season.ID) {
 			continue
 		}
 		for _, t := range season.Prewarming.Templates {

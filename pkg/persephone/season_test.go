@@ -66,7 +66,7 @@ func TestSeasonWindows(t *testing.T) {
 		{"night over the short night", []*Season{night}, time.Date(2026, 3, 29, 3, 30, 0, 0, berlin), "night"},
 		{"night ends 06:00 CEST", []*Season{night}, time.Date(2026, 3, 29, 6, 0, 0, 0, berlin), ""},
 		{"gap firing starts at gap end", []*Season{odd}, time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC), "odd"}, // 03:00 CEST
-		{"gap firing not before gap", []*Season{odd}, time.Date(2026, 3, 29, 0, 59, 59, 0, time.UTC), ""},  // 01:59:59 CET
+		{"gap firing not before gap", []*Season{odd}, time.Date(2026, 3, 29, 0, 59, 59, 0, time.UTC), ""},     // 01:59:59 CET
 		// Berlin falls back 2026-10-25 03:00 CEST -> 02:00 CET: 02:30 CEST is 00:30 UTC.
 		{"overlap fires at first 02:30", []*Season{odd}, time.Date(2026, 10, 25, 0, 30, 0, 0, time.UTC), "odd"},
 		{"overlap still on at second 02:30", []*Season{odd}, time.Date(2026, 10, 25, 1, 30, 0, 0, time.UTC), "odd"},
