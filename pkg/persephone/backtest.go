@@ -146,7 +146,7 @@ func WriteBacktestTable(w io.Writer, results []BacktestResult) error {
 			mark = "*"
 		}
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s%s\t-\t-\t-\t-\t-\t-\t(%v)\n", mark, r.Model, shortErr(r.Err))
+			fmt.Fprintf(tw, "%s%s\t-\t-\t-\t-\t-\t-\t  (%v)\n", mark, r.Model, shortErr(r.Err))
 			continue
 		}
 		fmt.Fprintf(tw, "%s%s\t%.3f\t%.1f%%\t%.1f%%\t%.1f%%\t%.1f\t%d\t\n", mark, r.Model, r.MASE, 100*r.WAPE, 100*r.UnderRate, 100*r.Coverage, r.MeanPool, r.Points)
