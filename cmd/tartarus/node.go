@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
 
 // nodeOptions are the flags of a node that runs sandboxes: `tartarus
@@ -37,6 +39,10 @@ type nodeOptions struct {
 	prewarm            bool
 	maxConcurrentWakes int
 
+	// callbackAllow lets termination callbacks and webhooks reach these
+	// hosts although they are loopback, private or this host's own.
+	callbackAllow []string
+
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
@@ -53,6 +59,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.BoolVar(&o.createFromSnapshot, "create-from-snapshot", true, "create sandboxes by restoring a per-template snapshot where the runtime can (else boot)")
 	f.BoolVar(&o.prewarm, "prewarm", false, "build every template's snapshot (and warm pool) at start instead of on first create")
 	f.IntVar(&o.maxConcurrentWakes, "max-concurrent-wakes", hypnos.DefaultMaxConcurrentWakes, "hibernated sandboxes restored at once")
+	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 }
@@ -103,8 +110,14 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		n.Close()
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	term, err := terminationConfig(st, dataDir, o.callbackAllow)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
 	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Clock: clk, Log: log,
-		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
+		Termination: term,
+		Snapshots:   snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
 			MaxConcurrentWakes: o.maxConcurrentWakes}})
@@ -136,4 +149,45 @@ func (n *node) Close() {
 			}
 		}
 	}
+}
+
+// terminationConfig keeps terminations in the store's database and signs
+// callbacks with the node's key (DATA/callback.key, made on first start).
+func terminationConfig(st store.Store, dataDir string, allow []string) (thanatos.Config, error) {
+	var c thanatos.Config
+	if tk, ok := st.(store.TerminationKeeper); ok {
+		c.Journal = tk.Terminations()
+	}
+	key, err := loadOrMakeKey(filepath.Join(dataDir, "callback.key"))
+	if err != nil {
+		return c, fmt.Errorf("callback signing key: %w", err)
+	}
+	c.CallbackKey = func(string) ([]byte, error) { return key, nil }
+	c.AllowHosts = allow
+	return c, nil
+}
+
+// loadOrMakeKey reads a 32-byte key from path, or makes one there (0600).
+func loadOrMakeKey(path string) ([]byte, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		if len(b) != 32 {
+			return nil, fmt.Errorf("%s: want 32 bytes, found %d", path, len(b))
+		}
+		return b, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(key); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return key, f.Close()
 }

@@ -165,10 +165,11 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	// A single node runs its sandboxes itself; a replica of a cluster
 	// hands them to node agents.
 	var (
-		be      olympus.Backend
-		run     func(context.Context) error
-		prewarm func(context.Context)
-		role    = "node " + o.node
+		be         olympus.Backend
+		run        func(context.Context) error
+		prewarm    func(context.Context)
+		collectors = []prometheus.Collector{auth.Metrics}
+		role       = "node " + o.node
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -189,13 +190,14 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 		defer n.Close()
 		be, run = n.agent, n.agent.Run
+		collectors = append(collectors, n.agent.Terminations().Collector())
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
 	}
 
 	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: []prometheus.Collector{auth.Metrics}, Log: log})
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Log: log})
 	if err != nil {
 		return err
 	}

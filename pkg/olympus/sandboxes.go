@@ -117,6 +117,13 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
+		s.writeError(w, r, err)
+		return
+	} else if ok {
+		s.terminate(w, r, sb, opts)
+		return
+	}
 	sb, err = s.be.Destroy(r.Context(), sb.ID)
 	if err != nil {
 		s.writeError(w, r, err)

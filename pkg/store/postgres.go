@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -29,7 +30,7 @@ var (
 const migrationLock = 0x7461727461727573 // "tartarus"
 
 var postgresDialect = &dialect{
-	migrations:     pgMigrations,
+	migrations:     slices.Concat(pgMigrations, componentSchema()),
 	lockMigrations: "SELECT pg_advisory_xact_lock(" + strconv.FormatInt(migrationLock, 10) + ")",
 	numbered:       true,
 	greatest:       "GREATEST",

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
 
 // SQL is the Store written once over database/sql. SQLite and Postgres
@@ -68,6 +70,32 @@ func numbered(q string) string {
 }
 
 // openSQL opens db in d and brings its schema up to date.
+// componentSchema are the tables of the components that keep their state
+// in the store's database, run after each dialect's own migrations, in
+// this order: Thanatos's terminations and checkpoints. Append only.
+func componentSchema() []string {
+	return slices.Clone(thanatos.Schema)
+}
+
+// TerminationKeeper is the optional side interface of a Store that keeps
+// Thanatos's terminations and checkpoints in its own database (SQLite and
+// Postgres do), so that a termination survives a crash of its node.
+type TerminationKeeper interface {
+	Terminations() thanatos.Journal
+}
+
+var _ TerminationKeeper = (*SQL)(nil)
+
+// Terminations implements TerminationKeeper.
+func (s *SQL) Terminations() thanatos.Journal {
+	d := thanatos.SQLite
+	if s.d.numbered {
+		d = thanatos.Postgres
+	}
+	j, _ := thanatos.NewSQLJournal(s.db, d) // d is one of the two
+	return j
+}
+
 func openSQL(ctx context.Context, db *sql.DB, d *dialect) (*SQL, error) {
 	s := &SQL{db: db, d: d}
 	if err := s.migrate(ctx); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -24,7 +25,7 @@ var (
 // sqliteDialect needs no migration lock: its transactions begin
 // immediate (_txlock), holding the database's write lock from BEGIN.
 var sqliteDialect = &dialect{
-	migrations:  sqliteMigrations,
+	migrations:  slices.Concat(sqliteMigrations, componentSchema()),
 	greatest:    "MAX",
 	isDuplicate: sqliteDuplicate,
 }

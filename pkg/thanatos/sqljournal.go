@@ -22,9 +22,11 @@ const (
 	Postgres Dialect = "postgres"
 )
 
-// migrations create the journal's tables. The SQL is the same on both
-// dialects: TEXT, BIGINT (unix nanoseconds) and INTEGER (0/1) only.
-var migrations = []string{
+// Schema creates the journal's tables, one statement each. The SQL is the
+// same on both dialects: TEXT, BIGINT (unix nanoseconds) and INTEGER (0/1)
+// only. The store runs it among its own migrations (pkg/store), under its
+// lock; Migrate runs it on a database of the journal's own.
+var Schema = []string{
 	`CREATE TABLE IF NOT EXISTS terminations (
 		sandbox_id   TEXT PRIMARY KEY,
 		tenant       TEXT NOT NULL,
@@ -47,10 +49,9 @@ var migrations = []string{
 }
 
 // Migrate creates the terminations and checkpoints tables if they are
-// missing. It is idempotent; the store's migrations call it (under their
-// lock on Postgres).
+// missing. It is idempotent.
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range migrations {
+	for _, q := range Schema {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("thanatos migrate: %w", err)
 		}

@@ -96,3 +96,13 @@ type FileList struct {
 	Path  string              `json:"path"`
 	Files []tartarus.FileInfo `json:"files"`
 }
+
+// TerminationList is the answer of GET /v1/terminations.
+type TerminationList struct {
+	Terminations []*tartarus.TerminationStatus `json:"terminations"`
+}
+
+// CheckpointList is the answer of GET /v1/checkpoints.
+type CheckpointList struct {
+	Checkpoints []*tartarus.Checkpoint `json:"checkpoints"`
+}

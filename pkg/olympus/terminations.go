@@ -1,0 +1,198 @@
+package olympus
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+)
+
+// Terminator is the optional side interface of a Backend whose sandboxes
+// end through phased terminations (pkg/thanatos): a grace period, a signal,
+// a checkpoint, and a status to follow. The single node's agent has it; a
+// backend without it answers those routes 501 and ends sandboxes with
+// Destroy.
+type Terminator interface {
+	Terminate(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.TerminationStatus, error)
+	Termination(ctx context.Context, id string) (*tartarus.TerminationStatus, error)
+	PendingTerminations(ctx context.Context) ([]*tartarus.TerminationStatus, error)
+	Checkpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error)
+	Checkpoints(ctx context.Context, tenant string) ([]*tartarus.Checkpoint, error)
+}
+
+// maxGraceS bounds grace_s on DELETE.
+const maxGraceS = 3600
+
+func (s *Server) terminator() (Terminator, error) {
+	t, ok := s.be.(Terminator)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "graceful termination and checkpoints are not available on this server (a cluster replica ends sandboxes at once)")
+	}
+	return t, nil
+}
+
+// shutdownOptions reads DELETE's query: grace_s, signal, checkpoint,
+// reason, callback_url. ok is false when none is given (today's immediate
+// DELETE).
+func shutdownOptions(q url.Values) (opts *tartarus.ShutdownOptions, ok bool, err error) {
+	o := &tartarus.ShutdownOptions{}
+	for key := range q {
+		switch key {
+		case "grace_s", "signal", "checkpoint", "reason", "callback_url":
+		default:
+			return nil, false, tartarus.Errorf(tartarus.ErrInvalid, "query parameter %q: DELETE takes grace_s, signal, checkpoint, reason and callback_url", key)
+		}
+		ok = true
+	}
+	if v := q.Get("grace_s"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > maxGraceS {
+			return nil, false, tartarus.Errorf(tartarus.ErrInvalid, "grace_s %q: want 0 to %d seconds", v, maxGraceS)
+		}
+		o.GracePeriod = time.Duration(n) * time.Second
+	}
+	if v := q.Get("checkpoint"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, false, tartarus.Errorf(tartarus.ErrInvalid, "checkpoint %q: want true or false", v)
+		}
+		o.CreateCheckpoint = b
+	}
+	o.Signal = tartarus.Signal(q.Get("signal"))
+	if o.Signal != "" {
+		if _, err := o.Signal.Syscall(); err != nil {
+			return nil, false, err
+		}
+	}
+	// A caller may say its sandbox completed or that it asks for the end;
+	// the other reasons are the system's own.
+	switch r := tartarus.TerminationReason(q.Get("reason")); r {
+	case "", tartarus.ReasonUserRequest, tartarus.ReasonCompleted:
+		o.Reason = r
+	default:
+		return nil, false, tartarus.Errorf(tartarus.ErrInvalid, "reason %q: a caller may give user_request or completed", string(r))
+	}
+	o.CallbackURL = q.Get("callback_url")
+	return o, ok, nil
+}
+
+// terminate answers a DELETE with termination options: 202 and the
+// termination as it starts; GET …/termination follows it.
+func (s *Server) terminate(w http.ResponseWriter, r *http.Request, sb *tartarus.Sandbox, opts *tartarus.ShutdownOptions) {
+	t, err := s.terminator()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	st, err := t.Terminate(r.Context(), sb.ID, opts)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/sandboxes/"+sb.ID+"/termination")
+	writeJSON(w, http.StatusAccepted, st)
+}
+
+func (s *Server) getTermination(w http.ResponseWriter, r *http.Request) {
+	sb, err := s.sandboxFor(r, cerberus.ActionRead)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	t, err := s.terminator()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	st, err := t.Termination(r.Context(), sb.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) listTerminations(w http.ResponseWriter, r *http.Request) {
+	who, err := s.authorizeTenant(r, cerberus.ActionRead)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	t, err := s.terminator()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	all, err := t.PendingTerminations(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	mine := []*tartarus.TerminationStatus{}
+	for _, st := range all {
+		if st.Tenant == who.TenantID {
+			mine = append(mine, st)
+		}
+	}
+	writeJSON(w, http.StatusOK, api.TerminationList{Terminations: mine})
+}
+
+func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
+	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	t, err := s.terminator()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ck, err := t.Checkpoint(r.Context(), sb.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, ck)
+}
+
+func (s *Server) listCheckpoints(w http.ResponseWriter, r *http.Request) {
+	who, err := s.authorizeTenant(r, cerberus.ActionRead)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	t, err := s.terminator()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	list, err := t.Checkpoints(r.Context(), who.TenantID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []*tartarus.Checkpoint{}
+	}
+	writeJSON(w, http.StatusOK, api.CheckpointList{Checkpoints: list})
+}
+
+// authorizeTenant checks that the caller may do action on its tenant's
+// sandboxes as a whole (a listing).
+func (s *Server) authorizeTenant(r *http.Request, action cerberus.Action) (*cerberus.Identity, error) {
+	who, err := caller(r)
+	if err != nil {
+		return nil, err
+	}
+	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), action, res); err != nil {
+		return nil, err
+	}
+	return who, nil
+}
