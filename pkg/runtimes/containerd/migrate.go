@@ -241,13 +241,3 @@ func (r *Runtime) Migrate(ctx context.Context, containerID string, opts kampe.Mi
 		return skipped, "sha256:" + hex.EncodeToString(sum.Sum(nil)), err
 	})
 }
-
-// ImportTemplate imports img as an image of the runtime's namespace (once)
-// and returns its name, so ordinary containers can run the template.
-func (r *Runtime) ImportTemplate(ctx context.Context, img *tartarus.Image) (string, error) {
-	im, err := r.ensureImage(r.ns(ctx), img)
-	if err != nil {
-		return "", err
-	}
-	return im.Name(), nil
-}

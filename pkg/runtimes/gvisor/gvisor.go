@@ -15,7 +15,6 @@
 package gvisor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -152,96 +151,6 @@ func (r *Runtime) saveMeta(m *meta) error {
 		return err
 	}
 	return os.Rename(p+".tmp", p)
-}
-
-// runscDetached runs a runsc command that leaves a sandbox behind (run or
-// restore with --detach). The sandbox inherits the command's stdout and
-// stderr, so they go to a file in the sandbox's directory, not to a pipe
-// that would never close.
-func (r *Runtime) runscDetached(ctx context.Context, id string, args ...string) error {
-	logPath := filepath.Join(r.sandboxDir(id), "console.log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	start, _ := logf.Seek(0, io.SeekEnd)
-	cmd := exec.CommandContext(ctx, r.opts.Runsc, append(r.globalFlags(), args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Run(); err != nil {
-		b, _ := os.ReadFile(logPath)
-		if int64(len(b)) >= start {
-			b = b[start:]
-		}
-		return fmt.Errorf("runsc %s: %w: %s", args[0], err, lastLines(string(b)))
-	}
-	return nil
-}
-
-// runsc runs one runsc command and returns its stdout.
-func (r *Runtime) runsc(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, r.opts.Runsc, append(r.globalFlags(), args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, lastLines(stderr.String()))
-	}
-	return out, nil
-}
-
-func (r *Runtime) globalFlags() []string {
-	return []string{
-		"--root=" + filepath.Join(r.opts.StateDir, "runsc"),
-		"--platform=" + r.opts.Platform,
-		"--network=none",
-		// Writes go to memory inside the sandbox: the template stays
-		// read-only and shared, and a checkpoint carries the files.
-		"--overlay2=root:memory",
-	}
-}
-
-func lastLines(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 && len(s) > 300 {
-		return s[i+1:]
-	}
-	return s
-}
-
-// state is runsc's view of one container.
-type state struct {
-	ID     string `json:"id"`
-	Pid    int    `json:"pid"`
-	Status string `json:"status"`
-}
-
-// states returns runsc's containers by id.
-func (r *Runtime) states(ctx context.Context) (map[string]state, error) {
-	out, err := r.runsc(ctx, "list", "--format=json")
-	if err != nil {
-		return nil, err
-	}
-	var list []state
-	if len(bytes.TrimSpace(out)) > 0 && string(bytes.TrimSpace(out)) != "null" {
-		if err := json.Unmarshal(out, &list); err != nil {
-			return nil, fmt.Errorf("runsc list: %w", err)
-		}
-	}
-	m := map[string]state{}
-	for _, s := range list {
-		m[s.ID] = s
-	}
-	return m, nil
-}
-
-// status returns the container's runsc status, or "" when runsc has none.
-func (r *Runtime) status(ctx context.Context, id string) (string, error) {
-	all, err := r.states(ctx)
-	if err != nil {
-		return "", err
-	}
-	return all[id].Status, nil
 }
 
 // probe is the fingerprint (container.ProbeFunc): runsc must exist and
@@ -681,81 +590,4 @@ func (r *Runtime) Stats(ctx context.Context, id string) (*tartarus.Stats, error)
 		Processes: ev.Data.Pids.Current}
 	r.FillStats(id, st, ev.Data.CPU.Usage.Total)
 	return st, nil
-}
-
-// Snapshot implements tartarus.Snapshotter: runsc checkpoint (memory,
-// processes and the in-memory overlay holding the sandbox's file changes)
-// into dir, after which the sandbox is left paused.
-func (r *Runtime) Snapshot(ctx context.Context, id string, dir string) (*tartarus.SnapshotInfo, error) {
-	m, err := r.loadMeta(id)
-	if err != nil {
-		return nil, err
-	}
-	ctx = context.WithoutCancel(ctx)
-	st, err := r.status(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	switch st {
-	case "paused":
-		// runsc checkpoints a running container; the resume-checkpoint-pause
-		// window is a few milliseconds.
-		if _, err := r.runsc(ctx, "resume", id); err != nil {
-			return nil, fmt.Errorf("snapshot %s: %w", id, err)
-		}
-	case "running":
-	default:
-		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot %s: sandbox is %s", id, container.StateName(st))
-	}
-	created := r.Clock.Now()
-	if _, err := r.runsc(ctx, "checkpoint", "--leave-running", "--image-path="+dir, id); err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", id, err)
-	}
-	if _, err := r.runsc(ctx, "pause", id); err != nil {
-		return nil, fmt.Errorf("snapshot %s: pause after checkpoint: %w", id, err)
-	}
-	info := &tartarus.SnapshotInfo{Template: m.Template, MemoryBytes: int64(m.MemoryMB) << 20, CPUs: m.CPUs, Created: created}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", id, err)
-	}
-	for _, e := range ents {
-		info.Files = append(info.Files, e.Name())
-	}
-	return info, nil
-}
-
-// Restore implements tartarus.Snapshotter: a new sandbox cfg.ID from a
-// checkpoint, running. cfg.Image must be the template the snapshot was
-// taken from.
-func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string) error {
-	fp, err := r.Fingerprint(ctx)
-	if err != nil {
-		return err
-	}
-	if err := container.CheckLimits(fp, cfg); err != nil {
-		return err
-	}
-	if _, err := os.Stat(r.sandboxDir(cfg.ID)); err == nil {
-		return tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
-	}
-	if err := r.prepare(ctx, cfg); err != nil {
-		_ = os.RemoveAll(r.sandboxDir(cfg.ID))
-		return err
-	}
-	ctx = context.WithoutCancel(ctx)
-	if err := r.runscDetached(ctx, cfg.ID, "restore", "--detach", "--image-path="+dir, "--bundle", r.sandboxDir(cfg.ID), cfg.ID); err != nil {
-		_ = r.Destroy(ctx, cfg.ID)
-		return fmt.Errorf("restore %s: %w", cfg.ID, err)
-	}
-	m, err := r.loadMeta(cfg.ID)
-	if err != nil {
-		return err
-	}
-	m.StartedAt = r.Clock.Now()
-	if err := r.saveMeta(m); err != nil {
-		return fmt.Errorf("restore %s: %w", cfg.ID, err)
-	}
-	r.Activity.Touch(cfg.ID)
-	return nil
 }
