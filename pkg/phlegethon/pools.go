@@ -156,8 +156,9 @@ type Tier struct {
 // first tier that has room):
 //
 //  1. each pool that serves h, by name;
-//  2. the shared nodes: up nodes in no pool (every up node when there are
-//     no pools);
+//  2. the shared nodes: up nodes no pool's selector matches (every up node
+//     when there are no pools; a node matched by a pool but beyond its
+//     MaxNodes is that pool's spare, not shared);
 //  3. each pool of a hotter heat, coolest first. Work only borrows upward:
 //     a small sandbox fits a big node and soon leaves, while hot work on a
 //     cool pool would take the room cool work was promised.
@@ -184,8 +185,12 @@ func Route(pools []Pool, h HeatLevel, gpus int, nodes []tartarus.NodeInfo) ([]Ti
 	members := make([][]string, len(ordered))
 	for i := range ordered {
 		members[i] = ordered[i].Members(nodes)
-		for _, n := range members[i] {
-			pooled[n] = true
+		// A node its selector matches belongs to the pool even beyond
+		// MaxNodes (a spare), so it is never shared.
+		for j := range nodes {
+			if ordered[i].Matches(&nodes[j]) {
+				pooled[nodes[j].Name] = true
+			}
 		}
 	}
 	keep := func(names []string) []string {
