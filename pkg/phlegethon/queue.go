@@ -223,10 +223,12 @@ func (q *Queue) Enqueue(ctx context.Context, e Entry, wait time.Duration) (Posit
 		return Position{}, tartarus.Errorf(tartarus.ErrResourceExhausted, "the %s queue is full (%d creates waiting)", e.Heat, len(hq.items))
 	}
 	now := q.clock.Now()
-	q.seq++
+	// Seq follows the clock so that it keeps rising across restarts.
+	prev := q.seq
+	q.seq = max(q.seq+1, now.UnixNano())
 	e.Seq, e.EnqueuedAt, e.Deadline = q.seq, now, now.Add(wait)
 	if err := q.j.Put(ctx, &Record{Entry: e, Status: StatusQueued}); err != nil {
-		q.seq--
+		q.seq = prev
 		return Position{}, fmt.Errorf("enqueue %s: %w", e.ID, err)
 	}
 	q.add(e)
