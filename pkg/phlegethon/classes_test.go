@@ -171,3 +171,26 @@ func TestLimitsRuntimeArguments(t *testing.T) {
 		t.Error("no limit gave arguments")
 	}
 }
+
+// FuzzParseClasses: a classes file either loads into a set every class of
+// which validates, or is refused as invalid; it never panics.
+func FuzzParseClasses(f *testing.F) {
+	f.Add([]byte("classes: [{name: x, heat: cold, cpu_cores: 1, memory_mb: 256, max_duration_s: 20}]"))
+	f.Add([]byte(`{"classes": [{"name": "gpu", "heat": "inferno", "cpu_cores": 16, "memory_mb": 65536, "gpu_count": 2, "max_duration_s": 3600}]}`))
+	f.Add([]byte("classes: [{name: y, heat: hot, cpu_cores: -1, memory_mb: 1, max_duration_s: -5}]"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cs, err := ParseClasses(data)
+		if err != nil {
+			if !errors.Is(err, tartarus.ErrInvalid) {
+				t.Fatalf("not invalid: %v", err)
+			}
+			return
+		}
+		for _, h := range Levels {
+			if c := cs.ForHeat(h); c == nil || c.Validate() != nil || c.Heat != h {
+				t.Fatalf("heat %s: %+v", h, c)
+			}
+		}
+	})
+}
