@@ -20,7 +20,7 @@ type sim struct {
 	runFor      map[HeatLevel]time.Duration
 	clk         *clock.Fake
 	q           *Queue
-	events      []simEvent // pending, by time
+	events      []simEvent     // pending, by time
 	enqueued    map[string]int // admissions counter at enqueue
 	admissions  int
 	frees       []time.Time
