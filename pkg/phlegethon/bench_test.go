@@ -25,7 +25,7 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	}
 	for range DefaultWindow {
-		if err := r.Ended("x", &HeatObservation{TemplateID: "python", ActualDuration: time.Minute, PeakCPU: 1.5, PeakMemory: 300 << 20}); err != nil {
+		if err := r.Ended(ctx, "x", &HeatObservation{TemplateID: "python", ActualDuration: time.Minute, PeakCPU: 1.5, PeakMemory: 300 << 20}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -61,18 +61,74 @@ type Journal interface {
 	Prune(ctx context.Context, before time.Time) (int, error)
 }
 
-// MemJournal is a Journal and a PoolStore in memory (for a server without
-// a database, and tests).
+// ObservationStore keeps the runs the classifier learns from, so learning
+// survives a restart.
+type ObservationStore interface {
+	PutObservation(ctx context.Context, o *HeatObservation) error
+	// RecentObservations returns, for every template, its newest perTemplate
+	// runs, oldest first.
+	RecentObservations(ctx context.Context, perTemplate int) ([]HeatObservation, error)
+	// PruneObservations deletes runs older than before.
+	PruneObservations(ctx context.Context, before time.Time) (int, error)
+}
+
+// MemJournal is a Journal, a PoolStore and an ObservationStore in memory
+// (for a server without a database, and tests).
 type MemJournal struct {
 	mu      sync.Mutex
 	records map[string]Record
 	pools   map[string]Pool
+	obs     []HeatObservation
 }
 
 var (
-	_ Journal   = (*MemJournal)(nil)
-	_ PoolStore = (*MemJournal)(nil)
+	_ Journal          = (*MemJournal)(nil)
+	_ PoolStore        = (*MemJournal)(nil)
+	_ ObservationStore = (*MemJournal)(nil)
 )
+
+// PutObservation implements ObservationStore.
+func (j *MemJournal) PutObservation(_ context.Context, o *HeatObservation) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.obs = append(j.obs, *o)
+	return nil
+}
+
+// RecentObservations implements ObservationStore.
+func (j *MemJournal) RecentObservations(_ context.Context, perTemplate int) ([]HeatObservation, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	all := slices.Clone(j.obs)
+	slices.SortStableFunc(all, func(a, b HeatObservation) int { return a.Timestamp.Compare(b.Timestamp) })
+	return newestPerTemplate(all, perTemplate), nil
+}
+
+// PruneObservations implements ObservationStore.
+func (j *MemJournal) PruneObservations(_ context.Context, before time.Time) (int, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	n := len(j.obs)
+	j.obs = slices.DeleteFunc(j.obs, func(o HeatObservation) bool { return o.Timestamp.Before(before) })
+	return n - len(j.obs), nil
+}
+
+// newestPerTemplate keeps the last n of each template in all (oldest
+// first), keeping the order.
+func newestPerTemplate(all []HeatObservation, n int) []HeatObservation {
+	count := map[string]int{}
+	for _, o := range all {
+		count[o.TemplateID]++
+	}
+	var out []HeatObservation
+	for _, o := range all {
+		if count[o.TemplateID] <= n {
+			out = append(out, o)
+		}
+		count[o.TemplateID]--
+	}
+	return out
+}
 
 func cloneRecord(r *Record) *Record {
 	c := *r

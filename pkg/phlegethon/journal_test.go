@@ -17,6 +17,7 @@ import (
 func testJournal(t *testing.T, j interface {
 	Journal
 	PoolStore
+	ObservationStore
 }) {
 	ctx := context.Background()
 	recs := []*Record{
@@ -76,6 +77,33 @@ func testJournal(t *testing.T, j interface {
 	}
 	if pools, _ := j.ListPools(ctx); len(pools) != 1 {
 		t.Errorf("after delete %+v", pools)
+	}
+
+	for i := range 5 {
+		for _, tmpl := range []string{"web", "etl"} {
+			o := &HeatObservation{TemplateID: tmpl, ActualDuration: time.Duration(i) * time.Second, PeakCPU: 0.5, PeakMemory: 1 << 20, Timestamp: t0.Add(time.Duration(i) * time.Minute)}
+			if err := j.PutObservation(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	obs, err := j.RecentObservations(ctx, 3)
+	if err != nil || len(obs) != 6 {
+		t.Fatalf("recent %+v, %v", obs, err)
+	}
+	for _, o := range obs {
+		if o.ActualDuration < 2*time.Second || o.PeakMemory != 1<<20 || o.PeakCPU != 0.5 {
+			t.Errorf("not among the newest 3: %+v", o)
+		}
+	}
+	if !obs[0].Timestamp.Before(obs[len(obs)-1].Timestamp) {
+		t.Errorf("not oldest first: %+v", obs)
+	}
+	if n, err := j.PruneObservations(ctx, t0.Add(2*time.Minute)); err != nil || n != 4 {
+		t.Errorf("prune %d, %v", n, err)
+	}
+	if obs, _ := j.RecentObservations(ctx, 10); len(obs) != 6 {
+		t.Errorf("after prune %d", len(obs))
 	}
 }
 

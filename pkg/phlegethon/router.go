@@ -33,6 +33,9 @@ type Config struct {
 	// that opted in (SandboxRequest.Opted), so a create that asks for no
 	// heat keeps its own size and lifetime.
 	EnforceAll bool
+	// Observations keeps what the classifier learns across restarts; nil:
+	// learning lives in memory only.
+	Observations ObservationStore
 }
 
 // Validate returns every problem of c.
@@ -71,6 +74,15 @@ func NewRouter(ctx context.Context, cfg Config, store PoolStore, nodes NodeListe
 	pools, err := NewPools(ctx, store)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Observations != nil {
+		obs, err := cfg.Observations.RecentObservations(ctx, cl.learn.Window)
+		if err != nil {
+			return nil, fmt.Errorf("load heat observations: %w", err)
+		}
+		for _, o := range obs {
+			_ = cl.Observe(o) // a stored run that no longer checks out is skipped
+		}
 	}
 	r := &Router{cfg: cfg, classes: cfg.Classes, classifier: cl, pools: pools, nodes: nodes, running: map[string]HeatLevel{}}
 	r.metrics = newCollector(r.snapshot)
@@ -230,9 +242,9 @@ func (r *Router) Started(id string, h HeatLevel) {
 }
 
 // Ended forgets sandbox id and learns from what it did (obs may be nil when
-// the guest reported nothing). A bad observation is refused and changes
-// nothing but the running count.
-func (r *Router) Ended(id string, obs *HeatObservation) error {
+// the guest reported nothing), keeping the run in Config.Observations. A bad
+// observation is refused and changes nothing but the running count.
+func (r *Router) Ended(ctx context.Context, id string, obs *HeatObservation) error {
 	r.mu.Lock()
 	delete(r.running, id)
 	q := r.queue
@@ -243,7 +255,15 @@ func (r *Router) Ended(id string, obs *HeatObservation) error {
 	if obs == nil {
 		return nil
 	}
-	return r.classifier.Observe(*obs)
+	if err := r.classifier.Observe(*obs); err != nil {
+		return err
+	}
+	if r.cfg.Observations != nil {
+		if err := r.cfg.Observations.PutObservation(ctx, obs); err != nil {
+			return fmt.Errorf("keep observation of %s: %w", obs.TemplateID, err)
+		}
+	}
+	return nil
 }
 
 // GetHeatMetrics implements HeatRouter.

@@ -3,6 +3,7 @@ package phlegethon
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,10 +104,10 @@ func TestRouterMetrics(t *testing.T) {
 	}
 	enqueue(t, q, "w1", HeatWarm, 0)
 	enqueue(t, q, "w2", HeatWarm, 0)
-	if err := r.Ended("sb-1", &HeatObservation{TemplateID: "base", ActualDuration: time.Minute, PeakCPU: 1}); err != nil {
+	if err := r.Ended(ctx, "sb-1", &HeatObservation{TemplateID: "base", ActualDuration: time.Minute, PeakCPU: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Ended("sb-2", &HeatObservation{TemplateID: "base", PeakCPU: -1}); err == nil {
+	if err := r.Ended(ctx, "sb-2", &HeatObservation{TemplateID: "base", PeakCPU: -1}); err == nil {
 		t.Error("a hostile observation was taken")
 	}
 	if len(r.Classifier().History("base")) != 1 {
@@ -151,5 +152,31 @@ tartarus_heat_classifications_total{heat="warm",rule="hint"} 1
 	}
 	if n, err := testutil.GatherAndCount(reg, "tartarus_heat_queue_wait_seconds"); err != nil || n != 1 {
 		t.Errorf("wait histogram %d, %v", n, err)
+	}
+}
+
+// What the classifier learned survives a restart: a new router over the
+// same database explains the template's heat from the stored runs.
+func TestRouterLearningSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "heat.db")
+	open := func() *Router {
+		j := openSQLite(t, path)
+		r, err := NewRouter(ctx, Config{Observations: j}, j, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r1 := open()
+	for i := range DefaultMinSamples {
+		if err := r1.Ended(ctx, "sb", &HeatObservation{TemplateID: "etl", ActualDuration: 20 * time.Minute, PeakCPU: 1, Timestamp: t0.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r2 := open()
+	e, err := r2.Classifier().ExplainTemplate("etl")
+	if err != nil || e.Heat != HeatInferno || e.Rule != RuleLearned {
+		t.Errorf("after restart %+v, %v", e, err)
 	}
 }

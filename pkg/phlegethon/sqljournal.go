@@ -38,9 +38,16 @@ var migrations = []string{
 		name TEXT PRIMARY KEY,
 		pool TEXT NOT NULL
 	)`,
+	`CREATE TABLE IF NOT EXISTS heat_observations (
+		template    TEXT NOT NULL,
+		observed_at BIGINT NOT NULL,
+		observation TEXT NOT NULL
+	)`,
+	`CREATE INDEX IF NOT EXISTS heat_observations_template ON heat_observations (template, observed_at)`,
 }
 
-// Migrate creates the heat_queue and heat_pools tables if they are missing.
+// Migrate creates the heat_queue, heat_pools and heat_observations tables
+// if they are missing.
 // It is idempotent; the store's migrations should call it (under their lock
 // on Postgres).
 func Migrate(ctx context.Context, db *sql.DB) error {
@@ -52,8 +59,8 @@ func Migrate(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// SQLJournal is a Journal and a PoolStore in a SQL database (SQLite or
-// Postgres). Each row keeps the whole record as JSON beside the columns it
+// SQLJournal is a Journal, a PoolStore and an ObservationStore in a SQL
+// database (SQLite or Postgres). Each row keeps the whole record as JSON beside the columns it
 // is queried by.
 type SQLJournal struct {
 	db      *sql.DB
@@ -61,8 +68,9 @@ type SQLJournal struct {
 }
 
 var (
-	_ Journal   = (*SQLJournal)(nil)
-	_ PoolStore = (*SQLJournal)(nil)
+	_ Journal          = (*SQLJournal)(nil)
+	_ PoolStore        = (*SQLJournal)(nil)
+	_ ObservationStore = (*SQLJournal)(nil)
 )
 
 // NewSQLJournal returns a journal over db; call Migrate first.
@@ -210,4 +218,55 @@ func (j *SQLJournal) ListPools(ctx context.Context) ([]Pool, error) {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
 	return out, nil
+}
+
+// PutObservation implements ObservationStore.
+func (j *SQLJournal) PutObservation(ctx context.Context, o *HeatObservation) error {
+	data, err := json.Marshal(o)
+	if err != nil {
+		return fmt.Errorf("encode observation of %s: %w", o.TemplateID, err)
+	}
+	_, err = j.db.ExecContext(ctx, j.q(`INSERT INTO heat_observations (template, observed_at, observation) VALUES (?, ?, ?)`),
+		o.TemplateID, o.Timestamp.UnixNano(), string(data))
+	if err != nil {
+		return fmt.Errorf("put observation of %s: %w", o.TemplateID, err)
+	}
+	return nil
+}
+
+// RecentObservations implements ObservationStore. It reads every kept run
+// (Prune bounds them) and keeps the newest of each template here, which
+// needs no window functions and so reads the same on both dialects.
+func (j *SQLJournal) RecentObservations(ctx context.Context, perTemplate int) ([]HeatObservation, error) {
+	rows, err := j.db.QueryContext(ctx, `SELECT observation FROM heat_observations ORDER BY observed_at`)
+	if err != nil {
+		return nil, fmt.Errorf("list observations: %w", err)
+	}
+	defer rows.Close()
+	var all []HeatObservation
+	for rows.Next() {
+		var data string
+		if err := rows.Scan(&data); err != nil {
+			return nil, fmt.Errorf("scan observation: %w", err)
+		}
+		var o HeatObservation
+		if err := json.Unmarshal([]byte(data), &o); err != nil {
+			return nil, fmt.Errorf("decode observation: %w", err)
+		}
+		all = append(all, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list observations: %w", err)
+	}
+	return newestPerTemplate(all, perTemplate), nil
+}
+
+// PruneObservations implements ObservationStore.
+func (j *SQLJournal) PruneObservations(ctx context.Context, before time.Time) (int, error) {
+	res, err := j.db.ExecContext(ctx, j.q(`DELETE FROM heat_observations WHERE observed_at < ?`), before.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("prune observations: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
 }
