@@ -71,6 +71,17 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 			if req.NodeLabels, err = parseKV("node-label", labels); err != nil {
 				return err
 			}
+			if req.FromCheckpoint != "" {
+				// The checkpoint decides the shape unless asked otherwise.
+				for name, v := range map[string]*int{"memory": &req.MemoryMB, "cpus": &req.CPUs} {
+					if !cmd.Flags().Changed(name) {
+						*v = 0
+					}
+				}
+				if !cmd.Flags().Changed("template") {
+					req.Template = ""
+				}
+			}
 			c, err := o.client()
 			if err != nil {
 				return err
@@ -96,6 +107,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE environment of every command (repeatable)")
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
 	f.StringArrayVar(&labels, "node-label", nil, "KEY=VALUE a cluster node must carry to run it (repeatable)")
+	f.StringVar(&req.FromCheckpoint, "from-checkpoint", "", "create from a checkpoint (files and memory as they were; its template and shape)")
 	o.addOutputFlag(cmd)
 	return cmd
 }
@@ -208,25 +220,63 @@ func newSandboxGetCmd(o *clientOptions) *cobra.Command {
 }
 
 func newSandboxRmCmd(o *clientOptions) *cobra.Command {
-	return &cobra.Command{
-		Use: "rm ID...", Aliases: []string{"delete", "destroy"}, Short: "Destroy sandboxes", Args: cobra.MinimumNArgs(1),
+	var (
+		grace      time.Duration
+		signal     string
+		checkpoint bool
+		wait       bool
+	)
+	cmd := &cobra.Command{
+		Use: "rm ID...", Aliases: []string{"delete", "destroy"}, Short: "Destroy sandboxes (at once, or gracefully with --grace)",
+		Long: `Destroy sandboxes. Without flags a sandbox ends at once. With --grace its processes
+get the signal (SIGTERM) and that long to finish, running execs and file transfers are
+waited for, then SIGKILL; --checkpoint keeps a restorable checkpoint first
+(tartarus sandbox create --from-checkpoint ID).`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
+			graceful := cmd.Flags().Changed("grace") || cmd.Flags().Changed("signal") || checkpoint
 			var errs []error
 			for _, id := range args {
-				sb, err := c.DeleteSandbox(cmd.Context(), id)
+				if !graceful {
+					sb, err := c.DeleteSandbox(cmd.Context(), id)
+					if err != nil {
+						errs = append(errs, fmt.Errorf("%s: %w", id, err))
+						continue
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", sb.ID, sb.State)
+					continue
+				}
+				st, err := c.TerminateSandbox(cmd.Context(), id, &tartarus.ShutdownOptions{
+					GracePeriod: grace, Signal: tartarus.Signal(signal), CreateCheckpoint: checkpoint})
+				for err == nil && wait && !st.Phase.Final() {
+					time.Sleep(200 * time.Millisecond)
+					st, err = c.Termination(cmd.Context(), id)
+				}
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%s: %w", id, err))
 					continue
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", sb.ID, sb.State)
+				line := fmt.Sprintf("%s %s", id, st.Phase)
+				if st.CheckpointID != "" {
+					line += " checkpoint " + st.CheckpointID
+				}
+				if st.ErrorMessage != "" {
+					line += ": " + st.ErrorMessage
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), line)
 			}
 			return errors.Join(errs...)
 		},
 	}
+	cmd.Flags().DurationVar(&grace, "grace", 0, "time the sandbox's processes get between the signal and SIGKILL (up to 1h)")
+	cmd.Flags().StringVar(&signal, "signal", "", "signal sent first: SIGTERM (default), SIGINT, SIGHUP, SIGQUIT or SIGKILL")
+	cmd.Flags().BoolVar(&checkpoint, "checkpoint", false, "keep a restorable checkpoint (memory and disk) before the end")
+	cmd.Flags().BoolVar(&wait, "wait", true, "with --grace or --checkpoint, wait until the termination is done")
+	return cmd
 }
 
 func newSandboxForkCmd(o *clientOptions) *cobra.Command {

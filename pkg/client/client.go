@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
@@ -142,6 +143,11 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 
 // call sends in (JSON, if not nil) and decodes the answer into out (if not nil).
 func (c *Client) call(ctx context.Context, method, p string, in, out any) error {
+	return c.callQuery(ctx, method, p, nil, in, out)
+}
+
+// callQuery is call with a query string.
+func (c *Client) callQuery(ctx context.Context, method, p string, q url.Values, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		data, err := json.Marshal(in)
@@ -150,7 +156,7 @@ func (c *Client) call(ctx context.Context, method, p string, in, out any) error 
 		}
 		body = bytes.NewReader(data)
 	}
-	req, err := c.request(ctx, method, p, nil, body)
+	req, err := c.request(ctx, method, p, q, body)
 	if err != nil {
 		return err
 	}
@@ -196,6 +202,45 @@ func (c *Client) GetSandbox(ctx context.Context, id string) (*tartarus.Sandbox, 
 func (c *Client) DeleteSandbox(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 	var sb tartarus.Sandbox
 	return &sb, c.call(ctx, "DELETE", sandboxPath(id, ""), nil, &sb)
+}
+
+// TerminateSandbox ends a sandbox as opts say (grace period, signal,
+// checkpoint, reason, callback) and returns the termination as it starts;
+// Termination follows it.
+func (c *Client) TerminateSandbox(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.TerminationStatus, error) {
+	q := url.Values{"grace_s": {strconv.Itoa(int(opts.GracePeriod / time.Second))}}
+	if opts.Signal != "" {
+		q.Set("signal", string(opts.Signal))
+	}
+	if opts.CreateCheckpoint {
+		q.Set("checkpoint", "true")
+	}
+	if opts.Reason != "" {
+		q.Set("reason", string(opts.Reason))
+	}
+	if opts.CallbackURL != "" {
+		q.Set("callback_url", opts.CallbackURL)
+	}
+	var st tartarus.TerminationStatus
+	return &st, c.callQuery(ctx, "DELETE", sandboxPath(id, ""), q, nil, &st)
+}
+
+// Termination reports a sandbox's termination.
+func (c *Client) Termination(ctx context.Context, id string) (*tartarus.TerminationStatus, error) {
+	var st tartarus.TerminationStatus
+	return &st, c.call(ctx, "GET", sandboxPath(id, "/termination"), nil, &st)
+}
+
+// Checkpoint takes a restorable checkpoint of a running sandbox.
+func (c *Client) Checkpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error) {
+	var ck tartarus.Checkpoint
+	return &ck, c.call(ctx, "POST", sandboxPath(id, "/checkpoint"), nil, &ck)
+}
+
+// Checkpoints lists the caller's checkpoints.
+func (c *Client) Checkpoints(ctx context.Context) ([]*tartarus.Checkpoint, error) {
+	var l api.CheckpointList
+	return l.Checkpoints, c.call(ctx, "GET", "/v1/checkpoints", nil, &l)
 }
 
 func (c *Client) action(ctx context.Context, id, verb string) (*tartarus.Sandbox, error) {

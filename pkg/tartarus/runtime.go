@@ -36,7 +36,9 @@ type Runtime interface {
 	// kills the command's process group.
 	Exec(ctx context.Context, id string, req *ExecRequest) (*ExecResult, error)
 
-	// Signal sends sig to every process started in the sandbox by Exec.
+	// Signal sends sig to every process in the sandbox (in a microVM every
+	// guest process but the guest agent; in a container the processes
+	// started by Exec).
 	Signal(ctx context.Context, id string, sig syscall.Signal) error
 
 	// Pause stops the sandbox's vCPUs (or freezes its processes); its memory
@@ -197,9 +199,10 @@ type FileInfo struct {
 
 // Stats is a sandbox's resource use as its guest reports it.
 type Stats struct {
-	CPUPercent     float64   `json:"cpu_percent"`
-	MemoryUsedMB   int       `json:"memory_used_mb"`
-	MemoryTotalMB  int       `json:"memory_total_mb"`
+	CPUPercent    float64 `json:"cpu_percent"`
+	MemoryUsedMB  int     `json:"memory_used_mb"`
+	MemoryTotalMB int     `json:"memory_total_mb"`
+	// Processes counts the sandbox's own processes, not the guest agent.
 	Processes      int       `json:"processes"`
 	LastActivityAt time.Time `json:"last_activity_at"`
 }

@@ -150,8 +150,10 @@ func parseMeminfo(b []byte) (total, avail uint64, err error) {
 // pfKthread marks kernel threads in /proc/PID/stat's flags.
 const pfKthread = 0x00200000
 
-// countProcesses counts user-space processes (not kernel threads) in /proc.
+// countProcesses counts user-space processes (not kernel threads) in /proc,
+// the agent itself left out: what remains is the sandbox's own work.
 func countProcesses() (int, error) {
+	self := strconv.Itoa(os.Getpid())
 	d, err := os.Open("/proc")
 	if err != nil {
 		return 0, err
@@ -163,7 +165,7 @@ func countProcesses() (int, error) {
 	}
 	n := 0
 	for _, name := range names {
-		if name[0] < '0' || name[0] > '9' {
+		if name[0] < '0' || name[0] > '9' || name == self {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + name + "/stat")

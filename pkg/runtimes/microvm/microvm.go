@@ -442,6 +442,14 @@ func (d *Driver) Signal(ctx context.Context, id string, sig syscall.Signal) erro
 		return err
 	}
 	defer done()
+	// Every guest process but the agent hears it, daemons that left their
+	// exec's process group too; a guest from before that call knows only
+	// its exec's process groups.
+	if _, err := g.SignalProcesses(ctx, sig); err == nil {
+		return nil
+	} else if !errors.Is(err, tartarus.ErrNotImplemented) {
+		return fmt.Errorf("signal sandbox %s: %w", id, err)
+	}
 	if err := g.SignalAll(ctx, sig); err != nil {
 		return fmt.Errorf("signal sandbox %s: %w", id, err)
 	}

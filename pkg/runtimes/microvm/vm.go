@@ -31,6 +31,7 @@ type guestConn interface {
 	Info() guest.Info
 	Exec(ctx context.Context, req *tartarus.ExecRequest) (*tartarus.ExecResult, error)
 	SignalAll(ctx context.Context, sig syscall.Signal) error
+	SignalProcesses(ctx context.Context, sig syscall.Signal) (int, error)
 	ReadFile(ctx context.Context, path string) (io.ReadCloser, error)
 	WriteFile(ctx context.Context, path string, mode os.FileMode, r io.Reader) error
 	ListFiles(ctx context.Context, path string) ([]tartarus.FileInfo, error)
