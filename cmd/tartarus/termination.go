@@ -1,0 +1,100 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// newSandboxTerminationCmd shows how a sandbox's termination went.
+func newSandboxTerminationCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use: "termination ID", Short: "Show a sandbox's termination: its phases, deadline, exit code and checkpoint", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.Termination(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "phase\t%s\nreason\t%s\nsignal\t%s\ndeadline\t%s\n", st.Phase, st.Reason, st.Signal, st.GraceDeadline.Format(time.RFC3339Nano))
+			if st.ExitCode != nil {
+				fmt.Fprintf(w, "exit code\t%d\n", *st.ExitCode)
+			}
+			if st.CheckpointID != "" {
+				fmt.Fprintf(w, "checkpoint\t%s\n", st.CheckpointID)
+			}
+			if st.ErrorMessage != "" {
+				fmt.Fprintf(w, "error\t%s\n", st.ErrorMessage)
+			}
+			for _, p := range st.Phases {
+				fmt.Fprintf(w, "  %s\t%s\n", p.Phase, p.StartedAt.Format(time.RFC3339Nano))
+			}
+			return w.Flush()
+		},
+	}
+	o.addOutputFlag(cmd)
+	return cmd
+}
+
+// newCheckpointCmd lists checkpoints and takes one of a running sandbox.
+func newCheckpointCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "checkpoint", Short: "Restorable checkpoints of sandboxes (create from one with sandbox create --from-checkpoint)"}
+	ls := &cobra.Command{
+		Use: "ls", Short: "List your checkpoints", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.Checkpoints(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), list)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tSANDBOX\tCREATED\tEXPIRES\tSIZE")
+			for _, ck := range list {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f MiB\n", ck.ID, ck.SandboxID, ck.CreatedAt.Format(time.RFC3339),
+					ck.ExpiresAt.Format(time.RFC3339), float64(ck.Size)/(1<<20))
+			}
+			return w.Flush()
+		},
+	}
+	o.addOutputFlag(ls)
+	take := &cobra.Command{
+		Use: "create ID", Short: "Checkpoint a running sandbox (it goes on running); print the checkpoint's id", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			ck, err := c.Checkpoint(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), ck.ID)
+			return nil
+		},
+	}
+	cmd.AddCommand(ls, take)
+	return cmd
+}
