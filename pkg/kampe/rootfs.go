@@ -27,6 +27,13 @@ func ExtractTar(ctx context.Context, r io.Reader, dir string) (skipped int, err 
 		return 0, fmt.Errorf("extract: %w", err)
 	}
 	defer root.Close()
+	return ExtractTarRoot(ctx, r, root)
+}
+
+// ExtractTarRoot is ExtractTar into an open root. An entry replaces
+// whatever non-directory its name holds (a symbolic link is removed, never
+// written through).
+func ExtractTarRoot(ctx context.Context, r io.Reader, root *os.Root) (skipped int, err error) {
 	type dirTime struct {
 		name string
 		hdr  *tar.Header

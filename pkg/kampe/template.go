@@ -134,20 +134,13 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 		return res, fmt.Errorf("migrate %s: %w", ref, err)
 	}
 	res.SkippedEntries = skipped
-	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "etc/tartarus"} {
-		_ = os.MkdirAll(filepath.Join(rootfs, d), 0o755)
-	}
-	_ = os.Remove(filepath.Join(rootfs, ".dockerenv"))
-
-	// 2. The configuration, in the image and in the manifest.
-	cm := ContainerManifest{SourceID: f.ID, SourceName: f.Name, SourceImage: f.Image, Entrypoint: f.Entrypoint,
-		Cmd: f.Cmd, WorkingDir: f.WorkingDir, User: f.User, Env: f.Env}
-	cmJSON, _ := json.MarshalIndent(cm, "", "  ")
-	if err := os.WriteFile(filepath.Join(rootfs, "etc", "tartarus", "container.json"), cmJSON, 0o644); err != nil {
-		return res, err
+	// Everything written into the container's tree from here is resolved
+	// inside it: its links are the image author's, not ours to follow.
+	if err := finishRootFS(rootfs, cmJSON(f)); err != nil {
+		return res, fmt.Errorf("migrate %s: %w", ref, err)
 	}
 
-	// 3. The ext4 image a microVM boots.
+	// 2. The ext4 image a microVM boots.
 	if err := MakeExt4(ctx, rootfs, filepath.Join(work, "rootfs.ext4"), 256); err != nil {
 		return res, fmt.Errorf("migrate %s: %w", ref, err)
 	}
@@ -170,7 +163,7 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 	}
 	m := TemplateManifest{Name: res.Template, Digest: digest, BuiltAt: clk.Now().UTC(),
 		Description: fmt.Sprintf("migrated from container %s (%s)", ref, f.Image),
-		Inputs:      map[string]string{"container": f.ID, "image": f.Image, "kernel": "base"}, Container: cm}
+		Inputs:      map[string]string{"container": f.ID, "image": f.Image, "kernel": "base"}, Container: containerManifest(f)}
 	mJSON, _ := json.MarshalIndent(m, "", "  ")
 	if err := os.WriteFile(filepath.Join(work, "manifest.json"), append(mJSON, '\n'), 0o644); err != nil {
 		return res, err
@@ -185,6 +178,45 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 	res.RootFS = filepath.Join(res.Dir, "rootfs.ext4")
 	res.Duration = clk.Now().Sub(start)
 	return res, nil
+}
+
+func containerManifest(f *ContainerFacts) ContainerManifest {
+	return ContainerManifest{SourceID: f.ID, SourceName: f.Name, SourceImage: f.Image, Entrypoint: f.Entrypoint,
+		Cmd: f.Cmd, WorkingDir: f.WorkingDir, User: f.User, Env: f.Env}
+}
+
+func cmJSON(f *ContainerFacts) []byte {
+	b, _ := json.MarshalIndent(containerManifest(f), "", "  ")
+	return b
+}
+
+// finishRootFS adds what every guest needs to the container's tree and
+// writes its configuration to /etc/tartarus/container.json, every name
+// resolved inside rootfs (MkdirInRoot).
+func finishRootFS(rootfs string, config []byte) error {
+	for _, d := range []string{"proc", "sys", "dev", "tmp", "run"} {
+		r, err := MkdirInRoot(rootfs, d)
+		if err != nil {
+			return err
+		}
+		r.Close()
+	}
+	top, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return err
+	}
+	_ = top.Remove(".dockerenv")
+	top.Close()
+	etc, err := MkdirInRoot(rootfs, "etc/tartarus")
+	if err != nil {
+		return err
+	}
+	defer etc.Close()
+	// Remove first: a link planted at the name is replaced, not followed.
+	if err := etc.RemoveAll("container.json"); err != nil {
+		return err
+	}
+	return etc.WriteFile("container.json", config, 0o644)
 }
 
 // linkOrCopy hard-links src to dst, or copies it across file systems.

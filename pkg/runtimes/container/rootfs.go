@@ -6,12 +6,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -109,6 +112,11 @@ func UnpackImage(ctx context.Context, img *tartarus.Image, cacheDir string) (str
 // WriteTar writes the tree under dir to w as a tar stream with names
 // relative to dir, keeping owners, modes, symbolic links and device nodes.
 // Files named .tartarus-unpacked (the unpack marker) are left out.
+//
+// Every entry is opened inside dir (os.Root), never by a host path, and a
+// regular file is read only if the file opened is the one just listed: a
+// symbolic link swapped in by whoever owns the tree (a running container)
+// cannot send the walk to the host's files; it makes the walk fail instead.
 func WriteTar(ctx context.Context, dir string, w io.Writer) error {
 	return writeTar(ctx, dir, w, false)
 }
@@ -122,55 +130,71 @@ func WriteTarOneFileSystem(ctx context.Context, dir string, w io.Writer) error {
 }
 
 func writeTar(ctx context.Context, dir string, w io.Writer, oneFS bool) error {
-	var rootDev uint64
-	if st, err := os.Stat(dir); err == nil {
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			rootDev = sys.Dev
-		}
+	// OpenRoot follows dir itself when it is a link (/proc/<pid>/root is
+	// one); everything below is resolved inside it.
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("tar %s: %w", dir, err)
 	}
-	// A trailing slash makes the walk follow dir itself when it is a link
-	// (/proc/<pid>/root is one).
-	walkRoot := dir
-	if !strings.HasSuffix(walkRoot, "/") {
-		walkRoot += "/"
+	defer root.Close()
+	st, err := root.Stat(".")
+	if err != nil {
+		return fmt.Errorf("tar %s: %w", dir, err)
 	}
 	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(walkRoot, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
+	if err := walkTar(ctx, root, tw, ".", st, devOf(st), oneFS); err != nil {
+		return fmt.Errorf("tar %s: %w", dir, err)
+	}
+	return tw.Close()
+}
+
+// walkTar writes the entries of directory rel of root, depth first, in
+// name order; dirInfo is what Lstat said of it, and the directory opened
+// must be that one.
+func walkTar(ctx context.Context, root *os.Root, tw *tar.Writer, rel string, dirInfo os.FileInfo, rootDev uint64, oneFS bool) error {
+	d, err := root.Open(rel)
+	if err != nil {
+		return err
+	}
+	if got, err := d.Stat(); err != nil || !os.SameFile(dirInfo, got) {
+		d.Close()
+		return fmt.Errorf("%s changed while it was read: refused", rel)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	slices.Sort(names)
+	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(dir, p)
+		p := path.Join(rel, name)
+		if p == ".tartarus-unpacked" {
+			continue
+		}
+		fi, err := root.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the listing
+		}
 		if err != nil {
 			return err
-		}
-		if rel == "." || rel == ".tartarus-unpacked" {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		var skipBelow bool
-		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && oneFS && fi.IsDir() && sys.Dev != rootDev {
-			skipBelow = true
 		}
 		if fi.Mode()&os.ModeSocket != 0 {
-			return nil
+			continue
 		}
 		link := ""
 		if fi.Mode()&os.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
+			if link, err = root.Readlink(p); err != nil {
 				return err
 			}
 		}
 		hdr, err := tar.FileInfoHeader(fi, link)
 		if err != nil {
-			return fmt.Errorf("%s: %w", rel, err)
+			return fmt.Errorf("%s: %w", p, err)
 		}
-		hdr.Name = filepath.ToSlash(rel)
+		hdr.Name = p
 		if fi.IsDir() {
 			hdr.Name += "/"
 		}
@@ -179,27 +203,54 @@ func writeTar(ctx context.Context, dir string, w io.Writer, oneFS bool) error {
 			hdr.Uname, hdr.Gname = "", ""
 		}
 		hdr.Format = tar.FormatPAX
+		if hdr.Typeflag == tar.TypeReg {
+			if err := writeRegular(root, tw, p, fi, hdr); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
-		if skipBelow {
-			return filepath.SkipDir
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
+		if fi.IsDir() && !(oneFS && devOf(fi) != rootDev) {
+			if err := walkTar(ctx, root, tw, p, fi, rootDev, oneFS); err != nil {
 				return err
 			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("%s: %w", rel, err)
-			}
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("tar %s: %w", dir, err)
 	}
-	return tw.Close()
+	return nil
+}
+
+// writeRegular writes the header and content of the regular file p, which
+// Lstat described as fi. The file opened must be that same file (device and
+// inode): a link swapped in since is refused, not followed.
+func writeRegular(root *os.Root, tw *tar.Writer, p string, fi os.FileInfo, hdr *tar.Header) error {
+	f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	defer f.Close()
+	got, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if !got.Mode().IsRegular() || !os.SameFile(fi, got) {
+		return fmt.Errorf("%s changed while it was read (now %s): refused", p, got.Mode().Type())
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	// A file that grows is cut at its listed size; one that shrinks fails
+	// the archive rather than padding it.
+	if _, err := io.CopyN(tw, f, hdr.Size); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return nil
+}
+
+func devOf(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Dev)
+	}
+	return 0
 }

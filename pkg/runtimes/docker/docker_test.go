@@ -61,6 +61,7 @@ func TestDocker(t *testing.T) {
 		}
 	})
 	t.Run("Migration", func(t *testing.T) { testMigration(t, newRuntime(t, host, cache), host, img) })
+	t.Run("HostileMigration", func(t *testing.T) { testHostileMigration(t, newRuntime(t, host, cache), host, img) })
 }
 
 func testMigration(t *testing.T, rt *docker.Runtime, host string, img *tartarus.Image) {

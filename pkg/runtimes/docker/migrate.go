@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -17,6 +15,7 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	rtcontainer "github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -196,31 +195,38 @@ func (r *Runtime) Migrate(ctx context.Context, containerID string, opts MigrateO
 	})
 }
 
-// copyInto copies the tree at src to dst inside root (cp -a keeps owners,
-// modes and links). dst is resolved inside root first, so a symbolic link in
-// the exported file system cannot send the copy elsewhere.
+// copyInto replaces the directory dst of the tree at root with the content
+// of the volume at src, as the container saw it (a volume hides what the
+// image has below its mount point). dst is resolved inside root
+// (kampe.MkdirInRoot), the volume is read inside src (container.WriteTar)
+// and written inside dst (kampe.ExtractTarRoot): a link in the image or in
+// the volume is copied as a link, never followed on the host.
 func copyInto(ctx context.Context, src, root, dst string) error {
-	rt, err := os.OpenRoot(root)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	rel := strings.TrimPrefix(filepath.Clean("/"+dst), "/")
-	if rel == "" {
+	if strings.Trim(filepath.Clean("/"+dst), "/") == "" {
 		return tartarus.Errorf(tartarus.ErrInvalid, "volume at /")
 	}
-	if err := rt.MkdirAll(rel, 0o755); err != nil {
+	sub, err := kampe.MkdirInRoot(root, dst)
+	if err != nil {
 		return err
 	}
-	// After MkdirAll inside the root, every component of rel is a real
-	// directory (os.Root refuses to follow a link out), so the host path
-	// below is the same directory.
-	if st, err := rt.Lstat(rel); err != nil || !st.IsDir() {
-		return fmt.Errorf("%s is not a directory in the image", dst)
-	}
-	out, err := exec.CommandContext(ctx, "cp", "-a", "--", filepath.Clean(src)+"/.", filepath.Join(root, rel)+"/").CombinedOutput()
+	defer sub.Close()
+	d, err := sub.Open(".")
 	if err != nil {
-		return fmt.Errorf("cp: %w: %s", err, strings.TrimSpace(string(out)))
+		return err
 	}
-	return nil
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := sub.RemoveAll(n); err != nil {
+			return err
+		}
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(rtcontainer.WriteTar(ctx, src, pw)) }()
+	_, err = kampe.ExtractTarRoot(ctx, pr, sub)
+	pr.CloseWithError(err)
+	return err
 }
