@@ -50,6 +50,7 @@ func TestContainerd(t *testing.T) {
 		})
 	})
 	t.Run("Migration", func(t *testing.T) { testMigration(t, newRuntime(t, addr, cache), addr, img) })
+	t.Run("HostileMigration", func(t *testing.T) { testHostileMigration(t, newRuntime(t, addr, cache), addr, img) })
 	t.Run("Fingerprint", func(t *testing.T) {
 		fp, err := newRuntime(t, addr, cache).Fingerprint(context.Background())
 		if err != nil || !fp.Available || fp.Capabilities.Snapshot || fp.Details["snapshot"] == "" {
