@@ -2,14 +2,19 @@ package cerberus
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +27,9 @@ import (
 // the HTTP request. It holds no credential: an identity is named by its id,
 // an API key by its key id.
 type AuditRecord struct {
+	// Seq and Prev chain the log (see AuditLog); Append sets them.
+	Seq          uint64         `json:"seq,omitempty"`
+	Prev         string         `json:"prev,omitempty"`
 	Timestamp    time.Time      `json:"timestamp"`
 	RequestID    string         `json:"request_id,omitempty"`
 	Identity     *AuditIdentity `json:"identity,omitempty"`
@@ -81,6 +89,15 @@ type AuditLogConfig struct {
 
 // AuditLog is an append-only JSON-lines audit log, rotated by size.
 //
+// The log is a hash chain: every line carries a sequence number ("seq") and
+// the SHA-256 of the line before it ("prev", hex), across rotations too (a
+// new file's first line names the old file's last), so editing, deleting or
+// reordering a line breaks the chain at the next one (VerifyAuditDir). A
+// torn line left by a crash is hashed like any other, so it does not break
+// the chain. What a chain cannot show by itself is the loss of the newest
+// lines or of whole oldest files: VerifyAuditDir reports the first and last
+// seq and the head hash, to compare with a copy kept elsewhere.
+//
 // Append returns only after the entry is on stable storage (fsync), and the
 // gateway calls it before the response is complete, so no entry of an
 // answered request is lost in a crash. Appends that arrive while one fsync
@@ -92,10 +109,13 @@ type AuditLog struct {
 	keep    int
 	clock   clock.Clock
 
-	mu      sync.Mutex // guards f, size, written
+	mu      sync.Mutex // guards f, size, written, seq, last
 	f       *os.File
 	size    int64
 	written uint64
+	seq     uint64   // of the last line written
+	last    [32]byte // SHA-256 of the last line written
+	noChain bool     // benchmarks only: the cost of the chain
 
 	syncMu sync.Mutex // one fsync or rotation at a time; guards synced
 	synced uint64
@@ -121,7 +141,101 @@ func OpenAuditLog(cfg AuditLogConfig) (*AuditLog, error) {
 	if err := l.openCurrent(); err != nil {
 		return nil, err
 	}
+	if err := l.loadHead(); err != nil {
+		l.f.Close()
+		return nil, err
+	}
 	return l, nil
+}
+
+// loadHead finds the chain's head: the hash and seq of the last line of the
+// current file, or of the newest rotated one when the current is empty.
+func (l *AuditLog) loadHead() error {
+	names, err := l.rotated()
+	if err != nil {
+		return err
+	}
+	names = append(names, auditFile)
+	for i := len(names) - 1; i >= 0; i-- {
+		line, err := lastLine(filepath.Join(l.dir, names[i]))
+		if err != nil {
+			return fmt.Errorf("open audit log: %w", err)
+		}
+		if line == nil {
+			continue
+		}
+		l.last = sha256.Sum256(line)
+		var h chainHead
+		if json.Unmarshal(line, &h) == nil {
+			l.seq = h.Seq
+		} else if line, err = lastGoodLine(filepath.Join(l.dir, names[i])); err == nil && line != nil {
+			// A torn last line: go on from the seq before it.
+			if json.Unmarshal(line, &h) == nil {
+				l.seq = h.Seq + 1
+			}
+		}
+		return nil
+	}
+	return nil
+}
+
+// chainHead is the part of a line the chain reads.
+type chainHead struct {
+	Seq  uint64 `json:"seq"`
+	Prev string `json:"prev"`
+}
+
+// lastLine returns the last non-empty line of file (without its newline),
+// nil for an empty or missing file.
+func lastLine(file string) ([]byte, error) {
+	lines, err := tailLines(file)
+	if err != nil || len(lines) == 0 {
+		return nil, err
+	}
+	return lines[len(lines)-1], nil
+}
+
+// lastGoodLine returns the last line of file that parses as JSON.
+func lastGoodLine(file string) ([]byte, error) {
+	lines, err := tailLines(file)
+	for i := len(lines) - 1; i >= 0; i-- {
+		if json.Valid(lines[i]) {
+			return lines[i], nil
+		}
+	}
+	return nil, err
+}
+
+// tailLines returns the complete non-empty lines of the last 1 MiB of file.
+func tailLines(file string) ([][]byte, error) {
+	f, err := os.Open(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(st.Size()-1<<20, 0)
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	lines := bytes.Split(buf, []byte{'\n'})
+	if off > 0 {
+		lines = lines[1:] // the first may be cut
+	}
+	var out [][]byte
+	for _, ln := range lines {
+		if len(ln) > 0 {
+			out = append(out, ln)
+		}
+	}
+	return out, nil
 }
 
 func (l *AuditLog) openCurrent() error {
@@ -159,6 +273,10 @@ func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
 		return fmt.Errorf("audit: encode entry: %w", err)
 	}
 	line = append(line, '\n')
+	// Seq and Prev are the log's to set.
+	if rec.Seq != 0 || rec.Prev != "" {
+		return errors.New("audit: a record must not carry seq or prev")
+	}
 
 	for {
 		l.mu.Lock()
@@ -174,6 +292,9 @@ func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
 			return err
 		}
 	}
+	if !l.noChain {
+		line = l.chainLocked(line)
+	}
 	n, err := l.f.Write(line)
 	l.size += int64(n)
 	l.written++
@@ -183,6 +304,22 @@ func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
 		return fmt.Errorf("audit: write: %w", err)
 	}
 	return l.syncTo(seq)
+}
+
+// chainLocked puts the next seq and the previous line's hash at the front
+// of line (a JSON object and its newline) and makes it the head. The rest
+// was encoded outside the lock; only this splice and one hash run inside.
+func (l *AuditLog) chainLocked(line []byte) []byte {
+	l.seq++
+	var b []byte
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, l.seq, 10)
+	b = append(b, `,"prev":"`...)
+	b = hex.AppendEncode(b, l.last[:])
+	b = append(b, `",`...)
+	b = append(b, line[1:]...)
+	l.last = sha256.Sum256(b[:len(b)-1])
+	return b
 }
 
 func (l *AuditLog) syncTo(seq uint64) error {
