@@ -290,7 +290,53 @@ func newAuditCmd() *cobra.Command {
 	f.StringVar(&result, "result", "", "only success, denied or error")
 	f.BoolVar(&asJSON, "json", false, "print the JSON lines as stored")
 	f.DurationVar(&every, "interval", time.Second, "poll interval with -f")
-	cmd.AddCommand(tail)
+	cmd.AddCommand(tail, newAuditVerifyCmd())
+	return cmd
+}
+
+// newAuditVerifyCmd is `tartarus audit verify`: it walks the audit log's
+// hash chain on this host's disk (no server needed) and reports the first
+// broken link; the exit status is 1 when there is one.
+func newAuditVerifyCmd() *cobra.Command {
+	var dir string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the audit log's hash chain and report the first broken link",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := cerberus.VerifyAuditDir(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				b, _ := json.MarshalIndent(rep, "", "  ")
+				fmt.Fprintln(w, string(b))
+			} else {
+				fmt.Fprintf(w, "files:     %d (%s)\n", len(rep.Files), strings.Join(rep.Files, ", "))
+				fmt.Fprintf(w, "entries:   %d chained, seq %d..%d", rep.Entries, rep.FirstSeq, rep.LastSeq)
+				if rep.FirstSeq > 1 {
+					fmt.Fprintf(w, " (entries before %d were rotated away or removed)", rep.FirstSeq)
+				}
+				fmt.Fprintln(w)
+				if rep.Torn > 0 || rep.Unchained > 0 {
+					fmt.Fprintf(w, "also:      %d torn line(s) from crashes, %d line(s) from before the chain\n", rep.Torn, rep.Unchained)
+				}
+				fmt.Fprintf(w, "head:      %s (keep it elsewhere: a later verify must reach it)\n", rep.Head)
+			}
+			if rep.Broken != nil {
+				return fmt.Errorf("audit chain broken at %s", rep.Broken)
+			}
+			if !asJSON {
+				fmt.Fprintln(w, "chain:     intact")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", filepath.Join(envOr("TARTARUS_DATA_DIR", serverDataDir()), "audit"), "the audit log's directory (the server's --data-dir/audit)")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }
 

@@ -268,28 +268,46 @@ func (l *AuditLog) openCurrent() error {
 
 // Append writes one entry and waits until it is durable.
 func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
+	seq, err := l.write(rec)
+	if err != nil {
+		return err
+	}
+	return l.syncTo(seq)
+}
+
+// AppendLazy writes one entry without waiting for it to be durable: the
+// next Append, rotation or Close makes it so. It is for entries an outsider
+// can cause at will (failed authentications), whose fsyncs they would
+// otherwise dictate.
+func (l *AuditLog) AppendLazy(rec AuditRecord) error {
+	_, err := l.write(rec)
+	return err
+}
+
+// write appends rec to the file and returns its place in the write order.
+func (l *AuditLog) write(rec AuditRecord) (uint64, error) {
 	line, err := json.Marshal(rec)
 	if err != nil {
-		return fmt.Errorf("audit: encode entry: %w", err)
+		return 0, fmt.Errorf("audit: encode entry: %w", err)
 	}
 	line = append(line, '\n')
 	// Seq and Prev are the log's to set.
 	if rec.Seq != 0 || rec.Prev != "" {
-		return errors.New("audit: a record must not carry seq or prev")
+		return 0, errors.New("audit: a record must not carry seq or prev")
 	}
 
 	for {
 		l.mu.Lock()
 		if l.f == nil {
 			l.mu.Unlock()
-			return errors.New("audit: log is closed")
+			return 0, errors.New("audit: log is closed")
 		}
 		if l.size < l.maxSize {
 			break // still holding mu
 		}
 		l.mu.Unlock()
 		if err := l.rotateIfFull(); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if !l.noChain {
@@ -301,9 +319,9 @@ func (l *AuditLog) Append(ctx context.Context, rec AuditRecord) error {
 	seq := l.written
 	l.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("audit: write: %w", err)
+		return 0, fmt.Errorf("audit: write: %w", err)
 	}
-	return l.syncTo(seq)
+	return seq, nil
 }
 
 // chainLocked puts the next seq and the previous line's hash at the front

@@ -30,13 +30,16 @@ type Config struct {
 	// the same one to the key store, verifiers and audit log.
 	Clock clock.Clock
 	Log   *slog.Logger
+	// FailureAudit bounds the audit entries of failed authentications.
+	FailureAudit FailureAuditConfig
 }
 
 // Cerberus is the gateway: it implements the seed's Gateway and, through
 // Guard, the HTTP middleware the API server uses.
 type Cerberus struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	fails *failureGate
 }
 
 var (
@@ -68,7 +71,7 @@ func New(cfg Config) (*Cerberus, error) {
 	if cfg.Policy.onReload == nil && cfg.Metrics != nil {
 		cfg.Policy.onReload = cfg.Metrics.policyReload
 	}
-	return &Cerberus{cfg: cfg, log: cfg.Log}, nil
+	return &Cerberus{cfg: cfg, log: cfg.Log, fails: newFailureGate(cfg.FailureAudit, cfg.Clock)}, nil
 }
 
 // Policy is the policy in force.
@@ -255,7 +258,20 @@ func (c *Cerberus) refuse(w http.ResponseWriter, r *http.Request, e *AuditEntry,
 	c.cfg.Metrics.authFailure(reason)
 	e.Result, e.Reason, e.ErrorMessage, e.Status = AuditResultDenied, "authentication failed: "+reason, msg, status
 	e.Latency = c.cfg.Clock.Now().Sub(e.Timestamp)
-	c.RecordAccess(context.WithoutCancel(r.Context()), e)
+	// Failures are the attacker's to multiply: a bounded number per source
+	// is written, without waiting for its own fsync (the next durable
+	// entry covers it); the rest only counted.
+	if ok, note := c.fails.admit(e.SourceIP); ok {
+		e.Reason += note
+		c.cfg.Metrics.request(e.Result, e.Action, e.Resource.Type)
+		if err := c.cfg.Audit.AppendLazy(e.Record()); err != nil {
+			c.cfg.Metrics.auditError()
+			c.log.Error("audit entry not written", "request_id", e.RequestID, "err", err)
+		}
+	} else {
+		c.cfg.Metrics.request(e.Result, e.Action, e.Resource.Type)
+		c.cfg.Metrics.failureSuppressed()
+	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tartarus", error="invalid_token"`)
 	}

@@ -15,6 +15,7 @@ type Metrics struct {
 	authFailures  *prometheus.CounterVec
 	auditErrors   prometheus.Counter
 	policyReloads *prometheus.CounterVec
+	suppressed    prometheus.Counter
 }
 
 // NewMetrics registers the counters with reg (nil: not registered, for tests).
@@ -32,13 +33,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "tartarus_audit_write_errors_total",
 			Help: "Audit entries that could not be written.",
 		}),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tartarus_audit_failures_suppressed_total",
+			Help: "Failed authentications counted but not written to the audit log (over the per-source or global limit).",
+		}),
 		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tartarus_auth_policy_reloads_total",
 			Help: "Policy file reloads, by result (ok, rejected).",
 		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.authFailures, m.auditErrors, m.policyReloads} {
+		for _, c := range []prometheus.Collector{m.requests, m.authFailures, m.auditErrors, m.policyReloads, m.suppressed} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if !errors.As(err, &are) {
@@ -82,6 +87,12 @@ func (m *Metrics) auditError() {
 	}
 }
 
+func (m *Metrics) failureSuppressed() {
+	if m != nil {
+		m.suppressed.Inc()
+	}
+}
+
 func (m *Metrics) policyReload(ok bool) {
 	if m == nil {
 		return
@@ -100,6 +111,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.authFailures.Describe(ch)
 	m.auditErrors.Describe(ch)
 	m.policyReloads.Describe(ch)
+	m.suppressed.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -108,6 +120,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.authFailures.Collect(ch)
 	m.auditErrors.Collect(ch)
 	m.policyReloads.Collect(ch)
+	m.suppressed.Collect(ch)
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
