@@ -496,6 +496,47 @@ func TestRateLimitKeys(t *testing.T) {
 	}
 }
 
+// TestRateLimitBogusCredentialsShareTheirAddress: random bogus tokens from
+// one client each have a fresh credential bucket, but until a shore has
+// accepted a credential its requests are charged to the client's address
+// too, so the flood is cut after one burst; a real key, once accepted,
+// keeps its own bucket.
+func TestRateLimitBogusCredentialsShareTheirAddress(t *testing.T) {
+	b := newBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tk_aaaaaaaaaaaa_good" {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	})
+	clock := newFakeClock()
+	cfg := quietConfig()
+	cfg.RateLimiting = RateLimitConfig{Enabled: true, RequestsPerSecond: 1, Burst: 5}
+	_, srv := newTestFerry(t, Options{Config: cfg, Clock: clock}, b.shore())
+	c := testClient()
+	good := map[string]string{"Authorization": "Bearer tk_aaaaaaaaaaaa_good"}
+	if code, _, _ := do(t, c, "GET", srv.URL+"/x", good); code != 200 {
+		t.Fatalf("the real key: %d", code)
+	}
+	crossed := 0
+	for i := range 50 {
+		bogus := map[string]string{"Authorization": fmt.Sprintf("Bearer tk_%012d_bogus", i)}
+		switch code, _, _ := do(t, c, "GET", srv.URL+"/x", bogus); code {
+		case 401:
+			crossed++
+		case 429:
+		default:
+			t.Fatalf("bogus token %d: %d", i, code)
+		}
+	}
+	if crossed != 4 { // the address's burst, less the real key's first request
+		t.Errorf("%d bogus tokens crossed, want 4", crossed)
+	}
+	for i := range 4 {
+		if code, _, _ := do(t, c, "GET", srv.URL+"/x", good); code != 200 {
+			t.Fatalf("the proven key, request %d, while its address is limited: %d", i, code)
+		}
+	}
+}
+
 func TestRateLimitSharedThroughRedis(t *testing.T) {
 	rdb := startRedis(t)
 	b := newBackend(t, "a", nil)

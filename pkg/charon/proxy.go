@@ -100,6 +100,7 @@ type BoatFerry struct {
 	clock     clock.Clock
 	log       *slog.Logger
 	limiter   Limiter
+	proven    *provenCreds // credentials shores accepted, for the limiter
 	transport *http.Transport
 	rt        interface {
 		http.RoundTripper
@@ -140,6 +141,7 @@ func New(opts Options) (*BoatFerry, error) {
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
+	f.proven = newProvenCreds(f.clock)
 	if f.limiter == nil && cfg.RateLimiting.Enabled {
 		f.limiter = NewLocalLimiter(cfg.RateLimiting.RequestsPerSecond, cfg.RateLimiting.Burst, f.clock)
 	}
@@ -255,7 +257,20 @@ func (f *BoatFerry) Cross(ctx context.Context, req *http.Request) (*http.Respons
 
 func (f *BoatFerry) take(ctx context.Context, r *http.Request) Decision {
 	rl := f.cfg.RateLimiting
-	d, err := f.limiter.Take(ctx, limitKey(r, rl.KeyFunc, rl.TrustTenantHeader))
+	key := limitKey(r, rl.KeyFunc, rl.TrustTenantHeader)
+	// A credential no shore has accepted yet is charged to its address
+	// first: bogus tokens cannot each buy a fresh bucket.
+	if ip := ipKey(r, key, f.proven); ip != "" {
+		d, err := f.limiter.Take(ctx, ip)
+		if err != nil {
+			f.m.limiterErrors.Inc()
+			f.log.Warn("rate limiter", slog.Any("err", err))
+		}
+		if !d.Allowed {
+			return d
+		}
+	}
+	d, err := f.limiter.Take(ctx, key)
 	if err != nil {
 		f.m.limiterErrors.Inc()
 		f.log.Warn("rate limiter", slog.Any("err", err))
@@ -381,6 +396,7 @@ func (f *BoatFerry) roundTrip(req *http.Request) (*http.Response, error) {
 				s.active.Add(-1)
 				return fail(f.attemptError(ctx, outcomeTimeout, s, errCrossingTimeout))
 			}
+			f.proven.learn(req, resp.StatusCode)
 			resp.Body = trackBody(resp.Body, s, cancel)
 			return resp, nil
 		}
