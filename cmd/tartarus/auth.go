@@ -28,6 +28,7 @@ type authOptions struct {
 
 	oidcIssuer, oidcAudience                     string
 	oidcUserClaim, oidcTenantClaim               string
+	oidcEmailVerifiedClaim                       string
 	oidcRolesClaim, oidcGroupsClaim, oidcDefault string
 	oidcAlgs                                     []string
 
@@ -73,6 +74,7 @@ func addAuthFlags(cmd *cobra.Command) *authOptions {
 	f.StringVar(&o.oidcIssuer, "oidc-issuer", "", "accept bearer JWTs from this OIDC issuer URL")
 	f.StringVar(&o.oidcAudience, "oidc-audience", "", "audience (aud) the OIDC tokens must carry")
 	f.StringVar(&o.oidcUserClaim, "oidc-user-claim", "email", "claim naming the user (falls back to sub)")
+	f.StringVar(&o.oidcEmailVerifiedClaim, "oidc-email-verified-claim", "email_verified", `claim that must be true when the user id is an email ("-": the issuer only issues verified addresses)`)
 	f.StringVar(&o.oidcTenantClaim, "oidc-tenant-claim", "tenant", "claim naming the tenant (dotted paths walk into objects)")
 	f.StringVar(&o.oidcRolesClaim, "oidc-roles-claim", "roles", "claim listing policy roles")
 	f.StringVar(&o.oidcGroupsClaim, "oidc-groups-claim", "groups", "claim listing groups (bound to roles by the policy)")
@@ -165,7 +167,7 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 	if o.oidcIssuer != "" {
 		cfg.OIDC, err = cerberus.NewOIDCVerifier(cerberus.OIDCConfig{
 			Issuer: o.oidcIssuer, Audience: o.oidcAudience, Algorithms: o.oidcAlgs,
-			UserClaim: o.oidcUserClaim, TenantClaim: o.oidcTenantClaim, RolesClaim: o.oidcRolesClaim,
+			UserClaim: o.oidcUserClaim, EmailVerifiedClaim: o.oidcEmailVerifiedClaim, TenantClaim: o.oidcTenantClaim, RolesClaim: o.oidcRolesClaim,
 			GroupsClaim: o.oidcGroupsClaim, DefaultTenant: o.oidcDefault,
 		}, clk, log)
 		if err != nil {

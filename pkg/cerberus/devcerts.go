@@ -95,6 +95,9 @@ func (ca *CertKey) IssueNode(principal, tenant, trustDomain string, hosts []stri
 	if !ok {
 		return nil, fmt.Errorf("client certificate: %q is not service:NAME or agent:NAME", principal)
 	}
+	if strings.HasPrefix(name, KeyPrefix) {
+		return nil, fmt.Errorf("client certificate: names beginning %q belong to API keys", KeyPrefix)
+	}
 	if trustDomain == "" {
 		trustDomain = "tartarus"
 	}

@@ -26,6 +26,9 @@ const (
 	ReasonCertNoName    = "client_certificate_names_no_identity"
 	ReasonNotConfigured = "method_not_enabled"
 	ReasonUnavailable   = "identity_provider_unavailable"
+	// Added for issue 13: identities that could pass for another.
+	ReasonEmailUnverified = "email_not_verified"
+	ReasonCertAmbiguous   = "client_certificate_ambiguous"
 )
 
 // AuthError is a failed authentication. Message is safe to show the client;

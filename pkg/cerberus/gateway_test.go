@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -377,6 +378,19 @@ func TestGatewayMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	custom := func(cn string, ous ...string) *CertKey {
+		c, err := issue(&x509.Certificate{Subject: pkix.Name{CommonName: cn, OrganizationalUnit: ous},
+			NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}, e.ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if _, err := e.ca.IssueClient("service:tk_0123456789ab", "acme", "", now, time.Hour); err == nil {
+		t.Error("the dev CA issued a certificate named like an API key")
+	}
 
 	tests := []struct {
 		name   string
@@ -386,6 +400,10 @@ func TestGatewayMTLS(t *testing.T) {
 		reason string
 		who    string
 	}{
+		{"cert named like an API key", custom("service:tk_0123456789ab", "tenant:acme"), "/v1/whoami", 401, ReasonCertAmbiguous, ""},
+		{"cert with two tenants", custom("service:deployer", "tenant:globex", "tenant:acme"), "/v1/whoami", 401, ReasonCertAmbiguous, ""},
+		{"cert with an empty tenant", custom("service:deployer", "tenant:"), "/v1/whoami", 401, ReasonCertAmbiguous, ""},
+		{"cert with one tenant OU among others", custom("service:deployer", "engineering", "tenant:acme"), "/v1/whoami", 200, "", "service:deployer@acme"},
 		{"service cert", deployer, "/v1/whoami", 200, "", "service:deployer@acme"},
 		{"agent cert, default tenant", agent, "/v1/whoami", 200, "", "agent:node-1@" + DefaultTenant},
 		{"bound role allows own tenant", deployer, "/v1/sandboxes/sb-acme", 200, "", ""},

@@ -58,14 +58,28 @@ func (m *MTLSConfig) Verify(c *MTLSCredential) (*Identity, error) {
 	if name == "" {
 		return nil, authErr(ReasonCertNoName, "client certificate names no service or agent (want URI spiffe://…/service/NAME or CN service:NAME)", "subject "+c.Certificate.Subject.String())
 	}
+	// API keys are the principals service:tk_<id>; a certificate must not
+	// be able to pass for one.
+	if strings.HasPrefix(name, KeyPrefix) {
+		return nil, authErr(ReasonCertAmbiguous, fmt.Sprintf("client certificate names %s:%s; names beginning %q belong to API keys", typ, name, KeyPrefix), "subject "+c.Certificate.Subject.String())
+	}
 	tenant := m.DefaultTenant
 	if tenant == "" {
 		tenant = DefaultTenant
 	}
+	var tenants []string
 	for _, ou := range c.Certificate.Subject.OrganizationalUnit {
-		if t, ok := strings.CutPrefix(ou, "tenant:"); ok && t != "" {
-			tenant = t
+		if t, ok := strings.CutPrefix(ou, "tenant:"); ok {
+			tenants = append(tenants, t)
 		}
+	}
+	switch {
+	case len(tenants) > 1:
+		return nil, authErr(ReasonCertAmbiguous, fmt.Sprintf("client certificate names %d tenants (OU=tenant:…); it must name at most one", len(tenants)), "subject "+c.Certificate.Subject.String())
+	case len(tenants) == 1 && tenants[0] == "":
+		return nil, authErr(ReasonCertAmbiguous, "client certificate's OU=tenant: names no tenant", "subject "+c.Certificate.Subject.String())
+	case len(tenants) == 1:
+		tenant = tenants[0]
 	}
 	fp := sha256.Sum256(c.Certificate.Raw)
 	return &Identity{

@@ -33,10 +33,16 @@ type OIDCConfig struct {
 	Algorithms []string
 
 	// Claim names; a dotted name walks into objects ("realm_access.roles").
-	UserClaim   string // default "email", falling back to "sub"
-	TenantClaim string // default "tenant"
-	RolesClaim  string // default "roles"
-	GroupsClaim string // default "groups"
+	UserClaim string // default "email", falling back to "sub"
+	// EmailVerifiedClaim names the claim that must be true when the user
+	// id is an email (UserClaim's last part is "email"): an issuer that
+	// lets anyone set an unverified address would otherwise let anyone
+	// become anyone. Default "email_verified"; "-" turns the check off,
+	// for an issuer that only ever issues verified addresses.
+	EmailVerifiedClaim string
+	TenantClaim        string // default "tenant"
+	RolesClaim         string // default "roles"
+	GroupsClaim        string // default "groups"
 	// DefaultTenant is used for tokens without the tenant claim; empty means
 	// such tokens are refused.
 	DefaultTenant string
@@ -153,6 +159,9 @@ func NewOIDCVerifier(cfg OIDCConfig, clk clock.Clock, log *slog.Logger) (*OIDCVe
 	if cfg.UserClaim == "" {
 		cfg.UserClaim = "email"
 	}
+	if cfg.EmailVerifiedClaim == "" {
+		cfg.EmailVerifiedClaim = "email_verified"
+	}
 	if cfg.TenantClaim == "" {
 		cfg.TenantClaim = "tenant"
 	}
@@ -268,6 +277,9 @@ func (v *OIDCVerifier) verify(ctx context.Context, token string) (*Identity, err
 		return nil, authErr(ReasonInvalidToken, "token claims are not a JSON object", err.Error())
 	}
 	user := claimString(claims, v.cfg.UserClaim)
+	if user != "" && v.userIsEmail() && v.cfg.EmailVerifiedClaim != "-" && !claimTrue(claims, v.cfg.EmailVerifiedClaim) {
+		return nil, authErr(ReasonEmailUnverified, fmt.Sprintf("the token's %s is not verified (%q is not true)", v.cfg.UserClaim, v.cfg.EmailVerifiedClaim), "user "+user)
+	}
 	if user == "" {
 		user = tok.Subject
 	}
@@ -292,6 +304,27 @@ func (v *OIDCVerifier) verify(ctx context.Context, token string) (*Identity, err
 		AuthTime:    v.clock.Now(),
 		ExpiresAt:   tok.Expiry,
 	}, nil
+}
+
+// userIsEmail reports whether the user id claim is an email address.
+func (v *OIDCVerifier) userIsEmail() bool {
+	c := v.cfg.UserClaim
+	if i := strings.LastIndexByte(c, '.'); i >= 0 {
+		c = c[i+1:]
+	}
+	return strings.EqualFold(c, "email")
+}
+
+// claimTrue reports whether claim is the boolean true (or the string
+// "true", which some issuers send).
+func claimTrue(claims map[string]any, name string) bool {
+	switch b := claimValue(claims, name).(type) {
+	case bool:
+		return b
+	case string:
+		return b == "true"
+	}
+	return false
 }
 
 // jwtAlg reads the alg of a JWS header without trusting anything else in it.

@@ -98,7 +98,7 @@ func algOf(k crypto.Signer) string {
 
 func (i *testIssuer) claims(now time.Time) map[string]any {
 	return map[string]any{
-		"iss": i.srv.URL, "aud": "tartarus", "sub": "u-123", "email": "alice@example.com", "name": "Alice",
+		"iss": i.srv.URL, "aud": "tartarus", "sub": "u-123", "email": "alice@example.com", "email_verified": true, "name": "Alice",
 		"tenant": "acme", "roles": []string{"sandbox-user"}, "groups": []string{"developers"},
 		"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(time.Hour).Unix(),
 	}
@@ -457,4 +457,52 @@ func FuzzOIDCVerify(f *testing.F) {
 			t.Fatalf("accepted a token the issuer did not sign: %+v", id)
 		}
 	})
+}
+
+// TestOIDCEmailMustBeVerified: with the email as user id, a token whose
+// email_verified is not true is refused (anyone can claim an address at
+// some issuers); the claim's name is configurable and the check can be
+// turned off; a user id that is not an email needs no such claim.
+func TestOIDCEmailMustBeVerified(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	iss := newTestIssuer(t)
+	iss.addKey("ec-1", "ec")
+	iss.publish("ec-1")
+	claims := iss.claims(clk.Now())
+	tests := []struct {
+		name   string
+		mod    func(*OIDCConfig)
+		claims map[string]any
+		want   string // user id, or "" for refused
+	}{
+		{"verified", nil, claims, "alice@example.com"},
+		{"not verified", nil, with(claims, "email_verified", false), ""},
+		{"claim missing", nil, with(claims, "email_verified", nil), ""},
+		{"string true", nil, with(claims, "email_verified", "true"), "alice@example.com"},
+		{"string yes is not true", nil, with(claims, "email_verified", "yes"), ""},
+		{"own claim name", func(c *OIDCConfig) { c.EmailVerifiedClaim = "ext.mail_ok" },
+			with(claims, "email_verified", nil, "ext", map[string]any{"mail_ok": true}), "alice@example.com"},
+		{"own claim name, false", func(c *OIDCConfig) { c.EmailVerifiedClaim = "ext.mail_ok" },
+			with(claims, "ext", map[string]any{"mail_ok": false}), ""},
+		{"check off", func(c *OIDCConfig) { c.EmailVerifiedClaim = "-" }, with(claims, "email_verified", false), "alice@example.com"},
+		{"user id not an email", func(c *OIDCConfig) { c.UserClaim = "preferred_username" },
+			with(claims, "email_verified", false, "preferred_username", "alice"), "alice"},
+		{"no email: falls back to sub", nil, with(claims, "email", nil, "email_verified", nil), "u-123"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := iss.verifier(t, clk, tt.mod)
+			id, err := v.Verify(ctx, iss.sign("ec-1", tt.claims))
+			if tt.want == "" {
+				if reasonOf(err) != ReasonEmailUnverified {
+					t.Fatalf("identity %+v, err %v: want refused with %s", id, err, ReasonEmailUnverified)
+				}
+				return
+			}
+			if err != nil || id.ID != tt.want {
+				t.Fatalf("identity %+v, err %v: want %s", id, err, tt.want)
+			}
+		})
+	}
 }
