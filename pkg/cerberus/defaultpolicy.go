@@ -3,7 +3,8 @@ package cerberus
 // DefaultPolicyYAML is the policy in force when the server is given no
 // --auth-policy file: platform-admin may do anything; tenant-admin manages
 // its own tenant's sandboxes, API keys and audit log; sandbox-user works
-// with its own tenant's sandboxes and snapshots; viewer only reads them.
+// with its own tenant's sandboxes and snapshots, their files included;
+// viewer sees them but not their files.
 const DefaultPolicyYAML = `# Built-in Tartarus policy (used when no --auth-policy file is given).
 roles:
   - name: platform-admin
@@ -13,7 +14,7 @@ roles:
         actions: ["*"]
 
   - name: viewer
-    description: read its own tenant's sandboxes and snapshots
+    description: see its own tenant's sandboxes and snapshots (not their files)
     permissions:
       - resource: sandbox
         actions: [read]
@@ -31,7 +32,7 @@ roles:
     inherits: [viewer]
     permissions:
       - resource: sandbox
-        actions: [create, read, update, delete, execute]
+        actions: [create, read, update, delete, execute, read_files, write_files, fork, snapshot, choose_runtime]
         conditions:
           tenant: "{{identity.tenant_id}}"
       - resource: snapshot

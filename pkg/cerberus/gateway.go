@@ -137,6 +137,16 @@ const (
 	ActionDelete  Action = "delete"
 	ActionExecute Action = "execute"
 	ActionAdmin   Action = "admin"
+
+	// Added to the seed's actions, so that seeing a sandbox is not taking
+	// its content: reading (listing, downloading) and writing its files,
+	// forking it (a copy of its memory and disk), snapshotting it
+	// (checkpoints), and choosing the runtime it runs in.
+	ActionReadFiles     Action = "read_files"
+	ActionWriteFiles    Action = "write_files"
+	ActionFork          Action = "fork"
+	ActionSnapshot      Action = "snapshot"
+	ActionChooseRuntime Action = "choose_runtime"
 )
 
 // Resource is what is being accessed.

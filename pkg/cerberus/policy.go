@@ -102,13 +102,22 @@ type condition struct {
 }
 
 // The actions a policy may name besides "*".
-var knownActions = []Action{ActionCreate, ActionRead, ActionUpdate, ActionDelete, ActionExecute, ActionAdmin}
+var knownActions = []Action{ActionCreate, ActionRead, ActionUpdate, ActionDelete, ActionExecute, ActionAdmin,
+	ActionReadFiles, ActionWriteFiles, ActionFork, ActionSnapshot, ActionChooseRuntime}
 
 var (
 	resourceName  = regexp.MustCompile(`^([a-z][a-z0-9_-]*|\*)$`)
 	templateValue = regexp.MustCompile(`^\{\{\s*identity\.([a-z_]+(?:\.[A-Za-z0-9_.-]+)?)\s*\}\}$`)
 	yamlLine      = regexp.MustCompile(`line (\d+)`)
 )
+
+func knownActionList() string {
+	names := make([]string, len(knownActions))
+	for i, a := range knownActions {
+		names[i] = string(a)
+	}
+	return strings.Join(names, ", ")
+}
 
 // The principal kinds a binding may name.
 var principalKinds = []string{"user:", "group:", "service:", "agent:", "system:"}
@@ -311,7 +320,7 @@ func (p *policyParser) permission(n *yaml.Node) *rule {
 		case "actions":
 			for _, a := range p.stringList(v, "actions") {
 				if a != "*" && !slices.Contains(knownActions, Action(a)) {
-					p.errf(v, "unknown action %q (known: create, read, update, delete, execute, admin, *)", a)
+					p.errf(v, "unknown action %q (known: %s, *)", a, knownActionList())
 					continue
 				}
 				ru.actions = append(ru.actions, Action(a))

@@ -252,3 +252,47 @@ func FuzzParsePolicy(f *testing.F) {
 		p.RolesOf(id)
 	})
 }
+
+// TestDefaultPolicyFinerActions: the built-in viewer sees its tenant's
+// sandboxes but cannot take or change their content; sandbox-user can do
+// everything it could before the finer actions, and each action is its own.
+func TestDefaultPolicyFinerActions(t *testing.T) {
+	p := DefaultPolicy()
+	own := Resource{Type: ResourceTypeSandbox, ID: "sb-1", TenantID: "acme"}
+	other := Resource{Type: ResourceTypeSandbox, ID: "sb-2", TenantID: "globex"}
+	viewer := &Identity{ID: "tk_v", Type: IdentityTypeService, TenantID: "acme", Roles: []string{"viewer"}}
+	user := &Identity{ID: "tk_u", Type: IdentityTypeService, TenantID: "acme", Roles: []string{"sandbox-user"}}
+	tests := []struct {
+		action       Action
+		viewer, user bool
+	}{
+		{ActionRead, true, true},
+		{ActionReadFiles, false, true},
+		{ActionWriteFiles, false, true},
+		{ActionExecute, false, true},
+		{ActionFork, false, true},
+		{ActionSnapshot, false, true},
+		{ActionChooseRuntime, false, true},
+		{ActionCreate, false, true},
+		{ActionUpdate, false, true},
+		{ActionDelete, false, true},
+		{ActionAdmin, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.action), func(t *testing.T) {
+			if d := p.Decide(viewer, tt.action, own); d.Allowed != tt.viewer {
+				t.Errorf("viewer %s: %+v, want allowed=%v", tt.action, d, tt.viewer)
+			}
+			if d := p.Decide(user, tt.action, own); d.Allowed != tt.user {
+				t.Errorf("sandbox-user %s: %+v, want allowed=%v", tt.action, d, tt.user)
+			}
+			if d := p.Decide(user, tt.action, other); d.Allowed {
+				t.Errorf("sandbox-user %s on another tenant's sandbox: %+v", tt.action, d)
+			}
+		})
+	}
+	if _, err := ParsePolicy([]byte("roles:\n  - name: r\n    permissions:\n      - resource: sandbox\n        actions: [download]\n")); err == nil ||
+		!strings.Contains(err.Error(), "read_files") {
+		t.Errorf("an unknown action's error does not list the known ones: %v", err)
+	}
+}

@@ -12,7 +12,7 @@ import (
 )
 
 func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	sb, err := s.sandboxFor(r, cerberus.ActionWriteFiles)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -72,7 +72,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 }
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
+	sb, err := s.sandboxFor(r, cerberus.ActionReadFiles)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

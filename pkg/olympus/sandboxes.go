@@ -66,6 +66,12 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if req.Runtime != "" {
+		if err := s.guard.Authorize(r.Context(), cerberus.ActionChooseRuntime, res); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
 	req.IdempotencyKey = r.Header.Get("Idempotency-Key")
 	sb, err := s.be.Create(r.Context(), who.TenantID, req)
 	if err != nil {
@@ -121,6 +127,13 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	} else if ok {
+		if opts.CreateCheckpoint {
+			res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: sb.ID, TenantID: sb.Tenant}
+			if err := s.guard.Authorize(r.Context(), cerberus.ActionSnapshot, res); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+		}
 		s.terminate(w, r, sb, opts)
 		return
 	}
@@ -163,9 +176,10 @@ func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
 }
 
 // fork makes copies of a sandbox. Creating sandboxes is authorized like a
-// create in the caller's tenant, besides reading the original.
+// create in the caller's tenant, besides forking the original (a copy of
+// its memory and files: more than reading it).
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
+	sb, err := s.sandboxFor(r, cerberus.ActionFork)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -143,7 +143,7 @@ func (s *Server) listTerminations(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	sb, err := s.sandboxFor(r, cerberus.ActionSnapshot)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
