@@ -21,6 +21,7 @@ import (
 
 type migrateOptions struct {
 	dockerHost, dataDir, template, output string
+	tenant                                string
 	containerd, namespace                 string
 	url, apiKey                           string
 	planOnly, force, replace, start       bool
@@ -59,6 +60,7 @@ and manifest.json; the kernel and initramfs are the base template's). With
 	f.StringVar(&o.namespace, "namespace", "default", "containerd namespace of the container (with --containerd)")
 	f.StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "Tartarus data directory the template goes into")
 	f.StringVar(&o.template, "template", "", "name of the new template (default migrated-<container name>)")
+	f.StringVar(&o.tenant, "tenant", kampe.DefaultTenant, "tenant that owns the template (only it may list and use it until `tartarus template publish`)")
 	f.BoolVar(&o.planOnly, "plan", false, "only print the plan")
 	f.BoolVar(&o.force, "force", false, "migrate despite required changes that need a person (they are left out)")
 	f.BoolVar(&o.replace, "replace", false, "replace an existing template of the same name")
@@ -103,7 +105,7 @@ func runMigrate(ctx context.Context, o *migrateOptions, container string, stdout
 		}
 	}
 	res, err := rt.Migrate(ctx, container, kampe.MigrateOptions{DataDir: o.dataDir, Template: o.template,
-		Force: o.force, Replace: o.replace})
+		Force: o.force, Replace: o.replace, Tenant: o.tenant})
 	if err != nil {
 		if errors.Is(err, tartarus.ErrFailedPrecondition) {
 			return fmt.Errorf("not migrated: %w", err)

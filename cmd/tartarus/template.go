@@ -19,7 +19,37 @@ func newTemplateCmd() *cobra.Command {
 		Use:   "template",
 		Short: "Build and list sandbox templates on this machine",
 	}
-	cmd.AddCommand(newTemplateBuildCmd(), newTemplateLsCmd())
+	cmd.AddCommand(newTemplateBuildCmd(), newTemplateLsCmd(), newTemplatePublishCmd(true), newTemplatePublishCmd(false))
+	return cmd
+}
+
+// newTemplatePublishCmd is `tartarus template publish|unpublish NAME`: an
+// operator on the machine that holds the template opens a tenant's template
+// (a migrated container) to every tenant, or closes it again.
+func newTemplatePublishCmd(public bool) *cobra.Command {
+	var dataDir string
+	use, short := "publish NAME", "Let every tenant list and use a tenant's template"
+	if !public {
+		use, short = "unpublish NAME", "Make a published template its own tenant's again"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			img, err := images.Publish(dataDir, args[0], public)
+			if err != nil {
+				return err
+			}
+			state := "its tenant " + img.Tenant + " only"
+			if img.Public {
+				state = "every tenant"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "template %s (owner %s): usable by %s\n", img.Name, img.Tenant, state)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", templateDataDir()), "data directory")
 	return cmd
 }
 
@@ -97,9 +127,16 @@ func newTemplateLsCmd() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tBUILT\tDESCRIPTION")
+			fmt.Fprintln(tw, "NAME\tOWNER\tDIGEST\tSIZE\tBUILT\tDESCRIPTION")
 			for _, img := range imgs {
-				fmt.Fprintf(tw, "%s\t%s\t%.1f MiB\t%s\t%s\n", img.Name, shortDigest(img.Digest),
+				owner := "(built in)"
+				if img.Tenant != "" {
+					owner = img.Tenant
+					if img.Public {
+						owner += " (published)"
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f MiB\t%s\t%s\n", img.Name, owner, shortDigest(img.Digest),
 					float64(img.SizeBytes)/(1<<20), img.BuiltAt.Local().Format(time.DateTime), img.Description)
 			}
 			return tw.Flush()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,4 +96,83 @@ func TestViewerCannotTakeFilesEndToEnd(t *testing.T) {
 		t.Errorf("sandbox-user exec: exit %d %q %s", code, out, errOut)
 	}
 	e.cli(t, 0, "", "sandbox", "rm", id)
+}
+
+// TestTemplatesBelongToTheirTenantEndToEnd: a template made from tenant
+// acme's data (the manifest `tartarus migrate --tenant acme` writes) is
+// listed and usable by acme only; globex gets 404 for it as for another
+// tenant's sandbox, until an operator publishes it. Built-in templates stay
+// everyone's.
+func TestTemplatesBelongToTheirTenantEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	e := newE2E(t)
+	// The acme template: the base template's files with an owner, made in
+	// the data directory the way migrate makes one.
+	name := "private-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)
+	tdir := filepath.Join(e.data, "images", "templates", name)
+	if err := os.MkdirAll(tdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tdir) }) // the images directory is the shared cache
+	base := filepath.Join(e.data, "images", "templates", "base")
+	for _, f := range []string{"vmlinux", "initrd.img", "rootfs.ext4"} {
+		if err := os.Link(filepath.Join(base, f), filepath.Join(tdir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	manifest := `{"name":"` + name + `","description":"migrated from container web","digest":"sha256:0","tenant":"acme",
+		"container":{"source_id":"web","env":["SECRET=acme-only"]}}`
+	if err := os.WriteFile(filepath.Join(tdir, "manifest.json"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	acme := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "acme", "--role", "sandbox-user"))
+	globex := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "globex", "--role", "sandbox-user"))
+
+	lists := func(key string) (own, builtin bool) {
+		status, body := e.httpAs(t, key, "GET", "/v1/templates")
+		if status != 200 {
+			t.Fatalf("GET /v1/templates: %d %s", status, body)
+		}
+		return strings.Contains(body, `"`+name+`"`), strings.Contains(body, `"base"`)
+	}
+	if own, builtin := lists(acme); !own || !builtin {
+		t.Errorf("acme lists its template %v, base %v; want both", own, builtin)
+	}
+	if own, builtin := lists(globex); own || !builtin {
+		t.Errorf("globex lists acme's template %v, base %v; want base only", own, builtin)
+	}
+	out, errOut, code := e.cliAs(t, globex, "sandbox", "create", "--template", name, "--timeout", "300")
+	if code == 0 || !strings.Contains(errOut, "not found") || strings.Contains(out+errOut, "acme") {
+		t.Errorf("globex create from acme's template: exit %d %q %q; want not found, naming no tenant", code, out, errOut)
+	}
+	out, errOut, code = e.cliAs(t, acme, "sandbox", "create", "--template", name, "--timeout", "300")
+	if code != 0 {
+		t.Fatalf("acme create from its template: exit %d %s %s", code, out, errOut)
+	}
+	sb := strings.TrimSpace(out)
+	if out, _, code := e.cliAs(t, acme, "exec", sb, "--", "echo", "ok"); code != 0 || out != "ok\n" {
+		t.Errorf("acme exec in the sandbox from its template: %d %q", code, out)
+	}
+	if _, _, code := e.cliAs(t, acme, "sandbox", "rm", sb); code != 0 {
+		t.Errorf("rm: exit %d", code)
+	}
+
+	// Published: every tenant may list and use it.
+	if out := e.cli(t, 0, "", "template", "publish", name, "--data-dir", e.data); !strings.Contains(out, "every tenant") {
+		t.Errorf("publish printed %q", out)
+	}
+	if own, _ := lists(globex); !own {
+		t.Error("globex does not list the published template")
+	}
+	out, errOut, code = e.cliAs(t, globex, "sandbox", "create", "--template", name, "--timeout", "300")
+	if code != 0 {
+		t.Fatalf("globex create from the published template: exit %d %s %s", code, out, errOut)
+	}
+	e.cliAs(t, globex, "sandbox", "rm", strings.TrimSpace(out))
+	e.cli(t, 0, "", "template", "unpublish", name, "--data-dir", e.data)
+	if own, _ := lists(globex); own {
+		t.Error("globex still lists the unpublished template")
+	}
 }

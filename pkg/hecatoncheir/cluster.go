@@ -35,7 +35,7 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 	if sb, err := a.current(ctx, want.ID); err == nil || !errors.Is(err, tartarus.ErrNotFound) {
 		return sb, err
 	}
-	rt, img, err := a.checkCreate(ctx, req)
+	rt, img, err := a.checkCreate(ctx, want.Tenant, req)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	if req.FromCheckpoint != "" {
 		return a.createFromCheckpoint(ctx, tenant, req)
 	}
-	rt, img, err := a.checkCreate(ctx, req)
+	rt, img, err := a.checkCreate(ctx, tenant, req)
 	if err != nil {
 		return nil, err
 	}
@@ -44,8 +44,9 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 
 // checkCreate normalizes req and checks that this node can create it: the
 // runtime is enabled and available, the shape fits its per-sandbox limits,
-// and the template is built.
-func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (tartarus.Runtime, *tartarus.Image, error) {
+// and the template is built and tenant's to use (another tenant's template
+// is not found, like another tenant's sandbox).
+func (a *Agent) checkCreate(ctx context.Context, tenant string, req *tartarus.CreateRequest) (tartarus.Runtime, *tartarus.Image, error) {
 	if err := req.Normalize(); err != nil {
 		return nil, nil, err
 	}
@@ -71,6 +72,9 @@ func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (t
 	img, err := a.cfg.Images.Get(ctx, req.Template)
 	if err != nil {
 		return nil, nil, fmt.Errorf("template %s: %w", req.Template, err)
+	}
+	if !img.VisibleTo(tenant) {
+		return nil, nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", req.Template)
 	}
 	return rt, img, nil
 }

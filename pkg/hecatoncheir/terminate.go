@@ -329,7 +329,7 @@ func (a *Agent) createFromCheckpoint(ctx context.Context, tenant string, req *ta
 	if r.Env == nil {
 		r.Env = src.Env
 	}
-	rt, img, err := a.checkCreate(ctx, &r)
+	rt, img, err := a.checkCreate(ctx, src.Tenant, &r)
 	if err != nil {
 		return nil, err
 	}

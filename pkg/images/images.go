@@ -135,6 +135,9 @@ type manifest struct {
 	RootFSDigest string            `json:"rootfs_digest"`
 	Inputs       map[string]string `json:"inputs"`
 	BuiltAt      time.Time         `json:"built_at"`
+	// Tenant and Public: see tartarus.Image (a built template has neither).
+	Tenant string `json:"tenant,omitempty"`
+	Public bool   `json:"public,omitempty"`
 }
 
 func (c *Catalog) templateDir(name string) string { return filepath.Join(c.dir, "templates", name) }
@@ -193,6 +196,8 @@ func (c *Catalog) Get(ctx context.Context, name string) (*tartarus.Image, error)
 		Digest:      m.Digest,
 		Description: m.Description,
 		BuiltAt:     m.BuiltAt,
+		Tenant:      m.Tenant,
+		Public:      m.Public,
 	}
 	for _, f := range []string{img.Kernel, img.Initrd, img.RootFS} {
 		st, err := os.Stat(f)
@@ -465,4 +470,57 @@ func linkOrCopy(src, dst string) error {
 		return nil
 	}
 	return copyFile(src, dst, 0o644)
+}
+
+// Publish opens the template name under dataDir to every tenant (public
+// true) or back to its owner only, by rewriting its manifest.json (fields
+// it does not know are kept). Built templates have no owner and are public
+// already: publishing one is refused, so the operator learns it.
+func Publish(dataDir, name string, public bool) (*tartarus.Image, error) {
+	if !validTemplateName(name) {
+		return nil, fmt.Errorf("template %q: %w", name, ErrNotFound)
+	}
+	dir := filepath.Join(dataDir, "images", "templates", name)
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("template %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("images: template %s: %w", name, err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return nil, fmt.Errorf("images: template %s: manifest.json: %w", name, err)
+	}
+	var tenant string
+	_ = json.Unmarshal(fields["tenant"], &tenant)
+	if tenant == "" {
+		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is built in and public to every tenant already", name)
+	}
+	if public {
+		fields["public"] = json.RawMessage("true")
+	} else {
+		delete(fields, "public")
+	}
+	out, err := json.MarshalIndent(fields, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(dir, ".manifest-*.json")
+	if err != nil {
+		return nil, fmt.Errorf("images: publish %s: %w", name, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(out, '\n')); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("images: publish %s: %w", name, err)
+	}
+	if err := errors.Join(tmp.Chmod(0o644), tmp.Sync(), tmp.Close()); err != nil {
+		return nil, fmt.Errorf("images: publish %s: %w", name, err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, "manifest.json")); err != nil {
+		return nil, fmt.Errorf("images: publish %s: %w", name, err)
+	}
+	c := &Catalog{dir: filepath.Join(dataDir, "images")}
+	return c.Get(context.Background(), name)
 }

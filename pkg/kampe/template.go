@@ -27,6 +27,10 @@ type MigrateOptions struct {
 	Force bool
 	// Replace overwrites an existing template of the same name.
 	Replace bool
+	// Tenant owns the template: it carries the container's files and
+	// environment, so only that tenant may list and use it until an
+	// operator publishes it. Empty means DefaultTenant.
+	Tenant string
 	// Clock is the time source for built_at and the duration; nil means
 	// clock.System{}.
 	Clock clock.Clock
@@ -57,7 +61,15 @@ type TemplateManifest struct {
 	Inputs      map[string]string `json:"inputs"`
 	BuiltAt     time.Time         `json:"built_at"`
 	Container   ContainerManifest `json:"container"`
+	// Tenant owns the template; Public opens it to every tenant
+	// (images.Publish).
+	Tenant string `json:"tenant"`
+	Public bool   `json:"public,omitempty"`
 }
+
+// DefaultTenant is the tenant a migrated template belongs to when none is
+// given: the server's default tenant (cerberus.DefaultTenant).
+const DefaultTenant = "default"
 
 // ContainerManifest is what a migrated template keeps of its container.
 // The same JSON is written into the root filesystem as
@@ -100,6 +112,12 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 	}
 	if !tartarus.ValidName(res.Template) {
 		return res, tartarus.Errorf(tartarus.ErrInvalid, "migrate: template name %q", res.Template)
+	}
+	if opts.Tenant == "" {
+		opts.Tenant = DefaultTenant
+	}
+	if !tartarus.ValidName(opts.Tenant) {
+		return res, tartarus.Errorf(tartarus.ErrInvalid, "migrate: tenant %q", opts.Tenant)
 	}
 	ref := firstNonEmpty(f.Name, shortID(f.ID))
 	if blocking := plan.Blocking(); len(blocking) > 0 && !opts.Force {
@@ -163,7 +181,8 @@ func BuildTemplate(ctx context.Context, f *ContainerFacts, opts MigrateOptions, 
 	}
 	m := TemplateManifest{Name: res.Template, Digest: digest, BuiltAt: clk.Now().UTC(),
 		Description: fmt.Sprintf("migrated from container %s (%s)", ref, f.Image),
-		Inputs:      map[string]string{"container": f.ID, "image": f.Image, "kernel": "base"}, Container: containerManifest(f)}
+		Inputs:      map[string]string{"container": f.ID, "image": f.Image, "kernel": "base"}, Container: containerManifest(f),
+		Tenant: opts.Tenant}
 	mJSON, _ := json.MarshalIndent(m, "", "  ")
 	if err := os.WriteFile(filepath.Join(work, "manifest.json"), append(mJSON, '\n'), 0o644); err != nil {
 		return res, err

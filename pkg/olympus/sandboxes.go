@@ -220,13 +220,17 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	list, err := s.be.Templates(r.Context())
+	all, err := s.be.Templates(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if list == nil {
-		list = []*tartarus.Image{}
+	// Another tenant's template is not listed, as its sandboxes are not.
+	list := []*tartarus.Image{}
+	for _, img := range all {
+		if img.VisibleTo(who.TenantID) {
+			list = append(list, img)
+		}
 	}
 	writeJSON(w, http.StatusOK, api.TemplateList{Templates: list})
 }

@@ -109,6 +109,18 @@ type Image struct {
 	Description string    `json:"description"`
 	SizeBytes   int64     `json:"size_bytes"`
 	BuiltAt     time.Time `json:"built_at"`
+	// Tenant owns the template when it was made from a tenant's data (a
+	// migrated container); empty for the built-in templates, which every
+	// tenant may use. Public opens an owned template to every tenant (an
+	// operator publishes it).
+	Tenant string `json:"tenant,omitempty"`
+	Public bool   `json:"public,omitempty"`
+}
+
+// VisibleTo reports whether tenant may list and use the template: a
+// built-in or published one, or its own.
+func (img *Image) VisibleTo(tenant string) bool {
+	return img.Tenant == "" || img.Public || img.Tenant == tenant
 }
 
 // ExecRequest is one command to run in a sandbox.

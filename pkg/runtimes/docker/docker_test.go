@@ -159,7 +159,7 @@ func testMigration(t *testing.T, rt *docker.Runtime, host string, img *tartarus.
 				t.Errorf("container manifest %+v", c)
 			}
 		}
-		if m.Name != "migrated-legacy-app" || !strings.HasPrefix(m.Digest, "sha256:") {
+		if m.Name != "migrated-legacy-app" || !strings.HasPrefix(m.Digest, "sha256:") || m.Tenant != kampe.DefaultTenant {
 			t.Errorf("manifest %+v", m)
 		}
 		// Again without Replace: the template is there.
