@@ -32,6 +32,7 @@ func (e *PolicyError) Error() string {
 // that one decision costs a few map lookups per role of the caller, however
 // many rules the file has. A Policy is immutable and safe for concurrent use.
 type Policy struct {
+	quotas    QuotaSet
 	roles     map[string]*compiledRole
 	bindings  map[string][]string // principal ("user:alice") → role names
 	wildBinds []wildBinding       // principals ending in "*"
@@ -137,7 +138,12 @@ func ParsePolicy(data []byte) (*Policy, error) {
 	if len(p.errs) > 0 {
 		return nil, errors.Join(p.errs...)
 	}
-	return compile(roles, bindings)
+	pol, err := compile(roles, bindings)
+	if err != nil {
+		return nil, err
+	}
+	pol.quotas = p.quotaSet
+	return pol, nil
 }
 
 func yamlError(err error) error {
@@ -168,7 +174,8 @@ type bindingDef struct {
 }
 
 type policyParser struct {
-	errs []error
+	errs     []error
+	quotaSet QuotaSet
 }
 
 func (p *policyParser) errf(n *yaml.Node, format string, args ...any) {
@@ -240,9 +247,13 @@ func (p *policyParser) document(doc *yaml.Node) ([]*roleDef, []*bindingDef) {
 	var roles []*roleDef
 	var bindings []*bindingDef
 	top := doc.Content[0]
-	p.mapping(top, "the policy", []string{"roles", "bindings"}, func(key string, k, v *yaml.Node) {
+	p.mapping(top, "the policy", []string{"roles", "bindings", "quotas"}, func(key string, k, v *yaml.Node) {
 		if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
 			return // "bindings:" with nothing under it
+		}
+		if key == "quotas" {
+			p.quotas(v)
+			return
 		}
 		if v.Kind != yaml.SequenceNode {
 			p.errf(v, "%s must be a list", key)

@@ -296,3 +296,42 @@ func TestDefaultPolicyFinerActions(t *testing.T) {
 		t.Errorf("an unknown action's error does not list the known ones: %v", err)
 	}
 }
+
+func TestPolicyQuotas(t *testing.T) {
+	p, err := ParsePolicy([]byte(DefaultPolicyYAML + `
+quotas:
+  default: {running_sandboxes: 5, memory_mb: 4096, max_lifetime_s: 3600}
+  tenants:
+    acme: {running_sandboxes: 50, snapshot_bytes: 1073741824}
+    tiny: {vcpus: 1}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		tenant string
+		want   Quota
+	}{
+		{"acme", Quota{RunningSandboxes: 50, MemoryMB: 4096, SnapshotBytes: 1 << 30, MaxLifetimeS: 3600}},
+		{"tiny", Quota{RunningSandboxes: 5, MemoryMB: 4096, VCPUs: 1, MaxLifetimeS: 3600}},
+		{"other", Quota{RunningSandboxes: 5, MemoryMB: 4096, MaxLifetimeS: 3600}},
+	}
+	for _, tt := range tests {
+		if got := p.Quotas().For(tt.tenant); got != tt.want {
+			t.Errorf("%s: %+v, want %+v", tt.tenant, got, tt.want)
+		}
+	}
+	if got := DefaultPolicy().Quotas().For("acme"); got != (Quota{}) {
+		t.Errorf("the built-in policy has quotas: %+v", got)
+	}
+	for _, bad := range []string{
+		"quotas:\n  default: {running_sandboxes: -1}\n",
+		"quotas:\n  default: {sandboxes: 1}\n",
+		"quotas:\n  tenants: [acme]\n",
+		"quotas:\n  default: {memory_mb: lots}\n",
+	} {
+		if _, err := ParsePolicy([]byte(DefaultPolicyYAML + bad)); err == nil || !strings.Contains(err.Error(), "line") {
+			t.Errorf("%q: %v, want an error with its line", bad, err)
+		}
+	}
+}

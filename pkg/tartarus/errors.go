@@ -19,7 +19,8 @@ var (
 	ErrUnauthenticated    = errors.New("unauthenticated")
 	ErrPermissionDenied   = errors.New("permission denied")
 	ErrTimeout            = errors.New("timeout")
-	ErrTooLarge           = errors.New("too large") // a request body or upload beyond its limit
+	ErrTooLarge           = errors.New("too large")      // a request body or upload beyond its limit
+	ErrQuotaExceeded      = errors.New("quota exceeded") // a tenant's quota (the message names it, its limit and use)
 )
 
 // Errorf wraps class with a formatted message: Errorf(ErrNotFound, "sandbox %s", id)
@@ -60,6 +61,7 @@ var errorTable = [...]ErrorClass{
 	{ErrPermissionDenied, "permission_denied", 403},
 	{ErrTimeout, "timeout", 504},
 	{ErrTooLarge, "too_large", 413},
+	{ErrQuotaExceeded, "quota_exceeded", 429},
 }
 
 // ClassOf returns the class err belongs to, or the internal class (code
