@@ -26,6 +26,11 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
 	claimed := id != ""
 	if !claimed {
+		// A new sandbox must fit the host beside those it holds (a warm
+		// one was counted when the pool made it).
+		if err := a.checkCapacity(ctx, rt, req.MemoryMB, req.CPUs); err != nil {
+			return nil, err
+		}
 		id = tartarus.NewID("sb-")
 	}
 	sb := tartarus.NewSandbox(id, tenant, req, a.cfg.Clock.Now().UTC())

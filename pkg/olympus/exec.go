@@ -30,6 +30,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	release, err := s.execSlot(sb)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer release()
 	if wantsNDJSON(r) {
 		s.execStream(w, r, sb, req)
 		return

@@ -72,6 +72,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if err := s.checkCreateQuota(r.Context(), who.TenantID, req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	req.IdempotencyKey = r.Header.Get("Idempotency-Key")
 	sb, err := s.be.Create(r.Context(), who.TenantID, req)
 	if err != nil {
@@ -168,7 +172,16 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx cont
 }
 
 func (s *Server) hibernate(w http.ResponseWriter, r *http.Request) {
-	s.change(w, r, s.be.Hibernate)
+	s.change(w, r, func(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+		sb, err := s.be.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.checkSnapshotQuota(ctx, sb); err != nil {
+			return nil, err
+		}
+		return s.be.Hibernate(ctx, id)
+	})
 }
 
 func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
@@ -199,6 +212,10 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Count < 1 || req.Count > api.MaxForkCount {
 		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount))
+		return
+	}
+	if err := s.checkForkQuota(r.Context(), sb, req.Count); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	list, err := s.be.Fork(r.Context(), sb.ID, req.Count)

@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -84,6 +85,8 @@ type Config struct {
 	// counters) served on /metrics.
 	Collectors []prometheus.Collector
 	Log        *slog.Logger
+	// Clock decides the quotas' minute and lifetimes; nil: clock.System.
+	Clock clock.Clock
 }
 
 // Server is the HTTP API.
@@ -94,6 +97,8 @@ type Server struct {
 	guard   cerberus.Guard
 	handler http.Handler
 	metrics *metrics
+	clock   clock.Clock
+	execs   execSlots // per tenant, for the concurrent_execs quota
 }
 
 // New builds the API's handler.
@@ -110,7 +115,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Log.With("component", "olympus"), be: cfg.Backend, guard: cfg.Guard}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System{}
+	}
+	s := &Server{cfg: cfg, log: cfg.Log.With("component", "olympus"), be: cfg.Backend, guard: cfg.Guard, clock: cfg.Clock}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(reg, cfg.Backend, s.log)
@@ -143,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 	v1("GET /v1/checkpoints", s.listCheckpoints)
 	v1("GET /v1/templates", s.listTemplates)
 	v1("GET /v1/nodes", s.listNodes)
+	v1("GET /v1/quotas", s.getQuotas)
 	v1("DELETE /v1/nodes/{name}", s.forgetNode)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {

@@ -148,6 +148,10 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.checkSnapshotQuota(r.Context(), sb); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	t, err := s.terminator()
 	if err != nil {
 		s.writeError(w, r, err)
