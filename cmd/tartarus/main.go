@@ -42,6 +42,7 @@ func newRootCmd() *cobra.Command {
 		newTemplateCmd(),
 		newCertsCmd(),
 		newMigrateCmd(),
+		newQuotaCmd(),
 	)
 	addClientCmds(root)
 	return root

@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 )
 
 // cliAs runs a client verb with the API key key and returns its stdout,
@@ -176,3 +179,57 @@ func TestTemplatesBelongToTheirTenantEndToEnd(t *testing.T) {
 		t.Error("globex still lists the unpublished template")
 	}
 }
+
+// quotaPolicy is the built-in policy plus quotas for tenant acme.
+const quotaPolicy = `
+quotas:
+  tenants:
+    acme: {running_sandboxes: 1, memory_mb: 1024}
+`
+
+// TestQuotaEndToEnd: against a real server and VMs, with quotas in the
+// policy file, a tenant at its quota gets 429 quota_exceeded naming it,
+// its limit and its use; another tenant is unaffected; `tartarus quota`
+// shows it.
+func TestQuotaEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	policy := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(policy, []byte(cerberus.DefaultPolicyYAML+quotaPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newE2E(t, "--auth-policy", policy)
+	acme := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "acme", "--role", "sandbox-user"))
+	globex := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "globex", "--role", "sandbox-user"))
+
+	out, errOut, code := e.cliAs(t, acme, "sandbox", "create", "--template", "base", "--timeout", "300")
+	if code != 0 {
+		t.Fatalf("acme's first sandbox: exit %d %s %s", code, out, errOut)
+	}
+	first := strings.TrimSpace(out)
+	out, errOut, code = e.cliAs(t, acme, "sandbox", "create", "--template", "base", "--timeout", "300")
+	if code == 0 || !strings.Contains(errOut, "429 quota_exceeded") || !strings.Contains(errOut, "running_sandboxes") ||
+		!strings.Contains(errOut, "limit 1") || !strings.Contains(errOut, "in use 1") {
+		t.Errorf("acme's second sandbox: exit %d %q %q; want 429 quota_exceeded naming running_sandboxes, limit 1, in use 1", code, out, errOut)
+	}
+	out, errOut, code = e.cliAs(t, globex, "sandbox", "create", "--template", "base", "--timeout", "300")
+	if code != 0 {
+		t.Fatalf("globex while acme is at its quota: exit %d %s %s", code, out, errOut)
+	}
+	other := strings.TrimSpace(out)
+	out, errOut, code = e.cliAs(t, acme, "quota")
+	if code != 0 || !strings.Contains(out, "tenant acme") || !regexpMatch(`running_sandboxes\s+1\s+1`, out) || !regexpMatch(`memory_mb\s+\d+\s+1024`, out) {
+		t.Errorf("tartarus quota: exit %d\n%s%s", code, out, errOut)
+	}
+	// Freed, it may create again.
+	e.cliAs(t, acme, "sandbox", "rm", first)
+	out, errOut, code = e.cliAs(t, acme, "sandbox", "create", "--template", "base", "--timeout", "300")
+	if code != 0 {
+		t.Fatalf("acme after removing its sandbox: exit %d %s %s", code, out, errOut)
+	}
+	e.cliAs(t, acme, "sandbox", "rm", strings.TrimSpace(out))
+	e.cliAs(t, globex, "sandbox", "rm", other)
+}
+
+func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
