@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -49,10 +50,16 @@ func (s *Server) quotaOf(tenant string) (cerberus.Quota, bool) {
 	return q, q != (cerberus.Quota{})
 }
 
-// usage counts what tenant holds, from the store.
-func (s *Server) usage(ctx context.Context, tenant string) (QuotaUsage, error) {
+// usage counts what tenant holds, from the store. Sandboxes that ended
+// are read only when withEnded (creates_per_minute counts them): a
+// tenant's history grows without bound, what it holds does not.
+func (s *Server) usage(ctx context.Context, tenant string, withEnded bool) (QuotaUsage, error) {
 	var u QuotaUsage
-	list, err := s.be.List(ctx, tartarus.SandboxFilter{Tenant: tenant})
+	f := tartarus.SandboxFilter{Tenant: tenant}
+	if !withEnded {
+		f.States = append(slices.Clone(held), tartarus.StateHibernated)
+	}
+	list, err := s.be.List(ctx, f)
 	if err != nil {
 		return u, fmt.Errorf("quota usage of %s: %w", tenant, err)
 	}
@@ -88,7 +95,7 @@ func (s *Server) checkGrow(ctx context.Context, tenant string, n, cpus, memoryMB
 	if !ok {
 		return nil
 	}
-	u, err := s.usage(ctx, tenant)
+	u, err := s.usage(ctx, tenant, q.CreatesPerMinute > 0)
 	if err != nil {
 		return err
 	}
@@ -158,7 +165,7 @@ func (s *Server) checkSnapshotQuota(ctx context.Context, sb *tartarus.Sandbox) e
 	if !ok || q.SnapshotBytes == 0 {
 		return nil
 	}
-	u, err := s.usage(ctx, sb.Tenant)
+	u, err := s.usage(ctx, sb.Tenant, false)
 	if err != nil {
 		return err
 	}
@@ -215,7 +222,7 @@ func (s *Server) getQuotas(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q, _ := s.quotaOf(who.TenantID)
-	u, err := s.usage(r.Context(), who.TenantID)
+	u, err := s.usage(r.Context(), who.TenantID, true)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
