@@ -236,6 +236,8 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add("roles:\n  - name: a\n    inherits: [a]\n")
 	f.Add("roles: [{name: a, permissions: [{resource: '*', actions: ['*'], conditions: {tenant: '{{identity.tenant_id}}'}}]}]\nbindings: [{identity: 'group:x*', roles: [a]}]")
 	f.Add("a: &a [*a, *a]\n")
+	f.Add(DefaultPolicyYAML + "quotas:\n  default: {running_sandboxes: 5}\n  tenants:\n    acme: {memory_mb: 1024, max_lifetime_s: 60}\n")
+	f.Add("roles: [{name: a}]\nquotas: {tenants: {x: {vcpus: 99999999999}}}\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := ParsePolicy([]byte(s))
 		if err != nil {
@@ -250,6 +252,7 @@ func FuzzParsePolicy(f *testing.F) {
 			p.Decide(id, a, Resource{Type: ResourceTypeSandbox, TenantID: "t"})
 		}
 		p.RolesOf(id)
+		p.Quotas().For("t")
 	})
 }
 
