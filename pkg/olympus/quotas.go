@@ -72,6 +72,7 @@ func (s *Server) usage(ctx context.Context, tenant string, withEnded bool) (Quot
 				u.MemoryMB += sb.MemoryMB
 			}
 		}
+
 		if sb.State == tartarus.StateHibernated {
 			u.SnapshotBytes += sb.SnapshotBytes
 		}
@@ -88,17 +89,47 @@ func quotaExceeded(tenant, quota string, limit, used, asked int64, unit string) 
 		tenant, quota, limit, unit, used, unit, asked, unit)
 }
 
+// growth is what creates in flight on this server will add to a tenant's
+// use: checked and not yet returned, they may not be in the store yet.
+type growth struct{ sandboxes, cpus, memoryMB int }
+
+// reservation is one create (or fork) in flight and what it adds.
+type reservation struct{ growth }
+
+// pending holds the growth in flight per tenant. Its lock is held from a
+// check's read of the store to its reservation, so two creates on this
+// server cannot both pass a quota with room for one. A create in flight
+// counts until it returns, also once its record is in the store: near a
+// limit, concurrent creates may be refused early (the error is on the
+// refusing side; a retry after they return passes).
+type pending struct {
+	mu sync.Mutex
+	r  map[string]map[*reservation]bool // tenant → reservations in flight
+}
+
 // checkGrow refuses n more sandboxes of the given shape for tenant when
-// that passes one of its quotas.
-func (s *Server) checkGrow(ctx context.Context, tenant string, n, cpus, memoryMB int) error {
+// that passes one of its quotas; otherwise it reserves them until release.
+func (s *Server) checkGrow(ctx context.Context, tenant string, n, cpus, memoryMB int) (release func(), err error) {
 	q, ok := s.quotaOf(tenant)
 	if !ok {
-		return nil
+		return func() {}, nil
 	}
+	s.pending.mu.Lock()
+	defer s.pending.mu.Unlock()
 	u, err := s.usage(ctx, tenant, q.CreatesPerMinute > 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var notYet growth
+	for r := range s.pending.r[tenant] {
+		notYet.sandboxes += r.sandboxes
+		notYet.cpus += r.cpus
+		notYet.memoryMB += r.memoryMB
+	}
+	u.RunningSandboxes += notYet.sandboxes
+	u.CreatesPerMinute += notYet.sandboxes
+	u.VCPUs += notYet.cpus
+	u.MemoryMB += notYet.memoryMB
 	for _, c := range []struct {
 		name              string
 		limit, used, more int64
@@ -110,22 +141,41 @@ func (s *Server) checkGrow(ctx context.Context, tenant string, n, cpus, memoryMB
 		{"creates_per_minute", int64(q.CreatesPerMinute), int64(u.CreatesPerMinute), int64(n), ""},
 	} {
 		if c.limit > 0 && c.used+c.more > c.limit {
-			return quotaExceeded(tenant, c.name, c.limit, c.used, c.more, c.unit)
+			return nil, quotaExceeded(tenant, c.name, c.limit, c.used, c.more, c.unit)
 		}
 	}
-	return nil
+	if s.pending.r == nil {
+		s.pending.r = map[string]map[*reservation]bool{}
+	}
+	if s.pending.r[tenant] == nil {
+		s.pending.r[tenant] = map[*reservation]bool{}
+	}
+	r := &reservation{growth{n, n * cpus, n * memoryMB}}
+	s.pending.r[tenant][r] = true
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.pending.mu.Lock()
+			defer s.pending.mu.Unlock()
+			delete(s.pending.r[tenant], r)
+			if len(s.pending.r[tenant]) == 0 {
+				delete(s.pending.r, tenant)
+			}
+		})
+	}, nil
 }
 
-// checkCreateQuota checks a create of req (normalized) by tenant and stamps
-// the line's start for the lifetime quota.
-func (s *Server) checkCreateQuota(ctx context.Context, tenant string, req *tartarus.CreateRequest) error {
+// checkCreateQuota checks a create of req (normalized) by tenant, stamps
+// the line's start for the lifetime quota, and reserves the sandbox until
+// release (call it once the create returned).
+func (s *Server) checkCreateQuota(ctx context.Context, tenant string, req *tartarus.CreateRequest) (release func(), err error) {
 	q, ok := s.quotaOf(tenant)
 	if !ok {
-		return nil
+		return func() {}, nil
 	}
 	if q.MaxLifetimeS > 0 {
 		if req.TimeoutS > q.MaxLifetimeS {
-			return quotaExceeded(tenant, "max_lifetime_s", int64(q.MaxLifetimeS), 0, int64(req.TimeoutS), " s")
+			return nil, quotaExceeded(tenant, "max_lifetime_s", int64(q.MaxLifetimeS), 0, int64(req.TimeoutS), " s")
 		}
 		if req.Metadata == nil {
 			req.Metadata = map[string]string{}
@@ -136,11 +186,12 @@ func (s *Server) checkCreateQuota(ctx context.Context, tenant string, req *tarta
 }
 
 // checkForkQuota checks count forks of parent: they count as creates of
-// its shape, and they may not live past the line's max lifetime.
-func (s *Server) checkForkQuota(ctx context.Context, parent *tartarus.Sandbox, count int) error {
+// its shape, and they may not live past the line's max lifetime. Like
+// checkCreateQuota it reserves them until release.
+func (s *Server) checkForkQuota(ctx context.Context, parent *tartarus.Sandbox, count int) (release func(), err error) {
 	q, ok := s.quotaOf(parent.Tenant)
 	if !ok {
-		return nil
+		return func() {}, nil
 	}
 	if q.MaxLifetimeS > 0 {
 		origin := parent.CreatedAt
@@ -150,7 +201,7 @@ func (s *Server) checkForkQuota(ctx context.Context, parent *tartarus.Sandbox, c
 		// A fork lives as long as its parent was given.
 		end := s.clock.Now().Add(parent.ExpiresAt.Sub(parent.CreatedAt))
 		if lived := int64(end.Sub(origin).Seconds()); lived > int64(q.MaxLifetimeS) {
-			return tartarus.Errorf(tartarus.ErrQuotaExceeded, "tenant %s is at its max_lifetime_s quota: limit %d s from the first sandbox of the line (created %s); a fork now would reach %d s",
+			return nil, tartarus.Errorf(tartarus.ErrQuotaExceeded, "tenant %s is at its max_lifetime_s quota: limit %d s from the first sandbox of the line (created %s); a fork now would reach %d s",
 				parent.Tenant, q.MaxLifetimeS, origin.Format(time.RFC3339), lived)
 		}
 	}

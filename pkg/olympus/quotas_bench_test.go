@@ -85,9 +85,11 @@ func BenchmarkQuotaCheck(b *testing.B) {
 				b.Run("tenant="+tenant, func(b *testing.B) {
 					for b.Loop() {
 						req := &tartarus.CreateRequest{Template: "base", CPUs: 1, MemoryMB: 256}
-						if err := s.checkCreateQuota(ctx, tenant, req); err != nil {
+						release, err := s.checkCreateQuota(ctx, tenant, req)
+						if err != nil {
 							b.Fatal(err)
 						}
+						release()
 					}
 				})
 			}

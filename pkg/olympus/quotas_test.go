@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,26 +132,26 @@ func TestForkLifetimeQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := &tartarus.CreateRequest{Template: "base", TimeoutS: 60}
-	if err := s.checkCreateQuota(context.Background(), "acme", req); err != nil {
+	if _, err := s.checkCreateQuota(context.Background(), "acme", req); err != nil {
 		t.Fatal(err)
 	}
 	origin := clk.Now()
 	parent := tartarus.NewSandbox("sb-1", "acme", req, origin)
 	clk.Advance(30 * time.Second)
-	if err := s.checkForkQuota(context.Background(), parent, 1); err != nil {
+	if _, err := s.checkForkQuota(context.Background(), parent, 1); err != nil {
 		t.Fatalf("fork at 30 s (would live to 90 s): %v", err)
 	}
 	// The fork carries the line's start; forking it later is refused.
 	child := tartarus.NewSandbox("sb-2", "acme", req, clk.Now())
 	child.Metadata = parent.Metadata
 	clk.Advance(15 * time.Second)
-	err = s.checkForkQuota(context.Background(), child, 1)
+	_, err = s.checkForkQuota(context.Background(), child, 1)
 	if !errors.Is(err, tartarus.ErrQuotaExceeded) || !strings.Contains(err.Error(), "max_lifetime_s") || !strings.Contains(err.Error(), "105 s") {
 		t.Fatalf("fork of the fork at 45 s (would live to 105 s): %v", err)
 	}
 	// A caller cannot set the line's start itself.
 	forged := &tartarus.CreateRequest{Template: "base", TimeoutS: 60, Metadata: map[string]string{lineageKey: "2030-01-01T00:00:00Z"}}
-	if err := s.checkCreateQuota(context.Background(), "acme", forged); err != nil || forged.Metadata[lineageKey] != clk.Now().Format(time.RFC3339) {
+	if _, err := s.checkCreateQuota(context.Background(), "acme", forged); err != nil || forged.Metadata[lineageKey] != clk.Now().Format(time.RFC3339) {
 		t.Errorf("forged lineage kept: %v %v", err, forged.Metadata)
 	}
 }
@@ -174,5 +175,48 @@ func TestConcurrentExecQuota(t *testing.T) {
 	r2()
 	if n := e.count("acme"); n != 0 {
 		t.Fatalf("%d slots held after release", n)
+	}
+}
+
+// TestQuotaConcurrentCreates: creates sent at once to one server cannot
+// together pass a quota: each reserves its sandbox from the check until
+// its create returns (so some may be refused early); once they returned,
+// the tenant can fill its quota exactly.
+func TestQuotaConcurrentCreates(t *testing.T) {
+	set := cerberus.QuotaSet{Tenants: map[string]cerberus.Quota{"acme": {RunningSandboxes: 2}}}
+	ta := newQuotaAPI(t, set, nil)
+	const n = 8
+	codes := make(chan int, n)
+	bodies := make(chan string, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := ta.do(t, call{method: "POST", path: "/v1/sandboxes", tenant: "acme", body: `{"template":"base","memory_mb":128}`})
+			codes <- a.status
+			bodies <- string(a.body)
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	got := map[int]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if got[http.StatusCreated] < 1 || got[http.StatusCreated] > 2 || got[http.StatusCreated]+got[http.StatusTooManyRequests] != n {
+		close(bodies)
+		for b := range bodies {
+			t.Log(b)
+		}
+		t.Fatalf("statuses %v: want 1 or 2 created, the rest refused with 429", got)
+	}
+	for range 2 - got[http.StatusCreated] {
+		if a := ta.do(t, call{method: "POST", path: "/v1/sandboxes", tenant: "acme", body: `{"template":"base","memory_mb":128}`}); a.status != 201 {
+			t.Fatalf("filling the quota after the burst: %d %s", a.status, a.body)
+		}
+	}
+	if a := ta.do(t, call{method: "POST", path: "/v1/sandboxes", tenant: "acme", body: `{"template":"base","memory_mb":128}`}); a.status != 429 {
+		t.Fatalf("past the quota: %d %s", a.status, a.body)
 	}
 }

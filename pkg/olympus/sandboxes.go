@@ -72,10 +72,12 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := s.checkCreateQuota(r.Context(), who.TenantID, req); err != nil {
+	release, err := s.checkCreateQuota(r.Context(), who.TenantID, req)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	defer release()
 	req.IdempotencyKey = r.Header.Get("Idempotency-Key")
 	sb, err := s.be.Create(r.Context(), who.TenantID, req)
 	if err != nil {
@@ -214,10 +216,12 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount))
 		return
 	}
-	if err := s.checkForkQuota(r.Context(), sb, req.Count); err != nil {
+	release, err := s.checkForkQuota(r.Context(), sb, req.Count)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	defer release()
 	list, err := s.be.Fork(r.Context(), sb.ID, req.Count)
 	if err != nil {
 		s.writeError(w, r, err)

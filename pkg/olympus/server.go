@@ -99,6 +99,7 @@ type Server struct {
 	metrics *metrics
 	clock   clock.Clock
 	execs   execSlots // per tenant, for the concurrent_execs quota
+	pending pending   // creates in flight per tenant, for the quotas
 }
 
 // New builds the API's handler.
