@@ -242,12 +242,18 @@ func (c *Cerberus) finish(ctx context.Context, e *AuditEntry, note *requestNote,
 
 func (c *Cerberus) refuse(w http.ResponseWriter, r *http.Request, e *AuditEntry, err error) {
 	reason := reasonOf(err)
+	// Failures are the attacker's to multiply: a bounded number per source
+	// is logged and written to the audit (without waiting for its own
+	// fsync: the next durable entry covers it); the rest only counted.
+	admitted, note := c.fails.admit(e.SourceIP)
 	msg := "authentication failed"
 	var ae *AuthError
 	if errors.As(err, &ae) {
 		msg = ae.Message
-		c.log.Info("authentication failed", "reason", reason, "detail", ae.Detail, "source_ip", e.SourceIP, "path", e.Path, "request_id", e.RequestID)
-	} else {
+		if admitted {
+			c.log.Info("authentication failed", "reason", reason, "detail", ae.Detail, "source_ip", e.SourceIP, "path", e.Path, "request_id", e.RequestID)
+		}
+	} else if admitted {
 		c.log.Warn("authentication failed", "reason", reason, "err", err, "source_ip", e.SourceIP, "path", e.Path, "request_id", e.RequestID)
 	}
 	status, code := http.StatusUnauthorized, "unauthenticated"
@@ -256,20 +262,15 @@ func (c *Cerberus) refuse(w http.ResponseWriter, r *http.Request, e *AuditEntry,
 		msg = "the identity provider cannot be reached; try again"
 	}
 	c.cfg.Metrics.authFailure(reason)
-	e.Result, e.Reason, e.ErrorMessage, e.Status = AuditResultDenied, "authentication failed: "+reason, msg, status
+	c.cfg.Metrics.request(AuditResultDenied, e.Action, e.Resource.Type)
+	e.Result, e.Reason, e.ErrorMessage, e.Status = AuditResultDenied, "authentication failed: "+reason+note, msg, status
 	e.Latency = c.cfg.Clock.Now().Sub(e.Timestamp)
-	// Failures are the attacker's to multiply: a bounded number per source
-	// is written, without waiting for its own fsync (the next durable
-	// entry covers it); the rest only counted.
-	if ok, note := c.fails.admit(e.SourceIP); ok {
-		e.Reason += note
-		c.cfg.Metrics.request(e.Result, e.Action, e.Resource.Type)
+	if admitted {
 		if err := c.cfg.Audit.AppendLazy(e.Record()); err != nil {
 			c.cfg.Metrics.auditError()
 			c.log.Error("audit entry not written", "request_id", e.RequestID, "err", err)
 		}
 	} else {
-		c.cfg.Metrics.request(e.Result, e.Action, e.Resource.Type)
 		c.cfg.Metrics.failureSuppressed()
 	}
 	if status == http.StatusUnauthorized {
