@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,3 +236,95 @@ func TestQuotaEndToEnd(t *testing.T) {
 }
 
 func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+// dirSize is the bytes of the files under dir.
+func dirSize(t testing.TB, dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// TestAuditFloodEndToEnd: 100,000 requests with random bogus API keys
+// against a real server cost a bounded amount of audit log and server log,
+// leave the entry written before them in place, and leave a chain that
+// `tartarus audit verify` passes; editing one line is then reported.
+func TestAuditFloodEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	e := newE2E(t)
+	e.cli(t, 0, "", "sandbox", "ls") // an authenticated entry before the flood
+	auditDir := filepath.Join(e.data, "audit")
+	before := dirSize(t, auditDir)
+	logBefore := dirSize(t, e.logs)
+
+	const n, workers = 100_000, 8
+	var wg sync.WaitGroup
+	var unexpected atomic.Int64
+	tr := &http.Transport{MaxIdleConnsPerHost: workers}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	start := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				req, _ := http.NewRequest("GET", e.url+"/v1/sandboxes", nil)
+				req.Header.Set("Authorization", fmt.Sprintf("Bearer tk_%012x_%032x", i, i))
+				resp, err := c.Do(req)
+				if err != nil {
+					unexpected.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized {
+					unexpected.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if u := unexpected.Load(); u > 0 {
+		t.Errorf("%d of %d bogus requests were not answered 401", u, n)
+	}
+	grew, logGrew := dirSize(t, auditDir)-before, dirSize(t, e.logs)-logBefore
+	t.Logf("%d bogus requests in %s: audit log +%d bytes, server log +%d bytes", n, took.Round(time.Millisecond), grew, logGrew)
+	// Bounded by the global gate (burst 200 + 20/s) at ~400 bytes a line,
+	// not by the number of requests.
+	if limit := int64((200 + 20*took.Seconds() + 20) * 600); grew > limit {
+		t.Errorf("the audit log grew %d bytes, more than %d", grew, limit)
+	}
+	if limit := int64((200 + 20*took.Seconds() + 20) * 600); logGrew > limit {
+		t.Errorf("the server log grew %d bytes, more than %d", logGrew, limit)
+	}
+	out := e.cli(t, 0, "", "audit", "verify", "--dir", auditDir)
+	if !strings.Contains(out, "chain:     intact") || !strings.Contains(out, "seq 1..") {
+		t.Errorf("audit verify after the flood:\n%s", out)
+	}
+	b, err := os.ReadFile(filepath.Join(auditDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	if !strings.Contains(first, `"seq":1,`) || !strings.Contains(first, `"result":"success"`) {
+		t.Errorf("the entry before the flood is not the log's first: %.300s", first)
+	}
+	// Edit one line in the middle: verify reports it.
+	lines := strings.SplitAfter(string(b), "\n")
+	mid := len(lines) / 2
+	lines[mid] = strings.Replace(lines[mid], `"denied"`, `"success"`, 1)
+	if err := os.WriteFile(filepath.Join(auditDir, "audit.log"), []byte(strings.Join(lines, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.cli(t, 1, "", "audit", "verify", "--dir", auditDir)
+}

@@ -87,6 +87,12 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			d := time.Since(start)
 			s.metrics.requests.WithLabelValues(route, strconv.Itoa(rw.status)).Inc()
 			s.metrics.latency.WithLabelValues(route).Observe(d.Seconds())
+			if rw.status == http.StatusUnauthorized && ri.tenant == "" {
+				// Anyone can send these at any rate: the auth gateway logs
+				// and audits a bounded number per source, the metrics
+				// above count them all.
+				return
+			}
 			s.log.Info("request", "request_id", id, "method", r.Method, "path", r.URL.Path, "route", route,
 				"status", rw.status, "bytes", rw.bytes, "duration_ms", d.Milliseconds(),
 				"tenant", ri.tenant, "remote", r.RemoteAddr)
