@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
@@ -184,11 +185,12 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
 	} else {
-		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log)
+		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log, auditPhases(auth.Audit, clk))
 		if err != nil {
 			return err
 		}
 		defer n.Close()
+		defer n.shutdown(ctx, &o.nodeOptions)
 		be, run = n.agent, n.agent.Run
 		collectors = append(collectors, n.agent.Terminations().Collector())
 		if o.prewarm {
@@ -255,7 +257,7 @@ func serveUntil(ctx context.Context, srv *http.Server, serveErr <-chan error, ti
 	select {
 	case err = <-serveErr:
 	case <-ctx.Done():
-		log.Info("shutting down; sandboxes keep running and are adopted at the next start")
+		log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		err = srv.Shutdown(sctx)
 		cancel()
@@ -281,4 +283,25 @@ func cliName() string {
 		}
 	}
 	return self
+}
+
+// auditPhases writes each termination phase to the audit log, as the
+// system's own action on the sandbox (nil without an audit log).
+func auditPhases(audit func(context.Context, *cerberus.AuditEntry) error, clk clock.Clock) func(context.Context, *tartarus.TerminationStatus) {
+	if audit == nil {
+		return nil
+	}
+	return func(ctx context.Context, st *tartarus.TerminationStatus) {
+		result := cerberus.AuditResultSuccess
+		if st.Phase == tartarus.PhaseFailed {
+			result = cerberus.AuditResultError
+		}
+		_ = audit(ctx, &cerberus.AuditEntry{
+			Timestamp: clk.Now(), Action: cerberus.Action("terminate"),
+			Identity: &cerberus.Identity{Type: cerberus.IdentityTypeService, ID: "thanatos", TenantID: st.Tenant},
+			Resource: cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: st.SandboxID, TenantID: st.Tenant},
+			Result:   result, Reason: "termination " + string(st.Phase) + " (" + string(st.Reason) + ")",
+			ErrorMessage: st.ErrorMessage,
+		})
+	}
 }
