@@ -45,8 +45,8 @@ const TapName = "tap0"
 // sandboxVeth is the sandbox end of the veth pair, inside its namespace.
 const sandboxVeth = "eth0"
 
-// nsPrefix names our namespaces: nsPrefix + sandbox id.
-const nsPrefix = "tt-"
+// DefaultNetnsPrefix names our namespaces: prefix + sandbox id.
+const DefaultNetnsPrefix = "tt-"
 
 var validID = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
@@ -73,6 +73,9 @@ type Config struct {
 	// LogSize is how many records each sandbox's connection log keeps
 	// (default 1024).
 	LogSize int
+	// NetnsPrefix starts the name of every sandbox namespace of this
+	// Manager (default "tt-"); Reconcile touches only namespaces with it.
+	NetnsPrefix string
 	// TapUser owns the TAP devices, so an unprivileged VMM can open them.
 	TapUser string
 	// Clock stamps log records and DNS admissions (default the system clock).
@@ -101,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UplinkNetns != "" && !validID.MatchString(c.UplinkNetns) {
 		errs = append(errs, fmt.Errorf("uplink netns %q: bad name", c.UplinkNetns))
+	}
+	if c.NetnsPrefix != "" && (!validID.MatchString(c.NetnsPrefix) || len(c.NetnsPrefix) > 16) {
+		errs = append(errs, fmt.Errorf("netns prefix %q: want up to 16 of A-Z a-z 0-9 _ . -", c.NetnsPrefix))
 	}
 	if c.LogSize < 0 || c.LogSize > 1<<20 {
 		errs = append(errs, fmt.Errorf("log size %d: want 0 (default) to %d", c.LogSize, 1<<20))
@@ -176,6 +182,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if !cfg.Transit.IsValid() {
 		cfg.Transit = netip.MustParsePrefix("10.229.0.0/16")
 	}
+	if cfg.NetnsPrefix == "" {
+		cfg.NetnsPrefix = DefaultNetnsPrefix
+	}
 	if cfg.LogGroup == 0 {
 		cfg.LogGroup = 7411
 	}
@@ -234,7 +243,7 @@ func (m *Manager) Close() error {
 }
 
 // NetnsName is the `ip netns` name of a sandbox's namespace.
-func NetnsName(id string) string { return nsPrefix + id }
+func (m *Manager) NetnsName(id string) string { return m.cfg.NetnsPrefix + id }
 
 // Create builds a sandbox's network. On failure nothing of it remains.
 func (m *Manager) Create(ctx context.Context, id string, spec Spec) (*Sandbox, error) {
@@ -277,7 +286,7 @@ func (m *Manager) newSandbox(id string, slot int, spec Spec) *Sandbox {
 	n += uint32(slot) * 4
 	host := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n + 1)})
 	return &Sandbox{
-		ID: id, Netns: Path(NetnsName(id)), Tap: TapName,
+		ID: id, Netns: Path(m.NetnsName(id)), Tap: TapName,
 		slot: slot, hostAddr: host, sbAddr: host.Next(),
 		spec: spec, admitted: map[netip.Addr]time.Time{}, admittedName: map[netip.Addr]string{},
 		log: newRing(m.cfg.LogSize),
@@ -298,7 +307,7 @@ func (m *Manager) freeSlot() (int, error) {
 // build makes the namespace, the veth pair, the TAP device, both nft
 // tables, the bandwidth limits and the resolver.
 func (m *Manager) build(ctx context.Context, sb *Sandbox) error {
-	ns := NetnsName(sb.ID)
+	ns := m.NetnsName(sb.ID)
 	if _, err := run(ctx, "", "ip", "netns", "add", ns); err != nil {
 		return err
 	}
@@ -374,7 +383,7 @@ func (m *Manager) shape(ctx context.Context, sb *Sandbox, spec Spec) error {
 	if err := set(m.cfg.UplinkNetns, hostVeth(sb.slot), spec.IngressBitsPerSec); err != nil {
 		return err
 	}
-	return set(NetnsName(sb.ID), sandboxVeth, spec.EgressBitsPerSec)
+	return set(m.NetnsName(sb.ID), sandboxVeth, spec.EgressBitsPerSec)
 }
 
 // Get returns a sandbox's network.
@@ -445,7 +454,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	if slot >= 0 {
 		errs = append(errs, m.removeSlot(ctx, slot))
 	}
-	errs = append(errs, deleteNetns(ctx, NetnsName(id)))
+	errs = append(errs, deleteNetns(ctx, m.NetnsName(id)))
 	if sb != nil {
 		m.mu.Lock()
 		delete(m.byID, id)
@@ -493,7 +502,7 @@ func isNoSuch(err error) bool {
 // slotOf reads a sandbox's slot from the address of the veth end in its
 // namespace (for namespaces left by an earlier run of the agent).
 func (m *Manager) slotOf(ctx context.Context, id string) (int, bool) {
-	out, err := run(ctx, "", "ip", "-n", NetnsName(id), "-4", "-o", "addr", "show", "dev", sandboxVeth)
+	out, err := run(ctx, "", "ip", "-n", m.NetnsName(id), "-4", "-o", "addr", "show", "dev", sandboxVeth)
 	if err != nil {
 		return 0, false
 	}
@@ -567,7 +576,7 @@ func (m *Manager) Reconcile(ctx context.Context, keep map[string]bool) ([]string
 		return nil, fmt.Errorf("reconcile networks: %w", err)
 	}
 	for _, e := range entries {
-		id, ok := strings.CutPrefix(e.Name(), nsPrefix)
+		id, ok := strings.CutPrefix(e.Name(), m.cfg.NetnsPrefix)
 		if !ok {
 			continue
 		}

@@ -1,0 +1,366 @@
+package netns_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/netns"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
+)
+
+// setup builds a stand-in internet and a Manager whose uplink is in it.
+func setup(t *testing.T) (*netnstest.Internet, *netns.Manager) {
+	t.Helper()
+	in := netnstest.New(t)
+	ctx := context.Background()
+	m, err := netns.New(ctx, netns.Config{
+		UplinkNetns: in.Uplink,
+		DNSUpstream: in.DNS,
+		NetnsPrefix: fmt.Sprintf("tx%04x-", mrand.IntN(1<<16)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := m.Reconcile(context.Background(), nil); err != nil {
+			t.Errorf("reconcile: %v", err)
+		}
+		m.Close()
+	})
+	return in, m
+}
+
+func create(t *testing.T, m *netns.Manager, id string, spec netns.Spec) *netns.Sandbox {
+	t.Helper()
+	sb, err := m.Create(context.Background(), id, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
+func rules(t *testing.T, s ...string) []netns.Rule {
+	t.Helper()
+	var out []netns.Rule
+	for _, x := range s {
+		r, err := netns.ParseRule(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// get fetches url from inside the sandbox namespace.
+func get(sb *netns.Sandbox, in *netnstest.Internet, url string) ([]byte, error) {
+	c := netnstest.Client(sb.Netns, &tls.Config{RootCAs: in.CA})
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("status %s", resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
+
+// dialRaw tries a TCP connection from the sandbox namespace.
+func dialRaw(sb *netns.Sandbox, addr string) error {
+	return netns.Do(sb.Netns, func() error {
+		c, err := net.DialTimeout("tcp4", addr, 1500*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+}
+
+func TestOpenDownloadsBigFile(t *testing.T) {
+	in, m := setup(t)
+	sb := create(t, m, "open1", netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}})
+	body, err := get(sb, in, "http://allowed.example/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(body)
+	if got := hex.EncodeToString(sum[:]); got != in.BigSHA256 || len(body) != netnstest.BigSize {
+		t.Fatalf("got %d bytes sha256 %s, want %d bytes %s", len(body), got, netnstest.BigSize, in.BigSHA256)
+	}
+	if _, err := get(sb, in, "https://tls.example/"); err != nil {
+		t.Fatalf("https: %v", err)
+	}
+}
+
+func TestRestricted(t *testing.T) {
+	in, m := setup(t)
+	sb := create(t, m, "restr1", netns.Spec{Policy: netns.Policy{
+		Mode:  netns.ModeRestricted,
+		Allow: rules(t, "allowed.example", "*.cdn.example", "tls.example"),
+	}})
+	for _, url := range []string{"http://allowed.example/hello", "http://a.cdn.example/hello", "https://tls.example/hello"} {
+		if _, err := get(sb, in, url); err != nil {
+			t.Errorf("%s: want allowed, got %v", url, err)
+		}
+	}
+	if _, err := get(sb, in, "http://blocked.example/hello"); err == nil {
+		t.Error("blocked.example: resolved and reached")
+	}
+	if err := dialRaw(sb, netnstest.OtherAddr.String()+":80"); err == nil {
+		t.Error("literal IP of a disallowed host reached")
+	}
+	// The guest's own choice of DNS server is not answered.
+	r := netnstest.Resolver(sb.Netns, netnstest.OtherDNSAddr.String()+":53")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := r.LookupHost(ctx, "allowed.example"); err == nil {
+		t.Error("query to another DNS server answered")
+	}
+	// Not even when that server's address is allowed.
+	if err := m.Update(context.Background(), "restr1", netns.Spec{Policy: netns.Policy{
+		Mode:  netns.ModeRestricted,
+		Allow: rules(t, "allowed.example", netnstest.OtherDNSAddr.String()),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.LookupHost(ctx, "allowed.example"); err == nil {
+		t.Error("query to another DNS server answered though its address is allowed")
+	}
+	recs, _, err := m.Log("restr1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawDenied, sawAllowed, sawDNS bool
+	for _, rec := range recs {
+		switch {
+		case rec.Rule == "dns" && !rec.Allowed:
+			sawDNS = true
+		case rec.Dst == netnstest.OtherAddr && !rec.Allowed && rec.Port == 80 && rec.Proto == "tcp":
+			sawDenied = true
+		case rec.Dst == netnstest.HTTPAddr && rec.Allowed && rec.Rule == "domain":
+			sawAllowed = true
+		}
+	}
+	if !sawDenied || !sawAllowed || !sawDNS {
+		t.Errorf("connection log lacks records (denied %v allowed %v dns %v): %+v", sawDenied, sawAllowed, sawDNS, recs)
+	}
+}
+
+// Unreachable in every mode: the uplink's own services (loopback and its
+// address), metadata, other sandboxes.
+func TestAlwaysRefused(t *testing.T) {
+	in, m := setup(t)
+	other := create(t, m, "victim", netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}})
+	// A service inside the other sandbox's namespace, on its guest address.
+	var ln net.Listener
+	if err := netns.Do(other.Netns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", "0.0.0.0:9999")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	for _, mode := range []netns.Mode{netns.ModeNone, netns.ModeOpen, netns.ModeRestricted, netns.ModeMonitored} {
+		t.Run(string(mode), func(t *testing.T) {
+			id := "att-" + string(mode)
+			sb := create(t, m, id, netns.Spec{Policy: netns.Policy{
+				Mode:  mode,
+				Allow: rules(t, "0.0.0.0/0", "metadata.example"),
+			}})
+			defer m.Destroy(context.Background(), id)
+			hostPort := fmt.Sprint(netnstest.HostPort)
+			for _, addr := range []string{
+				"127.0.0.1:" + hostPort,
+				net.JoinHostPort(netnstest.UplinkAddr.String(), hostPort),
+				netnstest.MetadataAddr.String() + ":80",
+				// the uplink end of the sandbox's own veth and the other sandbox's
+				"10.229.0.1:" + hostPort,
+				"10.229.0.2:9999",
+				"10.229.0.1:9999",
+			} {
+				if err := dialRaw(sb, addr); err == nil {
+					t.Errorf("%s reached %s", mode, addr)
+				}
+			}
+			if _, err := get(sb, in, "http://metadata.example/"); err == nil {
+				t.Errorf("%s reached metadata by name", mode)
+			}
+		})
+	}
+}
+
+func TestPolicyUpdateWithinASecond(t *testing.T) {
+	in, m := setup(t)
+	_ = in
+	sb := create(t, m, "upd1", netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}})
+	target := netnstest.HTTPAddr.String() + ":80"
+	if err := dialRaw(sb, target); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want bool, spec netns.Spec) {
+		t.Helper()
+		if err := m.Update(context.Background(), "upd1", spec); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(time.Second)
+		for {
+			err := dialRaw(sb, target)
+			if (err == nil) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("policy %v not enforced within a second (dial err %v)", spec.Policy, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	check(false, netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen, Deny: rules(t, "tcp:"+netnstest.HTTPAddr.String()+":80")}})
+	check(true, netns.Spec{Policy: netns.Policy{Mode: netns.ModeRestricted, Allow: rules(t, netnstest.HTTPAddr.String()+"/32")}})
+	check(false, netns.Spec{Policy: netns.Policy{Mode: netns.ModeNone}})
+	check(true, netns.Spec{Policy: netns.Policy{Mode: netns.ModeMonitored}})
+}
+
+func TestBandwidth(t *testing.T) {
+	in, m := setup(t)
+	const rate = 40_000_000 // bit/s
+	sb := create(t, m, "bw1", netns.Spec{
+		Policy:            netns.Policy{Mode: netns.ModeOpen},
+		IngressBitsPerSec: rate,
+		EgressBitsPerSec:  rate,
+	})
+	start := time.Now()
+	body, err := get(sb, in, "http://allowed.example/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRate(t, "ingress", len(body), time.Since(start), rate)
+
+	c := netnstest.Client(sb.Netns, nil)
+	start = time.Now()
+	resp, err := c.Post("http://allowed.example/sink", "application/octet-stream", strings.NewReader(string(in.Big())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	checkRate(t, "egress", netnstest.BigSize, time.Since(start), rate)
+}
+
+func checkRate(t *testing.T, what string, n int, d time.Duration, want float64) {
+	t.Helper()
+	got := float64(n*8) / d.Seconds()
+	t.Logf("%s: %d bytes in %v = %.1f Mbit/s (limit %.1f)", what, n, d, got/1e6, want/1e6)
+	if got > want*1.1 || got < want*0.9 {
+		t.Errorf("%s rate %.1f Mbit/s, want %.1f ± 10%%", what, got/1e6, want/1e6)
+	}
+}
+
+func TestCreateDestroyLeavesNothing(t *testing.T) {
+	in, m := setup(t)
+	before := snapshot(t, in)
+	ctx := context.Background()
+	for i := range 200 {
+		id := fmt.Sprintf("cyc%d", i)
+		if _, err := m.Create(ctx, id, netns.Spec{Policy: netns.Policy{Mode: netns.ModeRestricted, Allow: rules(t, "allowed.example", "tcp:*:443")}, IngressBitsPerSec: 1e8}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := snapshot(t, in); after != before {
+		t.Fatalf("leftovers after 200 cycles:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestReconcileAfterCrash leaves sandbox networks behind as a killed agent
+// would, and has a new Manager remove what no live sandbox owns.
+func TestReconcileAfterCrash(t *testing.T) {
+	in, m := setup(t)
+	before := snapshot(t, in)
+	ctx := context.Background()
+	spec := netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}}
+	for _, id := range []string{"keep", "gone1", "gone2"} {
+		create(t, m, id, spec)
+	}
+	m.Close() // the agent dies; its kernel state stays
+
+	m2, err := netns.New(ctx, netns.Config{UplinkNetns: in.Uplink, DNSUpstream: in.DNS, NetnsPrefix: strings.TrimSuffix(m.NetnsName(""), "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	removed, err := m2.Reconcile(ctx, map[string]bool{"keep": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 2 {
+		t.Errorf("removed %v, want gone1 and gone2", removed)
+	}
+	sb, err := m2.Recover(ctx, "keep", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(sb, in, "http://allowed.example/hello"); err != nil {
+		t.Errorf("recovered sandbox: %v", err)
+	}
+	if err := m2.Destroy(ctx, "keep"); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, in); after != before {
+		t.Fatalf("leftovers:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// snapshot lists what the network layer could leak: namespaces of ours,
+// links in the uplink, and our nft table's chains, sets and map entries.
+func snapshot(t *testing.T, in *netnstest.Internet) string {
+	t.Helper()
+	var b strings.Builder
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "tx") && !strings.HasPrefix(e.Name(), "txu-") && !strings.HasPrefix(e.Name(), "txi-") {
+			fmt.Fprintln(&b, "netns", e.Name())
+		}
+	}
+	out, _ := exec.Command("ip", "-n", in.Uplink, "-o", "link", "show").CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			fmt.Fprintln(&b, "link", f[1])
+		}
+	}
+	out, _ = exec.Command("ip", "netns", "exec", in.Uplink, "nft", "list", "table", "inet", "tartarus").CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "set ") || strings.HasPrefix(l, "map ") || strings.Contains(l, "jump sb") {
+			fmt.Fprintln(&b, l)
+		}
+	}
+	return b.String()
+}
+
+var _ = netip.Addr{}
+var _ = http.StatusOK
