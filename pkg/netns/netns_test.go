@@ -9,8 +9,6 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -361,6 +359,3 @@ func snapshot(t *testing.T, in *netnstest.Internet) string {
 	}
 	return b.String()
 }
-
-var _ = netip.Addr{}
-var _ = http.StatusOK

@@ -59,6 +59,12 @@ func baseScript(transit netip.Prefix, operator []netip.Prefix) string {
 		w("add element %s operator { %s }", table, joinPrefixes(operator))
 	}
 	w("add map %s sandboxes { type ifname : verdict; }", table)
+	// Refuse with a TCP reset where possible: ICMP errors are rate limited
+	// per peer, so a guest would otherwise wait out a connect timeout.
+	w("add chain %s refuse", table)
+	w("flush chain %s refuse", table)
+	w("add rule %s refuse meta l4proto tcp reject with tcp reset", table)
+	w("add rule %s refuse reject with icmpx type admin-prohibited", table)
 	w("add chain %s forward { type filter hook forward priority filter; policy accept; }", table)
 	w("flush chain %s forward", table)
 	w(`add rule %s forward iifname "ttv*" meta nfproto ipv6 drop`, table)
@@ -72,7 +78,7 @@ func baseScript(transit netip.Prefix, operator []netip.Prefix) string {
 	// any of its addresses: API server, Redis, Postgres, the agent's API.
 	w("add chain %s input { type filter hook input priority filter; policy accept; }", table)
 	w("flush chain %s input", table)
-	w(`add rule %s input iifname "ttv*" drop`, table)
+	w(`add rule %s input iifname "ttv*" goto refuse`, table)
 	w("add chain %s postrouting { type nat hook postrouting priority srcnat; policy accept; }", table)
 	w("flush chain %s postrouting", table)
 	w(`add rule %s postrouting ip saddr %s oifname != "ttv*" masquerade`, table, transit)
@@ -95,7 +101,7 @@ func sandboxScript(slot int, sbAddr netip.Addr, group uint16, p Policy, admitted
 	w("add rule %s %s ct state established,related accept", table, c)
 	w("add rule %s %s ip daddr @operator goto %s", table, c, pc)
 	w(`add rule %s %s ip daddr @refused ct state new %s log prefix "%s" group %d`, table, c, logLimit, logPrefix(slot, "refused"), group)
-	w("add rule %s %s ip daddr @refused counter drop", table, c)
+	w("add rule %s %s ip daddr @refused counter goto refuse", table, c)
 	w("add rule %s %s goto %s", table, c, pc)
 	w(`add element %s sandboxes { "%s" : jump %s }`, table, hostVeth(slot), c)
 	b.WriteString(policyScript(slot, group, p, admitted, now))
@@ -118,14 +124,14 @@ func policyScript(slot int, group uint16, p Policy, admitted map[netip.Addr]time
 	switch p.Mode {
 	case ModeNone:
 		logRule("", "default")
-		w("add rule %s %s counter drop", table, pc)
+		w("add rule %s %s counter goto refuse", table, pc)
 		return b.String()
 	case ModeRestricted:
 		// DNS goes only to the sandbox's resolver, which is inside its
 		// namespace and so never forwarded here.
 		dns := "meta l4proto { tcp, udp } th dport { 53, 853 }"
 		logRule(dns, "dns")
-		w("add rule %s %s %s counter drop", table, pc, dns)
+		w("add rule %s %s %s counter goto refuse", table, pc, dns)
 	}
 	for i, r := range p.Deny {
 		if r.Domain != "" {
@@ -133,7 +139,7 @@ func policyScript(slot int, group uint16, p Policy, admitted map[netip.Addr]time
 		}
 		m := ruleMatch(r)
 		logRule(m, fmt.Sprintf("deny%d", i))
-		w("add rule %s %s %s counter drop", table, pc, m)
+		w("add rule %s %s %s counter goto refuse", table, pc, m)
 	}
 	for i, r := range p.Allow {
 		if r.Domain != "" {
@@ -150,7 +156,7 @@ func policyScript(slot int, group uint16, p Policy, admitted map[netip.Addr]time
 		logRule(m, "domain")
 		w("add rule %s %s %s counter accept", table, pc, m)
 		logRule("", "default")
-		w("add rule %s %s counter drop", table, pc)
+		w("add rule %s %s counter goto refuse", table, pc)
 	} else {
 		if logAllowed {
 			logRule("", "default")
