@@ -73,6 +73,15 @@ func ParseRule(s string) (Rule, error) {
 		return Rule{}, errors.New("empty rule")
 	}
 	var r Rule
+	// A bare address or prefix first: IPv6 ones contain colons.
+	if p, err := netip.ParsePrefix(s); err == nil {
+		r.CIDR = p
+		return r, errors.Join(r.Validate())
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		r.CIDR = netip.PrefixFrom(a, a.BitLen())
+		return r, r.Validate()
+	}
 	rest := s
 	if p, after, ok := strings.Cut(s, ":"); ok && (p == "tcp" || p == "udp") {
 		r.Proto, rest = p, after
