@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -325,6 +326,7 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 		"recipe":      recipeVersion + " " + r.version,
 		"kernel":      kpkg.String(),
 		"guest_agent": agentSum,
+		"modules":     strings.Join(guestModules, ","),
 		"packages":    strings.Join(r.packages, ","),
 	}
 	var basePkg aptPackage
@@ -359,7 +361,7 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 	if err != nil {
 		return err
 	}
-	if k == nil {
+	if k == nil || !slices.Equal(k.Wanted, guestModules) {
 		if k, err = buildKernel(ctx, kdir, kpkg); err != nil {
 			return err
 		}
