@@ -650,3 +650,13 @@ func (m *Manager) uplinkSlots(ctx context.Context) (map[int]bool, error) {
 	}
 	return slots, nil
 }
+
+// Network returns the namespace path and TAP device of sandbox id, for a
+// runtime that starts the VMM inside it; ok is false when id has none.
+func (m *Manager) Network(id string) (netnsPath, tap string, ok bool) {
+	sb, err := m.Get(id)
+	if err != nil {
+		return "", "", false
+	}
+	return sb.Netns, sb.Tap, true
+}

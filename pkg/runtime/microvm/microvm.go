@@ -67,6 +67,9 @@ type Config struct {
 	TBSizeMB int
 	// KernelArgs are added to the guest kernel's command line.
 	KernelArgs []string
+	// Networks, when set, gives sandboxes a NIC on a TAP device in their
+	// own network namespace (see network.go); nil means only lo.
+	Networks Networks
 	// Now is the clock for idle times; nil means time.Now.
 	Now func() time.Time
 }
