@@ -76,11 +76,11 @@ func ParseRule(s string) (Rule, error) {
 	// A bare address or prefix first: IPv6 ones contain colons.
 	if p, err := netip.ParsePrefix(s); err == nil {
 		r.CIDR = p
-		return r, errors.Join(r.Validate())
+		return r.checked()
 	}
 	if a, err := netip.ParseAddr(s); err == nil {
 		r.CIDR = netip.PrefixFrom(a, a.BitLen())
-		return r, r.Validate()
+		return r.checked()
 	}
 	rest := s
 	if p, after, ok := strings.Cut(s, ":"); ok && (p == "tcp" || p == "udp") {
@@ -115,6 +115,11 @@ func ParseRule(s string) (Rule, error) {
 			r.Ports = append(r.Ports, pr)
 		}
 	}
+	return r.checked()
+}
+
+// checked returns r if it is valid.
+func (r Rule) checked() (Rule, error) {
 	if err := r.Validate(); err != nil {
 		return Rule{}, err
 	}
