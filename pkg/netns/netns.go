@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -659,4 +660,29 @@ func (m *Manager) Network(id string) (netnsPath, tap string, ok bool) {
 		return "", "", false
 	}
 	return sb.Netns, sb.Tap, true
+}
+
+// DialGuest opens a TCP connection to port on sandbox id's guest, from
+// inside the sandbox's namespace: the seam for exposed ports (the agent
+// proxies HTTP and WebSocket requests for a guest port over it). Only the
+// agent can do this; nothing on the uplink reaches a guest.
+func (m *Manager) DialGuest(ctx context.Context, id string, port uint16) (net.Conn, error) {
+	if port == 0 {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "guest port 0")
+	}
+	sb, err := m.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	var c net.Conn
+	err = Do(sb.Netns, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp4", netip.AddrPortFrom(GuestAddr, port).String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial guest port %d of sandbox %s: %w", port, id, err)
+	}
+	return c, nil
 }

@@ -2,9 +2,11 @@ package microvm_test
 
 import (
 	"context"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
@@ -116,6 +118,25 @@ func TestNetwork(t *testing.T) {
 		}
 		if err := nets.Update(ctxT(t), id, netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}}); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("GuestPort", func(t *testing.T) {
+		run(t, d, id, "sh", "-c", "cd /tmp && echo served > index.html && nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+		var body string
+		for i := 0; i < 50; i++ {
+			c, err := nets.DialGuest(ctxT(t), id, 8000)
+			if err == nil {
+				_, _ = io.WriteString(c, "GET /index.html HTTP/1.0\r\n\r\n")
+				b, _ := io.ReadAll(c)
+				c.Close()
+				if body = string(b); strings.Contains(body, "served") {
+					break
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !strings.Contains(body, "served") {
+			t.Fatalf("guest web server through DialGuest: %q", body)
 		}
 	})
 	t.Run("SnapshotRestore", func(t *testing.T) {
