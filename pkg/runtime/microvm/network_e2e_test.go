@@ -99,8 +99,11 @@ func TestNetwork(t *testing.T) {
 			"http://" + netnstest.OtherAddr.String() + "/hello",
 			"http://" + netnstest.MetadataAddr.String() + "/",
 		} {
+			t0 := time.Now()
 			if got := fetch(t, id, url); !strings.HasPrefix(got, "ERR") {
 				t.Errorf("%s: %q, want refused", url, got)
+			} else {
+				t.Logf("%s: %s after %v", url, got, time.Since(t0))
 			}
 		}
 		recs, _, err := nets.Log(id)
