@@ -56,6 +56,9 @@ var Names = map[string]netip.Addr{
 // BigSize is the size of /big on the HTTP servers.
 const BigSize = 10 << 20
 
+// SinkWarmup is how much of an upload /sink leaves out of its timing.
+const SinkWarmup = 1 << 20
+
 // HostPort is where the uplink namespace runs its "host services" (on
 // 127.0.0.1 and on UplinkAddr): stand-ins for the API server, Redis and
 // the agent, which no sandbox may reach.
@@ -130,9 +133,17 @@ route add default via %s
 		w.Header().Set("Content-Length", fmt.Sprint(len(in.big)))
 		_, _ = w.Write(in.big)
 	})
+	// /sink reads the body and answers "<bytes> <ns>": how many bytes came
+	// after the first SinkWarmup, and in how long (the receiver's view of
+	// an upload's steady-state rate).
 	mux.HandleFunc("/sink", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.CopyN(io.Discard, r.Body, SinkWarmup); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		start := time.Now()
 		n, _ := io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "%d", n)
+		fmt.Fprintf(w, "%d %d", n, time.Since(start).Nanoseconds())
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s", r.Host)
