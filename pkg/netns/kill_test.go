@@ -41,7 +41,9 @@ func TestChildAgent(t *testing.T) {
 	}
 	fmt.Println("ready")
 	// Half-built sixth one when the kill lands, as often as not.
-	go func() { _, _ = m.Create(context.Background(), "k5", netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}}) }()
+	go func() {
+		_, _ = m.Create(context.Background(), "k5", netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}})
+	}()
 	time.Sleep(time.Minute)
 }
 

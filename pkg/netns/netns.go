@@ -117,11 +117,11 @@ func (c *Config) Validate() error {
 
 // Spec is what a sandbox asks of its network.
 type Spec struct {
-	Policy Policy
+	Policy Policy `json:"policy"`
 	// EgressBitsPerSec and IngressBitsPerSec limit the sandbox's upload
 	// and download (0 = unlimited).
-	EgressBitsPerSec  uint64
-	IngressBitsPerSec uint64
+	EgressBitsPerSec  uint64 `json:"egress_bits_per_sec,omitempty"`
+	IngressBitsPerSec uint64 `json:"ingress_bits_per_sec,omitempty"`
 }
 
 // Validate reports every problem of the spec.

@@ -45,12 +45,26 @@ type Policy struct {
 // Rule matches destinations by address (CIDR or single IP) or by domain
 // name, optionally narrowed to a protocol and ports. A domain rule matches
 // the name itself; "*.example.com" matches every name under example.com
-// (not example.com itself). Domain rules carry no ports.
+// (not example.com itself). Domain rules carry no ports. In JSON a rule is
+// a string in ParseRule's syntax.
 type Rule struct {
-	CIDR   netip.Prefix `json:"cidr,omitzero"`
-	Domain string       `json:"domain,omitempty"`
-	Proto  string       `json:"proto,omitempty"` // "", "tcp" or "udp"
-	Ports  []PortRange  `json:"ports,omitempty"`
+	CIDR   netip.Prefix
+	Domain string
+	Proto  string // "", "tcp" or "udp"
+	Ports  []PortRange
+}
+
+// MarshalText writes the rule in ParseRule's syntax.
+func (r Rule) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads a rule in ParseRule's syntax.
+func (r *Rule) UnmarshalText(b []byte) error {
+	parsed, err := ParseRule(string(b))
+	if err != nil {
+		return err
+	}
+	*r = parsed
+	return nil
 }
 
 // PortRange is an inclusive range of ports; From == To for one port.

@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -197,5 +198,24 @@ func TestRing(t *testing.T) {
 	recs, total := r.records()
 	if total != 5 || len(recs) != 3 || recs[0].Port != 2 || recs[2].Port != 4 {
 		t.Fatalf("records = %+v total %d", recs, total)
+	}
+}
+
+func TestPolicyJSON(t *testing.T) {
+	in := `{"mode":"restricted","allow":["*.github.com","tcp:203.0.113.0/24:443"],"deny":["203.0.113.66"]}`
+	var p Policy
+	if err := json.Unmarshal([]byte(in), &p); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil || len(p.Allow) != 2 || p.Allow[0].Domain != "*.github.com" || p.Deny[0].CIDR.Bits() != 32 {
+		t.Fatalf("decoded %+v (%v)", p, err)
+	}
+	out, err := json.Marshal(p)
+	if err != nil || string(out) != in {
+		t.Fatalf("encoded %s (%v), want %s", out, err, in)
+	}
+	err = json.Unmarshal([]byte(`{"mode":"open","allow":["10.0.0.1/8"]}`), &p)
+	if err == nil || !strings.Contains(err.Error(), "host bits") {
+		t.Fatalf("bad rule in JSON: %v", err)
 	}
 }
