@@ -86,24 +86,20 @@ func (m *Manager) onLog(prefix string, payload []byte) {
 	if !ok {
 		return
 	}
-	rec.Time = m.clock.Now()
-	rec.Rule = tag
-	rec.Allowed = strings.HasPrefix(tag, "allow") || tag == "domain"
-	if tag == "default" {
-		m.mu.Lock()
-		sb := m.slots[slot]
-		m.mu.Unlock()
-		if sb == nil {
-			return
-		}
-		mode := sb.Spec().Policy.Mode
-		rec.Allowed = mode == ModeOpen || mode == ModeMonitored
-	}
 	m.mu.Lock()
 	sb := m.slots[slot]
 	m.mu.Unlock()
 	if sb == nil {
 		return
+	}
+	rec.Time = m.clock.Now()
+	rec.Rule = tag
+	switch {
+	case tag == "default":
+		mode := sb.Spec().Policy.Mode
+		rec.Allowed = mode == ModeOpen || mode == ModeMonitored
+	default:
+		rec.Allowed = strings.HasPrefix(tag, "allow") || tag == "domain"
 	}
 	sb.log.add(rec)
 	m.metrics.connection(rec.Allowed, tag)

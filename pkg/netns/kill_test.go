@@ -51,7 +51,7 @@ func TestChildAgent(t *testing.T) {
 // has a new Manager remove everything no live sandbox owns.
 func TestReconcileAfterKill(t *testing.T) {
 	in, m := setup(t)
-	before := snapshot(t, in)
+	before := snapshot(t, in, m)
 	prefix := m.NetnsName("")
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestChildAgent$", "-test.v")
 	cmd.Env = append(os.Environ(), childEnv+"="+strings.Join([]string{in.Uplink, in.DNS, prefix}, ","))
@@ -77,7 +77,7 @@ func TestReconcileAfterKill(t *testing.T) {
 	if !ready {
 		t.Fatal("child never got ready")
 	}
-	if snapshot(t, in) == before {
+	if snapshot(t, in, m) == before {
 		t.Fatal("the child left nothing to clean up: the test proves nothing")
 	}
 	// m shares the uplink and prefix with the dead child, like a restarted agent.
@@ -88,7 +88,7 @@ func TestReconcileAfterKill(t *testing.T) {
 	if len(removed) < 5 {
 		t.Errorf("removed %v, want k0…k4 at least", removed)
 	}
-	if after := snapshot(t, in); after != before {
+	if after := snapshot(t, in, m); after != before {
 		t.Fatalf("leftovers after kill -9 and reconcile:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }

@@ -312,7 +312,7 @@ func checkRate(t *testing.T, what string, n int64, d time.Duration, limit float6
 
 func TestCreateDestroyLeavesNothing(t *testing.T) {
 	in, m := setup(t)
-	before := snapshot(t, in)
+	before := snapshot(t, in, m)
 	ctx := context.Background()
 	for i := range 200 {
 		id := fmt.Sprintf("cyc%d", i)
@@ -323,7 +323,7 @@ func TestCreateDestroyLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if after := snapshot(t, in); after != before {
+	if after := snapshot(t, in, m); after != before {
 		t.Fatalf("leftovers after 200 cycles:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
@@ -332,7 +332,7 @@ func TestCreateDestroyLeavesNothing(t *testing.T) {
 // would, and has a new Manager remove what no live sandbox owns.
 func TestReconcileAfterCrash(t *testing.T) {
 	in, m := setup(t)
-	before := snapshot(t, in)
+	before := snapshot(t, in, m)
 	ctx := context.Background()
 	spec := netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen}}
 	for _, id := range []string{"keep", "gone1", "gone2"} {
@@ -362,19 +362,19 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if err := m2.Destroy(ctx, "keep"); err != nil {
 		t.Fatal(err)
 	}
-	if after := snapshot(t, in); after != before {
+	if after := snapshot(t, in, m); after != before {
 		t.Fatalf("leftovers:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
 
 // snapshot lists what the network layer could leak: namespaces of ours,
 // links in the uplink, and our nft table's chains, sets and map entries.
-func snapshot(t *testing.T, in *netnstest.Internet) string {
+func snapshot(t *testing.T, in *netnstest.Internet, m *netns.Manager) string {
 	t.Helper()
 	var b strings.Builder
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "tx") && !strings.HasPrefix(e.Name(), "txu-") && !strings.HasPrefix(e.Name(), "txi-") {
+		if strings.HasPrefix(e.Name(), m.NetnsName("")) {
 			fmt.Fprintln(&b, "netns", e.Name())
 		}
 	}
