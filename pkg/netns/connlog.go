@@ -25,6 +25,12 @@ type Record struct {
 	Rule string `json:"rule"`
 	// Name is the looked-up name for resolver records.
 	Name string `json:"name,omitempty"`
+	// SrcPort is the guest's side of the connection (NATed by the host).
+	SrcPort uint16 `json:"src_port,omitempty"`
+	// BytesOut and BytesIn are filled in when the connection ends (IP
+	// bytes as conntrack counts them); zero while it is open.
+	BytesOut uint64 `json:"bytes_out,omitempty"`
+	BytesIn  uint64 `json:"bytes_in,omitempty"`
 }
 
 // ring keeps the newest records of one sandbox.
@@ -45,6 +51,25 @@ func (r *ring) add(rec Record) {
 	r.next = (r.next + 1) % len(r.buf)
 	r.full = r.full || r.next == 0
 	r.total++
+}
+
+// fill puts a finished connection's byte counts into its record, the
+// newest one with the same destination and ports.
+func (r *ring) fill(fe flowEnd, proto string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := 1; i <= len(r.buf); i++ {
+		j := (r.next - i + len(r.buf)) % len(r.buf)
+		if !r.full && j >= r.next {
+			return false
+		}
+		rec := &r.buf[j]
+		if rec.Dst == fe.dst && rec.Port == fe.dport && rec.SrcPort == fe.sport && rec.Proto == proto {
+			rec.BytesOut, rec.BytesIn = fe.bytesOut, fe.bytesIn
+			return true
+		}
+	}
+	return false
 }
 
 // records returns the kept records, oldest first, and how many were ever
@@ -115,18 +140,40 @@ func parseIPv4(p []byte) (Record, bool) {
 		return Record{}, false
 	}
 	rec := Record{Dst: netip.AddrFrom4([4]byte(p[16:20]))}
-	switch p[9] {
-	case 6, 17:
-		rec.Proto = map[byte]string{6: "tcp", 17: "udp"}[p[9]]
-		if len(p) >= ihl+4 {
-			rec.Port = binary.BigEndian.Uint16(p[ihl+2 : ihl+4])
-		}
-	case 1:
-		rec.Proto = "icmp"
-	default:
-		rec.Proto = strconv.Itoa(int(p[9]))
+	rec.Proto = protoName(p[9])
+	if (p[9] == 6 || p[9] == 17) && len(p) >= ihl+4 {
+		rec.SrcPort = binary.BigEndian.Uint16(p[ihl : ihl+2])
+		rec.Port = binary.BigEndian.Uint16(p[ihl+2 : ihl+4])
 	}
 	return rec, true
+}
+
+func protoName(n uint8) string {
+	switch n {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 1:
+		return "icmp"
+	}
+	return strconv.Itoa(int(n))
+}
+
+// onFlowEnd files a finished connection's bytes under the sandbox whose
+// transit address opened it.
+func (m *Manager) onFlowEnd(fe flowEnd) {
+	slot, ok := m.slotOfAddr(fe.src)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	sb := m.slots[slot]
+	m.mu.Unlock()
+	if sb == nil || sb.sbAddr != fe.src {
+		return
+	}
+	sb.log.fill(fe, protoName(fe.proto))
 }
 
 type metrics struct {

@@ -174,7 +174,7 @@ func (r *resolver) answer(q []byte, network string) []byte {
 	name := strings.ToLower(strings.TrimSuffix(qs[0].Name.String(), "."))
 	pol := r.sb.Spec().Policy
 	ok, rule := pol.domainVerdict(name)
-	rec := Record{Time: r.m.clock.Now(), Proto: "dns", Port: 53, Rule: "dns-query:" + rule, Name: name, Allowed: ok}
+	rec := Record{Time: r.m.clock.Now(), Dst: GatewayAddr, Proto: "dns", Port: 53, Rule: "dns-query:" + rule, Name: name, Allowed: ok}
 	r.sb.log.add(rec)
 	if !ok {
 		r.m.metrics.dns.WithLabelValues("refused").Inc()

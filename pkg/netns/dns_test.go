@@ -88,5 +88,6 @@ func FuzzNFLOGAttrs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, payload := nflogAttrs(b)
 		_, _ = parseIPv4(payload)
+		_, _ = parseFlowEnd(b)
 	})
 }

@@ -171,6 +171,7 @@ type Manager struct {
 	slots map[int]*Sandbox
 
 	nflog *nflogReader
+	ct    *conntrackReader
 }
 
 // New prepares the uplink (our nftables table, forwarding) and starts
@@ -225,6 +226,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("network connection log: %w", err)
 	}
 	m.nflog = r
+	if m.ct, err = startConntrack(m.uplink, m.onFlowEnd); err != nil {
+		m.nflog.close()
+		return nil, fmt.Errorf("network connection log: %w", err)
+	}
 	return m, nil
 }
 
@@ -240,7 +245,7 @@ func (m *Manager) Close() error {
 	for _, sb := range sbs {
 		sb.dns.close()
 	}
-	return m.nflog.close()
+	return errors.Join(m.nflog.close(), m.ct.close())
 }
 
 // NetnsName is the `ip netns` name of a sandbox's namespace.
@@ -508,16 +513,24 @@ func (m *Manager) slotOf(ctx context.Context, id string) (int, bool) {
 		return 0, false
 	}
 	for _, f := range strings.Fields(string(out)) {
-		p, err := netip.ParsePrefix(f)
-		if err != nil || !m.cfg.Transit.Contains(p.Addr()) {
-			continue
+		if p, err := netip.ParsePrefix(f); err == nil {
+			if slot, ok := m.slotOfAddr(p.Addr()); ok {
+				return slot, true
+			}
 		}
-		a, b := p.Addr().As4(), m.cfg.Transit.Addr().As4()
-		off := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) -
-			(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]))
-		return int(off / 4), true
 	}
 	return 0, false
+}
+
+// slotOfAddr is the slot whose transit /30 holds a.
+func (m *Manager) slotOfAddr(a netip.Addr) (int, bool) {
+	if !a.Is4() || !m.cfg.Transit.Contains(a) {
+		return 0, false
+	}
+	x, b := a.As4(), m.cfg.Transit.Addr().As4()
+	off := (uint32(x[0])<<24 | uint32(x[1])<<16 | uint32(x[2])<<8 | uint32(x[3])) -
+		(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]))
+	return int(off / 4), true
 }
 
 // Recover re-attaches the network of a sandbox that outlived an agent

@@ -106,6 +106,13 @@ func TestOpenDownloadsBigFile(t *testing.T) {
 
 func TestRestricted(t *testing.T) {
 	in, m := setup(t)
+	// Bytes come with conntrack's destroy event: after TIME_WAIT (2 min by
+	// default) and the next garbage-collection pass. This uplink is the
+	// test's own, so shorten TIME_WAIT, and below reading the table makes
+	// the kernel reap expired entries at once.
+	if out, err := exec.Command("ip", "netns", "exec", in.Uplink, "sysctl", "-w", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1").CombinedOutput(); err != nil {
+		t.Fatalf("sysctl: %v: %s", err, out)
+	}
 	sb := create(t, m, "restr1", netns.Spec{Policy: netns.Policy{
 		Mode:  netns.ModeRestricted,
 		Allow: rules(t, "allowed.example", "*.cdn.example", "tls.example"),
@@ -152,6 +159,24 @@ func TestRestricted(t *testing.T) {
 		case rec.Dst == netnstest.HTTPAddr && rec.Allowed && rec.Rule == "domain":
 			sawAllowed = true
 		}
+	}
+	// The allowed connections have ended: their bytes are in the log.
+	var withBytes bool
+	for range 50 {
+		_ = exec.Command("ip", "netns", "exec", in.Uplink, "cat", "/proc/net/nf_conntrack").Run()
+		recs, _, _ = m.Log("restr1")
+		for _, rec := range recs {
+			if rec.Rule == "domain" && rec.BytesOut > 0 && rec.BytesIn > 0 {
+				withBytes = true
+			}
+		}
+		if withBytes {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !withBytes {
+		t.Errorf("no allowed record has its bytes: %+v", recs)
 	}
 	if !sawDenied || !sawAllowed || !sawDNS {
 		t.Errorf("connection log lacks records (denied %v allowed %v dns %v): %+v", sawDenied, sawAllowed, sawDNS, recs)

@@ -219,3 +219,47 @@ func TestPolicyJSON(t *testing.T) {
 		t.Fatalf("bad rule in JSON: %v", err)
 	}
 }
+
+func TestFlowEndFillsRecord(t *testing.T) {
+	be16 := func(v uint16) []byte { return []byte{byte(v >> 8), byte(v)} }
+	be64 := func(v uint64) []byte {
+		b := make([]byte, 8)
+		for i := range 8 {
+			b[7-i] = byte(v >> (8 * i))
+		}
+		return b
+	}
+	cat := func(bs ...[]byte) []byte {
+		var out []byte
+		for _, b := range bs {
+			out = append(out, b...)
+		}
+		return out
+	}
+	msg := cat(
+		nlAttr(ctaTupleOrig, cat(
+			nlAttr(ctaTupleIP, cat(nlAttr(ctaIPv4Src, []byte{10, 229, 0, 6}), nlAttr(ctaIPv4Dst, []byte{203, 0, 113, 10}))),
+			nlAttr(ctaTupleProto, cat(nlAttr(ctaProtoNum, []byte{6}), nlAttr(ctaProtoSrcPort, be16(40000)), nlAttr(ctaProtoDstPort, be16(80)))),
+		)),
+		nlAttr(ctaCountersOrig, nlAttr(ctaCountersBytes, be64(385))),
+		nlAttr(ctaCountersReply, nlAttr(ctaCountersBytes, be64(1<<33))),
+	)
+	fe, ok := parseFlowEnd(msg)
+	if !ok || fe.src.String() != "10.229.0.6" || fe.dst.String() != "203.0.113.10" || fe.sport != 40000 || fe.dport != 80 ||
+		fe.proto != 6 || fe.bytesOut != 385 || fe.bytesIn != 1<<33 {
+		t.Fatalf("parseFlowEnd = %+v %v", fe, ok)
+	}
+	r := newRing(4)
+	r.add(Record{Dst: fe.dst, Port: 80, SrcPort: 40000, Proto: "tcp"})
+	r.add(Record{Dst: fe.dst, Port: 80, SrcPort: 40001, Proto: "tcp"})
+	if !r.fill(fe, "tcp") {
+		t.Fatal("no record filled")
+	}
+	recs, _ := r.records()
+	if recs[0].BytesIn != 1<<33 || recs[1].BytesIn != 0 {
+		t.Fatalf("records = %+v", recs)
+	}
+	if _, ok := parseFlowEnd(msg[:7]); ok {
+		t.Error("truncated message parsed")
+	}
+}
