@@ -11,9 +11,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
@@ -417,4 +420,81 @@ func snapshot(t *testing.T, in *netnstest.Internet, m *netns.Manager) string {
 		}
 	}
 	return b.String()
+}
+
+// TestLogByMode: monitored logs every connection, open only the denied
+// ones; the Prometheus counters follow the log.
+func TestLogByMode(t *testing.T) {
+	in := netnstest.New(t)
+	reg := prometheus.NewRegistry()
+	m, err := netns.New(context.Background(), netns.Config{
+		UplinkNetns: in.Uplink, DNSUpstream: in.DNS, NetnsPrefix: fmt.Sprintf("tx%04x-", mrand.IntN(1<<16)), Metrics: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = m.Reconcile(context.Background(), nil); m.Close() })
+	deny := rules(t, "tcp:"+netnstest.OtherAddr.String()+":80")
+	for _, mode := range []netns.Mode{netns.ModeMonitored, netns.ModeOpen} {
+		sb := create(t, m, "log-"+string(mode), netns.Spec{Policy: netns.Policy{Mode: mode, Deny: deny}})
+		for range 3 {
+			if err := dialRaw(sb, netnstest.HTTPAddr.String()+":80"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dialRaw(sb, netnstest.OtherAddr.String()+":80"); err == nil {
+			t.Fatalf("%s: denied address reached", mode)
+		}
+		wantAllowed := map[netns.Mode]int{netns.ModeMonitored: 3, netns.ModeOpen: 0}[mode]
+		var allowed, denied int
+		for range 20 { // NFLOG records arrive asynchronously
+			recs, _, _ := m.Log("log-" + string(mode))
+			allowed, denied = 0, 0
+			for _, r := range recs {
+				switch {
+				case r.Allowed && r.Rule == "default" && r.Dst == netnstest.HTTPAddr:
+					allowed++
+				case !r.Allowed && r.Rule == "deny0" && r.Dst == netnstest.OtherAddr:
+					denied++
+				}
+			}
+			if allowed == wantAllowed && denied == 1 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if allowed != wantAllowed || denied != 1 {
+			t.Errorf("%s: %d allowed and %d denied records, want %d and 1", mode, allowed, denied, wantAllowed)
+		}
+	}
+	if got := counter(t, reg, "tartarus_network_connections_total", "verdict=allowed", "rule=default"); got != 3 {
+		t.Errorf("allowed counter %v, want 3", got)
+	}
+	if got := counter(t, reg, "tartarus_network_connections_total", "verdict=denied", "rule=deny"); got != 2 {
+		t.Errorf("denied counter %v, want 2", got)
+	}
+}
+
+// counter reads the counter whose labels are exactly labels ("k=v").
+func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var got []string
+			for _, l := range m.GetLabel() {
+				got = append(got, l.GetName()+"="+l.GetValue())
+			}
+			if slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(labels))) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }

@@ -24,6 +24,20 @@ except Exception as e:
     print("ERR", type(e).__name__, e)
 `
 
+// dnsPy asks the DNS server argv[1] for allowed.example directly, as a
+// guest that ignores its resolver would; it prints "ANSWER" or "ERR ...".
+const dnsPy = `import socket, sys
+q = bytes.fromhex("12340100000100000000000007616c6c6f776564076578616d706c650000010001")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+try:
+    s.sendto(q, (sys.argv[1], 53))
+    s.recvfrom(512)
+    print("ANSWER")
+except Exception as e:
+    print("ERR", type(e).__name__, e)
+`
+
 // TestNetwork boots real VMs with a NIC on the stand-in internet: open
 // mode downloads 10 MB intact, restricted mode refuses a disallowed name
 // and a disallowed literal IP, and a restored copy keeps the same guest
@@ -105,6 +119,13 @@ func TestNetwork(t *testing.T) {
 			} else {
 				t.Logf("%s: %s after %v", url, got, time.Since(t0))
 			}
+		}
+		// The guest's own choice of DNS server gets nothing; its resolver works.
+		if got := strings.TrimSpace(run(t, d, id, "python3", "-c", dnsPy, netnstest.OtherDNSAddr.String())); !strings.HasPrefix(got, "ERR") {
+			t.Errorf("query to another DNS server: %q", got)
+		}
+		if got := strings.TrimSpace(run(t, d, id, "python3", "-c", dnsPy, netns.GatewayAddr.String())); got != "ANSWER" {
+			t.Errorf("query to the sandbox resolver: %q", got)
 		}
 		recs, _, err := nets.Log(id)
 		if err != nil {
