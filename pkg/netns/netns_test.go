@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -350,6 +351,31 @@ func TestCreateDestroyLeavesNothing(t *testing.T) {
 		if err := m.Destroy(ctx, id); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The agent creates and destroys concurrently.
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 5 {
+				id := fmt.Sprintf("par%d-%d", g, i)
+				if _, err := m.Create(ctx, id, netns.Spec{Policy: netns.Policy{Mode: netns.ModeMonitored}, EgressBitsPerSec: 1e8}); err != nil {
+					errs <- err
+					return
+				}
+				if err := m.Destroy(ctx, id); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 	if after := snapshot(t, in, m); after != before {
 		t.Fatalf("leftovers after 200 cycles:\nbefore:\n%s\nafter:\n%s", before, after)
