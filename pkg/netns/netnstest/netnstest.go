@@ -82,15 +82,20 @@ type Internet struct {
 	big []byte
 }
 
-// Skip skips t unless it runs as root with ip, nft and tc.
+// Skip skips t unless it runs as root with ip, nft and tc; with
+// TARTARUS_E2E=1 a missing piece fails t instead.
 func Skip(t testing.TB) {
 	t.Helper()
+	skip := t.Skip
+	if os.Getenv("TARTARUS_E2E") == "1" {
+		skip = func(args ...any) { t.Helper(); t.Fatal(append([]any{"TARTARUS_E2E=1 but:"}, args...)...) }
+	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
+		skip("needs root: creates network namespaces")
 	}
 	for _, bin := range []string{"ip", "nft", "tc"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s (scripts/deps.sh --test installs nftables and iproute2)", bin)
+			skip("needs " + bin + " (scripts/deps.sh installs nftables and iproute2)")
 		}
 	}
 }
