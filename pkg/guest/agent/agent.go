@@ -47,6 +47,10 @@ type Options struct {
 	Reaper *Reaper
 	// BootError is reported in Info when the guest did not boot fully.
 	BootError string
+	// OnSync, when set, runs on every OpSync (the host sends one after
+	// boot and after every restore); the init checks the guest's network
+	// configuration with it. Its error fails the sync.
+	OnSync func() error
 	// SampleInterval is how often CPU use is sampled for Stats and
 	// activity; zero means 2 s.
 	SampleInterval time.Duration
