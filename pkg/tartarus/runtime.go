@@ -193,6 +193,11 @@ type FileInfo struct {
 	Mode    os.FileMode `json:"mode"`
 	ModTime time.Time   `json:"mod_time"`
 	IsDir   bool        `json:"is_dir"`
+	// Path is the entry's absolute path (set by guests that list below
+	// the first level, stat and move).
+	Path string `json:"path,omitempty"`
+	// SymlinkTarget is where a symbolic link points.
+	SymlinkTarget string `json:"symlink_target,omitempty"`
 }
 
 // Stats is a sandbox's resource use as its guest reports it.
