@@ -121,3 +121,21 @@ type WatchEvent struct {
 	Name  string `json:"name,omitempty"`
 	IsDir bool   `json:"is_dir,omitempty"`
 }
+
+// StatsSampler is the optional side interface of a Runtime whose Stats
+// counts as activity (it keeps a sandbox from idling): SampleStats reports
+// the same without touching the sandbox's idle time, for periodic metrics.
+type StatsSampler interface {
+	SampleStats(ctx context.Context, id string) (*Stats, error)
+}
+
+// MetricSample is a sandbox's resource use at one moment.
+type MetricSample struct {
+	At            time.Time `json:"timestamp"`
+	CPUCount      int       `json:"cpu_count"`
+	CPUPercent    float64   `json:"cpu_used_pct"`
+	MemoryUsedMB  int       `json:"mem_used_mb"`
+	MemoryTotalMB int       `json:"mem_total_mb"`
+	DiskUsedMB    int       `json:"disk_used_mb"`
+	DiskTotalMB   int       `json:"disk_total_mb"`
+}

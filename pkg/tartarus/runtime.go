@@ -207,4 +207,8 @@ type Stats struct {
 	MemoryTotalMB  int       `json:"memory_total_mb"`
 	Processes      int       `json:"processes"`
 	LastActivityAt time.Time `json:"last_activity_at"`
+	// DiskUsedMB and DiskTotalMB describe the guest's root file system
+	// (zero from guests that do not report it).
+	DiskUsedMB  int `json:"disk_used_mb,omitempty"`
+	DiskTotalMB int `json:"disk_total_mb,omitempty"`
 }
