@@ -168,6 +168,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		be      olympus.Backend
 		run     func(context.Context) error
 		prewarm func(context.Context)
+		sampler *hecatoncheir.Sampler
+		metrics olympus.MetricsSource
 		role    = "node " + o.node
 	)
 	if o.cluster.agentListen != "" {
@@ -189,13 +191,15 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 		defer n.Close()
 		be, run = n.agent, n.agent.Run
+		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
+		metrics = sampler
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
 	}
 
 	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: []prometheus.Collector{auth.Metrics}, Log: log})
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: []prometheus.Collector{auth.Metrics}, Metrics: metrics, Log: log})
 	if err != nil {
 		return err
 	}
@@ -217,6 +221,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	go func() { _ = run(loopCtx); close(loopDone) }()
 	if prewarm != nil {
 		go prewarm(loopCtx)
+	}
+	if sampler != nil {
+		go sampler.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
