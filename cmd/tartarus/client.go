@@ -30,7 +30,7 @@ type clientOptions struct {
 // addClientCmds adds the client verbs: sandbox, exec, cp.
 func addClientCmds(root *cobra.Command) {
 	o := &clientOptions{}
-	for _, cmd := range []*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o)} {
+	for _, cmd := range append([]*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o)}, interactiveCmds(o)...) {
 		pf := cmd.PersistentFlags()
 		pf.StringVar(&o.url, "url", envOr("TARTARUS_URL", client.DefaultURL), "API URL ($TARTARUS_URL)")
 		pf.StringVar(&o.apiKey, "api-key", "", "API key ($TARTARUS_API_KEY, else DATA/admin.key when readable)")
@@ -103,7 +103,8 @@ func parseKV(flag string, kvs []string) (map[string]string, error) {
 
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
-	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o))
+	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o),
+		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
@@ -326,8 +327,9 @@ func orDash(s string) string {
 
 func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 	var all bool
+	var metadata []string
 	cmd := &cobra.Command{
-		Use: "ls", Aliases: []string{"list"}, Short: "List sandboxes (live ones unless --all)", Args: cobra.NoArgs,
+		Use: "ls", Aliases: []string{"list"}, Short: "List sandboxes (live ones unless --all; --metadata k=v filters)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			asJSON, err := o.json()
 			if err != nil {
@@ -337,7 +339,16 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, err := c.ListSandboxes(cmd.Context())
+			match, err := parseKV("metadata", metadata)
+			if err != nil {
+				return err
+			}
+			var list []*tartarus.Sandbox
+			if len(match) > 0 {
+				list, err = c.ListSandboxesWithMetadata(cmd.Context(), match)
+			} else {
+				list, err = c.ListSandboxes(cmd.Context())
+			}
 			if err != nil {
 				return err
 			}
@@ -375,6 +386,7 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "include terminated and failed sandboxes")
+	cmd.Flags().StringArrayVar(&metadata, "metadata", nil, "only sandboxes whose metadata has KEY=VALUE (repeatable)")
 	o.addOutputFlag(cmd)
 	return cmd
 }
@@ -470,19 +482,46 @@ func newSandboxRmCmd(o *clientOptions) *cobra.Command {
 
 func newExecCmd(o *clientOptions) *cobra.Command {
 	var (
-		env     []string
-		cwd     string
-		timeout int
-		noStdin bool
+		env      []string
+		cwd      string
+		timeout  int
+		noStdin  bool
+		tty      bool
+		interact bool
 	)
 	cmd := &cobra.Command{
-		Use:   "exec ID -- CMD [ARG...]",
+		Use:   "exec [-it] ID -- CMD [ARG...]",
 		Short: "Run a command in a sandbox, streaming its output; exit with its exit code",
 		Long: `Run a command in a sandbox. Output streams as it is produced, and tartarus
 exits with the command's exit code. Standard input is sent to the command
-when it is not a terminal (up to 8 MiB; use "tartarus cp" for more).`,
-		Args: cobra.MinimumNArgs(2),
+when it is not a terminal (up to 8 MiB; use "tartarus cp" for more).
+
+With -t (usually -it), the command runs on a terminal in the sandbox, the
+local terminal goes to raw mode and its size follows the window's; without a
+command, a login shell.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if tty {
+				envMap, err := parseKV("env", env)
+				if err != nil {
+					return err
+				}
+				c, err := o.client()
+				if err != nil {
+					return err
+				}
+				code, err := runPTY(cmd.Context(), c, args[0], &client.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd}, os.Stdin, cmd.OutOrStdout())
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return exitError{code: code}
+				}
+				return nil
+			}
+			if len(args) < 2 {
+				return errors.New("exec: name a command after the sandbox id (or use -it for a shell)")
+			}
 			req := &api.ExecRequest{Cmd: args[1:], Cwd: cwd, TimeoutS: timeout}
 			var err error
 			if req.Env, err = parseKV("env", env); err != nil {
@@ -520,6 +559,8 @@ when it is not a terminal (up to 8 MiB; use "tartarus cp" for more).`,
 	f.StringVar(&cwd, "cwd", "", "working directory in the sandbox (default /)")
 	f.IntVar(&timeout, "timeout", 0, "kill the command after this many seconds (0: no limit)")
 	f.BoolVar(&noStdin, "no-stdin", false, "do not send standard input")
+	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal (with -i: interactive)")
+	f.BoolVarP(&interact, "interactive", "i", false, "send standard input (a terminal session always does)")
 	return cmd
 }
 
