@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/client/terminal"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
@@ -510,7 +511,7 @@ command, a login shell.`,
 				if err != nil {
 					return err
 				}
-				code, err := runPTY(cmd.Context(), c, args[0], &client.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd}, os.Stdin, cmd.OutOrStdout())
+				code, err := runPTY(cmd.Context(), c, args[0], &terminal.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd}, os.Stdin, cmd.OutOrStdout())
 				if err != nil {
 					return err
 				}

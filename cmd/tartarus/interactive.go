@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/client/terminal"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
@@ -29,7 +30,7 @@ func interactiveCmds(o *clientOptions) []*cobra.Command {
 
 // runPTY runs a command on a terminal in the sandbox, with the local
 // terminal in raw mode and its size followed (SIGWINCH).
-func runPTY(ctx context.Context, c *client.Client, id string, opts *client.PTYOptions, stdin *os.File, stdout io.Writer) (int, error) {
+func runPTY(ctx context.Context, c *client.Client, id string, opts *terminal.PTYOptions, stdin *os.File, stdout io.Writer) (int, error) {
 	fd := int(stdin.Fd())
 	local := term.IsTerminal(fd)
 	if local {
@@ -43,7 +44,7 @@ func runPTY(ctx context.Context, c *client.Client, id string, opts *client.PTYOp
 	if len(opts.Cmd) == 0 {
 		opts.Cmd = []string{"/bin/sh", "-l"}
 	}
-	p, err := c.PTY(ctx, id, opts)
+	p, err := terminal.Open(ctx, c, id, opts)
 	if err != nil {
 		return 0, err
 	}

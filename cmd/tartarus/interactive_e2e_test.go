@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/client/terminal"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
@@ -76,7 +77,7 @@ func TestInteractiveEndToEnd(t *testing.T) {
 	id := sb.ID
 
 	t.Run("pty", func(t *testing.T) {
-		p, err := c.PTY(ctx, id, &client.PTYOptions{
+		p, err := terminal.Open(ctx, c, id, &terminal.PTYOptions{
 			Cmd:  []string{"sh", "-c", `stty size; read x; stty size; echo "got $x"; exit 5`},
 			Cols: 80, Rows: 24,
 		})
