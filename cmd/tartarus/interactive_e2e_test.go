@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -228,6 +229,38 @@ func TestInteractiveEndToEnd(t *testing.T) {
 			sb, err := c.GetSandbox(ctx, other.ID)
 			return err == nil && sb.State.Final()
 		})
+	})
+
+	t.Run("cli", func(t *testing.T) {
+		// exec -t with piped input: the shell reads it from the terminal.
+		out := e.cli(t, 3, "echo from-tty; [ -t 0 ] && echo is-a-tty; exit 3\n", "exec", "-t", id, "--", "sh")
+		if !strings.Contains(out, "from-tty") || !strings.Contains(out, "is-a-tty") {
+			t.Errorf("exec -t output %q", out)
+		}
+		pid := strings.TrimSpace(e.cli(t, 0, "", "proc", "start", id, "--tag", "cli-sleeper", "--", "sleep", "300"))
+		if ls := e.cli(t, 0, "", "proc", "ls", id); !strings.Contains(ls, pid) || !strings.Contains(ls, "cli-sleeper") {
+			t.Errorf("proc ls: %q", ls)
+		}
+		e.cli(t, 0, "", "proc", "kill", id, "cli-sleeper", "--signal", "KILL")
+		e.cli(t, 137, "", "proc", "attach", id, pid)
+
+		// watch prints a line a change until interrupted.
+		w := exec.Command(e.bin, "watch", id+":/tmp")
+		w.Env = append(os.Environ(), "TARTARUS_URL="+e.url, "TARTARUS_DATA_DIR="+e.data, "TARTARUS_API_KEY=")
+		stdout := &lockedBuf{}
+		stderr := &lockedBuf{}
+		w.Stdout, w.Stderr = stdout, stderr
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer w.Process.Kill()
+		eventually(t, "the watch to start", 30*time.Second, func() bool { return strings.Contains(stderr.String(), "watching /tmp") })
+		e.cli(t, 0, "", "exec", id, "--", "sh", "-c", "echo x > /tmp/cli-watched")
+		eventually(t, "the create line", 30*time.Second, func() bool { return strings.Contains(stdout.String(), "create  cli-watched") })
+		_ = w.Process.Signal(os.Interrupt)
+		if err := w.Wait(); err != nil {
+			t.Errorf("watch after interrupt: %v\n%s", err, stderr.String())
+		}
 	})
 
 	t.Run("metrics", func(t *testing.T) {
