@@ -337,14 +337,16 @@ func (a *Agent) procAttach(st *yamux.Stream, fw *proto.FrameWriter, r *proto.Pro
 		select {
 		case c, ok := <-ch:
 			if !ok {
-				if !p.exited() {
+				// Closed under p.mu, by an exit (which also closes done
+				// before unlocking) or by an overflow.
+				p.mu.Lock()
+				exited, res := p.exited(), p.result
+				p.mu.Unlock()
+				if !exited {
 					_ = fw.WriteJSON(proto.FrameError, &proto.Error{Code: proto.CodeUnavailable,
 						Message: fmt.Sprintf("process %d: output overflowed %d queued chunks; attach again", p.info.Pid, attachQueue)})
 					return
 				}
-				p.mu.Lock()
-				res := p.result
-				p.mu.Unlock()
 				_ = fw.WriteJSON(proto.FrameResult, &res)
 				return
 			}
