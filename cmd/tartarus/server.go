@@ -169,6 +169,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		be         olympus.Backend
 		run        func(context.Context) error
 		prewarm    func(context.Context)
+		sampler    *hecatoncheir.Sampler
+		metrics    olympus.MetricsSource
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
 	)
@@ -193,13 +195,15 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		defer n.shutdown(ctx, &o.nodeOptions)
 		be, run = n.agent, n.agent.Run
 		collectors = append(collectors, n.agent.Terminations().Collector())
+		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
+		metrics = sampler
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
 	}
 
 	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Log: log})
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log})
 	if err != nil {
 		return err
 	}
@@ -221,6 +225,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	go func() { _ = run(loopCtx); close(loopDone) }()
 	if prewarm != nil {
 		go prewarm(loopCtx)
+	}
+	if sampler != nil {
+		go sampler.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

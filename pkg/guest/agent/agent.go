@@ -68,6 +68,7 @@ type Agent struct {
 	procs starter
 
 	groups   *groupSet
+	bg       *procTable
 	activity *activity
 	cpu      *cpuSampler
 
@@ -95,6 +96,7 @@ func New(opts Options) *Agent {
 		log:      opts.Logger,
 		clock:    opts.Clock,
 		groups:   newGroupSet(),
+		bg:       newProcTable(),
 		activity: &activity{},
 		cpu:      &cpuSampler{},
 		stop:     make(chan struct{}),
@@ -234,9 +236,20 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 	case proto.OpWriteFile:
 		res, err = a.writeFile(fr, req.Path, req.Mode)
 	case proto.OpListFiles:
-		res, err = a.listFiles(fw, req.Path)
+		res, err = a.listFiles(fw, req.Path, listDepth(req))
 	case proto.OpStats:
 		res, err = a.stats()
+	case proto.OpPTY:
+		s.pty(ctx, st, fr, fw, req)
+		return
+	case proto.OpProcAttach:
+		a.procAttach(st, fw, req.Proc)
+		return
+	case proto.OpWatch:
+		a.watch(st, fw, req)
+		return
+	default:
+		res, err = a.handleInteractive(req)
 	}
 	if err != nil {
 		a.log.Debug("rpc failed", "op", req.Op, "err", err)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
