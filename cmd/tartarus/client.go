@@ -189,7 +189,7 @@ func newNodeCmd(o *clientOptions) *cobra.Command {
 			return errors.Join(errs...)
 		},
 	}
-	cmd.AddCommand(ls, rm)
+	cmd.AddCommand(ls, rm, newNodeDrainCmd(o), newNodeUndrainCmd(o))
 	return cmd
 }
 

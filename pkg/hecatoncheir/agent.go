@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -195,9 +194,6 @@ func (a *Agent) RuntimeNames() []string {
 	}
 	return out
 }
-
-// liveStates are the states that are not final.
-var liveStates = slices.DeleteFunc(slices.Clone(tartarus.States), tartarus.State.Final)
 
 // Run destroys expired sandboxes every ExpiryInterval, runs each
 // runtime's Hypnos (idle sleep), and refills the warm pools, until ctx is

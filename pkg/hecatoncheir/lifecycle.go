@@ -30,7 +30,7 @@ func (a *Agent) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, erro
 	if sb.State.Final() {
 		return sb, nil
 	}
-	return a.terminateAndWait(ctx, id, tartarus.ReasonUserRequest)
+	return a.terminateAndWait(ctx, id, &tartarus.ShutdownOptions{Reason: tartarus.ReasonUserRequest})
 }
 
 // Pause freezes a running sandbox. Pausing a paused sandbox is a no-op.

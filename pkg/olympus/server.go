@@ -146,6 +146,8 @@ func New(cfg Config) (*Server, error) {
 	v1("GET /v1/templates", s.listTemplates)
 	v1("GET /v1/nodes", s.listNodes)
 	v1("DELETE /v1/nodes/{name}", s.forgetNode)
+	v1("POST /v1/nodes/{name}/drain", s.drainNode)
+	v1("POST /v1/nodes/{name}/undrain", s.undrainNode)
 	s.interactiveRoutes(v1)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {

@@ -109,6 +109,8 @@ var pgMigrations = []string{
 		created_at BIGINT NOT NULL,
 		PRIMARY KEY (tenant, key)
 	);`,
+	// 4: nodes being drained take no new sandboxes (cluster.go).
+	`ALTER TABLE nodes ADD COLUMN draining BOOLEAN NOT NULL DEFAULT FALSE;`,
 }
 
 // OpenPostgres connects to the database at dsn (postgres://…) and brings

@@ -10,6 +10,7 @@ package tartarus
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -34,6 +35,11 @@ var States = []State{StateCreating, StateRunning, StatePaused, StateHibernated,
 
 // Final reports whether no transition leaves s.
 func (s State) Final() bool { return s == StateTerminated || s == StateFailed }
+
+// LiveStates returns the states that are not final.
+func LiveStates() []State {
+	return slices.DeleteFunc(slices.Clone(States), State.Final)
+}
 
 // transitions lists, for each state, the states it may move to. A move to the
 // same state is always allowed, so every transition is idempotent.
