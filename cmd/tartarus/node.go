@@ -17,6 +17,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe/runtimes"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/fake"
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -28,6 +29,7 @@ type nodeOptions struct {
 	node        string
 	runtimes    []string
 	accel       string
+	jail        string
 	bootTimeout time.Duration
 	bootRetries int
 	unsafeFake  bool
@@ -47,6 +49,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.node, "node", defaultNodeName(), "this node's name")
 	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
 	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
+	f.StringVar(&o.jail, "jail", "auto", "confine each microVM's QEMU (own uid, namespaces, cgroup, seccomp): on, off, or auto (on where the host can)")
 	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
 	f.DurationVar(&o.autoHibernate, "auto-hibernate", 0, "hibernate sandboxes idle this long (0: only those created with auto_hibernate_s)")
@@ -140,8 +143,13 @@ func openRuntime(ctx context.Context, name string, o *nodeOptions, dataDir strin
 	switch name {
 	case "microvm":
 		probe, _ := cat.Get(ctx, "base") // without a built image the driver uses TCG unprobed
-		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(dataDir, "vms"), Log: log, Accel: o.accel,
-			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe})
+		stateDir := filepath.Join(dataDir, "vms")
+		j, err := openJail(o.jail, stateDir, log)
+		if err != nil {
+			return nil, err
+		}
+		return microvm.New(ctx, microvm.Config{StateDir: stateDir, Log: log, Accel: o.accel,
+			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe, Jail: j})
 	case "gvisor", "docker", "containerd":
 		return runtimes.Open(ctx, name, runtimes.Config{DataDir: dataDir, Log: log})
 	case "fake":
@@ -155,4 +163,29 @@ func openRuntime(ctx context.Context, name string, o *nodeOptions, dataDir strin
 			Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true}})
 	}
 	return nil, fmt.Errorf("--runtimes: %q is not a runtime this build offers (microvm, gvisor, docker, containerd)", name)
+}
+
+// openJail opens the microVM jail as --jail asks; nil means unconfined,
+// which is warned about at every start.
+func openJail(mode, stateDir string, log *slog.Logger) (*jail.Jail, error) {
+	const unconfined = "UNCONFINED: each microVM's QEMU runs as root with no jail; a QEMU escape is root on this host"
+	switch mode {
+	case "off":
+		log.Warn(unconfined + " (--jail=off)")
+		return nil, nil
+	case "on", "auto", "":
+	default:
+		return nil, fmt.Errorf("--jail %q: want on, off or auto", mode)
+	}
+	j, err := jail.New(jail.Config{StateDir: filepath.Join(stateDir, ".jail")})
+	if err != nil {
+		if mode == "on" {
+			return nil, fmt.Errorf("--jail=on: %w", err)
+		}
+		log.Warn(unconfined+" (this host cannot jail)", "err", err)
+		return nil, nil
+	}
+	info := j.Info()
+	log.Info("microvm jail", "uids", info.UIDRange, "cgroup", info.CgroupVersion, "cgroup_parent", info.CgroupParent)
+	return j, nil
 }

@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -69,6 +70,9 @@ type Config struct {
 	KernelArgs []string
 	// Now is the clock for idle times; nil means time.Now.
 	Now func() time.Time
+	// Jail confines each sandbox's QEMU (its own uid, namespaces, root,
+	// cgroup, seccomp); nil runs QEMU unconfined, as root.
+	Jail *jail.Jail
 }
 
 // Validate reports every problem with the configuration at once.
@@ -160,6 +164,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		vms:  map[string]*vm{},
 	}
 	d.fp = d.fingerprint(ctx)
+	d.fp.Jail = &tartarus.JailInfo{}
+	if j := cfg.Jail; j != nil {
+		info := j.Info()
+		d.fp.Jail = &tartarus.JailInfo{Enabled: true, UIDRange: info.UIDRange, CgroupVersion: info.CgroupVersion, Seccomp: true}
+	}
 	return d, nil
 }
 
@@ -299,16 +308,22 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 	d.mu.Unlock()
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
-		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.now().UTC()}
+		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.now().UTC(), Jailed: d.cfg.Jail != nil}
 	var err error
-	if overlay {
+	if v.conf.Jailed {
+		_, err = d.prepareJail(v)
+	}
+	switch {
+	case err != nil:
+	case overlay:
 		err = d.prepare(context.WithoutCancel(ctx), v)
-	} else {
+	default:
 		err = v.saveConfig()
 	}
 	if err != nil {
 		d.forget(v)
 		_ = os.RemoveAll(dir)
+		d.releaseJail(cfg.ID)
 		return "", fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	return cfg.ID, nil
@@ -598,6 +613,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
+	d.releaseJail(id)
 	return nil
 }
 
@@ -656,6 +672,16 @@ func (d *Driver) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 		}
 		adopted = append(adopted, v.instance())
 	}
+	if d.cfg.Jail != nil {
+		// A uid or cgroup whose sandbox is gone is free again.
+		live := make([]string, 0, len(adopted))
+		for _, in := range adopted {
+			live = append(live, in.ID)
+		}
+		if err := d.cfg.Jail.Reconcile(live); err != nil {
+			errs = append(errs, fmt.Errorf("recover: jail: %w", err))
+		}
+	}
 	return adopted, errors.Join(errs...)
 }
 
@@ -670,7 +696,7 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("never started or no pid file: %w", err)
 	}
-	if !alive(pid) || !isOurQEMU(procCmdline(pid), id, dir) {
+	if !alive(pid) || !ourQEMU(pid, id, dir) {
 		return nil, fmt.Errorf("qemu pid %d is gone", pid)
 	}
 	v.pid = pid

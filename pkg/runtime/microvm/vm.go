@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,8 @@ type vmConfig struct {
 	Accel     string            `json:"accel"`
 	CreatedAt time.Time         `json:"created_at"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
+	// Jailed sandboxes keep QEMU's files in <dir>/jail (see jail.go).
+	Jailed bool `json:"jailed,omitempty"`
 }
 
 // vm is one sandbox.
@@ -77,7 +80,12 @@ type vm struct {
 	guestLast time.Time
 }
 
-func (v *vm) path(name string) string { return filepath.Join(v.dir, name) }
+func (v *vm) path(name string) string {
+	if v.conf.Jailed && slices.Contains(qemuFiles, name) {
+		return filepath.Join(v.jailDir(), name)
+	}
+	return filepath.Join(v.dir, name)
+}
 
 func (v *vm) saveConfig() error {
 	b, err := json.MarshalIndent(v.conf, "", "  ")
@@ -187,7 +195,8 @@ func (v *vm) instance() *tartarus.Instance {
 func (v *vm) consoleTail(n int) string {
 	var parts []string
 	for _, f := range []string{"console.log", "qemu.log"} {
-		b, err := os.ReadFile(v.path(f))
+		// Only the tail: the guest writes the console, and it may be huge.
+		b, err := readTail(v.path(f), 64<<10)
 		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
 			continue
 		}
@@ -232,7 +241,11 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-device", "virtio-serial-device,max_ports=2",
 		"-device", "virtserialport,chardev=agent,name=tartarus",
 		"-qmp", "unix:" + v.path("qmp.sock") + ",server=on,wait=off",
-		"-pidfile", v.path("qemu.pid"),
+	}
+	if v.conf.Jailed {
+		args = append(args, "-sandbox", qemuSandbox)
+	} else {
+		args = append(args, "-pidfile", v.path("qemu.pid"))
 	}
 	if accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
@@ -282,13 +295,18 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.ExtraFiles = files
-	// Its own session: QEMU outlives this process and its terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
+	var cmd *exec.Cmd
+	if v.conf.Jailed {
+		cmd, err = d.startJailed(ctx, v, append(d.qemuArgs(v, accel), extra...), files, logf)
+	} else {
+		cmd = exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
+		cmd.Stdout = logf
+		cmd.Stderr = logf
+		cmd.ExtraFiles = files
+		// Its own session: QEMU outlives this process and its terminal.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		err = cmd.Start()
+	}
 	logf.Close()
 	if err != nil {
 		return fmt.Errorf("start qemu: %w", err)
@@ -405,7 +423,7 @@ func (v *vm) stop(ctx context.Context) {
 				return
 			default:
 			}
-		} else if !isOurQEMU(procCmdline(pid), v.id, v.dir) {
+		} else if !ourQEMU(pid, v.id, v.dir) {
 			return
 		}
 		_ = syscall.Kill(pid, sig)
