@@ -1,0 +1,169 @@
+package microvm_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// TestJailedQEMU boots a sandbox with the jail on and reads, from the
+// host, the identity its QEMU really has: its own uid, no capabilities,
+// no_new_privs, QEMU's seccomp filter, new namespaces, its cgroup; and its
+// sockets reachable by that uid and root only. Then it snapshots and
+// restores it (memory through a passed descriptor, spawn=deny) and
+// recovers it from a second driver.
+func TestJailedQEMU(t *testing.T) {
+	imgs := needImages(t)
+	stateDir := t.TempDir()
+	d := newDriverJail(t, stateDir, imgs.base, newJail(t, stateDir))
+	t.Cleanup(func() { d.Close() })
+	fp, _ := d.Fingerprint(ctxT(t))
+	if fp.Jail == nil || !fp.Jail.Enabled || !fp.Jail.Seccomp || fp.Jail.UIDRange == "" {
+		t.Fatalf("fingerprint jail = %+v, want enabled with seccomp and a uid range", fp.Jail)
+	}
+	ids := []string{"jail-a", "jail-b"}
+	for _, id := range ids {
+		if _, err := d.Create(ctxT(t), &tartarus.VMConfig{ID: id, Template: "base", Image: imgs.base, CPUs: 1, MemoryMB: 256}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Destroy(context.Background(), id) })
+		if err := d.Start(ctxT(t), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	uids := map[string]bool{}
+	for _, id := range ids {
+		pid := pidOf(t, d, id)
+		st := procStatus(t, pid)
+		uid := strings.Fields(st["Uid"])[0]
+		if uid == "0" || uids[uid] {
+			t.Errorf("%s: QEMU runs as uid %s (0 or shared)", id, uid)
+		}
+		uids[uid] = true
+		for k, want := range map[string]string{
+			"Uid": strings.Repeat(uid+"\t", 3) + uid, "CapEff": "0000000000000000", "CapPrm": "0000000000000000",
+			"CapBnd": "0000000000000000", "CapInh": "0000000000000000", "CapAmb": "0000000000000000",
+			"NoNewPrivs": "1", "Seccomp": "2", "Groups": "",
+		} {
+			if st[k] != want {
+				t.Errorf("%s: QEMU %s = %q, want %q", id, k, st[k], want)
+			}
+		}
+		for _, ns := range []string{"mnt", "pid", "net", "ipc", "uts"} {
+			a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+			b, _ := os.Readlink("/proc/self/ns/" + ns)
+			if a == b {
+				t.Errorf("%s: QEMU shares the host's %s namespace", id, ns)
+			}
+		}
+		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if !strings.Contains(string(cg), "/"+id+"\n") {
+			t.Errorf("%s: QEMU is not in its cgroup:\n%s", id, cg)
+		}
+		jd := filepath.Join(stateDir, id, "jail")
+		for _, f := range []string{"qmp.sock", "agent.sock", "overlay.qcow2"} {
+			if got := ownerOf(t, filepath.Join(jd, f)); strconv.Itoa(got) != uid {
+				t.Errorf("%s: %s owned by %d, want the sandbox's uid %s", id, f, got, uid)
+			}
+		}
+		if fi, err := os.Stat(jd); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %s mode %v, want 0700 (the sandbox's uid and root only)", id, jd, fi.Mode())
+		}
+		if got := ownerOf(t, jd); strconv.Itoa(got) != uid {
+			t.Errorf("%s: %s owned by %d, want the sandbox's uid %s", id, jd, got, uid)
+		}
+		if out := strings.TrimSpace(run(t, d, id, "echo", "jailed")); out != "jailed" {
+			t.Errorf("%s: exec = %q", id, out)
+		}
+	}
+
+	// Snapshot and restore, jailed on both sides.
+	snap := t.TempDir()
+	if _, err := d.Snapshot(ctxT(t), "jail-a", snap); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	if err := d.Destroy(ctxT(t), "jail-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Restore(ctxT(t), &tartarus.VMConfig{ID: "jail-c", Template: "base", Image: imgs.base}, snap); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Destroy(context.Background(), "jail-c") })
+	if out := strings.TrimSpace(run(t, d, "jail-c", "hostname")); out != "jail-c" {
+		t.Errorf("restored hostname = %q", out)
+	}
+	if st := procStatus(t, pidOf(t, d, "jail-c")); st["Seccomp"] != "2" || st["CapEff"] != "0000000000000000" {
+		t.Errorf("restored QEMU: Seccomp %s CapEff %s", st["Seccomp"], st["CapEff"])
+	}
+
+	// A restarted driver adopts the jailed VMs.
+	d.Close()
+	d2 := newDriverJail(t, stateDir, imgs.base, newJail(t, stateDir))
+	t.Cleanup(func() { d2.Close() })
+	got, err := d2.Recover(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("recovered %d sandboxes, want 2 (jail-b, jail-c)", len(got))
+	}
+	for _, id := range []string{"jail-b", "jail-c"} {
+		if out := strings.TrimSpace(run(t, d2, id, "echo", "adopted")); out != "adopted" {
+			t.Errorf("%s after recover: exec = %q", id, out)
+		}
+		if err := d2.Destroy(ctxT(t), id); err != nil {
+			t.Error(err)
+		}
+	}
+	// Destroy freed the uids and cgroups.
+	if ents, _ := os.ReadDir(filepath.Join(stateDir, ".jail", "uids")); len(ents) != 0 {
+		t.Errorf("%d uids still allocated after every sandbox was destroyed", len(ents))
+	}
+}
+
+func pidOf(t *testing.T, d interface {
+	List(context.Context) ([]*tartarus.Instance, error)
+}, id string) int {
+	t.Helper()
+	list, err := d.List(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range list {
+		if in.ID == id {
+			return in.Pid
+		}
+	}
+	t.Fatalf("no sandbox %s", id)
+	return 0
+}
+
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		st[k] = strings.TrimSpace(v)
+	}
+	return st
+}
+
+func ownerOf(t *testing.T, path string) int {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(fi.Sys().(*syscall.Stat_t).Uid)
+}
