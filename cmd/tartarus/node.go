@@ -144,7 +144,7 @@ func openRuntime(ctx context.Context, name string, o *nodeOptions, dataDir strin
 	case "microvm":
 		probe, _ := cat.Get(ctx, "base") // without a built image the driver uses TCG unprobed
 		stateDir := filepath.Join(dataDir, "vms")
-		j, err := openJail(o.jail, stateDir, log)
+		j, err := openJail(o.jail, filepath.Join(dataDir, "jail"), log)
 		if err != nil {
 			return nil, err
 		}
@@ -167,7 +167,7 @@ func openRuntime(ctx context.Context, name string, o *nodeOptions, dataDir strin
 
 // openJail opens the microVM jail as --jail asks; nil means unconfined,
 // which is warned about at every start.
-func openJail(mode, stateDir string, log *slog.Logger) (*jail.Jail, error) {
+func openJail(mode, jailDir string, log *slog.Logger) (*jail.Jail, error) {
 	const unconfined = "UNCONFINED: each microVM's QEMU runs as root with no jail; a QEMU escape is root on this host"
 	switch mode {
 	case "off":
@@ -177,7 +177,7 @@ func openJail(mode, stateDir string, log *slog.Logger) (*jail.Jail, error) {
 	default:
 		return nil, fmt.Errorf("--jail %q: want on, off or auto", mode)
 	}
-	j, err := jail.New(jail.Config{StateDir: filepath.Join(stateDir, ".jail")})
+	j, err := jail.New(jail.Config{StateDir: jailDir})
 	if err != nil {
 		if mode == "on" {
 			return nil, fmt.Errorf("--jail=on: %w", err)

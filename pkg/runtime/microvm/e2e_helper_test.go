@@ -111,10 +111,12 @@ func newDriver(tb testing.TB, stateDir string, img *tartarus.Image) *microvm.Dri
 	return newDriverJail(tb, stateDir, img, j)
 }
 
-// newJail returns a jail whose uids and cgroup belong to stateDir.
+// newJail returns a jail whose uids and cgroup belong to stateDir. Its
+// allocations sit beside stateDir (as the server keeps them beside its
+// vms directory), so tests can check that the state directory empties.
 func newJail(tb testing.TB, stateDir string) *jail.Jail {
 	tb.Helper()
-	j, err := jail.New(jail.Config{StateDir: filepath.Join(stateDir, ".jail")})
+	j, err := jail.New(jail.Config{StateDir: stateDir + ".jail"})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 const jailSubdir = "jail"
 
 // qemuFiles are the files QEMU itself writes (or creates).
-var qemuFiles = []string{"overlay.qcow2", "qmp.sock", "agent.sock", "console.log"}
+var qemuFiles = []string{"overlay.qcow2", "qmp.sock", "agent.sock", "console.sock"}
 
 // qemuSandbox is -sandbox: QEMU's own seccomp filter, installed before the
 // guest runs. spawn=deny is why snapshots migrate to a passed descriptor.

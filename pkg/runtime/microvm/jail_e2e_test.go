@@ -123,7 +123,7 @@ func TestJailedQEMU(t *testing.T) {
 		}
 	}
 	// Destroy freed the uids and cgroups.
-	if ents, _ := os.ReadDir(filepath.Join(stateDir, ".jail", "uids")); len(ents) != 0 {
+	if ents, _ := os.ReadDir(filepath.Join(stateDir+".jail", "uids")); len(ents) != 0 {
 		t.Errorf("%d uids still allocated after every sandbox was destroyed", len(ents))
 	}
 }

@@ -70,6 +70,9 @@ type Config struct {
 	KernelArgs []string
 	// Now is the clock for idle times; nil means time.Now.
 	Now func() time.Time
+	// ConsoleMaxBytes caps the guest's console log, console.log, which
+	// rotates once to console.log.1; zero means DefaultConsoleMaxBytes.
+	ConsoleMaxBytes int64
 	// Jail confines each sandbox's QEMU (its own uid, namespaces, root,
 	// cgroup, seccomp); nil runs QEMU unconfined, as root.
 	Jail *jail.Jail
@@ -91,6 +94,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TBSizeMB < 0 {
 		errs = append(errs, errors.New("tb size must not be negative (TBSizeMB)"))
+	}
+	if c.ConsoleMaxBytes < 0 {
+		errs = append(errs, errors.New("console cap must not be negative (ConsoleMaxBytes)"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return tartarus.Errorf(tartarus.ErrInvalid, "microvm config: %v", err)
@@ -141,6 +147,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	if cfg.TBSizeMB == 0 {
 		cfg.TBSizeMB = 32
+	}
+	if cfg.ConsoleMaxBytes == 0 {
+		cfg.ConsoleMaxBytes = DefaultConsoleMaxBytes
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -707,9 +716,14 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 		return nil, err
 	}
 	v.qmp = q
+	if con, err := startConsole(ctx, v, nil, d.cfg.ConsoleMaxBytes); err != nil {
+		v.log.Warn("adopt: no console", "err", err) // older QEMU with a file console
+	} else {
+		v.console = con
+	}
 	ret, err := q.Execute(ctx, "query-status", nil)
 	if err != nil {
-		q.Close()
+		v.disconnect()
 		return nil, err
 	}
 	var status struct {
@@ -717,13 +731,13 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 		Status  string `json:"status"`
 	}
 	if err := json.Unmarshal(ret, &status); err != nil {
-		q.Close()
+		v.disconnect()
 		return nil, fmt.Errorf("query-status: %w", err)
 	}
 	v.state = tartarus.InstancePaused
 	if status.Running {
 		if err := d.connectGuest(ctx, v, d.cfg.BootTimeout); err != nil {
-			q.Close()
+			v.disconnect()
 			return nil, err
 		}
 		v.state = tartarus.InstanceRunning

@@ -73,6 +73,7 @@ type vm struct {
 	pid       int
 	exited    chan struct{} // closed when a QEMU this process started exits; nil when adopted
 	qmp       *qmp.Client
+	console   *consoleReader
 	guest     guestConn
 	startedAt time.Time
 	busy      int
@@ -195,8 +196,14 @@ func (v *vm) instance() *tartarus.Instance {
 func (v *vm) consoleTail(n int) string {
 	var parts []string
 	for _, f := range []string{"console.log", "qemu.log"} {
-		// Only the tail: the guest writes the console, and it may be huge.
+		// Only the tail: the guest writes the console, and it may be large.
 		b, err := readTail(v.path(f), 64<<10)
+		if f == "console.log" && len(b) < 64<<10 {
+			// Just rotated: the older file holds the lines before.
+			if old, oerr := readTail(v.path(f+".1"), 64<<10-int64(len(b))); oerr == nil {
+				b, err = append(old, b...), nil
+			}
+		}
 		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
 			continue
 		}
@@ -233,7 +240,7 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-kernel", c.Image.Kernel,
 		"-initrd", c.Image.Initrd,
 		"-append", strings.Join(cmdline, " "),
-		"-chardev", "file,id=console,path=" + v.path("console.log") + ",append=on",
+		"-chardev", "socket,id=console,path=" + v.path("console.sock") + ",server=on,wait=off",
 		"-serial", "chardev:console",
 		"-drive", "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap",
 		"-device", "virtio-blk-device,drive=root",
@@ -288,7 +295,7 @@ func timeoutErr(ctx context.Context, err error, timeout time.Duration) error {
 // to its QMP socket; files become QEMU's fds 3, 4, …. On failure QEMU is
 // stopped again.
 func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.File, extra ...string) error {
-	for _, f := range []string{"qmp.sock", "agent.sock", "qemu.pid"} {
+	for _, f := range []string{"qmp.sock", "agent.sock", "console.sock", "qemu.pid"} {
 		_ = os.Remove(v.path(f))
 	}
 	logf, err := os.OpenFile(v.path("qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -326,8 +333,14 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 		v.stop(context.WithoutCancel(ctx))
 		return fmt.Errorf("qmp: %w", err)
 	}
+	con, err := startConsole(ctx, v, exited, d.cfg.ConsoleMaxBytes)
+	if err != nil {
+		q.Close()
+		v.stop(context.WithoutCancel(ctx))
+		return err
+	}
 	v.mu.Lock()
-	v.qmp = q
+	v.qmp, v.console = q, con
 	v.mu.Unlock()
 	return nil
 }
@@ -391,8 +404,9 @@ func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration)
 // stop ends QEMU: QMP quit, then SIGKILL, and waits until it is gone.
 func (v *vm) stop(ctx context.Context) {
 	v.mu.Lock()
-	q, g, pid, exited := v.qmp, v.guest, v.pid, v.exited
-	v.qmp, v.guest = nil, nil
+	q, g, pid, exited, con := v.qmp, v.guest, v.pid, v.exited, v.console
+	v.qmp, v.guest, v.console = nil, nil, nil
+	defer con.close() // after QEMU is gone: its last words are logged
 	v.state = tartarus.InstanceStopped
 	v.mu.Unlock()
 	if g != nil {
@@ -447,9 +461,10 @@ func (v *vm) stop(ctx context.Context) {
 // disconnect closes the driver's connections and leaves QEMU running.
 func (v *vm) disconnect() {
 	v.mu.Lock()
-	q, g := v.qmp, v.guest
-	v.qmp, v.guest = nil, nil
+	q, g, con := v.qmp, v.guest, v.console
+	v.qmp, v.guest, v.console = nil, nil, nil
 	v.mu.Unlock()
+	con.close()
 	if g != nil {
 		_ = g.Close()
 	}
