@@ -29,6 +29,10 @@ var qemuFiles = []string{"overlay.qcow2", "qmp.sock", "agent.sock", "console.soc
 // guest runs. spawn=deny is why snapshots migrate to a passed descriptor.
 const qemuSandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
+// fileSlackMB is what a QEMU-written file may exceed its payload by:
+// qcow2 metadata, a snapshot's device state.
+const fileSlackMB = 128
+
 // sandboxDirEnv is in a jailed QEMU's environment: with no -pidfile (QEMU is
 // pid 1 of its namespace and would write "1"), it is how the host tells
 // which state directory a QEMU belongs to.
@@ -81,6 +85,15 @@ func (d *Driver) startJailed(ctx context.Context, v *vm, args []string, files []
 	if !strings.HasPrefix(qemu, "/usr/") {
 		binds = append(binds, jail.Bind{Source: qemu})
 	}
+	// The largest files QEMU writes are the disk overlay, whose virtual
+	// size is the template's root filesystem (qcow2 metadata on top is
+	// small), and a snapshot's memory; RLIMIT_FSIZE holds QEMU to them
+	// even if the guest takes it over.
+	rootfs, err := os.Stat(img.RootFS)
+	if err != nil {
+		return nil, err
+	}
+	maxFileMB := int(max(rootfs.Size()>>20, int64(v.conf.MemoryMB))) + fileSlackMB
 	devices := []string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"}
 	if v.conf.Accel == "kvm" || slices.Contains(args, "kvm") {
 		devices = append(devices, "/dev/kvm")
@@ -88,7 +101,7 @@ func (d *Driver) startJailed(ctx context.Context, v *vm, args []string, files []
 	p, err := d.cfg.Jail.Start(ctx, &jail.Spec{
 		ID: v.id, Root: filepath.Join(v.dir, "root"),
 		Binds: binds, Devices: devices,
-		CPUs: v.conf.CPUs, MemoryMB: v.conf.MemoryMB,
+		CPUs: v.conf.CPUs, MemoryMB: v.conf.MemoryMB, MaxFileMB: maxFileMB,
 		Path: qemu, Args: append([]string{qemu}, args...),
 		Env:    []string{sandboxDirEnv + "=" + v.dir},
 		Dir:    v.jailDir(),

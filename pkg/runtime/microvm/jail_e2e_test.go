@@ -1,6 +1,7 @@
 package microvm_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -9,7 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -166,4 +169,90 @@ func ownerOf(t *testing.T, path string) int {
 		t.Fatal(err)
 	}
 	return int(fi.Sys().(*syscall.Stat_t).Uid)
+}
+
+// TestJailedDiskFull fills a jailed guest's disk: the guest gets "No space
+// left on device", the overlay on the host stays within the disk's virtual
+// size (plus qcow2 metadata), and the sandbox still answers.
+func TestJailedDiskFull(t *testing.T) {
+	imgs := needImages(t)
+	stateDir := t.TempDir()
+	d := newDriverJail(t, stateDir, imgs.base, newJail(t, stateDir))
+	t.Cleanup(func() { d.Close() })
+	id := "jail-fill"
+	if _, err := d.Create(ctxT(t), &tartarus.VMConfig{ID: id, Template: "base", Image: imgs.base, CPUs: 1, MemoryMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Destroy(context.Background(), id) })
+	if err := d.Start(ctxT(t), id); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	res, err := d.Exec(ctx, id, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", "dd if=/dev/zero of=/root/fill bs=1M 2>&1; sync"}, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "No space left on device") {
+		t.Fatalf("dd until full: exit %d, %q; want ENOSPC", res.ExitCode, out.String())
+	}
+	rootfs, err := os.Stat(imgs.base.RootFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay, err := os.Stat(filepath.Join(stateDir, id, "jail", "overlay.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := overlay.Sys().(*syscall.Stat_t).Blocks * 512
+	if limit := rootfs.Size() + 64<<20; used > limit {
+		t.Errorf("overlay holds %d MiB on the host, more than the disk's %d MiB plus metadata", used>>20, rootfs.Size()>>20)
+	}
+	t.Logf("guest disk full: overlay holds %d MiB for a %d MiB disk", used>>20, rootfs.Size()>>20)
+	if out := strings.TrimSpace(run(t, d, id, "echo", "alive")); out != "alive" {
+		t.Errorf("after filling the disk: exec = %q", out)
+	}
+}
+
+// TestConsoleFlood floods a jailed guest's serial console: the host keeps
+// at most two files of the cap, and the guest and the sandbox go on.
+func TestConsoleFlood(t *testing.T) {
+	imgs := needImages(t)
+	stateDir := t.TempDir()
+	const capBytes = 64 << 10
+	d, err := microvm.New(context.Background(), microvm.Config{
+		StateDir: stateDir, Log: testLogger(t), ProbeImage: imgs.base,
+		ProbeCache:      filepath.Join(imagesVal.dataDir, "kvm-probe.json"),
+		ConsoleMaxBytes: capBytes, Jail: newJail(t, stateDir),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	id := "jail-flood"
+	if _, err := d.Create(ctxT(t), &tartarus.VMConfig{ID: id, Template: "base", Image: imgs.base, CPUs: 1, MemoryMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Destroy(context.Background(), id) })
+	if err := d.Start(ctxT(t), id); err != nil {
+		t.Fatal(err)
+	}
+	// 4 MiB through the UART: 64 times the cap.
+	res, err := d.Exec(ctxT(t), id, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", "head -c 4194304 /dev/zero | tr '\\0' x > /dev/ttyS0"}})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("flood: %v %+v", err, res)
+	}
+	if out := strings.TrimSpace(run(t, d, id, "echo", "alive")); out != "alive" {
+		t.Errorf("after the flood: exec = %q", out)
+	}
+	for _, f := range []string{"console.log", "console.log.1"} {
+		fi, err := os.Stat(filepath.Join(stateDir, id, f))
+		if err != nil {
+			t.Fatalf("%s: %v (the flood should have rotated it)", f, err)
+		}
+		if fi.Size() > capBytes {
+			t.Errorf("%s: %d bytes, more than the cap %d", f, fi.Size(), capBytes)
+		}
+	}
 }
