@@ -102,7 +102,9 @@ func (d *Driver) startJailed(ctx context.Context, v *vm, args []string, files []
 		ID: v.id, Root: filepath.Join(v.dir, "root"),
 		Binds: binds, Devices: devices,
 		CPUs: v.conf.CPUs, MemoryMB: v.conf.MemoryMB, MaxFileMB: maxFileMB,
-		Path: qemu, Args: append([]string{qemu}, args...),
+		// argv[0] as configured, as an unjailed QEMU has it: tools
+		// (and tests) find QEMU by its command line.
+		Path: qemu, Args: append([]string{d.cfg.QEMU}, args...),
 		Env:    []string{sandboxDirEnv + "=" + v.dir},
 		Dir:    v.jailDir(),
 		Stdout: logf, Stderr: logf, ExtraFiles: files,
