@@ -212,3 +212,22 @@ func (cg *cgroups) names() []string {
 	}
 	return out
 }
+
+// removeParent removes the empty parent directories, deepest first; a
+// directory still in use stays (rmdir fails on a non-empty cgroup).
+func (cg *cgroups) removeParent() {
+	tops := []string{cg.root}
+	if cg.version == "v1" {
+		tops = nil
+		for _, c := range v1Controllers {
+			tops = append(tops, filepath.Join(cg.root, c))
+		}
+	}
+	for _, top := range tops {
+		for d := filepath.Join(top, cg.parent); d != top && d != "." && d != "/"; d = filepath.Dir(d) {
+			if syscall.Rmdir(d) != nil {
+				break
+			}
+		}
+	}
+}

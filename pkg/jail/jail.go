@@ -34,6 +34,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -115,6 +116,10 @@ type Jail struct {
 	cfg  Config
 	uids *uidAllocator
 	cg   *cgroups
+
+	// cgMu orders making a sandbox's cgroup against removing the empty
+	// parent after the last one.
+	cgMu sync.Mutex
 }
 
 // Info is what a jail shows operators (GET /v1/nodes).
@@ -189,7 +194,19 @@ func (j *Jail) UID(id string) (int, error) { return j.uids.allocate(id) }
 // Remove frees what the sandbox holds: its cgroup and its uid. Its jailed
 // processes must be gone.
 func (j *Jail) Remove(id string) error {
-	return errors.Join(j.cg.remove(id), j.uids.release(id))
+	err := errors.Join(j.cg.remove(id), j.uids.release(id))
+	j.removeParentIfIdle()
+	return err
+}
+
+// removeParentIfIdle removes the cgroup parent once no sandbox holds a
+// uid here, so a node (or a test) leaves no empty cgroups behind.
+func (j *Jail) removeParentIfIdle() {
+	j.cgMu.Lock()
+	defer j.cgMu.Unlock()
+	if len(j.uids.ids()) == 0 {
+		j.cg.removeParent()
+	}
 }
 
 // Reconcile frees the uid and cgroup of every sandbox not in live: after
@@ -210,6 +227,7 @@ func (j *Jail) Reconcile(live []string) error {
 			errs = append(errs, j.cg.remove(id))
 		}
 	}
+	j.removeParentIfIdle()
 	return errors.Join(errs...)
 }
 
@@ -306,12 +324,14 @@ func (j *Jail) Start(ctx context.Context, spec *Spec) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	j.cgMu.Lock()
 	procs, err := j.cg.create(spec.ID, limits{
 		memoryBytes: int64(spec.MemoryMB+j.cfg.MemoryOverheadMB) << 20,
 		cpuQuotaUS:  int64(spec.CPUs)*cpuPeriodUS + cpuPeriodUS/2,
 		pids:        j.cfg.Pids,
 		ioWeight:    j.cfg.IOWeight,
 	})
+	j.cgMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("jail %s: %w", spec.ID, err)
 	}

@@ -88,14 +88,6 @@ func (a *uidAllocator) allocate(id string) (int, error) {
 	return 0, tartarus.Errorf(tartarus.ErrResourceExhausted, "allocate uid for %s: all %d uids from %d are in use", id, a.count, a.base)
 }
 
-// lookup returns the sandbox's uid, if it has one.
-func (a *uidAllocator) lookup(id string) (int, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	uid, ok := a.byID[id]
-	return uid, ok
-}
-
 // release frees the sandbox's uid; releasing an unknown id is a no-op.
 func (a *uidAllocator) release(id string) error {
 	a.mu.Lock()
