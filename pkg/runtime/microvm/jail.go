@@ -41,7 +41,9 @@ const sandboxDirEnv = "TARTARUS_SANDBOX_DIR"
 // jailDir is where QEMU's own files live.
 func (v *vm) jailDir() string { return filepath.Join(v.dir, jailSubdir) }
 
-// prepareJail makes the sandbox's QEMU directory its uid's own.
+// prepareJail makes the sandbox's QEMU directory its uid's own. A
+// sandbox made with the jail off (its overlay in <dir>) moves to the jailed
+// layout first.
 func (d *Driver) prepareJail(v *vm) (int, error) {
 	uid, err := d.cfg.Jail.UID(v.id)
 	if err != nil {
@@ -50,6 +52,16 @@ func (d *Driver) prepareJail(v *vm) (int, error) {
 	jd := v.jailDir()
 	if err := os.MkdirAll(jd, 0o700); err != nil {
 		return 0, err
+	}
+	if !v.conf.Jailed {
+		old := filepath.Join(v.dir, "overlay.qcow2")
+		if err := os.Rename(old, filepath.Join(jd, "overlay.qcow2")); err != nil && !os.IsNotExist(err) {
+			return 0, err
+		}
+		v.conf.Jailed = true
+		if err := v.saveConfig(); err != nil {
+			return 0, err
+		}
 	}
 	// 0700 and the sandbox's uid: the host (root) and this sandbox only.
 	if err := os.Chown(jd, uid, uid); err != nil {

@@ -260,3 +260,47 @@ func TestConsoleFlood(t *testing.T) {
 		}
 	}
 }
+
+// TestJailTurnedOn: a sandbox made with the jail off is adopted by a driver
+// with the jail on, and its next boot is jailed, its disk kept.
+func TestJailTurnedOn(t *testing.T) {
+	imgs := needImages(t)
+	stateDir := t.TempDir()
+	d := newDriverJail(t, stateDir, imgs.base, nil)
+	id := "jail-later"
+	if _, err := d.Create(ctxT(t), &tartarus.VMConfig{ID: id, Template: "base", Image: imgs.base, CPUs: 1, MemoryMB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctxT(t), id); err != nil {
+		t.Fatal(err)
+	}
+	run(t, d, id, "sh", "-c", "echo kept > /root/mark; sync")
+	d.Close()
+
+	d2 := newDriverJail(t, stateDir, imgs.base, newJail(t, stateDir))
+	t.Cleanup(func() { _ = d2.Destroy(context.Background(), id); d2.Close() })
+	if got, err := d2.Recover(ctxT(t)); err != nil || len(got) != 1 {
+		t.Fatalf("recover: %d sandboxes, %v", len(got), err)
+	}
+	pid := pidOf(t, d2, id)
+	if st := procStatus(t, pid); strings.Fields(st["Uid"])[0] != "0" {
+		t.Fatalf("the adopted QEMU was started unjailed, yet runs as %s", st["Uid"])
+	}
+	// Its QEMU dies; the next start boots it jailed.
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := d2.Start(ctxT(t), id); err != nil {
+		t.Fatal(err)
+	}
+	st := procStatus(t, pidOf(t, d2, id))
+	if strings.Fields(st["Uid"])[0] == "0" || st["Seccomp"] != "2" {
+		t.Errorf("rebooted QEMU: Uid %s Seccomp %s; want jailed", st["Uid"], st["Seccomp"])
+	}
+	if out := strings.TrimSpace(run(t, d2, id, "cat", "/root/mark")); out != "kept" {
+		t.Errorf("disk after moving into the jail: %q", out)
+	}
+}

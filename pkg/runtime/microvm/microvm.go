@@ -10,8 +10,10 @@
 //
 // QEMU outlives the node agent: each sandbox's state directory
 // (Config.StateDir/<id>/) holds config.json, qemu.pid, qmp.sock,
-// agent.sock, console.log, qemu.log and overlay.qcow2, so that Recover in a
-// restarted agent can find and adopt every VM that still runs. QEMU runs in
+// agent.sock, console.sock, console.log, qemu.log and overlay.qcow2, so
+// that Recover in a restarted agent can find and adopt every VM that still
+// runs. With Config.Jail, QEMU runs confined (package jail) and the files it
+// writes (overlay and sockets) move to <id>/jail/, its uid's own (jail.go). QEMU runs in
 // its own session, so a dying agent's terminal or process group takes no VM
 // with it; a service manager that kills the whole control group (systemd's
 // default KillMode) still would, so a unit running the agent wants

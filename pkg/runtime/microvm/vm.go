@@ -54,7 +54,9 @@ type vmConfig struct {
 	Accel     string            `json:"accel"`
 	CreatedAt time.Time         `json:"created_at"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
-	// Jailed sandboxes keep QEMU's files in <dir>/jail (see jail.go).
+	// Jailed sandboxes keep QEMU's files in <dir>/jail (see jail.go). It
+	// is the layout, set once a jail has run the sandbox; with the jail
+	// off later, QEMU runs unconfined in the same layout.
 	Jailed bool `json:"jailed,omitempty"`
 }
 
@@ -249,7 +251,7 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-device", "virtserialport,chardev=agent,name=tartarus",
 		"-qmp", "unix:" + v.path("qmp.sock") + ",server=on,wait=off",
 	}
-	if v.conf.Jailed {
+	if d.cfg.Jail != nil {
 		args = append(args, "-sandbox", qemuSandbox)
 	} else {
 		args = append(args, "-pidfile", v.path("qemu.pid"))
@@ -303,7 +305,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 		return err
 	}
 	var cmd *exec.Cmd
-	if v.conf.Jailed {
+	if d.cfg.Jail != nil {
 		cmd, err = d.startJailed(ctx, v, append(d.qemuArgs(v, accel), extra...), files, logf)
 	} else {
 		cmd = exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
