@@ -70,6 +70,7 @@ func TestJailedQEMU(t *testing.T) {
 		if !strings.Contains(string(cg), "/"+id+"\n") {
 			t.Errorf("%s: QEMU is not in its cgroup:\n%s", id, cg)
 		}
+		checkCgroupLimits(t, id, string(cg), fp.Jail.CgroupVersion)
 		jd := filepath.Join(stateDir, id, "jail")
 		for _, f := range []string{"qmp.sock", "agent.sock", "overlay.qcow2"} {
 			if got := ownerOf(t, filepath.Join(jd, f)); strconv.Itoa(got) != uid {
@@ -302,5 +303,39 @@ func TestJailTurnedOn(t *testing.T) {
 	}
 	if out := strings.TrimSpace(run(t, d2, id, "cat", "/root/mark")); out != "kept" {
 		t.Errorf("disk after moving into the jail: %q", out)
+	}
+}
+
+// checkCgroupLimits reads a 1-vCPU 256 MiB sandbox's cgroup limits: memory
+// = guest + the default 256 MiB overhead, CPU = 1.5 CPUs, 256 pids.
+func checkCgroupLimits(t *testing.T, id, procCgroup, version string) {
+	t.Helper()
+	path := func(ctrl string) string {
+		for _, line := range strings.Split(procCgroup, "\n") {
+			f := strings.SplitN(line, ":", 3)
+			if len(f) == 3 && (f[1] == ctrl || (version == "v2" && f[0] == "0")) {
+				if version == "v2" {
+					return filepath.Join("/sys/fs/cgroup", f[2])
+				}
+				return filepath.Join("/sys/fs/cgroup", ctrl, f[2])
+			}
+		}
+		return ""
+	}
+	want := map[string]string{}
+	if version == "v2" {
+		want[filepath.Join(path(""), "memory.max")] = strconv.Itoa(512 << 20)
+		want[filepath.Join(path(""), "cpu.max")] = "150000 100000"
+		want[filepath.Join(path(""), "pids.max")] = "256"
+	} else {
+		want[filepath.Join(path("memory"), "memory.limit_in_bytes")] = strconv.Itoa(512 << 20)
+		want[filepath.Join(path("cpu"), "cpu.cfs_quota_us")] = "150000"
+		want[filepath.Join(path("pids"), "pids.max")] = "256"
+	}
+	for f, w := range want {
+		b, err := os.ReadFile(f)
+		if got := strings.TrimSpace(string(b)); err != nil || got != w {
+			t.Errorf("%s: %s = %q (%v), want %q", id, f, got, err, w)
+		}
 	}
 }
