@@ -81,6 +81,26 @@ func (d *Driver) startJailed(ctx context.Context, v *vm, args []string, files []
 	if _, err := d.prepareJail(v); err != nil {
 		return nil, fmt.Errorf("jail: %w", err)
 	}
+	spec, err := d.jailSpec(v, args)
+	if err != nil {
+		return nil, err
+	}
+	spec.Stdout, spec.Stderr, spec.ExtraFiles = logf, logf, files
+	p, err := d.cfg.Jail.Start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(v.path("qemu.pid"), []byte(strconv.Itoa(p.Cmd.Process.Pid)+"\n"), 0o600); err != nil {
+		_ = p.Cmd.Process.Kill()
+		_ = p.Cmd.Wait()
+		return nil, err
+	}
+	return p.Cmd, nil
+}
+
+// jailSpec is how the sandbox's QEMU is jailed (the probes of the tests
+// start with the same spec).
+func (d *Driver) jailSpec(v *vm, args []string) (*jail.Spec, error) {
 	qemu, err := exec.LookPath(d.cfg.QEMU)
 	if err != nil {
 		return nil, err
@@ -110,26 +130,16 @@ func (d *Driver) startJailed(ctx context.Context, v *vm, args []string, files []
 	if v.conf.Accel == "kvm" || slices.Contains(args, "kvm") {
 		devices = append(devices, "/dev/kvm")
 	}
-	p, err := d.cfg.Jail.Start(ctx, &jail.Spec{
+	return &jail.Spec{
 		ID: v.id, Root: filepath.Join(v.dir, "root"),
 		Binds: binds, Devices: devices,
 		CPUs: v.conf.CPUs, MemoryMB: v.conf.MemoryMB, MaxFileMB: maxFileMB,
 		// argv[0] as configured, as an unjailed QEMU has it: tools
 		// (and tests) find QEMU by its command line.
 		Path: qemu, Args: append([]string{d.cfg.QEMU}, args...),
-		Env:    []string{sandboxDirEnv + "=" + v.dir},
-		Dir:    v.jailDir(),
-		Stdout: logf, Stderr: logf, ExtraFiles: files,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(v.path("qemu.pid"), []byte(strconv.Itoa(p.Cmd.Process.Pid)+"\n"), 0o600); err != nil {
-		_ = p.Cmd.Process.Kill()
-		_ = p.Cmd.Wait()
-		return nil, err
-	}
-	return p.Cmd, nil
+		Env: []string{sandboxDirEnv + "=" + v.dir},
+		Dir: v.jailDir(),
+	}, nil
 }
 
 // ourQEMU reports whether pid is the QEMU this driver started for the

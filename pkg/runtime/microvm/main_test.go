@@ -10,6 +10,6 @@ import (
 // TestMain lets this test binary be the jail's shim: a jailed QEMU starts
 // as /proc/self/exe re-executed (see package jail).
 func TestMain(m *testing.M) {
-	jail.RunShimIfAsked(nil)
+	jail.RunShimIfAsked(jailProbes)
 	os.Exit(m.Run())
 }
