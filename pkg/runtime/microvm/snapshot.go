@@ -192,6 +192,7 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 		v.stop(context.WithoutCancel(ctx))
 		d.forget(v)
 		_ = os.RemoveAll(v.dir)
+		d.releaseJail(c.ID)
 		return fmt.Errorf("restore sandbox %s: %w\nconsole:\n%s", c.ID, err, v.consoleTail(10))
 	}
 	return nil
