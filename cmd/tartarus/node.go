@@ -30,6 +30,7 @@ type nodeOptions struct {
 	runtimes    []string
 	accel       string
 	jail        string
+	consoleMax  int64
 	bootTimeout time.Duration
 	bootRetries int
 	unsafeFake  bool
@@ -49,6 +50,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.node, "node", defaultNodeName(), "this node's name")
 	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
 	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
+	f.Int64Var(&o.consoleMax, "console-log-max", microvm.DefaultConsoleMaxBytes, "bytes of a microVM's console log kept on the host (console.log, rotated once to console.log.1)")
 	f.StringVar(&o.jail, "jail", "auto", "confine each microVM's QEMU (own uid, namespaces, cgroup, seccomp): on, off, or auto (on where the host can)")
 	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
@@ -149,7 +151,7 @@ func openRuntime(ctx context.Context, name string, o *nodeOptions, dataDir strin
 			return nil, err
 		}
 		return microvm.New(ctx, microvm.Config{StateDir: stateDir, Log: log, Accel: o.accel,
-			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe, Jail: j})
+			BootTimeout: o.bootTimeout, BootRetries: o.bootRetries, ProbeImage: probe, Jail: j, ConsoleMaxBytes: o.consoleMax})
 	case "gvisor", "docker", "containerd":
 		return runtimes.Open(ctx, name, runtimes.Config{DataDir: dataDir, Log: log})
 	case "fake":
