@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -17,7 +18,9 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
@@ -29,6 +32,8 @@ type nodeOptions struct {
 	node        string
 	runtimes    []string
 	accel       string
+	jail        string
+	consoleMax  int64
 	bootTimeout time.Duration
 	bootRetries int
 	unsafeFake  bool
@@ -57,6 +62,8 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.node, "node", defaultNodeName(), "this node's name")
 	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
 	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
+	f.Int64Var(&o.consoleMax, "console-log-max", microvm.DefaultConsoleMaxBytes, "bytes of a microVM's console log kept on the host (console.log, rotated once to console.log.1)")
+	f.StringVar(&o.jail, "jail", "auto", "confine each microVM's QEMU (own uid, namespaces, cgroup, seccomp): on, off, or auto (on where the host can)")
 	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
 	f.DurationVar(&o.autoHibernate, "auto-hibernate", 0, "hibernate sandboxes idle this long (0: only those created with auto_hibernate_s)")
@@ -92,7 +99,12 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 	}
 	probe, _ := cat.Get(ctx, "base") // without a built image microvm uses TCG unprobed
 	rcfg := runtimes.Config{DataDir: dataDir, Log: log, Accel: o.accel, BootTimeout: o.bootTimeout,
-		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake}
+		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake, ConsoleMaxBytes: o.consoleMax}
+	if slices.Contains(o.runtimes, microvm.Name) {
+		if rcfg.Jail, err = openJail(o.jail, filepath.Join(dataDir, "jail"), log); err != nil {
+			return nil, err
+		}
+	}
 	n := &node{log: log}
 	for _, name := range o.runtimes {
 		rt, err := runtimes.Open(ctx, name, rcfg)
@@ -219,4 +231,29 @@ func loadOrMakeKey(path string) ([]byte, error) {
 		return nil, err
 	}
 	return key, f.Close()
+}
+
+// openJail opens the microVM jail as --jail asks; nil means unconfined,
+// which is warned about at every start.
+func openJail(mode, jailDir string, log *slog.Logger) (*jail.Jail, error) {
+	const unconfined = "UNCONFINED: each microVM's QEMU runs as root with no jail; a QEMU escape is root on this host"
+	switch mode {
+	case "off":
+		log.Warn(unconfined + " (--jail=off)")
+		return nil, nil
+	case "on", "auto", "":
+	default:
+		return nil, fmt.Errorf("--jail %q: want on, off or auto", mode)
+	}
+	j, err := jail.New(jail.Config{StateDir: jailDir})
+	if err != nil {
+		if mode == "on" {
+			return nil, fmt.Errorf("--jail=on: %w", err)
+		}
+		log.Warn(unconfined+" (this host cannot jail)", "err", err)
+		return nil, nil
+	}
+	info := j.Info()
+	log.Info("microvm jail", "uids", info.UIDRange, "cgroup", info.CgroupVersion, "cgroup_parent", info.CgroupParent)
+	return j, nil
 }

@@ -177,6 +177,21 @@ type Fingerprint struct {
 	Capabilities Capabilities `json:"capabilities"`
 	// Details holds backend facts worth showing (versions, paths).
 	Details map[string]string `json:"details,omitempty"`
+	// Jail says how the runtime confines its sandboxes; nil when the
+	// runtime does not say.
+	Jail *JailInfo `json:"jail,omitempty"`
+}
+
+// JailInfo is a runtime's confinement of its sandboxes, shown to operators.
+type JailInfo struct {
+	// Enabled is false when sandboxes run unconfined (--jail=off).
+	Enabled bool `json:"enabled"`
+	// UIDRange is the uids sandboxes run as, "first-last".
+	UIDRange string `json:"uid_range,omitempty"`
+	// CgroupVersion is "v1" or "v2".
+	CgroupVersion string `json:"cgroup_version,omitempty"`
+	// Seccomp reports a seccomp filter on every sandbox's VMM.
+	Seccomp bool `json:"seccomp"`
 }
 
 // Capabilities are declared, never guessed.
