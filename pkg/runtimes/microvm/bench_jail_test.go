@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/jail"
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -15,7 +15,7 @@ import (
 // hibernate (snapshot), create by restore / wake (restore to a guest that
 // answers an exec), and the host memory (PSS) of an idle 256 MiB sandbox.
 //
-//	TARTARUS_E2E=1 go test -run XXX -bench Jail -benchtime 1x ./pkg/runtime/microvm/
+//	TARTARUS_E2E=1 go test -run XXX -bench Jail -benchtime 1x ./pkg/runtimes/microvm/
 func BenchmarkJail(b *testing.B) {
 	imgs := needImages(b)
 	const rounds = 5

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/runtime/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
