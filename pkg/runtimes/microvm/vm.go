@@ -51,6 +51,7 @@ type vmConfig struct {
 	CPUs      int               `json:"cpus"`
 	MemoryMB  int               `json:"memory_mb"`
 	Env       map[string]string `json:"env,omitempty"`
+	DiskIOPS  int               `json:"disk_iops,omitempty"`
 	Accel     string            `json:"accel"`
 	CreatedAt time.Time         `json:"created_at"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
@@ -215,6 +216,11 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"tartarus.root=/dev/vda", "tartarus.rootfstype=ext4", "tartarus.hostname=" + c.ID,
 	}
 	cmdline = append(cmdline, d.cfg.KernelArgs...)
+	drive := "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap"
+	if c.DiskIOPS > 0 {
+		// QEMU's block throttling: the resource class's disk IOPS.
+		drive += ",throttling.iops-total=" + strconv.Itoa(c.DiskIOPS)
+	}
 	args := []string{
 		"-name", qemuName(c.ID),
 		"-machine", "microvm",
@@ -227,7 +233,7 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-append", strings.Join(cmdline, " "),
 		"-chardev", "file,id=console,path=" + v.path("console.log") + ",append=on",
 		"-serial", "chardev:console",
-		"-drive", "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap",
+		"-drive", drive,
 		"-device", "virtio-blk-device,drive=root",
 		"-chardev", "socket,id=agent,path=" + v.path("agent.sock") + ",server=on,wait=off",
 		"-device", "virtio-serial-device,max_ports=2",
