@@ -43,6 +43,9 @@ type nodeOptions struct {
 	// hosts although they are loopback, private or this host's own.
 	callbackAllow []string
 
+	// capacityMemoryMB is hecatoncheir.Config.CapacityMemoryMB.
+	capacityMemoryMB int
+
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
@@ -60,6 +63,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.BoolVar(&o.prewarm, "prewarm", false, "build every template's snapshot (and warm pool) at start instead of on first create")
 	f.IntVar(&o.maxConcurrentWakes, "max-concurrent-wakes", hypnos.DefaultMaxConcurrentWakes, "hibernated sandboxes restored at once")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
+	f.IntVar(&o.capacityMemoryMB, "capacity-memory-mb", 0, "memory the node's sandboxes may hold together, in MiB, checked on forks, warm pools and heat-managed creates (0: the host's)")
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 }
@@ -116,7 +120,7 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		return nil, err
 	}
 	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Clock: clk, Log: log,
-		Termination: term,
+		Termination: term, CapacityMemoryMB: o.capacityMemoryMB,
 		Snapshots:   snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
