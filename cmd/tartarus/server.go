@@ -96,7 +96,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	addClusterFlags(f, &o.cluster)
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
-	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.DefaultQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
+	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
