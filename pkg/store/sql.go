@@ -75,7 +75,7 @@ func numbered(q string) string {
 // in the store's database, run after each dialect's own migrations, in
 // this order: Thanatos's terminations and checkpoints; Phlegethon's
 // admission queue, pools and observations, then the sandboxes' heat
-// column (JSON of tartarus.SandboxHeat; '' when none). Append only.
+// column (JSON of tartarus.SandboxHeat; ” when none). Append only.
 func componentSchema() []string {
 	return slices.Concat(thanatos.Schema, phlegethon.Schema,
 		[]string{`ALTER TABLE sandboxes ADD COLUMN heat TEXT NOT NULL DEFAULT ''`})
