@@ -53,6 +53,9 @@ type nodeOptions struct {
 	// hosts although they are loopback, private or this host's own.
 	callbackAllow []string
 
+	// capacityMemoryMB is hecatoncheir.Config.CapacityMemoryMB.
+	capacityMemoryMB int
+
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
@@ -74,6 +77,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.onShutdown, "on-shutdown", hecatoncheir.ShutdownKeep, "what SIGTERM does to this node's sandboxes: keep (adopted at the next start), terminate, or hibernate")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "grace period of each sandbox's termination with --on-shutdown terminate|hibernate")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
+	f.IntVar(&o.capacityMemoryMB, "capacity-memory-mb", 0, "memory the node's sandboxes may hold together, in MiB, checked on forks, warm pools and heat-managed creates (0: the host's)")
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 }
@@ -143,8 +147,8 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		return nil, err
 	}
 	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Clock: clk, Log: log,
-		Termination: term,
-		Snapshots:   snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
+		Termination: term, CapacityMemoryMB: o.capacityMemoryMB,
+		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
 			MaxConcurrentWakes: o.maxConcurrentWakes}})

@@ -22,6 +22,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -48,6 +49,14 @@ type serverOptions struct {
 	database                  string
 	maxUploadMB               int64
 	shutdownTimeout           time.Duration
+	heat                      heatOptions
+}
+
+// heatOptions are the flags of heat classes (docs/heat.md).
+type heatOptions struct {
+	classes    string
+	enforceAll bool
+	queueWait  time.Duration
 }
 
 func newServerCmd() *cobra.Command {
@@ -86,6 +95,9 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
+	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
+	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
+	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -193,8 +205,11 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 		defer n.Close()
 		defer n.shutdown(ctx, &o.nodeOptions)
+		if err := enableHeat(life, n.agent, st, &o.heat); err != nil {
+			return err
+		}
 		be, run = n.agent, n.agent.Run
-		collectors = append(collectors, n.agent.Terminations().Collector())
+		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
 		metrics = sampler
 		if o.prewarm {
@@ -254,6 +269,28 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	stopLoop()
 	<-loopDone
 	return err
+}
+
+// enableHeat turns on heat classes on the single node, keeping the queue,
+// pools and observations in the store's database.
+func enableHeat(ctx context.Context, a *hecatoncheir.Agent, st store.Store, o *heatOptions) error {
+	hc := hecatoncheir.HeatConfig{Router: phlegethon.Config{EnforceAll: o.enforceAll}}
+	if o.classes != "" {
+		cs, err := phlegethon.LoadClasses(o.classes)
+		if err != nil {
+			return fmt.Errorf("--heat-classes: %w", err)
+		}
+		hc.Router.Classes = cs
+	}
+	if o.queueWait < time.Second || o.queueWait > phlegethon.MaxQueueTimeout {
+		return fmt.Errorf("--queue-timeout %s: must be between 1s and %s", o.queueWait, phlegethon.MaxQueueTimeout)
+	}
+	hc.Queue.MaxTimeout = o.queueWait
+	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	if hk, ok := st.(store.HeatKeeper); ok {
+		hc.Store = hk.Heat()
+	}
+	return a.EnableHeat(ctx, hc)
 }
 
 // serveUntil waits until srv fails (serveErr) or ctx ends; then it shuts

@@ -86,6 +86,9 @@ type Config struct {
 	// callback keys, grace and checkpoint limits. Target, Clock and Logger
 	// are the agent's own and need not be set.
 	Termination thanatos.Config
+	// CapacityMemoryMB caps the memory the node's capacity check counts
+	// as its own (0: the host's); the rest is left to other work.
+	CapacityMemoryMB int
 }
 
 // Validate reports every problem of cfg at once.
@@ -102,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Images == nil {
 		errs = append(errs, errors.New("no template catalog"))
+	}
+	if c.CapacityMemoryMB < 0 {
+		errs = append(errs, fmt.Errorf("capacity memory %d MiB is negative", c.CapacityMemoryMB))
 	}
 	seen := map[string]bool{}
 	for _, rt := range c.Runtimes {
@@ -123,6 +129,7 @@ type Agent struct {
 	pools *warmPools
 
 	term *thanatos.Manager // every ending goes through it
+	heat *heatState        // heat classes and admission queues; nil when off
 	work workCounter       // exec and file calls under way, per sandbox
 
 	mu    sync.Mutex
@@ -215,6 +222,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}
 		})
+	}
+	if a.heat != nil {
+		a.runHeat(ctx, &wg)
 	}
 	// Terminations a crash interrupted finish first (Recover left their
 	// sandboxes to them).

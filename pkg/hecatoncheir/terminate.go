@@ -271,6 +271,9 @@ func (t termTarget) Release(ctx context.Context, id string) error {
 	}
 	a.forget(ctx, sb)
 	_, err = a.cfg.Store.Move(ctx, id, sb.State, tartarus.StateTerminated, store.Change{At: a.cfg.Clock.Now().UTC()})
+	if err == nil {
+		a.heatEnded(ctx, id)
+	}
 	return err
 }
 

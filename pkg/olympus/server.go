@@ -149,6 +149,12 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/nodes/{name}/drain", s.drainNode)
 	v1("POST /v1/nodes/{name}/undrain", s.undrainNode)
 	s.interactiveRoutes(v1)
+	v1("GET /v1/heat", s.getHeat)
+	v1("GET /v1/heat/explain", s.explainHeat)
+	v1("GET /v1/pools", s.listPools)
+	v1("POST /v1/pools", s.createPool)
+	v1("DELETE /v1/pools/{name}", s.deletePool)
+	v1("GET /v1/classes", s.listClasses)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err

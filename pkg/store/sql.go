@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
@@ -72,9 +73,12 @@ func numbered(q string) string {
 // openSQL opens db in d and brings its schema up to date.
 // componentSchema are the tables of the components that keep their state
 // in the store's database, run after each dialect's own migrations, in
-// this order: Thanatos's terminations and checkpoints. Append only.
+// this order: Thanatos's terminations and checkpoints; Phlegethon's
+// admission queue, pools and observations, then the sandboxes' heat
+// column (JSON of tartarus.SandboxHeat; ” when none). Append only.
 func componentSchema() []string {
-	return slices.Clone(thanatos.Schema)
+	return slices.Concat(thanatos.Schema, phlegethon.Schema,
+		[]string{`ALTER TABLE sandboxes ADD COLUMN heat TEXT NOT NULL DEFAULT ''`})
 }
 
 // TerminationKeeper is the optional side interface of a Store that keeps
@@ -85,6 +89,25 @@ type TerminationKeeper interface {
 }
 
 var _ TerminationKeeper = (*SQL)(nil)
+
+// HeatKeeper is the optional side interface of a Store that keeps
+// Phlegethon's admission queue, pools and observations in its own database
+// (SQLite and Postgres do), so that a queued create survives a restart.
+type HeatKeeper interface {
+	Heat() *phlegethon.SQLJournal
+}
+
+var _ HeatKeeper = (*SQL)(nil)
+
+// Heat implements HeatKeeper.
+func (s *SQL) Heat() *phlegethon.SQLJournal {
+	d := phlegethon.SQLite
+	if s.d.numbered {
+		d = phlegethon.Postgres
+	}
+	j, _ := phlegethon.NewSQLJournal(s.db, d) // d is one of the two
+	return j
+}
 
 // Terminations implements TerminationKeeper.
 func (s *SQL) Terminations() thanatos.Journal {
@@ -148,10 +171,10 @@ func (s *SQL) migrate(ctx context.Context) error {
 func (s *SQL) Close() error { return s.db.Close() }
 
 const columns = `id, tenant, template, runtime, state, node, cpus, memory_mb, env, metadata,
-	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes`
+	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes, heat`
 
 // insertColumns inserts one sandbox; its arguments are sandboxArgs.
-const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
+const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
 
 // sandboxArgs returns sb's values in the order of columns.
 func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
@@ -163,9 +186,17 @@ func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s metadata: %w", sb.ID, err)
 	}
+	heat := ""
+	if sb.Heat != nil {
+		b, err := json.Marshal(sb.Heat)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s heat: %w", sb.ID, err)
+		}
+		heat = string(b)
+	}
 	return []any{sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
 		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes}, nil
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes, heat}, nil
 }
 
 // execer is a *sql.DB or a *sql.Tx.
@@ -308,12 +339,18 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scan(r scanner) (*tartarus.Sandbox, error) {
 	var sb tartarus.Sandbox
-	var state, env, md string
+	var state, env, md, heat string
 	var created, updated, expires, active int64
 	err := r.Scan(&sb.ID, &sb.Tenant, &sb.Template, &sb.Runtime, &state, &sb.Node, &sb.CPUs, &sb.MemoryMB,
-		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes)
+		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes, &heat)
 	if err != nil {
 		return nil, err
+	}
+	if heat != "" {
+		sb.Heat = &tartarus.SandboxHeat{}
+		if err := json.Unmarshal([]byte(heat), sb.Heat); err != nil {
+			return nil, fmt.Errorf("sandbox %s heat: %w", sb.ID, err)
+		}
 	}
 	sb.State = tartarus.State(state)
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {

@@ -91,6 +91,10 @@ type VMConfig struct {
 	MemoryMB int
 	// Env is the environment every Exec in the sandbox starts with.
 	Env map[string]string
+	// DiskIOPS holds the sandbox's disk to this many I/O operations a
+	// second where the runtime can (microvm: QEMU block throttling); 0:
+	// no limit. Its resource class sets it (pkg/phlegethon).
+	DiskIOPS int
 }
 
 // Image is a built template as a runtime consumes it.

@@ -99,6 +99,11 @@ type Sandbox struct {
 	// SnapshotBytes is what the stored snapshot of a hibernated sandbox
 	// takes; 0 otherwise.
 	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
+	// Heat is how the create was classified by heat (which rule chose its
+	// class, and the limits it got); nil on servers without heat classes.
+	Heat *SandboxHeat `json:"heat,omitempty"`
+	// Queue is where the create waits while its state is queued.
+	Queue *QueuePosition `json:"queue,omitempty"`
 }
 
 // NewSandbox returns the record of a sandbox about to be created from req
@@ -144,6 +149,28 @@ type CreateRequest struct {
 	// they were, running. Template, runtime, memory and CPUs are the
 	// checkpointed sandbox's; asking for others is invalid.
 	FromCheckpoint string `json:"from_checkpoint,omitempty"`
+
+	// Heat classes (pkg/phlegethon, docs/heat.md). HeatHint is cold, warm,
+	// hot or inferno; ResourceClass names a class (which sets the heat);
+	// MaxDurationS ends the sandbox with reason timeout that long after it
+	// starts (within its class's maximum). Setting any of the three makes
+	// the class size the sandbox.
+	HeatHint      string `json:"heat_hint,omitempty"`
+	ResourceClass string `json:"resource_class,omitempty"`
+	MaxDurationS  int    `json:"max_duration_s,omitempty"`
+	// QueueTimeoutS lets the create wait up to this long in its heat's
+	// admission queue when the node has no room now (answer 202, state
+	// queued); without it a full node refuses at once.
+	QueueTimeoutS int `json:"queue_timeout_s,omitempty"`
+	// GPUs is how many GPUs the sandbox needs; only nodes that report
+	// GPUs can take it.
+	GPUs int `json:"gpus,omitempty"`
+
+	// Asked is what the caller itself set of cpus and memory_mb, before
+	// Normalize filled the defaults (0: not asked); heat classification
+	// reads it.
+	Asked      struct{ CPUs, MemoryMB int } `json:"-"`
+	normalized bool
 }
 
 // Defaults and bounds for a CreateRequest.
@@ -157,11 +184,16 @@ const (
 	MaxEnvEntries   = 256
 	MaxMetadata     = 64
 	MaxNodeLabels   = 16
+	// MaxQueueTimeoutS bounds queue_timeout_s (an hour).
+	MaxQueueTimeoutS = 3600
 )
 
 // Normalize fills defaults and checks the request's own shape (not host
 // limits, which only the node knows). Errors wrap ErrInvalid.
 func (r *CreateRequest) Normalize() error {
+	if !r.normalized {
+		r.Asked.CPUs, r.Asked.MemoryMB, r.normalized = r.CPUs, r.MemoryMB, true
+	}
 	if r.Template == "" {
 		r.Template = DefaultTemplate
 	}
@@ -191,6 +223,19 @@ func (r *CreateRequest) Normalize() error {
 		return Errorf(ErrInvalid, "metadata: at most %d entries", MaxMetadata)
 	case len(r.NodeLabels) > MaxNodeLabels:
 		return Errorf(ErrInvalid, "node_labels: at most %d entries", MaxNodeLabels)
+	case r.MaxDurationS < 0 || r.MaxDurationS > MaxTimeoutS:
+		return Errorf(ErrInvalid, "max_duration_s %d: must be between 0 (the class's) and %d", r.MaxDurationS, MaxTimeoutS)
+	case r.QueueTimeoutS < 0 || r.QueueTimeoutS > MaxQueueTimeoutS:
+		return Errorf(ErrInvalid, "queue_timeout_s %d: must be between 0 (no waiting) and %d", r.QueueTimeoutS, MaxQueueTimeoutS)
+	case r.GPUs < 0 || r.GPUs > 64:
+		return Errorf(ErrInvalid, "gpus %d: must be between 0 and 64", r.GPUs)
+	case r.ResourceClass != "" && !ValidName(r.ResourceClass):
+		return Errorf(ErrInvalid, "resource_class %q: want 1-64 characters of a-z, 0-9, '-', '_', '.'", r.ResourceClass)
+	}
+	switch r.HeatHint {
+	case "", "cold", "warm", "hot", "inferno":
+	default:
+		return Errorf(ErrInvalid, "heat_hint %q: want cold, warm, hot or inferno", r.HeatHint)
 	}
 	if len(r.IdempotencyKey) > 128 {
 		return Errorf(ErrInvalid, "Idempotency-Key: at most 128 characters")

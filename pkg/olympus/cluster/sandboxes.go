@@ -17,6 +17,10 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	if err := req.Normalize(); err != nil {
 		return nil, err
 	}
+	if req.HeatRequested() {
+		// Heat classes run on a single node for now (docs/heat.md).
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "heat_hint, resource_class, max_duration_s, queue_timeout_s and gpus are not available on a cluster replica yet (single node only)")
+	}
 	now := c.cfg.Clock.Now().UTC()
 	// Node and Runtime are set when the sandbox is placed.
 	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, req, now)

@@ -329,7 +329,7 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 	d.mu.Unlock()
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
-		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC(), Jailed: d.cfg.Jail != nil}
+		Env: cfg.Env, DiskIOPS: max(cfg.DiskIOPS, 0), Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC(), Jailed: d.cfg.Jail != nil}
 	var err error
 	if v.conf.Jailed {
 		_, err = d.prepareJail(v)

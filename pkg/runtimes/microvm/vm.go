@@ -52,6 +52,7 @@ type vmConfig struct {
 	CPUs      int               `json:"cpus"`
 	MemoryMB  int               `json:"memory_mb"`
 	Env       map[string]string `json:"env,omitempty"`
+	DiskIOPS  int               `json:"disk_iops,omitempty"`
 	Accel     string            `json:"accel"`
 	CreatedAt time.Time         `json:"created_at"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
@@ -237,6 +238,11 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		cmdline = append(cmdline, netKernelArg)
 	}
 	cmdline = append(cmdline, d.cfg.KernelArgs...)
+	drive := "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap"
+	if c.DiskIOPS > 0 {
+		// QEMU's block throttling: the resource class's disk IOPS.
+		drive += ",throttling.iops-total=" + strconv.Itoa(c.DiskIOPS)
+	}
 	args := []string{
 		"-name", qemuName(c.ID),
 		"-machine", "microvm",
@@ -249,7 +255,7 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-append", strings.Join(cmdline, " "),
 		"-chardev", "socket,id=console,path=" + v.path("console.sock") + ",server=on,wait=off",
 		"-serial", "chardev:console",
-		"-drive", "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap",
+		"-drive", drive,
 		"-device", "virtio-blk-device,drive=root",
 		"-chardev", "socket,id=agent,path=" + v.path("agent.sock") + ",server=on,wait=off",
 		"-device", "virtio-serial-device,max_ports=2",
