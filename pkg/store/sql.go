@@ -77,6 +77,15 @@ func componentSchema() []string {
 	return slices.Clone(thanatos.Schema)
 }
 
+// laterMigrations come after the component schema in both dialects (it
+// was released before them, so they cannot go in a dialect's own list
+// without renumbering it). The SQL is common to SQLite and Postgres.
+// Append only.
+var laterMigrations = []string{
+	// A sandbox's network spec (JSON; empty: no network).
+	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT ''`,
+}
+
 // TerminationKeeper is the optional side interface of a Store that keeps
 // Thanatos's terminations and checkpoints in its own database (SQLite and
 // Postgres do), so that a termination survives a crash of its node.
@@ -148,10 +157,10 @@ func (s *SQL) migrate(ctx context.Context) error {
 func (s *SQL) Close() error { return s.db.Close() }
 
 const columns = `id, tenant, template, runtime, state, node, cpus, memory_mb, env, metadata,
-	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes`
+	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes, network`
 
 // insertColumns inserts one sandbox; its arguments are sandboxArgs.
-const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
+const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
 
 // sandboxArgs returns sb's values in the order of columns.
 func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
@@ -163,9 +172,15 @@ func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s metadata: %w", sb.ID, err)
 	}
+	var network []byte
+	if sb.Network != nil {
+		if network, err = json.Marshal(sb.Network); err != nil {
+			return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+		}
+	}
 	return []any{sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
 		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes}, nil
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes, string(network)}, nil
 }
 
 // execer is a *sql.DB or a *sql.Tx.
@@ -308,12 +323,18 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scan(r scanner) (*tartarus.Sandbox, error) {
 	var sb tartarus.Sandbox
-	var state, env, md string
+	var state, env, md, network string
 	var created, updated, expires, active int64
 	err := r.Scan(&sb.ID, &sb.Tenant, &sb.Template, &sb.Runtime, &state, &sb.Node, &sb.CPUs, &sb.MemoryMB,
-		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes)
+		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes, &network)
 	if err != nil {
 		return nil, err
+	}
+	if network != "" {
+		sb.Network = &tartarus.NetworkSpec{}
+		if err := json.Unmarshal([]byte(network), sb.Network); err != nil {
+			return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+		}
 	}
 	sb.State = tartarus.State(state)
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {

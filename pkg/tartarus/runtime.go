@@ -91,6 +91,9 @@ type VMConfig struct {
 	MemoryMB int
 	// Env is the environment every Exec in the sandbox starts with.
 	Env map[string]string
+	// Network, when set, gives the sandbox a NIC on a network of its own
+	// with this policy; only runtimes declaring Capabilities.Network can.
+	Network *NetworkSpec `json:",omitempty"`
 }
 
 // Image is a built template as a runtime consumes it.
@@ -186,6 +189,9 @@ type Capabilities struct {
 	Signal   bool `json:"signal"`
 	Files    bool `json:"files"`
 	Recover  bool `json:"recover"`
+	// Network: sandboxes can have a network of their own with an egress
+	// policy (VMConfig.Network).
+	Network bool `json:"network"`
 }
 
 // FileInfo describes one entry of a sandbox's file system.
