@@ -54,6 +54,8 @@ type vmConfig struct {
 	Accel     string            `json:"accel"`
 	CreatedAt time.Time         `json:"created_at"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
+	// Network is the sandbox's network as created (nil: only lo).
+	Network *tartarus.NetworkSpec `json:"network,omitempty"`
 }
 
 // vm is one sandbox.
