@@ -87,6 +87,14 @@ type Config struct {
 	// callback keys, grace and checkpoint limits. Target, Clock and Logger
 	// are the agent's own and need not be set.
 	Termination thanatos.Config
+	// Networks, when set, is the node's sandbox network manager (the
+	// same one the microvm runtime builds networks with): updates, the
+	// connection log, exposed ports, clean-up on recovery.
+	Networks Networks
+	// DefaultNetwork is the network a sandbox gets when its create asks
+	// for none, on runtimes that can give one; nil: no network (only
+	// loopback), as before networking existed.
+	DefaultNetwork *tartarus.NetworkSpec
 }
 
 // Validate reports every problem of cfg at once.
@@ -103,6 +111,13 @@ func (c *Config) Validate() error {
 	}
 	if c.Images == nil {
 		errs = append(errs, errors.New("no template catalog"))
+	}
+	if c.DefaultNetwork != nil {
+		if err := c.DefaultNetwork.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("default network: %w", err))
+		} else if c.Networks == nil && c.DefaultNetwork.Mode != tartarus.NetworkNone {
+			errs = append(errs, fmt.Errorf("default network mode %s needs a network manager", c.DefaultNetwork.Mode))
+		}
 	}
 	seen := map[string]bool{}
 	for _, rt := range c.Runtimes {

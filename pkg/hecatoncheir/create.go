@@ -22,15 +22,19 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		return nil, err
 	}
 
-	// A warm-pool sandbox, when one is ready, becomes this sandbox.
-	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
+	// A warm-pool sandbox, when one is ready, becomes this sandbox (pools
+	// hold sandboxes without a network only).
+	var id string
+	if req.Network == nil {
+		id = a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
+	}
 	claimed := id != ""
 	if !claimed {
 		id = tartarus.NewID("sb-")
 	}
 	sb := tartarus.NewSandbox(id, tenant, req, a.cfg.Clock.Now().UTC())
 	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}
 	how := "warm pool"
 	return a.createWith(ctx, sb, func() error {
 		if claimed {
@@ -67,6 +71,9 @@ func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (t
 		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "cpus %d exceeds this node's limit of %d per sandbox (max_cpus)", req.CPUs, fp.MaxCPUs)
 	case req.MemoryMB > fp.MaxMemoryMB:
 		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
+	}
+	if err := a.chooseNetwork(rt, fp, req); err != nil {
+		return nil, nil, err
 	}
 	img, err := a.cfg.Images.Get(ctx, req.Template)
 	if err != nil {
