@@ -29,13 +29,6 @@ type Networks interface {
 
 var _ Networks = (*netns.Manager)(nil)
 
-// NetworkLog is a sandbox's connection log: the newest records, oldest
-// first, and how many were ever written (the ring drops the oldest).
-type NetworkLog struct {
-	Records []netns.Record `json:"records"`
-	Total   uint64         `json:"total"`
-}
-
 // chooseNetwork fills req.Network with the node's default when the request
 // has none, and checks that the runtime can give it: a runtime without
 // Capabilities.Network answers ErrNotImplemented with the reason.
@@ -101,7 +94,7 @@ func (a *Agent) UpdateNetwork(ctx context.Context, id string, n *tartarus.Networ
 }
 
 // NetworkLog returns sandbox id's connection log.
-func (a *Agent) NetworkLog(ctx context.Context, id string) (*NetworkLog, error) {
+func (a *Agent) NetworkLog(ctx context.Context, id string) (*tartarus.NetworkLog, error) {
 	sb, err := a.cfg.Store.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -116,14 +109,17 @@ func (a *Agent) NetworkLog(ctx context.Context, id string) (*NetworkLog, error) 
 	if err != nil {
 		if sb.State == tartarus.StateHibernated {
 			// The log lives with the network, which sleep releases.
-			return &NetworkLog{Records: []netns.Record{}}, nil
+			return &tartarus.NetworkLog{Records: []tartarus.ConnectionRecord{}}, nil
 		}
 		return nil, err
 	}
-	if recs == nil {
-		recs = []netns.Record{}
+	out := &tartarus.NetworkLog{Records: make([]tartarus.ConnectionRecord, 0, len(recs)), Total: total}
+	for _, r := range recs {
+		out.Records = append(out.Records, tartarus.ConnectionRecord{Time: r.Time, Dst: r.Dst.String(), Port: r.Port,
+			Proto: r.Proto, Allowed: r.Allowed, Rule: r.Rule, Name: r.Name, SrcPort: r.SrcPort,
+			BytesOut: r.BytesOut, BytesIn: r.BytesIn})
 	}
-	return &NetworkLog{Records: recs, Total: total}, nil
+	return out, nil
 }
 
 // DialPort opens a connection to port of sandbox id's guest, waking it

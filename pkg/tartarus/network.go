@@ -1,6 +1,9 @@
 package tartarus
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // NetworkSpec is a sandbox's network as the API carries it: its egress
 // policy, bandwidth limits and how its ports are exposed. A sandbox without
@@ -63,4 +66,28 @@ func (n *NetworkSpec) String() string {
 		return "no network"
 	}
 	return fmt.Sprintf("%s (%d allow, %d deny)", n.Mode, len(n.Allow), len(n.Deny))
+}
+
+// ConnectionRecord is one connection attempt of a sandbox, as its
+// connection log keeps it (pkg/netns fills it; docs/network.md).
+type ConnectionRecord struct {
+	Time    time.Time `json:"time"`
+	Dst     string    `json:"dst"`
+	Port    uint16    `json:"port,omitempty"`
+	Proto   string    `json:"proto"`
+	Allowed bool      `json:"allowed"`
+	// Rule is what decided: allow<i>, deny<i>, domain, dns, refused,
+	// default, or dns-query:<rule> for lookups (with Name).
+	Rule     string `json:"rule"`
+	Name     string `json:"name,omitempty"`
+	SrcPort  uint16 `json:"src_port,omitempty"`
+	BytesOut uint64 `json:"bytes_out,omitempty"`
+	BytesIn  uint64 `json:"bytes_in,omitempty"`
+}
+
+// NetworkLog is a sandbox's connection log: the newest records, oldest
+// first, and how many were ever written (the log keeps a bounded number).
+type NetworkLog struct {
+	Records []ConnectionRecord `json:"records"`
+	Total   uint64             `json:"total"`
 }
