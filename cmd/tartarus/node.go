@@ -17,6 +17,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -51,6 +52,8 @@ type nodeOptions struct {
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
+
+	network networkOptions
 }
 
 func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
@@ -67,6 +70,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.onShutdown, "on-shutdown", hecatoncheir.ShutdownKeep, "what SIGTERM does to this node's sandboxes: keep (adopted at the next start), terminate, or hibernate")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "grace period of each sandbox's termination with --on-shutdown terminate|hibernate")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
+	addNetworkFlags(f, &o.network)
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 }
@@ -75,6 +79,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 type node struct {
 	agent    *hecatoncheir.Agent
 	runtimes []tartarus.Runtime
+	nets     *netns.Manager // nil without --network
 	log      *slog.Logger
 }
 
@@ -94,6 +99,16 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 	rcfg := runtimes.Config{DataDir: dataDir, Log: log, Accel: o.accel, BootTimeout: o.bootTimeout,
 		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake}
 	n := &node{log: log}
+	defaultNet, err := o.network.defaultSpec()
+	if err != nil {
+		return nil, err
+	}
+	if n.nets, err = o.network.open(ctx, log); err != nil {
+		return nil, err
+	}
+	if n.nets != nil {
+		rcfg.Networks = n.nets
+	}
 	for _, name := range o.runtimes {
 		rt, err := runtimes.Open(ctx, name, rcfg)
 		if err != nil {
@@ -135,7 +150,8 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		Snapshots:   snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
-			MaxConcurrentWakes: o.maxConcurrentWakes}})
+			MaxConcurrentWakes: o.maxConcurrentWakes},
+		Networks: n.agentNetworks(), DefaultNetwork: defaultNet})
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -176,6 +192,12 @@ func (n *node) Close() {
 			if err := c.Close(); err != nil {
 				n.log.Warn("close runtime", "runtime", rt.Name(), "err", err)
 			}
+		}
+	}
+	if n.nets != nil {
+		// The sandbox networks stay for the next start's recovery.
+		if err := n.nets.Close(); err != nil {
+			n.log.Warn("close network manager", "err", err)
 		}
 	}
 }

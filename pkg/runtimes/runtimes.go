@@ -51,6 +51,9 @@ type Config struct {
 	// ProbeImage is what microvm's KVM probe boots; without it "auto" uses
 	// TCG unprobed.
 	ProbeImage *tartarus.Image
+	// Networks gives microVMs their networks (a *netns.Manager); nil:
+	// sandboxes have only loopback.
+	Networks microvm.Networks
 
 	// Runsc is the runsc binary (default: on PATH, else scripts/runsc.sh's).
 	Runsc string
@@ -82,7 +85,8 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 	switch name {
 	case microvm.Name:
 		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(cfg.DataDir, "vms"), Log: cfg.Log, Clock: cfg.Clock,
-			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage})
+			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage,
+			Networks: cfg.Networks})
 	case gvisor.Name:
 		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock})
 		if err != nil {
