@@ -17,7 +17,7 @@ import (
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
 	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxTerminationCmd(o),
-		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o))
+		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o), newSandboxNetworkCmd(o), newSandboxNetworkLogCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
@@ -55,6 +55,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 		req       tartarus.CreateRequest
 		env, meta []string
 		labels    []string
+		nf        networkFlags
 	)
 	cmd := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
@@ -70,6 +71,9 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 				return err
 			}
 			if req.NodeLabels, err = parseKV("node-label", labels); err != nil {
+				return err
+			}
+			if req.Network, err = nf.spec(); err != nil {
 				return err
 			}
 			if req.FromCheckpoint != "" {
@@ -109,6 +113,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
 	f.StringArrayVar(&labels, "node-label", nil, "KEY=VALUE a cluster node must carry to run it (repeatable)")
 	f.StringVar(&req.FromCheckpoint, "from-checkpoint", "", "create from a checkpoint (files and memory as they were; its template and shape)")
+	nf.add(f, "network", "give the sandbox a network with this mode: none, open, restricted or monitored (default: the server's)")
 	o.addOutputFlag(cmd)
 	return cmd
 }
