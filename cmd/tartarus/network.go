@@ -22,6 +22,7 @@ type networkOptions struct {
 	dnsUpstream   string
 	operatorAllow []string
 	defaultMode   string
+	netnsPrefix   string
 	// metrics receives the connection counters (the server's registry).
 	metrics prometheus.Registerer
 }
@@ -32,6 +33,7 @@ func addNetworkFlags(f *pflag.FlagSet, o *networkOptions) {
 	f.StringVar(&o.transit, "network-transit", "10.229.0.0/16", "range the sandboxes' veth pairs are numbered from (a /30 each)")
 	f.StringVar(&o.dnsUpstream, "network-dns", "", "DNS server (host:port) the sandbox resolvers forward allowed queries to; empty: the first nameserver of /etc/resolv.conf")
 	f.StringSliceVar(&o.operatorAllow, "network-operator-allow", nil, "CIDR prefixes sandboxes may reach although always refused otherwise (private ranges, the host); their own policy still applies")
+	f.StringVar(&o.netnsPrefix, "network-netns-prefix", netns.DefaultNetnsPrefix, "start of the name of every sandbox namespace (recovery removes unowned ones with it)")
 	f.StringVar(&o.defaultMode, "network-default-mode", "", "network of sandboxes whose create names none: none, open, restricted or monitored (a network with that mode); empty: no network at all, as before")
 }
 
@@ -55,7 +57,8 @@ func (o *networkOptions) open(ctx context.Context, log *slog.Logger) (*netns.Man
 	if !o.enabled {
 		return nil, nil
 	}
-	cfg := netns.Config{UplinkNetns: o.uplinkNetns, DNSUpstream: o.dnsUpstream, Logger: log, Metrics: o.metrics}
+	cfg := netns.Config{UplinkNetns: o.uplinkNetns, DNSUpstream: o.dnsUpstream, Logger: log, Metrics: o.metrics,
+		NetnsPrefix: o.netnsPrefix}
 	var err error
 	if cfg.Transit, err = netip.ParsePrefix(o.transit); err != nil {
 		return nil, fmt.Errorf("--network-transit: %w", err)
