@@ -83,7 +83,9 @@ func TestNetworkEndToEnd(t *testing.T) {
 		}
 	}
 
-	id := strings.TrimSpace(e.cli(t, 0, "", "sandbox", "create", "--template", "python", "--network", "open"))
+	// Public ports: the test has no API key for raw HTTP requests (the
+	// credential check itself is TestPortRoutes).
+	id := strings.TrimSpace(e.cli(t, 0, "", "sandbox", "create", "--template", "python", "--network", "open", "--public-ports"))
 	fetch := func(url string) string {
 		return strings.TrimSpace(e.cli(t, 0, "", "exec", id, "--", "python3", "-c", fetchPy, url))
 	}
@@ -93,7 +95,7 @@ func TestNetworkEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("UpdateToRestricted", func(t *testing.T) {
-		e.cli(t, 0, "", "sandbox", "network", id, "--mode", "restricted", "--allow", "allowed.example")
+		e.cli(t, 0, "", "sandbox", "network", id, "--mode", "restricted", "--allow", "allowed.example", "--public-ports")
 		if got := fetch("http://blocked.example/hello"); !strings.HasPrefix(got, "ERR") {
 			t.Errorf("blocked.example after the update: %q", got)
 		}
