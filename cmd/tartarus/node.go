@@ -19,6 +19,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
 	"github.com/tartarus-sandbox/tartarus/pkg/jail"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -59,6 +60,8 @@ type nodeOptions struct {
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
+
+	network networkOptions
 }
 
 func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
@@ -78,6 +81,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "grace period of each sandbox's termination with --on-shutdown terminate|hibernate")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
 	f.IntVar(&o.capacityMemoryMB, "capacity-memory-mb", 0, "memory the node's sandboxes may hold together, in MiB, checked on forks, warm pools and heat-managed creates (0: the host's)")
+	addNetworkFlags(f, &o.network)
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 }
@@ -86,6 +90,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 type node struct {
 	agent    *hecatoncheir.Agent
 	runtimes []tartarus.Runtime
+	nets     *netns.Manager // nil without --network
 	log      *slog.Logger
 }
 
@@ -110,6 +115,16 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		}
 	}
 	n := &node{log: log}
+	defaultNet, err := o.network.defaultSpec()
+	if err != nil {
+		return nil, err
+	}
+	if n.nets, err = o.network.open(ctx, log); err != nil {
+		return nil, err
+	}
+	if n.nets != nil {
+		rcfg.Networks = n.nets
+	}
 	for _, name := range o.runtimes {
 		rt, err := runtimes.Open(ctx, name, rcfg)
 		if err != nil {
@@ -151,7 +166,8 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
-			MaxConcurrentWakes: o.maxConcurrentWakes}})
+			MaxConcurrentWakes: o.maxConcurrentWakes},
+		Networks: n.agentNetworks(), DefaultNetwork: defaultNet})
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -192,6 +208,12 @@ func (n *node) Close() {
 			if err := c.Close(); err != nil {
 				n.log.Warn("close runtime", "runtime", rt.Name(), "err", err)
 			}
+		}
+	}
+	if n.nets != nil {
+		// The sandbox networks stay for the next start's recovery.
+		if err := n.nets.Close(); err != nil {
+			n.log.Warn("close network manager", "err", err)
 		}
 	}
 }

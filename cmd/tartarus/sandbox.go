@@ -17,7 +17,7 @@ import (
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
 	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxTerminationCmd(o),
-		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o))
+		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o), newSandboxNetworkCmd(o), newSandboxNetworkLogCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
@@ -56,6 +56,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 		env, meta []string
 		labels    []string
 		noWait    bool
+		nf        networkFlags
 	)
 	cmd := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
@@ -71,6 +72,9 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 				return err
 			}
 			if req.NodeLabels, err = parseKV("node-label", labels); err != nil {
+				return err
+			}
+			if req.Network, err = nf.spec(); err != nil {
 				return err
 			}
 			if req.FromCheckpoint != "" {
@@ -127,6 +131,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.IntVar(&req.MaxDurationS, "max-duration", 0, "seconds after which the sandbox is ended with reason timeout (within its class's maximum)")
 	f.IntVar(&req.QueueTimeoutS, "queue-timeout", 0, "seconds to wait in the admission queue when the node is full (0: refuse at once)")
 	f.BoolVar(&noWait, "no-wait", false, "with --queue-timeout: print the queued sandbox's id at once instead of waiting until it runs")
+	nf.add(f, "network", "give the sandbox a network with this mode: none, open, restricted or monitored (default: the server's)")
 	o.addOutputFlag(cmd)
 	return cmd
 }

@@ -49,6 +49,7 @@ type serverOptions struct {
 	database                  string
 	maxUploadMB               int64
 	shutdownTimeout           time.Duration
+	sandboxDomain             string
 	heat                      heatOptions
 }
 
@@ -92,6 +93,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.database, "database", "", "postgres://… to keep state in Postgres (default: SQLite in the data directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
+	f.StringVar(&o.sandboxDomain, "sandbox-domain", "", "route requests for PORT-SANDBOXID.DOMAIN to that port of that sandbox (point a wildcard DNS name at the server)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
@@ -199,6 +201,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
 	} else {
+		netMetrics := &collectorList{}
+		o.network.metrics = netMetrics
 		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log, auditPhases(auth.Audit, clk))
 		if err != nil {
 			return err
@@ -210,6 +214,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 		be, run = n.agent, n.agent.Run
 		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
+		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
 		metrics = sampler
 		if o.prewarm {
@@ -218,7 +223,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 
 	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log})
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log,
+		SandboxDomain: o.sandboxDomain})
 	if err != nil {
 		return err
 	}

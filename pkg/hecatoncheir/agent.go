@@ -89,6 +89,14 @@ type Config struct {
 	// CapacityMemoryMB caps the memory the node's capacity check counts
 	// as its own (0: the host's); the rest is left to other work.
 	CapacityMemoryMB int
+	// Networks, when set, is the node's sandbox network manager (the
+	// same one the microvm runtime builds networks with): updates, the
+	// connection log, exposed ports, clean-up on recovery.
+	Networks Networks
+	// DefaultNetwork is the network a sandbox gets when its create asks
+	// for none, on runtimes that can give one; nil: no network (only
+	// loopback), as before networking existed.
+	DefaultNetwork *tartarus.NetworkSpec
 }
 
 // Validate reports every problem of cfg at once.
@@ -108,6 +116,13 @@ func (c *Config) Validate() error {
 	}
 	if c.CapacityMemoryMB < 0 {
 		errs = append(errs, fmt.Errorf("capacity memory %d MiB is negative", c.CapacityMemoryMB))
+	}
+	if c.DefaultNetwork != nil {
+		if err := c.DefaultNetwork.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("default network: %w", err))
+		} else if c.Networks == nil && c.DefaultNetwork.Mode != tartarus.NetworkNone {
+			errs = append(errs, fmt.Errorf("default network mode %s needs a network manager", c.DefaultNetwork.Mode))
+		}
 	}
 	seen := map[string]bool{}
 	for _, rt := range c.Runtimes {

@@ -47,9 +47,10 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	}
 
 	// A warm-pool sandbox, when one is ready, becomes this sandbox (not
-	// when its class throttles the disk: pooled VMs run unthrottled).
+	// when its class throttles the disk, nor with a network: pooled VMs
+	// run unthrottled and without one).
 	id := ""
-	if plan == nil || plan.info.DiskIOPS == 0 {
+	if (plan == nil || plan.info.DiskIOPS == 0) && req.Network == nil {
 		id = a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
 	}
 	claimed := id != ""
@@ -98,6 +99,9 @@ func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (t
 		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "cpus %d exceeds this node's limit of %d per sandbox (max_cpus)", req.CPUs, fp.MaxCPUs)
 	case req.MemoryMB > fp.MaxMemoryMB:
 		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
+	}
+	if err := a.chooseNetwork(rt, fp, req); err != nil {
+		return nil, nil, err
 	}
 	img, err := a.cfg.Images.Get(ctx, req.Template)
 	if err != nil {

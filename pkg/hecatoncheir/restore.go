@@ -148,9 +148,10 @@ func (a *Agent) PoolSizes() map[string]int {
 	return out
 }
 
-// templateSnapshotID names the snapshot of img at a shape. An image without
-// a digest gets none: a rebuild could not be told apart.
-func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int) (string, bool) {
+// templateSnapshotID names the snapshot of img at a shape, with or without
+// a network card (a snapshot restores only into the same devices). An
+// image without a digest gets none: a rebuild could not be told apart.
+func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int, nic bool) (string, bool) {
 	d := strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' {
 			return r
@@ -160,15 +161,22 @@ func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int) (string, bool) 
 	if d == "" {
 		return "", false
 	}
-	return fmt.Sprintf("%s-%.16s-%dm-%dc", img.Name, d, memoryMB, cpus), true
+	id := fmt.Sprintf("%s-%.16s-%dm-%dc", img.Name, d, memoryMB, cpus)
+	if nic {
+		id += "-net"
+	}
+	return id, true
 }
 
 // templateSnapshot returns the id of img's snapshot at a shape, booting the
 // template and snapshotting it first if there is none. Builds of one
 // snapshot are serialized; a stale snapshot of the same template (another
 // image digest) is deleted once the new one exists.
-func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tartarus.Image, memoryMB, cpus int) (string, error) {
-	id, ok := templateSnapshotID(img, memoryMB, cpus)
+//
+// With nic the template is booted with a network card (in a network of
+// mode none, removed with the builder), for sandboxes that have a network.
+func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tartarus.Image, memoryMB, cpus int, nic bool) (string, error) {
+	id, ok := templateSnapshotID(img, memoryMB, cpus, nic)
 	if !ok {
 		return "", tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s has no image digest", img.Name)
 	}
@@ -185,6 +193,9 @@ func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tart
 	start := a.cfg.Clock.Now()
 	build := tartarus.NewID("sb-")
 	cfg := &tartarus.VMConfig{ID: build, Template: img.Name, Image: img, CPUs: cpus, MemoryMB: memoryMB}
+	if nic {
+		cfg.Network = &tartarus.NetworkSpec{Mode: tartarus.NetworkNone}
+	}
 	defer func() {
 		if err := sr.rt.Destroy(ctx, build); err != nil {
 			a.log.Warn("destroy template snapshot builder", "sandbox", build, "err", err)
@@ -231,11 +242,13 @@ func (a *Agent) deleteStaleTemplateSnapshots(ctx context.Context, sr *snapRuntim
 // is an optimisation, not a requirement. It reports how it did it.
 func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tartarus.VMConfig) (string, error) {
 	if sr, ok := a.snaps[rt.Name()]; ok && a.cfg.CreateFromSnapshot {
-		snapID, err := a.templateSnapshot(ctx, sr, cfg.Image, cfg.MemoryMB, cfg.CPUs)
+		snapID, err := a.templateSnapshot(ctx, sr, cfg.Image, cfg.MemoryMB, cfg.CPUs, cfg.Network != nil)
 		if err == nil {
 			err = a.restoreTemplate(ctx, sr, snapID, cfg)
-			if err == nil {
+			if err == nil && cfg.Network == nil {
 				a.pools.want(poolKey{rt.Name(), cfg.Template, cfg.Image.Digest, cfg.MemoryMB, cfg.CPUs})
+			}
+			if err == nil {
 				return "restored", nil
 			}
 		}
@@ -373,7 +386,7 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 			a.log.Debug("warm pool not refilled", "template", k.template, "err", err)
 			return
 		}
-		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus)
+		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus, false)
 		if err != nil {
 			a.log.Warn("warm pool: template snapshot", "template", k.template, "err", err)
 			return
@@ -429,7 +442,7 @@ func (a *Agent) Prewarm(ctx context.Context) {
 	}
 	for _, sr := range a.snaps {
 		for _, img := range imgs {
-			if _, err := a.templateSnapshot(ctx, sr, img, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs); err != nil {
+			if _, err := a.templateSnapshot(ctx, sr, img, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs, false); err != nil {
 				a.log.Warn("prewarm: template snapshot", "runtime", sr.rt.Name(), "template", img.Name, "err", err)
 				continue
 			}

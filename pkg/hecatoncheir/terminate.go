@@ -366,7 +366,7 @@ func (a *Agent) createFromCheckpoint(ctx context.Context, tenant string, req *ta
 	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, &r, a.cfg.Clock.Now().UTC())
 	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
 	sb.Metadata["from_checkpoint"] = ck.ID
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}
 	return a.createWith(ctx, sb, func() error {
 		_, err := sr.checkpoints.Restore(ctx, snapID, cfg)
 		return err

@@ -85,7 +85,10 @@ type Config struct {
 	Collectors []prometheus.Collector
 	// Metrics serves GET /v1/sandboxes/{id}/metrics; nil answers 501.
 	Metrics MetricsSource
-	Log     *slog.Logger
+	// SandboxDomain, when set, routes requests for PORT-SANDBOXID.DOMAIN
+	// to that port of that sandbox (--sandbox-domain).
+	SandboxDomain string
+	Log           *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -155,6 +158,7 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/pools", s.createPool)
 	v1("DELETE /v1/pools/{name}", s.deletePool)
 	v1("GET /v1/classes", s.listClasses)
+	s.networkRoutes(v1, mux)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err
@@ -162,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.handler = s.middleware(s.jsonMuxErrors(mux))
+	s.handler = s.middleware(s.hostPorts(s.jsonMuxErrors(mux)))
 	return s, nil
 }
 

@@ -56,6 +56,9 @@ type Config struct {
 	// ConsoleMaxBytes caps its console log (zero: microvm's default).
 	Jail            *jail.Jail
 	ConsoleMaxBytes int64
+	// Networks gives microVMs their networks (a *netns.Manager); nil:
+	// sandboxes have only loopback.
+	Networks microvm.Networks
 
 	// Runsc is the runsc binary (default: on PATH, else scripts/runsc.sh's).
 	Runsc string
@@ -88,7 +91,8 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 	case microvm.Name:
 		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(cfg.DataDir, "vms"), Log: cfg.Log, Clock: cfg.Clock,
 			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage,
-			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes})
+			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes,
+			Networks: cfg.Networks})
 	case gvisor.Name:
 		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock})
 		if err != nil {

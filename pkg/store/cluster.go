@@ -441,7 +441,7 @@ func (p *Postgres) Report(ctx context.Context, node string, sb *tartarus.Sandbox
 	res, err := p.db.ExecContext(ctx, p.d.q(insertColumns+`
 		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at,
 			expires_at = EXCLUDED.expires_at, last_activity_at = GREATEST(sandboxes.last_activity_at, EXCLUDED.last_activity_at),
-			error = EXCLUDED.error, snapshot_bytes = EXCLUDED.snapshot_bytes
+			error = EXCLUDED.error, snapshot_bytes = EXCLUDED.snapshot_bytes, network = EXCLUDED.network
 		WHERE sandboxes.node = EXCLUDED.node AND sandboxes.state NOT IN ('terminated', 'failed')
 			AND sandboxes.updated_at <= EXCLUDED.updated_at`), args...)
 	if err != nil {

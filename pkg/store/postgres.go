@@ -30,7 +30,7 @@ var (
 const migrationLock = 0x7461727461727573 // "tartarus"
 
 var postgresDialect = &dialect{
-	migrations:     slices.Concat(pgMigrations, componentSchema()),
+	migrations:     slices.Concat(pgMigrations, componentSchema(), laterMigrations),
 	lockMigrations: "SELECT pg_advisory_xact_lock(" + strconv.FormatInt(migrationLock, 10) + ")",
 	numbered:       true,
 	greatest:       "GREATEST",

@@ -81,6 +81,15 @@ func componentSchema() []string {
 		[]string{`ALTER TABLE sandboxes ADD COLUMN heat TEXT NOT NULL DEFAULT ''`})
 }
 
+// laterMigrations come after the component schema in both dialects (it
+// was released before them, so they cannot go in a dialect's own list
+// without renumbering it). The SQL is common to SQLite and Postgres.
+// Append only.
+var laterMigrations = []string{
+	// A sandbox's network spec (JSON; empty: no network).
+	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT ''`,
+}
+
 // TerminationKeeper is the optional side interface of a Store that keeps
 // Thanatos's terminations and checkpoints in its own database (SQLite and
 // Postgres do), so that a termination survives a crash of its node.
@@ -171,7 +180,7 @@ func (s *SQL) migrate(ctx context.Context) error {
 func (s *SQL) Close() error { return s.db.Close() }
 
 const columns = `id, tenant, template, runtime, state, node, cpus, memory_mb, env, metadata,
-	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes, heat`
+	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes, heat, network`
 
 // insertColumns inserts one sandbox; its arguments are sandboxArgs.
 const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
@@ -194,9 +203,15 @@ func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
 		}
 		heat = string(b)
 	}
+	var network []byte
+	if sb.Network != nil {
+		if network, err = json.Marshal(sb.Network); err != nil {
+			return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+		}
+	}
 	return []any{sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
 		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes, heat}, nil
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes, heat, string(network)}, nil
 }
 
 // execer is a *sql.DB or a *sql.Tx.
@@ -339,12 +354,18 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scan(r scanner) (*tartarus.Sandbox, error) {
 	var sb tartarus.Sandbox
-	var state, env, md, heat string
+	var state, env, md, heat, network string
 	var created, updated, expires, active int64
 	err := r.Scan(&sb.ID, &sb.Tenant, &sb.Template, &sb.Runtime, &state, &sb.Node, &sb.CPUs, &sb.MemoryMB,
-		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes, &heat)
+		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes, &heat, &network)
 	if err != nil {
 		return nil, err
+	}
+	if network != "" {
+		sb.Network = &tartarus.NetworkSpec{}
+		if err := json.Unmarshal([]byte(network), sb.Network); err != nil {
+			return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+		}
 	}
 	if heat != "" {
 		sb.Heat = &tartarus.SandboxHeat{}

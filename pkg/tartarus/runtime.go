@@ -95,6 +95,9 @@ type VMConfig struct {
 	// second where the runtime can (microvm: QEMU block throttling); 0:
 	// no limit. Its resource class sets it (pkg/phlegethon).
 	DiskIOPS int
+	// Network, when set, gives the sandbox a NIC on a network of its own
+	// with this policy; only runtimes declaring Capabilities.Network can.
+	Network *NetworkSpec `json:",omitempty"`
 }
 
 // Image is a built template as a runtime consumes it.
@@ -205,6 +208,9 @@ type Capabilities struct {
 	Signal   bool `json:"signal"`
 	Files    bool `json:"files"`
 	Recover  bool `json:"recover"`
+	// Network: sandboxes can have a network of their own with an egress
+	// policy (VMConfig.Network).
+	Network bool `json:"network"`
 }
 
 // FileInfo describes one entry of a sandbox's file system.

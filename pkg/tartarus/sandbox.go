@@ -104,6 +104,8 @@ type Sandbox struct {
 	Heat *SandboxHeat `json:"heat,omitempty"`
 	// Queue is where the create waits while its state is queued.
 	Queue *QueuePosition `json:"queue,omitempty"`
+	// Network is the sandbox's network; nil means none (only loopback).
+	Network *NetworkSpec `json:"network,omitempty"`
 }
 
 // NewSandbox returns the record of a sandbox about to be created from req
@@ -116,7 +118,7 @@ func NewSandbox(id, tenant string, req *CreateRequest, now time.Time) *Sandbox {
 		ID: id, Tenant: tenant, Template: req.Template, State: StateCreating,
 		CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
-		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS,
+		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS, Network: req.Network,
 	}
 	if sb.Metadata == nil {
 		sb.Metadata = map[string]string{}
@@ -171,6 +173,9 @@ type CreateRequest struct {
 	// reads it.
 	Asked      struct{ CPUs, MemoryMB int } `json:"-"`
 	normalized bool
+	// Network gives the sandbox a network with this policy; without it
+	// the node's default applies (by default: no network).
+	Network *NetworkSpec `json:"network,omitempty"`
 }
 
 // Defaults and bounds for a CreateRequest.
@@ -248,6 +253,11 @@ func (r *CreateRequest) Normalize() error {
 	for k, v := range r.NodeLabels {
 		if !ValidLabel(k) || !ValidLabel(v) {
 			return Errorf(ErrInvalid, "node_labels: %q=%q: want 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', '/'", k, v)
+		}
+	}
+	if r.Network != nil {
+		if err := r.Network.Check(); err != nil {
+			return err
 		}
 	}
 	return ValidEnv(r.Env)

@@ -211,6 +211,7 @@ func (d *Driver) fingerprint(ctx context.Context) tartarus.Fingerprint {
 		MaxCPUs:  runtime.NumCPU(),
 		Capabilities: tartarus.Capabilities{
 			Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true,
+			Network: d.provisioner() != nil,
 		},
 		Details: map[string]string{},
 	}
@@ -329,17 +330,21 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 	d.mu.Unlock()
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
-		Env: cfg.Env, DiskIOPS: max(cfg.DiskIOPS, 0), Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC(), Jailed: d.cfg.Jail != nil}
-	var err error
-	if v.conf.Jailed {
+		Env: cfg.Env, DiskIOPS: max(cfg.DiskIOPS, 0), Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC(),
+		Jailed: d.cfg.Jail != nil, Network: cfg.Network}
+	err := d.createNetwork(ctx, cfg)
+	if err == nil && v.conf.Jailed {
 		_, err = d.prepareJail(v)
 	}
-	switch {
-	case err != nil:
-	case overlay:
-		err = d.prepare(context.WithoutCancel(ctx), v)
-	default:
-		err = v.saveConfig()
+	if err == nil {
+		if overlay {
+			err = d.prepare(context.WithoutCancel(ctx), v)
+		} else {
+			err = v.saveConfig()
+		}
+		if err != nil {
+			_ = d.destroyNetwork(context.WithoutCancel(ctx), cfg.ID)
+		}
 	}
 	if err != nil {
 		d.forget(v)
@@ -639,11 +644,13 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		d.forget(v)
 	}
 	killAll(id, dir)
+	// The network goes once QEMU (which holds the TAP device) is gone.
+	nerr := d.destroyNetwork(ctx, id)
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
 	d.releaseJail(id)
-	return nil
+	return nerr
 }
 
 // killAll SIGKILLs every process that is our QEMU for the sandbox and waits for it.
@@ -692,6 +699,13 @@ func (d *Driver) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 			continue
 		}
 		v, err := d.adopt(ctx, id)
+		if err == nil {
+			if err = d.recoverNetwork(ctx, v); err != nil {
+				v.qmp.Close()
+				d.forget(v)
+				err = fmt.Errorf("network: %w", err)
+			}
+		}
 		if err != nil {
 			d.log.Warn("recover: cleaning up sandbox", "sandbox", id, "reason", err)
 			if err := d.Destroy(ctx, id); err != nil {

@@ -172,6 +172,9 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	if c.Image.Digest != "" && snap.Image.Digest != "" && c.Image.Digest != snap.Image.Digest {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "restore %s: snapshot of image %s, template is now %s", cfg.ID, snap.Image.Digest, c.Image.Digest)
 	}
+	if err := checkSnapshotNIC(cfg.ID, snap.Network, c.Network); err != nil {
+		return err
+	}
 	c.CPUs, c.MemoryMB = snap.CPUs, snap.MemoryMB
 	if c.Template == "" {
 		c.Template = snap.Template
@@ -191,6 +194,7 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	if err := d.restore(ctx, v, dir, snap.Image.RootFS); err != nil {
 		v.stop(context.WithoutCancel(ctx))
 		d.forget(v)
+		_ = d.destroyNetwork(context.WithoutCancel(ctx), v.id)
 		_ = os.RemoveAll(v.dir)
 		d.releaseJail(c.ID)
 		return fmt.Errorf("restore sandbox %s: %w\nconsole:\n%s", c.ID, err, v.consoleTail(10))

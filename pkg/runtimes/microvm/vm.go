@@ -60,6 +60,8 @@ type vmConfig struct {
 	// is the layout, set once a jail has run the sandbox; with the jail
 	// off later, QEMU runs unconfined in the same layout.
 	Jailed bool `json:"jailed,omitempty"`
+	// Network is the sandbox's network as created (nil: only lo).
+	Network *tartarus.NetworkSpec `json:"network,omitempty"`
 }
 
 // vm is one sandbox.
