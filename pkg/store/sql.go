@@ -183,7 +183,7 @@ const columns = `id, tenant, template, runtime, state, node, cpus, memory_mb, en
 	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes, heat, network`
 
 // insertColumns inserts one sandbox; its arguments are sandboxArgs.
-const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
+const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
 
 // sandboxArgs returns sb's values in the order of columns.
 func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
