@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
@@ -72,9 +73,10 @@ func numbered(q string) string {
 // openSQL opens db in d and brings its schema up to date.
 // componentSchema are the tables of the components that keep their state
 // in the store's database, run after each dialect's own migrations, in
-// this order: Thanatos's terminations and checkpoints. Append only.
+// this order: Thanatos's terminations and checkpoints, Persephone's usage
+// history and seasons. Append only.
 func componentSchema() []string {
-	return slices.Clone(thanatos.Schema)
+	return slices.Concat(thanatos.Schema, persephone.Schema)
 }
 
 // TerminationKeeper is the optional side interface of a Store that keeps
@@ -94,6 +96,26 @@ func (s *SQL) Terminations() thanatos.Journal {
 	}
 	j, _ := thanatos.NewSQLJournal(s.db, d) // d is one of the two
 	return j
+}
+
+// UsageKeeper is the optional side interface of a Store that keeps
+// Persephone's per-minute usage history and seasons in its own database
+// (SQLite and Postgres do), so that every replica records into and
+// forecasts from one history.
+type UsageKeeper interface {
+	Usage() *persephone.SQLStore
+}
+
+var _ UsageKeeper = (*SQL)(nil)
+
+// Usage implements UsageKeeper: the store is both Persephone's UsageStore
+// and its SeasonStore.
+func (s *SQL) Usage() *persephone.SQLStore {
+	d := persephone.SQLite
+	if s.d.numbered {
+		d = persephone.Postgres
+	}
+	return persephone.NewSQLStore(s.db, d)
 }
 
 func openSQL(ctx context.Context, db *sql.DB, d *dialect) (*SQL, error) {
