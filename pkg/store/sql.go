@@ -104,6 +104,14 @@ func (s *SQL) Terminations() thanatos.Journal {
 // forecasts from one history.
 type UsageKeeper interface {
 	Usage() *persephone.SQLStore
+	// Launches counts the sandboxes created in [from, to), by template.
+	Launches(ctx context.Context, from, to time.Time) (map[string]LaunchCount, error)
+}
+
+// LaunchCount is how many sandboxes of a template were created in a span,
+// and how many of those failed.
+type LaunchCount struct {
+	Launches, Failed int
 }
 
 var _ UsageKeeper = (*SQL)(nil)
@@ -116,6 +124,32 @@ func (s *SQL) Usage() *persephone.SQLStore {
 		d = persephone.Postgres
 	}
 	return persephone.NewSQLStore(s.db, d)
+}
+
+// Launches implements UsageKeeper. Every replica's creates are in the
+// table, so in a cluster any replica counts them all.
+func (s *SQL) Launches(ctx context.Context, from, to time.Time) (map[string]LaunchCount, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT template, state, COUNT(*) FROM sandboxes
+		WHERE created_at >= ? AND created_at < ? GROUP BY template, state`), nanos(from), nanos(to))
+	if err != nil {
+		return nil, fmt.Errorf("count launches: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]LaunchCount{}
+	for rows.Next() {
+		var tpl, state string
+		var n int
+		if err := rows.Scan(&tpl, &state, &n); err != nil {
+			return nil, fmt.Errorf("count launches: %w", err)
+		}
+		c := out[tpl]
+		c.Launches += n
+		if tartarus.State(state) == tartarus.StateFailed {
+			c.Failed += n
+		}
+		out[tpl] = c
+	}
+	return out, rows.Err()
 }
 
 func openSQL(ctx context.Context, db *sql.DB, d *dialect) (*SQL, error) {
