@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,7 @@ func serverDataDir() string {
 type serverOptions struct {
 	nodeOptions
 	cluster                   clusterOptions
+	seasons                   seasonOptions
 	listen, dataDir, logLevel string
 	database                  string
 	maxUploadMB               int64
@@ -85,6 +87,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
+	addSeasonFlags(f, &o.seasons)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -170,6 +173,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		prewarm    func(context.Context)
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
+		agent      *hecatoncheir.Agent
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -189,14 +193,19 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 			return err
 		}
 		defer n.Close()
-		be, run = n.agent, n.agent.Run
+		be, run, agent = n.agent, n.agent.Run, n.agent
 		collectors = append(collectors, n.agent.Terminations().Collector())
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
 	}
 
-	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
+	season, err := openSeasons(life, &o.seasons, st, be, agent, clk, log)
+	if err != nil {
+		return err
+	}
+	collectors = append(collectors, season.collector)
+	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
 		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Log: log})
 	if err != nil {
 		return err
@@ -216,7 +225,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
-	go func() { _ = run(loopCtx); close(loopDone) }()
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = season.svc.Run(loopCtx) })
+		_ = run(loopCtx)
+		wg.Wait()
+		close(loopDone)
+	}()
 	if prewarm != nil {
 		go prewarm(loopCtx)
 	}
