@@ -20,7 +20,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster/clustertest"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
@@ -148,7 +148,7 @@ func TestClusterWakeElsewhere(t *testing.T) {
 type clusterEnv struct {
 	bin, root        string
 	urls             []string
-	pg               *storetest.PostgresServer
+	pg               *pgtest.PostgresServer
 	redis            *clustertest.Redis
 	replicas, agents []*proc
 	// cl are clients of the replicas' public APIs, in order.
@@ -167,7 +167,7 @@ func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
 func newClusterEnv(t testing.TB, n, m int, agentEnv []string, agentArgs ...string) *clusterEnv {
 	t.Helper()
 	bin, cache := e2eBinary(t)
-	c := &clusterEnv{bin: bin, root: t.TempDir(), pg: storetest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
+	c := &clusterEnv{bin: bin, root: t.TempDir(), pg: pgtest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
 	root := c.root
 
 	certs := filepath.Join(root, "certs")

@@ -39,6 +39,11 @@ type nodeOptions struct {
 	prewarm            bool
 	maxConcurrentWakes int
 
+	// onShutdown is what SIGTERM does to the node's sandboxes (keep,
+	// terminate or hibernate), each termination with shutdownGrace.
+	onShutdown    string
+	shutdownGrace time.Duration
+
 	// callbackAllow lets termination callbacks and webhooks reach these
 	// hosts although they are loopback, private or this host's own.
 	callbackAllow []string
@@ -59,6 +64,8 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.BoolVar(&o.createFromSnapshot, "create-from-snapshot", true, "create sandboxes by restoring a per-template snapshot where the runtime can (else boot)")
 	f.BoolVar(&o.prewarm, "prewarm", false, "build every template's snapshot (and warm pool) at start instead of on first create")
 	f.IntVar(&o.maxConcurrentWakes, "max-concurrent-wakes", hypnos.DefaultMaxConcurrentWakes, "hibernated sandboxes restored at once")
+	f.StringVar(&o.onShutdown, "on-shutdown", hecatoncheir.ShutdownKeep, "what SIGTERM does to this node's sandboxes: keep (adopted at the next start), terminate, or hibernate")
+	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "grace period of each sandbox's termination with --on-shutdown terminate|hibernate")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
@@ -74,7 +81,8 @@ type node struct {
 // openNode opens the runtimes and the node agent keeping its sandboxes in
 // st, its templates in DATA/images, its VMs in DATA/vms, and its snapshots
 // in snaps (DATA/snapshots when nil).
-func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Store, snaps erebus.Store, clk clock.Clock, log *slog.Logger) (*node, error) {
+func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Store, snaps erebus.Store, clk clock.Clock, log *slog.Logger,
+	onPhase func(context.Context, *tartarus.TerminationStatus)) (*node, error) {
 	if o.warmPool < 0 || o.autoHibernate < 0 || o.maxConcurrentWakes < 1 {
 		return nil, errors.New("--warm-pool and --auto-hibernate must not be negative, --max-concurrent-wakes at least 1")
 	}
@@ -110,7 +118,14 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		n.Close()
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	switch o.onShutdown {
+	case hecatoncheir.ShutdownKeep, hecatoncheir.ShutdownTerminate, hecatoncheir.ShutdownHibernate:
+	default:
+		n.Close()
+		return nil, fmt.Errorf("--on-shutdown %q: want keep, terminate or hibernate", o.onShutdown)
+	}
 	term, err := terminationConfig(st, dataDir, o.callbackAllow)
+	term.OnPhase = onPhase
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -141,6 +156,20 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 
 // Close lets go of the VMs without stopping them; the next start adopts
 // them.
+// shutdown does what --on-shutdown says to the node's sandboxes, bounded by
+// their grace period plus a minute.
+func (n *node) shutdown(ctx context.Context, o *nodeOptions) {
+	if o.onShutdown == hecatoncheir.ShutdownKeep {
+		n.log.Info("sandboxes keep running and are adopted at the next start")
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownGrace+time.Minute)
+	defer cancel()
+	if err := n.agent.Shutdown(sctx, o.onShutdown, o.shutdownGrace); err != nil {
+		n.log.Error("shut down sandboxes", "mode", o.onShutdown, "err", err)
+	}
+}
+
 func (n *node) Close() {
 	for _, rt := range n.runtimes {
 		if c, ok := rt.(tartarus.RuntimeCloser); ok {

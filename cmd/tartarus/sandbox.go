@@ -16,7 +16,8 @@ import (
 
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
-	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxTerminationCmd(o))
+	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxTerminationCmd(o),
+		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
@@ -114,8 +115,9 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 
 func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 	var all bool
+	var metadata []string
 	cmd := &cobra.Command{
-		Use: "ls", Aliases: []string{"list"}, Short: "List sandboxes (live ones unless --all)", Args: cobra.NoArgs,
+		Use: "ls", Aliases: []string{"list"}, Short: "List sandboxes (live ones unless --all; --metadata k=v filters)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			asJSON, err := o.json()
 			if err != nil {
@@ -125,7 +127,16 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, err := c.ListSandboxes(cmd.Context())
+			match, err := parseKV("metadata", metadata)
+			if err != nil {
+				return err
+			}
+			var list []*tartarus.Sandbox
+			if len(match) > 0 {
+				list, err = c.ListSandboxesWithMetadata(cmd.Context(), match)
+			} else {
+				list, err = c.ListSandboxes(cmd.Context())
+			}
 			if err != nil {
 				return err
 			}
@@ -163,6 +174,7 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "include terminated and failed sandboxes")
+	cmd.Flags().StringArrayVar(&metadata, "metadata", nil, "only sandboxes whose metadata has KEY=VALUE (repeatable)")
 	o.addOutputFlag(cmd)
 	return cmd
 }

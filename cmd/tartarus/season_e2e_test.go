@@ -73,7 +73,7 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	defer st.Close()
 	// The agent lives on real time; Persephone's clock walks the trace.
 	n, err := openNode(ctx, &nodeOptions{node: "node-1", runtimes: []string{"microvm"}, accel: "tcg",
-		createFromSnapshot: true, maxConcurrentWakes: 1}, dir, st, nil, clock.System{}, log)
+		createFromSnapshot: true, maxConcurrentWakes: 1}, dir, st, nil, clock.System{}, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

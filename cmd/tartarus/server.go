@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
@@ -171,6 +172,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		be         olympus.Backend
 		run        func(context.Context) error
 		prewarm    func(context.Context)
+		sampler    *hecatoncheir.Sampler
+		metrics    olympus.MetricsSource
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
 		agent      *hecatoncheir.Agent
@@ -188,13 +191,16 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
 	} else {
-		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log)
+		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log, auditPhases(auth.Audit, clk))
 		if err != nil {
 			return err
 		}
 		defer n.Close()
+		defer n.shutdown(ctx, &o.nodeOptions)
 		be, run, agent = n.agent, n.agent.Run, n.agent
 		collectors = append(collectors, n.agent.Terminations().Collector())
+		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
+		metrics = sampler
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
@@ -206,7 +212,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	collectors = append(collectors, season.collector)
 	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Log: log})
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log})
 	if err != nil {
 		return err
 	}
@@ -234,6 +240,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}()
 	if prewarm != nil {
 		go prewarm(loopCtx)
+	}
+	if sampler != nil {
+		go sampler.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -270,7 +279,7 @@ func serveUntil(ctx context.Context, srv *http.Server, serveErr <-chan error, ti
 	select {
 	case err = <-serveErr:
 	case <-ctx.Done():
-		log.Info("shutting down; sandboxes keep running and are adopted at the next start")
+		log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		err = srv.Shutdown(sctx)
 		cancel()
@@ -296,4 +305,25 @@ func cliName() string {
 		}
 	}
 	return self
+}
+
+// auditPhases writes each termination phase to the audit log, as the
+// system's own action on the sandbox (nil without an audit log).
+func auditPhases(audit func(context.Context, *cerberus.AuditEntry) error, clk clock.Clock) func(context.Context, *tartarus.TerminationStatus) {
+	if audit == nil {
+		return nil
+	}
+	return func(ctx context.Context, st *tartarus.TerminationStatus) {
+		result := cerberus.AuditResultSuccess
+		if st.Phase == tartarus.PhaseFailed {
+			result = cerberus.AuditResultError
+		}
+		_ = audit(ctx, &cerberus.AuditEntry{
+			Timestamp: clk.Now(), Action: cerberus.Action("terminate"),
+			Identity: &cerberus.Identity{Type: cerberus.IdentityTypeService, ID: "thanatos", TenantID: st.Tenant},
+			Resource: cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: st.SandboxID, TenantID: st.Tenant},
+			Result:   result, Reason: "termination " + string(st.Phase) + " (" + string(st.Reason) + ")",
+			ErrorMessage: st.ErrorMessage,
+		})
+	}
 }

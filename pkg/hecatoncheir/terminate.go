@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -348,4 +349,47 @@ func (a *Agent) createFromCheckpoint(ctx context.Context, tenant string, req *ta
 		_, err := sr.checkpoints.Restore(ctx, snapID, cfg)
 		return err
 	}, "how", "checkpoint "+ck.ID)
+}
+
+// Shutdown modes: what a node does with its sandboxes when its process is
+// asked to stop (SIGTERM).
+const (
+	ShutdownKeep      = "keep"      // leave them running; the next start adopts them
+	ShutdownTerminate = "terminate" // end them (reason system_shutdown)
+	ShutdownHibernate = "hibernate" // hibernate the running ones; end the rest
+)
+
+// Shutdown ends or hibernates every live sandbox of this node as mode says
+// (ShutdownKeep does nothing), each termination with grace; it returns when
+// all are done or ctx ends.
+func (a *Agent) Shutdown(ctx context.Context, mode string, grace time.Duration) error {
+	if mode == ShutdownKeep || mode == "" {
+		return nil
+	}
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
+	if err != nil {
+		return err
+	}
+	a.log.Info("shutting down the node's sandboxes", "mode", mode, "sandboxes", len(live), "grace", grace)
+	var wg sync.WaitGroup
+	errs := make([]error, len(live))
+	for i, sb := range live {
+		wg.Go(func() {
+			if mode == ShutdownHibernate && sb.State == tartarus.StateRunning {
+				if _, err := a.Hibernate(ctx, sb.ID); err == nil {
+					return
+				}
+			}
+			if sb.State == tartarus.StateHibernated && mode == ShutdownHibernate {
+				return
+			}
+			if _, err := a.Terminate(ctx, sb.ID, &tartarus.ShutdownOptions{Reason: tartarus.ReasonSystemShutdown, GracePeriod: grace}); err != nil {
+				errs[i] = err
+				return
+			}
+			_, errs[i] = a.term.Wait(ctx, sb.ID)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -87,6 +87,9 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if list, _ := strconv.ParseBool(r.URL.Query().Get("list")); list {
+		if s.listDepth(w, r, sb, p) {
+			return
+		}
 		files, err := s.be.ListFiles(r.Context(), sb.ID, p)
 		if err != nil {
 			s.writeError(w, r, err)

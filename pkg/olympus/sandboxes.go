@@ -91,13 +91,21 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	if st := r.URL.Query().Get("state"); st != "" {
 		f.States = []tartarus.State{tartarus.State(st)}
 	}
-	list, err := s.be.List(r.Context(), f)
+	match, err := matchMetadata(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if list == nil {
-		list = []*tartarus.Sandbox{}
+	all, err := s.be.List(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	list := []*tartarus.Sandbox{}
+	for _, sb := range all {
+		if match(sb) {
+			list = append(list, sb)
+		}
 	}
 	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: list})
 }

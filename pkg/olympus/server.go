@@ -83,7 +83,9 @@ type Config struct {
 	// Collectors are extra Prometheus collectors (for example Cerberus's
 	// counters) served on /metrics.
 	Collectors []prometheus.Collector
-	Log        *slog.Logger
+	// Metrics serves GET /v1/sandboxes/{id}/metrics; nil answers 501.
+	Metrics MetricsSource
+	Log     *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -144,6 +146,7 @@ func New(cfg Config) (*Server, error) {
 	v1("GET /v1/templates", s.listTemplates)
 	v1("GET /v1/nodes", s.listNodes)
 	v1("DELETE /v1/nodes/{name}", s.forgetNode)
+	s.interactiveRoutes(v1)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err

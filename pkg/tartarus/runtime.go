@@ -195,6 +195,11 @@ type FileInfo struct {
 	Mode    os.FileMode `json:"mode"`
 	ModTime time.Time   `json:"mod_time"`
 	IsDir   bool        `json:"is_dir"`
+	// Path is the entry's absolute path (set by guests that list below
+	// the first level, stat and move).
+	Path string `json:"path,omitempty"`
+	// SymlinkTarget is where a symbolic link points.
+	SymlinkTarget string `json:"symlink_target,omitempty"`
 }
 
 // Stats is a sandbox's resource use as its guest reports it.
@@ -205,4 +210,8 @@ type Stats struct {
 	// Processes counts the sandbox's own processes, not the guest agent.
 	Processes      int       `json:"processes"`
 	LastActivityAt time.Time `json:"last_activity_at"`
+	// DiskUsedMB and DiskTotalMB describe the guest's root file system
+	// (zero from guests that do not report it).
+	DiskUsedMB  int `json:"disk_used_mb,omitempty"`
+	DiskTotalMB int `json:"disk_total_mb,omitempty"`
 }

@@ -74,6 +74,9 @@ type Config struct {
 	// Clock is the time source for idle times and timestamps; nil means
 	// clock.System{}.
 	Clock clock.Clock
+	// Networks, when set, gives sandboxes a NIC on a TAP device in their
+	// own network namespace (see network.go); nil means only lo.
+	Networks Networks
 }
 
 // Validate reports every problem with the configuration at once.

@@ -214,6 +214,10 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"console=ttyS0", fmt.Sprintf("tsc_early_khz=%d", d.tscKHz), "reboot=k", "panic=-1", "quiet",
 		"tartarus.root=/dev/vda", "tartarus.rootfstype=ext4", "tartarus.hostname=" + c.ID,
 	}
+	netArgs, netKernelArg, _ := d.netArgs(c.ID)
+	if netKernelArg != "" {
+		cmdline = append(cmdline, netKernelArg)
+	}
 	cmdline = append(cmdline, d.cfg.KernelArgs...)
 	args := []string{
 		"-name", qemuName(c.ID),
@@ -235,6 +239,7 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-qmp", "unix:" + v.path("qmp.sock") + ",server=on,wait=off",
 		"-pidfile", v.path("qemu.pid"),
 	}
+	args = append(args, netArgs...)
 	if accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
@@ -289,7 +294,8 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 	cmd.ExtraFiles = files
 	// Its own session: QEMU outlives this process and its terminal.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
+	_, _, nsPath := d.netArgs(v.conf.ID)
+	err = startIn(nsPath, cmd)
 	logf.Close()
 	if err != nil {
 		return fmt.Errorf("start qemu: %w", err)

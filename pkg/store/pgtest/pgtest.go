@@ -1,4 +1,7 @@
-package storetest
+// Package pgtest starts throwaway PostgreSQL servers for tests (Debian's postgresql
+// package), so every package that keeps state in Postgres can test against a
+// real one without importing the store.
+package pgtest
 
 import (
 	"context"
