@@ -21,6 +21,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
 	"github.com/tartarus-sandbox/tartarus/pkg/persephone/persephonesrv"
@@ -73,7 +74,7 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	defer st.Close()
 	// The agent lives on real time; Persephone's clock walks the trace.
 	n, err := openNode(ctx, &nodeOptions{node: "node-1", runtimes: []string{"microvm"}, accel: "tcg",
-		createFromSnapshot: true, maxConcurrentWakes: 1}, dir, st, nil, clock.System{}, log, nil)
+		createFromSnapshot: true, maxConcurrentWakes: 1, onShutdown: hecatoncheir.ShutdownKeep}, dir, st, nil, clock.System{}, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,10 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	// mean is below the size; one size up at most.
 	var fixed result
 	size := int(math.Ceil(fcast.meanReady))
-	for try := 0; try < 2; try, size = try+1, size+1 {
+	for try := 0; try < 2; try++ {
+		if try > 0 {
+			size++
+		}
 		if err := n.agent.SetPoolTargets(ctx, map[string]int{"base": size}); err != nil {
 			t.Fatal(err)
 		}
