@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +46,7 @@ func serverDataDir() string {
 type serverOptions struct {
 	nodeOptions
 	cluster                   clusterOptions
+	seasons                   seasonOptions
 	listen, dataDir, logLevel string
 	database                  string
 	maxUploadMB               int64
@@ -100,6 +102,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
 	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
+	addSeasonFlags(f, &o.seasons)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -187,6 +190,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		metrics    olympus.MetricsSource
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
+		agent      *hecatoncheir.Agent
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -212,7 +216,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		if err := enableHeat(life, n.agent, st, &o.heat); err != nil {
 			return err
 		}
-		be, run = n.agent, n.agent.Run
+		be, run, agent = n.agent, n.agent.Run, n.agent
 		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
 		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
@@ -222,7 +226,12 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 	}
 
-	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
+	season, err := openSeasons(life, &o.seasons, st, be, agent, clk, log)
+	if err != nil {
+		return err
+	}
+	collectors = append(collectors, season.collector)
+	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
 		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log,
 		SandboxDomain: o.sandboxDomain})
 	if err != nil {
@@ -243,7 +252,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
-	go func() { _ = run(loopCtx); close(loopDone) }()
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = season.svc.Run(loopCtx) })
+		_ = run(loopCtx)
+		wg.Wait()
+		close(loopDone)
+	}()
 	if prewarm != nil {
 		go prewarm(loopCtx)
 	}

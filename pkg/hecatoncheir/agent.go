@@ -143,6 +143,8 @@ type Agent struct {
 	snaps map[string]*snapRuntime // by runtime name: those that snapshot
 	pools *warmPools
 
+	creates createCounts // by template and how, for cold-create metrics
+
 	term *thanatos.Manager // every ending goes through it
 	heat *heatState        // heat classes and admission queues; nil when off
 	work workCounter       // exec and file calls under way, per sandbox
@@ -226,7 +228,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, sr := range a.snaps {
 		wg.Go(func() { _ = sr.hyp.Run(ctx) })
 	}
-	if a.pools.size > 0 {
+	// The filler also runs without a fixed pool size: Persephone may set
+	// targets later (SetPoolTargets).
+	if len(a.snaps) > 0 {
 		wg.Go(func() {
 			for {
 				select {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
+	"sync"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -64,7 +66,7 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	}
 	cfg := a.vmConfig(sb, img)
 	how := "warm pool"
-	return a.createWith(ctx, sb, func() error {
+	out, err := a.createWith(ctx, sb, func() error {
 		if claimed {
 			return nil
 		}
@@ -72,6 +74,45 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		how, err = a.restoreOrBoot(ctx, rt, cfg)
 		return err
 	}, "how", &how)
+	if err != nil {
+		how = "failed"
+	}
+	a.creates.add(sb.Template, how)
+	return out, err
+}
+
+// createCounts counts the creates of each template by how they were
+// served: "warm pool" (claimed, no cold start), "restored", "booted" or
+// "failed".
+type createCounts struct {
+	mu sync.Mutex
+	n  map[string]map[string]int
+}
+
+func (c *createCounts) add(template, how string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]map[string]int{}
+	}
+	if c.n[template] == nil {
+		c.n[template] = map[string]int{}
+	}
+	c.n[template][how]++
+}
+
+// CreateCounts returns, per template, how many creates since the agent
+// started were served from a warm pool ("warm pool"), by restoring the
+// template's snapshot ("restored"), by booting ("booted"), or failed
+// ("failed"). A create that found no warm sandbox is a cold create.
+func (a *Agent) CreateCounts() map[string]map[string]int {
+	a.creates.mu.Lock()
+	defer a.creates.mu.Unlock()
+	out := make(map[string]map[string]int, len(a.creates.n))
+	for tpl, m := range a.creates.n {
+		out[tpl] = maps.Clone(m)
+	}
+	return out
 }
 
 // checkCreate normalizes req and checks that this node can create it: the

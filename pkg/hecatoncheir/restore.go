@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -33,17 +34,45 @@ type poolKey struct {
 
 // warmPools holds the already-restored sandboxes, by key.
 type warmPools struct {
-	mu      sync.Mutex
-	size    int
-	ready   map[poolKey][]string
-	wanted  map[poolKey]bool
-	filling map[poolKey]bool
-	kick    chan struct{}
+	mu    sync.Mutex
+	size  int // every pool's size, until targets are set
+	ready map[poolKey][]string
+	// targeted is set once SetPoolTargets was called: from then on each
+	// template's pool holds targets[template] (0 when absent) instead of
+	// size.
+	targeted bool
+	targets  map[string]int
+	wanted   map[poolKey]bool
+	filling  map[poolKey]bool
+	kick     chan struct{}
 }
 
 func newWarmPools(size int) *warmPools {
 	return &warmPools{size: size, ready: map[poolKey][]string{}, wanted: map[poolKey]bool{},
-		filling: map[poolKey]bool{}, kick: make(chan struct{}, 1)}
+		targets: map[string]int{}, filling: map[poolKey]bool{}, kick: make(chan struct{}, 1)}
+}
+
+// enabled says whether pools are kept at all (a fixed size or targets).
+func (p *warmPools) enabled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.size > 0 || p.targeted
+}
+
+// sizeOf is the size pool k should have; p.mu is held.
+func (p *warmPools) sizeOf(k poolKey) int {
+	if p.targeted {
+		return p.targets[k.template]
+	}
+	return p.size
+}
+
+// wake runs the filler soon.
+func (p *warmPools) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
 }
 
 // maxPoolKeys bounds how many template shapes get a pool.
@@ -51,18 +80,16 @@ const maxPoolKeys = 8
 
 // want asks for a pool of key and wakes the filler.
 func (p *warmPools) want(k poolKey) {
-	if p.size <= 0 {
+	p.mu.Lock()
+	if p.size <= 0 && !p.targeted {
+		p.mu.Unlock()
 		return
 	}
-	p.mu.Lock()
 	if !p.wanted[k] && len(p.wanted) < maxPoolKeys {
 		p.wanted[k] = true
 	}
 	p.mu.Unlock()
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
+	p.wake()
 }
 
 // claim takes one pooled sandbox id of key, or "".
@@ -273,7 +300,7 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 // sandboxes that vanished each time it runs.
 func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, img *tartarus.Image, memoryMB, cpus int, want string) string {
 	sr, ok := a.snaps[rt.Name()]
-	if !ok || !a.cfg.CreateFromSnapshot || a.pools.size <= 0 {
+	if !ok || !a.cfg.CreateFromSnapshot || !a.pools.enabled() {
 		return ""
 	}
 	k := poolKey{rt.Name(), img.Name, img.Digest, memoryMB, cpus}
@@ -339,8 +366,9 @@ func (a *Agent) instance(ctx context.Context, rt tartarus.Runtime, id string) *t
 	return nil
 }
 
-// FillWarmPools tops up every wanted warm pool to PrewarmPoolSize, as far
-// as the node's capacity allows. Run calls it in the background; tests
+// FillWarmPools tops up every wanted warm pool to its size (its template's
+// target once SetPoolTargets was called, else PrewarmPoolSize), as far as
+// the node's capacity allows, and destroys what a pool holds beyond it. Run calls it in the background; tests
 // call it directly.
 func (a *Agent) FillWarmPools(ctx context.Context) {
 	a.pruneWarm(ctx)
@@ -377,9 +405,25 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 	}
 	for ctx.Err() == nil {
 		a.pools.mu.Lock()
-		n := len(a.pools.ready[k])
+		n, size := len(a.pools.ready[k]), a.pools.sizeOf(k)
+		var excess []string
+		if n > size {
+			// The newest go first: the oldest have run their warm-up
+			// longest.
+			excess = slices.Clone(a.pools.ready[k][size:])
+			a.pools.ready[k] = a.pools.ready[k][:size]
+		}
 		a.pools.mu.Unlock()
-		if n >= a.pools.size {
+		if len(excess) > 0 {
+			for _, id := range excess {
+				if err := sr.rt.Destroy(context.WithoutCancel(ctx), id); err != nil {
+					a.log.Warn("destroy a warm-pool sandbox beyond the target", "sandbox", id, "err", err)
+				}
+			}
+			a.log.Info("warm pool shrunk", "template", k.template, "from", n, "to", size)
+			return
+		}
+		if n >= size {
 			return
 		}
 		if err := a.checkCapacity(ctx, sr.rt, k.memoryMB, k.cpus); err != nil {
@@ -449,4 +493,77 @@ func (a *Agent) Prewarm(ctx context.Context) {
 			a.pools.want(poolKey{sr.rt.Name(), img.Name, img.Digest, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
 		}
 	}
+}
+
+// SetPoolTargets sets each template's warm-pool size, replacing the fixed
+// PrewarmPoolSize from now on: a template not in targets keeps no pool.
+// Pools of templates with a target are kept at the default shape on every
+// runtime that can restore (besides the shapes creates asked for); the
+// filler grows them and destroys what is beyond the target. Persephone's
+// server loop calls it every few minutes. Bad targets are refused whole.
+func (a *Agent) SetPoolTargets(ctx context.Context, targets map[string]int) error {
+	for tpl, n := range targets {
+		if n < 0 || n > maxPoolTarget {
+			return tartarus.Errorf(tartarus.ErrInvalid, "warm pool target of %s: %d is outside 0..%d", tpl, n, maxPoolTarget)
+		}
+	}
+	var keys []poolKey
+	if a.cfg.CreateFromSnapshot {
+		for tpl, n := range targets {
+			if n == 0 {
+				continue
+			}
+			img, err := a.cfg.Images.Get(ctx, tpl)
+			if err != nil {
+				a.log.Warn("warm pool target for a template this node lacks", "template", tpl, "err", err)
+				continue
+			}
+			for _, sr := range a.snaps {
+				keys = append(keys, poolKey{sr.rt.Name(), img.Name, img.Digest, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
+			}
+		}
+	}
+	a.pools.mu.Lock()
+	a.pools.targeted = true
+	a.pools.targets = maps.Clone(targets)
+	// Pools without a target and without sandboxes free their slot.
+	for k := range a.pools.wanted {
+		if a.pools.targets[k.template] == 0 && len(a.pools.ready[k]) == 0 {
+			delete(a.pools.wanted, k)
+		}
+	}
+	for _, k := range keys {
+		if !a.pools.wanted[k] && len(a.pools.wanted) < maxPoolKeys {
+			a.pools.wanted[k] = true
+		}
+	}
+	a.pools.mu.Unlock()
+	a.pools.wake()
+	return nil
+}
+
+// maxPoolTarget bounds one template's warm-pool target.
+const maxPoolTarget = 10000
+
+// PoolTargets returns the targets set by SetPoolTargets, or nil while the
+// pools keep the fixed PrewarmPoolSize.
+func (a *Agent) PoolTargets() map[string]int {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	if !a.pools.targeted {
+		return nil
+	}
+	return maps.Clone(a.pools.targets)
+}
+
+// TemplatePoolSizes sums the ready sandboxes of each template's pools
+// (every runtime and shape): what Persephone sizes.
+func (a *Agent) TemplatePoolSizes() map[string]int {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	out := map[string]int{}
+	for k, ids := range a.pools.ready {
+		out[k.template] += len(ids)
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
 	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
@@ -70,15 +71,15 @@ func numbered(q string) string {
 	return b.String()
 }
 
-// openSQL opens db in d and brings its schema up to date.
 // componentSchema are the tables of the components that keep their state
 // in the store's database, run after each dialect's own migrations, in
 // this order: Thanatos's terminations and checkpoints; Phlegethon's
 // admission queue, pools and observations, then the sandboxes' heat
-// column (JSON of tartarus.SandboxHeat; ” when none). Append only.
+// column (JSON of tartarus.SandboxHeat; empty when none); Persephone's usage
+// history and seasons. Append only.
 func componentSchema() []string {
 	return slices.Concat(thanatos.Schema, phlegethon.Schema,
-		[]string{`ALTER TABLE sandboxes ADD COLUMN heat TEXT NOT NULL DEFAULT ''`})
+		[]string{`ALTER TABLE sandboxes ADD COLUMN heat TEXT NOT NULL DEFAULT ''`}, persephone.Schema)
 }
 
 // laterMigrations come after the component schema in both dialects (it
@@ -128,6 +129,61 @@ func (s *SQL) Terminations() thanatos.Journal {
 	return j
 }
 
+// UsageKeeper is the optional side interface of a Store that keeps
+// Persephone's per-minute usage history and seasons in its own database
+// (SQLite and Postgres do), so that every replica records into and
+// forecasts from one history.
+type UsageKeeper interface {
+	Usage() *persephone.SQLStore
+	// Launches counts the sandboxes created in [from, to), by template.
+	Launches(ctx context.Context, from, to time.Time) (map[string]LaunchCount, error)
+}
+
+// LaunchCount is how many sandboxes of a template were created in a span,
+// and how many of those failed.
+type LaunchCount struct {
+	Launches, Failed int
+}
+
+var _ UsageKeeper = (*SQL)(nil)
+
+// Usage implements UsageKeeper: the store is both Persephone's UsageStore
+// and its SeasonStore.
+func (s *SQL) Usage() *persephone.SQLStore {
+	d := persephone.SQLite
+	if s.d.numbered {
+		d = persephone.Postgres
+	}
+	return persephone.NewSQLStore(s.db, d)
+}
+
+// Launches implements UsageKeeper. Every replica's creates are in the
+// table, so in a cluster any replica counts them all.
+func (s *SQL) Launches(ctx context.Context, from, to time.Time) (map[string]LaunchCount, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT template, state, COUNT(*) FROM sandboxes
+		WHERE created_at >= ? AND created_at < ? GROUP BY template, state`), nanos(from), nanos(to))
+	if err != nil {
+		return nil, fmt.Errorf("count launches: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]LaunchCount{}
+	for rows.Next() {
+		var tpl, state string
+		var n int
+		if err := rows.Scan(&tpl, &state, &n); err != nil {
+			return nil, fmt.Errorf("count launches: %w", err)
+		}
+		c := out[tpl]
+		c.Launches += n
+		if tartarus.State(state) == tartarus.StateFailed {
+			c.Failed += n
+		}
+		out[tpl] = c
+	}
+	return out, rows.Err()
+}
+
+// openSQL opens db in d and brings its schema up to date.
 func openSQL(ctx context.Context, db *sql.DB, d *dialect) (*SQL, error) {
 	s := &SQL{db: db, d: d}
 	if err := s.migrate(ctx); err != nil {
