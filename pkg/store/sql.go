@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
@@ -48,25 +48,9 @@ type dialect struct {
 // q returns query, written with ? placeholders, in the dialect's own.
 func (d *dialect) q(query string) string {
 	if d.numbered {
-		return numbered(query)
+		return sqldialect.Numbered(query)
 	}
 	return query
-}
-
-// numbered rewrites the ? placeholders of q as PostgreSQL's $1, $2, …
-// (the queries it is used on have no ? inside literals).
-func numbered(q string) string {
-	var b strings.Builder
-	n := 0
-	for _, r := range q {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 // openSQL opens db in d and brings its schema up to date.
