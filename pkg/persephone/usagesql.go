@@ -46,12 +46,7 @@ var schema = []string{
 // Migrate creates Persephone's tables (persephone_usage, persephone_seasons)
 // when they are missing; it is safe to run on every start.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect) error {
-	for _, s := range schema {
-		if _, err := db.ExecContext(ctx, s); err != nil {
-			return fmt.Errorf("persephone migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "persephone", schema)
 }
 
 // SQLStore is a UsageStore over a *sql.DB (SQLite or Postgres) migrated

@@ -48,12 +48,7 @@ var migrations = []string{
 // It is idempotent; the store's migrations should call it (under their lock
 // on Postgres).
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range migrations {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("phlegethon migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "phlegethon", migrations)
 }
 
 // SQLJournal is a Journal, a PoolStore and an ObservationStore in a SQL

@@ -105,3 +105,15 @@ func ScanJSON[T any](rows *sql.Rows, what string) ([]T, error) {
 	}
 	return out, nil
 }
+
+// Migrate runs schema's statements in order; each must be idempotent
+// (CREATE … IF NOT EXISTS), so that it is safe on every start. who names
+// the component in the error.
+func Migrate(ctx context.Context, db *sql.DB, who string, schema []string) error {
+	for _, q := range schema {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s migrate: %w", who, err)
+		}
+	}
+	return nil
+}

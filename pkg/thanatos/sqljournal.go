@@ -49,12 +49,7 @@ var Schema = []string{
 // Migrate creates the terminations and checkpoints tables if they are
 // missing. It is idempotent.
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range Schema {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("thanatos migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "thanatos", Schema)
 }
 
 // SQLJournal is a Journal in a SQL database (SQLite or Postgres). Each
