@@ -2,13 +2,14 @@
 # Installs, from Debian's packages, what Tartarus needs on a fresh Debian or
 # Ubuntu machine. Safe to run again: it installs only what is missing.
 #
-#   scripts/deps.sh          what `make run` needs (QEMU, image tools)
+#   scripts/deps.sh          what `make run` needs (QEMU, image tools, iproute2
+#                            and nftables for sandbox networks)
 #   scripts/deps.sh --test   also what the test suite starts (Redis, dockerd,
 #                            containerd, runc, HAProxy and wrk for benchmarks,
 #                            PostgreSQL for the Postgres store tests)
 set -euo pipefail
 
-pkgs=(qemu-system-x86 qemu-utils busybox-static debootstrap e2fsprogs zstd cpio xz-utils ca-certificates procps)
+pkgs=(qemu-system-x86 qemu-utils busybox-static debootstrap e2fsprogs zstd cpio xz-utils ca-certificates procps iproute2 nftables)
 if [ "${1:-}" = "--test" ]; then
 	pkgs+=(redis-server docker.io containerd runc haproxy wrk postgresql)
 fi

@@ -29,6 +29,8 @@ type bootConfig struct {
 	RootFlags string // file-system specific mount options
 	Hostname  string
 	Debug     bool
+	Net       *netConfig // nil: the sandbox has no network (only lo)
+	NetErr    error      // a tartarus.net value that did not parse
 }
 
 // parseCmdline reads the tartarus.* parameters of a kernel command line.
@@ -53,6 +55,12 @@ func parseCmdline(s string) bootConfig {
 			}
 		case "tartarus.debug":
 			c.Debug = v == "" || v == "1" || v == "true"
+		case "tartarus.net":
+			if n, err := parseNet(v); err != nil {
+				c.NetErr = err
+			} else {
+				c.Net = &n
+			}
 		}
 	}
 	return c
@@ -103,6 +111,7 @@ func runInit() {
 		SetHostname: true,
 		Reaper:      reaper,
 		BootError:   b.errText(),
+		OnSync:      cfg.Net.check,
 	})
 	log.Info("boot done", "ms", ms(time.Since(started)), "steps", b.steps.String(),
 		"kernel_uptime_s", fmt.Sprintf("%.3f", uptime().Seconds()), "hostname", cfg.Hostname, "error", b.errText())
@@ -193,6 +202,14 @@ func (b *booter) run(level *slog.LevelVar) (bootConfig, *os.Root) {
 	}
 	if err := loopbackUp(); err != nil {
 		b.log.Warn("loopback not up", "err", err) // optional
+	}
+	if cfg.NetErr != nil {
+		b.fail(cfg.NetErr)
+	}
+	if cfg.Net != nil {
+		if err := cfg.Net.apply(); err != nil {
+			b.fail(err)
+		}
 	}
 	b.step("net")
 	return cfg, initramfs

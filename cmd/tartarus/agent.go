@@ -247,11 +247,12 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 	}
 	defer sql.Close()
 	st, changes := link.Watch(sql)
-	n, err := openNode(life, &o.nodeOptions, o.dataDir, st, snaps, clk, log)
+	n, err := openNode(life, &o.nodeOptions, o.dataDir, st, snaps, clk, log, nil)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
+	defer n.shutdown(ctx, &o.nodeOptions)
 	agent := n.agent
 
 	l, err := link.New(link.Config{Agent: agent, Changes: changes, Servers: o.servers, TLS: setup.client,

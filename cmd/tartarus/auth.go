@@ -58,6 +58,9 @@ type authSetup struct {
 	TLS   *tls.Config
 	Close func() error
 
+	// Audit writes an entry to the audit log (nil when auth is off).
+	Audit func(ctx context.Context, e *cerberus.AuditEntry) error
+
 	// Metrics are Cerberus's counters, for the server's /metrics registry
 	// (nil when auth is off).
 	Metrics prometheus.Collector
@@ -209,7 +212,7 @@ func (o *authOptions) setup(ctx context.Context, dataDir string, log *slog.Logge
 	done := make(chan struct{})
 	go func() { policy.Run(pollCtx, o.policyPoll); close(done) }()
 	return &authSetup{
-		Guard: cb.Guard(), Routes: cb.Routes(), TLS: tlsConf, Metrics: metrics, AdminKeyFile: adminFile,
+		Guard: cb.Guard(), Routes: cb.Routes(), TLS: tlsConf, Metrics: metrics, AdminKeyFile: adminFile, Audit: cb.RecordAccess,
 		Close: func() error { stop(); <-done; return errors.Join(audit.Close(), keys.Close()) },
 	}, nil
 }

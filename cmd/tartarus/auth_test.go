@@ -17,7 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 )
 
 // authServer runs setup() with flags, mounted the way the API server mounts
@@ -274,7 +274,7 @@ func TestAuditTailFollow(t *testing.T) {
 // revocations reach both, and `apikey --database` changes the shared keys
 // without a server.
 func TestAuthSetupSharedDatabase(t *testing.T) {
-	dsn := storetest.CreateDatabase(t, storetest.StartPostgres(t), "auth")
+	dsn := pgtest.CreateDatabase(t, pgtest.StartPostgres(t), "auth")
 	type replica struct {
 		dir   string
 		logs  *lockedLog

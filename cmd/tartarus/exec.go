@@ -1,31 +1,60 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/client/terminal"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 func newExecCmd(o *clientOptions) *cobra.Command {
 	var (
-		env     []string
-		cwd     string
-		timeout int
-		noStdin bool
+		env      []string
+		cwd      string
+		timeout  int
+		noStdin  bool
+		tty      bool
+		interact bool
 	)
 	cmd := &cobra.Command{
-		Use:   "exec ID -- CMD [ARG...]",
+		Use:   "exec [-it] ID -- CMD [ARG...]",
 		Short: "Run a command in a sandbox, streaming its output; exit with its exit code",
 		Long: `Run a command in a sandbox. Output streams as it is produced, and tartarus
 exits with the command's exit code. Standard input is sent to the command
-when it is not a terminal (up to 8 MiB; use "tartarus cp" for more).`,
-		Args: cobra.MinimumNArgs(2),
+when it is not a terminal (up to 8 MiB; use "tartarus cp" for more).
+
+With -t (usually -it), the command runs on a terminal in the sandbox, the
+local terminal goes to raw mode and its size follows the window's; without a
+command, a login shell.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if tty {
+				envMap, err := parseKV("env", env)
+				if err != nil {
+					return err
+				}
+				c, err := o.client()
+				if err != nil {
+					return err
+				}
+				code, err := runPTY(cmd.Context(), c, args[0], &terminal.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd}, os.Stdin, cmd.OutOrStdout())
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return exitError{code: code}
+				}
+				return nil
+			}
+			if len(args) < 2 {
+				return errors.New("exec: name a command after the sandbox id (or use -it for a shell)")
+			}
 			req := &api.ExecRequest{Cmd: args[1:], Cwd: cwd, TimeoutS: timeout}
 			var err error
 			if req.Env, err = parseKV("env", env); err != nil {
@@ -63,6 +92,8 @@ when it is not a terminal (up to 8 MiB; use "tartarus cp" for more).`,
 	f.StringVar(&cwd, "cwd", "", "working directory in the sandbox (default /)")
 	f.IntVar(&timeout, "timeout", 0, "kill the command after this many seconds (0: no limit)")
 	f.BoolVar(&noStdin, "no-stdin", false, "do not send standard input")
+	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal (with -i: interactive)")
+	f.BoolVarP(&interact, "interactive", "i", false, "send standard input (a terminal session always does)")
 	return cmd
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster/clustertest"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 )
 
 // TestQuotaAcrossReplicasEndToEnd: two `tartarus server` replicas with
@@ -30,7 +30,7 @@ func TestQuotaAcrossReplicasEndToEnd(t *testing.T) {
 	}
 	bin, cache := e2eBinary(t)
 	root := t.TempDir()
-	pg := storetest.StartPostgresServer(t)
+	pg := pgtest.StartPostgresServer(t)
 	redis := clustertest.StartRedis(t)
 	certs := filepath.Join(root, "certs")
 	if out, err := exec.Command(bin, "certs", "dev", "--dir", certs, "--host", "127.0.0.1", "--client", "agent:node-a").CombinedOutput(); err != nil {

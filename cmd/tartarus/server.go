@@ -12,15 +12,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -43,10 +46,20 @@ func serverDataDir() string {
 type serverOptions struct {
 	nodeOptions
 	cluster                   clusterOptions
+	seasons                   seasonOptions
 	listen, dataDir, logLevel string
 	database                  string
 	maxUploadMB               int64
 	shutdownTimeout           time.Duration
+	sandboxDomain             string
+	heat                      heatOptions
+}
+
+// heatOptions are the flags of heat classes (docs/heat.md).
+type heatOptions struct {
+	classes    string
+	enforceAll bool
+	queueWait  time.Duration
 }
 
 func newServerCmd() *cobra.Command {
@@ -82,9 +95,14 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.database, "database", "", "postgres://… to keep state in Postgres (default: SQLite in the data directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
+	f.StringVar(&o.sandboxDomain, "sandbox-domain", "", "route requests for PORT-SANDBOXID.DOMAIN to that port of that sandbox (point a wildcard DNS name at the server)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
+	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
+	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
+	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
+	addSeasonFlags(f, &o.seasons)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -168,8 +186,11 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		be         olympus.Backend
 		run        func(context.Context) error
 		prewarm    func(context.Context)
+		sampler    *hecatoncheir.Sampler
+		metrics    olympus.MetricsSource
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
+		agent      *hecatoncheir.Agent
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -184,20 +205,35 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
 	} else {
-		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log)
+		netMetrics := &collectorList{}
+		o.network.metrics = netMetrics
+		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log, auditPhases(auth.Audit, clk))
 		if err != nil {
 			return err
 		}
 		defer n.Close()
-		be, run = n.agent, n.agent.Run
-		collectors = append(collectors, n.agent.Terminations().Collector())
+		defer n.shutdown(ctx, &o.nodeOptions)
+		if err := enableHeat(life, n.agent, st, &o.heat); err != nil {
+			return err
+		}
+		be, run, agent = n.agent, n.agent.Run, n.agent
+		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
+		collectors = append(collectors, netMetrics.cs...)
+		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
+		metrics = sampler
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
 	}
 
-	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Log: log})
+	season, err := openSeasons(life, &o.seasons, st, be, agent, clk, log)
+	if err != nil {
+		return err
+	}
+	collectors = append(collectors, season.collector)
+	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log,
+		SandboxDomain: o.sandboxDomain})
 	if err != nil {
 		return err
 	}
@@ -216,9 +252,18 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
-	go func() { _ = run(loopCtx); close(loopDone) }()
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = season.svc.Run(loopCtx) })
+		_ = run(loopCtx)
+		wg.Wait()
+		close(loopDone)
+	}()
 	if prewarm != nil {
 		go prewarm(loopCtx)
+	}
+	if sampler != nil {
+		go sampler.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -247,6 +292,28 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	return err
 }
 
+// enableHeat turns on heat classes on the single node, keeping the queue,
+// pools and observations in the store's database.
+func enableHeat(ctx context.Context, a *hecatoncheir.Agent, st store.Store, o *heatOptions) error {
+	hc := hecatoncheir.HeatConfig{Router: phlegethon.Config{EnforceAll: o.enforceAll}}
+	if o.classes != "" {
+		cs, err := phlegethon.LoadClasses(o.classes)
+		if err != nil {
+			return fmt.Errorf("--heat-classes: %w", err)
+		}
+		hc.Router.Classes = cs
+	}
+	if o.queueWait < time.Second || o.queueWait > phlegethon.MaxQueueTimeout {
+		return fmt.Errorf("--queue-timeout %s: must be between 1s and %s", o.queueWait, phlegethon.MaxQueueTimeout)
+	}
+	hc.Queue.MaxTimeout = o.queueWait
+	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	if hk, ok := st.(store.HeatKeeper); ok {
+		hc.Store = hk.Heat()
+	}
+	return a.EnableHeat(ctx, hc)
+}
+
 // serveUntil waits until srv fails (serveErr) or ctx ends; then it shuts
 // srv down, giving the requests in flight up to timeout. VMs are not
 // stopped: the next start adopts them.
@@ -255,7 +322,7 @@ func serveUntil(ctx context.Context, srv *http.Server, serveErr <-chan error, ti
 	select {
 	case err = <-serveErr:
 	case <-ctx.Done():
-		log.Info("shutting down; sandboxes keep running and are adopted at the next start")
+		log.Info("shutting down")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		err = srv.Shutdown(sctx)
 		cancel()
@@ -281,4 +348,25 @@ func cliName() string {
 		}
 	}
 	return self
+}
+
+// auditPhases writes each termination phase to the audit log, as the
+// system's own action on the sandbox (nil without an audit log).
+func auditPhases(audit func(context.Context, *cerberus.AuditEntry) error, clk clock.Clock) func(context.Context, *tartarus.TerminationStatus) {
+	if audit == nil {
+		return nil
+	}
+	return func(ctx context.Context, st *tartarus.TerminationStatus) {
+		result := cerberus.AuditResultSuccess
+		if st.Phase == tartarus.PhaseFailed {
+			result = cerberus.AuditResultError
+		}
+		_ = audit(ctx, &cerberus.AuditEntry{
+			Timestamp: clk.Now(), Action: cerberus.Action("terminate"),
+			Identity: &cerberus.Identity{Type: cerberus.IdentityTypeService, ID: "thanatos", TenantID: st.Tenant},
+			Resource: cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: st.SandboxID, TenantID: st.Tenant},
+			Result:   result, Reason: "termination " + string(st.Phase) + " (" + string(st.Reason) + ")",
+			ErrorMessage: st.ErrorMessage,
+		})
+	}
 }

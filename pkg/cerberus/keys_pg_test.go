@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -26,11 +26,11 @@ type pgKeysEnv struct {
 }
 
 func newPGKeysEnv(t testing.TB) *pgKeysEnv {
-	return &pgKeysEnv{admin: storetest.StartPostgres(t)}
+	return &pgKeysEnv{admin: pgtest.StartPostgres(t)}
 }
 
 func (e *pgKeysEnv) database(t testing.TB) string {
-	return storetest.CreateDatabase(t, e.admin, fmt.Sprintf("keys%d", e.n.Add(1)))
+	return pgtest.CreateDatabase(t, e.admin, fmt.Sprintf("keys%d", e.n.Add(1)))
 }
 
 func openPGKeys(t testing.TB, dsn string, clk clock.Clock) *KeyStore {
@@ -225,7 +225,7 @@ func TestKeyStorePostgres(t *testing.T) {
 		ctx := context.Background()
 		clock := newFakeClock()
 		name := fmt.Sprintf("gone%d", env.n.Add(1))
-		dsn := storetest.CreateDatabase(t, env.admin, name)
+		dsn := pgtest.CreateDatabase(t, env.admin, name)
 		s := openPGKeys(t, dsn, clock)
 		_, secret, _ := s.Create(ctx, KeySpec{TenantID: "acme", Roles: []string{"viewer"}})
 		cred, _ := ParseAPIKey(string(secret))

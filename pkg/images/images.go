@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -331,6 +332,7 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 		"recipe":      recipeVersion + " " + r.version,
 		"kernel":      kpkg.String(),
 		"guest_agent": agentSum,
+		"modules":     strings.Join(guestModules, ","),
 		"packages":    strings.Join(r.packages, ","),
 	}
 	var basePkg aptPackage
@@ -365,7 +367,7 @@ func (c *Catalog) build(ctx context.Context, r recipe, agent, agentSum string, k
 	if err != nil {
 		return err
 	}
-	if k == nil {
+	if k == nil || !slices.Equal(k.Wanted, guestModules) {
 		if k, err = buildKernel(ctx, kdir, kpkg); err != nil {
 			return err
 		}

@@ -148,6 +148,9 @@ func TestResolveModules(t *testing.T) {
 		"jbd2":           {Path: "kernel/fs/jbd2/jbd2.ko"},
 		"mbcache":        {Path: "kernel/fs/mbcache.ko"},
 		"crc16":          {Path: "kernel/lib/crc16.ko"},
+		"failover":       {Path: "kernel/net/core/failover.ko"},
+		"net_failover":   {Path: "kernel/drivers/net/net_failover.ko", Depends: []string{"failover"}},
+		"virtio_net":     {Path: "kernel/drivers/net/virtio_net.ko", Depends: []string{"net_failover", "virtio", "virtio_ring"}},
 		"a":              {Path: "a.ko", Depends: []string{"b"}},
 		"b":              {Path: "b.ko", Depends: []string{"a"}},
 	}
@@ -166,7 +169,7 @@ func TestResolveModules(t *testing.T) {
 		wantErr string
 	}{
 		{"guest modules", guestModules, nil,
-			[]string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "crc32c_generic", "crc16", "jbd2", "mbcache", "ext4"}, ""},
+			[]string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "failover", "net_failover", "virtio_net", "crc32c_generic", "crc16", "jbd2", "mbcache", "ext4"}, ""},
 		{"built-in skipped", []string{"ext4"}, map[string]bool{"crc16": true, "jbd2": true},
 			[]string{"mbcache", "ext4"}, ""},
 		{"dashes are underscores", []string{"virtio-ring"}, nil, []string{"virtio_ring"}, ""},

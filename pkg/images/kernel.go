@@ -19,6 +19,9 @@ type kernelInfo struct {
 	Release string `json:"release"`
 	// Modules are the module file names under modules/, in load order.
 	Modules []string `json:"modules"`
+	// Wanted is the guestModules list the modules were resolved from; a
+	// cached kernel built for another list is built again.
+	Wanted []string `json:"wanted,omitempty"`
 
 	dir string
 }
@@ -87,7 +90,7 @@ func buildKernel(ctx context.Context, dir string, pkg aptPackage) (*kernelInfo, 
 	if err := extractVmlinux(ctx, vmlinuzs[0], filepath.Join(out, "vmlinux")); err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", pkg, err)
 	}
-	k := &kernelInfo{Package: pkg, Release: release, dir: out}
+	k := &kernelInfo{Package: pkg, Release: release, Wanted: guestModules, dir: out}
 	if err := copyModules(ctx, filepath.Join(root, "lib", "modules", release), k); err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", pkg, err)
 	}

@@ -16,8 +16,9 @@ import (
 // and the host: virtio over MMIO (microvm exposes its devices that way), the
 // block and console drivers, and ext4. crc32c_generic backs ext4's metadata
 // checksums (ext4 and jbd2 ask for "crypto-crc32c" through a soft
-// dependency, which no modprobe resolves inside our initramfs).
-var guestModules = []string{"virtio_mmio", "virtio_blk", "virtio_console", "crc32c_generic", "ext4"}
+// dependency, which no modprobe resolves inside our initramfs). virtio_net
+// is the sandbox's NIC (it brings net_failover and failover).
+var guestModules = []string{"virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "crc32c_generic", "ext4"}
 
 // moduleName turns a module path or file name into the kernel's module name:
 // kernel/drivers/char/virtio-rng.ko.xz → virtio_rng.

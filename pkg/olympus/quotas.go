@@ -267,16 +267,12 @@ func (s *Server) execSlot(sb *tartarus.Sandbox) (func(), error) {
 
 // getQuotas is GET /v1/quotas: the caller's tenant's limits and use.
 func (s *Server) getQuotas(w http.ResponseWriter, r *http.Request) {
-	who, err := s.authorizeTenant(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	q, _ := s.quotaOf(who.TenantID)
-	u, err := s.usage(r.Context(), who.TenantID, true)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, QuotaReport{Tenant: who.TenantID, Limits: q, Usage: u})
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionRead, backend, func(ctx context.Context, _ Backend, who *cerberus.Identity) (int, any, error) {
+		q, _ := s.quotaOf(who.TenantID)
+		u, err := s.usage(ctx, who.TenantID, true)
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusOK, QuotaReport{Tenant: who.TenantID, Limits: q, Usage: u}, nil
+	})
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -42,7 +42,7 @@ func BenchmarkQuotaCheck(b *testing.B) {
 			return st
 		}},
 		{"replica-postgres", func(b *testing.B) store.Store {
-			st, err := store.OpenPostgres(ctx, storetest.StartPostgres(b))
+			st, err := store.OpenPostgres(ctx, pgtest.StartPostgres(b))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -51,104 +51,80 @@ func (s *Server) sandboxFor(r *http.Request, action cerberus.Action) (*tartarus.
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionCreate, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	req, err := decodeCreate(http.MaxBytesReader(w, r.Body, MaxJSONBody))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if req.Runtime != "" {
-		if err := s.guard.Authorize(r.Context(), cerberus.ActionChooseRuntime, res); err != nil {
-			s.writeError(w, r, err)
-			return
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionCreate, backend, func(ctx context.Context, be Backend, who *cerberus.Identity) (int, any, error) {
+		req, err := decodeCreate(http.MaxBytesReader(w, r.Body, MaxJSONBody))
+		if err != nil {
+			return 0, nil, err
 		}
-	}
-	release, err := s.checkCreateQuota(r.Context(), who.TenantID, req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	defer release()
-	req.IdempotencyKey = r.Header.Get("Idempotency-Key")
-	sb, err := s.be.Create(r.Context(), who.TenantID, req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
-	writeJSON(w, http.StatusCreated, sb)
+		if req.Runtime != "" {
+			res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
+			if err := s.guard.Authorize(ctx, cerberus.ActionChooseRuntime, res); err != nil {
+				return 0, nil, err
+			}
+		}
+		release, err := s.checkCreateQuota(ctx, who.TenantID, req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer release()
+		req.IdempotencyKey = r.Header.Get("Idempotency-Key")
+		sb, err := be.Create(ctx, who.TenantID, req)
+		if err != nil {
+			return 0, nil, err
+		}
+		w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
+		if sb.State == tartarus.StateQueued {
+			// It waits for room in its heat's admission queue: GET follows it.
+			return http.StatusAccepted, sb, nil
+		}
+		return http.StatusCreated, sb, nil
+	})
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	f := tartarus.SandboxFilter{Tenant: who.TenantID}
-	if st := r.URL.Query().Get("state"); st != "" {
-		f.States = []tartarus.State{tartarus.State(st)}
-	}
-	list, err := s.be.List(r.Context(), f)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if list == nil {
-		list = []*tartarus.Sandbox{}
-	}
-	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: list})
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionRead, backend, func(ctx context.Context, be Backend, who *cerberus.Identity) (int, any, error) {
+		f := tartarus.SandboxFilter{Tenant: who.TenantID}
+		if st := r.URL.Query().Get("state"); st != "" {
+			f.States = []tartarus.State{tartarus.State(st)}
+		}
+		match, err := matchMetadata(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		all, err := be.List(ctx, f)
+		list := []*tartarus.Sandbox{}
+		for _, sb := range all {
+			if match(sb) {
+				list = append(list, sb)
+			}
+		}
+		return http.StatusOK, api.SandboxList{Sandboxes: list}, err
+	})
 }
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, sb)
+	serve(s, w, r, s.sandboxFor, cerberus.ActionRead, backend, func(_ context.Context, _ Backend, sb *tartarus.Sandbox) (int, any, error) {
+		return http.StatusOK, sb, nil
+	})
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionDelete)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
-		s.writeError(w, r, err)
-		return
-	} else if ok {
-		if opts.CreateCheckpoint {
-			res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: sb.ID, TenantID: sb.Tenant}
-			if err := s.guard.Authorize(r.Context(), cerberus.ActionSnapshot, res); err != nil {
-				s.writeError(w, r, err)
-				return
+	serve(s, w, r, s.sandboxFor, cerberus.ActionDelete, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+		if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
+			return 0, nil, err
+		} else if ok {
+			if opts.CreateCheckpoint {
+				res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, ID: sb.ID, TenantID: sb.Tenant}
+				if err := s.guard.Authorize(ctx, cerberus.ActionSnapshot, res); err != nil {
+					return 0, nil, err
+				}
 			}
+			s.terminate(w, r, sb, opts)
+			return 0, nil, nil
 		}
-		s.terminate(w, r, sb, opts)
-		return
-	}
-	sb, err = s.be.Destroy(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusAccepted, sb)
+		sb, err := be.Destroy(ctx, sb.ID)
+		return http.StatusAccepted, sb, err
+	})
 }
 
 func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
@@ -160,17 +136,10 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx context.Context, id string) (*tartarus.Sandbox, error)) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sb, err = do(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, sb)
+	serve(s, w, r, s.sandboxFor, cerberus.ActionUpdate, backend, func(ctx context.Context, _ Backend, sb *tartarus.Sandbox) (int, any, error) {
+		sb, err := do(ctx, sb.ID)
+		return http.StatusOK, sb, err
+	})
 }
 
 func (s *Server) hibernate(w http.ResponseWriter, r *http.Request) {
@@ -194,106 +163,54 @@ func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
 // create in the caller's tenant, besides forking the original (a copy of
 // its memory and files: more than reading it).
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionFork)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: sb.Tenant}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionCreate, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.ForkRequest
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if req.Count == 0 {
-		req.Count = 1
-	}
-	if req.Count < 1 || req.Count > api.MaxForkCount {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount))
-		return
-	}
-	release, err := s.checkForkQuota(r.Context(), sb, req.Count)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	defer release()
-	list, err := s.be.Fork(r.Context(), sb.ID, req.Count)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, api.SandboxList{Sandboxes: list})
+	serve(s, w, r, s.sandboxFor, cerberus.ActionFork, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+		res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: sb.Tenant}
+		if err := s.guard.Authorize(ctx, cerberus.ActionCreate, res); err != nil {
+			return 0, nil, err
+		}
+		var req api.ForkRequest
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
+		}
+		if req.Count == 0 {
+			req.Count = 1
+		}
+		if req.Count < 1 || req.Count > api.MaxForkCount {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount)
+		}
+		release, err := s.checkForkQuota(ctx, sb, req.Count)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer release()
+		list, err := be.Fork(ctx, sb.ID, req.Count)
+		return http.StatusCreated, api.SandboxList{Sandboxes: list}, err
+	})
 }
 
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeTemplate, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	all, err := s.be.Templates(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	// Another tenant's template is not listed, as its sandboxes are not.
-	list := []*tartarus.Image{}
-	for _, img := range all {
-		if img.VisibleTo(who.TenantID) {
-			list = append(list, img)
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionRead, backend, func(ctx context.Context, be Backend, who *cerberus.Identity) (int, any, error) {
+		all, err := be.Templates(ctx)
+		// Another tenant's template is not listed, as its sandboxes are not.
+		list := []*tartarus.Image{}
+		for _, img := range all {
+			if img.VisibleTo(who.TenantID) {
+				list = append(list, img)
+			}
 		}
-	}
-	writeJSON(w, http.StatusOK, api.TemplateList{Templates: list})
+		return http.StatusOK, api.TemplateList{Templates: list}, err
+	})
 }
 
 func (s *Server) forgetNode(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	name := r.PathValue("name")
-	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, ID: name, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionDelete, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if !tartarus.ValidName(name) {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotFound, "node %q", name))
-		return
-	}
-	if err := s.be.ForgetNode(r.Context(), name); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	serve(s, w, r, s.nodeFor, cerberus.ActionDelete, backend, func(ctx context.Context, be Backend, name string) (int, any, error) {
+		return http.StatusNoContent, nil, be.ForgetNode(ctx, name)
+	})
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	nodes, err := s.be.Nodes(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.NodeList{Nodes: nodes})
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeNode), cerberus.ActionRead, backend, func(ctx context.Context, be Backend, _ *cerberus.Identity) (int, any, error) {
+		nodes, err := be.Nodes(ctx)
+		return http.StatusOK, api.NodeList{Nodes: nodes}, err
+	})
 }

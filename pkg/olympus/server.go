@@ -84,7 +84,12 @@ type Config struct {
 	// Collectors are extra Prometheus collectors (for example Cerberus's
 	// counters) served on /metrics.
 	Collectors []prometheus.Collector
-	Log        *slog.Logger
+	// Metrics serves GET /v1/sandboxes/{id}/metrics; nil answers 501.
+	Metrics MetricsSource
+	// SandboxDomain, when set, routes requests for PORT-SANDBOXID.DOMAIN
+	// to that port of that sandbox (--sandbox-domain).
+	SandboxDomain string
+	Log           *slog.Logger
 	// Clock decides the quotas' minute and lifetimes; nil: clock.System.
 	Clock clock.Clock
 }
@@ -154,6 +159,16 @@ func New(cfg Config) (*Server, error) {
 	v1("GET /v1/nodes", s.listNodes)
 	v1("GET /v1/quotas", s.getQuotas)
 	v1("DELETE /v1/nodes/{name}", s.forgetNode)
+	v1("POST /v1/nodes/{name}/drain", s.drainNode)
+	v1("POST /v1/nodes/{name}/undrain", s.undrainNode)
+	s.interactiveRoutes(v1)
+	v1("GET /v1/heat", s.getHeat)
+	v1("GET /v1/heat/explain", s.explainHeat)
+	v1("GET /v1/pools", s.listPools)
+	v1("POST /v1/pools", s.createPool)
+	v1("DELETE /v1/pools/{name}", s.deletePool)
+	v1("GET /v1/classes", s.listClasses)
+	s.networkRoutes(v1, mux)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err
@@ -161,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.handler = s.middleware(s.jsonMuxErrors(mux))
+	s.handler = s.middleware(s.hostPorts(s.jsonMuxErrors(mux)))
 	return s, nil
 }
 

@@ -13,7 +13,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -112,7 +112,7 @@ func TestSQLiteUsageStore(t *testing.T) {
 }
 
 func TestPostgresUsageStore(t *testing.T) {
-	dsn := storetest.StartPostgres(t)
+	dsn := pgtest.StartPostgres(t)
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)

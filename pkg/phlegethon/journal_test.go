@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -122,7 +122,7 @@ func TestPostgresJournal(t *testing.T) {
 	if os.Getenv("TARTARUS_E2E") != "1" {
 		t.Skip("TARTARUS_E2E=1 starts a real Postgres")
 	}
-	dsn := storetest.StartPostgres(t)
+	dsn := pgtest.StartPostgres(t)
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos/hypnostest"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -32,11 +33,11 @@ func TestSQLiteConformance(t *testing.T) {
 // TestPostgres runs the conformance suites, the migration race and the
 // per-runtime sleep records against a real PostgreSQL server it starts.
 func TestPostgres(t *testing.T) {
-	admin := storetest.StartPostgres(t)
+	admin := pgtest.StartPostgres(t)
 	n := 0
 	newDB := func(t *testing.T) string {
 		n++
-		return storetest.CreateDatabase(t, admin, fmt.Sprintf("t%d", n))
+		return pgtest.CreateDatabase(t, admin, fmt.Sprintf("t%d", n))
 	}
 	open := func(t *testing.T, dsn string) *store.Postgres {
 		s, err := store.OpenPostgres(context.Background(), dsn)
@@ -118,7 +119,7 @@ func TestPostgres(t *testing.T) {
 // Postgres store over loopback TCP (the server runs with fsync off).
 func BenchmarkPostgresMove(b *testing.B) {
 	ctx := context.Background()
-	dsn := storetest.CreateDatabase(b, storetest.StartPostgres(b), "bench")
+	dsn := pgtest.CreateDatabase(b, pgtest.StartPostgres(b), "bench")
 	s, err := store.OpenPostgres(ctx, dsn)
 	if err != nil {
 		b.Fatal(err)

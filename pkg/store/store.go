@@ -58,3 +58,13 @@ type Change struct {
 	// hibernated sets it; every other move leaves 0, clearing it).
 	SnapshotBytes int64
 }
+
+// ExpirySetter is the optional side interface of a Store that can change
+// a live sandbox's expiry time (SQLite and Postgres can). The node agent's
+// expiry loop reads expires_at on every pass, so the change takes effect
+// at its next tick.
+type ExpirySetter interface {
+	// SetExpiry sets the expiry of sandbox id, which must not be in a
+	// final state (ErrFailedPrecondition), to at; a zero at means never.
+	SetExpiry(ctx context.Context, id string, at time.Time) (*tartarus.Sandbox, error)
+}

@@ -152,6 +152,9 @@ func (m *Manager) advance(ctx context.Context, r *run, next tartarus.Termination
 		return false
 	}
 	m.log.Info("termination phase", "sandbox", st.SandboxID, "phase", next, "reason", st.Reason)
+	if m.cfg.OnPhase != nil {
+		m.cfg.OnPhase(ctx, st)
+	}
 	return true
 }
 

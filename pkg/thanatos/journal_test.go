@@ -11,7 +11,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -132,7 +132,7 @@ func TestPostgresJournal(t *testing.T) {
 	if os.Getenv("TARTARUS_E2E") != "1" {
 		t.Skip("TARTARUS_E2E=1 starts a real Postgres")
 	}
-	dsn := storetest.StartPostgres(t)
+	dsn := pgtest.StartPostgres(t)
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)

@@ -2,8 +2,6 @@ package thanatos
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +48,9 @@ type Config struct {
 	AllowHosts []string
 	// Resolver resolves callback and webhook hosts; nil means the system's.
 	Resolver Resolver
+	// OnPhase, if set, hears each phase once it is in the journal (the
+	// initiated one included), for the audit log; it must not block.
+	OnPhase func(ctx context.Context, st *tartarus.TerminationStatus)
 }
 
 // Validate returns every problem with c, joined.
@@ -170,13 +171,6 @@ func (m *Manager) Close() error {
 // Collector returns the manager's Prometheus metrics; register it once.
 func (m *Manager) Collector() *Collector { return m.metrics }
 
-// newID returns prefix-<16 hex>.
-func newID(prefix string) string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return prefix + "-" + hex.EncodeToString(b[:])
-}
-
 // InitiateShutdown implements TerminationHandler. It validates opts,
 // writes the initiated phase and starts driving the termination in the
 // background; ctx bounds only that first write. A sandbox that already
@@ -220,7 +214,7 @@ func (m *Manager) InitiateShutdown(ctx context.Context, id string, opts *tartaru
 			Phases: []tartarus.PhaseRecord{{Phase: tartarus.PhaseInitiated, StartedAt: now}},
 		}
 		if o.CreateCheckpoint {
-			st.CheckpointID = newID("ck")
+			st.CheckpointID = tartarus.NewID("ck-")
 		}
 		if err := m.cfg.Journal.Put(ctx, st); err != nil {
 			err = fmt.Errorf("initiate termination of %s: %w", id, err)
@@ -228,6 +222,9 @@ func (m *Manager) InitiateShutdown(ctx context.Context, id string, opts *tartaru
 			return nil, err
 		}
 		m.log.Info("termination initiated", "sandbox", id, "reason", st.Reason, "grace", st.GracePeriod, "checkpoint", st.CreateCheckpoint)
+		if m.cfg.OnPhase != nil {
+			m.cfg.OnPhase(ctx, st.Clone())
+		}
 	default:
 		err = fmt.Errorf("initiate termination of %s: %w", id, err)
 		m.unclaim(id, r, nil, err)
@@ -411,7 +408,7 @@ func (m *Manager) CheckpointFor(ctx context.Context, id, tenant string, ttl time
 	} else if !errors.Is(err, tartarus.ErrNotFound) {
 		return nil, fmt.Errorf("checkpoint %s: %w", id, err)
 	}
-	return m.checkpoint(ctx, id, tenant, newID("ck"), ttl, "")
+	return m.checkpoint(ctx, id, tenant, tartarus.NewID("ck-"), ttl, "")
 }
 
 func (m *Manager) checkpoint(ctx context.Context, id, tenant, ckID string, ttl time.Duration, reason tartarus.TerminationReason) (*tartarus.Checkpoint, error) {

@@ -206,7 +206,7 @@ func (m *Manager) webhooks(ctx context.Context, when WebhookWhen, st *tartarus.T
 			budget = DefaultHookBudget
 		}
 		err = m.within(ctx, budget, func(ctx context.Context) error {
-			return m.send(ctx, w.URL, m.cfg.WebhookKey, body, newID("wh"))
+			return m.send(ctx, w.URL, m.cfg.WebhookKey, body, tartarus.NewID("wh-"))
 		})
 		m.hookDone(string(when)+"_webhook", w.URL, st, err)
 	}
@@ -233,7 +233,7 @@ func (m *Manager) notify(st *tartarus.TerminationStatus) {
 		if err != nil {
 			return
 		}
-		delivery := newID("cb")
+		delivery := tartarus.NewID("cb-")
 		p := m.cfg.Retry
 		for attempt := 1; attempt <= p.Attempts; attempt++ {
 			if attempt > 1 {

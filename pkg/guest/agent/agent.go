@@ -47,6 +47,10 @@ type Options struct {
 	Reaper *Reaper
 	// BootError is reported in Info when the guest did not boot fully.
 	BootError string
+	// OnSync, when set, runs on every OpSync (the host sends one after
+	// boot and after every restore); the init checks the guest's network
+	// configuration with it. Its error fails the sync.
+	OnSync func() error
 	// SampleInterval is how often CPU use is sampled for Stats and
 	// activity; zero means 2 s.
 	SampleInterval time.Duration
@@ -64,6 +68,7 @@ type Agent struct {
 	procs starter
 
 	groups   *groupSet
+	bg       *procTable
 	activity *activity
 	cpu      *cpuSampler
 
@@ -91,6 +96,7 @@ func New(opts Options) *Agent {
 		log:      opts.Logger,
 		clock:    opts.Clock,
 		groups:   newGroupSet(),
+		bg:       newProcTable(),
 		activity: &activity{},
 		cpu:      &cpuSampler{},
 		stop:     make(chan struct{}),
@@ -230,9 +236,20 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 	case proto.OpWriteFile:
 		res, err = a.writeFile(fr, req.Path, req.Mode)
 	case proto.OpListFiles:
-		res, err = a.listFiles(fw, req.Path)
+		res, err = a.listFiles(fw, req.Path, listDepth(req))
 	case proto.OpStats:
 		res, err = a.stats()
+	case proto.OpPTY:
+		s.pty(ctx, st, fr, fw, req)
+		return
+	case proto.OpProcAttach:
+		a.procAttach(st, fw, req.Proc)
+		return
+	case proto.OpWatch:
+		a.watch(st, fw, req)
+		return
+	default:
+		res, err = a.handleInteractive(req)
 	}
 	if err != nil {
 		a.log.Debug("rpc failed", "op", req.Op, "err", err)

@@ -134,8 +134,10 @@ func drain(fr *proto.FrameReader) {
 	}
 }
 
-// listFiles sends the entries of a directory as JSON arrays in data frames.
-func (a *Agent) listFiles(fw *proto.FrameWriter, path string) (any, error) {
+// listFiles sends the entries of a directory, and of its subdirectories
+// down to depth levels, as JSON arrays in data frames. Symbolic links are
+// listed, never followed.
+func (a *Agent) listFiles(fw *proto.FrameWriter, path string, depth int) (any, error) {
 	a.activity.touch(a.clock.Now())
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -143,10 +145,6 @@ func (a *Agent) listFiles(fw *proto.FrameWriter, path string) (any, error) {
 	}
 	if !fi.IsDir() {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "list %s: not a directory", path)
-	}
-	entries, err := os.ReadDir(path)
-	if err != nil {
-		return nil, err
 	}
 	var batch []tartarus.FileInfo
 	size, count := 0, 0
@@ -158,31 +156,76 @@ func (a *Agent) listFiles(fw *proto.FrameWriter, path string) (any, error) {
 		batch, size = batch[:0], 0
 		return err
 	}
-	for _, de := range entries {
-		info, err := de.Info()
+	var walk func(dir string, level int) error
+	walk = func(dir string, level int) error {
+		entries, err := os.ReadDir(dir)
 		if err != nil {
-			continue // removed since ReadDir
+			if level > 1 {
+				return nil // a subdirectory we may not read, or gone
+			}
+			return err
 		}
-		fi := tartarus.FileInfo{
-			Name:    de.Name(),
-			Size:    info.Size(),
-			Mode:    info.Mode(),
-			ModTime: info.ModTime().UTC(),
-			IsDir:   info.IsDir(),
-		}
-		// An upper bound of the entry's JSON size (escapes take 6 bytes).
-		est := 6*len(fi.Name) + 160
-		if size+est > listChunk {
-			if err := flush(); err != nil {
-				return nil, err
+		for _, de := range entries {
+			info, err := de.Info()
+			if err != nil {
+				continue // removed since ReadDir
+			}
+			fi := fileInfo(filepath.Join(dir, de.Name()), info)
+			// An upper bound of the entry's JSON size (escapes take 6 bytes).
+			est := 6*(len(fi.Name)+len(fi.Path)+len(fi.SymlinkTarget)) + 200
+			if size+est > listChunk {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			batch = append(batch, fi)
+			size += est
+			count++
+			if count > maxListWalk {
+				return tartarus.Errorf(tartarus.ErrResourceExhausted, "list %s: more than %d entries", path, maxListWalk)
+			}
+			if de.IsDir() && level < depth {
+				if err := walk(fi.Path, level+1); err != nil {
+					return err
+				}
 			}
 		}
-		batch = append(batch, fi)
-		size += est
-		count++
+		return nil
+	}
+	if err := walk(path, 1); err != nil {
+		return nil, err
 	}
 	if err := flush(); err != nil {
 		return nil, err
 	}
 	return &proto.ListResult{Count: count}, nil
+}
+
+// maxListWalk bounds the entries one listing sends.
+const maxListWalk = 100_000
+
+// listDepth is how many levels a list request descends (at least 1).
+func listDepth(req *proto.Request) int {
+	if req.File == nil || req.File.Depth < 1 {
+		return 1
+	}
+	return req.File.Depth
+}
+
+// fileInfo describes the entry at path from its lstat information.
+func fileInfo(path string, info os.FileInfo) tartarus.FileInfo {
+	fi := tartarus.FileInfo{
+		Name:    info.Name(),
+		Path:    path,
+		Size:    info.Size(),
+		Mode:    info.Mode(),
+		ModTime: info.ModTime().UTC(),
+		IsDir:   info.IsDir(),
+	}
+	if info.Mode()&os.ModeSymlink != 0 {
+		if t, err := os.Readlink(path); err == nil {
+			fi.SymlinkTarget = t
+		}
+	}
+	return fi
 }

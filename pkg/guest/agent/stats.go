@@ -207,11 +207,13 @@ func (a *Agent) stats() (*tartarus.Stats, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tartarus.Stats{
+	st := &tartarus.Stats{
 		CPUPercent:     a.cpu.current(now),
 		MemoryUsedMB:   int((total - min(avail, total)) / 1024),
 		MemoryTotalMB:  int(total / 1024),
 		Processes:      procs,
 		LastActivityAt: a.activity.get(),
-	}, nil
+	}
+	st.DiskUsedMB, st.DiskTotalMB = diskUsage("/")
+	return st, nil
 }

@@ -31,6 +31,11 @@ func (a *Agent) sync(req *proto.SyncRequest) (*proto.Info, error) {
 			return nil, fmt.Errorf("set hostname: %w", err)
 		}
 	}
+	if a.opts.OnSync != nil {
+		if err := a.opts.OnSync(); err != nil {
+			return nil, fmt.Errorf("sync: %w", err)
+		}
+	}
 	return a.info(), nil
 }
 

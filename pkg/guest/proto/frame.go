@@ -45,12 +45,16 @@ const (
 	FrameResult FrameType = 8
 	// FrameError is the guest's final, failed answer (JSON Error).
 	FrameError FrameType = 9
+	// FrameControl carries a JSON Control from the host during a PTY
+	// session (a resize).
+	FrameControl FrameType = 10
 )
 
 var frameNames = [...]string{
 	FrameRequest: "request", FrameStdin: "stdin", FrameStdout: "stdout",
 	FrameStderr: "stderr", FrameData: "data", FrameEOF: "eof",
 	FrameCancel: "cancel", FrameResult: "result", FrameError: "error",
+	FrameControl: "control",
 }
 
 func (t FrameType) String() string {
@@ -61,7 +65,7 @@ func (t FrameType) String() string {
 }
 
 // Valid reports whether t is a known frame type.
-func (t FrameType) Valid() bool { return t >= FrameRequest && t <= FrameError }
+func (t FrameType) Valid() bool { return t >= FrameRequest && t <= FrameControl }
 
 // MaxPayload is the largest payload a frame may carry.
 const MaxPayload = 1 << 20

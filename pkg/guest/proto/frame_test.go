@@ -36,7 +36,7 @@ var frameTests = []struct {
 	{"too large", header(byte(FrameData), MaxPayload+1), nil, ErrFrameTooLarge},
 	{"huge length", header(byte(FrameData), 0xffffffff), nil, ErrFrameTooLarge},
 	{"type zero", header(0, 0), nil, ErrUnknownFrame},
-	{"type past last", header(byte(FrameError)+1, 0), nil, ErrUnknownFrame},
+	{"type past last", header(byte(FrameControl)+1, 0), nil, ErrUnknownFrame},
 	{"short header", []byte{1, 0, 0}, nil, io.ErrUnexpectedEOF},
 	{"short payload", append(header(byte(FrameStdout), 10), "abc"...), nil, io.ErrUnexpectedEOF},
 	{"good then bad", append(frame(FrameStdout, "x"), header(200, 1)...), []FrameType{FrameStdout}, ErrUnknownFrame},

@@ -71,6 +71,12 @@ type Request struct {
 	Signal int          `json:"signal,omitempty"`  // OpSignal, OpSignalProcesses
 	Path   string       `json:"path,omitempty"`    // file ops
 	Mode   uint32       `json:"mode,omitempty"`    // OpWriteFile; 0 means DefaultMode
+	// The ops of interactive.go: PTYs, background processes, file
+	// management and watches.
+	PTY   *PTYRequest   `json:"pty,omitempty"`
+	Proc  *ProcRequest  `json:"proc,omitempty"`
+	File  *FileRequest  `json:"file,omitempty"`
+	Watch *WatchRequest `json:"watch,omitempty"`
 }
 
 // SyncRequest carries the host's wall clock and fresh entropy.
@@ -187,10 +193,16 @@ func (r *Request) Validate() error {
 			return bad("%v", err)
 		}
 		r.Path = p
+		if r.Op == OpListFiles && r.File != nil && (r.File.Depth < 0 || r.File.Depth > MaxListDepth) {
+			return bad("depth %d: want 0-%d", r.File.Depth, MaxListDepth)
+		}
 		if r.Mode&^permBits != 0 {
 			return bad("mode %#o: only permission bits are allowed", r.Mode)
 		}
 		return nil
+	case OpPTY, OpProcStart, OpProcList, OpProcAttach, OpProcInput, OpProcSignal,
+		OpStat, OpMkdir, OpMove, OpRemove, OpWatch:
+		return r.validateInteractive(bad)
 	case "":
 		return bad("missing op")
 	default:

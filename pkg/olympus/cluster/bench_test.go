@@ -12,7 +12,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -23,8 +23,8 @@ import (
 // create command. The nodes are rows, not agents (nothing carries the
 // commands out), so this is the control plane's own cost per placement.
 func BenchmarkPlaceSimulated1000(b *testing.B) {
-	admin := storetest.StartPostgres(b)
-	st, err := store.OpenPostgres(context.Background(), storetest.CreateDatabase(b, admin, "bench_place"))
+	admin := pgtest.StartPostgres(b)
+	st, err := store.OpenPostgres(context.Background(), pgtest.CreateDatabase(b, admin, "bench_place"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
-	"github.com/tartarus-sandbox/tartarus/pkg/store/storetest"
+	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -45,7 +45,7 @@ func quickEnv(t *testing.T, adminDSN, db string) *env {
 
 func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client, nodeTimeout time.Duration) *env {
 	t.Helper()
-	dsn := storetest.CreateDatabase(t, adminDSN, db)
+	dsn := pgtest.CreateDatabase(t, adminDSN, db)
 	ctx := context.Background()
 	st, err := store.OpenPostgres(ctx, dsn)
 	if err != nil {
@@ -226,7 +226,7 @@ func (e *env) createOn(nodes ...string) *tartarus.Sandbox {
 }
 
 func TestCluster(t *testing.T) {
-	admin := storetest.StartPostgres(t)
+	admin := pgtest.StartPostgres(t)
 
 	t.Run("heartbeat registers and unknown nodes are asked for a full list", func(t *testing.T) {
 		e := newEnv(t, admin, "register")
@@ -680,7 +680,7 @@ func TestAgentName(t *testing.T) {
 // node timeout: heartbeats cannot land meanwhile, and no node may be
 // marked down for that once the database is back.
 func TestDatabaseOutageIsNotANodeOutage(t *testing.T) {
-	pg := storetest.StartPostgresServer(t)
+	pg := pgtest.StartPostgresServer(t)
 	e := quickEnv(t, pg.DSN, "outage")
 	a := status("a", 4096, nil, false)
 	e.beat(a, true)

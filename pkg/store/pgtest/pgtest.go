@@ -1,4 +1,7 @@
-package storetest
+// Package pgtest starts a throwaway PostgreSQL server for tests; it imports
+// nothing of Tartarus, so the packages whose tables the store migrates
+// (thanatos, phlegethon) can use it without an import cycle.
+package pgtest
 
 import (
 	"context"
