@@ -13,6 +13,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 )
 
 // SQL is the Store written once over database/sql. SQLite and Postgres
@@ -72,9 +73,29 @@ func numbered(q string) string {
 // openSQL opens db in d and brings its schema up to date.
 // componentSchema are the tables of the components that keep their state
 // in the store's database, run after each dialect's own migrations, in
-// this order: Thanatos's terminations and checkpoints. Append only.
+// this order: Thanatos's terminations and checkpoints, Typhon's
+// quarantines. Append only.
 func componentSchema() []string {
-	return slices.Clone(thanatos.Schema)
+	return slices.Concat(thanatos.Schema, typhon.Schema)
+}
+
+// QuarantineKeeper is the optional side interface of a Store that keeps
+// Typhon's quarantine records, reports and policy in its own database, so
+// that a quarantine survives a restart of the server.
+type QuarantineKeeper interface {
+	Quarantines() typhon.Journal
+}
+
+var _ QuarantineKeeper = (*SQL)(nil)
+
+// Quarantines implements QuarantineKeeper.
+func (s *SQL) Quarantines() typhon.Journal {
+	d := typhon.SQLite
+	if s.d.numbered {
+		d = typhon.Postgres
+	}
+	j, _ := typhon.NewSQLJournal(s.db, d) // d is one of the two
+	return j
 }
 
 // TerminationKeeper is the optional side interface of a Store that keeps
