@@ -26,7 +26,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := usable(sb); err != nil {
+	if err := s.usable(r, sb); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -35,7 +35,7 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, tooLarge(s.cfg.MaxUploadBytes))
 		return
 	}
-	if err := usable(sb); err != nil {
+	if err := s.usable(r, sb); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -82,7 +82,7 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := usable(sb); err != nil {
+	if err := s.usable(r, sb); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -72,7 +72,7 @@ func (s *Server) ready(r *http.Request, action cerberus.Action) (*tartarus.Sandb
 	if err != nil {
 		return nil, err
 	}
-	return sb, usable(sb)
+	return sb, s.usable(r, sb)
 }
 
 func checkCmd(cmd []string, env map[string]string) error {
@@ -645,6 +645,9 @@ func (l *lineStream) send(v any) error {
 
 func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
 	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	if err == nil {
+		err = s.admit(r, sb)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -125,6 +125,11 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if sb.State == tartarus.StateQuarantined {
+		s.writeError(w, r, tartarus.Errorf(tartarus.ErrFailedPrecondition,
+			"sandbox %s is quarantined: an examiner ends it with POST /v1/quarantine/%s/destroy", sb.ID, sb.ID))
+		return
+	}
 	if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -150,6 +155,9 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx context.Context, id string) (*tartarus.Sandbox, error)) {
 	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	if err == nil {
+		err = s.admit(r, sb)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -174,6 +182,9 @@ func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
 // create in the caller's tenant, besides reading the original.
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	sb, err := s.sandboxFor(r, cerberus.ActionRead)
+	if err == nil {
+		err = s.admit(r, sb)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -85,7 +85,10 @@ type Config struct {
 	Collectors []prometheus.Collector
 	// Metrics serves GET /v1/sandboxes/{id}/metrics; nil answers 501.
 	Metrics MetricsSource
-	Log     *slog.Logger
+	// Quarantine serves the quarantine routes and holds quarantined
+	// sandboxes; nil answers them 501.
+	Quarantine Quarantiner
+	Log        *slog.Logger
 }
 
 // Server is the HTTP API.
@@ -147,6 +150,7 @@ func New(cfg Config) (*Server, error) {
 	v1("GET /v1/nodes", s.listNodes)
 	v1("DELETE /v1/nodes/{name}", s.forgetNode)
 	s.interactiveRoutes(v1)
+	s.quarantineRoutes(v1)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err

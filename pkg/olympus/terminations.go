@@ -144,6 +144,9 @@ func (s *Server) listTerminations(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
 	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	if err == nil {
+		err = s.admit(r, sb)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
