@@ -26,7 +26,7 @@ type clientOptions struct {
 // addClientCmds adds the client verbs: sandbox, exec, cp.
 func addClientCmds(root *cobra.Command) {
 	o := &clientOptions{}
-	for _, cmd := range append([]*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o), newCheckpointCmd(o)}, interactiveCmds(o)...) {
+	for _, cmd := range append([]*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o), newCheckpointCmd(o), newQuarantineCmd(o)}, interactiveCmds(o)...) {
 		pf := cmd.PersistentFlags()
 		pf.StringVar(&o.url, "url", envOr("TARTARUS_URL", client.DefaultURL), "API URL ($TARTARUS_URL)")
 		pf.StringVar(&o.apiKey, "api-key", "", "API key ($TARTARUS_API_KEY, else DATA/admin.key when readable)")

@@ -24,6 +24,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 )
 
 // serverDataDir is the default --data-dir (API.md): /var/lib/tartarus for
@@ -48,6 +49,7 @@ type serverOptions struct {
 	database                  string
 	maxUploadMB               int64
 	shutdownTimeout           time.Duration
+	quarantine                quarantineOptions
 }
 
 func newServerCmd() *cobra.Command {
@@ -84,6 +86,8 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
+	f.StringVar(&o.quarantine.policyFile, "quarantine-policy", "", "quarantine policy file (YAML or JSON, docs/quarantine.md) set at start")
+	f.DurationVar(&o.quarantine.interval, "quarantine-interval", 5*time.Second, "how often the quarantine triggers look at every sandbox")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -171,6 +175,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		prewarm    func(context.Context)
 		sampler    *hecatoncheir.Sampler
 		metrics    olympus.MetricsSource
+		quarantine *typhon.Manager
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
 	)
@@ -197,13 +202,20 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		collectors = append(collectors, n.agent.Terminations().Collector())
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
 		metrics = sampler
+		if quarantine, err = openQuarantine(life, &o.quarantine, st, n.agent, o.dataDir, clk, log, auth.Audit); err != nil {
+			return err
+		}
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
 	}
 
-	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log})
+	ocfg := olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log}
+	if quarantine != nil {
+		ocfg.Quarantine = quarantine
+	}
+	api, err := olympus.New(ocfg)
 	if err != nil {
 		return err
 	}
@@ -228,6 +240,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	if sampler != nil {
 		go sampler.Run(loopCtx)
+	}
+	if quarantine != nil {
+		go quarantine.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

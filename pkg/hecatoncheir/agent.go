@@ -123,8 +123,9 @@ type Agent struct {
 	snaps map[string]*snapRuntime // by runtime name: those that snapshot
 	pools *warmPools
 
-	term *thanatos.Manager // every ending goes through it
-	work workCounter       // exec and file calls under way, per sandbox
+	term  *thanatos.Manager // every ending goes through it
+	work  workCounter       // exec and file calls under way, per sandbox
+	execs execLog           // the API's last commands per sandbox (quarantine evidence)
 
 	mu    sync.Mutex
 	locks map[string]*keyLock // per-sandbox lifecycle locks, while in use
