@@ -127,6 +127,8 @@ type QuarantineRecord struct {
 	// ContainedAt is when containment was in place; ExpiresAt is when the
 	// sandbox is destroyed if still held (MaxQuarantineDuration).
 	ContainedAt time.Time `json:"contained_at,omitzero"`
+	// CollectedAt is when the evidence taken at quarantine was stored.
+	CollectedAt time.Time `json:"collected_at,omitzero"`
 	ExpiresAt   time.Time `json:"expires_at,omitzero"`
 	// NetworkMode is the containment's network mode.
 	NetworkMode NetworkMode      `json:"network_mode,omitempty"`

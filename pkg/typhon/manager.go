@@ -378,6 +378,7 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 		}
 		rec.Evidence = append(rec.Evidence, stored)
 	}
+	rec.CollectedAt = m.cfg.Clock.Now().UTC()
 	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
 		return nil, err
 	}

@@ -63,6 +63,8 @@ func (m *Manager) Tick(ctx context.Context) TickReport {
 		if err != nil || sig == nil {
 			continue // stopped, paused or gone since the listing
 		}
+		m.log.Debug("signals", "sandbox", sb.ID, "cpu_percent", sig.CPUPercent, "memory_mb", sig.MemoryMB,
+			"processes", sig.Processes, "host_counters", sig.HostCounters)
 		h := m.remember(sb.ID, sig)
 		vars := activation(sig, &h)
 		rep.Evaluated++
