@@ -275,6 +275,12 @@ func checkRequest(req *QuarantineRequest) error {
 		if len(e.Description) > MaxDescriptionLen {
 			bad("evidence[%d]: description over %d bytes", i, MaxDescriptionLen)
 		}
+		switch e.Type {
+		case "", tartarus.EvidenceNote, tartarus.EvidenceNetworkLog, tartarus.EvidenceSyscallTrace, tartarus.EvidenceFileAccess,
+			tartarus.EvidenceResourceSpike, tartarus.EvidenceScreenshot, tartarus.EvidenceProcessTree, tartarus.EvidenceExecHistory:
+		default:
+			bad("evidence[%d]: type %.64q is not an evidence type", i, string(e.Type))
+		}
 	}
 	if len(req.RequestedBy) > 256 || len(req.Trigger) > MaxConditionLen {
 		bad("requested_by or trigger too long")
@@ -362,7 +368,6 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 		if e.Type == "" {
 			e.Type = tartarus.EvidenceNote
 		}
-		e.Type = EvidenceType(clean(string(e.Type), 64))
 		e.Description = clean(e.Description, MaxDescriptionLen)
 		if e.Timestamp.IsZero() {
 			e.Timestamp = now

@@ -81,7 +81,9 @@ func (h *Host) Sandboxes(ctx context.Context) ([]*tartarus.Sandbox, error) {
 }
 
 // Get implements typhon.Host.
-func (h *Host) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) { return h.agent.Get(ctx, id) }
+func (h *Host) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	return h.agent.Get(ctx, id)
+}
 
 // SetQuarantined implements typhon.Host.
 func (h *Host) SetQuarantined(ctx context.Context, id string, on bool) error {
