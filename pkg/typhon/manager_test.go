@@ -123,7 +123,7 @@ type rig struct {
 	mu     sync.Mutex
 }
 
-func newRig(t *testing.T, j Journal, ids ...string) *rig {
+func newRig(t testing.TB, j Journal, ids ...string) *rig {
 	t.Helper()
 	st, err := erebus.NewLocal(t.TempDir())
 	if err != nil {
