@@ -26,7 +26,8 @@ type clientOptions struct {
 // addClientCmds adds the client verbs: sandbox, exec, cp.
 func addClientCmds(root *cobra.Command) {
 	o := &clientOptions{}
-	for _, cmd := range append([]*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o), newCheckpointCmd(o), newQuarantineCmd(o)}, interactiveCmds(o)...) {
+	for _, cmd := range append([]*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o), newCheckpointCmd(o),
+		newHeatCmd(o), newPoolCmd(o), newSeasonCmd(o), newForecastCmd(o), newCapacityCmd(o), newQuarantineCmd(o)}, interactiveCmds(o)...) {
 		pf := cmd.PersistentFlags()
 		pf.StringVar(&o.url, "url", envOr("TARTARUS_URL", client.DefaultURL), "API URL ($TARTARUS_URL)")
 		pf.StringVar(&o.apiKey, "api-key", "", "API key ($TARTARUS_API_KEY, else DATA/admin.key when readable)")
@@ -189,7 +190,7 @@ func newNodeCmd(o *clientOptions) *cobra.Command {
 			return errors.Join(errs...)
 		},
 	}
-	cmd.AddCommand(ls, rm)
+	cmd.AddCommand(ls, rm, newNodeDrainCmd(o), newNodeUndrainCmd(o))
 	return cmd
 }
 

@@ -142,6 +142,61 @@ func TestClusterWakeElsewhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "no QEMU left", func() bool { return len(qemusUnder(c.root)) == 0 })
+
+	// Drain: ten sandboxes on node-a hibernate and leave it (they wake on
+	// node-b, files kept), node-a takes no new sandbox until undrained, and
+	// draining node-b without --hibernate ends what it holds.
+	var ids []string
+	for i := range 10 {
+		sb, err := cl.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 128, TimeoutS: 1800,
+			NodeLabels: map[string]string{"node": "node-a"}})
+		if err != nil {
+			t.Fatalf("create %d on node-a: %v", i, err)
+		}
+		execOut(t, cl, sb.ID, "sh", "-c", "echo "+sb.ID+" > /tmp/me")
+		ids = append(ids, sb.ID)
+	}
+	t0 := time.Now()
+	rep, err := cl.DrainNode(ctx, "node-a", tartarus.DrainOptions{Hibernate: true})
+	if err != nil || len(rep.Moved) != 10 || len(rep.Ended) != 0 || len(rep.Failed) != 0 {
+		t.Fatalf("drain node-a --hibernate: %+v, %v; want 10 moved", rep, err)
+	}
+	t.Logf("drained 10 sandboxes off node-a (hibernated, unassigned) in %v", time.Since(t0))
+	for _, id := range ids {
+		if got, err := cl.GetSandbox(ctx, id); err != nil || got.State != tartarus.StateHibernated || got.Node != "" {
+			t.Fatalf("drained sandbox %s: %+v, %v; want hibernated and unassigned", id, got, err)
+		}
+	}
+	if _, err := cl.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 128,
+		NodeLabels: map[string]string{"node": "node-a"}}); err == nil {
+		t.Fatal("a create placed on a draining node")
+	}
+	for _, id := range ids[:2] {
+		if out := execOut(t, cl, id, "cat", "/tmp/me"); out != id+"\n" {
+			t.Fatalf("moved sandbox %s after waking: %q", id, out)
+		}
+		if got, _ := cl.GetSandbox(ctx, id); got.Node != "node-b" {
+			t.Fatalf("moved sandbox %s woke on %q, want node-b", id, got.Node)
+		}
+	}
+	if err := cl.UndrainNode(ctx, "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = cl.DrainNode(ctx, "node-b", tartarus.DrainOptions{})
+	if err != nil || len(rep.Ended) != 2 || len(rep.Failed) != 0 {
+		t.Fatalf("drain node-b: %+v, %v; want the 2 woken sandboxes ended", rep, err)
+	}
+	for _, id := range ids[:2] {
+		if got, err := cl.GetSandbox(ctx, id); err != nil || got.State != tartarus.StateTerminated {
+			t.Fatalf("sandbox %s after draining node-b: %+v, %v", id, got, err)
+		}
+	}
+	for _, id := range ids[2:] {
+		if _, err := cl.DeleteSandbox(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "no QEMU left after the drains", func() bool { return len(qemusUnder(c.root)) == 0 })
 }
 
 // clusterEnv is a cluster of real processes on loopback.

@@ -10,9 +10,13 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 )
 
 func main() {
+	// A jailed QEMU starts as this binary re-executed as the jail's shim.
+	jail.RunShimIfAsked(nil)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()

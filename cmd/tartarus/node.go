@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -17,7 +18,10 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
@@ -29,6 +33,8 @@ type nodeOptions struct {
 	node        string
 	runtimes    []string
 	accel       string
+	jail        string
+	consoleMax  int64
 	bootTimeout time.Duration
 	bootRetries int
 	unsafeFake  bool
@@ -48,15 +54,22 @@ type nodeOptions struct {
 	// hosts although they are loopback, private or this host's own.
 	callbackAllow []string
 
+	// capacityMemoryMB is hecatoncheir.Config.CapacityMemoryMB.
+	capacityMemoryMB int
+
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
+
+	network networkOptions
 }
 
 func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.node, "node", defaultNodeName(), "this node's name")
 	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
 	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
+	f.Int64Var(&o.consoleMax, "console-log-max", microvm.DefaultConsoleMaxBytes, "bytes of a microVM's console log kept on the host (console.log, rotated once to console.log.1)")
+	f.StringVar(&o.jail, "jail", "auto", "confine each microVM's QEMU (own uid, namespaces, cgroup, seccomp): on, off, or auto (on where the host can)")
 	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
 	f.DurationVar(&o.autoHibernate, "auto-hibernate", 0, "hibernate sandboxes idle this long (0: only those created with auto_hibernate_s)")
@@ -67,6 +80,8 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.onShutdown, "on-shutdown", hecatoncheir.ShutdownKeep, "what SIGTERM does to this node's sandboxes: keep (adopted at the next start), terminate, or hibernate")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "grace period of each sandbox's termination with --on-shutdown terminate|hibernate")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
+	f.IntVar(&o.capacityMemoryMB, "capacity-memory-mb", 0, "memory the node's sandboxes may hold together, in MiB, checked on forks, warm pools and heat-managed creates (0: the host's)")
+	addNetworkFlags(f, &o.network)
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
 }
@@ -75,6 +90,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 type node struct {
 	agent    *hecatoncheir.Agent
 	runtimes []tartarus.Runtime
+	nets     *netns.Manager // nil without --network
 	log      *slog.Logger
 }
 
@@ -92,8 +108,23 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 	}
 	probe, _ := cat.Get(ctx, "base") // without a built image microvm uses TCG unprobed
 	rcfg := runtimes.Config{DataDir: dataDir, Log: log, Accel: o.accel, BootTimeout: o.bootTimeout,
-		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake}
+		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake, ConsoleMaxBytes: o.consoleMax}
+	if slices.Contains(o.runtimes, microvm.Name) {
+		if rcfg.Jail, err = openJail(o.jail, filepath.Join(dataDir, "jail"), log); err != nil {
+			return nil, err
+		}
+	}
 	n := &node{log: log}
+	defaultNet, err := o.network.defaultSpec()
+	if err != nil {
+		return nil, err
+	}
+	if n.nets, err = o.network.open(ctx, log); err != nil {
+		return nil, err
+	}
+	if n.nets != nil {
+		rcfg.Networks = n.nets
+	}
 	for _, name := range o.runtimes {
 		rt, err := runtimes.Open(ctx, name, rcfg)
 		if err != nil {
@@ -131,11 +162,12 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		return nil, err
 	}
 	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Clock: clk, Log: log,
-		Termination: term,
-		Snapshots:   snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
+		Termination: term, CapacityMemoryMB: o.capacityMemoryMB,
+		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,
-			MaxConcurrentWakes: o.maxConcurrentWakes}})
+			MaxConcurrentWakes: o.maxConcurrentWakes},
+		Networks: n.agentNetworks(), DefaultNetwork: defaultNet})
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -176,6 +208,12 @@ func (n *node) Close() {
 			if err := c.Close(); err != nil {
 				n.log.Warn("close runtime", "runtime", rt.Name(), "err", err)
 			}
+		}
+	}
+	if n.nets != nil {
+		// The sandbox networks stay for the next start's recovery.
+		if err := n.nets.Close(); err != nil {
+			n.log.Warn("close network manager", "err", err)
 		}
 	}
 }
@@ -219,4 +257,29 @@ func loadOrMakeKey(path string) ([]byte, error) {
 		return nil, err
 	}
 	return key, f.Close()
+}
+
+// openJail opens the microVM jail as --jail asks; nil means unconfined,
+// which is warned about at every start.
+func openJail(mode, jailDir string, log *slog.Logger) (*jail.Jail, error) {
+	const unconfined = "UNCONFINED: each microVM's QEMU runs as root with no jail; a QEMU escape is root on this host"
+	switch mode {
+	case "off":
+		log.Warn(unconfined + " (--jail=off)")
+		return nil, nil
+	case "on", "auto", "":
+	default:
+		return nil, fmt.Errorf("--jail %q: want on, off or auto", mode)
+	}
+	j, err := jail.New(jail.Config{StateDir: jailDir})
+	if err != nil {
+		if mode == "on" {
+			return nil, fmt.Errorf("--jail=on: %w", err)
+		}
+		log.Warn(unconfined+" (this host cannot jail)", "err", err)
+		return nil, nil
+	}
+	info := j.Info()
+	log.Info("microvm jail", "uids", info.UIDRange, "cgroup", info.CgroupVersion, "cgroup_parent", info.CgroupParent)
+	return j, nil
 }

@@ -41,7 +41,8 @@ func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, a
 	} else {
 		log.Warn("quarantine records are kept in memory: this store has no quarantine tables")
 	}
-	m, err := typhon.New(ctx, typhon.Config{Host: typhonnode.New(agent, clk), Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
+	host := typhonnode.New(agent, clk)
+	m, err := typhon.New(ctx, typhon.Config{Host: host, Network: host, Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
 		Clock: clk, Interval: o.interval, Log: log, Audit: auditQuarantine(audit, clk)})
 	if err != nil {
 		return nil, err

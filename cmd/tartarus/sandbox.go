@@ -16,8 +16,8 @@ import (
 
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
-	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxTerminationCmd(o), newSandboxQuarantineCmd(o),
-		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o))
+	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxTerminationCmd(o),
+		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o), newSandboxNetworkCmd(o), newSandboxNetworkLogCmd(o), newSandboxQuarantineCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)
@@ -55,6 +55,8 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 		req       tartarus.CreateRequest
 		env, meta []string
 		labels    []string
+		noWait    bool
+		nf        networkFlags
 	)
 	cmd := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
@@ -72,6 +74,9 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 			if req.NodeLabels, err = parseKV("node-label", labels); err != nil {
 				return err
 			}
+			if req.Network, err = nf.spec(); err != nil {
+				return err
+			}
 			if req.FromCheckpoint != "" {
 				// The checkpoint decides the shape unless asked otherwise.
 				for name, v := range map[string]*int{"memory": &req.MemoryMB, "cpus": &req.CPUs} {
@@ -83,6 +88,13 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 					req.Template = ""
 				}
 			}
+			// Unset sizes are the server's to choose: a heat class sizes
+			// the sandbox only where the caller did not.
+			for name, v := range map[string]*int{"memory": &req.MemoryMB, "cpus": &req.CPUs, "timeout": &req.TimeoutS} {
+				if !cmd.Flags().Changed(name) {
+					*v = 0
+				}
+			}
 			c, err := o.client()
 			if err != nil {
 				return err
@@ -90,6 +102,11 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 			sb, err := c.CreateSandbox(cmd.Context(), &req)
 			if err != nil {
 				return err
+			}
+			if sb.State == tartarus.StateQueued && !noWait {
+				if sb, err = waitQueued(cmd, c, sb); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), sb)
@@ -109,6 +126,12 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
 	f.StringArrayVar(&labels, "node-label", nil, "KEY=VALUE a cluster node must carry to run it (repeatable)")
 	f.StringVar(&req.FromCheckpoint, "from-checkpoint", "", "create from a checkpoint (files and memory as they were; its template and shape)")
+	f.StringVar(&req.HeatHint, "heat", "", "heat level: cold, warm, hot or inferno (its class sizes and limits the sandbox)")
+	f.StringVar(&req.ResourceClass, "class", "", "resource class by name (tartarus heat classes)")
+	f.IntVar(&req.MaxDurationS, "max-duration", 0, "seconds after which the sandbox is ended with reason timeout (within its class's maximum)")
+	f.IntVar(&req.QueueTimeoutS, "queue-timeout", 0, "seconds to wait in the admission queue when the node is full (0: refuse at once)")
+	f.BoolVar(&noWait, "no-wait", false, "with --queue-timeout: print the queued sandbox's id at once instead of waiting until it runs")
+	nf.add(f, "network", "give the sandbox a network with this mode: none, open, restricted or monitored (default: the server's)")
 	o.addOutputFlag(cmd)
 	return cmd
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
@@ -45,11 +47,21 @@ func serverDataDir() string {
 type serverOptions struct {
 	nodeOptions
 	cluster                   clusterOptions
+	seasons                   seasonOptions
 	listen, dataDir, logLevel string
 	database                  string
 	maxUploadMB               int64
 	shutdownTimeout           time.Duration
 	quarantine                quarantineOptions
+	sandboxDomain             string
+	heat                      heatOptions
+}
+
+// heatOptions are the flags of heat classes (docs/heat.md).
+type heatOptions struct {
+	classes    string
+	enforceAll bool
+	queueWait  time.Duration
 }
 
 func newServerCmd() *cobra.Command {
@@ -85,11 +97,16 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.database, "database", "", "postgres://… to keep state in Postgres (default: SQLite in the data directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
+	f.StringVar(&o.sandboxDomain, "sandbox-domain", "", "route requests for PORT-SANDBOXID.DOMAIN to that port of that sandbox (point a wildcard DNS name at the server)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	f.StringVar(&o.quarantine.policyFile, "quarantine-policy", "", "quarantine policy file (YAML or JSON, docs/quarantine.md) set at start")
 	f.DurationVar(&o.quarantine.interval, "quarantine-interval", 5*time.Second, "how often the quarantine triggers look at every sandbox")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
+	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
+	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
+	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
+	addSeasonFlags(f, &o.seasons)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -178,6 +195,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		quarantine *typhon.Manager
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
+		agent      *hecatoncheir.Agent
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -192,14 +210,20 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
 	} else {
+		netMetrics := &collectorList{}
+		o.network.metrics = netMetrics
 		n, err := openNode(life, &o.nodeOptions, o.dataDir, st, nil, clk, log, auditPhases(auth.Audit, clk))
 		if err != nil {
 			return err
 		}
 		defer n.Close()
 		defer n.shutdown(ctx, &o.nodeOptions)
-		be, run = n.agent, n.agent.Run
-		collectors = append(collectors, n.agent.Terminations().Collector())
+		if err := enableHeat(life, n.agent, st, &o.heat); err != nil {
+			return err
+		}
+		be, run, agent = n.agent, n.agent.Run, n.agent
+		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
+		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
 		metrics = sampler
 		if quarantine, err = openQuarantine(life, &o.quarantine, st, n.agent, o.dataDir, clk, log, auth.Audit); err != nil {
@@ -210,8 +234,14 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 	}
 
-	ocfg := olympus.Config{Backend: be, Guard: auth.Guard, Routes: auth.Routes,
-		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log}
+	season, err := openSeasons(life, &o.seasons, st, be, agent, clk, log)
+	if err != nil {
+		return err
+	}
+	collectors = append(collectors, season.collector)
+	ocfg := olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
+		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log,
+		SandboxDomain: o.sandboxDomain}
 	if quarantine != nil {
 		ocfg.Quarantine = quarantine
 	}
@@ -234,7 +264,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 
 	loopCtx, stopLoop := context.WithCancel(life)
 	loopDone := make(chan struct{})
-	go func() { _ = run(loopCtx); close(loopDone) }()
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = season.svc.Run(loopCtx) })
+		_ = run(loopCtx)
+		wg.Wait()
+		close(loopDone)
+	}()
 	if prewarm != nil {
 		go prewarm(loopCtx)
 	}
@@ -269,6 +305,28 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	stopLoop()
 	<-loopDone
 	return err
+}
+
+// enableHeat turns on heat classes on the single node, keeping the queue,
+// pools and observations in the store's database.
+func enableHeat(ctx context.Context, a *hecatoncheir.Agent, st store.Store, o *heatOptions) error {
+	hc := hecatoncheir.HeatConfig{Router: phlegethon.Config{EnforceAll: o.enforceAll}}
+	if o.classes != "" {
+		cs, err := phlegethon.LoadClasses(o.classes)
+		if err != nil {
+			return fmt.Errorf("--heat-classes: %w", err)
+		}
+		hc.Router.Classes = cs
+	}
+	if o.queueWait < time.Second || o.queueWait > phlegethon.MaxQueueTimeout {
+		return fmt.Errorf("--queue-timeout %s: must be between 1s and %s", o.queueWait, phlegethon.MaxQueueTimeout)
+	}
+	hc.Queue.MaxTimeout = o.queueWait
+	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	if hk, ok := st.(store.HeatKeeper); ok {
+		hc.Store = hk.Heat()
+	}
+	return a.EnableHeat(ctx, hc)
 }
 
 // serveUntil waits until srv fails (serveErr) or ctx ends; then it shuts

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // newSandboxTerminationCmd shows how a sandbox's termination went.
@@ -97,4 +98,59 @@ func newCheckpointCmd(o *clientOptions) *cobra.Command {
 	}
 	cmd.AddCommand(ls, take)
 	return cmd
+}
+
+// newNodeDrainCmd drains a node.
+func newNodeDrainCmd(o *clientOptions) *cobra.Command {
+	var (
+		hibernate bool
+		grace     time.Duration
+	)
+	cmd := &cobra.Command{
+		Use: "drain NAME", Short: "Take a node out of placement and end its sandboxes (or hibernate and move them with --hibernate)",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := o.json()
+			if err != nil {
+				return err
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			rep, err := c.DrainNode(cmd.Context(), args[0], tartarus.DrainOptions{Hibernate: hibernate, GraceS: int(grace / time.Second)})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), rep)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s drained: %d ended, %d moved, %d failed\n", rep.Node, len(rep.Ended), len(rep.Moved), len(rep.Failed))
+			for id, why := range rep.Failed {
+				fmt.Fprintf(cmd.OutOrStdout(), "  %s: %s\n", id, why)
+			}
+			if len(rep.Failed) > 0 {
+				return fmt.Errorf("%d sandboxes were not drained", len(rep.Failed))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&hibernate, "hibernate", false, "hibernate the sandboxes so they wake on another node (nodes sharing snapshots), instead of ending them")
+	cmd.Flags().DurationVar(&grace, "grace", 0, "grace period of each sandbox's termination")
+	o.addOutputFlag(cmd)
+	return cmd
+}
+
+// newNodeUndrainCmd lets a drained node take sandboxes again.
+func newNodeUndrainCmd(o *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use: "undrain NAME", Short: "Let a drained node take sandboxes again", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			return c.UndrainNode(cmd.Context(), args[0])
+		},
+	}
 }

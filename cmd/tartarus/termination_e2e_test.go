@@ -80,6 +80,37 @@ func TestTerminationEndToEnd(t *testing.T) {
 	if over < 0 || st.ExitCode == nil || *st.ExitCode != 137 {
 		t.Errorf("a program ignoring SIGTERM: terminating started %v after the deadline, exit %v; want at the deadline, 137", over, st.ExitCode)
 	}
+	// kill -9 of the server while a termination drains: the next start
+	// finishes it from its recorded phase, at its recorded deadline.
+	crash := strings.TrimSpace(e.cli(t, 0, "", "sandbox", "create", "--template", "base", "--timeout", "900"))
+	e.cli(t, 0, "", "exec", crash, "--", "sh", "-c",
+		`setsid sh -c 'trap "" TERM; while :; do sleep 0.1; done' </dev/null >/dev/null 2>&1 &`)
+	e.cli(t, 0, "", "sandbox", "rm", crash, "--grace", "8s", "--wait=false")
+	waitPhase := func(want tartarus.TerminationPhase) tartarus.TerminationStatus {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			var st tartarus.TerminationStatus
+			if err := json.Unmarshal([]byte(e.cli(t, 0, "", "sandbox", "termination", crash, "-o", "json")), &st); err == nil && st.Phase == want {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("termination of %s never reached %s", crash, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	draining := waitPhase(tartarus.PhaseDraining)
+	e.kill(t)
+	e.start(t)
+	done := waitPhase(tartarus.PhaseCompleted)
+	if !done.GraceDeadline.Equal(draining.GraceDeadline) || done.Started(tartarus.PhaseTerminating).Before(draining.GraceDeadline) {
+		t.Errorf("resumed termination: deadline %v (was %v), terminating at %v", done.GraceDeadline, draining.GraceDeadline, done.Started(tartarus.PhaseTerminating))
+	}
+	if err := json.Unmarshal([]byte(e.cli(t, 0, "", "sandbox", "get", crash, "-o", "json")), &sb); err != nil || sb.State != tartarus.StateTerminated {
+		t.Errorf("sandbox after a resumed termination: %+v %v", sb, err)
+	}
+	t.Logf("resumed after kill -9: phases %+v", done.Phases)
 	if left := e.qemus(t); len(left) != 0 {
 		t.Errorf("QEMU processes left: %v", left)
 	}

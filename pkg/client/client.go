@@ -231,6 +231,18 @@ func (c *Client) Termination(ctx context.Context, id string) (*tartarus.Terminat
 	return &st, c.call(ctx, "GET", sandboxPath(id, "/termination"), nil, &st)
 }
 
+// DrainNode drains a node: no new sandboxes go to it, and its sandboxes end
+// or (opts.Hibernate) hibernate and move.
+func (c *Client) DrainNode(ctx context.Context, name string, opts tartarus.DrainOptions) (*tartarus.DrainReport, error) {
+	var rep tartarus.DrainReport
+	return &rep, c.call(ctx, "POST", "/v1/nodes/"+url.PathEscape(name)+"/drain", opts, &rep)
+}
+
+// UndrainNode lets a drained cluster node take sandboxes again.
+func (c *Client) UndrainNode(ctx context.Context, name string) error {
+	return c.call(ctx, "POST", "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, nil)
+}
+
 // Checkpoint takes a restorable checkpoint of a running sandbox.
 func (c *Client) Checkpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error) {
 	var ck tartarus.Checkpoint

@@ -56,6 +56,10 @@ const (
 	maxInfoLen     = 256
 	maxMessageLen  = 1024
 	MaxListEntries = 200_000
+	// MaxListBytes bounds a listing's names in total, and MaxNameLen each
+	// one (Linux's NAME_MAX is 255 bytes; a longer name is a lie).
+	MaxListBytes = 32 << 20
+	MaxNameLen   = 1024
 )
 
 // clip shortens s to at most n bytes.
@@ -515,6 +519,7 @@ func (c *Client) ListFiles(ctx context.Context, path string) ([]tartarus.FileInf
 	}
 	defer r.close()
 	var out []tartarus.FileInfo
+	total := 0 // bytes of names held
 	for {
 		t, p, err := r.fr.Next()
 		if err != nil {
@@ -535,6 +540,15 @@ func (c *Client) ListFiles(ctx context.Context, path string) ([]tartarus.FileInf
 		}
 		if len(out)+len(batch) > MaxListEntries {
 			return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "guest list_files %s: more than %d entries", path, MaxListEntries)
+		}
+		for _, fi := range batch {
+			if len(fi.Name) > MaxNameLen {
+				return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "guest list_files %s: a name of %d bytes (at most %d)", path, len(fi.Name), MaxNameLen)
+			}
+			total += len(fi.Name)
+		}
+		if total > MaxListBytes {
+			return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "guest list_files %s: names of more than %d bytes in all", path, MaxListBytes)
 		}
 		out = append(out, batch...)
 	}

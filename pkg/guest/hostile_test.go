@@ -103,6 +103,49 @@ func TestHostileGuest(t *testing.T) {
 			t.Fatalf("list: %v", err)
 		}
 	})
+	t.Run("listing of huge names", func(t *testing.T) {
+		// 300 frames of one ~1 MiB name each once made the host hold 299 MiB.
+		name := strings.Repeat("n", proto.MaxPayload-100)
+		c := hostileGuest(t, func(_ *yamux.Session, op proto.Op, fw *proto.FrameWriter) {
+			if op == proto.OpSync {
+				fw.WriteJSON(proto.FrameResult, &proto.Info{})
+				return
+			}
+			for range 300 {
+				if fw.WriteJSON(proto.FrameData, []tartarus.FileInfo{{Name: name}}) != nil {
+					return
+				}
+			}
+		})
+		list, err := c.ListFiles(ctxT(t), "/")
+		if !errors.Is(err, tartarus.ErrResourceExhausted) || list != nil {
+			t.Fatalf("list: %d entries, %v; want ErrResourceExhausted", len(list), err)
+		}
+	})
+	t.Run("listing past the total", func(t *testing.T) {
+		// Names of legal length, but more bytes of them than the host keeps.
+		name := strings.Repeat("m", guest.MaxNameLen)
+		batch := make([]tartarus.FileInfo, proto.MaxPayload/(guest.MaxNameLen+200))
+		for i := range batch {
+			batch[i].Name = name
+		}
+		c := hostileGuest(t, func(_ *yamux.Session, op proto.Op, fw *proto.FrameWriter) {
+			if op == proto.OpSync {
+				fw.WriteJSON(proto.FrameResult, &proto.Info{})
+				return
+			}
+			for i := 0; i <= guest.MaxListBytes/(len(batch)*len(name))+1; i++ {
+				if fw.WriteJSON(proto.FrameData, batch) != nil {
+					return
+				}
+			}
+			fw.WriteJSON(proto.FrameResult, struct{}{})
+		})
+		_, err := c.ListFiles(ctxT(t), "/")
+		if !errors.Is(err, tartarus.ErrResourceExhausted) || !strings.Contains(err.Error(), "in all") {
+			t.Fatalf("list: %v; want ErrResourceExhausted for the total", err)
+		}
+	})
 	t.Run("guest opens a stream", func(t *testing.T) {
 		c := hostileGuest(t, func(sess *yamux.Session, op proto.Op, fw *proto.FrameWriter) {
 			fw.WriteJSON(proto.FrameResult, &proto.Info{})

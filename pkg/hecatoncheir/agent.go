@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -87,6 +86,17 @@ type Config struct {
 	// callback keys, grace and checkpoint limits. Target, Clock and Logger
 	// are the agent's own and need not be set.
 	Termination thanatos.Config
+	// CapacityMemoryMB caps the memory the node's capacity check counts
+	// as its own (0: the host's); the rest is left to other work.
+	CapacityMemoryMB int
+	// Networks, when set, is the node's sandbox network manager (the
+	// same one the microvm runtime builds networks with): updates, the
+	// connection log, exposed ports, clean-up on recovery.
+	Networks Networks
+	// DefaultNetwork is the network a sandbox gets when its create asks
+	// for none, on runtimes that can give one; nil: no network (only
+	// loopback), as before networking existed.
+	DefaultNetwork *tartarus.NetworkSpec
 }
 
 // Validate reports every problem of cfg at once.
@@ -103,6 +113,16 @@ func (c *Config) Validate() error {
 	}
 	if c.Images == nil {
 		errs = append(errs, errors.New("no template catalog"))
+	}
+	if c.CapacityMemoryMB < 0 {
+		errs = append(errs, fmt.Errorf("capacity memory %d MiB is negative", c.CapacityMemoryMB))
+	}
+	if c.DefaultNetwork != nil {
+		if err := c.DefaultNetwork.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("default network: %w", err))
+		} else if c.Networks == nil && c.DefaultNetwork.Mode != tartarus.NetworkNone {
+			errs = append(errs, fmt.Errorf("default network mode %s needs a network manager", c.DefaultNetwork.Mode))
+		}
 	}
 	seen := map[string]bool{}
 	for _, rt := range c.Runtimes {
@@ -123,9 +143,12 @@ type Agent struct {
 	snaps map[string]*snapRuntime // by runtime name: those that snapshot
 	pools *warmPools
 
-	term  *thanatos.Manager // every ending goes through it
-	work  workCounter       // exec and file calls under way, per sandbox
-	execs execLog           // the API's last commands per sandbox (quarantine evidence)
+	creates createCounts // by template and how, for cold-create metrics
+
+	term *thanatos.Manager // every ending goes through it
+	heat *heatState        // heat classes and admission queues; nil when off
+	work workCounter       // exec and file calls under way, per sandbox
+	execs execLog          // the API's last commands per sandbox (quarantine evidence)
 
 	mu    sync.Mutex
 	locks map[string]*keyLock // per-sandbox lifecycle locks, while in use
@@ -197,9 +220,6 @@ func (a *Agent) RuntimeNames() []string {
 	return out
 }
 
-// liveStates are the states that are not final.
-var liveStates = slices.DeleteFunc(slices.Clone(tartarus.States), tartarus.State.Final)
-
 // Run destroys expired sandboxes every ExpiryInterval, runs each
 // runtime's Hypnos (idle sleep), and refills the warm pools, until ctx is
 // done.
@@ -209,7 +229,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, sr := range a.snaps {
 		wg.Go(func() { _ = sr.hyp.Run(ctx) })
 	}
-	if a.pools.size > 0 {
+	// The filler also runs without a fixed pool size: Persephone may set
+	// targets later (SetPoolTargets).
+	if len(a.snaps) > 0 {
 		wg.Go(func() {
 			for {
 				select {
@@ -220,6 +242,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}
 		})
+	}
+	if a.heat != nil {
+		a.runHeat(ctx, &wg)
 	}
 	// Terminations a crash interrupted finish first (Recover left their
 	// sandboxes to them).

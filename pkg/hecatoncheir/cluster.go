@@ -54,8 +54,8 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 	if want.Metadata != nil {
 		sb.Metadata = want.Metadata
 	}
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
-	claimed := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, want.ID) != ""
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}
+	claimed := req.Network == nil && a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, want.ID) != ""
 	how := "warm pool"
 	made, err := a.createWith(ctx, sb, func() error {
 		if claimed {
@@ -167,7 +167,7 @@ func (a *Agent) Adopt(ctx context.Context, sb *tartarus.Sandbox, rec *hypnos.Sle
 	}
 	from := nyx.New(sr.snap, a.cfg.Snapshots, nyx.Options{Prefix: prefix, TempDir: a.cfg.SnapshotTempDir,
 		Clock: a.cfg.Clock, Logger: a.cfg.Log})
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}
 	log := a.log.With("sandbox", sb.ID, "snapshot", rec.SnapshotPath)
 	start := a.cfg.Clock.Now()
 	state := tartarus.StateRunning

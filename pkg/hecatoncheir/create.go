@@ -2,8 +2,11 @@ package hecatoncheir
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"strings"
+	"sync"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -15,24 +18,55 @@ import (
 // destroyed even when ctx is cancelled.
 func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*tartarus.Sandbox, error) {
 	if req.FromCheckpoint != "" {
+		if req.HeatRequested() {
+			return nil, tartarus.Errorf(tartarus.ErrInvalid, "from_checkpoint: the sandbox takes the checkpoint's shape; heat_hint, resource_class, max_duration_s, queue_timeout_s and gpus do not apply")
+		}
 		return a.createFromCheckpoint(ctx, tenant, req)
+	}
+	if err := req.Normalize(); err != nil {
+		return nil, err
+	}
+	// Heat classification may size the create before the node checks it.
+	plan, err := a.planHeat(ctx, req)
+	if err != nil {
+		return nil, err
 	}
 	rt, img, err := a.checkCreate(ctx, req)
 	if err != nil {
 		return nil, err
 	}
+	if plan != nil && plan.check {
+		// Queued creates come first: a new one that may wait joins them.
+		if req.QueueTimeoutS > 0 && a.heat.queue.Stats()[plan.heat].Depth > 0 {
+			return a.enqueue(ctx, tenant, req, rt, plan)
+		}
+		if err := a.checkCapacity(ctx, rt, req.MemoryMB, req.CPUs); err != nil {
+			if req.QueueTimeoutS == 0 || !errors.Is(err, tartarus.ErrResourceExhausted) {
+				return nil, err
+			}
+			return a.enqueue(ctx, tenant, req, rt, plan)
+		}
+	}
 
-	// A warm-pool sandbox, when one is ready, becomes this sandbox.
-	id := a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
+	// A warm-pool sandbox, when one is ready, becomes this sandbox (not
+	// when its class throttles the disk, nor with a network: pooled VMs
+	// run unthrottled and without one).
+	id := ""
+	if (plan == nil || plan.info.DiskIOPS == 0) && req.Network == nil {
+		id = a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, "")
+	}
 	claimed := id != ""
 	if !claimed {
 		id = tartarus.NewID("sb-")
 	}
 	sb := tartarus.NewSandbox(id, tenant, req, a.cfg.Clock.Now().UTC())
 	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	if plan != nil {
+		sb.Heat = plan.info
+	}
+	cfg := a.vmConfig(sb, img)
 	how := "warm pool"
-	return a.createWith(ctx, sb, func() error {
+	out, err := a.createWith(ctx, sb, func() error {
 		if claimed {
 			return nil
 		}
@@ -40,6 +74,45 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		how, err = a.restoreOrBoot(ctx, rt, cfg)
 		return err
 	}, "how", &how)
+	if err != nil {
+		how = "failed"
+	}
+	a.creates.add(sb.Template, how)
+	return out, err
+}
+
+// createCounts counts the creates of each template by how they were
+// served: "warm pool" (claimed, no cold start), "restored", "booted" or
+// "failed".
+type createCounts struct {
+	mu sync.Mutex
+	n  map[string]map[string]int
+}
+
+func (c *createCounts) add(template, how string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]map[string]int{}
+	}
+	if c.n[template] == nil {
+		c.n[template] = map[string]int{}
+	}
+	c.n[template][how]++
+}
+
+// CreateCounts returns, per template, how many creates since the agent
+// started were served from a warm pool ("warm pool"), by restoring the
+// template's snapshot ("restored"), by booting ("booted"), or failed
+// ("failed"). A create that found no warm sandbox is a cold create.
+func (a *Agent) CreateCounts() map[string]map[string]int {
+	a.creates.mu.Lock()
+	defer a.creates.mu.Unlock()
+	out := make(map[string]map[string]int, len(a.creates.n))
+	for tpl, m := range a.creates.n {
+		out[tpl] = maps.Clone(m)
+	}
+	return out
 }
 
 // checkCreate normalizes req and checks that this node can create it: the
@@ -68,6 +141,9 @@ func (a *Agent) checkCreate(ctx context.Context, req *tartarus.CreateRequest) (t
 	case req.MemoryMB > fp.MaxMemoryMB:
 		return nil, nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "memory_mb %d exceeds this node's limit of %d per sandbox (max_memory_mb)", req.MemoryMB, fp.MaxMemoryMB)
 	}
+	if err := a.chooseNetwork(rt, fp, req); err != nil {
+		return nil, nil, err
+	}
 	img, err := a.cfg.Images.Get(ctx, req.Template)
 	if err != nil {
 		return nil, nil, fmt.Errorf("template %s: %w", req.Template, err)
@@ -92,9 +168,16 @@ func (a *Agent) createWith(ctx context.Context, sb *tartarus.Sandbox, up func() 
 		}
 		return nil, fmt.Errorf("record sandbox: %w", err)
 	}
+	return a.bringUp(ctx, rt, sb, up, logKV...)
+}
+
+// bringUp brings up sb, recorded as creating, with up and records it
+// running; on failure it destroys what exists and records sb failed. The
+// caller holds sb's lock.
+func (a *Agent) bringUp(ctx context.Context, rt tartarus.Runtime, sb *tartarus.Sandbox, up func() error, logKV ...any) (*tartarus.Sandbox, error) {
 	log := a.log.With("sandbox", sb.ID, "runtime", rt.Name(), "template", sb.Template)
 	start := a.cfg.Clock.Now()
-	err = up()
+	err := up()
 	if err == nil {
 		var running *tartarus.Sandbox
 		running, err = a.cfg.Store.Move(ctx, sb.ID, tartarus.StateCreating, tartarus.StateRunning, store.Change{At: a.cfg.Clock.Now().UTC()})
@@ -106,6 +189,7 @@ func (a *Agent) createWith(ctx context.Context, sb *tartarus.Sandbox, up func() 
 			}
 			log.Info("sandbox running", append(logKV, "took", a.cfg.Clock.Now().Sub(start))...)
 			a.schedule(running)
+			a.heatStarted(running, a.cfg.Clock.Now())
 			if sr, ok := a.snaps[rt.Name()]; ok {
 				sr.hyp.Touch(sb.ID)
 			}
@@ -122,6 +206,7 @@ func (a *Agent) createWith(ctx context.Context, sb *tartarus.Sandbox, up func() 
 		store.Change{At: a.cfg.Clock.Now().UTC(), Error: err.Error()}); merr != nil {
 		log.Error("record failed create", "err", merr)
 	}
+	a.heatEnded(cleanup, sb.ID) // its room is free again
 	if tartarus.ClassOf(err).Err == nil {
 		// A boot that fails for no known reason is the node's trouble.
 		err = fmt.Errorf("%w (%w)", err, tartarus.ErrUnavailable)
@@ -149,9 +234,13 @@ func (a *Agent) checkCapacity(ctx context.Context, rt tartarus.Runtime, memoryMB
 			usedCPUs += sb.CPUs
 		}
 	}
+	hostMem := fp.HostMemoryMB
+	if c := a.cfg.CapacityMemoryMB; c > 0 && (hostMem == 0 || c < hostMem) {
+		hostMem = c
+	}
 	var why []string
-	if fp.HostMemoryMB > 0 && usedMem+memoryMB > fp.HostMemoryMB {
-		why = append(why, fmt.Sprintf("memory: %d MiB in use + %d MiB asked > %d MiB on this node", usedMem, memoryMB, fp.HostMemoryMB))
+	if hostMem > 0 && usedMem+memoryMB > hostMem {
+		why = append(why, fmt.Sprintf("memory: %d MiB in use + %d MiB asked > %d MiB on this node", usedMem, memoryMB, hostMem))
 	}
 	// CPUs are shared in time, but not beyond a sane overcommit.
 	if fp.HostCPUs > 0 && usedCPUs+cpus > fp.HostCPUs*cpuOvercommit {

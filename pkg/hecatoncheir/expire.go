@@ -11,7 +11,7 @@ import (
 // Expire destroys this node's sandboxes whose expiry time has passed and
 // returns their ids.
 func (a *Agent) Expire(ctx context.Context) ([]string, error) {
-	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: tartarus.LiveStates()})
 	if err != nil {
 		return nil, err
 	}
@@ -41,6 +41,6 @@ func (a *Agent) expire(ctx context.Context, id string) error {
 		return nil
 	}
 	a.log.Info("sandbox expired", "sandbox", id, "expires_at", sb.ExpiresAt)
-	_, err = a.terminateAndWait(ctx, id, tartarus.ReasonTimeout)
+	_, err = a.terminateAndWait(ctx, id, &tartarus.ShutdownOptions{Reason: tartarus.ReasonTimeout})
 	return err
 }

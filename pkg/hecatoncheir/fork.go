@@ -75,9 +75,9 @@ func (a *Agent) forkInto(ctx context.Context, id string, ids []string) ([]*tarta
 			State: tartarus.StateCreating, Node: a.cfg.Node, CPUs: parent.CPUs, MemoryMB: parent.MemoryMB,
 			Env: parent.Env, Metadata: md, CreatedAt: now, UpdatedAt: now,
 			ExpiresAt: now.Add(parent.ExpiresAt.Sub(parent.CreatedAt)), LastActivityAt: now,
-			AutoHibernateS: parent.AutoHibernateS,
+			AutoHibernateS: parent.AutoHibernateS, Network: parent.Network,
 		}
-		cfg := &tartarus.VMConfig{ID: child.ID, Template: child.Template, Image: img, CPUs: child.CPUs, MemoryMB: child.MemoryMB, Env: child.Env}
+		cfg := &tartarus.VMConfig{ID: child.ID, Template: child.Template, Image: img, CPUs: child.CPUs, MemoryMB: child.MemoryMB, Env: child.Env, Network: child.Network}
 		sb, err := a.createWith(ctx, child, func() error {
 			_, err := sr.forks.Restore(ctx, snap.ID, cfg)
 			return err

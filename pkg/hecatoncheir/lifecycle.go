@@ -2,6 +2,7 @@ package hecatoncheir
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -9,8 +10,16 @@ import (
 )
 
 // Get returns one sandbox.
+// A create that waits, or waited, in an admission queue shows as queued
+// (or failed, with why its wait ended).
 func (a *Agent) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
-	return a.cfg.Store.Get(ctx, id)
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if errors.Is(err, tartarus.ErrNotFound) {
+		if q := a.queuedSandbox(ctx, id); q != nil {
+			return q, nil
+		}
+	}
+	return sb, err
 }
 
 // List returns the sandboxes matching f.
@@ -24,13 +33,18 @@ func (a *Agent) List(ctx context.Context, f tartarus.SandboxFilter) ([]*tartarus
 // cancelled.
 func (a *Agent) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 	sb, err := a.cfg.Store.Get(ctx, id)
+	if errors.Is(err, tartarus.ErrNotFound) {
+		if q, ok := a.cancelQueued(ctx, id); ok {
+			return q, nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	if sb.State.Final() {
 		return sb, nil
 	}
-	return a.terminateAndWait(ctx, id, tartarus.ReasonUserRequest)
+	return a.terminateAndWait(ctx, id, &tartarus.ShutdownOptions{Reason: tartarus.ReasonUserRequest})
 }
 
 // Pause freezes a running sandbox. Pausing a paused sandbox is a no-op.

@@ -38,7 +38,7 @@ func (a *Agent) Info(ctx context.Context) (*tartarus.NodeInfo, error) {
 		}
 		info.Runtimes = append(info.Runtimes, fp)
 	}
-	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: tartarus.LiveStates()})
 	if err != nil {
 		return nil, err
 	}

@@ -69,6 +69,9 @@ func (a *Agent) Recover(ctx context.Context) (*RecoverReport, error) {
 			ids[in.ID] = true
 		}
 	}
+	if err := a.reconcileNetworks(ctx, adopted); err != nil {
+		errs = append(errs, err)
+	}
 	for _, rt := range a.cfg.Runtimes {
 		sr, ok := a.snaps[rt.Name()]
 		if !ok {

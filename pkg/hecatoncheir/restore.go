@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -33,17 +34,45 @@ type poolKey struct {
 
 // warmPools holds the already-restored sandboxes, by key.
 type warmPools struct {
-	mu      sync.Mutex
-	size    int
-	ready   map[poolKey][]string
-	wanted  map[poolKey]bool
-	filling map[poolKey]bool
-	kick    chan struct{}
+	mu    sync.Mutex
+	size  int // every pool's size, until targets are set
+	ready map[poolKey][]string
+	// targeted is set once SetPoolTargets was called: from then on each
+	// template's pool holds targets[template] (0 when absent) instead of
+	// size.
+	targeted bool
+	targets  map[string]int
+	wanted   map[poolKey]bool
+	filling  map[poolKey]bool
+	kick     chan struct{}
 }
 
 func newWarmPools(size int) *warmPools {
 	return &warmPools{size: size, ready: map[poolKey][]string{}, wanted: map[poolKey]bool{},
-		filling: map[poolKey]bool{}, kick: make(chan struct{}, 1)}
+		targets: map[string]int{}, filling: map[poolKey]bool{}, kick: make(chan struct{}, 1)}
+}
+
+// enabled says whether pools are kept at all (a fixed size or targets).
+func (p *warmPools) enabled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.size > 0 || p.targeted
+}
+
+// sizeOf is the size pool k should have; p.mu is held.
+func (p *warmPools) sizeOf(k poolKey) int {
+	if p.targeted {
+		return p.targets[k.template]
+	}
+	return p.size
+}
+
+// wake runs the filler soon.
+func (p *warmPools) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
 }
 
 // maxPoolKeys bounds how many template shapes get a pool.
@@ -51,18 +80,16 @@ const maxPoolKeys = 8
 
 // want asks for a pool of key and wakes the filler.
 func (p *warmPools) want(k poolKey) {
-	if p.size <= 0 {
+	p.mu.Lock()
+	if p.size <= 0 && !p.targeted {
+		p.mu.Unlock()
 		return
 	}
-	p.mu.Lock()
 	if !p.wanted[k] && len(p.wanted) < maxPoolKeys {
 		p.wanted[k] = true
 	}
 	p.mu.Unlock()
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
+	p.wake()
 }
 
 // claim takes one pooled sandbox id of key, or "".
@@ -148,9 +175,10 @@ func (a *Agent) PoolSizes() map[string]int {
 	return out
 }
 
-// templateSnapshotID names the snapshot of img at a shape. An image without
-// a digest gets none: a rebuild could not be told apart.
-func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int) (string, bool) {
+// templateSnapshotID names the snapshot of img at a shape, with or without
+// a network card (a snapshot restores only into the same devices). An
+// image without a digest gets none: a rebuild could not be told apart.
+func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int, nic bool) (string, bool) {
 	d := strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' {
 			return r
@@ -160,15 +188,22 @@ func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int) (string, bool) 
 	if d == "" {
 		return "", false
 	}
-	return fmt.Sprintf("%s-%.16s-%dm-%dc", img.Name, d, memoryMB, cpus), true
+	id := fmt.Sprintf("%s-%.16s-%dm-%dc", img.Name, d, memoryMB, cpus)
+	if nic {
+		id += "-net"
+	}
+	return id, true
 }
 
 // templateSnapshot returns the id of img's snapshot at a shape, booting the
 // template and snapshotting it first if there is none. Builds of one
 // snapshot are serialized; a stale snapshot of the same template (another
 // image digest) is deleted once the new one exists.
-func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tartarus.Image, memoryMB, cpus int) (string, error) {
-	id, ok := templateSnapshotID(img, memoryMB, cpus)
+//
+// With nic the template is booted with a network card (in a network of
+// mode none, removed with the builder), for sandboxes that have a network.
+func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tartarus.Image, memoryMB, cpus int, nic bool) (string, error) {
+	id, ok := templateSnapshotID(img, memoryMB, cpus, nic)
 	if !ok {
 		return "", tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s has no image digest", img.Name)
 	}
@@ -185,6 +220,9 @@ func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tart
 	start := a.cfg.Clock.Now()
 	build := tartarus.NewID("sb-")
 	cfg := &tartarus.VMConfig{ID: build, Template: img.Name, Image: img, CPUs: cpus, MemoryMB: memoryMB}
+	if nic {
+		cfg.Network = &tartarus.NetworkSpec{Mode: tartarus.NetworkNone}
+	}
 	defer func() {
 		if err := sr.rt.Destroy(ctx, build); err != nil {
 			a.log.Warn("destroy template snapshot builder", "sandbox", build, "err", err)
@@ -231,11 +269,13 @@ func (a *Agent) deleteStaleTemplateSnapshots(ctx context.Context, sr *snapRuntim
 // is an optimisation, not a requirement. It reports how it did it.
 func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tartarus.VMConfig) (string, error) {
 	if sr, ok := a.snaps[rt.Name()]; ok && a.cfg.CreateFromSnapshot {
-		snapID, err := a.templateSnapshot(ctx, sr, cfg.Image, cfg.MemoryMB, cfg.CPUs)
+		snapID, err := a.templateSnapshot(ctx, sr, cfg.Image, cfg.MemoryMB, cfg.CPUs, cfg.Network != nil)
 		if err == nil {
 			err = a.restoreTemplate(ctx, sr, snapID, cfg)
-			if err == nil {
+			if err == nil && cfg.Network == nil {
 				a.pools.want(poolKey{rt.Name(), cfg.Template, cfg.Image.Digest, cfg.MemoryMB, cfg.CPUs})
+			}
+			if err == nil {
 				return "restored", nil
 			}
 		}
@@ -260,7 +300,7 @@ func (a *Agent) restoreOrBoot(ctx context.Context, rt tartarus.Runtime, cfg *tar
 // sandboxes that vanished each time it runs.
 func (a *Agent) claimWarm(ctx context.Context, rt tartarus.Runtime, img *tartarus.Image, memoryMB, cpus int, want string) string {
 	sr, ok := a.snaps[rt.Name()]
-	if !ok || !a.cfg.CreateFromSnapshot || a.pools.size <= 0 {
+	if !ok || !a.cfg.CreateFromSnapshot || !a.pools.enabled() {
 		return ""
 	}
 	k := poolKey{rt.Name(), img.Name, img.Digest, memoryMB, cpus}
@@ -326,8 +366,9 @@ func (a *Agent) instance(ctx context.Context, rt tartarus.Runtime, id string) *t
 	return nil
 }
 
-// FillWarmPools tops up every wanted warm pool to PrewarmPoolSize, as far
-// as the node's capacity allows. Run calls it in the background; tests
+// FillWarmPools tops up every wanted warm pool to its size (its template's
+// target once SetPoolTargets was called, else PrewarmPoolSize), as far as
+// the node's capacity allows, and destroys what a pool holds beyond it. Run calls it in the background; tests
 // call it directly.
 func (a *Agent) FillWarmPools(ctx context.Context) {
 	a.pruneWarm(ctx)
@@ -364,16 +405,32 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 	}
 	for ctx.Err() == nil {
 		a.pools.mu.Lock()
-		n := len(a.pools.ready[k])
+		n, size := len(a.pools.ready[k]), a.pools.sizeOf(k)
+		var excess []string
+		if n > size {
+			// The newest go first: the oldest have run their warm-up
+			// longest.
+			excess = slices.Clone(a.pools.ready[k][size:])
+			a.pools.ready[k] = a.pools.ready[k][:size]
+		}
 		a.pools.mu.Unlock()
-		if n >= a.pools.size {
+		if len(excess) > 0 {
+			for _, id := range excess {
+				if err := sr.rt.Destroy(context.WithoutCancel(ctx), id); err != nil {
+					a.log.Warn("destroy a warm-pool sandbox beyond the target", "sandbox", id, "err", err)
+				}
+			}
+			a.log.Info("warm pool shrunk", "template", k.template, "from", n, "to", size)
+			return
+		}
+		if n >= size {
 			return
 		}
 		if err := a.checkCapacity(ctx, sr.rt, k.memoryMB, k.cpus); err != nil {
 			a.log.Debug("warm pool not refilled", "template", k.template, "err", err)
 			return
 		}
-		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus)
+		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus, false)
 		if err != nil {
 			a.log.Warn("warm pool: template snapshot", "template", k.template, "err", err)
 			return
@@ -429,11 +486,84 @@ func (a *Agent) Prewarm(ctx context.Context) {
 	}
 	for _, sr := range a.snaps {
 		for _, img := range imgs {
-			if _, err := a.templateSnapshot(ctx, sr, img, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs); err != nil {
+			if _, err := a.templateSnapshot(ctx, sr, img, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs, false); err != nil {
 				a.log.Warn("prewarm: template snapshot", "runtime", sr.rt.Name(), "template", img.Name, "err", err)
 				continue
 			}
 			a.pools.want(poolKey{sr.rt.Name(), img.Name, img.Digest, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
 		}
 	}
+}
+
+// SetPoolTargets sets each template's warm-pool size, replacing the fixed
+// PrewarmPoolSize from now on: a template not in targets keeps no pool.
+// Pools of templates with a target are kept at the default shape on every
+// runtime that can restore (besides the shapes creates asked for); the
+// filler grows them and destroys what is beyond the target. Persephone's
+// server loop calls it every few minutes. Bad targets are refused whole.
+func (a *Agent) SetPoolTargets(ctx context.Context, targets map[string]int) error {
+	for tpl, n := range targets {
+		if n < 0 || n > maxPoolTarget {
+			return tartarus.Errorf(tartarus.ErrInvalid, "warm pool target of %s: %d is outside 0..%d", tpl, n, maxPoolTarget)
+		}
+	}
+	var keys []poolKey
+	if a.cfg.CreateFromSnapshot {
+		for tpl, n := range targets {
+			if n == 0 {
+				continue
+			}
+			img, err := a.cfg.Images.Get(ctx, tpl)
+			if err != nil {
+				a.log.Warn("warm pool target for a template this node lacks", "template", tpl, "err", err)
+				continue
+			}
+			for _, sr := range a.snaps {
+				keys = append(keys, poolKey{sr.rt.Name(), img.Name, img.Digest, tartarus.DefaultMemoryMB, tartarus.DefaultCPUs})
+			}
+		}
+	}
+	a.pools.mu.Lock()
+	a.pools.targeted = true
+	a.pools.targets = maps.Clone(targets)
+	// Pools without a target and without sandboxes free their slot.
+	for k := range a.pools.wanted {
+		if a.pools.targets[k.template] == 0 && len(a.pools.ready[k]) == 0 {
+			delete(a.pools.wanted, k)
+		}
+	}
+	for _, k := range keys {
+		if !a.pools.wanted[k] && len(a.pools.wanted) < maxPoolKeys {
+			a.pools.wanted[k] = true
+		}
+	}
+	a.pools.mu.Unlock()
+	a.pools.wake()
+	return nil
+}
+
+// maxPoolTarget bounds one template's warm-pool target.
+const maxPoolTarget = 10000
+
+// PoolTargets returns the targets set by SetPoolTargets, or nil while the
+// pools keep the fixed PrewarmPoolSize.
+func (a *Agent) PoolTargets() map[string]int {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	if !a.pools.targeted {
+		return nil
+	}
+	return maps.Clone(a.pools.targets)
+}
+
+// TemplatePoolSizes sums the ready sandboxes of each template's pools
+// (every runtime and shape): what Persephone sizes.
+func (a *Agent) TemplatePoolSizes() map[string]int {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	out := map[string]int{}
+	for k, ids := range a.pools.ready {
+		out[k.template] += len(ids)
+	}
+	return out
 }

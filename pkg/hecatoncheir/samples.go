@@ -75,7 +75,7 @@ func (s *Sampler) Run(ctx context.Context) {
 // SampleOnce takes one sample of every running sandbox of the node and
 // forgets the rings of sandboxes that are gone.
 func (s *Sampler) SampleOnce(ctx context.Context) {
-	live, err := s.a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: s.a.cfg.Node, States: liveStates})
+	live, err := s.a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: s.a.cfg.Node, States: tartarus.LiveStates()})
 	if err != nil {
 		s.log.Warn("list sandboxes to sample", "err", err)
 		return

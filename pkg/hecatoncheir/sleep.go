@@ -81,7 +81,7 @@ func (s sleepSource) SleepInfo(ctx context.Context, id string) (*tartarus.VMConf
 	if err != nil {
 		return nil, "", fmt.Errorf("template %s: %w", sb.Template, err)
 	}
-	return &tartarus.VMConfig{ID: id, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}, sb.Tenant, nil
+	return &tartarus.VMConfig{ID: id, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}, sb.Tenant, nil
 }
 
 // idleGuard lets the idle watcher put a sandbox to sleep only while no
@@ -134,6 +134,10 @@ func (a *Agent) observe(ev hypnos.Event) {
 		return
 	}
 	a.log.Info("sandbox state", "sandbox", ev.SandboxID, "state", ev.State, "reason", ev.Reason)
+	if ev.State == tartarus.StateRunning || ev.State == tartarus.StatePaused {
+		// A woken VM's network was built from the spec of its sleep.
+		a.syncNetwork(ctx, ev.SandboxID)
+	}
 }
 
 // record moves a sandbox to state to from whatever state it is in, through

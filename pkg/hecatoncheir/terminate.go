@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,11 +86,29 @@ func (a *Agent) Terminate(ctx context.Context, id string, opts *tartarus.Shutdow
 	return a.term.InitiateShutdown(ctx, id, &o)
 }
 
+// DestroyWith ends a sandbox as opts say (nil: at once, at the user's
+// request) and waits until it is gone. Destroying a terminated or failed
+// sandbox returns it unchanged.
+func (a *Agent) DestroyWith(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.Sandbox, error) {
+	sb, err := a.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if sb.State.Final() {
+		return sb, nil
+	}
+	if opts == nil {
+		opts = &tartarus.ShutdownOptions{Reason: tartarus.ReasonUserRequest}
+	}
+	return a.terminateAndWait(ctx, id, opts)
+}
+
 // terminateAndWait ends a sandbox and waits until it is gone: the
-// immediate termination behind Destroy and expiry.
-func (a *Agent) terminateAndWait(ctx context.Context, id string, reason tartarus.TerminationReason) (*tartarus.Sandbox, error) {
+// termination behind Destroy, expiry and drains.
+func (a *Agent) terminateAndWait(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.Sandbox, error) {
 	ctx = context.WithoutCancel(ctx)
-	if _, err := a.Terminate(ctx, id, &tartarus.ShutdownOptions{Reason: reason}); err != nil {
+	reason := opts.Reason
+	if _, err := a.Terminate(ctx, id, opts); err != nil {
 		return nil, err
 	}
 	st, err := a.term.Wait(ctx, id)
@@ -252,6 +271,9 @@ func (t termTarget) Release(ctx context.Context, id string) error {
 	}
 	a.forget(ctx, sb)
 	_, err = a.cfg.Store.Move(ctx, id, sb.State, tartarus.StateTerminated, store.Change{At: a.cfg.Clock.Now().UTC()})
+	if err == nil {
+		a.heatEnded(ctx, id)
+	}
 	return err
 }
 
@@ -344,7 +366,7 @@ func (a *Agent) createFromCheckpoint(ctx context.Context, tenant string, req *ta
 	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, &r, a.cfg.Clock.Now().UTC())
 	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
 	sb.Metadata["from_checkpoint"] = ck.ID
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env}
+	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}
 	return a.createWith(ctx, sb, func() error {
 		_, err := sr.checkpoints.Restore(ctx, snapID, cfg)
 		return err
@@ -366,7 +388,7 @@ func (a *Agent) Shutdown(ctx context.Context, mode string, grace time.Duration) 
 	if mode == ShutdownKeep || mode == "" {
 		return nil
 	}
-	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: liveStates})
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: tartarus.LiveStates()})
 	if err != nil {
 		return err
 	}
@@ -392,4 +414,54 @@ func (a *Agent) Shutdown(ctx context.Context, mode string, grace time.Duration) 
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// DrainNode ends every live sandbox of this node (reason node_drain), or
+// hibernates the running ones when opts.Hibernate (a single node has no
+// other node to move them to: they stay asleep here until woken).
+func (a *Agent) DrainNode(ctx context.Context, name string, opts tartarus.DrainOptions) (*tartarus.DrainReport, error) {
+	if name != a.cfg.Node {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "node %s (this server is the single node %s)", name, a.cfg.Node)
+	}
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: tartarus.LiveStates()})
+	if err != nil {
+		return nil, err
+	}
+	rep := &tartarus.DrainReport{Node: name, Ended: []string{}, Moved: []string{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, sb := range live {
+		wg.Go(func() {
+			var err error
+			moved := false
+			switch {
+			case opts.Hibernate && sb.State == tartarus.StateHibernated:
+				moved = true
+			case opts.Hibernate && sb.State == tartarus.StateRunning:
+				_, err = a.Hibernate(ctx, sb.ID)
+				moved = err == nil
+			}
+			if !moved {
+				_, err = a.DestroyWith(ctx, sb.ID, &tartarus.ShutdownOptions{Reason: tartarus.ReasonNodeDrain,
+					GracePeriod: time.Duration(opts.GraceS) * time.Second})
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				if rep.Failed == nil {
+					rep.Failed = map[string]string{}
+				}
+				rep.Failed[sb.ID] = err.Error()
+			case moved:
+				rep.Moved = append(rep.Moved, sb.ID)
+			default:
+				rep.Ended = append(rep.Ended, sb.ID)
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(rep.Ended)
+	slices.Sort(rep.Moved)
+	return rep, nil
 }

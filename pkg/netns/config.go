@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // Config is how a node's sandboxes reach the network.
@@ -96,4 +97,32 @@ func (s Spec) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// SpecOf turns the API's network spec into a Spec, checking every rule.
+// Errors wrap tartarus.ErrInvalid.
+func SpecOf(n *tartarus.NetworkSpec) (Spec, error) {
+	if n == nil {
+		return Spec{}, tartarus.Errorf(tartarus.ErrInvalid, "no network spec")
+	}
+	s := Spec{Policy: Policy{Mode: Mode(n.Mode)}, EgressBitsPerSec: n.EgressBitsPerSec, IngressBitsPerSec: n.IngressBitsPerSec}
+	var errs []error
+	for _, list := range []struct {
+		in  []string
+		out *[]Rule
+	}{{n.Allow, &s.Policy.Allow}, {n.Deny, &s.Policy.Deny}} {
+		for _, r := range list.in {
+			rule, err := ParseRule(r)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			*list.out = append(*list.out, rule)
+		}
+	}
+	errs = append(errs, s.Validate())
+	if err := errors.Join(errs...); err != nil {
+		return Spec{}, tartarus.Errorf(tartarus.ErrInvalid, "network: %v", err)
+	}
+	return s, nil
 }

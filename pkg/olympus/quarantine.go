@@ -91,6 +91,15 @@ func (s *Server) admit(r *http.Request, sb *tartarus.Sandbox) error {
 	return q.Admit(sb.ID, who.ID, examiner)
 }
 
+// held reports whether the sandbox is quarantined, by its state or by the
+// quarantine's own record.
+func (s *Server) held(sb *tartarus.Sandbox) bool {
+	if sb.State == tartarus.StateQuarantined {
+		return true
+	}
+	return s.cfg.Quarantine != nil && s.cfg.Quarantine.Admit(sb.ID, "", false) != nil
+}
+
 // usable checks that the sandbox can run commands or serve files, and
 // that the caller may reach it.
 func (s *Server) usable(r *http.Request, sb *tartarus.Sandbox) error {

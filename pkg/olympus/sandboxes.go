@@ -73,6 +73,11 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
+	if sb.State == tartarus.StateQueued {
+		// It waits for room in its heat's admission queue: GET follows it.
+		writeJSON(w, http.StatusAccepted, sb)
+		return
+	}
 	writeJSON(w, http.StatusCreated, sb)
 }
 

@@ -85,6 +85,9 @@ type Config struct {
 	Collectors []prometheus.Collector
 	// Metrics serves GET /v1/sandboxes/{id}/metrics; nil answers 501.
 	Metrics MetricsSource
+	// SandboxDomain, when set, routes requests for PORT-SANDBOXID.DOMAIN
+	// to that port of that sandbox (--sandbox-domain).
+	SandboxDomain string
 	// Quarantine serves the quarantine routes and holds quarantined
 	// sandboxes; nil answers them 501.
 	Quarantine Quarantiner
@@ -149,7 +152,16 @@ func New(cfg Config) (*Server, error) {
 	v1("GET /v1/templates", s.listTemplates)
 	v1("GET /v1/nodes", s.listNodes)
 	v1("DELETE /v1/nodes/{name}", s.forgetNode)
+	v1("POST /v1/nodes/{name}/drain", s.drainNode)
+	v1("POST /v1/nodes/{name}/undrain", s.undrainNode)
 	s.interactiveRoutes(v1)
+	v1("GET /v1/heat", s.getHeat)
+	v1("GET /v1/heat/explain", s.explainHeat)
+	v1("GET /v1/pools", s.listPools)
+	v1("POST /v1/pools", s.createPool)
+	v1("DELETE /v1/pools/{name}", s.deletePool)
+	v1("GET /v1/classes", s.listClasses)
+	s.networkRoutes(v1, mux)
 	s.quarantineRoutes(v1)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
@@ -158,7 +170,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.handler = s.middleware(s.jsonMuxErrors(mux))
+	s.handler = s.middleware(s.hostPorts(s.jsonMuxErrors(mux)))
 	return s, nil
 }
 

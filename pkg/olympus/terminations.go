@@ -199,3 +199,81 @@ func (s *Server) authorizeTenant(r *http.Request, action cerberus.Action) (*cerb
 	}
 	return who, nil
 }
+
+// Drainer is the optional side interface of a Backend that drains nodes:
+// no new sandboxes go to the node, and its sandboxes end (reason
+// node_drain) or hibernate and move.
+type Drainer interface {
+	DrainNode(ctx context.Context, name string, opts tartarus.DrainOptions) (*tartarus.DrainReport, error)
+}
+
+// Undrainer lets a drained node of a cluster take sandboxes again.
+type Undrainer interface {
+	UndrainNode(ctx context.Context, name string) error
+}
+
+func (s *Server) drainNode(w http.ResponseWriter, r *http.Request) {
+	name, err := s.nodeFor(r, cerberus.ActionUpdate)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, ok := s.be.(Drainer)
+	if !ok {
+		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented, "this server cannot drain nodes"))
+		return
+	}
+	var opts tartarus.DrainOptions
+	if r.ContentLength != 0 {
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &opts); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	if opts.GraceS < 0 || opts.GraceS > maxGraceS {
+		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "grace_s %d: want 0 to %d seconds", opts.GraceS, maxGraceS))
+		return
+	}
+	rep, err := d.DrainNode(r.Context(), name, opts)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+func (s *Server) undrainNode(w http.ResponseWriter, r *http.Request) {
+	name, err := s.nodeFor(r, cerberus.ActionUpdate)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	u, ok := s.be.(Undrainer)
+	if !ok {
+		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented, "this server has no drained node to take back (a single node drains its sandboxes, not itself)"))
+		return
+	}
+	if err := u.UndrainNode(r.Context(), name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// nodeFor checks that the caller may do action on the node named in the
+// path, and returns its name.
+func (s *Server) nodeFor(r *http.Request, action cerberus.Action) (string, error) {
+	who, err := caller(r)
+	if err != nil {
+		return "", err
+	}
+	name := r.PathValue("name")
+	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, ID: name, TenantID: who.TenantID}
+	if err := s.guard.Authorize(r.Context(), action, res); err != nil {
+		return "", err
+	}
+	if !tartarus.ValidName(name) {
+		return "", tartarus.Errorf(tartarus.ErrNotFound, "node %q", name)
+	}
+	return name, nil
+}

@@ -21,10 +21,11 @@ const (
 	Postgres
 )
 
-// schema works in both dialects: BIGINT and DOUBLE PRECISION are native to
-// Postgres and accepted by SQLite. The primary key is the once-per-minute
-// rule.
-var schema = []string{
+// Schema creates Persephone's tables, one statement each; the store runs
+// it among its own migrations (pkg/store). It works in both dialects:
+// BIGINT and DOUBLE PRECISION are native to Postgres and accepted by
+// SQLite. The primary key is the once-per-minute rule.
+var Schema = []string{
 	`CREATE TABLE IF NOT EXISTS persephone_usage (
 		bucket      BIGINT NOT NULL,
 		resolution  INTEGER NOT NULL,
@@ -47,7 +48,7 @@ var schema = []string{
 // Migrate creates Persephone's tables (persephone_usage, persephone_seasons)
 // when they are missing; it is safe to run on every start.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect) error {
-	for _, s := range schema {
+	for _, s := range Schema {
 		if _, err := db.ExecContext(ctx, s); err != nil {
 			return fmt.Errorf("persephone migrate: %w", err)
 		}

@@ -22,9 +22,10 @@ const (
 	Postgres Dialect = "postgres"
 )
 
-// migrations create the tables. The SQL is the same on both dialects:
-// TEXT and BIGINT (unix nanoseconds) only.
-var migrations = []string{
+// Schema creates the tables; the store runs it among its migrations
+// (pkg/store componentSchema). The SQL is the same on both dialects: TEXT
+// and BIGINT (unix nanoseconds) only. Append only.
+var Schema = []string{
 	`CREATE TABLE IF NOT EXISTS heat_queue (
 		id         TEXT PRIMARY KEY,
 		seq        BIGINT NOT NULL,
@@ -51,7 +52,7 @@ var migrations = []string{
 // It is idempotent; the store's migrations should call it (under their lock
 // on Postgres).
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range migrations {
+	for _, q := range Schema {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("phlegethon migrate: %w", err)
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
@@ -51,6 +52,13 @@ type Config struct {
 	// ProbeImage is what microvm's KVM probe boots; without it "auto" uses
 	// TCG unprobed.
 	ProbeImage *tartarus.Image
+	// Jail confines each microVM's QEMU (nil: unconfined);
+	// ConsoleMaxBytes caps its console log (zero: microvm's default).
+	Jail            *jail.Jail
+	ConsoleMaxBytes int64
+	// Networks gives microVMs their networks (a *netns.Manager); nil:
+	// sandboxes have only loopback.
+	Networks microvm.Networks
 
 	// Runsc is the runsc binary (default: on PATH, else scripts/runsc.sh's).
 	Runsc string
@@ -82,7 +90,9 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 	switch name {
 	case microvm.Name:
 		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(cfg.DataDir, "vms"), Log: cfg.Log, Clock: cfg.Clock,
-			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage})
+			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage,
+			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes,
+			Networks: cfg.Networks})
 	case gvisor.Name:
 		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock})
 		if err != nil {

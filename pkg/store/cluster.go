@@ -35,6 +35,8 @@ type NodeRecord struct {
 	LastSeen     time.Time
 	RegisteredAt time.Time
 	DownReason   string
+	// Draining nodes take no new sandboxes (tartarus node drain).
+	Draining bool
 	// What the sandboxes placed on the node hold (those that are not
 	// final and not hibernated), and how many are not final.
 	UsedCPUs, UsedMemoryMB, Sandboxes int
@@ -80,7 +82,7 @@ func (p *Postgres) Heartbeat(ctx context.Context, name, address string, status [
 	return prev, nil
 }
 
-const nodeColumns = `n.name, n.address, n.state, n.status, n.last_seen, n.registered_at, n.down_reason,
+const nodeColumns = `n.name, n.address, n.state, n.status, n.last_seen, n.registered_at, n.down_reason, n.draining,
 	COALESCE(u.cpus, 0), COALESCE(u.memory_mb, 0), COALESCE(u.n, 0)`
 
 const nodeUsage = `LEFT JOIN (SELECT node, SUM(cpus) FILTER (WHERE state <> 'hibernated') AS cpus,
@@ -91,7 +93,7 @@ func scanNode(r scanner) (*NodeRecord, error) {
 	var n NodeRecord
 	var status string
 	var seen, reg int64
-	if err := r.Scan(&n.Name, &n.Address, &n.State, &status, &seen, &reg, &n.DownReason,
+	if err := r.Scan(&n.Name, &n.Address, &n.State, &status, &seen, &reg, &n.DownReason, &n.Draining,
 		&n.UsedCPUs, &n.UsedMemoryMB, &n.Sandboxes); err != nil {
 		return nil, err
 	}
@@ -270,7 +272,7 @@ func (p *Postgres) Place(ctx context.Context, idem IdempotencyKey, place PlaceFu
 			return "", fmt.Errorf("idempotency key: %w", err)
 		}
 	}
-	nodes, err := queryNodes(ctx, tx, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+` WHERE n.state = 'up' ORDER BY n.name`)
+	nodes, err := queryNodes(ctx, tx, `SELECT `+nodeColumns+` FROM nodes n `+nodeUsage+` WHERE n.state = 'up' AND NOT n.draining ORDER BY n.name`)
 	if err != nil {
 		return "", err
 	}
@@ -439,7 +441,7 @@ func (p *Postgres) Report(ctx context.Context, node string, sb *tartarus.Sandbox
 	res, err := p.db.ExecContext(ctx, p.d.q(insertColumns+`
 		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at,
 			expires_at = EXCLUDED.expires_at, last_activity_at = GREATEST(sandboxes.last_activity_at, EXCLUDED.last_activity_at),
-			error = EXCLUDED.error, snapshot_bytes = EXCLUDED.snapshot_bytes
+			error = EXCLUDED.error, snapshot_bytes = EXCLUDED.snapshot_bytes, network = EXCLUDED.network
 		WHERE sandboxes.node = EXCLUDED.node AND sandboxes.state NOT IN ('terminated', 'failed')
 			AND sandboxes.updated_at <= EXCLUDED.updated_at`), args...)
 	if err != nil {
@@ -460,6 +462,18 @@ func (p *Postgres) Reclaim(ctx context.Context, id, node string, at time.Time) (
 	}
 	n, _ := res.RowsAffected()
 	return n == 1, nil
+}
+
+// SetDraining marks a node draining (it takes no new sandboxes) or not.
+func (p *Postgres) SetDraining(ctx context.Context, name string, draining bool) error {
+	res, err := p.db.ExecContext(ctx, `UPDATE nodes SET draining = $1 WHERE name = $2`, draining, name)
+	if err != nil {
+		return fmt.Errorf("drain node %s: %w", name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return tartarus.Errorf(tartarus.ErrNotFound, "node %s", name)
+	}
+	return nil
 }
 
 // Unassign takes a hibernated sandbox back from node (which refused to

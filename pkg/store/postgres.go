@@ -30,7 +30,7 @@ var (
 const migrationLock = 0x7461727461727573 // "tartarus"
 
 var postgresDialect = &dialect{
-	migrations:     slices.Concat(pgMigrations, componentSchema()),
+	migrations:     slices.Concat(pgMigrations, componentSchema(), laterMigrations),
 	lockMigrations: "SELECT pg_advisory_xact_lock(" + strconv.FormatInt(migrationLock, 10) + ")",
 	numbered:       true,
 	greatest:       "GREATEST",
@@ -109,6 +109,8 @@ var pgMigrations = []string{
 		created_at BIGINT NOT NULL,
 		PRIMARY KEY (tenant, key)
 	);`,
+	// 4: nodes being drained take no new sandboxes (cluster.go).
+	`ALTER TABLE nodes ADD COLUMN draining BOOLEAN NOT NULL DEFAULT FALSE;`,
 }
 
 // OpenPostgres connects to the database at dsn (postgres://…) and brings

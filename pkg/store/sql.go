@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
@@ -70,14 +72,28 @@ func numbered(q string) string {
 	return b.String()
 }
 
-// openSQL opens db in d and brings its schema up to date.
 // componentSchema are the tables of the components that keep their state
 // in the store's database, run after each dialect's own migrations, in
-// this order: Thanatos's terminations and checkpoints, Typhon's
-// quarantines. Append only.
+// this order: Thanatos's terminations and checkpoints; Phlegethon's
+// admission queue, pools and observations, then the sandboxes' heat
+// column (JSON of tartarus.SandboxHeat; empty when none); Persephone's usage
+// history and seasons. Append only.
 func componentSchema() []string {
-	return slices.Concat(thanatos.Schema, typhon.Schema)
+	return slices.Concat(thanatos.Schema, phlegethon.Schema,
+		[]string{`ALTER TABLE sandboxes ADD COLUMN heat TEXT NOT NULL DEFAULT ''`}, persephone.Schema)
 }
+
+// laterMigrations come after the component schema in both dialects (it
+// was released before them, so they cannot go in a dialect's own list
+// without renumbering it). The SQL is common to SQLite and Postgres.
+// Append only.
+var laterMigrations = slices.Concat([]string{
+	// A sandbox's network spec (JSON; empty: no network).
+	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT ''`,
+},
+	// Typhon's quarantine records, reports and policy.
+	typhon.Schema,
+)
 
 // QuarantineKeeper is the optional side interface of a Store that keeps
 // Typhon's quarantine records, reports and policy in its own database, so
@@ -107,6 +123,25 @@ type TerminationKeeper interface {
 
 var _ TerminationKeeper = (*SQL)(nil)
 
+// HeatKeeper is the optional side interface of a Store that keeps
+// Phlegethon's admission queue, pools and observations in its own database
+// (SQLite and Postgres do), so that a queued create survives a restart.
+type HeatKeeper interface {
+	Heat() *phlegethon.SQLJournal
+}
+
+var _ HeatKeeper = (*SQL)(nil)
+
+// Heat implements HeatKeeper.
+func (s *SQL) Heat() *phlegethon.SQLJournal {
+	d := phlegethon.SQLite
+	if s.d.numbered {
+		d = phlegethon.Postgres
+	}
+	j, _ := phlegethon.NewSQLJournal(s.db, d) // d is one of the two
+	return j
+}
+
 // Terminations implements TerminationKeeper.
 func (s *SQL) Terminations() thanatos.Journal {
 	d := thanatos.SQLite
@@ -117,6 +152,61 @@ func (s *SQL) Terminations() thanatos.Journal {
 	return j
 }
 
+// UsageKeeper is the optional side interface of a Store that keeps
+// Persephone's per-minute usage history and seasons in its own database
+// (SQLite and Postgres do), so that every replica records into and
+// forecasts from one history.
+type UsageKeeper interface {
+	Usage() *persephone.SQLStore
+	// Launches counts the sandboxes created in [from, to), by template.
+	Launches(ctx context.Context, from, to time.Time) (map[string]LaunchCount, error)
+}
+
+// LaunchCount is how many sandboxes of a template were created in a span,
+// and how many of those failed.
+type LaunchCount struct {
+	Launches, Failed int
+}
+
+var _ UsageKeeper = (*SQL)(nil)
+
+// Usage implements UsageKeeper: the store is both Persephone's UsageStore
+// and its SeasonStore.
+func (s *SQL) Usage() *persephone.SQLStore {
+	d := persephone.SQLite
+	if s.d.numbered {
+		d = persephone.Postgres
+	}
+	return persephone.NewSQLStore(s.db, d)
+}
+
+// Launches implements UsageKeeper. Every replica's creates are in the
+// table, so in a cluster any replica counts them all.
+func (s *SQL) Launches(ctx context.Context, from, to time.Time) (map[string]LaunchCount, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT template, state, COUNT(*) FROM sandboxes
+		WHERE created_at >= ? AND created_at < ? GROUP BY template, state`), nanos(from), nanos(to))
+	if err != nil {
+		return nil, fmt.Errorf("count launches: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]LaunchCount{}
+	for rows.Next() {
+		var tpl, state string
+		var n int
+		if err := rows.Scan(&tpl, &state, &n); err != nil {
+			return nil, fmt.Errorf("count launches: %w", err)
+		}
+		c := out[tpl]
+		c.Launches += n
+		if tartarus.State(state) == tartarus.StateFailed {
+			c.Failed += n
+		}
+		out[tpl] = c
+	}
+	return out, rows.Err()
+}
+
+// openSQL opens db in d and brings its schema up to date.
 func openSQL(ctx context.Context, db *sql.DB, d *dialect) (*SQL, error) {
 	s := &SQL{db: db, d: d}
 	if err := s.migrate(ctx); err != nil {
@@ -169,10 +259,10 @@ func (s *SQL) migrate(ctx context.Context) error {
 func (s *SQL) Close() error { return s.db.Close() }
 
 const columns = `id, tenant, template, runtime, state, node, cpus, memory_mb, env, metadata,
-	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes`
+	created_at, updated_at, expires_at, last_activity_at, error, auto_hibernate_s, snapshot_bytes, heat, network`
 
 // insertColumns inserts one sandbox; its arguments are sandboxArgs.
-const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
+const insertColumns = `INSERT INTO sandboxes (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
 
 // sandboxArgs returns sb's values in the order of columns.
 func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
@@ -184,9 +274,23 @@ func sandboxArgs(sb *tartarus.Sandbox) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s metadata: %w", sb.ID, err)
 	}
+	heat := ""
+	if sb.Heat != nil {
+		b, err := json.Marshal(sb.Heat)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s heat: %w", sb.ID, err)
+		}
+		heat = string(b)
+	}
+	var network []byte
+	if sb.Network != nil {
+		if network, err = json.Marshal(sb.Network); err != nil {
+			return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+		}
+	}
 	return []any{sb.ID, sb.Tenant, sb.Template, sb.Runtime, string(sb.State), sb.Node, sb.CPUs, sb.MemoryMB,
 		string(env), string(md), nanos(sb.CreatedAt), nanos(sb.UpdatedAt), nanos(sb.ExpiresAt),
-		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes}, nil
+		nanos(sb.LastActivityAt), sb.Error, sb.AutoHibernateS, sb.SnapshotBytes, heat, string(network)}, nil
 }
 
 // execer is a *sql.DB or a *sql.Tx.
@@ -329,12 +433,24 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scan(r scanner) (*tartarus.Sandbox, error) {
 	var sb tartarus.Sandbox
-	var state, env, md string
+	var state, env, md, heat, network string
 	var created, updated, expires, active int64
 	err := r.Scan(&sb.ID, &sb.Tenant, &sb.Template, &sb.Runtime, &state, &sb.Node, &sb.CPUs, &sb.MemoryMB,
-		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes)
+		&env, &md, &created, &updated, &expires, &active, &sb.Error, &sb.AutoHibernateS, &sb.SnapshotBytes, &heat, &network)
 	if err != nil {
 		return nil, err
+	}
+	if network != "" {
+		sb.Network = &tartarus.NetworkSpec{}
+		if err := json.Unmarshal([]byte(network), sb.Network); err != nil {
+			return nil, fmt.Errorf("sandbox %s network: %w", sb.ID, err)
+		}
+	}
+	if heat != "" {
+		sb.Heat = &tartarus.SandboxHeat{}
+		if err := json.Unmarshal([]byte(heat), sb.Heat); err != nil {
+			return nil, fmt.Errorf("sandbox %s heat: %w", sb.ID, err)
+		}
 	}
 	sb.State = tartarus.State(state)
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {

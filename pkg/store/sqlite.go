@@ -25,7 +25,7 @@ var (
 // sqliteDialect needs no migration lock: its transactions begin
 // immediate (_txlock), holding the database's write lock from BEGIN.
 var sqliteDialect = &dialect{
-	migrations:  slices.Concat(sqliteMigrations, componentSchema()),
+	migrations:  slices.Concat(sqliteMigrations, componentSchema(), laterMigrations),
 	greatest:    "MAX",
 	isDuplicate: sqliteDuplicate,
 }

@@ -130,10 +130,12 @@ type QuarantineRecord struct {
 	// CollectedAt is when the evidence taken at quarantine was stored.
 	CollectedAt time.Time `json:"collected_at,omitzero"`
 	ExpiresAt   time.Time `json:"expires_at,omitzero"`
-	// NetworkMode is the containment's network mode.
-	NetworkMode NetworkMode      `json:"network_mode,omitempty"`
-	Approval    *ReleaseApproval `json:"approval,omitempty"`
-	EndedAt     time.Time        `json:"ended_at,omitzero"`
+	// NetworkMode is the containment's network mode; OwnerNetwork is the
+	// sandbox's own network spec, put back at release.
+	NetworkMode  NetworkMode      `json:"network_mode,omitempty"`
+	OwnerNetwork *NetworkSpec     `json:"owner_network,omitempty"`
+	Approval     *ReleaseApproval `json:"approval,omitempty"`
+	EndedAt      time.Time        `json:"ended_at,omitzero"`
 	// Notes lists what containment could not do (no network controller…).
 	Notes []string `json:"notes,omitempty"`
 	// Involved are the identities that quarantined the sandbox or acted in

@@ -91,6 +91,13 @@ type VMConfig struct {
 	MemoryMB int
 	// Env is the environment every Exec in the sandbox starts with.
 	Env map[string]string
+	// DiskIOPS holds the sandbox's disk to this many I/O operations a
+	// second where the runtime can (microvm: QEMU block throttling); 0:
+	// no limit. Its resource class sets it (pkg/phlegethon).
+	DiskIOPS int
+	// Network, when set, gives the sandbox a NIC on a network of its own
+	// with this policy; only runtimes declaring Capabilities.Network can.
+	Network *NetworkSpec `json:",omitempty"`
 }
 
 // Image is a built template as a runtime consumes it.
@@ -177,6 +184,21 @@ type Fingerprint struct {
 	Capabilities Capabilities `json:"capabilities"`
 	// Details holds backend facts worth showing (versions, paths).
 	Details map[string]string `json:"details,omitempty"`
+	// Jail says how the runtime confines its sandboxes; nil when the
+	// runtime does not say.
+	Jail *JailInfo `json:"jail,omitempty"`
+}
+
+// JailInfo is a runtime's confinement of its sandboxes, shown to operators.
+type JailInfo struct {
+	// Enabled is false when sandboxes run unconfined (--jail=off).
+	Enabled bool `json:"enabled"`
+	// UIDRange is the uids sandboxes run as, "first-last".
+	UIDRange string `json:"uid_range,omitempty"`
+	// CgroupVersion is "v1" or "v2".
+	CgroupVersion string `json:"cgroup_version,omitempty"`
+	// Seccomp reports a seccomp filter on every sandbox's VMM.
+	Seccomp bool `json:"seccomp"`
 }
 
 // Capabilities are declared, never guessed.
@@ -186,6 +208,9 @@ type Capabilities struct {
 	Signal   bool `json:"signal"`
 	Files    bool `json:"files"`
 	Recover  bool `json:"recover"`
+	// Network: sandboxes can have a network of their own with an egress
+	// policy (VMConfig.Network).
+	Network bool `json:"network"`
 }
 
 // FileInfo describes one entry of a sandbox's file system.

@@ -10,6 +10,7 @@ package tartarus
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -34,6 +35,11 @@ var States = []State{StateCreating, StateRunning, StatePaused, StateHibernated,
 
 // Final reports whether no transition leaves s.
 func (s State) Final() bool { return s == StateTerminated || s == StateFailed }
+
+// LiveStates returns the states that are not final.
+func LiveStates() []State {
+	return slices.DeleteFunc(slices.Clone(States), State.Final)
+}
 
 // transitions lists, for each state, the states it may move to. A move to the
 // same state is always allowed, so every transition is idempotent.
@@ -93,6 +99,13 @@ type Sandbox struct {
 	// SnapshotBytes is what the stored snapshot of a hibernated sandbox
 	// takes; 0 otherwise.
 	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
+	// Heat is how the create was classified by heat (which rule chose its
+	// class, and the limits it got); nil on servers without heat classes.
+	Heat *SandboxHeat `json:"heat,omitempty"`
+	// Queue is where the create waits while its state is queued.
+	Queue *QueuePosition `json:"queue,omitempty"`
+	// Network is the sandbox's network; nil means none (only loopback).
+	Network *NetworkSpec `json:"network,omitempty"`
 }
 
 // NewSandbox returns the record of a sandbox about to be created from req
@@ -105,7 +118,7 @@ func NewSandbox(id, tenant string, req *CreateRequest, now time.Time) *Sandbox {
 		ID: id, Tenant: tenant, Template: req.Template, State: StateCreating,
 		CPUs: req.CPUs, MemoryMB: req.MemoryMB, Env: req.Env, Metadata: req.Metadata,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Duration(req.TimeoutS) * time.Second),
-		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS,
+		LastActivityAt: now, AutoHibernateS: req.AutoHibernateS, Network: req.Network,
 	}
 	if sb.Metadata == nil {
 		sb.Metadata = map[string]string{}
@@ -138,6 +151,31 @@ type CreateRequest struct {
 	// they were, running. Template, runtime, memory and CPUs are the
 	// checkpointed sandbox's; asking for others is invalid.
 	FromCheckpoint string `json:"from_checkpoint,omitempty"`
+
+	// Heat classes (pkg/phlegethon, docs/heat.md). HeatHint is cold, warm,
+	// hot or inferno; ResourceClass names a class (which sets the heat);
+	// MaxDurationS ends the sandbox with reason timeout that long after it
+	// starts (within its class's maximum). Setting any of the three makes
+	// the class size the sandbox.
+	HeatHint      string `json:"heat_hint,omitempty"`
+	ResourceClass string `json:"resource_class,omitempty"`
+	MaxDurationS  int    `json:"max_duration_s,omitempty"`
+	// QueueTimeoutS lets the create wait up to this long in its heat's
+	// admission queue when the node has no room now (answer 202, state
+	// queued); without it a full node refuses at once.
+	QueueTimeoutS int `json:"queue_timeout_s,omitempty"`
+	// GPUs is how many GPUs the sandbox needs; only nodes that report
+	// GPUs can take it.
+	GPUs int `json:"gpus,omitempty"`
+
+	// Asked is what the caller itself set of cpus and memory_mb, before
+	// Normalize filled the defaults (0: not asked); heat classification
+	// reads it.
+	Asked      struct{ CPUs, MemoryMB int } `json:"-"`
+	normalized bool
+	// Network gives the sandbox a network with this policy; without it
+	// the node's default applies (by default: no network).
+	Network *NetworkSpec `json:"network,omitempty"`
 }
 
 // Defaults and bounds for a CreateRequest.
@@ -151,11 +189,16 @@ const (
 	MaxEnvEntries   = 256
 	MaxMetadata     = 64
 	MaxNodeLabels   = 16
+	// MaxQueueTimeoutS bounds queue_timeout_s (an hour).
+	MaxQueueTimeoutS = 3600
 )
 
 // Normalize fills defaults and checks the request's own shape (not host
 // limits, which only the node knows). Errors wrap ErrInvalid.
 func (r *CreateRequest) Normalize() error {
+	if !r.normalized {
+		r.Asked.CPUs, r.Asked.MemoryMB, r.normalized = r.CPUs, r.MemoryMB, true
+	}
 	if r.Template == "" {
 		r.Template = DefaultTemplate
 	}
@@ -185,6 +228,19 @@ func (r *CreateRequest) Normalize() error {
 		return Errorf(ErrInvalid, "metadata: at most %d entries", MaxMetadata)
 	case len(r.NodeLabels) > MaxNodeLabels:
 		return Errorf(ErrInvalid, "node_labels: at most %d entries", MaxNodeLabels)
+	case r.MaxDurationS < 0 || r.MaxDurationS > MaxTimeoutS:
+		return Errorf(ErrInvalid, "max_duration_s %d: must be between 0 (the class's) and %d", r.MaxDurationS, MaxTimeoutS)
+	case r.QueueTimeoutS < 0 || r.QueueTimeoutS > MaxQueueTimeoutS:
+		return Errorf(ErrInvalid, "queue_timeout_s %d: must be between 0 (no waiting) and %d", r.QueueTimeoutS, MaxQueueTimeoutS)
+	case r.GPUs < 0 || r.GPUs > 64:
+		return Errorf(ErrInvalid, "gpus %d: must be between 0 and 64", r.GPUs)
+	case r.ResourceClass != "" && !ValidName(r.ResourceClass):
+		return Errorf(ErrInvalid, "resource_class %q: want 1-64 characters of a-z, 0-9, '-', '_', '.'", r.ResourceClass)
+	}
+	switch r.HeatHint {
+	case "", "cold", "warm", "hot", "inferno":
+	default:
+		return Errorf(ErrInvalid, "heat_hint %q: want cold, warm, hot or inferno", r.HeatHint)
 	}
 	if len(r.IdempotencyKey) > 128 {
 		return Errorf(ErrInvalid, "Idempotency-Key: at most 128 characters")
@@ -197,6 +253,11 @@ func (r *CreateRequest) Normalize() error {
 	for k, v := range r.NodeLabels {
 		if !ValidLabel(k) || !ValidLabel(v) {
 			return Errorf(ErrInvalid, "node_labels: %q=%q: want 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', '/'", k, v)
+		}
+	}
+	if r.Network != nil {
+		if err := r.Network.Check(); err != nil {
+			return err
 		}
 	}
 	return ValidEnv(r.Env)

@@ -184,3 +184,21 @@ type Checkpoint struct {
 	// Reason is the termination's reason, or "" for a live checkpoint.
 	Reason TerminationReason `json:"reason,omitempty"`
 }
+
+// DrainOptions say how a node is drained: its sandboxes end (reason
+// node_drain, with GraceS seconds each) or, with Hibernate, hibernate so
+// that they wake on another node (a cluster whose nodes share snapshots;
+// elsewhere they end).
+type DrainOptions struct {
+	Hibernate bool `json:"hibernate,omitempty"`
+	GraceS    int  `json:"grace_s,omitempty"`
+}
+
+// DrainReport is what a drain did with each of the node's sandboxes.
+type DrainReport struct {
+	Node  string   `json:"node"`
+	Ended []string `json:"ended"`
+	// Moved hibernated and left the node: they wake elsewhere.
+	Moved  []string          `json:"moved"`
+	Failed map[string]string `json:"failed,omitempty"`
+}

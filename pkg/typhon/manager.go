@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	for _, r := range recs {
 		if r.Status.Contained() {
 			m.held[r.SandboxID] = r.ID
-			m.applyNetwork(ctx, r.SandboxID, r.NetworkMode, p.Isolation.AllowedEgress, true)
+			_, _ = m.applyNetwork(ctx, r.SandboxID, r.NetworkMode, p.Isolation.AllowedEgress, true)
 		}
 	}
 	return m, nil
@@ -302,8 +302,9 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	ctx = context.WithoutCancel(ctx) // a held sandbox must not be left half-contained
 	unlock := m.opLock(r.SandboxID)
 	defer unlock()
-	if rec, err := m.current(ctx, r.SandboxID); err == nil && rec.Status.Contained() {
-		return rec, nil
+	last, lerr := m.current(ctx, r.SandboxID)
+	if lerr == nil && last.Status.Contained() {
+		return last, nil
 	}
 	sb, err := m.cfg.Host.Get(ctx, r.SandboxID)
 	if err != nil {
@@ -351,8 +352,15 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	if err := m.cfg.Host.SetQuarantined(ctx, sb.ID, true); err != nil {
 		rec.Notes = append(rec.Notes, "state: "+err.Error())
 	}
-	if note := m.applyNetwork(ctx, sb.ID, mode, pol.Isolation.AllowedEgress, pol.Isolation.RecordNetwork); note != "" {
+	prev, note := m.applyNetwork(ctx, sb.ID, mode, pol.Isolation.AllowedEgress, pol.Isolation.RecordNetwork)
+	if note != "" {
 		rec.Notes = append(rec.Notes, note)
+	}
+	rec.OwnerNetwork = prev
+	if lerr == nil && last.Status == StatusReleased && last.ConditionsLifted.IsZero() {
+		// Held again under a release's conditions: the owner's own network
+		// is the one the first quarantine kept.
+		rec.OwnerNetwork = last.OwnerNetwork
 	}
 	rec.ContainedAt = m.cfg.Clock.Now().UTC()
 	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
@@ -399,16 +407,17 @@ func ifNonEmpty(prefix, s string) string {
 	return prefix + s
 }
 
-// applyNetwork switches the sandbox's network, returning a note when it
-// could not.
-func (m *Manager) applyNetwork(ctx context.Context, id string, mode NetworkMode, egress []string, record bool) string {
+// applyNetwork switches the sandbox's network, returning the spec before
+// and a note when it could not.
+func (m *Manager) applyNetwork(ctx context.Context, id string, mode NetworkMode, egress []string, record bool) (*tartarus.NetworkSpec, string) {
 	if m.cfg.Network == nil {
-		return fmt.Sprintf("network: no network controller on this node; mode %q not applied", mode)
+		return nil, fmt.Sprintf("network: no network controller on this node; mode %q not applied", mode)
 	}
-	if err := m.cfg.Network.SetNetworkMode(ctx, id, mode, egress, record); err != nil {
-		return "network: " + err.Error()
+	prev, err := m.cfg.Network.Contain(ctx, id, mode, egress, record)
+	if err != nil {
+		return nil, "network: " + err.Error()
 	}
-	return ""
+	return prev, ""
 }
 
 // storeEvidence puts one piece's bytes in the blob store.
@@ -650,11 +659,11 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	}
 	pol := m.Policy()
 	if mode != "" {
-		if note := m.applyNetwork(ctx, rec.SandboxID, mode, pol.Isolation.AllowedEgress, true); note != "" {
+		if _, note := m.applyNetwork(ctx, rec.SandboxID, mode, pol.Isolation.AllowedEgress, true); note != "" {
 			return tartarus.Errorf(tartarus.ErrFailedPrecondition, "condition %s cannot be enforced: %s", mode, note)
 		}
 	} else if m.cfg.Network != nil {
-		if err := m.cfg.Network.SetNetworkMode(ctx, rec.SandboxID, "", nil, false); err != nil {
+		if err := m.cfg.Network.Restore(ctx, rec.SandboxID, rec.OwnerNetwork); err != nil {
 			return fmt.Errorf("restore network of %s: %w", rec.SandboxID, err)
 		}
 	}

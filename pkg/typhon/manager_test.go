@@ -99,10 +99,20 @@ type fakeNet struct {
 	modes map[string]NetworkMode
 }
 
-func (n *fakeNet) SetNetworkMode(_ context.Context, id string, mode NetworkMode, _ []string, _ bool) error {
+func (n *fakeNet) Contain(_ context.Context, id string, mode NetworkMode, _ []string, _ bool) (*tartarus.NetworkSpec, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.modes[id] = mode
+	return &tartarus.NetworkSpec{Mode: tartarus.NetworkOpen}, nil
+}
+
+func (n *fakeNet) Restore(_ context.Context, id string, prev *tartarus.NetworkSpec) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.modes[id] = ""
+	if prev == nil || prev.Mode != tartarus.NetworkOpen {
+		n.modes[id] = "lost"
+	}
 	return nil
 }
 

@@ -148,7 +148,7 @@ func (m *Manager) expire(ctx context.Context, rep *TickReport) {
 		case r.Status == StatusReleased && r.ConditionsLifted.IsZero() && r.Approval != nil &&
 			r.Approval.ExpiresAt != nil && !now.Before(*r.Approval.ExpiresAt):
 			if m.cfg.Network != nil && !m.Contained(r.SandboxID) {
-				if err := m.cfg.Network.SetNetworkMode(ctx, r.SandboxID, "", nil, false); err != nil {
+				if err := m.cfg.Network.Restore(ctx, r.SandboxID, r.OwnerNetwork); err != nil {
 					rep.Errors = append(rep.Errors, fmt.Errorf("lift conditions of %s: %w", r.SandboxID, err))
 					continue
 				}

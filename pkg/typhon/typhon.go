@@ -95,11 +95,16 @@ type Host interface {
 	Destroy(ctx context.Context, id string) error
 }
 
-// NetworkController switches a sandbox's network for containment (the node
-// agent's pkg/netns wiring implements it). mode "" restores the sandbox's
-// own network.
+// NetworkController switches a sandbox's network for containment
+// (typhonnode implements it over the node agent's pkg/netns networks).
 type NetworkController interface {
-	SetNetworkMode(ctx context.Context, id string, mode NetworkMode, allowedEgress []string, record bool) error
+	// Contain switches the sandbox's network to mode (restricted allows
+	// only allowedEgress) and returns the spec in force before, to put
+	// back at release (nil: the sandbox has no network, so nothing leaves
+	// it anyway).
+	Contain(ctx context.Context, id string, mode NetworkMode, allowedEgress []string, record bool) (prev *tartarus.NetworkSpec, err error)
+	// Restore puts back a spec Contain returned (nil: nothing to do).
+	Restore(ctx context.Context, id string, prev *tartarus.NetworkSpec) error
 }
 
 // BlobStore keeps evidence bytes with checksums (erebus.Store satisfies

@@ -199,7 +199,7 @@ func (l *Link) do(ctx context.Context, c wire.Command) ([]*tartarus.Sandbox, err
 		}
 		return one(a.CreateAs(ctx, c.Sandbox, c.Create))
 	case wire.KindDestroy:
-		sb, err := a.Destroy(ctx, c.SandboxID)
+		sb, err := a.DestroyWith(ctx, c.SandboxID, c.Shutdown)
 		if errors.Is(err, tartarus.ErrNotFound) {
 			// Never here, or gone already: destroyed is what was asked.
 			if c.Sandbox == nil {

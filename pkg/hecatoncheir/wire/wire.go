@@ -163,6 +163,9 @@ type Command struct {
 	// Adopt, Discard: the sleep record of the hibernated sandbox (Sandbox
 	// is set too).
 	Sleep *hypnos.SleepRecord `json:"sleep,omitempty"`
+	// Destroy: how the sandbox ends (reason and grace period); nil is a
+	// user's immediate end.
+	Shutdown *tartarus.ShutdownOptions `json:"shutdown,omitempty"`
 }
 
 // Commands is the long poll's answer.

@@ -88,7 +88,7 @@ func (c *Cluster) discard(ctx context.Context, sb *tartarus.Sandbox) error {
 	}
 	node := ""
 	for _, n := range nodes {
-		if n.State == store.NodeUp && c.status(n).SharedSnapshots {
+		if n.State == store.NodeUp && !n.Draining && c.status(n).SharedSnapshots {
 			node = n.Name
 			break
 		}

@@ -22,8 +22,12 @@ func commandRecord(cmd *wire.Command) (*store.CommandRecord, error) {
 
 // command sends one command about sandbox sb to its node and waits.
 func (c *Cluster) command(ctx context.Context, sb *tartarus.Sandbox, kind wire.Kind, forkIDs []string) (*wire.Result, error) {
-	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Node: sb.Node, Kind: kind, SandboxID: sb.ID,
-		CreatedAt: c.cfg.Clock.Now().UTC(), ForkIDs: forkIDs}
+	return c.send(ctx, &wire.Command{ID: tartarus.NewID("cmd-"), Node: sb.Node, Kind: kind, SandboxID: sb.ID,
+		CreatedAt: c.cfg.Clock.Now().UTC(), ForkIDs: forkIDs})
+}
+
+// send writes cmd durably, tells its node, and waits for the result.
+func (c *Cluster) send(ctx context.Context, cmd *wire.Command) (*wire.Result, error) {
 	rec, err := commandRecord(cmd)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,10 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	if err := req.Normalize(); err != nil {
 		return nil, err
 	}
+	if req.HeatRequested() {
+		// Heat classes run on a single node for now (docs/heat.md).
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "heat_hint, resource_class, max_duration_s, queue_timeout_s and gpus are not available on a cluster replica yet (single node only)")
+	}
 	now := c.cfg.Clock.Now().UTC()
 	// Node and Runtime are set when the sandbox is placed.
 	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, req, now)
@@ -121,6 +125,12 @@ func (c *Cluster) Counts(ctx context.Context) (map[tartarus.State]int, error) {
 
 // Destroy implements olympus.Backend.
 func (c *Cluster) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	return c.destroy(ctx, id, nil)
+}
+
+// destroy ends sandbox id on its node as opts say (nil: at once, at the
+// user's request), through the node's Thanatos.
+func (c *Cluster) destroy(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.Sandbox, error) {
 	sb, err := c.st.Get(ctx, id)
 	if err != nil {
 		return nil, dbErr(err)
@@ -143,7 +153,8 @@ func (c *Cluster) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, er
 		}
 		return c.st.Move(ctx, id, tartarus.StateTerminating, tartarus.StateTerminated, at)
 	}
-	if _, err := c.command(ctx, sb, wire.KindDestroy, nil); err != nil {
+	if _, err := c.send(ctx, &wire.Command{ID: tartarus.NewID("cmd-"), Node: sb.Node, Kind: wire.KindDestroy,
+		SandboxID: sb.ID, CreatedAt: c.cfg.Clock.Now().UTC(), Shutdown: opts}); err != nil {
 		return nil, err
 	}
 	// The node has nothing of it any more (it may never have recorded

@@ -2,38 +2,170 @@ package microvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
-
-	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"sync"
+	"syscall"
 )
 
-var _ tartarus.ConsoleReader = (*Driver)(nil)
+// DefaultConsoleMaxBytes caps each of console.log and console.log.1.
+const DefaultConsoleMaxBytes = 1 << 20
 
-// Console implements tartarus.ConsoleReader: the last n bytes of the
-// sandbox's serial console, as QEMU wrote it on the host.
-func (d *Driver) Console(_ context.Context, id string, n int) ([]byte, error) {
-	v, err := d.get(id)
+// The guest's serial console reaches the host through a socket chardev
+// (console.sock), never a QEMU-written file: QEMU's file chardev cannot be
+// capped, so a guest could fill the host's disk. The host reads it all the
+// time and writes console.log, rotating to console.log.1 at the cap. A
+// flood faster than the disk is dropped and counted, not queued, so the
+// guest's UART never waits on the host for long. With no reader (a
+// restarting server), QEMU discards the output.
+
+// consoleBacklog is how many reads may wait for the disk before the rest
+// are dropped.
+const consoleBacklog = 64
+
+// rotatingLog is a file capped at max bytes that rotates once to path.1.
+type rotatingLog struct {
+	path string
+	max  int64
+
+	f    *os.File
+	size int64
+}
+
+func openRotatingLog(path string, max int64) (*rotatingLog, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(v.path("console.log"))
-	if err != nil {
-		return nil, fmt.Errorf("console of sandbox %s: %w", id, err)
-	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("console of sandbox %s: %w", id, err)
+		f.Close()
+		return nil, err
 	}
-	off := fi.Size() - int64(n)
-	if off < 0 {
-		off = 0
+	return &rotatingLog{path: path, max: max, f: f, size: fi.Size()}, nil
+}
+
+// Write writes p, rotating first when p would pass the cap; a p larger than
+// the cap keeps only its tail.
+func (l *rotatingLog) Write(p []byte) (int, error) {
+	n := len(p)
+	if int64(len(p)) > l.max {
+		p = p[int64(len(p))-l.max:]
 	}
-	b, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
+	if l.size+int64(len(p)) > l.max {
+		if err := l.rotate(); err != nil {
+			return 0, err
+		}
+	}
+	w, err := l.f.Write(p)
+	l.size += int64(w)
 	if err != nil {
-		return nil, fmt.Errorf("console of sandbox %s: %w", id, err)
+		return 0, err
 	}
-	return b, nil
+	return n, nil
+}
+
+func (l *rotatingLog) rotate() error {
+	if err := l.f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(l.path, l.path+".1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	l.f, l.size = f, 0
+	return nil
+}
+
+func (l *rotatingLog) Close() error { return l.f.Close() }
+
+// consoleReader copies the console socket into a rotating log.
+type consoleReader struct {
+	conn    net.Conn
+	done    chan struct{}
+	mu      sync.Mutex
+	dropped int64
+}
+
+// startConsole connects to QEMU's console socket and copies it to the
+// sandbox's console.log until the connection ends.
+func startConsole(ctx context.Context, v *vm, exited <-chan struct{}, max int64) (*consoleReader, error) {
+	var nd net.Dialer
+	conn, err := dialWhenReady(ctx, v.path("console.sock"), exited, func(ctx context.Context, path string) (net.Conn, error) {
+		return nd.DialContext(ctx, "unix", path)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("console socket: %w", err)
+	}
+	out, err := openRotatingLog(v.path("console.log"), max)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c := &consoleReader{conn: conn, done: make(chan struct{})}
+	go c.run(out, v.log)
+	return c, nil
+}
+
+func (c *consoleReader) run(out *rotatingLog, log *slog.Logger) {
+	queue := make(chan []byte, consoleBacklog)
+	go func() {
+		defer close(c.done)
+		defer out.Close()
+		var reported int64
+		for b := range queue {
+			if d := c.droppedBytes(); d > reported {
+				fmt.Fprintf(out, "\n[tartarus: %d bytes of console output dropped]\n", d-reported)
+				reported = d
+			}
+			if _, err := out.Write(b); err != nil {
+				log.Warn("console log", "err", err)
+			}
+		}
+		if d := c.droppedBytes(); d > 0 {
+			log.Warn("console flood: output dropped", "bytes", d)
+		}
+	}()
+	defer close(queue)
+	for {
+		buf := make([]byte, 32<<10)
+		n, err := c.conn.Read(buf)
+		if n > 0 {
+			select {
+			case queue <- buf[:n]:
+			default:
+				c.mu.Lock()
+				c.dropped += int64(n)
+				c.mu.Unlock()
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				log.Debug("console read", "err", err)
+			}
+			return
+		}
+	}
+}
+
+func (c *consoleReader) droppedBytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dropped
+}
+
+// close stops reading and waits until the log is written.
+func (c *consoleReader) close() {
+	if c == nil {
+		return
+	}
+	_ = c.conn.Close()
+	<-c.done
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -99,8 +100,30 @@ func buildTestImages() testImages {
 	return ti
 }
 
-// newDriver returns a driver over stateDir, logging to the test.
+// newDriver returns a driver over stateDir, logging to the test. With
+// TARTARUS_TEST_JAIL=1 every sandbox's QEMU runs jailed.
 func newDriver(tb testing.TB, stateDir string, img *tartarus.Image) *microvm.Driver {
+	tb.Helper()
+	var j *jail.Jail
+	if os.Getenv("TARTARUS_TEST_JAIL") == "1" {
+		j = newJail(tb, stateDir)
+	}
+	return newDriverJail(tb, stateDir, img, j)
+}
+
+// newJail returns a jail whose uids and cgroup belong to stateDir. Its
+// allocations sit beside stateDir (as the server keeps them beside its
+// vms directory), so tests can check that the state directory empties.
+func newJail(tb testing.TB, stateDir string) *jail.Jail {
+	tb.Helper()
+	j, err := jail.New(jail.Config{StateDir: stateDir + ".jail"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return j
+}
+
+func newDriverJail(tb testing.TB, stateDir string, img *tartarus.Image, j *jail.Jail) *microvm.Driver {
 	tb.Helper()
 	d, err := microvm.New(context.Background(), microvm.Config{
 		StateDir:   stateDir,
@@ -108,6 +131,7 @@ func newDriver(tb testing.TB, stateDir string, img *tartarus.Image) *microvm.Dri
 		ProbeImage: img,
 		// One probe per host, not per test state directory.
 		ProbeCache: filepath.Join(imagesVal.dataDir, "kvm-probe.json"),
+		Jail:       j,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -104,7 +104,7 @@ func processesOf(id, dir string) []int {
 		if err != nil {
 			continue
 		}
-		if isOurQEMU(procCmdline(pid), id, dir) {
+		if ourQEMU(pid, id, dir) {
 			pids = append(pids, pid)
 		}
 	}

@@ -10,8 +10,10 @@
 //
 // QEMU outlives the node agent: each sandbox's state directory
 // (Config.StateDir/<id>/) holds config.json, qemu.pid, qmp.sock,
-// agent.sock, console.log, qemu.log and overlay.qcow2, so that Recover in a
-// restarted agent can find and adopt every VM that still runs. QEMU runs in
+// agent.sock, console.sock, console.log, qemu.log and overlay.qcow2, so
+// that Recover in a restarted agent can find and adopt every VM that still
+// runs. With Config.Jail, QEMU runs confined (package jail) and the files it
+// writes (overlay and sockets) move to <id>/jail/, its uid's own (jail.go). QEMU runs in
 // its own session, so a dying agent's terminal or process group takes no VM
 // with it; a service manager that kills the whole control group (systemd's
 // default KillMode) still would, so a unit running the agent wants
@@ -35,6 +37,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -77,6 +80,12 @@ type Config struct {
 	// Networks, when set, gives sandboxes a NIC on a TAP device in their
 	// own network namespace (see network.go); nil means only lo.
 	Networks Networks
+	// ConsoleMaxBytes caps the guest's console log, console.log, which
+	// rotates once to console.log.1; zero means DefaultConsoleMaxBytes.
+	ConsoleMaxBytes int64
+	// Jail confines each sandbox's QEMU (its own uid, namespaces, root,
+	// cgroup, seccomp); nil runs QEMU unconfined, as root.
+	Jail *jail.Jail
 }
 
 // Validate reports every problem with the configuration at once.
@@ -95,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TBSizeMB < 0 {
 		errs = append(errs, errors.New("tb size must not be negative (TBSizeMB)"))
+	}
+	if c.ConsoleMaxBytes < 0 {
+		errs = append(errs, errors.New("console cap must not be negative (ConsoleMaxBytes)"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return tartarus.Errorf(tartarus.ErrInvalid, "microvm config: %v", err)
@@ -146,6 +158,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.TBSizeMB == 0 {
 		cfg.TBSizeMB = 32
 	}
+	if cfg.ConsoleMaxBytes == 0 {
+		cfg.ConsoleMaxBytes = DefaultConsoleMaxBytes
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.System{}
 	}
@@ -168,6 +183,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		vms:   map[string]*vm{},
 	}
 	d.fp = d.fingerprint(ctx)
+	d.fp.Jail = &tartarus.JailInfo{}
+	if j := cfg.Jail; j != nil {
+		info := j.Info()
+		d.fp.Jail = &tartarus.JailInfo{Enabled: true, UIDRange: info.UIDRange, CgroupVersion: info.CgroupVersion, Seccomp: true}
+	}
 	return d, nil
 }
 
@@ -191,6 +211,7 @@ func (d *Driver) fingerprint(ctx context.Context) tartarus.Fingerprint {
 		MaxCPUs:  runtime.NumCPU(),
 		Capabilities: tartarus.Capabilities{
 			Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true,
+			Network: d.provisioner() != nil,
 		},
 		Details: map[string]string{},
 	}
@@ -309,16 +330,26 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 	d.mu.Unlock()
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
-		Env: cfg.Env, Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC()}
-	var err error
-	if overlay {
-		err = d.prepare(context.WithoutCancel(ctx), v)
-	} else {
-		err = v.saveConfig()
+		Env: cfg.Env, DiskIOPS: max(cfg.DiskIOPS, 0), Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC(),
+		Jailed: d.cfg.Jail != nil, Network: cfg.Network}
+	err := d.createNetwork(ctx, cfg)
+	if err == nil && v.conf.Jailed {
+		_, err = d.prepareJail(v)
+	}
+	if err == nil {
+		if overlay {
+			err = d.prepare(context.WithoutCancel(ctx), v)
+		} else {
+			err = v.saveConfig()
+		}
+		if err != nil {
+			_ = d.destroyNetwork(context.WithoutCancel(ctx), cfg.ID)
+		}
 	}
 	if err != nil {
 		d.forget(v)
 		_ = os.RemoveAll(dir)
+		d.releaseJail(cfg.ID)
 		return "", fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	return cfg.ID, nil
@@ -613,10 +644,13 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 		d.forget(v)
 	}
 	killAll(id, dir)
+	// The network goes once QEMU (which holds the TAP device) is gone.
+	nerr := d.destroyNetwork(ctx, id)
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
-	return nil
+	d.releaseJail(id)
+	return nerr
 }
 
 // killAll SIGKILLs every process that is our QEMU for the sandbox and waits for it.
@@ -665,6 +699,13 @@ func (d *Driver) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 			continue
 		}
 		v, err := d.adopt(ctx, id)
+		if err == nil {
+			if err = d.recoverNetwork(ctx, v); err != nil {
+				v.qmp.Close()
+				d.forget(v)
+				err = fmt.Errorf("network: %w", err)
+			}
+		}
 		if err != nil {
 			d.log.Warn("recover: cleaning up sandbox", "sandbox", id, "reason", err)
 			if err := d.Destroy(ctx, id); err != nil {
@@ -673,6 +714,16 @@ func (d *Driver) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 			continue
 		}
 		adopted = append(adopted, v.instance())
+	}
+	if d.cfg.Jail != nil {
+		// A uid or cgroup whose sandbox is gone is free again.
+		live := make([]string, 0, len(adopted))
+		for _, in := range adopted {
+			live = append(live, in.ID)
+		}
+		if err := d.cfg.Jail.Reconcile(live); err != nil {
+			errs = append(errs, fmt.Errorf("recover: jail: %w", err))
+		}
 	}
 	return adopted, errors.Join(errs...)
 }
@@ -688,7 +739,7 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("never started or no pid file: %w", err)
 	}
-	if !alive(pid) || !isOurQEMU(procCmdline(pid), id, dir) {
+	if !alive(pid) || !ourQEMU(pid, id, dir) {
 		return nil, fmt.Errorf("qemu pid %d is gone", pid)
 	}
 	v.pid = pid
@@ -699,9 +750,14 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 		return nil, err
 	}
 	v.qmp = q
+	if con, err := startConsole(ctx, v, nil, d.cfg.ConsoleMaxBytes); err != nil {
+		v.log.Warn("adopt: no console", "err", err) // older QEMU with a file console
+	} else {
+		v.console = con
+	}
 	ret, err := q.Execute(ctx, "query-status", nil)
 	if err != nil {
-		q.Close()
+		v.disconnect()
 		return nil, err
 	}
 	var status struct {
@@ -709,13 +765,13 @@ func (d *Driver) adopt(ctx context.Context, id string) (*vm, error) {
 		Status  string `json:"status"`
 	}
 	if err := json.Unmarshal(ret, &status); err != nil {
-		q.Close()
+		v.disconnect()
 		return nil, fmt.Errorf("query-status: %w", err)
 	}
 	v.state = tartarus.InstancePaused
 	if status.Running {
 		if err := d.connectGuest(ctx, v, d.cfg.BootTimeout); err != nil {
-			q.Close()
+			v.disconnect()
 			return nil, err
 		}
 		v.state = tartarus.InstanceRunning

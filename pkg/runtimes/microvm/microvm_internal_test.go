@@ -147,6 +147,25 @@ func TestQEMUArgs(t *testing.T) {
 	}
 }
 
+func TestQEMUArgsDiskThrottle(t *testing.T) {
+	d := testDriver(t)
+	for _, tt := range []struct {
+		iops int
+		want string
+	}{
+		{0, "format=qcow2,if=none,discard=unmap"},
+		{500, "format=qcow2,if=none,discard=unmap,throttling.iops-total=500"},
+	} {
+		v := &vm{id: "sb-1", dir: "/state/sb-1", conf: vmConfig{ID: "sb-1", CPUs: 1, MemoryMB: 256, DiskIOPS: tt.iops,
+			Image: tartarus.Image{Kernel: "/img/vmlinux", Initrd: "/img/initrd.img", RootFS: "/img/rootfs.ext4"}}}
+		args := d.qemuArgs(v, "tcg")
+		i := slices.Index(args, "-drive")
+		if i < 0 || !strings.HasSuffix(args[i+1], tt.want) {
+			t.Errorf("iops %d: -drive %q, want it to end in %q", tt.iops, args[i+1], tt.want)
+		}
+	}
+}
+
 func TestCreateChecks(t *testing.T) {
 	d := testDriver(t)
 	imgDir := t.TempDir()

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
@@ -56,8 +57,19 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 	if _, err := q.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
-	mem := filepath.Join(dir, snapMemory)
-	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > '" + mem + "'"}); err != nil {
+	// QEMU writes the memory to a descriptor the host opened and passed
+	// over QMP: a jailed QEMU can neither open the snapshot directory nor
+	// spawn a process (-sandbox spawn=deny), so no "exec:" migration.
+	mem, err := os.OpenFile(filepath.Join(dir, snapMemory), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+	}
+	err = q.SendFile(ctx, "snapshot-memory", mem)
+	mem.Close() // QEMU holds its own copy now
+	if err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: pass memory file: %w", id, err)
+	}
+	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot-memory"}); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
 	if err := waitMigration(ctx, q); err != nil {
@@ -113,9 +125,21 @@ func waitMigration(ctx context.Context, q *qmp.Client) error {
 	}
 }
 
-// copyFileSparse copies a disk file keeping its holes.
+// copyFileSparse copies a disk file keeping its holes. src may sit in a
+// jailed QEMU's directory, so it is opened without following a symlink
+// and must be a regular file.
 func copyFileSparse(ctx context.Context, src, dst string) error {
-	out, err := exec.CommandContext(ctx, "cp", "--sparse=always", src, dst).CombinedOutput()
+	f, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", src)
+	}
+	cmd := exec.CommandContext(ctx, "cp", "--sparse=always", "/dev/fd/3", dst)
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("cp: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -148,6 +172,9 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	if c.Image.Digest != "" && snap.Image.Digest != "" && c.Image.Digest != snap.Image.Digest {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "restore %s: snapshot of image %s, template is now %s", cfg.ID, snap.Image.Digest, c.Image.Digest)
 	}
+	if err := checkSnapshotNIC(cfg.ID, snap.Network, c.Network); err != nil {
+		return err
+	}
 	c.CPUs, c.MemoryMB = snap.CPUs, snap.MemoryMB
 	if c.Template == "" {
 		c.Template = snap.Template
@@ -167,7 +194,9 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	if err := d.restore(ctx, v, dir, snap.Image.RootFS); err != nil {
 		v.stop(context.WithoutCancel(ctx))
 		d.forget(v)
+		_ = d.destroyNetwork(context.WithoutCancel(ctx), v.id)
 		_ = os.RemoveAll(v.dir)
+		d.releaseJail(c.ID)
 		return fmt.Errorf("restore sandbox %s: %w\nconsole:\n%s", c.ID, err, v.consoleTail(10))
 	}
 	return nil

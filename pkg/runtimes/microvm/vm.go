@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,9 +52,16 @@ type vmConfig struct {
 	CPUs      int               `json:"cpus"`
 	MemoryMB  int               `json:"memory_mb"`
 	Env       map[string]string `json:"env,omitempty"`
+	DiskIOPS  int               `json:"disk_iops,omitempty"`
 	Accel     string            `json:"accel"`
 	CreatedAt time.Time         `json:"created_at"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
+	// Jailed sandboxes keep QEMU's files in <dir>/jail (see jail.go). It
+	// is the layout, set once a jail has run the sandbox; with the jail
+	// off later, QEMU runs unconfined in the same layout.
+	Jailed bool `json:"jailed,omitempty"`
+	// Network is the sandbox's network as created (nil: only lo).
+	Network *tartarus.NetworkSpec `json:"network,omitempty"`
 }
 
 // vm is one sandbox.
@@ -71,6 +79,7 @@ type vm struct {
 	pid       int
 	exited    chan struct{} // closed when a QEMU this process started exits; nil when adopted
 	qmp       *qmp.Client
+	console   *consoleReader
 	guest     guestConn
 	startedAt time.Time
 	busy      int
@@ -78,7 +87,12 @@ type vm struct {
 	guestLast time.Time
 }
 
-func (v *vm) path(name string) string { return filepath.Join(v.dir, name) }
+func (v *vm) path(name string) string {
+	if v.conf.Jailed && slices.Contains(qemuFiles, name) {
+		return filepath.Join(v.jailDir(), name)
+	}
+	return filepath.Join(v.dir, name)
+}
 
 func (v *vm) saveConfig() error {
 	b, err := json.MarshalIndent(v.conf, "", "  ")
@@ -188,7 +202,14 @@ func (v *vm) instance() *tartarus.Instance {
 func (v *vm) consoleTail(n int) string {
 	var parts []string
 	for _, f := range []string{"console.log", "qemu.log"} {
-		b, err := os.ReadFile(v.path(f))
+		// Only the tail: the guest writes the console, and it may be large.
+		b, err := readTail(v.path(f), 64<<10)
+		if f == "console.log" && len(b) < 64<<10 {
+			// Just rotated: the older file holds the lines before.
+			if old, oerr := readTail(v.path(f+".1"), 64<<10-int64(len(b))); oerr == nil {
+				b, err = append(old, b...), nil
+			}
+		}
 		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
 			continue
 		}
@@ -219,6 +240,11 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		cmdline = append(cmdline, netKernelArg)
 	}
 	cmdline = append(cmdline, d.cfg.KernelArgs...)
+	drive := "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap"
+	if c.DiskIOPS > 0 {
+		// QEMU's block throttling: the resource class's disk IOPS.
+		drive += ",throttling.iops-total=" + strconv.Itoa(c.DiskIOPS)
+	}
 	args := []string{
 		"-name", qemuName(c.ID),
 		"-machine", "microvm",
@@ -229,15 +255,19 @@ func (d *Driver) qemuArgs(v *vm, accel string) []string {
 		"-kernel", c.Image.Kernel,
 		"-initrd", c.Image.Initrd,
 		"-append", strings.Join(cmdline, " "),
-		"-chardev", "file,id=console,path=" + v.path("console.log") + ",append=on",
+		"-chardev", "socket,id=console,path=" + v.path("console.sock") + ",server=on,wait=off",
 		"-serial", "chardev:console",
-		"-drive", "id=root,file=" + v.path("overlay.qcow2") + ",format=qcow2,if=none,discard=unmap",
+		"-drive", drive,
 		"-device", "virtio-blk-device,drive=root",
 		"-chardev", "socket,id=agent,path=" + v.path("agent.sock") + ",server=on,wait=off",
 		"-device", "virtio-serial-device,max_ports=2",
 		"-device", "virtserialport,chardev=agent,name=tartarus",
 		"-qmp", "unix:" + v.path("qmp.sock") + ",server=on,wait=off",
-		"-pidfile", v.path("qemu.pid"),
+	}
+	if d.cfg.Jail != nil {
+		args = append(args, "-sandbox", qemuSandbox)
+	} else {
+		args = append(args, "-pidfile", v.path("qemu.pid"))
 	}
 	args = append(args, netArgs...)
 	if accel == "kvm" {
@@ -281,21 +311,26 @@ func timeoutErr(ctx context.Context, err error, timeout time.Duration) error {
 // to its QMP socket; files become QEMU's fds 3, 4, …. On failure QEMU is
 // stopped again.
 func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.File, extra ...string) error {
-	for _, f := range []string{"qmp.sock", "agent.sock", "qemu.pid"} {
+	for _, f := range []string{"qmp.sock", "agent.sock", "console.sock", "qemu.pid"} {
 		_ = os.Remove(v.path(f))
 	}
 	logf, err := os.OpenFile(v.path("qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.ExtraFiles = files
-	// Its own session: QEMU outlives this process and its terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	_, _, nsPath := d.netArgs(v.conf.ID)
-	err = startIn(nsPath, cmd)
+	var cmd *exec.Cmd
+	if d.cfg.Jail != nil {
+		cmd, err = d.startJailed(ctx, v, append(d.qemuArgs(v, accel), extra...), files, logf)
+	} else {
+		cmd = exec.Command(d.cfg.QEMU, append(d.qemuArgs(v, accel), extra...)...)
+		cmd.Stdout = logf
+		cmd.Stderr = logf
+		cmd.ExtraFiles = files
+		// Its own session: QEMU outlives this process and its terminal.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		_, _, nsPath := d.netArgs(v.conf.ID)
+		err = startIn(nsPath, cmd)
+	}
 	logf.Close()
 	if err != nil {
 		return fmt.Errorf("start qemu: %w", err)
@@ -315,8 +350,14 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 		v.stop(context.WithoutCancel(ctx))
 		return fmt.Errorf("qmp: %w", err)
 	}
+	con, err := startConsole(ctx, v, exited, d.cfg.ConsoleMaxBytes)
+	if err != nil {
+		q.Close()
+		v.stop(context.WithoutCancel(ctx))
+		return err
+	}
 	v.mu.Lock()
-	v.qmp = q
+	v.qmp, v.console = q, con
 	v.mu.Unlock()
 	return nil
 }
@@ -380,8 +421,9 @@ func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration)
 // stop ends QEMU: QMP quit, then SIGKILL, and waits until it is gone.
 func (v *vm) stop(ctx context.Context) {
 	v.mu.Lock()
-	q, g, pid, exited := v.qmp, v.guest, v.pid, v.exited
-	v.qmp, v.guest = nil, nil
+	q, g, pid, exited, con := v.qmp, v.guest, v.pid, v.exited, v.console
+	v.qmp, v.guest, v.console = nil, nil, nil
+	defer con.close() // after QEMU is gone: its last words are logged
 	v.state = tartarus.InstanceStopped
 	v.mu.Unlock()
 	if g != nil {
@@ -412,7 +454,7 @@ func (v *vm) stop(ctx context.Context) {
 				return
 			default:
 			}
-		} else if !isOurQEMU(procCmdline(pid), v.id, v.dir) {
+		} else if !ourQEMU(pid, v.id, v.dir) {
 			return
 		}
 		_ = syscall.Kill(pid, sig)
@@ -436,9 +478,10 @@ func (v *vm) stop(ctx context.Context) {
 // disconnect closes the driver's connections and leaves QEMU running.
 func (v *vm) disconnect() {
 	v.mu.Lock()
-	q, g := v.qmp, v.guest
-	v.qmp, v.guest = nil, nil
+	q, g, con := v.qmp, v.guest, v.console
+	v.qmp, v.guest, v.console = nil, nil, nil
 	v.mu.Unlock()
+	con.close()
 	if g != nil {
 		_ = g.Close()
 	}

@@ -1,6 +1,6 @@
-// Package pgtest starts throwaway PostgreSQL servers for tests (Debian's postgresql
-// package), so every package that keeps state in Postgres can test against a
-// real one without importing the store.
+// Package pgtest starts a throwaway PostgreSQL server for tests; it imports
+// nothing of Tartarus, so the packages whose tables the store migrates
+// (thanatos, phlegethon) can use it without an import cycle.
 package pgtest
 
 import (

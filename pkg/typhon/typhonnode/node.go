@@ -144,6 +144,7 @@ func (h *Host) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signa
 	if sb.MemoryMB > 0 {
 		s.MemoryPercent = r.MemoryMB / float64(sb.MemoryMB) * 100
 	}
+	s.NetAttempts, s.NetDenied = h.netCounts(ctx, sb)
 	for _, e := range h.agent.ExecHistory(sb.ID) {
 		s.ExecHistory = append(s.ExecHistory, strings.Join(e.Cmd, " "))
 	}
@@ -203,8 +204,11 @@ func (h *Host) Collect(ctx context.Context, sb *tartarus.Sandbox, iso *typhon.Qu
 	if iso != nil && (iso.EnableStrace || iso.EnableAuditd) {
 		note("syscall trace and file access", fmt.Errorf("tracing in the guest is not built yet"))
 	}
-	if iso != nil && iso.RecordNetwork {
-		note("network log", fmt.Errorf("the node's network controller is not wired to quarantine yet"))
+	if b, err := h.networkEvidence(ctx, sb); err != nil {
+		note("network log", err)
+	} else {
+		out = append(out, typhon.Evidence{Type: tartarus.EvidenceNetworkLog, Source: tartarus.SourceHost, Timestamp: now,
+			Description: "the sandbox's connection log, from its network namespace on the host", Data: b})
 	}
 
 	ck, err := h.agent.Terminations().CheckpointFor(ctx, sb.ID, evidenceTenant, keepFor)

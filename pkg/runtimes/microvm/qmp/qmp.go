@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -205,6 +207,20 @@ func (c *Client) deliver(ev Event) {
 // Execute runs a command and returns its "return" value. args may be nil.
 // A cancelled ctx abandons the wait, not the command.
 func (c *Client) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	return c.execute(ctx, command, args, nil)
+}
+
+// SendFile hands f to QEMU under name (QMP getfd, the descriptor passed
+// with SCM_RIGHTS), for commands that take "fd:name" such as migrate.
+func (c *Client) SendFile(ctx context.Context, name string, f *os.File) error {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return errors.New("qmp: getfd: not a unix socket")
+	}
+	_, err := c.execute(ctx, "getfd", map[string]any{"fdname": name}, f)
+	return err
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
 	c.mu.Lock()
 	if c.closed {
 		err := c.err
@@ -230,7 +246,11 @@ func (c *Client) Execute(ctx context.Context, command string, args any) (json.Ra
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.conn.SetWriteDeadline(dl)
 	}
-	_, err = c.conn.Write(append(b, '\n'))
+	if f != nil {
+		_, _, err = c.conn.(*net.UnixConn).WriteMsgUnix(append(b, '\n'), syscall.UnixRights(int(f.Fd())), nil)
+	} else {
+		_, err = c.conn.Write(append(b, '\n'))
+	}
 	_ = c.conn.SetWriteDeadline(time.Time{})
 	c.writeMu.Unlock()
 	if err != nil {
