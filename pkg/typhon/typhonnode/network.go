@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
@@ -48,7 +49,12 @@ func (h *Host) Restore(ctx context.Context, id string, prev *tartarus.NetworkSpe
 	return err
 }
 
-// netCounts reads the sandbox's connection log: attempts and denials.
+// netWindow is how far back net_attempts and net_denied look.
+const netWindow = time.Minute
+
+// netCounts reads the sandbox's connection log: attempts and denials in
+// the last netWindow, and never before its last release (what a released
+// sandbox did before is judged already).
 func (h *Host) netCounts(ctx context.Context, sb *tartarus.Sandbox) (attempts, denied int) {
 	if sb.Network == nil {
 		return 0, 0
@@ -57,7 +63,16 @@ func (h *Host) netCounts(ctx context.Context, sb *tartarus.Sandbox) (attempts, d
 	if err != nil {
 		return 0, 0
 	}
+	floor := h.clk.Now().Add(-netWindow)
+	h.mu.Lock()
+	if t, ok := h.released[sb.ID]; ok && t.After(floor) {
+		floor = t
+	}
+	h.mu.Unlock()
 	for _, r := range log.Records {
+		if r.Time.Before(floor) {
+			continue
+		}
 		if r.Proto == "dns" || r.Name != "" && r.Port == 0 {
 			continue // lookups are not connections
 		}

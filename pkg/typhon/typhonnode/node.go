@@ -40,6 +40,7 @@ type Host struct {
 	mu       sync.Mutex
 	last     map[string]reading   // previous host reading, for CPU %
 	readings map[string][]reading // recent readings, for evidence
+	released map[string]time.Time // last release, by sandbox
 }
 
 var _ typhon.Host = (*Host)(nil)
@@ -56,7 +57,8 @@ type reading struct {
 
 // New returns a Host over agent.
 func New(agent *hecatoncheir.Agent, clk clock.Clock) *Host {
-	return &Host{agent: agent, clk: clk, last: map[string]reading{}, readings: map[string][]reading{}}
+	return &Host{agent: agent, clk: clk, last: map[string]reading{}, readings: map[string][]reading{},
+		released: map[string]time.Time{}}
 }
 
 // Sandboxes implements typhon.Host: the node's running sandboxes.
@@ -76,6 +78,11 @@ func (h *Host) Sandboxes(ctx context.Context) ([]*tartarus.Sandbox, error) {
 			delete(h.readings, id)
 		}
 	}
+	for id, t := range h.released {
+		if h.clk.Now().Sub(t) > netWindow {
+			delete(h.released, id)
+		}
+	}
 	h.mu.Unlock()
 	return live, nil
 }
@@ -88,6 +95,11 @@ func (h *Host) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
 // SetQuarantined implements typhon.Host.
 func (h *Host) SetQuarantined(ctx context.Context, id string, on bool) error {
 	_, err := h.agent.SetQuarantined(ctx, id, on)
+	if err == nil && !on {
+		h.mu.Lock()
+		h.released[id] = h.clk.Now()
+		h.mu.Unlock()
+	}
 	return err
 }
 
@@ -195,7 +207,12 @@ func (h *Host) Collect(ctx context.Context, sb *tartarus.Sandbox, iso *typhon.Qu
 			Description: fmt.Sprintf("the console's last %d lines, as text", screenLines), Data: lastScreen(con, screenLines)})
 	}
 
-	if ps, err := h.guestRun(ctx, sb, []string{"ps", "-o", "pid,ppid,user,args"}); err != nil {
+	ps, err := h.guestRun(ctx, sb, []string{"ps", "-o", "pid,ppid,user,args"})
+	if err != nil {
+		// Templates without ps (Debian minbase): read /proc in the guest.
+		ps, err = h.guestRun(ctx, sb, []string{"sh", "-c", procList})
+	}
+	if err != nil {
 		note("process tree", err)
 	} else {
 		out = append(out, typhon.Evidence{Type: tartarus.EvidenceProcessTree, Source: tartarus.SourceGuest, Timestamp: now,
@@ -221,6 +238,10 @@ func (h *Host) Collect(ctx context.Context, sb *tartarus.Sandbox, iso *typhon.Qu
 	}
 	return out
 }
+
+// procList lists the guest's processes from /proc where there is no ps:
+// pid, parent pid and command line.
+const procList = `for d in /proc/[0-9]*; do p=${d#/proc/}; pp=$(sed -n 's/^PPid:[[:space:]]*//p' $d/status 2>/dev/null); c=$(tr '\0' ' ' < $d/cmdline 2>/dev/null); echo "$p $pp $c"; done`
 
 // guestRun runs a command in the guest, bounded in time and output.
 func (h *Host) guestRun(ctx context.Context, sb *tartarus.Sandbox, cmd []string) ([]byte, error) {
