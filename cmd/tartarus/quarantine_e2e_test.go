@@ -138,6 +138,11 @@ func TestQuarantineEndToEnd(t *testing.T) {
 	if out := e.as(t, examiner, "exec", id, "--", "echo", "examiner"); out != "examiner\n" {
 		t.Fatalf("examiner's exec: %q", out)
 	}
+	// A held sandbox does not sleep: hibernation (which would end the hold
+	// with a wake) is refused even to an examiner.
+	if code, _, errs := e.runAs(t, examiner, "sandbox", "hibernate", id); code == 0 {
+		t.Fatalf("a held sandbox hibernated: %q", errs)
+	}
 	t.Logf("record: status %s by %s trigger %q, %d evidence, notes %q", rec.Status, rec.QuarantinedBy, rec.Trigger, len(rec.Evidence), rec.Notes)
 	if rec.QuarantinedBy != "typhon" || rec.Trigger != "cpu-spin" || rec.Reason != tartarus.QuarantineResourceAbuse {
 		t.Fatalf("record: %+v", rec)
