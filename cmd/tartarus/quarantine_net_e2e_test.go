@@ -137,8 +137,15 @@ func TestQuarantineNetworkEndToEnd(t *testing.T) {
 		if out := e.as(t, examiner, "quarantine", "evidence", id, "-o", dir); !strings.Contains(out, "network_log\thost") {
 			t.Errorf("no network log evidence:\n%s", out)
 		}
-		// Release (the scan is over): the owner's restricted network comes back.
-		e.as(t, approver, "quarantine", "approve", id, "--reason", "scan was a test")
+		// Release with a condition: the owner has the sandbox back, but its
+		// network stays cut until the approval expires; then the owner's
+		// restricted network comes back.
+		e.as(t, approver, "quarantine", "approve", id, "--reason", "scan was a test", "--condition", "network none", "--expires", "6s")
+		released := time.Now()
+		if got := fetch(owner); !strings.HasPrefix(got, "ERR") {
+			t.Fatalf("the condition \"network none\" is not enforced: %q", got)
+		}
+		time.Sleep(time.Until(released.Add(8 * time.Second)))
 		got := fetch(owner)
 		for i := 0; i < 10 && !strings.HasPrefix(got, "OK"); i++ {
 			t.Logf("fetch after release, try %d: %q", i+1, got)
