@@ -283,11 +283,8 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "expires_in_s %d: want 0 (default) to %d", body.ExpiresInS, maxConditionsS))
 		return
 	}
-	a := &tartarus.ReleaseApproval{ApprovedBy: who.ID, Reason: body.Reason, Conditions: body.Conditions}
-	if body.ExpiresInS > 0 {
-		t := time.Now().UTC().Add(time.Duration(body.ExpiresInS) * time.Second)
-		a.ExpiresAt = &t
-	}
+	a := &tartarus.ReleaseApproval{ApprovedBy: who.ID, Reason: body.Reason, Conditions: body.Conditions,
+		ConditionsFor: time.Duration(body.ExpiresInS) * time.Second}
 	if err := q.Release(r.Context(), rec.SandboxID, a); err != nil {
 		s.writeError(w, r, err)
 		return

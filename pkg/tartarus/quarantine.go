@@ -198,6 +198,9 @@ type ReleaseApproval struct {
 	Conditions []string   `json:"conditions,omitempty"`
 	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
 	ApprovedAt time.Time  `json:"approved_at,omitzero"`
+	// ConditionsFor, when ExpiresAt is nil, sets it that long after the
+	// approval on the manager's clock.
+	ConditionsFor time.Duration `json:"-"`
 }
 
 // QuarantineFilter selects quarantine records; zero fields match all.

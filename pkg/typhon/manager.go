@@ -653,6 +653,10 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	ap.Reason = clean(a.Reason, MaxDescriptionLen)
 	ap.Conditions = slices.Clone(a.Conditions)
 	ap.ApprovedAt = now
+	if ap.ExpiresAt == nil && ap.ConditionsFor > 0 {
+		t := now.Add(ap.ConditionsFor)
+		ap.ExpiresAt = &t
+	}
 	if len(ap.Conditions) > 0 && ap.ExpiresAt == nil {
 		t := now.Add(DefaultConditionsFor)
 		ap.ExpiresAt = &t

@@ -411,3 +411,22 @@ func TestQuarantineSurvivesRestart(t *testing.T) {
 		t.Fatal("policy lost over a restart")
 	}
 }
+
+func TestReleaseConditionsForUsesTheClock(t *testing.T) {
+	r := newRig(t, NewMemJournal(), "sb-1")
+	if _, err := r.m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.m.Release(ctx, "sb-1", &ReleaseApproval{ApprovedBy: "bob", Conditions: []string{"network  None"}, ConditionsFor: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := r.m.Get(ctx, "sb-1")
+	if rec.Approval.ExpiresAt == nil || !rec.Approval.ExpiresAt.Equal(r.clk.Now().Add(time.Hour)) || r.net.mode("sb-1") != NetworkModeNone {
+		t.Fatalf("approval %+v, net %q", rec.Approval, r.net.mode("sb-1"))
+	}
+	r.clk.Advance(time.Hour)
+	r.m.Tick(ctx)
+	if r.net.mode("sb-1") != "" {
+		t.Fatalf("after expiry the owner's network is not back: %q", r.net.mode("sb-1"))
+	}
+}
