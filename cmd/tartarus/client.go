@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // clientOptions are the flags every client verb shares.
@@ -76,6 +78,31 @@ func (o *clientOptions) json() (bool, error) {
 	return false, fmt.Errorf("--output %q: want table or json", o.output)
 }
 
+// show runs a client verb that fetches one thing and prints it: as JSON
+// with -o json, else as table writes it. fetch takes the client first, so
+// that a method expression like (*client.Client).Nodes serves.
+func show[T any](cmd *cobra.Command, o *clientOptions, fetch func(c *client.Client, ctx context.Context) (T, error), table func(w io.Writer, v T) error) error {
+	asJSON, err := o.json()
+	if err != nil {
+		return err
+	}
+	c, err := o.client()
+	if err != nil {
+		return err
+	}
+	v, err := fetch(c, cmd.Context())
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(cmd.OutOrStdout(), v)
+	}
+	return table(cmd.OutOrStdout(), v)
+}
+
+// newTable starts a table with the columns every verb uses.
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -116,59 +143,7 @@ func newNodeCmd(o *clientOptions) *cobra.Command {
 	ls := &cobra.Command{
 		Use: "ls", Aliases: []string{"list"}, Short: "List nodes: state, runtimes, labels, what their sandboxes hold", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			list, err := c.Nodes(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), list)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tRUNTIMES\tSANDBOXES\tCPUS\tMEMORY\tLABELS\tLAST SEEN")
-			now := time.Now()
-			for _, n := range list.Nodes {
-				state, seen := n.State, "-"
-				if state == "" {
-					state = "up" // a single node: the server itself
-				}
-				if n.DownReason != "" {
-					state += " (" + n.DownReason + ")"
-				}
-				if !n.LastSeen.IsZero() {
-					seen = human(now.Sub(n.LastSeen)) + " ago"
-				}
-				var rts []string
-				for _, fp := range n.Runtimes {
-					rt := fp.Runtime
-					if fp.Accel != "" {
-						rt += "/" + fp.Accel
-					}
-					if !fp.Available {
-						rt += "(unavailable)"
-					}
-					rts = append(rts, rt)
-				}
-				var labels []string
-				for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
-					labels = append(labels, k+"="+n.Labels[k])
-				}
-				cpus, mem := "-", "-"
-				if n.CPUs > 0 {
-					cpus = fmt.Sprintf("%d/%d", n.UsedCPUs, n.CPUs)
-					mem = fmt.Sprintf("%d/%dMiB", n.UsedMemoryMB, n.MemoryMB)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, state, strings.Join(rts, ","), n.Sandboxes,
-					cpus, mem, orDash(strings.Join(labels, ",")), seen)
-			}
-			return tw.Flush()
+			return show(cmd, o, (*client.Client).Nodes, printNodes)
 		},
 	}
 	o.addOutputFlag(ls)
@@ -192,6 +167,47 @@ func newNodeCmd(o *clientOptions) *cobra.Command {
 	}
 	cmd.AddCommand(ls, rm, newNodeDrainCmd(o), newNodeUndrainCmd(o))
 	return cmd
+}
+
+func printNodes(w io.Writer, list *api.NodeList) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "NAME\tSTATE\tRUNTIMES\tSANDBOXES\tCPUS\tMEMORY\tLABELS\tLAST SEEN")
+	now := time.Now()
+	for _, n := range list.Nodes {
+		state, seen := n.State, "-"
+		if state == "" {
+			state = "up" // a single node: the server itself
+		}
+		if n.DownReason != "" {
+			state += " (" + n.DownReason + ")"
+		}
+		if !n.LastSeen.IsZero() {
+			seen = human(now.Sub(n.LastSeen)) + " ago"
+		}
+		var rts []string
+		for _, fp := range n.Runtimes {
+			rt := fp.Runtime
+			if fp.Accel != "" {
+				rt += "/" + fp.Accel
+			}
+			if !fp.Available {
+				rt += "(unavailable)"
+			}
+			rts = append(rts, rt)
+		}
+		var labels []string
+		for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
+			labels = append(labels, k+"="+n.Labels[k])
+		}
+		cpus, mem := "-", "-"
+		if n.CPUs > 0 {
+			cpus = fmt.Sprintf("%d/%d", n.UsedCPUs, n.CPUs)
+			mem = fmt.Sprintf("%d/%dMiB", n.UsedMemoryMB, n.MemoryMB)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, state, strings.Join(rts, ","), n.Sandboxes,
+			cpus, mem, orDash(strings.Join(labels, ",")), seen)
+	}
+	return tw.Flush()
 }
 
 func orDash(s string) string {

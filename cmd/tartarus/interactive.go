@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -184,31 +183,20 @@ func newProcCmd(o *clientOptions) *cobra.Command {
 		Short: "List the background processes of a sandbox",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			ps, err := c.ListProcesses(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), ps)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PID\tTAG\tSTATUS\tSTARTED\tCMD")
-			for _, p := range ps {
-				status := "running"
-				if p.Exited {
-					status = "exited " + strconv.Itoa(p.ExitCode)
+			return show(cmd, o, func(c *client.Client, ctx context.Context) ([]tartarus.Process, error) {
+				return c.ListProcesses(ctx, args[0])
+			}, func(w io.Writer, ps []tartarus.Process) error {
+				tw := newTable(w)
+				fmt.Fprintln(tw, "PID\tTAG\tSTATUS\tSTARTED\tCMD")
+				for _, p := range ps {
+					status := "running"
+					if p.Exited {
+						status = "exited " + strconv.Itoa(p.ExitCode)
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s ago\t%s\n", p.Pid, orDash(p.Tag), status, human(time.Since(p.StartedAt)), strings.Join(p.Cmd, " "))
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s ago\t%s\n", p.Pid, orDash(p.Tag), status, human(time.Since(p.StartedAt)), strings.Join(p.Cmd, " "))
-			}
-			return tw.Flush()
+				return tw.Flush()
+			})
 		},
 	}
 	o.addOutputFlag(ls)
@@ -320,28 +308,17 @@ func newSandboxMetricsCmd(o *clientOptions) *cobra.Command {
 		Short: "Show a sandbox's CPU, memory and disk use over time",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			ms, err := c.Metrics(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), ms)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME\tCPU%\tMEMORY\tDISK")
-			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%.1f\t%d/%d MiB\t%d/%d MiB\n", m.At.Local().Format(time.TimeOnly), m.CPUPercent,
-					m.MemoryUsedMB, m.MemoryTotalMB, m.DiskUsedMB, m.DiskTotalMB)
-			}
-			return tw.Flush()
+			return show(cmd, o, func(c *client.Client, ctx context.Context) ([]tartarus.MetricSample, error) {
+				return c.Metrics(ctx, args[0])
+			}, func(w io.Writer, ms []tartarus.MetricSample) error {
+				tw := newTable(w)
+				fmt.Fprintln(tw, "TIME\tCPU%\tMEMORY\tDISK")
+				for _, m := range ms {
+					fmt.Fprintf(tw, "%s\t%.1f\t%d/%d MiB\t%d/%d MiB\n", m.At.Local().Format(time.TimeOnly), m.CPUPercent,
+						m.MemoryUsedMB, m.MemoryTotalMB, m.DiskUsedMB, m.DiskTotalMB)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	o.addOutputFlag(cmd)

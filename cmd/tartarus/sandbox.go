@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -61,10 +61,7 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
+			var err error
 			if req.Env, err = parseKV("env", env); err != nil {
 				return err
 			}
@@ -77,16 +74,8 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 			if req.Network, err = nf.spec(); err != nil {
 				return err
 			}
-			if req.FromCheckpoint != "" {
-				// The checkpoint decides the shape unless asked otherwise.
-				for name, v := range map[string]*int{"memory": &req.MemoryMB, "cpus": &req.CPUs} {
-					if !cmd.Flags().Changed(name) {
-						*v = 0
-					}
-				}
-				if !cmd.Flags().Changed("template") {
-					req.Template = ""
-				}
+			if req.FromCheckpoint != "" && !cmd.Flags().Changed("template") {
+				req.Template = "" // the checkpoint's
 			}
 			// Unset sizes are the server's to choose: a heat class sizes
 			// the sandbox only where the caller did not.
@@ -95,24 +84,16 @@ func newSandboxCreateCmd(o *clientOptions) *cobra.Command {
 					*v = 0
 				}
 			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			sb, err := c.CreateSandbox(cmd.Context(), &req)
-			if err != nil {
-				return err
-			}
-			if sb.State == tartarus.StateQueued && !noWait {
-				if sb, err = waitQueued(cmd, c, sb); err != nil {
-					return err
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.Sandbox, error) {
+				sb, err := c.CreateSandbox(ctx, &req)
+				if err == nil && sb.State == tartarus.StateQueued && !noWait {
+					sb, err = waitQueued(cmd, c, sb)
 				}
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), sb)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), sb.ID)
-			return nil
+				return sb, err
+			}, func(w io.Writer, sb *tartarus.Sandbox) error {
+				_, err := fmt.Fprintln(w, sb.ID)
+				return err
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -142,58 +123,26 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "ls", Aliases: []string{"list"}, Short: "List sandboxes (live ones unless --all; --metadata k=v filters)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
 			match, err := parseKV("metadata", metadata)
 			if err != nil {
 				return err
 			}
-			var list []*tartarus.Sandbox
-			if len(match) > 0 {
-				list, err = c.ListSandboxesWithMetadata(cmd.Context(), match)
-			} else {
-				list, err = c.ListSandboxes(cmd.Context())
-			}
-			if err != nil {
-				return err
-			}
-			if !all {
-				live := list[:0]
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (api.SandboxList, error) {
+				var list []*tartarus.Sandbox
+				var err error
+				if len(match) > 0 {
+					list, err = c.ListSandboxesWithMetadata(ctx, match)
+				} else {
+					list, err = c.ListSandboxes(ctx)
+				}
+				live := []*tartarus.Sandbox{}
 				for _, sb := range list {
-					if !sb.State.Final() {
+					if all || !sb.State.Final() {
 						live = append(live, sb)
 					}
 				}
-				list = live
-			}
-			if asJSON {
-				if list == nil {
-					list = []*tartarus.Sandbox{}
-				}
-				return printJSON(cmd.OutOrStdout(), api.SandboxList{Sandboxes: list})
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTEMPLATE\tRUNTIME\tSTATE\tCPUS\tMEMORY\tSNAPSHOT\tAGE\tEXPIRES IN")
-			now := time.Now()
-			for _, sb := range list {
-				expires := "-"
-				if !sb.State.Final() && !sb.ExpiresAt.IsZero() {
-					expires = human(sb.ExpiresAt.Sub(now))
-				}
-				snap := "-"
-				if sb.SnapshotBytes > 0 {
-					snap = bytesHuman(sb.SnapshotBytes)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", sb.ID, sb.Template, sb.Runtime, sb.State,
-					sb.CPUs, sb.MemoryMB, snap, human(now.Sub(sb.CreatedAt)), expires)
-			}
-			return tw.Flush()
+				return api.SandboxList{Sandboxes: live}, err
+			}, printSandboxes)
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "include terminated and failed sandboxes")
@@ -202,56 +151,66 @@ func newSandboxLsCmd(o *clientOptions) *cobra.Command {
 	return cmd
 }
 
+func printSandboxes(w io.Writer, list api.SandboxList) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tTEMPLATE\tRUNTIME\tSTATE\tCPUS\tMEMORY\tSNAPSHOT\tAGE\tEXPIRES IN")
+	now := time.Now()
+	for _, sb := range list.Sandboxes {
+		expires := "-"
+		if !sb.State.Final() && !sb.ExpiresAt.IsZero() {
+			expires = human(sb.ExpiresAt.Sub(now))
+		}
+		snap := "-"
+		if sb.SnapshotBytes > 0 {
+			snap = bytesHuman(sb.SnapshotBytes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", sb.ID, sb.Template, sb.Runtime, sb.State,
+			sb.CPUs, sb.MemoryMB, snap, human(now.Sub(sb.CreatedAt)), expires)
+	}
+	return tw.Flush()
+}
+
 func newSandboxGetCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "get ID", Short: "Show one sandbox", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			sb, err := c.GetSandbox(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), sb)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			row := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
-			row("id", sb.ID)
-			row("state", sb.State)
-			row("template", sb.Template)
-			row("runtime", sb.Runtime)
-			row("node", sb.Node)
-			row("cpus", sb.CPUs)
-			row("memory", fmt.Sprintf("%d MiB", sb.MemoryMB))
-			if sb.SnapshotBytes > 0 {
-				row("snapshot", bytesHuman(sb.SnapshotBytes))
-			}
-			if sb.AutoHibernateS > 0 {
-				row("auto hibernate", (time.Duration(sb.AutoHibernateS) * time.Second).String())
-			}
-			row("created", sb.CreatedAt.Local().Format(time.RFC3339))
-			row("expires", sb.ExpiresAt.Local().Format(time.RFC3339))
-			if !sb.LastActivityAt.IsZero() {
-				row("last activity", sb.LastActivityAt.Local().Format(time.RFC3339))
-			}
-			for k, v := range sb.Metadata {
-				row("metadata."+k, v)
-			}
-			if sb.Error != "" {
-				row("error", sb.Error)
-			}
-			return tw.Flush()
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.Sandbox, error) {
+				return c.GetSandbox(ctx, args[0])
+			}, printSandbox)
 		},
 	}
 	o.addOutputFlag(cmd)
 	return cmd
+}
+
+func printSandbox(w io.Writer, sb *tartarus.Sandbox) error {
+	tw := newTable(w)
+	row := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
+	row("id", sb.ID)
+	row("state", sb.State)
+	row("template", sb.Template)
+	row("runtime", sb.Runtime)
+	row("node", sb.Node)
+	row("cpus", sb.CPUs)
+	row("memory", fmt.Sprintf("%d MiB", sb.MemoryMB))
+	if sb.SnapshotBytes > 0 {
+		row("snapshot", bytesHuman(sb.SnapshotBytes))
+	}
+	if sb.AutoHibernateS > 0 {
+		row("auto hibernate", (time.Duration(sb.AutoHibernateS) * time.Second).String())
+	}
+	row("created", sb.CreatedAt.Local().Format(time.RFC3339))
+	row("expires", sb.ExpiresAt.Local().Format(time.RFC3339))
+	if !sb.LastActivityAt.IsZero() {
+		row("last activity", sb.LastActivityAt.Local().Format(time.RFC3339))
+	}
+	for k, v := range sb.Metadata {
+		row("metadata."+k, v)
+	}
+	if sb.Error != "" {
+		row("error", sb.Error)
+	}
+	return tw.Flush()
 }
 
 func newSandboxRmCmd(o *clientOptions) *cobra.Command {
@@ -319,28 +278,18 @@ func newSandboxForkCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "fork ID", Short: "Copy a running sandbox, files and processes included; print the copies' ids", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
 			if count < 1 || count > api.MaxForkCount {
 				return fmt.Errorf("--count %d: want 1 to %d", count, api.MaxForkCount)
 			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			list, err := c.Fork(cmd.Context(), args[0], count)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), api.SandboxList{Sandboxes: list})
-			}
-			for _, sb := range list {
-				fmt.Fprintln(cmd.OutOrStdout(), sb.ID)
-			}
-			return nil
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (api.SandboxList, error) {
+				list, err := c.Fork(ctx, args[0], count)
+				return api.SandboxList{Sandboxes: list}, err
+			}, func(w io.Writer, list api.SandboxList) error {
+				for _, sb := range list.Sandboxes {
+					fmt.Fprintln(w, sb.ID)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().IntVarP(&count, "count", "n", 1, fmt.Sprintf("number of copies (1-%d)", api.MaxForkCount))

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -14,40 +17,31 @@ func newSandboxTerminationCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "termination ID", Short: "Show a sandbox's termination: its phases, deadline, exit code and checkpoint", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			st, err := c.Termination(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), st)
-			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "phase\t%s\nreason\t%s\nsignal\t%s\ndeadline\t%s\n", st.Phase, st.Reason, st.Signal, st.GraceDeadline.Format(time.RFC3339Nano))
-			if st.ExitCode != nil {
-				fmt.Fprintf(w, "exit code\t%d\n", *st.ExitCode)
-			}
-			if st.CheckpointID != "" {
-				fmt.Fprintf(w, "checkpoint\t%s\n", st.CheckpointID)
-			}
-			if st.ErrorMessage != "" {
-				fmt.Fprintf(w, "error\t%s\n", st.ErrorMessage)
-			}
-			for _, p := range st.Phases {
-				fmt.Fprintf(w, "  %s\t%s\n", p.Phase, p.StartedAt.Format(time.RFC3339Nano))
-			}
-			return w.Flush()
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.TerminationStatus, error) {
+				return c.Termination(ctx, args[0])
+			}, printTermination)
 		},
 	}
 	o.addOutputFlag(cmd)
 	return cmd
+}
+
+func printTermination(out io.Writer, st *tartarus.TerminationStatus) error {
+	w := newTable(out)
+	fmt.Fprintf(w, "phase\t%s\nreason\t%s\nsignal\t%s\ndeadline\t%s\n", st.Phase, st.Reason, st.Signal, st.GraceDeadline.Format(time.RFC3339Nano))
+	if st.ExitCode != nil {
+		fmt.Fprintf(w, "exit code\t%d\n", *st.ExitCode)
+	}
+	if st.CheckpointID != "" {
+		fmt.Fprintf(w, "checkpoint\t%s\n", st.CheckpointID)
+	}
+	if st.ErrorMessage != "" {
+		fmt.Fprintf(w, "error\t%s\n", st.ErrorMessage)
+	}
+	for _, p := range st.Phases {
+		fmt.Fprintf(w, "  %s\t%s\n", p.Phase, p.StartedAt.Format(time.RFC3339Nano))
+	}
+	return w.Flush()
 }
 
 // newCheckpointCmd lists checkpoints and takes one of a running sandbox.
@@ -56,28 +50,15 @@ func newCheckpointCmd(o *clientOptions) *cobra.Command {
 	ls := &cobra.Command{
 		Use: "ls", Short: "List your checkpoints", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			list, err := c.Checkpoints(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), list)
-			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tSANDBOX\tCREATED\tEXPIRES\tSIZE")
-			for _, ck := range list {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f MiB\n", ck.ID, ck.SandboxID, ck.CreatedAt.Format(time.RFC3339),
-					ck.ExpiresAt.Format(time.RFC3339), float64(ck.Size)/(1<<20))
-			}
-			return w.Flush()
+			return show(cmd, o, (*client.Client).Checkpoints, func(out io.Writer, list []*tartarus.Checkpoint) error {
+				w := newTable(out)
+				fmt.Fprintln(w, "ID\tSANDBOX\tCREATED\tEXPIRES\tSIZE")
+				for _, ck := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f MiB\n", ck.ID, ck.SandboxID, ck.CreatedAt.Format(time.RFC3339),
+						ck.ExpiresAt.Format(time.RFC3339), float64(ck.Size)/(1<<20))
+				}
+				return w.Flush()
+			})
 		},
 	}
 	o.addOutputFlag(ls)
@@ -110,29 +91,18 @@ func newNodeDrainCmd(o *clientOptions) *cobra.Command {
 		Use: "drain NAME", Short: "Take a node out of placement and end its sandboxes (or hibernate and move them with --hibernate)",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			rep, err := c.DrainNode(cmd.Context(), args[0], tartarus.DrainOptions{Hibernate: hibernate, GraceS: int(grace / time.Second)})
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), rep)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node %s drained: %d ended, %d moved, %d failed\n", rep.Node, len(rep.Ended), len(rep.Moved), len(rep.Failed))
-			for id, why := range rep.Failed {
-				fmt.Fprintf(cmd.OutOrStdout(), "  %s: %s\n", id, why)
-			}
-			if len(rep.Failed) > 0 {
-				return fmt.Errorf("%d sandboxes were not drained", len(rep.Failed))
-			}
-			return nil
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.DrainReport, error) {
+				return c.DrainNode(ctx, args[0], tartarus.DrainOptions{Hibernate: hibernate, GraceS: int(grace / time.Second)})
+			}, func(out io.Writer, rep *tartarus.DrainReport) error {
+				fmt.Fprintf(out, "node %s drained: %d ended, %d moved, %d failed\n", rep.Node, len(rep.Ended), len(rep.Moved), len(rep.Failed))
+				for id, why := range rep.Failed {
+					fmt.Fprintf(out, "  %s: %s\n", id, why)
+				}
+				if len(rep.Failed) > 0 {
+					return fmt.Errorf("%d sandboxes were not drained", len(rep.Failed))
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&hibernate, "hibernate", false, "hibernate the sandboxes so they wake on another node (nodes sharing snapshots), instead of ending them")

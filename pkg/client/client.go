@@ -4,11 +4,9 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -321,47 +319,7 @@ func (c *Client) ExecStream(ctx context.Context, id string, in *api.ExecRequest,
 		return nil, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	for sc.Scan() {
-		var ev api.ExecEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("exec stream: bad line %.100q: %w", sc.Text(), err)
-		}
-		var w io.Writer
-		switch ev.Type {
-		case api.EventStdout:
-			w = stdout
-		case api.EventStderr:
-			w = stderr
-		case api.EventExit:
-			res := &ExecResult{DurationMS: ev.DurationMS, TimedOut: ev.TimedOut, Signal: ev.Signal}
-			if ev.ExitCode != nil {
-				res.ExitCode = *ev.ExitCode
-			}
-			return res, nil
-		case api.EventError:
-			if ev.Error == nil {
-				return nil, errors.New("exec stream: error event without detail")
-			}
-			return nil, &Error{Status: http.StatusOK, Code: ev.Error.Code, Message: ev.Error.Message, RequestID: ev.Error.RequestID}
-		default:
-			continue // newer servers may add event types
-		}
-		if w == nil {
-			continue
-		}
-		if _, err := io.WriteString(w, ev.Data); err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(ev.DataB64); err != nil {
-			return nil, err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("exec stream: %w", err)
-	}
-	return nil, errors.New("exec stream: ended without an exit event (connection cut?)")
+	return readEvents(resp.Body, "exec stream", stdout, stderr, nil)
 }
 
 // WriteFile streams r into path in the sandbox. When r is an *os.File or

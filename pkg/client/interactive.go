@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -74,17 +73,19 @@ func (c *Client) AttachProcess(ctx context.Context, id string, sel tartarus.Proc
 		return nil, err
 	}
 	defer resp.Body.Close()
-	return readEvents(resp.Body, stdout, stderr, attached)
+	return readEvents(resp.Body, "output stream", stdout, stderr, attached)
 }
 
-// readEvents reads NDJSON exec events to the exit event.
-func readEvents(body io.Reader, stdout, stderr io.Writer, attached func()) (*ExecResult, error) {
+// readEvents reads NDJSON exec events to the exit event, writing output
+// to stdout and stderr (either may be nil); stream names it in errors.
+// attached, when not nil, is called on the "attached" event.
+func readEvents(body io.Reader, stream string, stdout, stderr io.Writer, attached func()) (*ExecResult, error) {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	for sc.Scan() {
 		var ev api.ExecEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("output stream: bad line %.100q: %w", sc.Text(), err)
+			return nil, fmt.Errorf("%s: bad line %.100q: %w", stream, sc.Text(), err)
 		}
 		var w io.Writer
 		switch ev.Type {
@@ -105,11 +106,11 @@ func readEvents(body io.Reader, stdout, stderr io.Writer, attached func()) (*Exe
 			return res, nil
 		case api.EventError:
 			if ev.Error == nil {
-				return nil, errors.New("output stream: error event without detail")
+				return nil, fmt.Errorf("%s: error event without detail", stream)
 			}
 			return nil, &Error{Status: http.StatusOK, Code: ev.Error.Code, Message: ev.Error.Message, RequestID: ev.Error.RequestID}
 		default:
-			continue
+			continue // newer servers may add event types
 		}
 		if w == nil {
 			continue
@@ -122,9 +123,9 @@ func readEvents(body io.Reader, stdout, stderr io.Writer, attached func()) (*Exe
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("output stream: %w", err)
+		return nil, fmt.Errorf("%s: %w", stream, err)
 	}
-	return nil, errors.New("output stream: ended without an exit event (connection cut?)")
+	return nil, fmt.Errorf("%s: ended without an exit event (connection cut?)", stream)
 }
 
 // ProcessInput writes data to a background process's stdin, closing it
@@ -191,15 +192,7 @@ func (c *Client) RemoveFile(ctx context.Context, id, path string, recursive bool
 	if recursive {
 		q.Set("recursive", "1")
 	}
-	req, err := c.request(ctx, "DELETE", sandboxPath(id, "/files"), q, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return err
-	}
-	return resp.Body.Close()
+	return c.callQuery(ctx, "DELETE", sandboxPath(id, "/files"), q, nil, nil)
 }
 
 // ListFilesDepth lists a directory down to depth levels.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -427,7 +426,7 @@ func (a *Agent) DrainNode(ctx context.Context, name string, opts tartarus.DrainO
 	if err != nil {
 		return nil, err
 	}
-	rep := &tartarus.DrainReport{Node: name, Ended: []string{}, Moved: []string{}}
+	rep := tartarus.NewDrainReport(name)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, sb := range live {
@@ -447,21 +446,10 @@ func (a *Agent) DrainNode(ctx context.Context, name string, opts tartarus.DrainO
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			switch {
-			case err != nil:
-				if rep.Failed == nil {
-					rep.Failed = map[string]string{}
-				}
-				rep.Failed[sb.ID] = err.Error()
-			case moved:
-				rep.Moved = append(rep.Moved, sb.ID)
-			default:
-				rep.Ended = append(rep.Ended, sb.ID)
-			}
+			rep.Record(sb.ID, moved, err)
 		})
 	}
 	wg.Wait()
-	slices.Sort(rep.Ended)
-	slices.Sort(rep.Moved)
+	rep.Sort()
 	return rep, nil
 }

@@ -2,6 +2,7 @@ package olympus
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"mime"
@@ -16,37 +17,31 @@ import (
 )
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionExecute)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	req, err := decodeExec(http.MaxBytesReader(w, r.Body, maxExecBody))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := s.usable(r, sb); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if wantsNDJSON(r) {
-		s.execStream(w, r, sb, req)
-		return
-	}
-	out := &capped{limit: maxBufferedOutput}
-	errOut := &capped{limit: maxBufferedOutput}
-	req.Stdout, req.Stderr = out, errOut
-	res, err := s.be.Exec(r.Context(), sb.ID, req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	s.metrics.exec.WithLabelValues(sb.Runtime).Observe(res.Duration.Seconds())
-	writeJSON(w, http.StatusOK, api.ExecResponse{
-		ExitCode: res.ExitCode, Stdout: out.buf.String(), Stderr: errOut.buf.String(),
-		DurationMS: res.Duration.Milliseconds(), TimedOut: res.TimedOut, Signal: res.Signal,
-		Truncated: out.truncated || errOut.truncated,
+	serve(s, w, r, s.sandboxFor, cerberus.ActionExecute, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+		req, err := decodeExec(http.MaxBytesReader(w, r.Body, maxExecBody))
+		if err != nil {
+			return 0, nil, err
+		}
+		if err := s.usable(r, sb); err != nil {
+			return 0, nil, err
+		}
+		if wantsNDJSON(r) {
+			s.execStream(w, r, sb, req)
+			return 0, nil, nil
+		}
+		out := &capped{limit: maxBufferedOutput}
+		errOut := &capped{limit: maxBufferedOutput}
+		req.Stdout, req.Stderr = out, errOut
+		res, err := be.Exec(ctx, sb.ID, req)
+		if err != nil {
+			return 0, nil, err
+		}
+		s.metrics.exec.WithLabelValues(sb.Runtime).Observe(res.Duration.Seconds())
+		return http.StatusOK, api.ExecResponse{
+			ExitCode: res.ExitCode, Stdout: out.buf.String(), Stderr: errOut.buf.String(),
+			DurationMS: res.Duration.Milliseconds(), TimedOut: res.TimedOut, Signal: res.Signal,
+			Truncated: out.truncated || errOut.truncated,
+		}, nil
 	})
 }
 

@@ -56,15 +56,6 @@ func (s *Server) interactiveRoutes(v1 func(string, http.HandlerFunc)) {
 	v1("GET /v1/sandboxes/{id}/metrics", s.sandboxMetrics)
 }
 
-// backendAs returns the backend as side interface T, or 501.
-func backendAs[T any](s *Server, what string) (T, error) {
-	t, ok := s.be.(T)
-	if !ok {
-		return t, tartarus.Errorf(tartarus.ErrNotImplemented, "this server has no %s", what)
-	}
-	return t, nil
-}
-
 // ready finds the caller's sandbox for action and checks it can run
 // commands or serve files.
 func (s *Server) ready(r *http.Request, action cerberus.Action) (*tartarus.Sandbox, error) {
@@ -101,23 +92,22 @@ func optionalPath(p string) (string, error) {
 
 // pty serves a terminal over a WebSocket (see api.PTYMessage).
 func (s *Server) pty(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionExecute)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ps, err := backendAs[tartarus.PTYStarter](s, "terminals")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
+	terminals := func(s *Server) (tartarus.PTYStarter, error) { return backendAs[tartarus.PTYStarter](s, "terminals") }
+	serve(s, w, r, s.ready, cerberus.ActionExecute, terminals, func(ctx context.Context, ps tartarus.PTYStarter, sb *tartarus.Sandbox) (int, any, error) {
+		s.servePTY(ctx, w, r, ps, sb)
+		return 0, nil, nil
+	})
+}
+
+// servePTY runs the terminal once the caller is checked; from here on
+// errors go to the client as messages on the socket.
+func (s *Server) servePTY(ctx context.Context, w http.ResponseWriter, r *http.Request, ps tartarus.PTYStarter, sb *tartarus.Sandbox) {
 	conn, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept answered the client
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(maxPTYMessage)
-	ctx := r.Context()
 	sendErr := func(err error) {
 		_, body := errorBody(err, requestID(ctx))
 		_ = writeWS(ctx, conn, &api.PTYMessage{Type: api.PTYError, Error: &body.Error})
@@ -243,135 +233,87 @@ func processRef(r *http.Request) (tartarus.ProcessSelector, error) {
 }
 
 func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionExecute)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	pm, err := backendAs[tartarus.ProcessManager](s, "background processes")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.ProcessStart
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	cwd, err := optionalPath(req.Cwd)
-	if err == nil {
-		err = checkCmd(req.Cmd, req.Env)
-	}
-	if err == nil && (len(req.Tag) > 128 || strings.ContainsFunc(req.Tag, func(c rune) bool { return c < 0x20 || c == 0x7f })) {
-		err = tartarus.Errorf(tartarus.ErrInvalid, "tag: at most 128 printable bytes")
-	}
-	if err == nil && req.Tag != "" {
-		if _, perr := strconv.Atoi(req.Tag); perr == nil {
-			err = tartarus.Errorf(tartarus.ErrInvalid, "tag %q: a tag must not be a number (numbers name pids)", req.Tag)
+	serve(s, w, r, s.ready, cerberus.ActionExecute, processManager, func(ctx context.Context, pm tartarus.ProcessManager, sb *tartarus.Sandbox) (int, any, error) {
+		var req api.ProcessStart
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
 		}
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	p, err := pm.StartProcess(r.Context(), sb.ID, &tartarus.ProcessRequest{Cmd: req.Cmd, Env: req.Env, Cwd: cwd, Tag: req.Tag, Stdin: req.Stdin})
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, p)
+		cwd, err := optionalPath(req.Cwd)
+		if err == nil {
+			err = checkCmd(req.Cmd, req.Env)
+		}
+		if err == nil && (len(req.Tag) > 128 || strings.ContainsFunc(req.Tag, func(c rune) bool { return c < 0x20 || c == 0x7f })) {
+			err = tartarus.Errorf(tartarus.ErrInvalid, "tag: at most 128 printable bytes")
+		}
+		if err == nil && req.Tag != "" {
+			if _, perr := strconv.Atoi(req.Tag); perr == nil {
+				err = tartarus.Errorf(tartarus.ErrInvalid, "tag %q: a tag must not be a number (numbers name pids)", req.Tag)
+			}
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		p, err := pm.StartProcess(ctx, sb.ID, &tartarus.ProcessRequest{Cmd: req.Cmd, Env: req.Env, Cwd: cwd, Tag: req.Tag, Stdin: req.Stdin})
+		return http.StatusCreated, p, err
+	})
 }
 
 func (s *Server) listProcesses(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	pm, err := backendAs[tartarus.ProcessManager](s, "background processes")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ps, err := pm.ListProcesses(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if ps == nil {
-		ps = []tartarus.Process{}
-	}
-	writeJSON(w, http.StatusOK, api.ProcessList{Processes: ps})
+	serve(s, w, r, s.ready, cerberus.ActionRead, processManager, func(ctx context.Context, pm tartarus.ProcessManager, sb *tartarus.Sandbox) (int, any, error) {
+		ps, err := pm.ListProcesses(ctx, sb.ID)
+		if ps == nil {
+			ps = []tartarus.Process{}
+		}
+		return http.StatusOK, api.ProcessList{Processes: ps}, err
+	})
 }
 
 // processOutput streams a background process's output as NDJSON exec
 // events (?replay=1 starts with its recent output) until it exits.
 func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionExecute)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	pm, err := backendAs[tartarus.ProcessManager](s, "background processes")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sel, err := processRef(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	replay, _ := strconv.ParseBool(r.URL.Query().Get("replay"))
-	st := &stream{w: w, rc: http.NewResponseController(w)}
-	out := &eventWriter{s: st, typ: api.EventStdout}
-	errOut := &eventWriter{s: st, typ: api.EventStderr}
-	// Say at once that the attach took, so a client may act on the
-	// process knowing it sees what follows.
-	if err := st.send(&api.ExecEvent{Type: "attached"}); err != nil {
-		return
-	}
-	res, err := pm.AttachProcess(r.Context(), sb.ID, sel, replay, out, errOut)
-	out.flushTail()
-	errOut.flushTail()
-	if err != nil {
-		_, body := errorBody(err, requestID(r.Context()))
-		st.send(&api.ExecEvent{Type: api.EventError, Error: &body.Error})
-		return
-	}
-	code := res.ExitCode
-	st.send(&api.ExecEvent{Type: api.EventExit, ExitCode: &code, Signal: res.Signal, DurationMS: res.Duration.Milliseconds()})
+	serve(s, w, r, s.ready, cerberus.ActionExecute, processManager, func(ctx context.Context, pm tartarus.ProcessManager, sb *tartarus.Sandbox) (int, any, error) {
+		sel, err := processRef(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		replay, _ := strconv.ParseBool(r.URL.Query().Get("replay"))
+		st := &stream{w: w, rc: http.NewResponseController(w)}
+		out := &eventWriter{s: st, typ: api.EventStdout}
+		errOut := &eventWriter{s: st, typ: api.EventStderr}
+		// Say at once that the attach took, so a client may act on the
+		// process knowing it sees what follows.
+		if err := st.send(&api.ExecEvent{Type: "attached"}); err != nil {
+			return 0, nil, nil
+		}
+		res, err := pm.AttachProcess(ctx, sb.ID, sel, replay, out, errOut)
+		out.flushTail()
+		errOut.flushTail()
+		if err != nil {
+			_, body := errorBody(err, requestID(ctx))
+			st.send(&api.ExecEvent{Type: api.EventError, Error: &body.Error})
+			return 0, nil, nil
+		}
+		code := res.ExitCode
+		st.send(&api.ExecEvent{Type: api.EventExit, ExitCode: &code, Signal: res.Signal, DurationMS: res.Duration.Milliseconds()})
+		return 0, nil, nil
+	})
 }
 
 // processInput writes the raw body to a process's stdin (?close=1 closes
 // it after).
 func (s *Server) processInput(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionExecute)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	pm, err := backendAs[tartarus.ProcessManager](s, "background processes")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sel, err := processRef(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxProcessInput))
-	if err != nil {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrTooLarge, "stdin is limited to %d bytes a call", maxProcessInput))
-		return
-	}
-	closeIn, _ := strconv.ParseBool(r.URL.Query().Get("close"))
-	if err := pm.ProcessInput(r.Context(), sb.ID, sel, data, closeIn); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	serve(s, w, r, s.ready, cerberus.ActionExecute, processManager, func(ctx context.Context, pm tartarus.ProcessManager, sb *tartarus.Sandbox) (int, any, error) {
+		sel, err := processRef(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxProcessInput))
+		if err != nil {
+			return 0, nil, tartarus.Errorf(tartarus.ErrTooLarge, "stdin is limited to %d bytes a call", maxProcessInput)
+		}
+		closeIn, _ := strconv.ParseBool(r.URL.Query().Get("close"))
+		return http.StatusNoContent, nil, pm.ProcessInput(ctx, sb.ID, sel, data, closeIn)
+	})
 }
 
 var signalNames = map[string]syscall.Signal{
@@ -398,151 +340,81 @@ func parseSignal(v any) (syscall.Signal, error) {
 }
 
 func (s *Server) signalProcess(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionExecute)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	pm, err := backendAs[tartarus.ProcessManager](s, "background processes")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sel, err := processRef(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.SignalRequest
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sig, err := parseSignal(req.Signal)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := pm.SignalProcess(r.Context(), sb.ID, sel, sig); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	serve(s, w, r, s.ready, cerberus.ActionExecute, processManager, func(ctx context.Context, pm tartarus.ProcessManager, sb *tartarus.Sandbox) (int, any, error) {
+		sel, err := processRef(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		var req api.SignalRequest
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
+		}
+		sig, err := parseSignal(req.Signal)
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusNoContent, nil, pm.SignalProcess(ctx, sb.ID, sel, sig)
+	})
 }
 
 func (s *Server) statFile(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fm, err := backendAs[tartarus.FileManager](s, "file management")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	p, err := sandboxPath(r.URL.Query().Get("path"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fi, err := fm.StatFile(r.Context(), sb.ID, p)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, fi)
+	serve(s, w, r, s.ready, cerberus.ActionRead, fileManager, func(ctx context.Context, fm tartarus.FileManager, sb *tartarus.Sandbox) (int, any, error) {
+		p, err := sandboxPath(r.URL.Query().Get("path"))
+		if err != nil {
+			return 0, nil, err
+		}
+		fi, err := fm.StatFile(ctx, sb.ID, p)
+		return http.StatusOK, fi, err
+	})
 }
 
 func (s *Server) mkdir(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fm, err := backendAs[tartarus.FileManager](s, "file management")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.MkdirRequest
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	p, err := sandboxPath(req.Path)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	made, err := fm.MakeDir(r.Context(), sb.ID, p, req.Parents)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	status := http.StatusOK
-	if made {
-		status = http.StatusCreated
-	}
-	writeJSON(w, status, api.MkdirResponse{Created: made})
+	serve(s, w, r, s.ready, cerberus.ActionUpdate, fileManager, func(ctx context.Context, fm tartarus.FileManager, sb *tartarus.Sandbox) (int, any, error) {
+		var req api.MkdirRequest
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
+		}
+		p, err := sandboxPath(req.Path)
+		if err != nil {
+			return 0, nil, err
+		}
+		made, err := fm.MakeDir(ctx, sb.ID, p, req.Parents)
+		status := http.StatusOK
+		if made {
+			status = http.StatusCreated
+		}
+		return status, api.MkdirResponse{Created: made}, err
+	})
 }
 
 func (s *Server) moveFile(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fm, err := backendAs[tartarus.FileManager](s, "file management")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.MoveRequest
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	from, err := sandboxPath(req.From)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	to, err := sandboxPath(req.To)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fi, err := fm.MoveFile(r.Context(), sb.ID, from, to)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, fi)
+	serve(s, w, r, s.ready, cerberus.ActionUpdate, fileManager, func(ctx context.Context, fm tartarus.FileManager, sb *tartarus.Sandbox) (int, any, error) {
+		var req api.MoveRequest
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
+		}
+		from, err := sandboxPath(req.From)
+		if err != nil {
+			return 0, nil, err
+		}
+		to, err := sandboxPath(req.To)
+		if err != nil {
+			return 0, nil, err
+		}
+		fi, err := fm.MoveFile(ctx, sb.ID, from, to)
+		return http.StatusOK, fi, err
+	})
 }
 
 func (s *Server) removeFile(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fm, err := backendAs[tartarus.FileManager](s, "file management")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	p, err := sandboxPath(r.URL.Query().Get("path"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	recursive, _ := strconv.ParseBool(r.URL.Query().Get("recursive"))
-	if err := fm.RemoveFile(r.Context(), sb.ID, p, recursive); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	serve(s, w, r, s.ready, cerberus.ActionUpdate, fileManager, func(ctx context.Context, fm tartarus.FileManager, sb *tartarus.Sandbox) (int, any, error) {
+		p, err := sandboxPath(r.URL.Query().Get("path"))
+		if err != nil {
+			return 0, nil, err
+		}
+		recursive, _ := strconv.ParseBool(r.URL.Query().Get("recursive"))
+		return http.StatusNoContent, nil, fm.RemoveFile(ctx, sb.ID, p, recursive)
+	})
 }
 
 // listDepth answers a listing with ?depth=N above 1; ok is false when the
@@ -557,7 +429,7 @@ func (s *Server) listDepth(w http.ResponseWriter, r *http.Request, sb *tartarus.
 		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "depth %q: want 1-16", d))
 		return true
 	}
-	fm, err := backendAs[tartarus.FileManager](s, "file management")
+	fm, err := fileManager(s)
 	if err != nil {
 		s.writeError(w, r, err)
 		return true
@@ -573,28 +445,25 @@ func (s *Server) listDepth(w http.ResponseWriter, r *http.Request, sb *tartarus.
 
 // watch streams a directory's changes as NDJSON until the client leaves.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.ready(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	fm, err := backendAs[tartarus.FileManager](s, "file management")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	p, err := sandboxPath(r.URL.Query().Get("path"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	recursive, _ := strconv.ParseBool(r.URL.Query().Get("recursive"))
-	fw, err := fm.WatchDir(r.Context(), sb.ID, p, recursive)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	defer fw.Close()
+	serve(s, w, r, s.ready, cerberus.ActionRead, fileManager, func(ctx context.Context, fm tartarus.FileManager, sb *tartarus.Sandbox) (int, any, error) {
+		p, err := sandboxPath(r.URL.Query().Get("path"))
+		if err != nil {
+			return 0, nil, err
+		}
+		recursive, _ := strconv.ParseBool(r.URL.Query().Get("recursive"))
+		fw, err := fm.WatchDir(ctx, sb.ID, p, recursive)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer fw.Close()
+		streamWatch(ctx, w, fw, p)
+		return 0, nil, nil
+	})
+}
+
+// streamWatch writes a watch's events as NDJSON until it ends or the
+// client leaves.
+func streamWatch(ctx context.Context, w http.ResponseWriter, fw tartarus.FileWatch, p string) {
 	st := &lineStream{w: w, rc: http.NewResponseController(w)}
 	if st.send(&api.WatchLine{Type: api.WatchWatching, Name: p}) != nil {
 		return
@@ -602,8 +471,8 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 	for {
 		evs, err := fw.Next()
 		if err != nil {
-			if r.Context().Err() == nil {
-				_, body := errorBody(err, requestID(r.Context()))
+			if ctx.Err() == nil {
+				_, body := errorBody(err, requestID(ctx))
 				st.send(&api.WatchLine{Type: api.EventError, Error: &body.Error})
 			}
 			return
@@ -644,59 +513,31 @@ func (l *lineStream) send(v any) error {
 }
 
 func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
-	if err == nil {
-		err = s.admit(r, sb)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ts, err := backendAs[TimeoutSetter](s, "way to change a running sandbox's timeout")
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.TimeoutRequest
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if req.TimeoutS < 0 || req.TimeoutS > maxTimeoutS {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "timeout_s %d: want 0 (never) to %d", req.TimeoutS, maxTimeoutS))
-		return
-	}
-	out, err := ts.SetTimeout(r.Context(), sb.ID, time.Duration(req.TimeoutS)*time.Second)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	serve(s, w, r, s.reach, cerberus.ActionUpdate, timeoutSetter, func(ctx context.Context, ts TimeoutSetter, sb *tartarus.Sandbox) (int, any, error) {
+		var req api.TimeoutRequest
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
+		}
+		if req.TimeoutS < 0 || req.TimeoutS > maxTimeoutS {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "timeout_s %d: want 0 (never) to %d", req.TimeoutS, maxTimeoutS)
+		}
+		out, err := ts.SetTimeout(ctx, sb.ID, time.Duration(req.TimeoutS)*time.Second)
+		return http.StatusOK, out, err
+	})
 }
 
 func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if s.cfg.Metrics == nil {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented, "this server keeps no per-sandbox metrics"))
-		return
-	}
-	var since time.Time
-	if v := r.URL.Query().Get("since"); v != "" {
-		if since, err = time.Parse(time.RFC3339Nano, v); err != nil {
-			s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "since %q: want an RFC 3339 time", v))
-			return
+	serve(s, w, r, s.sandboxFor, cerberus.ActionRead, metricsSource, func(ctx context.Context, m MetricsSource, sb *tartarus.Sandbox) (int, any, error) {
+		var since time.Time
+		if v := r.URL.Query().Get("since"); v != "" {
+			var err error
+			if since, err = time.Parse(time.RFC3339Nano, v); err != nil {
+				return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "since %q: want an RFC 3339 time", v)
+			}
 		}
-	}
-	ms, err := s.cfg.Metrics.SandboxMetrics(r.Context(), sb.ID, since)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.MetricsResponse{Metrics: ms})
+		ms, err := m.SandboxMetrics(ctx, sb.ID, since)
+		return http.StatusOK, api.MetricsResponse{Metrics: ms}, err
+	})
 }
 
 // matchMetadata parses ?metadata=k=v filters (repeatable; all must match).

@@ -100,6 +100,20 @@ func (s *Server) held(sb *tartarus.Sandbox) bool {
 	return s.cfg.Quarantine != nil && s.cfg.Quarantine.Admit(sb.ID, "", false) != nil
 }
 
+// reach is sandboxFor plus the containment check: the finder of the
+// calls that change a sandbox's life (pause, hibernate, fork, checkpoint,
+// timeout), which a held sandbox's owner may not make.
+func (s *Server) reach(r *http.Request, action cerberus.Action) (*tartarus.Sandbox, error) {
+	sb, err := s.sandboxFor(r, action)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.admit(r, sb); err != nil {
+		return nil, err
+	}
+	return sb, nil
+}
+
 // usable checks that the sandbox can run commands or serve files, and
 // that the caller may reach it.
 func (s *Server) usable(r *http.Request, sb *tartarus.Sandbox) error {

@@ -51,103 +51,67 @@ func (s *Server) sandboxFor(r *http.Request, action cerberus.Action) (*tartarus.
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionCreate, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	req, err := decodeCreate(http.MaxBytesReader(w, r.Body, MaxJSONBody))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	req.IdempotencyKey = r.Header.Get("Idempotency-Key")
-	sb, err := s.be.Create(r.Context(), who.TenantID, req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
-	if sb.State == tartarus.StateQueued {
-		// It waits for room in its heat's admission queue: GET follows it.
-		writeJSON(w, http.StatusAccepted, sb)
-		return
-	}
-	writeJSON(w, http.StatusCreated, sb)
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionCreate, backend, func(ctx context.Context, be Backend, who *cerberus.Identity) (int, any, error) {
+		req, err := decodeCreate(http.MaxBytesReader(w, r.Body, MaxJSONBody))
+		if err != nil {
+			return 0, nil, err
+		}
+		req.IdempotencyKey = r.Header.Get("Idempotency-Key")
+		sb, err := be.Create(ctx, who.TenantID, req)
+		if err != nil {
+			return 0, nil, err
+		}
+		w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
+		if sb.State == tartarus.StateQueued {
+			// It waits for room in its heat's admission queue: GET follows it.
+			return http.StatusAccepted, sb, nil
+		}
+		return http.StatusCreated, sb, nil
+	})
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	f := tartarus.SandboxFilter{Tenant: who.TenantID}
-	if st := r.URL.Query().Get("state"); st != "" {
-		f.States = []tartarus.State{tartarus.State(st)}
-	}
-	match, err := matchMetadata(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	all, err := s.be.List(r.Context(), f)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	list := []*tartarus.Sandbox{}
-	for _, sb := range all {
-		if match(sb) {
-			list = append(list, sb)
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionRead, backend, func(ctx context.Context, be Backend, who *cerberus.Identity) (int, any, error) {
+		f := tartarus.SandboxFilter{Tenant: who.TenantID}
+		if st := r.URL.Query().Get("state"); st != "" {
+			f.States = []tartarus.State{tartarus.State(st)}
 		}
-	}
-	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: list})
+		match, err := matchMetadata(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		all, err := be.List(ctx, f)
+		list := []*tartarus.Sandbox{}
+		for _, sb := range all {
+			if match(sb) {
+				list = append(list, sb)
+			}
+		}
+		return http.StatusOK, api.SandboxList{Sandboxes: list}, err
+	})
 }
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, sb)
+	serve(s, w, r, s.sandboxFor, cerberus.ActionRead, backend, func(_ context.Context, _ Backend, sb *tartarus.Sandbox) (int, any, error) {
+		return http.StatusOK, sb, nil
+	})
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionDelete)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if sb.State == tartarus.StateQuarantined {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrFailedPrecondition,
-			"sandbox %s is quarantined: an examiner ends it with POST /v1/quarantine/%s/destroy", sb.ID, sb.ID))
-		return
-	}
-	if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
-		s.writeError(w, r, err)
-		return
-	} else if ok {
-		s.terminate(w, r, sb, opts)
-		return
-	}
-	sb, err = s.be.Destroy(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusAccepted, sb)
+	serve(s, w, r, s.sandboxFor, cerberus.ActionDelete, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+		if sb.State == tartarus.StateQuarantined {
+			return 0, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition,
+				"sandbox %s is quarantined: an examiner ends it with POST /v1/quarantine/%s/destroy", sb.ID, sb.ID)
+		}
+		if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
+			return 0, nil, err
+		} else if ok {
+			s.terminate(w, r, sb, opts)
+			return 0, nil, nil
+		}
+		sb, err := be.Destroy(ctx, sb.ID)
+		return http.StatusAccepted, sb, err
+	})
 }
 
 func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
@@ -159,20 +123,10 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx context.Context, id string) (*tartarus.Sandbox, error)) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
-	if err == nil {
-		err = s.admit(r, sb)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	sb, err = do(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, sb)
+	serve(s, w, r, s.reach, cerberus.ActionUpdate, backend, func(ctx context.Context, _ Backend, sb *tartarus.Sandbox) (int, any, error) {
+		sb, err := do(ctx, sb.ID)
+		return http.StatusOK, sb, err
+	})
 }
 
 func (s *Server) hibernate(w http.ResponseWriter, r *http.Request) {
@@ -186,99 +140,45 @@ func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
 // fork makes copies of a sandbox. Creating sandboxes is authorized like a
 // create in the caller's tenant, besides reading the original.
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
-	if err == nil {
-		err = s.admit(r, sb)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: sb.Tenant}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionCreate, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var req api.ForkRequest
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if req.Count == 0 {
-		req.Count = 1
-	}
-	if req.Count < 1 || req.Count > api.MaxForkCount {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount))
-		return
-	}
-	list, err := s.be.Fork(r.Context(), sb.ID, req.Count)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, api.SandboxList{Sandboxes: list})
+	serve(s, w, r, s.reach, cerberus.ActionRead, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+		res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: sb.Tenant}
+		if err := s.guard.Authorize(ctx, cerberus.ActionCreate, res); err != nil {
+			return 0, nil, err
+		}
+		var req api.ForkRequest
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
+			return 0, nil, err
+		}
+		if req.Count == 0 {
+			req.Count = 1
+		}
+		if req.Count < 1 || req.Count > api.MaxForkCount {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "count %d: must be between 1 and %d", req.Count, api.MaxForkCount)
+		}
+		list, err := be.Fork(ctx, sb.ID, req.Count)
+		return http.StatusCreated, api.SandboxList{Sandboxes: list}, err
+	})
 }
 
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeTemplate, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	list, err := s.be.Templates(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if list == nil {
-		list = []*tartarus.Image{}
-	}
-	writeJSON(w, http.StatusOK, api.TemplateList{Templates: list})
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionRead, backend, func(ctx context.Context, be Backend, _ *cerberus.Identity) (int, any, error) {
+		list, err := be.Templates(ctx)
+		if list == nil {
+			list = []*tartarus.Image{}
+		}
+		return http.StatusOK, api.TemplateList{Templates: list}, err
+	})
 }
 
 func (s *Server) forgetNode(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	name := r.PathValue("name")
-	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, ID: name, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionDelete, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if !tartarus.ValidName(name) {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotFound, "node %q", name))
-		return
-	}
-	if err := s.be.ForgetNode(r.Context(), name); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	serve(s, w, r, s.nodeFor, cerberus.ActionDelete, backend, func(ctx context.Context, be Backend, name string) (int, any, error) {
+		return http.StatusNoContent, nil, be.ForgetNode(ctx, name)
+	})
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeNode, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, res); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	nodes, err := s.be.Nodes(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.NodeList{Nodes: nodes})
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeNode), cerberus.ActionRead, backend, func(ctx context.Context, be Backend, _ *cerberus.Identity) (int, any, error) {
+		nodes, err := be.Nodes(ctx)
+		return http.StatusOK, api.NodeList{Nodes: nodes}, err
+	})
 }

@@ -28,14 +28,6 @@ type Terminator interface {
 // maxGraceS bounds grace_s on DELETE.
 const maxGraceS = 3600
 
-func (s *Server) terminator() (Terminator, error) {
-	t, ok := s.be.(Terminator)
-	if !ok {
-		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "graceful termination and checkpoints are not available on this server (a cluster replica ends sandboxes at once)")
-	}
-	return t, nil
-}
-
 // shutdownOptions reads DELETE's query: grace_s, signal, checkpoint,
 // reason, callback_url. ok is false when none is given (today's immediate
 // DELETE).
@@ -84,7 +76,7 @@ func shutdownOptions(q url.Values) (opts *tartarus.ShutdownOptions, ok bool, err
 // terminate answers a DELETE with termination options: 202 and the
 // termination as it starts; GET …/termination follows it.
 func (s *Server) terminate(w http.ResponseWriter, r *http.Request, sb *tartarus.Sandbox, opts *tartarus.ShutdownOptions) {
-	t, err := s.terminator()
+	t, err := terminator(s)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -99,105 +91,40 @@ func (s *Server) terminate(w http.ResponseWriter, r *http.Request, sb *tartarus.
 }
 
 func (s *Server) getTermination(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	t, err := s.terminator()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	st, err := t.Termination(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
+	serve(s, w, r, s.sandboxFor, cerberus.ActionRead, terminator, func(ctx context.Context, t Terminator, sb *tartarus.Sandbox) (int, any, error) {
+		st, err := t.Termination(ctx, sb.ID)
+		return http.StatusOK, st, err
+	})
 }
 
 func (s *Server) listTerminations(w http.ResponseWriter, r *http.Request) {
-	who, err := s.authorizeTenant(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	t, err := s.terminator()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	all, err := t.PendingTerminations(r.Context())
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	mine := []*tartarus.TerminationStatus{}
-	for _, st := range all {
-		if st.Tenant == who.TenantID {
-			mine = append(mine, st)
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionRead, terminator, func(ctx context.Context, t Terminator, who *cerberus.Identity) (int, any, error) {
+		all, err := t.PendingTerminations(ctx)
+		mine := []*tartarus.TerminationStatus{}
+		for _, st := range all {
+			if st.Tenant == who.TenantID {
+				mine = append(mine, st)
+			}
 		}
-	}
-	writeJSON(w, http.StatusOK, api.TerminationList{Terminations: mine})
+		return http.StatusOK, api.TerminationList{Terminations: mine}, err
+	})
 }
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
-	if err == nil {
-		err = s.admit(r, sb)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	t, err := s.terminator()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ck, err := t.Checkpoint(r.Context(), sb.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, ck)
+	serve(s, w, r, s.reach, cerberus.ActionUpdate, terminator, func(ctx context.Context, t Terminator, sb *tartarus.Sandbox) (int, any, error) {
+		ck, err := t.Checkpoint(ctx, sb.ID)
+		return http.StatusCreated, ck, err
+	})
 }
 
 func (s *Server) listCheckpoints(w http.ResponseWriter, r *http.Request) {
-	who, err := s.authorizeTenant(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	t, err := s.terminator()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	list, err := t.Checkpoints(r.Context(), who.TenantID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if list == nil {
-		list = []*tartarus.Checkpoint{}
-	}
-	writeJSON(w, http.StatusOK, api.CheckpointList{Checkpoints: list})
-}
-
-// authorizeTenant checks that the caller may do action on its tenant's
-// sandboxes as a whole (a listing).
-func (s *Server) authorizeTenant(r *http.Request, action cerberus.Action) (*cerberus.Identity, error) {
-	who, err := caller(r)
-	if err != nil {
-		return nil, err
-	}
-	res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
-	if err := s.guard.Authorize(r.Context(), action, res); err != nil {
-		return nil, err
-	}
-	return who, nil
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeSandbox), cerberus.ActionRead, terminator, func(ctx context.Context, t Terminator, who *cerberus.Identity) (int, any, error) {
+		list, err := t.Checkpoints(ctx, who.TenantID)
+		if list == nil {
+			list = []*tartarus.Checkpoint{}
+		}
+		return http.StatusOK, api.CheckpointList{Checkpoints: list}, err
+	})
 }
 
 // Drainer is the optional side interface of a Backend that drains nodes:
@@ -213,51 +140,25 @@ type Undrainer interface {
 }
 
 func (s *Server) drainNode(w http.ResponseWriter, r *http.Request) {
-	name, err := s.nodeFor(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	d, ok := s.be.(Drainer)
-	if !ok {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented, "this server cannot drain nodes"))
-		return
-	}
-	var opts tartarus.DrainOptions
-	if r.ContentLength != 0 {
-		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &opts); err != nil {
-			s.writeError(w, r, err)
-			return
+	serve(s, w, r, s.nodeFor, cerberus.ActionUpdate, drainer, func(ctx context.Context, d Drainer, name string) (int, any, error) {
+		var opts tartarus.DrainOptions
+		if r.ContentLength != 0 {
+			if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &opts); err != nil {
+				return 0, nil, err
+			}
 		}
-	}
-	if opts.GraceS < 0 || opts.GraceS > maxGraceS {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "grace_s %d: want 0 to %d seconds", opts.GraceS, maxGraceS))
-		return
-	}
-	rep, err := d.DrainNode(r.Context(), name, opts)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, rep)
+		if opts.GraceS < 0 || opts.GraceS > maxGraceS {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "grace_s %d: want 0 to %d seconds", opts.GraceS, maxGraceS)
+		}
+		rep, err := d.DrainNode(ctx, name, opts)
+		return http.StatusOK, rep, err
+	})
 }
 
 func (s *Server) undrainNode(w http.ResponseWriter, r *http.Request) {
-	name, err := s.nodeFor(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	u, ok := s.be.(Undrainer)
-	if !ok {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrNotImplemented, "this server has no drained node to take back (a single node drains its sandboxes, not itself)"))
-		return
-	}
-	if err := u.UndrainNode(r.Context(), name); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	serve(s, w, r, s.nodeFor, cerberus.ActionUpdate, undrainer, func(ctx context.Context, u Undrainer, name string) (int, any, error) {
+		return http.StatusNoContent, nil, u.UndrainNode(ctx, name)
+	})
 }
 
 // nodeFor checks that the caller may do action on the node named in the

@@ -5,20 +5,19 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // Dialect is the SQL flavour of a *sql.DB.
-type Dialect int
+type Dialect = sqldialect.Dialect
 
 // The dialects SQLStore speaks.
 const (
-	SQLite Dialect = iota
-	Postgres
+	SQLite   = sqldialect.SQLite
+	Postgres = sqldialect.Postgres
 )
 
 // Schema creates Persephone's tables, one statement each; the store runs
@@ -48,12 +47,7 @@ var Schema = []string{
 // Migrate creates Persephone's tables (persephone_usage, persephone_seasons)
 // when they are missing; it is safe to run on every start.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect) error {
-	for _, s := range Schema {
-		if _, err := db.ExecContext(ctx, s); err != nil {
-			return fmt.Errorf("persephone migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "persephone", Schema)
 }
 
 // SQLStore is a UsageStore over a *sql.DB (SQLite or Postgres) migrated
@@ -68,24 +62,6 @@ var _ UsageStore = (*SQLStore)(nil)
 // NewSQLStore returns a SQLStore; call Migrate first.
 func NewSQLStore(db *sql.DB, d Dialect) *SQLStore { return &SQLStore{db: db, d: d} }
 
-// q rewrites ? placeholders as $1, $2, ... for Postgres.
-func (s *SQLStore) q(query string) string {
-	if s.d != Postgres {
-		return query
-	}
-	var b strings.Builder
-	n := 0
-	for _, c := range query {
-		if c == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
-}
-
 const insertUsage = `INSERT INTO persephone_usage
 	(bucket, resolution, active_vms, queue_depth, cpu_util, memory_util, launches, errors, launches_by_template)
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resolution, bucket) DO NOTHING`
@@ -99,7 +75,7 @@ func (s *SQLStore) insert(ctx context.Context, ex execer, c *UsageRecord) (bool,
 	if len(c.LaunchesByTemplate) > 0 {
 		byT, _ = json.Marshal(c.LaunchesByTemplate)
 	}
-	res, err := ex.ExecContext(ctx, s.q(insertUsage), c.Timestamp.Unix(), int64(c.Resolution/time.Second),
+	res, err := ex.ExecContext(ctx, s.d.Q(insertUsage), c.Timestamp.Unix(), int64(c.Resolution/time.Second),
 		c.ActiveVMs, c.QueueDepth, c.CPUUtil, c.MemoryUtil, c.LaunchCount, c.ErrorCount, string(byT))
 	if err != nil {
 		return false, fmt.Errorf("insert usage %s: %w", c.Timestamp, err)
@@ -130,7 +106,7 @@ type querier interface {
 }
 
 func (s *SQLStore) rangeWhere(ctx context.Context, qr querier, where string, args ...any) ([]*UsageRecord, error) {
-	rows, err := qr.QueryContext(ctx, s.q(`SELECT bucket, resolution, active_vms, queue_depth, cpu_util, memory_util,
+	rows, err := qr.QueryContext(ctx, s.d.Q(`SELECT bucket, resolution, active_vms, queue_depth, cpu_util, memory_util,
 		launches, errors, launches_by_template FROM persephone_usage WHERE `+where+` ORDER BY bucket, resolution`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("read usage: %w", err)
@@ -183,10 +159,10 @@ func (s *SQLStore) Compact(ctx context.Context, now time.Time, keep Retention) e
 			return fmt.Errorf("compact usage: %w", err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM persephone_usage WHERE resolution = 60 AND bucket < ?`), minuteCut); err != nil {
+	if _, err := tx.ExecContext(ctx, s.d.Q(`DELETE FROM persephone_usage WHERE resolution = 60 AND bucket < ?`), minuteCut); err != nil {
 		return fmt.Errorf("compact usage: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM persephone_usage WHERE resolution = 3600 AND bucket < ?`), hourCut); err != nil {
+	if _, err := tx.ExecContext(ctx, s.d.Q(`DELETE FROM persephone_usage WHERE resolution = 3600 AND bucket < ?`), hourCut); err != nil {
 		return fmt.Errorf("compact usage: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -212,7 +188,7 @@ func (s *SQLStore) SaveSeason(ctx context.Context, season *Season) error {
 }
 
 func (s *SQLStore) put(ctx context.Context, id, value string) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO persephone_seasons (id, season) VALUES (?, ?)
+	_, err := s.db.ExecContext(ctx, s.d.Q(`INSERT INTO persephone_seasons (id, season) VALUES (?, ?)
 		ON CONFLICT (id) DO UPDATE SET season = excluded.season`), id, value)
 	if err != nil {
 		return fmt.Errorf("save season %s: %w", id, err)

@@ -4,22 +4,19 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 )
 
 // Dialect is the SQL database a SQLJournal speaks.
-type Dialect string
+type Dialect = sqldialect.Dialect
 
 // The dialects.
 const (
-	SQLite   Dialect = "sqlite"
-	Postgres Dialect = "postgres"
+	SQLite   = sqldialect.SQLite
+	Postgres = sqldialect.Postgres
 )
 
 // Schema creates the tables; the store runs it among its migrations
@@ -52,12 +49,7 @@ var Schema = []string{
 // It is idempotent; the store's migrations should call it (under their lock
 // on Postgres).
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range Schema {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("phlegethon migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "phlegethon", Schema)
 }
 
 // SQLJournal is a Journal, a PoolStore and an ObservationStore in a SQL
@@ -76,30 +68,14 @@ var (
 
 // NewSQLJournal returns a journal over db; call Migrate first.
 func NewSQLJournal(db *sql.DB, dialect Dialect) (*SQLJournal, error) {
-	if dialect != SQLite && dialect != Postgres {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "sql journal dialect %q: want sqlite or postgres", string(dialect))
+	if err := dialect.Validate(); err != nil {
+		return nil, fmt.Errorf("sql journal: %w", err)
 	}
 	return &SQLJournal{db: db, dialect: dialect}, nil
 }
 
-// q rewrites ? placeholders as $1, $2, … for Postgres (no query here has a
-// ? inside a literal).
-func (j *SQLJournal) q(query string) string {
-	if j.dialect != Postgres {
-		return query
-	}
-	var b strings.Builder
-	n := 0
-	for _, r := range query {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
+// q writes query's ? placeholders in the journal's dialect.
+func (j *SQLJournal) q(query string) string { return j.dialect.Q(query) }
 
 // Put implements Journal.
 func (j *SQLJournal) Put(ctx context.Context, r *Record) error {
@@ -124,19 +100,7 @@ func (j *SQLJournal) Put(ctx context.Context, r *Record) error {
 
 // Get implements Journal.
 func (j *SQLJournal) Get(ctx context.Context, id string) (*Record, error) {
-	var data string
-	err := j.db.QueryRowContext(ctx, j.q(`SELECT record FROM heat_queue WHERE id = ?`), id).Scan(&data)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, tartarus.Errorf(tartarus.ErrNotFound, "queued create %s", id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get queued create %s: %w", id, err)
-	}
-	var r Record
-	if err := json.Unmarshal([]byte(data), &r); err != nil {
-		return nil, fmt.Errorf("decode queued create %s: %w", id, err)
-	}
-	return &r, nil
+	return sqldialect.GetJSON[Record](ctx, j.db, "queued create", id, j.q(`SELECT record FROM heat_queue WHERE id = ?`), id)
 }
 
 // Queued implements Journal.
@@ -145,23 +109,7 @@ func (j *SQLJournal) Queued(ctx context.Context) ([]*Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list queued creates: %w", err)
 	}
-	defer rows.Close()
-	var out []*Record
-	for rows.Next() {
-		var data string
-		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("scan queued create: %w", err)
-		}
-		r := new(Record)
-		if err := json.Unmarshal([]byte(data), r); err != nil {
-			return nil, fmt.Errorf("decode queued create: %w", err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list queued creates: %w", err)
-	}
-	return out, nil
+	return sqldialect.ScanJSON[*Record](rows, "queued create")
 }
 
 // Prune implements Journal.
@@ -202,23 +150,7 @@ func (j *SQLJournal) ListPools(ctx context.Context) ([]Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
-	defer rows.Close()
-	var out []Pool
-	for rows.Next() {
-		var data string
-		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("scan pool: %w", err)
-		}
-		var p Pool
-		if err := json.Unmarshal([]byte(data), &p); err != nil {
-			return nil, fmt.Errorf("decode pool: %w", err)
-		}
-		out = append(out, p)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list pools: %w", err)
-	}
-	return out, nil
+	return sqldialect.ScanJSON[Pool](rows, "pool")
 }
 
 // PutObservation implements ObservationStore.
@@ -243,21 +175,9 @@ func (j *SQLJournal) RecentObservations(ctx context.Context, perTemplate int) ([
 	if err != nil {
 		return nil, fmt.Errorf("list observations: %w", err)
 	}
-	defer rows.Close()
-	var all []HeatObservation
-	for rows.Next() {
-		var data string
-		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("scan observation: %w", err)
-		}
-		var o HeatObservation
-		if err := json.Unmarshal([]byte(data), &o); err != nil {
-			return nil, fmt.Errorf("decode observation: %w", err)
-		}
-		all = append(all, o)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list observations: %w", err)
+	all, err := sqldialect.ScanJSON[HeatObservation](rows, "observation")
+	if err != nil {
+		return nil, err
 	}
 	return newestPerTemplate(all, perTemplate), nil
 }

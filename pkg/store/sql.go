@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
 	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
+	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
@@ -51,27 +51,12 @@ type dialect struct {
 // q returns query, written with ? placeholders, in the dialect's own.
 func (d *dialect) q(query string) string {
 	if d.numbered {
-		return numbered(query)
+		return sqldialect.Numbered(query)
 	}
 	return query
 }
 
-// numbered rewrites the ? placeholders of q as PostgreSQL's $1, $2, …
-// (the queries it is used on have no ? inside literals).
-func numbered(q string) string {
-	var b strings.Builder
-	n := 0
-	for _, r := range q {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
+// openSQL opens db in d and brings its schema up to date.
 // componentSchema are the tables of the components that keep their state
 // in the store's database, run after each dialect's own migrations, in
 // this order: Thanatos's terminations and checkpoints; Phlegethon's

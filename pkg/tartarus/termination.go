@@ -1,6 +1,7 @@
 package tartarus
 
 import (
+	"slices"
 	"syscall"
 	"time"
 )
@@ -201,4 +202,32 @@ type DrainReport struct {
 	// Moved hibernated and left the node: they wake elsewhere.
 	Moved  []string          `json:"moved"`
 	Failed map[string]string `json:"failed,omitempty"`
+}
+
+// NewDrainReport starts the report of a drain of node: no sandbox yet,
+// with empty lists (not null) in its JSON.
+func NewDrainReport(node string) *DrainReport {
+	return &DrainReport{Node: node, Ended: []string{}, Moved: []string{}}
+}
+
+// Record notes what became of sandbox id: it failed with err, else it
+// moved or ended. Callers that drain in parallel hold a lock around it.
+func (r *DrainReport) Record(id string, moved bool, err error) {
+	switch {
+	case err != nil:
+		if r.Failed == nil {
+			r.Failed = map[string]string{}
+		}
+		r.Failed[id] = err.Error()
+	case moved:
+		r.Moved = append(r.Moved, id)
+	default:
+		r.Ended = append(r.Ended, id)
+	}
+}
+
+// Sort orders Ended and Moved, which parallel drains fill in any order.
+func (r *DrainReport) Sort() {
+	slices.Sort(r.Ended)
+	slices.Sort(r.Moved)
 }

@@ -4,22 +4,20 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // Dialect is the SQL database a SQLJournal speaks.
-type Dialect string
+type Dialect = sqldialect.Dialect
 
 // The dialects.
 const (
-	SQLite   Dialect = "sqlite"
-	Postgres Dialect = "postgres"
+	SQLite   = sqldialect.SQLite
+	Postgres = sqldialect.Postgres
 )
 
 // Schema creates the journal's tables, one statement each. The SQL is the
@@ -51,12 +49,7 @@ var Schema = []string{
 // Migrate creates the terminations and checkpoints tables if they are
 // missing. It is idempotent.
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range Schema {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("thanatos migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "thanatos", Schema)
 }
 
 // SQLJournal is a Journal in a SQL database (SQLite or Postgres). Each
@@ -70,29 +63,10 @@ var _ Journal = (*SQLJournal)(nil)
 
 // NewSQLJournal returns a journal over db; call Migrate first.
 func NewSQLJournal(db *sql.DB, dialect Dialect) (*SQLJournal, error) {
-	if dialect != SQLite && dialect != Postgres {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "sql journal dialect %q: want sqlite or postgres", string(dialect))
+	if err := dialect.Validate(); err != nil {
+		return nil, fmt.Errorf("sql journal: %w", err)
 	}
 	return &SQLJournal{db: db, dialect: dialect}, nil
-}
-
-// q rewrites ? placeholders as $1, $2, … for Postgres (no query here has
-// a ? inside a literal).
-func (j *SQLJournal) q(query string) string {
-	if j.dialect != Postgres {
-		return query
-	}
-	var b strings.Builder
-	n := 0
-	for _, r := range query {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 func boolInt(b bool) int {
@@ -101,6 +75,9 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
+
+// q writes query's ? placeholders in the journal's dialect.
+func (j *SQLJournal) q(query string) string { return j.dialect.Q(query) }
 
 // Put implements Journal.
 func (j *SQLJournal) Put(ctx context.Context, s *tartarus.TerminationStatus) error {
@@ -121,19 +98,8 @@ func (j *SQLJournal) Put(ctx context.Context, s *tartarus.TerminationStatus) err
 
 // Get implements Journal.
 func (j *SQLJournal) Get(ctx context.Context, id string) (*tartarus.TerminationStatus, error) {
-	var data string
-	err := j.db.QueryRowContext(ctx, j.q(`SELECT status FROM terminations WHERE sandbox_id = ?`), id).Scan(&data)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, tartarus.Errorf(tartarus.ErrNotFound, "termination of sandbox %s", id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get termination %s: %w", id, err)
-	}
-	var s tartarus.TerminationStatus
-	if err := json.Unmarshal([]byte(data), &s); err != nil {
-		return nil, fmt.Errorf("decode termination %s: %w", id, err)
-	}
-	return &s, nil
+	return sqldialect.GetJSON[tartarus.TerminationStatus](ctx, j.db, "termination of sandbox", id,
+		j.q(`SELECT status FROM terminations WHERE sandbox_id = ?`), id)
 }
 
 // ListPending implements Journal.
@@ -142,7 +108,7 @@ func (j *SQLJournal) ListPending(ctx context.Context) ([]*tartarus.TerminationSt
 	if err != nil {
 		return nil, fmt.Errorf("list pending terminations: %w", err)
 	}
-	return scanAll[tartarus.TerminationStatus](rows, "termination")
+	return sqldialect.ScanJSON[*tartarus.TerminationStatus](rows, "termination")
 }
 
 // PutCheckpoint implements Journal.
@@ -164,19 +130,7 @@ func (j *SQLJournal) PutCheckpoint(ctx context.Context, c *tartarus.Checkpoint) 
 
 // GetCheckpoint implements Journal.
 func (j *SQLJournal) GetCheckpoint(ctx context.Context, id string) (*tartarus.Checkpoint, error) {
-	var data string
-	err := j.db.QueryRowContext(ctx, j.q(`SELECT checkpoint FROM checkpoints WHERE id = ?`), id).Scan(&data)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, tartarus.Errorf(tartarus.ErrNotFound, "checkpoint %s", id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get checkpoint %s: %w", id, err)
-	}
-	var c tartarus.Checkpoint
-	if err := json.Unmarshal([]byte(data), &c); err != nil {
-		return nil, fmt.Errorf("decode checkpoint %s: %w", id, err)
-	}
-	return &c, nil
+	return sqldialect.GetJSON[tartarus.Checkpoint](ctx, j.db, "checkpoint", id, j.q(`SELECT checkpoint FROM checkpoints WHERE id = ?`), id)
 }
 
 // ListCheckpoints implements Journal.
@@ -189,7 +143,7 @@ func (j *SQLJournal) ListCheckpoints(ctx context.Context, tenant string) ([]*tar
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints: %w", err)
 	}
-	return scanAll[tartarus.Checkpoint](rows, "checkpoint")
+	return sqldialect.ScanJSON[*tartarus.Checkpoint](rows, "checkpoint")
 }
 
 // ExpiredCheckpoints implements Journal.
@@ -198,7 +152,7 @@ func (j *SQLJournal) ExpiredCheckpoints(ctx context.Context, now time.Time) ([]*
 	if err != nil {
 		return nil, fmt.Errorf("list expired checkpoints: %w", err)
 	}
-	return scanAll[tartarus.Checkpoint](rows, "checkpoint")
+	return sqldialect.ScanJSON[*tartarus.Checkpoint](rows, "checkpoint")
 }
 
 // DeleteCheckpoint implements Journal.
@@ -207,24 +161,4 @@ func (j *SQLJournal) DeleteCheckpoint(ctx context.Context, id string) error {
 		return fmt.Errorf("delete checkpoint %s: %w", id, err)
 	}
 	return nil
-}
-
-func scanAll[T any](rows *sql.Rows, what string) ([]*T, error) {
-	defer rows.Close()
-	var out []*T
-	for rows.Next() {
-		var data string
-		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("scan %s: %w", what, err)
-		}
-		v := new(T)
-		if err := json.Unmarshal([]byte(data), v); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", what, err)
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list %ss: %w", what, err)
-	}
-	return out, nil
 }

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -30,7 +29,7 @@ func (c *Cluster) DrainNode(ctx context.Context, name string, opts tartarus.Drai
 	if err != nil {
 		return nil, dbErr(err)
 	}
-	rep := &tartarus.DrainReport{Node: name, Ended: []string{}, Moved: []string{}}
+	rep := tartarus.NewDrainReport(name)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, drainParallel)
@@ -48,22 +47,11 @@ func (c *Cluster) DrainNode(ctx context.Context, name string, opts tartarus.Drai
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			switch {
-			case err != nil:
-				if rep.Failed == nil {
-					rep.Failed = map[string]string{}
-				}
-				rep.Failed[sb.ID] = err.Error()
-			case moved:
-				rep.Moved = append(rep.Moved, sb.ID)
-			default:
-				rep.Ended = append(rep.Ended, sb.ID)
-			}
+			rep.Record(sb.ID, moved, err)
 		})
 	}
 	wg.Wait()
-	slices.Sort(rep.Ended)
-	slices.Sort(rep.Moved)
+	rep.Sort()
 	c.log.Info("node drained", "node", name, "ended", len(rep.Ended), "moved", len(rep.Moved), "failed", len(rep.Failed))
 	return rep, nil
 }
