@@ -6,17 +6,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // Dialect is the SQL database a SQLJournal speaks.
-type Dialect string
+type Dialect = sqldialect.Dialect
 
 // The dialects.
 const (
-	SQLite   Dialect = "sqlite"
-	Postgres Dialect = "postgres"
+	SQLite   = sqldialect.SQLite
+	Postgres = sqldialect.Postgres
 )
 
 // Schema creates the journal's tables, one statement each, the same SQL on
@@ -46,12 +48,7 @@ var Schema = []string{
 
 // Migrate creates the journal's tables if missing. Idempotent.
 func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, q := range Schema {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("typhon migrate: %w", err)
-		}
-	}
-	return nil
+	return sqldialect.Migrate(ctx, db, "typhon", Schema)
 }
 
 // SQLJournal is a Journal over SQLite or Postgres.
@@ -64,29 +61,13 @@ var _ Journal = (*SQLJournal)(nil)
 
 // NewSQLJournal returns a journal over db, whose tables Schema made.
 func NewSQLJournal(db *sql.DB, d Dialect) (*SQLJournal, error) {
-	if d != SQLite && d != Postgres {
-		return nil, fmt.Errorf("typhon: dialect %q: want sqlite or postgres", d)
+	if err := d.Validate(); err != nil {
+		return nil, err
 	}
 	return &SQLJournal{db: db, d: d}, nil
 }
 
-// q numbers the placeholders for Postgres.
-func (j *SQLJournal) q(s string) string {
-	if j.d != Postgres {
-		return s
-	}
-	var b strings.Builder
-	n := 0
-	for _, c := range s {
-		if c == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
-}
+func (j *SQLJournal) q(s string) string { return j.d.Q(s) }
 
 func (j *SQLJournal) upsert(ctx context.Context, table, cols string, args ...any) error {
 	ph := strings.TrimSuffix(strings.Repeat("?,", len(args)), ",")
@@ -119,20 +100,7 @@ func (j *SQLJournal) Records(ctx context.Context) ([]*QuarantineRecord, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list quarantines: %w", err)
 	}
-	defer rows.Close()
-	var out []*QuarantineRecord
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			return nil, fmt.Errorf("list quarantines: %w", err)
-		}
-		var r QuarantineRecord
-		if err := json.Unmarshal([]byte(s), &r); err != nil {
-			return nil, fmt.Errorf("decode quarantine: %w", err)
-		}
-		out = append(out, &r)
-	}
-	return out, rows.Err()
+	return sqldialect.ScanJSON[*QuarantineRecord](rows, "quarantine")
 }
 
 // PutReport implements Journal.
@@ -154,20 +122,7 @@ func (j *SQLJournal) Reports(ctx context.Context, sandboxID string) ([]*Examinat
 	if err != nil {
 		return nil, fmt.Errorf("list reports: %w", err)
 	}
-	defer rows.Close()
-	var out []*ExaminationReport
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			return nil, fmt.Errorf("list reports: %w", err)
-		}
-		var r ExaminationReport
-		if err := json.Unmarshal([]byte(s), &r); err != nil {
-			return nil, fmt.Errorf("decode report: %w", err)
-		}
-		out = append(out, &r)
-	}
-	return out, rows.Err()
+	return sqldialect.ScanJSON[*ExaminationReport](rows, "report")
 }
 
 // PutPolicy implements Journal.
@@ -184,17 +139,10 @@ func (j *SQLJournal) PutPolicy(ctx context.Context, p *QuarantinePolicy) error {
 
 // Policy implements Journal.
 func (j *SQLJournal) Policy(ctx context.Context) (*QuarantinePolicy, error) {
-	var s string
-	err := j.db.QueryRowContext(ctx, `SELECT policy FROM quarantine_policy WHERE id = 'current'`).Scan(&s)
-	if errors.Is(err, sql.ErrNoRows) {
+	p, err := sqldialect.GetJSON[QuarantinePolicy](ctx, j.db, "quarantine policy", "current",
+		`SELECT policy FROM quarantine_policy WHERE id = 'current'`)
+	if errors.Is(err, tartarus.ErrNotFound) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read policy: %w", err)
-	}
-	var p QuarantinePolicy
-	if err := json.Unmarshal([]byte(s), &p); err != nil {
-		return nil, fmt.Errorf("decode policy: %w", err)
-	}
-	return &p, nil
+	return p, err
 }
