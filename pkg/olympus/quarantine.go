@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -55,7 +56,8 @@ func (s *Server) quarantineRoutes(v1 func(string, http.HandlerFunc)) {
 	v1("GET /v1/quarantine/{id}/evidence/{evidence}", s.evidence)
 }
 
-func (s *Server) quarantiner() (Quarantiner, error) {
+// quarantiner is serve's side argument of the quarantine routes.
+func quarantiner(s *Server) (Quarantiner, error) {
 	if s.cfg.Quarantine == nil {
 		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "quarantine is not available on this server")
 	}
@@ -127,275 +129,229 @@ func (s *Server) usable(r *http.Request, sb *tartarus.Sandbox) error {
 }
 
 func (s *Server) quarantine(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	q, err := s.quarantiner()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var body api.QuarantineBody
-	// Evidence may carry up to 16 pieces of 1 MiB, base64 in JSON.
-	const limit = 24 << 20
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, limit), limit, &body); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	who, _ := caller(r)
-	req := &tartarus.QuarantineRequest{SandboxID: sb.ID, Reason: body.Reason, RequestedBy: who.ID}
-	for _, e := range body.Evidence {
-		req.Evidence = append(req.Evidence, tartarus.Evidence{Type: e.Type, Description: e.Description, Data: e.Data})
-	}
-	rec, err := q.Quarantine(r.Context(), req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/quarantine/"+sb.ID)
-	writeJSON(w, http.StatusCreated, rec)
+	serve(s, w, r, s.sandboxFor, cerberus.ActionUpdate, quarantiner, func(ctx context.Context, q Quarantiner, sb *tartarus.Sandbox) (int, any, error) {
+		var body api.QuarantineBody
+		// Evidence may carry up to 16 pieces of 1 MiB, base64 in JSON.
+		const limit = 24 << 20
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, limit), limit, &body); err != nil {
+			return 0, nil, err
+		}
+		who, _ := caller(r)
+		req := &tartarus.QuarantineRequest{SandboxID: sb.ID, Reason: body.Reason, RequestedBy: who.ID}
+		for _, e := range body.Evidence {
+			req.Evidence = append(req.Evidence, tartarus.Evidence{Type: e.Type, Description: e.Description, Data: e.Data})
+		}
+		rec, err := q.Quarantine(ctx, req)
+		if err == nil {
+			w.Header().Set("Location", "/v1/quarantine/"+sb.ID)
+		}
+		return http.StatusCreated, rec, err
+	})
 }
 
-func (s *Server) listQuarantine(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	q, err := s.quarantiner()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	f := &tartarus.QuarantineFilter{}
-	qs := r.URL.Query()
-	for key := range qs {
+// quarantineFilter reads GET /v1/quarantine's query: held records of the
+// caller's tenant by default.
+func quarantineFilter(q url.Values, tenant string) (*tartarus.QuarantineFilter, error) {
+	f := &tartarus.QuarantineFilter{Tenant: tenant}
+	for key := range q {
 		switch key {
 		case "status", "reason", "sandbox", "tenant", "all":
 		default:
-			s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "query parameter %.64q: GET /v1/quarantine takes status, reason, sandbox, tenant and all", key))
-			return
+			return nil, tartarus.Errorf(tartarus.ErrInvalid, "query parameter %.64q: GET /v1/quarantine takes status, reason, sandbox, tenant and all", key)
 		}
 	}
-	for _, st := range qs["status"] {
+	for _, st := range q["status"] {
 		switch v := tartarus.QuarantineStatus(st); v {
 		case tartarus.QuarantineActive, tartarus.QuarantineExamining, tartarus.QuarantineReleased, tartarus.QuarantineDestroyed:
 			f.Statuses = append(f.Statuses, v)
 		default:
-			s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "status %.64q: want active, examining, released or destroyed", st))
-			return
+			return nil, tartarus.Errorf(tartarus.ErrInvalid, "status %.64q: want active, examining, released or destroyed", st)
 		}
 	}
-	if all, _ := strconv.ParseBool(qs.Get("all")); !all && len(f.Statuses) == 0 {
+	if all, _ := strconv.ParseBool(q.Get("all")); !all && len(f.Statuses) == 0 {
 		f.Statuses = []tartarus.QuarantineStatus{tartarus.QuarantineActive, tartarus.QuarantineExamining}
 	}
-	if v := qs.Get("reason"); v != "" {
+	if v := q.Get("reason"); v != "" {
 		if !tartarus.QuarantineReason(v).Valid() {
-			s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "reason %.64q: want one of %v", v, tartarus.QuarantineReasons))
-			return
+			return nil, tartarus.Errorf(tartarus.ErrInvalid, "reason %.64q: want one of %v", v, tartarus.QuarantineReasons)
 		}
 		f.Reason = tartarus.QuarantineReason(v)
 	}
-	f.SandboxID = qs.Get("sandbox")
-	// Another tenant's records need read on that tenant's quarantine (an
-	// examiner's role); the default is the caller's own tenant.
-	f.Tenant = who.TenantID
-	if t := qs.Get("tenant"); t != "" {
+	f.SandboxID = q.Get("sandbox")
+	if t := q.Get("tenant"); t != "" {
 		f.Tenant = t
 	}
 	if f.Tenant == "*" {
 		f.Tenant = "" // every tenant's
 	}
-	scope := f.Tenant
-	if scope == "" {
-		scope = "*"
-	}
-	if err := s.mayQuarantine(r, cerberus.ActionRead, "", scope); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	recs, err := q.ListQuarantined(r.Context(), f)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.QuarantineList{Quarantines: recs})
+	return f, nil
+}
+
+func (s *Server) listQuarantine(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.callerOnly, cerberus.ActionRead, quarantiner, func(ctx context.Context, q Quarantiner, who *cerberus.Identity) (int, any, error) {
+		f, err := quarantineFilter(r.URL.Query(), who.TenantID)
+		if err != nil {
+			return 0, nil, err
+		}
+		// Another tenant's records need read on that tenant's quarantine
+		// (an examiner's role).
+		scope := f.Tenant
+		if scope == "" {
+			scope = "*"
+		}
+		if err := s.mayQuarantine(r, cerberus.ActionRead, "", scope); err != nil {
+			return 0, nil, err
+		}
+		recs, err := q.ListQuarantined(ctx, f)
+		return http.StatusOK, api.QuarantineList{Quarantines: recs}, err
+	})
+}
+
+// callerOnly is the finder of routes that check their own resource: it
+// only needs an authenticated caller.
+func (s *Server) callerOnly(r *http.Request, _ cerberus.Action) (*cerberus.Identity, error) {
+	return caller(r)
+}
+
+// heldTarget is what the quarantine routes work on: the sandbox's latest
+// record and the caller.
+type heldTarget struct {
+	rec *tartarus.QuarantineRecord
+	who *cerberus.Identity
 }
 
 // recordFor loads the latest quarantine record of the sandbox in the path
 // and checks that the caller may do action on it; another tenant's record
 // is not found unless the caller's role reaches that tenant.
-func (s *Server) recordFor(r *http.Request, action cerberus.Action) (Quarantiner, *tartarus.QuarantineRecord, *cerberus.Identity, error) {
+func (s *Server) recordFor(r *http.Request, action cerberus.Action) (heldTarget, error) {
 	who, err := caller(r)
 	if err != nil {
-		return nil, nil, nil, err
+		return heldTarget{}, err
 	}
-	q, err := s.quarantiner()
+	q, err := quarantiner(s)
 	if err != nil {
-		return nil, nil, nil, err
+		return heldTarget{}, err
 	}
 	id := r.PathValue("id")
 	notFound := tartarus.Errorf(tartarus.ErrNotFound, "quarantine of %.80q", id)
 	if !tartarus.ValidName(id) {
-		return nil, nil, nil, notFound
+		return heldTarget{}, notFound
 	}
 	rec, err := q.Get(r.Context(), id)
 	if err != nil {
-		return nil, nil, nil, err
+		return heldTarget{}, err
 	}
 	if err := s.mayQuarantine(r, action, rec.SandboxID, rec.Tenant); err != nil {
 		if rec.Tenant != who.TenantID && s.mayQuarantine(r, cerberus.ActionRead, rec.SandboxID, rec.Tenant) != nil {
-			return nil, nil, nil, notFound
+			return heldTarget{}, notFound
 		}
-		return nil, nil, nil, err
+		return heldTarget{}, err
 	}
-	return q, rec, who, nil
+	return heldTarget{rec: rec, who: who}, nil
 }
 
 func (s *Server) getQuarantine(w http.ResponseWriter, r *http.Request) {
-	q, rec, _, err := s.recordFor(r, cerberus.ActionRead)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	reps, err := q.Reports(r.Context(), rec.SandboxID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.QuarantineDetail{Record: rec, Reports: reps})
+	serve(s, w, r, s.recordFor, cerberus.ActionRead, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		reps, err := q.Reports(ctx, h.rec.SandboxID)
+		return http.StatusOK, api.QuarantineDetail{Record: h.rec, Reports: reps}, err
+	})
 }
 
 func (s *Server) examine(w http.ResponseWriter, r *http.Request) {
-	q, rec, who, err := s.recordFor(r, cerberus.ActionUpdate)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	rep, err := q.ExamineAs(r.Context(), rec.SandboxID, who.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, rep)
+	serve(s, w, r, s.recordFor, cerberus.ActionUpdate, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		rep, err := q.ExamineAs(ctx, h.rec.SandboxID, h.who.ID)
+		return http.StatusOK, rep, err
+	})
 }
 
+// release approves a release: the caller is the approver (admin on the
+// quarantine); the two-person rule is the Quarantiner's.
 func (s *Server) release(w http.ResponseWriter, r *http.Request) {
-	q, rec, who, err := s.recordFor(r, cerberus.ActionAdmin)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var body api.ApproveBody
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &body); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if body.ExpiresInS < 0 || body.ExpiresInS > maxConditionsS {
-		s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "expires_in_s %d: want 0 (default) to %d", body.ExpiresInS, maxConditionsS))
-		return
-	}
-	a := &tartarus.ReleaseApproval{ApprovedBy: who.ID, Reason: body.Reason, Conditions: body.Conditions,
-		ConditionsFor: time.Duration(body.ExpiresInS) * time.Second}
-	if err := q.Release(r.Context(), rec.SandboxID, a); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	out, err := q.Get(r.Context(), rec.SandboxID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	serve(s, w, r, s.recordFor, cerberus.ActionAdmin, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		var body api.ApproveBody
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &body); err != nil {
+			return 0, nil, err
+		}
+		if body.ExpiresInS < 0 || body.ExpiresInS > maxConditionsS {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "expires_in_s %d: want 0 (default) to %d", body.ExpiresInS, maxConditionsS)
+		}
+		a := &tartarus.ReleaseApproval{ApprovedBy: h.who.ID, Reason: body.Reason, Conditions: body.Conditions,
+			ConditionsFor: time.Duration(body.ExpiresInS) * time.Second}
+		if err := q.Release(ctx, h.rec.SandboxID, a); err != nil {
+			return 0, nil, err
+		}
+		out, err := q.Get(ctx, h.rec.SandboxID)
+		return http.StatusOK, out, err
+	})
 }
 
 func (s *Server) destroyQuarantined(w http.ResponseWriter, r *http.Request) {
-	q, rec, who, err := s.recordFor(r, cerberus.ActionDelete)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	out, err := q.Destroy(r.Context(), rec.SandboxID, who.ID)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	serve(s, w, r, s.recordFor, cerberus.ActionDelete, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		out, err := q.Destroy(ctx, h.rec.SandboxID, h.who.ID)
+		return http.StatusOK, out, err
+	})
 }
 
 // evidence streams one piece of evidence; its checksum goes in the
 // X-Checksum header, and the stream breaks off if the stored bytes do not
 // match it.
 func (s *Server) evidence(w http.ResponseWriter, r *http.Request) {
-	q, rec, _, err := s.recordFor(r, cerberus.ActionRead)
+	serve(s, w, r, s.recordFor, cerberus.ActionRead, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		rc, ev, err := q.Evidence(ctx, h.rec.SandboxID, r.PathValue("evidence"))
+		if err != nil {
+			return 0, nil, err
+		}
+		defer rc.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("X-Checksum", ev.Checksum)
+		w.Header().Set("X-Evidence-Type", string(ev.Type))
+		w.Header().Set("X-Evidence-Source", string(ev.Source))
+		w.Header().Set("Content-Length", strconv.FormatInt(ev.Size, 10))
+		w.WriteHeader(http.StatusOK)
+		if _, err := io.Copy(w, rc); err != nil {
+			// Headers are gone: cut the connection so the client sees a
+			// short body.
+			s.log.Error("evidence download broken off", "sandbox", h.rec.SandboxID, "evidence", ev.ID, "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		return 0, nil, nil
+	})
+}
+
+// policyFor checks the caller's right to action on the quarantine policy,
+// which holds for every tenant's sandboxes.
+func (s *Server) policyFor(r *http.Request, action cerberus.Action) (*cerberus.Identity, error) {
+	who, err := caller(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return nil, err
 	}
-	rc, ev, err := q.Evidence(r.Context(), rec.SandboxID, r.PathValue("evidence"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
+	tenant := who.TenantID
+	if action != cerberus.ActionRead {
+		tenant = "*"
 	}
-	defer rc.Close()
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("X-Checksum", ev.Checksum)
-	w.Header().Set("X-Evidence-Type", string(ev.Type))
-	w.Header().Set("X-Evidence-Source", string(ev.Source))
-	w.Header().Set("Content-Length", strconv.FormatInt(ev.Size, 10))
-	w.WriteHeader(http.StatusOK)
-	if _, err := io.Copy(w, rc); err != nil {
-		// Headers are gone: cut the connection so the client sees a short body.
-		s.log.Error("evidence download broken off", "sandbox", rec.SandboxID, "evidence", ev.ID, "err", err)
-		panic(http.ErrAbortHandler)
+	res := cerberus.Resource{Type: cerberus.ResourceTypePolicy, ID: "quarantine", TenantID: tenant}
+	if err := s.guard.Authorize(r.Context(), action, res); err != nil {
+		return nil, err
 	}
+	return who, nil
 }
 
 func (s *Server) getQuarantinePolicy(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	q, err := s.quarantiner()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionRead, cerberus.Resource{Type: cerberus.ResourceTypePolicy, ID: "quarantine", TenantID: who.TenantID}); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, q.Policy())
+	serve(s, w, r, s.policyFor, cerberus.ActionRead, quarantiner, func(_ context.Context, q Quarantiner, _ *cerberus.Identity) (int, any, error) {
+		return http.StatusOK, q.Policy(), nil
+	})
 }
 
 func (s *Server) putQuarantinePolicy(w http.ResponseWriter, r *http.Request) {
-	who, err := caller(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	q, err := s.quarantiner()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	// The policy holds for every tenant's sandboxes.
-	if err := s.guard.Authorize(r.Context(), cerberus.ActionUpdate, cerberus.Resource{Type: cerberus.ResourceTypePolicy, ID: "quarantine", TenantID: "*"}); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var p tartarus.QuarantinePolicy
-	if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &p); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	p.UpdatedBy = who.ID
-	if err := q.SetPolicy(r.Context(), &p); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, q.Policy())
+	serve(s, w, r, s.policyFor, cerberus.ActionUpdate, quarantiner, func(ctx context.Context, q Quarantiner, who *cerberus.Identity) (int, any, error) {
+		var p tartarus.QuarantinePolicy
+		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &p); err != nil {
+			return 0, nil, err
+		}
+		p.UpdatedBy = who.ID
+		if err := q.SetPolicy(ctx, &p); err != nil {
+			return 0, nil, err
+		}
+		return http.StatusOK, q.Policy(), nil
+	})
 }
