@@ -29,7 +29,7 @@ type clientOptions struct {
 func addClientCmds(root *cobra.Command) {
 	o := &clientOptions{}
 	for _, cmd := range append([]*cobra.Command{newSandboxCmd(o), newExecCmd(o), newCpCmd(o), newNodeCmd(o), newCheckpointCmd(o),
-		newHeatCmd(o), newPoolCmd(o), newSeasonCmd(o), newForecastCmd(o), newCapacityCmd(o)}, interactiveCmds(o)...) {
+		newHeatCmd(o), newPoolCmd(o), newSeasonCmd(o), newForecastCmd(o), newCapacityCmd(o), newQuarantineCmd(o)}, interactiveCmds(o)...) {
 		pf := cmd.PersistentFlags()
 		pf.StringVar(&o.url, "url", envOr("TARTARUS_URL", client.DefaultURL), "API URL ($TARTARUS_URL)")
 		pf.StringVar(&o.apiKey, "api-key", "", "API key ($TARTARUS_API_KEY, else DATA/admin.key when readable)")

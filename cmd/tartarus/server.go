@@ -26,6 +26,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 )
 
 // serverDataDir is the default --data-dir (API.md): /var/lib/tartarus for
@@ -51,6 +52,7 @@ type serverOptions struct {
 	database                  string
 	maxUploadMB               int64
 	shutdownTimeout           time.Duration
+	quarantine                quarantineOptions
 	sandboxDomain             string
 	heat                      heatOptions
 }
@@ -97,6 +99,8 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
 	f.StringVar(&o.sandboxDomain, "sandbox-domain", "", "route requests for PORT-SANDBOXID.DOMAIN to that port of that sandbox (point a wildcard DNS name at the server)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
+	f.StringVar(&o.quarantine.policyFile, "quarantine-policy", "", "quarantine policy file (YAML or JSON, docs/quarantine.md) set at start")
+	f.DurationVar(&o.quarantine.interval, "quarantine-interval", 5*time.Second, "how often the quarantine triggers look at every sandbox")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
@@ -188,6 +192,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		prewarm    func(context.Context)
 		sampler    *hecatoncheir.Sampler
 		metrics    olympus.MetricsSource
+		quarantine *typhon.Manager
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
 		agent      *hecatoncheir.Agent
@@ -221,6 +226,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
 		metrics = sampler
+		if quarantine, err = openQuarantine(life, &o.quarantine, st, n.agent, o.dataDir, clk, log, auth.Audit); err != nil {
+			return err
+		}
 		if o.prewarm {
 			prewarm = n.agent.Prewarm
 		}
@@ -231,9 +239,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		return err
 	}
 	collectors = append(collectors, season.collector)
-	api, err := olympus.New(olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
+	ocfg := olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
 		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log,
-		SandboxDomain: o.sandboxDomain})
+		SandboxDomain: o.sandboxDomain}
+	if quarantine != nil {
+		ocfg.Quarantine = quarantine
+	}
+	api, err := olympus.New(ocfg)
 	if err != nil {
 		return err
 	}
@@ -264,6 +276,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	if sampler != nil {
 		go sampler.Run(loopCtx)
+	}
+	if quarantine != nil {
+		go quarantine.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

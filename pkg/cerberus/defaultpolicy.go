@@ -26,6 +26,10 @@ roles:
           tenant: "{{identity.tenant_id}}"
       - resource: template
         actions: [read]
+      - resource: quarantine
+        actions: [read]
+        conditions:
+          tenant: "{{identity.tenant_id}}"
 
   - name: sandbox-user
     description: create, use and remove its own tenant's sandboxes
@@ -56,6 +60,21 @@ roles:
         actions: [read]
         conditions:
           tenant: "{{identity.tenant_id}}"
+
+  - name: quarantine-examiner
+    description: reach, examine and destroy quarantined sandboxes of every tenant
+    permissions:
+      - resource: sandbox
+        actions: [read, execute, update]
+      - resource: quarantine
+        actions: [read, update, delete, execute]
+
+  - name: quarantine-approver
+    description: quarantine-examiner plus approving a release (never of a quarantine it took part in)
+    inherits: [quarantine-examiner]
+    permissions:
+      - resource: quarantine
+        actions: [admin]
 
 bindings: []
 `

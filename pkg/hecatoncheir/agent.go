@@ -145,9 +145,10 @@ type Agent struct {
 
 	creates createCounts // by template and how, for cold-create metrics
 
-	term *thanatos.Manager // every ending goes through it
-	heat *heatState        // heat classes and admission queues; nil when off
-	work workCounter       // exec and file calls under way, per sandbox
+	term  *thanatos.Manager // every ending goes through it
+	heat  *heatState        // heat classes and admission queues; nil when off
+	work  workCounter       // exec and file calls under way, per sandbox
+	execs execLog           // the API's last commands per sandbox (quarantine evidence)
 
 	mu    sync.Mutex
 	locks map[string]*keyLock // per-sandbox lifecycle locks, while in use

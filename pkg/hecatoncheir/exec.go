@@ -3,6 +3,7 @@ package hecatoncheir
 import (
 	"context"
 	"maps"
+	"slices"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -25,5 +26,14 @@ func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) 
 		maps.Copy(r.Env, req.Env)
 		req = &r
 	}
-	return rt.Exec(ctx, id, req)
+	res, err := rt.Exec(ctx, id, req)
+	e := ExecEntry{At: a.cfg.Clock.Now().UTC(), Cmd: slices.Clone(req.Cmd), ExitCode: -1}
+	if res != nil {
+		e.ExitCode = res.ExitCode
+	}
+	if err != nil {
+		e.Error = err.Error()
+	}
+	a.execs.add(id, e)
+	return res, err
 }

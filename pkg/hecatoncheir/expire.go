@@ -9,7 +9,8 @@ import (
 )
 
 // Expire destroys this node's sandboxes whose expiry time has passed and
-// returns their ids.
+// returns their ids. A quarantined sandbox is left to its quarantine's own
+// bound (pkg/typhon), so examiners do not lose it to its owner's timeout.
 func (a *Agent) Expire(ctx context.Context) ([]string, error) {
 	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{Node: a.cfg.Node, States: tartarus.LiveStates()})
 	if err != nil {
@@ -19,7 +20,8 @@ func (a *Agent) Expire(ctx context.Context) ([]string, error) {
 	var done []string
 	var errs []error
 	for _, sb := range live {
-		if sb.ExpiresAt.IsZero() || now.Before(sb.ExpiresAt) || sb.State == tartarus.StateTerminating {
+		if sb.ExpiresAt.IsZero() || now.Before(sb.ExpiresAt) || sb.State == tartarus.StateTerminating ||
+			sb.State == tartarus.StateQuarantined {
 			continue
 		}
 		if err := a.expire(ctx, sb.ID); err != nil {

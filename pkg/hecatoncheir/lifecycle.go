@@ -90,13 +90,14 @@ func (a *Agent) Counts(ctx context.Context) (map[tartarus.State]int, error) {
 	return a.cfg.Store.CountByState(ctx)
 }
 
-// running returns a sandbox that must be running, and its runtime.
+// running returns a sandbox that must be running, and its runtime. A
+// quarantined sandbox runs too: the API lets only examiners reach it.
 func (a *Agent) running(ctx context.Context, id string) (*tartarus.Sandbox, tartarus.Runtime, error) {
 	sb, err := a.cfg.Store.Get(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
-	if sb.State != tartarus.StateRunning {
+	if sb.State != tartarus.StateRunning && sb.State != tartarus.StateQuarantined {
 		return nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s, not running", id, sb.State)
 	}
 	rt, err := a.runtime(sb.Runtime)

@@ -283,6 +283,7 @@ func (a *Agent) awake(ctx context.Context, id string) (*tartarus.Sandbox, tartar
 // forget drops what Hypnos holds about a destroyed sandbox (its sleep
 // record and snapshot, if it slept).
 func (a *Agent) forget(ctx context.Context, sb *tartarus.Sandbox) {
+	a.execs.forget(sb.ID)
 	// Every Hypnos heard its Touch calls; only its own runtime's holds a
 	// record (records are kept per runtime).
 	for _, sr := range a.snaps {

@@ -83,6 +83,9 @@ type Spec struct {
 	// and download (0 = unlimited).
 	EgressBitsPerSec  uint64 `json:"egress_bits_per_sec,omitempty"`
 	IngressBitsPerSec uint64 `json:"ingress_bits_per_sec,omitempty"`
+	// TapOwner, when set, owns this sandbox's TAP device in place of
+	// Config.TapUser: a jailed VMM runs under a uid of its own.
+	TapOwner string `json:"-"`
 }
 
 // Validate reports every problem of the spec.

@@ -11,6 +11,7 @@
 package netns
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -238,8 +239,8 @@ link set %s up
 		return err
 	}
 	tapUser := ""
-	if m.cfg.TapUser != "" {
-		tapUser = " user " + m.cfg.TapUser
+	if owner := cmp.Or(sb.spec.TapOwner, m.cfg.TapUser); owner != "" {
+		tapUser = " user " + owner
 	}
 	sbBatch := fmt.Sprintf(`link set lo up
 addr add %s/30 dev %s

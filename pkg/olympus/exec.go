@@ -22,7 +22,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return 0, nil, err
 		}
-		if err := usable(sb); err != nil {
+		if err := s.usable(r, sb); err != nil {
 			return 0, nil, err
 		}
 		release, err := s.execSlot(sb)

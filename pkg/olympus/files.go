@@ -29,7 +29,7 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > s.cfg.MaxUploadBytes {
 			return 0, nil, tooLarge(s.cfg.MaxUploadBytes)
 		}
-		if err := usable(sb); err != nil {
+		if err := s.usable(r, sb); err != nil {
 			return 0, nil, err
 		}
 		body := &limitedBody{r: http.MaxBytesReader(w, r.Body, s.cfg.MaxUploadBytes)}
@@ -67,7 +67,7 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return 0, nil, err
 		}
-		if err := usable(sb); err != nil {
+		if err := s.usable(r, sb); err != nil {
 			return 0, nil, err
 		}
 		if list, _ := strconv.ParseBool(r.URL.Query().Get("list")); list {

@@ -63,7 +63,7 @@ func (s *Server) ready(r *http.Request, action cerberus.Action) (*tartarus.Sandb
 	if err != nil {
 		return nil, err
 	}
-	return sb, usable(sb)
+	return sb, s.usable(r, sb)
 }
 
 func checkCmd(cmd []string, env map[string]string) error {
@@ -513,7 +513,7 @@ func (l *lineStream) send(v any) error {
 }
 
 func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
-	serve(s, w, r, s.sandboxFor, cerberus.ActionUpdate, timeoutSetter, func(ctx context.Context, ts TimeoutSetter, sb *tartarus.Sandbox) (int, any, error) {
+	serve(s, w, r, s.reach, cerberus.ActionUpdate, timeoutSetter, func(ctx context.Context, ts TimeoutSetter, sb *tartarus.Sandbox) (int, any, error) {
 		var req api.TimeoutRequest
 		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
 			return 0, nil, err

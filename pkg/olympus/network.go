@@ -38,6 +38,9 @@ func (s *Server) networkRoutes(v1 func(string, http.HandlerFunc), mux *http.Serv
 
 func (s *Server) putNetwork(w http.ResponseWriter, r *http.Request) {
 	sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+	if err == nil {
+		err = s.admit(r, sb) // a held sandbox's network is the quarantine's
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -153,13 +156,18 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 	serve := func(w http.ResponseWriter, r *http.Request) {
 		s.reverseProxy(pd, sb.ID, port, path).ServeHTTP(w, r)
 	}
-	if sb.Network != nil && sb.Network.PublicPorts {
+	// A quarantined sandbox's ports answer only examiners, public or not.
+	if sb.Network != nil && sb.Network.PublicPorts && !s.held(sb) {
 		serve(w, r)
 		return
 	}
 	s.guard.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.SetPathValue("id", id)
-		if _, err := s.sandboxFor(r, cerberus.ActionUpdate); err != nil {
+		sb, err := s.sandboxFor(r, cerberus.ActionUpdate)
+		if err == nil {
+			err = s.admit(r, sb)
+		}
+		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}

@@ -110,6 +110,10 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.sandboxFor, cerberus.ActionDelete, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+		if sb.State == tartarus.StateQuarantined {
+			return 0, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition,
+				"sandbox %s is quarantined: an examiner ends it with POST /v1/quarantine/%s/destroy", sb.ID, sb.ID)
+		}
 		if opts, ok, err := shutdownOptions(r.URL.Query()); err != nil {
 			return 0, nil, err
 		} else if ok {
@@ -136,7 +140,7 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) change(w http.ResponseWriter, r *http.Request, do func(ctx context.Context, id string) (*tartarus.Sandbox, error)) {
-	serve(s, w, r, s.sandboxFor, cerberus.ActionUpdate, backend, func(ctx context.Context, _ Backend, sb *tartarus.Sandbox) (int, any, error) {
+	serve(s, w, r, s.reach, cerberus.ActionUpdate, backend, func(ctx context.Context, _ Backend, sb *tartarus.Sandbox) (int, any, error) {
 		sb, err := do(ctx, sb.ID)
 		return http.StatusOK, sb, err
 	})
@@ -163,7 +167,7 @@ func (s *Server) wake(w http.ResponseWriter, r *http.Request) {
 // create in the caller's tenant, besides forking the original (a copy of
 // its memory and files: more than reading it).
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
-	serve(s, w, r, s.sandboxFor, cerberus.ActionFork, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
+	serve(s, w, r, s.reach, cerberus.ActionFork, backend, func(ctx context.Context, be Backend, sb *tartarus.Sandbox) (int, any, error) {
 		res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: sb.Tenant}
 		if err := s.guard.Authorize(ctx, cerberus.ActionCreate, res); err != nil {
 			return 0, nil, err

@@ -89,7 +89,10 @@ type Config struct {
 	// SandboxDomain, when set, routes requests for PORT-SANDBOXID.DOMAIN
 	// to that port of that sandbox (--sandbox-domain).
 	SandboxDomain string
-	Log           *slog.Logger
+	// Quarantine serves the quarantine routes and holds quarantined
+	// sandboxes; nil answers them 501.
+	Quarantine Quarantiner
+	Log        *slog.Logger
 	// Clock decides the quotas' minute and lifetimes; nil: clock.System.
 	Clock clock.Clock
 }
@@ -169,6 +172,7 @@ func New(cfg Config) (*Server, error) {
 	v1("DELETE /v1/pools/{name}", s.deletePool)
 	v1("GET /v1/classes", s.listClasses)
 	s.networkRoutes(v1, mux)
+	s.quarantineRoutes(v1)
 	for pattern, h := range cfg.Routes {
 		if err := safeHandle(mux, pattern, cfg.Guard.Wrap(h)); err != nil {
 			return nil, err

@@ -111,7 +111,7 @@ func (s *Server) listTerminations(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) {
-	serve(s, w, r, s.sandboxFor, cerberus.ActionSnapshot, terminator, func(ctx context.Context, t Terminator, sb *tartarus.Sandbox) (int, any, error) {
+	serve(s, w, r, s.reach, cerberus.ActionSnapshot, terminator, func(ctx context.Context, t Terminator, sb *tartarus.Sandbox) (int, any, error) {
 		if err := s.checkSnapshotQuota(ctx, sb); err != nil {
 			return 0, nil, err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 )
 
 // SQL is the Store written once over database/sql. SQLite and Postgres
@@ -71,9 +72,31 @@ func componentSchema() []string {
 // was released before them, so they cannot go in a dialect's own list
 // without renumbering it). The SQL is common to SQLite and Postgres.
 // Append only.
-var laterMigrations = []string{
+var laterMigrations = slices.Concat([]string{
 	// A sandbox's network spec (JSON; empty: no network).
 	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT ''`,
+},
+	// Typhon's quarantine records, reports and policy.
+	typhon.Schema,
+)
+
+// QuarantineKeeper is the optional side interface of a Store that keeps
+// Typhon's quarantine records, reports and policy in its own database, so
+// that a quarantine survives a restart of the server.
+type QuarantineKeeper interface {
+	Quarantines() typhon.Journal
+}
+
+var _ QuarantineKeeper = (*SQL)(nil)
+
+// Quarantines implements QuarantineKeeper.
+func (s *SQL) Quarantines() typhon.Journal {
+	d := typhon.SQLite
+	if s.d.numbered {
+		d = typhon.Postgres
+	}
+	j, _ := typhon.NewSQLJournal(s.db, d) // d is one of the two
+	return j
 }
 
 // TerminationKeeper is the optional side interface of a Store that keeps

@@ -139,3 +139,10 @@ type MetricSample struct {
 	DiskUsedMB    int       `json:"disk_used_mb"`
 	DiskTotalMB   int       `json:"disk_total_mb"`
 }
+
+// ConsoleReader is the optional side interface of a Runtime that keeps
+// each sandbox's console (the microvm's serial port): Console returns its
+// last max bytes, as the host recorded them.
+type ConsoleReader interface {
+	Console(ctx context.Context, id string, max int) ([]byte, error)
+}

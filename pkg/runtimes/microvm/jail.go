@@ -132,6 +132,9 @@ func (d *Driver) jailSpec(v *vm, args []string) (*jail.Spec, error) {
 	if v.conf.Accel == "kvm" || slices.Contains(args, "kvm") {
 		devices = append(devices, "/dev/kvm")
 	}
+	if netnsPath != "" {
+		devices = append(devices, "/dev/net/tun") // to open the sandbox's TAP, which its uid owns
+	}
 	return &jail.Spec{
 		ID: v.id, Root: filepath.Join(v.dir, "root"),
 		Binds: binds, Devices: devices,

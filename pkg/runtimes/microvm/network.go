@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/netns"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -83,6 +84,14 @@ func (d *Driver) createNetwork(ctx context.Context, cfg *tartarus.VMConfig) erro
 	spec, err := netns.SpecOf(cfg.Network)
 	if err != nil {
 		return err
+	}
+	if d.cfg.Jail != nil {
+		// The jailed QEMU opens the TAP under the sandbox's own uid.
+		uid, err := d.cfg.Jail.UID(cfg.ID)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", cfg.ID, err)
+		}
+		spec.TapOwner = strconv.Itoa(uid)
 	}
 	if _, err := p.Create(ctx, cfg.ID, spec); err != nil {
 		return fmt.Errorf("sandbox %s: %w", cfg.ID, err)

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon/typhonnode"
+)
+
+// quarantineOptions are the server's quarantine flags.
+type quarantineOptions struct {
+	policyFile string
+	interval   time.Duration
+}
+
+// openQuarantine wires Typhon to the single node's agent: records in the
+// store's database (memory when the store has none), evidence in its own
+// blob directory DATA/evidence, every step in the audit log. A policy file,
+// when given, replaces the stored policy at start (audited as set by
+// "policy-file").
+func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, agent *hecatoncheir.Agent, dataDir string,
+	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
+	blobs, err := erebus.NewLocal(filepath.Join(dataDir, "evidence"))
+	if err != nil {
+		return nil, fmt.Errorf("evidence store: %w", err)
+	}
+	var j typhon.Journal = typhon.NewMemJournal()
+	if k, ok := st.(store.QuarantineKeeper); ok {
+		j = k.Quarantines()
+	} else {
+		log.Warn("quarantine records are kept in memory: this store has no quarantine tables")
+	}
+	host := typhonnode.New(agent, clk)
+	m, err := typhon.New(ctx, typhon.Config{Host: host, Network: host, Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
+		Clock: clk, Interval: o.interval, Log: log, Audit: auditQuarantine(audit, clk)})
+	if err != nil {
+		return nil, err
+	}
+	if o.policyFile != "" {
+		b, err := os.ReadFile(o.policyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--quarantine-policy: %w", err)
+		}
+		p, err := typhon.ParsePolicyFile(b)
+		if err != nil {
+			return nil, fmt.Errorf("--quarantine-policy %s: %w", o.policyFile, err)
+		}
+		p.UpdatedBy = "policy-file"
+		if err := m.SetPolicy(ctx, p); err != nil {
+			return nil, fmt.Errorf("--quarantine-policy %s: %w", o.policyFile, err)
+		}
+	}
+	return m, nil
+}
+
+// auditQuarantine writes each quarantine step to the audit log.
+func auditQuarantine(audit func(context.Context, *cerberus.AuditEntry) error, clk clock.Clock) func(context.Context, typhon.AuditEvent) {
+	if audit == nil {
+		return nil
+	}
+	return func(ctx context.Context, e typhon.AuditEvent) {
+		res := cerberus.AuditResultSuccess
+		msg := ""
+		if e.Err != nil {
+			res, msg = cerberus.AuditResultError, e.Err.Error()
+		}
+		who := &cerberus.Identity{Type: cerberus.IdentityTypeService, ID: "typhon", TenantID: e.Tenant}
+		if e.Actor != "" && e.Actor != typhon.AutoActor {
+			who = &cerberus.Identity{Type: cerberus.IdentityTypeUser, ID: e.Actor, TenantID: e.Tenant}
+		}
+		_ = audit(ctx, &cerberus.AuditEntry{Timestamp: clk.Now(), Action: cerberus.Action("quarantine." + e.Action), Identity: who,
+			Resource: cerberus.Resource{Type: "quarantine", ID: e.SandboxID, TenantID: e.Tenant},
+			Result:   res, Reason: e.Detail, ErrorMessage: msg})
+	}
+}
+
+// Typhon's manager serves the API's quarantine routes.
+var _ olympus.Quarantiner = (*typhon.Manager)(nil)

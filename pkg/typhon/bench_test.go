@@ -1,0 +1,45 @@
+package typhon
+
+import (
+	"fmt"
+	"testing"
+)
+
+// BenchmarkTick evaluates three triggers over N sandboxes per tick, with
+// simulated signals (a fake host; no VM): the cost of the trigger loop
+// itself. Each sandbox has a full CPU history and exec log.
+func BenchmarkTick(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("sandboxes=%d", n), func(b *testing.B) {
+			ids := make([]string, n)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("sb-%d", i)
+			}
+			r := newRig(b, NewMemJournal(), ids...)
+			if err := r.m.SetPolicy(ctx, &QuarantinePolicy{AutoTriggers: []AutoQuarantineTrigger{
+				{Name: "spin", Condition: "host_counters && size(cpu_history) >= 2 && cpu_history[size(cpu_history)-1] > 90.0 && cpu_history[size(cpu_history)-2] > 90.0", Reason: ReasonResourceAbuse, Enabled: true},
+				{Name: "forkbomb", Condition: "processes > 500", Reason: ReasonResourceAbuse, Enabled: true},
+				{Name: "scanner", Condition: `net_denied > 20 || exec_history.exists(c, c.contains("nmap"))`, Reason: ReasonNetworkAnomaly, Enabled: true},
+			}}); err != nil {
+				b.Fatal(err)
+			}
+			for _, s := range r.host.sig {
+				s.CPUPercent, s.Processes, s.HostCounters = 12, 20, true
+				for j := 0; j < maxExecHistory; j++ {
+					s.ExecHistory = append(s.ExecHistory, "python3 -c print(42)")
+				}
+			}
+			for range maxHistory {
+				r.m.Tick(ctx)
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				rep := r.m.Tick(ctx)
+				if rep.Evaluated != n || len(rep.Tripped) != 0 || len(rep.Errors) != 0 {
+					b.Fatalf("tick: evaluated %d, tripped %d, errors %v", rep.Evaluated, len(rep.Tripped), rep.Errors)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/float64(n), "µs/sandbox")
+		})
+	}
+}
