@@ -54,11 +54,8 @@ func TestQuarantineNetworkEndToEnd(t *testing.T) {
 	if err := os.WriteFile(policyFile, []byte(netPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// --jail off: on main today a jailed QEMU cannot open /dev/net/tun
-	// (the jail binds no such device), so networked microVMs fail to start
-	// with the jail on; that is the jail's to fix, not the quarantine's.
 	e := newE2E(t, "--network", "--network-uplink-netns", in.Uplink, "--network-dns", in.DNS, "--network-netns-prefix", "tqua-",
-		"--quarantine-interval", "1s", "--quarantine-policy", policyFile, "--jail", "off")
+		"--quarantine-interval", "1s", "--quarantine-policy", policyFile)
 	key := func(tenant, role string) string {
 		return strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", tenant, "--role", role))
 	}
