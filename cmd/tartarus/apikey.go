@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -102,7 +101,7 @@ server's policy, and --tenant must be given.`,
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "ID\tTENANT\tROLES\tCREATED\tEXPIRES\tSTATE\tCREATED BY\tNAME")
 			now := time.Now()
 			for _, k := range keys {

@@ -82,11 +82,7 @@ func (o *clientOptions) json() (bool, error) {
 // with -o json, else as table writes it. fetch takes the client first, so
 // that a method expression like (*client.Client).Nodes serves.
 func show[T any](cmd *cobra.Command, o *clientOptions, fetch func(c *client.Client, ctx context.Context) (T, error), table func(w io.Writer, v T) error) error {
-	asJSON, err := o.json()
-	if err != nil {
-		return err
-	}
-	c, err := o.client()
+	c, asJSON, err := o.jsonClient()
 	if err != nil {
 		return err
 	}
@@ -98,6 +94,17 @@ func show[T any](cmd *cobra.Command, o *clientOptions, fetch func(c *client.Clie
 		return printJSON(cmd.OutOrStdout(), v)
 	}
 	return table(cmd.OutOrStdout(), v)
+}
+
+// jsonClient reads the output flag (JSON or a table) and makes the API
+// client: the start of every verb that prints what it got.
+func (o *clientOptions) jsonClient() (*client.Client, bool, error) {
+	asJSON, err := o.json()
+	if err != nil {
+		return nil, false, err
+	}
+	c, err := o.client()
+	return c, asJSON, err
 }
 
 // newTable starts a table with the columns every verb uses.

@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,11 +20,7 @@ func newHeatCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "heat", Short: "Show sandboxes and admission queues by heat (cold, warm, hot, inferno)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -36,7 +31,7 @@ func newHeatCmd(o *clientOptions) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), m)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "HEAT\tRUNNING\tQUEUED\tAVG WAIT\tP99 WAIT")
 			for _, h := range []string{"cold", "warm", "hot", "inferno"} {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%.1fs\t%.1fs\n", h, m.ByHeat[h], m.QueueDepthByHeat[h], m.AvgWaitSByHeat[h], m.P99WaitSByHeat[h])
@@ -76,11 +71,7 @@ func newHeatCmd(o *clientOptions) *cobra.Command {
 	classes := &cobra.Command{
 		Use: "classes", Short: "List the resource classes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -91,7 +82,7 @@ func newHeatCmd(o *clientOptions) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), cs)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "CLASS\tHEAT\tCPUS\tMEMORY\tGPUS\tMAX DURATION\tNET MBPS\tDISK IOPS\tDEFAULT")
 			for _, k := range cs {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%dMiB\t%d\t%ds\t%d\t%d\t%v\n", k.Name, k.Heat, k.CPUCores, k.MemoryMB, k.GPUCount,
@@ -142,11 +133,7 @@ func newPoolCmd(o *clientOptions) *cobra.Command {
 	ls := &cobra.Command{
 		Use: "ls", Short: "List node pools", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -157,7 +144,7 @@ func newPoolCmd(o *clientOptions) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), pools)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "POOL\tHEATS\tSELECTOR\tNODES\tMIN\tMAX")
 			for _, p := range pools {
 				var sel []string

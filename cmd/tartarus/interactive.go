@@ -96,11 +96,7 @@ some were dropped). Runs until interrupted. With -o json, one JSON object a line
 			if !ok {
 				return fmt.Errorf("want ID:/path, got %q", args[0])
 			}
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}

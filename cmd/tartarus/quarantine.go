@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,11 +26,7 @@ func newSandboxQuarantineCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "quarantine ID", Short: "Quarantine a sandbox: its owner loses exec and files, examiners keep them", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -72,7 +67,7 @@ func reasonList() string {
 }
 
 func printRecord(w io.Writer, rec *tartarus.QuarantineRecord) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintf(tw, "sandbox\t%s\nstatus\t%s\nreason\t%s\nquarantined\t%s by %s\n", rec.SandboxID, rec.Status, rec.Reason,
 		rec.QuarantinedAt.Format(time.RFC3339), rec.QuarantinedBy)
 	if rec.Trigger != "" {
@@ -101,7 +96,7 @@ func printRecord(w io.Writer, rec *tartarus.QuarantineRecord) error {
 }
 
 func printReport(w io.Writer, rep *tartarus.ExaminationReport) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintf(tw, "report\t%s\nexamined\t%s by %s\nrisk\t%.3f\nrecommendation\t%s\n", rep.ID, rep.ExaminedAt.Format(time.RFC3339),
 		rep.ExaminedBy, rep.RiskScore, rep.Recommendation)
 	fmt.Fprintln(tw, "SEVERITY\tCATEGORY\tSOURCE\tEVIDENCE\tFINDING")
@@ -120,11 +115,7 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 	ls := &cobra.Command{
 		Use: "ls", Short: "List held sandboxes (--all: every quarantine)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -145,7 +136,7 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), list)
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			w := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(w, "SANDBOX\tTENANT\tSTATUS\tREASON\tBY\tSINCE\tEXAMINED\tEVIDENCE")
 			for _, r := range list {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.SandboxID, r.Tenant, r.Status, r.Reason, r.QuarantinedBy,
@@ -162,11 +153,7 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 	show := &cobra.Command{
 		Use: "show ID", Short: "Show a sandbox's quarantine and its examination reports", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -194,11 +181,7 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 	examine := &cobra.Command{
 		Use: "examine ID", Short: "Examine a held sandbox: findings, risk score, recommendation", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -220,11 +203,7 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 	approve := &cobra.Command{
 		Use: "approve ID", Short: "Approve a held sandbox's release (not by whoever quarantined it or acted in it)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}

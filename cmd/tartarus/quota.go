@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -36,7 +35,7 @@ func newQuotaCmd() *cobra.Command {
 				return fmt.Sprint(n)
 			}
 			l, u := rep.Limits, rep.Usage
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			tw := newTable(out)
 			fmt.Fprintf(tw, "tenant %s\t\t\n", rep.Tenant)
 			fmt.Fprintln(tw, "QUOTA\tUSED\tLIMIT")
 			for _, row := range []struct {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -63,11 +62,7 @@ func newSandboxNetworkCmd(o *clientOptions) *cobra.Command {
 			if n == nil {
 				return fmt.Errorf("--mode is required: none, open, restricted or monitored")
 			}
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -91,11 +86,7 @@ func newSandboxNetworkLogCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "network-log ID", Short: "Show a sandbox's connection log", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -106,7 +97,7 @@ func newSandboxNetworkLogCmd(o *clientOptions) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), log)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "TIME\tVERDICT\tRULE\tPROTO\tDESTINATION\tNAME\tBYTES OUT/IN")
 			for _, r := range log.Records {
 				verdict := "denied"

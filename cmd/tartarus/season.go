@@ -22,11 +22,7 @@ func newSeasonCmd(o *clientOptions) *cobra.Command {
 	ls := &cobra.Command{
 		Use: "ls", Aliases: []string{"list"}, Short: "List the seasons, the pinned one and the one in force", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -98,7 +94,7 @@ func newSeasonCmd(o *clientOptions) *cobra.Command {
 }
 
 func printSeasons(cmd *cobra.Command, list *persephonesrv.SeasonList) error {
-	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	w := newTable(cmd.OutOrStdout())
 	fmt.Fprintln(w, "ID\tPRIORITY\tSCHEDULE\tNODES\tPREWARM\tSTATUS")
 	for _, s := range list.Seasons {
 		sched := "manual"
@@ -134,11 +130,7 @@ func newForecastCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "forecast", Short: "Forecast demand (or a template's launches) with prediction bounds", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -170,11 +162,7 @@ func newForecastCmd(o *clientOptions) *cobra.Command {
 	backtest := &cobra.Command{
 		Use: "backtest", Short: "Score every model on the history (rolling origin: MASE, WAPE, under-provisioning); * marks the one in use", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -229,11 +217,7 @@ func newCapacityCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "capacity", Short: "Recommend a node count from the forecast and the season in force", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := o.json()
-			if err != nil {
-				return err
-			}
-			c, err := o.client()
+			c, asJSON, err := o.jsonClient()
 			if err != nil {
 				return err
 			}
@@ -248,7 +232,7 @@ func newCapacityCmd(o *clientOptions) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), &rec)
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			w := newTable(cmd.OutOrStdout())
 			fmt.Fprintf(w, "current nodes\t%d\nrecommended nodes\t%d\ncost delta per hour\t%+.2f\nconfidence\t%.0f%%\n",
 				rec.CurrentNodes, rec.RecommendedNodes, rec.CostDelta, rec.ConfidenceLevel*100)
 			if rec.Season != "" {
