@@ -51,6 +51,22 @@ func TestContainerd(t *testing.T) {
 	})
 	t.Run("Migration", func(t *testing.T) { testMigration(t, newRuntime(t, addr, cache), addr, img) })
 	t.Run("HostileMigration", func(t *testing.T) { testHostileMigration(t, newRuntime(t, addr, cache), addr, img) })
+	t.Run("Confined", func(t *testing.T) {
+		rt := newRuntime(t, addr, cache)
+		containertest.Confined(t, rt, img, containertest.ConfinedOptions{HostPid: func(t *testing.T, id string) int {
+			list, err := rt.List(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, in := range list {
+				if in.ID == id && in.Pid > 0 {
+					return in.Pid
+				}
+			}
+			t.Fatalf("no host pid for %s", id)
+			return 0
+		}})
+	})
 	t.Run("Fingerprint", func(t *testing.T) {
 		fp, err := newRuntime(t, addr, cache).Fingerprint(context.Background())
 		if err != nil || !fp.Available || fp.Capabilities.Snapshot || fp.Details["snapshot"] == "" {

@@ -263,6 +263,11 @@ func Containerd(t testing.TB) string {
 	t.Helper()
 	Require(t, "containerd", "containerd-shim-runc-v2", "runc")
 	dir := shortDir(t, "kc-")
+	// Sandboxes run in a user namespace: their remapped root must reach
+	// its root filesystem below dir (as under /run/containerd, 0711).
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "containerd.sock")
 	cfg := fmt.Sprintf(`version = 2
 root = %q
