@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -284,21 +285,8 @@ link set %s up
 		return err
 	}
 	if sb.GuestNetns != "" {
-		// The guest namespace looks as a microVM guest's network does
-		// once its agent has configured it.
-		guestBatch := fmt.Sprintf(`link set lo up
-link set %s address %s
-addr add %s/%d dev %s
-link set %s up
-route add default via %s
-`, guestVeth, GuestMAC, GuestAddr, GuestPrefix.Bits(), guestVeth, guestVeth, GatewayAddr)
-		if _, err := run(ctx, guestBatch, "ip", "-n", m.guestNetnsName(sb.ID), "-batch", "-"); err != nil {
+		if err := m.configureGuest(ctx, sb); err != nil {
 			return err
-		}
-		for _, key := range []string{"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"} {
-			if err := writeSysctl(sb.GuestNetns, key, "1"); err != nil {
-				return err
-			}
 		}
 	}
 	for _, kv := range [][2]string{
@@ -327,6 +315,72 @@ route add default via %s
 		return err
 	}
 	sb.dns = dns
+	return nil
+}
+
+// configureGuest makes the guest namespace look as a microVM guest's
+// network does once its agent has configured it.
+func (m *Manager) configureGuest(ctx context.Context, sb *Sandbox) error {
+	batch := fmt.Sprintf(`link set lo up
+link set %s address %s
+addr add %s/%d dev %s
+link set %s up
+route add default via %s
+`, guestVeth, GuestMAC, GuestAddr, GuestPrefix.Bits(), guestVeth, guestVeth, GatewayAddr)
+	if _, err := run(ctx, batch, "ip", "-n", m.guestNetnsName(sb.ID), "-batch", "-"); err != nil {
+		return err
+	}
+	for _, key := range []string{"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"} {
+		if err := writeSysctl(sb.GuestNetns, key, "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AttachGuest moves sandbox id's guest network into the network namespace
+// of process pid, which becomes the guest namespace (Sandbox.GuestNetns
+// names it from then on): for a container whose runtime must create its
+// network namespace itself, as runc does for a container in a user
+// namespace (a process there may not join a namespace the host owns).
+// The guest's veth pair is made anew into it, so a restarted container
+// gets its network back the same way.
+func (m *Manager) AttachGuest(ctx context.Context, id string, pid int) error {
+	sb, err := m.Get(id)
+	if err != nil {
+		return err
+	}
+	if sb.GuestNetns == "" {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "network of sandbox %s has no guest namespace", id)
+	}
+	if pid <= 0 {
+		return tartarus.Errorf(tartarus.ErrInvalid, "attach network of sandbox %s: pid %d", id, pid)
+	}
+	ns, g := m.NetnsName(id), m.guestNetnsName(id)
+	err = func() error {
+		// The old pair goes first (its guest end with it, wherever it is).
+		if _, err := run(ctx, "", "ip", "-n", ns, "link", "del", TapName); err != nil && !isNoSuch(err) {
+			return err
+		}
+		if err := deleteNetns(ctx, g); err != nil {
+			return err
+		}
+		if _, err := run(ctx, "", "ip", "netns", "attach", g, strconv.Itoa(pid)); err != nil {
+			return err
+		}
+		batch := fmt.Sprintf(`link add %s type veth peer name %s netns %s
+link set %s address 52:54:00:1d:00:01
+addr add %s/30 dev %s
+link set %s up
+`, TapName, guestVeth, g, TapName, GatewayAddr, TapName, TapName)
+		if _, err := run(ctx, batch, "ip", "-n", ns, "-batch", "-"); err != nil {
+			return err
+		}
+		return m.configureGuest(ctx, sb)
+	}()
+	if err != nil {
+		return fmt.Errorf("attach network of sandbox %s to pid %d: %w", id, pid, err)
+	}
 	return nil
 }
 

@@ -99,7 +99,7 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes,
 			Networks: cfg.Networks})
 	case gvisor.Name:
-		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock})
+		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock, Networks: nets})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}

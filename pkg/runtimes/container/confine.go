@@ -39,6 +39,9 @@ type Networks interface {
 	Create(ctx context.Context, id string, spec netns.Spec) (*netns.Sandbox, error)
 	Recover(ctx context.Context, id string, spec netns.Spec) (*netns.Sandbox, error)
 	Destroy(ctx context.Context, id string) error
+	// AttachGuest moves the guest's network into the namespace of
+	// process pid (a container whose runtime made its namespace).
+	AttachGuest(ctx context.Context, id string, pid int) error
 }
 
 var _ Networks = (*netns.Manager)(nil)
@@ -125,6 +128,21 @@ func (s NetworkState) forget(id string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Attach moves sandbox id's network, if it has one, into the network
+// namespace of its init, pid (see netns.Manager.AttachGuest).
+func (s NetworkState) Attach(ctx context.Context, nets Networks, id string, pid int) error {
+	if !s.Has(id) {
+		return nil
+	}
+	if nets == nil {
+		return fmt.Errorf("sandbox %s has a network but the driver has no network manager", id)
+	}
+	if err := nets.AttachGuest(ctx, id, pid); err != nil {
+		return fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	return nil
 }
 
 // Recover re-attaches the network of an adopted sandbox, if it has one.

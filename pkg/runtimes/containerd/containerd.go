@@ -48,7 +48,6 @@ import (
 	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
-	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -238,28 +237,13 @@ func (r *Runtime) specOpts(im client.Image, cfg *tartarus.VMConfig, guestNS stri
 		seccomp.WithDefaultProfile(),
 	}
 	if guestNS != "" {
-		opts = append(opts,
-			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: guestNS}),
-			withNetworkMounts(r.nets.ResolvConfPath(cfg.ID)))
+		// runc makes the network namespace, owned by the sandbox's user
+		// namespace (a process there could not join one the host owns:
+		// runc exec would fail); Start moves the network into it.
+		opts = append(opts, oci.WithMounts([]specs.Mount{{Destination: "/etc/resolv.conf", Type: "bind",
+			Source: r.nets.ResolvConfPath(cfg.ID), Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}}}))
 	}
 	return opts
-}
-
-// withNetworkMounts binds the sandbox's resolv.conf, and /sys in place of
-// a new sysfs: a user namespace may not mount sysfs for a network
-// namespace it does not own (as Docker does with userns-remap).
-func withNetworkMounts(resolvConf string) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		for i, m := range s.Mounts {
-			if m.Destination == "/sys" {
-				s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys",
-					Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
-			}
-		}
-		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvConf,
-			Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
-		return nil
-	}
 }
 
 // load returns the sandbox's container; an unknown one is ErrNotFound.
@@ -322,6 +306,11 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	}
 	if t == nil {
 		if t, err = c.NewTask(ctx, cio.NullIO); err != nil {
+			return fmt.Errorf("start %s: %w", id, err)
+		}
+		// The init exists, not yet running: its network goes in first.
+		if err := r.nets.Attach(ctx, r.opts.Networks, id, int(t.Pid())); err != nil {
+			_, _ = t.Delete(ctx, client.WithProcessKill)
 			return fmt.Errorf("start %s: %w", id, err)
 		}
 	}

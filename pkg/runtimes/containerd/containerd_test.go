@@ -19,6 +19,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
@@ -66,6 +67,16 @@ func TestContainerd(t *testing.T) {
 			t.Fatalf("no host pid for %s", id)
 			return 0
 		}})
+	})
+	t.Run("Network", func(t *testing.T) {
+		containertest.Network(t, img, func(t *testing.T, nets container.Networks) tartarus.Runtime {
+			rt, err := containerd.New(containerd.Options{Address: addr, CacheDir: cache, Networks: nets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { rt.Close() })
+			return rt
+		})
 	})
 	t.Run("Fingerprint", func(t *testing.T) {
 		fp, err := newRuntime(t, addr, cache).Fingerprint(context.Background())

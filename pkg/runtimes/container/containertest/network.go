@@ -1,0 +1,99 @@
+package containertest
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/netns"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// Network proves a container runtime's sandbox networks against a
+// stand-in internet the test builds (pkg/netns/netnstest): in restricted
+// mode an allowed name is reached, a disallowed name, a disallowed host's
+// literal address, the host's services and a DNS server of the guest's
+// choosing are not; destroy leaves no namespace behind. newRuntime makes
+// the runtime under test over the network manager it is given.
+func Network(t *testing.T, img *tartarus.Image, newRuntime func(t *testing.T, nets container.Networks) tartarus.Runtime) {
+	in := netnstest.New(t)
+	ctx := context.Background()
+	prefix := fmt.Sprintf("tc%04x-", mrand.IntN(1<<16))
+	m, err := netns.New(ctx, netns.Config{UplinkNetns: in.Uplink, DNSUpstream: in.DNS, NetnsPrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := m.Reconcile(context.Background(), nil); err != nil {
+			t.Errorf("reconcile: %v", err)
+		}
+		m.Close()
+	})
+	rt := newRuntime(t, m)
+	fp, err := rt.Fingerprint(ctx)
+	if err != nil || !fp.Capabilities.Network {
+		t.Fatalf("fingerprint %+v %v: want the network capability", fp, err)
+	}
+	id := "net-" + strings.ToLower(rt.Name())
+	cfg := &tartarus.VMConfig{ID: id, Template: img.Name, Image: img, CPUs: 1, MemoryMB: 256,
+		Network: &tartarus.NetworkSpec{Mode: tartarus.NetworkRestricted, Allow: []string{"allowed.example"}}}
+	if _, err := rt.Create(ctx, cfg); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	destroyed := false
+	t.Cleanup(func() {
+		if !destroyed {
+			_ = rt.Destroy(context.Background(), id)
+		}
+	})
+	if err := rt.Start(ctx, id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	// Exit codes only. Busybox's nc speaks HTTP (its static wget crashes
+	// on this host) and nslookup resolves through the sandbox's resolver.
+	get := func(hostPort string) string {
+		return `printf 'GET / HTTP/1.0\r\nHost: x\r\n\r\n' | nc -w 5 ` + hostPort + ` | grep -q .`
+	}
+	byName := func(name string) string {
+		return `ip=$(nslookup ` + name + ` | awk '/^Address/ {a=$NF} END {print a}'); [ -n "$ip" ] && [ "$ip" != "` +
+			netns.GatewayAddr.String() + `:53" ] && ` + get("$ip 80")
+	}
+	for _, c := range []struct {
+		what  string
+		cmd   string
+		reach bool
+	}{
+		{"allowed.example by name", byName("allowed.example"), true},
+		{"blocked.example by name", byName("blocked.example"), false},
+		{"blocked.example's literal address", get(netnstest.OtherAddr.String() + " 80"), false},
+		{"the host's service on the uplink", get(fmt.Sprintf("%s %d", netnstest.UplinkAddr, netnstest.HostPort)), false},
+		{"the metadata address", get(netnstest.MetadataAddr.String() + " 80"), false},
+		{"a DNS server of the guest's choosing", "nslookup allowed.example " + netnstest.OtherDNSAddr.String(), false},
+	} {
+		res, out := run(t, rt, id, 30*time.Second, "sh", "-c", c.cmd)
+		if got := res.ExitCode == 0; got != c.reach {
+			t.Errorf("%s: exit %d %q, want reached=%v", c.what, res.ExitCode, out, c.reach)
+		}
+	}
+	log, _, err := m.Log(id)
+	if err != nil || len(log) == 0 {
+		t.Errorf("connection log: %d records, %v: want the denied attempts", len(log), err)
+	}
+
+	if err := rt.Destroy(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	destroyed = true
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("namespace %s left after destroy", e.Name())
+		}
+	}
+}
