@@ -105,7 +105,7 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 		}
 		return rt, nil
 	case docker.Name:
-		rt, err := docker.New(docker.Options{Host: cfg.DockerHost, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock})
+		rt, err := docker.New(docker.Options{Host: cfg.DockerHost, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock, Networks: nets})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}
