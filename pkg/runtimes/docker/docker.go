@@ -79,7 +79,6 @@ type Options struct {
 // DefaultDiskMB is a sandbox's writable-layer limit by default.
 const DefaultDiskMB = 10 << 10
 
-
 // Runtime is the Docker driver. Fingerprint, Exec, Signal and the file
 // methods are the shared ones of container.Base, over this driver's probe
 // and docker exec.

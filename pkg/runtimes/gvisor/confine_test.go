@@ -56,4 +56,3 @@ func TestLogCapped(t *testing.T) {
 		t.Errorf("a sandbox without a network has a device:\n%s", out)
 	}
 }
-
