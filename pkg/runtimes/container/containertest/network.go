@@ -3,8 +3,8 @@ package containertest
 import (
 	"context"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +36,7 @@ func Network(t *testing.T, img *tartarus.Image, newRuntime func(t *testing.T, ne
 		m.Close()
 	})
 	rt := newRuntime(t, m)
+	before := in.State(t, prefix)
 	fp, err := rt.Fingerprint(ctx)
 	if err != nil || !fp.Capabilities.Network {
 		t.Fatalf("fingerprint %+v %v: want the network capability", fp, err)
@@ -86,14 +87,31 @@ func Network(t *testing.T, img *tartarus.Image, newRuntime func(t *testing.T, ne
 		t.Errorf("connection log: %d records, %v: want the denied attempts", len(log), err)
 	}
 
+	// An exposed port: the host reaches a server in the sandbox through
+	// its namespace.
+	if res, out := run(t, rt, id, 10*time.Second, "sh", "-c", "(echo hi-from-guest | nc -l -p 8080 >/dev/null 2>&1 &) ; true"); res.ExitCode != 0 {
+		t.Fatalf("start a listener: exit %d %q", res.ExitCode, out)
+	}
+	var got string
+	for i := 0; i < 50 && got == ""; i++ {
+		if c, err := m.DialGuest(ctx, id, 8080); err == nil {
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(c)
+			c.Close()
+			got = strings.TrimSpace(string(b))
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if got != "hi-from-guest" {
+		t.Errorf("guest port 8080 through DialGuest: %q", got)
+	}
+
 	if err := rt.Destroy(ctx, id); err != nil {
 		t.Fatal(err)
 	}
 	destroyed = true
-	ents, _ := os.ReadDir("/run/netns")
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), prefix) {
-			t.Errorf("namespace %s left after destroy", e.Name())
-		}
+	if after := in.State(t, prefix); after != before {
+		t.Errorf("left after destroy:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
