@@ -240,7 +240,8 @@ func testMigration(t *testing.T, rt *docker.Runtime, host string, img *tartarus.
 	})
 	t.Run("host network, privileged, devices", func(t *testing.T) {
 		c, err := cli.ContainerCreate(ctx, &container.Config{Image: ref, Cmd: []string{"sleep", "1000"}},
-			&container.HostConfig{NetworkMode: "host", Privileged: true, PidMode: "host", CapAdd: []string{"NET_ADMIN"},
+			// A privileged container opts out of the daemon's userns-remap.
+			&container.HostConfig{NetworkMode: "host", Privileged: true, PidMode: "host", UsernsMode: "host", CapAdd: []string{"NET_ADMIN"},
 				Resources: container.Resources{Devices: []container.DeviceMapping{{PathOnHost: "/dev/null", PathInContainer: "/dev/x", CgroupPermissions: "rwm"}}}},
 			nil, nil, "legacy-host")
 		if err != nil {
