@@ -87,10 +87,11 @@ type Options struct {
 	Networks container.Networks
 }
 
-// DefaultUIDBase is the first host uid of containerd sandboxes: far from
-// the host's own users, Docker's remap ranges and the microVM jail's
-// (pkg/jail, 1900000000 on).
-const DefaultUIDBase = 1800000000
+// DefaultUIDBase is the first host uid of containerd sandboxes: above
+// systemd's container range (up to 1879048191), Docker's remap ranges
+// (/etc/subuid, 100000 on) and the host's own users, below the microVM
+// jail's (pkg/jail, 1900000000 on).
+const DefaultUIDBase = 1890000000
 
 // idRange is the size of the sandboxes' uid and gid range.
 const idRange = 65536
