@@ -19,13 +19,17 @@ import (
 // stand-in internet the test builds (pkg/netns/netnstest): in restricted
 // mode an allowed name is reached, a disallowed name, a disallowed host's
 // literal address, the host's services and a DNS server of the guest's
-// choosing are not; destroy leaves no namespace behind. newRuntime makes
-// the runtime under test over the network manager it is given.
+// choosing are not; a guest port is reached; after a restart of the
+// runtime and the network manager (a new agent) Recover re-attaches the
+// network with its policy; destroy leaves nothing behind. newRuntime makes
+// the runtime under test over the network manager it is given, over the
+// same state each time.
 func Network(t *testing.T, img *tartarus.Image, newRuntime func(t *testing.T, nets container.Networks) tartarus.Runtime) {
 	in := netnstest.New(t)
 	ctx := context.Background()
 	prefix := fmt.Sprintf("tc%04x-", mrand.IntN(1<<16))
-	m, err := netns.New(ctx, netns.Config{UplinkNetns: in.Uplink, DNSUpstream: in.DNS, NetnsPrefix: prefix})
+	ncfg := netns.Config{UplinkNetns: in.Uplink, DNSUpstream: in.DNS, NetnsPrefix: prefix}
+	m, err := netns.New(ctx, ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +109,23 @@ func Network(t *testing.T, img *tartarus.Image, newRuntime func(t *testing.T, ne
 	}
 	if got != "hi-from-guest" {
 		t.Errorf("guest port 8080 through DialGuest: %q", got)
+	}
+
+	// A new agent: a new manager and runtime over the same state.
+	m.Close()
+	if m, err = netns.New(ctx, ncfg); err != nil {
+		t.Fatal(err)
+	}
+	rt = newRuntime(t, m)
+	adopted, err := rt.Recover(ctx)
+	if err != nil || len(adopted) != 1 || adopted[0].ID != id {
+		t.Fatalf("recover: %v %v, want %s adopted", adopted, err, id)
+	}
+	if res, out := run(t, rt, id, 30*time.Second, "sh", "-c", byName("allowed.example")); res.ExitCode != 0 {
+		t.Errorf("allowed.example after recover: exit %d %q", res.ExitCode, out)
+	}
+	if res, _ := run(t, rt, id, 30*time.Second, "sh", "-c", get(netnstest.OtherAddr.String()+" 80")); res.ExitCode == 0 {
+		t.Error("blocked.example's address reached after recover")
 	}
 
 	if err := rt.Destroy(ctx, id); err != nil {
