@@ -94,6 +94,17 @@ func BenchmarkContainerd(b *testing.B) {
 	img := containertest.Image(b)
 	b.Run("CreateFirstExec", func(b *testing.B) { runtimetest.BenchCreateFirstExec(b, rt, img) })
 	b.Run("Exec", func(b *testing.B) { runtimetest.BenchExec(b, rt, img) })
+	b.Run("CreateNetwork", func(b *testing.B) {
+		cache := b.TempDir()
+		containertest.BenchNetwork(b, img, func(b *testing.B, nets container.Networks) tartarus.Runtime {
+			rt, err := containerd.New(containerd.Options{Address: addr, CacheDir: cache, Networks: nets})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { rt.Close() })
+			return rt
+		})
+	})
 }
 
 // testMigration makes ordinary containers in the runtime's namespace (no

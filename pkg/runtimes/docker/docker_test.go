@@ -344,4 +344,15 @@ func BenchmarkDocker(b *testing.B) {
 	img := containertest.Image(b)
 	b.Run("CreateFirstExec", func(b *testing.B) { runtimetest.BenchCreateFirstExec(b, rt, img) })
 	b.Run("Exec", func(b *testing.B) { runtimetest.BenchExec(b, rt, img) })
+	b.Run("CreateNetwork", func(b *testing.B) {
+		cache := b.TempDir()
+		containertest.BenchNetwork(b, img, func(b *testing.B, nets rtcontainer.Networks) tartarus.Runtime {
+			rt, err := docker.New(docker.Options{Host: host, CacheDir: cache, Networks: nets})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { rt.Close() })
+			return rt
+		})
+	})
 }

@@ -56,3 +56,18 @@ func TestLogCapped(t *testing.T) {
 		t.Errorf("a sandbox without a network has a device:\n%s", out)
 	}
 }
+
+// BenchmarkCreateNetwork measures create → first exec with a network and
+// without, in the same run.
+func BenchmarkCreateNetwork(b *testing.B) {
+	containertest.Require(b, runscPath(), "debugfs", "mke2fs")
+	img := containertest.Image(b)
+	state := b.TempDir()
+	containertest.BenchNetwork(b, img, func(b *testing.B, nets container.Networks) tartarus.Runtime {
+		rt, err := gvisor.New(gvisor.Options{StateDir: state, Runsc: runscPath(), Networks: nets})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return rt
+	})
+}
