@@ -83,19 +83,23 @@ func (s NetworkState) Create(ctx context.Context, nets Networks, runtime, id str
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return "", fmt.Errorf("sandbox %s network: %w", id, err)
-	}
-	if err := os.WriteFile(s.path(id, ".json"), b, 0o600); err != nil {
-		return "", fmt.Errorf("sandbox %s network: %w", id, err)
-	}
-	if err := os.WriteFile(s.ResolvConfPath(id), []byte(ResolvConf), 0o644); err != nil {
-		return "", fmt.Errorf("sandbox %s network: %w", id, err)
-	}
+	// The network first: a sandbox that has one already keeps it and its
+	// record (the manager refuses a second).
 	sb, err := nets.Create(ctx, id, spec)
 	if err != nil {
-		_ = s.forget(id)
 		return "", fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	err = os.MkdirAll(s.Dir, 0o700)
+	if err == nil {
+		err = os.WriteFile(s.ResolvConfPath(id), []byte(ResolvConf), 0o644)
+	}
+	if err == nil {
+		err = os.WriteFile(s.path(id, ".json"), b, 0o600)
+	}
+	if err != nil {
+		_ = nets.Destroy(context.WithoutCancel(ctx), id)
+		_ = s.forget(id)
+		return "", fmt.Errorf("sandbox %s network: %w", id, err)
 	}
 	return sb.GuestNetns, nil
 }

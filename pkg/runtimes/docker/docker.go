@@ -14,8 +14,9 @@
 // profile, Docker's default capabilities and no others, no new privileges,
 // a pids limit and memory without swap from the sandbox's size, no log
 // (the driver never reads it: json-file kept up to twice its max-size
-// across a rotation, and a flood cost the daemon CPU), and a writable-layer size limit where the storage driver has
-// one (overlay2 on xfs with project quotas). Root inside is root outside
+// across a rotation, and a flood cost the daemon CPU), and a
+// writable-layer size limit where the storage driver has one (overlay2 on
+// xfs with project quotas). Root inside is root outside
 // unless the daemon runs with userns-remap: Docker has no per-container
 // user namespace, so the node's daemon must be started with it (the tests'
 // daemon is); the fingerprint says which.
@@ -284,14 +285,25 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if _, err := r.nets.Create(ctx, r.opts.Networks, Name, cfg.ID, cfg.Network); err != nil {
 		return "", err
 	}
-	_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), &container.Config{
+	ccfg := &container.Config{
 		Image:      ref,
 		Cmd:        rtcontainer.InitCommand,
 		Env:        rtcontainer.BaseEnv(cfg.ID, cfg.Env),
 		Hostname:   cfg.ID,
 		WorkingDir: "/",
 		Labels:     labels,
-	}, r.hostConfig(cfg), nil, nil, containerName(cfg.ID))
+	}
+	hc := r.hostConfig(cfg)
+	_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), ccfg, hc, nil, nil, containerName(cfg.ID))
+	if err != nil && hc.StorageOpt != nil && strings.Contains(err.Error(), "pquota") {
+		// xfs mounted without project quotas: no size limit after all.
+		r.Log.Warn("the storage driver takes no size limit (xfs without pquota); sandboxes' writable layers are not limited", "err", err)
+		r.mu.Lock()
+		r.diskLimit = false
+		r.mu.Unlock()
+		hc.StorageOpt = nil
+		_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), ccfg, hc, nil, nil, containerName(cfg.ID))
+	}
 	if err != nil {
 		if derr := r.nets.Destroy(context.WithoutCancel(ctx), r.opts.Networks, cfg.ID); derr != nil {
 			r.Log.Warn("create failed; its network stays", "sandbox", cfg.ID, "err", derr)
