@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/netns"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/gvisor"
@@ -70,4 +72,54 @@ func BenchmarkCreateNetwork(b *testing.B) {
 		}
 		return rt
 	})
+}
+
+// TestNetworkHibernate: a sandbox with a network is checkpointed,
+// destroyed (its network with it) and restored into a new network with
+// the same addresses, and reaches the stand-in internet again.
+func TestNetworkHibernate(t *testing.T) {
+	containertest.Require(t, runscPath(), "debugfs", "mke2fs")
+	in := netnstest.New(t)
+	ctx := context.Background()
+	m, err := netns.New(ctx, netns.Config{UplinkNetns: in.Uplink, DNSUpstream: in.DNS, NetnsPrefix: "tgh-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = m.Reconcile(context.Background(), nil)
+		m.Close()
+	})
+	rt, err := gvisor.New(gvisor.Options{StateDir: t.TempDir(), Runsc: runscPath(), Networks: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := containertest.Image(t)
+	cfg := &tartarus.VMConfig{ID: "nethib", Template: img.Name, Image: img, CPUs: 1, MemoryMB: 128,
+		Network: &tartarus.NetworkSpec{Mode: tartarus.NetworkOpen}}
+	if _, err := rt.Create(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Destroy(context.Background(), cfg.ID) })
+	if err := rt.Start(ctx, cfg.ID); err != nil {
+		t.Fatal(err)
+	}
+	reach := "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 " + netnstest.HTTPAddr.String() + " 80 | grep -q hello"
+	exec(t, rt, cfg.ID, "sh", "-c", reach)
+	snap := filepath.Join(t.TempDir(), "snap")
+	if err := os.Mkdir(snap, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Snapshot(ctx, cfg.ID, snap); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	if err := rt.Destroy(ctx, cfg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := m.Network(cfg.ID); ok {
+		t.Error("the network outlived the sandbox's destroy")
+	}
+	if err := rt.Restore(ctx, cfg, snap); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	exec(t, rt, cfg.ID, "sh", "-c", reach)
 }
