@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -101,6 +102,31 @@ func TestContainerNetworkEndToEnd(t *testing.T) {
 		}
 		if code != 200 || !strings.HasPrefix(body, "guest /x") {
 			t.Errorf("port route: %d %q", code, body)
+		}
+	})
+	t.Run("NodeShowsJail", func(t *testing.T) {
+		out := e.cli(t, 0, "", "node", "ls", "-o", "json")
+		var list struct {
+			Nodes []struct {
+				Runtimes []struct {
+					Runtime      string            `json:"runtime"`
+					Capabilities map[string]bool   `json:"capabilities"`
+					Details      map[string]string `json:"details"`
+					Jail         *struct {
+						Enabled       bool   `json:"enabled"`
+						CgroupVersion string `json:"cgroup_version"`
+						Seccomp       bool   `json:"seccomp"`
+					} `json:"jail"`
+				} `json:"runtimes"`
+			} `json:"nodes"`
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Nodes) != 1 || len(list.Nodes[0].Runtimes) != 1 {
+			t.Fatalf("node ls: %v\n%s", err, out)
+		}
+		fp := list.Nodes[0].Runtimes[0]
+		if fp.Runtime != "gvisor" || fp.Jail == nil || !fp.Jail.Enabled || !fp.Jail.Seccomp || fp.Jail.CgroupVersion == "" ||
+			!fp.Capabilities["network"] || fp.Details["log"] == "" || fp.Details["disk_limit"] == "" {
+			t.Errorf("gvisor in GET /v1/nodes: %+v jail %+v", fp, fp.Jail)
 		}
 	})
 	t.Run("Destroy", func(t *testing.T) {
