@@ -184,6 +184,7 @@ func (r *Runtime) jail(fp *tartarus.Fingerprint, info system.Info) {
 		fp.Details["userns"] = "the daemon's userns-remap (range not shown by the daemon)"
 	} else {
 		fp.Details["userns"] = "off: the daemon runs without userns-remap, so root inside is root outside; start dockerd with --userns-remap=default"
+		r.Log.Warn("docker sandboxes run root as host root: the daemon has no userns-remap (start dockerd with --userns-remap=default)")
 	}
 	backing := ""
 	for _, kv := range info.DriverStatus {
