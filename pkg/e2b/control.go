@@ -457,4 +457,3 @@ func (h *Handler) metrics(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, out)
 }
-

@@ -57,7 +57,9 @@ func (e *envdCall) serveRPC(w http.ResponseWriter, r *http.Request, token string
 	case "process.Process/Start":
 		serverStream(h, w, r, func(ctx context.Context, in *startRequest, s *stream) error { return e.start(ctx, token, in, s) })
 	case "process.Process/Connect":
-		serverStream(h, w, r, func(ctx context.Context, in *connectRequest, s *stream) error { return e.connectProcess(ctx, token, in, s) })
+		serverStream(h, w, r, func(ctx context.Context, in *connectRequest, s *stream) error {
+			return e.connectProcess(ctx, token, in, s)
+		})
 	case "process.Process/List":
 		unary(h, w, r, e.listProcesses)
 	case "process.Process/SendInput":

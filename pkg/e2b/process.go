@@ -327,4 +327,3 @@ func (e *envdCall) update(ctx context.Context, token string, in *updateRequest) 
 	}
 	return struct{}{}, nil
 }
-
