@@ -170,7 +170,7 @@ func (h *Handler) sandboxTarget(r *http.Request) (id string, port int, ok bool) 
 
 // nativeClient is a Tartarus API client that acts with key.
 func (h *Handler) nativeClient(key string) *client.Client {
-	c, err := client.New(localURL, key, client.WithHTTPClient(h.local.client))
+	c, err := client.New(localURL, NativeKey(key), client.WithHTTPClient(h.local.client))
 	if err != nil {
 		panic(err) // localURL is a constant that parses
 	}

@@ -210,7 +210,7 @@ func (h *Handler) proxyPort(w http.ResponseWriter, r *http.Request, id string, p
 			pr.Out.Header.Del("E2b-Sandbox-Id")
 			pr.Out.Header.Del("E2b-Sandbox-Port")
 			if k := accessToken(pr.In); k != "" && pr.In.Header.Get("Authorization") == "" {
-				pr.Out.Header.Set("Authorization", "Bearer "+k)
+				pr.Out.Header.Set("Authorization", "Bearer "+NativeKey(k))
 			}
 			pr.Out.Header.Del("X-Access-Token")
 			pr.Out.Header.Del("X-API-Key")
