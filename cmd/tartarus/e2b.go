@@ -29,7 +29,7 @@ func addE2BFlags(f *pflag.FlagSet, o *e2bOptions) {
 	f.StringVar(&o.domain, "e2b-domain", "", "sandbox domain of the E2B API: envd answers for 49983-SANDBOXID.DOMAIN (point a wildcard DNS name at the server)")
 	f.StringVar(&o.tlsCert, "e2b-tls-cert", "", "serve the E2B API over HTTPS with this certificate (PEM; `tartarus certs dev` makes one)")
 	f.StringVar(&o.tlsKey, "e2b-tls-key", "", "private key of --e2b-tls-cert (PEM)")
-	f.StringToStringVar(&o.templates, "e2b-template", nil, "map an E2B template name onto a Tartarus template, NAME=TEMPLATE (repeatable; base=base is built in)")
+	f.StringToStringVar(&o.templates, "e2b-template", nil, "map an E2B template name onto a Tartarus template, NAME=TEMPLATE (repeatable; base=python is built in)")
 	f.StringVar(&o.home, "e2b-home", "/root", "directory that relative paths in E2B file calls are resolved against")
 }
 

@@ -61,8 +61,11 @@ type Config struct {
 	Log  *slog.Logger
 }
 
-// DefaultTemplates maps E2B's default template ("base") onto Tartarus's.
-var DefaultTemplates = map[string]string{"base": "base"}
+// DefaultTemplates maps E2B's default template ("base", a Debian with
+// bash and Python, which the SDKs' commands need: they run /bin/bash -l -c)
+// onto Tartarus's Debian template with Python. Tartarus's own "base" is
+// busybox without bash.
+var DefaultTemplates = map[string]string{"base": "python"}
 
 // Validate reports every problem of the configuration.
 func (c *Config) Validate() error {

@@ -301,6 +301,15 @@ func (e *envdCall) sendSignal(ctx context.Context, token string, in *sendSignalR
 		sess.hangup() // the terminal's shell and its children get SIGHUP
 		return struct{}{}, nil
 	}
+	// The native API keeps exited processes listed (and signals them
+	// without effect); envd knows only running ones.
+	p, err := e.findProcess(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	if p.Exited {
+		return nil, &rpcError{Code: "not_found", Message: "process " + client.ProcessRef(sel) + " has exited"}
+	}
 	if err := e.c.SignalProcess(ctx, e.id, sel, sig); err != nil {
 		return nil, err
 	}
