@@ -48,7 +48,8 @@ async function rejects(promise, pred, what) {
 
 let sbx
 await check('Sandbox.create with metadata and a timeout', async () => {
-  sbx = await Sandbox.create('base', { metadata: { suite: 'e2b-sdk', run }, timeoutMs: 600_000 })
+  // A slow shared test machine: allow more than the SDK's 60 s a request.
+  sbx = await Sandbox.create('base', { metadata: { suite: 'e2b-sdk', run }, timeoutMs: 600_000, requestTimeoutMs: 180_000 })
   assert.match(sbx.sandboxId, /\S/)
   const info = await sbx.getInfo()
   assert.equal(info.sandboxId, sbx.sandboxId)
@@ -213,8 +214,8 @@ if (process.env.BENCH === '1') {
     const create = []
     for (let i = 0; i < 3; i++) {
       const t0 = performance.now()
-      const s = await Sandbox.create('base', { timeoutMs: 120_000 })
-      await s.commands.run('true')
+      const s = await Sandbox.create('base', { timeoutMs: 120_000, requestTimeoutMs: 180_000 })
+      await s.commands.run('true', { timeoutMs: 180_000 })
       create.push(ms(t0))
       await s.kill()
     }
