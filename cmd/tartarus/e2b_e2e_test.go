@@ -164,6 +164,16 @@ func nativeBench(t *testing.T, e *e2e, sdk map[string][]float64) {
 		}
 		native["command_rtt_ms"] = append(native["command_rtt_ms"], ms(t0))
 	}
+	// The SDK runs every command as a login shell; this row shows what
+	// that costs on its own.
+	login := &api.ExecRequest{Cmd: []string{"/bin/bash", "-l", "-c", "true"}}
+	for range 20 {
+		t0 := time.Now()
+		if _, err := c.Exec(ctx, sb.ID, login); err != nil {
+			t.Fatal(err)
+		}
+		native["command_rtt_login_shell_ms"] = append(native["command_rtt_login_shell_ms"], ms(t0))
+	}
 	mb := make([]byte, 1<<20)
 	for i := range mb {
 		mb[i] = byte(i % 251)
@@ -190,7 +200,7 @@ func nativeBench(t *testing.T, e *e2e, sdk map[string][]float64) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	var b strings.Builder
 	fmt.Fprintf(&b, "E2B SDK vs native API (ms; median / p99 (max of the runs) / runs), load average %s\n", strings.TrimSpace(string(load)))
-	for _, k := range []string{"create_first_command_ms", "command_rtt_ms", "write_1mb_ms", "read_1mb_ms"} {
+	for _, k := range []string{"create_first_command_ms", "command_rtt_ms", "command_rtt_login_shell_ms", "write_1mb_ms", "read_1mb_ms"} {
 		fmt.Fprintf(&b, "%-26s e2b %s   native %s\n", k, stats(sdk[k]), stats(native[k]))
 	}
 	t.Log(b.String())
