@@ -294,6 +294,7 @@ func (h *Handler) kill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.ptys.closeSandbox(id)
+	h.watchers.closeSandbox(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 

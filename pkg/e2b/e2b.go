@@ -84,11 +84,12 @@ func (c *Config) Validate() error {
 
 // Handler is the E2B-compatible API.
 type Handler struct {
-	cfg   Config
-	log   *slog.Logger
-	local *localServer
-	mux   *http.ServeMux
-	ptys  ptyTable
+	cfg      Config
+	log      *slog.Logger
+	local    *localServer
+	mux      *http.ServeMux
+	ptys     ptyTable
+	watchers watcherTable
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -110,6 +111,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Log.With("component", "e2b"), local: newLocalServer(cfg.Native)}
 	h.ptys.byID = map[string]map[uint32]*ptySession{}
+	h.watchers.byID = map[string]*watcher{}
 	h.mux = http.NewServeMux()
 	h.controlRoutes(h.mux)
 	return h, nil
@@ -118,6 +120,11 @@ func New(cfg Config) (*Handler, error) {
 // Close stops the in-process server and hangs up open terminals.
 func (h *Handler) Close() error {
 	h.ptys.closeAll()
+	h.watchers.mu.Lock()
+	for _, w := range h.watchers.byID {
+		w.cancel()
+	}
+	h.watchers.mu.Unlock()
 	return h.local.Close()
 }
 

@@ -239,6 +239,42 @@ func TestConnectUnary(t *testing.T) {
 	}
 }
 
+func TestWatcherCalls(t *testing.T) {
+	h := newTestHandler(t)
+	hdr := envdHeaders(map[string]string{"Content-Type": "application/json"})
+	w := do(t, h, "POST", "/filesystem.Filesystem/CreateWatcher", strings.NewReader(`{"path":"/tmp"}`), hdr)
+	var created struct {
+		WatcherID string `json:"watcherId"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &created); w.Code != 200 || err != nil || created.WatcherID == "" {
+		t.Fatalf("CreateWatcher: %d %s", w.Code, w.Body)
+	}
+	id := `{"watcherId":"` + created.WatcherID + `"}`
+	// The fake's stream sends one event and ends: the events come first,
+	// then the end.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w = do(t, h, "POST", "/filesystem.Filesystem/GetWatcherEvents", strings.NewReader(id), hdr)
+		if strings.Contains(w.Body.String(), "new.txt") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if w.Code != 200 || w.Body.String() != `{"events":[{"name":"new.txt","type":"EVENT_TYPE_CREATE"}]}`+"\n" {
+		t.Fatalf("GetWatcherEvents: %d %s", w.Code, w.Body)
+	}
+	for w.Code == 200 && time.Now().Before(deadline) {
+		w = do(t, h, "POST", "/filesystem.Filesystem/GetWatcherEvents", strings.NewReader(id), hdr)
+	}
+	if !strings.Contains(w.Body.String(), `"code":"failed_precondition"`) {
+		t.Fatalf("GetWatcherEvents after the end: %d %s", w.Code, w.Body)
+	}
+	w = do(t, h, "POST", "/filesystem.Filesystem/RemoveWatcher", strings.NewReader(id), hdr)
+	if w.Code != 404 {
+		t.Fatalf("RemoveWatcher of an ended watcher: %d %s", w.Code, w.Body)
+	}
+}
+
 func envelope(flags byte, msg string) []byte {
 	b := make([]byte, 5, 5+len(msg))
 	b[0] = flags

@@ -82,6 +82,12 @@ func (e *envdCall) serveRPC(w http.ResponseWriter, r *http.Request, token string
 		unary(h, w, r, e.remove)
 	case "filesystem.Filesystem/WatchDir":
 		serverStream(h, w, r, e.watchDir)
+	case "filesystem.Filesystem/CreateWatcher":
+		unary(h, w, r, func(ctx context.Context, in *watchDirRequest) (any, error) { return e.createWatcher(ctx, token, in) })
+	case "filesystem.Filesystem/GetWatcherEvents":
+		unary(h, w, r, func(ctx context.Context, in *watcherRequest) (any, error) { return e.getWatcherEvents(ctx, token, in) })
+	case "filesystem.Filesystem/RemoveWatcher":
+		unary(h, w, r, func(ctx context.Context, in *watcherRequest) (any, error) { return e.removeWatcher(ctx, token, in) })
 	default:
 		writeRPCError(w, &rpcError{Code: "unimplemented", Message: r.URL.Path + " is not served by Tartarus (docs/e2b.md)"})
 	}
