@@ -64,6 +64,9 @@ func fakeNative(t *testing.T) http.Handler {
 			_ = json.NewEncoder(w).Encode(l)
 		}
 	})
+	mux.HandleFunc("/v1/sandboxes/sb-1/ports/{port}/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "port "+r.PathValue("port")+" path /"+r.PathValue("path")+" "+r.Method)
+	})
 	mux.HandleFunc("POST /v1/sandboxes/{id}/processes", func(w http.ResponseWriter, r *http.Request) {
 		errJSON(w, 404, "not_found", "sandbox "+r.PathValue("id")+": not found")
 	})
@@ -197,6 +200,35 @@ func TestControlPlane(t *testing.T) {
 			w := do(t, h, tc.method, tc.path, strings.NewReader(tc.body), tc.headers)
 			if w.Code != tc.status || !strings.Contains(w.Body.String(), tc.want) {
 				t.Errorf("%s %s: %d %s, want %d with %s", tc.method, tc.path, w.Code, w.Body, tc.status, tc.want)
+			}
+		})
+	}
+}
+
+func TestOtherPortsGoToThePortProxy(t *testing.T) {
+	h := newTestHandler(t)
+	for _, tc := range []struct {
+		name    string
+		host    string
+		headers map[string]string
+		status  int
+		want    string
+	}{
+		{"by host", "8080-sb-1.sbx.example.com", map[string]string{"X-Access-Token": E2BKey(testKey)}, 200, "port 8080 path /a/b POST"},
+		{"by headers", "127.0.0.1", map[string]string{"E2b-Sandbox-Id": "sb-1", "E2b-Sandbox-Port": "3000", "X-API-Key": testKey}, 200, "port 3000 path /a/b POST"},
+		{"no credentials", "8080-sb-1.sbx.example.com", nil, 401, "unauthenticated"},
+		{"bad port header", "127.0.0.1", map[string]string{"E2b-Sandbox-Id": "sb-1", "E2b-Sandbox-Port": "0"}, 400, `"code":400`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("POST", "/a/b", nil)
+			r.Host = tc.host
+			for k, v := range tc.headers {
+				r.Header.Set(k, v)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if w.Code != tc.status || !strings.Contains(w.Body.String(), tc.want) {
+				t.Errorf("%d %s, want %d with %s", w.Code, w.Body, tc.status, tc.want)
 			}
 		})
 	}

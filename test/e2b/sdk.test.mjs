@@ -177,6 +177,14 @@ await check('setTimeout and getInfo', async () => {
   await sbx.setTimeout(600_000)
 })
 
+await check('getMetrics', async () => {
+  let m = []
+  await until('a metrics sample', async () => (m = await sbx.getMetrics()).length > 0, 30_000)
+  assert.ok(m[0].cpuCount >= 1, `cpuCount ${m[0].cpuCount}`)
+  assert.ok(m[0].memTotal > m[0].memUsed && m[0].memUsed > 0, `memory ${m[0].memUsed}/${m[0].memTotal}`)
+  assert.ok(m[0].timestamp instanceof Date && !isNaN(m[0].timestamp), 'timestamp')
+})
+
 await check('pause, then Sandbox.connect with a running process and a file kept', async () => {
   const h = await sbx.commands.run('sleep 1000', { background: true })
   await h.disconnect()
