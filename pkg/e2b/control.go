@@ -127,7 +127,7 @@ func (h *Handler) control(w http.ResponseWriter, r *http.Request) (*client.Clien
 		writeJSON(w, http.StatusUnauthorized, apiError{Code: 401, Message: "no API key: send it in the X-API-Key header"})
 		return nil, ""
 	}
-	return h.nativeClient(key), key
+	return h.nativeClient(r, key), key
 }
 
 // decodeBody reads a JSON body (at most 1 MiB) into v; an empty body

@@ -178,9 +178,10 @@ func (h *Handler) sandboxTarget(r *http.Request) (id string, port int, ok bool) 
 	return id, n, true
 }
 
-// nativeClient is a Tartarus API client that acts with key.
-func (h *Handler) nativeClient(key string) *client.Client {
-	c, err := client.New(localURL, NativeKey(key), client.WithHTTPClient(h.local.client))
+// nativeClient is a Tartarus API client that acts with key for the
+// caller of r (whose address the native API's audit log records).
+func (h *Handler) nativeClient(r *http.Request, key string) *client.Client {
+	c, err := client.New(localURL, NativeKey(key), client.WithHTTPClient(h.local.client), client.WithHeader(remoteHeader, r.RemoteAddr))
 	if err != nil {
 		panic(err) // localURL is a constant that parses
 	}
@@ -220,9 +221,22 @@ type localServer struct {
 	client *http.Client
 }
 
+// remoteHeader carries the E2B caller's address to the native API over the
+// in-process connection, which only this package's clients reach: it
+// becomes the request's RemoteAddr, so that the audit log and the request
+// log name the real caller.
+const remoteHeader = "X-Tartarus-E2b-Remote"
+
 func newLocalServer(native http.Handler) *localServer {
 	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
-	s := &localServer{ln: ln, srv: &http.Server{Handler: native, ReadHeaderTimeout: 10 * time.Second}}
+	withRemote := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := r.Header.Get(remoteHeader); a != "" {
+			r.RemoteAddr = a
+			r.Header.Del(remoteHeader)
+		}
+		native.ServeHTTP(w, r)
+	})
+	s := &localServer{ln: ln, srv: &http.Server{Handler: withRemote, ReadHeaderTimeout: 10 * time.Second}}
 	go func() { _ = s.srv.Serve(ln) }()
 	s.client = &http.Client{Transport: &http.Transport{
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return ln.dial(ctx) },

@@ -375,3 +375,32 @@ func FuzzReadEnvelope(f *testing.F) {
 		_ = readEnvelope(bytes.NewReader(b), &sel)
 	})
 }
+
+func TestNativeSeesTheCallersAddress(t *testing.T) {
+	var seen []string
+	native := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = append(seen, r.RemoteAddr+" "+r.Header.Get(remoteHeader))
+		w.WriteHeader(404)
+		_, _ = io.WriteString(w, `{"error":{"code":"not_found","message":"x"}}`)
+	})
+	h, err := New(Config{Native: native})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	r := httptest.NewRequest("GET", "/sandboxes/sb-1", nil)
+	r.RemoteAddr = "192.0.2.7:5555"
+	r.Header.Set("X-API-Key", testKey)
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	// A port request that forges the header gets its own address instead.
+	r = httptest.NewRequest("GET", "/", nil)
+	r.RemoteAddr = "192.0.2.8:6666"
+	r.Header.Set("E2b-Sandbox-Id", "sb-1")
+	r.Header.Set("E2b-Sandbox-Port", "8080")
+	r.Header.Set(remoteHeader, "10.0.0.1:1")
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	want := []string{"192.0.2.7:5555 ", "192.0.2.8:6666 "}
+	if strings.Join(seen, "|") != strings.Join(want, "|") {
+		t.Errorf("native saw %q, want %q", seen, want)
+	}
+}

@@ -36,7 +36,7 @@ func (h *Handler) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
 		}
 		return
 	}
-	e := &envdCall{h: h, c: h.nativeClient(token), id: id}
+	e := &envdCall{h: h, c: h.nativeClient(r, token), id: id}
 	switch {
 	case rpc && r.Method == http.MethodPost:
 		e.serveRPC(w, r, token)
@@ -218,6 +218,7 @@ func (h *Handler) proxyPort(w http.ResponseWriter, r *http.Request, id string, p
 			if k := accessToken(pr.In); k != "" && pr.In.Header.Get("Authorization") == "" {
 				pr.Out.Header.Set("Authorization", "Bearer "+NativeKey(k))
 			}
+			pr.Out.Header.Set(remoteHeader, pr.In.RemoteAddr)
 			pr.Out.Header.Del("X-Access-Token")
 			pr.Out.Header.Del("X-API-Key")
 		},
