@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 )
 
 // EnvdPort is the port E2B's SDKs address the in-sandbox daemon on.
@@ -59,6 +60,8 @@ type Config struct {
 	// Home resolves relative paths in file calls; empty: "/root".
 	Home string
 	Log  *slog.Logger
+	// Clock paces the keepalives of quiet streams; nil: clock.System.
+	Clock clock.Clock
 }
 
 // DefaultTemplates maps E2B's default template ("base", a Debian with
@@ -108,6 +111,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System{}
 	}
 	h := &Handler{cfg: cfg, log: cfg.Log.With("component", "e2b"), local: newLocalServer(cfg.Native)}
 	h.ptys.byID = map[string]map[uint32]*ptySession{}

@@ -2,6 +2,7 @@ package e2b
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
@@ -402,5 +404,36 @@ func TestNativeSeesTheCallersAddress(t *testing.T) {
 	want := []string{"192.0.2.7:5555 ", "192.0.2.8:6666 "}
 	if strings.Join(seen, "|") != strings.Join(want, "|") {
 		t.Errorf("native saw %q, want %q", seen, want)
+	}
+}
+
+func TestKeepaliveOnTheInjectedClock(t *testing.T) {
+	fake := clock.NewFake(time.Unix(0, 0))
+	h := &Handler{cfg: Config{Clock: fake}}
+	rec := httptest.NewRecorder()
+	s := &stream{w: rec, rc: http.NewResponseController(rec)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		h.keepalive(ctx, cancel, s)
+		close(done)
+	}()
+	for fake.Tickers() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	fake.Advance(keepaliveEvery)
+	for {
+		s.mu.Lock()
+		n := rec.Body.Len()
+		s.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if msgs, _ := readEnvelopes(t, append(rec.Body.Bytes(), envelope(flagEndStream, "{}")...)); len(msgs) != 1 || msgs[0] != `{"event":{"keepalive":{}}}` {
+		t.Errorf("keepalive messages %q", msgs)
 	}
 }

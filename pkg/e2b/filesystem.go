@@ -159,23 +159,9 @@ var errWatchEnded = errors.New("watch ended")
 
 func (e *envdCall) watchDir(ctx context.Context, in *watchDirRequest, s *stream) error {
 	p := e.abs(in.Path)
-	keep := time.NewTicker(keepaliveEvery)
-	defer keep.Stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-keep.C:
-				if s.send(map[string]any{"keepalive": struct{}{}}) != nil {
-					cancel()
-					return
-				}
-			}
-		}
-	}()
+	go e.h.keepaliveWith(ctx, cancel, s, map[string]any{"keepalive": struct{}{}})
 	err := e.c.Watch(ctx, e.id, p, in.Recursive, func(l api.WatchLine) error {
 		var msg any
 		switch l.Type {

@@ -133,7 +133,7 @@ func (e *envdCall) start(ctx context.Context, token string, in *startRequest, s 
 func (e *envdCall) follow(ctx context.Context, sel tartarus.ProcessSelector, replay bool, s *stream) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go keepalive(ctx, cancel, s)
+	go e.h.keepalive(ctx, cancel, s)
 	res, err := e.c.AttachProcess(ctx, e.id, sel, replay, streamWriter{s, "stdout"}, streamWriter{s, "stderr"}, nil)
 	if err != nil {
 		return err
@@ -152,15 +152,20 @@ func (e *envdCall) follow(ctx context.Context, sel tartarus.ProcessSelector, rep
 
 // keepalive sends a keepalive event every keepaliveEvery until ctx ends,
 // cancelling when the client is gone.
-func keepalive(ctx context.Context, cancel context.CancelFunc, s *stream) {
-	t := time.NewTicker(keepaliveEvery)
+func (h *Handler) keepalive(ctx context.Context, cancel context.CancelFunc, s *stream) {
+	h.keepaliveWith(ctx, cancel, s, processEvent("keepalive", struct{}{}))
+}
+
+// keepaliveWith sends msg every keepaliveEvery until ctx ends.
+func (h *Handler) keepaliveWith(ctx context.Context, cancel context.CancelFunc, s *stream, msg any) {
+	t := h.cfg.Clock.NewTicker(keepaliveEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			if s.send(processEvent("keepalive", struct{}{})) != nil {
+		case <-t.C():
+			if s.send(msg) != nil {
 				cancel()
 				return
 			}
@@ -177,7 +182,7 @@ func (e *envdCall) connectProcess(ctx context.Context, token string, in *connect
 		if err != nil {
 			return err
 		}
-		return sess.follow(ctx, s)
+		return sess.follow(ctx, e.h, s)
 	}
 	if sel.Tag != "" {
 		// The start event needs the pid.

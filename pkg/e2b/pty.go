@@ -153,7 +153,7 @@ func (e *envdCall) startPTY(ctx context.Context, token string, in *startRequest,
 		sess.unsubscribe(sub)
 		return err
 	}
-	return sess.stream(ctx, sub, s)
+	return sess.stream(ctx, e.h, sub, s)
 }
 
 // pump reads the terminal's output and hands it to the subscribers until
@@ -217,10 +217,10 @@ func (s *ptySession) unsubscribe(ch chan []byte) {
 }
 
 // stream sends the terminal's output from sub to st, then its end.
-func (s *ptySession) stream(ctx context.Context, sub chan []byte, st *stream) error {
+func (s *ptySession) stream(ctx context.Context, h *Handler, sub chan []byte, st *stream) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go keepalive(ctx, cancel, st)
+	go h.keepalive(ctx, cancel, st)
 	for {
 		select {
 		case <-ctx.Done():
@@ -246,13 +246,13 @@ func (s *ptySession) stream(ctx context.Context, sub chan []byte, st *stream) er
 }
 
 // follow is Connect on a terminal: its output from now on.
-func (s *ptySession) follow(ctx context.Context, st *stream) error {
+func (s *ptySession) follow(ctx context.Context, h *Handler, st *stream) error {
 	sub := s.subscribe()
 	if err := st.send(processEvent("start", map[string]uint32{"pid": s.pid})); err != nil {
 		s.unsubscribe(sub)
 		return err
 	}
-	return s.stream(ctx, sub, st)
+	return s.stream(ctx, h, sub, st)
 }
 
 // hangup closes the terminal.
