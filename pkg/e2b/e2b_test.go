@@ -25,7 +25,7 @@ const testKey = "tk_0123456789ab_0123456789abcdef0123456789abcdef0123456789abcde
 
 // fakeNative answers like the native API for one sandbox, sb-1, owned by
 // testKey; any other key is unauthenticated and any other id not found.
-func fakeNative(t *testing.T) http.Handler {
+func fakeNative(testing.TB) http.Handler {
 	mux := http.NewServeMux()
 	errJSON := func(w http.ResponseWriter, status int, code, msg string) {
 		w.Header().Set("Content-Type", "application/json")
@@ -161,7 +161,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func do(t *testing.T, h http.Handler, method, path string, body io.Reader, headers map[string]string) *httptest.ResponseRecorder {
+func do(t testing.TB, h http.Handler, method, path string, body io.Reader, headers map[string]string) *httptest.ResponseRecorder {
 	t.Helper()
 	r := httptest.NewRequest(method, path, body)
 	for k, v := range headers {
