@@ -6,10 +6,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,7 +58,7 @@ func TestE2BSDKEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := ca.IssueServer([]string{"127.0.0.1"}, now, time.Hour)
+	srv, err := ca.IssueServer([]string{"127.0.0.1", "*." + e2bTestDomain, "api." + e2bTestDomain}, now, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +69,7 @@ func TestE2BSDKEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	e := newE2E(t, "--e2b-addr", addr,
+	e := newE2E(t, "--e2b-addr", addr, "--e2b-domain", e2bTestDomain,
 		"--e2b-tls-cert", filepath.Join(certs, "server.pem"), "--e2b-tls-key", filepath.Join(certs, "server-key.pem"))
 	key := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--role", "sandbox-user", "--format", "e2b", "--name", "e2b sdk"))
 	if !strings.HasPrefix(key, "e2b_") {
@@ -113,6 +117,72 @@ func TestE2BSDKEndToEnd(t *testing.T) {
 	}
 	if bench {
 		nativeBench(t, e, sdkBench)
+	}
+	hostRouting(t, e, addr, key, filepath.Join(certs, "ca.pem"))
+}
+
+// e2bTestDomain is the E2B sandbox domain of the test; no DNS knows it:
+// the test dials the listener itself.
+const e2bTestDomain = "e2b.test"
+
+// hostRouting checks the routing by host name that the SDK uses without
+// E2B_SANDBOX_URL (https://49983-SANDBOXID.DOMAIN for envd, other ports
+// to the port proxy), over TLS with SNI, on a real sandbox.
+func hostRouting(t *testing.T, e *e2e, addr, key, caFile string) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	hc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	call := func(method, url, ct, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-API-Key", key)
+		req.Header.Set("X-Access-Token", key)
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	code, body := call("POST", "https://api."+e2bTestDomain+"/v2/sandboxes", "application/json", `{"templateID":"base","timeout":120}`)
+	var sb struct {
+		SandboxID string `json:"sandboxID"`
+		Domain    string `json:"domain"`
+	}
+	if err := json.Unmarshal([]byte(body), &sb); code != 201 || err != nil || sb.Domain != e2bTestDomain {
+		t.Fatalf("create through api.%s: %d %s", e2bTestDomain, code, body)
+	}
+	envd := "https://49983-" + sb.SandboxID + "." + e2bTestDomain
+	if code, body := call("GET", envd+"/health", "", ""); code != 204 {
+		t.Errorf("envd health by host: %d %s", code, body)
+	}
+	if code, body := call("POST", envd+"/filesystem.Filesystem/Stat", "application/json", `{"path":"/etc/hostname"}`); code != 200 || !strings.Contains(body, `"path":"/etc/hostname"`) {
+		t.Errorf("envd Stat by host: %d %s", code, body)
+	}
+	// Nothing listens on port 8080 in the sandbox: the port proxy says so.
+	if code, body := call("GET", "https://8080-"+sb.SandboxID+"."+e2bTestDomain+"/", "", ""); code != 503 {
+		t.Errorf("port 8080 by host: %d %s, want 503 from the port proxy", code, body)
+	}
+	if code, body := call("DELETE", "https://api."+e2bTestDomain+"/sandboxes/"+sb.SandboxID, "", ""); code != 204 {
+		t.Errorf("kill: %d %s", code, body)
 	}
 }
 
