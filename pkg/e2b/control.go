@@ -109,14 +109,19 @@ func (h *Handler) tartarusTemplate(name string) string {
 	return name
 }
 
-// e2bTemplate is the E2B name of a Tartarus template.
+// e2bTemplate is the E2B name of a Tartarus template: the first (in
+// sorted order) E2B name mapped onto it, or its own name.
 func (h *Handler) e2bTemplate(name string) string {
+	best := ""
 	for k, v := range h.cfg.Templates {
-		if v == name {
-			return k
+		if v == name && (best == "" || k < best) {
+			best = k
 		}
 	}
-	return name
+	if best == "" {
+		return name
+	}
+	return best
 }
 
 // control starts a control-plane call: the caller's client, or an answered
@@ -211,8 +216,7 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, states []string) 
 	list := []detailJSON{}
 	for _, sb := range out.Sandboxes {
 		if st := e2bState(sb.State); st != "" && slices.Contains(states, st) {
-			d := h.detail(sb, "")
-			list = append(list, d)
+			list = append(list, h.detail(sb, ""))
 		}
 	}
 	slices.SortFunc(list, func(a, b detailJSON) int { return b.StartedAt.Compare(a.StartedAt) })
