@@ -16,6 +16,7 @@ import (
 
 const (
 	maxWatchersPerSandbox = 64
+	maxWatchers           = 1024 // in all, bounding what unpolled watchers hold
 	maxQueuedEvents       = 4096
 )
 
@@ -51,9 +52,9 @@ func (t *watcherTable) count(sandbox string) int {
 func (e *envdCall) createWatcher(ctx context.Context, token string, in *watchDirRequest) (any, error) {
 	t := &e.h.watchers
 	t.mu.Lock()
-	if t.count(e.id) >= maxWatchersPerSandbox {
+	if t.count(e.id) >= maxWatchersPerSandbox || len(t.byID) >= maxWatchers {
 		t.mu.Unlock()
-		return nil, &rpcError{Code: "resource_exhausted", Message: "at most " + strconv.Itoa(maxWatchersPerSandbox) + " watchers per sandbox"}
+		return nil, &rpcError{Code: "resource_exhausted", Message: "at most " + strconv.Itoa(maxWatchersPerSandbox) + " watchers per sandbox and " + strconv.Itoa(maxWatchers) + " in all"}
 	}
 	t.mu.Unlock()
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -81,7 +82,15 @@ func (e *envdCall) createWatcher(ctx context.Context, token string, in *watchDir
 		}
 		w.mu.Lock()
 		w.err = err
+		empty := len(w.events) == 0
 		w.mu.Unlock()
+		if empty {
+			// Nothing left to hand out (the sandbox is gone, say): forget
+			// it now rather than wait for a poll that may never come.
+			t.mu.Lock()
+			delete(t.byID, w.id)
+			t.mu.Unlock()
+		}
 		select {
 		case ready <- err:
 		default:
