@@ -125,6 +125,9 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 					strings.Join(misplaced, ", "))
 			}
 		}
+		if err := o.e2b.validate(); err != nil {
+			return err
+		}
 		return runServer(cmd.Context(), o, auth, cmd.OutOrStdout())
 	}
 	return cmd
