@@ -1,6 +1,7 @@
 package e2b
 
 import (
+	"compress/gzip"
 	"context"
 	"io"
 	"mime"
@@ -142,6 +143,22 @@ type writeInfo struct {
 // (application/octet-stream), making parent directories as envd does.
 func (e *envdCall) writeFiles(w http.ResponseWriter, r *http.Request) {
 	qpath := r.URL.Query().Get("path")
+	body := io.Reader(r.Body)
+	switch enc := r.Header.Get("Content-Encoding"); enc {
+	case "", "identity":
+	case "gzip":
+		// The server's upload limit bounds what this inflates to.
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			e.h.fail(w, r, tartarus.Errorf(tartarus.ErrInvalid, "gzip body: %v", err))
+			return
+		}
+		defer zr.Close()
+		body = zr
+	default:
+		e.h.fail(w, r, tartarus.Errorf(tartarus.ErrInvalid, "content encoding %q: want gzip or none", enc))
+		return
+	}
 	ct, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var out []writeInfo
 	write := func(p string, body io.Reader) error {
@@ -163,7 +180,7 @@ func (e *envdCall) writeFiles(w http.ResponseWriter, r *http.Request) {
 	var err error
 	switch ct {
 	case "multipart/form-data":
-		mr := multipart.NewReader(r.Body, params["boundary"])
+		mr := multipart.NewReader(body, params["boundary"])
 		for {
 			part, perr := mr.NextPart()
 			if perr == io.EOF {
@@ -185,7 +202,7 @@ func (e *envdCall) writeFiles(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	case "application/octet-stream":
-		err = write(qpath, r.Body)
+		err = write(qpath, body)
 	default:
 		err = tartarus.Errorf(tartarus.ErrInvalid, "content type %q: want multipart/form-data or application/octet-stream", ct)
 	}

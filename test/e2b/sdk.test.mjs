@@ -49,7 +49,7 @@ async function rejects(promise, pred, what) {
 let sbx
 await check('Sandbox.create with metadata and a timeout', async () => {
   // A slow shared test machine: allow more than the SDK's 60 s a request.
-  sbx = await Sandbox.create('base', { metadata: { suite: 'e2b-sdk', run }, timeoutMs: 600_000, requestTimeoutMs: 180_000 })
+  sbx = await Sandbox.create('base', { metadata: { suite: 'e2b-sdk', run }, envs: { SANDBOX_WIDE: 'yes' }, timeoutMs: 600_000, requestTimeoutMs: 180_000 })
   assert.match(sbx.sandboxId, /\S/)
   const info = await sbx.getInfo()
   assert.equal(info.sandboxId, sbx.sandboxId)
@@ -81,8 +81,8 @@ await check('commands.run: a nonzero exit is a CommandExitError', async () => {
 })
 
 await check('commands.run with envs and cwd', async () => {
-  const r = await sbx.commands.run('echo "$GREETING from $(pwd)"', { envs: { GREETING: 'hi' }, cwd: '/tmp' })
-  assert.equal(r.stdout, 'hi from /tmp\n')
+  const r = await sbx.commands.run('echo "$GREETING from $(pwd), sandbox-wide $SANDBOX_WIDE"', { envs: { GREETING: 'hi' }, cwd: '/tmp' })
+  assert.equal(r.stdout, 'hi from /tmp, sandbox-wide yes\n')
 })
 
 await check('a background command reattached with commands.connect and killed', async () => {
@@ -145,6 +145,11 @@ await check('files.write/read/list/makeDir/rename/remove/exists', async () => {
   const bytes = new Uint8Array([0, 1, 2, 250, 255])
   await sbx.files.write('/tmp/e2b/bin', bytes.buffer)
   assert.deepEqual(await sbx.files.read('/tmp/e2b/bin', { format: 'bytes' }), bytes)
+  await sbx.files.write('/tmp/e2b/gz/z.txt', 'sent gzipped', { gzip: true })
+  assert.equal(await sbx.files.read('/tmp/e2b/gz/z.txt'), 'sent gzipped')
+  const many = await sbx.files.write([{ path: '/tmp/e2b/m1', data: 'one' }, { path: '/tmp/e2b/m2', data: 'two' }])
+  assert.deepEqual(many.map((f) => f.path), ['/tmp/e2b/m1', '/tmp/e2b/m2'])
+  assert.equal(await sbx.files.read('/tmp/e2b/m2'), 'two')
 })
 
 await check('files.watchDir sees a file appear', async () => {
