@@ -195,7 +195,10 @@ func (e *envdCall) writeFiles(w http.ResponseWriter, r *http.Request) {
 			}
 			p := qpath
 			if p == "" {
-				p = part.FileName()
+				// The file name is the whole path: read it raw, since
+				// Part.FileName keeps only its last element.
+				_, dp, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+				p = dp["filename"]
 			}
 			if err = write(p, part); err != nil {
 				break
