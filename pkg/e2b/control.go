@@ -30,6 +30,7 @@ func (h *Handler) controlRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /sandboxes/{id}/timeout", h.timeout)
 	mux.HandleFunc("POST /sandboxes/{id}/refreshes", h.refresh)
 	mux.HandleFunc("GET /sandboxes/{id}/metrics", h.metrics)
+	mux.HandleFunc("POST /sandboxes/{id}/fork", h.fork)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{Code: 404, Message: r.Method + " " + r.URL.Path + " is not part of the E2B API served by Tartarus"})
@@ -461,4 +462,57 @@ func (h *Handler) metrics(w http.ResponseWriter, r *http.Request) {
 			DiskUsed: int64(s.DiskUsedMB) * mb, DiskTotal: int64(s.DiskTotalMB) * mb})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// forkResult is one entry of E2B's fork answer: a sandbox or an error.
+type forkResult struct {
+	Sandbox *sandboxJSON `json:"sandbox,omitempty"`
+	Error   *apiError    `json:"error,omitempty"`
+}
+
+// fork copies a running sandbox (memory, processes, files) count times
+// with Tartarus's fork; the copies get the timeout asked for, if any.
+func (h *Handler) fork(w http.ResponseWriter, r *http.Request) {
+	c, key := h.control(w, r)
+	if c == nil {
+		return
+	}
+	var in struct {
+		Timeout *int `json:"timeout"`
+		Count   *int `json:"count"`
+	}
+	if err := decodeBody(r, &in); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	count := 1
+	if in.Count != nil {
+		count = *in.Count
+	}
+	if count < 1 || count > api.MaxForkCount {
+		h.fail(w, r, tartarus.Errorf(tartarus.ErrInvalid, "count %d: want 1-%d", count, api.MaxForkCount))
+		return
+	}
+	if in.Timeout != nil && *in.Timeout <= 0 {
+		h.fail(w, r, tartarus.Errorf(tartarus.ErrInvalid, "timeout %d: must be a positive number of seconds", *in.Timeout))
+		return
+	}
+	copies, err := c.Fork(r.Context(), r.PathValue("id"), count)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := make([]forkResult, 0, len(copies))
+	for _, sb := range copies {
+		if in.Timeout != nil {
+			if _, err := c.SetTimeout(r.Context(), sb.ID, *in.Timeout); err != nil {
+				status, msg := h.classify(r, err)
+				out = append(out, forkResult{Error: &apiError{Code: status, Message: msg}})
+				continue
+			}
+		}
+		j := h.sandbox(sb, key)
+		out = append(out, forkResult{Sandbox: &j})
+	}
+	writeJSON(w, http.StatusCreated, out)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,16 @@ func fakeNative(testing.TB) http.Handler {
 			return
 		}
 		_ = json.NewEncoder(w).Encode(api.SandboxList{Sandboxes: []*tartarus.Sandbox{sb("sb-1")}})
+	})
+	mux.HandleFunc("POST /v1/sandboxes/sb-1/fork", func(w http.ResponseWriter, r *http.Request) {
+		var in api.ForkRequest
+		_ = json.NewDecoder(r.Body).Decode(&in)
+		var out api.SandboxList
+		for i := range in.Count {
+			out.Sandboxes = append(out.Sandboxes, sb("sb-fork-"+strconv.Itoa(i)))
+		}
+		w.WriteHeader(201)
+		_ = json.NewEncoder(w).Encode(out)
 	})
 	mux.HandleFunc("GET /v1/sandboxes/sb-1", func(w http.ResponseWriter, _ *http.Request) { _ = json.NewEncoder(w).Encode(sb("sb-1")) })
 	mux.HandleFunc("GET /v1/sandboxes/sb-1/files/stat", func(w http.ResponseWriter, r *http.Request) {
@@ -196,6 +207,8 @@ func TestControlPlane(t *testing.T) {
 		{"get", "GET", "/sandboxes/sb-1", "", key, 200, `"endAt":"1970-01-01T00:33:20Z"`},
 		{"another tenant's sandbox", "GET", "/sandboxes/sb-2", "", key, 404, `{"code":404,`},
 		{"timeout without seconds", "POST", "/sandboxes/sb-1/timeout", `{}`, key, 400, `"code":400`},
+		{"fork", "POST", "/sandboxes/sb-1/fork", `{"count":2}`, key, 201, `[{"sandbox":{"templateID":"base","sandboxID":"sb-fork-0"`},
+		{"fork too many", "POST", "/sandboxes/sb-1/fork", `{"count":17}`, key, 400, `"code":400`},
 		{"unknown route", "GET", "/nope", "", key, 404, `is not part of the E2B API`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
