@@ -55,6 +55,7 @@ type serverOptions struct {
 	quarantine                quarantineOptions
 	sandboxDomain             string
 	heat                      heatOptions
+	e2b                       e2bOptions
 }
 
 // heatOptions are the flags of heat classes (docs/heat.md).
@@ -107,6 +108,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
 	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
 	addSeasonFlags(f, &o.seasons)
+	addE2BFlags(f, &o.e2b)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -122,6 +124,9 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 				return fmt.Errorf("%s: a replica (--agent-listen) runs no sandboxes; give these to `tartarus agent` on each node",
 					strings.Join(misplaced, ", "))
 			}
+		}
+		if err := o.e2b.validate(); err != nil {
+			return err
 		}
 		return runServer(cmd.Context(), o, auth, cmd.OutOrStdout())
 	}
@@ -282,6 +287,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	e2bSrv, err := startE2B(&o.e2b, api, log, out)
+	if err != nil {
+		_ = srv.Close()
+		stopLoop()
+		<-loopDone
+		return err
+	}
 
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	log.Info("serving", "url", url, "as", role, "data_dir", o.dataDir)
@@ -302,6 +314,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 
 	err = serveUntil(ctx, srv, serveErr, o.shutdownTimeout, log)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
+	e2bSrv.shutdown(sctx)
+	cancel()
 	stopLoop()
 	<-loopDone
 	return err
