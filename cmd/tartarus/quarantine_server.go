@@ -52,6 +52,7 @@ func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, a
 		log.Warn("quarantine records are kept in memory: this store has no quarantine tables")
 	}
 	host := typhonnode.New(agent, clk)
+	host.Scratch = filepath.Join(dataDir, "tmp")
 	m, err := typhon.New(ctx, typhon.Config{Host: host, Network: host, Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
 		Clock: clk, Interval: o.interval, Log: log, Audit: auditQuarantine(audit, clk)})
 	if err != nil {

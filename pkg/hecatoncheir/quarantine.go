@@ -175,3 +175,23 @@ func (a *Agent) GuestStats(ctx context.Context, sb *tartarus.Sandbox) (*tartarus
 	}
 	return rt.Stats(ctx, sb.ID)
 }
+
+// DiskFiler is a runtime that can name a sandbox's disk on the host: a
+// copy-on-write overlay over the template's root filesystem (microvm).
+type DiskFiler interface {
+	DiskFiles(ctx context.Context, id string) (overlay, base string, err error)
+}
+
+// DiskFiles names the sandbox's disk overlay and the template image under
+// it, for runtimes that keep one (DiskFiler).
+func (a *Agent) DiskFiles(ctx context.Context, sb *tartarus.Sandbox) (overlay, base string, err error) {
+	rt, err := a.runtime(sb.Runtime)
+	if err != nil {
+		return "", "", err
+	}
+	df, ok := rt.(DiskFiler)
+	if !ok {
+		return "", "", tartarus.Errorf(tartarus.ErrNotImplemented, "runtime %s keeps no disk overlay the host can read", sb.Runtime)
+	}
+	return df.DiskFiles(ctx, sb.ID)
+}

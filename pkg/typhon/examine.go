@@ -101,6 +101,22 @@ type netConn struct {
 	Allowed bool   `json:"allowed"`
 }
 
+// fileData is a file_access evidence's bytes (typhonnode.DiskDiff).
+type fileData struct {
+	ChangedBlocks int `json:"changed_blocks"`
+	Files         []struct {
+		Path string `json:"path"`
+	} `json:"files"`
+}
+
+// sensitivePaths are where a write earns a high finding: accounts, sudo,
+// ssh keys, the loader's preload, cron, system binaries and libraries.
+var sensitivePaths = []string{"/etc/passwd", "/etc/shadow", "/etc/group", "/etc/sudoers", "/etc/ld.so.preload", "/etc/cron",
+	"/etc/systemd/", "/etc/init.d/", "/root/.ssh/", "/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/lib/", "/usr/lib/", "/lib64/", "/boot/"}
+
+// filesMedium is how many changed files earn a medium finding on their own.
+const filesMedium = 1000
+
 // suspicious are command words that, run through the API, earn a finding.
 var suspicious = []string{"nmap", "masscan", "xmrig", "minerd", "/dev/tcp", "nc -e", "ncat", "base64 -d",
 	"curl | sh", "curl|sh", "wget | sh", "chmod +s", "insmod", "mkfifo", "iptables", ":(){"}
@@ -191,6 +207,26 @@ func examineEvidence(rec *tartarus.QuarantineRecord, data map[string][]byte) []t
 				sev = tartarus.SeverityHigh
 			}
 			add(ev, sev, string(ev.Type), "suspicious commands: %s", strings.Join(hits, ", "))
+		case tartarus.EvidenceFileAccess:
+			var d fileData
+			if !ok || json.Unmarshal(b, &d) != nil {
+				continue
+			}
+			var hit []string
+			for _, f := range d.Files {
+				for _, p := range sensitivePaths {
+					if strings.HasPrefix(f.Path, p) && len(hit) < 8 {
+						hit = append(hit, f.Path)
+						break
+					}
+				}
+			}
+			switch {
+			case len(hit) > 0:
+				add(ev, tartarus.SeverityHigh, "files", "system files written: %s", strings.Join(hit, ", "))
+			case len(d.Files) >= filesMedium:
+				add(ev, tartarus.SeverityMedium, "files", "%d files written (%d blocks)", len(d.Files), d.ChangedBlocks)
+			}
 		case tartarus.EvidenceNote:
 			add(ev, tartarus.SeverityInfo, "note", "%s", ev.Description)
 		}

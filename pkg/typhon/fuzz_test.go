@@ -20,7 +20,7 @@ func FuzzExamine(f *testing.F) {
 		rec := &tartarus.QuarantineRecord{SandboxID: "sb-1", Reason: tartarus.QuarantineNetworkAnomaly, Trigger: text}
 		data2 := map[string][]byte{}
 		for i, typ := range []tartarus.EvidenceType{tartarus.EvidenceResourceSpike, tartarus.EvidenceNetworkLog, tartarus.EvidenceExecHistory,
-			tartarus.EvidenceProcessTree, tartarus.EvidenceSyscallTrace, tartarus.EvidenceNote, tartarus.EvidenceType(text)} {
+			tartarus.EvidenceProcessTree, tartarus.EvidenceSyscallTrace, tartarus.EvidenceNote, tartarus.EvidenceFileAccess, tartarus.EvidenceType(text)} {
 			id := "ev" + string(rune('a'+i))
 			rec.Evidence = append(rec.Evidence, tartarus.Evidence{ID: id, Type: typ, Source: tartarus.SourceGuest, Description: text})
 			data2[id] = []byte(data)

@@ -430,3 +430,45 @@ func TestReleaseConditionsForUsesTheClock(t *testing.T) {
 		t.Fatalf("after expiry the owner's network is not back: %q", r.net.mode("sb-1"))
 	}
 }
+
+// TestFileAccessRule: a write to a system file is a high host finding;
+// names of any bytes stay clean in the report.
+func TestFileAccessRule(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		sev  tartarus.Severity // "" for no finding
+	}{
+		{"system file", `{"changed_blocks":3,"files":[{"path":"/tmp/x"},{"path":"/etc/shadow"}]}`, tartarus.SeverityHigh},
+		{"scratch only", `{"changed_blocks":3,"files":[{"path":"/tmp/x"},{"path":"/home/u/.cache/y"}]}`, ""},
+		{"hostile name", `{"files":[{"path":"/usr/bin/\u001b[31m\n\u202eevil\uFFFF"}]}`, tartarus.SeverityHigh},
+		{"not json", "\xff\x00", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &tartarus.QuarantineRecord{Evidence: []tartarus.Evidence{{ID: "ev1", Type: tartarus.EvidenceFileAccess, Source: tartarus.SourceHost}}}
+			fs := examineEvidence(rec, map[string][]byte{"ev1": []byte(tc.data)})
+			if tc.sev == "" {
+				if len(fs) != 0 {
+					t.Fatalf("findings %+v", fs)
+				}
+				return
+			}
+			if len(fs) != 1 || fs[0].Severity != tc.sev || fs[0].Source != tartarus.SourceHost || fs[0].EvidenceID != "ev1" {
+				t.Fatalf("findings %+v", fs)
+			}
+			if strings.ContainsAny(fs[0].Description, "\x1b\n") {
+				t.Fatalf("uncleaned %q", fs[0].Description)
+			}
+		})
+	}
+}
+
+// TestPolicyRefusesUnenforcedIsolation: settings that are not applied are
+// refused, each named.
+func TestPolicyRefusesUnenforcedIsolation(t *testing.T) {
+	p := &QuarantinePolicy{Isolation: QuarantineIsolation{SeccompProfile: "strict", StorageBackend: "s3://x"}}
+	err := validatePolicy(p)
+	if err == nil || !strings.Contains(err.Error(), "seccomp_profile") || !strings.Contains(err.Error(), "storage_backend") {
+		t.Fatalf("err %v", err)
+	}
+}
