@@ -690,6 +690,76 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	return nil
 }
 
+// Hibernate puts a held sandbox to sleep (to free the node while it awaits
+// examination or approval): the hold stays, so only examiners may wake or
+// reach it, and Wake (or the next tick, if something else woke it)
+// contains it again.
+func (m *Manager) Hibernate(ctx context.Context, sandboxID, by string) (*QuarantineRecord, error) {
+	sl, ok := m.cfg.Host.(Sleeper)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this node cannot hibernate a quarantined sandbox")
+	}
+	ctx = context.WithoutCancel(ctx)
+	unlock := m.opLock(sandboxID)
+	defer unlock()
+	rec, err := m.heldRecord(ctx, sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	// Hibernation starts from running; the hold is the manager's, not
+	// the state's, so nobody but an examiner reaches it meanwhile.
+	if err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, false); err != nil {
+		return nil, fmt.Errorf("hibernate %s: %w", rec.SandboxID, err)
+	}
+	if err := sl.Hibernate(ctx, rec.SandboxID); err != nil {
+		if rerr := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, true); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("contain again: %w", rerr))
+		}
+		m.audit(ctx, AuditEvent{Action: "hibernate", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Err: err})
+		return nil, err
+	}
+	m.audit(ctx, AuditEvent{Action: "hibernate", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: "held while asleep"})
+	return cloneRecord(rec), nil
+}
+
+// Wake wakes a held, hibernated sandbox and contains it again (state and
+// network) before returning.
+func (m *Manager) Wake(ctx context.Context, sandboxID, by string) (*QuarantineRecord, error) {
+	sl, ok := m.cfg.Host.(Sleeper)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this node cannot wake a quarantined sandbox")
+	}
+	ctx = context.WithoutCancel(ctx)
+	unlock := m.opLock(sandboxID)
+	defer unlock()
+	rec, err := m.heldRecord(ctx, sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	if err := sl.Wake(ctx, rec.SandboxID); err != nil {
+		m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Err: err})
+		return nil, err
+	}
+	if err := m.recontain(ctx, rec); err != nil {
+		return nil, err
+	}
+	m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: "contained again"})
+	return cloneRecord(rec), nil
+}
+
+// recontain puts a held sandbox's containment back: its quarantined state
+// and its network mode (the caller holds its op lock).
+func (m *Manager) recontain(ctx context.Context, rec *QuarantineRecord) error {
+	if err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, true); err != nil {
+		return fmt.Errorf("contain %s again: %w", rec.SandboxID, err)
+	}
+	pol := m.Policy()
+	if _, note := m.applyNetwork(ctx, rec.SandboxID, rec.NetworkMode, pol.Isolation.AllowedEgress, true); note != "" && m.cfg.Network != nil {
+		return fmt.Errorf("contain %s again: %s", rec.SandboxID, note)
+	}
+	return nil
+}
+
 // Destroy ends a held sandbox through Thanatos (reason policy_violation);
 // its evidence is kept.
 func (m *Manager) Destroy(ctx context.Context, sandboxID, by string) (*QuarantineRecord, error) {

@@ -472,3 +472,26 @@ func TestPolicyRefusesUnenforcedIsolation(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// TestHeldSandboxFoundRunningIsContainedAgain: a held sandbox that comes
+// back running by another path than Wake (a wake on demand, a restore) is
+// contained again by the next tick: state and network.
+func TestHeldSandboxFoundRunningIsContainedAgain(t *testing.T) {
+	r := newRig(t, NewMemJournal(), "sb-1")
+	if _, err := r.m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	r.host.SetQuarantined(ctx, "sb-1", false)
+	r.net.mu.Lock()
+	r.net.modes["sb-1"] = ""
+	r.net.mu.Unlock()
+	if rep := r.m.Tick(ctx); len(rep.Errors) != 0 || len(rep.Tripped) != 0 {
+		t.Fatalf("tick: %+v", rep)
+	}
+	if sb, _ := r.host.Get(ctx, "sb-1"); sb.State != tartarus.StateQuarantined || r.net.mode("sb-1") != NetworkModeNone {
+		t.Fatalf("after a tick: state %s, network %q", sb.State, r.net.mode("sb-1"))
+	}
+	if r.m.Admit("sb-1", "owner", false) == nil {
+		t.Fatal("the owner reaches a held sandbox")
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // TickReport says what one tick did.
@@ -57,6 +59,11 @@ func (m *Manager) Tick(ctx context.Context) TickReport {
 	for _, sb := range sbs {
 		live[sb.ID] = true
 		if m.Contained(sb.ID) {
+			if sb.State == tartarus.StateRunning {
+				// Held but running: woken or restored by another path
+				// than Wake. Contain it again.
+				m.recontainRunning(ctx, sb.ID, &rep)
+			}
 			continue
 		}
 		sig, err := m.cfg.Host.Signals(ctx, sb)
@@ -162,4 +169,23 @@ func (m *Manager) expire(ctx context.Context, rep *TickReport) {
 				Detail: fmt.Sprintf("conditions %q expired", r.Approval.Conditions)})
 		}
 	}
+}
+
+// recontainRunning contains again a held sandbox found running.
+func (m *Manager) recontainRunning(ctx context.Context, id string, rep *TickReport) {
+	unlock := m.opLock(id)
+	defer unlock()
+	rec, err := m.heldRecord(ctx, id)
+	if err != nil {
+		return // released meanwhile
+	}
+	if sb, err := m.cfg.Host.Get(ctx, id); err != nil || sb.State != tartarus.StateRunning {
+		return // hibernated or contained meanwhile
+	}
+	err = m.recontain(ctx, rec)
+	if err != nil {
+		rep.Errors = append(rep.Errors, err)
+	}
+	m.audit(ctx, AuditEvent{Action: "contain", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: AutoActor,
+		Detail: "held sandbox found running (woken or restored): contained again", Err: err})
 }

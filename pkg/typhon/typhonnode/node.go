@@ -107,6 +107,20 @@ func (h *Host) SetQuarantined(ctx context.Context, id string, on bool) error {
 	return err
 }
 
+var _ typhon.Sleeper = (*Host)(nil)
+
+// Hibernate implements typhon.Sleeper through the agent (Hypnos).
+func (h *Host) Hibernate(ctx context.Context, id string) error {
+	_, err := h.agent.Hibernate(ctx, id)
+	return err
+}
+
+// Wake implements typhon.Sleeper through the agent (Hypnos).
+func (h *Host) Wake(ctx context.Context, id string) error {
+	_, err := h.agent.Wake(ctx, id)
+	return err
+}
+
 // Destroy implements typhon.Host: Thanatos ends the sandbox with reason
 // policy_violation, at once.
 func (h *Host) Destroy(ctx context.Context, id string) error {
