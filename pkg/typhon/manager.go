@@ -337,7 +337,7 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 		rec.Involved = append(rec.Involved, by)
 	}
 	if len(pol.QuarantineNodes) > 0 && !slices.Contains(pol.QuarantineNodes, sb.Node) {
-		rec.Notes = append(rec.Notes, fmt.Sprintf("policy names quarantine nodes %v; moving the sandbox off %s is not done yet: it is held where it runs", pol.QuarantineNodes, sb.Node))
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("policy names quarantine nodes %v; moving the sandbox off %s is not done yet: it is held where it runs", pol.QuarantineNodes, sb.Node), MaxDescriptionLen))
 	}
 	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
 		return nil, err
@@ -350,11 +350,11 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 
 	// Containment.
 	if err := m.cfg.Host.SetQuarantined(ctx, sb.ID, true); err != nil {
-		rec.Notes = append(rec.Notes, "state: "+err.Error())
+		rec.Notes = append(rec.Notes, clean("state: "+err.Error(), MaxDescriptionLen))
 	}
 	prev, note := m.applyNetwork(ctx, sb.ID, mode, pol.Isolation.AllowedEgress, pol.Isolation.RecordNetwork)
 	if note != "" {
-		rec.Notes = append(rec.Notes, note)
+		rec.Notes = append(rec.Notes, clean(note, MaxDescriptionLen))
 	}
 	rec.OwnerNetwork = prev
 	if lerr == nil && last.Status == StatusReleased && last.ConditionsLifted.IsZero() {
@@ -386,7 +386,7 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	for _, e := range evs {
 		stored, err := m.storeEvidence(ctx, rec.ID, e)
 		if err != nil {
-			rec.Notes = append(rec.Notes, fmt.Sprintf("evidence %s: %v", e.Type, err))
+			rec.Notes = append(rec.Notes, clean(fmt.Sprintf("evidence %s: %v", e.Type, err), MaxDescriptionLen))
 			continue
 		}
 		rec.Evidence = append(rec.Evidence, stored)
@@ -423,6 +423,10 @@ func (m *Manager) applyNetwork(ctx context.Context, id string, mode NetworkMode,
 // storeEvidence puts one piece's bytes in the blob store.
 func (m *Manager) storeEvidence(ctx context.Context, recID string, e Evidence) (Evidence, error) {
 	e.ID = tartarus.NewID("ev")
+	// A description may quote the guest (an error with its output): it
+	// reaches the API only cleaned. The bytes themselves are kept as they
+	// are, for the examiner to download.
+	e.Description = clean(e.Description, MaxDescriptionLen)
 	if e.Timestamp.IsZero() {
 		e.Timestamp = m.cfg.Clock.Now().UTC()
 	}
