@@ -381,7 +381,7 @@ func downloadEvidence(cmd *cobra.Command, c *client.Client, sandboxID string, ev
 
 func evidenceExt(t tartarus.EvidenceType) string {
 	switch t {
-	case tartarus.EvidenceResourceSpike, tartarus.EvidenceExecHistory, tartarus.EvidenceNetworkLog:
+	case tartarus.EvidenceResourceSpike, tartarus.EvidenceExecHistory, tartarus.EvidenceNetworkLog, tartarus.EvidenceFileAccess:
 		return ".json"
 	}
 	return ".txt"
