@@ -25,7 +25,6 @@ const spinPolicy = `auto_triggers:
 isolation:
   network_mode: none
   record_network: true
-  enable_strace: true
 max_quarantine_duration: 1h
 `
 
@@ -62,7 +61,7 @@ func (e *e2e) as(t *testing.T, key string, args ...string) string {
 // trips a CEL trigger and is contained (owner's exec refused, an
 // examiner's answers), its evidence downloads with good checksums, an
 // examination scores it, an invalid policy is refused with its position,
-// the quarantine survives a hibernate/wake and a server restart, a self-approval is refused and
+// the quarantine survives a server restart, a self-approval is refused and
 // a second approver's release gives the owner the sandbox back.
 func TestQuarantineEndToEnd(t *testing.T) {
 	if testing.Short() {
@@ -90,8 +89,6 @@ func TestQuarantineEndToEnd(t *testing.T) {
 	// approve the release later.
 	e.as(t, approver1, "exec", id, "--", "true")
 
-	// A write the host sees in the disk, whatever the guest says later.
-	e.as(t, owner, "exec", id, "--", "sh", "-c", `mkdir -p /etc/cron.d && echo '* * * * * root sh /tmp/x' > /etc/cron.d/evil && sync`)
 	e.as(t, owner, "exec", id, "--", "sh", "-c", `setsid sh -c 'echo $$ > /tmp/spin.pid; while :; do :; done' </dev/null >/dev/null 2>&1 &`)
 	spinStart := time.Now()
 	var sb tartarus.Sandbox
@@ -141,6 +138,11 @@ func TestQuarantineEndToEnd(t *testing.T) {
 	if out := e.as(t, examiner, "exec", id, "--", "echo", "examiner"); out != "examiner\n" {
 		t.Fatalf("examiner's exec: %q", out)
 	}
+	// The sandbox verbs do not hibernate a held sandbox, even for an
+	// examiner (the quarantine's own verbs do: TestQuarantineSleepEndToEnd).
+	if code, _, errs := e.runAs(t, examiner, "sandbox", "hibernate", id); code == 0 {
+		t.Fatalf("a held sandbox hibernated: %q", errs)
+	}
 	t.Logf("record: status %s by %s trigger %q, %d evidence, notes %q", rec.Status, rec.QuarantinedBy, rec.Trigger, len(rec.Evidence), rec.Notes)
 	if rec.QuarantinedBy != "typhon" || rec.Trigger != "cpu-spin" || rec.Reason != tartarus.QuarantineResourceAbuse {
 		t.Fatalf("record: %+v", rec)
@@ -152,8 +154,7 @@ func TestQuarantineEndToEnd(t *testing.T) {
 	for typ, src := range map[tartarus.EvidenceType]tartarus.EvidenceSource{
 		tartarus.EvidenceResourceSpike: tartarus.SourceHost, tartarus.EvidenceExecHistory: tartarus.SourceHost,
 		tartarus.EvidenceScreenshot: tartarus.SourceHost, tartarus.EvidenceProcessTree: tartarus.SourceGuest,
-		tartarus.EvidenceSnapshot: tartarus.SourceHost, tartarus.EvidenceFileAccess: tartarus.SourceHost,
-		tartarus.EvidenceSyscallTrace: tartarus.SourceGuest,
+		tartarus.EvidenceSnapshot: tartarus.SourceHost,
 	} {
 		if got, ok := types[typ]; !ok || got != src {
 			t.Errorf("evidence %s: source %q (present %v), want %s", typ, got, ok, src)
@@ -171,48 +172,6 @@ func TestQuarantineEndToEnd(t *testing.T) {
 		if b, _ := os.ReadFile(ps[0]); !strings.Contains(string(b), "while") {
 			t.Errorf("process tree lacks the spinner:\n%s", b)
 		}
-	}
-
-	if fa, _ := filepath.Glob(filepath.Join(dir, "*-file_access.json")); len(fa) == 1 {
-		b, _ := os.ReadFile(fa[0])
-		if !strings.Contains(string(b), `"/etc/cron.d/evil"`) {
-			t.Errorf("the disk diff lacks the guest's write:\n%.2000s", b)
-		}
-		t.Logf("disk diff: %.600s", b)
-	} else {
-		t.Errorf("file access evidence: %v", fa)
-	}
-	if st, _ := filepath.Glob(filepath.Join(dir, "*-syscall_trace.txt")); len(st) == 1 {
-		b, _ := os.ReadFile(st[0])
-		t.Logf("syscall trace (guest-reported): %.300s", b)
-	}
-
-	// A held sandbox sleeps and wakes only through the quarantine's own
-	// verbs, and is held throughout.
-	if code, _, errs := e.runAs(t, examiner, "sandbox", "hibernate", id); code == 0 {
-		t.Fatalf("a held sandbox hibernated through the sandbox verb: %q", errs)
-	}
-	if code, _, _ := e.runAs(t, owner, "quarantine", "hibernate", id); code == 0 {
-		t.Fatal("the owner hibernated a held sandbox")
-	}
-	e.as(t, examiner, "quarantine", "hibernate", id)
-	if err := json.Unmarshal([]byte(e.as(t, owner, "sandbox", "get", id, "-o", "json")), &sb); err != nil || sb.State != tartarus.StateHibernated {
-		t.Fatalf("after a quarantine hibernate: %s %v", sb.State, err)
-	}
-	for _, args := range [][]string{{"exec", id, "--", "echo", "owner"}, {"sandbox", "wake", id}, {"quarantine", "wake", id}} {
-		if code, _, errs := e.runAs(t, owner, args...); code == 0 {
-			t.Fatalf("owner %v on a held, sleeping sandbox: %q", args, errs)
-		}
-	}
-	e.as(t, examiner, "quarantine", "wake", id)
-	if err := json.Unmarshal([]byte(e.as(t, owner, "sandbox", "get", id, "-o", "json")), &sb); err != nil || sb.State != tartarus.StateQuarantined {
-		t.Fatalf("after a quarantine wake: %s %v", sb.State, err)
-	}
-	if code, _, errs := e.runAs(t, owner, "exec", id, "--", "echo", "owner"); code == 0 || !strings.Contains(errs, "quarantined") {
-		t.Fatalf("after a hibernate and wake, owner's exec: exit %d %q", code, errs)
-	}
-	if out := e.as(t, examiner, "exec", id, "--", "echo", "awake"); out != "awake\n" {
-		t.Fatalf("after a hibernate and wake, examiner's exec: %q", out)
 	}
 
 	var rep tartarus.ExaminationReport

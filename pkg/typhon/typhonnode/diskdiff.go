@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -46,9 +47,11 @@ type DiskDiff struct {
 	ChangedBlocks int           `json:"changed_blocks"`
 	Truncated     bool          `json:"truncated,omitempty"`
 	Files         []ChangedFile `json:"files"`
-	// Unowned counts changed blocks no file holds now (freed, or file
-	// system metadata: the journal, inode tables, bitmaps).
+	// Unowned counts changed blocks no inode holds now (freed, or file
+	// system metadata: inode tables, bitmaps); Unnamed those held by an
+	// inode without a name (the journal, a deleted file still open).
 	Unowned int `json:"unowned_blocks"`
+	Unnamed int `json:"unnamed_blocks"`
 }
 
 // ChangedFile is one file whose blocks the guest wrote.
@@ -151,6 +154,9 @@ func diffDisk(ctx context.Context, overlay, base, scratch string) (*DiskDiff, er
 		return nil, err
 	}
 	for _, ino := range inodes {
+		if len(now[ino]) == 0 {
+			d.Unnamed += perInode[ino]
+		}
 		for _, p := range now[ino] {
 			d.Files = append(d.Files, ChangedFile{Path: p, Inode: ino, Blocks: perInode[ino], InTemplate: slices.Contains(tmpl[ino], p)})
 		}
@@ -256,12 +262,14 @@ func ncheck(ctx context.Context, img string, inodes []int) (map[int][]string, er
 			return nil, err
 		}
 		for _, l := range strings.Split(string(res), "\n") {
-			num, path, ok := strings.Cut(l, "\t")
+			num, name, ok := strings.Cut(l, "\t")
 			ino, err := strconv.Atoi(num)
-			if !ok || err != nil || !want[ino] || !strings.HasPrefix(path, "/") || len(out[ino]) >= 8 {
+			if !ok || err != nil || !want[ino] || !strings.HasPrefix(name, "/") || len(out[ino]) >= 8 {
 				continue
 			}
-			out[ino] = append(out[ino], path)
+			// debugfs prints a root entry as "//name"; a name holds no
+			// '/', so cleaning only merges that.
+			out[ino] = append(out[ino], path.Clean(name))
 		}
 		inodes = inodes[n:]
 	}
