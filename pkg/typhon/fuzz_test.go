@@ -107,7 +107,7 @@ func FuzzGuestStringsThroughTheRecord(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec, err := m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", Reason: ReasonManualFlag, RequestedBy: "alice",
+		_, err = m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", Reason: ReasonManualFlag, RequestedBy: "alice",
 			Evidence: []Evidence{{Type: tartarus.EvidenceNote, Description: s, Data: []byte(s)}}})
 		if err != nil {
 			if len(s) > MaxDescriptionLen {
@@ -119,7 +119,7 @@ func FuzzGuestStringsThroughTheRecord(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec, err = m.Get(ctx, "sb-1")
+		rec, err := m.Get(ctx, "sb-1")
 		if err != nil {
 			t.Fatal(err)
 		}
