@@ -109,6 +109,7 @@ func TestQuarantineNetworkEndToEnd(t *testing.T) {
 		t.Logf("scan started → quarantined in %v", took)
 		d := collected(id)
 		t.Logf("record: trigger %q, notes %q, owner network %+v", d.Record.Trigger, d.Record.Notes, d.Record.OwnerNetwork)
+		t.Logf("trip → contained %v, contained → evidence stored %v", d.Record.ContainedAt.Sub(d.Record.QuarantinedAt), d.Record.CollectedAt.Sub(d.Record.ContainedAt))
 		if d.Record.Trigger != "port-scan" || d.Record.OwnerNetwork == nil || d.Record.OwnerNetwork.Mode != "restricted" {
 			t.Fatalf("record: %+v", d.Record)
 		}
@@ -162,6 +163,7 @@ func TestQuarantineNetworkEndToEnd(t *testing.T) {
 		took := waitHeld(id, t0)
 		t.Logf("fork storm started → quarantined in %v", took)
 		d := collected(id)
+		t.Logf("trip → contained %v, contained → evidence stored %v", d.Record.ContainedAt.Sub(d.Record.QuarantinedAt), d.Record.CollectedAt.Sub(d.Record.ContainedAt))
 		if d.Record.Trigger != "fork-storm" {
 			t.Fatalf("record: %+v", d.Record)
 		}

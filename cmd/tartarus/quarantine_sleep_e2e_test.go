@@ -60,7 +60,7 @@ func TestQuarantineSleepEndToEnd(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 	rec := d.Record
-	t.Logf("contained → evidence stored %v; notes %q", rec.CollectedAt.Sub(rec.ContainedAt), rec.Notes)
+	t.Logf("quarantine → contained %v, contained → evidence stored %v; notes %q", rec.ContainedAt.Sub(rec.QuarantinedAt), rec.CollectedAt.Sub(rec.ContainedAt), rec.Notes)
 	src := map[tartarus.EvidenceType]tartarus.EvidenceSource{}
 	for _, ev := range rec.Evidence {
 		src[ev.Type] = ev.Source

@@ -85,6 +85,7 @@ type spikeData struct {
 
 type spikeSample struct {
 	CPUPercent float64 `json:"cpu_percent"`
+	CPUDemand  float64 `json:"cpu_demand"`
 	MemoryMB   float64 `json:"memory_mb"`
 	Processes  int     `json:"processes"`
 }
@@ -150,20 +151,26 @@ func examineEvidence(rec *tartarus.QuarantineRecord, data map[string][]byte) []t
 			if !d.HostCounters {
 				src = tartarus.SourceGuest
 			}
-			var cpuSum float64
 			maxProcs := 0
 			for _, s := range d.Samples {
-				cpuSum += s.CPUPercent
 				maxProcs = max(maxProcs, s.Processes)
 			}
-			avg := cpuSum / float64(len(d.Samples))
+			cpu := sustained(d.Samples, func(s spikeSample) float64 { return s.CPUPercent })
+			level := cpu
+			what := fmt.Sprintf("CPU at %.0f%% of a core or more over two readings in a row", cpu)
+			if demand := sustained(d.Samples, func(s spikeSample) float64 { return s.CPUDemand }); d.HostCounters && demand > cpu {
+				// On a loaded host a spinning guest gets only its share
+				// of a core, but stays runnable all the time.
+				level = demand
+				what = fmt.Sprintf("busiest host thread runnable %.0f%% of the time or more over two readings in a row (CPU %.0f%% of a core)", demand, cpu)
+			}
 			evc := *ev
 			evc.Source = src
 			switch {
-			case avg >= cpuHigh:
-				add(&evc, tartarus.SeverityHigh, "cpu", "CPU at %.0f%% of a core on average over %d samples", avg, len(d.Samples))
-			case avg >= cpuMedium:
-				add(&evc, tartarus.SeverityMedium, "cpu", "CPU at %.0f%% of a core on average over %d samples", avg, len(d.Samples))
+			case level >= cpuHigh:
+				add(&evc, tartarus.SeverityHigh, "cpu", "%s", what)
+			case level >= cpuMedium:
+				add(&evc, tartarus.SeverityMedium, "cpu", "%s", what)
 			}
 			// The process count comes from the guest's own report.
 			evp := *ev
@@ -232,6 +239,19 @@ func examineEvidence(rec *tartarus.QuarantineRecord, data map[string][]byte) []t
 		}
 	}
 	return fs
+}
+
+// sustained is the highest level a reading kept over two readings in a row
+// (the one reading's, when there is only one).
+func sustained(ss []spikeSample, f func(spikeSample) float64) float64 {
+	if len(ss) == 1 {
+		return f(ss[0])
+	}
+	best := 0.0
+	for i := 1; i < len(ss); i++ {
+		best = max(best, min(f(ss[i-1]), f(ss[i])))
+	}
+	return best
 }
 
 // suspiciousWords returns the suspicious words text holds, each once.

@@ -495,3 +495,32 @@ func TestHeldSandboxFoundRunningIsContainedAgain(t *testing.T) {
 		t.Fatal("the owner reaches a held sandbox")
 	}
 }
+
+// TestCPURuleReadsDemand: on a loaded host a spinning guest gets a small
+// share of a core but stays runnable; the rule rates what it wanted.
+func TestCPURuleReadsDemand(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		sev  tartarus.Severity
+	}{
+		{"spin on a loaded host", `{"host_counters":true,"samples":[{"cpu_percent":4,"cpu_demand":10},{"cpu_percent":17,"cpu_demand":99},{"cpu_percent":15,"cpu_demand":98}]}`, tartarus.SeverityHigh},
+		{"spin on a quiet host", `{"host_counters":true,"samples":[{"cpu_percent":97,"cpu_demand":99}]}`, tartarus.SeverityHigh},
+		{"idle", `{"host_counters":true,"samples":[{"cpu_percent":4,"cpu_demand":12},{"cpu_percent":5,"cpu_demand":11}]}`, ""},
+		{"guest's word only", `{"host_counters":false,"samples":[{"cpu_percent":10,"cpu_demand":99}]}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &tartarus.QuarantineRecord{Evidence: []tartarus.Evidence{{ID: "ev1", Type: tartarus.EvidenceResourceSpike, Source: tartarus.SourceHost}}}
+			fs := examineEvidence(rec, map[string][]byte{"ev1": []byte(tc.data)})
+			if tc.sev == "" {
+				if len(fs) != 0 {
+					t.Fatalf("findings %+v", fs)
+				}
+				return
+			}
+			if len(fs) != 1 || fs[0].Severity != tc.sev || fs[0].Category != "cpu" {
+				t.Fatalf("findings %+v", fs)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package typhon
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -123,12 +124,14 @@ func (m *Manager) remember(id string, s *Signals) History {
 		m.history[id] = h
 	}
 	h.CPU = append(h.CPU, s.CPUPercent)
+	h.Demand = append(h.Demand, s.CPUDemand)
 	h.Memory = append(h.Memory, s.MemoryMB)
 	if len(h.CPU) > maxHistory {
 		h.CPU = h.CPU[len(h.CPU)-maxHistory:]
+		h.Demand = h.Demand[len(h.Demand)-maxHistory:]
 		h.Memory = h.Memory[len(h.Memory)-maxHistory:]
 	}
-	return History{CPU: append([]float64(nil), h.CPU...), Memory: append([]float64(nil), h.Memory...)}
+	return History{CPU: slices.Clone(h.CPU), Demand: slices.Clone(h.Demand), Memory: slices.Clone(h.Memory)}
 }
 
 // expire destroys held sandboxes past their bound and lifts expired

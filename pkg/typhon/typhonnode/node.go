@@ -53,6 +53,10 @@ type reading struct {
 	At         time.Time `json:"at"`
 	CPUSeconds float64   `json:"-"`
 	CPUPercent float64   `json:"cpu_percent"`
+	// Demand: see typhon.Signals.CPUDemand.
+	DemandTID     int     `json:"-"`
+	DemandSeconds float64 `json:"-"`
+	CPUDemand     float64 `json:"cpu_demand"`
 	MemoryMB   float64   `json:"memory_mb"`
 	// Processes is what the guest reports: it may lie.
 	Processes int  `json:"processes"`
@@ -151,11 +155,16 @@ func (h *Host) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signa
 	}
 	if hc, ok := h.agent.HostCounters(ctx, sb); ok {
 		r.Host, r.CPUSeconds, r.MemoryMB = true, hc.CPUSeconds, hc.RSSMB
+		r.DemandTID, r.DemandSeconds = hc.BusiestTID, hc.DemandSeconds
 		h.mu.Lock()
 		prev, had := h.last[sb.ID]
 		h.mu.Unlock()
 		if had && prev.Host && now.After(prev.At) {
-			r.CPUPercent = max(0, (hc.CPUSeconds-prev.CPUSeconds)/now.Sub(prev.At).Seconds()*100)
+			wall := now.Sub(prev.At).Seconds()
+			r.CPUPercent = max(0, (hc.CPUSeconds-prev.CPUSeconds)/wall*100)
+			if prev.DemandTID != 0 && prev.DemandTID == r.DemandTID {
+				r.CPUDemand = min(100, max(0, (r.DemandSeconds-prev.DemandSeconds)/wall*100))
+			}
 		}
 	} else if gerr == nil {
 		r.CPUPercent, r.MemoryMB = gs.CPUPercent, float64(gs.MemoryUsedMB)
@@ -170,7 +179,7 @@ func (h *Host) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signa
 	}
 	h.readings[sb.ID] = rs
 	h.mu.Unlock()
-	s.CPUPercent, s.MemoryMB, s.Processes, s.HostCounters = r.CPUPercent, r.MemoryMB, r.Processes, r.Host
+	s.CPUPercent, s.CPUDemand, s.MemoryMB, s.Processes, s.HostCounters = r.CPUPercent, r.CPUDemand, r.MemoryMB, r.Processes, r.Host
 	if sb.MemoryMB > 0 {
 		s.MemoryPercent = r.MemoryMB / float64(sb.MemoryMB) * 100
 	}
