@@ -23,7 +23,7 @@ type Signals struct {
 	// host thread was on a core or waiting for one (host counters only):
 	// near 100 for a guest that spins, however loaded the host.
 	CPUDemand float64
-	MemoryMB   float64
+	MemoryMB  float64
 	// MemoryPercent is MemoryMB of the sandbox's memory size, 0-100.
 	MemoryPercent float64
 	Processes     int

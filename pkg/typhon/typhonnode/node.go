@@ -57,7 +57,7 @@ type reading struct {
 	DemandTID     int     `json:"-"`
 	DemandSeconds float64 `json:"-"`
 	CPUDemand     float64 `json:"cpu_demand"`
-	MemoryMB   float64   `json:"memory_mb"`
+	MemoryMB      float64 `json:"memory_mb"`
 	// Processes is what the guest reports: it may lie.
 	Processes int  `json:"processes"`
 	Host      bool `json:"host_counters"`
