@@ -157,12 +157,12 @@ func examineEvidence(rec *tartarus.QuarantineRecord, data map[string][]byte) []t
 			}
 			cpu := sustained(d.Samples, func(s spikeSample) float64 { return s.CPUPercent })
 			level := cpu
-			what := fmt.Sprintf("CPU at %.0f%% of a core or more over two readings in a row", cpu)
+			what := fmt.Sprintf("CPU at least %.0f%% of a core in two readings in a row", cpu)
 			if demand := sustained(d.Samples, func(s spikeSample) float64 { return s.CPUDemand }); d.HostCounters && demand > cpu {
 				// On a loaded host a spinning guest gets only its share
 				// of a core, but stays runnable all the time.
 				level = demand
-				what = fmt.Sprintf("busiest host thread runnable %.0f%% of the time or more over two readings in a row (CPU %.0f%% of a core)", demand, cpu)
+				what = fmt.Sprintf("busiest host thread runnable at least %.0f%% of the time in two readings in a row (its CPU share %.0f%% of a core)", demand, cpu)
 			}
 			evc := *ev
 			evc.Source = src

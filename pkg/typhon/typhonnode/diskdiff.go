@@ -35,6 +35,9 @@ const (
 	// rewrites its whole disk still gets a bounded, truncated answer).
 	maxDiffBlocks = 1 << 16
 	maxDiffFiles  = 2000
+	// maxOverlayBytes bounds the overlay a diff copies into scratch space
+	// (the copy holds what the guest wrote plus the template's data).
+	maxOverlayBytes = 4 << 30
 	maxMapJSON    = 32 << 20
 	maxToolOutput = 64 << 20
 	// nobody runs debugfs: it parses a file system the guest wrote.
@@ -78,8 +81,12 @@ func diffDisk(ctx context.Context, overlay, base, scratch string) (*DiskDiff, er
 		return nil, fmt.Errorf("open overlay: %w", err)
 	}
 	defer ov.Close()
-	if fi, err := ov.Stat(); err != nil || !fi.Mode().IsRegular() {
+	fi, err := ov.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("overlay %s is not a regular file", overlay)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Blocks*512 > maxOverlayBytes {
+		return nil, fmt.Errorf("overlay holds %d MiB, over the diff's bound of %d MiB: not copied", st.Blocks*512>>20, maxOverlayBytes>>20)
 	}
 	spec, err := json.Marshal(map[string]any{"driver": "qcow2",
 		"file":    map[string]any{"driver": "file", "filename": "/dev/fd/3"},
@@ -117,7 +124,7 @@ func diffDisk(ctx context.Context, overlay, base, scratch string) (*DiskDiff, er
 
 	d := &DiskDiff{Method: "qcow2 overlay compared with the template block by block (host); file names from debugfs on the disk as it is now (the guest wrote that metadata)",
 		Files: []ChangedFile{}}
-	blocks, err := changedBlocks(raw, base, extents, d)
+	blocks, err := changedBlocks(ctx, raw, base, extents, d)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +180,7 @@ type extent struct {
 
 // changedBlocks returns the file-system blocks inside the overlay's own
 // extents whose bytes differ from the template's.
-func changedBlocks(raw, base string, extents []extent, d *DiskDiff) ([]int64, error) {
+func changedBlocks(ctx context.Context, raw, base string, extents []extent, d *DiskDiff) ([]int64, error) {
 	rf, err := os.Open(raw)
 	if err != nil {
 		return nil, err
@@ -191,6 +198,9 @@ func changedBlocks(raw, base string, extents []extent, d *DiskDiff) ([]int64, er
 			continue
 		}
 		for off := e.Start / fsBlock * fsBlock; off < e.Start+e.Length; off += fsBlock {
+			if off%(64<<20) == 0 && ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
 			na, _ := rf.ReadAt(a, off)
 			nb, _ := bf.ReadAt(b, off)
 			clear(a[na:])
