@@ -38,8 +38,8 @@ const (
 	// maxOverlayBytes bounds the overlay a diff copies into scratch space
 	// (the copy holds what the guest wrote plus the template's data).
 	maxOverlayBytes = 4 << 30
-	maxMapJSON    = 32 << 20
-	maxToolOutput = 64 << 20
+	maxMapJSON      = 32 << 20
+	maxToolOutput   = 64 << 20
 	// nobody runs debugfs: it parses a file system the guest wrote.
 	nobodyID = 65534
 )
