@@ -122,6 +122,21 @@ func diffDisk(ctx context.Context, overlay, base, scratch string) (*DiskDiff, er
 		return nil, err
 	}
 
+	// The guest's last writes may sit only in its journal (ext4 moves
+	// them home later): note the blocks the journal will write, then
+	// replay it in the copy, so that the lookups see the disk as the
+	// guest would after a clean mount.
+	logged, err := journalBlocks(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := replayJournal(ctx, raw); err != nil {
+		return nil, err
+	}
+	for _, b := range logged {
+		extents = append(extents, extent{Start: b * fsBlock, Length: fsBlock})
+	}
+
 	d := &DiskDiff{Method: "qcow2 overlay compared with the template block by block (host); file names from debugfs on the disk as it is now (the guest wrote that metadata)",
 		Files: []ChangedFile{}}
 	blocks, err := changedBlocks(ctx, raw, base, extents, d)
@@ -192,6 +207,7 @@ func changedBlocks(ctx context.Context, raw, base string, extents []extent, d *D
 	}
 	defer bf.Close()
 	var out []int64
+	seen := map[int64]bool{}
 	a, b := make([]byte, fsBlock), make([]byte, fsBlock)
 	for _, e := range extents {
 		if e.Depth != 0 || e.Start < 0 || e.Length <= 0 {
@@ -201,6 +217,10 @@ func changedBlocks(ctx context.Context, raw, base string, extents []extent, d *D
 			if off%(64<<20) == 0 && ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			if seen[off] {
+				continue // a journal block inside the overlay's own
+			}
+			seen[off] = true
 			na, _ := rf.ReadAt(a, off)
 			nb, _ := bf.ReadAt(b, off)
 			clear(a[na:])
@@ -284,6 +304,52 @@ func ncheck(ctx context.Context, img string, inodes []int) (map[int][]string, er
 		inodes = inodes[n:]
 	}
 	return out, nil
+}
+
+// journalBlocks lists the file-system blocks the journal holds new
+// contents for (debugfs logdump: "FS block N logged at journal block M").
+func journalBlocks(ctx context.Context, img string) ([]int64, error) {
+	out, err := debugfs(ctx, img, "logdump")
+	if err != nil {
+		return nil, err
+	}
+	seen := map[int64]bool{}
+	var blocks []int64
+	for _, l := range strings.Split(string(out), "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(l), "FS block ")
+		if !ok {
+			continue
+		}
+		num, _, _ := strings.Cut(rest, " ")
+		b, err := strconv.ParseInt(num, 10, 64)
+		if err != nil || b < 0 || seen[b] || len(blocks) >= maxDiffBlocks {
+			continue
+		}
+		seen[b] = true
+		blocks = append(blocks, b)
+	}
+	return blocks, nil
+}
+
+// replayJournal replays the file system's journal into the scratch copy
+// (e2fsck -E journal_only, as nobody, like debugfs). e2fsck's exit codes
+// below 4 mean nothing is left wrong that a lookup would trip on.
+func replayJournal(ctx context.Context, img string) error {
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cred := &syscall.Credential{Uid: nobodyID, Gid: nobodyID}
+	if os.Geteuid() != 0 {
+		cred = nil
+	}
+	_, err = runTool(ctx, cred, []*os.File{f}, 1<<20, "e2fsck", "-y", "-E", "journal_only", "/dev/fd/3")
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() > 0 && ee.ExitCode() < 4 {
+		return nil
+	}
+	return err
 }
 
 // debugfs runs one read-only debugfs request on img as nobody (debugfs
