@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -56,8 +57,9 @@ func (m *Manager) Tick(ctx context.Context) TickReport {
 	m.mu.Lock()
 	triggers := m.triggers
 	m.mu.Unlock()
+	sigs := m.readSignals(ctx, sbs)
 	live := map[string]bool{}
-	for _, sb := range sbs {
+	for i, sb := range sbs {
 		live[sb.ID] = true
 		if m.Contained(sb.ID) {
 			if sb.State == tartarus.StateRunning {
@@ -67,9 +69,9 @@ func (m *Manager) Tick(ctx context.Context) TickReport {
 			}
 			continue
 		}
-		sig, err := m.cfg.Host.Signals(ctx, sb)
-		if err != nil || sig == nil {
-			continue // stopped, paused or gone since the listing
+		sig := sigs[i]
+		if sig == nil {
+			continue // held, stopped, paused or gone since the listing
 		}
 		m.log.Debug("signals", "sandbox", sb.ID, "cpu_percent", sig.CPUPercent, "memory_mb", sig.MemoryMB,
 			"processes", sig.Processes, "host_counters", sig.HostCounters)
@@ -172,6 +174,33 @@ func (m *Manager) expire(ctx context.Context, rep *TickReport) {
 				Detail: fmt.Sprintf("conditions %q expired", r.Approval.Conditions)})
 		}
 	}
+}
+
+// signalWorkers bounds the sandboxes whose signals are read at once: a
+// guest slow to report (2 s bound) must not hold up every other one.
+const signalWorkers = 8
+
+// readSignals reads the signals of every sandbox not held, a few at a
+// time; a sandbox whose signals cannot be read gets nil.
+func (m *Manager) readSignals(ctx context.Context, sbs []*tartarus.Sandbox) []*Signals {
+	out := make([]*Signals, len(sbs))
+	sem := make(chan struct{}, signalWorkers)
+	var wg sync.WaitGroup
+	for i, sb := range sbs {
+		if m.Contained(sb.ID) {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if sig, err := m.cfg.Host.Signals(ctx, sb); err == nil {
+				out[i] = sig
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // recontainRunning contains again a held sandbox found running.
