@@ -524,3 +524,77 @@ func TestCPURuleReadsDemand(t *testing.T) {
 		})
 	}
 }
+
+// sleepyHost is a fakeHost that can hibernate and wake, or fail to.
+type sleepyHost struct {
+	*fakeHost
+	fail error
+}
+
+func (h sleepyHost) Hibernate(_ context.Context, id string) error {
+	if h.fail != nil {
+		return h.fail
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sbs[id].State = tartarus.StateHibernated
+	return nil
+}
+
+func (h sleepyHost) Wake(_ context.Context, id string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sbs[id].State = tartarus.StateRunning
+	return nil
+}
+
+// TestHibernateKeepsTheHold: a held sandbox sleeps and wakes held; a
+// failed hibernation leaves it contained.
+func TestHibernateKeepsTheHold(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail error
+	}{{"sleeps", nil}, {"fails", errors.New("snapshot store full")}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, NewMemJournal(), "sb-1")
+			host := sleepyHost{r.host, tc.fail}
+			m, err := New(ctx, Config{Host: host, Blobs: ErebusBlobs{r.blobs}, Journal: NewMemJournal(), Clock: r.clk, Network: r.net})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Hibernate(ctx, "sb-1", "eve"); err == nil {
+				t.Fatal("hibernated a sandbox that is not held")
+			}
+			if _, err := m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"}); err != nil {
+				t.Fatal(err)
+			}
+			_, err = m.Hibernate(ctx, "sb-1", "eve")
+			sb, _ := host.Get(ctx, "sb-1")
+			if tc.fail != nil {
+				if err == nil || sb.State != tartarus.StateQuarantined {
+					t.Fatalf("failed hibernation: %v, state %s", err, sb.State)
+				}
+			} else {
+				if err != nil || sb.State != tartarus.StateHibernated {
+					t.Fatalf("hibernation: %v, state %s", err, sb.State)
+				}
+				if m.Admit("sb-1", "owner", false) == nil {
+					t.Fatal("the owner reaches a held, sleeping sandbox")
+				}
+				r.net.mu.Lock()
+				r.net.modes["sb-1"] = ""
+				r.net.mu.Unlock()
+				if _, err := m.Wake(ctx, "sb-1", "eve"); err != nil {
+					t.Fatal(err)
+				}
+				sb, _ = host.Get(ctx, "sb-1")
+				if sb.State != tartarus.StateQuarantined || r.net.mode("sb-1") != NetworkModeNone {
+					t.Fatalf("after wake: state %s, network %q", sb.State, r.net.mode("sb-1"))
+				}
+			}
+			if m.Admit("sb-1", "owner", false) == nil || m.Admit("sb-1", "eve", true) != nil {
+				t.Fatal("the hold changed")
+			}
+		})
+	}
+}
