@@ -102,6 +102,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	f.StringVar(&o.quarantine.policyFile, "quarantine-policy", "", "quarantine policy file (YAML or JSON, docs/quarantine.md) set at start")
 	f.DurationVar(&o.quarantine.interval, "quarantine-interval", 5*time.Second, "how often the quarantine triggers look at every sandbox")
+	f.StringVar(&o.quarantine.evidenceStore, "quarantine-evidence-store", "", "where quarantine evidence is kept, apart from snapshots: a directory or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT (default DATA/evidence)")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
