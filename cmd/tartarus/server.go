@@ -209,6 +209,10 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		defer agentSrv.Close()
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
+		if err := enableClusterHeat(life, cl, &o.heat); err != nil {
+			return err
+		}
+		collectors = append(collectors, cl.HeatRouter().Collector())
 	} else {
 		netMetrics := &collectorList{}
 		o.network.metrics = netMetrics

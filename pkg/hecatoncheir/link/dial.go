@@ -55,7 +55,11 @@ func dialHandler(agent *hecatoncheir.Agent) http.HandlerFunc {
 		guest, err := agent.DialPort(dctx, id, uint16(port))
 		cancel()
 		if err != nil {
-			api.WriteError(w, fmt.Errorf("sandbox %s port %d: %w", id, port, err), "")
+			if tartarus.ClassOf(err).Err == nil {
+				// Nothing listens there (yet), as the single node says it.
+				err = tartarus.Errorf(tartarus.ErrUnavailable, "sandbox %s port %d: %v", id, port, err)
+			}
+			api.WriteError(w, err, "")
 			return
 		}
 		conn, brw, err := http.NewResponseController(w).Hijack()
