@@ -179,25 +179,9 @@ func (c *Cluster) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*h
 		if p.info.MaxDurationS > 0 {
 			req.TimeoutS = min(p.info.MaxDurationS, tartarus.MaxTimeoutS)
 		}
-		ApplyNetworkBurst(req.Network, d.Limits.NetworkMbps)
+		phlegethon.ApplyNetworkBurst(req.Network, d.Limits.NetworkMbps)
 	}
 	return p, nil
-}
-
-// ApplyNetworkBurst gives a sandbox network without bandwidth limits of its
-// own the class's limit (Mbit/s) both ways, which the node applies with tc;
-// a sandbox without a network has nothing to limit.
-func ApplyNetworkBurst(n *tartarus.NetworkSpec, mbps int) {
-	if n == nil || mbps <= 0 {
-		return
-	}
-	bits := uint64(mbps) * 1_000_000
-	if n.EgressBitsPerSec == 0 {
-		n.EgressBitsPerSec = bits
-	}
-	if n.IngressBitsPerSec == 0 {
-		n.IngressBitsPerSec = bits
-	}
 }
 
 // forNode is the create as its node makes it: sized already, without the
