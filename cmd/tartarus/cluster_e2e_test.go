@@ -716,7 +716,12 @@ func TestClusterServices(t *testing.T) {
 		agentEnv:  []string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey},
 		agentArgs: []string{"--snapshots", "s3://snapshots/services?endpoint=" + s3.Endpoint + "&tls=false", "--network"},
 		agentFlags: func(i int) []string {
-			return []string{"--network-uplink-netns", ins[i].Uplink, "--network-dns", ins[i].DNS, "--network-netns-prefix", prefixes[i]}
+			f := []string{"--network-uplink-netns", ins[i].Uplink, "--network-dns", ins[i].DNS, "--network-netns-prefix", prefixes[i]}
+			if i == 1 {
+				// Room for one ember sandbox (512 MiB) and not two.
+				f = append(f, "--capacity-memory-mb", "700")
+			}
+			return f
 		},
 		replicaArgs: []string{"--sandbox-domain", "sb.test"}})
 	ctx, cl := context.Background(), c.cl
@@ -853,6 +858,42 @@ func TestClusterServices(t *testing.T) {
 			got, err := cl[0].GetSandbox(ctx, other.ID)
 			return err == nil && got.State == tartarus.StateTerminated
 		})
+	})
+	t.Run("HeatClassesAndQueue", func(t *testing.T) {
+		// ember: 1 vCPU, 512 MiB; its maximum duration, 20 s here, ends it
+		// through node-b's Thanatos with reason timeout.
+		classed, err := cl[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", ResourceClass: "ember", MaxDurationS: 20,
+			NodeLabels: map[string]string{"node": "node-b"}})
+		if err != nil || classed.Heat == nil || classed.Heat.Class != "ember" || classed.MemoryMB != 512 || classed.CPUs != 1 {
+			t.Fatalf("ember create at replica 2: %+v, %v", classed, err)
+		}
+		started := time.Now()
+		if out := strings.TrimSpace(execOut(t, cl[0], classed.ID, "nproc")); out != "1" {
+			t.Errorf("nproc in an ember sandbox: %q", out)
+		}
+		// node-b is full now: a cold create that may wait is queued.
+		queued, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", HeatHint: "cold", QueueTimeoutS: 120,
+			NodeLabels: map[string]string{"node": "node-b"}})
+		if err != nil || queued.State != tartarus.StateQueued || queued.Queue == nil || queued.Queue.Position != 1 {
+			t.Fatalf("create on a full node with queue_timeout_s at replica 1: %+v, %v", queued, err)
+		}
+		if h, err := cl[1].Heat(ctx); err != nil || h.QueueDepthByHeat["cold"] != 1 || h.ByHeat["cold"] < 1 {
+			t.Errorf("heat at replica 2: %+v, %v", h, err)
+		}
+		waitFor(t, "the queued create to run once the ember sandbox ended", func() bool {
+			got, err := cl[1].GetSandbox(ctx, queued.ID)
+			return err == nil && got.State == tartarus.StateRunning
+		})
+		t.Logf("ember sandbox ended and the queued create ran %v after the ember create", time.Since(started))
+		if st, err := cl[0].Termination(ctx, classed.ID); err != nil || st.Reason != tartarus.ReasonTimeout || st.Phase != tartarus.PhaseCompleted {
+			t.Errorf("termination of the ember sandbox at its maximum duration: %+v, %v", st, err)
+		}
+		if got, _ := cl[0].GetSandbox(ctx, queued.ID); got.Node != "node-b" || got.Heat == nil || got.Heat.Heat != "cold" {
+			t.Errorf("the admitted create: %+v", got)
+		}
+		if _, err := cl[1].DeleteSandbox(ctx, queued.ID); err != nil {
+			t.Fatal(err)
+		}
 	})
 	t.Run("WakeElsewhereOnPort", func(t *testing.T) {
 		if h, err := cl[1].Hibernate(ctx, id); err != nil || h.State != tartarus.StateHibernated {
