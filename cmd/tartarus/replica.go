@@ -141,5 +141,6 @@ func enableClusterHeat(ctx context.Context, cl *cluster.Cluster, o *heatOptions)
 	}
 	hc.Queue.MaxTimeout = o.queueWait
 	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	hc.Queue.Policy = phlegethon.Policy(o.policy)
 	return cl.EnableHeat(ctx, hc)
 }
