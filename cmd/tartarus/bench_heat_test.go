@@ -14,15 +14,15 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
-// floodClasses are two small classes so that a node capped at 512 MiB
-// holds four sandboxes: inferno work runs 1 s, cold work 1 s.
+// floodClasses are two small classes so that a node capped at 1024 MiB
+// holds eight sandboxes: inferno work runs 1 s, cold work 1 s.
 const floodClasses = `classes:
   - {name: spark, heat: cold, cpu_cores: 1, memory_mb: 128, max_duration_s: 1}
   - {name: torch, heat: inferno, cpu_cores: 1, memory_mb: 128, max_duration_s: 1}
 `
 
 // BenchmarkHeatFlood sends 50 inferno creates at once to a real server
-// whose node holds four sandboxes, then a trickle of 10 cold creates (one
+// whose node holds eight sandboxes, then a trickle of 10 cold creates (one
 // every 500 ms), every create with queue_timeout_s, and measures each cold
 // create's wait from its request until it runs: once with the admission
 // queue's weighted fair share, once with FIFO, same run. The sandboxes run
@@ -40,7 +40,7 @@ func BenchmarkHeatFlood(b *testing.B) {
 	for range b.N {
 		for _, policy := range []phlegethon.Policy{phlegethon.PolicyFair, phlegethon.PolicyFIFO} {
 			c := benchClient(b, newE2E(b, "--runtimes", "fake", "--unsafe-fake-runtime", "--heat-classes", classes,
-				"--capacity-memory-mb", "512", "--queue-policy", string(policy)))
+				"--capacity-memory-mb", "1024", "--queue-policy", string(policy)))
 			waits := heatFlood(b, c, 50, 10, 500*time.Millisecond)
 			p50, p99 := percentile(waits, 0.50), percentile(waits, 0.99)
 			b.Logf("%s: cold wait during a flood of 50 inferno creates: p50 %v, p99 %v, max %v (n=%d)",

@@ -83,15 +83,19 @@ func freeAddr(t testing.TB) string {
 // TestClusterWakeElsewhere gives two agents one snapshot store on a real
 // SeaweedFS (S3), hibernates a sandbox on one, kills that agent (-9) and
 // checks that the sandbox, marked unassigned rather than lost, wakes on
-// the other node with its files and a process that kept its memory.
+// the other node with its files and a process that kept its memory; then
+// drains. The same cluster first runs clusterServices (networks, ports,
+// heat and terminations through the replicas).
 func TestClusterWakeElsewhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
 	}
-	s3 := erebustest.StartSeaweedFS(t)
-	c := newClusterEnv(t, 1, 2,
-		[]string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey},
-		"--snapshots", "s3://snapshots/cluster?endpoint="+s3.Endpoint+"&tls=false")
+	c := newServicesCluster(t)
+	t.Run("Services", func(t *testing.T) { clusterServices(t, c) })
+	if t.Failed() {
+		return
+	}
+	c.agents[0].start(t) // clusterServices left it killed
 	ctx, cl := context.Background(), c.cl[0]
 	waitNodes(t, cl, map[string]string{"node-a": "up", "node-b": "up"})
 	nl, err := cl.Nodes(ctx)
@@ -682,20 +686,12 @@ func qemusUnder(dir string) []int {
 	return pids
 }
 
-// TestClusterServices runs what a single node serves beyond the lifecycle
-// on a cluster of two replicas and two agents with real microVMs, each
-// agent with its own stand-in internet (namespaces of the test's own) and
-// both sharing snapshots on a real SeaweedFS: a restricted network made at
-// replica 1 and changed at replica 2 holds on the guest, and its log reads
-// at replica 1; a guest web server answers through replica 2 by path, by
-// host and over an upgraded connection; a checkpoint and a graceful
-// termination are followed at either replica; and a hibernated sandbox
-// whose node died wakes on the other node at a port request, its policy
-// kept.
-func TestClusterServices(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots VMs")
-	}
+// newServicesCluster starts two replicas (with --sandbox-domain sb.test)
+// and two agents that share snapshots on a real SeaweedFS and have
+// networks, each agent with its own stand-in internet (namespaces of the
+// test's own); node-b offers placement 700 MiB.
+func newServicesCluster(t *testing.T) *clusterEnv {
+	t.Helper()
 	e2eBinary(t) // skips without root, QEMU or templates
 	s3 := erebustest.StartSeaweedFS(t)
 	ins := []*netnstest.Internet{netnstest.New(t), netnstest.New(t)}
@@ -712,9 +708,9 @@ func TestClusterServices(t *testing.T) {
 			}
 		}
 	})
-	c := newClusterWith(t, clusterOpts{replicas: 2, agents: 2,
+	return newClusterWith(t, clusterOpts{replicas: 2, agents: 2,
 		agentEnv:  []string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey},
-		agentArgs: []string{"--snapshots", "s3://snapshots/services?endpoint=" + s3.Endpoint + "&tls=false", "--network"},
+		agentArgs: []string{"--snapshots", "s3://snapshots/cluster?endpoint=" + s3.Endpoint + "&tls=false", "--network"},
 		agentFlags: func(i int) []string {
 			f := []string{"--network-uplink-netns", ins[i].Uplink, "--network-dns", ins[i].DNS, "--network-netns-prefix", prefixes[i]}
 			if i == 1 {
@@ -724,6 +720,19 @@ func TestClusterServices(t *testing.T) {
 			return f
 		},
 		replicaArgs: []string{"--sandbox-domain", "sb.test"}})
+}
+
+// clusterServices checks what a single node serves beyond the lifecycle
+// on a cluster of newServicesCluster: a restricted network made at replica
+// 1 and changed at replica 2 holds on the guest, and its log reads at
+// replica 1; a guest web server answers through replica 2 by path, by host
+// and over an upgraded connection; a checkpoint and a graceful termination
+// are followed at either replica; a create of a resource class is sized
+// and ended at its maximum duration by its node, and a create queued on
+// the full node runs when room frees; and a hibernated sandbox whose node
+// died wakes on the other node at a port request, its policy kept. It
+// leaves node-a's agent killed.
+func clusterServices(t *testing.T, c *clusterEnv) {
 	ctx, cl := context.Background(), c.cl
 	waitNodes(t, cl[0], map[string]string{"node-a": "up", "node-b": "up"})
 
@@ -734,15 +743,15 @@ func TestClusterServices(t *testing.T) {
 		t.Fatalf("create with a restricted network at replica 1: %v", err)
 	}
 	id := sb.ID
-	fetch := func(at *client.Client, url string) string {
+	fetch := func(t *testing.T, at *client.Client, url string) string {
 		t.Helper()
 		return strings.TrimSpace(execOut(t, at, id, "python3", "-c", fetchPy, url))
 	}
 	t.Run("PolicyAcrossReplicas", func(t *testing.T) {
-		if got := fetch(cl[0], "http://allowed.example/hello"); !strings.HasPrefix(got, "OK") {
+		if got := fetch(t, cl[0], "http://allowed.example/hello"); !strings.HasPrefix(got, "OK") {
 			t.Errorf("allowed.example: %q", got)
 		}
-		if got := fetch(cl[1], "http://blocked.example/hello"); !strings.HasPrefix(got, "ERR") {
+		if got := fetch(t, cl[1], "http://blocked.example/hello"); !strings.HasPrefix(got, "ERR") {
 			t.Errorf("blocked.example under the policy of the create: %q", got)
 		}
 		up, err := cl[1].SetNetwork(ctx, id, &tartarus.NetworkSpec{Mode: tartarus.NetworkRestricted,
@@ -750,10 +759,10 @@ func TestClusterServices(t *testing.T) {
 		if err != nil || up.Network == nil || !slices.Equal(up.Network.Allow, []string{"blocked.example"}) {
 			t.Fatalf("update the policy at replica 2: %+v, %v", up, err)
 		}
-		if got := fetch(cl[0], "http://blocked.example/hello"); !strings.HasPrefix(got, "OK") {
+		if got := fetch(t, cl[0], "http://blocked.example/hello"); !strings.HasPrefix(got, "OK") {
 			t.Errorf("blocked.example once allowed: %q", got)
 		}
-		if got := fetch(cl[0], "http://allowed.example/hello"); !strings.HasPrefix(got, "ERR") {
+		if got := fetch(t, cl[0], "http://allowed.example/hello"); !strings.HasPrefix(got, "ERR") {
 			t.Errorf("allowed.example once left out: %q", got)
 		}
 		if got, err := cl[0].GetSandbox(ctx, id); err != nil || got.Network == nil || !slices.Equal(got.Network.Allow, []string{"blocked.example"}) {
@@ -911,10 +920,10 @@ func TestClusterServices(t *testing.T) {
 		}
 		// node-b's own stand-in internet has the same names: the policy
 		// set at replica 2 before the sleep holds there.
-		if got := fetch(cl[1], "http://allowed.example/hello"); !strings.HasPrefix(got, "ERR") {
+		if got := fetch(t, cl[1], "http://allowed.example/hello"); !strings.HasPrefix(got, "ERR") {
 			t.Errorf("allowed.example on node-b: %q", got)
 		}
-		if got := fetch(cl[1], "http://blocked.example/hello"); !strings.HasPrefix(got, "OK") {
+		if got := fetch(t, cl[1], "http://blocked.example/hello"); !strings.HasPrefix(got, "OK") {
 			t.Errorf("blocked.example on node-b: %q", got)
 		}
 	})

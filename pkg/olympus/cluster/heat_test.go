@@ -149,6 +149,25 @@ func TestClusterHeat(t *testing.T) {
 	if err != nil || len(pools) != 1 || pools[0].Name != "big" {
 		t.Fatalf("pools at the other replica: %+v, %v", pools, err)
 	}
+	// Tiers: hot work goes to its pool's node-b; cold work to the shared
+	// nodes (node-a, full) and then borrows upward, to node-b.
+	big := status("node-b", 16384, map[string]string{"pool": "big"}, false)
+	e.beat(big, true)
+	defer e.keepBeating(big)()
+	if _, err := c2.DefineHeatPool(ctx, &api.Pool{Name: "hotpool", Heats: []string{"hot"}, NodeSelector: map[string]string{"pool": "big"}, MaxNodes: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, hint := range []string{"hot", "cold"} {
+		ch := e.create(&tartarus.CreateRequest{Template: "base", HeatHint: hint})
+		cmds := e.poll("node-b")
+		if len(cmds) != 1 || cmds[0].Kind != wire.KindCreate {
+			t.Fatalf("%s create: node-b got %+v", hint, cmds)
+		}
+		e.finish(cmds[0], cmds[0].Sandbox, tartarus.StateRunning)
+		if r := <-ch; r.err != nil || r.sb.Node != "node-b" {
+			t.Fatalf("%s create: %+v, %v; want it on node-b", hint, r.sb, r.err)
+		}
+	}
 	classes, err := c2.HeatClasses(ctx)
 	if err != nil || len(classes) != 4 {
 		t.Fatalf("classes: %+v, %v", classes, err)
