@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
@@ -568,7 +569,7 @@ func (c *Cluster) ExplainHeat(ctx context.Context, template string) (*tartarus.S
 	if err != nil {
 		return nil, err
 	}
-	return &tartarus.SandboxHeat{Heat: string(e.Heat), Class: e.Class, Rule: string(e.Rule), RaisedFrom: string(e.RaisedFrom), Reason: e.Reason}, nil
+	return hecatoncheir.SandboxHeatOf(e), nil
 }
 
 // HeatPools implements olympus.HeatManager: the pools (kept in Postgres,
@@ -586,7 +587,7 @@ func (c *Cluster) HeatPools(ctx context.Context) ([]api.Pool, error) {
 	}
 	out := make([]api.Pool, 0, len(pools))
 	for _, p := range pools {
-		out = append(out, apiPool(&p))
+		out = append(out, hecatoncheir.APIPool(&p))
 	}
 	return out, nil
 }
@@ -615,7 +616,7 @@ func (c *Cluster) DefineHeatPool(ctx context.Context, in *api.Pool) (*api.Pool, 
 			return &pools[i], nil
 		}
 	}
-	out := apiPool(p)
+	out := hecatoncheir.APIPool(p)
 	return &out, nil
 }
 
@@ -641,26 +642,7 @@ func (c *Cluster) HeatClasses(ctx context.Context) ([]api.ResourceClass, error) 
 	if err := c.heatOn(); err != nil {
 		return nil, err
 	}
-	cs := c.heat.router.Classes()
-	var out []api.ResourceClass
-	for _, rc := range cs.List() {
-		def := cs.ForHeat(rc.Heat)
-		out = append(out, api.ResourceClass{Name: rc.Name, Heat: string(rc.Heat), CPUCores: rc.CPUCores, MemoryMB: rc.MemoryMB,
-			GPUCount: rc.GPUCount, MaxDurationS: int(rc.MaxDuration / time.Second), NetworkMbps: rc.NetworkBurst,
-			DiskIOPS: rc.DiskIOPS, Default: def != nil && def.Name == rc.Name})
-	}
-	return out, nil
-}
-
-func apiPool(p *phlegethon.Pool) api.Pool {
-	out := api.Pool{Name: p.Name, NodeSelector: p.NodeSelector, MinNodes: p.MinNodes, MaxNodes: p.MaxNodes, CurrentNodes: p.CurrentNodes}
-	for _, h := range p.Heats {
-		out.Heats = append(out.Heats, string(h))
-	}
-	if out.NodeSelector == nil {
-		out.NodeSelector = map[string]string{}
-	}
-	return out
+	return hecatoncheir.APIClasses(c.heat.router.Classes()), nil
 }
 
 func (c *Cluster) heatOn() error {
