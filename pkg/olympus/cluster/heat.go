@@ -223,8 +223,12 @@ func (c *Cluster) placeTiers(nodes []*store.NodeRecord, req *tartarus.CreateRequ
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", where, err))
 	}
-	if len(errs) == 0 {
+	switch len(errs) {
+	case 0:
 		return c.place(nil, req.Template, pr)
+	case 1:
+		// One tier (no pools): placement's own refusal says it all.
+		return "", "", errors.Unwrap(errs[0])
 	}
 	// No room anywhere is resource_exhausted (the queue waits for room);
 	// any other refusal keeps its own class.
