@@ -63,6 +63,7 @@ type heatOptions struct {
 	classes    string
 	enforceAll bool
 	queueWait  time.Duration
+	policy     string
 }
 
 func newServerCmd() *cobra.Command {
@@ -107,6 +108,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	addClusterFlags(f, &o.cluster)
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
+	f.StringVar(&o.heat.policy, "queue-policy", string(phlegethon.PolicyFair), "order of the admission queues: fair (weighted fair share across heats) or fifo (arrival order, for comparison)")
 	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
 	addSeasonFlags(f, &o.seasons)
 	addE2BFlags(f, &o.e2b)
@@ -215,6 +217,10 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		defer agentSrv.Close()
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
+		if err := enableClusterHeat(life, cl, &o.heat); err != nil {
+			return err
+		}
+		collectors = append(collectors, cl.HeatRouter().Collector())
 	} else {
 		netMetrics := &collectorList{}
 		o.network.metrics = netMetrics
@@ -339,6 +345,7 @@ func enableHeat(ctx context.Context, a *hecatoncheir.Agent, st store.Store, o *h
 	}
 	hc.Queue.MaxTimeout = o.queueWait
 	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	hc.Queue.Policy = phlegethon.Policy(o.policy)
 	if hk, ok := st.(store.HeatKeeper); ok {
 		hc.Store = hk.Heat()
 	}
