@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/images"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // newTemplateCmd builds and lists templates on this machine, without a server.
@@ -152,4 +156,24 @@ func shortDigest(d string) string {
 		return d[len(prefix) : len(prefix)+12]
 	}
 	return d
+}
+
+// newSandboxSaveCmd is `tartarus sandbox save ID NAME`: a template of the
+// sandbox's disk and memory, owned by its tenant.
+func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "save ID NAME",
+		Short: "Save a running sandbox (files and processes) as a template of your tenant",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.Image, error) {
+				return c.SaveTemplate(ctx, args[0], args[1])
+			}, func(w io.Writer, img *tartarus.Image) error {
+				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", img.Name, float64(img.SizeBytes)/(1<<20))
+				return err
+			})
+		},
+	}
+	o.addOutputFlag(cmd)
+	return cmd
 }

@@ -154,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/sandboxes/{id}/hibernate", s.hibernate)
 	v1("POST /v1/sandboxes/{id}/wake", s.wake)
 	v1("POST /v1/sandboxes/{id}/fork", s.fork)
+	v1("POST /v1/sandboxes/{id}/template", s.saveTemplate)
 	v1("GET /v1/sandboxes/{id}/termination", s.getTermination)
 	v1("POST /v1/sandboxes/{id}/checkpoint", s.checkpoint)
 	v1("GET /v1/terminations", s.listTerminations)

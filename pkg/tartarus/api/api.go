@@ -106,3 +106,9 @@ type TerminationList struct {
 type CheckpointList struct {
 	Checkpoints []*tartarus.Checkpoint `json:"checkpoints"`
 }
+
+// SaveTemplateRequest is the body of POST /v1/sandboxes/{id}/template; the
+// answer (201) is the new template.
+type SaveTemplateRequest struct {
+	Name string `json:"name"`
+}
