@@ -36,6 +36,19 @@ type TemplateAdder interface {
 // processes running. A create at another shape boots the saved disk. The
 // sandbox is paused for the snapshot and then continues as it was.
 func (a *Agent) SaveTemplate(ctx context.Context, id, name string) (*tartarus.Image, error) {
+	return a.SaveTemplateAs(ctx, id, &tartarus.Image{Name: name})
+}
+
+// Template returns template name as this node has it.
+func (a *Agent) Template(ctx context.Context, name string) (*tartarus.Image, error) {
+	return a.cfg.Images.Get(ctx, name)
+}
+
+// SaveTemplateAs is SaveTemplate with the new template's description and
+// defaults (Env, WorkDir, User, BuildMS) taken from spec; spec.Name names
+// it. The owner is always the sandbox's tenant.
+func (a *Agent) SaveTemplateAs(ctx context.Context, id string, spec *tartarus.Image) (*tartarus.Image, error) {
+	name := spec.Name
 	adder, ok := a.cfg.Images.(TemplateAdder)
 	if !ok {
 		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "save as template: this node's template catalog takes no new templates")
@@ -97,7 +110,10 @@ func (a *Agent) SaveTemplate(ctx context.Context, id, name string) (*tartarus.Im
 	h := sha256.New()
 	fmt.Fprintf(h, "saved\n%s\n%s\n%s\n", name, base.Digest, snap.Checksum)
 	img := &tartarus.Image{Name: name, Tenant: sb.Tenant, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil)),
-		Description: fmt.Sprintf("sandbox %s saved (from %s)", id, sb.Template)}
+		Description: spec.Description, Env: spec.Env, WorkDir: spec.WorkDir, User: spec.User, BuildMS: spec.BuildMS}
+	if img.Description == "" {
+		img.Description = fmt.Sprintf("sandbox %s saved (from %s)", id, sb.Template)
+	}
 	inputs := map[string]string{"saved_from": id, "parent": sb.Template, "parent_digest": base.Digest, "snapshot": snap.Checksum,
 		"memory_mb": strconv.Itoa(sb.MemoryMB), "cpus": strconv.Itoa(sb.CPUs)}
 	made, err := adder.AddTemplate(ctx, stage, img, base, inputs)

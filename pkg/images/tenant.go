@@ -34,7 +34,8 @@ func (c *Catalog) StageTemplate(name string) (string, error) {
 
 // AddTemplate installs the staged directory dir, which holds rootfs.ext4,
 // as template img.Name owned by img.Tenant, booting with base's kernel and
-// initramfs. img gives the name, tenant, digest and description; inputs
+// initramfs. img gives the name, tenant, digest, description and the
+// defaults (env, workdir, user, build time); inputs
 // are recorded in the manifest. A template of that name that exists
 // already is not replaced (ErrAlreadyExists). It returns the installed
 // template.
@@ -58,7 +59,8 @@ func (c *Catalog) AddTemplate(ctx context.Context, dir string, img, base *tartar
 		return nil, fmt.Errorf("images: add %s: initramfs: %w", img.Name, err)
 	}
 	m := manifest{Name: img.Name, Description: img.Description, Digest: img.Digest, RootFSDigest: img.Digest,
-		Inputs: inputs, BuiltAt: c.clock.Now().UTC(), Tenant: img.Tenant}
+		Inputs: inputs, BuiltAt: c.clock.Now().UTC(), Tenant: img.Tenant,
+		Env: img.Env, WorkDir: img.WorkDir, User: img.User, BuildMS: img.BuildMS}
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, err
