@@ -26,6 +26,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 )
 
@@ -244,6 +245,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		SandboxDomain: o.sandboxDomain}
 	if quarantine != nil {
 		ocfg.Quarantine = quarantine
+	}
+	if agent != nil {
+		ocfg.Builds = templates.NewBuilder(agent, log, clk)
 	}
 	api, err := olympus.New(ocfg)
 	if err != nil {

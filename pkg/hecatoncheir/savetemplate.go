@@ -143,3 +143,51 @@ func (a *Agent) SaveTemplateAs(ctx context.Context, id string, spec *tartarus.Im
 		"snapshot", snapID, "took", a.cfg.Clock.Now().Sub(start))
 	return made, nil
 }
+
+// DeleteTemplate removes tenant template name and its snapshots. It is
+// refused (ErrFailedPrecondition) while a sandbox that is not over uses
+// it, and for a built-in template.
+func (a *Agent) DeleteTemplate(ctx context.Context, name string) error {
+	adder, ok := a.cfg.Images.(TemplateAdder)
+	if !ok {
+		return tartarus.Errorf(tartarus.ErrNotImplemented, "delete template: this node's template catalog removes no templates")
+	}
+	img, err := a.cfg.Images.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if img.Tenant == "" {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is built in", name)
+	}
+	unlock := a.lock("template-delete/" + name)
+	defer unlock()
+	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{States: tartarus.LiveStates()})
+	if err != nil {
+		return err
+	}
+	users := 0
+	for _, sb := range live {
+		if sb.Template == name {
+			users++
+		}
+	}
+	if users > 0 {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is used by %d sandbox(es); delete it once they end", name, users)
+	}
+	for _, sr := range a.snaps {
+		list, err := sr.templates.List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range list {
+			if s.Labels["template"] != name {
+				continue
+			}
+			if err := sr.templates.Delete(ctx, s.ID); err != nil {
+				return fmt.Errorf("delete template %s: snapshot %s: %w", name, s.ID, err)
+			}
+			a.dropTemplateFiles(sr, s.ID)
+		}
+	}
+	return adder.RemoveTemplate(ctx, name)
+}

@@ -2,16 +2,52 @@ package olympus
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 )
 
 // Templates users make:
 //
-//	POST /v1/sandboxes/{id}/template {"name":"N"}  → 201 template (the sandbox's disk and memory)
+//	POST   /v1/sandboxes/{id}/template {"name":"N"}  → 201 template (the sandbox's disk and memory)
+//	POST   /v1/templates?name=N[&dockerfile=F][&build_arg=K=V…][&memory_mb=][&cpus=][&timeout_s=][&network=open]
+//	       body: the build context as a tar stream        → 202 {"id","name","status"}, Location: the build's log
+//	GET    /v1/templates/{name}/builds/{id}              → NDJSON build events (templates.Event), until it ends
+//	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it)
+
+// TemplateBuilds runs Dockerfile builds (templates.Builder).
+type TemplateBuilds interface {
+	Start(req *templates.Request, done func()) (*templates.Build, error)
+	Get(tenant, name, id string) (*templates.Build, error)
+}
+
+// TemplateDeleter is the optional side interface of a Backend that deletes
+// tenant templates (hecatoncheir.Agent).
+type TemplateDeleter interface {
+	DeleteTemplate(ctx context.Context, name string) error
+}
+
+func templateBuilds(s *Server) (TemplateBuilds, error) {
+	if s.cfg.Builds == nil {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this server builds no templates")
+	}
+	return s.cfg.Builds, nil
+}
+
+func templateDeleter(s *Server) (TemplateDeleter, error) {
+	return backendAs[TemplateDeleter](s, "way to delete templates")
+}
 
 // TemplateSaver is the optional side interface of a Backend that saves a
 // sandbox as a template of its tenant (hecatoncheir.Agent).
@@ -40,5 +76,158 @@ func (s *Server) saveTemplate(w http.ResponseWriter, r *http.Request) {
 		}
 		img, err := ts.SaveTemplate(ctx, sb.ID, req.Name)
 		return http.StatusCreated, img, err
+	})
+}
+
+// buildTemplate starts a Dockerfile build from the tar stream of its
+// context.
+func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionCreate, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
+		req, err := buildRequest(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		req.Tenant = who.TenantID
+		dir, err := os.MkdirTemp("", "tartarus-build-")
+		if err != nil {
+			return 0, nil, err
+		}
+		keep := false
+		defer func() {
+			if !keep {
+				os.RemoveAll(dir)
+			}
+		}()
+		body := http.MaxBytesReader(w, r.Body, templates.MaxContextBytes+(64<<20))
+		if err := templates.UnpackContext(body, dir); err != nil {
+			return 0, nil, err
+		}
+		dfName := r.URL.Query().Get("dockerfile")
+		if dfName == "" {
+			dfName = "Dockerfile"
+		}
+		if dfName != templates.DockerfileInContext && (strings.Contains("/"+dfName+"/", "/../") || filepath.IsAbs(dfName)) {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "dockerfile %q: a path inside the build context", dfName)
+		}
+		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(dfName)))
+		if err != nil {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "dockerfile %s: not in the build context", dfName)
+		}
+		req.Dockerfile, err = templates.ParseDockerfile(f)
+		f.Close()
+		if err != nil {
+			return 0, nil, err
+		}
+		if ig, err := os.Open(filepath.Join(dir, ".dockerignore")); err == nil {
+			req.Ignore, err = templates.ParseIgnore(ig)
+			ig.Close()
+			if err != nil {
+				return 0, nil, err
+			}
+		}
+		req.Context = dir
+		b, err := tb.Start(req, func() { os.RemoveAll(dir) })
+		if err != nil {
+			return 0, nil, err
+		}
+		keep = true
+		w.Header().Set("Location", "/v1/templates/"+b.Name+"/builds/"+b.ID)
+		return http.StatusAccepted, b.Status(), nil
+	})
+}
+
+// buildRequest reads a build's parameters from the query.
+func buildRequest(r *http.Request) (*templates.Request, error) {
+	q := r.URL.Query()
+	req := &templates.Request{Name: q.Get("name"), Args: map[string]string{}}
+	var errs []error
+	num := func(key string) int {
+		v := q.Get(key)
+		if v == "" {
+			return 0
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("%s %q: a non-negative integer", key, v))
+		}
+		return n
+	}
+	req.MemoryMB, req.CPUs = num("memory_mb"), num("cpus")
+	req.Timeout = time.Duration(num("timeout_s")) * time.Second
+	req.ReadyTimeout = time.Duration(num("ready_timeout_s")) * time.Second
+	for _, kv := range q["build_arg"] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			errs = append(errs, fmt.Errorf("build_arg %q: want NAME=value", kv))
+			continue
+		}
+		req.Args[k] = v
+	}
+	if mode := q.Get("network"); mode != "" {
+		req.Network = &tartarus.NetworkSpec{Mode: mode, Allow: q["allow"]}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "build: %v", err)
+	}
+	return req, nil
+}
+
+// buildLog streams a build's events as NDJSON until the build ends.
+func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionRead, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
+		b, err := tb.Get(who.TenantID, r.PathValue("name"), r.PathValue("id"))
+		if err != nil {
+			return 0, nil, err
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		enc := json.NewEncoder(w)
+		next := 0
+		for {
+			evs, over, changed := b.Events(next)
+			for _, e := range evs {
+				if err := enc.Encode(e); err != nil {
+					return 0, nil, nil
+				}
+			}
+			next += len(evs)
+			_ = rc.Flush()
+			if over && len(evs) == 0 {
+				return 0, nil, nil
+			}
+			if over {
+				continue // read what came with the end
+			}
+			select {
+			case <-ctx.Done():
+				return 0, nil, nil
+			case <-changed:
+			}
+		}
+	})
+}
+
+// deleteTemplate removes one of the caller's tenant's templates.
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionDelete, templateDeleter, func(ctx context.Context, td TemplateDeleter, who *cerberus.Identity) (int, any, error) {
+		name := r.PathValue("name")
+		all, err := s.be.Templates(ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		for _, img := range all {
+			if img.Name != name {
+				continue
+			}
+			if img.Tenant == "" {
+				return 0, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is built in", name)
+			}
+			if img.Tenant != who.TenantID {
+				break // another tenant's: not found, as its sandboxes are
+			}
+			return http.StatusNoContent, nil, td.DeleteTemplate(ctx, name)
+		}
+		return 0, nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", name)
 	})
 }
