@@ -13,10 +13,10 @@ import (
 // newTemplateE2E starts a server like newE2E, but over an images directory
 // of its own: the tests here add templates, and the shared cache is only
 // read. The cache's built templates are hard-linked in.
-func newTemplateE2E(t testing.TB, templates ...string) *e2e {
+func newTemplateE2E(t testing.TB, templates []string, serverArgs ...string) *e2e {
 	t.Helper()
 	bin, cache := e2eBinary(t)
-	e := &e2e{bin: bin, data: t.TempDir()}
+	e := &e2e{bin: bin, data: t.TempDir(), args: serverArgs}
 	for _, name := range templates {
 		src := filepath.Join(cache, "images", "templates", name)
 		dst := filepath.Join(e.data, "images", "templates", name)
@@ -50,7 +50,7 @@ func TestSaveSandboxAsTemplateEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
 	}
-	e := newTemplateE2E(t, "base")
+	e := newTemplateE2E(t, []string{"base"})
 	acme := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "acme", "--role", "sandbox-user"))
 	globex := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "globex", "--role", "sandbox-user"))
 	run := func(key string, args ...string) string {

@@ -1,0 +1,71 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
+)
+
+// BuildTemplate starts a Dockerfile build: context is the tar stream of
+// the build context (templates.PackContext makes one) and q the build's
+// parameters (name, dockerfile, build_arg, memory_mb, cpus, timeout_s,
+// network, allow). Follow it with BuildLog.
+func (c *Client) BuildTemplate(ctx context.Context, q url.Values, context io.Reader) (*templates.BuildStatus, error) {
+	req, err := c.request(ctx, "POST", "/v1/templates", q, context)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-tar")
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out templates.BuildStatus
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("POST /v1/templates: decode answer: %w", err)
+	}
+	return &out, nil
+}
+
+// BuildLog calls each for every event of a build, as they come, until the
+// build ends; it returns the last event ("done").
+func (c *Client) BuildLog(ctx context.Context, name, id string, each func(templates.Event)) (*templates.Event, error) {
+	req, err := c.request(ctx, "GET", "/v1/templates/"+url.PathEscape(name)+"/builds/"+url.PathEscape(id), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		var e templates.Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			return nil, fmt.Errorf("build log: %w", err)
+		}
+		if each != nil {
+			each(e)
+		}
+		if e.Type == "done" {
+			return &e, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("build log: %w", err)
+	}
+	return nil, fmt.Errorf("build log of %s ended before the build did", id)
+}
+
+// DeleteTemplate removes one of the tenant's templates.
+func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/v1/templates/"+url.PathEscape(name), nil, nil)
+}
