@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -86,6 +87,11 @@ func (a *Agent) SaveTemplateAs(ctx context.Context, id string, spec *tartarus.Im
 	defer os.RemoveAll(stage) // gone already once installed
 
 	start := a.cfg.Clock.Now()
+	// The memory snapshot holds what the guest has not written back yet,
+	// but a sandbox created at another shape boots the disk alone: flush.
+	if res, err := sr.rt.Exec(ctx, id, &tartarus.ExecRequest{Cmd: []string{"sync"}, Timeout: time.Minute}); err != nil || res.ExitCode != 0 {
+		a.log.Warn("sync before saving a sandbox as a template", "sandbox", id, "err", err, "result", res)
+	}
 	snap, err := a.pausedSnapshot(ctx, sr, id, sr.forks, &nyx.CreateOptions{Compression: nyx.CompressionNone,
 		Labels: map[string]string{"purpose": "save", "sandbox": id}}, sb.State)
 	if err != nil {

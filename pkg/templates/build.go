@@ -288,6 +288,7 @@ type run struct {
 	start time.Time
 
 	vars    map[string]string // ARG and ENV values, for expansion
+	args    map[string]string // ARG values: RUN sees them, the template does not keep them
 	env     map[string]string
 	workdir string
 	user    string
@@ -309,7 +310,7 @@ func (r *run) event(e Event) {
 func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 	ins := r.req.Dockerfile.Instructions
 	// ARGs before FROM (moved after it by the parser) may name the template.
-	r.vars = map[string]string{}
+	r.vars, r.args = map[string]string{}, map[string]string{}
 	for _, in := range ins[1:] {
 		if in.Cmd != "ARG" {
 			break
@@ -462,6 +463,7 @@ func (r *run) arg(in Instruction) {
 		v = expand(in.Args[1], r.vars)
 	}
 	r.vars[name] = v
+	r.args[name] = v
 }
 
 // argv is the command of a RUN, START or READY.
@@ -537,7 +539,9 @@ func (r *run) exec(ctx context.Context, step int, argv []string) error {
 	if err := r.mkdirWorkdir(ctx); err != nil {
 		return err
 	}
-	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: argv, Env: r.env, Cwd: r.workdir,
+	env := maps.Clone(r.args)
+	maps.Copy(env, r.env)
+	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: argv, Env: env, Cwd: r.workdir,
 		Stdout: &streamWriter{r: r, step: step, stream: "stdout"}, Stderr: &streamWriter{r: r, step: step, stream: "stderr"}})
 	if err != nil {
 		return fmt.Errorf("step %d: %w", step, err)
