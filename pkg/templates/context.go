@@ -253,10 +253,10 @@ type copyFile struct {
 // of the step. Sources may be files, directories (their contents are
 // copied) or glob patterns.
 func resolveCopy(dir string, ig *Ignore, srcs []string, dst, workdir string) ([]copyFile, string, error) {
+	toDir := strings.HasSuffix(dst, "/") || len(srcs) > 1
 	if !path.IsAbs(dst) {
 		dst = path.Join(workdir, dst)
 	}
-	toDir := strings.HasSuffix(dst, "/") || len(srcs) > 1
 	dst = path.Clean(dst)
 	var out []copyFile
 	for _, s := range srcs {
