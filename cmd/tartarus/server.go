@@ -197,6 +197,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
 		agent      *hecatoncheir.Agent
+		builds     *templates.Builder
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -223,6 +224,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 			return err
 		}
 		be, run, agent = n.agent, n.agent.Run, n.agent
+		builds = templates.NewBuilder(n.agent, n.catalog, log, clk)
 		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
 		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
@@ -246,8 +248,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	if quarantine != nil {
 		ocfg.Quarantine = quarantine
 	}
-	if agent != nil {
-		ocfg.Builds = templates.NewBuilder(agent, log, clk)
+	if builds != nil {
+		ocfg.Builds = builds
 	}
 	api, err := olympus.New(ocfg)
 	if err != nil {

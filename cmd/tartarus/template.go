@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,7 +28,7 @@ func newTemplateCmd() *cobra.Command {
 		Use:   "template",
 		Short: "Build and list sandbox templates on this machine",
 	}
-	cmd.AddCommand(newTemplateBuildCmd(), newTemplateLsCmd(), newTemplatePublishCmd(true), newTemplatePublishCmd(false), newTemplateRmCmd())
+	cmd.AddCommand(newTemplateBuildCmd(), newTemplateLsCmd(), newTemplatePublishCmd(true), newTemplatePublishCmd(false), newTemplateRmCmd(), newTemplateImportCmd())
 	return cmd
 }
 
@@ -338,5 +341,78 @@ func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	o.addOutputFlag(cmd)
+	return cmd
+}
+
+// newTemplateImportCmd is `tartarus template import NAME FILE` or
+// `--docker IMAGE`: an image tarball (or what the local Docker daemon's
+// `docker save` writes) becomes a template of your tenant.
+func newTemplateImportCmd() *cobra.Command {
+	o := &clientOptions{}
+	var dockerImage, dockerHost string
+	cmd := &cobra.Command{
+		Use:   "import NAME (FILE | --docker IMAGE)",
+		Short: "Make a template of an OCI image: a docker save or OCI layout tarball, or an image of the local Docker daemon",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 2) == (dockerImage != "") {
+				return fmt.Errorf("give a tarball or --docker IMAGE")
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			var (
+				body   io.Reader
+				source string
+				wait   func() error
+			)
+			if dockerImage != "" {
+				dargs := []string{"save", dockerImage}
+				if dockerHost != "" {
+					dargs = append([]string{"-H", dockerHost}, dargs...)
+				}
+				save := exec.CommandContext(cmd.Context(), "docker", dargs...)
+				var stderr bytes.Buffer
+				save.Stderr = &stderr
+				out, err := save.StdoutPipe()
+				if err != nil {
+					return err
+				}
+				if err := save.Start(); err != nil {
+					return fmt.Errorf("docker save: %w", err)
+				}
+				body, source = out, dockerImage
+				wait = func() error {
+					if err := save.Wait(); err != nil {
+						return fmt.Errorf("docker save %s: %w: %s", dockerImage, err, strings.TrimSpace(stderr.String()))
+					}
+					return nil
+				}
+			} else {
+				f, err := os.Open(args[1])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				body, source = f, filepath.Base(args[1])
+			}
+			img, err := c.ImportImage(cmd.Context(), args[0], source, body)
+			if wait != nil {
+				if werr := wait(); werr != nil && err == nil {
+					err = werr
+				}
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "template %s imported from %s (%.1f MiB)\n", img.Name, source, float64(img.SizeBytes)/(1<<20))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dockerImage, "docker", "", "image of the local Docker daemon (docker save IMAGE)")
+	cmd.Flags().StringVar(&dockerHost, "docker-host", "", "the Docker daemon's address (docker -H), default docker's own")
+	addServerFlags(cmd, o)
+	cmd.Flags().StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "where to look for admin.key")
 	return cmd
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 )
 
@@ -68,4 +69,24 @@ func (c *Client) BuildLog(ctx context.Context, name, id string, each func(templa
 // DeleteTemplate removes one of the tenant's templates.
 func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
 	return c.call(ctx, "DELETE", "/v1/templates/"+url.PathEscape(name), nil, nil)
+}
+
+// ImportImage makes template name of an image tarball (`docker save`
+// output, or an OCI image layout as a tar); source names the image.
+func (c *Client) ImportImage(ctx context.Context, name, source string, image io.Reader) (*tartarus.Image, error) {
+	req, err := c.request(ctx, "POST", "/v1/templates/import", url.Values{"name": {name}, "source": {source}}, image)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-tar")
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out tartarus.Image
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("POST /v1/templates/import: decode answer: %w", err)
+	}
+	return &out, nil
 }

@@ -160,6 +160,7 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/templates", s.buildTemplate)
 	v1("GET /v1/templates/{name}/builds/{id}", s.buildLog)
 	v1("DELETE /v1/templates/{name}", s.deleteTemplate)
+	v1("POST /v1/templates/import", s.importImage)
 	v1("GET /v1/sandboxes/{id}/termination", s.getTermination)
 	v1("POST /v1/sandboxes/{id}/checkpoint", s.checkpoint)
 	v1("GET /v1/terminations", s.listTerminations)

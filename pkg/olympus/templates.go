@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,11 +26,13 @@ import (
 //	       body: the build context as a tar stream        → 202 {"id","name","status"}, Location: the build's log
 //	GET    /v1/templates/{name}/builds/{id}              → NDJSON build events (templates.Event), until it ends
 //	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it)
+//	POST   /v1/templates/import?name=N[&source=S]        body: `docker save` or OCI layout tarball → 201 template
 
 // TemplateBuilds runs Dockerfile builds (templates.Builder).
 type TemplateBuilds interface {
 	Start(req *templates.Request, done func()) (*templates.Build, error)
 	Get(tenant, name, id string) (*templates.Build, error)
+	Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error)
 }
 
 // TemplateDeleter is the optional side interface of a Backend that deletes
@@ -229,5 +232,22 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 			return http.StatusNoContent, nil, td.DeleteTemplate(ctx, name)
 		}
 		return 0, nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", name)
+	})
+}
+
+// importImage makes a template of an image tarball in the request body.
+func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionCreate, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
+		q := r.URL.Query()
+		source := q.Get("source")
+		if source == "" {
+			source = "tarball"
+		}
+		if len(source) > 256 {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "source: at most 256 bytes")
+		}
+		body := http.MaxBytesReader(w, r.Body, templates.MaxImageBytes+(64<<20))
+		img, err := tb.Import(ctx, who.TenantID, q.Get("name"), source, body)
+		return http.StatusCreated, img, err
 	})
 }

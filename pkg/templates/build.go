@@ -174,9 +174,11 @@ func (b *Build) add(e Event) {
 	b.changed = make(chan struct{})
 }
 
-// Builder runs builds through a Backend and keeps their logs in memory.
+// Builder runs builds through a Backend and keeps their logs in memory;
+// it imports images into cat.
 type Builder struct {
 	be    Backend
+	cat   Installer
 	log   *slog.Logger
 	clock clock.Clock
 
@@ -186,15 +188,16 @@ type Builder struct {
 	running map[string]bool
 }
 
-// NewBuilder returns a Builder over be; log and clk may be nil.
-func NewBuilder(be Backend, log *slog.Logger, clk clock.Clock) *Builder {
+// NewBuilder returns a Builder over be, importing images into cat (nil:
+// imports are refused); log and clk may be nil.
+func NewBuilder(be Backend, cat Installer, log *slog.Logger, clk clock.Clock) *Builder {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if clk == nil {
 		clk = clock.System{}
 	}
-	return &Builder{be: be, log: log.With("component", "templates"), clock: clk, builds: map[string]*Build{}, running: map[string]bool{}}
+	return &Builder{be: be, cat: cat, log: log.With("component", "templates"), clock: clk, builds: map[string]*Build{}, running: map[string]bool{}}
 }
 
 // maxKeptBuilds bounds the finished builds whose logs stay in memory.
@@ -681,4 +684,27 @@ func envKey(env map[string]string) string {
 		fmt.Fprintf(&b, "%s=%s\x00", k, env[k])
 	}
 	return b.String()
+}
+
+// Import makes template name of tenant from an image tarball (see
+// ImportImage), booting with the base template's kernel. A name in use is
+// refused (ErrAlreadyExists).
+func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error) {
+	if bd.cat == nil {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this server imports no images")
+	}
+	if _, err := bd.be.Template(ctx, name); err == nil {
+		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", name)
+	}
+	base, err := bd.be.Template(ctx, "base")
+	if err != nil {
+		return nil, fmt.Errorf("import %s: the base template's kernel: %w", name, err)
+	}
+	start := bd.clock.Now()
+	img, err := ImportImage(ctx, bd.cat, base, tenant, name, source, r)
+	if err != nil {
+		return nil, err
+	}
+	bd.log.Info("image imported", "template", name, "tenant", tenant, "image", source, "took", bd.clock.Now().Sub(start))
+	return img, nil
 }

@@ -141,7 +141,7 @@ func TestBuildCache(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "app.py"), []byte("v1"), 0o644)
 	const df = "FROM python\nARG V=1\nRUN echo install $V\nENV MODE=prod\nCOPY app.py /app/\nRUN echo after\nSTART python3 /app/app.py\n"
 	be := newFake()
-	bd := NewBuilder(be, nil, nil)
+	bd := NewBuilder(be, nil, nil, nil)
 
 	b, evs := build(t, bd, "acme", df, dir)
 	if st := b.Status(); st.Status != StatusSucceeded {
