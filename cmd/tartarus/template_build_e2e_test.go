@@ -30,7 +30,7 @@ func aptRepo(t *testing.T) string {
 	}
 	root := filepath.Join(t.TempDir(), "pkg")
 	for f, body := range map[string]string{
-		"DEBIAN/control": "Package: tartarus-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: Tartarus tests <tests@example.invalid>\nDescription: a package the template build test installs\n",
+		"DEBIAN/control":         "Package: tartarus-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: Tartarus tests <tests@example.invalid>\nDescription: a package the template build test installs\n",
 		"usr/bin/tartarus-hello": "#!/bin/sh\necho hello from the package\n",
 	} {
 		p := filepath.Join(root, f)

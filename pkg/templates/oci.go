@@ -303,6 +303,11 @@ func applyLayer(ctx context.Context, root *os.Root, file string) error {
 	}()
 	_, err = kampe.ExtractTarRoot(ctx, pr, root)
 	pr.CloseWithError(errors.New("extract stopped"))
+	if err != nil && tartarus.ClassOf(err).Err == nil && ctx.Err() == nil {
+		// A name that os.Root will not resolve inside the root is the
+		// layer's doing (a link reaching out of it), not the server's.
+		err = tartarus.Errorf(tartarus.ErrInvalid, "%v", err)
+	}
 	return err
 }
 

@@ -19,7 +19,7 @@ import (
 // entry is one member of a test layer.
 type entry struct {
 	name, body, link string
-	typ               byte
+	typ              byte
 }
 
 // layer makes a layer tar (gzipped when gz) of entries.
