@@ -150,6 +150,12 @@ func TestDockerfileBuildEndToEnd(t *testing.T) {
 			t.Errorf("/ctx holds the wrong files (.dockerignore: secret.txt, *.log):\n%s", got)
 		}
 		e.as(t, acme, "sandbox", "rm", id)
+		// The same measure from python, in the same run, for comparison.
+		start = time.Now()
+		id = strings.TrimSpace(e.as(t, acme, "sandbox", "create", "--template", "python", "--timeout", "300"))
+		e.as(t, acme, "exec", id, "--", "sh", "-c", "echo ok")
+		t.Logf("create → first exec from python: %s", time.Since(start).Round(time.Millisecond))
+		e.as(t, acme, "sandbox", "rm", id)
 	}
 	check("v1")
 
@@ -166,6 +172,14 @@ func TestDockerfileBuildEndToEnd(t *testing.T) {
 		t.Errorf("the changed COPY came from the cache, or the package was installed again:\n%s", out)
 	}
 	check("v2")
+
+	// Nothing changed: every step comes from the cache; only the final
+	// sandbox (START, READY, snapshot) is made again.
+	out, cached := build()
+	t.Logf("rebuild with nothing changed: %s", cached.Round(100*time.Millisecond))
+	if strings.Count(out, "(cached)") != 3 {
+		t.Errorf("a rebuild of an unchanged context ran steps again:\n%s", out)
+	}
 
 	// Tenancy: globex neither lists, uses, builds from nor deletes it.
 	if status, body := e.httpAs(t, globex, "GET", "/v1/templates"); status != 200 || strings.Contains(body, `"web"`) {
