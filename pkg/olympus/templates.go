@@ -91,6 +91,9 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) {
 			return 0, nil, err
 		}
 		req.Tenant = who.TenantID
+		if !tartarus.ValidName(req.Name) || strings.HasPrefix(req.Name, ".") || strings.HasPrefix(req.Name, templates.CachePrefix) {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "name %q: lowercase letters, digits, '-', '_' and '.', not starting with '.' or %q", req.Name, templates.CachePrefix)
+		}
 		dir, err := os.MkdirTemp("", "tartarus-build-")
 		if err != nil {
 			return 0, nil, err

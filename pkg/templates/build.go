@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
@@ -39,8 +40,10 @@ const (
 	DefaultBuildTimeout = 30 * time.Minute
 	MaxBuildTimeout     = 2 * time.Hour
 	DefaultReadyTimeout = 60 * time.Second
-	// maxStepOutput bounds the output a build keeps of one step.
-	maxStepOutput = 256 << 10
+	// maxStepOutput and maxBuildOutput bound the output a build keeps of
+	// one step and in all (logs stay in memory).
+	maxStepOutput  = 256 << 10
+	maxBuildOutput = 4 << 20
 	// CachePrefix starts the names of the templates that hold cached steps.
 	CachePrefix = "cache-"
 )
@@ -302,6 +305,9 @@ type run struct {
 	// ("" until a step needs one); netted says it has the build network.
 	sandbox string
 	netted  bool
+	// output counts the step output kept in the log (stdout and stderr
+	// may be written from two goroutines).
+	output atomic.Int64
 }
 
 func (r *run) event(e Event) {
@@ -528,9 +534,10 @@ type streamWriter struct {
 }
 
 func (w *streamWriter) Write(p []byte) (int, error) {
-	if w.n < maxStepOutput {
-		keep := p[:min(len(p), maxStepOutput-w.n)]
+	if total := int(w.r.output.Load()); w.n < maxStepOutput && total < maxBuildOutput {
+		keep := p[:min(len(p), maxStepOutput-w.n, maxBuildOutput-total)]
 		w.n += len(keep)
+		w.r.output.Add(int64(len(keep)))
 		w.r.event(Event{Type: "output", Step: w.step, Stream: w.stream, Data: string(bytes.ToValidUTF8(keep, []byte("?")))})
 	}
 	return len(p), nil
