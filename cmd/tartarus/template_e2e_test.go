@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // newTemplateE2E starts a server like newE2E, but over an images directory
@@ -121,4 +126,57 @@ func TestSaveSandboxAsTemplateEndToEnd(t *testing.T) {
 	}
 	run(acme, "sandbox", "rm", child)
 	run(acme, "sandbox", "rm", id)
+}
+
+// BenchmarkTemplateCreateExec measures create → first exec from a tenant's
+// template (a python sandbox saved with a process running) beside the same
+// from python, in one run on one server; each template is created from once
+// first, so both are restores of a cached snapshot. Run it once:
+//
+//	TARTARUS_E2E=1 go test -run XXX -bench TemplateCreateExec -benchtime 1x ./cmd/tartarus/
+func BenchmarkTemplateCreateExec(b *testing.B) {
+	if testing.Short() {
+		b.Skip("boots VMs")
+	}
+	for b.Loop() {
+		e := newTemplateE2E(b, []string{"python"})
+		c := benchClient(b, e)
+		ctx := context.Background()
+		sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "python"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, sb.ID, &api.ExecRequest{Cmd: []string{"sh", "-c",
+			"setsid python3 -c 'import time\nwhile True: time.sleep(1)' </dev/null >/dev/null 2>&1 &"}}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.SaveTemplate(ctx, sb.ID, "bench-saved"); err != nil {
+			b.Fatal(err)
+		}
+		c.DeleteSandbox(ctx, sb.ID)
+		const n = 2
+		times := map[string][]time.Duration{}
+		for i := range n + 1 {
+			for _, tpl := range []string{"python", "bench-saved"} {
+				start := time.Now()
+				sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: tpl})
+				if err != nil {
+					b.Fatalf("create from %s: %v", tpl, err)
+				}
+				out, err := c.Exec(ctx, sb.ID, &api.ExecRequest{Cmd: []string{"echo", "hi"}})
+				if err != nil || out.Stdout != "hi\n" {
+					b.Fatalf("exec: %+v %v", out, err)
+				}
+				if i > 0 { // the first fills the node's snapshot cache
+					times[tpl] = append(times[tpl], time.Since(start))
+				}
+				c.DeleteSandbox(ctx, sb.ID)
+			}
+		}
+		for tpl, ds := range times {
+			slices.Sort(ds)
+			b.ReportMetric(float64(ds[len(ds)/2].Milliseconds()), tpl+"-p50-ms")
+			b.ReportMetric(float64(ds[len(ds)-1].Milliseconds()), tpl+"-max-ms")
+		}
+	}
 }
