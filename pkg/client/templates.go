@@ -9,14 +9,14 @@ import (
 	"net/url"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
-	"github.com/tartarus-sandbox/tartarus/pkg/templates"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // BuildTemplate starts a Dockerfile build: context is the tar stream of
-// the build context (templates.PackContext makes one) and q the build's
+// the build context (pkg/templates' PackContext makes one) and q the build's
 // parameters (name, dockerfile, build_arg, memory_mb, cpus, timeout_s,
 // network, allow). Follow it with BuildLog.
-func (c *Client) BuildTemplate(ctx context.Context, q url.Values, context io.Reader) (*templates.BuildStatus, error) {
+func (c *Client) BuildTemplate(ctx context.Context, q url.Values, context io.Reader) (*api.TemplateBuild, error) {
 	req, err := c.request(ctx, "POST", "/v1/templates", q, context)
 	if err != nil {
 		return nil, err
@@ -27,7 +27,7 @@ func (c *Client) BuildTemplate(ctx context.Context, q url.Values, context io.Rea
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var out templates.BuildStatus
+	var out api.TemplateBuild
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		return nil, fmt.Errorf("POST /v1/templates: decode answer: %w", err)
 	}
@@ -36,7 +36,7 @@ func (c *Client) BuildTemplate(ctx context.Context, q url.Values, context io.Rea
 
 // BuildLog calls each for every event of a build, as they come, until the
 // build ends; it returns the last event ("done").
-func (c *Client) BuildLog(ctx context.Context, name, id string, each func(templates.Event)) (*templates.Event, error) {
+func (c *Client) BuildLog(ctx context.Context, name, id string, each func(api.TemplateBuildEvent)) (*api.TemplateBuildEvent, error) {
 	req, err := c.request(ctx, "GET", "/v1/templates/"+url.PathEscape(name)+"/builds/"+url.PathEscape(id), nil, nil)
 	if err != nil {
 		return nil, err
@@ -49,7 +49,7 @@ func (c *Client) BuildLog(ctx context.Context, name, id string, each func(templa
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
-		var e templates.Event
+		var e api.TemplateBuildEvent
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			return nil, fmt.Errorf("build log: %w", err)
 		}

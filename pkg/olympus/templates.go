@@ -7,16 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
-	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 )
 
 // Templates users make:
@@ -28,10 +24,13 @@ import (
 //	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it)
 //	POST   /v1/templates/import?name=N[&source=S]        body: `docker save` or OCI layout tarball → 201 template
 
-// TemplateBuilds runs Dockerfile builds (templates.Builder).
+// TemplateBuilds runs Dockerfile builds and image imports
+// (templates.Builder).
 type TemplateBuilds interface {
-	Start(req *templates.Request, done func()) (*templates.Build, error)
-	Get(tenant, name, id string) (*templates.Build, error)
+	// StartFromContext starts a build from the tar stream of its context,
+	// unpacked under tmpDir.
+	StartFromContext(tenant string, p *api.TemplateBuildRequest, context io.Reader, tmpDir string) (api.TemplateBuild, error)
+	BuildLog(tenant, name, id string) (api.TemplateBuildLog, error)
 	Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error)
 }
 
@@ -86,66 +85,24 @@ func (s *Server) saveTemplate(w http.ResponseWriter, r *http.Request) {
 // context.
 func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionCreate, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
-		req, err := buildRequest(r)
+		p, err := buildRequest(r)
 		if err != nil {
 			return 0, nil, err
 		}
-		req.Tenant = who.TenantID
-		if !tartarus.ValidName(req.Name) || strings.HasPrefix(req.Name, ".") || strings.HasPrefix(req.Name, templates.CachePrefix) {
-			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "name %q: lowercase letters, digits, '-', '_' and '.', not starting with '.' or %q", req.Name, templates.CachePrefix)
-		}
-		dir, err := os.MkdirTemp("", "tartarus-build-")
+		body := http.MaxBytesReader(w, r.Body, api.MaxTemplateContextBytes+(64<<20))
+		b, err := tb.StartFromContext(who.TenantID, p, body, "")
 		if err != nil {
 			return 0, nil, err
 		}
-		keep := false
-		defer func() {
-			if !keep {
-				os.RemoveAll(dir)
-			}
-		}()
-		body := http.MaxBytesReader(w, r.Body, templates.MaxContextBytes+(64<<20))
-		if err := templates.UnpackContext(body, dir); err != nil {
-			return 0, nil, err
-		}
-		dfName := r.URL.Query().Get("dockerfile")
-		if dfName == "" {
-			dfName = "Dockerfile"
-		}
-		if dfName != templates.DockerfileInContext && (strings.Contains("/"+dfName+"/", "/../") || filepath.IsAbs(dfName)) {
-			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "dockerfile %q: a path inside the build context", dfName)
-		}
-		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(dfName)))
-		if err != nil {
-			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "dockerfile %s: not in the build context", dfName)
-		}
-		req.Dockerfile, err = templates.ParseDockerfile(f)
-		f.Close()
-		if err != nil {
-			return 0, nil, err
-		}
-		if ig, err := os.Open(filepath.Join(dir, ".dockerignore")); err == nil {
-			req.Ignore, err = templates.ParseIgnore(ig)
-			ig.Close()
-			if err != nil {
-				return 0, nil, err
-			}
-		}
-		req.Context = dir
-		b, err := tb.Start(req, func() { os.RemoveAll(dir) })
-		if err != nil {
-			return 0, nil, err
-		}
-		keep = true
 		w.Header().Set("Location", "/v1/templates/"+b.Name+"/builds/"+b.ID)
-		return http.StatusAccepted, b.Status(), nil
+		return http.StatusAccepted, b, nil
 	})
 }
 
 // buildRequest reads a build's parameters from the query.
-func buildRequest(r *http.Request) (*templates.Request, error) {
+func buildRequest(r *http.Request) (*api.TemplateBuildRequest, error) {
 	q := r.URL.Query()
-	req := &templates.Request{Name: q.Get("name"), Args: map[string]string{}}
+	p := &api.TemplateBuildRequest{Name: q.Get("name"), Dockerfile: q.Get("dockerfile"), Args: map[string]string{}}
 	var errs []error
 	num := func(key string) int {
 		v := q.Get(key)
@@ -158,30 +115,28 @@ func buildRequest(r *http.Request) (*templates.Request, error) {
 		}
 		return n
 	}
-	req.MemoryMB, req.CPUs = num("memory_mb"), num("cpus")
-	req.Timeout = time.Duration(num("timeout_s")) * time.Second
-	req.ReadyTimeout = time.Duration(num("ready_timeout_s")) * time.Second
+	p.MemoryMB, p.CPUs, p.TimeoutS, p.ReadyTimeoutS = num("memory_mb"), num("cpus"), num("timeout_s"), num("ready_timeout_s")
 	for _, kv := range q["build_arg"] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			errs = append(errs, fmt.Errorf("build_arg %q: want NAME=value", kv))
 			continue
 		}
-		req.Args[k] = v
+		p.Args[k] = v
 	}
 	if mode := q.Get("network"); mode != "" {
-		req.Network = &tartarus.NetworkSpec{Mode: mode, Allow: q["allow"]}
+		p.Network = &tartarus.NetworkSpec{Mode: mode, Allow: q["allow"]}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "build: %v", err)
 	}
-	return req, nil
+	return p, nil
 }
 
 // buildLog streams a build's events as NDJSON until the build ends.
 func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionRead, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
-		b, err := tb.Get(who.TenantID, r.PathValue("name"), r.PathValue("id"))
+		b, err := tb.BuildLog(who.TenantID, r.PathValue("name"), r.PathValue("id"))
 		if err != nil {
 			return 0, nil, err
 		}
@@ -249,7 +204,7 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		if len(source) > 256 {
 			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "source: at most 256 bytes")
 		}
-		body := http.MaxBytesReader(w, r.Body, templates.MaxImageBytes+(64<<20))
+		body := http.MaxBytesReader(w, r.Body, api.MaxTemplateImageBytes+(64<<20))
 		img, err := tb.Import(ctx, who.TenantID, q.Get("name"), source, body)
 		return http.StatusCreated, img, err
 	})

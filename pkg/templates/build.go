@@ -21,6 +21,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // Backend is what a build drives: the node agent (hecatoncheir.Agent).
@@ -74,15 +75,25 @@ type Request struct {
 
 // Validate reports every problem of r at once.
 func (r *Request) Validate() error {
+	errs := r.paramProblems()
+	if r.Dockerfile == nil || len(r.Dockerfile.Instructions) == 0 {
+		errs = append(errs, errors.New("no Dockerfile"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return tartarus.Errorf(tartarus.ErrInvalid, "build: %v", err)
+	}
+	return nil
+}
+
+// paramProblems lists the problems of everything but the Dockerfile and
+// the context, which can be checked before they arrive.
+func (r *Request) paramProblems() []error {
 	var errs []error
 	if !tartarus.ValidName(r.Name) || strings.HasPrefix(r.Name, ".") || strings.HasPrefix(r.Name, CachePrefix) {
 		errs = append(errs, fmt.Errorf("template name %q: lowercase letters, digits, '-', '_', '.'; not starting with '.' or %q", r.Name, CachePrefix))
 	}
 	if !tartarus.ValidName(r.Tenant) {
 		errs = append(errs, fmt.Errorf("tenant %q", r.Tenant))
-	}
-	if r.Dockerfile == nil || len(r.Dockerfile.Instructions) == 0 {
-		errs = append(errs, errors.New("no Dockerfile"))
 	}
 	if r.Timeout < 0 || r.Timeout > MaxBuildTimeout {
 		errs = append(errs, fmt.Errorf("timeout %s: at most %s", r.Timeout, MaxBuildTimeout))
@@ -92,37 +103,17 @@ func (r *Request) Validate() error {
 			errs = append(errs, fmt.Errorf("network: %w", err))
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return tartarus.Errorf(tartarus.ErrInvalid, "build: %v", err)
-	}
-	return nil
+	return errs
 }
 
 // Event is one line of a build's log (NDJSON on the API).
-type Event struct {
-	Time time.Time `json:"time"`
-	// Type is "step" (a step starts; Cached when it was found in the
-	// cache), "output" (Stream and Data), "error" or "done".
-	Type   string `json:"type"`
-	Step   int    `json:"step,omitempty"`
-	Total  int    `json:"total,omitempty"`
-	Text   string `json:"text,omitempty"`
-	Cached bool   `json:"cached,omitempty"`
-	Stream string `json:"stream,omitempty"`
-	Data   string `json:"data,omitempty"`
-	// ExitCode is a failed step's exit code.
-	ExitCode *int `json:"exit_code,omitempty"`
-	// Status ends the log: succeeded or failed.
-	Status     string `json:"status,omitempty"`
-	Template   string `json:"template,omitempty"`
-	DurationMS int64  `json:"duration_ms,omitempty"`
-}
+type Event = api.TemplateBuildEvent
 
 // Build states.
 const (
-	StatusRunning   = "running"
-	StatusSucceeded = "succeeded"
-	StatusFailed    = "failed"
+	StatusRunning   = api.TemplateBuildRunning
+	StatusSucceeded = api.TemplateBuildSucceeded
+	StatusFailed    = api.TemplateBuildFailed
 )
 
 // Build is one build's state and log. Its methods are safe for concurrent
@@ -139,20 +130,14 @@ type Build struct {
 	changed chan struct{} // closed and replaced on every event
 }
 
-// BuildStatus is a build as the API shows it.
-type BuildStatus struct {
-	ID     string `json:"id"`
-	Name   string `json:"name"`
-	Status string `json:"status"`
-	Error  string `json:"error,omitempty"`
-}
-
 // Status returns the build's state.
-func (b *Build) Status() BuildStatus {
+func (b *Build) Status() api.TemplateBuild {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return BuildStatus{ID: b.ID, Name: b.Name, Status: b.status, Error: b.errText}
+	return api.TemplateBuild{ID: b.ID, Name: b.Name, Status: b.status, Error: b.errText}
 }
+
+var _ api.TemplateBuildLog = (*Build)(nil)
 
 // Events returns the events from index from on, whether the build is
 // over, and a channel closed at the next event.
@@ -242,6 +227,11 @@ func (bd *Builder) Start(req *Request, done func()) (*Build, error) {
 		}
 	}()
 	return b, nil
+}
+
+// BuildLog is Get as the API wants it.
+func (bd *Builder) BuildLog(tenant, name, id string) (api.TemplateBuildLog, error) {
+	return bd.Get(tenant, name, id)
 }
 
 // Get returns build id of tenant's template name (ErrNotFound otherwise).

@@ -16,11 +16,12 @@ import (
 	"strings"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // Limits of a build context.
 const (
-	MaxContextBytes = 1 << 30
+	MaxContextBytes = api.MaxTemplateContextBytes
 	MaxContextFiles = 100_000
 )
 

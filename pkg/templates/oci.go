@@ -20,11 +20,12 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // Limits of an imported image.
 const (
-	MaxImageBytes  = 8 << 30
+	MaxImageBytes  = api.MaxTemplateImageBytes
 	MaxImageLayers = 128
 )
 
