@@ -1,7 +1,9 @@
-// Package templates builds tenant templates from a Dockerfile: every step
-// runs inside a microVM sandbox (never on the host), each finished step is
-// kept as a cached layer keyed by the digest of what it depends on, and the
-// result is saved, memory included, as a template of the building tenant.
+// Package templates makes tenant templates from a Dockerfile or an OCI
+// image. A Dockerfile build runs every step inside a microVM sandbox (never
+// on the host), keeps each finished step as a cached layer keyed by the
+// digest of what it depends on, and saves the result, memory included, as
+// a template of the building tenant. An image's layers are unpacked on the
+// host inside an os.Root, so no entry reaches outside the new tree.
 //
 // The Dockerfile language here is a subset of Docker's: FROM (a Tartarus
 // template), RUN, COPY and ADD (from the build context; ADD unpacks a local
