@@ -92,6 +92,7 @@ type node struct {
 	runtimes []tartarus.Runtime
 	nets     *netns.Manager // nil without --network
 	log      *slog.Logger
+	catalog  *images.Catalog
 }
 
 // openNode opens the runtimes and the node agent keeping its sandboxes in
@@ -114,7 +115,7 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 			return nil, err
 		}
 	}
-	n := &node{log: log}
+	n := &node{log: log, catalog: cat}
 	defaultNet, err := o.network.defaultSpec()
 	if err != nil {
 		return nil, err

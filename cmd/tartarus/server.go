@@ -26,6 +26,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 )
 
@@ -204,6 +205,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		collectors = []prometheus.Collector{auth.Metrics}
 		role       = "node " + o.node
 		agent      *hecatoncheir.Agent
+		builds     *templates.Builder
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -234,6 +236,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 			return err
 		}
 		be, run, agent = n.agent, n.agent.Run, n.agent
+		builds = templates.NewBuilder(n.agent, n.catalog, log, clk)
 		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
 		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})
@@ -256,6 +259,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		SandboxDomain: o.sandboxDomain}
 	if quarantine != nil {
 		ocfg.Quarantine = quarantine
+	}
+	if builds != nil {
+		ocfg.Builds = builds
 	}
 	api, err := olympus.New(ocfg)
 	if err != nil {

@@ -3,7 +3,7 @@ package cerberus
 // DefaultPolicyYAML is the policy in force when the server is given no
 // --auth-policy file: platform-admin may do anything; tenant-admin manages
 // its own tenant's sandboxes, API keys and audit log; sandbox-user works
-// with its own tenant's sandboxes and snapshots, their files included;
+// with its own tenant's sandboxes, snapshots and templates, files included;
 // viewer sees them but not their files.
 const DefaultPolicyYAML = `# Built-in Tartarus policy (used when no --auth-policy file is given).
 roles:
@@ -41,6 +41,10 @@ roles:
           tenant: "{{identity.tenant_id}}"
       - resource: snapshot
         actions: [create, read, delete]
+        conditions:
+          tenant: "{{identity.tenant_id}}"
+      - resource: template
+        actions: [create, delete]
         conditions:
           tenant: "{{identity.tenant_id}}"
 

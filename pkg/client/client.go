@@ -287,6 +287,17 @@ func (c *Client) Fork(ctx context.Context, id string, count int) ([]*tartarus.Sa
 	return out.Sandboxes, c.call(ctx, "POST", sandboxPath(id, "/fork"), api.ForkRequest{Count: count}, &out)
 }
 
+// SaveTemplate makes template name, of the caller's tenant, from a running
+// sandbox's disk and memory: sandboxes created from it start where this
+// one was.
+func (c *Client) SaveTemplate(ctx context.Context, id, name string) (*tartarus.Image, error) {
+	var out tartarus.Image
+	if err := c.call(ctx, "POST", sandboxPath(id, "/template"), api.SaveTemplateRequest{Name: name}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Exec runs a command and returns its buffered output.
 func (c *Client) Exec(ctx context.Context, id string, req *api.ExecRequest) (*api.ExecResponse, error) {
 	var out api.ExecResponse

@@ -41,6 +41,12 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		// node) unless the create set its own.
 		phlegethon.ApplyNetworkBurst(req.Network, plan.info.NetworkMbps)
 	}
+	if len(img.Env) > 0 {
+		// A built template's ENV, under the request's own.
+		env := maps.Clone(img.Env)
+		maps.Copy(env, req.Env)
+		req.Env = env
+	}
 	if plan != nil && plan.check {
 		// Queued creates come first: a new one that may wait joins them.
 		if req.QueueTimeoutS > 0 && a.heat.queue.Stats()[plan.heat].Depth > 0 {

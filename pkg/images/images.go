@@ -139,6 +139,11 @@ type manifest struct {
 	// Tenant and Public: see tartarus.Image (a built template has neither).
 	Tenant string `json:"tenant,omitempty"`
 	Public bool   `json:"public,omitempty"`
+	// Defaults of a tenant's built template: see tartarus.Image.
+	Env     map[string]string `json:"env,omitempty"`
+	WorkDir string            `json:"workdir,omitempty"`
+	User    string            `json:"user,omitempty"`
+	BuildMS int64             `json:"build_ms,omitempty"`
 }
 
 func (c *Catalog) templateDir(name string) string { return filepath.Join(c.dir, "templates", name) }
@@ -199,6 +204,10 @@ func (c *Catalog) Get(ctx context.Context, name string) (*tartarus.Image, error)
 		BuiltAt:     m.BuiltAt,
 		Tenant:      m.Tenant,
 		Public:      m.Public,
+		Env:         m.Env,
+		WorkDir:     m.WorkDir,
+		User:        m.User,
+		BuildMS:     m.BuildMS,
 	}
 	for _, f := range []string{img.Kernel, img.Initrd, img.RootFS} {
 		st, err := os.Stat(f)

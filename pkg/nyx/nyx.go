@@ -121,26 +121,36 @@ type CreateOptions struct {
 	Labels      map[string]string
 }
 
+// withDefaults returns a copy of o (which may be nil) with its defaults
+// filled in, or an error for an invalid one.
+func (o *CreateOptions) withDefaults() (CreateOptions, error) {
+	var c CreateOptions
+	if o != nil {
+		c = *o
+	}
+	if c.ID == "" {
+		c.ID = tartarus.NewID("snap-")
+	}
+	if c.Compression == "" {
+		c.Compression = CompressionZstd
+	}
+	if err := validID(c.ID); err != nil {
+		return c, err
+	}
+	if c.Compression != CompressionZstd && c.Compression != CompressionNone {
+		return c, tartarus.Errorf(tartarus.ErrInvalid, "compression %q: want %q or %q", c.Compression, CompressionZstd, CompressionNone)
+	}
+	return c, nil
+}
+
 // CreateFromRunning snapshots sandbox sandboxID and stores it. The sandbox is
 // left paused (as the Snapshotter leaves it): the caller resumes it (a
 // template snapshot, a fork) or destroys it (hibernation). On error nothing
 // is stored.
 func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts *CreateOptions) (*Snapshot, error) {
-	var o CreateOptions
-	if opts != nil {
-		o = *opts
-	}
-	if o.ID == "" {
-		o.ID = tartarus.NewID("snap-")
-	}
-	if o.Compression == "" {
-		o.Compression = CompressionZstd
-	}
-	if err := validID(o.ID); err != nil {
+	o, err := opts.withDefaults()
+	if err != nil {
 		return nil, err
-	}
-	if o.Compression != CompressionZstd && o.Compression != CompressionNone {
-		return nil, tartarus.Errorf(tartarus.ErrInvalid, "compression %q: want %q or %q", o.Compression, CompressionZstd, CompressionNone)
 	}
 
 	dir, err := os.MkdirTemp(m.opts.TempDir, "nyx-create-")
@@ -153,6 +163,22 @@ func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts 
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
 	}
+	return m.put(ctx, sandboxID, dir, info, o)
+}
+
+// CreateFromFiles stores the snapshot files in dir, which a Snapshotter
+// wrote (and a caller may have changed, as saving a sandbox as a template
+// does), described by info. sandboxID is recorded as the snapshot's source.
+func (m *Manager) CreateFromFiles(ctx context.Context, sandboxID, dir string, info *tartarus.SnapshotInfo, opts *CreateOptions) (*Snapshot, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return m.put(ctx, sandboxID, dir, info, o)
+}
+
+// put packs the snapshot files in dir and stores them with their metadata.
+func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus.SnapshotInfo, o CreateOptions) (*Snapshot, error) {
 	files, err := listFiles(dir)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)

@@ -92,7 +92,9 @@ type Config struct {
 	// Quarantine serves the quarantine routes and holds quarantined
 	// sandboxes; nil answers them 501.
 	Quarantine Quarantiner
-	Log        *slog.Logger
+	// Builds runs Dockerfile template builds; nil answers them 501.
+	Builds TemplateBuilds
+	Log    *slog.Logger
 	// Clock decides the quotas' minute and lifetimes; nil: clock.System.
 	Clock clock.Clock
 }
@@ -154,6 +156,11 @@ func New(cfg Config) (*Server, error) {
 	v1("POST /v1/sandboxes/{id}/hibernate", s.hibernate)
 	v1("POST /v1/sandboxes/{id}/wake", s.wake)
 	v1("POST /v1/sandboxes/{id}/fork", s.fork)
+	v1("POST /v1/sandboxes/{id}/template", s.saveTemplate)
+	v1("POST /v1/templates", s.buildTemplate)
+	v1("GET /v1/templates/{name}/builds/{id}", s.buildLog)
+	v1("DELETE /v1/templates/{name}", s.deleteTemplate)
+	v1("POST /v1/templates/import", s.importImage)
 	v1("GET /v1/sandboxes/{id}/termination", s.getTermination)
 	v1("POST /v1/sandboxes/{id}/checkpoint", s.checkpoint)
 	v1("GET /v1/terminations", s.listTerminations)

@@ -122,6 +122,14 @@ type Image struct {
 	// operator publishes it).
 	Tenant string `json:"tenant,omitempty"`
 	Public bool   `json:"public,omitempty"`
+	// Env is the environment every sandbox of the template starts with
+	// (under its create request's env): a built template's ENV lines.
+	// WorkDir and User are the build's last WORKDIR and USER, for the
+	// record. BuildMS is how long the build took.
+	Env     map[string]string `json:"env,omitempty"`
+	WorkDir string            `json:"workdir,omitempty"`
+	User    string            `json:"user,omitempty"`
+	BuildMS int64             `json:"build_ms,omitempty"`
 }
 
 // VisibleTo reports whether tenant may list and use the template: a

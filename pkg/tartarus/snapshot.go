@@ -46,3 +46,19 @@ type SnapshotInfo struct {
 	// Created is when the sandbox was stopped for the snapshot.
 	Created time.Time `json:"created"`
 }
+
+// TemplateSaver is the optional side interface of a Snapshotter whose
+// snapshots can become templates of their own (saving a sandbox as a
+// template): the disk is flattened into a new root filesystem, and the
+// snapshot is pointed at it, so that sandboxes restored from it start
+// where the saved one was.
+type TemplateSaver interface {
+	// FlattenDisk writes the disk of the snapshot files in dir (the
+	// template's root filesystem with the sandbox's changes on top) as
+	// one raw root filesystem image to out.
+	FlattenDisk(ctx context.Context, dir, out string) error
+	// RetargetSnapshot rewrites the snapshot files in dir to restore
+	// against img, whose RootFS is the FlattenDisk output: the disk starts
+	// empty over it. It returns the rewritten snapshot's description.
+	RetargetSnapshot(ctx context.Context, dir string, img *Image) (*SnapshotInfo, error)
+}

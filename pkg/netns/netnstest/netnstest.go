@@ -401,3 +401,12 @@ func (in *Internet) State(t testing.TB, prefix string) string {
 	}
 	return b.String()
 }
+
+// Serve serves h over HTTP on port 80 of addr, an address this stand-in
+// internet gains for it: a test's own service, such as a package
+// repository.
+func (in *Internet) Serve(t testing.TB, addr netip.Addr, h http.Handler) {
+	t.Helper()
+	shIn(t, fmt.Sprintf("addr add %s/32 dev lo\n", addr), "ip", "-n", in.Inet, "-batch", "-")
+	serveHTTP(t, netns.Path(in.Inet), netip.AddrPortFrom(addr, 80).String(), h, nil)
+}

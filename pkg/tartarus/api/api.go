@@ -5,6 +5,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -106,3 +108,74 @@ type TerminationList struct {
 type CheckpointList struct {
 	Checkpoints []*tartarus.Checkpoint `json:"checkpoints"`
 }
+
+// SaveTemplateRequest is the body of POST /v1/sandboxes/{id}/template; the
+// answer (201) is the new template.
+type SaveTemplateRequest struct {
+	Name string `json:"name"`
+}
+
+// TemplateBuildRequest is a Dockerfile build's parameters, from the query
+// of POST /v1/templates (whose body is the build context as a tar stream).
+type TemplateBuildRequest struct {
+	Name string
+	// Dockerfile is its path in the context ("" means Dockerfile).
+	Dockerfile string
+	Args       map[string]string
+	MemoryMB   int
+	CPUs       int
+	TimeoutS   int
+	// ReadyTimeoutS bounds the wait for READY.
+	ReadyTimeoutS int
+	// Network is the build sandboxes' network (nil: none).
+	Network *tartarus.NetworkSpec
+}
+
+// TemplateBuild is a build's state: the answer of POST /v1/templates.
+type TemplateBuild struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Status string `json:"status"` // running, succeeded, failed
+	Error  string `json:"error,omitempty"`
+}
+
+// The states of a TemplateBuild.
+const (
+	TemplateBuildRunning   = "running"
+	TemplateBuildSucceeded = "succeeded"
+	TemplateBuildFailed    = "failed"
+)
+
+// TemplateBuildEvent is one line of GET /v1/templates/{name}/builds/{id}
+// (NDJSON).
+type TemplateBuildEvent struct {
+	Time time.Time `json:"time"`
+	// Type is "step" (a step starts; Cached when it was found in the
+	// cache), "output" (Stream and Data), "error" or "done".
+	Type   string `json:"type"`
+	Step   int    `json:"step,omitempty"`
+	Total  int    `json:"total,omitempty"`
+	Text   string `json:"text,omitempty"`
+	Cached bool   `json:"cached,omitempty"`
+	Stream string `json:"stream,omitempty"`
+	Data   string `json:"data,omitempty"`
+	// ExitCode is a failed step's exit code.
+	ExitCode *int `json:"exit_code,omitempty"`
+	// Status ends the log: succeeded or failed.
+	Status     string `json:"status,omitempty"`
+	Template   string `json:"template,omitempty"`
+	DurationMS int64  `json:"duration_ms,omitempty"`
+}
+
+// TemplateBuildLog is a build's log as it grows.
+type TemplateBuildLog interface {
+	// Events returns the events from index from on, whether the build is
+	// over, and a channel closed at the next event.
+	Events(from int) (events []TemplateBuildEvent, over bool, changed <-chan struct{})
+}
+
+// Size limits of template uploads: a build context, an image tarball.
+const (
+	MaxTemplateContextBytes = 1 << 30
+	MaxTemplateImageBytes   = 8 << 30
+)

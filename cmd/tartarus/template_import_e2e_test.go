@@ -1,0 +1,178 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
+)
+
+// TestImageImportEndToEnd: against a real server, VMs and a private
+// dockerd, an image of the local Docker daemon (docker import of a busybox
+// tree, with an ENV) and the same image as an OCI layout tarball each
+// become a template whose sandbox boots as a microVM with the image's env;
+// a tarball whose layer reaches for a host file through an absolute link is
+// refused and the host file is unchanged.
+func TestImageImportEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs")
+	}
+	containertest.Require(t, "dockerd", "docker", "mke2fs")
+	e2eBinary(t)
+	host := containertest.Dockerd(t)
+	tree := filepath.Join(t.TempDir(), "rootfs")
+	if err := containertest.BuildRootFS(tree); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	rootTar := filepath.Join(work, "rootfs.tar")
+	docker := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("docker", append([]string{"-H", host}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("docker %v: %v\n%s", args, err, out)
+		}
+	}
+	if out, err := exec.Command("tar", "-C", tree, "-cf", rootTar, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	docker("import", "--change", "ENV GREETING=hello-oci", "--change", "WORKDIR /srv", rootTar, "tartarus-import-test:1")
+	saved := filepath.Join(work, "saved.tar")
+	docker("save", "-o", saved, "tartarus-import-test:1")
+	// The same image as an OCI image layout.
+	ociTar := filepath.Join(work, "oci.tar")
+	dockerSaveToOCI(t, saved, ociTar)
+
+	e := newTemplateE2E(t, []string{"base"})
+	acme := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "acme", "--role", "sandbox-user"))
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"from-docker", []string{"--docker", "tartarus-import-test:1", "--docker-host", host}},
+		{"from-oci", []string{ociTar}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := e.as(t, acme, append([]string{"template", "import", c.name}, c.args...)...)
+			t.Log(strings.TrimSpace(out))
+			id := strings.TrimSpace(e.as(t, acme, "sandbox", "create", "--template", c.name, "--timeout", "300"))
+			got := e.as(t, acme, "exec", id, "--", "sh", "-c", `echo "$GREETING"; cat /etc/hostname >/dev/null && echo busybox-root`)
+			if got != "hello-oci\nbusybox-root\n" {
+				t.Errorf("exec in the imported template's sandbox: %q", got)
+			}
+			e.as(t, acme, "sandbox", "rm", id)
+		})
+	}
+
+	t.Run("HostileLayer", func(t *testing.T) {
+		victimDir := t.TempDir()
+		victim := filepath.Join(victimDir, "victim.txt")
+		os.WriteFile(victim, []byte("original"), 0o644)
+		var layer bytes.Buffer
+		tw := tar.NewWriter(&layer)
+		tw.WriteHeader(&tar.Header{Name: "evil", Typeflag: tar.TypeSymlink, Linkname: victimDir})
+		tw.WriteHeader(&tar.Header{Name: "evil/victim.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5})
+		tw.Write([]byte("pwned"))
+		tw.WriteHeader(&tar.Header{Name: "../../../../../../" + victim[1:], Typeflag: tar.TypeReg, Mode: 0o644, Size: 5})
+		tw.Write([]byte("pwned"))
+		tw.Close()
+		bad := filepath.Join(work, "hostile.tar")
+		f, _ := os.Create(bad)
+		btw := tar.NewWriter(f)
+		manifest, _ := json.Marshal([]map[string]any{{"Config": "config.json", "Layers": []string{"layer.tar"}}})
+		for name, body := range map[string][]byte{"manifest.json": manifest, "config.json": []byte(`{"config":{}}`), "layer.tar": layer.Bytes()} {
+			btw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+			btw.Write(body)
+		}
+		btw.Close()
+		f.Close()
+		code, out, errOut := e.runAs(t, acme, "template", "import", "hostile", bad)
+		if code == 0 {
+			t.Errorf("the hostile image was imported: %s", out)
+		}
+		t.Logf("refused: %s", strings.TrimSpace(errOut))
+		if b, _ := os.ReadFile(victim); string(b) != "original" {
+			t.Fatalf("the host file is now %q", b)
+		}
+		if status, body := e.httpAs(t, acme, "GET", "/v1/templates"); strings.Contains(body, `"hostile"`) {
+			t.Errorf("the refused template is listed: %d %s", status, body)
+		}
+	})
+}
+
+// dockerSaveToOCI rewrites a `docker save` tarball (Debian's dockerd 20.10
+// writes the docker format only) as an OCI image layout tarball.
+func dockerSaveToOCI(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	members := map[string][]byte{}
+	tr := tar.NewReader(in)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			b, _ := io.ReadAll(tr)
+			members[strings.TrimPrefix(h.Name, "./")] = b
+		}
+	}
+	var m []struct {
+		Config string
+		Layers []string
+	}
+	if err := json.Unmarshal(members["manifest.json"], &m); err != nil || len(m) != 1 {
+		t.Fatalf("manifest.json: %v", err)
+	}
+	blobs := map[string][]byte{}
+	type desc struct {
+		MediaType string `json:"mediaType"`
+		Digest    string `json:"digest"`
+		Size      int    `json:"size"`
+	}
+	put := func(mt string, b []byte) desc {
+		sum := sha256.Sum256(b)
+		blobs["blobs/sha256/"+hex.EncodeToString(sum[:])] = b
+		return desc{mt, "sha256:" + hex.EncodeToString(sum[:]), len(b)}
+	}
+	manifest := map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": put("application/vnd.oci.image.config.v1+json", members[m[0].Config])}
+	var layers []desc
+	for _, l := range m[0].Layers {
+		layers = append(layers, put("application/vnd.oci.image.layer.v1.tar", members[l]))
+	}
+	manifest["layers"] = layers
+	mb, _ := json.Marshal(manifest)
+	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []desc{put("application/vnd.oci.image.manifest.v1+json", mb)}})
+	blobs["index.json"] = index
+	blobs["oci-layout"] = []byte(`{"imageLayoutVersion":"1.0.0"}`)
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	tw := tar.NewWriter(out)
+	for name, b := range blobs {
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(b))})
+		tw.Write(b)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
