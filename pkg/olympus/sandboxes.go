@@ -79,6 +79,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 			return 0, nil, err
 		}
 		w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
+		if s.tokens != nil && sb.Network != nil {
+			// The creator's link to the sandbox's ports (docs/network.md).
+			w.Header().Set(PortTokenHeader, s.tokens.token(sb.ID))
+		}
 		if sb.State == tartarus.StateQueued {
 			// It waits for room in its heat's admission queue: GET follows it.
 			return http.StatusAccepted, sb, nil
