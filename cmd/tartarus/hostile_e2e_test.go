@@ -170,7 +170,7 @@ func (e *e2e) api(t *testing.T, key, method, path, body string) (int, []byte) {
 	req, _ := http.NewRequest(method, e.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
-	c := http.Client{Timeout: 2 * time.Minute}
+	c := http.Client{Timeout: 5 * time.Minute} // the first create builds the template snapshot
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
