@@ -163,7 +163,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 		s.writeError(w, r, err)
 		return
 	}
-	tok, from := portTokenOf(r)
+	tok, from, tokenOK := s.tokens.portTokenFor(r, id)
 	serve := func(w http.ResponseWriter, r *http.Request) {
 		stripPortToken(r)
 		s.reverseProxy(pd, sb.ID, port, path).ServeHTTP(w, r)
@@ -173,7 +173,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 		serve(w, r)
 		return
 	}
-	if s.tokens.valid(sb.ID, tok) && !s.held(sb) {
+	if tokenOK && !s.held(sb) {
 		if from == tokenQuery && acceptQueryToken(w, r, sb.ID, tok) {
 			return
 		}

@@ -55,19 +55,26 @@ const (
 	tokenCookie
 )
 
-// portTokenOf finds the request's port token: header, then query, then
-// cookie.
-func portTokenOf(r *http.Request) (string, tokenSource) {
-	if t := r.Header.Get(PortTokenHeader); t != "" {
-		return t, tokenHeader
+// portTokenFor finds a valid port token for sandbox id in the request:
+// header, then query, then every cookie of our name (a guest on another
+// sandbox's host may set one for the parent domain; it must not shadow
+// this sandbox's own).
+func (p *portTokens) portTokenFor(r *http.Request, id string) (string, tokenSource, bool) {
+	if p == nil {
+		return "", tokenNone, false
 	}
-	if t := r.URL.Query().Get(PortTokenParam); t != "" {
-		return t, tokenQuery
+	if t := r.Header.Get(PortTokenHeader); t != "" && p.valid(id, t) {
+		return t, tokenHeader, true
 	}
-	if c, err := r.Cookie(PortTokenCookie); err == nil && c.Value != "" {
-		return c.Value, tokenCookie
+	if t := r.URL.Query().Get(PortTokenParam); t != "" && p.valid(id, t) {
+		return t, tokenQuery, true
 	}
-	return "", tokenNone
+	for _, c := range r.Cookies() {
+		if c.Name == PortTokenCookie && p.valid(id, c.Value) {
+			return c.Value, tokenCookie, true
+		}
+	}
+	return "", tokenNone, false
 }
 
 // stripPortToken removes every trace of a port token and of the caller's
