@@ -118,7 +118,7 @@ func TestNetworkEndToEnd(t *testing.T) {
 		get := func(host, path string) (int, string) {
 			t.Helper()
 			var last error
-			for range 50 { // the guest server takes a moment to listen
+			for range 150 { // the guest server takes a moment to listen (python under TCG on a loaded host: seconds)
 				req, _ := http.NewRequest("GET", e.url+path, nil)
 				if host != "" {
 					req.Host = host
