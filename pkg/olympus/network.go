@@ -190,7 +190,10 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 			s.writeError(w, r, err)
 			return
 		}
-		serve(w, r) // which strips the caller's credentials
+		// The guest must not see the caller's credentials.
+		r.Header.Del("Authorization")
+		r.Header.Del("X-API-Key")
+		serve(w, r)
 	})).ServeHTTP(w, r)
 }
 

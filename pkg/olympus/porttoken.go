@@ -77,12 +77,11 @@ func (p *portTokens) portTokenFor(r *http.Request, id string) (string, tokenSour
 	return "", tokenNone, false
 }
 
-// stripPortToken removes every trace of a port token and of the caller's
-// credentials from r, which goes on to the guest.
+// stripPortToken removes every trace of a port token from r, which goes
+// on to the guest. (Authorization is the guest app's own unless the caller
+// used it with us; proxyPort drops it then.)
 func stripPortToken(r *http.Request) {
 	r.Header.Del(PortTokenHeader)
-	r.Header.Del("Authorization")
-	r.Header.Del("X-API-Key")
 	if q := r.URL.Query(); q.Has(PortTokenParam) {
 		q.Del(PortTokenParam)
 		r.URL.RawQuery = q.Encode()

@@ -79,6 +79,7 @@ func TestPortTokens(t *testing.T) {
 		want             string
 	}{
 		{"header", "/v1/sandboxes/priv/ports/8080/a?x=1", "", map[string]string{PortTokenHeader: tok}, 200, `path=/a query="x=1" cookie="" auth="" token=""`},
+		{"the guest app's own Authorization passes with a token", "/v1/sandboxes/priv/ports/8080/h", "", map[string]string{PortTokenHeader: tok, "Authorization": "Bearer app"}, 200, `auth="Bearer app" token=""`},
 		{"host route, header", "/b", "8080-priv.sb.test", map[string]string{PortTokenHeader: tok}, 200, "path=/b"},
 		{"cookie", "/v1/sandboxes/priv/ports/8080/c", "", map[string]string{"Cookie": PortTokenCookie + "=" + tok + "; app=1"}, 200, `path=/c query="" cookie="app=1"`},
 		{"a cookie of another sandbox's first", "/v1/sandboxes/priv/ports/8080/g", "", map[string]string{"Cookie": PortTokenCookie + "=" + otherTok + "; " + PortTokenCookie + "=" + tok}, 200, `path=/g query="" cookie=""`},
