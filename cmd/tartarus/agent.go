@@ -257,7 +257,7 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 
 	l, err := link.New(link.Config{Agent: agent, Changes: changes, Servers: o.servers, TLS: setup.client,
 		ClientCAs: setup.cas, ServerNames: o.serverNames, Address: setup.advertise, Labels: setup.labels, SharedSnapshots: shared,
-		HeartbeatInterval: o.heartbeat, Clock: clk, Log: log})
+		CapacityMemoryMB: o.capacityMemoryMB, HeartbeatInterval: o.heartbeat, Clock: clk, Log: log})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/e2b"
 )
 
 // newAPIKeyCmd is `tartarus apikey create|ls|revoke`, through the API, or
@@ -54,13 +55,16 @@ server's policy, and --tenant must be given.`,
 		return dbKeys{s}, nil
 	}
 
-	var tenant, name, expires string
+	var tenant, name, expires, format string
 	var roles []string
 	create := &cobra.Command{
 		Use:   "create --tenant T --role R [--expires 30d]",
 		Short: "Make a key; prints its secret once",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "tartarus" && format != "e2b" {
+				return fmt.Errorf("--format %q: want tartarus or e2b", format)
+			}
 			a, err := admin(cmd.Context())
 			if err != nil {
 				return err
@@ -76,6 +80,11 @@ server's policy, and --tenant must be given.`,
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "key %s for tenant %s, roles %s, expires %s. Its secret is shown only now:\n",
 				k.ID, k.TenantID, strings.Join(k.Roles, ","), exp)
+			if format == "e2b" {
+				// The same key in the form E2B's SDKs check (docs/e2b.md).
+				fmt.Fprintln(cmd.OutOrStdout(), e2b.E2BKey(string(secret)))
+				return nil
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), secret)
 			return nil
 		},
@@ -84,6 +93,7 @@ server's policy, and --tenant must be given.`,
 	create.Flags().StringSliceVar(&roles, "role", nil, "policy role of the key (repeat or comma-separate)")
 	create.Flags().StringVar(&expires, "expires", "", "lifetime such as 30d, 2w or 12h (default: never)")
 	create.Flags().StringVar(&name, "name", "", "a note saying what the key is for")
+	create.Flags().StringVar(&format, "format", "tartarus", "how to print the secret: tartarus (tk_…) or e2b (e2b_…, for E2B's SDKs; the same key)")
 	create.MarkFlagRequired("role")
 
 	var lsTenant string

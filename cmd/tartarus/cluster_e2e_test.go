@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster/clustertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -79,15 +83,19 @@ func freeAddr(t testing.TB) string {
 // TestClusterWakeElsewhere gives two agents one snapshot store on a real
 // SeaweedFS (S3), hibernates a sandbox on one, kills that agent (-9) and
 // checks that the sandbox, marked unassigned rather than lost, wakes on
-// the other node with its files and a process that kept its memory.
+// the other node with its files and a process that kept its memory; then
+// drains. The same cluster first runs clusterServices (networks, ports,
+// heat and terminations through the replicas).
 func TestClusterWakeElsewhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
 	}
-	s3 := erebustest.StartSeaweedFS(t)
-	c := newClusterEnv(t, 1, 2,
-		[]string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey},
-		"--snapshots", "s3://snapshots/cluster?endpoint="+s3.Endpoint+"&tls=false")
+	c := newServicesCluster(t)
+	t.Run("Services", func(t *testing.T) { clusterServices(t, c) })
+	if t.Failed() {
+		return
+	}
+	c.agents[0].start(t) // clusterServices left it killed
 	ctx, cl := context.Background(), c.cl[0]
 	waitNodes(t, cl, map[string]string{"node-a": "up", "node-b": "up"})
 	nl, err := cl.Nodes(ctx)
@@ -221,6 +229,23 @@ func newCluster(t testing.TB, n, m int, agentArgs ...string) *clusterEnv {
 // newClusterEnv is newCluster with environment variables for the agents.
 func newClusterEnv(t testing.TB, n, m int, agentEnv []string, agentArgs ...string) *clusterEnv {
 	t.Helper()
+	return newClusterWith(t, clusterOpts{replicas: n, agents: m, agentEnv: agentEnv, agentArgs: agentArgs})
+}
+
+// clusterOpts shape a test cluster: its size, and flags and environment
+// for its processes (agentFlags adds flags of one agent, by index).
+type clusterOpts struct {
+	replicas, agents int
+	agentEnv         []string
+	agentArgs        []string
+	agentFlags       func(i int) []string
+	replicaArgs      []string
+}
+
+// newClusterWith is newCluster as o says.
+func newClusterWith(t testing.TB, o clusterOpts) *clusterEnv {
+	t.Helper()
+	n, m, agentEnv, agentArgs := o.replicas, o.agents, o.agentEnv, o.agentArgs
 	bin, cache := e2eBinary(t)
 	c := &clusterEnv{bin: bin, root: t.TempDir(), pg: pgtest.StartPostgresServer(t), redis: clustertest.StartRedis(t)}
 	root := c.root
@@ -247,14 +272,14 @@ func newClusterEnv(t testing.TB, n, m int, agentEnv []string, agentArgs ...strin
 			t.Fatal(err)
 		}
 		c.replicas = append(c.replicas, &proc{name: name, bin: bin, logs: filepath.Join(root, name+".log"),
-			args: []string{"server", "--listen", listen, "--data-dir", dir, "--auth=off", "--log-level", "debug",
+			args: append([]string{"server", "--listen", listen, "--data-dir", dir, "--auth=off", "--log-level", "debug",
 				"--database", c.pg.DSN, "--redis", c.redis.URL, "--agent-listen", agentListen,
 				"--agent-cert", filepath.Join(certs, "server.pem"), "--agent-key", filepath.Join(certs, "server-key.pem"),
-				"--agent-ca", filepath.Join(certs, "ca.pem"), "--node-timeout", "4s", "--heartbeat-interval", "500ms"}})
+				"--agent-ca", filepath.Join(certs, "ca.pem"), "--node-timeout", "4s", "--heartbeat-interval", "500ms"}, o.replicaArgs...)})
 		urls = append(urls, "http://"+listen)
 		agentURLs = append(agentURLs, "https://"+agentListen)
 	}
-	for _, n := range nodes {
+	for i, n := range nodes {
 		dir := filepath.Join(root, n)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
@@ -268,6 +293,10 @@ func newClusterEnv(t testing.TB, n, m int, agentEnv []string, agentArgs ...strin
 				"--listen", listen, "--advertise", "https://" + listen, "--labels", "pool=test,node=" + n,
 				"--tls-cert", filepath.Join(certs, "client-agent-"+n+".pem"), "--tls-key", filepath.Join(certs, "client-agent-"+n+"-key.pem"),
 				"--tls-ca", filepath.Join(certs, "ca.pem"), "--accel", "tcg", "--log-level", "debug"}, agentArgs...)})
+		if o.agentFlags != nil {
+			p := c.agents[len(c.agents)-1]
+			p.args = append(p.args, o.agentFlags(i)...)
+		}
 	}
 	all := append(slices.Clone(c.replicas), c.agents...)
 	t.Cleanup(func() {
@@ -655,4 +684,254 @@ func qemusUnder(dir string) []int {
 		pids = append(pids, pid)
 	}
 	return pids
+}
+
+// newServicesCluster starts two replicas (with --sandbox-domain sb.test)
+// and two agents that share snapshots on a real SeaweedFS and have
+// networks, each agent with its own stand-in internet (namespaces of the
+// test's own); node-b offers placement 700 MiB.
+func newServicesCluster(t *testing.T) *clusterEnv {
+	t.Helper()
+	e2eBinary(t) // skips without root, QEMU or templates
+	s3 := erebustest.StartSeaweedFS(t)
+	ins := []*netnstest.Internet{netnstest.New(t), netnstest.New(t)}
+	prefixes := []string{"tcla-", "tclb-"}
+	// An agent killed -9 leaves its sandboxes' namespaces; this runs after
+	// the cluster has stopped.
+	t.Cleanup(func() {
+		ents, _ := os.ReadDir("/run/netns")
+		for _, e := range ents {
+			for _, p := range prefixes {
+				if strings.HasPrefix(e.Name(), p) {
+					_ = exec.Command("ip", "netns", "del", e.Name()).Run()
+				}
+			}
+		}
+	})
+	return newClusterWith(t, clusterOpts{replicas: 2, agents: 2,
+		agentEnv:  []string{"AWS_ACCESS_KEY_ID=" + s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey},
+		agentArgs: []string{"--snapshots", "s3://snapshots/cluster?endpoint=" + s3.Endpoint + "&tls=false", "--network"},
+		agentFlags: func(i int) []string {
+			f := []string{"--network-uplink-netns", ins[i].Uplink, "--network-dns", ins[i].DNS, "--network-netns-prefix", prefixes[i]}
+			if i == 1 {
+				// Room for one ember sandbox (512 MiB) and not two.
+				f = append(f, "--capacity-memory-mb", "700")
+			}
+			return f
+		},
+		replicaArgs: []string{"--sandbox-domain", "sb.test"}})
+}
+
+// clusterServices checks what a single node serves beyond the lifecycle
+// on a cluster of newServicesCluster: a restricted network made at replica
+// 1 and changed at replica 2 holds on the guest, and its log reads at
+// replica 1; a guest web server answers through replica 2 by path, by host
+// and over an upgraded connection; a checkpoint and a graceful termination
+// are followed at either replica; a create of a resource class is sized
+// and ended at its maximum duration by its node, and a create queued on
+// the full node runs when room frees; and a hibernated sandbox whose node
+// died wakes on the other node at a port request, its policy kept. It
+// leaves node-a's agent killed.
+func clusterServices(t *testing.T, c *clusterEnv) {
+	ctx, cl := context.Background(), c.cl
+	waitNodes(t, cl[0], map[string]string{"node-a": "up", "node-b": "up"})
+
+	sb, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "python", MemoryMB: 256, TimeoutS: 1800,
+		NodeLabels: map[string]string{"node": "node-a"},
+		Network:    &tartarus.NetworkSpec{Mode: tartarus.NetworkRestricted, Allow: []string{"allowed.example"}, PublicPorts: true}})
+	if err != nil {
+		t.Fatalf("create with a restricted network at replica 1: %v", err)
+	}
+	id := sb.ID
+	fetch := func(t *testing.T, at *client.Client, url string) string {
+		t.Helper()
+		return strings.TrimSpace(execOut(t, at, id, "python3", "-c", fetchPy, url))
+	}
+	t.Run("PolicyAcrossReplicas", func(t *testing.T) {
+		if got := fetch(t, cl[0], "http://allowed.example/hello"); !strings.HasPrefix(got, "OK") {
+			t.Errorf("allowed.example: %q", got)
+		}
+		if got := fetch(t, cl[1], "http://blocked.example/hello"); !strings.HasPrefix(got, "ERR") {
+			t.Errorf("blocked.example under the policy of the create: %q", got)
+		}
+		up, err := cl[1].SetNetwork(ctx, id, &tartarus.NetworkSpec{Mode: tartarus.NetworkRestricted,
+			Allow: []string{"blocked.example"}, PublicPorts: true})
+		if err != nil || up.Network == nil || !slices.Equal(up.Network.Allow, []string{"blocked.example"}) {
+			t.Fatalf("update the policy at replica 2: %+v, %v", up, err)
+		}
+		if got := fetch(t, cl[0], "http://blocked.example/hello"); !strings.HasPrefix(got, "OK") {
+			t.Errorf("blocked.example once allowed: %q", got)
+		}
+		if got := fetch(t, cl[0], "http://allowed.example/hello"); !strings.HasPrefix(got, "ERR") {
+			t.Errorf("allowed.example once left out: %q", got)
+		}
+		if got, err := cl[0].GetSandbox(ctx, id); err != nil || got.Network == nil || !slices.Equal(got.Network.Allow, []string{"blocked.example"}) {
+			t.Errorf("the sandbox at replica 1 after the update: %+v, %v", got, err)
+		}
+		log, err := cl[0].NetworkLog(ctx, id)
+		if err != nil {
+			t.Fatalf("connection log at replica 1: %v", err)
+		}
+		var allowed, denied int
+		for _, r := range log.Records {
+			if r.Allowed {
+				allowed++
+			} else {
+				denied++
+			}
+		}
+		if allowed == 0 || denied == 0 {
+			t.Errorf("connection log: %d allowed, %d denied; want both: %+v", allowed, denied, log.Records)
+		}
+	})
+	get := func(t *testing.T, base, host, path string) (int, string) {
+		t.Helper()
+		var last error
+		for range 150 { // the guest server takes a moment to listen (python under TCG)
+			req, _ := http.NewRequest("GET", base+path, nil)
+			if host != "" {
+				req.Host = host
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					return resp.StatusCode, string(b)
+				}
+				last = fmt.Errorf("%d %s", resp.StatusCode, b)
+			} else {
+				last = err
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("port %s%s: %v", host, path, last)
+		return 0, ""
+	}
+	t.Run("PortsThroughTheOtherReplica", func(t *testing.T) {
+		if _, err := cl[0].ExecStream(ctx, id, &api.ExecRequest{Cmd: []string{"sh", "-c", "cat > /tmp/web.py; nohup python3 /tmp/web.py >/dev/null 2>&1 &"},
+			Stdin: webPy}, io.Discard, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if code, body := get(t, c.urls[1], "", "/v1/sandboxes/"+id+"/ports/8000/x/y"); code != 200 || !strings.HasPrefix(body, "guest /x/y") {
+			t.Errorf("path route through replica 2: %d %q", code, body)
+		}
+		host := "8000-" + id + ".sb.test"
+		if code, body := get(t, c.urls[1], host, "/z"); code != 200 || body != "guest /z host="+host {
+			t.Errorf("host route through replica 2: %d %q", code, body)
+		}
+		conn, err := net.Dial("tcp", strings.TrimPrefix(c.urls[1], "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /v1/sandboxes/%s/ports/8000/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", id)
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade through replica 2: %v %v", resp, err)
+		}
+		for _, line := range []string{"hello\n", "again\n"} {
+			fmt.Fprint(conn, line)
+			if got, err := br.ReadString('\n'); err != nil || got != "echo "+line {
+				t.Errorf("echo: %q %v", got, err)
+			}
+		}
+	})
+	t.Run("CheckpointAndTermination", func(t *testing.T) {
+		other, err := cl[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 128, TimeoutS: 1800,
+			NodeLabels: map[string]string{"node": "node-b"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ck, err := cl[0].Checkpoint(ctx, other.ID)
+		if err != nil || ck.SandboxID != other.ID || !ck.Restorable {
+			t.Fatalf("checkpoint at replica 1: %+v, %v", ck, err)
+		}
+		cks, err := cl[1].Checkpoints(ctx)
+		if err != nil || !slices.ContainsFunc(cks, func(k *tartarus.Checkpoint) bool { return k.ID == ck.ID }) {
+			t.Fatalf("checkpoints at replica 2: %+v, %v; want %s", cks, err, ck.ID)
+		}
+		st, err := cl[0].TerminateSandbox(ctx, other.ID, &tartarus.ShutdownOptions{GracePeriod: 2 * time.Second, Signal: tartarus.Signal("SIGTERM")})
+		if err != nil || st.SandboxID != other.ID || st.Reason != tartarus.ReasonUserRequest {
+			t.Fatalf("graceful delete at replica 1: %+v, %v", st, err)
+		}
+		waitFor(t, "the termination to complete, seen at replica 2", func() bool {
+			st, err = cl[1].Termination(ctx, other.ID)
+			return err == nil && st.Phase == tartarus.PhaseCompleted
+		})
+		if len(st.Phases) < 3 || st.ExitCode == nil {
+			t.Errorf("completed termination: %+v", st)
+		}
+		waitFor(t, "the sandbox to be terminated at replica 1", func() bool {
+			got, err := cl[0].GetSandbox(ctx, other.ID)
+			return err == nil && got.State == tartarus.StateTerminated
+		})
+	})
+	t.Run("HeatClassesAndQueue", func(t *testing.T) {
+		// ember: 1 vCPU, 512 MiB; its maximum duration (30 s) ends it
+		// through node-b's Thanatos with reason timeout.
+		classed, err := cl[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", ResourceClass: "ember",
+			NodeLabels: map[string]string{"node": "node-b"}})
+		if err != nil || classed.Heat == nil || classed.Heat.Class != "ember" || classed.MemoryMB != 512 || classed.CPUs != 1 {
+			t.Fatalf("ember create at replica 2: %+v, %v", classed, err)
+		}
+		started := time.Now()
+		// Under a heavy load the boot may eat most of the 30 s.
+		if out, err := execTry(cl[0], classed.ID, "nproc"); err != nil && strings.Contains(err.Error(), "terminating") {
+			t.Logf("nproc not checked: the ember sandbox reached its maximum duration first: %v", err)
+		} else if strings.TrimSpace(out) != "1" {
+			t.Errorf("nproc in an ember sandbox: %q, %v", out, err)
+		}
+		// node-b is full now: a cold create that may wait is queued.
+		queued, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", HeatHint: "cold", QueueTimeoutS: 120,
+			NodeLabels: map[string]string{"node": "node-b"}})
+		if err != nil || queued.State != tartarus.StateQueued || queued.Queue == nil || queued.Queue.Position != 1 {
+			t.Fatalf("create on a full node with queue_timeout_s at replica 1: %+v, %v", queued, err)
+		}
+		if h, err := cl[1].Heat(ctx); err != nil || h.QueueDepthByHeat["cold"] != 1 || h.ByHeat["cold"] < 1 {
+			t.Errorf("heat at replica 2: %+v, %v", h, err)
+		}
+		waitFor(t, "the queued create to run once the ember sandbox ended", func() bool {
+			got, err := cl[1].GetSandbox(ctx, queued.ID)
+			return err == nil && got.State == tartarus.StateRunning
+		})
+		t.Logf("ember sandbox ended and the queued create ran %v after the ember create", time.Since(started))
+		if st, err := cl[0].Termination(ctx, classed.ID); err != nil || st.Reason != tartarus.ReasonTimeout || st.Phase != tartarus.PhaseCompleted {
+			t.Errorf("termination of the ember sandbox at its maximum duration: %+v, %v", st, err)
+		}
+		if got, _ := cl[0].GetSandbox(ctx, queued.ID); got.Node != "node-b" || got.Heat == nil || got.Heat.Heat != "cold" {
+			t.Errorf("the admitted create: %+v", got)
+		}
+		if _, err := cl[1].DeleteSandbox(ctx, queued.ID); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("WakeElsewhereOnPort", func(t *testing.T) {
+		if h, err := cl[1].Hibernate(ctx, id); err != nil || h.State != tartarus.StateHibernated {
+			t.Fatalf("hibernate: %+v, %v", h, err)
+		}
+		c.agents[0].kill()
+		waitNodes(t, cl[1], map[string]string{"node-a": "down", "node-b": "up"})
+		start := time.Now()
+		if code, body := get(t, c.urls[1], "", "/v1/sandboxes/"+id+"/ports/8000/after-sleep"); code != 200 || !strings.HasPrefix(body, "guest /after-sleep") {
+			t.Fatalf("port request to a hibernated sandbox of a dead node: %d %q", code, body)
+		}
+		t.Logf("woke on the other node and answered in %v", time.Since(start))
+		if got, _ := cl[0].GetSandbox(ctx, id); got.Node != "node-b" || got.State != tartarus.StateRunning {
+			t.Fatalf("after the port request: %+v, want running on node-b", got)
+		}
+		// node-b's own stand-in internet has the same names: the policy
+		// set at replica 2 before the sleep holds there.
+		if got := fetch(t, cl[1], "http://allowed.example/hello"); !strings.HasPrefix(got, "ERR") {
+			t.Errorf("allowed.example on node-b: %q", got)
+		}
+		if got := fetch(t, cl[1], "http://blocked.example/hello"); !strings.HasPrefix(got, "OK") {
+			t.Errorf("blocked.example on node-b: %q", got)
+		}
+	})
+	if _, err := cl[0].DeleteSandbox(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "no QEMU left on node-b", func() bool { return len(qemusUnder(filepath.Join(c.root, "node-b"))) == 0 })
 }

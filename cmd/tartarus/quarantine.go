@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -238,6 +239,32 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 
+	sleepCmd := func(use, short string, call func(context.Context, string) (*tartarus.QuarantineRecord, error), done string) *cobra.Command {
+		return &cobra.Command{Use: use + " ID", Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				rec, err := call(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s, %s\n", rec.SandboxID, done, rec.Status)
+				return nil
+			}}
+	}
+	hibernate := sleepCmd("hibernate", "Put a held sandbox to sleep; it stays held", func(ctx context.Context, id string) (*tartarus.QuarantineRecord, error) {
+		c, err := o.client()
+		if err != nil {
+			return nil, err
+		}
+		return c.HibernateQuarantined(ctx, id)
+	}, "hibernated")
+	wake := sleepCmd("wake", "Wake a held sandbox; it is contained again", func(ctx context.Context, id string) (*tartarus.QuarantineRecord, error) {
+		c, err := o.client()
+		if err != nil {
+			return nil, err
+		}
+		return c.WakeQuarantined(ctx, id)
+	}, "woken")
+
 	var outDir string
 	evidence := &cobra.Command{
 		Use: "evidence ID [EVIDENCE_ID...]", Short: "Download a quarantine's evidence into a directory, checking each checksum", Args: cobra.MinimumNArgs(1),
@@ -318,7 +345,7 @@ func newQuarantineCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	policy.AddCommand(policyShow, policySet)
-	cmd.AddCommand(ls, show, examine, approve, destroy, evidence, policy)
+	cmd.AddCommand(ls, show, examine, approve, destroy, hibernate, wake, evidence, policy)
 	return cmd
 }
 
@@ -354,7 +381,7 @@ func downloadEvidence(cmd *cobra.Command, c *client.Client, sandboxID string, ev
 
 func evidenceExt(t tartarus.EvidenceType) string {
 	switch t {
-	case tartarus.EvidenceResourceSpike, tartarus.EvidenceExecHistory, tartarus.EvidenceNetworkLog:
+	case tartarus.EvidenceResourceSpike, tartarus.EvidenceExecHistory, tartarus.EvidenceNetworkLog, tartarus.EvidenceFileAccess:
 		return ".json"
 	}
 	return ".txt"

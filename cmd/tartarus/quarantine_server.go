@@ -10,7 +10,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
-	"github.com/tartarus-sandbox/tartarus/pkg/erebus"
+	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebusopen"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -22,18 +22,28 @@ import (
 type quarantineOptions struct {
 	policyFile string
 	interval   time.Duration
+	// evidenceStore is where evidence is kept: a directory or s3://…
+	// (erebusopen.Open); empty means DATA/evidence. It is a store of its
+	// own, never the snapshot store, so that a tenant's snapshot quota or
+	// deletions cannot touch evidence.
+	evidenceStore string
 }
 
 // openQuarantine wires Typhon to the single node's agent: records in the
 // store's database (memory when the store has none), evidence in its own
-// blob directory DATA/evidence, every step in the audit log. A policy file,
+// blob store (--quarantine-evidence-store, DATA/evidence by default), every
+// step in the audit log. A policy file,
 // when given, replaces the stored policy at start (audited as set by
 // "policy-file").
 func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, agent *hecatoncheir.Agent, dataDir string,
 	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
-	blobs, err := erebus.NewLocal(filepath.Join(dataDir, "evidence"))
+	spec := o.evidenceStore
+	if spec == "" {
+		spec = filepath.Join(dataDir, "evidence")
+	}
+	blobs, err := erebusopen.Open(ctx, spec, log)
 	if err != nil {
-		return nil, fmt.Errorf("evidence store: %w", err)
+		return nil, fmt.Errorf("--quarantine-evidence-store: %w", err)
 	}
 	var j typhon.Journal = typhon.NewMemJournal()
 	if k, ok := st.(store.QuarantineKeeper); ok {
@@ -42,6 +52,7 @@ func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, a
 		log.Warn("quarantine records are kept in memory: this store has no quarantine tables")
 	}
 	host := typhonnode.New(agent, clk)
+	host.Scratch = filepath.Join(dataDir, "tmp")
 	m, err := typhon.New(ctx, typhon.Config{Host: host, Network: host, Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
 		Clock: clk, Interval: o.interval, Log: log, Audit: auditQuarantine(audit, clk)})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/placement"
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 )
 
@@ -121,4 +122,25 @@ func openCluster(ctx context.Context, o *clusterOptions, st store.Store, clk clo
 	ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12})
 	return cl, ln, closeBus, nil
+}
+
+// enableClusterHeat turns on heat classes on a replica with the server's
+// heat flags (the same classes file on every replica), keeping the queue,
+// pools and observations in Postgres.
+func enableClusterHeat(ctx context.Context, cl *cluster.Cluster, o *heatOptions) error {
+	hc := cluster.HeatConfig{Router: phlegethon.Config{EnforceAll: o.enforceAll}}
+	if o.classes != "" {
+		cs, err := phlegethon.LoadClasses(o.classes)
+		if err != nil {
+			return fmt.Errorf("--heat-classes: %w", err)
+		}
+		hc.Router.Classes = cs
+	}
+	if o.queueWait < time.Second || o.queueWait > phlegethon.MaxQueueTimeout {
+		return fmt.Errorf("--queue-timeout %s: must be between 1s and %s", o.queueWait, phlegethon.MaxQueueTimeout)
+	}
+	hc.Queue.MaxTimeout = o.queueWait
+	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	hc.Queue.Policy = phlegethon.Policy(o.policy)
+	return cl.EnableHeat(ctx, hc)
 }

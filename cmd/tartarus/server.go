@@ -56,6 +56,7 @@ type serverOptions struct {
 	sandboxDomain             string
 	portTokenKeyFile          string
 	heat                      heatOptions
+	e2b                       e2bOptions
 }
 
 // heatOptions are the flags of heat classes (docs/heat.md).
@@ -63,6 +64,7 @@ type heatOptions struct {
 	classes    string
 	enforceAll bool
 	queueWait  time.Duration
+	policy     string
 }
 
 func newServerCmd() *cobra.Command {
@@ -103,12 +105,15 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	f.StringVar(&o.quarantine.policyFile, "quarantine-policy", "", "quarantine policy file (YAML or JSON, docs/quarantine.md) set at start")
 	f.DurationVar(&o.quarantine.interval, "quarantine-interval", 5*time.Second, "how often the quarantine triggers look at every sandbox")
+	f.StringVar(&o.quarantine.evidenceStore, "quarantine-evidence-store", "", "where quarantine evidence is kept, apart from snapshots: a directory or s3://BUCKET[/PREFIX]?endpoint=HOST:PORT (default DATA/evidence)")
 	addNodeFlags(f, &o.nodeOptions)
 	addClusterFlags(f, &o.cluster)
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
+	f.StringVar(&o.heat.policy, "queue-policy", string(phlegethon.PolicyFair), "order of the admission queues: fair (weighted fair share across heats) or fifo (arrival order, for comparison)")
 	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
 	addSeasonFlags(f, &o.seasons)
+	addE2BFlags(f, &o.e2b)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
 			// A replica runs no sandboxes: node flags belong on the agents.
@@ -124,6 +129,9 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 				return fmt.Errorf("%s: a replica (--agent-listen) runs no sandboxes; give these to `tartarus agent` on each node",
 					strings.Join(misplaced, ", "))
 			}
+		}
+		if err := o.e2b.validate(); err != nil {
+			return err
 		}
 		return runServer(cmd.Context(), o, auth, cmd.OutOrStdout())
 	}
@@ -211,6 +219,10 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		defer agentSrv.Close()
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
+		if err := enableClusterHeat(life, cl, &o.heat); err != nil {
+			return err
+		}
+		collectors = append(collectors, cl.HeatRouter().Collector())
 	} else {
 		netMetrics := &collectorList{}
 		o.network.metrics = netMetrics
@@ -288,6 +300,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	e2bSrv, err := startE2B(&o.e2b, api, log, out)
+	if err != nil {
+		_ = srv.Close()
+		stopLoop()
+		<-loopDone
+		return err
+	}
 
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	log.Info("serving", "url", url, "as", role, "data_dir", o.dataDir)
@@ -308,6 +327,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 
 	err = serveUntil(ctx, srv, serveErr, o.shutdownTimeout, log)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
+	e2bSrv.shutdown(sctx)
+	cancel()
 	stopLoop()
 	<-loopDone
 	return err
@@ -329,6 +351,7 @@ func enableHeat(ctx context.Context, a *hecatoncheir.Agent, st store.Store, o *h
 	}
 	hc.Queue.MaxTimeout = o.queueWait
 	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
+	hc.Queue.Policy = phlegethon.Policy(o.policy)
 	if hk, ok := st.(store.HeatKeeper); ok {
 		hc.Store = hk.Heat()
 	}

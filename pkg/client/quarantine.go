@@ -51,6 +51,18 @@ func (c *Client) DestroyQuarantined(ctx context.Context, id string) (*tartarus.Q
 	return &out, c.call(ctx, "POST", quarantinePath(id, "/destroy"), struct{}{}, &out)
 }
 
+// HibernateQuarantined puts a held sandbox to sleep, still held.
+func (c *Client) HibernateQuarantined(ctx context.Context, id string) (*tartarus.QuarantineRecord, error) {
+	var out tartarus.QuarantineRecord
+	return &out, c.call(ctx, "POST", quarantinePath(id, "/hibernate"), struct{}{}, &out)
+}
+
+// WakeQuarantined wakes a held sandbox, contained again.
+func (c *Client) WakeQuarantined(ctx context.Context, id string) (*tartarus.QuarantineRecord, error) {
+	var out tartarus.QuarantineRecord
+	return &out, c.call(ctx, "POST", quarantinePath(id, "/wake"), struct{}{}, &out)
+}
+
 // Evidence streams one piece of evidence; the header X-Checksum carries
 // its "sha256:…" checksum. The caller closes the body.
 func (c *Client) Evidence(ctx context.Context, id, evidenceID string) (io.ReadCloser, http.Header, error) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -34,6 +35,11 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	rt, img, err := a.checkCreate(ctx, tenant, req)
 	if err != nil {
 		return nil, err
+	}
+	if plan != nil && plan.info.Enforced {
+		// The class's bandwidth limits the sandbox's network (tc on the
+		// node) unless the create set its own.
+		phlegethon.ApplyNetworkBurst(req.Network, plan.info.NetworkMbps)
 	}
 	if plan != nil && plan.check {
 		// Queued creates come first: a new one that may wait joins them.

@@ -470,7 +470,7 @@ func (a *Agent) ExplainHeat(ctx context.Context, template string) (*tartarus.San
 	if err != nil {
 		return nil, err
 	}
-	return &tartarus.SandboxHeat{Heat: string(e.Heat), Class: e.Class, Rule: string(e.Rule), RaisedFrom: string(e.RaisedFrom), Reason: e.Reason}, nil
+	return SandboxHeatOf(e), nil
 }
 
 // HeatPools lists the pools with the nodes they hold now.
@@ -484,7 +484,7 @@ func (a *Agent) HeatPools(ctx context.Context) ([]api.Pool, error) {
 	}
 	out := make([]api.Pool, 0, len(pools))
 	for _, p := range pools {
-		out = append(out, apiPool(&p))
+		out = append(out, APIPool(&p))
 	}
 	return out, nil
 }
@@ -510,7 +510,7 @@ func (a *Agent) DefineHeatPool(ctx context.Context, in *api.Pool) (*api.Pool, er
 			return &pools[i], nil
 		}
 	}
-	out := apiPool(p)
+	out := APIPool(p)
 	return &out, nil
 }
 
@@ -527,7 +527,12 @@ func (a *Agent) HeatClasses(ctx context.Context) ([]api.ResourceClass, error) {
 	if err := a.heatOn(); err != nil {
 		return nil, err
 	}
-	cs := a.heat.router.Classes()
+	return APIClasses(a.heat.router.Classes()), nil
+}
+
+// APIClasses are the resource classes as the API shows them (a cluster
+// replica's too).
+func APIClasses(cs *phlegethon.Classes) []api.ResourceClass {
 	var out []api.ResourceClass
 	for _, c := range cs.List() {
 		def := cs.ForHeat(c.Heat)
@@ -535,10 +540,16 @@ func (a *Agent) HeatClasses(ctx context.Context) ([]api.ResourceClass, error) {
 			GPUCount: c.GPUCount, MaxDurationS: int(c.MaxDuration / time.Second), NetworkMbps: c.NetworkBurst,
 			DiskIOPS: c.DiskIOPS, Default: def != nil && def.Name == c.Name})
 	}
-	return out, nil
+	return out
 }
 
-func apiPool(p *phlegethon.Pool) api.Pool {
+// SandboxHeatOf is a classification's explanation as a sandbox shows it.
+func SandboxHeatOf(e phlegethon.Explanation) *tartarus.SandboxHeat {
+	return &tartarus.SandboxHeat{Heat: string(e.Heat), Class: e.Class, Rule: string(e.Rule), RaisedFrom: string(e.RaisedFrom), Reason: e.Reason}
+}
+
+// APIPool is a pool as the API shows it (a cluster replica's too).
+func APIPool(p *phlegethon.Pool) api.Pool {
 	out := api.Pool{Name: p.Name, NodeSelector: p.NodeSelector, MinNodes: p.MinNodes, MaxNodes: p.MaxNodes, CurrentNodes: p.CurrentNodes}
 	for _, h := range p.Heats {
 		out.Heats = append(out.Heats, string(h))

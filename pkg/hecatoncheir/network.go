@@ -1,6 +1,7 @@
 package hecatoncheir
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -41,7 +42,9 @@ func (a *Agent) chooseNetwork(rt tartarus.Runtime, fp *tartarus.Fingerprint, req
 		return nil
 	}
 	if !fp.Capabilities.Network {
-		return tartarus.Errorf(tartarus.ErrNotImplemented, "network mode %s: runtime %s cannot give a sandbox a network on this node (only microvm can, on a node started with networking)", req.Network.Mode, rt.Name())
+		// The runtime's fingerprint says why, when it knows.
+		why := cmp.Or(fp.Details["network"], "the node was started without networking")
+		return tartarus.Errorf(tartarus.ErrNotImplemented, "network mode %s: runtime %s cannot give a sandbox a network on this node: %s", req.Network.Mode, rt.Name(), why)
 	}
 	_, err := netns.SpecOf(req.Network)
 	return err

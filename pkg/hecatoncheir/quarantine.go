@@ -114,6 +114,13 @@ type HostCounters struct {
 	Pid        int
 	CPUSeconds float64 // user + system time of the process
 	RSSMB      float64
+	// BusiestTID is the process's thread with the most CPU time (under TCG,
+	// a vCPU thread), and DemandSeconds its time on a CPU plus its time
+	// runnable but waiting for one (/proc/PID/task/TID/schedstat): a guest
+	// that spins keeps it runnable all the time, however loaded the host
+	// is, while its CPU time is only the share the host gives it.
+	BusiestTID    int
+	DemandSeconds float64
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times on Linux.
@@ -146,7 +153,41 @@ func (a *Agent) HostCounters(ctx context.Context, sb *tartarus.Sandbox) (HostCou
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	rss, _ := strconv.ParseFloat(f[21], 64)
-	return HostCounters{Pid: in.Pid, CPUSeconds: (ut + st) / clockTicks, RSSMB: rss * float64(os.Getpagesize()) / (1 << 20)}, true
+	hc := HostCounters{Pid: in.Pid, CPUSeconds: (ut + st) / clockTicks, RSSMB: rss * float64(os.Getpagesize()) / (1 << 20)}
+	hc.BusiestTID, hc.DemandSeconds = busiestThread(in.Pid)
+	return hc, true
+}
+
+// busiestThread returns the thread of pid with the most CPU time and its
+// CPU time plus run-queue wait, in seconds (0, 0 when unreadable).
+func busiestThread(pid int) (int, float64) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0
+	}
+	tid, run, demand := 0, -1.0, 0.0
+	for i, e := range ents {
+		if i >= 256 {
+			break // QEMU has a handful of threads
+		}
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			continue
+		}
+		r, err1 := strconv.ParseFloat(f[0], 64)
+		w, err2 := strconv.ParseFloat(f[1], 64)
+		t, err3 := strconv.Atoi(e.Name())
+		if err1 != nil || err2 != nil || err3 != nil || r <= run {
+			continue
+		}
+		tid, run, demand = t, r, (r+w)/1e9
+	}
+	return tid, demand
 }
 
 // Console returns the last max bytes of the sandbox's console, from runtimes
@@ -174,4 +215,24 @@ func (a *Agent) GuestStats(ctx context.Context, sb *tartarus.Sandbox) (*tartarus
 		return ss.SampleStats(ctx, sb.ID)
 	}
 	return rt.Stats(ctx, sb.ID)
+}
+
+// DiskFiler is a runtime that can name a sandbox's disk on the host: a
+// copy-on-write overlay over the template's root filesystem (microvm).
+type DiskFiler interface {
+	DiskFiles(ctx context.Context, id string) (overlay, base string, err error)
+}
+
+// DiskFiles names the sandbox's disk overlay and the template image under
+// it, for runtimes that keep one (DiskFiler).
+func (a *Agent) DiskFiles(ctx context.Context, sb *tartarus.Sandbox) (overlay, base string, err error) {
+	rt, err := a.runtime(sb.Runtime)
+	if err != nil {
+		return "", "", err
+	}
+	df, ok := rt.(DiskFiler)
+	if !ok {
+		return "", "", tartarus.Errorf(tartarus.ErrNotImplemented, "runtime %s keeps no disk overlay the host can read", sb.Runtime)
+	}
+	return df.DiskFiles(ctx, sb.ID)
 }

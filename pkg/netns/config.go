@@ -86,6 +86,12 @@ type Spec struct {
 	// TapOwner, when set, owns this sandbox's TAP device in place of
 	// Config.TapUser: a jailed VMM runs under a uid of its own.
 	TapOwner string `json:"-"`
+	// GuestNetns gives the guest a network namespace of its own in place
+	// of the TAP device: a veth pair joins it to the sandbox namespace,
+	// and its eth0 has GuestAddr and a default route via GatewayAddr, as
+	// a microVM guest's NIC. Container runtimes put their sandboxes in it
+	// (Sandbox.GuestNetns); policy, log and limits apply unchanged.
+	GuestNetns bool `json:"-"`
 }
 
 // Validate reports every problem of the spec.

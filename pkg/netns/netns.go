@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,15 @@ const TapName = "tap0"
 // sandboxVeth is the sandbox end of the veth pair, inside its namespace.
 const sandboxVeth = "eth0"
 
+// GuestNetnsSuffix ends the name of a sandbox's guest namespace (see
+// Spec.GuestNetns): NetnsName(id) + GuestNetnsSuffix. No sandbox id holds
+// an "@", so the name cannot be another sandbox's namespace.
+const GuestNetnsSuffix = "@g"
+
+// guestVeth is the guest end of the veth pair that stands in for the TAP
+// device when the guest is a namespace (Spec.GuestNetns).
+const guestVeth = "eth0"
+
 // DefaultNetnsPrefix names our namespaces: prefix + sandbox id.
 const DefaultNetnsPrefix = "tt-"
 
@@ -56,8 +66,12 @@ type Sandbox struct {
 	ID string
 	// Netns is the namespace's path; the VMM is started inside it.
 	Netns string
-	// Tap is the TAP device's name inside Netns.
+	// Tap is the TAP device's name inside Netns. With Spec.GuestNetns it
+	// is a veth whose other end is the guest's eth0.
 	Tap string
+	// GuestNetns is the path of the guest namespace (Spec.GuestNetns):
+	// what a container joins. Empty for a TAP.
+	GuestNetns string
 
 	slot     int
 	hostAddr netip.Addr // uplink end
@@ -204,13 +218,20 @@ func (m *Manager) newSandbox(id string, slot int, spec Spec) *Sandbox {
 	n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
 	n += uint32(slot) * 4
 	host := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n + 1)})
-	return &Sandbox{
+	sb := &Sandbox{
 		ID: id, Netns: Path(m.NetnsName(id)), Tap: TapName,
 		slot: slot, hostAddr: host, sbAddr: host.Next(),
 		spec: spec, admitted: map[netip.Addr]time.Time{}, admittedName: map[netip.Addr]string{},
 		log: newRing(m.cfg.LogSize),
 	}
+	if spec.GuestNetns {
+		sb.GuestNetns = Path(m.guestNetnsName(id))
+	}
+	return sb
 }
+
+// guestNetnsName is the `ip netns` name of a sandbox's guest namespace.
+func (m *Manager) guestNetnsName(id string) string { return m.NetnsName(id) + GuestNetnsSuffix }
 
 // freeSlot picks the lowest unused slot; m.mu is held.
 func (m *Manager) freeSlot() (int, error) {
@@ -242,17 +263,31 @@ link set %s up
 	if owner := cmp.Or(sb.spec.TapOwner, m.cfg.TapUser); owner != "" {
 		tapUser = " user " + owner
 	}
+	// The guest's device: a TAP for a VMM, or a veth into the guest
+	// namespace under the TAP's name, so every rule below holds as is.
+	guestDev := fmt.Sprintf("tuntap add dev %s mode tap%s", TapName, tapUser)
+	if sb.GuestNetns != "" {
+		if _, err := run(ctx, "", "ip", "netns", "add", m.guestNetnsName(sb.ID)); err != nil {
+			return err
+		}
+		guestDev = fmt.Sprintf("link add %s type veth peer name %s netns %s", TapName, guestVeth, m.guestNetnsName(sb.ID))
+	}
 	sbBatch := fmt.Sprintf(`link set lo up
 addr add %s/30 dev %s
 link set %s up
 route add default via %s
-tuntap add dev %s mode tap%s
+%s
 link set %s address 52:54:00:1d:00:01
 addr add %s/30 dev %s
 link set %s up
-`, sb.sbAddr, sandboxVeth, sandboxVeth, sb.hostAddr, TapName, tapUser, TapName, GatewayAddr, TapName, TapName)
+`, sb.sbAddr, sandboxVeth, sandboxVeth, sb.hostAddr, guestDev, TapName, GatewayAddr, TapName, TapName)
 	if _, err := run(ctx, sbBatch, "ip", "-n", ns, "-batch", "-"); err != nil {
 		return err
+	}
+	if sb.GuestNetns != "" {
+		if err := m.configureGuest(ctx, sb); err != nil {
+			return err
+		}
 	}
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"},
@@ -280,6 +315,72 @@ link set %s up
 		return err
 	}
 	sb.dns = dns
+	return nil
+}
+
+// configureGuest makes the guest namespace look as a microVM guest's
+// network does once its agent has configured it.
+func (m *Manager) configureGuest(ctx context.Context, sb *Sandbox) error {
+	batch := fmt.Sprintf(`link set lo up
+link set %s address %s
+addr add %s/%d dev %s
+link set %s up
+route add default via %s
+`, guestVeth, GuestMAC, GuestAddr, GuestPrefix.Bits(), guestVeth, guestVeth, GatewayAddr)
+	if _, err := run(ctx, batch, "ip", "-n", m.guestNetnsName(sb.ID), "-batch", "-"); err != nil {
+		return err
+	}
+	for _, key := range []string{"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"} {
+		if err := writeSysctl(sb.GuestNetns, key, "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AttachGuest moves sandbox id's guest network into the network namespace
+// of process pid, which becomes the guest namespace (Sandbox.GuestNetns
+// names it from then on): for a container whose runtime must create its
+// network namespace itself, as runc does for a container in a user
+// namespace (a process there may not join a namespace the host owns).
+// The guest's veth pair is made anew into it, so a restarted container
+// gets its network back the same way.
+func (m *Manager) AttachGuest(ctx context.Context, id string, pid int) error {
+	sb, err := m.Get(id)
+	if err != nil {
+		return err
+	}
+	if sb.GuestNetns == "" {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "network of sandbox %s has no guest namespace", id)
+	}
+	if pid <= 0 {
+		return tartarus.Errorf(tartarus.ErrInvalid, "attach network of sandbox %s: pid %d", id, pid)
+	}
+	ns, g := m.NetnsName(id), m.guestNetnsName(id)
+	err = func() error {
+		// The old pair goes first (its guest end with it, wherever it is).
+		if _, err := run(ctx, "", "ip", "-n", ns, "link", "del", TapName); err != nil && !isNoSuch(err) {
+			return err
+		}
+		if err := deleteNetns(ctx, g); err != nil {
+			return err
+		}
+		if _, err := run(ctx, "", "ip", "netns", "attach", g, strconv.Itoa(pid)); err != nil {
+			return err
+		}
+		batch := fmt.Sprintf(`link add %s type veth peer name %s netns %s
+link set %s address 52:54:00:1d:00:01
+addr add %s/30 dev %s
+link set %s up
+`, TapName, guestVeth, g, TapName, GatewayAddr, TapName, TapName)
+		if _, err := run(ctx, batch, "ip", "-n", ns, "-batch", "-"); err != nil {
+			return err
+		}
+		return m.configureGuest(ctx, sb)
+	}()
+	if err != nil {
+		return fmt.Errorf("attach network of sandbox %s to pid %d: %w", id, pid, err)
+	}
 	return nil
 }
 
@@ -373,7 +474,8 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	if slot >= 0 {
 		errs = append(errs, m.removeSlot(ctx, slot))
 	}
-	errs = append(errs, deleteNetns(ctx, m.NetnsName(id)))
+	// The guest namespace first: its end of the veth goes with it.
+	errs = append(errs, deleteNetns(ctx, m.guestNetnsName(id)), deleteNetns(ctx, m.NetnsName(id)))
 	if sb != nil {
 		m.mu.Lock()
 		delete(m.byID, id)

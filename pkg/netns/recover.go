@@ -51,6 +51,11 @@ func (m *Manager) Recover(ctx context.Context, id string, spec Spec) (*Sandbox, 
 	if !ok {
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "network namespace of sandbox %s", id)
 	}
+	if spec.GuestNetns {
+		if _, err := os.Stat(Path(m.guestNetnsName(id))); err != nil {
+			return nil, tartarus.Errorf(tartarus.ErrNotFound, "guest network namespace of sandbox %s", id)
+		}
+	}
 	m.mu.Lock()
 	if _, dup := m.byID[id]; dup {
 		m.mu.Unlock()
@@ -96,11 +101,18 @@ func (m *Manager) Reconcile(ctx context.Context, keep map[string]bool) ([]string
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reconcile networks: %w", err)
 	}
+	seen := map[string]bool{}
 	for _, e := range entries {
 		id, ok := strings.CutPrefix(e.Name(), m.cfg.NetnsPrefix)
 		if !ok {
 			continue
 		}
+		// A guest namespace goes with its sandbox's.
+		id = strings.TrimSuffix(id, GuestNetnsSuffix)
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
 		if keep[id] {
 			if s, ok := m.slotOf(ctx, id); ok {
 				keptSlots[s] = true

@@ -74,7 +74,7 @@ func timeoutSetter(s *Server) (TimeoutSetter, error) {
 func terminator(s *Server) (Terminator, error) {
 	t, ok := s.be.(Terminator)
 	if !ok {
-		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "graceful termination and checkpoints are not available on this server (a cluster replica ends sandboxes at once)")
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "graceful termination and checkpoints are not available on this server")
 	}
 	return t, nil
 }

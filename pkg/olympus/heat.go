@@ -25,7 +25,7 @@ type HeatManager interface {
 func (s *Server) heatManager() (HeatManager, error) {
 	h, ok := s.be.(HeatManager)
 	if !ok {
-		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "heat classes, pools and queues are not available on this server (a cluster replica)")
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "heat classes, pools and queues are not available on this server")
 	}
 	return h, nil
 }

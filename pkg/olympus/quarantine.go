@@ -20,8 +20,8 @@ import (
 // Authorization is Cerberus's, on the resource type "quarantine" of the
 // sandbox's tenant: read lists and shows records and downloads evidence;
 // update examines; delete destroys; admin approves a release (the
-// approver role); execute keeps exec and files on a held sandbox (the
-// examiner role). Setting the policy is update on the resource "policy".
+// approver role); execute keeps exec and files on a held sandbox and
+// hibernates and wakes it (the examiner role). Setting the policy is update on the resource "policy".
 type Quarantiner interface {
 	Quarantine(ctx context.Context, req *tartarus.QuarantineRequest) (*tartarus.QuarantineRecord, error)
 	ListQuarantined(ctx context.Context, f *tartarus.QuarantineFilter) ([]*tartarus.QuarantineRecord, error)
@@ -30,6 +30,10 @@ type Quarantiner interface {
 	ExamineAs(ctx context.Context, sandboxID, examiner string) (*tartarus.ExaminationReport, error)
 	Release(ctx context.Context, sandboxID string, a *tartarus.ReleaseApproval) error
 	Destroy(ctx context.Context, sandboxID, by string) (*tartarus.QuarantineRecord, error)
+	// Hibernate and Wake put a held sandbox to sleep and back, the hold
+	// kept throughout.
+	Hibernate(ctx context.Context, sandboxID, by string) (*tartarus.QuarantineRecord, error)
+	Wake(ctx context.Context, sandboxID, by string) (*tartarus.QuarantineRecord, error)
 	Evidence(ctx context.Context, sandboxID, evidenceID string) (io.ReadCloser, *tartarus.Evidence, error)
 	Policy() *tartarus.QuarantinePolicy
 	SetPolicy(ctx context.Context, p *tartarus.QuarantinePolicy) error
@@ -53,6 +57,8 @@ func (s *Server) quarantineRoutes(v1 func(string, http.HandlerFunc)) {
 	v1("POST /v1/quarantine/{id}/examine", s.examine)
 	v1("POST /v1/quarantine/{id}/release", s.release)
 	v1("POST /v1/quarantine/{id}/destroy", s.destroyQuarantined)
+	v1("POST /v1/quarantine/{id}/hibernate", s.hibernateQuarantined)
+	v1("POST /v1/quarantine/{id}/wake", s.wakeQuarantined)
 	v1("GET /v1/quarantine/{id}/evidence/{evidence}", s.evidence)
 }
 
@@ -288,6 +294,23 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 func (s *Server) destroyQuarantined(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.recordFor, cerberus.ActionDelete, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
 		out, err := q.Destroy(ctx, h.rec.SandboxID, h.who.ID)
+		return http.StatusOK, out, err
+	})
+}
+
+// hibernateQuarantined puts a held sandbox to sleep, still held (the
+// sandbox routes' hibernate refuses a quarantined sandbox).
+func (s *Server) hibernateQuarantined(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.recordFor, cerberus.ActionExecute, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		out, err := q.Hibernate(ctx, h.rec.SandboxID, h.who.ID)
+		return http.StatusOK, out, err
+	})
+}
+
+// wakeQuarantined wakes a held sandbox and contains it again.
+func (s *Server) wakeQuarantined(w http.ResponseWriter, r *http.Request) {
+	serve(s, w, r, s.recordFor, cerberus.ActionExecute, quarantiner, func(ctx context.Context, q Quarantiner, h heldTarget) (int, any, error) {
+		out, err := q.Wake(ctx, h.rec.SandboxID, h.who.ID)
 		return http.StatusOK, out, err
 	})
 }

@@ -33,12 +33,18 @@ func newQuarantineAPI(t testing.TB) *testAPI {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	rt, err := fake.New(fake.Config{StateDir: filepath.Join(dir, "vms"), MaxCPUs: 2, MaxMemoryMB: 1024})
+	rt, err := fake.New(fake.Config{StateDir: filepath.Join(dir, "vms"), MaxCPUs: 2, MaxMemoryMB: 1024,
+		Capabilities: &tartarus.Capabilities{Pause: true, Snapshot: true, Files: true, Signal: true, Recover: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cat := catalog{"base": {Name: "base"}}
-	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: "node-1", Store: st, Runtimes: []tartarus.Runtime{rt}, Images: cat})
+	snaps, err := erebus.NewLocal(filepath.Join(dir, "snapshots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := hecatoncheir.New(hecatoncheir.Config{Node: "node-1", Store: st, Runtimes: []tartarus.Runtime{rt}, Images: cat,
+		Snapshots: snaps, SnapshotTempDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +158,42 @@ func TestQuarantineRoutes(t *testing.T) {
 	}
 	if a := ta.do(t, call{method: "GET", path: "/v1/quarantine/" + sb.ID + "/evidence/nope", tenant: "acme"}); a.status != 404 {
 		t.Errorf("missing evidence: %d", a.status)
+	}
+	// A held sandbox sleeps and wakes through the quarantine routes only,
+	// and stays held throughout.
+	if a := ta.do(t, call{method: "POST", path: "/v1/sandboxes/" + sb.ID + "/hibernate", tenant: "acme"}); a.status < 400 {
+		t.Errorf("hibernate of a held sandbox by the sandbox route: %d %s", a.status, a.body)
+	}
+	if a := ta.do(t, call{method: "POST", path: "/v1/quarantine/" + sb.ID + "/hibernate", tenant: "acme", header: owner}); a.status != 403 {
+		t.Errorf("owner's hibernate of a held sandbox: %d %s", a.status, a.body)
+	}
+	if a := ta.do(t, call{method: "POST", path: "/v1/quarantine/" + sb.ID + "/hibernate", tenant: "acme"}); a.status != 200 {
+		t.Fatalf("examiner's hibernate: %d %s", a.status, a.body)
+	}
+	if got, _ := ta.agent.Get(context.Background(), sb.ID); got.State != tartarus.StateHibernated {
+		t.Fatalf("after hibernate: %s", got.State)
+	}
+	for _, c := range []call{
+		{method: "POST", path: "/v1/sandboxes/" + sb.ID + "/exec", body: `{"cmd":["true"]}`},
+		{method: "POST", path: "/v1/sandboxes/" + sb.ID + "/wake"},
+		{method: "POST", path: "/v1/quarantine/" + sb.ID + "/wake"},
+	} {
+		c.tenant, c.header = "acme", owner
+		if a := ta.do(t, c); a.status != 403 {
+			t.Errorf("owner %s %s on a held, sleeping sandbox: %d %s", c.method, c.path, a.status, a.body)
+		}
+	}
+	if a := ta.do(t, call{method: "POST", path: "/v1/quarantine/" + sb.ID + "/wake", tenant: "acme"}); a.status != 200 {
+		t.Fatalf("examiner's wake: %d %s", a.status, a.body)
+	}
+	if got, _ := ta.agent.Get(context.Background(), sb.ID); got.State != tartarus.StateQuarantined {
+		t.Fatalf("after wake: %s", got.State)
+	}
+	if a := ta.do(t, call{method: "POST", path: "/v1/sandboxes/" + sb.ID + "/exec", tenant: "acme", header: owner, body: `{"cmd":["true"]}`}); a.status != 403 {
+		t.Errorf("owner exec after wake: %d %s", a.status, a.body)
+	}
+	if a := ta.do(t, call{method: "POST", path: "/v1/sandboxes/" + sb.ID + "/exec", tenant: "acme", body: `{"cmd":["true"]}`}); a.status != 200 {
+		t.Errorf("examiner exec after wake: %d %s", a.status, a.body)
 	}
 	// The caller who quarantined it may not approve; without admin, no one
 	// may.

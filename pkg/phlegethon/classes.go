@@ -273,6 +273,22 @@ func (l Limits) QEMUDriveThrottle() string {
 	return "throttling.iops-total=" + strconv.Itoa(l.DiskIOPS)
 }
 
+// ApplyNetworkBurst gives a sandbox network without bandwidth limits of its
+// own the class's limit (Mbit/s) both ways, which the node applies with tc;
+// a sandbox without a network has nothing to limit.
+func ApplyNetworkBurst(n *tartarus.NetworkSpec, mbps int) {
+	if n == nil || mbps <= 0 {
+		return
+	}
+	bits := uint64(mbps) * 1_000_000
+	if n.EgressBitsPerSec == 0 {
+		n.EgressBitsPerSec = bits
+	}
+	if n.IngressBitsPerSec == 0 {
+		n.IngressBitsPerSec = bits
+	}
+}
+
 // TCArgs returns the arguments of `tc` that hold dev's egress to
 // NetworkMbps with a token bucket, or nil for no limit. The burst is a
 // tenth of a second at the rate, and at least 32 KiB.

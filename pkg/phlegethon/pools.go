@@ -300,6 +300,23 @@ func NewPools(ctx context.Context, store PoolStore) (*Pools, error) {
 	return p, nil
 }
 
+// Reload replaces the pools with those the store holds now: servers that
+// share a store (the replicas of a cluster) see each other's changes.
+func (p *Pools) Reload(ctx context.Context) error {
+	list, err := p.store.ListPools(ctx)
+	if err != nil {
+		return fmt.Errorf("load pools: %w", err)
+	}
+	pools := make(map[string]Pool, len(list))
+	for _, pool := range list {
+		pools[pool.Name] = pool
+	}
+	p.mu.Lock()
+	p.pools = pools
+	p.mu.Unlock()
+	return nil
+}
+
 // Define adds pool; a pool of that name already defined is
 // tartarus.ErrAlreadyExists.
 func (p *Pools) Define(ctx context.Context, pool *Pool) error {

@@ -215,6 +215,9 @@ func (r *Router) DefinePool(ctx context.Context, p *Pool) error { return r.pools
 // RemovePool deletes the pool called name.
 func (r *Router) RemovePool(ctx context.Context, name string) error { return r.pools.Remove(ctx, name) }
 
+// ReloadPools reads the pools again from the store (see Pools.Reload).
+func (r *Router) ReloadPools(ctx context.Context) error { return r.pools.Reload(ctx) }
+
 // ListPools returns the pools by name with their CurrentNodes counted.
 func (r *Router) ListPools(ctx context.Context) ([]Pool, error) {
 	pools := r.pools.List()

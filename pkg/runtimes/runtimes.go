@@ -19,6 +19,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/jail"
+	rtcontainer "github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/fake"
@@ -56,8 +57,9 @@ type Config struct {
 	// ConsoleMaxBytes caps its console log (zero: microvm's default).
 	Jail            *jail.Jail
 	ConsoleMaxBytes int64
-	// Networks gives microVMs their networks (a *netns.Manager); nil:
-	// sandboxes have only loopback.
+	// Networks gives microVMs their networks (a *netns.Manager), and
+	// gVisor and containerd sandboxes too; nil: sandboxes have only
+	// loopback.
 	Networks microvm.Networks
 
 	// Runsc is the runsc binary (default: on PATH, else scripts/runsc.sh's).
@@ -87,6 +89,9 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	dir := filepath.Join(cfg.DataDir, name)
+	// The network manager, when there is one, serves the container
+	// runtimes too (a guest namespace each, pkg/netns).
+	nets, _ := cfg.Networks.(rtcontainer.Networks)
 	switch name {
 	case microvm.Name:
 		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(cfg.DataDir, "vms"), Log: cfg.Log, Clock: cfg.Clock,
@@ -94,19 +99,20 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes,
 			Networks: cfg.Networks})
 	case gvisor.Name:
-		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock})
+		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock, Networks: nets})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}
 		return rt, nil
 	case docker.Name:
-		rt, err := docker.New(docker.Options{Host: cfg.DockerHost, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock})
+		rt, err := docker.New(docker.Options{Host: cfg.DockerHost, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock, Networks: nets})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}
 		return rt, nil
 	case containerd.Name:
-		rt, err := containerd.New(containerd.Options{Address: cfg.ContainerdAddress, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock})
+		rt, err := containerd.New(containerd.Options{Address: cfg.ContainerdAddress, CacheDir: dir, Log: cfg.Log, Clock: cfg.Clock,
+			Networks: nets})
 		if err != nil {
 			return &Unavailable{RuntimeName: name, Reason: err.Error()}, nil
 		}

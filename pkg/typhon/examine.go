@@ -85,6 +85,7 @@ type spikeData struct {
 
 type spikeSample struct {
 	CPUPercent float64 `json:"cpu_percent"`
+	CPUDemand  float64 `json:"cpu_demand"`
 	MemoryMB   float64 `json:"memory_mb"`
 	Processes  int     `json:"processes"`
 }
@@ -100,6 +101,22 @@ type netConn struct {
 	Proto   string `json:"proto"`
 	Allowed bool   `json:"allowed"`
 }
+
+// fileData is a file_access evidence's bytes (typhonnode.DiskDiff).
+type fileData struct {
+	ChangedBlocks int `json:"changed_blocks"`
+	Files         []struct {
+		Path string `json:"path"`
+	} `json:"files"`
+}
+
+// sensitivePaths are where a write earns a high finding: accounts, sudo,
+// ssh keys, the loader's preload, cron, system binaries and libraries.
+var sensitivePaths = []string{"/etc/passwd", "/etc/shadow", "/etc/group", "/etc/sudoers", "/etc/ld.so.preload", "/etc/cron",
+	"/etc/systemd/", "/etc/init.d/", "/root/.ssh/", "/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/lib/", "/usr/lib/", "/lib64/", "/boot/"}
+
+// filesMedium is how many changed files earn a medium finding on their own.
+const filesMedium = 1000
 
 // suspicious are command words that, run through the API, earn a finding.
 var suspicious = []string{"nmap", "masscan", "xmrig", "minerd", "/dev/tcp", "nc -e", "ncat", "base64 -d",
@@ -134,20 +151,26 @@ func examineEvidence(rec *tartarus.QuarantineRecord, data map[string][]byte) []t
 			if !d.HostCounters {
 				src = tartarus.SourceGuest
 			}
-			var cpuSum float64
 			maxProcs := 0
 			for _, s := range d.Samples {
-				cpuSum += s.CPUPercent
 				maxProcs = max(maxProcs, s.Processes)
 			}
-			avg := cpuSum / float64(len(d.Samples))
+			cpu := sustained(d.Samples, func(s spikeSample) float64 { return s.CPUPercent })
+			level := cpu
+			what := fmt.Sprintf("CPU at least %.0f%% of a core in two readings in a row", cpu)
+			if demand := sustained(d.Samples, func(s spikeSample) float64 { return s.CPUDemand }); d.HostCounters && demand > cpu {
+				// On a loaded host a spinning guest gets only its share
+				// of a core, but stays runnable all the time.
+				level = demand
+				what = fmt.Sprintf("busiest host thread runnable at least %.0f%% of the time in two readings in a row (its CPU share %.0f%% of a core)", demand, cpu)
+			}
 			evc := *ev
 			evc.Source = src
 			switch {
-			case avg >= cpuHigh:
-				add(&evc, tartarus.SeverityHigh, "cpu", "CPU at %.0f%% of a core on average over %d samples", avg, len(d.Samples))
-			case avg >= cpuMedium:
-				add(&evc, tartarus.SeverityMedium, "cpu", "CPU at %.0f%% of a core on average over %d samples", avg, len(d.Samples))
+			case level >= cpuHigh:
+				add(&evc, tartarus.SeverityHigh, "cpu", "%s", what)
+			case level >= cpuMedium:
+				add(&evc, tartarus.SeverityMedium, "cpu", "%s", what)
 			}
 			// The process count comes from the guest's own report.
 			evp := *ev
@@ -191,11 +214,44 @@ func examineEvidence(rec *tartarus.QuarantineRecord, data map[string][]byte) []t
 				sev = tartarus.SeverityHigh
 			}
 			add(ev, sev, string(ev.Type), "suspicious commands: %s", strings.Join(hits, ", "))
+		case tartarus.EvidenceFileAccess:
+			var d fileData
+			if !ok || json.Unmarshal(b, &d) != nil {
+				continue
+			}
+			var hit []string
+			for _, f := range d.Files {
+				for _, p := range sensitivePaths {
+					if strings.HasPrefix(f.Path, p) && len(hit) < 8 {
+						hit = append(hit, f.Path)
+						break
+					}
+				}
+			}
+			switch {
+			case len(hit) > 0:
+				add(ev, tartarus.SeverityHigh, "files", "system files written: %s", strings.Join(hit, ", "))
+			case len(d.Files) >= filesMedium:
+				add(ev, tartarus.SeverityMedium, "files", "%d files written (%d blocks)", len(d.Files), d.ChangedBlocks)
+			}
 		case tartarus.EvidenceNote:
 			add(ev, tartarus.SeverityInfo, "note", "%s", ev.Description)
 		}
 	}
 	return fs
+}
+
+// sustained is the highest level a reading kept over two readings in a row
+// (the one reading's, when there is only one).
+func sustained(ss []spikeSample, f func(spikeSample) float64) float64 {
+	if len(ss) == 1 {
+		return f(ss[0])
+	}
+	best := 0.0
+	for i := 1; i < len(ss); i++ {
+		best = max(best, min(f(ss[i-1]), f(ss[i])))
+	}
+	return best
 }
 
 // suspiciousWords returns the suspicious words text holds, each once.

@@ -337,7 +337,7 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 		rec.Involved = append(rec.Involved, by)
 	}
 	if len(pol.QuarantineNodes) > 0 && !slices.Contains(pol.QuarantineNodes, sb.Node) {
-		rec.Notes = append(rec.Notes, fmt.Sprintf("policy names quarantine nodes %v; moving the sandbox off %s is not done yet: it is held where it runs", pol.QuarantineNodes, sb.Node))
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("policy names quarantine nodes %v; moving the sandbox off %s is not done yet: it is held where it runs", pol.QuarantineNodes, sb.Node), MaxDescriptionLen))
 	}
 	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
 		return nil, err
@@ -350,11 +350,11 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 
 	// Containment.
 	if err := m.cfg.Host.SetQuarantined(ctx, sb.ID, true); err != nil {
-		rec.Notes = append(rec.Notes, "state: "+err.Error())
+		rec.Notes = append(rec.Notes, clean("state: "+err.Error(), MaxDescriptionLen))
 	}
 	prev, note := m.applyNetwork(ctx, sb.ID, mode, pol.Isolation.AllowedEgress, pol.Isolation.RecordNetwork)
 	if note != "" {
-		rec.Notes = append(rec.Notes, note)
+		rec.Notes = append(rec.Notes, clean(note, MaxDescriptionLen))
 	}
 	rec.OwnerNetwork = prev
 	if lerr == nil && last.Status == StatusReleased && last.ConditionsLifted.IsZero() {
@@ -386,7 +386,7 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	for _, e := range evs {
 		stored, err := m.storeEvidence(ctx, rec.ID, e)
 		if err != nil {
-			rec.Notes = append(rec.Notes, fmt.Sprintf("evidence %s: %v", e.Type, err))
+			rec.Notes = append(rec.Notes, clean(fmt.Sprintf("evidence %s: %v", e.Type, err), MaxDescriptionLen))
 			continue
 		}
 		rec.Evidence = append(rec.Evidence, stored)
@@ -423,6 +423,10 @@ func (m *Manager) applyNetwork(ctx context.Context, id string, mode NetworkMode,
 // storeEvidence puts one piece's bytes in the blob store.
 func (m *Manager) storeEvidence(ctx context.Context, recID string, e Evidence) (Evidence, error) {
 	e.ID = tartarus.NewID("ev")
+	// A description may quote the guest (an error with its output): it
+	// reaches the API only cleaned. The bytes themselves are kept as they
+	// are, for the examiner to download.
+	e.Description = clean(e.Description, MaxDescriptionLen)
 	if e.Timestamp.IsZero() {
 		e.Timestamp = m.cfg.Clock.Now().UTC()
 	}
@@ -687,6 +691,76 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	m.mu.Unlock()
 	m.audit(ctx, AuditEvent{Action: "release", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: a.ApprovedBy,
 		Detail: fmt.Sprintf("conditions %q until %v", ap.Conditions, ap.ExpiresAt)})
+	return nil
+}
+
+// Hibernate puts a held sandbox to sleep (to free the node while it awaits
+// examination or approval): the hold stays, so only examiners may wake or
+// reach it, and Wake (or the next tick, if something else woke it)
+// contains it again.
+func (m *Manager) Hibernate(ctx context.Context, sandboxID, by string) (*QuarantineRecord, error) {
+	sl, ok := m.cfg.Host.(Sleeper)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this node cannot hibernate a quarantined sandbox")
+	}
+	ctx = context.WithoutCancel(ctx)
+	unlock := m.opLock(sandboxID)
+	defer unlock()
+	rec, err := m.heldRecord(ctx, sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	// Hibernation starts from running; the hold is the manager's, not
+	// the state's, so nobody but an examiner reaches it meanwhile.
+	if err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, false); err != nil {
+		return nil, fmt.Errorf("hibernate %s: %w", rec.SandboxID, err)
+	}
+	if err := sl.Hibernate(ctx, rec.SandboxID); err != nil {
+		if rerr := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, true); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("contain again: %w", rerr))
+		}
+		m.audit(ctx, AuditEvent{Action: "hibernate", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Err: err})
+		return nil, err
+	}
+	m.audit(ctx, AuditEvent{Action: "hibernate", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: "held while asleep"})
+	return cloneRecord(rec), nil
+}
+
+// Wake wakes a held, hibernated sandbox and contains it again (state and
+// network) before returning.
+func (m *Manager) Wake(ctx context.Context, sandboxID, by string) (*QuarantineRecord, error) {
+	sl, ok := m.cfg.Host.(Sleeper)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this node cannot wake a quarantined sandbox")
+	}
+	ctx = context.WithoutCancel(ctx)
+	unlock := m.opLock(sandboxID)
+	defer unlock()
+	rec, err := m.heldRecord(ctx, sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	if err := sl.Wake(ctx, rec.SandboxID); err != nil {
+		m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Err: err})
+		return nil, err
+	}
+	if err := m.recontain(ctx, rec); err != nil {
+		return nil, err
+	}
+	m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: "contained again"})
+	return cloneRecord(rec), nil
+}
+
+// recontain puts a held sandbox's containment back: its quarantined state
+// and its network mode (the caller holds its op lock).
+func (m *Manager) recontain(ctx context.Context, rec *QuarantineRecord) error {
+	if err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, true); err != nil {
+		return fmt.Errorf("contain %s again: %w", rec.SandboxID, err)
+	}
+	pol := m.Policy()
+	if _, note := m.applyNetwork(ctx, rec.SandboxID, rec.NetworkMode, pol.Isolation.AllowedEgress, true); note != "" && m.cfg.Network != nil {
+		return fmt.Errorf("contain %s again: %s", rec.SandboxID, note)
+	}
 	return nil
 }
 

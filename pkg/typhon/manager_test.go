@@ -430,3 +430,171 @@ func TestReleaseConditionsForUsesTheClock(t *testing.T) {
 		t.Fatalf("after expiry the owner's network is not back: %q", r.net.mode("sb-1"))
 	}
 }
+
+// TestFileAccessRule: a write to a system file is a high host finding;
+// names of any bytes stay clean in the report.
+func TestFileAccessRule(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		sev  tartarus.Severity // "" for no finding
+	}{
+		{"system file", `{"changed_blocks":3,"files":[{"path":"/tmp/x"},{"path":"/etc/shadow"}]}`, tartarus.SeverityHigh},
+		{"scratch only", `{"changed_blocks":3,"files":[{"path":"/tmp/x"},{"path":"/home/u/.cache/y"}]}`, ""},
+		{"hostile name", `{"files":[{"path":"/usr/bin/\u001b[31m\n\u202eevil\uFFFF"}]}`, tartarus.SeverityHigh},
+		{"not json", "\xff\x00", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &tartarus.QuarantineRecord{Evidence: []tartarus.Evidence{{ID: "ev1", Type: tartarus.EvidenceFileAccess, Source: tartarus.SourceHost}}}
+			fs := examineEvidence(rec, map[string][]byte{"ev1": []byte(tc.data)})
+			if tc.sev == "" {
+				if len(fs) != 0 {
+					t.Fatalf("findings %+v", fs)
+				}
+				return
+			}
+			if len(fs) != 1 || fs[0].Severity != tc.sev || fs[0].Source != tartarus.SourceHost || fs[0].EvidenceID != "ev1" {
+				t.Fatalf("findings %+v", fs)
+			}
+			if strings.ContainsAny(fs[0].Description, "\x1b\n") {
+				t.Fatalf("uncleaned %q", fs[0].Description)
+			}
+		})
+	}
+}
+
+// TestPolicyRefusesUnenforcedIsolation: settings that are not applied are
+// refused, each named.
+func TestPolicyRefusesUnenforcedIsolation(t *testing.T) {
+	p := &QuarantinePolicy{Isolation: QuarantineIsolation{SeccompProfile: "strict", StorageBackend: "s3://x"}}
+	err := validatePolicy(p)
+	if err == nil || !strings.Contains(err.Error(), "seccomp_profile") || !strings.Contains(err.Error(), "storage_backend") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+// TestHeldSandboxFoundRunningIsContainedAgain: a held sandbox that comes
+// back running by another path than Wake (a wake on demand, a restore) is
+// contained again by the next tick: state and network.
+func TestHeldSandboxFoundRunningIsContainedAgain(t *testing.T) {
+	r := newRig(t, NewMemJournal(), "sb-1")
+	if _, err := r.m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	r.host.SetQuarantined(ctx, "sb-1", false)
+	r.net.mu.Lock()
+	r.net.modes["sb-1"] = ""
+	r.net.mu.Unlock()
+	if rep := r.m.Tick(ctx); len(rep.Errors) != 0 || len(rep.Tripped) != 0 {
+		t.Fatalf("tick: %+v", rep)
+	}
+	if sb, _ := r.host.Get(ctx, "sb-1"); sb.State != tartarus.StateQuarantined || r.net.mode("sb-1") != NetworkModeNone {
+		t.Fatalf("after a tick: state %s, network %q", sb.State, r.net.mode("sb-1"))
+	}
+	if r.m.Admit("sb-1", "owner", false) == nil {
+		t.Fatal("the owner reaches a held sandbox")
+	}
+}
+
+// TestCPURuleReadsDemand: on a loaded host a spinning guest gets a small
+// share of a core but stays runnable; the rule rates what it wanted.
+func TestCPURuleReadsDemand(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		sev  tartarus.Severity
+	}{
+		{"spin on a loaded host", `{"host_counters":true,"samples":[{"cpu_percent":4,"cpu_demand":10},{"cpu_percent":17,"cpu_demand":99},{"cpu_percent":15,"cpu_demand":98}]}`, tartarus.SeverityHigh},
+		{"spin on a quiet host", `{"host_counters":true,"samples":[{"cpu_percent":97,"cpu_demand":99}]}`, tartarus.SeverityHigh},
+		{"idle", `{"host_counters":true,"samples":[{"cpu_percent":4,"cpu_demand":12},{"cpu_percent":5,"cpu_demand":11}]}`, ""},
+		{"guest's word only", `{"host_counters":false,"samples":[{"cpu_percent":10,"cpu_demand":99}]}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &tartarus.QuarantineRecord{Evidence: []tartarus.Evidence{{ID: "ev1", Type: tartarus.EvidenceResourceSpike, Source: tartarus.SourceHost}}}
+			fs := examineEvidence(rec, map[string][]byte{"ev1": []byte(tc.data)})
+			if tc.sev == "" {
+				if len(fs) != 0 {
+					t.Fatalf("findings %+v", fs)
+				}
+				return
+			}
+			if len(fs) != 1 || fs[0].Severity != tc.sev || fs[0].Category != "cpu" {
+				t.Fatalf("findings %+v", fs)
+			}
+		})
+	}
+}
+
+// sleepyHost is a fakeHost that can hibernate and wake, or fail to.
+type sleepyHost struct {
+	*fakeHost
+	fail error
+}
+
+func (h sleepyHost) Hibernate(_ context.Context, id string) error {
+	if h.fail != nil {
+		return h.fail
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sbs[id].State = tartarus.StateHibernated
+	return nil
+}
+
+func (h sleepyHost) Wake(_ context.Context, id string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sbs[id].State = tartarus.StateRunning
+	return nil
+}
+
+// TestHibernateKeepsTheHold: a held sandbox sleeps and wakes held; a
+// failed hibernation leaves it contained.
+func TestHibernateKeepsTheHold(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail error
+	}{{"sleeps", nil}, {"fails", errors.New("snapshot store full")}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, NewMemJournal(), "sb-1")
+			host := sleepyHost{r.host, tc.fail}
+			m, err := New(ctx, Config{Host: host, Blobs: ErebusBlobs{r.blobs}, Journal: NewMemJournal(), Clock: r.clk, Network: r.net})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Hibernate(ctx, "sb-1", "eve"); err == nil {
+				t.Fatal("hibernated a sandbox that is not held")
+			}
+			if _, err := m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"}); err != nil {
+				t.Fatal(err)
+			}
+			_, err = m.Hibernate(ctx, "sb-1", "eve")
+			sb, _ := host.Get(ctx, "sb-1")
+			if tc.fail != nil {
+				if err == nil || sb.State != tartarus.StateQuarantined {
+					t.Fatalf("failed hibernation: %v, state %s", err, sb.State)
+				}
+			} else {
+				if err != nil || sb.State != tartarus.StateHibernated {
+					t.Fatalf("hibernation: %v, state %s", err, sb.State)
+				}
+				if m.Admit("sb-1", "owner", false) == nil {
+					t.Fatal("the owner reaches a held, sleeping sandbox")
+				}
+				r.net.mu.Lock()
+				r.net.modes["sb-1"] = ""
+				r.net.mu.Unlock()
+				if _, err := m.Wake(ctx, "sb-1", "eve"); err != nil {
+					t.Fatal(err)
+				}
+				sb, _ = host.Get(ctx, "sb-1")
+				if sb.State != tartarus.StateQuarantined || r.net.mode("sb-1") != NetworkModeNone {
+					t.Fatalf("after wake: state %s, network %q", sb.State, r.net.mode("sb-1"))
+				}
+			}
+			if m.Admit("sb-1", "owner", false) == nil || m.Admit("sb-1", "eve", true) != nil {
+				t.Fatal("the hold changed")
+			}
+		})
+	}
+}

@@ -19,7 +19,11 @@ type Signals struct {
 	Age       time.Duration
 	// CPUPercent is the share of one host core used over the last interval.
 	CPUPercent float64
-	MemoryMB   float64
+	// CPUDemand is the share of the last interval the sandbox's busiest
+	// host thread was on a core or waiting for one (host counters only):
+	// near 100 for a guest that spins, however loaded the host.
+	CPUDemand float64
+	MemoryMB  float64
 	// MemoryPercent is MemoryMB of the sandbox's memory size, 0-100.
 	MemoryPercent float64
 	Processes     int
@@ -41,6 +45,7 @@ type Signals struct {
 // which the manager keeps across ticks.
 type History struct {
 	CPU    []float64
+	Demand []float64
 	Memory []float64
 }
 
@@ -60,6 +65,8 @@ func celVariables() []cel.EnvOption {
 		cel.Variable("runtime", cel.StringType),
 		cel.Variable("age_s", cel.DoubleType),
 		cel.Variable("cpu_percent", cel.DoubleType),
+		cel.Variable("cpu_demand", cel.DoubleType),
+		cel.Variable("cpu_demand_history", cel.ListType(cel.DoubleType)),
 		cel.Variable("memory_mb", cel.DoubleType),
 		cel.Variable("memory_percent", cel.DoubleType),
 		cel.Variable("processes", cel.IntType),
@@ -88,13 +95,17 @@ func activation(s *Signals, h *History) map[string]any {
 	if md == nil {
 		md = map[string]string{}
 	}
-	cpu, mem := []float64{}, []float64{}
+	cpu, demand, mem := []float64{}, []float64{}, []float64{}
 	if h != nil {
 		cpu, mem = h.CPU, h.Memory
+		if h.Demand != nil {
+			demand = h.Demand
+		}
 	}
 	return map[string]any{
 		"sandbox_id": s.SandboxID, "tenant": s.Tenant, "template": s.Template, "runtime": s.Runtime,
 		"age_s": s.Age.Seconds(), "cpu_percent": s.CPUPercent, "memory_mb": s.MemoryMB,
+		"cpu_demand": s.CPUDemand, "cpu_demand_history": demand,
 		"memory_percent": s.MemoryPercent, "processes": int64(s.Processes),
 		"net_attempts": int64(s.NetAttempts), "net_denied": int64(s.NetDenied), "file_writes": int64(s.FileWrites),
 		"exec_history": execs, "exec_count": int64(len(s.ExecHistory)),

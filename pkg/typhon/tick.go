@@ -3,7 +3,11 @@ package typhon
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // TickReport says what one tick did.
@@ -53,15 +57,21 @@ func (m *Manager) Tick(ctx context.Context) TickReport {
 	m.mu.Lock()
 	triggers := m.triggers
 	m.mu.Unlock()
+	sigs := m.readSignals(ctx, sbs)
 	live := map[string]bool{}
-	for _, sb := range sbs {
+	for i, sb := range sbs {
 		live[sb.ID] = true
 		if m.Contained(sb.ID) {
+			if sb.State == tartarus.StateRunning {
+				// Held but running: woken or restored by another path
+				// than Wake. Contain it again.
+				m.recontainRunning(ctx, sb.ID, &rep)
+			}
 			continue
 		}
-		sig, err := m.cfg.Host.Signals(ctx, sb)
-		if err != nil || sig == nil {
-			continue // stopped, paused or gone since the listing
+		sig := sigs[i]
+		if sig == nil {
+			continue // held, stopped, paused or gone since the listing
 		}
 		m.log.Debug("signals", "sandbox", sb.ID, "cpu_percent", sig.CPUPercent, "memory_mb", sig.MemoryMB,
 			"processes", sig.Processes, "host_counters", sig.HostCounters)
@@ -116,12 +126,14 @@ func (m *Manager) remember(id string, s *Signals) History {
 		m.history[id] = h
 	}
 	h.CPU = append(h.CPU, s.CPUPercent)
+	h.Demand = append(h.Demand, s.CPUDemand)
 	h.Memory = append(h.Memory, s.MemoryMB)
 	if len(h.CPU) > maxHistory {
 		h.CPU = h.CPU[len(h.CPU)-maxHistory:]
+		h.Demand = h.Demand[len(h.Demand)-maxHistory:]
 		h.Memory = h.Memory[len(h.Memory)-maxHistory:]
 	}
-	return History{CPU: append([]float64(nil), h.CPU...), Memory: append([]float64(nil), h.Memory...)}
+	return History{CPU: slices.Clone(h.CPU), Demand: slices.Clone(h.Demand), Memory: slices.Clone(h.Memory)}
 }
 
 // expire destroys held sandboxes past their bound and lifts expired
@@ -162,4 +174,50 @@ func (m *Manager) expire(ctx context.Context, rep *TickReport) {
 				Detail: fmt.Sprintf("conditions %q expired", r.Approval.Conditions)})
 		}
 	}
+}
+
+// signalWorkers bounds the sandboxes whose signals are read at once: a
+// guest slow to report (2 s bound) must not hold up every other one.
+const signalWorkers = 8
+
+// readSignals reads the signals of every sandbox not held, a few at a
+// time; a sandbox whose signals cannot be read gets nil.
+func (m *Manager) readSignals(ctx context.Context, sbs []*tartarus.Sandbox) []*Signals {
+	out := make([]*Signals, len(sbs))
+	sem := make(chan struct{}, signalWorkers)
+	var wg sync.WaitGroup
+	for i, sb := range sbs {
+		if m.Contained(sb.ID) {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if sig, err := m.cfg.Host.Signals(ctx, sb); err == nil {
+				out[i] = sig
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// recontainRunning contains again a held sandbox found running.
+func (m *Manager) recontainRunning(ctx context.Context, id string, rep *TickReport) {
+	unlock := m.opLock(id)
+	defer unlock()
+	rec, err := m.heldRecord(ctx, id)
+	if err != nil {
+		return // released meanwhile
+	}
+	if sb, err := m.cfg.Host.Get(ctx, id); err != nil || sb.State != tartarus.StateRunning {
+		return // hibernated or contained meanwhile
+	}
+	err = m.recontain(ctx, rec)
+	if err != nil {
+		rep.Errors = append(rep.Errors, err)
+	}
+	m.audit(ctx, AuditEvent{Action: "contain", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: AutoActor,
+		Detail: "held sandbox found running (woken or restored): contained again", Err: err})
 }

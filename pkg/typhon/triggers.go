@@ -141,6 +141,13 @@ func validatePolicy(p *QuarantinePolicy) error {
 			bad("isolation.allowed_egress %q: want a host, address or CIDR (with an optional :port)", e)
 		}
 	}
+	// A setting that is not enforced is refused rather than pretended.
+	if p.Isolation.SeccompProfile != "" {
+		bad("isolation.seccomp_profile %.64q: not supported: a microVM's QEMU already runs under its strictest -sandbox filter from its start (docs/quarantine.md)", p.Isolation.SeccompProfile)
+	}
+	if p.Isolation.StorageBackend != "" {
+		bad("isolation.storage_backend %.64q: evidence always goes to the server's own evidence store (--quarantine-evidence-store), never the snapshot store; leave it empty", p.Isolation.StorageBackend)
+	}
 	if len(p.QuarantineNodes) > maxQuarantineNodes {
 		bad("quarantine_nodes: at most %d", maxQuarantineNodes)
 	}

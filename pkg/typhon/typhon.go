@@ -95,6 +95,15 @@ type Host interface {
 	Destroy(ctx context.Context, id string) error
 }
 
+// Sleeper is a Host that can hibernate and wake a sandbox (the node's
+// Hypnos). A held sandbox sleeps only through the manager (Hibernate,
+// Wake), so that the hold outlives the sleep: the record and the hold stay,
+// and the woken sandbox is contained again before anyone else reaches it.
+type Sleeper interface {
+	Hibernate(ctx context.Context, id string) error
+	Wake(ctx context.Context, id string) error
+}
+
 // NetworkController switches a sandbox's network for containment
 // (typhonnode implements it over the node agent's pkg/netns networks).
 type NetworkController interface {

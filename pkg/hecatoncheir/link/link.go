@@ -64,7 +64,10 @@ type Config struct {
 	Labels  map[string]string
 	// SharedSnapshots: snapshots live in storage other nodes share.
 	SharedSnapshots bool
-	Version         string
+	// CapacityMemoryMB caps the memory the node offers placement (the
+	// agent's --capacity-memory-mb); 0: the host's.
+	CapacityMemoryMB int
+	Version          string
 
 	Clock clock.Clock
 	Log   *slog.Logger
@@ -251,6 +254,9 @@ func (l *Link) heartbeat(ctx context.Context, full bool) (*wire.Heartbeat, error
 			st.CPUs = max(st.CPUs, fp.HostCPUs)
 			st.MemoryMB = max(st.MemoryMB, fp.HostMemoryMB)
 		}
+	}
+	if c := l.cfg.CapacityMemoryMB; c > 0 && (st.MemoryMB == 0 || c < st.MemoryMB) {
+		st.MemoryMB = c
 	}
 	// Pooled sandboxes hold memory no placement counted.
 	st.MemoryMB = max(st.MemoryMB-l.agent.PoolUsage(), 0)

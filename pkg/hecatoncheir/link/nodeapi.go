@@ -34,7 +34,8 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 	for _, n := range cfg.ServerNames {
 		g.servers[n] = true
 	}
-	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log})
+	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log,
+		Routes: map[string]http.Handler{dialPattern: dialHandler(cfg.Agent)}})
 	if err != nil {
 		return nil, fmt.Errorf("node API: %w", err)
 	}

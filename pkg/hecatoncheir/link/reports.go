@@ -12,6 +12,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
 
 // Changes collects the ids of sandboxes whose record changed, each once
@@ -88,6 +89,46 @@ func (w *watched) Move(ctx context.Context, id string, from, to tartarus.State, 
 	return sb, err
 }
 
+// SetNetwork implements store.NetworkSetter when the wrapped store does
+// (the agent changes a sandbox's policy only through it): the new policy
+// is reported like a state change, so that the cluster's record, which a
+// wake on another node starts from, has it.
+func (w *watched) SetNetwork(ctx context.Context, id string, n *tartarus.NetworkSpec) (*tartarus.Sandbox, error) {
+	ns, ok := w.Store.(store.NetworkSetter)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this node's store cannot change sandbox networks")
+	}
+	sb, err := ns.SetNetwork(ctx, id, n)
+	if err == nil {
+		w.ch.Note(id)
+	}
+	return sb, err
+}
+
+// SetExpiry implements store.ExpirySetter when the wrapped store does; the
+// new expiry is reported.
+func (w *watched) SetExpiry(ctx context.Context, id string, at time.Time) (*tartarus.Sandbox, error) {
+	es, ok := w.Store.(store.ExpirySetter)
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this node's store cannot change a sandbox's expiry")
+	}
+	sb, err := es.SetExpiry(ctx, id, at)
+	if err == nil {
+		w.ch.Note(id)
+	}
+	return sb, err
+}
+
+// Terminations implements store.TerminationKeeper: the wrapped store's
+// journal, so that an agent's terminations survive its restart as a single
+// node's do; nil when the wrapped store keeps none.
+func (w *watched) Terminations() thanatos.Journal {
+	if tk, ok := w.Store.(store.TerminationKeeper); ok {
+		return tk.Terminations()
+	}
+	return nil
+}
+
 // watchedRecords is watched over a store that keeps sleep records.
 type watchedRecords struct {
 	*watched
@@ -104,6 +145,9 @@ var (
 	_ store.Store             = (*watched)(nil)
 	_ store.Store             = (*watchedRecords)(nil)
 	_ store.SleepRecordKeeper = (*watchedRecords)(nil)
+	_ store.NetworkSetter     = (*watched)(nil)
+	_ store.ExpirySetter      = (*watched)(nil)
+	_ store.TerminationKeeper = (*watched)(nil)
 )
 
 // maxReports bounds one POST of reports.

@@ -24,7 +24,13 @@
 // streams: exec, file transfers and listings. They are the public API's
 // requests, forwarded unchanged under the same paths, with the sandbox's
 // tenant in the TenantHeader header; the agent trusts that header only from
-// a verified server certificate.
+// a verified server certificate. Exposed ports are reached through one
+// route of the node API's own:
+//
+//	GET /v1/sandboxes/{id}/dial/{port}   Upgrade: PortUpgrade → 101, then the
+//	                                     connection carries the bytes of a TCP
+//	                                     connection to the guest's port (the
+//	                                     agent wakes a hibernated sandbox first)
 //
 // Commands are durable: the server writes one to its database before it
 // answers the caller, delivers it until the agent posts its Result, and an
@@ -47,6 +53,14 @@ const (
 	PathHeartbeat = "/v1/agent/heartbeat"
 	PathCommands  = "/v1/agent/commands"
 	PathReports   = "/v1/agent/reports"
+)
+
+// PathDial is the node API route that opens a connection to a guest port
+// (fmt: sandbox id, port); PortUpgrade is the Upgrade protocol it
+// switches to.
+const (
+	PathDial    = "/v1/sandboxes/%s/dial/%d"
+	PortUpgrade = "tartarus-port"
 )
 
 // QueryHave is the commands poll's parameter listing, comma separated, the

@@ -382,3 +382,32 @@ func Resolver(nsPath, server string) *net.Resolver {
 		},
 	}
 }
+
+// State lists what sandbox networks own on the host and in the uplink:
+// namespaces whose name starts with prefix, the uplink's links, and the
+// chains, sets and maps of the uplink's nftables table. Equal before and
+// after shows nothing was left behind.
+func (in *Internet) State(t testing.TB, prefix string) string {
+	t.Helper()
+	var b strings.Builder
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			fmt.Fprintln(&b, "netns", e.Name())
+		}
+	}
+	out, _ := exec.Command("ip", "-n", in.Uplink, "-o", "link", "show").CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			fmt.Fprintln(&b, "link", f[1])
+		}
+	}
+	out, _ = exec.Command("ip", "netns", "exec", in.Uplink, "nft", "list", "table", "inet", "tartarus").CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "set ") || strings.HasPrefix(l, "map ") || strings.Contains(l, "jump sb") {
+			fmt.Fprintln(&b, l)
+		}
+	}
+	return b.String()
+}

@@ -82,6 +82,8 @@ type Cluster struct {
 
 	statusMu sync.Mutex
 	statuses map[string]*decodedStatus // node → its last status, decoded
+
+	heat *clusterHeat // nil: heat classes off (EnableHeat)
 }
 
 // New returns a Cluster; call Run to sweep and hear events.
@@ -134,6 +136,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 			}
 		}
 	}()
+	go c.runQueue(ctx)
 	t := c.cfg.Clock.NewTicker(max(c.cfg.NodeTimeout/4, 100*time.Millisecond))
 	defer t.Stop()
 	for {

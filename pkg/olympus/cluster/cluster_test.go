@@ -29,6 +29,7 @@ type env struct {
 	c   *Cluster
 	st  *store.Postgres
 	srv *httptest.Server
+	dsn string
 }
 
 // newEnv makes a cluster whose nodes go down only after 10s without a
@@ -43,7 +44,8 @@ func quickEnv(t *testing.T, adminDSN, db string) *env {
 	return newEnvWith(t, adminDSN, db, http.DefaultClient, 300*time.Millisecond)
 }
 
-func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client, nodeTimeout time.Duration) *env {
+// newEnvWith makes a cluster env; setup runs on the Cluster before Run.
+func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client, nodeTimeout time.Duration, setup ...func(*Cluster)) *env {
 	t.Helper()
 	dsn := pgtest.CreateDatabase(t, adminDSN, db)
 	ctx := context.Background()
@@ -63,13 +65,16 @@ func newEnvWith(t *testing.T, adminDSN, db string, agents *http.Client, nodeTime
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, f := range setup {
+		f(c)
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { _ = c.Run(runCtx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	srv := httptest.NewServer(c.Handler())
 	t.Cleanup(srv.Close)
-	return &env{t: t, c: c, st: st, srv: srv}
+	return &env{t: t, c: c, st: st, srv: srv, dsn: dsn}
 }
 
 // call sends one agent request and decodes the answer into out.

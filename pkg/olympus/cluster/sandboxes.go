@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -17,30 +18,47 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	if err := req.Normalize(); err != nil {
 		return nil, err
 	}
-	if req.HeatRequested() {
-		// Heat classes run on a single node for now (docs/heat.md).
-		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "heat_hint, resource_class, max_duration_s, queue_timeout_s and gpus are not available on a cluster replica yet (single node only)")
+	plan, err := c.planHeat(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if plan != nil && plan.wait > 0 {
+		// Those waiting for room go first.
+		waiting, err := c.queued(ctx, plan.heat)
+		if err != nil {
+			return nil, err
+		}
+		if waiting {
+			return c.enqueue(ctx, tenant, req, plan)
+		}
 	}
 	now := c.cfg.Clock.Now().UTC()
 	// Node and Runtime are set when the sandbox is placed.
 	sb := tartarus.NewSandbox(tartarus.NewID("sb-"), tenant, req, now)
+	if plan != nil {
+		sb.Heat = plan.info
+	}
 	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
 	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord, taken func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
-		name, rt, err := c.place(nodes, req.Template, placementRequest(req))
+		name, rt, err := c.placeTiers(nodes, req, plan)
 		if err != nil {
 			return nil, nil, err
 		}
 		sb.Node, sb.Runtime, cmd.Node = name, rt, name
-		// A sandbox waiting in the node's warm pool becomes this one.
-		if id := c.warm(nodes, name, hecatoncheir.PoolKey(rt, req.Template, req.MemoryMB, req.CPUs), taken); id != "" {
-			sb.ID, cmd.SandboxID = id, id
+		// A sandbox waiting in the node's warm pool becomes this one
+		// (not for a class that throttles its disk: the pool's VMs are not).
+		if plan == nil || plan.info.DiskIOPS == 0 {
+			if id := c.warm(nodes, name, hecatoncheir.PoolKey(rt, req.Template, req.MemoryMB, req.CPUs), taken); id != "" {
+				sb.ID, cmd.SandboxID = id, id
+			}
 		}
-		create := *req
-		create.Runtime, create.NodeLabels = rt, nil
-		cmd.Create = &create
+		cmd.Create = forNode(req, rt)
 		rec, err := commandRecord(cmd)
 		return sb, rec, err
 	})
+	if err != nil && plan != nil && plan.wait > 0 && errors.Is(err, tartarus.ErrResourceExhausted) {
+		return c.enqueue(ctx, tenant, req, plan)
+	}
 	if err != nil {
 		return nil, dbErr(err)
 	}
@@ -107,9 +125,16 @@ func (c *Cluster) lifecycle(ctx context.Context, id string, kind wire.Kind) (*ta
 	return c.st.Get(ctx, id)
 }
 
-// Get implements olympus.Backend.
+// Get implements olympus.Backend; a create the admission queue holds or
+// held answers from the queue's table.
 func (c *Cluster) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
-	return c.st.Get(ctx, id)
+	sb, err := c.st.Get(ctx, id)
+	if errors.Is(err, tartarus.ErrNotFound) && c.heat != nil {
+		if q, qerr := c.queuedSandbox(ctx, id); qerr == nil {
+			return q, nil
+		}
+	}
+	return sb, err
 }
 
 // List implements olympus.Backend.
@@ -132,6 +157,11 @@ func (c *Cluster) Destroy(ctx context.Context, id string) (*tartarus.Sandbox, er
 // user's request), through the node's Thanatos.
 func (c *Cluster) destroy(ctx context.Context, id string, opts *tartarus.ShutdownOptions) (*tartarus.Sandbox, error) {
 	sb, err := c.st.Get(ctx, id)
+	if errors.Is(err, tartarus.ErrNotFound) && c.heat != nil {
+		if q, qerr := c.cancelQueued(ctx, id); qerr == nil {
+			return q, nil
+		}
+	}
 	if err != nil {
 		return nil, dbErr(err)
 	}

@@ -32,6 +32,8 @@ func TestParseStatLines(t *testing.T) {
 		{name: "bad size", in: "x 81a4 0 f\n", wantErr: true},
 		{name: "missing name", in: "1 81a4 0\n", wantErr: true},
 		{name: "bad mode", in: "1 zz 0 f\n", wantErr: true},
+		{name: "name past the limit", in: "1 81a4 0 " + strings.Repeat("n", 1025) + "\n", wantErr: true},
+		{name: "line of a MiB", in: strings.Repeat("x", 1<<20) + "\n", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -129,5 +131,34 @@ func TestCheckLimits(t *testing.T) {
 		if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
 			t.Errorf("case %d: %v, want %v", i, err, tt.want)
 		}
+	}
+}
+
+// A sandbox's output past the cap is dropped and noted, never held.
+func TestCapped(t *testing.T) {
+	c := &capped{max: 10}
+	for range 1000 {
+		if n, err := c.Write([]byte("0123456789abcdef")); n != 16 || err != nil {
+			t.Fatalf("write: %d %v", n, err)
+		}
+	}
+	if c.String() != "0123456789" || !c.over {
+		t.Errorf("kept %q over=%v: want the first 10 bytes, over", c.String(), c.over)
+	}
+	small := &capped{max: 10}
+	_, _ = small.Write([]byte("abc"))
+	if small.String() != "abc" || small.over {
+		t.Errorf("kept %q over=%v", small.String(), small.over)
+	}
+}
+
+// Past guest.MaxListEntries a listing is refused, not held.
+func TestParseStatLinesTooMany(t *testing.T) {
+	var b strings.Builder
+	for range 200_001 {
+		b.WriteString("1 81a4 0 f\n")
+	}
+	if _, err := ParseStatLines(strings.NewReader(b.String())); !errors.Is(err, tartarus.ErrResourceExhausted) {
+		t.Errorf("200001 entries: %v, want ErrResourceExhausted", err)
 	}
 }

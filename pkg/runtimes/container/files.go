@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/guest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -85,9 +86,9 @@ func (f Files) ReadFile(ctx context.Context, p string) (io.ReadCloser, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	pr, pw := io.Pipe()
-	var stderr bytes.Buffer
+	stderr := &capped{max: maxStderr}
 	go func() {
-		res, err := f.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", readScript, "sh", p}, Stdout: pw, Stderr: &stderr})
+		res, err := f.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", readScript, "sh", p}, Stdout: pw, Stderr: stderr})
 		if err == nil && res.ExitCode != 0 {
 			err = fmt.Errorf("read %s: exit code %d: %s", p, res.ExitCode, strings.TrimSpace(stderr.String()))
 		}
@@ -140,10 +141,10 @@ func (f Files) WriteFile(ctx context.Context, p string, mode os.FileMode, r io.R
 	if p == "/" {
 		return tartarus.Errorf(tartarus.ErrInvalid, "path /: is a directory")
 	}
-	var stderr bytes.Buffer
+	stderr := &capped{max: maxStderr}
 	res, err := f.Exec(ctx, &tartarus.ExecRequest{
 		Cmd:   []string{"sh", "-c", writeScript, "sh", p, strconv.FormatUint(uint64(mode.Perm()), 8)},
-		Stdin: r, Stderr: &stderr,
+		Stdin: r, Stderr: stderr,
 	})
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
@@ -163,10 +164,16 @@ func (f Files) ListFiles(ctx context.Context, p string) ([]tartarus.FileInfo, er
 	if err != nil {
 		return nil, err
 	}
-	var stdout, stderr bytes.Buffer
-	res, err := f.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", listScript, "sh", p}, Stdout: &stdout, Stderr: &stderr})
+	// The sandbox is the attacker: a listing is held only up to
+	// guest.MaxListBytes of names (and their stat fields).
+	stdout := &capped{max: guest.MaxListBytes + guest.MaxListEntries*64}
+	stderr := &capped{max: maxStderr}
+	res, err := f.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", listScript, "sh", p}, Stdout: stdout, Stderr: stderr})
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", p, err)
+	}
+	if stdout.over {
+		return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "list %s: more than %d bytes of listing", p, stdout.max)
 	}
 	switch res.ExitCode {
 	case 0:
@@ -177,32 +184,74 @@ func (f Files) ListFiles(ctx context.Context, p string) ([]tartarus.FileInfo, er
 	default:
 		return nil, fmt.Errorf("list %s: exit code %d: %s", p, res.ExitCode, strings.TrimSpace(stderr.String()))
 	}
-	return ParseStatLines(&stdout)
+	return ParseStatLines(&stdout.b)
 }
 
+// maxStderr is how much of a file command's stderr is kept for its error.
+const maxStderr = 4 << 10
+
+// capped keeps the first max bytes written to it and drops the rest,
+// noting that it did: what a sandbox prints never grows the host's memory
+// past max.
+type capped struct {
+	max  int
+	b    bytes.Buffer
+	over bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.max - c.b.Len(); len(p) > room {
+		c.over = true
+		c.b.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return c.b.Write(p)
+}
+
+func (c *capped) String() string { return c.b.String() }
+
 // ParseStatLines parses the output of `stat -c '%s %f %Y %n'`, one entry a
-// line: size, raw mode in hex, modification time in seconds, name.
+// line: size, raw mode in hex, modification time in seconds, name. It
+// holds the guest's bounds: at most guest.MaxListEntries entries, names of
+// at most guest.MaxNameLen bytes (ErrResourceExhausted past either).
 func ParseStatLines(r io.Reader) ([]tartarus.FileInfo, error) {
 	out := []tartarus.FileInfo{}
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	sc.Buffer(make([]byte, 64*1024), guest.MaxNameLen+128)
 	for sc.Scan() {
 		line := sc.Text()
 		fields := strings.SplitN(line, " ", 4)
 		if len(fields) != 4 || fields[3] == "" {
-			return nil, fmt.Errorf("stat output: bad line %q", line)
+			return nil, fmt.Errorf("stat output: bad line %q", clip(line))
+		}
+		if len(fields[3]) > guest.MaxNameLen {
+			return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "listing: a name of %d bytes (at most %d)", len(fields[3]), guest.MaxNameLen)
+		}
+		if len(out) == guest.MaxListEntries {
+			return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "listing: more than %d entries", guest.MaxListEntries)
 		}
 		size, err1 := strconv.ParseInt(fields[0], 10, 64)
 		raw, err2 := strconv.ParseUint(fields[1], 16, 32)
 		mtime, err3 := strconv.ParseInt(fields[2], 10, 64)
 		if err := errors.Join(err1, err2, err3); err != nil {
-			return nil, fmt.Errorf("stat output: bad line %q: %w", line, err)
+			return nil, fmt.Errorf("stat output: bad line %q: %w", clip(line), err)
 		}
 		mode := UnixMode(uint32(raw))
 		out = append(out, tartarus.FileInfo{Name: fields[3], Size: size, Mode: mode,
 			ModTime: time.Unix(mtime, 0).UTC(), IsDir: mode.IsDir()})
 	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return nil, tartarus.Errorf(tartarus.ErrResourceExhausted, "listing: a line past %d bytes (names are at most %d)", guest.MaxNameLen+128, guest.MaxNameLen)
+	}
 	return out, sc.Err()
+}
+
+// clip shortens a line from the sandbox for an error message.
+func clip(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }
 
 // UnixMode converts a raw st_mode into an os.FileMode.

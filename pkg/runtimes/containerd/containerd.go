@@ -6,8 +6,18 @@
 // (an OCI archive written on the fly and passed to the client's Import),
 // named tartarus-template/<name>:<digest>, and unpacked into the overlayfs
 // snapshotter. Each sandbox is a container with its own snapshot, a new
-// network namespace with only loopback, the template's memory and CPU
+// network namespace with only loopback (or, with a network, the guest
+// namespace pkg/netns builds for it), the template's memory and CPU
 // limits, and a shell that waits as its init.
+//
+// Sandboxes are confined (docs/security.md): a user namespace maps root
+// inside to the first uid of the node's range outside (Options.UIDBase;
+// the image's snapshot is chowned once per template into that range),
+// containerd's default seccomp profile (Docker's), Docker's default
+// capabilities and no others, no new privileges, a pids limit and memory
+// without swap from the sandbox's size, and no log (the task's output is
+// discarded). The overlayfs snapshotter has no size limit for a sandbox's
+// writable layer; the fingerprint says so.
 //
 // Snapshots are not offered: containerd's checkpoint needs CRIU, which does
 // not work on the hosts measured (DESIGN.md); the fingerprint says so.
@@ -28,6 +38,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -36,6 +47,7 @@ import (
 	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	cgroup2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -66,7 +78,23 @@ type Options struct {
 	// Clock is the time source for activity and CPU accounting; nil means
 	// clock.System{}.
 	Clock clock.Clock
+	// UIDBase is the host uid (and gid) of root inside every sandbox; the
+	// node's sandboxes share the range UIDBase to UIDBase+65535. Zero
+	// means DefaultUIDBase.
+	UIDBase uint32
+	// Networks, when set, gives sandboxes asking for one a network of
+	// their own (pkg/netns); nil: only loopback.
+	Networks container.Networks
 }
+
+// DefaultUIDBase is the first host uid of containerd sandboxes: above
+// systemd's container range (up to 1879048191), Docker's remap ranges
+// (/etc/subuid, 100000 on) and the host's own users, below the microVM
+// jail's (pkg/jail, 1900000000 on).
+const DefaultUIDBase = 1890000000
+
+// idRange is the size of the sandboxes' uid and gid range.
+const idRange = 65536
 
 // Runtime is the containerd driver. Fingerprint, Exec, Signal and the file
 // methods are the shared ones of container.Base, over this driver's probe
@@ -75,6 +103,7 @@ type Runtime struct {
 	*container.Base
 	cli      *client.Client
 	opts     Options
+	nets     container.NetworkState
 	importMu sync.Mutex
 }
 
@@ -91,6 +120,9 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Namespace == "" {
 		opts.Namespace = "tartarus"
 	}
+	if opts.UIDBase == 0 {
+		opts.UIDBase = DefaultUIDBase
+	}
 	if _, err := os.Stat(opts.Address); err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd socket %s: %v", opts.Address, err)
 	}
@@ -98,7 +130,7 @@ func New(opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "containerd at %s: %v", opts.Address, err)
 	}
-	r := &Runtime{cli: cli, opts: opts}
+	r := &Runtime{cli: cli, opts: opts, nets: container.NetworkState{Dir: filepath.Join(opts.CacheDir, "networks")}}
 	r.Base = container.NewBase(container.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
 	return r, nil
 }
@@ -119,9 +151,19 @@ func (r *Runtime) ns(ctx context.Context) context.Context {
 func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
 	cpus, mem := container.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: "runc", HostCPUs: cpus, HostMemoryMB: mem, MaxCPUs: cpus, MaxMemoryMB: mem,
-		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true},
+		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: false, Signal: true, Files: true, Recover: true,
+			Network: r.opts.Networks != nil},
 		Details: map[string]string{"address": r.opts.Address, "namespace": r.opts.Namespace,
-			"snapshot": "not offered: containerd checkpoint needs CRIU, which does not work on this kernel"}}
+			"snapshot":   "not offered: containerd checkpoint needs CRIU, which does not work on this kernel",
+			"userns":     fmt.Sprintf("root inside is uid %d outside; the node's containerd sandboxes share the range", r.opts.UIDBase),
+			"seccomp":    "containerd's default profile (Docker's)",
+			"disk_limit": "none: the overlayfs snapshotter has no per-sandbox size limit",
+			"log":        "none: the task's output is discarded"},
+		Jail: &tartarus.JailInfo{Enabled: true, CgroupVersion: container.CgroupVersion(), Seccomp: true,
+			UIDRange: fmt.Sprintf("%d-%d", r.opts.UIDBase, r.opts.UIDBase+idRange-1)}}
+	if r.opts.Networks == nil {
+		fp.Details["network"] = "no network: this node was started without a network uplink"
+	}
 	v, err := r.cli.Version(r.ns(ctx))
 	if err != nil {
 		fp.Reason = fmt.Sprintf("containerd at %s does not answer: %v", r.opts.Address, err)
@@ -147,31 +189,62 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	if err != nil {
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	period := uint64(100000)
+	guestNS, err := r.nets.Create(ctx, r.opts.Networks, Name, cfg.ID, cfg.Network)
+	if err != nil {
+		return "", err
+	}
 	_, err = r.cli.NewContainer(ctx, cfg.ID,
 		client.WithImage(im),
 		client.WithSnapshotter(snapshotter),
-		client.WithNewSnapshot(cfg.ID+"-rootfs", im),
+		// Chowned into the range once per template (a shared parent
+		// snapshot), then one writable layer per sandbox.
+		client.WithRemappedSnapshot(cfg.ID+"-rootfs", im, r.opts.UIDBase, r.opts.UIDBase),
 		client.WithRuntime("io.containerd.runc.v2", nil),
 		client.WithContainerLabels(container.SandboxLabels(Name, cfg)),
-		client.WithNewSpec(
-			oci.WithImageConfig(im),
-			oci.WithProcessArgs(container.InitCommand...),
-			oci.WithEnv(container.BaseEnv(cfg.ID, cfg.Env)),
-			oci.WithHostname(cfg.ID),
-			oci.WithMemoryLimit(uint64(cfg.MemoryMB)<<20),
-			oci.WithCPUCFS(int64(cfg.CPUs)*int64(period), period),
-			oci.WithNoNewPrivileges,
-		),
+		client.WithNewSpec(r.specOpts(im, cfg, guestNS)...),
 	)
-	if errdefs.IsAlreadyExists(err) {
-		return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
-	}
 	if err != nil {
+		if derr := r.nets.Destroy(ctx, r.opts.Networks, cfg.ID); derr != nil {
+			r.Log.Warn("create failed; its network stays", "sandbox", cfg.ID, "err", derr)
+		}
+		if errdefs.IsAlreadyExists(err) {
+			return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
+		}
 		return "", fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
 	r.Activity.Touch(cfg.ID)
 	return cfg.ID, nil
+}
+
+// specOpts is the sandbox's OCI spec: the image's, confined (see the
+// package comment), in guestNS when it has a network.
+func (r *Runtime) specOpts(im client.Image, cfg *tartarus.VMConfig, guestNS string) []oci.SpecOpts {
+	period := uint64(100000)
+	mem := int64(cfg.MemoryMB) << 20
+	ids := []specs.LinuxIDMapping{{ContainerID: 0, HostID: r.opts.UIDBase, Size: idRange}}
+	opts := []oci.SpecOpts{
+		oci.WithImageConfig(im),
+		oci.WithProcessArgs(container.InitCommand...),
+		oci.WithEnv(container.BaseEnv(cfg.ID, cfg.Env)),
+		oci.WithHostname(cfg.ID),
+		oci.WithMemoryLimit(uint64(mem)),
+		oci.WithMemorySwap(mem),
+		oci.WithCPUCFS(int64(cfg.CPUs)*int64(period), period),
+		oci.WithPidsLimit(container.PidsLimit(cfg.MemoryMB)),
+		oci.WithNoNewPrivileges,
+		oci.WithCapabilities(container.DefaultCaps),
+		oci.WithUserNamespace(ids, ids),
+		// After the capabilities: the profile allows what they allow.
+		seccomp.WithDefaultProfile(),
+	}
+	if guestNS != "" {
+		// runc makes the network namespace, owned by the sandbox's user
+		// namespace (a process there could not join one the host owns:
+		// runc exec would fail); Start moves the network into it.
+		opts = append(opts, oci.WithMounts([]specs.Mount{{Destination: "/etc/resolv.conf", Type: "bind",
+			Source: r.nets.ResolvConfPath(cfg.ID), Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}}}))
+	}
+	return opts
 }
 
 // load returns the sandbox's container; an unknown one is ErrNotFound.
@@ -234,6 +307,11 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	}
 	if t == nil {
 		if t, err = c.NewTask(ctx, cio.NullIO); err != nil {
+			return fmt.Errorf("start %s: %w", id, err)
+		}
+		// The init exists, not yet running: its network goes in first.
+		if err := r.nets.Attach(ctx, r.opts.Networks, id, int(t.Pid())); err != nil {
+			_, _ = t.Delete(ctx, client.WithProcessKill)
 			return fmt.Errorf("start %s: %w", id, err)
 		}
 	}
@@ -392,7 +470,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	c, _, err := r.load(ctx, id)
 	if errors.Is(err, tartarus.ErrNotFound) {
 		r.Activity.Forget(id)
-		return nil
+		return r.nets.Destroy(ctx, r.opts.Networks, id)
 	}
 	if err != nil {
 		return err
@@ -409,7 +487,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
 	r.Forget(id)
-	return nil
+	return r.nets.Destroy(ctx, r.opts.Networks, id)
 }
 
 func (r *Runtime) instance(ctx context.Context, c client.Container) (*tartarus.Instance, error) {
@@ -455,9 +533,15 @@ func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
 }
 
 // Recover implements tartarus.Runtime: running and paused sandboxes are
-// adopted; the others are removed.
+// adopted, with their networks; the others are removed.
 func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
-	return r.Adopt(ctx, r.List, r.Destroy)
+	adopted, err := r.Adopt(ctx, r.List, r.Destroy)
+	for _, in := range adopted {
+		if err := r.nets.Recover(ctx, r.opts.Networks, in.ID); err != nil {
+			r.Log.Warn("recover: network not re-attached", "sandbox", in.ID, "err", err)
+		}
+	}
+	return adopted, err
 }
 
 // Stats implements tartarus.Runtime from the task's cgroup metrics (v1 or

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/containerd"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/runtimetest"
@@ -51,6 +52,32 @@ func TestContainerd(t *testing.T) {
 	})
 	t.Run("Migration", func(t *testing.T) { testMigration(t, newRuntime(t, addr, cache), addr, img) })
 	t.Run("HostileMigration", func(t *testing.T) { testHostileMigration(t, newRuntime(t, addr, cache), addr, img) })
+	t.Run("Confined", func(t *testing.T) {
+		rt := newRuntime(t, addr, cache)
+		containertest.Confined(t, rt, img, containertest.ConfinedOptions{HostPid: func(t *testing.T, id string) int {
+			list, err := rt.List(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, in := range list {
+				if in.ID == id && in.Pid > 0 {
+					return in.Pid
+				}
+			}
+			t.Fatalf("no host pid for %s", id)
+			return 0
+		}})
+	})
+	t.Run("Network", func(t *testing.T) {
+		containertest.Network(t, img, func(t *testing.T, nets container.Networks) tartarus.Runtime {
+			rt, err := containerd.New(containerd.Options{Address: addr, CacheDir: cache, Networks: nets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { rt.Close() })
+			return rt
+		})
+	})
 	t.Run("Fingerprint", func(t *testing.T) {
 		fp, err := newRuntime(t, addr, cache).Fingerprint(context.Background())
 		if err != nil || !fp.Available || fp.Capabilities.Snapshot || fp.Details["snapshot"] == "" {
@@ -67,6 +94,17 @@ func BenchmarkContainerd(b *testing.B) {
 	img := containertest.Image(b)
 	b.Run("CreateFirstExec", func(b *testing.B) { runtimetest.BenchCreateFirstExec(b, rt, img) })
 	b.Run("Exec", func(b *testing.B) { runtimetest.BenchExec(b, rt, img) })
+	b.Run("CreateNetwork", func(b *testing.B) {
+		cache := b.TempDir()
+		containertest.BenchNetwork(b, img, func(b *testing.B, nets container.Networks) tartarus.Runtime {
+			rt, err := containerd.New(containerd.Options{Address: addr, CacheDir: cache, Networks: nets})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { rt.Close() })
+			return rt
+		})
+	})
 }
 
 // testMigration makes ordinary containers in the runtime's namespace (no

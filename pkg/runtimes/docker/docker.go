@@ -4,21 +4,36 @@
 //
 // A template's root filesystem is imported once as an image
 // (`docker import` of a tar stream), tagged tartarus-template/<name>:<digest>.
-// Each sandbox is a container named tartarus-<id>, without network, with the
-// template's memory and CPU limits, whose init is a shell that waits; labels
-// carry what the driver needs to list and recover sandboxes after a restart.
+// Each sandbox is a container named tartarus-<id>, without network (or,
+// with one, the guest network pkg/netns builds, moved into the container's
+// namespace once it starts), with the template's memory and CPU limits,
+// whose init is a shell that waits; labels carry what the driver needs to
+// list and recover sandboxes after a restart.
+//
+// Sandboxes are confined (docs/security.md): Docker's default seccomp
+// profile, Docker's default capabilities and no others, no new privileges,
+// a pids limit and memory without swap from the sandbox's size, no log
+// (the driver never reads it: json-file kept up to twice its max-size
+// across a rotation, and a flood cost the daemon CPU), and a
+// writable-layer size limit where the storage driver has one (overlay2 on
+// xfs with project quotas). Root inside is root outside
+// unless the daemon runs with userns-remap: Docker has no per-container
+// user namespace, so the node's daemon must be started with it (the tests'
+// daemon is); the fingerprint says which.
 //
 // Snapshots are not offered: `docker checkpoint` needs CRIU, which does not
 // work on the hosts measured (DESIGN.md); the fingerprint says so.
 package docker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +44,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
@@ -53,7 +69,16 @@ type Options struct {
 	// Clock is the time source for activity and CPU accounting; nil means
 	// clock.System{}.
 	Clock clock.Clock
+	// Networks, when set, gives sandboxes asking for one a network of
+	// their own (pkg/netns); nil: none.
+	Networks rtcontainer.Networks
+	// DiskMB limits each sandbox's writable layer where the storage
+	// driver can (zero: DefaultDiskMB).
+	DiskMB int
 }
+
+// DefaultDiskMB is a sandbox's writable-layer limit by default.
+const DefaultDiskMB = 10 << 10
 
 // Runtime is the Docker driver. Fingerprint, Exec, Signal and the file
 // methods are the shared ones of container.Base, over this driver's probe
@@ -62,7 +87,11 @@ type Runtime struct {
 	*rtcontainer.Base
 	cli      *client.Client
 	opts     Options
+	nets     rtcontainer.NetworkState
 	importMu sync.Mutex
+
+	mu        sync.Mutex
+	diskLimit bool // the storage driver takes a size (found by probe)
 }
 
 var (
@@ -83,7 +112,10 @@ func New(opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker: %w", err)
 	}
-	r := &Runtime{cli: cli, opts: opts}
+	if opts.DiskMB == 0 {
+		opts.DiskMB = DefaultDiskMB
+	}
+	r := &Runtime{cli: cli, opts: opts, nets: rtcontainer.NetworkState{Dir: filepath.Join(opts.CacheDir, "networks")}}
 	r.Base = rtcontainer.NewBase(rtcontainer.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
 	return r, nil
 }
@@ -114,7 +146,74 @@ func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
 	fp.Available = true
 	fp.Details["version"] = v.Version
 	fp.Details["api_version"] = r.cli.ClientVersion()
+	info, err := r.cli.Info(ctx)
+	if err != nil {
+		fp.Available, fp.Reason = false, fmt.Sprintf("docker daemon at %s: info: %v", r.cli.DaemonHost(), err)
+		return fp, false
+	}
+	r.jail(fp, info)
+	fp.Capabilities.Network = r.opts.Networks != nil
+	if r.opts.Networks == nil {
+		fp.Details["network"] = "no network: this node was started without a network uplink"
+	}
 	return fp, true
+}
+
+// jail fills the fingerprint's confinement from the daemon's info, and
+// notes whether the storage driver takes a size limit.
+func (r *Runtime) jail(fp *tartarus.Fingerprint, info system.Info) {
+	j := &tartarus.JailInfo{Enabled: true, CgroupVersion: "v" + cmp.Or(info.CgroupVersion, "1")}
+	var userns bool
+	for _, o := range info.SecurityOptions {
+		switch {
+		case strings.HasPrefix(o, "name=seccomp"):
+			j.Seccomp = !strings.Contains(o, "profile=unconfined")
+		case o == "name=userns":
+			userns = true
+		}
+	}
+	fp.Details["seccomp"] = "off: the daemon has no seccomp"
+	if j.Seccomp {
+		fp.Details["seccomp"] = "Docker's default profile"
+	}
+	// With userns-remap the daemon's root is <data-root>/<uid>.<gid>.
+	if base, ok := remapBase(info.DockerRootDir); userns && ok {
+		j.UIDRange = fmt.Sprintf("%d-%d", base, base+65535)
+		fp.Details["userns"] = fmt.Sprintf("the daemon's userns-remap: root inside is uid %d outside", base)
+	} else if userns {
+		fp.Details["userns"] = "the daemon's userns-remap (range not shown by the daemon)"
+	} else {
+		fp.Details["userns"] = "off: the daemon runs without userns-remap, so root inside is root outside; start dockerd with --userns-remap=default"
+		r.Log.Warn("docker sandboxes run root as host root: the daemon has no userns-remap (start dockerd with --userns-remap=default)")
+	}
+	backing := ""
+	for _, kv := range info.DriverStatus {
+		if kv[0] == "Backing Filesystem" {
+			backing = kv[1]
+		}
+	}
+	disk := info.Driver == "overlay2" && backing == "xfs"
+	if disk {
+		fp.Details["disk_limit"] = fmt.Sprintf("%d MiB per sandbox (overlay2 on xfs; needs the pquota mount option)", r.opts.DiskMB)
+	} else {
+		fp.Details["disk_limit"] = fmt.Sprintf("none: storage driver %s on %s has no per-container size limit", info.Driver, cmp.Or(backing, "an unknown filesystem"))
+	}
+	fp.Details["log"] = "none: the init's output is discarded"
+	r.mu.Lock()
+	r.diskLimit = disk
+	r.mu.Unlock()
+	fp.Jail = j
+}
+
+// remapBase reads the remapped root's host uid from the daemon's root
+// directory (".../100000.100000").
+func remapBase(rootDir string) (int, bool) {
+	u, _, ok := strings.Cut(filepath.Base(rootDir), ".")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(u)
+	return n, err == nil && n > 0
 }
 
 // ensureImage imports the template's root filesystem unless it is there.
@@ -184,21 +283,32 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	}
 	labels := rtcontainer.SandboxLabels(Name, cfg)
 	labels[rtcontainer.LabelSandbox] = cfg.ID
-	pids := int64(4096)
-	_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), &container.Config{
+	if _, err := r.nets.Create(ctx, r.opts.Networks, Name, cfg.ID, cfg.Network); err != nil {
+		return "", err
+	}
+	ccfg := &container.Config{
 		Image:      ref,
 		Cmd:        rtcontainer.InitCommand,
 		Env:        rtcontainer.BaseEnv(cfg.ID, cfg.Env),
 		Hostname:   cfg.ID,
 		WorkingDir: "/",
 		Labels:     labels,
-	}, &container.HostConfig{
-		NetworkMode: "none",
-		Resources: container.Resources{Memory: int64(cfg.MemoryMB) << 20, MemorySwap: int64(cfg.MemoryMB) << 20,
-			NanoCPUs: int64(cfg.CPUs) * 1e9, PidsLimit: &pids},
-		SecurityOpt: []string{"no-new-privileges"},
-	}, nil, nil, containerName(cfg.ID))
+	}
+	hc := r.hostConfig(cfg)
+	_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), ccfg, hc, nil, nil, containerName(cfg.ID))
+	if err != nil && hc.StorageOpt != nil && strings.Contains(err.Error(), "pquota") {
+		// xfs mounted without project quotas: no size limit after all.
+		r.Log.Warn("the storage driver takes no size limit (xfs without pquota); sandboxes' writable layers are not limited", "err", err)
+		r.mu.Lock()
+		r.diskLimit = false
+		r.mu.Unlock()
+		hc.StorageOpt = nil
+		_, err = r.cli.ContainerCreate(context.WithoutCancel(ctx), ccfg, hc, nil, nil, containerName(cfg.ID))
+	}
 	if err != nil {
+		if derr := r.nets.Destroy(context.WithoutCancel(ctx), r.opts.Networks, cfg.ID); derr != nil {
+			r.Log.Warn("create failed; its network stays", "sandbox", cfg.ID, "err", derr)
+		}
 		if cerrdefs.IsConflict(err) || strings.Contains(err.Error(), "already in use") {
 			return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
 		}
@@ -206,6 +316,32 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 	}
 	r.Activity.Touch(cfg.ID)
 	return cfg.ID, nil
+}
+
+// hostConfig is the sandbox's confinement (see the package comment).
+func (r *Runtime) hostConfig(cfg *tartarus.VMConfig) *container.HostConfig {
+	pids := rtcontainer.PidsLimit(cfg.MemoryMB)
+	hc := &container.HostConfig{
+		// A network, when asked for, is moved in after the start.
+		NetworkMode: "none",
+		Resources: container.Resources{Memory: int64(cfg.MemoryMB) << 20, MemorySwap: int64(cfg.MemoryMB) << 20,
+			NanoCPUs: int64(cfg.CPUs) * 1e9, PidsLimit: &pids},
+		// The daemon's default seccomp profile applies unless unconfined
+		// is asked for, which it never is.
+		SecurityOpt: []string{"no-new-privileges"},
+		CapDrop:     []string{"ALL"},
+		CapAdd:      rtcontainer.DefaultCaps,
+		LogConfig:   container.LogConfig{Type: "none"},
+	}
+	r.mu.Lock()
+	if r.diskLimit {
+		hc.StorageOpt = map[string]string{"size": fmt.Sprintf("%dM", r.opts.DiskMB)}
+	}
+	r.mu.Unlock()
+	if r.nets.Has(cfg.ID) {
+		hc.Binds = []string{r.nets.ResolvConfPath(cfg.ID) + ":/etc/resolv.conf:ro"}
+	}
+	return hc
 }
 
 // inspect returns the sandbox's container; an unknown one is ErrNotFound.
@@ -232,8 +368,21 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if info.State.Running {
 		return nil
 	}
-	if err := r.cli.ContainerStart(context.WithoutCancel(ctx), info.ID, container.StartOptions{}); err != nil {
+	bg := context.WithoutCancel(ctx)
+	if err := r.cli.ContainerStart(bg, info.ID, container.StartOptions{}); err != nil {
 		return fmt.Errorf("start %s: %w", id, err)
+	}
+	if r.nets.Has(id) {
+		// Docker cannot start a container in a namespace of ours; the
+		// network moves into the one it made.
+		info, err := r.cli.ContainerInspect(bg, info.ID)
+		if err == nil {
+			err = r.nets.Attach(bg, r.opts.Networks, id, info.State.Pid)
+		}
+		if err != nil {
+			_ = r.cli.ContainerKill(bg, info.ID, "KILL")
+			return fmt.Errorf("start %s: %w", id, err)
+		}
 	}
 	r.Activity.Touch(id)
 	return nil
@@ -366,7 +515,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	defer cancel()
 	if _, err := r.inspect(ctx, id); errors.Is(err, tartarus.ErrNotFound) {
 		r.Activity.Forget(id)
-		return nil
+		return r.nets.Destroy(ctx, r.opts.Networks, id)
 	} else if err != nil {
 		return err
 	}
@@ -375,7 +524,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
 	r.Forget(id)
-	return nil
+	return r.nets.Destroy(ctx, r.opts.Networks, id)
 }
 
 func (r *Runtime) containers(ctx context.Context) ([]container.Summary, error) {
@@ -411,7 +560,13 @@ func (r *Runtime) List(ctx context.Context) ([]*tartarus.Instance, error) {
 // Recover implements tartarus.Runtime: running and paused sandbox
 // containers are adopted; the others are removed.
 func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
-	return r.Adopt(ctx, r.List, r.Destroy)
+	adopted, err := r.Adopt(ctx, r.List, r.Destroy)
+	for _, in := range adopted {
+		if err := r.nets.Recover(ctx, r.opts.Networks, in.ID); err != nil {
+			r.Log.Warn("recover: network not re-attached", "sandbox", in.ID, "err", err)
+		}
+	}
+	return adopted, err
 }
 
 // Stats implements tartarus.Runtime from the daemon's one-shot stats;

@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/kampe"
+	rtcontainer "github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/docker"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/gvisor"
@@ -59,6 +60,46 @@ func TestDocker(t *testing.T) {
 		if err != nil || fp.Available || fp.Reason == "" {
 			t.Errorf("fingerprint of a missing daemon %+v %v: want unavailable with a reason", fp, err)
 		}
+	})
+	t.Run("Confined", func(t *testing.T) {
+		rt := newRuntime(t, host, cache)
+		cli, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cli.Close() })
+		inspect := func(t *testing.T, id string) container.InspectResponse {
+			info, err := cli.ContainerInspect(context.Background(), "tartarus-"+id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return info
+		}
+		containertest.Confined(t, rt, img, containertest.ConfinedOptions{
+			HostPid: func(t *testing.T, id string) int { return inspect(t, id).State.Pid },
+			LogFile: func(t *testing.T, id string) string {
+				// The log driver is none: no file at all.
+				if info := inspect(t, id); info.HostConfig.LogConfig.Type != "none" || info.LogPath != "" {
+					t.Errorf("log %s %q: want none", info.HostConfig.LogConfig.Type, info.LogPath)
+				}
+				return ""
+			},
+		})
+		fp, err := rt.Fingerprint(context.Background())
+		if err != nil || fp.Jail == nil || !fp.Jail.Seccomp || fp.Jail.UIDRange == "" {
+			t.Errorf("fingerprint %+v (jail %+v) %v: want seccomp and a uid range", fp, fp.Jail, err)
+		}
+		t.Logf("jail %+v; details %v", *fp.Jail, fp.Details)
+	})
+	t.Run("Network", func(t *testing.T) {
+		containertest.Network(t, img, func(t *testing.T, nets rtcontainer.Networks) tartarus.Runtime {
+			rt, err := docker.New(docker.Options{Host: host, CacheDir: cache, Networks: nets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { rt.Close() })
+			return rt
+		})
 	})
 	t.Run("Migration", func(t *testing.T) { testMigration(t, newRuntime(t, host, cache), host, img) })
 	t.Run("HostileMigration", func(t *testing.T) { testHostileMigration(t, newRuntime(t, host, cache), host, img) })
@@ -199,7 +240,8 @@ func testMigration(t *testing.T, rt *docker.Runtime, host string, img *tartarus.
 	})
 	t.Run("host network, privileged, devices", func(t *testing.T) {
 		c, err := cli.ContainerCreate(ctx, &container.Config{Image: ref, Cmd: []string{"sleep", "1000"}},
-			&container.HostConfig{NetworkMode: "host", Privileged: true, PidMode: "host", CapAdd: []string{"NET_ADMIN"},
+			// A privileged container opts out of the daemon's userns-remap.
+			&container.HostConfig{NetworkMode: "host", Privileged: true, PidMode: "host", UsernsMode: "host", CapAdd: []string{"NET_ADMIN"},
 				Resources: container.Resources{Devices: []container.DeviceMapping{{PathOnHost: "/dev/null", PathInContainer: "/dev/x", CgroupPermissions: "rwm"}}}},
 			nil, nil, "legacy-host")
 		if err != nil {
@@ -302,4 +344,15 @@ func BenchmarkDocker(b *testing.B) {
 	img := containertest.Image(b)
 	b.Run("CreateFirstExec", func(b *testing.B) { runtimetest.BenchCreateFirstExec(b, rt, img) })
 	b.Run("Exec", func(b *testing.B) { runtimetest.BenchExec(b, rt, img) })
+	b.Run("CreateNetwork", func(b *testing.B) {
+		cache := b.TempDir()
+		containertest.BenchNetwork(b, img, func(b *testing.B, nets rtcontainer.Networks) tartarus.Runtime {
+			rt, err := docker.New(docker.Options{Host: host, CacheDir: cache, Networks: nets})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { rt.Close() })
+			return rt
+		})
+	})
 }

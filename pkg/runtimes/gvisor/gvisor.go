@@ -1,8 +1,15 @@
 // Package gvisor runs Tartarus sandboxes in gVisor: each sandbox is a runsc
-// container (systrap platform, no network) whose root is a template's root
-// filesystem under an in-memory overlay, so many sandboxes share one
-// read-only unpacked template and a checkpoint holds the sandbox's files
-// together with its memory.
+// container (systrap platform) whose root is a template's root filesystem
+// under an in-memory overlay, so many sandboxes share one read-only
+// unpacked template and a checkpoint holds the sandbox's files together
+// with its memory.
+//
+// gVisor's own network stack is off (--network=none) unless the sandbox
+// asks for a network: then runsc runs with --network=sandbox inside the
+// guest namespace pkg/netns builds for it, and the egress policy,
+// connection log and limits apply as for a microVM. The init's output goes
+// nowhere and runsc's own output is cut to its tail once the sandbox runs,
+// so nothing a sandbox prints fills the host's disk.
 //
 // It implements tartarus.Runtime and tartarus.Snapshotter (through runsc
 // checkpoint and restore). runsc is built by scripts/runsc.sh.
@@ -58,6 +65,9 @@ type Options struct {
 	// Clock is the time source for activity and CPU accounting; nil means
 	// clock.System{}.
 	Clock clock.Clock
+	// Networks, when set, gives sandboxes asking for one a network of
+	// their own (pkg/netns); nil: only loopback.
+	Networks container.Networks
 }
 
 // Runtime is the gVisor driver. Fingerprint, Exec and the file methods are
@@ -66,6 +76,7 @@ type Options struct {
 type Runtime struct {
 	*container.Base
 	opts     Options
+	nets     container.NetworkState
 	unpackMu sync.Mutex
 }
 
@@ -99,7 +110,7 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Platform == "" {
 		opts.Platform = "systrap"
 	}
-	r := &Runtime{opts: opts}
+	r := &Runtime{opts: opts, nets: container.NetworkState{Dir: filepath.Join(dir, "networks")}}
 	r.Base = container.NewBase(container.BaseConfig{Name: Name, Log: opts.Log, Clock: opts.Clock, Open: r.open, Probe: r.probe})
 	return r, nil
 }
@@ -159,8 +170,17 @@ func (r *Runtime) probe(ctx context.Context) (*tartarus.Fingerprint, bool) {
 	cpus, mem := container.HostResources()
 	fp := &tartarus.Fingerprint{Runtime: Name, Accel: r.opts.Platform, HostCPUs: cpus, HostMemoryMB: mem,
 		MaxCPUs: cpus, MaxMemoryMB: mem,
-		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true},
-		Details:      map[string]string{"runsc": r.opts.Runsc, "platform": r.opts.Platform, "overlay": "root:memory"}}
+		Capabilities: tartarus.Capabilities{Pause: true, Snapshot: true, Signal: true, Files: true, Recover: true,
+			Network: r.opts.Networks != nil},
+		Details: map[string]string{"runsc": r.opts.Runsc, "platform": r.opts.Platform, "overlay": "root:memory",
+			"userns":     "the sentry runs as nobody in user namespaces of its own (runsc's sandbox)",
+			"seccomp":    "runsc's own filter on the sentry and gofer",
+			"disk_limit": "the sandbox's writes live in its memory (overlay root:memory), within its memory limit",
+			"log":        "the init's output is discarded; runsc's output is cut to its tail once the sandbox runs"},
+		Jail: &tartarus.JailInfo{Enabled: true, CgroupVersion: container.CgroupVersion(), Seccomp: true}}
+	if r.opts.Networks == nil {
+		fp.Details["network"] = "no network: this node was started without a network uplink"
+	}
 	out, err := exec.CommandContext(ctx, r.opts.Runsc, "--version").CombinedOutput()
 	switch {
 	case os.Geteuid() != 0:
@@ -184,14 +204,24 @@ func (r *Runtime) Create(ctx context.Context, cfg *tartarus.VMConfig) (string, e
 		return "", tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
 	}
 	if err := r.prepare(ctx, cfg); err != nil {
-		_ = os.RemoveAll(r.sandboxDir(cfg.ID))
+		r.unprepare(ctx, cfg.ID)
 		return "", err
 	}
 	r.Activity.Touch(cfg.ID)
 	return cfg.ID, nil
 }
 
-// prepare writes the sandbox directory: bundle (config.json) and meta.json.
+// unprepare removes what a failed prepare left: the sandbox's directory
+// and network.
+func (r *Runtime) unprepare(ctx context.Context, id string) {
+	_ = os.RemoveAll(r.sandboxDir(id))
+	if err := r.nets.Destroy(context.WithoutCancel(ctx), r.opts.Networks, id); err != nil {
+		r.Log.Warn("failed create: network not removed", "sandbox", id, "err", err)
+	}
+}
+
+// prepare writes the sandbox directory: bundle (config.json) and meta.json,
+// and builds its network if it asks for one.
 func (r *Runtime) prepare(ctx context.Context, cfg *tartarus.VMConfig) error {
 	r.unpackMu.Lock()
 	rootfs, err := container.UnpackImage(ctx, cfg.Image, filepath.Join(r.opts.StateDir, "images"))
@@ -203,9 +233,17 @@ func (r *Runtime) prepare(ctx context.Context, cfg *tartarus.VMConfig) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
+	guestNS, err := r.nets.Create(ctx, r.opts.Networks, Name, cfg.ID, cfg.Network)
+	if err != nil {
+		return err
+	}
 	m := &meta{ID: cfg.ID, Template: container.TemplateName(cfg), RootFS: rootfs, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
 		Env: cfg.Env, CreatedAt: r.Clock.Now()}
-	b, err := json.MarshalIndent(bundleSpec(m), "", "  ")
+	spec := bundleSpec(m)
+	if guestNS != "" {
+		withNetwork(spec, guestNS, r.nets.ResolvConfPath(cfg.ID))
+	}
+	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -218,14 +256,9 @@ func (r *Runtime) prepare(ctx context.Context, cfg *tartarus.VMConfig) error {
 	return nil
 }
 
-// defaultCaps are Docker's default capabilities: what root in a container
-// usually has.
-var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT",
-	"CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP"}
-
 func process(args, env []string, cwd string) *specs.Process {
-	caps := slices.Clone(defaultCaps)
+	// Docker's default capabilities: what root in a container usually has.
+	caps := slices.Clone(container.DefaultCaps)
 	return &specs.Process{
 		Args: args, Env: env, Cwd: cwd,
 		User:         specs.User{UID: 0, GID: 0},
@@ -256,6 +289,18 @@ func bundleSpec(m *meta) *specs.Spec {
 			},
 		},
 	}
+}
+
+// withNetwork puts the sandbox in the guest namespace at guestNS, with its
+// resolver in /etc/resolv.conf.
+func withNetwork(spec *specs.Spec, guestNS, resolvConf string) {
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			spec.Linux.Namespaces[i].Path = guestNS
+		}
+	}
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvConf,
+		Options: []string{"bind", "ro"}})
 }
 
 // Start implements tartarus.Runtime: runsc run --detach.
@@ -490,7 +535,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
 	r.Forget(id)
-	return nil
+	return r.nets.Destroy(ctx, r.opts.Networks, id)
 }
 
 // List implements tartarus.Runtime.
@@ -535,6 +580,9 @@ func (r *Runtime) Recover(ctx context.Context) ([]*tartarus.Instance, error) {
 		m, err := r.loadMeta(e.Name())
 		st := states[e.Name()]
 		if err == nil && (st.Status == "running" || st.Status == "paused") {
+			if err := r.nets.Recover(ctx, r.opts.Networks, m.ID); err != nil {
+				r.Log.Warn("recover: network not re-attached", "sandbox", m.ID, "err", err)
+			}
 			adopted = append(adopted, r.instance(m, st))
 			delete(states, e.Name())
 			continue

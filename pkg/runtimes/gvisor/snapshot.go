@@ -66,7 +66,7 @@ func (r *Runtime) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir strin
 		return tartarus.Errorf(tartarus.ErrAlreadyExists, "sandbox %s", cfg.ID)
 	}
 	if err := r.prepare(ctx, cfg); err != nil {
-		_ = os.RemoveAll(r.sandboxDir(cfg.ID))
+		r.unprepare(ctx, cfg.ID)
 		return err
 	}
 	ctx = context.WithoutCancel(ctx)

@@ -39,10 +39,12 @@ const spawnDir = "/dev/.tartarus"
 // prefix> <shim pid>" a line) until SIGTERM. The FIFO is opened read-write
 // so that it never reports end-of-file between requests. The status goes
 // back through a FIFO the shim holds open, written read-write so that a
-// shim that is gone (after a restore) blocks nothing. Forked twice: the
+// shim that is gone (after a restore) blocks nothing. The init's own
+// output goes nowhere: it is runsc's output file, on the host's disk. Forked twice: the
 // init reaps the short-lived middle process at once and keeps no job table
 // that grows with every command.
 const initScript = `trap 'exit 0' TERM
+exec >/dev/null 2>&1
 mkdir -p ` + spawnDir + `/x && rm -f ` + spawnDir + `/spawn && mkfifo -m 600 ` + spawnDir + `/spawn || exit 1
 exec 3<>` + spawnDir + `/spawn
 s=

@@ -37,6 +37,10 @@ type Host struct {
 	agent *hecatoncheir.Agent
 	clk   clock.Clock
 
+	// Scratch is a directory for the disk diff's raw copy of a disk
+	// (its changed and template blocks, sparse); empty means os.TempDir.
+	Scratch string
+
 	mu       sync.Mutex
 	last     map[string]reading   // previous host reading, for CPU %
 	readings map[string][]reading // recent readings, for evidence
@@ -49,7 +53,11 @@ type reading struct {
 	At         time.Time `json:"at"`
 	CPUSeconds float64   `json:"-"`
 	CPUPercent float64   `json:"cpu_percent"`
-	MemoryMB   float64   `json:"memory_mb"`
+	// Demand: see typhon.Signals.CPUDemand.
+	DemandTID     int     `json:"-"`
+	DemandSeconds float64 `json:"-"`
+	CPUDemand     float64 `json:"cpu_demand"`
+	MemoryMB      float64 `json:"memory_mb"`
 	// Processes is what the guest reports: it may lie.
 	Processes int  `json:"processes"`
 	Host      bool `json:"host_counters"`
@@ -103,6 +111,20 @@ func (h *Host) SetQuarantined(ctx context.Context, id string, on bool) error {
 	return err
 }
 
+var _ typhon.Sleeper = (*Host)(nil)
+
+// Hibernate implements typhon.Sleeper through the agent (Hypnos).
+func (h *Host) Hibernate(ctx context.Context, id string) error {
+	_, err := h.agent.Hibernate(ctx, id)
+	return err
+}
+
+// Wake implements typhon.Sleeper through the agent (Hypnos).
+func (h *Host) Wake(ctx context.Context, id string) error {
+	_, err := h.agent.Wake(ctx, id)
+	return err
+}
+
 // Destroy implements typhon.Host: Thanatos ends the sandbox with reason
 // policy_violation, at once.
 func (h *Host) Destroy(ctx context.Context, id string) error {
@@ -133,11 +155,16 @@ func (h *Host) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signa
 	}
 	if hc, ok := h.agent.HostCounters(ctx, sb); ok {
 		r.Host, r.CPUSeconds, r.MemoryMB = true, hc.CPUSeconds, hc.RSSMB
+		r.DemandTID, r.DemandSeconds = hc.BusiestTID, hc.DemandSeconds
 		h.mu.Lock()
 		prev, had := h.last[sb.ID]
 		h.mu.Unlock()
 		if had && prev.Host && now.After(prev.At) {
-			r.CPUPercent = max(0, (hc.CPUSeconds-prev.CPUSeconds)/now.Sub(prev.At).Seconds()*100)
+			wall := now.Sub(prev.At).Seconds()
+			r.CPUPercent = max(0, (hc.CPUSeconds-prev.CPUSeconds)/wall*100)
+			if prev.DemandTID != 0 && prev.DemandTID == r.DemandTID {
+				r.CPUDemand = min(100, max(0, (r.DemandSeconds-prev.DemandSeconds)/wall*100))
+			}
 		}
 	} else if gerr == nil {
 		r.CPUPercent, r.MemoryMB = gs.CPUPercent, float64(gs.MemoryUsedMB)
@@ -152,7 +179,7 @@ func (h *Host) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signa
 	}
 	h.readings[sb.ID] = rs
 	h.mu.Unlock()
-	s.CPUPercent, s.MemoryMB, s.Processes, s.HostCounters = r.CPUPercent, r.MemoryMB, r.Processes, r.Host
+	s.CPUPercent, s.CPUDemand, s.MemoryMB, s.Processes, s.HostCounters = r.CPUPercent, r.CPUDemand, r.MemoryMB, r.Processes, r.Host
 	if sb.MemoryMB > 0 {
 		s.MemoryPercent = r.MemoryMB / float64(sb.MemoryMB) * 100
 	}
@@ -218,8 +245,29 @@ func (h *Host) Collect(ctx context.Context, sb *tartarus.Sandbox, iso *typhon.Qu
 		out = append(out, typhon.Evidence{Type: tartarus.EvidenceProcessTree, Source: tartarus.SourceGuest, Timestamp: now,
 			Description: "the guest's process list (guest-reported: it may lie)", Data: ps})
 	}
-	if iso != nil && (iso.EnableStrace || iso.EnableAuditd) {
-		note("syscall trace and file access", fmt.Errorf("tracing in the guest is not built yet"))
+	if iso != nil && iso.EnableStrace {
+		if tr, err := h.guestRun(ctx, sb, []string{"sh", "-c", syscallTrace}); err != nil {
+			note("syscall trace", err)
+		} else {
+			out = append(out, typhon.Evidence{Type: tartarus.EvidenceSyscallTrace, Source: tartarus.SourceGuest, Timestamp: now,
+				Description: "each guest process's current system call (/proc/PID/syscall), and 2 s of strace where the guest has it (guest-reported: it may lie)", Data: tr})
+		}
+	}
+	if iso != nil && iso.EnableAuditd {
+		note("audit records", fmt.Errorf("auditd is not collected: the host's audit subsystem sees QEMU's system calls, not the guest's, and the guest's own auditd would be guest-reported like its strace (enable_strace)"))
+	}
+	if overlay, base, err := h.agent.DiskFiles(ctx, sb); err == nil {
+		// Flush what the guest holds in its page cache (best effort: a
+		// guest that refuses only hides writes it has not yet made).
+		_, _ = h.guestRun(ctx, sb, []string{"sync"})
+		if d, err := diffDisk(ctx, overlay, base, h.Scratch); err != nil {
+			note("file access (disk diff)", err)
+		} else {
+			b, _ := json.Marshal(d)
+			out = append(out, typhon.Evidence{Type: tartarus.EvidenceFileAccess, Source: tartarus.SourceHost, Timestamp: now,
+				Description: fmt.Sprintf("%d disk blocks the guest changed against its template, in %d files (blocks host-observed; file names read from the guest's file system)", d.ChangedBlocks, len(d.Files)),
+				Data:        b})
+		}
 	}
 	if b, err := h.networkEvidence(ctx, sb); err != nil {
 		note("network log", err)
@@ -238,6 +286,16 @@ func (h *Host) Collect(ctx context.Context, sb *tartarus.Sandbox, iso *typhon.Qu
 	}
 	return out
 }
+
+// syscallTrace reads, in the guest, each process's current system call
+// (number and arguments, /proc/PID/syscall) and, where the guest has
+// strace, traces its processes for 2 s. Output is bounded by guestRun.
+const syscallTrace = `for d in /proc/[0-9]*; do p=${d#/proc/}; c=$(cat $d/comm 2>/dev/null); s=$(cat $d/syscall 2>/dev/null); echo "$p $c: $s"; done
+if command -v strace >/dev/null 2>&1; then
+  pids=$(for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" != 1 ] && [ "$p" != $$ ] && [ -n "$(cat $d/cmdline 2>/dev/null | head -c1)" ] && printf ' -p %s' $p; done)
+  echo "--- strace (2 s)"; timeout 2 strace -f -qq -tt $pids 2>&1 | head -c 200000
+fi
+true`
 
 // procList lists the guest's processes from /proc where there is no ps:
 // pid, parent pid and command line.

@@ -234,11 +234,18 @@ func unmountUnder(dir string) {
 
 // Dockerd starts a private dockerd (no iptables, no bridge: containers get
 // no network) and returns its host address ("unix:///…/docker.sock"). It is
-// stopped and its data removed when the test ends.
+// stopped and its data removed when the test ends. It remaps users
+// (userns-remap=default: dockerd makes the dockremap user and its
+// subordinate ids once), as a node's daemon should: root in a container
+// is not root on the host.
 func Dockerd(t testing.TB) string {
 	t.Helper()
 	Require(t, "dockerd", "containerd", "runc")
 	dir := shortDir(t, "kd-")
+	// The remapped root must reach its containers' files below dir.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "docker.sock")
 	d := startDaemon(t, dir, "dockerd",
 		"--host", "unix://"+sock,
@@ -246,7 +253,7 @@ func Dockerd(t testing.TB) string {
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "dockerd.pid"),
 		"--iptables=false", "--ip-masq=false", "--bridge=none",
-		"--config-file", writeFile(t, dir, "daemon.json", "{}"),
+		"--config-file", writeFile(t, dir, "daemon.json", `{"userns-remap": "default"}`),
 	)
 	t.Cleanup(func() {
 		d.stop(t)
@@ -263,6 +270,11 @@ func Containerd(t testing.TB) string {
 	t.Helper()
 	Require(t, "containerd", "containerd-shim-runc-v2", "runc")
 	dir := shortDir(t, "kc-")
+	// Sandboxes run in a user namespace: their remapped root must reach
+	// its root filesystem below dir (as under /run/containerd, 0711).
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "containerd.sock")
 	cfg := fmt.Sprintf(`version = 2
 root = %q
