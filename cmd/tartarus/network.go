@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
@@ -99,3 +103,42 @@ func (l *collectorList) Register(c prometheus.Collector) error {
 func (l *collectorList) MustRegister(cs ...prometheus.Collector) { l.cs = append(l.cs, cs...) }
 
 func (l *collectorList) Unregister(prometheus.Collector) bool { return false }
+
+// portTokenKey reads the key that signs port access tokens from file
+// (default <dataDir>/port-token.key), making a random one (0600) if it
+// does not exist.
+func portTokenKey(file, dataDir string) ([]byte, error) {
+	if file == "" {
+		file = filepath.Join(dataDir, "port-token.key")
+	}
+	key, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			return portTokenKey(file, dataDir) // another replica made it first
+		}
+		if err != nil {
+			return nil, fmt.Errorf("port token key: %w", err)
+		}
+		_, err = f.Write(key)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(file)
+			return nil, fmt.Errorf("port token key: %w", err)
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("port token key: %w", err)
+	}
+	if len(key) < 32 {
+		return nil, fmt.Errorf("port token key %s: %d bytes, want at least 32", file, len(key))
+	}
+	return key, nil
+}

@@ -118,7 +118,7 @@ func TestNetworkEndToEnd(t *testing.T) {
 		get := func(host, path string) (int, string) {
 			t.Helper()
 			var last error
-			for range 50 { // the guest server takes a moment to listen
+			for range 150 { // the guest server takes a moment to listen (python under TCG on a loaded host: seconds)
 				req, _ := http.NewRequest("GET", e.url+path, nil)
 				if host != "" {
 					req.Host = host
@@ -160,6 +160,43 @@ func TestNetworkEndToEnd(t *testing.T) {
 		fmt.Fprintf(c, "hello\n")
 		if line, err := br.ReadString('\n'); err != nil || line != "echo hello\n" {
 			t.Errorf("echo: %q %v", line, err)
+		}
+	})
+	t.Run("PortToken", func(t *testing.T) {
+		// Ports no longer public: no credentials is 401, the sandbox's
+		// token (header, or query once then the cookie) reaches the guest.
+		e.cli(t, 0, "", "sandbox", "network", id, "--mode", "restricted", "--allow", "allowed.example")
+		defer e.cli(t, 0, "", "sandbox", "network", id, "--mode", "restricted", "--allow", "allowed.example", "--public-ports")
+		token := strings.TrimSpace(e.cli(t, 0, "", "sandbox", "port-token", id))
+		noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		try := func(path string, hdr map[string]string) (*http.Response, string) {
+			t.Helper()
+			req, _ := http.NewRequest("GET", e.url+path, nil)
+			for k, v := range hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := noRedirect.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp, string(b)
+		}
+		base := "/v1/sandboxes/" + id + "/ports/8000"
+		if resp, body := try(base+"/t", nil); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("no credentials: %d %q", resp.StatusCode, body)
+		}
+		if resp, body := try(base+"/t", map[string]string{"X-Tartarus-Port-Token": token}); resp.StatusCode != 200 || !strings.HasPrefix(body, "guest /t") {
+			t.Errorf("token header: %d %q", resp.StatusCode, body)
+		}
+		resp, body := try(base+"/q?tartarus_token="+token, nil)
+		cookies := resp.Cookies()
+		if resp.StatusCode != http.StatusSeeOther || len(cookies) != 1 {
+			t.Fatalf("token in the query: %d %q %v", resp.StatusCode, body, cookies)
+		}
+		if resp, body := try(resp.Header.Get("Location"), map[string]string{"Cookie": cookies[0].Name + "=" + cookies[0].Value}); resp.StatusCode != 200 || body != "guest /q host="+strings.TrimPrefix(e.url, "http://") {
+			t.Errorf("cookie: %d %q", resp.StatusCode, body)
 		}
 	})
 	t.Run("WakeOnPort", func(t *testing.T) {

@@ -17,7 +17,7 @@ import (
 func newSandboxCmd(o *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "sandbox", Aliases: []string{"sandboxes", "sb"}, Short: "Create, list and manage sandboxes"}
 	cmd.AddCommand(newSandboxCreateCmd(o), newSandboxLsCmd(o), newSandboxGetCmd(o), newSandboxRmCmd(o), newSandboxForkCmd(o), newSandboxSaveCmd(o), newSandboxTerminationCmd(o),
-		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o), newSandboxNetworkCmd(o), newSandboxNetworkLogCmd(o), newSandboxQuarantineCmd(o))
+		newSandboxTimeoutCmd(o), newSandboxMetricsCmd(o), newSandboxNetworkCmd(o), newSandboxNetworkLogCmd(o), newSandboxPortTokenCmd(o), newSandboxQuarantineCmd(o))
 	for _, verb := range []struct {
 		name, short string
 		do          func(*client.Client, context.Context, string) (*tartarus.Sandbox, error)

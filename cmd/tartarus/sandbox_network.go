@@ -122,3 +122,26 @@ func newSandboxNetworkLogCmd(o *clientOptions) *cobra.Command {
 	o.addOutputFlag(cmd)
 	return cmd
 }
+
+func newSandboxPortTokenCmd(o *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use: "port-token ID", Short: "Print the token that reaches a sandbox's ports without other credentials", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, asJSON, err := o.jsonClient()
+			if err != nil {
+				return err
+			}
+			pt, err := c.PortToken(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), pt)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), pt.Token)
+			return nil
+		},
+	}
+	o.addOutputFlag(cmd)
+	return cmd
+}

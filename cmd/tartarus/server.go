@@ -55,6 +55,7 @@ type serverOptions struct {
 	shutdownTimeout           time.Duration
 	quarantine                quarantineOptions
 	sandboxDomain             string
+	portTokenKeyFile          string
 	heat                      heatOptions
 	e2b                       e2bOptions
 }
@@ -100,6 +101,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.database, "database", "", "postgres://… to keep state in Postgres (default: SQLite in the data directory)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.Int64Var(&o.maxUploadMB, "max-upload-mb", olympus.DefaultMaxUpload>>20, "largest file upload, in MiB")
+	f.StringVar(&o.portTokenKeyFile, "port-token-key-file", "", "key (32 bytes or more) that signs the sandboxes' port access tokens; made if missing; replace it to revoke every token (default <data-dir>/port-token.key; replicas share one)")
 	f.StringVar(&o.sandboxDomain, "sandbox-domain", "", "route requests for PORT-SANDBOXID.DOMAIN to that port of that sandbox (point a wildcard DNS name at the server)")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to wait for requests in flight on SIGTERM")
 	f.StringVar(&o.quarantine.policyFile, "quarantine-policy", "", "quarantine policy file (YAML or JSON, docs/quarantine.md) set at start")
@@ -254,9 +256,13 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		return err
 	}
 	collectors = append(collectors, season.collector)
+	tokenKey, err := portTokenKey(o.portTokenKeyFile, o.dataDir)
+	if err != nil {
+		return err
+	}
 	ocfg := olympus.Config{Backend: be, Guard: auth.Guard, Routes: season.Routes(auth.Routes, auth.Guard),
 		MaxUploadBytes: o.maxUploadMB << 20, Collectors: collectors, Metrics: metrics, Log: log,
-		SandboxDomain: o.sandboxDomain}
+		SandboxDomain: o.sandboxDomain, PortTokenKey: tokenKey}
 	if quarantine != nil {
 		ocfg.Quarantine = quarantine
 	}

@@ -132,6 +132,8 @@ func (c condition) got(res Resource) string {
 		return res.Namespace
 	case "id":
 		return res.ID
+	case "runtime":
+		return res.Runtime
 	}
 	return ""
 }

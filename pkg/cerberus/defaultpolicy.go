@@ -3,8 +3,10 @@ package cerberus
 // DefaultPolicyYAML is the policy in force when the server is given no
 // --auth-policy file: platform-admin may do anything; tenant-admin manages
 // its own tenant's sandboxes, API keys and audit log; sandbox-user works
-// with its own tenant's sandboxes, snapshots and templates, files included;
-// viewer sees them but not their files.
+// with its own tenant's sandboxes, snapshots and templates, files included,
+// and may name the microvm or gvisor runtime on create (the container
+// runtimes share the host's kernel, so naming docker or containerd takes the
+// any-runtime role an operator grants); viewer sees them but not their files.
 const DefaultPolicyYAML = `# Built-in Tartarus policy (used when no --auth-policy file is given).
 roles:
   - name: platform-admin
@@ -36,9 +38,21 @@ roles:
     inherits: [viewer]
     permissions:
       - resource: sandbox
-        actions: [create, read, update, delete, execute, read_files, write_files, fork, snapshot, choose_runtime]
+        actions: [create, read, update, delete, execute, read_files, write_files, fork, snapshot]
         conditions:
           tenant: "{{identity.tenant_id}}"
+      # Only the runtimes with a kernel of their own between the code and the
+      # host; docker and containerd take the any-runtime role.
+      - resource: sandbox
+        actions: [choose_runtime]
+        conditions:
+          tenant: "{{identity.tenant_id}}"
+          runtime: microvm
+      - resource: sandbox
+        actions: [choose_runtime]
+        conditions:
+          tenant: "{{identity.tenant_id}}"
+          runtime: gvisor
       - resource: snapshot
         actions: [create, read, delete]
         conditions:
@@ -62,6 +76,14 @@ roles:
           tenant: "{{identity.tenant_id}}"
       - resource: audit
         actions: [read]
+        conditions:
+          tenant: "{{identity.tenant_id}}"
+
+  - name: any-runtime
+    description: name any enabled runtime (docker and containerd too) on its tenant's creates; an operator grants it
+    permissions:
+      - resource: sandbox
+        actions: [choose_runtime]
         conditions:
           tenant: "{{identity.tenant_id}}"
 

@@ -155,6 +155,9 @@ type Resource struct {
 	ID        string
 	TenantID  string
 	Namespace string
+	// Runtime is the runtime a create names (choose_runtime checks only),
+	// so a policy can allow some runtimes and not others.
+	Runtime string
 }
 
 // ResourceType names a kind of resource.

@@ -97,7 +97,7 @@ type ruleRef struct {
 }
 
 type condition struct {
-	attr    string // tenant | namespace | id
+	attr    string // tenant | namespace | id | runtime
 	literal string
 	ref     string // identity field when the value is a {{identity.…}} template
 }
@@ -338,7 +338,7 @@ func (p *policyParser) permission(n *yaml.Node) *rule {
 			}
 			haveAct = len(ru.actions) > 0
 		case "conditions":
-			p.mapping(v, "conditions", []string{"tenant", "namespace", "id"}, func(attr string, ck, cv *yaml.Node) {
+			p.mapping(v, "conditions", []string{"tenant", "namespace", "id", "runtime"}, func(attr string, ck, cv *yaml.Node) {
 				s, ok := p.scalar(cv, "condition "+attr)
 				if !ok {
 					return

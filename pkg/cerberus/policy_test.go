@@ -261,8 +261,8 @@ func FuzzParsePolicy(f *testing.F) {
 // everything it could before the finer actions, and each action is its own.
 func TestDefaultPolicyFinerActions(t *testing.T) {
 	p := DefaultPolicy()
-	own := Resource{Type: ResourceTypeSandbox, ID: "sb-1", TenantID: "acme"}
-	other := Resource{Type: ResourceTypeSandbox, ID: "sb-2", TenantID: "globex"}
+	own := Resource{Type: ResourceTypeSandbox, ID: "sb-1", TenantID: "acme", Runtime: "microvm"}
+	other := Resource{Type: ResourceTypeSandbox, ID: "sb-2", TenantID: "globex", Runtime: "microvm"}
 	viewer := &Identity{ID: "tk_v", Type: IdentityTypeService, TenantID: "acme", Roles: []string{"viewer"}}
 	user := &Identity{ID: "tk_u", Type: IdentityTypeService, TenantID: "acme", Roles: []string{"sandbox-user"}}
 	tests := []struct {
@@ -336,5 +336,51 @@ quotas:
 		if _, err := ParsePolicy([]byte(DefaultPolicyYAML + bad)); err == nil || !strings.Contains(err.Error(), "line") {
 			t.Errorf("%q: %v, want an error with its line", bad, err)
 		}
+	}
+}
+
+// TestDefaultPolicyRuntimes: ordinary tenants may name the runtimes with a
+// kernel of their own (microvm, gvisor); docker and containerd take the
+// any-runtime role, and only for the caller's own tenant.
+func TestDefaultPolicyRuntimes(t *testing.T) {
+	p := DefaultPolicy()
+	tests := []struct {
+		role, runtime, tenant string
+		want                  bool
+	}{
+		{"sandbox-user", "microvm", "acme", true},
+		{"sandbox-user", "gvisor", "acme", true},
+		{"sandbox-user", "docker", "acme", false},
+		{"sandbox-user", "containerd", "acme", false},
+		{"sandbox-user", "microvm", "globex", false},
+		{"tenant-admin", "gvisor", "acme", true},
+		{"tenant-admin", "docker", "acme", false},
+		{"viewer", "microvm", "acme", false},
+		{"any-runtime", "docker", "acme", true},
+		{"any-runtime", "containerd", "acme", true},
+		{"any-runtime", "docker", "globex", false},
+		{"platform-admin", "docker", "globex", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.role+"/"+tt.runtime+"/"+tt.tenant, func(t *testing.T) {
+			id := &Identity{ID: "tk", Type: IdentityTypeService, TenantID: "acme", Roles: []string{tt.role}}
+			d := p.Decide(id, ActionChooseRuntime, Resource{Type: ResourceTypeSandbox, TenantID: tt.tenant, Runtime: tt.runtime})
+			if d.Allowed != tt.want {
+				t.Errorf("%+v, want allowed=%v", d, tt.want)
+			}
+		})
+	}
+	// A runtime condition holds only for choose_runtime: a create (which
+	// carries no runtime) is not allowed by it.
+	pol, err := ParsePolicy([]byte("roles:\n  - name: r\n    permissions:\n      - resource: sandbox\n        actions: [create, choose_runtime]\n        conditions:\n          runtime: docker\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &Identity{ID: "tk", Type: IdentityTypeService, TenantID: "acme", Roles: []string{"r"}}
+	if d := pol.Decide(id, ActionCreate, Resource{Type: ResourceTypeSandbox, TenantID: "acme"}); d.Allowed {
+		t.Errorf("create allowed by a runtime-conditioned rule: %+v", d)
+	}
+	if d := pol.Decide(id, ActionChooseRuntime, Resource{Type: ResourceTypeSandbox, TenantID: "acme", Runtime: "docker"}); !d.Allowed {
+		t.Errorf("choose_runtime docker: %+v", d)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // SetNetwork replaces a sandbox's network policy and limits; a running
@@ -17,4 +18,10 @@ func (c *Client) SetNetwork(ctx context.Context, id string, n *tartarus.NetworkS
 func (c *Client) NetworkLog(ctx context.Context, id string) (*tartarus.NetworkLog, error) {
 	var out tartarus.NetworkLog
 	return &out, c.call(ctx, "GET", sandboxPath(id, "/network/log"), nil, &out)
+}
+
+// PortToken returns the sandbox's port access token (docs/network.md).
+func (c *Client) PortToken(ctx context.Context, id string) (*api.PortToken, error) {
+	var out api.PortToken
+	return &out, c.call(ctx, "GET", sandboxPath(id, "/ports/token"), nil, &out)
 }

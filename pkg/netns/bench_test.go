@@ -56,6 +56,42 @@ func BenchmarkPolicyEnforced(b *testing.B) {
 	}
 }
 
+// BenchmarkPolicyEnforced1000Rules is BenchmarkPolicyEnforced with 1,000
+// more rules in both policies: the cost of rewriting a large policy.
+func BenchmarkPolicyEnforced1000Rules(b *testing.B) {
+	_, m := setupB(b)
+	ctx := context.Background()
+	var many []netns.Rule
+	for i := range 1000 {
+		r, err := netns.ParseRule(fmt.Sprintf("tcp:198.18.%d.%d:%d", i/250, i%250, 1000+i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		many = append(many, r)
+	}
+	open := netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen, Deny: many}}
+	sb, err := m.Create(ctx, "pol", open)
+	if err != nil {
+		b.Fatal(err)
+	}
+	target := netnstest.HTTPAddr.String() + ":80"
+	deny, _ := netns.ParseRule("tcp:" + target)
+	closed := netns.Spec{Policy: netns.Policy{Mode: netns.ModeOpen, Deny: append([]netns.Rule{deny}, many...)}}
+	for b.Loop() {
+		for _, st := range []struct {
+			spec netns.Spec
+			ok   bool
+		}{{closed, false}, {open, true}} {
+			if err := m.Update(ctx, "pol", st.spec); err != nil {
+				b.Fatal(err)
+			}
+			for (dial(sb, target) == nil) != st.ok {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+}
+
 // BenchmarkThroughput1000Rules downloads /big through a policy of 1,000
 // deny rules that do not match (the worst case: every new connection walks
 // them all); b.SetBytes makes it MB/s. BenchmarkConnect1000Rules is the

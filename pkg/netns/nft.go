@@ -221,6 +221,12 @@ func ruleMatch(r Rule) string {
 // sandboxNSScript is the small table inside a sandbox's own namespace: the
 // guest may reach its resolver and be forwarded out (masqueraded to the
 // sandbox's veth address); nothing else enters.
+//
+// IPv6 has no path through the namespace: it is disabled on every
+// interface (sysctl, in build) and, should that ever be undone, an ip6
+// table drops everything; the uplink's forward chain drops IPv6 from any
+// sandbox veth as a third wall. The policy (ip family only) never has to
+// reason about IPv6.
 func sandboxNSScript(sbAddr netip.Addr) string {
 	return fmt.Sprintf(`add table ip tartarus
 add chain ip tartarus input { type filter hook input priority filter; policy drop; }
@@ -233,6 +239,10 @@ add rule ip tartarus forward iifname "%[1]s" oifname "%[3]s" ip saddr %[4]s acce
 add rule ip tartarus forward iifname "%[3]s" oifname "%[1]s" ct state established,related accept
 add chain ip tartarus postrouting { type nat hook postrouting priority srcnat; policy accept; }
 add rule ip tartarus postrouting oifname "%[3]s" ip saddr %[4]s snat to %[5]s
+add table ip6 tartarus
+add chain ip6 tartarus input { type filter hook input priority filter; policy drop; }
+add chain ip6 tartarus forward { type filter hook forward priority filter; policy drop; }
+add chain ip6 tartarus output { type filter hook output priority filter; policy drop; }
 `, TapName, GatewayAddr, sandboxVeth, GuestAddr, sbAddr)
 }
 

@@ -34,6 +34,7 @@ func (s *Server) networkRoutes(v1 func(string, http.HandlerFunc), mux *http.Serv
 	// made its ports public needs none.
 	mux.HandleFunc("/v1/sandboxes/{id}/ports/{port}/{path...}", s.portRoute)
 	mux.HandleFunc("/v1/sandboxes/{id}/ports/{port}", s.portRoute)
+	v1("GET /v1/sandboxes/{id}/ports/token", s.getPortToken)
 }
 
 func (s *Server) putNetwork(w http.ResponseWriter, r *http.Request) {
@@ -109,9 +110,17 @@ func (s *Server) hostPorts(next http.Handler) http.Handler {
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
+		// Exactly one label before the domain: no suffix tricks. Only Host
+		// decides (never X-Forwarded-Host, which any client can send).
 		label, ok := strings.CutSuffix(host, "."+domain)
 		if !ok || strings.Contains(label, ".") {
 			next.ServeHTTP(w, r)
+			return
+		}
+		// Over TLS the name the client asked for must be the same host,
+		// so a connection opened for one name cannot reach another's ports.
+		if r.TLS != nil && r.TLS.ServerName != "" && !strings.EqualFold(r.TLS.ServerName, host) {
+			s.writeError(w, r, tartarus.Errorf(tartarus.ErrInvalid, "host %s: the connection is for %s", host, r.TLS.ServerName))
 			return
 		}
 		p, id, ok := strings.Cut(label, "-")
@@ -135,8 +144,9 @@ func parsePort(s string) (uint16, error) {
 // proxyPort passes r to port of sandbox id: HTTP, streamed responses and
 // WebSocket upgrades (httputil.ReverseProxy handles them), over a
 // connection the backend dials into the guest. Without public ports the
-// caller needs the sandbox tenant's credentials (update rights: reaching a
-// guest port can change the sandbox).
+// caller needs the sandbox's port access token or the sandbox tenant's
+// credentials (update rights: reaching a guest port can change the
+// sandbox). The guest sees neither.
 func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, port uint16, path string) {
 	pd, err := backendAs[PortDialer](s, "exposed ports")
 	if err != nil {
@@ -153,11 +163,20 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id string, po
 		s.writeError(w, r, err)
 		return
 	}
+	tok, from, tokenOK := s.tokens.portTokenFor(r, id)
 	serve := func(w http.ResponseWriter, r *http.Request) {
+		stripPortToken(r)
 		s.reverseProxy(pd, sb.ID, port, path).ServeHTTP(w, r)
 	}
-	// A quarantined sandbox's ports answer only examiners, public or not.
+	// A quarantined sandbox's ports answer only examiners: public, token or not.
 	if sb.Network != nil && sb.Network.PublicPorts && !s.held(sb) {
+		serve(w, r)
+		return
+	}
+	if tokenOK && !s.held(sb) {
+		if from == tokenQuery && acceptQueryToken(w, r, sb.ID, tok) {
+			return
+		}
 		serve(w, r)
 		return
 	}

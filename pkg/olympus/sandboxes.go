@@ -2,7 +2,7 @@ package olympus
 
 import (
 	"context"
-
+	"errors"
 	"net/http"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
@@ -57,8 +57,14 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 			return 0, nil, err
 		}
 		if req.Runtime != "" {
-			res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID}
+			res := cerberus.Resource{Type: cerberus.ResourceTypeSandbox, TenantID: who.TenantID, Runtime: req.Runtime}
 			if err := s.guard.Authorize(ctx, cerberus.ActionChooseRuntime, res); err != nil {
+				if errors.Is(err, tartarus.ErrPermissionDenied) {
+					return 0, nil, tartarus.Errorf(tartarus.ErrPermissionDenied,
+						"%s may not create sandboxes in the %s runtime: that needs the choose_runtime permission for runtime %s "+
+							"(the built-in policy grants it for microvm and gvisor; an operator grants the others, for example with the any-runtime role)",
+						cerberus.Principal(who), req.Runtime, req.Runtime)
+				}
 				return 0, nil, err
 			}
 		}
@@ -73,6 +79,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 			return 0, nil, err
 		}
 		w.Header().Set("Location", "/v1/sandboxes/"+sb.ID)
+		if s.tokens != nil && sb.Network != nil {
+			// The creator's link to the sandbox's ports (docs/network.md).
+			w.Header().Set(PortTokenHeader, s.tokens.token(sb.ID))
+		}
 		if sb.State == tartarus.StateQueued {
 			// It waits for room in its heat's admission queue: GET follows it.
 			return http.StatusAccepted, sb, nil

@@ -89,6 +89,9 @@ type Config struct {
 	// SandboxDomain, when set, routes requests for PORT-SANDBOXID.DOMAIN
 	// to that port of that sandbox (--sandbox-domain).
 	SandboxDomain string
+	// PortTokenKey, when set (at least MinPortTokenKey bytes), signs each
+	// sandbox's port access token; nil: no tokens (the route answers 501).
+	PortTokenKey []byte
 	// Quarantine serves the quarantine routes and holds quarantined
 	// sandboxes; nil answers them 501.
 	Quarantine Quarantiner
@@ -110,6 +113,7 @@ type Server struct {
 	clock   clock.Clock
 	execs   execSlots // per tenant, for the concurrent_execs quota
 	pending pending   // creates in flight per tenant, for the quotas
+	tokens  *portTokens
 }
 
 // New builds the API's handler.
@@ -130,6 +134,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.Clock = clock.System{}
 	}
 	s := &Server{cfg: cfg, log: cfg.Log.With("component", "olympus"), be: cfg.Backend, guard: cfg.Guard, clock: cfg.Clock}
+	if cfg.PortTokenKey != nil {
+		if len(cfg.PortTokenKey) < MinPortTokenKey {
+			return nil, fmt.Errorf("olympus: port token key is %d bytes, want at least %d", len(cfg.PortTokenKey), MinPortTokenKey)
+		}
+		s.tokens = &portTokens{key: cfg.PortTokenKey}
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(reg, cfg.Backend, s.log)

@@ -43,6 +43,12 @@ var (
 	OtherAddr    = netip.MustParseAddr("203.0.113.66") // blocked.example
 	OtherDNSAddr = netip.MustParseAddr("203.0.113.54") // a second DNS server a guest might pick
 	MetadataAddr = netip.MustParseAddr("169.254.169.254")
+	// IPv6: the uplink reaches an HTTP server at HTTP6Addr (documentation
+	// range), so a sandbox's IPv6 would have somewhere to go if it had a
+	// path; it must not.
+	Uplink6Addr = netip.MustParseAddr("2001:db8:100::1")
+	Router6Addr = netip.MustParseAddr("2001:db8:100::2")
+	HTTP6Addr   = netip.MustParseAddr("2001:db8:113::10")
 )
 
 // Names the stand-in DNS servers answer, with TTL 60.
@@ -118,10 +124,14 @@ link add up0 type veth peer name inet0 netns %s
 addr add %s/30 dev up0
 link set up0 up
 route add default via %s
-`, in.Inet, UplinkAddr, RouterAddr)
+addr add %s/64 dev up0 nodad
+route add default via %s
+`, in.Inet, UplinkAddr, RouterAddr, Uplink6Addr, Router6Addr)
 	shIn(t, batchUp, "ip", "-n", in.Uplink, "-batch", "-")
+	sh(t, "ip", "netns", "exec", in.Uplink, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 	var b strings.Builder
 	fmt.Fprintf(&b, "link set lo up\naddr add %s/30 dev inet0\nlink set inet0 up\n", RouterAddr)
+	fmt.Fprintf(&b, "addr add %s/64 dev inet0 nodad\naddr add %s/128 dev lo\n", Router6Addr, HTTP6Addr)
 	for _, a := range []netip.Addr{HTTPAddr, HTTPSAddr, DNSAddr, OtherAddr, OtherDNSAddr, MetadataAddr} {
 		fmt.Fprintf(&b, "addr add %s/32 dev lo\n", a)
 	}
@@ -154,7 +164,7 @@ route add default via %s
 		fmt.Fprintf(w, "hello from %s", r.Host)
 	})
 	inetPath := netns.Path(in.Inet)
-	for _, a := range []netip.Addr{HTTPAddr, OtherAddr, MetadataAddr} {
+	for _, a := range []netip.Addr{HTTPAddr, OtherAddr, MetadataAddr, HTTP6Addr} {
 		serveHTTP(t, inetPath, netip.AddrPortFrom(a, 80).String(), mux, nil)
 	}
 	ca, caPEM, leaf := makeCA(t, "tls.example")
@@ -193,7 +203,7 @@ func listenIn(t testing.TB, nsPath, network, addr string) (ln net.Listener, pc n
 		if network == "udp" {
 			pc, err = net.ListenPacket("udp4", addr)
 		} else {
-			ln, err = net.Listen("tcp4", addr)
+			ln, err = net.Listen("tcp", addr)
 		}
 		return err
 	})

@@ -169,3 +169,31 @@ func (c *consoleReader) close() {
 	_ = c.conn.Close()
 	<-c.done
 }
+
+// startQEMULog returns the write end of a pipe to give QEMU as stdout and
+// stderr, and copies what it writes into a log at path capped like the
+// console (rotating once to path.1), so a QEMU a guest provokes into
+// printing cannot fill the host's disk. done closes when every write end is
+// closed (QEMU exited). QEMU ignores SIGPIPE: with no reader (this process
+// gone, the sandbox adopted by a new one), its messages are lost, not fatal.
+func startQEMULog(path string, max int64, log *slog.Logger) (w *os.File, done <-chan struct{}, err error) {
+	out, err := openRotatingLog(path, max)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		out.Close()
+		return nil, nil, err
+	}
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		defer r.Close()
+		defer out.Close()
+		if _, err := io.Copy(out, r); err != nil {
+			log.Warn("qemu log", "err", err)
+		}
+	}()
+	return w, ch, nil
+}

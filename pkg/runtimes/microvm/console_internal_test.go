@@ -2,7 +2,10 @@ package microvm
 
 import (
 	"bytes"
+	"io"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 )
@@ -66,5 +69,39 @@ func TestReadTailRefusesSymlinks(t *testing.T) {
 	}
 	if b, err := readTail(filepath.Join(dir, "big"), 100); err != nil || len(b) != 100 {
 		t.Fatalf("tail: %d bytes, %v; want 100", len(b), err)
+	}
+}
+
+// TestQEMULogCapped: a process given startQEMULog's pipe as stdout and
+// stderr (as QEMU is) that writes 8 MiB leaves at most two files of the cap
+// on the host, the newest bytes kept, and done closes when it exits.
+func TestQEMULogCapped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qemu.log")
+	const capBytes = 64 << 10
+	w, done, err := startQEMULog(path, capBytes, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' x; echo last-words >&2")
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	for _, f := range []string{path, path + ".1"} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatalf("%s: %v (8 MiB should have rotated it)", f, err)
+		}
+		if fi.Size() > capBytes {
+			t.Errorf("%s: %d bytes, more than the cap %d", f, fi.Size(), capBytes)
+		}
+	}
+	if b, _ := os.ReadFile(path); !bytes.HasSuffix(b, []byte("last-words\n")) {
+		t.Errorf("qemu.log does not end with the last message: %q", b[max(0, len(b)-40):])
 	}
 }

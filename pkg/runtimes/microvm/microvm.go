@@ -81,7 +81,8 @@ type Config struct {
 	// own network namespace (see network.go); nil means only lo.
 	Networks Networks
 	// ConsoleMaxBytes caps the guest's console log, console.log, which
-	// rotates once to console.log.1; zero means DefaultConsoleMaxBytes.
+	// rotates once to console.log.1, and QEMU's own, qemu.log, likewise;
+	// zero means DefaultConsoleMaxBytes.
 	ConsoleMaxBytes int64
 	// Jail confines each sandbox's QEMU (its own uid, namespaces, root,
 	// cgroup, seccomp); nil runs QEMU unconfined, as root.

@@ -204,7 +204,7 @@ func (v *vm) consoleTail(n int) string {
 	for _, f := range []string{"console.log", "qemu.log"} {
 		// Only the tail: the guest writes the console, and it may be large.
 		b, err := readTail(v.path(f), 64<<10)
-		if f == "console.log" && len(b) < 64<<10 {
+		if len(b) < 64<<10 {
 			// Just rotated: the older file holds the lines before.
 			if old, oerr := readTail(v.path(f+".1"), 64<<10-int64(len(b))); oerr == nil {
 				b, err = append(old, b...), nil
@@ -314,7 +314,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 	for _, f := range []string{"qmp.sock", "agent.sock", "console.sock", "qemu.pid"} {
 		_ = os.Remove(v.path(f))
 	}
-	logf, err := os.OpenFile(v.path("qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, logDone, err := startQEMULog(v.path("qemu.log"), d.cfg.ConsoleMaxBytes, v.log)
 	if err != nil {
 		return err
 	}
@@ -338,6 +338,11 @@ func (d *Driver) launch(ctx context.Context, v *vm, accel string, files []*os.Fi
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait() // reap: no zombies
+		// QEMU's last words reach qemu.log before anyone reads its tail.
+		select {
+		case <-logDone:
+		case <-time.After(time.Second):
+		}
 		close(exited)
 	}()
 	v.mu.Lock()

@@ -179,3 +179,14 @@ const (
 	MaxTemplateContextBytes = 1 << 30
 	MaxTemplateImageBytes   = 8 << 30
 )
+
+// PortToken is a sandbox's port access token (GET
+// /v1/sandboxes/{id}/ports/token): sent in Header, or once in the query as
+// QueryParam (then a cookie), it reaches the sandbox's exposed ports
+// without other credentials.
+type PortToken struct {
+	SandboxID  string `json:"sandbox_id"`
+	Token      string `json:"token"`
+	Header     string `json:"header"`
+	QueryParam string `json:"query_param"`
+}
