@@ -183,7 +183,7 @@ func (m *Manager) drain(ctx context.Context, r *run, st *tartarus.TerminationSta
 	defer poll.Stop()
 	for {
 		if !m.clock.Now().Before(st.GraceDeadline) || m.forced(r) {
-			if n, err := m.cfg.Target.ActiveWork(ctx, st.SandboxID); err == nil && n == 0 {
+			if m.idleWithin(ctx, st.SandboxID, m.cfg.DrainPoll) {
 				return exitDrained
 			}
 			return exitKilled
@@ -202,6 +202,27 @@ func (m *Manager) drain(ctx context.Context, r *run, st *tartarus.TerminationSta
 		case <-deadline:
 		case <-poll.C():
 		}
+	}
+}
+
+// idleWithin reports whether the sandbox has no active work, asking at most
+// budget long: past the deadline a hung guest that answers only when its
+// call times out must not hold up the kill (the call is abandoned).
+func (m *Manager) idleWithin(ctx context.Context, id string, budget time.Duration) bool {
+	idle := make(chan bool, 1)
+	go func() {
+		n, err := m.cfg.Target.ActiveWork(ctx, id)
+		idle <- err == nil && n == 0
+	}()
+	wait, stop := m.after(budget)
+	defer stop()
+	select {
+	case ok := <-idle:
+		return ok
+	case <-wait:
+		return false
+	case <-ctx.Done():
+		return false
 	}
 }
 
