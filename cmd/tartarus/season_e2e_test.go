@@ -29,6 +29,22 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
+// replayPoolCap caps the replay's pools (the node's room beside the live
+// sandboxes).
+const replayPoolCap = 10
+
+// tracePools is the agent as the trace-time Persephone sees it: refill
+// durations are measured in real time and scaled to trace time.
+type tracePools struct {
+	*hecatoncheir.Agent
+	scale float64
+}
+
+func (p tracePools) RefillRate() (time.Duration, int) {
+	d, par := p.Agent.RefillRate()
+	return time.Duration(float64(d) * p.scale), par
+}
+
 // replayShape is a day with a morning and an evening peak, small enough
 // for real microVMs on a shared 2-core host.
 var replayShape = persephone.DayShape{Base: 0.02, MorningPeak: 1, MorningAt: 9 * time.Hour, EveningPeak: 0.6,
@@ -90,12 +106,15 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	fc := clock.NewFake(from)
 	usage := st.(store.UsageKeeper).Usage()
 	scaler, err := persephone.New(ctx, persephone.Config{Usage: usage, Seasons: usage, Clock: fc, Refit: 6 * time.Hour,
-		Pool: persephone.PoolConfig{RefillTime: 3 * time.Minute, LeadTime: 15 * time.Minute, MaxPerTemplate: 12}})
+		Pool: persephone.PoolConfig{RefillTime: 3 * time.Minute, LeadTime: 15 * time.Minute, MaxPerTemplate: replayPoolCap}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent measures its refills in real time; Persephone sizes in
+	// trace time.
+	pools := tracePools{Agent: n.agent, scale: float64(time.Minute) / float64(tick)}
 	svc, err := persephonesrv.New(persephonesrv.Config{Scaler: scaler, Usage: usage, Sandboxes: storeSandboxes{st, st.(store.UsageKeeper)},
-		Clock: fc, Pools: n.agent, Log: log})
+		Clock: fc, Pools: pools, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,12 +150,23 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	}
 	t.Logf("imported %d minutes; replaying %d creates over %d trace minutes, %s each", imp.Records, total, minutes, tick)
 
-	// The template's snapshot is built once, before either run.
+	// The template's snapshot is built once, before either run, and a few
+	// refills are timed so that the first sizing knows the refill rate.
 	if sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base"}); err != nil {
 		t.Fatal(err)
 	} else if _, err := c.DeleteSandbox(ctx, sb.ID); err != nil {
 		t.Fatal(err)
 	}
+	if err := n.agent.SetPoolTargets(ctx, map[string]int{"base": 2}); err != nil {
+		t.Fatal(err)
+	}
+	n.agent.FillWarmPools(ctx)
+	if err := n.agent.SetPoolTargets(ctx, map[string]int{"base": 0}); err != nil {
+		t.Fatal(err)
+	}
+	n.agent.FillWarmPools(ctx)
+	d, par := n.agent.RefillRate()
+	t.Logf("measured refill: %v (%.1f trace minutes), %d at once", d, pools.scale*d.Minutes(), par)
 
 	type result struct {
 		creates, cold int
@@ -145,35 +175,33 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	}
 	replay := func(name string, onMinute func(i int)) result {
 		before := n.agent.CreateCounts()["base"]
-		var live []string
-		var deletes sync.WaitGroup
+		var creates sync.WaitGroup
 		ready := 0
 		start := time.Now()
 		for i, k := range window {
 			onMinute(i)
 			ready += n.agent.TemplatePoolSizes()["base"]
-			for range k {
-				sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base"})
-				if err != nil {
-					t.Fatalf("%s: minute %d: create: %v", name, i, err)
-				}
-				live = append(live, sb.ID)
-			}
-			// Each sandbox lives about two trace minutes.
-			if len(live) > 0 && i%2 == 1 {
-				for _, id := range live {
-					deletes.Go(func() { _, _ = c.DeleteSandbox(context.WithoutCancel(ctx), id) })
-				}
-				live = nil
+			// Launches arrive spread over their minute, whatever the
+			// creates before them take; each sandbox lives about two
+			// trace minutes.
+			for j := range k {
+				at := start.Add(time.Duration(i)*tick + time.Duration(float64(j)+0.5)*tick/time.Duration(k))
+				creates.Go(func() {
+					time.Sleep(time.Until(at))
+					sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base"})
+					if err != nil {
+						t.Errorf("%s: minute %d: create: %v", name, i, err)
+						return
+					}
+					time.Sleep(2 * tick)
+					_, _ = c.DeleteSandbox(context.WithoutCancel(ctx), sb.ID)
+				})
 			}
 			if d := time.Until(start.Add(time.Duration(i+1) * tick)); d > 0 {
 				time.Sleep(d)
 			}
 		}
-		for _, id := range live {
-			deletes.Go(func() { _, _ = c.DeleteSandbox(context.WithoutCancel(ctx), id) })
-		}
-		deletes.Wait()
+		creates.Wait()
 		after := n.agent.CreateCounts()["base"]
 		r := result{meanReady: float64(ready) / float64(len(window))}
 		for how, v := range after {
@@ -206,6 +234,12 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 		if i%5 == 0 {
 			if err := svc.SizePools(ctx); err != nil {
 				t.Fatal(err)
+			}
+			for _, pt := range svc.LastTargets() {
+				if pt.Template == "base" && testing.Verbose() {
+					t.Logf("%s: ready %d, target %d (forecast %d, deficit %d): %s", fc.Now().Format("15:04"),
+						n.agent.TemplatePoolSizes()["base"], pt.Size, pt.Forecast, pt.Deficit, pt.Reason)
+				}
 			}
 		}
 	})

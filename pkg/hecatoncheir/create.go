@@ -35,6 +35,10 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 	if err != nil {
 		return nil, err
 	}
+	if plan != nil && plan.info.Enforced {
+		// The network (the create's or the node's default) is known now.
+		classBandwidth(req.Network, plan.info.NetworkMbps)
+	}
 	if plan != nil && plan.check {
 		// Queued creates come first: a new one that may wait joins them.
 		if req.QueueTimeoutS > 0 && a.heat.queue.Stats()[plan.heat].Depth > 0 {

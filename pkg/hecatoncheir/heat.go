@@ -171,6 +171,22 @@ func (a *Agent) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*hea
 	return p, nil
 }
 
+// classBandwidth holds a sandbox network to its class's network burst
+// (mbps, Mbit/s; 0: no limit) in both directions; a lower limit the create
+// asked for itself is kept. pkg/netns turns the limits into tbf qdiscs on
+// the sandbox's veth pair.
+func classBandwidth(n *tartarus.NetworkSpec, mbps int) {
+	if n == nil || mbps <= 0 {
+		return
+	}
+	limit := uint64(mbps) * 1_000_000
+	for _, b := range []*uint64{&n.EgressBitsPerSec, &n.IngressBitsPerSec} {
+		if *b == 0 || *b > limit {
+			*b = limit
+		}
+	}
+}
+
 // enqueue puts a create that found no room into its heat's queue and
 // returns it as a queued sandbox.
 func (a *Agent) enqueue(ctx context.Context, tenant string, req *tartarus.CreateRequest, rt tartarus.Runtime, p *heatPlan) (*tartarus.Sandbox, error) {
