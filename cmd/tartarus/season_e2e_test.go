@@ -89,8 +89,11 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	}
 	defer st.Close()
 	// The agent lives on real time; Persephone's clock walks the trace.
+	// QEMU runs unjailed: the jail re-executes the running binary as its
+	// shim, and this test's binary has no TestMain to answer as one.
 	n, err := openNode(ctx, &nodeOptions{node: "node-1", runtimes: []string{"microvm"}, accel: "tcg",
-		createFromSnapshot: true, maxConcurrentWakes: 1, onShutdown: hecatoncheir.ShutdownKeep}, dir, st, nil, clock.System{}, log, nil)
+		createFromSnapshot: true, maxConcurrentWakes: 1, onShutdown: hecatoncheir.ShutdownKeep,
+		jail: "off"}, dir, st, nil, clock.System{}, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,7 @@ type heatOptions struct {
 	classes    string
 	enforceAll bool
 	queueWait  time.Duration
+	policy     string
 }
 
 func newServerCmd() *cobra.Command {
@@ -106,6 +107,7 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.StringVar(&o.heat.classes, "heat-classes", "", "YAML or JSON file of resource classes (default: ember, flame, blaze, inferno)")
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
 	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
+	f.StringVar(&o.heat.policy, "queue-policy", string(phlegethon.PolicyFair), "order of the admission queues: fair (weighted fair share by heat) or fifo (arrival order, to measure fair share against)")
 	addSeasonFlags(f, &o.seasons)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.cluster.agentListen != "" {
@@ -322,6 +324,7 @@ func enableHeat(ctx context.Context, a *hecatoncheir.Agent, st store.Store, o *h
 		return fmt.Errorf("--queue-timeout %s: must be between 1s and %s", o.queueWait, phlegethon.MaxQueueTimeout)
 	}
 	hc.Queue.MaxTimeout = o.queueWait
+	hc.Queue.Policy = phlegethon.Policy(o.policy)
 	hc.Queue.DefaultTimeout = min(phlegethon.DefaultQueueTimeout, o.queueWait)
 	if hk, ok := st.(store.HeatKeeper); ok {
 		hc.Store = hk.Heat()
