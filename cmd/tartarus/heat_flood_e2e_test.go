@@ -63,7 +63,11 @@ func TestHeatFloodFairShare(t *testing.T) {
 	run := func(policy string) floodResult {
 		e := newE2E(t, "--heat-classes", classes, "--capacity-memory-mb", "512", "--warm-pool", "0", "--queue-policy", policy)
 		defer e.cleanup(t)
-		c, err := client.New(e.url, "")
+		key, err := os.ReadFile(filepath.Join(e.data, "admin.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := client.New(e.url, strings.TrimSpace(string(key)))
 		if err != nil {
 			t.Fatal(err)
 		}

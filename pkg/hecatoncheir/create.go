@@ -40,8 +40,11 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		classBandwidth(req.Network, plan.info.NetworkMbps)
 	}
 	if plan != nil && plan.check {
-		// Queued creates come first: a new one that may wait joins them.
-		if req.QueueTimeoutS > 0 && a.heat.queue.Stats()[plan.heat].Depth > 0 {
+		// Queued creates come first: a new one that may wait joins them,
+		// whatever their heat, so that room freed before the queue hands
+		// it on goes in the queue's order (fair share, or FIFO), not to
+		// whoever asks first.
+		if req.QueueTimeoutS > 0 && a.heat.queueWaiting() {
 			return a.enqueue(ctx, tenant, req, rt, plan)
 		}
 		if err := a.checkCapacity(ctx, rt, req.MemoryMB, req.CPUs); err != nil {

@@ -171,6 +171,16 @@ func (a *Agent) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*hea
 	return p, nil
 }
 
+// queueWaiting says whether any heat's queue holds a create.
+func (h *heatState) queueWaiting() bool {
+	for _, st := range h.queue.Stats() {
+		if st.Depth > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // classBandwidth holds a sandbox network to its class's network burst
 // (mbps, Mbit/s; 0: no limit) in both directions; a lower limit the create
 // asked for itself is kept. pkg/netns turns the limits into tbf qdiscs on
