@@ -165,8 +165,12 @@ func Deficit(mean, upper []float64, throughput float64) int {
 	if math.IsNaN(most) {
 		return 0
 	}
-	return int(math.Ceil(most - 1e-9))
+	return int(math.Ceil(math.Min(most, maxDeficit) - 1e-9))
 }
+
+// maxDeficit keeps Deficit within an int whatever the forecast says; the
+// pool's cap is far below it.
+const maxDeficit = 1 << 30
 
 // buildHorizon is how far ahead the deficit looks: long enough for the
 // refills to fill the largest pool the cap allows (plus a step), at least
@@ -184,9 +188,10 @@ func buildHorizon(lead, step time.Duration, capacity int, r Refill) time.Duratio
 func (s *Scaler) PoolTargets(ctx context.Context, current map[string]int, refill Refill) ([]PoolTarget, error) {
 	now := s.cfg.Clock.Now()
 	pc := s.cfg.Pool
-	if refill.Time <= 0 || refill.Time > time.Hour {
+	if refill.Time <= 0 {
 		refill.Time = pc.RefillTime
 	}
+	refill.Time = min(refill.Time, time.Hour)
 	if refill.Parallel <= 0 || refill.Parallel > maxParallel {
 		refill.Parallel = pc.Parallel
 	}

@@ -2,6 +2,7 @@ package persephone
 
 import (
 	"context"
+	"math"
 	"testing"
 	"time"
 
@@ -129,6 +130,8 @@ func TestDeficit(t *testing.T) {
 		{[]float64{-3, 2.5}, nil, 1, 1},                // negative means count as none
 		{[]float64{4, 4}, []float64{7, 8}, 1, 6 + 5},   // spreads 3 and 4 add as sqrt(9+16)
 		{[]float64{0, 0, 0}, []float64{2, 2, 2}, 1, 1}, // sqrt(4)-1 = 1 after one step
+		{[]float64{math.Inf(1)}, nil, 1, maxDeficit},   // held within an int
+		{[]float64{math.NaN()}, nil, 1, 0},
 	} {
 		if got := Deficit(c.mean, c.upper, c.throughput); got != c.want {
 			t.Errorf("Deficit(%v, %v, %v) = %d, want %d", c.mean, c.upper, c.throughput, got, c.want)
