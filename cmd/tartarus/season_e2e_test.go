@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,6 +82,14 @@ func TestSeasonReplayRealVMs(t *testing.T) {
 	if err := os.Symlink(filepath.Join(cache, "images"), filepath.Join(dir, "images")); err != nil {
 		t.Fatal(err)
 	}
+	// The agent keeps its VMs when it stops (as a server does, for the
+	// next start to adopt); nothing adopts them here. A restore cut short
+	// at the end leaves QEMU waiting for its state, too.
+	t.Cleanup(func() {
+		for _, pid := range (&e2e{data: dir}).qemus(t) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
