@@ -37,8 +37,8 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		return nil, err
 	}
 	if plan != nil && plan.info.Enforced {
-		// The class's bandwidth limits the sandbox's network (tc on the
-		// node) unless the create set its own.
+		// The network (the create's or the node's default) is known now:
+		// the class's bandwidth caps it (tc on the node).
 		phlegethon.ApplyNetworkBurst(req.Network, plan.info.NetworkMbps)
 	}
 	if len(img.Env) > 0 {
@@ -48,8 +48,11 @@ func (a *Agent) Create(ctx context.Context, tenant string, req *tartarus.CreateR
 		req.Env = env
 	}
 	if plan != nil && plan.check {
-		// Queued creates come first: a new one that may wait joins them.
-		if req.QueueTimeoutS > 0 && a.heat.queue.Stats()[plan.heat].Depth > 0 {
+		// Queued creates come first: a new one that may wait joins them,
+		// whatever their heat, so that room freed before the queue hands
+		// it on goes in the queue's order (fair share, or FIFO), not to
+		// whoever asks first.
+		if req.QueueTimeoutS > 0 && a.heat.queueWaiting() {
 			return a.enqueue(ctx, tenant, req, rt, plan)
 		}
 		if err := a.checkCapacity(ctx, rt, req.MemoryMB, req.CPUs); err != nil {

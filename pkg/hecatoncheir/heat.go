@@ -171,6 +171,16 @@ func (a *Agent) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*hea
 	return p, nil
 }
 
+// queueWaiting says whether any heat's queue holds a create.
+func (h *heatState) queueWaiting() bool {
+	for _, st := range h.queue.Stats() {
+		if st.Depth > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // enqueue puts a create that found no room into its heat's queue and
 // returns it as a queued sandbox.
 func (a *Agent) enqueue(ctx context.Context, tenant string, req *tartarus.CreateRequest, rt tartarus.Runtime, p *heatPlan) (*tartarus.Sandbox, error) {

@@ -3,6 +3,7 @@ package hecatoncheir
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -69,5 +70,35 @@ func TestPoolTargets(t *testing.T) {
 	}
 	if err := e.agent.SetPoolTargets(ctx, map[string]int{"missing": 2}); err != nil {
 		t.Errorf("a target for a template this node lacks: %v (want it ignored)", err)
+	}
+}
+
+// TestRefillRate checks what the agent tells Persephone about its refills:
+// one duration per refill made (on the agent's clock), the bound on
+// refills at once, and that refills under way hold their room.
+func TestRefillRate(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{createFromSnapshot: true, pool: 3})
+	if d, p := e.agent.RefillRate(); d != 0 || p != min(max(1, runtime.NumCPU()), maxRefillParallel) {
+		t.Fatalf("before any refill: %v, %d", d, p)
+	}
+	e.create(t, tartarus.CreateRequest{}) // restores, and asks for a pool
+	e.agent.FillWarmPools(ctx)
+	if got := e.agent.PoolSizes()["fake/base/256/1"]; got != 3 {
+		t.Fatalf("pool holds %d, want 3", got)
+	}
+	e.agent.pools.mu.Lock()
+	took, inflight := len(e.agent.pools.took), e.agent.pools.inflight[poolKey{"fake", "base", e.opts.digest, 256, 1}]
+	e.agent.pools.mu.Unlock()
+	if took != 3 || inflight != 0 {
+		t.Errorf("after 3 refills: %d durations recorded, %d under way", took, inflight)
+	}
+	before := e.agent.PoolUsage()
+	k := poolKey{"fake", "base", e.opts.digest, 256, 1}
+	e.agent.pools.mu.Lock()
+	e.agent.pools.inflight[k] = 2
+	e.agent.pools.mu.Unlock()
+	if got := e.agent.PoolUsage(); got != before+2*256 {
+		t.Errorf("pool usage with 2 refills under way: %d MiB, want %d", got, before+2*256)
 	}
 }

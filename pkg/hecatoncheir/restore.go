@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
@@ -45,11 +47,26 @@ type warmPools struct {
 	wanted   map[poolKey]bool
 	filling  map[poolKey]bool
 	kick     chan struct{}
+	// inflight counts the refills under way per key (they hold their
+	// room already); parallel bounds them per pool; took keeps the last
+	// refills' durations, newest last.
+	inflight map[poolKey]int
+	parallel int
+	took     []time.Duration
 }
+
+// refillSamples is how many refill durations RefillRate looks at.
+const refillSamples = 16
+
+// maxRefillParallel bounds the refills of one pool under way at once,
+// whatever the host's CPU count: each is a VM restore plus its first
+// command, mostly CPU.
+const maxRefillParallel = 8
 
 func newWarmPools(size int) *warmPools {
 	return &warmPools{size: size, ready: map[poolKey][]string{}, wanted: map[poolKey]bool{},
-		targets: map[string]int{}, filling: map[poolKey]bool{}, kick: make(chan struct{}, 1)}
+		targets: map[string]int{}, filling: map[poolKey]bool{}, kick: make(chan struct{}, 1),
+		inflight: map[poolKey]int{}, parallel: min(max(1, runtime.NumCPU()), maxRefillParallel)}
 }
 
 // enabled says whether pools are kept at all (a fixed size or targets).
@@ -118,7 +135,7 @@ func (p *warmPools) claimID(k poolKey, id string) bool {
 	return true
 }
 
-// usage sums what runtime's pooled sandboxes hold.
+// usage sums what runtime's pooled sandboxes hold, ready or being made.
 func (p *warmPools) usage(runtime string) (memoryMB, cpus int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -128,7 +145,28 @@ func (p *warmPools) usage(runtime string) (memoryMB, cpus int) {
 			cpus += k.cpus * len(ids)
 		}
 	}
+	for k, n := range p.inflight {
+		if k.runtime == runtime {
+			memoryMB += k.memoryMB * n
+			cpus += k.cpus * n
+		}
+	}
 	return memoryMB, cpus
+}
+
+// RefillRate says how fast this node makes warm sandboxes: the median
+// time of its last refills (restore plus the warm-up command; 0 before the
+// first) and how many one pool makes at once (the host's CPUs, at most
+// 8). Persephone sizes pools ahead of a peak by it.
+func (a *Agent) RefillRate() (typical time.Duration, parallel int) {
+	a.pools.mu.Lock()
+	defer a.pools.mu.Unlock()
+	if len(a.pools.took) > 0 {
+		d := slices.Clone(a.pools.took)
+		slices.Sort(d)
+		typical = d[len(d)/2]
+	}
+	return typical, a.pools.parallel
 }
 
 // PoolKey names the warm pool of a shape as PoolSizes and WarmIDs do:
@@ -403,9 +441,17 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 		a.dropPool(ctx, sr, k, "the template was rebuilt")
 		return
 	}
-	for ctx.Err() == nil {
+	// Up to parallel refills run at once; each holds a slot of sem and
+	// says on finished when it is done.
+	sem := make(chan struct{}, a.pools.parallel)
+	finished := make(chan struct{}, a.pools.parallel)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var failed atomic.Bool
+	for ctx.Err() == nil && !failed.Load() {
+		sem <- struct{}{}
 		a.pools.mu.Lock()
-		n, size := len(a.pools.ready[k]), a.pools.sizeOf(k)
+		n, f, size := len(a.pools.ready[k]), a.pools.inflight[k], a.pools.sizeOf(k)
 		var excess []string
 		if n > size {
 			// The newest go first: the oldest have run their warm-up
@@ -415,6 +461,7 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 		}
 		a.pools.mu.Unlock()
 		if len(excess) > 0 {
+			<-sem
 			for _, id := range excess {
 				if err := sr.rt.Destroy(context.WithoutCancel(ctx), id); err != nil {
 					a.log.Warn("destroy a warm-pool sandbox beyond the target", "sandbox", id, "err", err)
@@ -423,38 +470,81 @@ func (a *Agent) fillPool(ctx context.Context, k poolKey) {
 			a.log.Info("warm pool shrunk", "template", k.template, "from", n, "to", size)
 			return
 		}
-		if n >= size {
-			return
+		if n+f >= size {
+			<-sem
+			if f == 0 {
+				return
+			}
+			// Claims while refills run: look again when one lands.
+			select {
+			case <-finished:
+			case <-ctx.Done():
+			}
+			continue
 		}
+		// Capacity counts the refills under way too.
 		if err := a.checkCapacity(ctx, sr.rt, k.memoryMB, k.cpus); err != nil {
+			<-sem
 			a.log.Debug("warm pool not refilled", "template", k.template, "err", err)
 			return
 		}
 		snapID, err := a.templateSnapshot(ctx, sr, img, k.memoryMB, k.cpus, false)
 		if err != nil {
+			<-sem
 			a.log.Warn("warm pool: template snapshot", "template", k.template, "err", err)
 			return
 		}
-		id := tartarus.NewID("sb-")
-		cfg := &tartarus.VMConfig{ID: id, Template: k.template, Image: img, CPUs: k.cpus, MemoryMB: k.memoryMB}
-		if err := a.restoreTemplate(ctx, sr, snapID, cfg); err != nil {
-			a.log.Warn("warm pool: restore", "template", k.template, "err", err)
-			_ = sr.rt.Destroy(context.WithoutCancel(ctx), id)
-			return
-		}
-		// An unclaimed sandbox is idle by nature; it must not hibernate.
-		_ = sr.hyp.CancelScheduledSleep(id)
-		// A guest restored from a snapshot runs its first command slowly
-		// (under TCG, every code path of the guest's kernel and agent is
-		// translated anew); run one now, so its claimant's first is fast.
-		if _, err := sr.rt.Exec(ctx, id, &tartarus.ExecRequest{Cmd: []string{"true"}, Timeout: 30 * time.Second}); err != nil {
-			a.log.Warn("warm pool: warm-up command", "sandbox", id, "err", err)
-		}
 		a.pools.mu.Lock()
-		a.pools.ready[k] = append(a.pools.ready[k], id)
+		a.pools.inflight[k]++
 		a.pools.mu.Unlock()
-		a.log.Debug("warm pool sandbox ready", "sandbox", id, "template", k.template)
+		wg.Go(func() {
+			id, err := a.refillOne(ctx, sr, img, k, snapID)
+			if err != nil {
+				failed.Store(true)
+				a.log.Warn("warm pool: refill", "template", k.template, "err", err)
+			}
+			a.pools.mu.Lock()
+			a.pools.inflight[k]--
+			if id != "" {
+				a.pools.ready[k] = append(a.pools.ready[k], id)
+			}
+			a.pools.mu.Unlock()
+			<-sem
+			select {
+			case finished <- struct{}{}:
+			default:
+			}
+		})
 	}
+}
+
+// refillOne makes one warm sandbox of k from snapshot snapID and runs its
+// first command, and records how long that took.
+func (a *Agent) refillOne(ctx context.Context, sr *snapRuntime, img *tartarus.Image, k poolKey, snapID string) (string, error) {
+	start := a.cfg.Clock.Now()
+	id := tartarus.NewID("sb-")
+	cfg := &tartarus.VMConfig{ID: id, Template: k.template, Image: img, CPUs: k.cpus, MemoryMB: k.memoryMB}
+	if err := a.restoreTemplate(ctx, sr, snapID, cfg); err != nil {
+		_ = sr.rt.Destroy(context.WithoutCancel(ctx), id)
+		return "", fmt.Errorf("restore: %w", err)
+	}
+	// An unclaimed sandbox is idle by nature; it must not hibernate.
+	_ = sr.hyp.CancelScheduledSleep(id)
+	// A guest restored from a snapshot runs its first command slowly
+	// (under TCG, every code path of the guest's kernel and agent is
+	// translated anew); run one now, so its claimant's first is fast.
+	if _, err := sr.rt.Exec(ctx, id, &tartarus.ExecRequest{Cmd: []string{"true"}, Timeout: 30 * time.Second}); err != nil {
+		a.log.Warn("warm pool: warm-up command", "sandbox", id, "err", err)
+	}
+	took := a.cfg.Clock.Now().Sub(start)
+	a.pools.mu.Lock()
+	a.pools.took = append(a.pools.took, took)
+	if len(a.pools.took) > refillSamples {
+		a.pools.took = a.pools.took[len(a.pools.took)-refillSamples:]
+	}
+	a.pools.mu.Unlock()
+	a.log.Debug("warm pool sandbox ready", "sandbox", id, "template", k.template, "took", took)
+	return id, nil
 }
 
 // dropPool destroys a pool's sandboxes and stops refilling it.

@@ -15,17 +15,19 @@ type ReplayResult struct {
 // SimulatePool replays per-minute launch counts (the launches of a minute
 // spread evenly over it) against a simulated warm pool: a create takes a
 // ready sandbox if there is one and is cold otherwise; the pool refills
-// towards its target, each refill taking refill; excess ready sandboxes are
+// towards its target, each refill taking refill, at most parallel at once
+// (0: any number); excess ready sandboxes are
 // dropped when the target falls. target is asked for the pool's size every
 // `every`, before that minute's launches; recorded, when not nil, is told
 // each minute's launches once the minute is over (as the usage recorder
 // would record them).
-func SimulatePool(start time.Time, launches []int, refill, every time.Duration, target func(now time.Time, current int) int, recorded func(minute time.Time, launches int)) ReplayResult {
+func SimulatePool(start time.Time, launches []int, refill time.Duration, parallel int, every time.Duration, target func(now time.Time, current int) int, recorded func(minute time.Time, launches int)) ReplayResult {
 	var res ReplayResult
 	ready, tgt := 0, 0
 	var inflight []time.Time // completion times, in order
 	last := start
 	var area float64
+	var fill func(t time.Time)
 	advance := func(t time.Time) {
 		for len(inflight) > 0 && !inflight[0].After(t) {
 			done := inflight[0]
@@ -35,12 +37,14 @@ func SimulatePool(start time.Time, launches []int, refill, every time.Duration, 
 			if ready < tgt {
 				ready++
 			}
+			fill(done) // a freed refill slot starts the next
 		}
 		area += float64(ready) * t.Sub(last).Seconds()
 		last = t
 	}
-	fill := func(t time.Time) {
-		for ready+len(inflight) < tgt {
+	fill = func(t time.Time) {
+		for ready+len(inflight) < tgt && (parallel <= 0 || len(inflight) < parallel) {
+			// Completion times stay in order: every refill takes as long.
 			inflight = append(inflight, t.Add(refill))
 		}
 	}

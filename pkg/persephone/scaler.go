@@ -272,17 +272,12 @@ func (s *Scaler) ForecastMetric(ctx context.Context, metric string, window time.
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "forecast window %s must be within %s..%s", window, s.cfg.Step, MaxWindow)
 	}
 	now := s.cfg.Clock.Now()
-	series, err := s.series(ctx, metric, now)
+	p, err := s.predict(ctx, metric, window, now)
 	if err != nil {
 		return nil, err
 	}
-	fit, name, err := s.fitted(metric, series, now)
-	if err != nil {
-		return nil, err
-	}
-	h := int((window + s.cfg.Step - 1) / s.cfg.Step)
-	mean, lower, upper := fit.Predict(h, s.cfg.Level)
-	start := series.Start.Add(time.Duration(len(series.Values)) * series.Step)
+	name, start, mean, lower, upper := p.model, p.start, p.mean, p.lower, p.upper
+	h := len(mean)
 	f := &Forecast{GeneratedAt: now, Window: window, Confidence: s.cfg.Level, Metric: metric, Model: name, Step: s.cfg.Step}
 	for i := 0; i < h; i++ {
 		f.Predictions = append(f.Predictions, Prediction{
@@ -294,6 +289,30 @@ func (s *Scaler) ForecastMetric(ctx context.Context, metric string, window time.
 		})
 	}
 	return f, nil
+}
+
+// prediction is a forecast before rounding: the model, the first step's
+// time and the mean and bounds of each step.
+type prediction struct {
+	model              string
+	start              time.Time
+	mean, lower, upper []float64
+}
+
+// predict forecasts metric over window from now, unrounded.
+func (s *Scaler) predict(ctx context.Context, metric string, window time.Duration, now time.Time) (*prediction, error) {
+	series, err := s.series(ctx, metric, now)
+	if err != nil {
+		return nil, err
+	}
+	fit, name, err := s.fitted(metric, series, now)
+	if err != nil {
+		return nil, err
+	}
+	h := int((window + s.cfg.Step - 1) / s.cfg.Step)
+	mean, lower, upper := fit.Predict(h, s.cfg.Level)
+	return &prediction{model: name, start: series.Start.Add(time.Duration(len(series.Values)) * series.Step),
+		mean: mean, lower: lower, upper: upper}, nil
 }
 
 // series is the metric's history up to the last whole step before now.

@@ -159,7 +159,7 @@ func TestScalerSeasonsOnFakeClock(t *testing.T) {
 		if cur != nil {
 			id = cur.ID
 		}
-		ts, err := s.PoolTargets(ctx, nil)
+		ts, err := s.PoolTargets(ctx, nil, Refill{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,7 +16,8 @@ func TestApplyNetworkBurst(t *testing.T) {
 		{"no network", nil, 10, 0, 0},
 		{"no limit in the class", &tartarus.NetworkSpec{Mode: "open"}, 0, 0, 0},
 		{"the class's limit both ways", &tartarus.NetworkSpec{Mode: "open"}, 10, 10_000_000, 10_000_000},
-		{"the create's own limits stay", &tartarus.NetworkSpec{Mode: "open", EgressBitsPerSec: 5}, 10, 5, 10_000_000},
+		{"a lower asked limit is kept", &tartarus.NetworkSpec{Mode: "open", EgressBitsPerSec: 2_000_000}, 10, 2_000_000, 10_000_000},
+		{"a higher asked limit is lowered", &tartarus.NetworkSpec{Mode: "open", IngressBitsPerSec: 50_000_000}, 10, 10_000_000, 10_000_000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ApplyNetworkBurst(tc.in, tc.mbps)

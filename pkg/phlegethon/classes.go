@@ -273,19 +273,19 @@ func (l Limits) QEMUDriveThrottle() string {
 	return "throttling.iops-total=" + strconv.Itoa(l.DiskIOPS)
 }
 
-// ApplyNetworkBurst gives a sandbox network without bandwidth limits of its
-// own the class's limit (Mbit/s) both ways, which the node applies with tc;
-// a sandbox without a network has nothing to limit.
+// ApplyNetworkBurst holds a sandbox network to its class's network burst
+// (mbps, Mbit/s; 0: no limit) in both directions; a lower limit the create
+// asked for itself is kept. pkg/netns turns the limits into tbf qdiscs on
+// the sandbox's veth pair; a sandbox without a network has nothing to limit.
 func ApplyNetworkBurst(n *tartarus.NetworkSpec, mbps int) {
 	if n == nil || mbps <= 0 {
 		return
 	}
-	bits := uint64(mbps) * 1_000_000
-	if n.EgressBitsPerSec == 0 {
-		n.EgressBitsPerSec = bits
-	}
-	if n.IngressBitsPerSec == 0 {
-		n.IngressBitsPerSec = bits
+	limit := uint64(mbps) * 1_000_000
+	for _, b := range []*uint64{&n.EgressBitsPerSec, &n.IngressBitsPerSec} {
+		if *b == 0 || *b > limit {
+			*b = limit
+		}
 	}
 }
 

@@ -26,6 +26,14 @@ type Pools interface {
 	SetPoolTargets(ctx context.Context, targets map[string]int) error
 }
 
+// RefillMeter is the side of Pools that measures its refills: the typical
+// time one warm sandbox takes to make (0 before any was made) and how many
+// are made at once. Pools sizes then follow the measured refill rate
+// instead of the configured one.
+type RefillMeter interface {
+	RefillRate() (typical time.Duration, parallel int)
+}
+
 // Sandboxes is what the usage source reads from the sandbox store: the
 // counts by state, and the creates of a span by template
 // (store.UsageKeeper).
@@ -158,7 +166,11 @@ func (s *Service) every(ctx context.Context, d time.Duration, f func(context.Con
 // sizes to the node agent.
 func (s *Service) SizePools(ctx context.Context) error {
 	current := s.cfg.Pools.TemplatePoolSizes()
-	ts, err := s.scaler.PoolTargets(ctx, current)
+	var refill persephone.Refill
+	if m, ok := s.cfg.Pools.(RefillMeter); ok {
+		refill.Time, refill.Parallel = m.RefillRate()
+	}
+	ts, err := s.scaler.PoolTargets(ctx, current, refill)
 	if err != nil {
 		return fmt.Errorf("size warm pools: %w", err)
 	}
