@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,8 +77,12 @@ func userPathCounts() userPathN {
 type userPathRow struct {
 	template                             string
 	create, exec, hibernate, wake, floor []time.Duration
-	stored                               int64
-	pssMiB, idleCPU                      float64 // per idle sandbox; CPU in % of one core
+	// created lists the timed creates' sandboxes, for the breakdown.
+	created []string
+	// breakdown of the timed creates (medians), from the server's log
+	parts           createParts
+	stored          int64
+	pssMiB, idleCPU float64 // per idle sandbox; CPU in % of one core
 }
 
 func benchUserPath(b *testing.B, e *e2e, c *client.Client, tpl string, n userPathN) userPathRow {
@@ -104,6 +109,7 @@ func benchUserPath(b *testing.B, e *e2e, c *client.Client, tpl string, n userPat
 	for i := range n.creates {
 		id, d := create()
 		r.create = append(r.create, d)
+		r.created = append(r.created, id)
 		if i < n.idle {
 			idle = append(idle, id)
 		} else {
@@ -155,6 +161,7 @@ func benchUserPath(b *testing.B, e *e2e, c *client.Client, tpl string, n userPat
 		del(id)
 	}
 	r.floor = benchFloor(b, e, tpl, n.floor)
+	r.parts = createBreakdown(b, e, r.created, r.create)
 	return r
 }
 
@@ -315,6 +322,15 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 	line("hibernate (256 MiB, 20 MB random)", func(r userPathRow) []time.Duration { return r.hibernate })
 	line("wake → first exec", func(r userPathRow) []time.Duration { return r.wake })
 	line("floor: driver restore + true", func(r userPathRow) []time.Duration { return r.floor })
+	fmt.Fprintf(&w, "%-34s", "create → first exec, p50 parts:")
+	fmt.Fprintln(&w)
+	for _, part := range createPartNames {
+		fmt.Fprintf(&w, "%-34s", "  "+part.name)
+		for _, r := range rows {
+			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(r.parts))))
+		}
+		fmt.Fprintln(&w)
+	}
 	fmt.Fprintf(&w, "%-34s", "stored snapshot")
 	for _, r := range rows {
 		fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f MiB", float64(r.stored)/(1<<20)))
@@ -325,4 +341,103 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 	}
 	fmt.Fprintln(&w)
 	_, _ = io.Copy(os.Stdout, &w)
+}
+
+// createParts splits create → first exec (medians over the timed creates)
+// by what the server logged for each: the create request's time in the
+// HTTP server, the node agent's bring-up inside it, the driver's restore
+// inside that, and the first exec's time in the HTTP server. The rest of
+// each is outside: the client, HTTP and loopback.
+type createParts struct {
+	driver, agent, request, exec, outside time.Duration
+}
+
+var createPartNames = []struct {
+	name string
+	get  func(createParts) time.Duration
+}{
+	{"driver restore (QEMU, guest, sync)", func(p createParts) time.Duration { return p.driver }},
+	{"node agent around it", func(p createParts) time.Duration { return p.agent }},
+	{"API server around that", func(p createParts) time.Duration { return p.request }},
+	{"first exec in the server", func(p createParts) time.Duration { return p.exec }},
+	{"client, HTTP, loopback", func(p createParts) time.Duration { return p.outside }},
+}
+
+var (
+	logMsg      = regexp.MustCompile(`msg=("[^"]*"|\S+)`)
+	logField    = regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
+	restorePart = regexp.MustCompile(`^\w+_ms$`)
+)
+
+// createBreakdown reads the server's log for the creates of ids (which
+// took totals) and returns the medians of their parts.
+func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration) createParts {
+	b.Helper()
+	logs, err := os.ReadFile(e.logs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	type seen struct {
+		driver, took, exec time.Duration
+		createReq          time.Duration
+	}
+	by := map[string]*seen{}
+	for _, id := range ids {
+		by[id] = &seen{}
+	}
+	var createReqs []time.Duration // POST /v1/sandboxes, in order
+	for _, line := range strings.Split(string(logs), "\n") {
+		m := logMsg.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		f := map[string]string{}
+		for _, kv := range logField.FindAllStringSubmatch(line, -1) {
+			f[kv[1]] = strings.Trim(kv[2], `"`)
+		}
+		s := by[f["sandbox"]]
+		switch strings.Trim(m[1], `"`) {
+		case "restored":
+			if s == nil {
+				continue
+			}
+			for k, v := range f { // the phases are cumulative: take the last
+				if restorePart.MatchString(k) {
+					n, _ := strconv.Atoi(v)
+					s.driver = max(s.driver, time.Duration(n)*time.Millisecond)
+				}
+			}
+		case "sandbox running":
+			if s != nil {
+				s.took, _ = time.ParseDuration(f["took"])
+			}
+		case "request":
+			n, _ := strconv.Atoi(f["duration_ms"])
+			d := time.Duration(n) * time.Millisecond
+			if f["route"] == "POST /v1/sandboxes" {
+				createReqs = append(createReqs, d)
+			}
+			if id, ok := strings.CutSuffix(strings.TrimPrefix(f["path"], "/v1/sandboxes/"), "/exec"); ok {
+				if s := by[id]; s != nil && s.exec == 0 {
+					s.exec = d
+				}
+			}
+		}
+	}
+	// The timed creates are the last len(ids) creates so far (the
+	// untimed first one of each template comes before them).
+	if len(createReqs) < len(ids) {
+		b.Fatalf("server log has %d creates, want %d or more", len(createReqs), len(ids))
+	}
+	createReqs = createReqs[len(createReqs)-len(ids):]
+	var driver, agent, req, ex, out []time.Duration
+	for i, id := range ids {
+		s := by[id]
+		driver = append(driver, s.driver)
+		agent = append(agent, s.took-s.driver)
+		req = append(req, createReqs[i]-s.took)
+		ex = append(ex, s.exec)
+		out = append(out, totals[i]-createReqs[i]-s.exec)
+	}
+	return createParts{driver: pct(driver, 50), agent: pct(agent, 50), request: pct(req, 50), exec: pct(ex, 50), outside: pct(out, 50)}
 }
