@@ -85,6 +85,10 @@ type vm struct {
 	busy      int
 	lastCall  time.Time
 	guestLast time.Time
+	// calls counts calls into the guest other than stats; stats is the
+	// last stats answer (see guestStats).
+	calls int
+	stats statsCache
 }
 
 func (v *vm) path(name string) string {
@@ -432,6 +436,7 @@ func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration)
 	}
 	v.mu.Lock()
 	v.guest = g
+	v.stats = statsCache{} // a new session: ask it afresh
 	v.mu.Unlock()
 	return nil
 }
