@@ -377,10 +377,7 @@ func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration)
 	if err != nil {
 		b.Fatal(err)
 	}
-	type seen struct {
-		driver, took, exec time.Duration
-		createReq          time.Duration
-	}
+	type seen struct{ driver, took, exec time.Duration }
 	by := map[string]*seen{}
 	for _, id := range ids {
 		by[id] = &seen{}
