@@ -22,12 +22,17 @@ import (
 // highres=off: what every guest ran before QEMU gave it ARAT). It
 // also reports the guest's clock source and tick mode. Run once with:
 //
-//	TARTARUS_E2E=1 go test -run '^$' -bench IdleCPU -benchtime=1x ./pkg/runtimes/microvm/
+//	TARTARUS_E2E=1 TARTARUS_BENCH_FULL=1 go test -run '^$' -bench IdleCPU -benchtime=1x ./pkg/runtimes/microvm/
 //
-// TARTARUS_BENCH_IDLE_VMS sets the number of sandboxes (default 6).
+// TARTARUS_BENCH_IDLE_VMS sets the number of sandboxes.
 func BenchmarkIdleCPU(b *testing.B) {
 	imgs := needImages(b)
-	vms := 6
+	// Short by default (make test runs every benchmark once); the figures
+	// in docs/BENCHMARKS.md take TARTARUS_BENCH_FULL=1.
+	vms, settle, window := 3, 5*time.Second, 10*time.Second
+	if os.Getenv("TARTARUS_BENCH_FULL") == "1" {
+		vms, settle, window = 6, 10*time.Second, 20*time.Second
+	}
 	if n, err := strconv.Atoi(os.Getenv("TARTARUS_BENCH_IDLE_VMS")); err == nil && n > 0 {
 		vms = n
 	}
@@ -44,7 +49,7 @@ func BenchmarkIdleCPU(b *testing.B) {
 	}
 	for b.Loop() {
 		for _, v := range variants {
-			pct, pss, mode := idleCPU(b, imgs.python, v.args, v.poll, vms)
+			pct, pss, mode := idleCPU(b, imgs.python, v.args, v.poll, vms, settle, window)
 			b.ReportMetric(pct, v.name+"-cpu-%/vm")
 			b.ReportMetric(pss, v.name+"-pss-MiB/vm")
 			b.Logf("%s (%v): %d idle sandboxes, %.2f %% of a core each, PSS %.0f MiB each; guest: %s", v.name, v.args, vms, pct, pss, mode)
@@ -54,8 +59,8 @@ func BenchmarkIdleCPU(b *testing.B) {
 
 // idleCPU boots img with extra kernel args, snapshots it, restores n
 // sandboxes from the snapshot, lets them settle and measures their CPU
-// over 20 s, while the host asks each guest for its stats every poll.
-func idleCPU(b *testing.B, img *tartarus.Image, args []string, poll []time.Duration, n int) (cpuPct, pssMiB float64, guest string) {
+// over window, while the host asks each guest for its stats every poll.
+func idleCPU(b *testing.B, img *tartarus.Image, args []string, poll []time.Duration, n int, settle, window time.Duration) (cpuPct, pssMiB float64, guest string) {
 	b.Helper()
 	ctx := benchCtx(b)
 	state := b.TempDir()
@@ -116,9 +121,9 @@ func idleCPU(b *testing.B, img *tartarus.Image, args []string, poll []time.Durat
 			}
 		}()
 	}
-	time.Sleep(10 * time.Second) // settle after the restores
+	time.Sleep(settle) // after the restores
 	t0, w0 := qemuTicks(b, pids), time.Now()
-	time.Sleep(20 * time.Second)
+	time.Sleep(window)
 	t1, w1 := qemuTicks(b, pids), time.Now()
 	cpuPct = 100 * float64(t1-t0) / 100 / w1.Sub(w0).Seconds() / float64(len(pids))
 	for _, pid := range pids {
