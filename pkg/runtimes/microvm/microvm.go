@@ -674,7 +674,7 @@ func (d *Driver) List(ctx context.Context) ([]*tartarus.Instance, error) {
 	d.mu.Unlock()
 	out := make([]*tartarus.Instance, 0, len(vms))
 	for _, v := range vms {
-		v.refreshActivity(ctx)
+		d.refreshActivity(ctx, v)
 		out = append(out, v.instance())
 	}
 	return out, nil

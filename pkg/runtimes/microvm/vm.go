@@ -158,8 +158,10 @@ func (v *vm) sawGuestActivity(t time.Time) {
 	v.mu.Unlock()
 }
 
-// refreshActivity asks a running guest when it last did something, briefly.
-func (v *vm) refreshActivity(ctx context.Context) {
+// refreshActivity asks a running guest when it last did something,
+// briefly; a quiet guest's last answer stands (see guestStats), so a List
+// does not wake every sandbox.
+func (d *Driver) refreshActivity(ctx context.Context, v *vm) {
 	v.mu.Lock()
 	g, running := v.guest, v.state == tartarus.InstanceRunning
 	v.mu.Unlock()
@@ -168,9 +170,7 @@ func (v *vm) refreshActivity(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if st, err := g.Stats(ctx); err == nil {
-		v.sawGuestActivity(st.LastActivityAt)
-	}
+	_, _ = d.guestStats(ctx, v, g, 0) // it records the guest's activity
 }
 
 // crashed reports a sandbox that should run but whose QEMU is gone (a guest
