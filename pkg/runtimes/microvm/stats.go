@@ -86,7 +86,9 @@ func (d *Driver) guestStats(ctx context.Context, v *vm, g guestConn, own int) (*
 		return nil, err
 	}
 	v.sawGuestActivity(st.LastActivityAt)
-	if terr == nil {
+	// QEMU's CPU counted from after the answer: what asking cost is not
+	// the guest stirring.
+	if ticks, err := cpuTicks(pid); err == nil {
 		v.mu.Lock()
 		v.stats = statsCache{st: *st, at: d.clock.Now(), ticks: ticks, calls: calls}
 		v.mu.Unlock()
