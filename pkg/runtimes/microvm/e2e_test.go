@@ -215,6 +215,11 @@ func TestSandboxes(t *testing.T) {
 		if in := findInstance(t, d, base); in == nil || in.State != tartarus.InstancePaused {
 			t.Errorf("after Snapshot the sandbox is %+v, want paused", in)
 		}
+		// A second copy of the files, for a second restore below.
+		snap2 := t.TempDir()
+		if out, err := exec.Command("cp", "-r", "--sparse=always", snap+"/.", snap2).CombinedOutput(); err != nil {
+			t.Fatalf("copy the snapshot: %v %s", err, out)
+		}
 		copyID := base + "-copy"
 		start = time.Now()
 		if err := d.Restore(ctxT(t), &tartarus.VMConfig{ID: copyID, Template: "base", Image: imgs.base}, snap); err != nil {
@@ -227,6 +232,19 @@ func TestSandboxes(t *testing.T) {
 		}
 		if got := strings.TrimSpace(run(t, d, copyID, "hostname")); got != copyID {
 			t.Errorf("restored hostname %q, want %q", got, copyID)
+		}
+		// Two restores of one snapshot are reseeded apart: their random
+		// bytes differ.
+		copy2 := base + "-copy2"
+		if err := d.Restore(ctxT(t), &tartarus.VMConfig{ID: copy2, Template: "base", Image: imgs.base}, snap2); err != nil {
+			t.Fatal(err)
+		}
+		random := "head -c 16 /dev/urandom | od -An -tx1"
+		if a, b := run(t, d, copyID, "sh", "-c", random), run(t, d, copy2, "sh", "-c", random); a == b {
+			t.Errorf("two restores of one snapshot read the same random bytes %q", a)
+		}
+		if err := d.Destroy(ctxT(t), copy2); err != nil {
+			t.Fatal(err)
 		}
 		run(t, d, copyID, "sh", "-c", "echo changed > /root/note")
 		if err := d.Resume(ctxT(t), base); err != nil {

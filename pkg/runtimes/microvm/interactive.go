@@ -250,10 +250,9 @@ func (d *Driver) SampleStats(ctx context.Context, id string) (*tartarus.Stats, e
 	if !running || g == nil {
 		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is not running", id)
 	}
-	st, err := g.Stats(ctx)
+	st, err := d.guestStats(ctx, v, g, 0)
 	if err != nil {
 		return nil, fmt.Errorf("stats of sandbox %s: %w", id, err)
 	}
-	v.sawGuestActivity(st.LastActivityAt)
 	return st, nil
 }

@@ -539,11 +539,13 @@ func (d *Driver) Stats(ctx context.Context, id string) (*tartarus.Stats, error) 
 		return nil, err
 	}
 	defer done()
-	st, err := g.Stats(ctx)
+	v.mu.Lock()
+	v.calls-- // begin counted this one; a stats call does not stir the guest
+	v.mu.Unlock()
+	st, err := d.guestStats(ctx, v, g, 1)
 	if err != nil {
 		return nil, fmt.Errorf("stats of sandbox %s: %w", id, err)
 	}
-	v.sawGuestActivity(st.LastActivityAt)
 	return st, nil
 }
 
@@ -562,6 +564,7 @@ func (d *Driver) begin(id string) (*vm, guestConn, func(), error) {
 		return nil, nil, nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s", id, v.state)
 	}
 	v.busy++
+	v.calls++
 	v.lastCall = d.clock.Now()
 	return v, v.guest, func() {
 		v.mu.Lock()
@@ -672,7 +675,7 @@ func (d *Driver) List(ctx context.Context) ([]*tartarus.Instance, error) {
 	d.mu.Unlock()
 	out := make([]*tartarus.Instance, 0, len(vms))
 	for _, v := range vms {
-		v.refreshActivity(ctx)
+		d.refreshActivity(ctx, v)
 		out = append(out, v.instance())
 	}
 	return out, nil

@@ -122,9 +122,14 @@ func TestQEMUArgs(t *testing.T) {
 	for _, tt := range []struct {
 		accel string
 		want  []string
+		// kernel command line words that only this accelerator gets
+		kernel, notKernel []string
 	}{
-		{"tcg", []string{"-accel", "tcg,tb-size=32"}},
-		{"kvm", []string{"-accel", "kvm", "-cpu", "host"}},
+		// ARAT and a trusted TSC let an idle TCG guest stop its tick;
+		// without ASLR, TCG reuses the code it translated for the last
+		// process.
+		{"tcg", []string{"-accel", "tcg,tb-size=32", "-cpu qemu64,+arat"}, []string{"norandmaps"}, nil},
+		{"kvm", []string{"-accel", "kvm", "-cpu", "host"}, nil, []string{"norandmaps"}},
 	} {
 		args := d.qemuArgs(v, tt.accel)
 		joined := strings.Join(args, " ")
@@ -136,9 +141,19 @@ func TestQEMUArgs(t *testing.T) {
 		}
 		i := slices.Index(args, "-append")
 		for _, w := range []string{"tsc_early_khz=2299998", "tartarus.root=/dev/vda", "tartarus.rootfstype=ext4",
-			"tartarus.hostname=sb-1", "panic=-1", "8250.nr_uarts=1"} {
+			"tartarus.hostname=sb-1", "panic=-1", "8250.nr_uarts=1", "tsc=reliable"} {
 			if !slices.Contains(strings.Fields(args[i+1]), w) {
 				t.Errorf("kernel command line %q lacks %s", args[i+1], w)
+			}
+		}
+		for _, w := range tt.kernel {
+			if !slices.Contains(strings.Fields(args[i+1]), w) {
+				t.Errorf("%s: kernel command line %q lacks %s", tt.accel, args[i+1], w)
+			}
+		}
+		for _, w := range tt.notKernel {
+			if slices.Contains(strings.Fields(args[i+1]), w) {
+				t.Errorf("%s: kernel command line %q has %s", tt.accel, args[i+1], w)
 			}
 		}
 		if !isOurQEMU(append([]string{"qemu-system-x86_64"}, args...), "sb-1", "/state/sb-1") {

@@ -1,0 +1,440 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/client"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+)
+
+// BenchmarkUserPath measures what a user of the API sees, through the real
+// server over HTTP (store, auth, node agent, jailed microvm under TCG), on
+// the base and python templates: create → first exec, the exec round trip
+// of `true`, hibernate of a 256 MiB sandbox that wrote 20 MB of random
+// bytes, wake → first exec, the stored snapshot's size, and the PSS and CPU
+// of idle sandboxes. Beside them, in the same run, the floor: the microvm
+// driver alone (no server, no jail) restoring the same template snapshot
+// and running `true`. Run it once:
+//
+//	TARTARUS_E2E=1 TARTARUS_TEST_DATA=/var/tmp/tartarus-test go test -run XXX -bench UserPath -benchtime 1x ./cmd/tartarus/
+//
+// It needs what TestServerEndToEnd needs (and the python template, built
+// on first use) and skips without it.
+func BenchmarkUserPath(b *testing.B) {
+	if testing.Short() {
+		b.Skip("boots VMs")
+	}
+	n := userPathCounts()
+	for b.Loop() {
+		e := newE2E(b)
+		if out, err := exec.Command(e.bin, "template", "build", "--data-dir", e.cacheDir(), "python").CombinedOutput(); err != nil {
+			b.Fatalf("build the python template: %v\n%s", err, out)
+		}
+		c := benchClient(b, e)
+		var rows []userPathRow
+		for _, tpl := range []string{"base", "python"} {
+			r := benchUserPath(b, e, c, tpl, n)
+			rows = append(rows, r)
+			for name, ds := range map[string][]time.Duration{"create-exec": r.create, "exec": r.exec,
+				"hibernate": r.hibernate, "wake-exec": r.wake, "floor-restore-exec": r.floor} {
+				b.ReportMetric(ms(pct(ds, 50)), tpl+"-"+name+"-p50-ms")
+				b.ReportMetric(ms(pct(ds, 99)), tpl+"-"+name+"-p99-ms")
+			}
+			b.ReportMetric(float64(r.stored)/(1<<20), tpl+"-stored-MiB")
+			b.ReportMetric(r.pssMiB, tpl+"-idle-pss-MiB")
+			b.ReportMetric(r.idleCPU, tpl+"-idle-cpu-%")
+		}
+		printUserPath(b, rows)
+	}
+}
+
+// userPathN says how many of each measurement a run takes.
+type userPathN struct{ creates, execs, hibernates, floor, idle int }
+
+// userPathCounts keeps a -benchtime 1x run near a minute; TARTARUS_BENCH_FULL=1
+// takes more samples for the figures in docs/BENCHMARKS.md.
+func userPathCounts() userPathN {
+	if os.Getenv("TARTARUS_BENCH_FULL") == "1" {
+		return userPathN{creates: 20, execs: 200, hibernates: 5, floor: 10, idle: 6}
+	}
+	return userPathN{creates: 6, execs: 50, hibernates: 2, floor: 4, idle: 3}
+}
+
+type userPathRow struct {
+	template                             string
+	create, exec, hibernate, wake, floor []time.Duration
+	// created lists the timed creates' sandboxes, for the breakdown.
+	created []string
+	// breakdown of the timed creates (medians), from the server's log
+	parts           createParts
+	stored          int64
+	pssMiB, idleCPU float64 // per idle sandbox; CPU in % of one core
+}
+
+func benchUserPath(b *testing.B, e *e2e, c *client.Client, tpl string, n userPathN) userPathRow {
+	b.Helper()
+	ctx := context.Background()
+	r := userPathRow{template: tpl}
+	create := func() (string, time.Duration) {
+		start := time.Now()
+		sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: tpl})
+		if err != nil {
+			b.Fatalf("create %s: %v", tpl, err)
+		}
+		benchExecTrue(b, c, sb.ID)
+		return sb.ID, time.Since(start)
+	}
+	del := func(id string) {
+		if _, err := c.DeleteSandbox(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	first, _ := create() // builds the template's snapshot
+	del(first)
+	var idle []string
+	for i := range n.creates {
+		id, d := create()
+		r.create = append(r.create, d)
+		r.created = append(r.created, id)
+		if i < n.idle {
+			idle = append(idle, id)
+		} else {
+			del(id)
+		}
+	}
+
+	id := idle[0]
+	for range n.execs {
+		start := time.Now()
+		benchExecTrue(b, c, id)
+		r.exec = append(r.exec, time.Since(start))
+	}
+
+	// Idle sandboxes: settle, then PSS and CPU time over a window.
+	time.Sleep(3 * time.Second)
+	pids := make([]int, len(idle))
+	for i, id := range idle {
+		pids[i] = qemuPidOf(b, id)
+	}
+	r.idleCPU = idleCPUPercent(b, pids, 10*time.Second)
+	for _, pid := range pids {
+		p, err := pssKiB(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.pssMiB += float64(p) / 1024 / float64(len(pids))
+	}
+
+	if _, err := c.Exec(ctx, id, &api.ExecRequest{Cmd: []string{"sh", "-c", "head -c 20000000 /dev/urandom > /tmp/junk"}}); err != nil {
+		b.Fatal(err)
+	}
+	for range n.hibernates {
+		start := time.Now()
+		h, err := c.Hibernate(ctx, id)
+		if err != nil || h.State != tartarus.StateHibernated {
+			b.Fatalf("hibernate: %+v %v", h, err)
+		}
+		r.hibernate = append(r.hibernate, time.Since(start))
+		r.stored = h.SnapshotBytes
+		start = time.Now()
+		if w, err := c.Wake(ctx, id); err != nil || w.State != tartarus.StateRunning {
+			b.Fatalf("wake: %+v %v", w, err)
+		}
+		benchExecTrue(b, c, id)
+		r.wake = append(r.wake, time.Since(start))
+	}
+	for _, id := range idle {
+		del(id)
+	}
+	r.floor = benchFloor(b, e, tpl, n.floor)
+	r.parts = createBreakdown(b, e, r.created, r.create)
+	return r
+}
+
+// cacheDir is the template cache newE2E linked the server's images from.
+func (e *e2e) cacheDir() string {
+	images, _ := os.Readlink(filepath.Join(e.data, "images"))
+	return filepath.Dir(images)
+}
+
+func benchExecTrue(b *testing.B, c *client.Client, id string) {
+	b.Helper()
+	out, err := c.Exec(context.Background(), id, &api.ExecRequest{Cmd: []string{"true"}})
+	if err != nil || out.ExitCode != 0 {
+		b.Fatalf("exec true in %s: %+v %v", id, out, err)
+	}
+}
+
+// benchFloor restores the server's unpacked template snapshot of tpl
+// (default shape) n times with the microvm driver alone, unjailed, in this
+// process, timing restore + `true`.
+func benchFloor(b *testing.B, e *e2e, tpl string, n int) []time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	// The cache names each snapshot template-digest-shape.
+	dirs, _ := filepath.Glob(filepath.Join(e.data, "template-cache", "microvm", tpl+"-*-256m-1c"))
+	if len(dirs) != 1 {
+		b.Fatalf("template snapshots of %s: %v", tpl, dirs)
+	}
+	src := dirs[0]
+	state := b.TempDir()
+	d, err := microvm.New(ctx, microvm.Config{StateDir: filepath.Join(state, "vms"), Accel: "tcg"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ds []time.Duration
+	for i := range n {
+		dir := filepath.Join(state, "snap-"+strconv.Itoa(i))
+		copyDir(b, src, dir)
+		id := fmt.Sprintf("floor-%s-%d", tpl, i)
+		start := time.Now()
+		if err := d.Restore(ctx, &tartarus.VMConfig{ID: id}, dir); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := d.Exec(ctx, id, &tartarus.ExecRequest{Cmd: []string{"true"}}); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(start))
+		if err := d.Destroy(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return ds
+}
+
+func copyDir(b *testing.B, src, dst string) {
+	b.Helper()
+	if out, err := exec.Command("cp", "-r", "--sparse=always", src, dst).CombinedOutput(); err != nil {
+		b.Fatalf("copy %s: %v\n%s", src, err, out)
+	}
+}
+
+// qemuPidOf finds the QEMU of sandbox id by its -name.
+func qemuPidOf(b *testing.B, id string) int {
+	b.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00tartarus-"+id+"\x00")) || !bytes.Contains(cmdline, []byte("qemu-system")) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		return pid
+	}
+	b.Fatalf("no QEMU for %s", id)
+	return 0
+}
+
+// cpuTicks is utime+stime of pid in clock ticks.
+func cpuTicks(pid int) (int64, error) {
+	s, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command's closing parenthesis; utime and stime are
+	// the 14th and 15th fields of the line.
+	f := strings.Fields(string(s[bytes.LastIndexByte(s, ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st, nil
+}
+
+// idleCPUPercent is the average CPU of pids over window, in % of a core.
+func idleCPUPercent(b *testing.B, pids []int, window time.Duration) float64 {
+	b.Helper()
+	const hz = 100 // USER_HZ on Linux
+	sum := func() int64 {
+		var t int64
+		for _, pid := range pids {
+			n, err := cpuTicks(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			t += n
+		}
+		return t
+	}
+	t0, w0 := sum(), time.Now()
+	time.Sleep(window)
+	t1, w1 := sum(), time.Now()
+	return 100 * float64(t1-t0) / hz / w1.Sub(w0).Seconds() / float64(len(pids))
+}
+
+func pssKiB(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no Pss in smaps_rollup of %d", pid)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// pct is the p-th percentile (nearest rank) of ds.
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p+99)/100 - 1
+	return s[max(i, 0)]
+}
+
+func printUserPath(b *testing.B, rows []userPathRow) {
+	var w bytes.Buffer
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&w, "\nuser's path through the HTTP API (load average %s)\n", strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Fprintf(&w, "%-34s", "measurement (p50 / p99)")
+	for _, r := range rows {
+		fmt.Fprintf(&w, " | %-22s", r.template)
+	}
+	fmt.Fprintln(&w)
+	line := func(name string, get func(userPathRow) []time.Duration) {
+		fmt.Fprintf(&w, "%-34s", name)
+		for _, r := range rows {
+			ds := get(r)
+			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f / %.1f ms (%d)", ms(pct(ds, 50)), ms(pct(ds, 99)), len(ds)))
+		}
+		fmt.Fprintln(&w)
+	}
+	line("create → first exec", func(r userPathRow) []time.Duration { return r.create })
+	line("exec round trip of true", func(r userPathRow) []time.Duration { return r.exec })
+	line("hibernate (256 MiB, 20 MB random)", func(r userPathRow) []time.Duration { return r.hibernate })
+	line("wake → first exec", func(r userPathRow) []time.Duration { return r.wake })
+	line("floor: driver restore + true", func(r userPathRow) []time.Duration { return r.floor })
+	fmt.Fprintf(&w, "%-34s", "create → first exec, p50 parts:")
+	fmt.Fprintln(&w)
+	for _, part := range createPartNames {
+		fmt.Fprintf(&w, "%-34s", "  "+part.name)
+		for _, r := range rows {
+			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(r.parts))))
+		}
+		fmt.Fprintln(&w)
+	}
+	fmt.Fprintf(&w, "%-34s", "stored snapshot")
+	for _, r := range rows {
+		fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f MiB", float64(r.stored)/(1<<20)))
+	}
+	fmt.Fprintf(&w, "\n%-34s", "idle sandbox: PSS, CPU of a core")
+	for _, r := range rows {
+		fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.0f MiB, %.2f %%", r.pssMiB, r.idleCPU))
+	}
+	fmt.Fprintln(&w)
+	_, _ = io.Copy(os.Stdout, &w)
+}
+
+// createParts splits create → first exec (medians over the timed creates)
+// by what the server logged for each: the create request's time in the
+// HTTP server, the node agent's bring-up inside it, the driver's restore
+// inside that, and the first exec's time in the HTTP server. The rest of
+// each is outside: the client, HTTP and loopback.
+type createParts struct {
+	driver, agent, request, exec, outside time.Duration
+}
+
+var createPartNames = []struct {
+	name string
+	get  func(createParts) time.Duration
+}{
+	{"driver restore (QEMU, guest, sync)", func(p createParts) time.Duration { return p.driver }},
+	{"node agent around it", func(p createParts) time.Duration { return p.agent }},
+	{"API server around that", func(p createParts) time.Duration { return p.request }},
+	{"first exec in the server", func(p createParts) time.Duration { return p.exec }},
+	{"client, HTTP, loopback", func(p createParts) time.Duration { return p.outside }},
+}
+
+var (
+	logMsg      = regexp.MustCompile(`msg=("[^"]*"|\S+)`)
+	logField    = regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
+	restorePart = regexp.MustCompile(`^\w+_ms$`)
+)
+
+// createBreakdown reads the server's log for the creates of ids (which
+// took totals) and returns the medians of their parts.
+func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration) createParts {
+	b.Helper()
+	logs, err := os.ReadFile(e.logs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	type seen struct{ driver, took, exec time.Duration }
+	by := map[string]*seen{}
+	for _, id := range ids {
+		by[id] = &seen{}
+	}
+	var createReqs []time.Duration // POST /v1/sandboxes, in order
+	for _, line := range strings.Split(string(logs), "\n") {
+		m := logMsg.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		f := map[string]string{}
+		for _, kv := range logField.FindAllStringSubmatch(line, -1) {
+			f[kv[1]] = strings.Trim(kv[2], `"`)
+		}
+		s := by[f["sandbox"]]
+		switch strings.Trim(m[1], `"`) {
+		case "restored":
+			if s == nil {
+				continue
+			}
+			for k, v := range f { // the phases are cumulative: take the last
+				if restorePart.MatchString(k) {
+					n, _ := strconv.Atoi(v)
+					s.driver = max(s.driver, time.Duration(n)*time.Millisecond)
+				}
+			}
+		case "sandbox running":
+			if s != nil {
+				s.took, _ = time.ParseDuration(f["took"])
+			}
+		case "request":
+			n, _ := strconv.Atoi(f["duration_ms"])
+			d := time.Duration(n) * time.Millisecond
+			if f["route"] == "POST /v1/sandboxes" {
+				createReqs = append(createReqs, d)
+			}
+			if id, ok := strings.CutSuffix(strings.TrimPrefix(f["path"], "/v1/sandboxes/"), "/exec"); ok {
+				if s := by[id]; s != nil && s.exec == 0 {
+					s.exec = d
+				}
+			}
+		}
+	}
+	// The timed creates are the last len(ids) creates so far (the
+	// untimed first one of each template comes before them).
+	if len(createReqs) < len(ids) {
+		b.Fatalf("server log has %d creates, want %d or more", len(createReqs), len(ids))
+	}
+	createReqs = createReqs[len(createReqs)-len(ids):]
+	var driver, agent, req, ex, out []time.Duration
+	for i, id := range ids {
+		s := by[id]
+		driver = append(driver, s.driver)
+		agent = append(agent, s.took-s.driver)
+		req = append(req, createReqs[i]-s.took)
+		ex = append(ex, s.exec)
+		out = append(out, totals[i]-createReqs[i]-s.exec)
+	}
+	return createParts{driver: pct(driver, 50), agent: pct(agent, 50), request: pct(req, 50), exec: pct(ex, 50), outside: pct(out, 50)}
+}

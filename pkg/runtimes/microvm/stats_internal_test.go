@@ -1,0 +1,87 @@
+package microvm
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+)
+
+// statsGuest counts the stats calls that reach the guest.
+type statsGuest struct {
+	guestConn
+	asked int
+}
+
+func (g *statsGuest) Stats(context.Context) (*tartarus.Stats, error) {
+	g.asked++
+	return &tartarus.Stats{CPUPercent: 50, MemoryUsedMB: 10 + g.asked, Processes: 3}, nil
+}
+
+func TestGuestStatsReusedWhileQuiet(t *testing.T) {
+	// A sleeping process stands in for an idle QEMU: its CPU time stays put.
+	quiet := exec.Command("sleep", "60")
+	if err := quiet.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = quiet.Process.Kill(); _ = quiet.Wait() })
+
+	for _, tt := range []struct {
+		name    string
+		between func(v *vm, clk *clock.Fake) // after the first answer
+		ask     bool                         // whether the second call reaches the guest
+	}{
+		{"quiet guest, soon after", func(v *vm, clk *clock.Fake) { clk.Advance(5 * time.Second) }, false},
+		{"a call into the guest since", func(v *vm, clk *clock.Fake) { clk.Advance(5 * time.Second); v.calls++ }, true},
+		{"another call still running", func(v *vm, clk *clock.Fake) { clk.Advance(5 * time.Second); v.busy++ }, true},
+		{"answer too old", func(v *vm, clk *clock.Fake) { clk.Advance(statsReuseMax) }, true},
+		{"QEMU busy since", func(v *vm, clk *clock.Fake) {
+			v.pid = os.Getpid()
+			v.stats.ticks, _ = cpuTicks(v.pid)
+			burnCPU(t, 5) // 50 ms of CPU in one second of the fake clock: above 2 %
+			clk.Advance(time.Second)
+		}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testDriver(t)
+			clk := clock.NewFake(time.Unix(1e9, 0))
+			d.clock = clk
+			g := &statsGuest{}
+			v := &vm{id: "sb-1", pid: quiet.Process.Pid, conf: vmConfig{CPUs: 1}}
+			if _, err := d.guestStats(context.Background(), v, g, 0); err != nil || g.asked != 1 {
+				t.Fatalf("first call: asked %d, %v", g.asked, err)
+			}
+			tt.between(v, clk)
+			st, err := d.guestStats(context.Background(), v, g, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if asked := g.asked == 2; asked != tt.ask {
+				t.Fatalf("second call reached the guest: %v, want %v", asked, tt.ask)
+			}
+			if !tt.ask && (st.MemoryUsedMB != 11 || st.CPUPercent != 0) {
+				t.Errorf("reused answer %+v: want the first memory figure and QEMU's CPU since (0)", st)
+			}
+		})
+	}
+}
+
+// burnCPU spins until this process used n more clock ticks.
+func burnCPU(t *testing.T, n int64) {
+	t.Helper()
+	start, err := cpuTicks(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for x := 0; ; x++ {
+		if x%100000 == 0 {
+			if now, _ := cpuTicks(os.Getpid()); now-start >= n {
+				return
+			}
+		}
+	}
+}
