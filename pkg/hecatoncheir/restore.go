@@ -213,6 +213,13 @@ func (a *Agent) PoolSizes() map[string]int {
 	return out
 }
 
+// templateSnapshotFormat is part of every template snapshot's name. A
+// snapshot keeps the machine it was made on (CPU flags, the guest kernel's
+// command line), so bump it when the drivers change those: existing data
+// directories then build new template snapshots instead of restoring the
+// old machine (format 2: tickless TCG guests with fixed address layout).
+const templateSnapshotFormat = "f2"
+
 // templateSnapshotID names the snapshot of img at a shape, with or without
 // a network card (a snapshot restores only into the same devices). An
 // image without a digest gets none: a rebuild could not be told apart.
@@ -226,7 +233,7 @@ func templateSnapshotID(img *tartarus.Image, memoryMB, cpus int, nic bool) (stri
 	if d == "" {
 		return "", false
 	}
-	id := fmt.Sprintf("%s-%.16s-%dm-%dc", img.Name, d, memoryMB, cpus)
+	id := fmt.Sprintf("%s-%.16s-%s-%dm-%dc", img.Name, d, templateSnapshotFormat, memoryMB, cpus)
 	if nic {
 		id += "-net"
 	}
@@ -273,7 +280,7 @@ func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tart
 		return "", fmt.Errorf("template snapshot %s: boot: %w", id, err)
 	}
 	snap, err := sr.templates.CreateFromRunning(ctx, build, &nyx.CreateOptions{ID: id,
-		Labels: map[string]string{"purpose": "template", "template": img.Name, "digest": img.Digest}})
+		Labels: map[string]string{"purpose": "template", "template": img.Name, "digest": img.Digest, "format": templateSnapshotFormat}})
 	if err != nil {
 		return "", fmt.Errorf("template snapshot %s: %w", id, err)
 	}
@@ -290,7 +297,7 @@ func (a *Agent) deleteStaleTemplateSnapshots(ctx context.Context, sr *snapRuntim
 		return
 	}
 	for _, s := range list {
-		if s.Labels["template"] == img.Name && s.Labels["digest"] != img.Digest {
+		if s.Labels["template"] == img.Name && (s.Labels["digest"] != img.Digest || s.Labels["format"] != templateSnapshotFormat) {
 			if err := sr.templates.Delete(ctx, s.ID); err != nil {
 				a.log.Warn("delete stale template snapshot", "snapshot", s.ID, "err", err)
 				continue

@@ -142,7 +142,7 @@ func (a *Agent) SaveTemplateAs(ctx context.Context, id string, spec *tartarus.Im
 		return nil, undo(errors.New("the new template has no digest"))
 	}
 	if _, err := sr.templates.CreateFromFiles(ctx, id, files, info, &nyx.CreateOptions{ID: snapID,
-		Labels: map[string]string{"purpose": "template", "template": made.Name, "digest": made.Digest}}); err != nil {
+		Labels: map[string]string{"purpose": "template", "template": made.Name, "digest": made.Digest, "format": templateSnapshotFormat}}); err != nil {
 		return nil, undo(err)
 	}
 	a.log.Info("sandbox saved as a template", "sandbox", id, "template", name, "tenant", sb.Tenant,
