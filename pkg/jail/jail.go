@@ -254,8 +254,10 @@ type Spec struct {
 	// NetNS is a network namespace to join (a path such as
 	// /run/netns/x); empty means a new, empty one.
 	NetNS string
-	// CPUs and MemoryMB size the cgroup: a CPU quota of CPUs plus half a
-	// CPU for QEMU's own threads, memory of MemoryMB plus the configured
+	// CPUs and MemoryMB size the cgroup: a CPU quota of CPUs plus a
+	// quarter CPU for QEMU's own threads (its main loop: disk, console), so
+	// that a hostile 1-vCPU guest on a 2-core host leaves its neighbours
+	// most of the other core; memory of MemoryMB plus the configured
 	// overhead.
 	CPUs, MemoryMB int
 	// MaxFileMB is RLIMIT_FSIZE, a guard on the largest file the process
@@ -327,7 +329,7 @@ func (j *Jail) Start(ctx context.Context, spec *Spec) (*Process, error) {
 	j.cgMu.Lock()
 	procs, err := j.cg.create(spec.ID, limits{
 		memoryBytes: int64(spec.MemoryMB+j.cfg.MemoryOverheadMB) << 20,
-		cpuQuotaUS:  int64(spec.CPUs)*cpuPeriodUS + cpuPeriodUS/2,
+		cpuQuotaUS:  int64(spec.CPUs)*cpuPeriodUS + cpuPeriodUS/4,
 		pids:        j.cfg.Pids,
 		ioWeight:    j.cfg.IOWeight,
 	})

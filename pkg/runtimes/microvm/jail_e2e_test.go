@@ -307,7 +307,7 @@ func TestJailTurnedOn(t *testing.T) {
 }
 
 // checkCgroupLimits reads a 1-vCPU 256 MiB sandbox's cgroup limits: memory
-// = guest + the default 256 MiB overhead, CPU = 1.5 CPUs, 256 pids.
+// = guest + the default 256 MiB overhead, CPU = 1.25 CPUs, 256 pids.
 func checkCgroupLimits(t *testing.T, id, procCgroup, version string) {
 	t.Helper()
 	path := func(ctrl string) string {
@@ -325,11 +325,11 @@ func checkCgroupLimits(t *testing.T, id, procCgroup, version string) {
 	want := map[string]string{}
 	if version == "v2" {
 		want[filepath.Join(path(""), "memory.max")] = strconv.Itoa(512 << 20)
-		want[filepath.Join(path(""), "cpu.max")] = "150000 100000"
+		want[filepath.Join(path(""), "cpu.max")] = "125000 100000"
 		want[filepath.Join(path(""), "pids.max")] = "256"
 	} else {
 		want[filepath.Join(path("memory"), "memory.limit_in_bytes")] = strconv.Itoa(512 << 20)
-		want[filepath.Join(path("cpu"), "cpu.cfs_quota_us")] = "150000"
+		want[filepath.Join(path("cpu"), "cpu.cfs_quota_us")] = "125000"
 		want[filepath.Join(path("pids"), "pids.max")] = "256"
 	}
 	for f, w := range want {
