@@ -165,6 +165,15 @@ func (a *Agent) DeleteTemplate(ctx context.Context, name string) error {
 	if img.Tenant == "" {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is built in", name)
 	}
+	if img.Name != name {
+		// A tag: it goes, and its version once nothing else needs it.
+		return a.untag(ctx, name, img)
+	}
+	if tagged, err := a.versionTagged(ctx, name); err != nil {
+		return err
+	} else if tagged {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is tagged; delete its tags", name)
+	}
 	unlock := a.lock("template-delete/" + name)
 	defer unlock()
 	live, err := a.cfg.Store.List(ctx, tartarus.SandboxFilter{States: tartarus.LiveStates()})

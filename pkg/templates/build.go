@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/images"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
@@ -34,6 +35,8 @@ type Backend interface {
 	Template(ctx context.Context, name string) (*tartarus.Image, error)
 	SaveTemplateAs(ctx context.Context, id string, spec *tartarus.Image) (*tartarus.Image, error)
 	DeleteTemplate(ctx context.Context, name string) error
+	// TagTemplate points ref (NAME or NAME:TAG) at template version.
+	TagTemplate(ctx context.Context, ref, version string) (*tartarus.Image, error)
 }
 
 // Limits and defaults of one build.
@@ -89,8 +92,10 @@ func (r *Request) Validate() error {
 // the context, which can be checked before they arrive.
 func (r *Request) paramProblems() []error {
 	var errs []error
-	if !tartarus.ValidName(r.Name) || strings.HasPrefix(r.Name, ".") || strings.HasPrefix(r.Name, CachePrefix) {
-		errs = append(errs, fmt.Errorf("template name %q: lowercase letters, digits, '-', '_', '.'; not starting with '.' or %q", r.Name, CachePrefix))
+	if name, _, err := images.ParseTemplateRef(r.Name); err != nil {
+		errs = append(errs, err)
+	} else if strings.HasPrefix(name, CachePrefix) {
+		errs = append(errs, fmt.Errorf("template name %q: not starting with %q", r.Name, CachePrefix))
 	}
 	if !tartarus.ValidName(r.Tenant) {
 		errs = append(errs, fmt.Errorf("tenant %q", r.Tenant))
@@ -436,22 +441,27 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 			return nil, err
 		}
 	}
-	// A rebuild replaces the tenant's previous build of the template.
-	if old, err := r.bd.be.Template(ctx, r.req.Name); err == nil {
-		if old.Tenant != r.req.Tenant {
-			return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", r.req.Name)
-		}
-		if err := r.bd.be.DeleteTemplate(ctx, r.req.Name); err != nil {
-			return nil, fmt.Errorf("replace template %s: %w", r.req.Name, err)
-		}
+	// The build is saved as a new version, and only then does the tag
+	// move to it: a build that fails leaves the tag where it was. The
+	// version the tag leaves is removed once no sandbox uses it.
+	if old, err := r.bd.be.Template(ctx, r.req.Name); err == nil && old.Tenant != r.req.Tenant {
+		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", r.req.Name)
 	}
-	img, err := r.bd.be.SaveTemplateAs(ctx, r.sandbox, &tartarus.Image{Name: r.req.Name,
-		Description: fmt.Sprintf("built from a Dockerfile (FROM %s)", from),
+	name, _, _ := images.ParseTemplateRef(r.req.Name) // checked by Validate
+	img, err := r.bd.be.SaveTemplateAs(ctx, r.sandbox, &tartarus.Image{Name: images.VersionName(name, r.bd.clock.Now()),
+		Description: fmt.Sprintf("%s built from a Dockerfile (FROM %s)", r.req.Name, from),
 		Env:         r.env, WorkDir: r.workdir, User: r.user, BuildMS: r.bd.clock.Now().Sub(r.start).Milliseconds()})
 	if err != nil {
 		return nil, fmt.Errorf("save template %s: %w", r.req.Name, err)
 	}
-	return img, nil
+	tagged, err := r.bd.be.TagTemplate(ctx, r.req.Name, img.Name)
+	if err != nil {
+		if derr := r.bd.be.DeleteTemplate(ctx, img.Name); derr != nil {
+			r.bd.log.Warn("remove an untagged template version", "template", img.Name, "err", derr)
+		}
+		return nil, fmt.Errorf("tag template %s: %w", r.req.Name, err)
+	}
+	return tagged, nil
 }
 
 // arg applies an ARG: the --build-arg value, else the default.
