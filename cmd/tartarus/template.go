@@ -292,7 +292,7 @@ func newTemplateLsCmd() *cobra.Command {
 				return err
 			}
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "NAME\tOWNER\tDIGEST\tSIZE\tBUILT\tBUILD TIME\tDESCRIPTION")
+			fmt.Fprintln(tw, "NAME\tTAGS\tOWNER\tDIGEST\tSIZE\tBUILT\tBUILD TIME\tDESCRIPTION")
 			for _, img := range imgs {
 				owner := "(built in)"
 				if img.Tenant != "" {
@@ -305,7 +305,11 @@ func newTemplateLsCmd() *cobra.Command {
 				if img.BuildMS > 0 {
 					took = (time.Duration(img.BuildMS) * time.Millisecond).Round(100 * time.Millisecond).String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f MiB\t%s\t%s\t%s\n", img.Name, owner, shortDigest(img.Digest),
+				tags := "-"
+				if len(img.Tags) > 0 {
+					tags = strings.Join(img.Tags, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f MiB\t%s\t%s\t%s\n", img.Name, tags, owner, shortDigest(img.Digest),
 					float64(img.SizeBytes)/(1<<20), img.BuiltAt.Local().Format(time.DateTime), took, img.Description)
 			}
 			return tw.Flush()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -21,7 +22,10 @@ import (
 //	POST   /v1/templates?name=N[&dockerfile=F][&build_arg=K=V…][&memory_mb=][&cpus=][&timeout_s=][&network=open]
 //	       body: the build context as a tar stream        → 202 {"id","name","status"}, Location: the build's log
 //	GET    /v1/templates/{name}/builds/{id}              → NDJSON build events (templates.Event), until it ends
-//	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it)
+//	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it); name is NAME[:TAG] or a version
+//
+// NAME is NAME:latest; save, build and import make a new version and then
+// move the tag to it.
 //	POST   /v1/templates/import?name=N[&source=S]        body: `docker save` or OCI layout tarball → 201 template
 
 // TemplateBuilds runs Dockerfile builds and image imports
@@ -73,8 +77,8 @@ func (s *Server) saveTemplate(w http.ResponseWriter, r *http.Request) {
 		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
 			return 0, nil, err
 		}
-		if !tartarus.ValidName(req.Name) || req.Name[0] == '.' {
-			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "name %q: a template name is lowercase letters, digits, '-', '_' and '.', not starting with '.'", req.Name)
+		if n, t, _ := strings.Cut(req.Name, ":"); !tartarus.ValidName(n) || n[0] == '.' || (t != "" && !tartarus.ValidName(t)) {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "name %q: a template name is lowercase letters, digits, '-', '_' and '.', not starting with '.', and an optional :TAG", req.Name)
 		}
 		img, err := ts.SaveTemplate(ctx, sb.ID, req.Name)
 		return http.StatusCreated, img, err
@@ -177,8 +181,13 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return 0, nil, err
 		}
+		// A tag (NAME:TAG, a bare NAME is NAME:latest) or a version's name.
+		tag := name
+		if !strings.Contains(tag, ":") {
+			tag += ":latest"
+		}
 		for _, img := range all {
-			if img.Name != name {
+			if img.Name != name && !slices.Contains(img.Tags, tag) {
 				continue
 			}
 			if img.Tenant == "" {

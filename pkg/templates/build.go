@@ -694,13 +694,21 @@ func envKey(env map[string]string) string {
 }
 
 // Import makes template name of tenant from an image tarball (see
-// ImportImage), booting with the base template's kernel. A name in use is
-// refused (ErrAlreadyExists).
+// ImportImage), booting with the base template's kernel, as a new version
+// of name (NAME or NAME:TAG) that the tag then points at. Another tenant's
+// name is refused (ErrAlreadyExists).
 func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error) {
 	if bd.cat == nil {
 		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this server imports no images")
 	}
-	if _, err := bd.be.Template(ctx, name); err == nil {
+	plain, _, err := images.ParseTemplateRef(name)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(plain, CachePrefix) {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "template name %q: not starting with %q", name, CachePrefix)
+	}
+	if old, err := bd.be.Template(ctx, name); err == nil && old.Tenant != tenant {
 		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", name)
 	}
 	base, err := bd.be.Template(ctx, "base")
@@ -708,10 +716,18 @@ func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io
 		return nil, fmt.Errorf("import %s: the base template's kernel: %w", name, err)
 	}
 	start := bd.clock.Now()
-	img, err := ImportImage(ctx, bd.cat, base, tenant, name, source, r)
+	// A new version; the tag moves to it once it is installed.
+	img, err := ImportImage(ctx, bd.cat, base, tenant, images.VersionName(plain, start), source, r)
 	if err != nil {
 		return nil, err
 	}
-	bd.log.Info("image imported", "template", name, "tenant", tenant, "image", source, "took", bd.clock.Now().Sub(start))
-	return img, nil
+	tagged, err := bd.be.TagTemplate(ctx, name, img.Name)
+	if err != nil {
+		if derr := bd.be.DeleteTemplate(ctx, img.Name); derr != nil {
+			bd.log.Warn("remove an untagged template version", "template", img.Name, "err", derr)
+		}
+		return nil, fmt.Errorf("import %s: %w", name, err)
+	}
+	bd.log.Info("image imported", "template", name, "version", img.Name, "tenant", tenant, "image", source, "took", bd.clock.Now().Sub(start))
+	return tagged, nil
 }
