@@ -169,7 +169,11 @@ func (b *dockerBuild) run(cmd *cobra.Command, args []string) error {
 	if end.Status != templates.StatusSucceeded {
 		return fmt.Errorf("build %s failed: %s", st.ID, end.Text)
 	}
-	fmt.Fprintf(out, "template %s built in %s\n", end.Template, (time.Duration(end.DurationMS) * time.Millisecond).Round(100*time.Millisecond))
+	fmt.Fprintf(out, "template %s built in %s", end.Template, (time.Duration(end.DurationMS) * time.Millisecond).Round(100*time.Millisecond))
+	if end.Text != "" {
+		fmt.Fprintf(out, " (%s)", end.Text)
+	}
+	fmt.Fprintln(out)
 	return nil
 }
 
@@ -339,7 +343,11 @@ func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
 			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.Image, error) {
 				return c.SaveTemplate(ctx, args[0], args[1])
 			}, func(w io.Writer, img *tartarus.Image) error {
-				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", img.Name, float64(img.SizeBytes)/(1<<20))
+				name := img.Name
+				if len(img.Tags) > 0 {
+					name = img.Tags[0] + " (version " + img.Name + ")"
+				}
+				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", name, float64(img.SizeBytes)/(1<<20))
 				return err
 			})
 		},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/images"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -54,7 +55,13 @@ func (a *Agent) TagTemplate(ctx context.Context, ref, version string) (*tartarus
 	if old != "" && old != version {
 		a.dropVersion(ctx, old)
 	}
-	return a.cfg.Images.Get(ctx, version)
+	img, err = a.cfg.Images.Get(ctx, version)
+	if err != nil {
+		return nil, err
+	}
+	name, tag, _ := images.ParseTemplateRef(ref) // TagTemplate above parsed it
+	img.Tags = []string{name + ":" + tag}
+	return img, nil
 }
 
 // dropVersion removes template version once nothing uses it: it is kept

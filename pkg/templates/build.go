@@ -275,7 +275,8 @@ func (bd *Builder) run(req *Request, b *Build) {
 		b.mu.Unlock()
 		bd.log.Warn("template build failed", "template", req.Name, "tenant", req.Tenant, "build", b.ID, "err", err)
 	} else {
-		end.Template = img.Name
+		// The tag as asked; the version it now points at in the text.
+		end.Template, end.Text = req.Name, "version "+img.Name
 		bd.log.Info("template built", "template", req.Name, "tenant", req.Tenant, "build", b.ID, "took", bd.clock.Now().Sub(start))
 	}
 	b.add(end)
