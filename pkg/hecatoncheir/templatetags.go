@@ -45,8 +45,22 @@ func (a *Agent) TagTemplate(ctx context.Context, ref, version string) (*tartarus
 	}
 	unlock := a.lock("template-tag/" + ref)
 	defer unlock()
-	if cur, err := a.cfg.Images.Get(ctx, ref); err == nil && cur.Tenant != img.Tenant {
-		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", ref)
+	name, tag, err := images.ParseTemplateRef(ref)
+	if err != nil {
+		return nil, err
+	}
+	if cur, err := a.cfg.Images.Get(ctx, ref); err == nil {
+		if cur.Tenant != img.Tenant {
+			return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", ref)
+		}
+		if cur.Name == name {
+			// A template made before tags, named NAME: the tag would hide
+			// it from the sandboxes that recorded NAME, so it goes first,
+			// as a rebuild did before tags (refused while they run).
+			if err := a.DeleteTemplate(ctx, name); err != nil {
+				return nil, fmt.Errorf("replace template %s: %w", name, err)
+			}
+		}
 	}
 	old, err := t.TagTemplate(ctx, ref, version)
 	if err != nil {
@@ -59,7 +73,6 @@ func (a *Agent) TagTemplate(ctx context.Context, ref, version string) (*tartarus
 	if err != nil {
 		return nil, err
 	}
-	name, tag, _ := images.ParseTemplateRef(ref) // TagTemplate above parsed it
 	img.Tags = []string{name + ":" + tag}
 	return img, nil
 }
