@@ -343,11 +343,7 @@ func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
 			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.Image, error) {
 				return c.SaveTemplate(ctx, args[0], args[1])
 			}, func(w io.Writer, img *tartarus.Image) error {
-				name := img.Name
-				if len(img.Tags) > 0 {
-					name = img.Tags[0] + " (version " + img.Name + ")"
-				}
-				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", name, float64(img.SizeBytes)/(1<<20))
+				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", taggedName(img), float64(img.SizeBytes)/(1<<20))
 				return err
 			})
 		},
@@ -418,7 +414,7 @@ func newTemplateImportCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "template %s imported from %s (%.1f MiB)\n", img.Name, source, float64(img.SizeBytes)/(1<<20))
+			fmt.Fprintf(cmd.OutOrStdout(), "template %s imported from %s (%.1f MiB)\n", taggedName(img), source, float64(img.SizeBytes)/(1<<20))
 			return nil
 		},
 	}
@@ -427,4 +423,12 @@ func newTemplateImportCmd() *cobra.Command {
 	addServerFlags(cmd, o)
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "where to look for admin.key")
 	return cmd
+}
+
+// taggedName shows a template version by its tag, when it has one.
+func taggedName(img *tartarus.Image) string {
+	if len(img.Tags) == 0 {
+		return img.Name
+	}
+	return img.Tags[0] + " (version " + img.Name + ")"
 }
