@@ -113,7 +113,6 @@ connect to --agent-listen with mutual TLS (--agent-cert, --agent-key,
 	f.BoolVar(&o.heat.enforceAll, "heat-enforce-all", false, "size and limit every create by its heat's class, not only those that set heat_hint, resource_class or max_duration_s")
 	f.StringVar(&o.heat.policy, "queue-policy", string(phlegethon.PolicyFair), "order of the admission queues: fair (weighted fair share across heats) or fifo (arrival order, for comparison)")
 	f.DurationVar(&o.heat.queueWait, "queue-timeout", phlegethon.MaxQueueTimeout, "longest wait in an admission queue that a create may ask for with queue_timeout_s")
-	f.StringVar(&o.heat.policy, "queue-policy", string(phlegethon.PolicyFair), "order of the admission queues: fair (weighted fair share by heat) or fifo (arrival order, to measure fair share against)")
 	addSeasonFlags(f, &o.seasons)
 	addE2BFlags(f, &o.e2b)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {

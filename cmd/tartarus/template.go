@@ -169,7 +169,11 @@ func (b *dockerBuild) run(cmd *cobra.Command, args []string) error {
 	if end.Status != templates.StatusSucceeded {
 		return fmt.Errorf("build %s failed: %s", st.ID, end.Text)
 	}
-	fmt.Fprintf(out, "template %s built in %s\n", end.Template, (time.Duration(end.DurationMS) * time.Millisecond).Round(100*time.Millisecond))
+	fmt.Fprintf(out, "template %s built in %s", end.Template, (time.Duration(end.DurationMS) * time.Millisecond).Round(100*time.Millisecond))
+	if end.Text != "" {
+		fmt.Fprintf(out, " (%s)", end.Text)
+	}
+	fmt.Fprintln(out)
 	return nil
 }
 
@@ -292,7 +296,7 @@ func newTemplateLsCmd() *cobra.Command {
 				return err
 			}
 			tw := newTable(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "NAME\tOWNER\tDIGEST\tSIZE\tBUILT\tBUILD TIME\tDESCRIPTION")
+			fmt.Fprintln(tw, "NAME\tTAGS\tOWNER\tDIGEST\tSIZE\tBUILT\tBUILD TIME\tDESCRIPTION")
 			for _, img := range imgs {
 				owner := "(built in)"
 				if img.Tenant != "" {
@@ -305,7 +309,11 @@ func newTemplateLsCmd() *cobra.Command {
 				if img.BuildMS > 0 {
 					took = (time.Duration(img.BuildMS) * time.Millisecond).Round(100 * time.Millisecond).String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f MiB\t%s\t%s\t%s\n", img.Name, owner, shortDigest(img.Digest),
+				tags := "-"
+				if len(img.Tags) > 0 {
+					tags = strings.Join(img.Tags, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f MiB\t%s\t%s\t%s\n", img.Name, tags, owner, shortDigest(img.Digest),
 					float64(img.SizeBytes)/(1<<20), img.BuiltAt.Local().Format(time.DateTime), took, img.Description)
 			}
 			return tw.Flush()
@@ -335,7 +343,7 @@ func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
 			return show(cmd, o, func(c *client.Client, ctx context.Context) (*tartarus.Image, error) {
 				return c.SaveTemplate(ctx, args[0], args[1])
 			}, func(w io.Writer, img *tartarus.Image) error {
-				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", img.Name, float64(img.SizeBytes)/(1<<20))
+				_, err := fmt.Fprintf(w, "template %s saved (%.1f MiB)\n", taggedName(img), float64(img.SizeBytes)/(1<<20))
 				return err
 			})
 		},
@@ -406,7 +414,7 @@ func newTemplateImportCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "template %s imported from %s (%.1f MiB)\n", img.Name, source, float64(img.SizeBytes)/(1<<20))
+			fmt.Fprintf(cmd.OutOrStdout(), "template %s imported from %s (%.1f MiB)\n", taggedName(img), source, float64(img.SizeBytes)/(1<<20))
 			return nil
 		},
 	}
@@ -415,4 +423,12 @@ func newTemplateImportCmd() *cobra.Command {
 	addServerFlags(cmd, o)
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "where to look for admin.key")
 	return cmd
+}
+
+// taggedName shows a template version by its tag, when it has one.
+func taggedName(img *tartarus.Image) string {
+	if len(img.Tags) == 0 {
+		return img.Name
+	}
+	return img.Tags[0] + " (version " + img.Name + ")"
 }

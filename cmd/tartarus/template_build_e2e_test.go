@@ -184,7 +184,7 @@ func TestDockerfileBuildEndToEnd(t *testing.T) {
 	}
 
 	// Tenancy: globex neither lists, uses, builds from nor deletes it.
-	if status, body := e.httpAs(t, globex, "GET", "/v1/templates"); status != 200 || strings.Contains(body, `"web"`) {
+	if status, body := e.httpAs(t, globex, "GET", "/v1/templates"); status != 200 || strings.Contains(body, `web:latest`) {
 		t.Errorf("globex lists %d %s", status, body)
 	}
 	if _, errOut, code := e.cliAs(t, globex, "sandbox", "create", "--template", "web"); code == 0 || !strings.Contains(errOut, "not found") {
@@ -199,9 +199,10 @@ func TestDockerfileBuildEndToEnd(t *testing.T) {
 		t.Errorf("globex build FROM acme's template: exit %d %s", code, errOut)
 	}
 
-	// A failing step shows its output and exit code.
+	// A failing step shows its output and exit code; a failed rebuild of
+	// web leaves web:latest where it was (the create below uses it).
 	os.WriteFile(filepath.Join(other, "Dockerfile"), []byte("FROM python\nRUN echo about to fail; exit 3\n"), 0o644)
-	out, errOut, code := e.cliAs(t, acme, "template", "build", "broken", "-f", filepath.Join(other, "Dockerfile"), other)
+	out, errOut, code := e.cliAs(t, acme, "template", "build", "web", "-f", filepath.Join(other, "Dockerfile"), other)
 	if code == 0 || !strings.Contains(out, "about to fail") || !strings.Contains(errOut, "exit code 3") {
 		t.Errorf("failing build: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -213,7 +214,7 @@ func TestDockerfileBuildEndToEnd(t *testing.T) {
 	}
 	e.as(t, acme, "sandbox", "rm", id)
 	e.as(t, acme, "template", "rm", "web")
-	if status, body := e.httpAs(t, acme, "GET", "/v1/templates"); strings.Contains(body, `"web"`) {
+	if status, body := e.httpAs(t, acme, "GET", "/v1/templates"); strings.Contains(body, `"web:latest"`) || strings.Contains(body, `"name":"web..`) {
 		t.Errorf("web still listed after rm: %d %s", status, body)
 	}
 }

@@ -112,7 +112,7 @@ func TestSaveSandboxAsTemplateEndToEnd(t *testing.T) {
 	waitFor(t, "the new sandbox's counter to go on", func() bool { return counter(child) > first })
 
 	// Tenancy: globex neither lists nor uses it, nor saves acme's sandbox.
-	if status, body := e.httpAs(t, acme, "GET", "/v1/templates"); status != 200 || !strings.Contains(body, `"snap-tpl"`) || !strings.Contains(body, `"tenant":"acme"`) {
+	if status, body := e.httpAs(t, acme, "GET", "/v1/templates"); status != 200 || !strings.Contains(body, `"snap-tpl:latest"`) || !strings.Contains(body, `"tenant":"acme"`) {
 		t.Errorf("acme lists %d %s; want its snap-tpl", status, body)
 	}
 	if status, body := e.httpAs(t, globex, "GET", "/v1/templates"); status != 200 || strings.Contains(body, "snap-tpl") {
@@ -124,8 +124,34 @@ func TestSaveSandboxAsTemplateEndToEnd(t *testing.T) {
 	if out, errOut, code := e.cliAs(t, globex, "sandbox", "save", id, "stolen"); code == 0 || !strings.Contains(errOut, "not found") {
 		t.Errorf("globex save of acme's sandbox: exit %d %q %q; want not found", code, out, errOut)
 	}
-	if out, errOut, code := e.cliAs(t, acme, "sandbox", "save", id, "snap-tpl"); code == 0 || !strings.Contains(errOut, "exists") {
-		t.Errorf("second save under the same name: exit %d %q %q; want already exists", code, out, errOut)
+	if out, errOut, code := e.cliAs(t, globex, "sandbox", "save", id, "snap-tpl"); code == 0 || !strings.Contains(errOut, "not found") {
+		t.Errorf("globex save under acme's name: exit %d %q %q; want not found", code, out, errOut)
+	}
+
+	// Tags: a second save is a new version that latest moves to; the
+	// sandbox made from the first keeps its version, and deleting the tag
+	// is refused while a sandbox uses the version it points at.
+	run(acme, "exec", id, "--", "sh", "-c", "echo v2 > /srv/saved.txt")
+	run(acme, "sandbox", "save", id, "snap-tpl")
+	run(acme, "sandbox", "save", id, "snap-tpl:v2")
+	for _, ref := range []string{"snap-tpl", "snap-tpl:v2"} {
+		sb := strings.TrimSpace(run(acme, "sandbox", "create", "--template", ref, "--timeout", "600"))
+		if got := run(acme, "exec", sb, "--", "cat", "/srv/saved.txt"); got != "v2\n" {
+			t.Errorf("a sandbox from %s reads %q, want the second save's v2", ref, got)
+		}
+		run(acme, "sandbox", "rm", sb)
+	}
+	if got := run(acme, "exec", child, "--", "cat", "/srv/saved.txt"); got != "saved-file\n" {
+		t.Errorf("the first template's sandbox reads %q after the tag moved", got)
+	}
+	if status, body := e.httpAs(t, acme, "GET", "/v1/templates"); !strings.Contains(body, `"snap-tpl:v2"`) {
+		t.Errorf("acme lists %d %s; want snap-tpl:v2", status, body)
+	}
+	if status, body := e.httpAs(t, acme, "DELETE", "/v1/templates/snap-tpl:v2"); status != 204 {
+		t.Errorf("delete snap-tpl:v2: %d %s", status, body)
+	}
+	if status, body := e.httpAs(t, acme, "DELETE", "/v1/templates/snap-tpl:v2"); status != 404 {
+		t.Errorf("delete snap-tpl:v2 twice: %d %s; want 404", status, body)
 	}
 	if out, errOut, code := e.cliAs(t, acme, "sandbox", "save", id, "../etc"); code == 0 || !strings.Contains(errOut, "name") {
 		t.Errorf("save as ../etc: exit %d %q %q; want an invalid name", code, out, errOut)

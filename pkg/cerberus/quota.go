@@ -14,6 +14,7 @@ type Quota struct {
 	VCPUs            int   `json:"vcpus,omitempty"`             // over those sandboxes
 	MemoryMB         int   `json:"memory_mb,omitempty"`         // over those sandboxes
 	SnapshotBytes    int64 `json:"snapshot_bytes,omitempty"`    // held by hibernated sandboxes
+	TemplateBytes    int64 `json:"template_bytes,omitempty"`    // the tenant's templates, build cache included
 	ConcurrentExecs  int   `json:"concurrent_execs,omitempty"`  // execs running at once (per server)
 	CreatesPerMinute int   `json:"creates_per_minute,omitempty"`
 	// MaxLifetimeS bounds a sandbox's lifetime from the create of the
@@ -52,6 +53,9 @@ func (s QuotaSet) For(tenant string) Quota {
 	if o.SnapshotBytes != 0 {
 		q.SnapshotBytes = o.SnapshotBytes
 	}
+	if o.TemplateBytes != 0 {
+		q.TemplateBytes = o.TemplateBytes
+	}
 	q.ConcurrentExecs = pick(q.ConcurrentExecs, o.ConcurrentExecs)
 	q.CreatesPerMinute = pick(q.CreatesPerMinute, o.CreatesPerMinute)
 	q.MaxLifetimeS = pick(q.MaxLifetimeS, o.MaxLifetimeS)
@@ -74,7 +78,7 @@ var _ QuotaSource = guard{}
 // Quotas is the policy's quotas section.
 func (p *Policy) Quotas() QuotaSet { return p.quotas }
 
-var quotaFields = []string{"running_sandboxes", "vcpus", "memory_mb", "snapshot_bytes", "concurrent_execs",
+var quotaFields = []string{"running_sandboxes", "vcpus", "memory_mb", "snapshot_bytes", "template_bytes", "concurrent_execs",
 	"creates_per_minute", "max_lifetime_s"}
 
 func (p *policyParser) quotas(n *yaml.Node) {
@@ -112,7 +116,7 @@ func (p *policyParser) quota(n *yaml.Node, what string) Quota {
 			return
 		}
 		x, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || x < 0 || (key != "snapshot_bytes" && x > 1<<31-1) {
+		if err != nil || x < 0 || (key != "snapshot_bytes" && key != "template_bytes" && x > 1<<31-1) {
 			p.errf(v, "%s.%s: %q is not a whole number ≥ 0 (0 or absent: no limit)", what, key, s)
 			return
 		}
@@ -125,6 +129,8 @@ func (p *policyParser) quota(n *yaml.Node, what string) Quota {
 			q.MemoryMB = int(x)
 		case "snapshot_bytes":
 			q.SnapshotBytes = x
+		case "template_bytes":
+			q.TemplateBytes = x
 		case "concurrent_execs":
 			q.ConcurrentExecs = int(x)
 		case "creates_per_minute":

@@ -174,6 +174,11 @@ func (a *Agent) checkCreate(ctx context.Context, tenant string, req *tartarus.Cr
 	if !img.VisibleTo(tenant) {
 		return nil, nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", req.Template)
 	}
+	// A tag names a version: the sandbox keeps the version it started
+	// from when the tag moves.
+	if base, _, _ := strings.Cut(req.Template, ":"); strings.HasPrefix(img.Name, base+"..") {
+		req.Template = img.Name
+	}
 	return rt, img, nil
 }
 

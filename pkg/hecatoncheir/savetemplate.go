@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/images"
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -36,8 +37,30 @@ type TemplateAdder interface {
 // created from the template at that shape start where this one was, its
 // processes running. A create at another shape boots the saved disk. The
 // sandbox is paused for the snapshot and then continues as it was.
+//
+// name is NAME or NAME:TAG: the sandbox is saved as a new version, and the
+// tag (latest for a bare NAME) moves to it once it is saved, so a save
+// that fails leaves the tag where it was.
 func (a *Agent) SaveTemplate(ctx context.Context, id, name string) (*tartarus.Image, error) {
-	return a.SaveTemplateAs(ctx, id, &tartarus.Image{Name: name})
+	plain, _, err := images.ParseTemplateRef(name)
+	if err != nil {
+		return nil, err
+	}
+	if sb, err := a.cfg.Store.Get(ctx, id); err != nil {
+		return nil, err
+	} else if old, err := a.cfg.Images.Get(ctx, name); err == nil && old.Tenant != sb.Tenant {
+		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", name)
+	}
+	made, err := a.SaveTemplateAs(ctx, id, &tartarus.Image{Name: images.VersionName(plain, a.cfg.Clock.Now())})
+	if err != nil {
+		return nil, err
+	}
+	tagged, err := a.TagTemplate(ctx, name, made.Name)
+	if err != nil {
+		a.dropVersion(context.WithoutCancel(ctx), made.Name)
+		return nil, fmt.Errorf("save %s as template %s: %w", id, name, err)
+	}
+	return tagged, nil
 }
 
 // Template returns template name as this node has it.
@@ -164,6 +187,15 @@ func (a *Agent) DeleteTemplate(ctx context.Context, name string) error {
 	}
 	if img.Tenant == "" {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is built in", name)
+	}
+	if img.Name != name {
+		// A tag: it goes, and its version once nothing else needs it.
+		return a.untag(ctx, name, img)
+	}
+	if tagged, err := a.versionTagged(ctx, name); err != nil {
+		return err
+	} else if tagged {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "template %s is tagged; delete its tags", name)
 	}
 	unlock := a.lock("template-delete/" + name)
 	defer unlock()

@@ -157,19 +157,25 @@ func (c *Catalog) List(ctx context.Context) ([]*tartarus.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("images: list templates: %w", err)
 	}
+	tags, err := c.tags()
+	if err != nil {
+		return nil, err
+	}
 	var out []*tartarus.Image
 	for _, e := range entries {
 		// Builds in progress live in dot-directories.
 		if !e.IsDir() || !validTemplateName(e.Name()) {
 			continue
 		}
-		img, err := c.Get(ctx, e.Name())
+		img, err := c.getDir(e.Name())
 		if errors.Is(err, tartarus.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
+		img.Tags = tags[e.Name()]
+		sort.Strings(img.Tags)
 		out = append(out, img)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -179,7 +185,17 @@ func (c *Catalog) List(ctx context.Context) ([]*tartarus.Image, error) {
 func (c *Catalog) Get(ctx context.Context, name string) (*tartarus.Image, error) {
 	// Besides the recipes, a template may have been made elsewhere (by
 	// `tartarus migrate`): any directory with a manifest and the three
-	// files counts.
+	// files counts. A tag (NAME:TAG, or a bare NAME tagged latest) names
+	// the version it points at.
+	name, err := c.resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	return c.getDir(name)
+}
+
+// getDir returns the template in directory name, tags aside.
+func (c *Catalog) getDir(name string) (*tartarus.Image, error) {
 	if !validTemplateName(name) {
 		return nil, fmt.Errorf("%q: %w", name, ErrNotFound)
 	}

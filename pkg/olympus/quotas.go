@@ -26,6 +26,7 @@ type QuotaUsage struct {
 	VCPUs            int   `json:"vcpus"`
 	MemoryMB         int   `json:"memory_mb"`
 	SnapshotBytes    int64 `json:"snapshot_bytes"`
+	TemplateBytes    int64 `json:"template_bytes"` // this node's catalog: see templateBytes
 	ConcurrentExecs  int   `json:"concurrent_execs"`
 	CreatesPerMinute int   `json:"creates_per_minute"` // creates in the last minute
 }
@@ -271,6 +272,10 @@ func (s *Server) getQuotas(w http.ResponseWriter, r *http.Request) {
 		q, _ := s.quotaOf(who.TenantID)
 		u, err := s.usage(ctx, who.TenantID, true)
 		if err != nil {
+			return 0, nil, err
+		}
+		// Read here only: a create's quota check does not list templates.
+		if u.TemplateBytes, err = s.templateBytes(ctx, who.TenantID); err != nil {
 			return 0, nil, err
 		}
 		return http.StatusOK, QuotaReport{Tenant: who.TenantID, Limits: q, Usage: u}, nil

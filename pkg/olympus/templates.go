@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -21,7 +22,10 @@ import (
 //	POST   /v1/templates?name=N[&dockerfile=F][&build_arg=K=V…][&memory_mb=][&cpus=][&timeout_s=][&network=open]
 //	       body: the build context as a tar stream        → 202 {"id","name","status"}, Location: the build's log
 //	GET    /v1/templates/{name}/builds/{id}              → NDJSON build events (templates.Event), until it ends
-//	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it)
+//	DELETE /v1/templates/{name}                          → 204 (refused, 409, while sandboxes use it); name is NAME[:TAG] or a version
+//
+// NAME is NAME:latest; save, build and import make a new version and then
+// move the tag to it.
 //	POST   /v1/templates/import?name=N[&source=S]        body: `docker save` or OCI layout tarball → 201 template
 
 // TemplateBuilds runs Dockerfile builds and image imports
@@ -69,12 +73,15 @@ func (s *Server) saveTemplate(w http.ResponseWriter, r *http.Request) {
 		if err := s.guard.Authorize(ctx, cerberus.ActionCreate, res); err != nil {
 			return 0, nil, err
 		}
+		if err := s.checkTemplateRoom(ctx, sb.Tenant); err != nil {
+			return 0, nil, err
+		}
 		var req api.SaveTemplateRequest
 		if err := decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), MaxJSONBody, &req); err != nil {
 			return 0, nil, err
 		}
-		if !tartarus.ValidName(req.Name) || req.Name[0] == '.' {
-			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "name %q: a template name is lowercase letters, digits, '-', '_' and '.', not starting with '.'", req.Name)
+		if n, t, _ := strings.Cut(req.Name, ":"); !tartarus.ValidName(n) || n[0] == '.' || (t != "" && !tartarus.ValidName(t)) {
+			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "name %q: a template name is lowercase letters, digits, '-', '_' and '.', not starting with '.', and an optional :TAG", req.Name)
 		}
 		img, err := ts.SaveTemplate(ctx, sb.ID, req.Name)
 		return http.StatusCreated, img, err
@@ -87,6 +94,9 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionCreate, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
 		p, err := buildRequest(r)
 		if err != nil {
+			return 0, nil, err
+		}
+		if err := s.checkTemplateRoom(ctx, who.TenantID); err != nil {
 			return 0, nil, err
 		}
 		body := http.MaxBytesReader(w, r.Body, api.MaxTemplateContextBytes+(64<<20))
@@ -177,8 +187,13 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return 0, nil, err
 		}
+		// A tag (NAME:TAG, a bare NAME is NAME:latest) or a version's name.
+		tag := name
+		if !strings.Contains(tag, ":") {
+			tag += ":latest"
+		}
 		for _, img := range all {
-			if img.Name != name {
+			if img.Name != name && !slices.Contains(img.Tags, tag) {
 				continue
 			}
 			if img.Tenant == "" {
@@ -196,6 +211,9 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 // importImage makes a template of an image tarball in the request body.
 func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionCreate, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
+		if err := s.checkTemplateRoom(ctx, who.TenantID); err != nil {
+			return 0, nil, err
+		}
 		q := r.URL.Query()
 		source := q.Get("source")
 		if source == "" {
@@ -208,4 +226,42 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		img, err := tb.Import(ctx, who.TenantID, q.Get("name"), source, body)
 		return http.StatusCreated, img, err
 	})
+}
+
+// templateBytes is the disk tenant's templates take on this node: every
+// version and the build cache's step templates (cache-…), each its root
+// filesystem, kernel and initramfs as the catalog counts them (blocks in
+// use). Their memory snapshots are not counted.
+func (s *Server) templateBytes(ctx context.Context, tenant string) (int64, error) {
+	all, err := s.be.Templates(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("template storage of %s: %w", tenant, err)
+	}
+	var n int64
+	for _, img := range all {
+		if img.Tenant == tenant {
+			n += img.SizeBytes
+		}
+	}
+	return n, nil
+}
+
+// checkTemplateRoom refuses a save, build or import while tenant's
+// templates take its template_bytes quota or more. The size of what is
+// made is not known before it is made, so the one that crosses the limit
+// is kept and the next is refused.
+func (s *Server) checkTemplateRoom(ctx context.Context, tenant string) error {
+	q, ok := s.quotaOf(tenant)
+	if !ok || q.TemplateBytes == 0 {
+		return nil
+	}
+	used, err := s.templateBytes(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	if used >= q.TemplateBytes {
+		return tartarus.Errorf(tartarus.ErrQuotaExceeded, "tenant %s is at its template_bytes quota: limit %d bytes, its templates take %d bytes (build cache included); delete templates or cache-… steps (tartarus template rm) to make room",
+			tenant, q.TemplateBytes, used)
+	}
+	return nil
 }

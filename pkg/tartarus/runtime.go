@@ -130,6 +130,9 @@ type Image struct {
 	WorkDir string            `json:"workdir,omitempty"`
 	User    string            `json:"user,omitempty"`
 	BuildMS int64             `json:"build_ms,omitempty"`
+	// Tags are the NAME:TAG references that point at this version of a
+	// tenant template (pkg/images).
+	Tags []string `json:"tags,omitempty"`
 }
 
 // VisibleTo reports whether tenant may list and use the template: a

@@ -11,6 +11,7 @@ package tartarus
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -212,8 +213,8 @@ func (r *CreateRequest) Normalize() error {
 		r.TimeoutS = DefaultTimeoutS
 	}
 	switch {
-	case !ValidName(r.Template):
-		return Errorf(ErrInvalid, "template %q: want 1-64 characters of a-z, 0-9, '-', '_', '.'", r.Template)
+	case !validTemplateRef(r.Template):
+		return Errorf(ErrInvalid, "template %q: want 1-64 characters of a-z, 0-9, '-', '_', '.', optionally :TAG", r.Template)
 	case r.MemoryMB < MinMemoryMB:
 		return Errorf(ErrInvalid, "memory_mb %d: must be at least %d", r.MemoryMB, MinMemoryMB)
 	case r.CPUs < 1:
@@ -275,6 +276,12 @@ func ValidName(s string) bool {
 		}
 	}
 	return true
+}
+
+// validTemplateRef reports whether s names a template: NAME or NAME:TAG.
+func validTemplateRef(s string) bool {
+	name, tag, ok := strings.Cut(s, ":")
+	return ValidName(name) && (!ok || ValidName(tag))
 }
 
 // ValidLabel reports whether s is a usable node label key or value.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/images"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
@@ -34,6 +35,8 @@ type Backend interface {
 	Template(ctx context.Context, name string) (*tartarus.Image, error)
 	SaveTemplateAs(ctx context.Context, id string, spec *tartarus.Image) (*tartarus.Image, error)
 	DeleteTemplate(ctx context.Context, name string) error
+	// TagTemplate points ref (NAME or NAME:TAG) at template version.
+	TagTemplate(ctx context.Context, ref, version string) (*tartarus.Image, error)
 }
 
 // Limits and defaults of one build.
@@ -89,8 +92,10 @@ func (r *Request) Validate() error {
 // the context, which can be checked before they arrive.
 func (r *Request) paramProblems() []error {
 	var errs []error
-	if !tartarus.ValidName(r.Name) || strings.HasPrefix(r.Name, ".") || strings.HasPrefix(r.Name, CachePrefix) {
-		errs = append(errs, fmt.Errorf("template name %q: lowercase letters, digits, '-', '_', '.'; not starting with '.' or %q", r.Name, CachePrefix))
+	if name, _, err := images.ParseTemplateRef(r.Name); err != nil {
+		errs = append(errs, err)
+	} else if strings.HasPrefix(name, CachePrefix) {
+		errs = append(errs, fmt.Errorf("template name %q: not starting with %q", r.Name, CachePrefix))
 	}
 	if !tartarus.ValidName(r.Tenant) {
 		errs = append(errs, fmt.Errorf("tenant %q", r.Tenant))
@@ -270,7 +275,8 @@ func (bd *Builder) run(req *Request, b *Build) {
 		b.mu.Unlock()
 		bd.log.Warn("template build failed", "template", req.Name, "tenant", req.Tenant, "build", b.ID, "err", err)
 	} else {
-		end.Template = img.Name
+		// The tag as asked; the version it now points at in the text.
+		end.Template, end.Text = req.Name, "version "+img.Name
 		bd.log.Info("template built", "template", req.Name, "tenant", req.Tenant, "build", b.ID, "took", bd.clock.Now().Sub(start))
 	}
 	b.add(end)
@@ -436,22 +442,27 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 			return nil, err
 		}
 	}
-	// A rebuild replaces the tenant's previous build of the template.
-	if old, err := r.bd.be.Template(ctx, r.req.Name); err == nil {
-		if old.Tenant != r.req.Tenant {
-			return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", r.req.Name)
-		}
-		if err := r.bd.be.DeleteTemplate(ctx, r.req.Name); err != nil {
-			return nil, fmt.Errorf("replace template %s: %w", r.req.Name, err)
-		}
+	// The build is saved as a new version, and only then does the tag
+	// move to it: a build that fails leaves the tag where it was. The
+	// version the tag leaves is removed once no sandbox uses it.
+	if old, err := r.bd.be.Template(ctx, r.req.Name); err == nil && old.Tenant != r.req.Tenant {
+		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", r.req.Name)
 	}
-	img, err := r.bd.be.SaveTemplateAs(ctx, r.sandbox, &tartarus.Image{Name: r.req.Name,
-		Description: fmt.Sprintf("built from a Dockerfile (FROM %s)", from),
+	name, _, _ := images.ParseTemplateRef(r.req.Name) // checked by Validate
+	img, err := r.bd.be.SaveTemplateAs(ctx, r.sandbox, &tartarus.Image{Name: images.VersionName(name, r.bd.clock.Now()),
+		Description: fmt.Sprintf("%s built from a Dockerfile (FROM %s)", r.req.Name, from),
 		Env:         r.env, WorkDir: r.workdir, User: r.user, BuildMS: r.bd.clock.Now().Sub(r.start).Milliseconds()})
 	if err != nil {
 		return nil, fmt.Errorf("save template %s: %w", r.req.Name, err)
 	}
-	return img, nil
+	tagged, err := r.bd.be.TagTemplate(ctx, r.req.Name, img.Name)
+	if err != nil {
+		if derr := r.bd.be.DeleteTemplate(ctx, img.Name); derr != nil {
+			r.bd.log.Warn("remove an untagged template version", "template", img.Name, "err", derr)
+		}
+		return nil, fmt.Errorf("tag template %s: %w", r.req.Name, err)
+	}
+	return tagged, nil
 }
 
 // arg applies an ARG: the --build-arg value, else the default.
@@ -684,13 +695,21 @@ func envKey(env map[string]string) string {
 }
 
 // Import makes template name of tenant from an image tarball (see
-// ImportImage), booting with the base template's kernel. A name in use is
-// refused (ErrAlreadyExists).
+// ImportImage), booting with the base template's kernel, as a new version
+// of name (NAME or NAME:TAG) that the tag then points at. Another tenant's
+// name is refused (ErrAlreadyExists).
 func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error) {
 	if bd.cat == nil {
 		return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this server imports no images")
 	}
-	if _, err := bd.be.Template(ctx, name); err == nil {
+	plain, _, err := images.ParseTemplateRef(name)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(plain, CachePrefix) {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "template name %q: not starting with %q", name, CachePrefix)
+	}
+	if old, err := bd.be.Template(ctx, name); err == nil && old.Tenant != tenant {
 		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", name)
 	}
 	base, err := bd.be.Template(ctx, "base")
@@ -698,10 +717,18 @@ func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io
 		return nil, fmt.Errorf("import %s: the base template's kernel: %w", name, err)
 	}
 	start := bd.clock.Now()
-	img, err := ImportImage(ctx, bd.cat, base, tenant, name, source, r)
+	// A new version; the tag moves to it once it is installed.
+	img, err := ImportImage(ctx, bd.cat, base, tenant, images.VersionName(plain, start), source, r)
 	if err != nil {
 		return nil, err
 	}
-	bd.log.Info("image imported", "template", name, "tenant", tenant, "image", source, "took", bd.clock.Now().Sub(start))
-	return img, nil
+	tagged, err := bd.be.TagTemplate(ctx, name, img.Name)
+	if err != nil {
+		if derr := bd.be.DeleteTemplate(ctx, img.Name); derr != nil {
+			bd.log.Warn("remove an untagged template version", "template", img.Name, "err", derr)
+		}
+		return nil, fmt.Errorf("import %s: %w", name, err)
+	}
+	bd.log.Info("image imported", "template", name, "version", img.Name, "tenant", tenant, "image", source, "took", bd.clock.Now().Sub(start))
+	return tagged, nil
 }

@@ -92,6 +92,17 @@ func (f *fakeBackend) DeleteTemplate(_ context.Context, name string) error {
 	return nil
 }
 
+func (f *fakeBackend) TagTemplate(_ context.Context, ref, version string) (*tartarus.Image, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img, ok := f.templates[version]
+	if !ok {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", version)
+	}
+	f.templates[ref] = img
+	return img, nil
+}
+
 func (f *fakeBackend) take() (execs, writes []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -267,6 +267,14 @@ func (l *Link) heartbeat(ctx context.Context, full bool) (*wire.Heartbeat, error
 	}
 	for _, img := range imgs {
 		st.Templates = append(st.Templates, img.Name)
+		// A tag names the template too (a bare name is NAME:latest), so
+		// that placement finds the nodes that have it.
+		for _, tag := range img.Tags {
+			st.Templates = append(st.Templates, tag)
+			if name, ok := strings.CutSuffix(tag, ":latest"); ok {
+				st.Templates = append(st.Templates, name)
+			}
+		}
 	}
 	slices.Sort(st.Templates)
 	hb := &wire.Heartbeat{Node: st, Full: full}
