@@ -6,6 +6,9 @@ migration stream, on QEMU 7.2 under TCG, outside the driver.
   exp.py template SECONDS   boot the template with share=on RAM, save device state only
   exp.py mapped N           N clones mapping the RAM file copy-on-write (N=1: also hibernate in full)
   exp.py full N             N clones loading the full stream written by "mapped 1"
+
+With MEMFD=1 "mapped" clones map a sealed memfd copy of the RAM file
+(mem-path=/proc/self/fd/N, the descriptor inherited) instead of the file.
 """
 import json, os, socket, subprocess, sys, time
 T=os.environ.get('TARTARUS_TEST_DATA','/var/tmp/tartarus-test')+'/images/templates/'+os.environ.get('TEMPLATE','base')
@@ -40,11 +43,23 @@ def qemu(name, mem, extra):
        '-chardev','socket,id=agent,path='+D+'/'+name+'.agent,server=on,wait=off','-device','virtio-serial-device,max_ports=2','-device','virtserialport,chardev=agent,name=tartarus',
        '-qmp','unix:'+sock+',server=on,wait=off','-accel','tcg,tb-size=64','-cpu','qemu64,+arat']
     if mem: a+=['-object',mem]
-    p=subprocess.Popen(a+extra); return p, QMP(sock)
+    p=subprocess.Popen(a+extra, pass_fds=PASS); return p, QMP(sock)
 def pss(pid):
     for l in open(f'/proc/{pid}/smaps_rollup'):
         if l.startswith('Pss:'): return int(l.split()[1])//1024
 mode=sys.argv[1]
+PASS=(); RAM=D+'/ram'
+if mode=='mapped' and os.environ.get('MEMFD')=='1':
+    import fcntl
+    fd=os.memfd_create('template-ram', os.MFD_CLOEXEC|os.MFD_ALLOW_SEALING)
+    with open(RAM,'rb') as f:
+        while b:=f.read(1<<20): os.write(fd,b)
+    # F_ADD_SEALS: SEAL | SHRINK | GROW | WRITE; private copy-on-write maps stay allowed
+    fcntl.fcntl(fd, 1033, 1|2|4|8)
+    try:
+        os.pwrite(fd,b'x',0); sys.exit('sealed memfd took a write')
+    except PermissionError: pass
+    os.set_inheritable(fd, True); PASS=(fd,); RAM='/proc/self/fd/%d'%fd
 if mode=='template':
     subprocess.run(['qemu-img','create','-q','-f','qcow2','-F','raw','-b',T+'/rootfs.ext4',D+'/ov.qcow2'],check=True)
     for f in ('ram','full.state','shared.state'):
@@ -59,10 +74,12 @@ if mode=='template':
     q.cmd('quit'); p.wait()
     os.system('ls -la '+D)
 else:
+    if mode=='full' and not os.path.exists(D+'/full.state'):
+        sys.exit('no full stream: run "mapped 1" first')
     n=int(sys.argv[2]); procs=[]; times=[]
     for i in range(n):
         if mode=='mapped':
-            p,q=qemu(f'c{i}','memory-backend-file,id=microvm.ram,mem-path='+D+'/ram,share=off,size=256M',['-incoming','defer'])
+            p,q=qemu(f'c{i}','memory-backend-file,id=microvm.ram,mem-path='+RAM+',share=off,size=256M',['-incoming','defer'])
             q.cmd('migrate-set-capabilities',capabilities=[{'capability':'x-ignore-shared','state':True}])
             st='shared.state'
         else:
