@@ -6,6 +6,9 @@ BIN       := $(CURDIR)/bin
 DATA_DIR  ?= $(if $(filter 0,$(shell id -u)),/var/lib/tartarus,$(HOME)/.tartarus)
 # Where the tests keep built templates and runsc between runs.
 TEST_DATA ?= /var/tmp/tartarus-test
+# Restored sandboxes `make run` keeps ready per template (make run WARM_POOL=0
+# turns the pool off); the node's memory capacity bounds them.
+WARM_POOL ?= 1
 STATICCHECK_VERSION := v0.8.2
 export GOFLAGS := -buildvcs=false
 SHELL     := /bin/bash
@@ -25,7 +28,7 @@ images: deps build
 	$(BIN)/tartarus template build --data-dir $(DATA_DIR) --all
 
 run: images
-	$(BIN)/tartarus server --data-dir $(DATA_DIR)
+	$(BIN)/tartarus server --data-dir $(DATA_DIR) $(if $(filter-out 0,$(WARM_POOL)),--prewarm --warm-pool $(WARM_POOL))
 
 vet:
 	$(GO) vet ./...
