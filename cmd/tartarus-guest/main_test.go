@@ -83,9 +83,12 @@ func startAgent(t *testing.T, args ...string) string {
 			t.Logf("agent stderr:\n%s", stderr.String())
 		}
 	})
+	// The socket's file exists from bind(2), before listen(2): wait until a
+	// connection is accepted, not until the file is there.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		if conn, err := net.Dial("unix", sock); err == nil {
+			conn.Close()
 			return sock
 		}
 		if time.Now().After(deadline) {
@@ -131,9 +134,18 @@ func TestSignalProcessesReachesDaemons(t *testing.T) {
 	if err != nil || n < 1 {
 		t.Fatalf("SignalProcesses = %d, %v", n, err)
 	}
-	waitPath(t, state)
-	if b, _ := os.ReadFile(state); string(b) != "saved\n" {
-		t.Errorf("state %q", b)
+	// The shell creates the file before echo writes into it: wait for the
+	// line, not for the file.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, _ := os.ReadFile(state)
+		if string(b) == "saved\n" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state %q", b)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
