@@ -259,6 +259,7 @@ func newAuditCmd() *cobra.Command {
 				}
 			}
 			var since time.Time
+			seen := map[string]bool{} // printed entries at since
 			for {
 				if !since.IsZero() {
 					q.Set("since", since.Format(time.RFC3339Nano))
@@ -274,6 +275,16 @@ func newAuditCmd() *cobra.Command {
 					return err
 				}
 				for _, e := range out.Entries {
+					// The next page starts at the last timestamp seen (entries
+					// may share it): skip what was already printed.
+					k := fmt.Sprint(e.Seq, "/", e.RequestID, "/", e.Timestamp.UnixNano())
+					if seen[k] || (!since.IsZero() && e.Timestamp.Before(since)) {
+						continue
+					}
+					if e.Timestamp.After(since) {
+						seen = map[string]bool{}
+					}
+					seen[k] = true
 					printAudit(cmd.OutOrStdout(), e, asJSON)
 					since = e.Timestamp
 				}
