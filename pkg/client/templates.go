@@ -17,21 +17,29 @@ import (
 // parameters (name, dockerfile, build_arg, memory_mb, cpus, timeout_s,
 // network, allow). Follow it with BuildLog.
 func (c *Client) BuildTemplate(ctx context.Context, q url.Values, context io.Reader) (*api.TemplateBuild, error) {
-	req, err := c.request(ctx, "POST", "/v1/templates", q, context)
-	if err != nil {
+	var out api.TemplateBuild
+	if err := c.postTar(ctx, "/v1/templates", q, context, &out); err != nil {
 		return nil, err
+	}
+	return &out, nil
+}
+
+// postTar sends body, a tar stream, to path and decodes the answer into out.
+func (c *Client) postTar(ctx context.Context, path string, q url.Values, body io.Reader, out any) error {
+	req, err := c.request(ctx, "POST", path, q, body)
+	if err != nil {
+		return err
 	}
 	req.Header.Set("Content-Type", "application/x-tar")
 	resp, err := c.do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
-	var out api.TemplateBuild
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return nil, fmt.Errorf("POST /v1/templates: decode answer: %w", err)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("POST %s: decode answer: %w", path, err)
 	}
-	return &out, nil
+	return nil
 }
 
 // BuildLog calls each for every event of a build, as they come, until the
@@ -74,19 +82,9 @@ func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
 // ImportImage makes template name of an image tarball (`docker save`
 // output, or an OCI image layout as a tar); source names the image.
 func (c *Client) ImportImage(ctx context.Context, name, source string, image io.Reader) (*tartarus.Image, error) {
-	req, err := c.request(ctx, "POST", "/v1/templates/import", url.Values{"name": {name}, "source": {source}}, image)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-tar")
-	resp, err := c.do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var out tartarus.Image
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return nil, fmt.Errorf("POST /v1/templates/import: decode answer: %w", err)
+	if err := c.postTar(ctx, "/v1/templates/import", url.Values{"name": {name}, "source": {source}}, image, &out); err != nil {
+		return nil, err
 	}
 	return &out, nil
 }
