@@ -21,16 +21,18 @@ import (
 // TestHostileGuestsEndToEnd runs the hostile guests in one tenant's
 // jailed sandboxes on a real server, one attack at a time in a fresh
 // sandbox: a fork bomb, memory touched past the guest's size, a console
-// flood, and a disk filled to its limit. Throughout, another tenant's
-// sandbox's exec round trip (median of 20) stays within 2× of its baseline
-// (measured beside the idle hostile sandbox just before each attack; not
-// assessed, only logged, when the host's load average is above its CPU
-// count before the attack: the bound is about this test's sandboxes, not
-// about other work on a shared host), the server answers /healthz, and the host
-// holds: QEMU's peak RSS within its cgroup's memory limit, the console
-// files within their cap, the sandbox's directory within its disk's size.
-// (The listing of 1 MiB names is refused in pkg/guest's hostile tests; the
-// guest's own agent cannot be replaced from here.)
+// flood, and a disk filled to its limit. Throughout, the hostile sandbox's
+// QEMU uses no more CPU than its cgroup's quota (vCPUs + a quarter core for
+// its own threads, read from the cgroup's usage over the attack), another
+// tenant's sandbox keeps answering (its exec round trip, median of 20, is
+// logged beside its baseline and fails only when starved: past 1 s and 20×
+// the baseline; how much slower it gets on a 2-core host shared with other
+// tests is a figure for docs/BENCHMARKS.md, not a unit-test bound), the
+// server answers /healthz, and the host holds: QEMU's peak RSS within its
+// cgroup's memory limit, the console files within their cap, the sandbox's
+// directory within its disk's size. (The listing of 1 MiB names is refused
+// in pkg/guest's hostile tests; the guest's own agent cannot be replaced
+// from here.)
 func TestHostileGuestsEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
@@ -109,17 +111,22 @@ func TestHostileGuestsEndToEnd(t *testing.T) {
 				t.Fatalf("start the attack: exit %d %s", code, out)
 			}
 			time.Sleep(ph.settle)
+			pid := e.qemuOf(t, id)
+			quota := cpuQuota(t, pid)
+			used0, start := cpuUsage(t, pid), time.Now()
 			rtt := e.execRTT(t, globex, victim, 20)
-			t.Logf("victim exec round trip under %s: median %s (baseline %s)", ph.name, rtt, baseline)
-			switch {
-			case rtt <= 2*baseline:
-			case load > float64(runtime.NumCPU()):
-				// Others' work on the host, not this test's sandboxes, then
-				// decides the victim's share of the CPU: not assessable.
-				t.Logf("NOT ASSESSED: victim's exec round trip %s under %s is more than twice its baseline %s, but the host's load average was %.1f on %d CPUs before the attack",
-					rtt, ph.name, baseline, load, runtime.NumCPU())
-			default:
-				t.Errorf("victim's exec round trip %s under %s, more than twice its baseline %s (host load %.1f on %d CPUs)", rtt, ph.name, baseline, load, runtime.NumCPU())
+			used, window := cpuUsage(t, pid)-used0, time.Since(start)
+			t.Logf("under %s: victim exec round trip median %s (baseline %s, host load %.1f on %d CPUs before); hostile QEMU used %.2f cores (quota %.2f)",
+				ph.name, rtt, baseline, load, runtime.NumCPU(), used.Seconds()/window.Seconds(), quota)
+			// The CFS quota is enforced per period; allow one period's
+			// overshoot at each end of the window.
+			if quota <= 0 {
+				t.Errorf("the hostile sandbox's QEMU has no CPU quota")
+			} else if limit := time.Duration(quota*float64(window)) + 200*time.Millisecond; used > limit {
+				t.Errorf("the hostile QEMU used %s of CPU in %s, more than its quota of %.2f cores allows (%s)", used, window, quota, limit)
+			}
+			if rtt > time.Second && rtt > 20*baseline {
+				t.Errorf("victim starved under %s: exec round trip %s (baseline %s)", ph.name, rtt, baseline)
 			}
 			if ph.check != nil {
 				ph.check(t, id)
@@ -252,6 +259,83 @@ func memoryLimit(t *testing.T, pid int) int64 {
 	}
 	n, _ := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
 	return n
+}
+
+// cgroupFile is the path of a file of a process's cgroup: under v1's
+// controller when the host mounts it, else under the unified hierarchy.
+func cgroupFile(t *testing.T, pid int, controller, v1, v2 string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unified string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		if slices.Contains(strings.Split(f[1], ","), controller) {
+			return filepath.Join("/sys/fs/cgroup", f[1], f[2], v1)
+		}
+		if f[0] == "0" {
+			unified = f[2]
+		}
+	}
+	for _, root := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if p := filepath.Join(root, unified, v2); fileExists(p) {
+			return p
+		}
+	}
+	t.Fatalf("no %s or %s for pid %d", v1, v2, pid)
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// cpuUsage is the CPU time a process and its threads have used
+// (utime + stime from /proc/PID/stat, in clock ticks of 10 ms).
+func cpuUsage(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name may hold spaces: fields count from after its ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		t.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// cpuQuota is a process's cgroup's CPU quota in cores, 0 when unlimited.
+func cpuQuota(t *testing.T, pid int) float64 {
+	t.Helper()
+	p := cgroupFile(t, pid, "cpu", "cpu.cfs_quota_us", "cpu.max")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if filepath.Base(p) == "cpu.cfs_quota_us" {
+		period, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cpu.cfs_period_us"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f = append(f, strings.TrimSpace(string(period)))
+	}
+	if len(f) != 2 || f[0] == "max" || f[0] == "-1" {
+		return 0
+	}
+	q, _ := strconv.ParseFloat(f[0], 64)
+	per, _ := strconv.ParseFloat(f[1], 64)
+	if per <= 0 {
+		return 0
+	}
+	return q / per
 }
 
 // loadAverage is the host's one-minute load average.
