@@ -795,3 +795,29 @@ func (m *Manager) destroy(ctx context.Context, rec *QuarantineRecord, by, action
 		Detail: "terminated with reason policy_violation; evidence kept"})
 	return cloneRecord(rec), nil
 }
+
+// Refresh reloads from the journal which sandboxes are held. Replicas of a
+// cluster share one journal: another replica may have quarantined or
+// released a sandbox since this one last looked, and Admit and the tick go
+// by the held set.
+func (m *Manager) Refresh(ctx context.Context) error {
+	recs, err := m.cfg.Journal.Records(ctx)
+	if err != nil {
+		return err
+	}
+	held := map[string]string{}
+	for _, r := range recs { // oldest first: a sandbox's latest record decides
+		if r.Status.Contained() {
+			held[r.SandboxID] = r.ID
+		} else {
+			delete(held, r.SandboxID)
+		}
+	}
+	m.mu.Lock()
+	m.held = held
+	m.mu.Unlock()
+	return nil
+}
+
+// Interval is the time between ticks.
+func (m *Manager) Interval() time.Duration { return m.cfg.Interval }

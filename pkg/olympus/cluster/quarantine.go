@@ -1,0 +1,265 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
+	"github.com/tartarus-sandbox/tartarus/pkg/store"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon/typhonnode"
+)
+
+// Quarantine on a cluster: every replica serves the quarantine routes with
+// a typhon.Manager over the same Postgres journal (records, reports,
+// policy) and the same evidence store; the trigger tick runs on one
+// replica at a time, the one holding quarantineLease. What happens to the
+// sandbox itself goes to the agent holding it: its state and signals and
+// its evidence through the node API's quarantine routes
+// (typhonnode.NodeAPI), its network through UpdateNetwork, hibernate, wake
+// and destroy as durable commands.
+
+// quarantineLease is the advisory lock key of the replica that ticks.
+const quarantineLease = 0x7479706830 // "typh0"
+
+// maxCollectBytes bounds the evidence an agent sends back for one
+// quarantine (the disk diff and the connection log are the big pieces).
+const maxCollectBytes = 256 << 20
+
+// QuarantineHost is typhon.Host over the cluster: the sandboxes of every
+// node, each reached through the agent that holds it.
+type QuarantineHost struct {
+	c *Cluster
+}
+
+var (
+	_ typhon.Host              = (*QuarantineHost)(nil)
+	_ typhon.Sleeper           = (*QuarantineHost)(nil)
+	_ typhon.NetworkController = (*QuarantineHost)(nil)
+)
+
+// QuarantineHost returns the cluster as Typhon's host.
+func (c *Cluster) QuarantineHost() *QuarantineHost { return &QuarantineHost{c: c} }
+
+// Sandboxes implements typhon.Host: the running sandboxes of every node.
+func (h *QuarantineHost) Sandboxes(ctx context.Context) ([]*tartarus.Sandbox, error) {
+	sbs, err := h.c.st.List(ctx, tartarus.SandboxFilter{States: []tartarus.State{tartarus.StateRunning}})
+	return sbs, dbErr(err)
+}
+
+// Get implements typhon.Host.
+func (h *QuarantineHost) Get(ctx context.Context, id string) (*tartarus.Sandbox, error) {
+	sb, err := h.c.st.Get(ctx, id)
+	return sb, dbErr(err)
+}
+
+// SetQuarantined implements typhon.Host: the agent moves the sandbox's
+// state, and the cluster's record takes the agent's at once, so that every
+// replica refuses the owner from then on.
+func (h *QuarantineHost) SetQuarantined(ctx context.Context, id string, on bool) error {
+	var sb tartarus.Sandbox
+	if err := h.c.nodeCall(ctx, id, http.MethodPost, typhonnode.PathState, typhonnode.StateRequest{On: on}, &sb, 1<<20); err != nil {
+		return fmt.Errorf("quarantine state of %s: %w", id, err)
+	}
+	if sb.ID != id {
+		return fmt.Errorf("quarantine state of %s: the node answered for %.80q", id, sb.ID)
+	}
+	if _, err := h.c.st.Report(ctx, sb.Node, &sb); err != nil {
+		return fmt.Errorf("record quarantine state of %s: %w", id, dbErr(err))
+	}
+	return nil
+}
+
+// Signals implements typhon.Host with the counters the sandbox's node
+// reads (host counters of its QEMU, its exec log and connection log).
+func (h *QuarantineHost) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signals, error) {
+	var s typhon.Signals
+	if err := h.c.nodeCall(ctx, sb.ID, http.MethodGet, typhonnode.PathSignals, nil, &s, 4<<20); err != nil {
+		return nil, err
+	}
+	// Who the sandbox is comes from the cluster's record, not the node.
+	s.SandboxID, s.Tenant, s.Template, s.Runtime, s.Metadata = sb.ID, sb.Tenant, sb.Template, sb.Runtime, sb.Metadata
+	return &s, nil
+}
+
+// Collect implements typhon.Host: the sandbox's node gathers the evidence
+// and sends its bytes here, to be stored in the evidence store every
+// replica reads.
+func (h *QuarantineHost) Collect(ctx context.Context, sb *tartarus.Sandbox, iso *typhon.QuarantineIsolation, keepFor time.Duration) []typhon.Evidence {
+	req := typhonnode.CollectRequest{KeepForS: int64(keepFor / time.Second)}
+	if iso != nil {
+		req.Isolation = *iso
+	}
+	var out typhonnode.CollectResponse
+	if err := h.c.nodeCall(ctx, sb.ID, http.MethodPost, typhonnode.PathCollect, req, &out, maxCollectBytes); err != nil {
+		return []typhon.Evidence{{Type: tartarus.EvidenceNote, Source: tartarus.SourceHost, Timestamp: h.c.cfg.Clock.Now().UTC(),
+			Description: fmt.Sprintf("evidence not collected from node %s: %v", sb.Node, err), Data: []byte(err.Error())}}
+	}
+	return out.Evidence
+}
+
+// Destroy implements typhon.Host: the node's Thanatos ends the sandbox with
+// reason policy_violation.
+func (h *QuarantineHost) Destroy(ctx context.Context, id string) error {
+	_, err := h.c.destroy(ctx, id, &tartarus.ShutdownOptions{Reason: tartarus.ReasonPolicyViolation})
+	return err
+}
+
+// Hibernate implements typhon.Sleeper.
+func (h *QuarantineHost) Hibernate(ctx context.Context, id string) error {
+	_, err := h.c.Hibernate(ctx, id)
+	return err
+}
+
+// Wake implements typhon.Sleeper.
+func (h *QuarantineHost) Wake(ctx context.Context, id string) error {
+	_, err := h.c.Wake(ctx, id)
+	return err
+}
+
+// Contain implements typhon.NetworkController through the cluster's
+// network route (UpdateNetwork): the spec in the cluster's record before
+// is returned to put back at release.
+func (h *QuarantineHost) Contain(ctx context.Context, id string, mode typhon.NetworkMode, allowedEgress []string, _ bool) (*tartarus.NetworkSpec, error) {
+	sb, err := h.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if sb.Network == nil {
+		return nil, nil
+	}
+	prev := *sb.Network
+	prev.Allow, prev.Deny = slices.Clone(prev.Allow), slices.Clone(prev.Deny)
+	spec := &tartarus.NetworkSpec{Mode: string(mode), EgressBitsPerSec: prev.EgressBitsPerSec, IngressBitsPerSec: prev.IngressBitsPerSec}
+	if mode == typhon.NetworkModeRestricted {
+		spec.Allow = slices.Clone(allowedEgress)
+	}
+	if _, err := h.c.UpdateNetwork(ctx, id, spec); err != nil {
+		return nil, err
+	}
+	return &prev, nil
+}
+
+// Restore implements typhon.NetworkController.
+func (h *QuarantineHost) Restore(ctx context.Context, id string, prev *tartarus.NetworkSpec) error {
+	if prev == nil {
+		return nil
+	}
+	_, err := h.c.UpdateNetwork(ctx, id, prev)
+	return err
+}
+
+// nodeCall calls a quarantine route (a fmt path of typhonnode) of the node
+// API holding sandbox id, as the sandbox's tenant, and decodes at most
+// limit bytes of its JSON answer into out.
+func (c *Cluster) nodeCall(ctx context.Context, id, method, path string, in, out any, limit int64) error {
+	sb, err := c.st.Get(ctx, id)
+	if err != nil {
+		return dbErr(err)
+	}
+	if sb.State.Final() || sb.Node == "" {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s on no node", id, sb.State)
+	}
+	n, err := c.st.Node(ctx, sb.Node)
+	if err != nil {
+		return fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	if n.State != store.NodeUp {
+		return tartarus.Errorf(tartarus.ErrUnavailable, "sandbox %s: node %s is %s", id, n.Name, n.State)
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	sctx, done := c.track(ctx, sb.Node, sb.ID)
+	defer done()
+	req, err := http.NewRequestWithContext(sctx, method, strings.TrimRight(n.Address, "/")+fmt.Sprintf(path, id), body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(wire.TenantHeader, sb.Tenant)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.cfg.AgentClient.Do(req)
+	if err != nil {
+		return settle(sctx, fmt.Errorf("node %s: %w", sb.Node, err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nodeError(resp)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return settle(sctx, fmt.Errorf("node %s: %w", sb.Node, err))
+	}
+	if int64(len(b)) > limit {
+		return fmt.Errorf("node %s: answer over %d bytes", sb.Node, limit)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("node %s: %w", sb.Node, err)
+	}
+	return nil
+}
+
+// RunQuarantine keeps the manager's view of held sandboxes fresh (every
+// PollInterval, from the journal every replica shares) and, while this
+// replica holds the quarantine lease, ticks it every m.Interval(): one
+// replica evaluates the triggers and enforces the bounds, and another takes
+// over within a PollInterval when it dies (its lease goes with its
+// database session).
+func (c *Cluster) RunQuarantine(ctx context.Context, m *typhon.Manager) {
+	t := c.cfg.Clock.NewTicker(c.cfg.PollInterval)
+	defer t.Stop()
+	var lease *store.Lease
+	defer func() {
+		if lease != nil {
+			lease.Release(context.Background())
+		}
+	}()
+	var last time.Time
+	for {
+		if err := m.Refresh(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("quarantine records", "err", dbErr(err))
+		}
+		switch {
+		case lease == nil:
+			l, err := c.st.TryLease(ctx, quarantineLease)
+			if err != nil && ctx.Err() == nil {
+				c.log.Warn("quarantine lease", "err", err)
+			}
+			if l != nil {
+				lease = l
+				c.log.Info("this replica runs the quarantine triggers")
+			}
+		case lease.Check(ctx) != nil:
+			lease.Release(context.Background())
+			lease = nil
+			c.log.Warn("this replica no longer runs the quarantine triggers: lost the database session holding the lease")
+		}
+		if now := c.cfg.Clock.Now(); lease != nil && now.Sub(last) >= m.Interval() {
+			last = now
+			rep := m.Tick(ctx)
+			for _, err := range rep.Errors {
+				c.log.Warn("quarantine trigger", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+	}
+}
