@@ -336,8 +336,8 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	if by != "" && by != AutoActor && !slices.Contains(rec.Involved, by) {
 		rec.Involved = append(rec.Involved, by)
 	}
-	if len(pol.QuarantineNodes) > 0 && !slices.Contains(pol.QuarantineNodes, sb.Node) {
-		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("policy names quarantine nodes %v; moving the sandbox off %s is not done yet: it is held where it runs", pol.QuarantineNodes, sb.Node), MaxDescriptionLen))
+	if _, ok := m.cfg.Host.(Mover); len(pol.QuarantineNodes) > 0 && !ok {
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("policy names quarantine nodes %v; a single node cannot move the sandbox: it is held where it runs", pol.QuarantineNodes), MaxDescriptionLen))
 	}
 	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
 		return nil, err
@@ -397,7 +397,39 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	}
 	m.audit(ctx, AuditEvent{Action: "evidence", SandboxID: sb.ID, Tenant: sb.Tenant, Actor: by,
 		Detail: fmt.Sprintf("%d pieces", len(rec.Evidence))})
+	if mv, ok := m.cfg.Host.(Mover); ok && len(pol.QuarantineNodes) > 0 {
+		// After the evidence: the console and the disk as they were stay
+		// on the node it ran on.
+		m.move(ctx, mv, rec, pol.QuarantineNodes, by)
+		if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
+			return nil, err
+		}
+	}
 	return cloneRecord(rec), nil
+}
+
+// move takes a held sandbox to a quarantine node and contains it again
+// there; a move that fails leaves it held where it is, with a note.
+func (m *Manager) move(ctx context.Context, mv Mover, rec *QuarantineRecord, labels []string, by string) {
+	from := rec.Node
+	err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, false)
+	node := from
+	if err == nil {
+		node, err = mv.MoveTo(ctx, rec.SandboxID, labels)
+	}
+	if cerr := m.recontain(ctx, rec); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if node != "" {
+		rec.Node = node
+	}
+	if err != nil {
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("move to a quarantine node (%v): %v; held on %s", labels, err, rec.Node), MaxDescriptionLen))
+	} else if node != from {
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("moved from node %s to quarantine node %s", from, node), MaxDescriptionLen))
+	}
+	m.audit(ctx, AuditEvent{Action: "move", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by,
+		Detail: fmt.Sprintf("from %s to %s", from, rec.Node), Err: err})
 }
 
 func ifNonEmpty(prefix, s string) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus/placement"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
@@ -262,4 +264,111 @@ func (c *Cluster) RunQuarantine(ctx context.Context, m *typhon.Manager) {
 		case <-t.C():
 		}
 	}
+}
+
+// offQuarantineNodes leaves out the nodes labelled typhon.NodeLabel unless
+// the request names that label: quarantine nodes hold quarantined
+// sandboxes only.
+func offQuarantineNodes(cands []placement.Node, req placement.Request) []placement.Node {
+	if _, ok := req.Labels[typhon.NodeLabel]; ok {
+		return cands
+	}
+	return slices.DeleteFunc(cands, func(n placement.Node) bool {
+		_, ok := n.Labels[typhon.NodeLabel]
+		return ok
+	})
+}
+
+var _ typhon.Mover = (*QuarantineHost)(nil)
+
+// MoveTo implements typhon.Mover with the cluster's wake-elsewhere path:
+// the sandbox hibernates on its node (its snapshot in the storage the
+// nodes share), leaves it, and wakes on an up node that carries one of
+// labels, tried in order. A sandbox whose node carries one stays. When no
+// labelled node takes it, it wakes where it was.
+func (h *QuarantineHost) MoveTo(ctx context.Context, id string, labels []string) (string, error) {
+	c := h.c
+	sb, err := h.Get(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	want := make([]map[string]string, 0, len(labels))
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			return sb.Node, tartarus.Errorf(tartarus.ErrInvalid, "quarantine node label %.80q: want key=value", l)
+		}
+		want = append(want, map[string]string{k: v})
+	}
+	nodes, err := c.st.Nodes(ctx)
+	if err != nil {
+		return sb.Node, dbErr(err)
+	}
+	carries := func(n *store.NodeRecord) bool {
+		got := c.status(n).Labels
+		for _, w := range want {
+			for k, v := range w {
+				if got[k] == v {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	// Move only when the sandbox can go: its node shares snapshots and an
+	// up labelled node does too.
+	var from *store.NodeRecord
+	target := false
+	for _, n := range nodes {
+		if n.Name == sb.Node {
+			from = n
+		} else if n.State == store.NodeUp && !n.Draining && c.status(n).SharedSnapshots && carries(n) {
+			target = true
+		}
+	}
+	switch {
+	case from == nil:
+		return sb.Node, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is on no known node", id)
+	case carries(from):
+		return sb.Node, nil
+	case !c.status(from).SharedSnapshots:
+		return sb.Node, tartarus.Errorf(tartarus.ErrFailedPrecondition, "node %s keeps its snapshots to itself (agent --snapshots): its sandboxes cannot move", from.Name)
+	case !target:
+		return sb.Node, tartarus.Errorf(tartarus.ErrUnavailable, "no up node that shares snapshots carries %v", labels)
+	}
+	if _, err := c.Hibernate(ctx, id); err != nil {
+		return sb.Node, fmt.Errorf("hibernate to move: %w", err)
+	}
+	if ok, err := c.st.Unassign(ctx, id, from.Name, c.cfg.Clock.Now().UTC()); err != nil || !ok {
+		if err == nil {
+			err = tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s changed while it hibernated", id)
+		}
+		return sb.Node, fmt.Errorf("move off %s: %w", from.Name, dbErr(err))
+	}
+	if sb, err = h.Get(ctx, id); err != nil {
+		return "", err
+	}
+	var errs []error
+	for _, w := range want {
+		moved, err := c.adoptOn(ctx, sb, w)
+		if err == nil {
+			return moved.Node, nil
+		}
+		errs = append(errs, err)
+		if sb, err = h.Get(ctx, id); err != nil {
+			return "", err
+		}
+		if sb.Node != "" {
+			return sb.Node, errors.Join(errs...) // a node has it (a command that timed out still ran)
+		}
+	}
+	// Nobody labelled took it: back where it was.
+	if ok, err := c.st.Reclaim(ctx, id, from.Name, c.cfg.Clock.Now().UTC()); err != nil || !ok {
+		errs = append(errs, fmt.Errorf("give it back to %s: %v", from.Name, err))
+		return "", errors.Join(errs...)
+	}
+	if _, err := c.Wake(ctx, id); err != nil {
+		errs = append(errs, fmt.Errorf("wake it on %s again: %w", from.Name, err))
+	}
+	return from.Name, errors.Join(errs...)
 }
