@@ -828,11 +828,21 @@ func (m *Manager) destroy(ctx context.Context, rec *QuarantineRecord, by, action
 	return cloneRecord(rec), nil
 }
 
-// Refresh reloads from the journal which sandboxes are held. Replicas of a
-// cluster share one journal: another replica may have quarantined or
-// released a sandbox since this one last looked, and Admit and the tick go
-// by the held set.
+// Refresh reloads from the journal which sandboxes are held, and the
+// policy. Replicas of a cluster share one journal: another replica may
+// have quarantined or released a sandbox or set the policy since this one
+// last looked, and Admit, the tick and containment go by what this one
+// holds.
 func (m *Manager) Refresh(ctx context.Context) error {
+	p, err := m.cfg.Journal.Policy(ctx)
+	if err != nil {
+		return err
+	}
+	if cur := m.Policy(); p != nil && (p.Version != cur.Version || !p.UpdatedAt.Equal(cur.UpdatedAt)) {
+		if err := m.install(p); err != nil {
+			return fmt.Errorf("typhon: stored policy: %w", err)
+		}
+	}
 	recs, err := m.cfg.Journal.Records(ctx)
 	if err != nil {
 		return err
