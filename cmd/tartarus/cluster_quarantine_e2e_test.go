@@ -22,9 +22,10 @@ import (
 // replica 2; its owner's exec is refused at both replicas while an
 // examiner's answers at both; the evidence, stored once, downloads at
 // replica 1 with good checksums; the examination runs at replica 2; a
-// self-approval is refused and a second person's releases it. Then, with
-// quarantine_nodes set, a second quarantine moves the sandbox to node-b,
-// held there, and ordinary creates never land on node-b.
+// self-approval is refused and a second person's releases it. Then a
+// trigger set at replica 1 trips on the ticking replica and, with
+// quarantine_nodes set, moves the sandbox to node-b, held there; ordinary
+// creates never land on node-b.
 func TestClusterQuarantine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
@@ -167,28 +168,38 @@ func TestClusterQuarantine(t *testing.T) {
 		return
 	}
 
-	t.Run("QuarantineNode", func(t *testing.T) {
+	t.Run("TriggerMovesToQuarantineNode", func(t *testing.T) {
 		p, err := as["admin"][0].QuarantinePolicy(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.QuarantineNodes = []string{"quarantine=yes"}
+		p.AutoTriggers = []tartarus.AutoQuarantineTrigger{{Name: "scanner", Enabled: true, Reason: tartarus.QuarantineNetworkAnomaly,
+			Condition: `exec_history.exists(c, c.contains("nmap"))`}}
 		if _, err := as["admin"][0].SetQuarantinePolicy(ctx, p); err != nil {
-			t.Fatalf("set quarantine_nodes: %v", err)
+			t.Fatalf("set a trigger and quarantine_nodes at replica 1: %v", err)
 		}
-		// Replica 2 reads the policy replica 1 stored within a second.
+		// Whichever replica ticks reads the policy replica 1 stored
+		// within a second.
 		waitFor(t, "the policy at replica 2", func() bool {
 			p, err := as["admin"][1].QuarantinePolicy(ctx)
 			return err == nil && len(p.QuarantineNodes) == 1
 		})
 		start := time.Now()
-		rec, err := owner[1].Quarantine(ctx, id, &api.QuarantineBody{Reason: tartarus.QuarantineManualFlag})
-		if err != nil {
-			t.Fatalf("quarantine with quarantine_nodes: %v", err)
-		}
-		t.Logf("quarantine with a move answered in %v; notes %q", time.Since(start), rec.Notes)
-		if rec.Node != "node-b" {
-			t.Fatalf("held on %q, want node-b; notes %q", rec.Node, rec.Notes)
+		execOut(t, owner[1], id, "echo", "nmap -p 1-1000 10.0.0.1")
+		var rec *tartarus.QuarantineRecord
+		waitFor(t, "the trigger to quarantine and move the sandbox", func() bool {
+			d, err := examiner[1].QuarantineDetail(ctx, id)
+			if err != nil || !d.Record.Status.Contained() || d.Record.QuarantinedBy != "typhon" || d.Record.CollectedAt.IsZero() {
+				return false
+			}
+			rec = d.Record
+			return len(rec.Notes) > 0 || rec.Node != "node-a"
+		})
+		t.Logf("exec → quarantined by the tick %v, contained %v after the record, evidence %v after that, record final %v; notes %q",
+			rec.QuarantinedAt.Sub(start), rec.ContainedAt.Sub(rec.QuarantinedAt), rec.CollectedAt.Sub(rec.ContainedAt), time.Since(start), rec.Notes)
+		if rec.Node != "node-b" || rec.Trigger == "" {
+			t.Fatalf("held on %q by trigger %q, want node-b; notes %q", rec.Node, rec.Trigger, rec.Notes)
 		}
 		got, err := owner[0].GetSandbox(ctx, id)
 		if err != nil || got.Node != "node-b" || got.State != tartarus.StateQuarantined {
