@@ -211,6 +211,25 @@ func TestClusterQuarantine(t *testing.T) {
 		if _, err := execTry(owner[0], id, "echo", "owner"); err == nil {
 			t.Fatal("owner's exec on the quarantine node went through")
 		}
+		// Asleep and awake, held throughout, across replicas.
+		if _, err := examiner[0].HibernateQuarantined(ctx, id); err != nil {
+			t.Fatalf("hibernate the held sandbox at replica 1: %v", err)
+		}
+		if _, err := owner[1].Wake(ctx, id); err == nil {
+			t.Fatal("the owner woke a held sandbox at replica 2")
+		}
+		if _, err := examiner[1].WakeQuarantined(ctx, id); err != nil {
+			t.Fatalf("wake the held sandbox at replica 2: %v", err)
+		}
+		if got, err := owner[0].GetSandbox(ctx, id); err != nil || got.State != tartarus.StateQuarantined || got.Node != "node-b" {
+			t.Fatalf("after a hibernate and wake: %+v, %v; want quarantined on node-b", got, err)
+		}
+		if _, err := execTry(owner[1], id, "echo", "owner"); err == nil {
+			t.Fatal("owner's exec after the wake went through")
+		}
+		if out := execOut(t, examiner[1], id, "cat", "/tmp/kept"); out != "kept\n" {
+			t.Fatalf("examiner's exec after the wake: %q", out)
+		}
 		// An ordinary create still stays off node-b.
 		other, err := owner[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 128, TimeoutS: 600})
 		if err != nil {

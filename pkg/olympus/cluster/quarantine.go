@@ -216,13 +216,30 @@ func (c *Cluster) nodeCall(ctx context.Context, id, method, path string, in, out
 	return nil
 }
 
-// RunQuarantine keeps the manager's view of held sandboxes fresh (every
-// PollInterval, from the journal every replica shares) and, while this
-// replica holds the quarantine lease, ticks it every m.Interval(): one
-// replica evaluates the triggers and enforces the bounds, and another takes
-// over within a PollInterval when it dies (its lease goes with its
-// database session).
+// RunQuarantine keeps the manager's view of held sandboxes and its policy
+// fresh (every PollInterval, from the journal every replica shares) and,
+// while this replica holds the quarantine lease, ticks it every
+// m.Interval(): one replica evaluates the triggers and enforces the
+// bounds, and another takes over within a PollInterval when it dies (its
+// lease goes with its database session).
 func (c *Cluster) RunQuarantine(ctx context.Context, m *typhon.Manager) {
+	c.runLeased(ctx, quarantineLease, "the quarantine triggers", m.Interval(),
+		func(ctx context.Context) {
+			if err := m.Refresh(ctx); err != nil && ctx.Err() == nil {
+				c.log.Warn("quarantine records", "err", dbErr(err))
+			}
+		},
+		func(ctx context.Context) {
+			for _, err := range m.Tick(ctx).Errors {
+				c.log.Warn("quarantine trigger", "err", err)
+			}
+		})
+}
+
+// runLeased runs every each PollInterval on this replica, and lead every
+// interval while this replica holds the advisory lock key (taking it when
+// no replica does), until ctx ends.
+func (c *Cluster) runLeased(ctx context.Context, key int64, what string, interval time.Duration, every, lead func(context.Context)) {
 	t := c.cfg.Clock.NewTicker(c.cfg.PollInterval)
 	defer t.Stop()
 	var lease *store.Lease
@@ -233,30 +250,25 @@ func (c *Cluster) RunQuarantine(ctx context.Context, m *typhon.Manager) {
 	}()
 	var last time.Time
 	for {
-		if err := m.Refresh(ctx); err != nil && ctx.Err() == nil {
-			c.log.Warn("quarantine records", "err", dbErr(err))
-		}
+		every(ctx)
 		switch {
 		case lease == nil:
-			l, err := c.st.TryLease(ctx, quarantineLease)
+			l, err := c.st.TryLease(ctx, key)
 			if err != nil && ctx.Err() == nil {
-				c.log.Warn("quarantine lease", "err", err)
+				c.log.Warn("lease", "of", what, "err", err)
 			}
 			if l != nil {
 				lease = l
-				c.log.Info("this replica runs the quarantine triggers")
+				c.log.Info("this replica runs " + what)
 			}
 		case lease.Check(ctx) != nil:
 			lease.Release(context.Background())
 			lease = nil
-			c.log.Warn("this replica no longer runs the quarantine triggers: lost the database session holding the lease")
+			c.log.Warn("this replica no longer runs " + what + ": lost the database session holding its lease")
 		}
-		if now := c.cfg.Clock.Now(); lease != nil && now.Sub(last) >= m.Interval() {
+		if now := c.cfg.Clock.Now(); lease != nil && now.Sub(last) >= interval {
 			last = now
-			rep := m.Tick(ctx)
-			for _, err := range rep.Errors {
-				c.log.Warn("quarantine trigger", "err", err)
-			}
+			lead(ctx)
 		}
 		select {
 		case <-ctx.Done():
