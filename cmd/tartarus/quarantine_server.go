@@ -36,7 +36,7 @@ func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, a
 	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
 	host := typhonnode.New(agent, clk)
 	host.Scratch = filepath.Join(dataDir, "tmp")
-	return openTyphon(ctx, o, st, host, host, dataDir, clk, log, audit)
+	return openTyphon(ctx, o, st, typhon.Config{Host: host, Network: host}, dataDir, clk, log, audit)
 }
 
 // openClusterQuarantine wires Typhon to a cluster replica: the same
@@ -50,15 +50,16 @@ func openClusterQuarantine(ctx context.Context, o *quarantineOptions, st store.S
 		log.Warn("quarantine evidence is kept where only this replica reads it: give every replica the same --quarantine-evidence-store s3://…")
 	}
 	host := cl.QuarantineHost()
-	return openTyphon(ctx, o, st, host, host, dataDir, clk, log, audit)
+	return openTyphon(ctx, o, st, typhon.Config{Host: host, Network: host, Lock: cl.QuarantineLock}, dataDir, clk, log, audit)
 }
 
-// openTyphon makes the manager: records in the store's database (memory
-// when the store has none), evidence in its own blob store
+// openTyphon makes the manager over cfg's host, network controller and
+// (on a cluster) lock: records in the store's database (memory when the
+// store has none), evidence in its own blob store
 // (--quarantine-evidence-store, DATA/evidence by default), every step in
 // the audit log. A policy file, when given, replaces the stored policy at
 // start (audited as set by "policy-file").
-func openTyphon(ctx context.Context, o *quarantineOptions, st store.Store, host typhon.Host, network typhon.NetworkController, dataDir string,
+func openTyphon(ctx context.Context, o *quarantineOptions, st store.Store, cfg typhon.Config, dataDir string,
 	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
 	spec := o.evidenceStore
 	if spec == "" {
@@ -74,8 +75,9 @@ func openTyphon(ctx context.Context, o *quarantineOptions, st store.Store, host 
 	} else {
 		log.Warn("quarantine records are kept in memory: this store has no quarantine tables")
 	}
-	m, err := typhon.New(ctx, typhon.Config{Host: host, Network: network, Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
-		Clock: clk, Interval: o.interval, Log: log, Audit: auditQuarantine(audit, clk)})
+	cfg.Blobs, cfg.Journal, cfg.Clock, cfg.Interval, cfg.Log = typhon.ErebusBlobs{Store: blobs}, j, clk, o.interval, log
+	cfg.Audit = auditQuarantine(audit, clk)
+	m, err := typhon.New(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -61,7 +61,14 @@ type Config struct {
 	// Policy is used when the journal holds none.
 	Policy *QuarantinePolicy
 	Log    *slog.Logger
+	// Lock, when set, serializes one sandbox's quarantine steps among the
+	// managers that share the journal (a cluster's replicas); within one
+	// manager they are serialized anyway. It returns its unlock.
+	Lock func(ctx context.Context, sandboxID string) (unlock func(), err error)
 }
+
+// lockWait bounds the wait for another replica's step on a sandbox.
+const lockWait = 2 * time.Minute
 
 // Validate returns every problem of the config.
 func (c *Config) Validate() error {
@@ -216,7 +223,20 @@ func (m *Manager) opLock(id string) func() {
 	}
 	m.mu.Unlock()
 	l.Lock()
-	return l.Unlock
+	if m.cfg.Lock == nil {
+		return l.Unlock
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lockWait)
+	defer cancel()
+	shared, err := m.cfg.Lock(ctx, id)
+	if err != nil {
+		// Go on under this manager's lock alone: a step the other
+		// replica is taking meanwhile is the rare race this lock closes,
+		// and holding a sandbox matters more.
+		m.log.Warn("quarantine lock shared with other replicas", "sandbox", id, "err", err)
+		return l.Unlock
+	}
+	return func() { shared(); l.Unlock() }
 }
 
 // Contained reports whether the sandbox is held now.

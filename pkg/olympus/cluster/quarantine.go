@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/http"
 	"slices"
@@ -274,6 +275,30 @@ func (c *Cluster) runLeased(ctx context.Context, key int64, what string, interva
 		case <-ctx.Done():
 			return
 		case <-t.C():
+		}
+	}
+}
+
+// QuarantineLock implements typhon.Config.Lock over a Postgres session
+// advisory lock keyed by the sandbox: two replicas never take quarantine
+// steps on one sandbox at once (a trigger at one and a manual quarantine
+// at another would otherwise both write a record).
+func (c *Cluster) QuarantineLock(ctx context.Context, sandboxID string) (func(), error) {
+	h := fnv.New64a()
+	h.Write([]byte("typhon/" + sandboxID))
+	key := int64(h.Sum64())
+	for {
+		l, err := c.st.TryLease(ctx, key)
+		if err != nil {
+			return nil, dbErr(err)
+		}
+		if l != nil {
+			return func() { l.Release(context.WithoutCancel(ctx)) }, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("quarantine lock of %s: %w", sandboxID, ctx.Err())
+		case <-time.After(25 * time.Millisecond):
 		}
 	}
 }

@@ -79,3 +79,41 @@ func TestOneReplicaTicks(t *testing.T) {
 	stop1()
 	waitUntil(t, "replica 2 to take over", func() bool { return leads[1].Load() > 0 })
 }
+
+// TestQuarantineLockIsShared takes one sandbox's quarantine lock at one
+// replica: another replica waits for it, and a different sandbox does not.
+func TestQuarantineLockIsShared(t *testing.T) {
+	admin := pgtest.StartPostgres(t)
+	e := quickEnv(t, admin, "quarantine_lock")
+	st2, err := store.OpenPostgres(context.Background(), e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st2.Close() })
+	c2, err := New(Config{Store: st2, AgentClient: http.DefaultClient,
+		AgentIdentity: func(*http.Request) (string, error) { return "", errors.New("none") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	unlock, err := e.c.QuarantineLock(ctx, "sb-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := c2.QuarantineLock(ctx, "sb-2")
+	if err != nil {
+		t.Fatalf("another sandbox's lock: %v", err)
+	}
+	other()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := c2.QuarantineLock(short, "sb-1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the same sandbox's lock at another replica: %v, want it to wait", err)
+	}
+	unlock()
+	again, err := c2.QuarantineLock(ctx, "sb-1")
+	if err != nil {
+		t.Fatalf("after the unlock: %v", err)
+	}
+	again()
+}
