@@ -46,6 +46,15 @@ func testJournal(t *testing.T, j Journal) {
 		len(got.Evidence) != 1 || got.Evidence[0].Data != nil || got.Evidence[0].Checksum != "sha256:00" {
 		t.Fatalf("record %+v", got)
 	}
+	if hj, ok := j.(heldJournal); ok {
+		if err := j.PutRecord(ctx, &QuarantineRecord{ID: "qr-3", SandboxID: "sb-3", QuarantinedAt: at.Add(2 * time.Second), Status: StatusReleased}); err != nil {
+			t.Fatal(err)
+		}
+		held, err := hj.Held(ctx)
+		if err != nil || len(held) != 2 || held[0].ID != "qr-1" || held[1].ID != "qr-2" {
+			t.Fatalf("held %+v %v; want qr-1 and qr-2, not the released qr-3", held, err)
+		}
+	}
 	for i, risk := range []float64{0.3, 0.6} {
 		if err := j.PutReport(ctx, &ExaminationReport{ID: "rep-" + string(rune('a'+i)), SandboxID: "sb-1", ExaminedAt: at.Add(time.Duration(i) * time.Minute),
 			RiskScore: risk, Findings: []Finding{{Severity: tartarus.SeverityHigh, Description: "x"}}}); err != nil {

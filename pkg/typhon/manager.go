@@ -863,7 +863,12 @@ func (m *Manager) Refresh(ctx context.Context) error {
 			return fmt.Errorf("typhon: stored policy: %w", err)
 		}
 	}
-	recs, err := m.cfg.Journal.Records(ctx)
+	var recs []*QuarantineRecord
+	if hj, ok := m.cfg.Journal.(heldJournal); ok {
+		recs, err = hj.Held(ctx)
+	} else {
+		recs, err = m.cfg.Journal.Records(ctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -879,6 +884,12 @@ func (m *Manager) Refresh(ctx context.Context) error {
 	m.held = held
 	m.mu.Unlock()
 	return nil
+}
+
+// heldJournal is a Journal that lists the held records alone (SQLJournal),
+// which Refresh needs every second on a cluster.
+type heldJournal interface {
+	Held(ctx context.Context) ([]*QuarantineRecord, error)
 }
 
 // Interval is the time between ticks.

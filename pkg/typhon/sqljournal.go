@@ -103,6 +103,16 @@ func (j *SQLJournal) Records(ctx context.Context) ([]*QuarantineRecord, error) {
 	return sqldialect.ScanJSON[*QuarantineRecord](rows, "quarantine")
 }
 
+// Held returns the records of held sandboxes (active or examining), for
+// Manager.Refresh, which a cluster's replicas run every second.
+func (j *SQLJournal) Held(ctx context.Context) ([]*QuarantineRecord, error) {
+	rows, err := j.db.QueryContext(ctx, `SELECT record FROM quarantines WHERE status IN ('active', 'examining') ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list held quarantines: %w", err)
+	}
+	return sqldialect.ScanJSON[*QuarantineRecord](rows, "quarantine")
+}
+
 // PutReport implements Journal.
 func (j *SQLJournal) PutReport(ctx context.Context, rep *ExaminationReport) error {
 	b, err := json.Marshal(rep)
