@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
@@ -50,7 +51,14 @@ type CollectResponse struct {
 // the node lets every forwarded call through.
 type NodeAPI struct {
 	host *Host
+
+	mu     sync.Mutex
+	pruned time.Time // when readings of gone sandboxes were last dropped
 }
+
+// pruneEvery is how often the node API drops the readings of sandboxes
+// that no longer run (on a single node, each tick does).
+const pruneEvery = time.Minute
 
 // NewNodeAPI returns the quarantine side of an agent's node API over
 // host (New over the agent).
@@ -126,6 +134,15 @@ func (n *NodeAPI) signals(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		answer(w, nil, err)
 		return
+	}
+	n.mu.Lock()
+	prune := n.host.clk.Now().Sub(n.pruned) >= pruneEvery
+	if prune {
+		n.pruned = n.host.clk.Now()
+	}
+	n.mu.Unlock()
+	if prune {
+		_, _ = n.host.Sandboxes(r.Context()) // drops what no longer runs
 	}
 	s, err := n.host.Signals(r.Context(), sb)
 	answer(w, s, err)
