@@ -181,6 +181,9 @@ func (m *Manager) SetPolicy(ctx context.Context, p *QuarantinePolicy) error {
 		return tartarus.Errorf(tartarus.ErrInvalid, "no policy")
 	}
 	p = clonePolicy(p)
+	if err := m.syncPolicy(ctx); err != nil {
+		return err
+	}
 	old := m.Policy()
 	p.Version = old.Version + 1
 	p.UpdatedAt = m.cfg.Clock.Now().UTC()
@@ -332,6 +335,9 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	}
 	if sb.State != tartarus.StateRunning && sb.State != tartarus.StatePaused && sb.State != tartarus.StateQuarantined {
 		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s: only a running or paused sandbox can be quarantined", sb.ID, sb.State)
+	}
+	if err := m.syncPolicy(ctx); err != nil {
+		return nil, err
 	}
 	pol := m.Policy()
 	now := m.cfg.Clock.Now().UTC()
@@ -854,16 +860,11 @@ func (m *Manager) destroy(ctx context.Context, rec *QuarantineRecord, by, action
 // last looked, and Admit, the tick and containment go by what this one
 // holds.
 func (m *Manager) Refresh(ctx context.Context) error {
-	p, err := m.cfg.Journal.Policy(ctx)
-	if err != nil {
+	if err := m.syncPolicy(ctx); err != nil {
 		return err
 	}
-	if cur := m.Policy(); p != nil && (p.Version != cur.Version || !p.UpdatedAt.Equal(cur.UpdatedAt)) {
-		if err := m.install(p); err != nil {
-			return fmt.Errorf("typhon: stored policy: %w", err)
-		}
-	}
 	var recs []*QuarantineRecord
+	var err error
 	if hj, ok := m.cfg.Journal.(heldJournal); ok {
 		recs, err = hj.Held(ctx)
 	} else {
@@ -883,6 +884,22 @@ func (m *Manager) Refresh(ctx context.Context) error {
 	m.mu.Lock()
 	m.held = held
 	m.mu.Unlock()
+	return nil
+}
+
+// syncPolicy installs the journal's policy when it is not the one in
+// force: another manager over the same journal (a replica) may have set
+// it.
+func (m *Manager) syncPolicy(ctx context.Context) error {
+	p, err := m.cfg.Journal.Policy(ctx)
+	if err != nil {
+		return err
+	}
+	if cur := m.Policy(); p != nil && (p.Version != cur.Version || !p.UpdatedAt.Equal(cur.UpdatedAt)) {
+		if err := m.install(p); err != nil {
+			return fmt.Errorf("typhon: stored policy: %w", err)
+		}
+	}
 	return nil
 }
 

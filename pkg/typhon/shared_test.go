@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -39,6 +40,14 @@ func TestReplicasShareTheJournal(t *testing.T) {
 	if got := b.Policy(); got.Version != 1 || !slices.Equal(got.QuarantineNodes, p.QuarantineNodes) {
 		t.Fatalf("policy at the other replica: %+v", got)
 	}
+	// A policy set at the other replica counts on from the stored one.
+	p.MaxQuarantineDuration = 2 * time.Hour
+	if err := b.SetPolicy(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := j.Policy(ctx); got.Version != 2 {
+		t.Fatalf("stored policy version %d after a second replica's SetPolicy, want 2", got.Version)
+	}
 	if err := b.Release(ctx, "sb-1", &ReleaseApproval{ApprovedBy: "bob"}); err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +56,18 @@ func TestReplicasShareTheJournal(t *testing.T) {
 	}
 	if a.m.Contained("sb-1") || a.m.Admit("sb-1", "owner", false) != nil {
 		t.Fatal("still held at the first replica after a release at the other")
+	}
+	// A quarantine reads the stored policy, refreshed or not.
+	p.MaxQuarantineDuration = 3 * time.Hour
+	if err := b.SetPolicy(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := a.m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.ExpiresAt.Sub(rec.QuarantinedAt); got != 3*time.Hour {
+		t.Fatalf("quarantine bound %v, want the other replica's new 3h", got)
 	}
 }
 
