@@ -255,14 +255,16 @@ func (m *Manager) Contained(id string) bool {
 // sandbox, so that none of them may approve a later release.
 func (m *Manager) Admit(id, who string, examiner bool) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if _, ok := m.held[id]; ok {
+		m.mu.Unlock()
 		if examiner {
 			return nil
 		}
 		return tartarus.Errorf(tartarus.ErrPermissionDenied, "sandbox %s is quarantined: only examiners may reach it", id)
 	}
+	fresh := false
 	if who != "" {
+		fresh = !slices.Contains(m.actors[id], who)
 		a := slices.DeleteFunc(m.actors[id], func(s string) bool { return s == who })
 		a = append(a, who)
 		if len(a) > maxActors {
@@ -270,7 +272,54 @@ func (m *Manager) Admit(id, who string, examiner bool) error {
 		}
 		m.actors[id] = a
 	}
+	m.mu.Unlock()
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok && fresh {
+		// Once per sandbox and actor on this manager: the other managers
+		// over the journal learn of them at a quarantine.
+		ctx, cancel := context.WithTimeout(context.Background(), actorWriteLimit)
+		defer cancel()
+		if err := aj.AddActor(ctx, id, who, m.cfg.Clock.Now().UTC()); err != nil {
+			m.log.Warn("note who acted in a sandbox", "sandbox", id, "err", err)
+		}
+	}
 	return nil
+}
+
+// actorWriteLimit bounds Admit's write of a new actor, on the call's path.
+const actorWriteLimit = 2 * time.Second
+
+// involved returns who acted in the sandbox, as this manager and the
+// journal know them, the latest last, at most maxActors.
+func (m *Manager) involved(ctx context.Context, id string) []string {
+	var out []string
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok {
+		a, err := aj.Actors(ctx, id, maxActors)
+		if err != nil {
+			m.log.Warn("who acted in a sandbox", "sandbox", id, "err", err)
+		}
+		out = a
+	}
+	m.mu.Lock()
+	for _, a := range m.actors[id] {
+		out = append(slices.DeleteFunc(out, func(s string) bool { return s == a }), a)
+	}
+	m.mu.Unlock()
+	if len(out) > maxActors {
+		out = out[len(out)-maxActors:]
+	}
+	return out
+}
+
+// forgetActors drops who acted in the sandbox, here and in the journal.
+func (m *Manager) forgetActors(ctx context.Context, id string) {
+	m.mu.Lock()
+	delete(m.actors, id)
+	m.mu.Unlock()
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok {
+		if err := aj.ForgetActors(ctx, m.cfg.Clock.Now().Add(time.Second), func(s string) bool { return s != id }); err != nil {
+			m.log.Warn("forget who acted in a sandbox", "sandbox", id, "err", err)
+		}
+	}
 }
 
 // checkRequest bounds what a caller hands in.
@@ -356,9 +405,7 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	rec := &QuarantineRecord{ID: tartarus.NewID("qr"), SandboxID: sb.ID, Tenant: sb.Tenant, Reason: r.Reason,
 		QuarantinedAt: now, QuarantinedBy: by, Trigger: clean(r.Trigger, MaxConditionLen), Node: sb.Node,
 		Status: StatusActive, ExpiresAt: now.Add(bound), NetworkMode: mode, Evidence: []Evidence{}}
-	m.mu.Lock()
-	rec.Involved = slices.Clone(m.actors[sb.ID])
-	m.mu.Unlock()
+	rec.Involved = m.involved(ctx, sb.ID)
 	if by != "" && by != AutoActor && !slices.Contains(rec.Involved, by) {
 		rec.Involved = append(rec.Involved, by)
 	}
@@ -745,8 +792,8 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	}
 	m.mu.Lock()
 	delete(m.held, rec.SandboxID)
-	delete(m.actors, rec.SandboxID)
 	m.mu.Unlock()
+	m.forgetActors(ctx, rec.SandboxID)
 	m.audit(ctx, AuditEvent{Action: "release", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: a.ApprovedBy,
 		Detail: fmt.Sprintf("conditions %q until %v", ap.Conditions, ap.ExpiresAt)})
 	return nil
@@ -846,9 +893,9 @@ func (m *Manager) destroy(ctx context.Context, rec *QuarantineRecord, by, action
 	}
 	m.mu.Lock()
 	delete(m.held, rec.SandboxID)
-	delete(m.actors, rec.SandboxID)
 	delete(m.history, rec.SandboxID)
 	m.mu.Unlock()
+	m.forgetActors(ctx, rec.SandboxID)
 	m.audit(ctx, AuditEvent{Action: action, SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by,
 		Detail: "terminated with reason policy_violation; evidence kept"})
 	return cloneRecord(rec), nil

@@ -2,7 +2,9 @@ package typhon
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -157,5 +159,46 @@ func TestQuarantineNodesAreLabels(t *testing.T) {
 		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, tartarus.ErrInvalid)) {
 			t.Errorf("%q: %v", tc.nodes, err)
 		}
+	}
+}
+
+// TestActorsAcrossReplicas: someone who acted in a sandbox through one
+// replica may not approve its release at another, which quarantined it.
+func TestActorsAcrossReplicas(t *testing.T) {
+	db, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "q.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	j, err := NewSQLJournal(db, SQLite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newRig(t, j, "sb-1")
+	b, err := New(ctx, Config{Host: a.host, Blobs: ErebusBlobs{a.blobs}, Journal: j, Clock: a.clk, Network: a.net})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.Admit("sb-1", "mallory", false); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := b.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rec.Involved, []string{"mallory", "alice"}) {
+		t.Fatalf("involved %q, want mallory (acted at the other replica) and alice", rec.Involved)
+	}
+	if err := b.Release(ctx, "sb-1", &ReleaseApproval{ApprovedBy: "mallory"}); !errors.Is(err, tartarus.ErrPermissionDenied) {
+		t.Fatalf("release approved by who acted at the other replica: %v", err)
+	}
+	if err := b.Release(ctx, "sb-1", &ReleaseApproval{ApprovedBy: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := j.Actors(ctx, "sb-1", 8); len(got) != 0 {
+		t.Fatalf("actors kept after the release: %q", got)
 	}
 }
