@@ -28,7 +28,9 @@ import (
 // sandbox itself goes to the agent holding it: its state and signals and
 // its evidence through the node API's quarantine routes
 // (typhonnode.NodeAPI), its network through UpdateNetwork, hibernate, wake
-// and destroy as durable commands.
+// and destroy as durable commands, and a move to a quarantine node through
+// the wake-elsewhere path (MoveTo). One sandbox's quarantine steps are
+// serialized across replicas by an advisory lock (QuarantineLock).
 
 // quarantineLease is the advisory lock key of the replica that ticks.
 const quarantineLease = 0x7479706830 // "typh0"
