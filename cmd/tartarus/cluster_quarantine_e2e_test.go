@@ -12,15 +12,18 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
+	"github.com/tartarus-sandbox/tartarus/pkg/netns/netnstest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // TestClusterQuarantine holds a real microVM on a cluster of two replicas
 // and two agents (node-b labelled quarantine=yes, snapshots and evidence
-// on a real SeaweedFS): a sandbox created at replica 1 is quarantined at
-// replica 2; its owner's exec is refused at both replicas while an
-// examiner's answers at both; the evidence, stored once, downloads at
+// on a real SeaweedFS, a stand-in internet per agent): a sandbox with a
+// restricted network created at replica 1 is quarantined at replica 2;
+// its owner's exec is refused at both replicas while an examiner's
+// answers at both, and its network is cut (back to the owner's after the
+// release); the evidence, stored once, downloads at
 // replica 1 with good checksums; the examination runs at replica 2; a
 // self-approval is refused and a second person's releases it. Then a
 // trigger set at replica 1 trips on the ticking replica and, with
@@ -36,13 +39,27 @@ func TestClusterQuarantine(t *testing.T) {
 	// the same credentials.
 	t.Setenv("AWS_ACCESS_KEY_ID", s3.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", s3.SecretKey)
-	c := newClusterWith(t, clusterOpts{replicas: 2, agents: 2,
-		agentArgs: []string{"--snapshots", "s3://snapshots/cluster?endpoint=" + s3.Endpoint + "&tls=false"},
-		agentFlags: func(i int) []string {
-			if i == 1 {
-				return []string{"--labels", "quarantine=yes"}
+	// Each agent has its own stand-in internet (allowed.example on both).
+	ins := []*netnstest.Internet{netnstest.New(t), netnstest.New(t)}
+	prefixes := []string{"tqca-", "tqcb-"}
+	t.Cleanup(func() { // after the cluster stopped: what a killed agent left
+		ents, _ := os.ReadDir("/run/netns")
+		for _, e := range ents {
+			for _, p := range prefixes {
+				if strings.HasPrefix(e.Name(), p) {
+					_ = exec.Command("ip", "netns", "del", e.Name()).Run()
+				}
 			}
-			return nil
+		}
+	})
+	c := newClusterWith(t, clusterOpts{replicas: 2, agents: 2,
+		agentArgs: []string{"--snapshots", "s3://snapshots/cluster?endpoint=" + s3.Endpoint + "&tls=false", "--network"},
+		agentFlags: func(i int) []string {
+			f := []string{"--network-uplink-netns", ins[i].Uplink, "--network-dns", ins[i].DNS, "--network-netns-prefix", prefixes[i]}
+			if i == 1 {
+				f = append(f, "--labels", "quarantine=yes")
+			}
+			return f
 		},
 		replicaArgs: []string{"--auth", "on", "--quarantine-interval", "1s",
 			"--quarantine-evidence-store", "s3://snapshots/evidence?endpoint=" + s3.Endpoint + "&tls=false"}})
@@ -71,7 +88,8 @@ func TestClusterQuarantine(t *testing.T) {
 	owner, examiner, approver := as["owner"], as["examiner"], as["approver"]
 	waitNodes(t, as["admin"][0], map[string]string{"node-a": "up", "node-b": "up"})
 
-	sb, err := owner[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 256, TimeoutS: 1800})
+	sb, err := owner[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "python", MemoryMB: 256, TimeoutS: 1800,
+		Network: &tartarus.NetworkSpec{Mode: tartarus.NetworkRestricted, Allow: []string{"allowed.example"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +98,26 @@ func TestClusterQuarantine(t *testing.T) {
 		t.Fatalf("an ordinary create landed on %s: quarantine nodes take none", sb.Node)
 	}
 	execOut(t, owner[0], id, "sh", "-c", "echo kept > /tmp/kept")
+	// fetch reports whether the guest reaches allowed.example, as who.
+	fetch := func(t *testing.T, as *client.Client) bool {
+		t.Helper()
+		out, err := execTry(as, id, "python3", "-c", fetchPy, "http://allowed.example/hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.HasPrefix(strings.TrimSpace(out), "OK")
+	}
+	mode := func(t *testing.T) string {
+		t.Helper()
+		got, err := owner[0].GetSandbox(ctx, id)
+		if err != nil || got.Network == nil {
+			t.Fatalf("sandbox network: %+v, %v", got, err)
+		}
+		return got.Network.Mode
+	}
+	if !fetch(t, owner[0]) {
+		t.Fatal("allowed.example unreachable before any quarantine")
+	}
 
 	t.Run("HeldAtEveryReplica", func(t *testing.T) {
 		start := time.Now()
@@ -102,6 +140,10 @@ func TestClusterQuarantine(t *testing.T) {
 			if out := execOut(t, examiner[i], id, "cat", "/tmp/kept"); out != "kept\n" {
 				t.Fatalf("examiner's exec at replica %d: %q", i+1, out)
 			}
+		}
+		// The policy's network mode (none) holds on the agent.
+		if m := mode(t); m != string(tartarus.NetworkModeNone) || fetch(t, examiner[0]) {
+			t.Fatalf("network while held: mode %q, or allowed.example still answers", m)
 		}
 	})
 	if t.Failed() {
@@ -163,6 +205,10 @@ func TestClusterQuarantine(t *testing.T) {
 		if !waitForQuiet(10*time.Second, func() bool { _, last = execTry(owner[1], id, "echo", "back"); return last == nil }) {
 			t.Fatalf("owner's exec at replica 2 after the release: %v", last)
 		}
+		// The owner's own network is back.
+		if m := mode(t); m != tartarus.NetworkRestricted || !fetch(t, owner[1]) {
+			t.Fatalf("network after the release: mode %q, or allowed.example unreachable", m)
+		}
 	})
 	if t.Failed() {
 		return
@@ -210,6 +256,9 @@ func TestClusterQuarantine(t *testing.T) {
 		}
 		if _, err := execTry(owner[0], id, "echo", "owner"); err == nil {
 			t.Fatal("owner's exec on the quarantine node went through")
+		}
+		if m := mode(t); m != string(tartarus.NetworkModeNone) || fetch(t, examiner[0]) {
+			t.Fatalf("network on the quarantine node: mode %q, or allowed.example answers", m)
 		}
 		// Asleep and awake, held throughout, across replicas.
 		if _, err := examiner[0].HibernateQuarantined(ctx, id); err != nil {
