@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
@@ -13,6 +14,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebusopen"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon"
 	"github.com/tartarus-sandbox/tartarus/pkg/typhon/typhonnode"
@@ -29,13 +31,35 @@ type quarantineOptions struct {
 	evidenceStore string
 }
 
-// openQuarantine wires Typhon to the single node's agent: records in the
-// store's database (memory when the store has none), evidence in its own
-// blob store (--quarantine-evidence-store, DATA/evidence by default), every
-// step in the audit log. A policy file,
-// when given, replaces the stored policy at start (audited as set by
-// "policy-file").
+// openQuarantine wires Typhon to the single node's agent.
 func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, agent *hecatoncheir.Agent, dataDir string,
+	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
+	host := typhonnode.New(agent, clk)
+	host.Scratch = filepath.Join(dataDir, "tmp")
+	return openTyphon(ctx, o, st, typhon.Config{Host: host, Network: host}, dataDir, clk, log, audit)
+}
+
+// openClusterQuarantine wires Typhon to a cluster replica: the same
+// records in Postgres on every replica, evidence in the store named by
+// --quarantine-evidence-store (give every replica the same s3://… store;
+// the default DATA/evidence is this replica's alone), the sandboxes
+// reached through their agents. Run it with Cluster.RunQuarantine.
+func openClusterQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, cl *cluster.Cluster, dataDir string,
+	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
+	if o.evidenceStore == "" || !strings.HasPrefix(o.evidenceStore, "s3://") {
+		log.Warn("quarantine evidence is kept where only this replica reads it: give every replica the same --quarantine-evidence-store s3://…")
+	}
+	host := cl.QuarantineHost()
+	return openTyphon(ctx, o, st, typhon.Config{Host: host, Network: host, Lock: cl.QuarantineLock}, dataDir, clk, log, audit)
+}
+
+// openTyphon makes the manager over cfg's host, network controller and
+// (on a cluster) lock: records in the store's database (memory when the
+// store has none), evidence in its own blob store
+// (--quarantine-evidence-store, DATA/evidence by default), every step in
+// the audit log. A policy file, when given, replaces the stored policy at
+// start (audited as set by "policy-file").
+func openTyphon(ctx context.Context, o *quarantineOptions, st store.Store, cfg typhon.Config, dataDir string,
 	clk clock.Clock, log *slog.Logger, audit func(context.Context, *cerberus.AuditEntry) error) (*typhon.Manager, error) {
 	spec := o.evidenceStore
 	if spec == "" {
@@ -51,10 +75,9 @@ func openQuarantine(ctx context.Context, o *quarantineOptions, st store.Store, a
 	} else {
 		log.Warn("quarantine records are kept in memory: this store has no quarantine tables")
 	}
-	host := typhonnode.New(agent, clk)
-	host.Scratch = filepath.Join(dataDir, "tmp")
-	m, err := typhon.New(ctx, typhon.Config{Host: host, Network: host, Blobs: typhon.ErebusBlobs{Store: blobs}, Journal: j,
-		Clock: clk, Interval: o.interval, Log: log, Audit: auditQuarantine(audit, clk)})
+	cfg.Blobs, cfg.Journal, cfg.Clock, cfg.Interval, cfg.Log = typhon.ErebusBlobs{Store: blobs}, j, clk, o.interval, log
+	cfg.Audit = auditQuarantine(audit, clk)
+	m, err := typhon.New(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

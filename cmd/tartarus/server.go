@@ -209,6 +209,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		agent      *hecatoncheir.Agent
 		builds     *templates.Builder
 	)
+	// runQuarantine ticks the quarantine on a replica (nil: quarantine.Run).
+	var runQuarantine func(context.Context)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
 		if err != nil {
@@ -225,6 +227,10 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 			return err
 		}
 		collectors = append(collectors, cl.HeatRouter().Collector())
+		if quarantine, err = openClusterQuarantine(life, &o.quarantine, st, cl, o.dataDir, clk, log, auth.Audit); err != nil {
+			return err
+		}
+		runQuarantine = func(ctx context.Context) { cl.RunQuarantine(ctx, quarantine) }
 	} else {
 		netMetrics := &collectorList{}
 		o.network.metrics = netMetrics
@@ -301,7 +307,9 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	if sampler != nil {
 		go sampler.Run(loopCtx)
 	}
-	if quarantine != nil {
+	if runQuarantine != nil {
+		go runQuarantine(loopCtx)
+	} else if quarantine != nil {
 		go quarantine.Run(loopCtx)
 	}
 	serveErr := make(chan error, 1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Journal keeps quarantine records, examination reports and the policy
@@ -19,6 +20,20 @@ type Journal interface {
 	PutPolicy(ctx context.Context, p *QuarantinePolicy) error
 	// Policy returns the stored policy, or nil.
 	Policy(ctx context.Context) (*QuarantinePolicy, error)
+}
+
+// ActorJournal is a Journal that also keeps who acted in each sandbox
+// (exec, files) while it was not held, so that every manager sharing the
+// journal (a cluster's replicas, each serving some of the calls) refuses
+// them as approvers of a later release.
+type ActorJournal interface {
+	// AddActor notes (or notes again, as the latest) that actor acted.
+	AddActor(ctx context.Context, sandboxID, actor string, at time.Time) error
+	// Actors returns the sandbox's latest max actors, the latest last.
+	Actors(ctx context.Context, sandboxID string, max int) ([]string, error)
+	// ForgetActors drops the actors noted before before of every sandbox
+	// keep refuses.
+	ForgetActors(ctx context.Context, before time.Time, keep func(sandboxID string) bool) error
 }
 
 // MemJournal is a Journal in memory, for tests and a server without a

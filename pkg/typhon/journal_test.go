@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -45,6 +46,36 @@ func testJournal(t *testing.T, j Journal) {
 	if got.ID != "qr-1" || got.Status != StatusExamining || got.ExaminationCount != 1 || !got.QuarantinedAt.Equal(at) ||
 		len(got.Evidence) != 1 || got.Evidence[0].Data != nil || got.Evidence[0].Checksum != "sha256:00" {
 		t.Fatalf("record %+v", got)
+	}
+	if hj, ok := j.(heldJournal); ok {
+		if err := j.PutRecord(ctx, &QuarantineRecord{ID: "qr-3", SandboxID: "sb-3", QuarantinedAt: at.Add(2 * time.Second), Status: StatusReleased}); err != nil {
+			t.Fatal(err)
+		}
+		held, err := hj.Held(ctx)
+		if err != nil || len(held) != 2 || held[0].ID != "qr-1" || held[1].ID != "qr-2" {
+			t.Fatalf("held %+v %v; want qr-1 and qr-2, not the released qr-3", held, err)
+		}
+	}
+	if aj, ok := j.(ActorJournal); ok {
+		for i, a := range []string{"alice", "bob", "alice", "carol"} {
+			if err := aj.AddActor(ctx, "sb-1", a, at.Add(time.Duration(i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = aj.AddActor(ctx, "sb-2", "dave", at)
+		if got, err := aj.Actors(ctx, "sb-1", 2); err != nil || !slices.Equal(got, []string{"alice", "carol"}) {
+			t.Fatalf("latest 2 actors of sb-1: %q %v", got, err)
+		}
+		// Only what was noted before the cut goes, of the sandboxes refused.
+		if err := aj.ForgetActors(ctx, at.Add(2*time.Second), func(id string) bool { return id != "sb-1" }); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := aj.Actors(ctx, "sb-1", 8); !slices.Equal(got, []string{"alice", "carol"}) {
+			t.Fatalf("sb-1 after forgetting before the cut: %q", got)
+		}
+		if got, _ := aj.Actors(ctx, "sb-2", 8); !slices.Equal(got, []string{"dave"}) {
+			t.Fatalf("sb-2 (kept): %q", got)
+		}
 	}
 	for i, risk := range []float64{0.3, 0.6} {
 		if err := j.PutReport(ctx, &ExaminationReport{ID: "rep-" + string(rune('a'+i)), SandboxID: "sb-1", ExaminedAt: at.Add(time.Duration(i) * time.Minute),

@@ -61,7 +61,14 @@ type Config struct {
 	// Policy is used when the journal holds none.
 	Policy *QuarantinePolicy
 	Log    *slog.Logger
+	// Lock, when set, serializes one sandbox's quarantine steps among the
+	// managers that share the journal (a cluster's replicas); within one
+	// manager they are serialized anyway. It returns its unlock.
+	Lock func(ctx context.Context, sandboxID string) (unlock func(), err error)
 }
+
+// lockWait bounds the wait for another replica's step on a sandbox.
+const lockWait = 2 * time.Minute
 
 // Validate returns every problem of the config.
 func (c *Config) Validate() error {
@@ -174,6 +181,9 @@ func (m *Manager) SetPolicy(ctx context.Context, p *QuarantinePolicy) error {
 		return tartarus.Errorf(tartarus.ErrInvalid, "no policy")
 	}
 	p = clonePolicy(p)
+	if err := m.syncPolicy(ctx); err != nil {
+		return err
+	}
 	old := m.Policy()
 	p.Version = old.Version + 1
 	p.UpdatedAt = m.cfg.Clock.Now().UTC()
@@ -216,7 +226,20 @@ func (m *Manager) opLock(id string) func() {
 	}
 	m.mu.Unlock()
 	l.Lock()
-	return l.Unlock
+	if m.cfg.Lock == nil {
+		return l.Unlock
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lockWait)
+	defer cancel()
+	shared, err := m.cfg.Lock(ctx, id)
+	if err != nil {
+		// Go on under this manager's lock alone: a step the other
+		// replica is taking meanwhile is the rare race this lock closes,
+		// and holding a sandbox matters more.
+		m.log.Warn("quarantine lock shared with other replicas", "sandbox", id, "err", err)
+		return l.Unlock
+	}
+	return func() { shared(); l.Unlock() }
 }
 
 // Contained reports whether the sandbox is held now.
@@ -232,14 +255,16 @@ func (m *Manager) Contained(id string) bool {
 // sandbox, so that none of them may approve a later release.
 func (m *Manager) Admit(id, who string, examiner bool) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if _, ok := m.held[id]; ok {
+		m.mu.Unlock()
 		if examiner {
 			return nil
 		}
 		return tartarus.Errorf(tartarus.ErrPermissionDenied, "sandbox %s is quarantined: only examiners may reach it", id)
 	}
+	fresh := false
 	if who != "" {
+		fresh = !slices.Contains(m.actors[id], who)
 		a := slices.DeleteFunc(m.actors[id], func(s string) bool { return s == who })
 		a = append(a, who)
 		if len(a) > maxActors {
@@ -247,7 +272,54 @@ func (m *Manager) Admit(id, who string, examiner bool) error {
 		}
 		m.actors[id] = a
 	}
+	m.mu.Unlock()
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok && fresh {
+		// Once per sandbox and actor on this manager: the other managers
+		// over the journal learn of them at a quarantine.
+		ctx, cancel := context.WithTimeout(context.Background(), actorWriteLimit)
+		defer cancel()
+		if err := aj.AddActor(ctx, id, who, m.cfg.Clock.Now().UTC()); err != nil {
+			m.log.Warn("note who acted in a sandbox", "sandbox", id, "err", err)
+		}
+	}
 	return nil
+}
+
+// actorWriteLimit bounds Admit's write of a new actor, on the call's path.
+const actorWriteLimit = 2 * time.Second
+
+// involved returns who acted in the sandbox, as this manager and the
+// journal know them, the latest last, at most maxActors.
+func (m *Manager) involved(ctx context.Context, id string) []string {
+	var out []string
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok {
+		a, err := aj.Actors(ctx, id, maxActors)
+		if err != nil {
+			m.log.Warn("who acted in a sandbox", "sandbox", id, "err", err)
+		}
+		out = a
+	}
+	m.mu.Lock()
+	for _, a := range m.actors[id] {
+		out = append(slices.DeleteFunc(out, func(s string) bool { return s == a }), a)
+	}
+	m.mu.Unlock()
+	if len(out) > maxActors {
+		out = out[len(out)-maxActors:]
+	}
+	return out
+}
+
+// forgetActors drops who acted in the sandbox, here and in the journal.
+func (m *Manager) forgetActors(ctx context.Context, id string) {
+	m.mu.Lock()
+	delete(m.actors, id)
+	m.mu.Unlock()
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok {
+		if err := aj.ForgetActors(ctx, m.cfg.Clock.Now().Add(time.Second), func(s string) bool { return s != id }); err != nil {
+			m.log.Warn("forget who acted in a sandbox", "sandbox", id, "err", err)
+		}
+	}
 }
 
 // checkRequest bounds what a caller hands in.
@@ -313,6 +385,9 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	if sb.State != tartarus.StateRunning && sb.State != tartarus.StatePaused && sb.State != tartarus.StateQuarantined {
 		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s: only a running or paused sandbox can be quarantined", sb.ID, sb.State)
 	}
+	if err := m.syncPolicy(ctx); err != nil {
+		return nil, err
+	}
 	pol := m.Policy()
 	now := m.cfg.Clock.Now().UTC()
 	bound := pol.MaxQuarantineDuration
@@ -330,14 +405,12 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	rec := &QuarantineRecord{ID: tartarus.NewID("qr"), SandboxID: sb.ID, Tenant: sb.Tenant, Reason: r.Reason,
 		QuarantinedAt: now, QuarantinedBy: by, Trigger: clean(r.Trigger, MaxConditionLen), Node: sb.Node,
 		Status: StatusActive, ExpiresAt: now.Add(bound), NetworkMode: mode, Evidence: []Evidence{}}
-	m.mu.Lock()
-	rec.Involved = slices.Clone(m.actors[sb.ID])
-	m.mu.Unlock()
+	rec.Involved = m.involved(ctx, sb.ID)
 	if by != "" && by != AutoActor && !slices.Contains(rec.Involved, by) {
 		rec.Involved = append(rec.Involved, by)
 	}
-	if len(pol.QuarantineNodes) > 0 && !slices.Contains(pol.QuarantineNodes, sb.Node) {
-		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("policy names quarantine nodes %v; moving the sandbox off %s is not done yet: it is held where it runs", pol.QuarantineNodes, sb.Node), MaxDescriptionLen))
+	if _, ok := m.cfg.Host.(Mover); len(pol.QuarantineNodes) > 0 && !ok {
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("policy names quarantine nodes %v; a single node cannot move the sandbox: it is held where it runs", pol.QuarantineNodes), MaxDescriptionLen))
 	}
 	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
 		return nil, err
@@ -397,7 +470,39 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	}
 	m.audit(ctx, AuditEvent{Action: "evidence", SandboxID: sb.ID, Tenant: sb.Tenant, Actor: by,
 		Detail: fmt.Sprintf("%d pieces", len(rec.Evidence))})
+	if mv, ok := m.cfg.Host.(Mover); ok && len(pol.QuarantineNodes) > 0 {
+		// After the evidence: the console and the disk as they were stay
+		// on the node it ran on.
+		m.move(ctx, mv, rec, pol.QuarantineNodes, by)
+		if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
+			return nil, err
+		}
+	}
 	return cloneRecord(rec), nil
+}
+
+// move takes a held sandbox to a quarantine node and contains it again
+// there; a move that fails leaves it held where it is, with a note.
+func (m *Manager) move(ctx context.Context, mv Mover, rec *QuarantineRecord, labels []string, by string) {
+	from := rec.Node
+	err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, false)
+	node := from
+	if err == nil {
+		node, err = mv.MoveTo(ctx, rec.SandboxID, labels)
+	}
+	if cerr := m.recontain(ctx, rec); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if node != "" {
+		rec.Node = node
+	}
+	if err != nil {
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("move to a quarantine node (%v): %v; held on %s", labels, err, rec.Node), MaxDescriptionLen))
+	} else if node != from {
+		rec.Notes = append(rec.Notes, clean(fmt.Sprintf("moved from node %s to quarantine node %s", from, node), MaxDescriptionLen))
+	}
+	m.audit(ctx, AuditEvent{Action: "move", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by,
+		Detail: fmt.Sprintf("from %s to %s", from, rec.Node), Err: err})
 }
 
 func ifNonEmpty(prefix, s string) string {
@@ -687,8 +792,8 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	}
 	m.mu.Lock()
 	delete(m.held, rec.SandboxID)
-	delete(m.actors, rec.SandboxID)
 	m.mu.Unlock()
+	m.forgetActors(ctx, rec.SandboxID)
 	m.audit(ctx, AuditEvent{Action: "release", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: a.ApprovedBy,
 		Detail: fmt.Sprintf("conditions %q until %v", ap.Conditions, ap.ExpiresAt)})
 	return nil
@@ -788,10 +893,68 @@ func (m *Manager) destroy(ctx context.Context, rec *QuarantineRecord, by, action
 	}
 	m.mu.Lock()
 	delete(m.held, rec.SandboxID)
-	delete(m.actors, rec.SandboxID)
 	delete(m.history, rec.SandboxID)
 	m.mu.Unlock()
+	m.forgetActors(ctx, rec.SandboxID)
 	m.audit(ctx, AuditEvent{Action: action, SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by,
 		Detail: "terminated with reason policy_violation; evidence kept"})
 	return cloneRecord(rec), nil
 }
+
+// Refresh reloads from the journal which sandboxes are held, and the
+// policy. Replicas of a cluster share one journal: another replica may
+// have quarantined or released a sandbox or set the policy since this one
+// last looked, and Admit, the tick and containment go by what this one
+// holds.
+func (m *Manager) Refresh(ctx context.Context) error {
+	if err := m.syncPolicy(ctx); err != nil {
+		return err
+	}
+	var recs []*QuarantineRecord
+	var err error
+	if hj, ok := m.cfg.Journal.(heldJournal); ok {
+		recs, err = hj.Held(ctx)
+	} else {
+		recs, err = m.cfg.Journal.Records(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	held := map[string]string{}
+	for _, r := range recs { // oldest first: a sandbox's latest record decides
+		if r.Status.Contained() {
+			held[r.SandboxID] = r.ID
+		} else {
+			delete(held, r.SandboxID)
+		}
+	}
+	m.mu.Lock()
+	m.held = held
+	m.mu.Unlock()
+	return nil
+}
+
+// syncPolicy installs the journal's policy when it is not the one in
+// force: another manager over the same journal (a replica) may have set
+// it.
+func (m *Manager) syncPolicy(ctx context.Context) error {
+	p, err := m.cfg.Journal.Policy(ctx)
+	if err != nil {
+		return err
+	}
+	if cur := m.Policy(); p != nil && (p.Version != cur.Version || !p.UpdatedAt.Equal(cur.UpdatedAt)) {
+		if err := m.install(p); err != nil {
+			return fmt.Errorf("typhon: stored policy: %w", err)
+		}
+	}
+	return nil
+}
+
+// heldJournal is a Journal that lists the held records alone (SQLJournal),
+// which Refresh needs every second on a cluster.
+type heldJournal interface {
+	Held(ctx context.Context) ([]*QuarantineRecord, error)
+}
+
+// Interval is the time between ticks.
+func (m *Manager) Interval() time.Duration { return m.cfg.Interval }

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -43,6 +45,13 @@ var Schema = []string{
 	`CREATE TABLE IF NOT EXISTS quarantine_policy (
 		id      TEXT PRIMARY KEY,
 		policy  TEXT NOT NULL
+	)`,
+	// Who acted in each sandbox before any quarantine (ActorJournal).
+	`CREATE TABLE IF NOT EXISTS quarantine_actors (
+		sandbox_id  TEXT NOT NULL,
+		actor       TEXT NOT NULL,
+		at          BIGINT NOT NULL,
+		PRIMARY KEY (sandbox_id, actor)
 	)`,
 }
 
@@ -101,6 +110,79 @@ func (j *SQLJournal) Records(ctx context.Context) ([]*QuarantineRecord, error) {
 		return nil, fmt.Errorf("list quarantines: %w", err)
 	}
 	return sqldialect.ScanJSON[*QuarantineRecord](rows, "quarantine")
+}
+
+// Held returns the records of held sandboxes (active or examining), for
+// Manager.Refresh, which a cluster's replicas run every second.
+func (j *SQLJournal) Held(ctx context.Context) ([]*QuarantineRecord, error) {
+	rows, err := j.db.QueryContext(ctx, `SELECT record FROM quarantines WHERE status IN ('active', 'examining') ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list held quarantines: %w", err)
+	}
+	return sqldialect.ScanJSON[*QuarantineRecord](rows, "quarantine")
+}
+
+var _ ActorJournal = (*SQLJournal)(nil)
+
+// AddActor implements ActorJournal.
+func (j *SQLJournal) AddActor(ctx context.Context, sandboxID, actor string, at time.Time) error {
+	_, err := j.db.ExecContext(ctx, j.q(`INSERT INTO quarantine_actors (sandbox_id, actor, at) VALUES (?, ?, ?)
+		ON CONFLICT (sandbox_id, actor) DO UPDATE SET at = excluded.at`), sandboxID, actor, at.UnixNano())
+	if err != nil {
+		return fmt.Errorf("note actor of %s: %w", sandboxID, err)
+	}
+	return nil
+}
+
+// Actors implements ActorJournal.
+func (j *SQLJournal) Actors(ctx context.Context, sandboxID string, max int) ([]string, error) {
+	rows, err := j.db.QueryContext(ctx, j.q(`SELECT actor FROM quarantine_actors WHERE sandbox_id = ? ORDER BY at DESC, actor LIMIT ?`), sandboxID, max)
+	if err != nil {
+		return nil, fmt.Errorf("actors of %s: %w", sandboxID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			return nil, fmt.Errorf("actors of %s: %w", sandboxID, err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("actors of %s: %w", sandboxID, err)
+	}
+	slices.Reverse(out)
+	return out, nil
+}
+
+// ForgetActors implements ActorJournal.
+func (j *SQLJournal) ForgetActors(ctx context.Context, before time.Time, keep func(sandboxID string) bool) error {
+	rows, err := j.db.QueryContext(ctx, j.q(`SELECT DISTINCT sandbox_id FROM quarantine_actors WHERE at < ?`), before.UnixNano())
+	if err != nil {
+		return fmt.Errorf("list actors: %w", err)
+	}
+	var gone []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return fmt.Errorf("list actors: %w", err)
+		}
+		if !keep(id) {
+			gone = append(gone, id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list actors: %w", err)
+	}
+	for _, id := range gone {
+		if _, err := j.db.ExecContext(ctx, j.q(`DELETE FROM quarantine_actors WHERE sandbox_id = ? AND at < ?`), id, before.UnixNano()); err != nil {
+			return fmt.Errorf("forget actors of %s: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // PutReport implements Journal.

@@ -49,6 +49,7 @@ func (m *Manager) Run(ctx context.Context) {
 func (m *Manager) Tick(ctx context.Context) TickReport {
 	var rep TickReport
 	m.expire(ctx, &rep)
+	listed := m.cfg.Clock.Now().UTC()
 	sbs, err := m.cfg.Host.Sandboxes(ctx)
 	if err != nil {
 		rep.Errors = append(rep.Errors, fmt.Errorf("list sandboxes: %w", err))
@@ -113,6 +114,13 @@ func (m *Manager) Tick(ctx context.Context) TickReport {
 		}
 	}
 	m.mu.Unlock()
+	if aj, ok := m.cfg.Journal.(ActorJournal); ok {
+		// As in memory: sandboxes that no longer run lose theirs, but
+		// not what was noted since the listing (a sandbox created since).
+		if err := aj.ForgetActors(ctx, listed, func(id string) bool { return live[id] }); err != nil {
+			rep.Errors = append(rep.Errors, err)
+		}
+	}
 	return rep
 }
 

@@ -152,8 +152,9 @@ func validatePolicy(p *QuarantinePolicy) error {
 		bad("quarantine_nodes: at most %d", maxQuarantineNodes)
 	}
 	for _, n := range p.QuarantineNodes {
-		if !tartarus.ValidName(n) {
-			bad("quarantine_nodes: %q is not a node name", n)
+		k, v, ok := strings.Cut(n, "=")
+		if !ok || !tartarus.ValidLabel(k) || !tartarus.ValidLabel(v) {
+			bad("quarantine_nodes: %.80q is not a node label: want key=value, such as %s=yes", n, NodeLabel)
 		}
 	}
 	if p.MaxQuarantineDuration < 0 || p.MaxQuarantineDuration.Seconds() > maxQuarantineBound {

@@ -104,6 +104,22 @@ type Sleeper interface {
 	Wake(ctx context.Context, id string) error
 }
 
+// NodeLabel is the node label key of quarantine nodes: a cluster keeps
+// ordinary sandboxes off a node labelled quarantine=… (unless a create
+// names the key in its node labels), so that a policy's quarantine_nodes
+// (such as "quarantine=yes") name nodes that hold only quarantined
+// sandboxes.
+const NodeLabel = "quarantine"
+
+// Mover is a Host that can move a held sandbox to another node (a
+// cluster's): MoveTo hibernates it and wakes it on a node carrying one of
+// labels ("key=value"), unless its own node carries one already, and
+// returns the node it is on. The sandbox is running, not quarantined, when
+// it is called; the manager contains it again after.
+type Mover interface {
+	MoveTo(ctx context.Context, id string, labels []string) (node string, err error)
+}
+
 // NetworkController switches a sandbox's network for containment
 // (typhonnode implements it over the node agent's pkg/netns networks).
 type NetworkController interface {

@@ -11,6 +11,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+	"github.com/tartarus-sandbox/tartarus/pkg/typhon/typhonnode"
 )
 
 // DefaultServerName is the service name in the servers' certificates that
@@ -34,8 +35,13 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 	for _, n := range cfg.ServerNames {
 		g.servers[n] = true
 	}
-	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log,
-		Routes: map[string]http.Handler{dialPattern: dialHandler(cfg.Agent)}})
+	// The quarantine's node side: the replicas' Typhon reads signals and
+	// evidence here and moves the sandbox's state; forwarded calls to a
+	// held sandbox are the replica's to refuse (only examiners' get here).
+	q := typhonnode.NewNodeAPI(typhonnode.New(cfg.Agent, cfg.Clock))
+	routes := q.Routes()
+	routes[dialPattern] = dialHandler(cfg.Agent)
+	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log, Routes: routes, Quarantine: q})
 	if err != nil {
 		return nil, fmt.Errorf("node API: %w", err)
 	}

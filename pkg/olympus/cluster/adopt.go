@@ -17,6 +17,11 @@ import (
 // adopt places an unassigned hibernated sandbox on a node that wakes it
 // from the shared snapshot.
 func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sandbox, error) {
+	return c.adoptOn(ctx, sb, nil)
+}
+
+// adoptOn is adopt onto a node that carries labels.
+func (c *Cluster) adoptOn(ctx context.Context, sb *tartarus.Sandbox, labels map[string]string) (*tartarus.Sandbox, error) {
 	raw, err := c.st.Sleep(ctx, sb.ID)
 	if err != nil {
 		return nil, fmt.Errorf("wake %s on another node: %w", sb.ID, dbErr(err))
@@ -42,7 +47,7 @@ func (c *Cluster) adopt(ctx context.Context, sb *tartarus.Sandbox) (*tartarus.Sa
 			if len(shared) == 0 {
 				return nil, nil, tartarus.Errorf(tartarus.ErrUnavailable, "wake %s on another node: no up node shares snapshot storage (agents' --snapshots)", sb.ID)
 			}
-			name, _, err := c.place(shared, sb.Template, placement.Request{Runtime: sb.Runtime, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Avoid: avoid})
+			name, _, err := c.place(shared, sb.Template, placement.Request{Runtime: sb.Runtime, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Labels: labels, Avoid: avoid})
 			if err != nil {
 				return nil, nil, fmt.Errorf("wake %s on another node: %w", sb.ID, err)
 			}

@@ -37,6 +37,7 @@ func (c *Cluster) place(nodes []*store.NodeRecord, template string, req placemen
 		return "", "", tartarus.Errorf(tartarus.ErrUnavailable, "no node agent is up (`tartarus node ls` shows those registered)")
 	}
 	cands, without := c.candidates(nodes, template)
+	cands = offQuarantineNodes(cands, req)
 	if len(cands) == 0 && len(without) > 0 {
 		return "", "", tartarus.Errorf(tartarus.ErrNotFound, "template %s: no up node has it built (%s)", template, strings.Join(without, ", "))
 	}
