@@ -25,7 +25,9 @@ const (
 
 // Schema creates the journal's tables, one statement each, the same SQL on
 // both dialects (TEXT and BIGINT only). pkg/store runs it among its
-// migrations; Migrate runs it on a database of the journal's own.
+// migrations; Migrate runs it on a database of the journal's own. Closed:
+// pkg/store numbers its migrations by position and later ones follow this
+// list, so a change to these tables goes in a list of its own after them.
 var Schema = []string{
 	`CREATE TABLE IF NOT EXISTS quarantines (
 		id          TEXT PRIMARY KEY,
