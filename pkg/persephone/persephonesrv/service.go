@@ -34,6 +34,25 @@ type RefillMeter interface {
 	RefillRate() (typical time.Duration, parallel int)
 }
 
+// Leader is the side of Pools of a cluster replica: only the replica that
+// leads (holds the cluster's lease) sizes the pools; the others skip.
+type Leader interface {
+	Lead(ctx context.Context) (bool, error)
+}
+
+// PoolReader is the side of Pools that reads the ready sandboxes per
+// template over I/O (a cluster's agents, from the database); it is used
+// instead of TemplatePoolSizes.
+type PoolReader interface {
+	ReadyPools(ctx context.Context) (map[string]int, error)
+}
+
+// NodePooler is the side of Pools of a cluster: each agent's share of
+// each template's pool, shown by GET /v1/warm-pools.
+type NodePooler interface {
+	NodePools(ctx context.Context) ([]persephone.NodePool, error)
+}
+
 // Sandboxes is what the usage source reads from the sandbox store: the
 // counts by state, and the creates of a span by template
 // (store.UsageKeeper).
@@ -58,8 +77,8 @@ type Config struct {
 	Log       *slog.Logger
 
 	// Pools, when set, get their targets every PoolEvery (default 5m)
-	// from Scaler.PoolTargets. A cluster replica has none: its agents keep
-	// their fixed --warm-pool (see docs/seasons.md).
+	// from Scaler.PoolTargets: a node agent's pools, or a cluster's
+	// (cluster.ForecastPools, with the Leader side: one replica sizes).
 	Pools     Pools
 	PoolEvery time.Duration
 
@@ -165,7 +184,25 @@ func (s *Service) every(ctx context.Context, d time.Duration, f func(context.Con
 // SizePools asks the scaler for each template's pool size and gives the
 // sizes to the node agent.
 func (s *Service) SizePools(ctx context.Context) error {
+	if l, ok := s.cfg.Pools.(Leader); ok {
+		lead, err := l.Lead(ctx)
+		if err != nil {
+			return fmt.Errorf("size warm pools: %w", err)
+		}
+		if !lead {
+			s.mu.Lock()
+			s.targets = nil // another replica sizes them now
+			s.mu.Unlock()
+			return nil
+		}
+	}
 	current := s.cfg.Pools.TemplatePoolSizes()
+	if r, ok := s.cfg.Pools.(PoolReader); ok {
+		var err error
+		if current, err = r.ReadyPools(ctx); err != nil {
+			return fmt.Errorf("size warm pools: %w", err)
+		}
+	}
 	var refill persephone.Refill
 	if m, ok := s.cfg.Pools.(RefillMeter); ok {
 		refill.Time, refill.Parallel = m.RefillRate()
