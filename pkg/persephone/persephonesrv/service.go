@@ -158,6 +158,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.Pools != nil {
 		wg.Go(func() { s.every(ctx, s.cfg.PoolEvery, s.SizePools) })
 	}
+	// Seasons defined or applied at another replica show here within a
+	// minute (and before each sizing).
+	wg.Go(func() { s.every(ctx, time.Minute, s.scaler.ReloadSeasons) })
 	if s.cfg.Webhook != "" {
 		wg.Go(func() { s.every(ctx, s.cfg.WebhookEvery, s.SendCapacity) })
 	}
@@ -195,6 +198,10 @@ func (s *Service) SizePools(ctx context.Context) error {
 			s.mu.Unlock()
 			return nil
 		}
+	}
+	// Another replica may have defined or applied a season since.
+	if err := s.scaler.ReloadSeasons(ctx); err != nil {
+		return fmt.Errorf("size warm pools: %w", err)
 	}
 	current := s.cfg.Pools.TemplatePoolSizes()
 	if r, ok := s.cfg.Pools.(PoolReader); ok {
