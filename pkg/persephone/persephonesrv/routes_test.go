@@ -207,3 +207,69 @@ func TestSourceAndPools(t *testing.T) {
 		t.Errorf("targets %v, want python: 3", pools.set)
 	}
 }
+
+// clusterPools is a cluster replica's pools: it leads or not, reads the
+// ready counts with a context and shows each agent's share.
+type clusterPools struct {
+	fakePools
+	lead  bool
+	ready map[string]int
+}
+
+func (c *clusterPools) Lead(context.Context) (bool, error) { return c.lead, nil }
+func (c *clusterPools) ReadyPools(context.Context) (map[string]int, error) {
+	return c.ready, nil
+}
+func (c *clusterPools) NodePools(context.Context) ([]persephone.NodePool, error) {
+	return []persephone.NodePool{{Node: "node-a", Template: "python", Target: 2, Ready: 1, WarmCreates: 4, ColdCreates: 1}}, nil
+}
+
+// On a cluster only the leading replica sizes; a season applied at
+// another replica (straight into the store here) is seen at the next
+// sizing; GET /v1/warm-pools adds each agent's share.
+func TestClusterPoolsLeadAndSplit(t *testing.T) {
+	ctx := context.Background()
+	svc, fc, st, _ := newService(t)
+	pools := &clusterPools{ready: map[string]int{"python": 1}}
+	svc.cfg.Pools = pools
+
+	uk := st.(store.UsageKeeper)
+	other, err := persephone.New(ctx, persephone.Config{Usage: uk.Usage(), Seasons: uk.Usage(), Clock: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	season := &persephone.Season{ID: "busy", Prewarming: persephone.PrewarmConfig{Templates: []string{"python"}, PoolSize: 3}}
+	if err := other.DefineSeason(ctx, season); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.ApplySeason(ctx, "busy"); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := svc.SizePools(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pools.set != nil || len(svc.LastTargets()) != 0 {
+		t.Fatalf("a replica that does not lead sized: %v %v", pools.set, svc.LastTargets())
+	}
+	pools.lead = true
+	if err := svc.SizePools(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pools.set["python"] != 3 {
+		t.Fatalf("targets %v, want python: 3 (the season applied at the other replica)", pools.set)
+	}
+	if ts := svc.LastTargets(); len(ts) != 1 || ts[0].Current != 1 {
+		t.Fatalf("last targets %+v, want python with 1 ready (ReadyPools)", ts)
+	}
+
+	srv := serve(t, svc, denyWrites{})
+	code, body := do(t, http.MethodGet, srv.URL+"/v1/warm-pools", "")
+	var ans WarmPoolsAnswer
+	if err := json.Unmarshal([]byte(body), &ans); code != http.StatusOK || err != nil {
+		t.Fatalf("GET /v1/warm-pools: %d %s", code, body)
+	}
+	if len(ans.Targets) != 1 || len(ans.Nodes) != 1 || ans.Nodes[0].Node != "node-a" || ans.Nodes[0].WarmCreates != 4 {
+		t.Errorf("warm pools answer %+v", ans)
+	}
+}
