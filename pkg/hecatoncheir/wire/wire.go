@@ -103,7 +103,7 @@ type NodeStatus struct {
 	// SharedSnapshots is true when the agent keeps snapshots in storage
 	// other nodes share (S3), so its hibernated sandboxes can wake
 	// elsewhere.
-	SharedSnapshots bool      `json:"shared_snapshots"`
+	SharedSnapshots bool `json:"shared_snapshots"`
 	// PoolTargets are the per-template warm-pool sizes the agent fills to
 	// (set by a KindPoolTargets command); nil while it keeps its fixed
 	// --warm-pool.
@@ -112,7 +112,7 @@ type NodeStatus struct {
 	// by how they were served ("warm pool", "restored", "booted", "failed").
 	Creates   map[string]map[string]int `json:"creates,omitempty"`
 	StartedAt time.Time                 `json:"started_at"`
-	Version         string    `json:"version,omitempty"`
+	Version   string                    `json:"version,omitempty"`
 }
 
 // Heartbeat is sent every HeartbeatReply.Interval. The first one after the
