@@ -107,6 +107,11 @@ type UsageRecord struct {
 
 	// LaunchesByTemplate counts the launches of each template (extension).
 	LaunchesByTemplate map[string]int `json:"launches_by_template,omitempty"`
+	// WarmLaunches and ColdLaunches split the launches by whether they
+	// found a warm sandbox (extension; 0 and 0 when the nodes do not say,
+	// as in imported history).
+	WarmLaunches int `json:"warm_launches,omitempty"`
+	ColdLaunches int `json:"cold_launches,omitempty"`
 	// Resolution is the span the record covers: 0 or one minute for a
 	// recorded minute, one hour for a downsampled row (extension).
 	Resolution time.Duration `json:"resolution,omitempty"`

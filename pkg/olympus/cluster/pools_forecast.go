@@ -330,3 +330,19 @@ func (c *Cluster) placeWarmFirst(nodes []*store.NodeRecord, req *tartarus.Create
 	}
 	return node, rt, c.warm(nodes, node, hecatoncheir.PoolKey(rt, req.Template, req.MemoryMB, req.CPUs), taken), nil
 }
+
+// NodeCreateCounts returns each up agent's creates since it started, by
+// template and by how they were served, as its last heartbeat says.
+func (c *Cluster) NodeCreateCounts(ctx context.Context) (map[string]map[string]map[string]int, error) {
+	nodes, err := c.st.Nodes(ctx)
+	if err != nil {
+		return nil, dbErr(err)
+	}
+	out := map[string]map[string]map[string]int{}
+	for _, n := range nodes {
+		if n.State == store.NodeUp {
+			out[n.Name] = c.status(n).Creates
+		}
+	}
+	return out, nil
+}

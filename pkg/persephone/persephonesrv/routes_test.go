@@ -273,3 +273,49 @@ func TestClusterPoolsLeadAndSplit(t *testing.T) {
 		t.Errorf("warm pools answer %+v", ans)
 	}
 }
+
+// countingNodes lists no nodes and counts creates as set.
+type countingNodes struct {
+	counts map[string]map[string]map[string]int
+}
+
+func (c *countingNodes) Nodes(context.Context) ([]*tartarus.NodeInfo, error) { return nil, nil }
+func (c *countingNodes) NodeCreateCounts(context.Context) (map[string]map[string]map[string]int, error) {
+	return c.counts, nil
+}
+
+// Warm and cold launches are the growth of the nodes' create counts
+// between records: the first reading is the baseline, failed creates are
+// neither, and a count that fell (the agent restarted) counts whole.
+func TestSourceWarmCold(t *testing.T) {
+	ctx := context.Background()
+	svc, fc, _, _ := newService(t)
+	nodes := &countingNodes{}
+	src := &Source{Sandboxes: svc.cfg.Sandboxes, Nodes: nodes}
+	steps := []struct {
+		name       string
+		counts     map[string]map[string]map[string]int
+		warm, cold int
+	}{
+		{"baseline", map[string]map[string]map[string]int{"a": {"python": {"warm pool": 5, "restored": 2}}}, 0, 0},
+		{"growth", map[string]map[string]map[string]int{
+			"a": {"python": {"warm pool": 7, "restored": 3, "failed": 4}},
+			"b": {"node": {"booted": 1}}}, 2, 2},
+		{"no change", map[string]map[string]map[string]int{
+			"a": {"python": {"warm pool": 7, "restored": 3, "failed": 4}},
+			"b": {"node": {"booted": 1}}}, 0, 0},
+		{"a restarted", map[string]map[string]map[string]int{
+			"a": {"python": {"warm pool": 1}},
+			"b": {"node": {"booted": 1}}}, 1, 0},
+	}
+	for _, s := range steps {
+		nodes.counts = s.counts
+		rec, err := src.Usage(ctx, fc.Now().Truncate(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.WarmLaunches != s.warm || rec.ColdLaunches != s.cold {
+			t.Errorf("%s: warm %d cold %d, want %d and %d", s.name, rec.WarmLaunches, rec.ColdLaunches, s.warm, s.cold)
+		}
+	}
+}

@@ -67,6 +67,14 @@ type NodeLister interface {
 	Nodes(ctx context.Context) ([]*tartarus.NodeInfo, error)
 }
 
+// NodeCreateCounter is the side of NodeLister that counts each node's creates
+// since it started, by template and by how they were served
+// (hecatoncheir.Agent.CreateCounts: "warm pool" is a warm launch,
+// "failed" none, anything else a cold one).
+type NodeCreateCounter interface {
+	NodeCreateCounts(ctx context.Context) (map[string]map[string]map[string]int, error)
+}
+
 // Config wires a Service.
 type Config struct {
 	Scaler    *persephone.Scaler // required
@@ -261,10 +269,15 @@ func (s *Service) SendCapacity(ctx context.Context) error {
 // the minute, by template, and those of them that failed, read from the
 // store, so that in a cluster any replica counts every replica's creates.
 // CPU and memory utilization are what the nodes' sandboxes hold of the
-// nodes' CPUs and memory (0 when the nodes do not say).
+// nodes' CPUs and memory (0 when the nodes do not say). Warm and cold
+// launches are how much the nodes' create counts (NodeCreateCounter) grew
+// since the previous record; the first record after a start has none.
 type Source struct {
 	Sandboxes Sandboxes
 	Nodes     NodeLister
+
+	mu      sync.Mutex
+	creates map[string]map[string]map[string]int // node → template → how → count, as read last
 }
 
 var _ persephone.UsageSource = (*Source)(nil)
@@ -286,6 +299,11 @@ func (src *Source) Usage(ctx context.Context, minute time.Time) (*persephone.Usa
 		rec.ErrorCount += c.Failed
 		rec.LaunchesByTemplate[tpl] = c.Launches
 	}
+	if cc, ok := src.Nodes.(NodeCreateCounter); ok {
+		if counts, err := cc.NodeCreateCounts(ctx); err == nil {
+			rec.WarmLaunches, rec.ColdLaunches = src.servedSince(counts)
+		}
+	}
 	if src.Nodes != nil {
 		if nodes, err := src.Nodes.Nodes(ctx); err == nil {
 			var cpus, usedCPUs, mem, usedMem int
@@ -301,4 +319,36 @@ func (src *Source) Usage(ctx context.Context, minute time.Time) (*persephone.Usa
 		}
 	}
 	return rec, nil
+}
+
+// servedSince returns the warm and cold creates counted since the previous
+// reading and keeps counts for the next. A count that fell is a node that
+// restarted: all of it is new. A node or template first seen counts whole,
+// except at the first reading, which only sets the baseline.
+func (src *Source) servedSince(counts map[string]map[string]map[string]int) (warm, cold int) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	first := src.creates == nil
+	for node, byTpl := range counts {
+		for tpl, byHow := range byTpl {
+			for how, n := range byHow {
+				d := n - src.creates[node][tpl][how]
+				if d < 0 {
+					d = n
+				}
+				if first || d <= 0 {
+					continue
+				}
+				switch how {
+				case "warm pool":
+					warm += d
+				case "failed":
+				default:
+					cold += d
+				}
+			}
+		}
+	}
+	src.creates = counts
+	return warm, cold
 }
