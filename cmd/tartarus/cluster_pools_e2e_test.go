@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -146,4 +147,24 @@ func TestClusterForecastPools(t *testing.T) {
 		_, a := s["node-a"]
 		return !a && s["node-b"].target == target && s["node-b"].ready == target
 	})
+
+	// The usage records (each minute, one replica's row) count the create
+	// as warm.
+	db, err := sql.Open("pgx", c.pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var warm, cold int
+	t0 = time.Now()
+	if !waitForQuiet(2*time.Minute, func() bool {
+		err := db.QueryRowContext(ctx, `SELECT COALESCE(SUM(warm_launches), 0), COALESCE(SUM(cold_launches), 0) FROM persephone_usage`).Scan(&warm, &cold)
+		return err == nil && warm > 0
+	}) {
+		t.Fatalf("no usage record counted the warm create (warm %d, cold %d)", warm, cold)
+	}
+	if warm != 1 || cold != 0 {
+		t.Fatalf("usage records count %d warm and %d cold launches, want 1 and 0", warm, cold)
+	}
+	t.Logf("usage records: 1 warm launch, 0 cold (after %v more)", time.Since(t0).Round(time.Second))
 }

@@ -307,9 +307,15 @@ func TestSourceWarmCold(t *testing.T) {
 		{"a restarted", map[string]map[string]map[string]int{
 			"a": {"python": {"warm pool": 1}},
 			"b": {"node": {"booted": 1}}}, 1, 0},
+		{"primed", map[string]map[string]map[string]int{}, 0, 0},
+		{"counted whole after a prime", map[string]map[string]map[string]int{"c": {"python": {"warm pool": 2}}}, 2, 0},
 	}
 	for _, s := range steps {
 		nodes.counts = s.counts
+		if s.name == "primed" {
+			src.Prime(ctx)
+			continue
+		}
 		rec, err := src.Usage(ctx, fc.Now().Truncate(time.Minute))
 		if err != nil {
 			t.Fatal(err)

@@ -156,8 +156,9 @@ func New(cfg Config) (*Service, error) {
 // the capacity webhook, until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	rec := &persephone.Recorder{Source: &Source{Sandboxes: s.cfg.Sandboxes, Nodes: s.cfg.Nodes},
-		Store: s.cfg.Usage, Clock: s.cfg.Clock, Keep: s.cfg.Keep, Log: s.log}
+	src := &Source{Sandboxes: s.cfg.Sandboxes, Nodes: s.cfg.Nodes}
+	src.Prime(ctx)
+	rec := &persephone.Recorder{Source: src, Store: s.cfg.Usage, Clock: s.cfg.Clock, Keep: s.cfg.Keep, Log: s.log}
 	wg.Go(func() {
 		if err := rec.Run(ctx); err != nil {
 			s.log.Error("usage recorder", "err", err)
@@ -271,7 +272,8 @@ func (s *Service) SendCapacity(ctx context.Context) error {
 // CPU and memory utilization are what the nodes' sandboxes hold of the
 // nodes' CPUs and memory (0 when the nodes do not say). Warm and cold
 // launches are how much the nodes' create counts (NodeCreateCounter) grew
-// since the previous record; the first record after a start has none.
+// since the previous record (or Prime); without a Prime the first record
+// has none.
 type Source struct {
 	Sandboxes Sandboxes
 	Nodes     NodeLister
@@ -319,6 +321,26 @@ func (src *Source) Usage(ctx context.Context, minute time.Time) (*persephone.Usa
 		}
 	}
 	return rec, nil
+}
+
+// Prime reads the nodes' create counts as the baseline of the first
+// record, so that creates from now on count in it (without it the first
+// record only sets the baseline).
+func (src *Source) Prime(ctx context.Context) {
+	cc, ok := src.Nodes.(NodeCreateCounter)
+	if !ok {
+		return
+	}
+	counts, err := cc.NodeCreateCounts(ctx)
+	if err != nil {
+		return
+	}
+	if counts == nil {
+		counts = map[string]map[string]map[string]int{}
+	}
+	src.mu.Lock()
+	src.creates = counts
+	src.mu.Unlock()
 }
 
 // servedSince returns the warm and cold creates counted since the previous
