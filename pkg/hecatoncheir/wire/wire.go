@@ -105,9 +105,9 @@ type NodeStatus struct {
 	// elsewhere.
 	SharedSnapshots bool `json:"shared_snapshots"`
 	// PoolTargets are the per-template warm-pool sizes the agent fills to
-	// (set by a KindPoolTargets command); nil while it keeps its fixed
-	// --warm-pool.
-	PoolTargets map[string]int `json:"pool_targets,omitempty"`
+	// (set by a KindPoolTargets command); null while it keeps its fixed
+	// --warm-pool, {} when it was told to keep no pools (so no omitempty).
+	PoolTargets map[string]int `json:"pool_targets"`
 	// Creates counts the agent's creates since it started, by template and
 	// by how they were served ("warm pool", "restored", "booted", "failed").
 	Creates   map[string]map[string]int `json:"creates,omitempty"`

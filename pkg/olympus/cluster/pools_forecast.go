@@ -176,9 +176,24 @@ func (p *ForecastPools) SetPoolTargets(ctx context.Context, targets map[string]i
 		_, poolMem := readyOf(st)
 		room[n.Name] = max(0, (st.MemoryMB-n.UsedMemoryMB+poolMem)/tartarus.DefaultMemoryMB)
 	}
+	// The previous split is the one this replica sent last or, for a
+	// template it has not split yet (it just took the lead), what the
+	// agents report filling to: a new leader keeps the old one's split.
 	p.mu.Lock()
-	prev := p.split
+	sent := p.split
 	p.mu.Unlock()
+	prev := maps.Clone(sent)
+	for _, n := range nodes {
+		for tpl, k := range statuses[n.Name].PoolTargets {
+			if _, ok := sent[tpl]; ok {
+				continue
+			}
+			if prev[tpl] == nil {
+				prev[tpl] = map[string]int{}
+			}
+			prev[tpl][n.Name] = k
+		}
+	}
 	split := map[string]map[string]int{}
 	perNode := map[string]map[string]int{}
 	for _, n := range nodes {

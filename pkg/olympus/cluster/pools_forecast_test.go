@@ -100,3 +100,26 @@ func TestForecastPools(t *testing.T) {
 	}
 	other.Close(ctx)
 }
+
+// A replica that takes the lead keeps the split the agents report (the
+// previous leader's) instead of splitting afresh.
+func TestForecastPoolsNewLeaderKeepsSplit(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, pgtest.StartPostgres(t), "poolsleader")
+	a, b := status("a", 4096, nil, false), status("b", 4096, nil, false)
+	// Split afresh, 3 would be a 2, b 1; the agents report a 0, b 3.
+	a.PoolTargets, b.PoolTargets = map[string]int{}, map[string]int{"base": 3}
+	e.beat(a, true)
+	e.beat(b, true)
+	fp := e.c.ForecastPools()
+	if err := fp.SetPoolTargets(ctx, map[string]int{"base": 3}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		var cmds wire.Commands
+		e.call(n, "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+		if len(cmds.Commands) != 0 {
+			t.Fatalf("node %s got %+v: the new leader moved the split", n, cmds.Commands)
+		}
+	}
+}
