@@ -16,8 +16,8 @@ import (
 
 // TestClusterForecastPools runs forecast-sized warm pools on a cluster:
 // two replicas with --forecast-pools (sizing every 2s) over two agents
-// with real microVMs. A pinned season sets the cluster's target for
-// "base" to 3; one replica (the lease holder) sizes, the agents together
+// with real microVMs. A season defined at one replica and pinned at the
+// other sets the cluster's target for "base" to 3; one replica (the lease holder) sizes, the agents together
 // hold 3 warm sandboxes, split over both; a create at either replica is
 // served from a warm pool (counted warm by the agent, no cold create);
 // killing one agent moves its share to the other.
@@ -36,7 +36,8 @@ func TestClusterForecastPools(t *testing.T) {
 	if err := c.cl[0].Call(ctx, http.MethodPost, "/v1/seasons", nil, season, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.cl[0].Call(ctx, http.MethodPost, "/v1/seasons/peak/apply", nil, nil, nil); err != nil {
+	// Applied at the other replica: seasons are shared through the store.
+	if err := c.cl[1].Call(ctx, http.MethodPost, "/v1/seasons/peak/apply", nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 

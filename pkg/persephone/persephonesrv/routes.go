@@ -147,6 +147,10 @@ func onlyQuery(r *http.Request, allowed ...string) error {
 }
 
 func (h *handlers) seasonList(r *http.Request) (int, any, error) {
+	// Another replica may have defined or applied a season since.
+	if err := h.s.scaler.ReloadSeasons(r.Context()); err != nil {
+		return 0, nil, err
+	}
 	seasons, pinned := h.s.scaler.Seasons()
 	cur, err := h.s.scaler.CurrentSeason(r.Context())
 	if err != nil {
@@ -186,6 +190,10 @@ func (h *handlers) defineSeason(r *http.Request) (int, any, error) {
 }
 
 func (h *handlers) applySeason(r *http.Request) (int, any, error) {
+	// The season may have been defined at another replica.
+	if err := h.s.scaler.ReloadSeasons(r.Context()); err != nil {
+		return 0, nil, err
+	}
 	if err := h.s.scaler.ApplySeason(r.Context(), r.PathValue("id")); err != nil {
 		return 0, nil, err
 	}
@@ -297,6 +305,9 @@ func (h *handlers) capacity(r *http.Request) (int, any, error) {
 			return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "target_util %q: want a fraction in (0, 1]", v)
 		}
 		util = f
+	}
+	if err := h.s.scaler.ReloadSeasons(r.Context()); err != nil {
+		return 0, nil, err
 	}
 	rec, err := h.s.scaler.RecommendCapacity(r.Context(), util)
 	if err != nil {
