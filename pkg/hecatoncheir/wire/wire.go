@@ -110,9 +110,14 @@ type NodeStatus struct {
 	PoolTargets map[string]int `json:"pool_targets"`
 	// Creates counts the agent's creates since it started, by template and
 	// by how they were served ("warm pool", "restored", "booted", "failed").
-	Creates   map[string]map[string]int `json:"creates,omitempty"`
-	StartedAt time.Time                 `json:"started_at"`
-	Version   string                    `json:"version,omitempty"`
+	Creates map[string]map[string]int `json:"creates,omitempty"`
+	// RefillTime is the agent's typical time to make one warm sandbox (0
+	// before its first) and RefillParallel how many a pool makes at once
+	// (hecatoncheir.Agent.RefillRate).
+	RefillTime     time.Duration `json:"refill_ns,omitempty"`
+	RefillParallel int           `json:"refill_parallel,omitempty"`
+	StartedAt      time.Time     `json:"started_at"`
+	Version        string        `json:"version,omitempty"`
 }
 
 // Heartbeat is sent every HeartbeatReply.Interval. The first one after the

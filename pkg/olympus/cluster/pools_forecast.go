@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
@@ -38,6 +39,7 @@ type ForecastPools struct {
 	split   map[string]map[string]int // template → node → share, as sent last
 	pending map[string]string         // node → its pool_targets command not yet done
 	ready   map[string]int            // template → ready sandboxes, as read last
+	refill  persephone.Refill         // the agents' refill rate, as read last
 }
 
 // ForecastPools returns the cluster's side of forecast-sized warm pools.
@@ -132,16 +134,37 @@ func (p *ForecastPools) ReadyPools(ctx context.Context) (map[string]int, error) 
 		return nil, err
 	}
 	out := map[string]int{}
+	var times []time.Duration
+	var refill persephone.Refill
 	for _, n := range nodes {
-		r, _ := readyOf(p.c.status(n))
+		st := p.c.status(n)
+		r, _ := readyOf(st)
 		for tpl, k := range r {
 			out[tpl] += k
 		}
+		if st.RefillTime > 0 {
+			times = append(times, st.RefillTime)
+		}
+		refill.Parallel += max(1, st.RefillParallel)
+	}
+	if len(times) > 0 {
+		slices.Sort(times)
+		refill.Time = times[len(times)/2]
 	}
 	p.mu.Lock()
-	p.ready = out
+	p.ready, p.refill = out, refill
 	p.mu.Unlock()
 	return maps.Clone(out), nil
+}
+
+// RefillRate is the cluster's refill rate as ReadyPools read it last
+// (persephonesrv.RefillMeter): the median of the agents' typical refill
+// times (0 before any agent made one), and the sum of the refills they
+// make at once, since a template's pool is spread over all of them.
+func (p *ForecastPools) RefillRate() (time.Duration, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refill.Time, p.refill.Parallel
 }
 
 // TemplatePoolSizes is ReadyPools as read last (persephonesrv reads it

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
@@ -57,6 +58,7 @@ func TestForecastPools(t *testing.T) {
 	a.PoolTargets, b.PoolTargets = got["a"], got["b"]
 	a.Warm = map[string][]string{"microvm/base/256/1": {"sb-warm1", "sb-warm2"}}
 	a.Creates = map[string]map[string]int{"base": {"warm pool": 5, "restored": 2, "failed": 1}}
+	a.RefillTime, a.RefillParallel, b.RefillParallel = 3*time.Second, 2, 4
 	e.beat(a, false)
 	e.beat(b, false)
 	if err := fp.SetPoolTargets(ctx, map[string]int{"base": 40}); err != nil {
@@ -71,6 +73,9 @@ func TestForecastPools(t *testing.T) {
 	}
 	if ready, err := fp.ReadyPools(ctx); err != nil || ready["base"] != 2 {
 		t.Fatalf("ReadyPools = %v, %v", ready, err)
+	}
+	if took, par := fp.RefillRate(); took != 3*time.Second || par != 6 {
+		t.Fatalf("RefillRate = %v, %d; want a's 3s and 2+4 at once", took, par)
 	}
 	nps, err := fp.NodePools(ctx)
 	if err != nil || len(nps) != 2 || nps[0].Node != "a" || nps[0].Ready != 2 || nps[0].Target != 12 ||
