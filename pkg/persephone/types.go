@@ -70,6 +70,9 @@ type PrewarmConfig struct {
 	// LeadTime is how far ahead of the season's start the pools fill, and
 	// how far ahead the forecast-sized pools look.
 	LeadTime time.Duration `json:"lead_time,omitempty" yaml:"lead_time,omitempty"`
+	// NodeLabels, on a cluster, keep the listed templates' warm pools on
+	// the agents that carry every one of these labels (extension).
+	NodeLabels map[string]string `json:"node_labels,omitempty" yaml:"node_labels,omitempty"`
 }
 
 // Forecast is a sequence of predictions from GeneratedAt.

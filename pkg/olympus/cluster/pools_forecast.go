@@ -182,6 +182,25 @@ func (p *ForecastPools) TemplatePoolSizes() map[string]int {
 // its own ready warm sandboxes counted as free, and what earlier
 // templates' shares (in name order) took of it.
 func (p *ForecastPools) SetPoolTargets(ctx context.Context, targets map[string]int) error {
+	return p.setPools(ctx, targets, nil)
+}
+
+// SetPoolPlan is SetPoolTargets with each target's node labels
+// (persephonesrv.PoolPlanner): a template whose target names labels is
+// split only over the agents carrying every one of them.
+func (p *ForecastPools) SetPoolPlan(ctx context.Context, ts []persephone.PoolTarget) error {
+	targets := make(map[string]int, len(ts))
+	labels := map[string]map[string]string{}
+	for _, t := range ts {
+		targets[t.Template] = t.Size
+		if len(t.NodeLabels) > 0 {
+			labels[t.Template] = t.NodeLabels
+		}
+	}
+	return p.setPools(ctx, targets, labels)
+}
+
+func (p *ForecastPools) setPools(ctx context.Context, targets map[string]int, labels map[string]map[string]string) error {
 	for tpl, n := range targets {
 		if n < 0 {
 			return tartarus.Errorf(tartarus.ErrInvalid, "warm pool target of %s: %d is negative", tpl, n)
@@ -225,7 +244,8 @@ func (p *ForecastPools) SetPoolTargets(ctx context.Context, targets map[string]i
 	for _, tpl := range slices.Sorted(maps.Keys(targets)) {
 		var cands []persephone.NodeRoom
 		for _, n := range nodes {
-			if slices.Contains(statuses[n.Name].Templates, tpl) {
+			st := statuses[n.Name]
+			if slices.Contains(st.Templates, tpl) && hasLabels(st.Labels, labels[tpl]) {
 				cands = append(cands, persephone.NodeRoom{Name: n.Name, Room: room[n.Name]})
 			}
 		}
@@ -253,6 +273,16 @@ func (p *ForecastPools) SetPoolTargets(ctx context.Context, targets map[string]i
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hasLabels says whether have carries every label of want.
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 func sum(m map[string]int) int {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
+	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
 	"github.com/tartarus-sandbox/tartarus/pkg/store/pgtest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -126,5 +127,26 @@ func TestForecastPoolsNewLeaderKeepsSplit(t *testing.T) {
 		if len(cmds.Commands) != 0 {
 			t.Fatalf("node %s got %+v: the new leader moved the split", n, cmds.Commands)
 		}
+	}
+}
+
+// A season's node labels keep the pool on the agents carrying them.
+func TestForecastPoolsLabels(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, pgtest.StartPostgres(t), "poolslabels")
+	e.beat(status("a", 8192, map[string]string{"pool": "slow"}, false), true)
+	e.beat(status("b", 4096, map[string]string{"pool": "fast"}, false), true)
+	fp := e.c.ForecastPools()
+	if err := fp.SetPoolPlan(ctx, []persephone.PoolTarget{{Template: "base", Size: 3, NodeLabels: map[string]string{"pool": "fast"}}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]map[string]int{}
+	for _, n := range []string{"a", "b"} {
+		for _, cmd := range e.poll(n) {
+			got[n] = cmd.PoolTargets
+		}
+	}
+	if !maps.Equal(got["a"], map[string]int{}) || !maps.Equal(got["b"], map[string]int{"base": 3}) {
+		t.Fatalf("targets sent %v, want none on a, base: 3 on b (pool=fast)", got)
 	}
 }

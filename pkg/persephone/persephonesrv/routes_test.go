@@ -214,9 +214,14 @@ type clusterPools struct {
 	fakePools
 	lead  bool
 	ready map[string]int
+	plan  []persephone.PoolTarget
 }
 
 func (c *clusterPools) Lead(context.Context) (bool, error) { return c.lead, nil }
+func (c *clusterPools) SetPoolPlan(_ context.Context, ts []persephone.PoolTarget) error {
+	c.plan = ts
+	return nil
+}
 func (c *clusterPools) ReadyPools(context.Context) (map[string]int, error) {
 	return c.ready, nil
 }
@@ -238,7 +243,8 @@ func TestClusterPoolsLeadAndSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	season := &persephone.Season{ID: "busy", Prewarming: persephone.PrewarmConfig{Templates: []string{"python"}, PoolSize: 3}}
+	season := &persephone.Season{ID: "busy", Prewarming: persephone.PrewarmConfig{Templates: []string{"python"}, PoolSize: 3,
+		NodeLabels: map[string]string{"pool": "fast"}}}
 	if err := other.DefineSeason(ctx, season); err != nil {
 		t.Fatal(err)
 	}
@@ -249,15 +255,15 @@ func TestClusterPoolsLeadAndSplit(t *testing.T) {
 	if err := svc.SizePools(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if pools.set != nil || len(svc.LastTargets()) != 0 {
+	if pools.plan != nil || len(svc.LastTargets()) != 0 {
 		t.Fatalf("a replica that does not lead sized: %v %v", pools.set, svc.LastTargets())
 	}
 	pools.lead = true
 	if err := svc.SizePools(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if pools.set["python"] != 3 {
-		t.Fatalf("targets %v, want python: 3 (the season applied at the other replica)", pools.set)
+	if len(pools.plan) != 1 || pools.plan[0].Size != 3 || pools.plan[0].NodeLabels["pool"] != "fast" {
+		t.Fatalf("plan %+v, want python: 3 on pool=fast (the season applied at the other replica)", pools.plan)
 	}
 	if ts := svc.LastTargets(); len(ts) != 1 || ts[0].Current != 1 {
 		t.Fatalf("last targets %+v, want python with 1 ready (ReadyPools)", ts)

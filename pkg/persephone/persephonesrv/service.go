@@ -47,6 +47,14 @@ type PoolReader interface {
 	ReadyPools(ctx context.Context) (map[string]int, error)
 }
 
+// PoolPlanner is the side of Pools that takes the targets whole, with the
+// node labels of the season that set their floor (a cluster places each
+// pool on the agents carrying them); it is used instead of
+// SetPoolTargets.
+type PoolPlanner interface {
+	SetPoolPlan(ctx context.Context, targets []persephone.PoolTarget) error
+}
+
 // NodePooler is the side of Pools of a cluster: each agent's share of
 // each template's pool, shown by GET /v1/warm-pools.
 type NodePooler interface {
@@ -231,7 +239,12 @@ func (s *Service) SizePools(ctx context.Context) error {
 	for _, t := range ts {
 		targets[t.Template] = t.Size
 	}
-	if err := s.cfg.Pools.SetPoolTargets(ctx, targets); err != nil {
+	if pp, ok := s.cfg.Pools.(PoolPlanner); ok {
+		err = pp.SetPoolPlan(ctx, ts)
+	} else {
+		err = s.cfg.Pools.SetPoolTargets(ctx, targets)
+	}
+	if err != nil {
 		return fmt.Errorf("set warm-pool targets: %w", err)
 	}
 	s.mu.Lock()
