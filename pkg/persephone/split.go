@@ -12,6 +12,10 @@ type NodeRoom struct {
 	// capacity (counting what its own pools hold now as free) in sandboxes
 	// of the pool's shape.
 	Room int
+	// Recent counts the agent's launches of the template over the recent
+	// window: when the pool shrinks, the agents that launched fewest give
+	// up their share first.
+	Recent int
 }
 
 // NodePool is one agent's share of one template's warm pool in a cluster:
@@ -35,7 +39,9 @@ type NodePool struct {
 //   - an agent keeps its previous share as far as its room allows (an agent
 //     gone from nodes loses its share);
 //   - while the shares sum to more than total, one comes off the agent
-//     with the least room left;
+//     that launched the fewest of the template recently, among those
+//     the agent with the least room left (the per-agent side of scale-in:
+//     an agent keeps its warm sandboxes while it uses them);
 //   - while they sum to less, one goes to the agent with the most room
 //     left, until total is reached or no agent has room.
 //
@@ -63,7 +69,10 @@ func SplitPool(total int, prev map[string]int, nodes []NodeRoom) map[string]int 
 	for sum > total {
 		pick := -1
 		for i, n := range nodes {
-			if share[n.Name] > 0 && (pick < 0 || left(n) < left(nodes[pick])) {
+			if share[n.Name] == 0 {
+				continue
+			}
+			if pick < 0 || n.Recent < nodes[pick].Recent || n.Recent == nodes[pick].Recent && left(n) < left(nodes[pick]) {
 				pick = i
 			}
 		}

@@ -40,6 +40,63 @@ type ForecastPools struct {
 	pending map[string]string         // node → its pool_targets command not yet done
 	ready   map[string]int            // template → ready sandboxes, as read last
 	refill  persephone.Refill         // the agents' refill rate, as read last
+	// launched are the agents' launch counts (node → template → creates
+	// since the agent started) at each sizing over the recent window,
+	// oldest first.
+	launched []launchCounts
+}
+
+type launchCounts struct {
+	at     time.Time
+	counts map[string]map[string]int
+}
+
+// recentWindow is how far back an agent's own launches count when its
+// share of a shrinking pool is chosen (persephone.PoolConfig's default
+// RecentWindow).
+const recentWindow = 30 * time.Minute
+
+// recentLaunches notes the agents' launch counts now and returns each
+// agent's launches per template since the oldest note within
+// recentWindow (a count that fell is an agent that restarted: all of it
+// is recent).
+func (p *ForecastPools) recentLaunches(statuses map[string]*wire.NodeStatus) map[string]map[string]int {
+	now := p.c.cfg.Clock.Now()
+	cur := map[string]map[string]int{}
+	for node, st := range statuses {
+		cur[node] = map[string]int{}
+		for tpl, byHow := range st.Creates {
+			for how, k := range byHow {
+				if how != "failed" {
+					cur[node][tpl] += k
+				}
+			}
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// The base is the newest note at least recentWindow old, or the
+	// oldest there is.
+	for len(p.launched) > 1 && now.Sub(p.launched[1].at) >= recentWindow {
+		p.launched = p.launched[1:]
+	}
+	base := map[string]map[string]int{}
+	if len(p.launched) > 0 {
+		base = p.launched[0].counts
+	}
+	p.launched = append(p.launched, launchCounts{at: now, counts: cur})
+	out := map[string]map[string]int{}
+	for node, byTpl := range cur {
+		out[node] = map[string]int{}
+		for tpl, k := range byTpl {
+			d := k - base[node][tpl]
+			if d < 0 {
+				d = k
+			}
+			out[node][tpl] = d
+		}
+	}
+	return out
 }
 
 // ForecastPools returns the cluster's side of forecast-sized warm pools.
@@ -236,6 +293,7 @@ func (p *ForecastPools) setPools(ctx context.Context, targets map[string]int, la
 			prev[tpl][n.Name] = k
 		}
 	}
+	recent := p.recentLaunches(statuses)
 	split := map[string]map[string]int{}
 	perNode := map[string]map[string]int{}
 	for _, n := range nodes {
@@ -246,7 +304,7 @@ func (p *ForecastPools) setPools(ctx context.Context, targets map[string]int, la
 		for _, n := range nodes {
 			st := statuses[n.Name]
 			if slices.Contains(st.Templates, tpl) && hasLabels(st.Labels, labels[tpl]) {
-				cands = append(cands, persephone.NodeRoom{Name: n.Name, Room: room[n.Name]})
+				cands = append(cands, persephone.NodeRoom{Name: n.Name, Room: room[n.Name], Recent: recent[n.Name][tpl]})
 			}
 		}
 		s := persephone.SplitPool(targets[tpl], prev[tpl], cands)

@@ -150,3 +150,33 @@ func TestForecastPoolsLabels(t *testing.T) {
 		t.Fatalf("targets sent %v, want none on a, base: 3 on b (pool=fast)", got)
 	}
 }
+
+// A shrinking pool comes off the agent that launched fewest of the
+// template since the window began, though it has more room left.
+func TestForecastPoolsShrinkWhereUnused(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, pgtest.StartPostgres(t), "poolsshrink")
+	a, b := status("a", 4096, nil, false), status("b", 8192, nil, false)
+	a.PoolTargets, b.PoolTargets = map[string]int{"base": 2}, map[string]int{"base": 2}
+	a.Creates = map[string]map[string]int{"base": {"warm pool": 5}}
+	e.beat(a, true)
+	e.beat(b, true)
+	fp := e.c.ForecastPools()
+	if err := fp.SetPoolTargets(ctx, map[string]int{"base": 4}); err != nil { // notes the counts
+		t.Fatal(err)
+	}
+	a.Creates = map[string]map[string]int{"base": {"warm pool": 8, "restored": 1, "failed": 3}}
+	e.beat(a, false)
+	if err := fp.SetPoolTargets(ctx, map[string]int{"base": 2}); err != nil {
+		t.Fatal(err)
+	}
+	var cmds wire.Commands
+	e.call("b", "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+	if len(cmds.Commands) != 1 || !maps.Equal(cmds.Commands[0].PoolTargets, map[string]int{}) {
+		t.Fatalf("b got %+v, want its share taken (it launched nothing)", cmds.Commands)
+	}
+	e.call("a", "GET", wire.PathCommands+"?wait=0s", nil, &cmds)
+	if len(cmds.Commands) != 0 {
+		t.Fatalf("a got %+v, want its share of 2 kept", cmds.Commands)
+	}
+}
