@@ -429,9 +429,11 @@ func (p *ForecastPools) NodePools(ctx context.Context) ([]persephone.NodePool, e
 // placeWarmFirst places a sandbox of req's shape on an agent holding a
 // warm sandbox of its template when one has room (the sandbox then takes
 // that warm one's id), else wherever placeTiers puts it. Classes that
-// throttle disk never take a warm one (the pool's VMs are not throttled).
+// throttle disk never take a warm one (the pool's VMs are not throttled),
+// nor do sandboxes with a network (pooled VMs have none; the agent would
+// not claim it).
 func (c *Cluster) placeWarmFirst(nodes []*store.NodeRecord, req *tartarus.CreateRequest, plan *heatPlan, taken func(string) bool) (node, rt, warmID string, err error) {
-	if plan != nil && plan.info.DiskIOPS != 0 {
+	if plan != nil && plan.info.DiskIOPS != 0 || req.Network != nil {
 		node, rt, err = c.placeTiers(nodes, req, plan)
 		return node, rt, "", err
 	}
