@@ -131,20 +131,6 @@ func TestClusterForecastPools(t *testing.T) {
 	if _, err := c.cl[0].DeleteSandbox(ctx, sb.ID); err != nil {
 		t.Fatal(err)
 	}
-	// A shape no pool keeps is a cold create (for comparison).
-	t0 = time.Now()
-	sb, err = c.cl[other].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 384, TimeoutS: 600})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("a create of 384 MiB (no pool) on %s took %v: cold", sb.Node, time.Since(t0).Round(time.Millisecond))
-	waitFor(t, "the agent to count the cold create", func() bool {
-		_, _, cold := byNode(pools(0))
-		return cold == cold0+1
-	})
-	if _, err := c.cl[0].DeleteSandbox(ctx, sb.ID); err != nil {
-		t.Fatal(err)
-	}
 
 	// The CLI against a replica: capacity advice and the per-agent split.
 	out := c.cli(t, "capacity", "--url", c.urls[other])
@@ -163,6 +149,23 @@ func TestClusterForecastPools(t *testing.T) {
 		_, a := s["node-a"]
 		return !a && s["node-b"].target == target && s["node-b"].ready == target
 	})
+
+	// A shape no pool keeps is a cold create (for comparison; last, since
+	// the agent then keeps a pool of that shape too).
+	_, _, cold0 = byNode(pools(0))
+	t0 = time.Now()
+	sb, err = c.cl[other].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", MemoryMB: 384, TimeoutS: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a create of 384 MiB (no pool) on %s took %v: cold", sb.Node, time.Since(t0).Round(time.Millisecond))
+	waitFor(t, "the agent to count the cold create", func() bool {
+		_, _, cold := byNode(pools(0))
+		return cold == cold0+1
+	})
+	if _, err := c.cl[0].DeleteSandbox(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
 
 	// The usage records (each minute, one replica's row) count the first
 	// create warm and the second cold.
