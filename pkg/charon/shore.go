@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // shoreState is a registered shore and everything the ferry knows about it.
@@ -207,4 +209,128 @@ func (f *BoatFerry) shoreHealth(s *shoreState, now time.Time) ShoreHealth {
 		h.Status = HealthStatusHealthy
 	}
 	return h
+}
+
+// RegisterShore implements Ferry. The shore's health check (its own, else
+// the ferry's default) starts at once; the shore takes requests from now
+// on unless its first check fails.
+func (f *BoatFerry) RegisterShore(shore *Shore) error {
+	target, err := validateShore(shore)
+	if err != nil {
+		return err
+	}
+	hc := f.cfg.HealthCheck
+	if shore.HealthCheck != nil {
+		hc = shore.HealthCheck.defaults()
+	}
+	s := &shoreState{Shore: *shore, target: target, hc: hc, weight: int64(max(shore.Weight, 1)),
+		breaker: newBreaker(f.cfg.CircuitBreaker, f.clock)}
+	s.Shore.Address = target.Scheme + "://" + target.Host
+	s.Shore.Weight = int(s.weight)
+	s.Shore.Metadata = cloneMap(shore.Metadata)
+	s.checked.Store(true)
+	s.done = make(chan struct{})
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ctx.Err() != nil {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "register shore %s: ferry closed", shore.ID)
+	}
+	old := *f.shores.Load()
+	if len(old) >= maxShores {
+		return tartarus.Errorf(tartarus.ErrResourceExhausted, "register shore %s: at most %d shores", shore.ID, maxShores)
+	}
+	for _, o := range old {
+		if o.ID == shore.ID {
+			return tartarus.Errorf(tartarus.ErrAlreadyExists, "shore %s", shore.ID)
+		}
+	}
+	s.m = f.m.forShore(s.ID)
+	var ctx context.Context
+	ctx, s.stop = context.WithCancel(f.ctx)
+	next := append(append(make([]*shoreState, 0, len(old)+1), old...), s)
+	f.shores.Store(&next)
+	f.wg.Go(func() { f.checkHealth(ctx, s) })
+	f.log.Info("shore registered", "shore", s.ID, "address", s.Address, "zone", s.Zone, "weight", s.weight, "priority", s.Priority)
+	return nil
+}
+
+// DeregisterShore implements Ferry. Crossings already at the shore finish.
+func (f *BoatFerry) DeregisterShore(shoreID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := *f.shores.Load()
+	next := make([]*shoreState, 0, len(old))
+	var gone *shoreState
+	for _, s := range old {
+		if s.ID == shoreID {
+			gone = s
+			continue
+		}
+		next = append(next, s)
+	}
+	if gone == nil {
+		return tartarus.Errorf(tartarus.ErrNotFound, "shore %s", shoreID)
+	}
+	f.shores.Store(&next)
+	gone.stop()
+	f.m.dropShore(shoreID)
+	f.log.Info("shore deregistered", "shore", shoreID)
+	return nil
+}
+
+// Shores returns the registered shores.
+func (f *BoatFerry) Shores() []Shore {
+	cur := *f.shores.Load()
+	out := make([]Shore, len(cur))
+	for i, s := range cur {
+		out[i] = s.Shore
+		out[i].Metadata = cloneMap(s.Metadata)
+		hc := s.hc
+		out[i].HealthCheck = &hc
+	}
+	return out
+}
+
+// Health implements Ferry.
+func (f *BoatFerry) Health(context.Context) (*FerryHealth, error) {
+	now := f.clock.Now()
+	cur := *f.shores.Load()
+	h := &FerryHealth{Shores: make([]ShoreHealth, 0, len(cur)), QueueDepth: int(f.waiting.Load())}
+	usable := 0
+	for _, s := range cur {
+		sh := f.shoreHealth(s, now)
+		if sh.Breaker == string(BreakerOpen) {
+			h.OpenBreakers++
+		}
+		if s.usable(now) {
+			usable++
+		}
+		h.Shores = append(h.Shores, sh)
+	}
+	switch {
+	case usable == 0:
+		h.Status = HealthStatusUnhealthy
+	case usable == len(cur):
+		h.Status = HealthStatusHealthy
+		for _, sh := range h.Shores {
+			if sh.Status != HealthStatusHealthy {
+				h.Status = HealthStatusDegraded
+			}
+		}
+	default:
+		h.Status = HealthStatusDegraded
+	}
+	return h, nil
+}
+
+// serveHealth answers GET /ferry/health: 200 unless no shore can take a
+// request (503), so a load balancer in front can probe the ferry.
+func (f *BoatFerry) serveHealth(w http.ResponseWriter, r *http.Request) {
+	h, _ := f.Health(r.Context())
+	code := http.StatusOK
+	if h.Status == HealthStatusUnhealthy {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, h)
 }

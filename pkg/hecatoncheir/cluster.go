@@ -9,6 +9,7 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/hypnos"
 	"github.com/tartarus-sandbox/tartarus/pkg/nyx"
+	"github.com/tartarus-sandbox/tartarus/pkg/phlegethon"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
@@ -39,9 +40,14 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 	if err != nil {
 		return nil, err
 	}
+	if h := want.Heat; h != nil && h.Enforced {
+		// The replica sized it by its class; the node's default network is
+		// known only here.
+		phlegethon.ApplyNetworkBurst(req.Network, h.NetworkMbps)
+	}
 	now := a.cfg.Clock.Now().UTC()
 	sb := tartarus.NewSandbox(want.ID, want.Tenant, req, now)
-	sb.Runtime, sb.Node = rt.Name(), a.cfg.Node
+	sb.Runtime, sb.Node, sb.Heat = rt.Name(), a.cfg.Node, want.Heat
 	// The API server's creation and expiry times and metadata stand; the
 	// request fills in what it left out.
 	if !want.CreatedAt.IsZero() {
@@ -54,8 +60,9 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 	if want.Metadata != nil {
 		sb.Metadata = want.Metadata
 	}
-	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}
-	claimed := req.Network == nil && a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, want.ID) != ""
+	cfg := a.vmConfig(sb, img) // with the class's disk throttle
+	// The warm pool's VMs have no network and no throttle.
+	claimed := req.Network == nil && cfg.DiskIOPS == 0 && a.claimWarm(ctx, rt, img, req.MemoryMB, req.CPUs, want.ID) != ""
 	how := "warm pool"
 	made, err := a.createWith(ctx, sb, func() error {
 		if claimed {

@@ -367,3 +367,24 @@ func TestCreateAsClaimsTheWarmSandboxNamed(t *testing.T) {
 		t.Errorf("an id not in the pool: %d new instances, want 1", n-before)
 	}
 }
+
+// TestCreateAsKeepsTheClassLimits: a replica sizes a create by its heat
+// class and sends the class's limits with the sandbox; the node records
+// them (its disk throttle and its default network's bandwidth come from
+// them) rather than dropping them.
+func TestCreateAsKeepsTheClassLimits(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapEnv(t, snapOpts{})
+	heat := &tartarus.SandboxHeat{Heat: "hot", Class: "hot", Rule: "hint", Enforced: true, DiskIOPS: 500, NetworkMbps: 10}
+	if _, err := e.agent.CreateAs(ctx, &tartarus.Sandbox{ID: "sb-classed", Tenant: "acme", Heat: heat},
+		&tartarus.CreateRequest{Template: "base"}); err != nil {
+		t.Fatalf("CreateAs: %v", err)
+	}
+	sb, err := e.store.Get(ctx, "sb-classed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Heat == nil || *sb.Heat != *heat {
+		t.Errorf("recorded heat %+v, want %+v", sb.Heat, heat)
+	}
+}

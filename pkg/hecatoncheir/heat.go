@@ -144,9 +144,7 @@ func (a *Agent) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*hea
 		}
 		return nil, nil
 	}
-	sr := &phlegethon.SandboxRequest{TemplateID: req.Template, HeatHint: phlegethon.HeatLevel(req.HeatHint),
-		ResourceClass: req.ResourceClass, MaxDuration: time.Duration(req.MaxDurationS) * time.Second,
-		CPUCores: req.Asked.CPUs, MemoryMB: req.Asked.MemoryMB, GPUCount: req.GPUs}
+	sr := phlegethon.RequestOf(req)
 	if err := sr.Validate(); err != nil {
 		return nil, err
 	}
@@ -156,17 +154,11 @@ func (a *Agent) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*hea
 	}
 	// A single node has one candidate: it is in some tier, or Decide
 	// refused already.
-	p := &heatPlan{heat: d.Heat, check: req.HeatRequested() || a.heat.enforce, info: &tartarus.SandboxHeat{
-		Heat: string(d.Heat), Class: d.Class, Rule: string(d.Rule), RaisedFrom: string(d.RaisedFrom), Reason: d.Reason,
-		Enforced: d.Enforced}}
-	if d.Enforced {
-		req.CPUs, req.MemoryMB = d.Limits.CPUs, d.Limits.MemoryMB
-		p.info.MaxDurationS = int(d.Limits.MaxDuration / time.Second)
-		p.info.DiskIOPS, p.info.NetworkMbps = d.Limits.DiskIOPS, d.Limits.NetworkMbps
-		// The sandbox's own expiry must not come before its class's end.
-		if p.info.MaxDurationS > req.TimeoutS {
-			req.TimeoutS = min(p.info.MaxDurationS, tartarus.MaxTimeoutS)
-		}
+	p := &heatPlan{heat: d.Heat, check: req.HeatRequested() || a.heat.enforce, info: d.Apply(req)}
+	// The sandbox's own expiry must not come before its class's end (the
+	// node's deadlines end it then, with its own reason).
+	if p.info.MaxDurationS > req.TimeoutS {
+		req.TimeoutS = min(p.info.MaxDurationS, tartarus.MaxTimeoutS)
 	}
 	return p, nil
 }

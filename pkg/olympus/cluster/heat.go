@@ -151,9 +151,7 @@ func (c *Cluster) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*h
 				req.QueueTimeoutS, int(c.heat.qcfg.MaxTimeout/time.Second))
 		}
 	}
-	sr := &phlegethon.SandboxRequest{TemplateID: req.Template, HeatHint: phlegethon.HeatLevel(req.HeatHint),
-		ResourceClass: req.ResourceClass, MaxDuration: time.Duration(req.MaxDurationS) * time.Second,
-		CPUCores: req.Asked.CPUs, MemoryMB: req.Asked.MemoryMB, GPUCount: req.GPUs}
+	sr := phlegethon.RequestOf(req)
 	if err := sr.Validate(); err != nil {
 		return nil, err
 	}
@@ -168,19 +166,11 @@ func (c *Cluster) planHeat(ctx context.Context, req *tartarus.CreateRequest) (*h
 		}
 		return nil, err
 	}
-	p := &heatPlan{heat: d.Heat, tiers: d.Tiers, wait: wait, info: &tartarus.SandboxHeat{
-		Heat: string(d.Heat), Class: d.Class, Rule: string(d.Rule), RaisedFrom: string(d.RaisedFrom), Reason: d.Reason,
-		Enforced: d.Enforced}}
-	if d.Enforced {
-		req.CPUs, req.MemoryMB = d.Limits.CPUs, d.Limits.MemoryMB
-		p.info.MaxDurationS = int(d.Limits.MaxDuration / time.Second)
-		p.info.DiskIOPS, p.info.NetworkMbps = d.Limits.DiskIOPS, d.Limits.NetworkMbps
-		// The node ends it at its expiry, through its Thanatos with reason
-		// timeout: the class's maximum duration is its timeout.
-		if p.info.MaxDurationS > 0 {
-			req.TimeoutS = min(p.info.MaxDurationS, tartarus.MaxTimeoutS)
-		}
-		phlegethon.ApplyNetworkBurst(req.Network, d.Limits.NetworkMbps)
+	p := &heatPlan{heat: d.Heat, tiers: d.Tiers, wait: wait, info: d.Apply(req)}
+	// The node ends it at its expiry, through its Thanatos with reason
+	// timeout: the class's maximum duration is its timeout.
+	if p.info.MaxDurationS > 0 {
+		req.TimeoutS = min(p.info.MaxDurationS, tartarus.MaxTimeoutS)
 	}
 	return p, nil
 }
