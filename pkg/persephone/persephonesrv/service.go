@@ -1,7 +1,8 @@
 // Package persephonesrv runs Persephone (pkg/persephone) inside a Tartarus
 // server: the per-minute usage recording from the sandbox store, the API
-// routes of seasons, forecasts and capacity, the loop that sets the node
-// agent's warm-pool targets, and the capacity webhook.
+// routes of seasons, forecasts and capacity, the loop that sets the warm-pool
+// targets (of the node agent, or, on a cluster replica that leads, of every
+// agent), and the capacity webhook.
 package persephonesrv
 
 import (
