@@ -207,7 +207,36 @@ func newForecastCmd(o *clientOptions) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(backtest, imp)
+	pools := &cobra.Command{
+		Use: "pools", Short: "Show the warm-pool targets of the last sizing, and on a cluster each agent's share", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, asJSON, err := o.jsonClient()
+			if err != nil {
+				return err
+			}
+			var ans persephonesrv.WarmPoolsAnswer
+			if err := c.Call(cmd.Context(), http.MethodGet, "/v1/warm-pools", nil, nil, &ans); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), &ans)
+			}
+			w := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(w, "TEMPLATE\tTARGET\tREADY\tREASON")
+			for _, t := range ans.Targets {
+				fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", t.Template, t.Size, t.Current, t.Reason)
+			}
+			if len(ans.Nodes) > 0 {
+				fmt.Fprintln(w, "\nTEMPLATE\tNODE\tTARGET\tREADY\tWARM CREATES\tCOLD CREATES")
+				for _, n := range ans.Nodes {
+					fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\n", n.Template, n.Node, n.Target, n.Ready, n.WarmCreates, n.ColdCreates)
+				}
+			}
+			return w.Flush()
+		},
+	}
+	o.addOutputFlag(pools)
+	cmd.AddCommand(backtest, imp, pools)
 	return cmd
 }
 

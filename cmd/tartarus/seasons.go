@@ -15,6 +15,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus/cluster"
 	"github.com/tartarus-sandbox/tartarus/pkg/persephone"
 	"github.com/tartarus-sandbox/tartarus/pkg/persephone/persephonesrv"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
@@ -35,7 +36,7 @@ type seasonOptions struct {
 
 func addSeasonFlags(f *pflag.FlagSet, o *seasonOptions) {
 	f.StringVar(&o.seasonsFile, "seasons", "", "YAML file of seasons to define at start (docs/seasons.md)")
-	f.BoolVar(&o.forecastPools, "forecast-pools", false, "size each template's warm pool from the forecast and the season in force (single node; --warm-pool is then only the size until the first sizing)")
+	f.BoolVar(&o.forecastPools, "forecast-pools", false, "size each template's warm pool from the forecast and the season in force (on a cluster replica: spread over its agents; --warm-pool is then only the size until the first sizing)")
 	f.DurationVar(&o.poolEvery, "pool-interval", 5*time.Minute, "how often --forecast-pools sizes the pools")
 	f.StringVar(&o.webhook, "capacity-webhook", "", "POST each capacity recommendation (every 5 minutes) to this http(s) URL")
 	f.StringSliceVar(&o.webhookAllow, "capacity-webhook-allow-hosts", nil, "hosts, addresses or CIDR prefixes the capacity webhook may reach although loopback, private or this host's own")
@@ -87,8 +88,11 @@ func openSeasons(ctx context.Context, o *seasonOptions, st store.Store, nodes pe
 		if o.forecastPools {
 			cfg.Pools = agent
 		}
+	} else if cl, ok := nodes.(*cluster.Cluster); ok && o.forecastPools {
+		// One replica at a time sizes the agents' pools (a lease).
+		cfg.Pools = cl.ForecastPools()
 	} else if o.forecastPools {
-		return nil, errors.New("--forecast-pools sizes a single node's pools; a replica's agents keep their --warm-pool")
+		return nil, errors.New("--forecast-pools needs a node or a cluster replica")
 	}
 	if o.webhook != "" {
 		cfg.Webhook = o.webhook

@@ -76,6 +76,11 @@ func (a *Agent) CreateAs(ctx context.Context, want *tartarus.Sandbox, req *tarta
 		// Another delivery of the same command recorded it first.
 		return a.current(ctx, want.ID)
 	}
+	if err != nil {
+		how = "failed"
+	}
+	// Counted as Create counts, so the cluster sees warm and cold creates.
+	a.creates.add(sb.Template, how)
 	return made, err
 }
 

@@ -42,6 +42,10 @@ func TestCreateAsIsIdempotent(t *testing.T) {
 	if e.starts.Load() != 1 {
 		t.Errorf("booted %d times, want 1", e.starts.Load())
 	}
+	// Counted once, as a cold create (the cluster reads these counts).
+	if n := e.agent.CreateCounts()["base"]; len(n) != 1 || n["booted"] != 1 {
+		t.Errorf("create counts %v, want one booted", n)
+	}
 	if _, err := e.agent.CreateAs(ctx, &tartarus.Sandbox{}, &tartarus.CreateRequest{}); !errors.Is(err, tartarus.ErrInvalid) {
 		t.Errorf("CreateAs without id: %v, want invalid", err)
 	}

@@ -16,7 +16,7 @@ import (
 
 // CSV import format (`tartarus forecast import FILE.csv`):
 //
-//	timestamp,active_vms,queue_depth,cpu_util,memory_util,launches,errors[,launches:TEMPLATE...]
+//	timestamp,active_vms,queue_depth,cpu_util,memory_util,launches,errors[,warm_launches,cold_launches][,launches:TEMPLATE...]
 //	2026-03-02T09:00:00Z,42,0,0.61,0.55,7,0,5,2
 //
 // The header is required and names the columns; timestamp and active_vms
@@ -64,7 +64,8 @@ func ReadUsageCSV(r io.Reader) ([]*UsageRecord, error) {
 	for i, h := range header {
 		h = strings.TrimSpace(h)
 		switch {
-		case h == "timestamp", h == "active_vms", h == "queue_depth", h == "cpu_util", h == "memory_util", h == "launches", h == "errors":
+		case h == "timestamp", h == "active_vms", h == "queue_depth", h == "cpu_util", h == "memory_util", h == "launches", h == "errors",
+			h == "warm_launches", h == "cold_launches":
 		case strings.HasPrefix(h, MetricLaunchesPrefix) && nameRE.MatchString(strings.TrimPrefix(h, MetricLaunchesPrefix)):
 		default:
 			return nil, bad(hline, "column %d: unknown column %q", i+1, h)
@@ -133,6 +134,10 @@ func ReadUsageCSV(r io.Reader) ([]*UsageRecord, error) {
 					rec.LaunchCount = v
 				case "errors":
 					rec.ErrorCount = v
+				case "warm_launches":
+					rec.WarmLaunches = v
+				case "cold_launches":
+					rec.ColdLaunches = v
 				default:
 					if rec.LaunchesByTemplate == nil {
 						rec.LaunchesByTemplate = map[string]int{}
@@ -175,7 +180,8 @@ func WriteUsageCSV(w io.Writer, recs []*UsageRecord) error {
 	}
 	sort.Strings(ts)
 	cw := csv.NewWriter(w)
-	header := []string{"timestamp", "active_vms", "queue_depth", "cpu_util", "memory_util", "launches", "errors"}
+	header := []string{"timestamp", "active_vms", "queue_depth", "cpu_util", "memory_util", "launches", "errors",
+		"warm_launches", "cold_launches"}
 	for _, t := range ts {
 		header = append(header, MetricLaunchesPrefix+t)
 	}
@@ -185,7 +191,7 @@ func WriteUsageCSV(w io.Writer, recs []*UsageRecord) error {
 	for _, r := range recs {
 		row := []string{r.Timestamp.UTC().Format(time.RFC3339), strconv.Itoa(r.ActiveVMs), strconv.Itoa(r.QueueDepth),
 			strconv.FormatFloat(r.CPUUtil, 'g', -1, 64), strconv.FormatFloat(r.MemoryUtil, 'g', -1, 64),
-			strconv.Itoa(r.LaunchCount), strconv.Itoa(r.ErrorCount)}
+			strconv.Itoa(r.LaunchCount), strconv.Itoa(r.ErrorCount), strconv.Itoa(r.WarmLaunches), strconv.Itoa(r.ColdLaunches)}
 		for _, t := range ts {
 			row = append(row, strconv.Itoa(r.LaunchesByTemplate[t]))
 		}

@@ -115,6 +115,9 @@ type PoolTarget struct {
 	Floor      int    `json:"floor"`       // season prewarm pool size
 	RecentPeak int    `json:"recent_peak"` // recent launches per refill
 	Reason     string `json:"reason"`
+	// NodeLabels are the season's prewarming.node_labels: on a cluster
+	// the pool goes only to agents carrying them.
+	NodeLabels map[string]string `json:"node_labels,omitempty"`
 }
 
 // SizePool decides one pool: it grows to the forecast's upper bound of
@@ -203,6 +206,7 @@ func (s *Scaler) PoolTargets(ctx context.Context, current map[string]int, refill
 	// A season's floor applies from its lead time before it starts until
 	// the instant it ends.
 	floors := map[string]int{}
+	labels := map[string]map[string]string{} // of the season that set the floor
 	all, _ := s.Seasons()
 	for _, season := range all {
 		if len(season.Prewarming.Templates) == 0 {
@@ -214,7 +218,9 @@ func (s *Scaler) PoolTargets(ctx context.Context, current map[string]int, refill
 			continue
 		}
 		for _, t := range season.Prewarming.Templates {
-			floors[t] = max(floors[t], season.Prewarming.PoolSize)
+			if _, seen := floors[t]; !seen || season.Prewarming.PoolSize > floors[t] {
+				floors[t], labels[t] = season.Prewarming.PoolSize, season.Prewarming.NodeLabels
+			}
 		}
 	}
 	recentFrom := now.Add(-pc.RecentWindow).Truncate(s.cfg.Step)
@@ -289,7 +295,7 @@ func (s *Scaler) PoolTargets(ctx context.Context, current map[string]int, refill
 			why = append(why, fmt.Sprintf("capped at %d", in.Cap))
 		}
 		out = append(out, PoolTarget{Template: t, Size: size, Current: in.Current, Forecast: f, Deficit: Deficit(in.AheadMean, in.AheadUpper, throughput),
-			Floor: in.Floor, RecentPeak: r, Reason: strings.Join(why, "; ")})
+			Floor: in.Floor, RecentPeak: r, Reason: strings.Join(why, "; "), NodeLabels: labels[t]})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Template < out[j].Template })
 	capTotal(out, pc.MaxTotal)

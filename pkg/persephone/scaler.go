@@ -146,21 +146,35 @@ func New(ctx context.Context, cfg Config) (*Scaler, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Seasons != nil {
-		seasons, pinned, err := cfg.Seasons.LoadSeasons(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("persephone: %w", err)
-		}
-		for _, season := range seasons {
-			c, err := compile(season)
-			if err != nil {
-				return nil, fmt.Errorf("persephone: stored season: %w", err)
-			}
-			s.seasons[season.ID] = c
-		}
-		s.pinned = pinned
+	if err := s.ReloadSeasons(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// ReloadSeasons replaces the seasons and the pin with those of
+// cfg.Seasons (nothing without one): in a cluster another replica may
+// have defined or applied one since.
+func (s *Scaler) ReloadSeasons(ctx context.Context) error {
+	if s.cfg.Seasons == nil {
+		return nil
+	}
+	seasons, pinned, err := s.cfg.Seasons.LoadSeasons(ctx)
+	if err != nil {
+		return fmt.Errorf("persephone: %w", err)
+	}
+	cs := make(map[string]*compiled, len(seasons))
+	for _, season := range seasons {
+		c, err := compile(season)
+		if err != nil {
+			return fmt.Errorf("persephone: stored season: %w", err)
+		}
+		cs[season.ID] = c
+	}
+	s.mu.Lock()
+	s.seasons, s.pinned = cs, pinned
+	s.mu.Unlock()
+	return nil
 }
 
 // DefineSeason implements SeasonalScaler: it creates or replaces a season.

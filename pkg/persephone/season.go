@@ -90,6 +90,14 @@ func (s *Season) Validate() error {
 			bad("prewarming.templates: %q must match %s", t, nameRE)
 		}
 	}
+	if len(p.NodeLabels) > tartarus.MaxNodeLabels {
+		bad("prewarming.node_labels: at most %d", tartarus.MaxNodeLabels)
+	}
+	for k, v := range p.NodeLabels {
+		if !tartarus.ValidLabel(k) || !tartarus.ValidLabel(v) {
+			bad("prewarming.node_labels: %q=%q: want 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', '/'", k, v)
+		}
+	}
 	sum := 0.0
 	for k, v := range s.ResourceMix {
 		if !nameRE.MatchString(k) || v < 0 || v > 1 || math.IsNaN(v) {

@@ -178,6 +178,7 @@ func TestSeasonValidate(t *testing.T) {
 			Prewarming:  PrewarmConfig{PoolSize: -1, LeadTime: 48 * time.Hour, Templates: []string{"../etc"}},
 			ResourceMix: map[string]float64{"a": 0.8, "b": 0.8}},
 			[]string{"id must match", "go together", "timezone", "expected exactly 5 fields", "max_nodes 2 below", "target_utilization", "pool_size", "lead_time", "templates", "sum to"}},
+		{"node labels", Season{ID: "e", Prewarming: PrewarmConfig{NodeLabels: map[string]string{"pool": "a b"}}}, []string{"node_labels"}},
 		{"every", Season{ID: "e", Schedule: SeasonSchedule{StartCron: "@every 5m", EndCron: "0 9 * * *"}}, []string{"@every"}},
 		{"tz prefix", Season{ID: "e", Schedule: SeasonSchedule{StartCron: "CRON_TZ=UTC 0 8 * * *", EndCron: "0 9 * * *"}}, []string{"schedule.timezone"}},
 		{"never fires", Season{ID: "e", Schedule: SeasonSchedule{StartCron: "0 8 30 2 *", EndCron: "0 9 * * *"}}, []string{"never fires"}},

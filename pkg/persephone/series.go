@@ -180,6 +180,8 @@ func Downsample(recs []*UsageRecord, every time.Duration) []*UsageRecord {
 		b.MemoryUtil += r.MemoryUtil
 		b.LaunchCount += r.LaunchCount
 		b.ErrorCount += r.ErrorCount
+		b.WarmLaunches += r.WarmLaunches
+		b.ColdLaunches += r.ColdLaunches
 		for t, c := range r.LaunchesByTemplate {
 			b.LaunchesByTemplate[t] += c
 		}
@@ -208,7 +210,8 @@ func validateRecord(r *UsageRecord) error {
 		return fmt.Errorf("timestamp %s out of range", r.Timestamp)
 	}
 	const maxCount = 1 << 30
-	for name, v := range map[string]int{"active_vms": r.ActiveVMs, "queue_depth": r.QueueDepth, "launches": r.LaunchCount, "errors": r.ErrorCount} {
+	for name, v := range map[string]int{"active_vms": r.ActiveVMs, "queue_depth": r.QueueDepth, "launches": r.LaunchCount, "errors": r.ErrorCount,
+		"warm_launches": r.WarmLaunches, "cold_launches": r.ColdLaunches} {
 		if v < 0 || v > maxCount {
 			return fmt.Errorf("%s %d out of range 0..%d", name, v, maxCount)
 		}

@@ -70,6 +70,9 @@ type PrewarmConfig struct {
 	// LeadTime is how far ahead of the season's start the pools fill, and
 	// how far ahead the forecast-sized pools look.
 	LeadTime time.Duration `json:"lead_time,omitempty" yaml:"lead_time,omitempty"`
+	// NodeLabels, on a cluster, keep the listed templates' warm pools on
+	// the agents that carry every one of these labels (extension).
+	NodeLabels map[string]string `json:"node_labels,omitempty" yaml:"node_labels,omitempty"`
 }
 
 // Forecast is a sequence of predictions from GeneratedAt.
@@ -107,6 +110,11 @@ type UsageRecord struct {
 
 	// LaunchesByTemplate counts the launches of each template (extension).
 	LaunchesByTemplate map[string]int `json:"launches_by_template,omitempty"`
+	// WarmLaunches and ColdLaunches split the launches by whether they
+	// found a warm sandbox (extension; 0 and 0 when the nodes do not say,
+	// as in imported history).
+	WarmLaunches int `json:"warm_launches,omitempty"`
+	ColdLaunches int `json:"cold_launches,omitempty"`
 	// Resolution is the span the record covers: 0 or one minute for a
 	// recorded minute, one hour for a downsampled row (extension).
 	Resolution time.Duration `json:"resolution,omitempty"`

@@ -50,7 +50,7 @@ func testUsageStore(t *testing.T, s UsageStore) {
 	// 40 days of minutes, then compaction at day 40.
 	for m := 1; m < 40*24*60; m += 29 {
 		if _, err := s.Record(ctx, &UsageRecord{Timestamp: t0.Add(time.Duration(m) * time.Minute), ActiveVMs: m % 100, LaunchCount: 1, CPUUtil: 0.5,
-			LaunchesByTemplate: map[string]int{"python": 2}}); err != nil {
+			WarmLaunches: 1, ColdLaunches: m % 2, LaunchesByTemplate: map[string]int{"python": 2}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -60,6 +60,9 @@ func testUsageStore(t *testing.T, s UsageStore) {
 	}
 	if len(got) != 4 || got[0].LaunchesByTemplate["python"] != 1 || !got[0].Timestamp.Equal(t0) || got[0].Resolution != time.Minute {
 		t.Fatalf("first hour: %d rows, first %+v", len(got), got[0])
+	}
+	if got[1].WarmLaunches != 1 || got[1].ColdLaunches != 1 || got[2].ColdLaunches != 0 {
+		t.Fatalf("warm and cold launches: %+v, %+v", got[1], got[2])
 	}
 	now := t0.Add(40 * 24 * time.Hour)
 	if err := s.Compact(ctx, now, Retention{Minutes: 35 * 24 * time.Hour, Hours: 38 * 24 * time.Hour}); err != nil {
@@ -81,7 +84,7 @@ func testUsageStore(t *testing.T, s UsageStore) {
 		}
 		if r.Resolution == time.Hour {
 			hours++
-			if r.LaunchesByTemplate["python"] < 4 || r.LaunchCount < 2 || r.CPUUtil != 0.5 {
+			if r.LaunchesByTemplate["python"] < 4 || r.LaunchCount < 2 || r.CPUUtil != 0.5 || r.WarmLaunches != r.LaunchCount {
 				t.Fatalf("hourly row %+v", r)
 			}
 		}
@@ -162,10 +165,10 @@ func testSeasonStore(t *testing.T, s SeasonStore) {
 }
 
 func TestReadUsageCSV(t *testing.T) {
-	good := "timestamp,active_vms,launches,launches:python,cpu_util\n" +
+	good := "timestamp,active_vms,launches,launches:python,cpu_util,warm_launches,cold_launches\n" +
 		"# a comment\n" +
-		"2026-03-02T09:00:00Z,42,7,5,0.5\n" +
-		"2026-03-02T09:01:00+01:00,40,3,1,0.25\n" // 08:01Z is before 09:00Z
+		"2026-03-02T09:00:00Z,42,7,5,0.5,6,1\n" +
+		"2026-03-02T09:01:00+01:00,40,3,1,0.25,0,3\n" // 08:01Z is before 09:00Z
 	if _, err := ReadUsageCSV(strings.NewReader(good)); err == nil || !strings.Contains(err.Error(), "line 4") {
 		t.Fatalf("out of order: %v", err)
 	}
@@ -182,7 +185,7 @@ func TestReadUsageCSV(t *testing.T) {
 		t.Fatal(err)
 	}
 	again, err := ReadUsageCSV(&buf)
-	if err != nil || len(again) != 2 || again[1].LaunchesByTemplate["python"] != 1 {
+	if err != nil || len(again) != 2 || again[1].LaunchesByTemplate["python"] != 1 || again[0].WarmLaunches != 6 || again[1].ColdLaunches != 3 {
 		t.Fatalf("round trip: %v %+v", err, again)
 	}
 	hourly, err := ReadUsageCSV(strings.NewReader("# resolution: 1h\ntimestamp,active_vms\n2026-03-02T09:00:00Z,4\n"))

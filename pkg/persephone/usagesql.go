@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/sqldialect"
@@ -44,10 +45,35 @@ var Schema = []string{
 	)`,
 }
 
+// SchemaLater are the changes to Persephone's tables made after Schema was
+// released: the store runs them after its later migrations (pkg/store),
+// Migrate after Schema. Append only.
+var SchemaLater = []string{
+	`ALTER TABLE persephone_usage ADD COLUMN warm_launches BIGINT NOT NULL DEFAULT 0`,
+	`ALTER TABLE persephone_usage ADD COLUMN cold_launches BIGINT NOT NULL DEFAULT 0`,
+}
+
 // Migrate creates Persephone's tables (persephone_usage, persephone_seasons)
 // when they are missing; it is safe to run on every start.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect) error {
-	return sqldialect.Migrate(ctx, db, "persephone", Schema)
+	if err := sqldialect.Migrate(ctx, db, "persephone", Schema); err != nil {
+		return err
+	}
+	// SchemaLater's statements are not idempotent (SQLite has no ADD
+	// COLUMN IF NOT EXISTS): a column already there is what they want.
+	for _, q := range SchemaLater {
+		if _, err := db.ExecContext(ctx, q); err != nil && !columnExists(err) {
+			return fmt.Errorf("persephone migrate: %w", err)
+		}
+	}
+	return nil
+}
+
+// columnExists says whether err is SQLite's or Postgres's refusal to add
+// a column that exists.
+func columnExists(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "duplicate column") || strings.Contains(msg, "already exists")
 }
 
 // SQLStore is a UsageStore over a *sql.DB (SQLite or Postgres) migrated
@@ -63,8 +89,9 @@ var _ UsageStore = (*SQLStore)(nil)
 func NewSQLStore(db *sql.DB, d Dialect) *SQLStore { return &SQLStore{db: db, d: d} }
 
 const insertUsage = `INSERT INTO persephone_usage
-	(bucket, resolution, active_vms, queue_depth, cpu_util, memory_util, launches, errors, launches_by_template)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resolution, bucket) DO NOTHING`
+	(bucket, resolution, active_vms, queue_depth, cpu_util, memory_util, launches, errors, launches_by_template,
+	warm_launches, cold_launches)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resolution, bucket) DO NOTHING`
 
 type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
@@ -76,7 +103,8 @@ func (s *SQLStore) insert(ctx context.Context, ex execer, c *UsageRecord) (bool,
 		byT, _ = json.Marshal(c.LaunchesByTemplate)
 	}
 	res, err := ex.ExecContext(ctx, s.d.Q(insertUsage), c.Timestamp.Unix(), int64(c.Resolution/time.Second),
-		c.ActiveVMs, c.QueueDepth, c.CPUUtil, c.MemoryUtil, c.LaunchCount, c.ErrorCount, string(byT))
+		c.ActiveVMs, c.QueueDepth, c.CPUUtil, c.MemoryUtil, c.LaunchCount, c.ErrorCount, string(byT),
+		c.WarmLaunches, c.ColdLaunches)
 	if err != nil {
 		return false, fmt.Errorf("insert usage %s: %w", c.Timestamp, err)
 	}
@@ -107,7 +135,7 @@ type querier interface {
 
 func (s *SQLStore) rangeWhere(ctx context.Context, qr querier, where string, args ...any) ([]*UsageRecord, error) {
 	rows, err := qr.QueryContext(ctx, s.d.Q(`SELECT bucket, resolution, active_vms, queue_depth, cpu_util, memory_util,
-		launches, errors, launches_by_template FROM persephone_usage WHERE `+where+` ORDER BY bucket, resolution`), args...)
+		launches, errors, launches_by_template, warm_launches, cold_launches FROM persephone_usage WHERE `+where+` ORDER BY bucket, resolution`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("read usage: %w", err)
 	}
@@ -117,7 +145,8 @@ func (s *SQLStore) rangeWhere(ctx context.Context, qr querier, where string, arg
 		var bucket, res int64
 		var byT string
 		r := &UsageRecord{}
-		if err := rows.Scan(&bucket, &res, &r.ActiveVMs, &r.QueueDepth, &r.CPUUtil, &r.MemoryUtil, &r.LaunchCount, &r.ErrorCount, &byT); err != nil {
+		if err := rows.Scan(&bucket, &res, &r.ActiveVMs, &r.QueueDepth, &r.CPUUtil, &r.MemoryUtil, &r.LaunchCount, &r.ErrorCount, &byT,
+			&r.WarmLaunches, &r.ColdLaunches); err != nil {
 			return nil, fmt.Errorf("read usage: %w", err)
 		}
 		r.Timestamp, r.Resolution = time.Unix(bucket, 0).UTC(), time.Duration(res)*time.Second

@@ -78,6 +78,8 @@ var laterMigrations = slices.Concat([]string{
 },
 	// Typhon's quarantine records, reports and policy.
 	typhon.Schema,
+	// Persephone's warm and cold launches.
+	persephone.SchemaLater,
 )
 
 // QuarantineKeeper is the optional side interface of a Store that keeps

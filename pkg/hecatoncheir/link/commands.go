@@ -241,6 +241,8 @@ func (l *Link) do(ctx context.Context, c wire.Command) ([]*tartarus.Sandbox, err
 			return nil, tartarus.Errorf(tartarus.ErrInvalid, "discard command %s: want the sandbox %s and its sleep record", c.ID, c.SandboxID)
 		}
 		return nil, a.Discard(ctx, c.Sandbox, c.Sleep)
+	case wire.KindPoolTargets:
+		return nil, a.SetPoolTargets(ctx, c.PoolTargets)
 	}
 	return nil, tartarus.Errorf(tartarus.ErrNotImplemented, "command %s: this agent does not know the kind %q", c.ID, c.Kind)
 }

@@ -261,6 +261,9 @@ func (l *Link) heartbeat(ctx context.Context, full bool) (*wire.Heartbeat, error
 	// Pooled sandboxes hold memory no placement counted.
 	st.MemoryMB = max(st.MemoryMB-l.agent.PoolUsage(), 0)
 	st.Warm = l.agent.WarmIDs()
+	st.PoolTargets = l.agent.PoolTargets()
+	st.Creates = l.agent.CreateCounts()
+	st.RefillTime, st.RefillParallel = l.agent.RefillRate()
 	imgs, err := l.agent.Templates(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat: templates: %w", err)

@@ -103,9 +103,21 @@ type NodeStatus struct {
 	// SharedSnapshots is true when the agent keeps snapshots in storage
 	// other nodes share (S3), so its hibernated sandboxes can wake
 	// elsewhere.
-	SharedSnapshots bool      `json:"shared_snapshots"`
-	StartedAt       time.Time `json:"started_at"`
-	Version         string    `json:"version,omitempty"`
+	SharedSnapshots bool `json:"shared_snapshots"`
+	// PoolTargets are the per-template warm-pool sizes the agent fills to
+	// (set by a KindPoolTargets command); null while it keeps its fixed
+	// --warm-pool, {} when it was told to keep no pools (so no omitempty).
+	PoolTargets map[string]int `json:"pool_targets"`
+	// Creates counts the agent's creates since it started, by template and
+	// by how they were served ("warm pool", "restored", "booted", "failed").
+	Creates map[string]map[string]int `json:"creates,omitempty"`
+	// RefillTime is the agent's typical time to make one warm sandbox (0
+	// before its first) and RefillParallel how many a pool makes at once
+	// (hecatoncheir.Agent.RefillRate).
+	RefillTime     time.Duration `json:"refill_ns,omitempty"`
+	RefillParallel int           `json:"refill_parallel,omitempty"`
+	StartedAt      time.Time     `json:"started_at"`
+	Version        string        `json:"version,omitempty"`
 }
 
 // Heartbeat is sent every HeartbeatReply.Interval. The first one after the
@@ -159,6 +171,10 @@ const (
 	// was destroyed while no node held it (its node went down); Sandbox
 	// and Sleep are set. Nothing is recorded on the agent.
 	KindDiscard Kind = "discard"
+	// KindPoolTargets sets the agent's per-template warm-pool sizes
+	// (PoolTargets; SandboxID is empty): the cluster's share of each
+	// template's forecast pool that this node keeps.
+	KindPoolTargets Kind = "pool_targets"
 )
 
 // Command is one thing an agent must do.
@@ -180,6 +196,9 @@ type Command struct {
 	// Destroy: how the sandbox ends (reason and grace period); nil is a
 	// user's immediate end.
 	Shutdown *tartarus.ShutdownOptions `json:"shutdown,omitempty"`
+	// PoolTargets: the warm-pool size per template (a template not named
+	// keeps no pool).
+	PoolTargets map[string]int `json:"pool_targets,omitempty"`
 }
 
 // Commands is the long poll's answer.

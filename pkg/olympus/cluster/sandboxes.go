@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -40,17 +39,15 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	}
 	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
 	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord, taken func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
-		name, rt, err := c.placeTiers(nodes, req, plan)
+		// An agent holding a warm sandbox of the template goes first; the
+		// warm one becomes this sandbox (pools_forecast.go).
+		name, rt, id, err := c.placeWarmFirst(nodes, req, plan, taken)
 		if err != nil {
 			return nil, nil, err
 		}
 		sb.Node, sb.Runtime, cmd.Node = name, rt, name
-		// A sandbox waiting in the node's warm pool becomes this one
-		// (not for a class that throttles its disk: the pool's VMs are not).
-		if plan == nil || plan.info.DiskIOPS == 0 {
-			if id := c.warm(nodes, name, hecatoncheir.PoolKey(rt, req.Template, req.MemoryMB, req.CPUs), taken); id != "" {
-				sb.ID, cmd.SandboxID = id, id
-			}
+		if id != "" {
+			sb.ID, cmd.SandboxID = id, id
 		}
 		cmd.Create = forNode(req, rt)
 		rec, err := commandRecord(cmd)

@@ -53,6 +53,15 @@ type BacktestAnswer struct {
 	Table  string        `json:"table"`
 }
 
+// WarmPoolsAnswer is the answer of GET /v1/warm-pools: the targets of
+// the last sizing this server made (with their reasons; on a cluster
+// replica only the one that sizes has them), and on a cluster each
+// agent's share of each template's pool.
+type WarmPoolsAnswer struct {
+	Targets []persephone.PoolTarget `json:"targets"`
+	Nodes   []persephone.NodePool   `json:"nodes,omitempty"`
+}
+
 // ImportAnswer is the answer of POST /v1/usage/import.
 type ImportAnswer struct {
 	Records int `json:"records"`
@@ -71,7 +80,7 @@ type ImportAnswer struct {
 //	GET    /v1/forecast/backtest?metric=M → BacktestAnswer (default metric: demand)
 //	POST   /v1/usage/import               text/csv (see docs/seasons.md) → ImportAnswer
 //	GET    /v1/capacity?target_util=0.7   → CapacityRecommendation
-//	GET    /v1/warm-pools                 → {"targets":[PoolTarget…]} (the last sizing)
+//	GET    /v1/warm-pools                 → WarmPoolsAnswer (the last sizing; per agent on a cluster)
 func (s *Service) Routes(guard cerberus.Guard) map[string]http.Handler {
 	h := &handlers{s: s, guard: guard}
 	return map[string]http.Handler{
@@ -138,6 +147,10 @@ func onlyQuery(r *http.Request, allowed ...string) error {
 }
 
 func (h *handlers) seasonList(r *http.Request) (int, any, error) {
+	// Another replica may have defined or applied a season since.
+	if err := h.s.scaler.ReloadSeasons(r.Context()); err != nil {
+		return 0, nil, err
+	}
 	seasons, pinned := h.s.scaler.Seasons()
 	cur, err := h.s.scaler.CurrentSeason(r.Context())
 	if err != nil {
@@ -177,6 +190,10 @@ func (h *handlers) defineSeason(r *http.Request) (int, any, error) {
 }
 
 func (h *handlers) applySeason(r *http.Request) (int, any, error) {
+	// The season may have been defined at another replica.
+	if err := h.s.scaler.ReloadSeasons(r.Context()); err != nil {
+		return 0, nil, err
+	}
 	if err := h.s.scaler.ApplySeason(r.Context(), r.PathValue("id")); err != nil {
 		return 0, nil, err
 	}
@@ -289,6 +306,9 @@ func (h *handlers) capacity(r *http.Request) (int, any, error) {
 		}
 		util = f
 	}
+	if err := h.s.scaler.ReloadSeasons(r.Context()); err != nil {
+		return 0, nil, err
+	}
 	rec, err := h.s.scaler.RecommendCapacity(r.Context(), util)
 	if err != nil {
 		return 0, nil, err
@@ -300,5 +320,13 @@ func (h *handlers) warmPools(r *http.Request) (int, any, error) {
 	if err := onlyQuery(r); err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, map[string]any{"targets": h.s.LastTargets()}, nil
+	ans := WarmPoolsAnswer{Targets: h.s.LastTargets()}
+	if np, ok := h.s.cfg.Pools.(NodePooler); ok {
+		nodes, err := np.NodePools(r.Context())
+		if err != nil {
+			return 0, nil, err
+		}
+		ans.Nodes = nodes
+	}
+	return http.StatusOK, ans, nil
 }

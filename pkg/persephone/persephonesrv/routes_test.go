@@ -207,3 +207,127 @@ func TestSourceAndPools(t *testing.T) {
 		t.Errorf("targets %v, want python: 3", pools.set)
 	}
 }
+
+// clusterPools is a cluster replica's pools: it leads or not, reads the
+// ready counts with a context and shows each agent's share.
+type clusterPools struct {
+	fakePools
+	lead  bool
+	ready map[string]int
+	plan  []persephone.PoolTarget
+}
+
+func (c *clusterPools) Lead(context.Context) (bool, error) { return c.lead, nil }
+func (c *clusterPools) SetPoolPlan(_ context.Context, ts []persephone.PoolTarget) error {
+	c.plan = ts
+	return nil
+}
+func (c *clusterPools) ReadyPools(context.Context) (map[string]int, error) {
+	return c.ready, nil
+}
+func (c *clusterPools) NodePools(context.Context) ([]persephone.NodePool, error) {
+	return []persephone.NodePool{{Node: "node-a", Template: "python", Target: 2, Ready: 1, WarmCreates: 4, ColdCreates: 1}}, nil
+}
+
+// On a cluster only the leading replica sizes; a season applied at
+// another replica (straight into the store here) is seen at the next
+// sizing; GET /v1/warm-pools adds each agent's share.
+func TestClusterPoolsLeadAndSplit(t *testing.T) {
+	ctx := context.Background()
+	svc, fc, st, _ := newService(t)
+	pools := &clusterPools{ready: map[string]int{"python": 1}}
+	svc.cfg.Pools = pools
+
+	uk := st.(store.UsageKeeper)
+	other, err := persephone.New(ctx, persephone.Config{Usage: uk.Usage(), Seasons: uk.Usage(), Clock: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	season := &persephone.Season{ID: "busy", Prewarming: persephone.PrewarmConfig{Templates: []string{"python"}, PoolSize: 3,
+		NodeLabels: map[string]string{"pool": "fast"}}}
+	if err := other.DefineSeason(ctx, season); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.ApplySeason(ctx, "busy"); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := svc.SizePools(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pools.plan != nil || len(svc.LastTargets()) != 0 {
+		t.Fatalf("a replica that does not lead sized: %v %v", pools.set, svc.LastTargets())
+	}
+	pools.lead = true
+	if err := svc.SizePools(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(pools.plan) != 1 || pools.plan[0].Size != 3 || pools.plan[0].NodeLabels["pool"] != "fast" {
+		t.Fatalf("plan %+v, want python: 3 on pool=fast (the season applied at the other replica)", pools.plan)
+	}
+	if ts := svc.LastTargets(); len(ts) != 1 || ts[0].Current != 1 {
+		t.Fatalf("last targets %+v, want python with 1 ready (ReadyPools)", ts)
+	}
+
+	srv := serve(t, svc, denyWrites{})
+	code, body := do(t, http.MethodGet, srv.URL+"/v1/warm-pools", "")
+	var ans WarmPoolsAnswer
+	if err := json.Unmarshal([]byte(body), &ans); code != http.StatusOK || err != nil {
+		t.Fatalf("GET /v1/warm-pools: %d %s", code, body)
+	}
+	if len(ans.Targets) != 1 || len(ans.Nodes) != 1 || ans.Nodes[0].Node != "node-a" || ans.Nodes[0].WarmCreates != 4 {
+		t.Errorf("warm pools answer %+v", ans)
+	}
+}
+
+// countingNodes lists no nodes and counts creates as set.
+type countingNodes struct {
+	counts map[string]map[string]map[string]int
+}
+
+func (c *countingNodes) Nodes(context.Context) ([]*tartarus.NodeInfo, error) { return nil, nil }
+func (c *countingNodes) NodeCreateCounts(context.Context) (map[string]map[string]map[string]int, error) {
+	return c.counts, nil
+}
+
+// Warm and cold launches are the growth of the nodes' create counts
+// between records: the first reading is the baseline, failed creates are
+// neither, and a count that fell (the agent restarted) counts whole.
+func TestSourceWarmCold(t *testing.T) {
+	ctx := context.Background()
+	svc, fc, _, _ := newService(t)
+	nodes := &countingNodes{}
+	src := &Source{Sandboxes: svc.cfg.Sandboxes, Nodes: nodes}
+	steps := []struct {
+		name       string
+		counts     map[string]map[string]map[string]int
+		warm, cold int
+	}{
+		{"baseline", map[string]map[string]map[string]int{"a": {"python": {"warm pool": 5, "restored": 2}}}, 0, 0},
+		{"growth", map[string]map[string]map[string]int{
+			"a": {"python": {"warm pool": 7, "restored": 3, "failed": 4}},
+			"b": {"node": {"booted": 1}}}, 2, 2},
+		{"no change", map[string]map[string]map[string]int{
+			"a": {"python": {"warm pool": 7, "restored": 3, "failed": 4}},
+			"b": {"node": {"booted": 1}}}, 0, 0},
+		{"a restarted", map[string]map[string]map[string]int{
+			"a": {"python": {"warm pool": 1}},
+			"b": {"node": {"booted": 1}}}, 1, 0},
+		{"primed", map[string]map[string]map[string]int{}, 0, 0},
+		{"counted whole after a prime", map[string]map[string]map[string]int{"c": {"python": {"warm pool": 2}}}, 2, 0},
+	}
+	for _, s := range steps {
+		nodes.counts = s.counts
+		if s.name == "primed" {
+			src.Prime(ctx)
+			continue
+		}
+		rec, err := src.Usage(ctx, fc.Now().Truncate(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.WarmLaunches != s.warm || rec.ColdLaunches != s.cold {
+			t.Errorf("%s: warm %d cold %d, want %d and %d", s.name, rec.WarmLaunches, rec.ColdLaunches, s.warm, s.cold)
+		}
+	}
+}

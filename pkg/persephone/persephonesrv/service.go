@@ -1,7 +1,8 @@
 // Package persephonesrv runs Persephone (pkg/persephone) inside a Tartarus
 // server: the per-minute usage recording from the sandbox store, the API
-// routes of seasons, forecasts and capacity, the loop that sets the node
-// agent's warm-pool targets, and the capacity webhook.
+// routes of seasons, forecasts and capacity, the loop that sets the warm-pool
+// targets (of the node agent, or, on a cluster replica that leads, of every
+// agent), and the capacity webhook.
 package persephonesrv
 
 import (
@@ -34,6 +35,33 @@ type RefillMeter interface {
 	RefillRate() (typical time.Duration, parallel int)
 }
 
+// Leader is the side of Pools of a cluster replica: only the replica that
+// leads (holds the cluster's lease) sizes the pools; the others skip.
+type Leader interface {
+	Lead(ctx context.Context) (bool, error)
+}
+
+// PoolReader is the side of Pools that reads the ready sandboxes per
+// template over I/O (a cluster's agents, from the database); it is used
+// instead of TemplatePoolSizes.
+type PoolReader interface {
+	ReadyPools(ctx context.Context) (map[string]int, error)
+}
+
+// PoolPlanner is the side of Pools that takes the targets whole, with the
+// node labels of the season that set their floor (a cluster places each
+// pool on the agents carrying them); it is used instead of
+// SetPoolTargets.
+type PoolPlanner interface {
+	SetPoolPlan(ctx context.Context, targets []persephone.PoolTarget) error
+}
+
+// NodePooler is the side of Pools of a cluster: each agent's share of
+// each template's pool, shown by GET /v1/warm-pools.
+type NodePooler interface {
+	NodePools(ctx context.Context) ([]persephone.NodePool, error)
+}
+
 // Sandboxes is what the usage source reads from the sandbox store: the
 // counts by state, and the creates of a span by template
 // (store.UsageKeeper).
@@ -48,6 +76,14 @@ type NodeLister interface {
 	Nodes(ctx context.Context) ([]*tartarus.NodeInfo, error)
 }
 
+// NodeCreateCounter is the side of NodeLister that counts each node's creates
+// since it started, by template and by how they were served
+// (hecatoncheir.Agent.CreateCounts: "warm pool" is a warm launch,
+// "failed" none, anything else a cold one).
+type NodeCreateCounter interface {
+	NodeCreateCounts(ctx context.Context) (map[string]map[string]map[string]int, error)
+}
+
 // Config wires a Service.
 type Config struct {
 	Scaler    *persephone.Scaler // required
@@ -58,8 +94,8 @@ type Config struct {
 	Log       *slog.Logger
 
 	// Pools, when set, get their targets every PoolEvery (default 5m)
-	// from Scaler.PoolTargets. A cluster replica has none: its agents keep
-	// their fixed --warm-pool (see docs/seasons.md).
+	// from Scaler.PoolTargets: a node agent's pools, or a cluster's
+	// (cluster.ForecastPools, with the Leader side: one replica sizes).
 	Pools     Pools
 	PoolEvery time.Duration
 
@@ -129,8 +165,9 @@ func New(cfg Config) (*Service, error) {
 // the capacity webhook, until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	rec := &persephone.Recorder{Source: &Source{Sandboxes: s.cfg.Sandboxes, Nodes: s.cfg.Nodes},
-		Store: s.cfg.Usage, Clock: s.cfg.Clock, Keep: s.cfg.Keep, Log: s.log}
+	src := &Source{Sandboxes: s.cfg.Sandboxes, Nodes: s.cfg.Nodes}
+	src.Prime(ctx)
+	rec := &persephone.Recorder{Source: src, Store: s.cfg.Usage, Clock: s.cfg.Clock, Keep: s.cfg.Keep, Log: s.log}
 	wg.Go(func() {
 		if err := rec.Run(ctx); err != nil {
 			s.log.Error("usage recorder", "err", err)
@@ -139,6 +176,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.Pools != nil {
 		wg.Go(func() { s.every(ctx, s.cfg.PoolEvery, s.SizePools) })
 	}
+	// Seasons defined or applied at another replica show here within a
+	// minute (and before each sizing).
+	wg.Go(func() { s.every(ctx, time.Minute, s.scaler.ReloadSeasons) })
 	if s.cfg.Webhook != "" {
 		wg.Go(func() { s.every(ctx, s.cfg.WebhookEvery, s.SendCapacity) })
 	}
@@ -165,7 +205,29 @@ func (s *Service) every(ctx context.Context, d time.Duration, f func(context.Con
 // SizePools asks the scaler for each template's pool size and gives the
 // sizes to the node agent.
 func (s *Service) SizePools(ctx context.Context) error {
+	if l, ok := s.cfg.Pools.(Leader); ok {
+		lead, err := l.Lead(ctx)
+		if err != nil {
+			return fmt.Errorf("size warm pools: %w", err)
+		}
+		if !lead {
+			s.mu.Lock()
+			s.targets = nil // another replica sizes them now
+			s.mu.Unlock()
+			return nil
+		}
+	}
+	// Another replica may have defined or applied a season since.
+	if err := s.scaler.ReloadSeasons(ctx); err != nil {
+		return fmt.Errorf("size warm pools: %w", err)
+	}
 	current := s.cfg.Pools.TemplatePoolSizes()
+	if r, ok := s.cfg.Pools.(PoolReader); ok {
+		var err error
+		if current, err = r.ReadyPools(ctx); err != nil {
+			return fmt.Errorf("size warm pools: %w", err)
+		}
+	}
 	var refill persephone.Refill
 	if m, ok := s.cfg.Pools.(RefillMeter); ok {
 		refill.Time, refill.Parallel = m.RefillRate()
@@ -178,7 +240,12 @@ func (s *Service) SizePools(ctx context.Context) error {
 	for _, t := range ts {
 		targets[t.Template] = t.Size
 	}
-	if err := s.cfg.Pools.SetPoolTargets(ctx, targets); err != nil {
+	if pp, ok := s.cfg.Pools.(PoolPlanner); ok {
+		err = pp.SetPoolPlan(ctx, ts)
+	} else {
+		err = s.cfg.Pools.SetPoolTargets(ctx, targets)
+	}
+	if err != nil {
 		return fmt.Errorf("set warm-pool targets: %w", err)
 	}
 	s.mu.Lock()
@@ -217,10 +284,16 @@ func (s *Service) SendCapacity(ctx context.Context) error {
 // the minute, by template, and those of them that failed, read from the
 // store, so that in a cluster any replica counts every replica's creates.
 // CPU and memory utilization are what the nodes' sandboxes hold of the
-// nodes' CPUs and memory (0 when the nodes do not say).
+// nodes' CPUs and memory (0 when the nodes do not say). Warm and cold
+// launches are how much the nodes' create counts (NodeCreateCounter) grew
+// since the previous record (or Prime); without a Prime the first record
+// has none.
 type Source struct {
 	Sandboxes Sandboxes
 	Nodes     NodeLister
+
+	mu      sync.Mutex
+	creates map[string]map[string]map[string]int // node → template → how → count, as read last
 }
 
 var _ persephone.UsageSource = (*Source)(nil)
@@ -242,6 +315,11 @@ func (src *Source) Usage(ctx context.Context, minute time.Time) (*persephone.Usa
 		rec.ErrorCount += c.Failed
 		rec.LaunchesByTemplate[tpl] = c.Launches
 	}
+	if cc, ok := src.Nodes.(NodeCreateCounter); ok {
+		if counts, err := cc.NodeCreateCounts(ctx); err == nil {
+			rec.WarmLaunches, rec.ColdLaunches = src.servedSince(counts)
+		}
+	}
 	if src.Nodes != nil {
 		if nodes, err := src.Nodes.Nodes(ctx); err == nil {
 			var cpus, usedCPUs, mem, usedMem int
@@ -257,4 +335,56 @@ func (src *Source) Usage(ctx context.Context, minute time.Time) (*persephone.Usa
 		}
 	}
 	return rec, nil
+}
+
+// Prime reads the nodes' create counts as the baseline of the first
+// record, so that creates from now on count in it (without it the first
+// record only sets the baseline).
+func (src *Source) Prime(ctx context.Context) {
+	cc, ok := src.Nodes.(NodeCreateCounter)
+	if !ok {
+		return
+	}
+	counts, err := cc.NodeCreateCounts(ctx)
+	if err != nil {
+		return
+	}
+	if counts == nil {
+		counts = map[string]map[string]map[string]int{}
+	}
+	src.mu.Lock()
+	src.creates = counts
+	src.mu.Unlock()
+}
+
+// servedSince returns the warm and cold creates counted since the previous
+// reading and keeps counts for the next. A count that fell is a node that
+// restarted: all of it is new. A node or template first seen counts whole,
+// except at the first reading, which only sets the baseline.
+func (src *Source) servedSince(counts map[string]map[string]map[string]int) (warm, cold int) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	first := src.creates == nil
+	for node, byTpl := range counts {
+		for tpl, byHow := range byTpl {
+			for how, n := range byHow {
+				d := n - src.creates[node][tpl][how]
+				if d < 0 {
+					d = n
+				}
+				if first || d <= 0 {
+					continue
+				}
+				switch how {
+				case "warm pool":
+					warm += d
+				case "failed":
+				default:
+					cold += d
+				}
+			}
+		}
+	}
+	src.creates = counts
+	return warm, cold
 }
