@@ -47,7 +47,8 @@ var Schema = []string{
 
 // SchemaLater are the changes to Persephone's tables made after Schema was
 // released: the store runs them after its later migrations (pkg/store),
-// Migrate after Schema. Append only.
+// Migrate after Schema. Closed, like Schema: migrations follow it in the
+// store (pkg/store's TestMigrationsOnlyGrow says so when one is inserted).
 var SchemaLater = []string{
 	`ALTER TABLE persephone_usage ADD COLUMN warm_launches BIGINT NOT NULL DEFAULT 0`,
 	`ALTER TABLE persephone_usage ADD COLUMN cold_launches BIGINT NOT NULL DEFAULT 0`,
