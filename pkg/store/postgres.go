@@ -111,6 +111,9 @@ var pgMigrations = []string{
 	);`,
 	// 4: nodes being drained take no new sandboxes (cluster.go).
 	`ALTER TABLE nodes ADD COLUMN draining BOOLEAN NOT NULL DEFAULT FALSE;`,
+	// 5: tenant template versions kept in the shared store, and their tags
+	// (templates.go).
+	templateSchema,
 }
 
 // OpenPostgres connects to the database at dsn (postgres://…) and brings

@@ -35,7 +35,8 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 		g.servers[n] = true
 	}
 	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log,
-		Routes: map[string]http.Handler{dialPattern: dialHandler(cfg.Agent)}})
+		Routes: map[string]http.Handler{dialPattern: dialHandler(cfg.Agent),
+			sharePattern: shareHandler(cfg.Agent), unsharePattern: unshareHandler(cfg.Agent)}})
 	if err != nil {
 		return nil, fmt.Errorf("node API: %w", err)
 	}

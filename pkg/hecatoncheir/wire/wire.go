@@ -180,6 +180,38 @@ type Command struct {
 	// Destroy: how the sandbox ends (reason and grace period); nil is a
 	// user's immediate end.
 	Shutdown *tartarus.ShutdownOptions `json:"shutdown,omitempty"`
+	// Create: the tenant template version the sandbox is made from, as
+	// the cluster recorded it; an agent without it fetches it from the
+	// shared store first, checking it against RootFS.Checksum.
+	Template *SharedTemplate `json:"template,omitempty"`
+}
+
+// PathShareTemplate is the node API route (fmt: version) that uploads a
+// tenant template version of the agent's to the shared store and answers
+// its SharedTemplate; DELETE on it removes the agent's copy, and with
+// ?objects=1 the shared objects too.
+const PathShareTemplate = "/v1/node/templates/%s"
+
+// SharedTemplate is a tenant template version kept in the snapshot store
+// the nodes share: what any agent needs to install it.
+type SharedTemplate struct {
+	// Image is the version as it was made: Name is the version's name,
+	// Tenant its owner, Digest, Env, WorkDir, User, SizeBytes as made.
+	Image tartarus.Image `json:"image"`
+	// Parent is the template whose kernel and initramfs it boots with.
+	Parent string `json:"parent"`
+	// RootFS is its root filesystem, zstd-compressed.
+	RootFS SharedObject `json:"rootfs"`
+	// Node made it.
+	Node string `json:"node"`
+}
+
+// SharedObject is one object of the shared store: its key, size and
+// checksum ("sha256:HEX" of the stored bytes) as written.
+type SharedObject struct {
+	Key      string `json:"key"`
+	Size     int64  `json:"size"`
+	Checksum string `json:"checksum"`
 }
 
 // Commands is the long poll's answer.

@@ -18,6 +18,10 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	if err := req.Normalize(); err != nil {
 		return nil, err
 	}
+	shared, err := c.sharedTemplate(ctx, tenant, req)
+	if err != nil {
+		return nil, err
+	}
 	plan, err := c.planHeat(ctx, req)
 	if err != nil {
 		return nil, err
@@ -41,10 +45,13 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
 	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord, taken func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		name, rt, err := c.placeTiers(nodes, req, plan)
+		if err != nil && shared != nil {
+			name, rt, err = c.placeShared(nodes, req, plan)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
-		sb.Node, sb.Runtime, cmd.Node = name, rt, name
+		sb.Node, sb.Runtime, cmd.Node, cmd.Template = name, rt, name, shared
 		// A sandbox waiting in the node's warm pool becomes this one
 		// (not for a class that throttles its disk: the pool's VMs are not).
 		if plan == nil || plan.info.DiskIOPS == 0 {

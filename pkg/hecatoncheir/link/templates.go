@@ -1,0 +1,62 @@
+package link
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/tartarus-sandbox/tartarus/pkg/cerberus"
+	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+)
+
+// Tenant templates on a cluster (wire.PathShareTemplate): a replica that
+// had this agent save, build or import a template version asks it to
+// upload the version to the shared store and records what it answers; a
+// replica deleting a version asks every agent to drop its copy, and one
+// of them to delete the shared objects.
+const (
+	sharePattern   = "POST /v1/node/templates/{version}"
+	unsharePattern = "DELETE /v1/node/templates/{version}"
+)
+
+// shareHandler serves POST wire.PathShareTemplate: the version must be the
+// tenant's the replica named.
+func shareHandler(agent *hecatoncheir.Agent) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		version := r.PathValue("version")
+		who := cerberus.IdentityFrom(r.Context())
+		img, err := agent.Template(r.Context(), version)
+		if err == nil && (who == nil || img.Tenant != who.TenantID) {
+			err = tartarus.Errorf(tartarus.ErrNotFound, "template %s", version)
+		}
+		if err != nil {
+			api.WriteError(w, err, "")
+			return
+		}
+		st, err := agent.ShareTemplate(r.Context(), version)
+		if err != nil {
+			api.WriteError(w, err, "")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+	}
+}
+
+// unshareHandler serves DELETE wire.PathShareTemplate[?objects=1].
+func unshareHandler(agent *hecatoncheir.Agent) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		who := cerberus.IdentityFrom(r.Context())
+		if who == nil || who.TenantID == "" {
+			api.WriteError(w, tartarus.Errorf(tartarus.ErrPermissionDenied, "no tenant"), "")
+			return
+		}
+		err := agent.UnshareTemplate(r.Context(), who.TenantID, r.PathValue("version"), r.URL.Query().Get("objects") == "1")
+		if err != nil {
+			api.WriteError(w, err, "")
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
