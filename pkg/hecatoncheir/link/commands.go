@@ -199,7 +199,11 @@ func (l *Link) do(ctx context.Context, c wire.Command) ([]*tartarus.Sandbox, err
 		}
 		if c.Template != nil {
 			if err := a.FetchTemplate(ctx, c.Template); err != nil {
-				return nil, err
+				// Nothing was recorded here: the cluster learns of the
+				// failure from this report.
+				failed := *c.Sandbox
+				failed.State, failed.Error, failed.UpdatedAt = tartarus.StateFailed, err.Error(), l.cfg.Clock.Now().UTC()
+				return []*tartarus.Sandbox{&failed}, err
 			}
 		}
 		return one(a.CreateAs(ctx, c.Sandbox, c.Create))
