@@ -1,10 +1,14 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
+	"encoding/json"
 	"log/slog"
+	"net/url"
+	"os/exec"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +17,9 @@ import (
 
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebusopen"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
 )
 
 // linkImages gives an agent's data directory dir an images directory of
@@ -165,6 +171,69 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("ImportAtAReplica", func(t *testing.T) {
+		image := busyboxImage(t, "GREETING=hello-imported")
+		f, err := os.Open(image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		img, err := cl[1].ImportImage(ctx, "imported", "busybox.tar", f)
+		if err != nil {
+			t.Fatalf("import at replica 2: %v", err)
+		}
+		if !slices.Equal(img.Tags, []string{"imported:latest"}) {
+			t.Fatalf("imported: %+v", img)
+		}
+		for _, node := range []string{"node-a", "node-b"} {
+			sb, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "imported", TimeoutS: 600, NodeLabels: on(node)})
+			if err != nil {
+				t.Fatalf("create from the imported image on %s: %v", node, err)
+			}
+			if out := execOut(t, cl[0], sb.ID, "sh", "-c", "echo $GREETING"); out != "hello-imported\n" {
+				t.Errorf("env on %s: %q", node, out)
+			}
+			if _, err := cl[0].DeleteSandbox(ctx, sb.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("BuildAtAReplica", func(t *testing.T) {
+		var ctxTar bytes.Buffer
+		tw := tar.NewWriter(&ctxTar)
+		for name, body := range map[string]string{
+			"Dockerfile": "FROM base\nCOPY hello.txt /srv/hello.txt\nENV GREETING=built-here\n",
+			"hello.txt":  "hello from the build context\n",
+		} {
+			if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+				t.Fatal(err)
+			}
+			tw.Write([]byte(body))
+		}
+		tw.Close()
+		b, err := cl[0].BuildTemplate(ctx, url.Values{"name": {"built"}}, &ctxTar)
+		if err != nil {
+			t.Fatalf("build at replica 1: %v", err)
+		}
+		end, err := cl[0].BuildLog(ctx, b.Name, b.ID, func(e api.TemplateBuildEvent) { t.Logf("build: %s %s%s", e.Type, e.Text, e.Data) })
+		if err != nil || end.Status != api.TemplateBuildSucceeded {
+			t.Fatalf("build: %+v, %v", end, err)
+		}
+		for _, node := range []string{"node-a", "node-b"} {
+			sb, err := cl[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "built", TimeoutS: 600, NodeLabels: on(node)})
+			if err != nil {
+				t.Fatalf("create from the built template on %s: %v", node, err)
+			}
+			if out := execOut(t, cl[1], sb.ID, "sh", "-c", "echo $GREETING; cat /srv/hello.txt"); out != "built-here\nhello from the build context\n" {
+				t.Errorf("built template on %s: %q", node, out)
+			}
+			if _, err := cl[1].DeleteSandbox(ctx, sb.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("DeleteOnceUnused", func(t *testing.T) {
 		for _, sb := range []*tartarus.Sandbox{src, fetched} {
 			if sb == nil {
@@ -192,4 +261,36 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// busyboxImage writes a `docker save` tarball of a one-layer busybox
+// image with env, made here (no registry is reachable), and returns its
+// path.
+func busyboxImage(t testing.TB, env ...string) string {
+	t.Helper()
+	work := t.TempDir()
+	tree := filepath.Join(work, "rootfs")
+	if err := containertest.BuildRootFS(tree); err != nil {
+		t.Skipf("no busybox for a test image: %v", err)
+	}
+	image := filepath.Join(work, "image")
+	if err := os.Mkdir(image, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("tar", "-C", tree, "-cf", filepath.Join(image, "layer.tar"), ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	config, _ := json.Marshal(map[string]any{"architecture": "amd64", "os": "linux",
+		"config": map[string]any{"Env": env}, "rootfs": map[string]any{"type": "layers"}})
+	manifest, _ := json.Marshal([]map[string]any{{"Config": "config.json", "Layers": []string{"layer.tar"}}})
+	for name, b := range map[string][]byte{"config.json": config, "manifest.json": manifest} {
+		if err := os.WriteFile(filepath.Join(image, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(work, "image.tar")
+	if b, err := exec.Command("tar", "-C", image, "-cf", out, "manifest.json", "config.json", "layer.tar").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, b)
+	}
+	return out
 }

@@ -208,6 +208,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		role       = "node " + o.node
 		agent      *hecatoncheir.Agent
 		builds     *templates.Builder
+		// clusterBuilds runs a replica's builds and imports on its agents.
+		clusterBuilds olympus.TemplateBuilds
 	)
 	if o.cluster.agentListen != "" {
 		cl, aln, closeBus, err := openCluster(life, &o.cluster, st, clk, log)
@@ -221,6 +223,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		defer agentSrv.Close()
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
+		clusterBuilds = cl.TemplateBuilds()
 		if err := enableClusterHeat(life, cl, &o.heat); err != nil {
 			return err
 		}
@@ -268,6 +271,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	if builds != nil {
 		ocfg.Builds = builds
+	} else if clusterBuilds != nil {
+		ocfg.Builds = clusterBuilds
 	}
 	api, err := olympus.New(ocfg)
 	if err != nil {

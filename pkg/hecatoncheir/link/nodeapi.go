@@ -34,7 +34,7 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 	for _, n := range cfg.ServerNames {
 		g.servers[n] = true
 	}
-	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log,
+	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log, Builds: cfg.Builds,
 		Routes: map[string]http.Handler{dialPattern: dialHandler(cfg.Agent),
 			sharePattern: shareHandler(cfg.Agent), unsharePattern: unshareHandler(cfg.Agent)}})
 	if err != nil {
