@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -105,7 +106,8 @@ func tagRef(name string) (string, error) {
 // sharedTemplate resolves req.Template when it names a tenant template the
 // cluster keeps: req.Template becomes the version (which the sandbox
 // records, so that a tag that moves later does not change it) and the
-// version's record is returned for the create command. Another tenant's
+// version's record is returned for the create command; the template's
+// env goes under the request's. Another tenant's
 // template is not found, as on a single node; nil, nil for a template the
 // cluster keeps no record of (built in, or one node's own).
 func (c *Cluster) sharedTemplate(ctx context.Context, tenant string, req *tartarus.CreateRequest) (*wire.SharedTemplate, error) {
@@ -136,6 +138,13 @@ func (c *Cluster) sharedTemplate(ctx context.Context, tenant string, req *tartar
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "template %s", name)
 	}
 	req.Template = rec.Version
+	if len(st.Image.Env) > 0 {
+		// The template's ENV, under the request's own, as a single node
+		// sets it.
+		env := maps.Clone(st.Image.Env)
+		maps.Copy(env, req.Env)
+		req.Env = env
+	}
 	return &st, nil
 }
 
