@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
@@ -14,7 +15,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/client"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebusopen"
 	"github.com/tartarus-sandbox/tartarus/pkg/erebus/erebustest"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container/containertest"
@@ -62,10 +65,14 @@ func linkImages(t testing.TB, cache, dir string) {
 // SeaweedFS snapshot store, a sandbox saved as a template on node-a
 // through replica 1 is listed once, with its tag, at replica 2, and a
 // create there placed on node-b (which never had it) fetches it and finds
-// the saved files; a delete is refused while a sandbox uses the template
+// the saved files and the saved process running on (the memory snapshot
+// travels too); a delete is refused while a sandbox uses the template
 // and, once they end, removes it from the list, the nodes and the shared
-// store; and a template whose uploaded object was damaged is refused on
-// fetch, with nothing installed on the fetching node.
+// store; a template whose uploaded object was damaged is refused on
+// fetch, with nothing installed on the fetching node; and an image import
+// and Dockerfile builds (FROM a template, FROM an image tarball in the
+// context) at a replica run on an agent and are usable on both nodes with
+// their env and files.
 func TestClusterTemplatesEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
@@ -84,7 +91,22 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create on node-a: %v", err)
 	}
-	execOut(t, cl[0], src.ID, "sh", "-c", "mkdir -p /srv && echo saved-file > /srv/saved.txt")
+	execOut(t, cl[0], src.ID, "sh", "-c", "mkdir -p /srv && echo saved-file > /srv/saved.txt && "+
+		"setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
+	counter := func(at *client.Client, id string) int {
+		t.Helper()
+		var n int
+		for range 3 {
+			if _, err := fmt.Sscan(execOut(t, at, id, "sh", "-c", "cat /tmp/counter 2>/dev/null || echo 0"), &n); err == nil {
+				return n
+			}
+		}
+		t.Fatalf("cannot read the counter of %s", id)
+		return 0
+	}
+	for counter(cl[0], src.ID) < 5 {
+		time.Sleep(200 * time.Millisecond)
+	}
 
 	img, err := cl[0].SaveTemplate(ctx, src.ID, "mine")
 	if err != nil {
@@ -126,6 +148,13 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 		}
 		if out := execOut(t, cl[1], sb.ID, "cat", "/srv/saved.txt"); out != "saved-file\n" {
 			t.Fatalf("saved file on node-b: %q", out)
+		}
+		// The saved memory came along: the counter goes on from where it
+		// was (a boot of the disk alone would find no process running).
+		first := counter(cl[1], sb.ID)
+		time.Sleep(time.Second)
+		if next := counter(cl[1], sb.ID); first < 5 || next <= first {
+			t.Fatalf("counter on node-b: %d then %d; want the saved process running on", first, next)
 		}
 	})
 
@@ -229,6 +258,45 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 				t.Errorf("built template on %s: %q", node, out)
 			}
 			if _, err := cl[1].DeleteSandbox(ctx, sb.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("BuildFromImageTarball", func(t *testing.T) {
+		image, err := os.ReadFile(busyboxImage(t, "GREETING=from-the-image"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ctxTar bytes.Buffer
+		tw := tar.NewWriter(&ctxTar)
+		for name, body := range map[string][]byte{
+			"Dockerfile":  []byte("FROM docker-archive:busybox.tar\nRUN echo made-in-the-vm > /made.txt\n"),
+			"busybox.tar": image,
+		} {
+			if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+				t.Fatal(err)
+			}
+			tw.Write(body)
+		}
+		tw.Close()
+		b, err := cl[1].BuildTemplate(ctx, url.Values{"name": {"from-image"}}, &ctxTar)
+		if err != nil {
+			t.Fatalf("build at replica 2: %v", err)
+		}
+		end, err := cl[1].BuildLog(ctx, b.Name, b.ID, func(e api.TemplateBuildEvent) { t.Logf("build: %s %s%s", e.Type, e.Text, e.Data) })
+		if err != nil || end.Status != api.TemplateBuildSucceeded {
+			t.Fatalf("build: %+v, %v", end, err)
+		}
+		for _, node := range []string{"node-a", "node-b"} {
+			sb, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "from-image", TimeoutS: 600, NodeLabels: on(node)})
+			if err != nil {
+				t.Fatalf("create from the template built FROM an image on %s: %v", node, err)
+			}
+			if out := execOut(t, cl[0], sb.ID, "sh", "-c", "echo $GREETING; cat /made.txt; busybox | head -1 | cut -d' ' -f1"); out != "from-the-image\nmade-in-the-vm\nBusyBox\n" {
+				t.Errorf("template built FROM an image, on %s: %q", node, out)
+			}
+			if _, err := cl[0].DeleteSandbox(ctx, sb.ID); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -67,27 +67,20 @@ func (a *Agent) ShareTemplate(ctx context.Context, version string) (*wire.Shared
 		return nil, fmt.Errorf("share template %s: %w", version, err)
 	}
 	defer f.Close()
-	pr, pw := io.Pipe()
-	go func() {
-		zw, err := zstd.NewWriter(pw, zstd.WithEncoderLevel(zstd.SpeedFastest))
-		if err == nil {
-			_, err = io.Copy(zw, f)
-			if cerr := zw.Close(); err == nil {
-				err = cerr
-			}
-		}
-		pw.CloseWithError(err)
-	}()
-	obj, err := a.cfg.Snapshots.Put(ctx, key, pr)
-	pr.CloseWithError(errors.New("upload over"))
+	rootfs, err := a.upload(ctx, key, func(w io.Writer) error {
+		_, err := io.Copy(w, f)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("share template %s: upload: %w", version, err)
 	}
-	out := &wire.SharedTemplate{Image: *img, Parent: templateParent(img), Node: a.cfg.Node,
-		RootFS: wire.SharedObject{Key: obj.Key, Size: obj.Size, Checksum: obj.Checksum}}
+	out := &wire.SharedTemplate{Image: *img, Parent: templateParent(img), Node: a.cfg.Node, RootFS: rootfs}
 	// Paths are this node's own.
 	out.Image.Kernel, out.Image.Initrd, out.Image.RootFS, out.Image.Tags = "", "", "", nil
-	a.log.Info("template shared", "template", version, "tenant", img.Tenant, "key", key, "bytes", obj.Size)
+	if out.Snapshots, err = a.shareSnapshots(ctx, img); err != nil {
+		return nil, fmt.Errorf("share template %s: %w", version, err)
+	}
+	a.log.Info("template shared", "template", version, "tenant", img.Tenant, "key", key, "bytes", rootfs.Size, "snapshots", len(out.Snapshots))
 	return out, nil
 }
 
@@ -152,23 +145,56 @@ func (a *Agent) FetchTemplate(ctx context.Context, st *wire.SharedTemplate) erro
 		return err
 	}
 	defer os.RemoveAll(stage) // gone already once installed
-	if err := a.download(ctx, st.RootFS, filepath.Join(stage, "rootfs.ext4")); err != nil {
+	if err := a.downloadFile(ctx, st.RootFS, filepath.Join(stage, "rootfs.ext4")); err != nil {
+		return fmt.Errorf("fetch template %s: %w", version, err)
+	}
+	snaps, err := a.fetchSnapshots(ctx, st)
+	defer func() {
+		for _, f := range snaps {
+			os.RemoveAll(f.dir)
+		}
+	}()
+	if err != nil {
 		return fmt.Errorf("fetch template %s: %w", version, err)
 	}
 	img := st.Image
 	img.Kernel, img.Initrd, img.RootFS, img.Tags = "", "", "", nil
-	if _, err := adder.AddTemplate(ctx, stage, &img, base, map[string]string{"fetched_from": st.Node,
-		"parent": st.Parent, "object": st.RootFS.Key, "checksum": st.RootFS.Checksum}); err != nil && !errors.Is(err, tartarus.ErrAlreadyExists) {
+	made, err := adder.AddTemplate(ctx, stage, &img, base, map[string]string{"fetched_from": st.Node,
+		"parent": st.Parent, "object": st.RootFS.Key, "checksum": st.RootFS.Checksum})
+	if err != nil {
 		return fmt.Errorf("fetch template %s: %w", version, err)
 	}
+	a.installSnapshots(ctx, made, snaps)
 	a.log.Info("template fetched from the shared store", "template", version, "tenant", st.Image.Tenant,
-		"from_node", st.Node, "bytes", st.RootFS.Size, "took", a.cfg.Clock.Now().Sub(start))
+		"from_node", st.Node, "bytes", st.RootFS.Size, "snapshots", len(snaps), "took", a.cfg.Clock.Now().Sub(start))
 	return nil
 }
 
-// download writes the zstd object o, decompressed, to the new file dst,
-// sparsely, checking the stored bytes against o.Checksum as they stream.
-func (a *Agent) download(ctx context.Context, o wire.SharedObject, dst string) error {
+// upload stores what write writes, zstd-compressed, as object key.
+func (a *Agent) upload(ctx context.Context, key string, write func(io.Writer) error) (wire.SharedObject, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		zw, err := zstd.NewWriter(pw, zstd.WithEncoderLevel(zstd.SpeedFastest))
+		if err == nil {
+			err = write(zw)
+			if cerr := zw.Close(); err == nil {
+				err = cerr
+			}
+		}
+		pw.CloseWithError(err)
+	}()
+	obj, err := a.cfg.Snapshots.Put(ctx, key, pr)
+	pr.CloseWithError(errors.New("upload over"))
+	if err != nil {
+		return wire.SharedObject{}, err
+	}
+	return wire.SharedObject{Key: obj.Key, Size: obj.Size, Checksum: obj.Checksum}, nil
+}
+
+// download streams the zstd object o, decompressed and bounded, to read,
+// checking the stored bytes against o's size and checksum (those recorded
+// when it was uploaded). On error, whatever read wrote must be discarded.
+func (a *Agent) download(ctx context.Context, o wire.SharedObject, read func(io.Reader) error) error {
 	rc, obj, err := a.cfg.Snapshots.Get(ctx, o.Key)
 	if err != nil {
 		return err
@@ -183,20 +209,14 @@ func (a *Agent) download(ctx context.Context, o wire.SharedObject, dst string) e
 		return err
 	}
 	defer zr.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	n, err := writeSparse(out, io.LimitReader(zr, maxSharedRootFS+1))
-	if err == nil && n > maxSharedRootFS {
+	lr := &io.LimitedReader{R: zr, N: maxSharedRootFS + 1}
+	err = read(lr)
+	if err == nil && lr.N <= 0 {
 		err = tartarus.Errorf(tartarus.ErrInvalid, "object %s inflates to more than %d bytes", o.Key, int64(maxSharedRootFS))
 	}
 	if err == nil {
 		// Read to the end, so that the store's own check runs too.
 		_, err = io.Copy(io.Discard, rc)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("object %s: %w", o.Key, err)
@@ -205,6 +225,22 @@ func (a *Agent) download(ctx context.Context, o wire.SharedObject, dst string) e
 		return corrupt("object %s: its bytes hash to %s, recorded %s", o.Key, got, o.Checksum)
 	}
 	return nil
+}
+
+// downloadFile is download into the new file dst, sparsely.
+func (a *Agent) downloadFile(ctx context.Context, o wire.SharedObject, dst string) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	err = a.download(ctx, o, func(r io.Reader) error {
+		_, err := writeSparse(out, r)
+		return err
+	})
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // corrupt is the error of a shared object that is not what was uploaded:
@@ -268,8 +304,14 @@ func (a *Agent) UnshareTemplate(ctx context.Context, tenant, version string, obj
 		return err
 	}
 	if objects && a.sharing() {
-		if err := a.cfg.Snapshots.Delete(ctx, sharedTemplateKey(tenant, version)); err != nil {
+		objs, err := a.cfg.Snapshots.List(ctx, "templates/"+tenant+"/"+version+"/")
+		if err != nil {
 			return fmt.Errorf("delete template %s: shared copy: %w", version, err)
+		}
+		for _, o := range objs {
+			if err := a.cfg.Snapshots.Delete(ctx, o.Key); err != nil {
+				return fmt.Errorf("delete template %s: shared copy: %w", version, err)
+			}
 		}
 	}
 	return nil

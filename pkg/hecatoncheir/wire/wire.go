@@ -202,8 +202,22 @@ type SharedTemplate struct {
 	Parent string `json:"parent"`
 	// RootFS is its root filesystem, zstd-compressed.
 	RootFS SharedObject `json:"rootfs"`
+	// Snapshots are its memory snapshots (a saved sandbox's processes, a
+	// build's START), one per runtime and shape, each a zstd-compressed tar
+	// of the runtime's snapshot files.
+	Snapshots []SharedSnapshot `json:"snapshots,omitempty"`
 	// Node made it.
 	Node string `json:"node"`
+}
+
+// SharedSnapshot is one memory snapshot of a shared template: the
+// runtime and shape it restores at, and its object.
+type SharedSnapshot struct {
+	Runtime  string       `json:"runtime"`
+	MemoryMB int          `json:"memory_mb"`
+	CPUs     int          `json:"cpus"`
+	Network  bool         `json:"network,omitempty"`
+	Object   SharedObject `json:"object"`
 }
 
 // SharedObject is one object of the shared store: its key, size and
