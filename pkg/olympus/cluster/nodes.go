@@ -123,11 +123,11 @@ func (c *Cluster) Templates(ctx context.Context) ([]*tartarus.Image, error) {
 			}
 		}
 	}
-	if len(byName) == 0 && len(errs) > 0 {
-		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "templates: %v", errors.Join(errs...))
-	}
 	if err := c.sharedImages(ctx, byName); err != nil {
 		return nil, err
+	}
+	if len(byName) == 0 && len(errs) > 0 {
+		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "templates: %v", errors.Join(errs...))
 	}
 	out := slices.Collect(maps.Values(byName))
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
