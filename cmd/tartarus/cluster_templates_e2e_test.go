@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -138,10 +139,12 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 
 	var fetched *tartarus.Sandbox
 	t.Run("CreateOnTheOtherNode", func(t *testing.T) {
+		began := time.Now()
 		sb, err := cl[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "mine", TimeoutS: 1200, NodeLabels: on("node-b")})
 		if err != nil {
 			t.Fatalf("create from mine on node-b: %v", err)
 		}
+		fetching := time.Since(began)
 		fetched = sb
 		if sb.Node != "node-b" || sb.Template != version {
 			t.Fatalf("created %s on %s from %s; want node-b, %s", sb.ID, sb.Node, sb.Template, version)
@@ -156,6 +159,30 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 		if next := counter(cl[1], sb.ID); first < 5 || next <= first {
 			t.Fatalf("counter on node-b: %d then %d; want the saved process running on", first, next)
 		}
+		// Figures for docs/BENCHMARKS.md (TARTARUS_TEMPLATE_FIGURES=N: N
+		// rounds): the create that fetched, then creates on each node that
+		// has the template (create → first exec).
+		rounds, _ := strconv.Atoi(os.Getenv("TARTARUS_TEMPLATE_FIGURES"))
+		if rounds <= 0 {
+			return
+		}
+		took := map[string][]time.Duration{}
+		for range rounds {
+			for _, node := range []string{"node-a", "node-b"} {
+				began := time.Now()
+				sb, err := cl[1].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "mine", TimeoutS: 600, NodeLabels: on(node)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				execOut(t, cl[1], sb.ID, "true")
+				took[node] = append(took[node], time.Since(began))
+				if _, err := cl[1].DeleteSandbox(ctx, sb.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		t.Logf("figures: create fetching the template on node-b %s; create+exec on node-a (made it) %v, on node-b (fetched) %v",
+			fetching.Round(time.Millisecond), took["node-a"], took["node-b"])
 	})
 
 	t.Run("DeleteRefusedWhileUsed", func(t *testing.T) {
