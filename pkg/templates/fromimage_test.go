@@ -1,6 +1,7 @@
 package templates
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -106,4 +107,22 @@ func buildNamed(t *testing.T, bd *Builder, name, tenant, dockerfile, dir string)
 	<-done
 	evs, _, _ := b.Events(0)
 	return b, evs
+}
+
+// TestContextFrom: the FROM of the named Dockerfile in a context stream.
+func TestContextFrom(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("ARG V=1\nFROM web:v2\nRUN true\n"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "Alt"), []byte("FROM python\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "Bad"), []byte("FROM a b\n"), 0o644)
+	var b bytes.Buffer
+	if err := PackContext(&b, dir, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"": "web:v2", "sub/Alt": "python", "./sub/../Dockerfile": "web:v2", "Bad": "", "missing": ""} {
+		if got := ContextFrom(bytes.NewReader(b.Bytes()), name); got != want {
+			t.Errorf("ContextFrom(%q) = %q, want %q", name, got, want)
+		}
+	}
 }

@@ -36,7 +36,7 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 	}
 	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log, Builds: cfg.Builds,
 		Routes: map[string]http.Handler{dialPattern: dialHandler(cfg.Agent),
-			sharePattern: shareHandler(cfg.Agent), unsharePattern: unshareHandler(cfg.Agent)}})
+			sharePattern: shareHandler(cfg.Agent), unsharePattern: unshareHandler(cfg.Agent), fetchPattern: fetchHandler(cfg.Agent)}})
 	if err != nil {
 		return nil, fmt.Errorf("node API: %w", err)
 	}

@@ -192,6 +192,12 @@ type Command struct {
 // ?objects=1 the shared objects too.
 const PathShareTemplate = "/v1/node/templates/%s"
 
+// PathFetchTemplate is the node API route (fmt: version) that has an agent
+// fetch the SharedTemplate in the body from the shared store, and with
+// ?ref=NAME:TAG point its own tag at it: a replica does so before it
+// forwards a build FROM that template to an agent that lacks it.
+const PathFetchTemplate = "/v1/node/templates/%s/fetch"
+
 // SharedTemplate is a tenant template version kept in the snapshot store
 // the nodes share: what any agent needs to install it.
 type SharedTemplate struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus/api"
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 )
 
 // Dockerfile builds and image imports on a cluster run on one agent that
@@ -48,8 +50,10 @@ var _ olympus.TemplateBuilds = (*clusterBuilds)(nil)
 
 // builder chooses the node for a build or import of tenant's template
 // ref: an up node that shares the snapshot store and has room for a
-// sandbox of the shape asked.
-func (b *clusterBuilds) builder(ctx context.Context, tenant, ref string, memoryMB, cpus int) (string, *client.Client, error) {
+// sandbox of the shape asked. A build FROM a template the cluster
+// records (from, non-nil) goes preferably to a node that has it; another
+// node fetches it first, its own tag fromRef pointed at it.
+func (b *clusterBuilds) builder(ctx context.Context, tenant, ref string, memoryMB, cpus int, from *wire.SharedTemplate, fromRef string) (string, *client.Client, error) {
 	c := b.c
 	if rec, err := c.st.Template(ctx, ref); err == nil && rec.Tenant != tenant {
 		return "", nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", ref)
@@ -58,18 +62,34 @@ func (b *clusterBuilds) builder(ctx context.Context, tenant, ref string, memoryM
 	if err != nil {
 		return "", nil, dbErr(err)
 	}
-	var sharing []*store.NodeRecord
+	var sharing, having []*store.NodeRecord
 	for _, n := range nodes {
 		if n.State == store.NodeUp && !n.Draining && c.status(n).SharedSnapshots {
 			sharing = append(sharing, n)
+			if from != nil && slices.Contains(c.status(n).Templates, from.Image.Name) {
+				having = append(having, n)
+			}
 		}
 	}
 	if len(sharing) == 0 {
 		return "", nil, tartarus.Errorf(tartarus.ErrUnavailable, "no up node shares a snapshot store (agent --snapshots s3://…) to build templates every node can use")
 	}
-	name, _, err := c.place(sharing, "", placement.Request{MemoryMB: memoryMB, CPUs: cpus})
+	pr := placement.Request{MemoryMB: memoryMB, CPUs: cpus}
+	name, _, err := c.place(having, "", pr)
+	fetch := err != nil && from != nil
 	if err != nil {
-		return "", nil, err
+		if name, _, err = c.place(sharing, "", pr); err != nil {
+			return "", nil, err
+		}
+	}
+	if fetch {
+		q := ""
+		if fromRef != "" {
+			q = "?ref=" + url.QueryEscape(fromRef)
+		}
+		if err := c.nodeCall(ctx, name, tenant, "POST", fmt.Sprintf(wire.PathFetchTemplate, url.PathEscape(from.Image.Name))+q, from, nil); err != nil {
+			return "", nil, fmt.Errorf("FROM %s: fetch it on node %s: %w", from.Image.Name, name, err)
+		}
 	}
 	for _, n := range sharing {
 		if n.Name == name {
@@ -87,7 +107,7 @@ func (b *clusterBuilds) Import(ctx context.Context, tenant, name, source string,
 	if err != nil {
 		return nil, err
 	}
-	node, cl, err := b.builder(ctx, tenant, ref, 0, 0)
+	node, cl, err := b.builder(ctx, tenant, ref, 0, 0, nil, "")
 	if err != nil {
 		return nil, err
 	}
@@ -101,17 +121,38 @@ func (b *clusterBuilds) Import(ctx context.Context, tenant, name, source string,
 // StartFromContext implements olympus.TemplateBuilds: the context streams
 // through to the chosen agent, which runs the build; this replica follows
 // its log.
-func (b *clusterBuilds) StartFromContext(tenant string, p *api.TemplateBuildRequest, tarball io.Reader, _ string) (api.TemplateBuild, error) {
+func (b *clusterBuilds) StartFromContext(tenant string, p *api.TemplateBuildRequest, tarball io.Reader, tmpDir string) (api.TemplateBuild, error) {
 	ctx := context.Background()
 	ref, err := tagRef(p.Name)
 	if err != nil {
 		return api.TemplateBuild{}, err
 	}
-	node, cl, err := b.builder(ctx, tenant, ref, p.MemoryMB, p.CPUs)
+	// The context is kept in a file while the replica reads its FROM, so
+	// that the build goes where that template is (or is fetched first).
+	spool, err := os.CreateTemp(tmpDir, "tartarus-context-")
 	if err != nil {
 		return api.TemplateBuild{}, err
 	}
-	started, err := cl.BuildTemplate(ctx, buildQuery(p), tarball)
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	if _, err := io.Copy(spool, tarball); err != nil {
+		return api.TemplateBuild{}, fmt.Errorf("build %s: read the context: %w", p.Name, err)
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return api.TemplateBuild{}, err
+	}
+	from, fromRef, err := b.buildFrom(ctx, tenant, templates.ContextFrom(spool, p.Dockerfile))
+	if err != nil {
+		return api.TemplateBuild{}, err
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return api.TemplateBuild{}, err
+	}
+	node, cl, err := b.builder(ctx, tenant, ref, p.MemoryMB, p.CPUs, from, fromRef)
+	if err != nil {
+		return api.TemplateBuild{}, err
+	}
+	started, err := cl.BuildTemplate(ctx, buildQuery(p), spool)
 	if err != nil {
 		return api.TemplateBuild{}, fmt.Errorf("build on node %s: %w", node, err)
 	}
@@ -152,6 +193,32 @@ func (b *clusterBuilds) follow(cl *client.Client, node, tenant, ref string, star
 		delete(b.logs, started.ID)
 		b.mu.Unlock()
 	})
+}
+
+// buildFrom resolves a build's FROM to the template version the cluster
+// records for tenant and the tag it names (NAME:TAG; "" for a version):
+// nil when FROM names something else (a built-in template, an image
+// tarball, one that depends on an ARG) and the build resolves it there.
+func (b *clusterBuilds) buildFrom(ctx context.Context, tenant, from string) (*wire.SharedTemplate, string, error) {
+	if from == "" || strings.Contains(from, "$") {
+		return nil, "", nil
+	}
+	req := &tartarus.CreateRequest{Template: from}
+	st, err := b.c.sharedTemplate(ctx, tenant, req)
+	if errors.Is(err, tartarus.ErrNotFound) {
+		return nil, "", nil // the build says so in its log, as on a single node
+	}
+	if err != nil || st == nil {
+		return nil, "", err
+	}
+	if strings.Contains(from, "..") {
+		return st, "", nil
+	}
+	ref, err := tagRef(from)
+	if err != nil {
+		return nil, "", err
+	}
+	return st, ref, nil
 }
 
 // BuildLog implements olympus.TemplateBuilds: the log this replica

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -67,7 +68,7 @@ func (c *Cluster) share(ctx context.Context, node, tenant, version, ref string) 
 	ctx = context.WithoutCancel(ctx)
 	var st wire.SharedTemplate
 	sctx, cancel := context.WithTimeout(ctx, maxShareWait)
-	err := c.nodeCall(sctx, node, tenant, http.MethodPost, fmt.Sprintf(wire.PathShareTemplate, url.PathEscape(version)), &st)
+	err := c.nodeCall(sctx, node, tenant, http.MethodPost, fmt.Sprintf(wire.PathShareTemplate, url.PathEscape(version)), nil, &st)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("template %s: store it for the other nodes: %w", version, err)
@@ -274,7 +275,7 @@ func (c *Cluster) dropVersion(ctx context.Context, tenant, version string) {
 			continue
 		}
 		path := fmt.Sprintf(wire.PathShareTemplate, url.PathEscape(version)) + "?objects=" + objects
-		if err := c.nodeCall(ctx, n.Name, tenant, http.MethodDelete, path, nil); err != nil {
+		if err := c.nodeCall(ctx, n.Name, tenant, http.MethodDelete, path, nil, nil); err != nil {
 			c.log.Warn("drop template version on a node", "template", version, "node", n.Name, "err", err)
 			continue
 		}
@@ -321,9 +322,9 @@ func (c *Cluster) deleteOnNodes(ctx context.Context, name string) error {
 	return nil
 }
 
-// nodeCall calls node's node API for tenant, decoding a JSON answer into
-// out (nil: none wanted).
-func (c *Cluster) nodeCall(ctx context.Context, node, tenant, method, path string, out any) error {
+// nodeCall calls node's node API for tenant with in as the JSON body (nil:
+// none), decoding a JSON answer into out (nil: none wanted).
+func (c *Cluster) nodeCall(ctx context.Context, node, tenant, method, path string, in, out any) error {
 	n, err := c.st.Node(ctx, node)
 	if err != nil {
 		return dbErr(err)
@@ -331,7 +332,15 @@ func (c *Cluster) nodeCall(ctx context.Context, node, tenant, method, path strin
 	if n.State != store.NodeUp {
 		return tartarus.Errorf(tartarus.ErrUnavailable, "node %s is %s", node, n.State)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(n.Address, "/")+path, nil)
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(n.Address, "/")+path, body)
 	if err != nil {
 		return err
 	}
