@@ -73,7 +73,8 @@ func linkImages(t testing.TB, cache, dir string) {
 // fetch, with nothing installed on the fetching node; and an image import
 // and Dockerfile builds (FROM a template, FROM an image tarball in the
 // context) at a replica run on an agent and are usable on both nodes with
-// their env and files.
+// their env and files; a build FROM a template only the other (drained)
+// node has fetches it first.
 func TestClusterTemplatesEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
@@ -354,6 +355,50 @@ func TestClusterTemplatesEndToEnd(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(c.root, node, "images", "templates", version)); !os.IsNotExist(err) {
 				t.Errorf("%s still has %s: %v", node, version, err)
 			}
+		}
+	})
+
+	t.Run("BuildFromATemplateOnTheOtherNode", func(t *testing.T) {
+		sb, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "base", TimeoutS: 600, NodeLabels: on("node-a")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		execOut(t, cl[0], sb.ID, "sh", "-c", "mkdir -p /srv && echo from-the-layer > /srv/layer.txt")
+		if _, err := cl[0].SaveTemplate(ctx, sb.ID, "layer"); err != nil {
+			t.Fatalf("save: %v", err)
+		}
+		if _, err := cl[0].DeleteSandbox(ctx, sb.ID); err != nil {
+			t.Fatal(err)
+		}
+		// Only node-a has the template; with node-a drained the build
+		// runs on node-b, which must fetch it first.
+		if _, err := cl[0].DrainNode(ctx, "node-a", tartarus.DrainOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer cl[0].UndrainNode(ctx, "node-a")
+		var ctxTar bytes.Buffer
+		tw := tar.NewWriter(&ctxTar)
+		df := "FROM layer\nRUN cp /srv/layer.txt /srv/copied.txt\n"
+		tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(df)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(df))
+		tw.Close()
+		b, err := cl[1].BuildTemplate(ctx, url.Values{"name": {"on-layer"}}, &ctxTar)
+		if err != nil {
+			t.Fatalf("build FROM layer at replica 2: %v", err)
+		}
+		end, err := cl[1].BuildLog(ctx, b.Name, b.ID, func(e api.TemplateBuildEvent) { t.Logf("build: %s %s%s", e.Type, e.Text, e.Data) })
+		if err != nil || end.Status != api.TemplateBuildSucceeded {
+			t.Fatalf("build: %+v, %v", end, err)
+		}
+		got, err := cl[0].CreateSandbox(ctx, &tartarus.CreateRequest{Template: "on-layer", TimeoutS: 600})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := execOut(t, cl[0], got.ID, "cat", "/srv/copied.txt"); got.Node != "node-b" || out != "from-the-layer\n" {
+			t.Fatalf("sandbox of on-layer on %s: %q", got.Node, out)
+		}
+		if _, err := cl[0].DeleteSandbox(ctx, got.ID); err != nil {
+			t.Fatal(err)
 		}
 	})
 }
