@@ -42,8 +42,8 @@ type TemplateRecord struct {
 	Tags []string
 }
 
-// PutTemplate records version rec and points tag ref (NAME:TAG) at it,
-// in one transaction; it returns the version ref pointed at before ("" if
+// PutTemplate records version rec (a version uploaded again gets the new
+// record) and points tag ref (NAME:TAG) at it, in one transaction; it returns the version ref pointed at before ("" if
 // none). A tag of another tenant is not taken (ErrAlreadyExists).
 func (p *Postgres) PutTemplate(ctx context.Context, rec *TemplateRecord, ref string) (string, error) {
 	tx, err := p.db.BeginTx(ctx, nil)
@@ -52,7 +52,8 @@ func (p *Postgres) PutTemplate(ctx context.Context, rec *TemplateRecord, ref str
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, p.d.q(`INSERT INTO tenant_templates (version, tenant, name, size_bytes, record, created_at)
-		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO NOTHING`),
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO UPDATE SET record = EXCLUDED.record, size_bytes = EXCLUDED.size_bytes
+		WHERE tenant_templates.tenant = EXCLUDED.tenant`),
 		rec.Version, rec.Tenant, rec.Name, rec.SizeBytes, string(rec.Record), rec.CreatedAt.UnixNano()); err != nil {
 		return "", fmt.Errorf("record template %s: %w", rec.Version, err)
 	}
