@@ -32,6 +32,16 @@
 //	                                     connection to the guest's port (the
 //	                                     agent wakes a hibernated sandbox first)
 //
+// Tenant templates on a cluster use three more (the tenant in TenantHeader):
+//
+//	POST   /v1/node/templates/{version}        → SharedTemplate: the agent
+//	                                             uploads the version to the
+//	                                             shared store
+//	POST   /v1/node/templates/{version}/fetch  SharedTemplate [?ref=NAME:TAG]
+//	                                             → 204: fetch it (and tag it)
+//	DELETE /v1/node/templates/{version}        [?objects=1] → 204: drop the
+//	                                             agent's copy (and the shared one)
+//
 // Commands are durable: the server writes one to its database before it
 // answers the caller, delivers it until the agent posts its Result, and an
 // agent that gets the same command twice (after a restart, or because a
