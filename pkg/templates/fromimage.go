@@ -1,11 +1,13 @@
 package templates
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"strings"
@@ -16,18 +18,20 @@ import (
 // FROM an OCI image: `FROM docker-archive:FILE` or `FROM oci-archive:FILE`
 // names an image tarball in the build context (`docker save` output, or
 // an OCI image layout packed as a tar; either prefix takes either, as
-// `template import` does). No registry is reached: the image comes with
+// `template import` does), `FROM oci:DIR` an OCI image layout directory
+// of the context. No registry is reached: the image comes with
 // the context. It is imported through the same code as `template import`
 // (layers unpacked inside their own root) into a cache step template
 // named by the tenant and the tarball's digest, so a rebuild with the
 // same tarball imports nothing; the image's env, workdir and user are
 // the build's starting point, as a template's are.
 
-// Image archive transports FROM accepts (the names skopeo and podman use).
-var imageTransports = []string{"docker-archive:", "oci-archive:"}
+// Image transports FROM accepts (the names skopeo and podman use): a
+// tarball, or with "oci:" an OCI image layout directory of the context.
+var imageTransports = []string{"docker-archive:", "oci-archive:", "oci:"}
 
 // imageArchive returns the context path FROM names when it names an image
-// archive.
+// in the context.
 func imageArchive(from string) (string, bool) {
 	for _, p := range imageTransports {
 		if file, ok := strings.CutPrefix(from, p); ok {
@@ -35,6 +39,45 @@ func imageArchive(from string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// packLayout writes the OCI image layout directory rel of root as a tar
+// (the form ImportImage reads), its entries in lexical order so that the
+// same layout makes the same bytes.
+func packLayout(root *os.Root, rel string, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	err := fs.WalkDir(root.FS(), rel, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(p, rel), "/")
+		switch {
+		case name == "":
+			return nil
+		case d.IsDir():
+			return tw.WriteHeader(&tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o755})
+		case !d.Type().IsRegular():
+			return tartarus.Errorf(tartarus.ErrInvalid, "OCI layout %s: %s is not a regular file", rel, name)
+		}
+		f, err := root.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: st.Size()}); err != nil {
+			return err
+		}
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
 }
 
 // fromImage imports the image archive file of the build context (unless
@@ -51,8 +94,23 @@ func (r *run) fromImage(ctx context.Context, from, file string) (string, bool, e
 		return "", false, err
 	}
 	defer root.Close()
-	f, err := root.Open(rel)
-	if err != nil {
+	var f *os.File
+	if strings.HasPrefix(from, "oci:") {
+		// A layout directory: packed once into a scratch file, which is
+		// then read as a tarball is.
+		if f, err = os.CreateTemp("", "tartarus-oci-layout-"); err != nil {
+			return "", false, err
+		}
+		defer os.Remove(f.Name())
+		if err := packLayout(root, rel, f); err != nil {
+			f.Close()
+			return "", false, tartarus.Errorf(tartarus.ErrInvalid, "OCI layout %s in the build context: %v", file, err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			f.Close()
+			return "", false, err
+		}
+	} else if f, err = root.Open(rel); err != nil {
 		return "", false, tartarus.Errorf(tartarus.ErrInvalid, "image tarball %s in the build context: %v", file, err)
 	}
 	defer f.Close()

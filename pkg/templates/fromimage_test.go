@@ -1,8 +1,10 @@
 package templates
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,9 +43,9 @@ func (c *fakeCatalog) AddTemplate(_ context.Context, dir string, img, _ *tartaru
 
 // TestBuildFromImageArchive: FROM oci-archive:FILE (or docker-archive:)
 // imports the context's image tarball once per tenant as a cache step
-// whose env the build starts from; a rebuild imports nothing; a path out
-// of the context, a missing file and FROM a cache step by name are
-// refused.
+// whose env the build starts from; a rebuild imports nothing; FROM
+// oci:DIR imports an OCI layout directory of the context; a path out of
+// the context, a missing file and FROM a cache step by name are refused.
 func TestBuildFromImageArchive(t *testing.T) {
 	if _, err := exec.LookPath("mke2fs"); err != nil {
 		t.Skip("mke2fs is not installed")
@@ -79,7 +81,31 @@ func TestBuildFromImageArchive(t *testing.T) {
 		t.Errorf("imported image: %+v", got)
 	}
 
+	// The same image as an OCI layout directory of the context.
+	tr := tar.NewReader(bytes.NewReader(img))
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		dst := filepath.Join(dir, "layout", h.Name)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		b, _ := io.ReadAll(tr)
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, evs := buildNamed(t, bd, "initech-app", "initech", "FROM oci:layout\nRUN echo \"$GREETING\"\n", dir)
+	if st := b.Status(); st.Status != StatusSucceeded {
+		t.Fatalf("FROM oci:layout: %+v %+v", st, evs)
+	}
+	if len(cat.added) != 3 || f.templates[cat.added[2]].Env["GREETING"] != "hi" {
+		t.Fatalf("FROM oci:layout imported %q", cat.added)
+	}
+
 	for _, df := range []string{
+		"FROM oci:img.tar\n",
+		"FROM oci:../..\n",
 		"FROM docker-archive:../../etc/passwd\n",
 		"FROM oci-archive:missing.tar\n",
 		"FROM docker-archive:\n",
