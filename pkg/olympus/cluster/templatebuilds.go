@@ -29,7 +29,8 @@ import (
 // sandbox is (share). The replica that started a build follows its log
 // and ends it ("done") only once the template is recorded, so a create
 // that follows the log's end finds it on every node; another replica
-// asked for the log relays the agent's.
+// asked for the log relays the agent's (each such request follows the
+// agent's log until the build ends).
 
 // maxBuildLogWait bounds how long a replica follows one build's log.
 const maxBuildLogWait = 3 * time.Hour
@@ -118,9 +119,10 @@ func (b *clusterBuilds) Import(ctx context.Context, tenant, name, source string,
 	return b.c.share(ctx, node, tenant, img.Name, ref)
 }
 
-// StartFromContext implements olympus.TemplateBuilds: the context streams
-// through to the chosen agent, which runs the build; this replica follows
-// its log.
+// StartFromContext implements olympus.TemplateBuilds: the context is kept
+// in a file under tmpDir while the replica reads the Dockerfile's FROM,
+// then sent to the chosen agent, which runs the build; this replica
+// follows its log.
 func (b *clusterBuilds) StartFromContext(tenant string, p *api.TemplateBuildRequest, tarball io.Reader, tmpDir string) (api.TemplateBuild, error) {
 	ctx := context.Background()
 	ref, err := tagRef(p.Name)
