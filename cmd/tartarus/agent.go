@@ -25,6 +25,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/link"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 )
 
 type agentOptions struct {
@@ -255,7 +256,10 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 	defer n.shutdown(ctx, &o.nodeOptions)
 	agent := n.agent
 
-	l, err := link.New(link.Config{Agent: agent, Changes: changes, Servers: o.servers, TLS: setup.client,
+	// Builds and imports a server forwards run here; the server shares
+	// what they make with the other nodes.
+	builds := templates.NewBuilder(agent, n.catalog, log, clk)
+	l, err := link.New(link.Config{Agent: agent, Builds: builds, Changes: changes, Servers: o.servers, TLS: setup.client,
 		ClientCAs: setup.cas, ServerNames: o.serverNames, Address: setup.advertise, Labels: setup.labels, SharedSnapshots: shared,
 		CapacityMemoryMB: o.capacityMemoryMB, HeartbeatInterval: o.heartbeat, Clock: clk, Log: log})
 	if err != nil {

@@ -240,6 +240,10 @@ type clusterOpts struct {
 	agentArgs        []string
 	agentFlags       func(i int) []string
 	replicaArgs      []string
+	// ownImages gives each agent an images directory of its own (the
+	// cache's templates linked in) instead of the shared cache: for
+	// tests that add templates.
+	ownImages bool
 }
 
 // newClusterWith is newCluster as o says.
@@ -284,7 +288,9 @@ func newClusterWith(t testing.TB, o clusterOpts) *clusterEnv {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Symlink(filepath.Join(cache, "images"), filepath.Join(dir, "images")); err != nil {
+		if o.ownImages {
+			linkImages(t, cache, dir)
+		} else if err := os.Symlink(filepath.Join(cache, "images"), filepath.Join(dir, "images")); err != nil {
 			t.Fatal(err)
 		}
 		listen := freeAddr(t)

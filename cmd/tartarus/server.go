@@ -208,6 +208,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		role       = "node " + o.node
 		agent      *hecatoncheir.Agent
 		builds     *templates.Builder
+		// clusterBuilds runs a replica's builds and imports on its agents.
+		clusterBuilds olympus.TemplateBuilds
 	)
 	// runQuarantine ticks the quarantine on a replica (nil: quarantine.Run).
 	var runQuarantine func(context.Context)
@@ -223,6 +225,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		defer agentSrv.Close()
 		log.Info("serving node agents", "address", aln.Addr().String(), "placement", o.cluster.placement)
 		be, run, role = cl, cl.Run, "cluster replica (agents on "+aln.Addr().String()+")"
+		clusterBuilds = cl.TemplateBuilds()
 		if err := enableClusterHeat(life, cl, &o.heat); err != nil {
 			return err
 		}
@@ -274,6 +277,8 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 	}
 	if builds != nil {
 		ocfg.Builds = builds
+	} else if clusterBuilds != nil {
+		ocfg.Builds = clusterBuilds
 	}
 	api, err := olympus.New(ocfg)
 	if err != nil {

@@ -80,6 +80,9 @@ var laterMigrations = slices.Concat([]string{
 	typhon.Schema,
 	// Persephone's warm and cold launches.
 	persephone.SchemaLater,
+	// A cluster's tenant template versions kept in the shared store, and
+	// their tags (templates.go; unused by a single node's SQLite).
+	templateSchema,
 )
 
 // QuarantineKeeper is the optional side interface of a Store that keeps

@@ -326,11 +326,21 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 		return nil, tartarus.Errorf(tartarus.ErrAlreadyExists, "template %s", r.req.Name)
 	}
 	from := expand(ins[0].Args[0], r.vars)
-	base, err := r.bd.be.Template(ctx, from)
+	layer, fromCached := from, false
+	if file, ok := imageArchive(from); ok {
+		// An image archive in the context, imported as a cache step.
+		var err error
+		if layer, fromCached, err = r.fromImage(ctx, from, file); err != nil {
+			return nil, fmt.Errorf("FROM %s: %w", from, err)
+		}
+	} else if strings.HasPrefix(from, CachePrefix) {
+		return nil, tartarus.Errorf(tartarus.ErrNotFound, "FROM %s: template %s", from, from)
+	}
+	base, err := r.bd.be.Template(ctx, layer)
 	if err != nil {
 		return nil, fmt.Errorf("FROM %s: %w", from, err)
 	}
-	if !base.VisibleTo(r.req.Tenant) || strings.HasPrefix(from, CachePrefix) {
+	if !base.VisibleTo(r.req.Tenant) {
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "FROM %s: template %s", from, from)
 	}
 	r.env = maps.Clone(base.Env)
@@ -338,7 +348,7 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 		r.env = map[string]string{}
 	}
 	maps.Copy(r.vars, r.env)
-	r.workdir, r.user, r.layer = base.WorkDir, base.User, from
+	r.workdir, r.user, r.layer = base.WorkDir, base.User, layer
 	if r.workdir == "" {
 		r.workdir = "/"
 	}
@@ -347,7 +357,7 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 	digest := chain("", r.req.Tenant, base.Digest, fmt.Sprint(r.req.MemoryMB, r.req.CPUs, r.req.Network != nil))
 	total := len(ins)
 	var start, ready []string
-	r.event(Event{Type: "step", Step: 1, Total: total, Text: ins[0].Text})
+	r.event(Event{Type: "step", Step: 1, Total: total, Text: ins[0].Text, Cached: fromCached})
 	for i, in := range ins[1:] {
 		step := i + 2
 		switch in.Cmd {

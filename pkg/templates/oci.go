@@ -359,6 +359,11 @@ func ImportImage(ctx context.Context, cat Installer, base *tartarus.Image, tenan
 	if !tartarus.ValidName(name) || strings.HasPrefix(name, ".") || strings.HasPrefix(name, CachePrefix) {
 		return nil, tartarus.Errorf(tartarus.ErrInvalid, "template name %q", name)
 	}
+	return importImage(ctx, cat, base, tenant, name, source, r)
+}
+
+// importImage is ImportImage for any name, a build's cache step too.
+func importImage(ctx context.Context, cat Installer, base *tartarus.Image, tenant, name, source string, r io.Reader) (*tartarus.Image, error) {
 	stage, err := cat.StageTemplate(name)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package templates
 
 import (
+	"archive/tar"
 	"errors"
 	"io"
 	"os"
@@ -68,4 +69,31 @@ func (bd *Builder) StartFromContext(tenant string, p *api.TemplateBuildRequest, 
 	}
 	started = true
 	return b.Status(), nil
+}
+
+// ContextFrom returns what the FROM of Dockerfile dfName ("" for
+// Dockerfile) in the build context tar stream r names, ARGs unexpanded;
+// "" when the stream has no such Dockerfile or it does not parse (the
+// build itself says why). A cluster replica reads it to run the build
+// where FROM's template is.
+func ContextFrom(r io.Reader, dfName string) string {
+	if dfName == "" {
+		dfName = "Dockerfile"
+	}
+	want := path.Clean("/" + dfName)
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return ""
+		}
+		if h.Typeflag != tar.TypeReg || path.Clean("/"+h.Name) != want {
+			continue
+		}
+		d, err := ParseDockerfile(io.LimitReader(tr, MaxDockerfileBytes))
+		if err != nil {
+			return ""
+		}
+		return d.From()
+	}
 }

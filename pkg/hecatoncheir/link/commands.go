@@ -197,6 +197,15 @@ func (l *Link) do(ctx context.Context, c wire.Command) ([]*tartarus.Sandbox, err
 		if c.Sandbox == nil || c.Create == nil || c.Sandbox.ID != c.SandboxID {
 			return nil, tartarus.Errorf(tartarus.ErrInvalid, "create command %s: want the sandbox %s and the request", c.ID, c.SandboxID)
 		}
+		if c.Template != nil {
+			if err := a.FetchTemplate(ctx, c.Template); err != nil {
+				// Nothing was recorded here: the cluster learns of the
+				// failure from this report.
+				failed := *c.Sandbox
+				failed.State, failed.Error, failed.UpdatedAt = tartarus.StateFailed, err.Error(), l.cfg.Clock.Now().UTC()
+				return []*tartarus.Sandbox{&failed}, err
+			}
+		}
 		return one(a.CreateAs(ctx, c.Sandbox, c.Create))
 	case wire.KindDestroy:
 		sb, err := a.DestroyWith(ctx, c.SandboxID, c.Shutdown)

@@ -33,6 +33,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir"
 	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
+	"github.com/tartarus-sandbox/tartarus/pkg/olympus"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -40,6 +41,9 @@ import (
 type Config struct {
 	// Agent is the node agent, opened over a store made by Watch.
 	Agent *hecatoncheir.Agent
+	// Builds, when set, runs the template builds and image imports the
+	// servers forward to the node API (pkg/templates' Builder).
+	Builds olympus.TemplateBuilds
 	// Changes are the sandbox changes noted by the store Watch made; the
 	// link reports them. Nil sends no reports (heartbeats still do).
 	Changes *Changes

@@ -41,7 +41,10 @@ func newNodeAPI(cfg *Config) (http.Handler, error) {
 	q := typhonnode.NewNodeAPI(typhonnode.New(cfg.Agent, cfg.Clock))
 	routes := q.Routes()
 	routes[dialPattern] = dialHandler(cfg.Agent)
-	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log, Routes: routes, Quarantine: q})
+	routes[sharePattern] = shareHandler(cfg.Agent)
+	routes[unsharePattern] = unshareHandler(cfg.Agent)
+	routes[fetchPattern] = fetchHandler(cfg.Agent)
+	api, err := olympus.New(olympus.Config{Backend: cfg.Agent, Guard: g, Log: cfg.Log, Builds: cfg.Builds, Routes: routes, Quarantine: q})
 	if err != nil {
 		return nil, fmt.Errorf("node API: %w", err)
 	}

@@ -32,6 +32,16 @@
 //	                                     connection to the guest's port (the
 //	                                     agent wakes a hibernated sandbox first)
 //
+// Tenant templates on a cluster use three more (the tenant in TenantHeader):
+//
+//	POST   /v1/node/templates/{version}        → SharedTemplate: the agent
+//	                                             uploads the version to the
+//	                                             shared store
+//	POST   /v1/node/templates/{version}/fetch  SharedTemplate [?ref=NAME:TAG]
+//	                                             → 204: fetch it (and tag it)
+//	DELETE /v1/node/templates/{version}        [?objects=1] → 204: drop the
+//	                                             agent's copy (and the shared one)
+//
 // Commands are durable: the server writes one to its database before it
 // answers the caller, delivers it until the agent posts its Result, and an
 // agent that gets the same command twice (after a restart, or because a
@@ -199,6 +209,58 @@ type Command struct {
 	// PoolTargets: the warm-pool size per template (a template not named
 	// keeps no pool).
 	PoolTargets map[string]int `json:"pool_targets,omitempty"`
+	// Create: the tenant template version the sandbox is made from, as
+	// the cluster recorded it; an agent without it fetches it from the
+	// shared store first, checking it against RootFS.Checksum.
+	Template *SharedTemplate `json:"template,omitempty"`
+}
+
+// PathShareTemplate is the node API route (fmt: version) that uploads a
+// tenant template version of the agent's to the shared store and answers
+// its SharedTemplate; DELETE on it removes the agent's copy, and with
+// ?objects=1 the shared objects too.
+const PathShareTemplate = "/v1/node/templates/%s"
+
+// PathFetchTemplate is the node API route (fmt: version) that has an agent
+// fetch the SharedTemplate in the body from the shared store, and with
+// ?ref=NAME:TAG point its own tag at it: a replica does so before it
+// forwards a build FROM that template to an agent that lacks it.
+const PathFetchTemplate = "/v1/node/templates/%s/fetch"
+
+// SharedTemplate is a tenant template version kept in the snapshot store
+// the nodes share: what any agent needs to install it.
+type SharedTemplate struct {
+	// Image is the version as it was made: Name is the version's name,
+	// Tenant its owner, Digest, Env, WorkDir, User, SizeBytes as made.
+	Image tartarus.Image `json:"image"`
+	// Parent is the template whose kernel and initramfs it boots with.
+	Parent string `json:"parent"`
+	// RootFS is its root filesystem, zstd-compressed.
+	RootFS SharedObject `json:"rootfs"`
+	// Snapshots are its memory snapshots (a saved sandbox's processes, a
+	// build's START), one per runtime and shape, each a zstd-compressed tar
+	// of the runtime's snapshot files.
+	Snapshots []SharedSnapshot `json:"snapshots,omitempty"`
+	// Node made it.
+	Node string `json:"node"`
+}
+
+// SharedSnapshot is one memory snapshot of a shared template: the
+// runtime and shape it restores at, and its object.
+type SharedSnapshot struct {
+	Runtime  string       `json:"runtime"`
+	MemoryMB int          `json:"memory_mb"`
+	CPUs     int          `json:"cpus"`
+	Network  bool         `json:"network,omitempty"`
+	Object   SharedObject `json:"object"`
+}
+
+// SharedObject is one object of the shared store: its key, size and
+// checksum ("sha256:HEX" of the stored bytes) as written.
+type SharedObject struct {
+	Key      string `json:"key"`
+	Size     int64  `json:"size"`
+	Checksum string `json:"checksum"`
 }
 
 // Commands is the long poll's answer.

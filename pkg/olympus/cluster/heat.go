@@ -471,6 +471,10 @@ func (c *Cluster) admitQueued(ctx context.Context, e *phlegethon.Entry) error {
 		return fmt.Errorf("queued create %s: bad payload: %w", e.ID, err)
 	}
 	req := qc.Req
+	shared, err := c.sharedTemplate(ctx, qc.Tenant, &req)
+	if err != nil {
+		return err
+	}
 	now := c.cfg.Clock.Now().UTC()
 	sb := tartarus.NewSandbox(e.ID, qc.Tenant, &req, now)
 	sb.Heat = qc.Heat
@@ -481,12 +485,15 @@ func (c *Cluster) admitQueued(ctx context.Context, e *phlegethon.Entry) error {
 		HeatHint: e.Heat, CPUCores: req.CPUs, MemoryMB: req.MemoryMB}); err == nil {
 		plan.tiers = d.Tiers
 	}
-	_, err := c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord, _ func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
+	_, err = c.st.Place(ctx, store.IdempotencyKey{}, func(nodes []*store.NodeRecord, _ func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		name, rt, err := c.placeTiers(nodes, &req, plan)
+		if err != nil && shared != nil {
+			name, rt, err = c.placeShared(nodes, &req, plan)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
-		sb.Node, sb.Runtime, cmd.Node = name, rt, name
+		sb.Node, sb.Runtime, cmd.Node, cmd.Template = name, rt, name, shared
 		cmd.Create = forNode(&req, rt)
 		rec, err := commandRecord(cmd)
 		return sb, rec, err

@@ -123,6 +123,9 @@ func (c *Cluster) Templates(ctx context.Context) ([]*tartarus.Image, error) {
 			}
 		}
 	}
+	if err := c.sharedImages(ctx, byName); err != nil {
+		return nil, err
+	}
 	if len(byName) == 0 && len(errs) > 0 {
 		return nil, tartarus.Errorf(tartarus.ErrUnavailable, "templates: %v", errors.Join(errs...))
 	}

@@ -1,19 +1,15 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/tartarus-sandbox/tartarus/pkg/hecatoncheir/wire"
 	"github.com/tartarus-sandbox/tartarus/pkg/olympus/placement"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -71,7 +67,7 @@ func (h *QuarantineHost) Get(ctx context.Context, id string) (*tartarus.Sandbox,
 // replica refuses the owner from then on.
 func (h *QuarantineHost) SetQuarantined(ctx context.Context, id string, on bool) error {
 	var sb tartarus.Sandbox
-	if err := h.c.nodeCall(ctx, id, http.MethodPost, typhonnode.PathState, typhonnode.StateRequest{On: on}, &sb, 1<<20); err != nil {
+	if err := h.c.sandboxCall(ctx, id, http.MethodPost, typhonnode.PathState, typhonnode.StateRequest{On: on}, &sb, 1<<20); err != nil {
 		return fmt.Errorf("quarantine state of %s: %w", id, err)
 	}
 	if sb.ID != id {
@@ -87,7 +83,7 @@ func (h *QuarantineHost) SetQuarantined(ctx context.Context, id string, on bool)
 // reads (host counters of its QEMU, its exec log and connection log).
 func (h *QuarantineHost) Signals(ctx context.Context, sb *tartarus.Sandbox) (*typhon.Signals, error) {
 	var s typhon.Signals
-	if err := h.c.nodeCall(ctx, sb.ID, http.MethodGet, typhonnode.PathSignals, nil, &s, 4<<20); err != nil {
+	if err := h.c.sandboxCall(ctx, sb.ID, http.MethodGet, typhonnode.PathSignals, nil, &s, 4<<20); err != nil {
 		return nil, err
 	}
 	// Who the sandbox is comes from the cluster's record, not the node.
@@ -104,7 +100,7 @@ func (h *QuarantineHost) Collect(ctx context.Context, sb *tartarus.Sandbox, iso 
 		req.Isolation = *iso
 	}
 	var out typhonnode.CollectResponse
-	if err := h.c.nodeCall(ctx, sb.ID, http.MethodPost, typhonnode.PathCollect, req, &out, maxCollectBytes); err != nil {
+	if err := h.c.sandboxCall(ctx, sb.ID, http.MethodPost, typhonnode.PathCollect, req, &out, maxCollectBytes); err != nil {
 		return []typhon.Evidence{{Type: tartarus.EvidenceNote, Source: tartarus.SourceHost, Timestamp: h.c.cfg.Clock.Now().UTC(),
 			Description: fmt.Sprintf("evidence not collected from node %s: %v", sb.Node, err), Data: []byte(err.Error())}}
 	}
@@ -162,10 +158,10 @@ func (h *QuarantineHost) Restore(ctx context.Context, id string, prev *tartarus.
 	return err
 }
 
-// nodeCall calls a quarantine route (a fmt path of typhonnode) of the node
-// API holding sandbox id, as the sandbox's tenant, and decodes at most
+// sandboxCall calls a quarantine route (a fmt path of typhonnode) of the
+// node API holding sandbox id, as the sandbox's tenant, and decodes at most
 // limit bytes of its JSON answer into out.
-func (c *Cluster) nodeCall(ctx context.Context, id, method, path string, in, out any, limit int64) error {
+func (c *Cluster) sandboxCall(ctx context.Context, id, method, path string, in, out any, limit int64) error {
 	sb, err := c.st.Get(ctx, id)
 	if err != nil {
 		return dbErr(err)
@@ -173,48 +169,10 @@ func (c *Cluster) nodeCall(ctx context.Context, id, method, path string, in, out
 	if sb.State.Final() || sb.Node == "" {
 		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s is %s on no node", id, sb.State)
 	}
-	n, err := c.st.Node(ctx, sb.Node)
-	if err != nil {
-		return fmt.Errorf("sandbox %s: %w", id, err)
-	}
-	if n.State != store.NodeUp {
-		return tartarus.Errorf(tartarus.ErrUnavailable, "sandbox %s: node %s is %s", id, n.Name, n.State)
-	}
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
 	sctx, done := c.track(ctx, sb.Node, sb.ID)
 	defer done()
-	req, err := http.NewRequestWithContext(sctx, method, strings.TrimRight(n.Address, "/")+fmt.Sprintf(path, id), body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set(wire.TenantHeader, sb.Tenant)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.cfg.AgentClient.Do(req)
-	if err != nil {
-		return settle(sctx, fmt.Errorf("node %s: %w", sb.Node, err))
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nodeError(resp)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return settle(sctx, fmt.Errorf("node %s: %w", sb.Node, err))
-	}
-	if int64(len(b)) > limit {
-		return fmt.Errorf("node %s: answer over %d bytes", sb.Node, limit)
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("node %s: %w", sb.Node, err)
+	if err := c.nodeCall(sctx, sb.Node, sb.Tenant, method, fmt.Sprintf(path, id), in, out, limit); err != nil {
+		return settle(sctx, fmt.Errorf("sandbox %s: %w", id, err))
 	}
 	return nil
 }

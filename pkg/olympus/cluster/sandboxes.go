@@ -17,6 +17,10 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	if err := req.Normalize(); err != nil {
 		return nil, err
 	}
+	shared, err := c.sharedTemplate(ctx, tenant, req)
+	if err != nil {
+		return nil, err
+	}
 	plan, err := c.planHeat(ctx, req)
 	if err != nil {
 		return nil, err
@@ -40,12 +44,17 @@ func (c *Cluster) Create(ctx context.Context, tenant string, req *tartarus.Creat
 	cmd := &wire.Command{ID: tartarus.NewID("cmd-"), Kind: wire.KindCreate, SandboxID: sb.ID, CreatedAt: now, Sandbox: sb}
 	existing, err := c.st.Place(ctx, store.IdempotencyKey{Tenant: tenant, Key: req.IdempotencyKey}, func(nodes []*store.NodeRecord, taken func(string) bool) (*tartarus.Sandbox, *store.CommandRecord, error) {
 		// An agent holding a warm sandbox of the template goes first; the
-		// warm one becomes this sandbox (pools_forecast.go).
+		// warm one becomes this sandbox (pools_forecast.go). A tenant
+		// template no node has yet goes to one that can fetch it.
 		name, rt, id, err := c.placeWarmFirst(nodes, req, plan, taken)
+		if err != nil && shared != nil {
+			id = ""
+			name, rt, err = c.placeShared(nodes, req, plan)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
-		sb.Node, sb.Runtime, cmd.Node = name, rt, name
+		sb.Node, sb.Runtime, cmd.Node, cmd.Template = name, rt, name, shared
 		if id != "" {
 			sb.ID, cmd.SandboxID = id, id
 		}
