@@ -148,8 +148,8 @@ func newRAMCache() *ramCache { return &ramCache{entries: map[string]*ramEntry{}}
 
 // get returns the sealed memory of digest, filling it from the file at
 // path (size bytes) the first time. The file is checked against digest
-// before anything maps it. The returned file stays the cache's: callers
-// pass it to QEMU and do not close it.
+// before anything maps it. The caller closes the returned file (its own
+// descriptor: an eviction meanwhile does not close it).
 func (c *ramCache) get(ctx context.Context, digest, path string, size int64) (*os.File, error) {
 	c.mu.Lock()
 	e := c.entries[digest]
@@ -168,7 +168,16 @@ func (c *ramCache) get(ctx context.Context, digest, path string, size int64) (*o
 		c.mu.Unlock()
 		return nil, e.err
 	}
-	return e.f, nil
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[digest] != e {
+		return nil, fmt.Errorf("template memory %s: evicted while it was read", digest)
+	}
+	fd, err := unix.FcntlInt(e.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("template memory: %w", err)
+	}
+	return os.NewFile(uintptr(fd), e.f.Name()), nil
 }
 
 // touch moves digest to the end of the order and evicts the least

@@ -263,6 +263,7 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS, memoryDige
 		if err != nil {
 			return err
 		}
+		defer ram.Close() // QEMU has its own
 		mark("ram")
 		args := append(ramArgs(3, v.conf.MemoryMB, false), "-S", "-incoming", "defer")
 		if err := d.launch(ctx, v, v.conf.Accel, []*os.File{ram, mem}, args...); err != nil {
