@@ -25,7 +25,7 @@ import (
 //	TARTARUS_E2E=1 TARTARUS_BENCH_FULL=1 go test -run '^$' -bench MappedMemory -benchtime=1x ./pkg/runtimes/microvm/
 func BenchmarkMappedMemory(b *testing.B) {
 	imgs := needImages(b)
-	n, settle := 3, 5*time.Second
+	n, settle := 3, 3*time.Second
 	if os.Getenv("TARTARUS_BENCH_FULL") == "1" {
 		n, settle = 10, 10*time.Second
 	}
