@@ -26,6 +26,13 @@ const (
 	snapConfig = "vm.json"    // the sandbox's vmConfig
 )
 
+// ReadOnlySnapshotFiles names the snapshot files Restore only reads (it
+// opens them read-only and never moves them): a template cache may link
+// them instead of copying them for each restore.
+func (d *Driver) ReadOnlySnapshotFiles() []string {
+	return []string{snapMemory, snapConfig, snapRAM}
+}
+
 // migrateBandwidth lifts QEMU's default migration cap (32 MiB/s), which
 // would make saving a 256 MiB guest take seconds.
 const migrateBandwidth = 16 << 30
