@@ -39,24 +39,39 @@ func BenchmarkUserPath(b *testing.B) {
 		b.Skip("boots VMs")
 	}
 	n := userPathCounts()
+	// TARTARUS_BENCH_MEMORY=both runs the server with mapped template
+	// memory (the default) and, after it in the same run, without.
+	variants := []struct{ suffix, flag string }{{"", ""}}
+	if os.Getenv("TARTARUS_BENCH_MEMORY") == "both" {
+		variants = append(variants, struct{ suffix, flag string }{"-copied", "--map-template-memory=false"})
+	}
 	for b.Loop() {
-		e := newE2E(b)
-		if out, err := exec.Command(e.bin, "template", "build", "--data-dir", e.cacheDir(), "python").CombinedOutput(); err != nil {
-			b.Fatalf("build the python template: %v\n%s", err, out)
-		}
-		c := benchClient(b, e)
 		var rows []userPathRow
-		for _, tpl := range []string{"base", "python"} {
-			r := benchUserPath(b, e, c, tpl, n)
-			rows = append(rows, r)
-			for name, ds := range map[string][]time.Duration{"create-exec": r.create, "exec": r.exec,
-				"hibernate": r.hibernate, "wake-exec": r.wake, "floor-restore-exec": r.floor} {
-				b.ReportMetric(ms(pct(ds, 50)), tpl+"-"+name+"-p50-ms")
-				b.ReportMetric(ms(pct(ds, 99)), tpl+"-"+name+"-p99-ms")
+		for _, v := range variants {
+			var args []string
+			if v.flag != "" {
+				args = append(args, v.flag)
 			}
-			b.ReportMetric(float64(r.stored)/(1<<20), tpl+"-stored-MiB")
-			b.ReportMetric(r.pssMiB, tpl+"-idle-pss-MiB")
-			b.ReportMetric(r.idleCPU, tpl+"-idle-cpu-%")
+			e := newE2E(b, args...)
+			if out, err := exec.Command(e.bin, "template", "build", "--data-dir", e.cacheDir(), "python").CombinedOutput(); err != nil {
+				b.Fatalf("build the python template: %v\n%s", err, out)
+			}
+			c := benchClient(b, e)
+			for _, tpl := range []string{"base", "python"} {
+				r := benchUserPath(b, e, c, tpl, n)
+				label := tpl + v.suffix
+				r.template = label
+				rows = append(rows, r)
+				for name, ds := range map[string][]time.Duration{"create-exec": r.create, "exec": r.exec,
+					"hibernate": r.hibernate, "wake-exec": r.wake, "floor-restore-exec": r.floor} {
+					b.ReportMetric(ms(pct(ds, 50)), label+"-"+name+"-p50-ms")
+					b.ReportMetric(ms(pct(ds, 99)), label+"-"+name+"-p99-ms")
+				}
+				b.ReportMetric(float64(r.stored)/(1<<20), label+"-stored-MiB")
+				b.ReportMetric(r.pssMiB, label+"-idle-pss-MiB")
+				b.ReportMetric(r.idleCPU, label+"-idle-cpu-%")
+			}
+			e.kill(b)
 		}
 		printUserPath(b, rows)
 	}

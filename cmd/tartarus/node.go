@@ -35,6 +35,7 @@ type nodeOptions struct {
 	accel       string
 	jail        string
 	consoleMax  int64
+	mapMemory   bool
 	bootTimeout time.Duration
 	bootRetries int
 	unsafeFake  bool
@@ -69,6 +70,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringSliceVar(&o.runtimes, "runtimes", []string{"microvm"}, "runtimes to enable, default first")
 	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
 	f.Int64Var(&o.consoleMax, "console-log-max", microvm.DefaultConsoleMaxBytes, "bytes of a microVM's console log kept on the host (console.log, rotated once to console.log.1)")
+	f.BoolVar(&o.mapMemory, "map-template-memory", true, "microvm: keep each template snapshot's memory as a file that creates map copy-on-write instead of reading it (faster creates, template pages shared between sandboxes)")
 	f.StringVar(&o.jail, "jail", "auto", "confine each microVM's QEMU (own uid, namespaces, cgroup, seccomp): on, off, or auto (on where the host can)")
 	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
@@ -109,7 +111,8 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 	}
 	probe, _ := cat.Get(ctx, "base") // without a built image microvm uses TCG unprobed
 	rcfg := runtimes.Config{DataDir: dataDir, Log: log, Accel: o.accel, BootTimeout: o.bootTimeout,
-		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake, ConsoleMaxBytes: o.consoleMax}
+		BootRetries: o.bootRetries, ProbeImage: probe, AllowUnsafeFake: o.unsafeFake, ConsoleMaxBytes: o.consoleMax,
+		CopyMemory: !o.mapMemory}
 	if slices.Contains(o.runtimes, microvm.Name) {
 		if rcfg.Jail, err = openJail(o.jail, filepath.Join(dataDir, "jail"), log); err != nil {
 			return nil, err

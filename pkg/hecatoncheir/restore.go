@@ -217,8 +217,9 @@ func (a *Agent) PoolSizes() map[string]int {
 // snapshot keeps the machine it was made on (CPU flags, the guest kernel's
 // command line), so bump it when the drivers change those: existing data
 // directories then build new template snapshots instead of restoring the
-// old machine (format 2: tickless TCG guests with fixed address layout).
-const templateSnapshotFormat = "f2"
+// old machine (format 2: tickless TCG guests with fixed address layout;
+// format 3: the microvm driver's memory file, mapped by restores).
+const templateSnapshotFormat = "f3"
 
 // templateSnapshotID names the snapshot of img at a shape, with or without
 // a network card (a snapshot restores only into the same devices). An

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -23,6 +24,14 @@ import (
 // file is missing (a crash mid-fill) is filled again.
 
 const cacheMarker = ".complete"
+
+// readOnlyFiles is the optional side interface of a Snapshotter whose
+// Restore only reads some of its snapshot files: the template cache links
+// those into the restore directory instead of copying them (when the two
+// directories share a file system).
+type readOnlyFiles interface {
+	ReadOnlySnapshotFiles() []string
+}
 
 // restoreTemplate creates sandbox cfg.ID from template snapshot snapID.
 func (a *Agent) restoreTemplate(ctx context.Context, sr *snapRuntime, snapID string, cfg *tartarus.VMConfig) error {
@@ -43,8 +52,15 @@ func (a *Agent) restoreTemplate(ctx context.Context, sr *snapRuntime, snapID str
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", cfg.ID, err)
 	}
+	var readOnly []string
+	if ro, ok := sr.snap.(readOnlyFiles); ok {
+		readOnly = ro.ReadOnlySnapshotFiles()
+	}
 	for _, e := range ents {
 		if e.Name() == cacheMarker || !e.Type().IsRegular() {
+			continue
+		}
+		if slices.Contains(readOnly, e.Name()) && os.Link(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())) == nil {
 			continue
 		}
 		if err := copySparse(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())); err != nil {

@@ -57,6 +57,9 @@ type Config struct {
 	// ConsoleMaxBytes caps its console log (zero: microvm's default).
 	Jail            *jail.Jail
 	ConsoleMaxBytes int64
+	// CopyMemory turns microvm's mapped template memory off (see
+	// microvm.Config).
+	CopyMemory bool
 	// Networks gives microVMs their networks (a *netns.Manager), and
 	// gVisor and containerd sandboxes too; nil: sandboxes have only
 	// loopback.
@@ -96,7 +99,7 @@ func Open(ctx context.Context, name string, cfg Config) (tartarus.Runtime, error
 	case microvm.Name:
 		return microvm.New(ctx, microvm.Config{StateDir: filepath.Join(cfg.DataDir, "vms"), Log: cfg.Log, Clock: cfg.Clock,
 			Accel: cfg.Accel, BootTimeout: cfg.BootTimeout, BootRetries: cfg.BootRetries, ProbeImage: cfg.ProbeImage,
-			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes,
+			Jail: cfg.Jail, ConsoleMaxBytes: cfg.ConsoleMaxBytes, CopyMemory: cfg.CopyMemory,
 			Networks: cfg.Networks})
 	case gvisor.Name:
 		rt, err := gvisor.New(gvisor.Options{StateDir: dir, Runsc: cfg.Runsc, Log: cfg.Log, Clock: cfg.Clock, Networks: nets})

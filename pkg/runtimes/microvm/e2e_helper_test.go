@@ -132,6 +132,7 @@ func newDriverJail(tb testing.TB, stateDir string, img *tartarus.Image, j *jail.
 		// One probe per host, not per test state directory.
 		ProbeCache: filepath.Join(imagesVal.dataDir, "kvm-probe.json"),
 		Jail:       j,
+		CopyMemory: copyMemory(),
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -151,3 +152,7 @@ func testLogger(tb testing.TB) *slog.Logger {
 	// Stderr, not tb.Log: VMs outlive the (sub)test that started them.
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
+
+// copyMemory is TARTARUS_TEST_COPY_MEMORY=1: the tests' drivers run with
+// mapped memory off, as before it.
+func copyMemory() bool { return os.Getenv("TARTARUS_TEST_COPY_MEMORY") == "1" }

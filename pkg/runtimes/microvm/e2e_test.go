@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -209,8 +210,14 @@ func TestSandboxes(t *testing.T) {
 			t.Fatal(err)
 		}
 		saved := time.Since(start)
-		if info.Template != "base" || info.MemoryBytes != 256<<20 || len(info.Files) != 3 {
-			t.Errorf("snapshot info %+v", info)
+		// A booted sandbox with mapped memory keeps its RAM as one
+		// more file (memory.ram).
+		wantFiles := 4
+		if copyMemory() {
+			wantFiles = 3
+		}
+		if info.Template != "base" || info.MemoryBytes != 256<<20 || len(info.Files) != wantFiles {
+			t.Errorf("snapshot info %+v, want %d files", info, wantFiles)
 		}
 		if in := findInstance(t, d, base); in == nil || in.State != tartarus.InstancePaused {
 			t.Errorf("after Snapshot the sandbox is %+v, want paused", in)
@@ -247,6 +254,30 @@ func TestSandboxes(t *testing.T) {
 			t.Fatal(err)
 		}
 		run(t, d, copyID, "sh", "-c", "echo changed > /root/note")
+		// The restored sandbox's own snapshot (a hibernate, a fork)
+		// holds all its memory in the stream: it does not depend on
+		// the first snapshot's memory file.
+		snap3 := t.TempDir()
+		info3, err := d.Snapshot(ctxT(t), copyID, snap3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info3.Files) != 3 || slices.Contains(info3.Files, "memory.ram") {
+			t.Errorf("snapshot of a restored sandbox has files %v, want the stream, disk and config only", info3.Files)
+		}
+		copy3 := base + "-copy3"
+		if err := d.Restore(ctxT(t), &tartarus.VMConfig{ID: copy3, Template: "base", Image: imgs.base}, snap3); err != nil {
+			t.Fatal(err)
+		}
+		if got := run(t, d, copy3, "cat", "/root/note"); got != "changed\n" {
+			t.Errorf("restore of the restored sandbox's snapshot has %q in /root/note", got)
+		}
+		if err := d.Destroy(ctxT(t), copy3); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Resume(ctxT(t), copyID); err != nil {
+			t.Fatal(err)
+		}
 		if err := d.Resume(ctxT(t), base); err != nil {
 			t.Fatal(err)
 		}

@@ -87,6 +87,11 @@ type Config struct {
 	// Jail confines each sandbox's QEMU (its own uid, namespaces, root,
 	// cgroup, seccomp); nil runs QEMU unconfined, as root.
 	Jail *jail.Jail
+	// CopyMemory turns mapped memory off (see mapped.go): booted
+	// sandboxes get plain RAM, so their snapshots (template snapshots)
+	// hold the memory in the migration stream and every restore reads
+	// it. Snapshots that have a memory file still restore mapped.
+	CopyMemory bool
 }
 
 // Validate reports every problem with the configuration at once.
@@ -126,6 +131,9 @@ type Driver struct {
 	dial   guestDialer
 	tscKHz int
 	fp     tartarus.Fingerprint
+
+	// ram keeps the sealed memories of template snapshots.
+	ram *ramCache
 
 	mu  sync.Mutex
 	vms map[string]*vm
@@ -181,6 +189,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		log:   cfg.Log.With("runtime", Name),
 		clock: cfg.Clock,
 		dial:  dialGuest,
+		ram:   newRAMCache(),
 		vms:   map[string]*vm{},
 	}
 	d.fp = d.fingerprint(ctx)

@@ -81,7 +81,16 @@ func (d *Driver) RetargetSnapshot(ctx context.Context, dir string, img *tartarus
 		ImageDigest: img.Digest,
 		MemoryBytes: int64(snap.MemoryMB) << 20,
 		CPUs:        snap.CPUs,
-		Files:       []string{snapMemory, snapDisk, snapConfig},
+		Files:       snapFiles(dir),
 		Created:     d.clock.Now().UTC(),
 	}, nil
+}
+
+// snapFiles lists the snapshot files in dir.
+func snapFiles(dir string) []string {
+	files := []string{snapMemory, snapDisk, snapConfig}
+	if _, err := os.Lstat(filepath.Join(dir, snapRAM)); err == nil {
+		files = append(files, snapRAM)
+	}
+	return files
 }

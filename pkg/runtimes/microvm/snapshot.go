@@ -26,6 +26,13 @@ const (
 	snapConfig = "vm.json"    // the sandbox's vmConfig
 )
 
+// ReadOnlySnapshotFiles names the snapshot files Restore only reads (it
+// opens them read-only and never moves them): a template cache may link
+// them instead of copying them for each restore.
+func (d *Driver) ReadOnlySnapshotFiles() []string {
+	return []string{snapMemory, snapConfig, snapRAM}
+}
+
 // migrateBandwidth lifts QEMU's default migration cap (32 MiB/s), which
 // would make saving a 256 MiB guest take seconds.
 const migrateBandwidth = 16 << 30
@@ -57,6 +64,17 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 	if _, err := q.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
+	// A sandbox booted with mapped memory saves its RAM as a file of its
+	// own and only device state in the stream. Every other sandbox,
+	// including one restored from such a snapshot (its capability still
+	// on), saves it all in the stream, so the snapshot stands alone.
+	v.mu.Lock()
+	ram := v.ram
+	v.mu.Unlock()
+	caps := []map[string]any{{"capability": "x-ignore-shared", "state": ram != nil}}
+	if _, err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
+		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+	}
 	// QEMU writes the memory to a descriptor the host opened and passed
 	// over QMP: a jailed QEMU can neither open the snapshot directory nor
 	// spawn a process (-sandbox spawn=deny), so no "exec:" migration.
@@ -79,7 +97,16 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 	if err := copyFileSparse(ctx, v.path("overlay.qcow2"), filepath.Join(dir, snapDisk)); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: copy disk: %w", id, err)
 	}
-	b, err := json.MarshalIndent(v.conf, "", "  ")
+	conf := v.conf
+	files := []string{snapMemory, snapDisk, snapConfig}
+	if ram != nil {
+		conf.MemoryDigest, err = saveRAM(ctx, ram, filepath.Join(dir, snapRAM), int64(conf.MemoryMB)<<20)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
+		}
+		files = append(files, snapRAM)
+	}
+	b, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +119,7 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 		ImageDigest: v.conf.Image.Digest,
 		MemoryBytes: int64(v.conf.MemoryMB) << 20,
 		CPUs:        v.conf.CPUs,
-		Files:       []string{snapMemory, snapDisk, snapConfig},
+		Files:       files,
 		Created:     created,
 	}, nil
 }
@@ -182,6 +209,9 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	if c.Env == nil {
 		c.Env = snap.Env
 	}
+	if snap.MemoryDigest != "" && !validDigest(snap.MemoryDigest) {
+		return tartarus.Errorf(tartarus.ErrInvalid, "restore %s: %s: memory digest %q is not a SHA-256", cfg.ID, snapConfig, snap.MemoryDigest)
+	}
 	if _, err := d.create(ctx, &c, false); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
@@ -191,7 +221,7 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	}
 	v.op.Lock()
 	defer v.op.Unlock()
-	if err := d.restore(ctx, v, dir, snap.Image.RootFS); err != nil {
+	if err := d.restore(ctx, v, dir, snap.Image.RootFS, snap.MemoryDigest); err != nil {
 		v.stop(context.WithoutCancel(ctx))
 		d.forget(v)
 		_ = d.destroyNetwork(context.WithoutCancel(ctx), v.id)
@@ -202,7 +232,7 @@ func (d *Driver) Restore(ctx context.Context, cfg *tartarus.VMConfig, dir string
 	return nil
 }
 
-func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) error {
+func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS, memoryDigest string) error {
 	// The snapshot's disk becomes the sandbox's overlay, pointed at this
 	// node's copy of the template's root filesystem.
 	t0 := time.Now()
@@ -227,10 +257,34 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS string) err
 		return err
 	}
 	defer mem.Close()
-	if err := d.launch(ctx, v, v.conf.Accel, []*os.File{mem}, "-S", "-incoming", "fd:3"); err != nil {
-		return err
+	if memoryDigest == "" {
+		if err := d.launch(ctx, v, v.conf.Accel, []*os.File{mem}, "-S", "-incoming", "fd:3"); err != nil {
+			return err
+		}
+		mark("qemu")
+	} else {
+		// Mapped: the template's sealed memory, copy-on-write, and
+		// only the device state from the stream. The capability must
+		// be set before the stream is read, hence "defer".
+		ram, err := d.ram.get(ctx, memoryDigest, filepath.Join(dir, snapRAM), int64(v.conf.MemoryMB)<<20)
+		if err != nil {
+			return err
+		}
+		defer ram.Close() // QEMU has its own
+		mark("ram")
+		args := append(ramArgs(3, v.conf.MemoryMB, false), "-S", "-incoming", "defer")
+		if err := d.launch(ctx, v, v.conf.Accel, []*os.File{ram, mem}, args...); err != nil {
+			return err
+		}
+		mark("qemu")
+		caps := []map[string]any{{"capability": "x-ignore-shared", "state": true}}
+		if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
+			return err
+		}
+		if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + fdArg(1)}); err != nil {
+			return err
+		}
 	}
-	mark("qemu")
 	q := v.qmp
 	if err := waitIncoming(ctx, q); err != nil {
 		return err

@@ -62,6 +62,9 @@ type vmConfig struct {
 	Jailed bool `json:"jailed,omitempty"`
 	// Network is the sandbox's network as created (nil: only lo).
 	Network *tartarus.NetworkSpec `json:"network,omitempty"`
+	// MemoryDigest, in a snapshot's vm.json only, is the SHA-256 of
+	// its memory file (mapped.go); empty when the stream holds the RAM.
+	MemoryDigest string `json:"memory_digest,omitempty"`
 }
 
 // vm is one sandbox.
@@ -89,6 +92,9 @@ type vm struct {
 	// last stats answer (see guestStats).
 	calls int
 	stats statsCache
+	// ram is the memory file of a sandbox this driver booted with mapped
+	// memory (QEMU maps it shared); nil otherwise.
+	ram *os.File
 }
 
 func (v *vm) path(name string) string {
@@ -305,7 +311,23 @@ func (d *Driver) boot(ctx context.Context, v *vm, accel string, timeout time.Dur
 	t0 := time.Now()
 	bootCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := d.launch(bootCtx, v, accel, nil); err != nil {
+	var files []*os.File
+	var extra []string
+	if !d.cfg.CopyMemory {
+		ram, err := newRAMFile(v.id, int64(v.conf.MemoryMB)<<20)
+		if err != nil {
+			return err
+		}
+		v.mu.Lock()
+		old := v.ram
+		v.ram = ram // stop closes it
+		v.mu.Unlock()
+		if old != nil {
+			old.Close() // a failed attempt's
+		}
+		files, extra = []*os.File{ram}, ramArgs(3, v.conf.MemoryMB, true)
+	}
+	if err := d.launch(bootCtx, v, accel, files, extra...); err != nil {
 		return timeoutErr(ctx, err, timeout)
 	}
 	tQMP := time.Since(t0)
@@ -449,9 +471,12 @@ func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration)
 // stop ends QEMU: QMP quit, then SIGKILL, and waits until it is gone.
 func (v *vm) stop(ctx context.Context) {
 	v.mu.Lock()
-	q, g, pid, exited, con := v.qmp, v.guest, v.pid, v.exited, v.console
-	v.qmp, v.guest, v.console = nil, nil, nil
+	q, g, pid, exited, con, ram := v.qmp, v.guest, v.pid, v.exited, v.console, v.ram
+	v.qmp, v.guest, v.console, v.ram = nil, nil, nil, nil
 	defer con.close() // after QEMU is gone: its last words are logged
+	if ram != nil {
+		defer ram.Close() // after QEMU is gone, so the memory goes with it
+	}
 	v.state = tartarus.InstanceStopped
 	v.mu.Unlock()
 	if g != nil {
@@ -506,10 +531,13 @@ func (v *vm) stop(ctx context.Context) {
 // disconnect closes the driver's connections and leaves QEMU running.
 func (v *vm) disconnect() {
 	v.mu.Lock()
-	q, g, con := v.qmp, v.guest, v.console
-	v.qmp, v.guest, v.console = nil, nil, nil
+	q, g, con, ram := v.qmp, v.guest, v.console, v.ram
+	v.qmp, v.guest, v.console, v.ram = nil, nil, nil, nil
 	v.mu.Unlock()
 	con.close()
+	if ram != nil {
+		_ = ram.Close() // QEMU keeps its own mapping
+	}
 	if g != nil {
 		_ = g.Close()
 	}
