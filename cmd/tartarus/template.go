@@ -352,19 +352,26 @@ func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
 	return cmd
 }
 
-// newTemplateImportCmd is `tartarus template import NAME FILE` or
-// `--docker IMAGE`: an image tarball (or what the local Docker daemon's
-// `docker save` writes) becomes a template of your tenant.
+// newTemplateImportCmd is `tartarus template import NAME FILE`,
+// `--docker IMAGE` or `--containerd IMAGE`: an image tarball, or what the
+// local Docker daemon's `docker save` or containerd's `ctr images export`
+// writes, becomes a template of your tenant.
 func newTemplateImportCmd() *cobra.Command {
 	o := &clientOptions{}
-	var dockerImage, dockerHost string
+	var dockerImage, dockerHost, ctrImage, ctrAddress, ctrNamespace string
 	cmd := &cobra.Command{
-		Use:   "import NAME (FILE | --docker IMAGE)",
-		Short: "Make a template of an OCI image: a docker save or OCI layout tarball, or an image of the local Docker daemon",
+		Use:   "import NAME (FILE | --docker IMAGE | --containerd IMAGE)",
+		Short: "Make a template of an OCI image: a docker save or OCI layout tarball, or an image of the local Docker daemon or containerd",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if (len(args) == 2) == (dockerImage != "") {
-				return fmt.Errorf("give a tarball or --docker IMAGE")
+			given := 0
+			for _, set := range []bool{len(args) == 2, dockerImage != "", ctrImage != ""} {
+				if set {
+					given++
+				}
+			}
+			if given != 1 {
+				return fmt.Errorf("give one of a tarball, --docker IMAGE or --containerd IMAGE")
 			}
 			c, err := o.client()
 			if err != nil {
@@ -373,43 +380,34 @@ func newTemplateImportCmd() *cobra.Command {
 			var (
 				body   io.Reader
 				source string
-				wait   func() error
+				wait   = func() error { return nil }
 			)
-			if dockerImage != "" {
+			switch {
+			case dockerImage != "":
 				dargs := []string{"save", dockerImage}
 				if dockerHost != "" {
 					dargs = append([]string{"-H", dockerHost}, dargs...)
 				}
-				save := exec.CommandContext(cmd.Context(), "docker", dargs...)
-				var stderr bytes.Buffer
-				save.Stderr = &stderr
-				out, err := save.StdoutPipe()
-				if err != nil {
-					return err
-				}
-				if err := save.Start(); err != nil {
-					return fmt.Errorf("docker save: %w", err)
-				}
-				body, source = out, dockerImage
-				wait = func() error {
-					if err := save.Wait(); err != nil {
-						return fmt.Errorf("docker save %s: %w: %s", dockerImage, err, strings.TrimSpace(stderr.String()))
-					}
-					return nil
-				}
-			} else {
-				f, err := os.Open(args[1])
-				if err != nil {
-					return err
+				body, wait, err = exportImage(cmd.Context(), "docker", dargs...)
+				source = dockerImage
+			case ctrImage != "":
+				body, wait, err = exportImage(cmd.Context(), "ctr", "--address", ctrAddress, "--namespace", ctrNamespace,
+					"images", "export", "-", ctrImage)
+				source = ctrImage
+			default:
+				f, ferr := os.Open(args[1])
+				if ferr != nil {
+					return ferr
 				}
 				defer f.Close()
 				body, source = f, filepath.Base(args[1])
 			}
+			if err != nil {
+				return err
+			}
 			img, err := c.ImportImage(cmd.Context(), args[0], source, body)
-			if wait != nil {
-				if werr := wait(); werr != nil && err == nil {
-					err = werr
-				}
+			if werr := wait(); werr != nil && err == nil {
+				err = werr
 			}
 			if err != nil {
 				return err
@@ -420,9 +418,38 @@ func newTemplateImportCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dockerImage, "docker", "", "image of the local Docker daemon (docker save IMAGE)")
 	cmd.Flags().StringVar(&dockerHost, "docker-host", "", "the Docker daemon's address (docker -H), default docker's own")
+	cmd.Flags().StringVar(&ctrImage, "containerd", "", "image of the local containerd (ctr images export - IMAGE)")
+	cmd.Flags().StringVar(&ctrAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd's socket")
+	cmd.Flags().StringVar(&ctrNamespace, "containerd-namespace", "default", "the containerd namespace the image is in")
 	addServerFlags(cmd, o)
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "where to look for admin.key")
 	return cmd
+}
+
+// exportImage runs a command that writes an image tarball to its stdout
+// (docker save, ctr images export -) and returns that output; wait, called
+// once the output is read or no longer wanted, reports how the command
+// ended, with what it wrote to stderr.
+func exportImage(ctx context.Context, name string, args ...string) (io.Reader, func() error, error) {
+	export := exec.CommandContext(ctx, name, args...)
+	var stderr bytes.Buffer
+	export.Stderr = &stderr
+	out, err := export.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := export.Start(); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, func() error {
+		// An import refused part way leaves the exporter writing into a
+		// full pipe: closing it ends the exporter.
+		out.Close()
+		if err := export.Wait(); err != nil {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	}, nil
 }
 
 // taggedName shows a template version by its tag, when it has one.

@@ -18,11 +18,12 @@ import (
 )
 
 // TestImageImportEndToEnd: against a real server, VMs and a private
-// dockerd, an image of the local Docker daemon (docker import of a busybox
-// tree, with an ENV) and the same image as an OCI layout tarball each
-// become a template whose sandbox boots as a microVM with the image's env;
-// a tarball whose layer reaches for a host file through an absolute link is
-// refused and the host file is unchanged.
+// dockerd and containerd, an image of the local Docker daemon (docker
+// import of a busybox tree, with an ENV), the same image as an OCI layout
+// tarball and the same image in containerd each become a template whose
+// sandbox boots as a microVM with the image's env; a tarball whose layer
+// reaches for a host file through an absolute link is refused and the host
+// file is unchanged.
 func TestImageImportEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
@@ -52,6 +53,12 @@ func TestImageImportEndToEnd(t *testing.T) {
 	ociTar := filepath.Join(work, "oci.tar")
 	dockerSaveToOCI(t, saved, ociTar)
 
+	// The same image in a private containerd.
+	ctrSock := containertest.Containerd(t)
+	if out, err := exec.Command("ctr", "--address", ctrSock, "--namespace", "tartarus-test", "images", "import", saved).CombinedOutput(); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+
 	e := newTemplateE2E(t, []string{"base"})
 	acme := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "acme", "--role", "sandbox-user"))
 	for _, c := range []struct {
@@ -60,6 +67,8 @@ func TestImageImportEndToEnd(t *testing.T) {
 	}{
 		{"from-docker", []string{"--docker", "tartarus-import-test:1", "--docker-host", host}},
 		{"from-oci", []string{ociTar}},
+		{"from-containerd", []string{"--containerd", "docker.io/library/tartarus-import-test:1",
+			"--containerd-address", ctrSock, "--containerd-namespace", "tartarus-test"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out := e.as(t, acme, append([]string{"template", "import", c.name}, c.args...)...)
