@@ -276,6 +276,13 @@ type Spec struct {
 	// execve, fork and non-thread clones, the equivalent of QEMU's
 	// -sandbox spawn=deny, for a probe (QEMU installs its own).
 	DenySpawn bool
+	// StrictSeccomp installs, just before the execve, a seccomp filter
+	// that answers EPERM to socket() of any family but AF_UNIX, to ptrace,
+	// process_vm_readv/writev, bpf, perf_event_open, the keyrings,
+	// userfaultfd, mounts, namespaces (unshare, setns, clone with a
+	// namespace flag), kernel modules, kexec and personality (seccomp.go).
+	// QEMU stacks its own -sandbox filter on top. For quarantined sandboxes.
+	StrictSeccomp bool
 
 	Stdout, Stderr *os.File
 	// ExtraFiles become the process's descriptors 3, 4, ….
@@ -344,7 +351,7 @@ func (j *Jail) Start(ctx context.Context, spec *Spec) (*Process, error) {
 		UID: uid, GID: uid, CgroupProcs: procs, Root: spec.Root, NetNS: spec.NetNS,
 		NoFile: j.cfg.NoFile, NProc: j.cfg.Pids, MaxFileBytes: int64(cmp0(spec.MaxFileMB, DefaultMaxFileMB)) << 20,
 		Path: spec.Path, Args: spec.Args, Env: spec.Env, Dir: cmpS(spec.Dir, "/"),
-		Probe: spec.Probe, DenySpawn: spec.DenySpawn,
+		Probe: spec.Probe, DenySpawn: spec.DenySpawn, Strict: spec.StrictSeccomp,
 		StatusFD: 3 + len(spec.ExtraFiles),
 	}
 	for _, b := range spec.Binds {

@@ -25,7 +25,8 @@ var testProbes = map[string]func() int{
 		time.Sleep(time.Hour)
 		return 0
 	},
-	"walls": probeWalls,
+	"walls":  probeWalls,
+	"strict": probeStrict,
 }
 
 func TestMain(m *testing.M) {

@@ -41,6 +41,7 @@ type shimSpec struct {
 	Dir          string
 	Probe        string
 	DenySpawn    bool
+	Strict       bool
 	StatusFD     int
 }
 
@@ -88,6 +89,13 @@ func RunShimIfAsked(probes map[string]func() int) {
 	}
 	if err := enter(&s); err != nil {
 		fail(err)
+	}
+	// Last, so that the shim's own steps (mounts, setns) are done; the
+	// filter stays across the execve and QEMU stacks its own on top.
+	if s.Strict {
+		if err := installFilter(strictFilter()); err != nil {
+			fail(fmt.Errorf("strict seccomp filter: %w", err))
+		}
 	}
 	if s.Probe != "" {
 		// A probe is this binary again, execve'd from this thread exactly as
