@@ -98,6 +98,11 @@ type VMConfig struct {
 	// Network, when set, gives the sandbox a NIC on a network of its own
 	// with this policy; only runtimes declaring Capabilities.Network can.
 	Network *NetworkSpec `json:",omitempty"`
+	// StrictSeccomp runs the sandbox under a stricter system-call filter
+	// where the runtime can (microvm, jailed: pkg/jail Spec.StrictSeccomp);
+	// a quarantined sandbox is restored with it. It takes effect when the
+	// sandbox's process starts, so a running one needs a restore.
+	StrictSeccomp bool `json:",omitempty"`
 }
 
 // Image is a built template as a runtime consumes it.

@@ -145,6 +145,9 @@ func (d *Driver) jailSpec(v *vm, args []string) (*jail.Spec, error) {
 		Env:   []string{sandboxDirEnv + "=" + v.dir},
 		Dir:   v.jailDir(),
 		NetNS: netnsPath,
+		// Stacked under QEMU's own -sandbox filter: QEMU keeps its TAP
+		// (opened from /dev/net/tun, not a socket) and its Unix chardevs.
+		StrictSeccomp: v.conf.StrictSeccomp,
 	}, nil
 }
 

@@ -322,6 +322,10 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 	if err := d.checkConfig(cfg); err != nil {
 		return "", err
 	}
+	if cfg.StrictSeccomp && d.cfg.Jail == nil {
+		// The filter is installed by the jail's shim; never pretend.
+		return "", tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s: the strict seccomp filter needs the jail, which is off on this node", cfg.ID)
+	}
 	dir := filepath.Join(d.cfg.StateDir, cfg.ID)
 	d.mu.Lock()
 	if d.vms[cfg.ID] != nil {
@@ -341,7 +345,7 @@ func (d *Driver) create(ctx context.Context, cfg *tartarus.VMConfig, overlay boo
 
 	v.conf = vmConfig{ID: cfg.ID, Template: cfg.Template, Image: *cfg.Image, CPUs: cfg.CPUs, MemoryMB: cfg.MemoryMB,
 		Env: cfg.Env, DiskIOPS: max(cfg.DiskIOPS, 0), Accel: d.fp.Accel, CreatedAt: d.clock.Now().UTC(),
-		Jailed: d.cfg.Jail != nil, Network: cfg.Network}
+		Jailed: d.cfg.Jail != nil, Network: cfg.Network, StrictSeccomp: cfg.StrictSeccomp}
 	err := d.createNetwork(ctx, cfg)
 	if err == nil && v.conf.Jailed {
 		_, err = d.prepareJail(v)

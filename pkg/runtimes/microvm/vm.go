@@ -62,6 +62,9 @@ type vmConfig struct {
 	Jailed bool `json:"jailed,omitempty"`
 	// Network is the sandbox's network as created (nil: only lo).
 	Network *tartarus.NetworkSpec `json:"network,omitempty"`
+	// StrictSeccomp jails QEMU under the stricter filter (jail.go); it is
+	// what the VMConfig of the last create or restore said.
+	StrictSeccomp bool `json:"strict_seccomp,omitempty"`
 	// MemoryDigest, in a snapshot's vm.json only, is the SHA-256 of
 	// its memory file (mapped.go); empty when the stream holds the RAM.
 	MemoryDigest string `json:"memory_digest,omitempty"`
