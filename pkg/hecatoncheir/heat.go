@@ -242,7 +242,7 @@ func (a *Agent) admitQueued(ctx context.Context, e *phlegethon.Entry) error {
 // vmConfig is the runtime's configuration of sb.
 func (a *Agent) vmConfig(sb *tartarus.Sandbox, img *tartarus.Image) *tartarus.VMConfig {
 	cfg := &tartarus.VMConfig{ID: sb.ID, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env,
-		Network: sb.Network}
+		Network: sb.Network, StrictSeccomp: a.StrictSeccomp(sb.ID)}
 	if sb.Heat != nil {
 		cfg.DiskIOPS = sb.Heat.DiskIOPS
 	}

@@ -54,6 +54,58 @@ func (a *Agent) SetQuarantined(ctx context.Context, id string, on bool) (*tartar
 	return a.cfg.Store.Move(ctx, id, sb.State, tartarus.StateQuarantined, store.Change{At: now})
 }
 
+// strictSet holds the sandboxes that run under the strict seccomp filter
+// (tartarus.VMConfig.StrictSeccomp) from their next restore on: held ones
+// under a quarantine policy that asks for it. It lives in memory; Typhon
+// sets it again from its records when the server starts.
+type strictSet struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// SetStrictSeccomp makes every later restore of the sandbox (a wake) run
+// under the strict seccomp filter (on), or no longer (off). A process
+// already running keeps the filter it started with. Only a jailed microvm
+// can: other sandboxes get an ErrNotImplemented error saying why.
+func (a *Agent) SetStrictSeccomp(ctx context.Context, id string, on bool) error {
+	if on {
+		sb, err := a.cfg.Store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		rt, err := a.runtime(sb.Runtime)
+		if err != nil {
+			return err
+		}
+		fp, err := rt.Fingerprint(ctx)
+		if err != nil {
+			return err
+		}
+		if sb.Runtime != "microvm" || fp.Jail == nil || !fp.Jail.Enabled {
+			return tartarus.Errorf(tartarus.ErrNotImplemented, "sandbox %s: the strict seccomp filter needs a microvm sandbox with the jail on (runtime %s)", id, sb.Runtime)
+		}
+	}
+	a.strict.mu.Lock()
+	defer a.strict.mu.Unlock()
+	if a.strict.ids == nil {
+		a.strict.ids = map[string]bool{}
+	}
+	if on {
+		a.strict.ids[id] = true
+	} else {
+		delete(a.strict.ids, id)
+	}
+	return nil
+}
+
+// StrictSeccomp reports whether the sandbox's restores run under the
+// strict seccomp filter.
+func (a *Agent) StrictSeccomp(id string) bool {
+	a.strict.mu.Lock()
+	defer a.strict.mu.Unlock()
+	return a.strict.ids[id]
+}
+
 // ExecEntry is one command the API ran in a sandbox, as the host saw it.
 type ExecEntry struct {
 	At       time.Time `json:"at"`

@@ -81,7 +81,8 @@ func (s sleepSource) SleepInfo(ctx context.Context, id string) (*tartarus.VMConf
 	if err != nil {
 		return nil, "", fmt.Errorf("template %s: %w", sb.Template, err)
 	}
-	return &tartarus.VMConfig{ID: id, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network}, sb.Tenant, nil
+	return &tartarus.VMConfig{ID: id, Template: sb.Template, Image: img, CPUs: sb.CPUs, MemoryMB: sb.MemoryMB, Env: sb.Env, Network: sb.Network,
+		StrictSeccomp: s.a.StrictSeccomp(id)}, sb.Tenant, nil
 }
 
 // idleGuard lets the idle watcher put a sandbox to sleep only while no

@@ -147,6 +147,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		if r.Status.Contained() {
 			m.held[r.SandboxID] = r.ID
 			_, _ = m.applyNetwork(ctx, r.SandboxID, r.NetworkMode, p.Isolation.AllowedEgress, true)
+			m.setStrict(ctx, r, true)
 		}
 	}
 	return m, nil
@@ -470,6 +471,13 @@ func (m *Manager) Quarantine(ctx context.Context, req *QuarantineRequest) (*Quar
 	}
 	m.audit(ctx, AuditEvent{Action: "evidence", SandboxID: sb.ID, Tenant: sb.Tenant, Actor: by,
 		Detail: fmt.Sprintf("%d pieces", len(rec.Evidence))})
+	if pol.Isolation.SeccompProfile == SeccompStrict {
+		// After the evidence: the console and memory as they were.
+		m.harden(ctx, rec, by)
+		if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
+			return nil, err
+		}
+	}
 	if mv, ok := m.cfg.Host.(Mover); ok && len(pol.QuarantineNodes) > 0 {
 		// After the evidence: the console and the disk as they were stay
 		// on the node it ran on.
@@ -793,6 +801,7 @@ func (m *Manager) Release(ctx context.Context, sandboxID string, a *ReleaseAppro
 	m.mu.Lock()
 	delete(m.held, rec.SandboxID)
 	m.mu.Unlock()
+	m.setStrict(ctx, rec, false)
 	m.forgetActors(ctx, rec.SandboxID)
 	m.audit(ctx, AuditEvent{Action: "release", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: a.ApprovedBy,
 		Detail: fmt.Sprintf("conditions %q until %v", ap.Conditions, ap.ExpiresAt)})
@@ -815,20 +824,28 @@ func (m *Manager) Hibernate(ctx context.Context, sandboxID, by string) (*Quarant
 	if err != nil {
 		return nil, err
 	}
+	if err := m.sleepHeld(ctx, sl, rec, by); err != nil {
+		return nil, err
+	}
+	return cloneRecord(rec), nil
+}
+
+// sleepHeld hibernates a held sandbox (the caller holds its op lock).
+func (m *Manager) sleepHeld(ctx context.Context, sl Sleeper, rec *QuarantineRecord, by string) error {
 	// Hibernation starts from running; the hold is the manager's, not
 	// the state's, so nobody but an examiner reaches it meanwhile.
 	if err := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, false); err != nil {
-		return nil, fmt.Errorf("hibernate %s: %w", rec.SandboxID, err)
+		return fmt.Errorf("hibernate %s: %w", rec.SandboxID, err)
 	}
 	if err := sl.Hibernate(ctx, rec.SandboxID); err != nil {
 		if rerr := m.cfg.Host.SetQuarantined(ctx, rec.SandboxID, true); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("contain again: %w", rerr))
 		}
 		m.audit(ctx, AuditEvent{Action: "hibernate", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Err: err})
-		return nil, err
+		return err
 	}
 	m.audit(ctx, AuditEvent{Action: "hibernate", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: "held while asleep"})
-	return cloneRecord(rec), nil
+	return nil
 }
 
 // Wake wakes a held, hibernated sandbox and contains it again (state and
@@ -845,15 +862,74 @@ func (m *Manager) Wake(ctx context.Context, sandboxID, by string) (*QuarantineRe
 	if err != nil {
 		return nil, err
 	}
+	if err := m.wakeHeld(ctx, sl, rec, by); err != nil {
+		return nil, err
+	}
+	return cloneRecord(rec), nil
+}
+
+// wakeHeld wakes a held sandbox and contains it again (the caller holds
+// its op lock).
+func (m *Manager) wakeHeld(ctx context.Context, sl Sleeper, rec *QuarantineRecord, by string) error {
 	if err := sl.Wake(ctx, rec.SandboxID); err != nil {
 		m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Err: err})
-		return nil, err
+		return err
 	}
 	if err := m.recontain(ctx, rec); err != nil {
-		return nil, err
+		return err
 	}
-	m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: "contained again"})
-	return cloneRecord(rec), nil
+	detail := "contained again"
+	if rec.SeccompProfile != "" {
+		detail += ", seccomp profile " + rec.SeccompProfile
+	}
+	m.audit(ctx, AuditEvent{Action: "wake", SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by, Detail: detail})
+	return nil
+}
+
+// harden puts a held sandbox under the strict seccomp filter. A filter
+// is installed by the process itself or inherited across its execve, so a
+// running QEMU cannot get one: the sandbox is hibernated and woken, and
+// the host restores it (and every later wake while it is held) under the
+// filter. What cannot be done is noted on the record; the sandbox stays
+// held either way.
+func (m *Manager) harden(ctx context.Context, rec *QuarantineRecord, by string) {
+	note := func(format string, args ...any) {
+		rec.Notes = append(rec.Notes, clean("seccomp_profile strict: "+fmt.Sprintf(format, args...), MaxDescriptionLen))
+	}
+	h, ok := m.cfg.Host.(SeccompHardener)
+	sl, ok2 := m.cfg.Host.(Sleeper)
+	if !ok || !ok2 {
+		note("this node cannot restore a sandbox under another filter; not applied")
+		return
+	}
+	if err := h.SetStrictSeccomp(ctx, rec.SandboxID, true); err != nil {
+		note("not applied: %v", err)
+		return
+	}
+	rec.SeccompProfile = SeccompStrict
+	if err := m.cfg.Journal.PutRecord(ctx, rec); err != nil {
+		note("not recorded: %v", err)
+	}
+	if err := m.sleepHeld(ctx, sl, rec, by); err != nil {
+		note("hibernate: %v; the filter applies from its next wake", err)
+		return
+	}
+	if err := m.wakeHeld(ctx, sl, rec, by); err != nil {
+		note("wake: %v; it sleeps, held, and wakes under the filter", err)
+	}
+}
+
+// setStrict tells a SeccompHardener host whether the record's sandbox
+// restores under the strict filter: on for a held one recorded so, off
+// when its hold ends. A running QEMU keeps the filter it started with.
+func (m *Manager) setStrict(ctx context.Context, rec *QuarantineRecord, on bool) {
+	h, ok := m.cfg.Host.(SeccompHardener)
+	if !ok || rec.SeccompProfile != SeccompStrict {
+		return
+	}
+	if err := h.SetStrictSeccomp(ctx, rec.SandboxID, on); err != nil {
+		m.log.Warn("strict seccomp filter", "sandbox", rec.SandboxID, "on", on, "err", err)
+	}
 }
 
 // recontain puts a held sandbox's containment back: its quarantined state
@@ -895,6 +971,7 @@ func (m *Manager) destroy(ctx context.Context, rec *QuarantineRecord, by, action
 	delete(m.held, rec.SandboxID)
 	delete(m.history, rec.SandboxID)
 	m.mu.Unlock()
+	m.setStrict(ctx, rec, false)
 	m.forgetActors(ctx, rec.SandboxID)
 	m.audit(ctx, AuditEvent{Action: action, SandboxID: rec.SandboxID, Tenant: rec.Tenant, Actor: by,
 		Detail: "terminated with reason policy_violation; evidence kept"})

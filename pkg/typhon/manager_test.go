@@ -464,12 +464,102 @@ func TestFileAccessRule(t *testing.T) {
 }
 
 // TestPolicyRefusesUnenforcedIsolation: settings that are not applied are
-// refused, each named.
+// refused, each named; an unknown seccomp profile is refused with the one
+// there is.
 func TestPolicyRefusesUnenforcedIsolation(t *testing.T) {
-	p := &QuarantinePolicy{Isolation: QuarantineIsolation{SeccompProfile: "strict", StorageBackend: "s3://x"}}
+	p := &QuarantinePolicy{Isolation: QuarantineIsolation{SeccompProfile: "lax", StorageBackend: "s3://x"}}
 	err := validatePolicy(p)
-	if err == nil || !strings.Contains(err.Error(), "seccomp_profile") || !strings.Contains(err.Error(), "storage_backend") {
+	if err == nil || !strings.Contains(err.Error(), `seccomp_profile "lax": want "strict"`) || !strings.Contains(err.Error(), "storage_backend") {
 		t.Fatalf("err %v", err)
+	}
+	if err := validatePolicy(&QuarantinePolicy{Isolation: QuarantineIsolation{NetworkMode: NetworkModeNone, SeccompProfile: SeccompStrict}}); err != nil {
+		t.Fatalf("strict refused: %v", err)
+	}
+}
+
+// strictHost is a sleepyHost that can restore sandboxes under the strict
+// seccomp filter; it records whether each wake was strict.
+type strictHost struct {
+	sleepyHost
+	strict map[string]bool
+	wakes  []string // "id strict" or "id"
+}
+
+func (h *strictHost) SetStrictSeccomp(_ context.Context, id string, on bool) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.strict[id] = on
+	return nil
+}
+
+func (h *strictHost) Wake(ctx context.Context, id string) error {
+	h.mu.Lock()
+	w := id
+	if h.strict[id] {
+		w += " strict"
+	}
+	h.wakes = append(h.wakes, w)
+	h.mu.Unlock()
+	return h.sleepyHost.Wake(ctx, id)
+}
+
+// TestStrictSeccompProfile: under seccomp_profile strict a quarantined
+// sandbox is hibernated and woken under the filter, held, and stays
+// strict after a restart of the manager until its release; a host that
+// cannot restore under a filter gets a note, not a silent pass.
+func TestStrictSeccompProfile(t *testing.T) {
+	r := newRig(t, NewMemJournal(), "sb-1")
+	host := &strictHost{sleepyHost: sleepyHost{fakeHost: r.host}, strict: map[string]bool{}}
+	j := NewMemJournal()
+	m, err := New(ctx, Config{Host: host, Blobs: ErebusBlobs{r.blobs}, Journal: j, Clock: r.clk, Network: r.net})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := &QuarantinePolicy{UpdatedBy: "admin", Isolation: QuarantineIsolation{NetworkMode: NetworkModeNone, SeccompProfile: SeccompStrict}}
+	if err := m.SetPolicy(ctx, pol); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-1", RequestedBy: "alice", Reason: tartarus.QuarantinePolicyViolation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := host.Get(ctx, "sb-1")
+	if rec.SeccompProfile != SeccompStrict || sb.State != tartarus.StateQuarantined || len(rec.Notes) != 0 {
+		t.Fatalf("record profile %q notes %q, state %s", rec.SeccompProfile, rec.Notes, sb.State)
+	}
+	if strings.Join(host.wakes, ",") != "sb-1 strict" {
+		t.Fatalf("wakes %q, want one under the strict filter", host.wakes)
+	}
+	if m.Admit("sb-1", "owner", false) == nil {
+		t.Fatal("the owner reaches the sandbox after its strict wake")
+	}
+	// A restarted server: the host forgot; the manager tells it again.
+	host.strict = map[string]bool{}
+	m2, err := New(ctx, Config{Host: host, Blobs: ErebusBlobs{r.blobs}, Journal: j, Clock: r.clk, Network: r.net})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !host.strict["sb-1"] {
+		t.Fatal("after a restart the sandbox's next wake would not be strict")
+	}
+	if err := m2.Release(ctx, "sb-1", &ReleaseApproval{ApprovedBy: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	if host.strict["sb-1"] {
+		t.Fatal("release did not lift the strict filter")
+	}
+
+	// A host that cannot: noted, still held.
+	r2 := newRig(t, NewMemJournal(), "sb-2")
+	if err := r2.m.SetPolicy(ctx, pol); err != nil {
+		t.Fatal(err)
+	}
+	rec, err = r2.m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-2", RequestedBy: "alice", Reason: tartarus.QuarantinePolicyViolation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.SeccompProfile != "" || len(rec.Notes) != 1 || !strings.Contains(rec.Notes[0], "seccomp_profile strict") || !r2.m.Contained("sb-2") {
+		t.Fatalf("profile %q notes %q", rec.SeccompProfile, rec.Notes)
 	}
 }
 

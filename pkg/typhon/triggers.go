@@ -142,8 +142,8 @@ func validatePolicy(p *QuarantinePolicy) error {
 		}
 	}
 	// A setting that is not enforced is refused rather than pretended.
-	if p.Isolation.SeccompProfile != "" {
-		bad("isolation.seccomp_profile %.64q: not supported: a microVM's QEMU already runs under its strictest -sandbox filter from its start (docs/quarantine.md)", p.Isolation.SeccompProfile)
+	if p.Isolation.SeccompProfile != "" && p.Isolation.SeccompProfile != SeccompStrict {
+		bad("isolation.seccomp_profile %.64q: want %q or empty (docs/quarantine.md)", p.Isolation.SeccompProfile, SeccompStrict)
 	}
 	if p.Isolation.StorageBackend != "" {
 		bad("isolation.storage_backend %.64q: evidence always goes to the server's own evidence store (--quarantine-evidence-store), never the snapshot store; leave it empty", p.Isolation.StorageBackend)

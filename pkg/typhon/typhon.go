@@ -104,6 +104,19 @@ type Sleeper interface {
 	Wake(ctx context.Context, id string) error
 }
 
+// SeccompStrict is the one isolation.seccomp_profile there is: a held
+// microvm sandbox's QEMU is restored under the jail's strict seccomp
+// filter (pkg/jail Spec.StrictSeccomp).
+const SeccompStrict = "strict"
+
+// SeccompHardener is a Host that can run a sandbox under the strict
+// seccomp filter from its next restore on (on) or no longer (off). The
+// manager then hibernates and wakes a Sleeper's sandbox so that the filter
+// is in force at once.
+type SeccompHardener interface {
+	SetStrictSeccomp(ctx context.Context, id string, on bool) error
+}
+
 // NodeLabel is the node label key of quarantine nodes: a cluster keeps
 // ordinary sandboxes off a node labelled quarantine=… (unless a create
 // names the key in its node labels), so that a policy's quarantine_nodes

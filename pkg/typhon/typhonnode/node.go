@@ -113,6 +113,13 @@ func (h *Host) SetQuarantined(ctx context.Context, id string, on bool) error {
 
 var _ typhon.Sleeper = (*Host)(nil)
 
+var _ typhon.SeccompHardener = (*Host)(nil)
+
+// SetStrictSeccomp implements typhon.SeccompHardener through the agent.
+func (h *Host) SetStrictSeccomp(ctx context.Context, id string, on bool) error {
+	return h.agent.SetStrictSeccomp(ctx, id, on)
+}
+
 // Hibernate implements typhon.Sleeper through the agent (Hypnos).
 func (h *Host) Hibernate(ctx context.Context, id string) error {
 	_, err := h.agent.Hibernate(ctx, id)
