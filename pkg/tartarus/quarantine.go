@@ -132,14 +132,14 @@ type QuarantineRecord struct {
 	ExpiresAt   time.Time `json:"expires_at,omitzero"`
 	// NetworkMode is the containment's network mode; OwnerNetwork is the
 	// sandbox's own network spec, put back at release.
-	NetworkMode  NetworkMode      `json:"network_mode,omitempty"`
-	OwnerNetwork *NetworkSpec     `json:"owner_network,omitempty"`
+	NetworkMode  NetworkMode  `json:"network_mode,omitempty"`
+	OwnerNetwork *NetworkSpec `json:"owner_network,omitempty"`
 	// SeccompProfile is the system-call filter the sandbox is held under
 	// ("strict", or empty for its usual one): its QEMU was restored with
 	// it, and every restore while it is held is.
 	SeccompProfile string           `json:"seccomp_profile,omitempty"`
 	Approval       *ReleaseApproval `json:"approval,omitempty"`
-	EndedAt      time.Time        `json:"ended_at,omitzero"`
+	EndedAt        time.Time        `json:"ended_at,omitzero"`
 	// Notes lists what containment could not do (no network controller…).
 	Notes []string `json:"notes,omitempty"`
 	// Involved are the identities that quarantined the sandbox or acted in
