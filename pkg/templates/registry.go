@@ -290,7 +290,7 @@ func (p *puller) manifest(ctx context.Context, reference, want string) ([]byte, 
 	return b, d, nil
 }
 
-// blob copies blob d to w, exactly d.Size bytes, and fails (ErrInvalid)
+// blob copies blob d to w, exactly d.Size bytes (more are not read), and fails (ErrInvalid)
 // when its bytes do not have its digest.
 func (p *puller) blob(ctx context.Context, d descriptor, w io.Writer) error {
 	resp, err := p.get(ctx, "blobs/"+d.Digest, "")
