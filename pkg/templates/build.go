@@ -333,6 +333,12 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 		if layer, fromCached, err = r.fromImage(ctx, from, file); err != nil {
 			return nil, fmt.Errorf("FROM %s: %w", from, err)
 		}
+	} else if ref, ok := registryImage(from); ok {
+		// An image of a registry, pulled and imported as a cache step.
+		var err error
+		if layer, fromCached, err = r.fromRegistry(ctx, from, ref); err != nil {
+			return nil, fmt.Errorf("FROM %s: %w", from, err)
+		}
 	} else if strings.HasPrefix(from, CachePrefix) {
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "FROM %s: template %s", from, from)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -215,3 +216,35 @@ func TestPullImage(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestBuildFromRegistry: FROM registry:REF and a plain HOST:PORT/REPO:TAG
+// pull the image into a cache step the build starts from (its env); the
+// second build finds that step; a missing image fails the build.
+func TestBuildFromRegistry(t *testing.T) {
+	if _, err := exec.LookPath("mke2fs"); err != nil {
+		t.Skip("mke2fs is not installed")
+	}
+	_, ref := newFakeRegistry(t)
+	f := newFake()
+	f.templates["base"] = &tartarus.Image{Name: "base", Digest: "sha256:base"}
+	cat := &fakeCatalog{f: f, dir: t.TempDir()}
+	bd := NewBuilder(f, cat, nil, nil)
+	for i, from := range []string{"registry:" + ref.String(), ref.String()} {
+		b, evs := buildNamed(t, bd, "app", "acme", "FROM "+from+"\nRUN echo \"$GREETING\"\n", t.TempDir())
+		if st := b.Status(); st.Status != StatusSucceeded {
+			t.Fatalf("FROM %s: %+v %+v", from, st, evs)
+		}
+		if evs[0].Cached != (i == 1) {
+			t.Errorf("FROM %s: step %+v; cached only the second time", from, evs[0])
+		}
+	}
+	if len(cat.added) != 1 || f.templates[cat.added[0]].Env["GREETING"] != "hello" {
+		t.Fatalf("imports %q", cat.added)
+	}
+	missing := ref
+	missing.Tag = "none"
+	b, _ := buildNamed(t, bd, "app2", "acme", "FROM "+missing.String()+"\nRUN true\n", t.TempDir())
+	if st := b.Status(); st.Status != StatusFailed || !strings.Contains(st.Error, "not found") {
+		t.Errorf("FROM a missing image: %+v", st)
+	}
+}
