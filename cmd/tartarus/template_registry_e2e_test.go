@@ -18,7 +18,8 @@ import (
 // TestRegistryImportEndToEnd: against a real server and VMs, an image the
 // test pushes with a private dockerd to a real registry (Debian's
 // docker-registry on loopback) is pulled by the server and becomes a
-// template whose sandbox boots with the image's env; once a layer's bytes
+// template whose sandbox boots with the image's env, and is a Dockerfile
+// build's FROM; once a layer's bytes
 // are changed in the registry's storage, the same image is refused (its
 // digest does not match) and no template is made.
 func TestRegistryImportEndToEnd(t *testing.T) {
@@ -58,6 +59,20 @@ func TestRegistryImportEndToEnd(t *testing.T) {
 		got := e.as(t, acme, "exec", id, "--", "sh", "-c", `echo "$GREETING"; cat /etc/hostname >/dev/null && echo busybox-root`)
 		if got != "hello-registry\nbusybox-root\n" {
 			t.Errorf("exec in the pulled template's sandbox: %q", got)
+		}
+		e.as(t, acme, "sandbox", "rm", id)
+	})
+
+	t.Run("BuildFrom", func(t *testing.T) {
+		ctxDir := t.TempDir()
+		df := filepath.Join(ctxDir, "Dockerfile")
+		if err := os.WriteFile(df, []byte("FROM "+ref+"\nRUN echo \"$GREETING-built\" > /built\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Log(strings.TrimSpace(e.as(t, acme, "template", "build", "built-from-registry", "-f", df, ctxDir)))
+		id := strings.TrimSpace(e.as(t, acme, "sandbox", "create", "--template", "built-from-registry", "--timeout", "300"))
+		if got := e.as(t, acme, "exec", id, "--", "cat", "/built"); got != "hello-registry-built\n" {
+			t.Errorf("/built in the built template's sandbox: %q", got)
 		}
 		e.as(t, acme, "sandbox", "rm", id)
 	})
