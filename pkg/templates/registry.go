@@ -400,7 +400,8 @@ func (p *puller) authenticate(ctx context.Context, challenge string) error {
 	if err != nil {
 		return err
 	}
-	if haveCreds {
+	// A login goes to the realm only over HTTPS, or on this host.
+	if haveCreds && (realm.Scheme == "https" || (ImageRef{Host: realm.Host}).Loopback()) {
 		req.SetBasicAuth(user, pass)
 	}
 	resp, err := p.client.Do(req)

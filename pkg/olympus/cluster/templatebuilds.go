@@ -119,6 +119,8 @@ func (b *clusterBuilds) Import(ctx context.Context, tenant, name, source string,
 	return b.c.share(ctx, node, tenant, img.Name, ref)
 }
 
+var _ olympus.RegistryImporter = (*clusterBuilds)(nil)
+
 // ImportFromRegistry implements olympus.RegistryImporter: the chosen
 // agent pulls the image from its registry (loopback is the agent's) and
 // imports it, and the version it made is shared and tagged.
