@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -57,6 +58,7 @@ type fakeRegistry struct {
 	blobs     map[string][]byte
 	manifests map[string][]byte // by tag and by digest
 	token     string
+	basic     string // user:password it asks for with a Basic challenge
 }
 
 func (f *fakeRegistry) put(b []byte) descriptor {
@@ -69,6 +71,11 @@ func (f *fakeRegistry) put(b []byte) descriptor {
 func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/token" {
 		json.NewEncoder(w).Encode(map[string]string{"token": f.token})
+		return
+	}
+	if u, pw, ok := r.BasicAuth(); f.basic != "" && (!ok || u+":"+pw != f.basic) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
+		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
 	if f.token != "" && r.Header.Get("Authorization") != "Bearer "+f.token {
@@ -120,9 +127,11 @@ func newFakeRegistry(t *testing.T) (*fakeRegistry, ImageRef) {
 // of the digest asked for and a missing image are refused.
 func TestPullImage(t *testing.T) {
 	ctx := context.Background()
+	// The server's docker config has a login for the fake registry.
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
 	pull := func(ref ImageRef) (*ImageConfig, error) {
 		var b bytes.Buffer
-		if err := PullImage(ctx, ref, PullOptions{}, &b); err != nil {
+		if err := PullImage(ctx, ref, PullOptions{Credentials: DockerConfigCredentials()}, &b); err != nil {
 			return nil, err
 		}
 		root, scratch := t.TempDir(), t.TempDir()
@@ -145,13 +154,15 @@ func TestPullImage(t *testing.T) {
 	}
 	multi := ref
 	multi.Tag = "multi"
+	login := base64.StdEncoding.EncodeToString([]byte("alice:pw"))
+	os.WriteFile(filepath.Join(os.Getenv("DOCKER_CONFIG"), "config.json"), []byte(`{"auths":{"`+ref.Host+`":{"auth":"`+login+`"}}}`), 0o600)
 	for _, c := range []struct {
-		name  string
-		ref   ImageRef
-		token string
-	}{{"tag", ref, ""}, {"index", multi, ""}, {"digest", digestRef, ""}, {"token", ref, "s3cret"}} {
+		name         string
+		ref          ImageRef
+		token, basic string
+	}{{"tag", ref, "", ""}, {"index", multi, "", ""}, {"digest", digestRef, "", ""}, {"token", ref, "s3cret", ""}, {"basic", ref, "", "alice:pw"}} {
 		t.Run(c.name, func(t *testing.T) {
-			f.token = c.token
+			f.token, f.basic = c.token, c.basic
 			cfg, err := pull(c.ref)
 			if err != nil {
 				t.Fatal(err)
@@ -161,7 +172,15 @@ func TestPullImage(t *testing.T) {
 			}
 		})
 	}
-	f.token = ""
+	f.token, f.basic = "", ""
+
+	t.Run("WrongLogin", func(t *testing.T) {
+		f.basic = "alice:other"
+		defer func() { f.basic = "" }()
+		if _, err := pull(ref); !errors.Is(err, tartarus.ErrPermissionDenied) {
+			t.Errorf("a login the registry refuses: %v, want ErrPermissionDenied", err)
+		}
+	})
 
 	t.Run("Refused", func(t *testing.T) {
 		wrong := digestRef
