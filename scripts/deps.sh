@@ -4,7 +4,7 @@
 #
 #   scripts/deps.sh          what `make run` needs (QEMU, image tools, iproute2
 #                            and nftables for sandbox networks)
-#   scripts/deps.sh --test   also what the test suite starts (Redis, dockerd,
+#   scripts/deps.sh --test   also what the test suite starts (Redis, dockerd, a registry,
 #                            containerd, runc, HAProxy and wrk for benchmarks,
 #                            PostgreSQL for the Postgres store tests), and
 #                            E2B's JavaScript SDK from npm for the E2B test
@@ -13,7 +13,7 @@ set -euo pipefail
 
 pkgs=(qemu-system-x86 qemu-utils busybox-static debootstrap e2fsprogs zstd cpio xz-utils ca-certificates procps iproute2 nftables)
 if [ "${1:-}" = "--test" ]; then
-	pkgs+=(redis-server docker.io containerd runc haproxy wrk postgresql)
+	pkgs+=(redis-server docker.io containerd runc haproxy wrk postgresql docker-registry)
 fi
 
 need=()

@@ -352,30 +352,40 @@ func newSandboxSaveCmd(o *clientOptions) *cobra.Command {
 	return cmd
 }
 
-// newTemplateImportCmd is `tartarus template import NAME FILE`,
+// newTemplateImportCmd is `tartarus template import NAME FILE`, `--registry REF`,
 // `--docker IMAGE` or `--containerd IMAGE`: an image tarball, or what the
 // local Docker daemon's `docker save` or containerd's `ctr images export`
 // writes, becomes a template of your tenant.
 func newTemplateImportCmd() *cobra.Command {
 	o := &clientOptions{}
-	var dockerImage, dockerHost, ctrImage, ctrAddress, ctrNamespace string
+	var dockerImage, dockerHost, ctrImage, ctrAddress, ctrNamespace, registryRef string
+	var insecure bool
 	cmd := &cobra.Command{
-		Use:   "import NAME (FILE | --docker IMAGE | --containerd IMAGE)",
-		Short: "Make a template of an OCI image: a docker save or OCI layout tarball, or an image of the local Docker daemon or containerd",
+		Use:   "import NAME (FILE | --docker IMAGE | --containerd IMAGE | --registry REF)",
+		Short: "Make a template of an OCI image: a docker save or OCI layout tarball, an image of the local Docker daemon or containerd, or of a registry",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			given := 0
-			for _, set := range []bool{len(args) == 2, dockerImage != "", ctrImage != ""} {
+			for _, set := range []bool{len(args) == 2, dockerImage != "", ctrImage != "", registryRef != ""} {
 				if set {
 					given++
 				}
 			}
 			if given != 1 {
-				return fmt.Errorf("give one of a tarball, --docker IMAGE or --containerd IMAGE")
+				return fmt.Errorf("give one of a tarball, --docker IMAGE, --containerd IMAGE or --registry REF")
 			}
 			c, err := o.client()
 			if err != nil {
 				return err
+			}
+			if registryRef != "" {
+				// The server pulls: the registry is the one it reaches.
+				img, err := c.ImportFromRegistry(cmd.Context(), args[0], registryRef, insecure)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "template %s imported from %s (%.1f MiB)\n", taggedName(img), registryRef, float64(img.SizeBytes)/(1<<20))
+				return nil
 			}
 			var (
 				body   io.Reader
@@ -421,6 +431,8 @@ func newTemplateImportCmd() *cobra.Command {
 	cmd.Flags().StringVar(&ctrImage, "containerd", "", "image of the local containerd (ctr images export - IMAGE)")
 	cmd.Flags().StringVar(&ctrAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd's socket")
 	cmd.Flags().StringVar(&ctrNamespace, "containerd-namespace", "default", "the containerd namespace the image is in")
+	cmd.Flags().StringVar(&registryRef, "registry", "", "image of a registry the server reaches, HOST[:PORT]/REPO[:TAG|@DIGEST]; the server pulls it")
+	cmd.Flags().BoolVar(&insecure, "insecure-registry", false, "let the server pull over plain HTTP from a registry not on its loopback")
 	addServerFlags(cmd, o)
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", envOr("TARTARUS_DATA_DIR", serverDataDir()), "where to look for admin.key")
 	return cmd

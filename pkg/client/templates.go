@@ -79,6 +79,21 @@ func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
 	return c.call(ctx, "DELETE", "/v1/templates/"+url.PathEscape(name), nil, nil)
 }
 
+// ImportFromRegistry makes template name of image ref (HOST[:PORT]/REPO[:TAG|@DIGEST]),
+// which the server pulls from its registry; insecure lets it use plain
+// HTTP to a registry that is not on its own loopback.
+func (c *Client) ImportFromRegistry(ctx context.Context, name, ref string, insecure bool) (*tartarus.Image, error) {
+	q := url.Values{"name": {name}, "ref": {ref}}
+	if insecure {
+		q.Set("insecure", "true")
+	}
+	var out tartarus.Image
+	if err := c.callQuery(ctx, "POST", "/v1/templates/import", q, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // ImportImage makes template name of an image tarball (`docker save`
 // output, or an OCI image layout as a tar); source names the image.
 func (c *Client) ImportImage(ctx context.Context, name, source string, image io.Reader) (*tartarus.Image, error) {

@@ -1,6 +1,7 @@
 package olympus
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ import (
 // NAME is NAME:latest; save, build and import make a new version and then
 // move the tag to it.
 //	POST   /v1/templates/import?name=N[&source=S]        body: `docker save` or OCI layout tarball → 201 template
+//	POST   /v1/templates/import?name=N&ref=REF[&insecure=true]  no body: the server pulls REF from its registry → 201 template
 
 // TemplateBuilds runs Dockerfile builds and image imports
 // (templates.Builder).
@@ -36,6 +38,12 @@ type TemplateBuilds interface {
 	StartFromContext(tenant string, p *api.TemplateBuildRequest, context io.Reader, tmpDir string) (api.TemplateBuild, error)
 	BuildLog(tenant, name, id string) (api.TemplateBuildLog, error)
 	Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error)
+}
+
+// RegistryImporter is the optional side interface of TemplateBuilds that
+// pulls an image from a registry itself (templates.Builder).
+type RegistryImporter interface {
+	ImportFromRegistry(ctx context.Context, tenant, name, ref string, insecure bool) (*tartarus.Image, error)
 }
 
 // TemplateDeleter is the optional side interface of a Backend that deletes
@@ -208,13 +216,26 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// importImage makes a template of an image tarball in the request body.
+// importImage makes a template of an image tarball in the request body,
+// or of the image ref names, which the server pulls from its registry.
 func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 	serve(s, w, r, s.tenantFor(cerberus.ResourceTypeTemplate), cerberus.ActionCreate, templateBuilds, func(ctx context.Context, tb TemplateBuilds, who *cerberus.Identity) (int, any, error) {
 		if err := s.checkTemplateRoom(ctx, who.TenantID); err != nil {
 			return 0, nil, err
 		}
 		q := r.URL.Query()
+		if ref := q.Get("ref"); ref != "" {
+			ri, ok := tb.(RegistryImporter)
+			if !ok {
+				return 0, nil, tartarus.Errorf(tartarus.ErrNotImplemented, "this server pulls no images from registries")
+			}
+			insecure, err := strconv.ParseBool(cmp.Or(q.Get("insecure"), "false"))
+			if err != nil {
+				return 0, nil, tartarus.Errorf(tartarus.ErrInvalid, "insecure %q: true or false", q.Get("insecure"))
+			}
+			img, err := ri.ImportFromRegistry(ctx, who.TenantID, q.Get("name"), ref, insecure)
+			return http.StatusCreated, img, err
+		}
 		source := q.Get("source")
 		if source == "" {
 			source = "tarball"

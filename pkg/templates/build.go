@@ -333,6 +333,12 @@ func (r *run) do(ctx context.Context) (*tartarus.Image, error) {
 		if layer, fromCached, err = r.fromImage(ctx, from, file); err != nil {
 			return nil, fmt.Errorf("FROM %s: %w", from, err)
 		}
+	} else if ref, ok := registryImage(from); ok {
+		// An image of a registry, pulled and imported as a cache step.
+		var err error
+		if layer, fromCached, err = r.fromRegistry(ctx, from, ref); err != nil {
+			return nil, fmt.Errorf("FROM %s: %w", from, err)
+		}
 	} else if strings.HasPrefix(from, CachePrefix) {
 		return nil, tartarus.Errorf(tartarus.ErrNotFound, "FROM %s: template %s", from, from)
 	}
@@ -741,4 +747,28 @@ func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io
 	}
 	bd.log.Info("image imported", "template", name, "version", img.Name, "tenant", tenant, "image", source, "took", bd.clock.Now().Sub(start))
 	return tagged, nil
+}
+
+// ImportFromRegistry makes template name of tenant, as Import does, from
+// the image ref of a registry this server reaches (PullImage): plain HTTP
+// only to a loopback registry or with insecure.
+func (bd *Builder) ImportFromRegistry(ctx context.Context, tenant, name, ref string, insecure bool) (*tartarus.Image, error) {
+	r, err := ParseImageRef(ref)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pw.CloseWithError(PullImage(ctx, r, PullOptions{Insecure: insecure, Credentials: DockerConfigCredentials()}, pw))
+	}()
+	img, err := bd.Import(ctx, tenant, name, r.String(), pr)
+	// An import refused part way stops the pull.
+	pr.CloseWithError(errors.New("import stopped"))
+	cancel()
+	<-done
+	return img, err
 }

@@ -19,8 +19,9 @@ import (
 // names an image tarball in the build context (`docker save` output, or
 // an OCI image layout packed as a tar; either prefix takes either, as
 // `template import` does), `FROM oci:DIR` an OCI image layout directory
-// of the context. No registry is reached: the image comes with
-// the context. It is imported through the same code as `template import`
+// of the context; these come with the context. `FROM registry:REF` (or a
+// plain HOST[:PORT]/REPO[:TAG]) is pulled from its registry by the node
+// that builds. Each is imported through the same code as `template import`
 // (layers unpacked inside their own root) into a cache step template
 // named by the tenant and the tarball's digest, so a rebuild with the
 // same tarball imports nothing; the image's env, workdir and user are
@@ -116,6 +117,49 @@ func (r *run) fromImage(ctx context.Context, from, file string) (string, bool, e
 	defer f.Close()
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		return "", false, tartarus.Errorf(tartarus.ErrInvalid, "image tarball %s in the build context: not a regular file", file)
+	}
+	return r.importArchive(ctx, from, f)
+}
+
+// registryImage returns the registry reference FROM names: `registry:REF`,
+// or a plain HOST[:PORT]/REPO[:TAG] (a template's name has no '/').
+func registryImage(from string) (string, bool) {
+	if ref, ok := strings.CutPrefix(from, "registry:"); ok {
+		return ref, true
+	}
+	if _, ok := imageArchive(from); ok {
+		return "", false
+	}
+	return from, strings.Contains(from, "/")
+}
+
+// fromRegistry pulls image ref (PullImage; plain HTTP only to a loopback
+// registry) into a scratch tarball and imports it as fromImage does a
+// context's tarball: the same image makes the same tarball, so a rebuild
+// finds its cache step (the image is fetched again to know that).
+func (r *run) fromRegistry(ctx context.Context, from, ref string) (string, bool, error) {
+	ir, err := ParseImageRef(ref)
+	if err != nil {
+		return "", false, err
+	}
+	f, err := os.CreateTemp("", "tartarus-pull-")
+	if err != nil {
+		return "", false, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := PullImage(ctx, ir, PullOptions{Credentials: DockerConfigCredentials()}, f); err != nil {
+		return "", false, err
+	}
+	return r.importArchive(ctx, from, f)
+}
+
+// importArchive imports image tarball f (unless the tenant has it
+// already, by its digest) and returns its cache template's name and
+// whether it was there already.
+func (r *run) importArchive(ctx context.Context, from string, f *os.File) (string, bool, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", false, err
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {

@@ -90,6 +90,10 @@ func readMembers(r io.Reader, scratch string) (map[string]string, error) {
 		if errors.Is(err, io.EOF) {
 			break
 		}
+		if err != nil && tartarus.ClassOf(err).Err != nil {
+			// The stream's own error (a registry pull's) keeps its class.
+			return nil, fmt.Errorf("image tarball: %w", err)
+		}
 		if err != nil {
 			return nil, tartarus.Errorf(tartarus.ErrInvalid, "image tarball: %v", err)
 		}

@@ -119,6 +119,27 @@ func (b *clusterBuilds) Import(ctx context.Context, tenant, name, source string,
 	return b.c.share(ctx, node, tenant, img.Name, ref)
 }
 
+var _ olympus.RegistryImporter = (*clusterBuilds)(nil)
+
+// ImportFromRegistry implements olympus.RegistryImporter: the chosen
+// agent pulls the image from its registry (loopback is the agent's) and
+// imports it, and the version it made is shared and tagged.
+func (b *clusterBuilds) ImportFromRegistry(ctx context.Context, tenant, name, imageRef string, insecure bool) (*tartarus.Image, error) {
+	ref, err := tagRef(name)
+	if err != nil {
+		return nil, err
+	}
+	node, cl, err := b.builder(ctx, tenant, ref, 0, 0, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	img, err := cl.ImportFromRegistry(ctx, name, imageRef, insecure)
+	if err != nil {
+		return nil, fmt.Errorf("import on node %s: %w", node, err)
+	}
+	return b.c.share(ctx, node, tenant, img.Name, ref)
+}
+
 // StartFromContext implements olympus.TemplateBuilds: the context is kept
 // in a file under tmpDir while the replica reads the Dockerfile's FROM,
 // then sent to the chosen agent, which runs the build; this replica
