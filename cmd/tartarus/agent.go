@@ -259,6 +259,7 @@ func runAgent(ctx context.Context, o *agentOptions, out io.Writer) error {
 	// Builds and imports a server forwards run here; the server shares
 	// what they make with the other nodes.
 	builds := templates.NewBuilder(agent, n.catalog, log, clk)
+	builds.SetRegistryPolicy(o.registryPolicy())
 	l, err := link.New(link.Config{Agent: agent, Builds: builds, Changes: changes, Servers: o.servers, TLS: setup.client,
 		ClientCAs: setup.cas, ServerNames: o.serverNames, Address: setup.advertise, Labels: setup.labels, SharedSnapshots: shared,
 		CapacityMemoryMB: o.capacityMemoryMB, HeartbeatInterval: o.heartbeat, Clock: clk, Log: log})

@@ -24,6 +24,7 @@ import (
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/store"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
+	"github.com/tartarus-sandbox/tartarus/pkg/templates"
 	"github.com/tartarus-sandbox/tartarus/pkg/thanatos"
 )
 
@@ -58,6 +59,11 @@ type nodeOptions struct {
 	// capacityMemoryMB is hecatoncheir.Config.CapacityMemoryMB.
 	capacityMemoryMB int
 
+	// registries are the registries template imports and builds may pull
+	// from (templates.RegistryPolicy).
+	registries       []string
+	registryInsecure bool
+
 	// snapshotPrefix is hecatoncheir.Config.SnapshotPrefix: set by
 	// `tartarus agent` when its snapshot store is shared with other nodes.
 	snapshotPrefix string
@@ -71,6 +77,8 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.StringVar(&o.accel, "accel", "auto", "microvm acceleration: auto, kvm or tcg")
 	f.Int64Var(&o.consoleMax, "console-log-max", microvm.DefaultConsoleMaxBytes, "bytes of a microVM's console log kept on the host (console.log, rotated once to console.log.1)")
 	f.BoolVar(&o.mapMemory, "map-template-memory", true, "microvm: keep each template snapshot's memory as a file that creates map copy-on-write instead of reading it (faster creates, template pages shared between sandboxes)")
+	f.StringSliceVar(&o.registries, "registry", nil, "a registry (host or host:port) template imports and Dockerfile FROM may pull images from; repeat for more (none: no pulls, since a pull fetches from whatever host a tenant names)")
+	f.BoolVar(&o.registryInsecure, "registry-insecure", false, "let pulls that ask for it use plain HTTP to the --registry hosts (loopback ones always may)")
 	f.StringVar(&o.jail, "jail", "auto", "confine each microVM's QEMU (own uid, namespaces, cgroup, seccomp): on, off, or auto (on where the host can)")
 	f.DurationVar(&o.bootTimeout, "boot-timeout", 0, "microvm boot timeout per attempt (0: the driver's default)")
 	f.IntVar(&o.bootRetries, "boot-retries", 0, "microvm boot retries after a timeout (0: the driver's default)")
@@ -286,4 +294,9 @@ func openJail(mode, jailDir string, log *slog.Logger) (*jail.Jail, error) {
 	info := j.Info()
 	log.Info("microvm jail", "uids", info.UIDRange, "cgroup", info.CgroupVersion, "cgroup_parent", info.CgroupParent)
 	return j, nil
+}
+
+// registryPolicy is which registries this node's builds pull from.
+func (o *nodeOptions) registryPolicy() templates.RegistryPolicy {
+	return templates.RegistryPolicy{Allow: o.registries, Insecure: o.registryInsecure}
 }

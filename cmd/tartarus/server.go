@@ -248,6 +248,7 @@ func runServer(ctx context.Context, o *serverOptions, authOpts *authOptions, out
 		}
 		be, run, agent = n.agent, n.agent.Run, n.agent
 		builds = templates.NewBuilder(n.agent, n.catalog, log, clk)
+		builds.SetRegistryPolicy(o.registryPolicy())
 		collectors = append(collectors, n.agent.Terminations().Collector(), n.agent.HeatRouter().Collector())
 		collectors = append(collectors, netMetrics.cs...)
 		sampler = hecatoncheir.NewSampler(n.agent, hecatoncheir.SamplerConfig{})

@@ -49,7 +49,8 @@ func TestRegistryImportEndToEnd(t *testing.T) {
 	docker("import", "--change", "ENV GREETING=hello-registry", rootTar, ref)
 	docker("push", ref)
 
-	e := newTemplateE2E(t, []string{"base"})
+	// The operator lets this server pull from the test's registry only.
+	e := newTemplateE2E(t, []string{"base"}, "--registry", regAddr)
 	acme := strings.TrimSpace(e.cli(t, 0, "", "apikey", "create", "--tenant", "acme", "--role", "sandbox-user"))
 
 	t.Run("Pull", func(t *testing.T) {
@@ -81,6 +82,9 @@ func TestRegistryImportEndToEnd(t *testing.T) {
 		for _, c := range []struct{ name, ref, want string }{
 			{"missing", regAddr + "/tartarus/none:1", "not found"},
 			{"no-host", "tartarus/app:1", "registry's host"},
+			// The server's own loopback services are not a registry it
+			// may reach (the operator listed only the test's).
+			{"not-allowed", "127.0.0.1:1/tartarus/app:1", "not one this server pulls from"},
 		} {
 			code, out, errOut := e.runAs(t, acme, "template", "import", c.name, "--registry", c.ref)
 			if code == 0 || !strings.Contains(errOut, c.want) {

@@ -179,7 +179,13 @@ type Builder struct {
 	builds map[string]*Build
 	// running serialises builds of one template name.
 	running map[string]bool
+	// registries are the registries pulls may reach (none by default).
+	registries RegistryPolicy
 }
+
+// SetRegistryPolicy sets which registries imports and FROM may pull from;
+// call it before the builder is used.
+func (bd *Builder) SetRegistryPolicy(p RegistryPolicy) { bd.registries = p }
 
 // NewBuilder returns a Builder over be, importing images into cat (nil:
 // imports are refused); log and clk may be nil.
@@ -755,6 +761,9 @@ func (bd *Builder) Import(ctx context.Context, tenant, name, source string, r io
 func (bd *Builder) ImportFromRegistry(ctx context.Context, tenant, name, ref string, insecure bool) (*tartarus.Image, error) {
 	r, err := ParseImageRef(ref)
 	if err != nil {
+		return nil, err
+	}
+	if err := bd.registries.Check(r, insecure); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)

@@ -142,6 +142,9 @@ func (r *run) fromRegistry(ctx context.Context, from, ref string) (string, bool,
 	if err != nil {
 		return "", false, err
 	}
+	if err := r.bd.registries.Check(ir, false); err != nil {
+		return "", false, err
+	}
 	f, err := os.CreateTemp("", "tartarus-pull-")
 	if err != nil {
 		return "", false, err

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -109,6 +110,34 @@ func (r ImageRef) Loopback() bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
+}
+
+// RegistryPolicy is which registries a server pulls images from. A pull
+// makes the server fetch from whatever host a tenant names, its own
+// loopback services included, so none is reached unless the operator lists
+// it (--registry).
+type RegistryPolicy struct {
+	// Allow lists the registry hosts (host or host:port, as references
+	// name them) pulls may reach; empty: none.
+	Allow []string
+	// Insecure lets a pull that asks for it use plain HTTP to an allowed
+	// registry that is not on loopback.
+	Insecure bool
+}
+
+// Check refuses a pull of ref (with plain HTTP when insecure) that the
+// policy does not allow.
+func (p RegistryPolicy) Check(ref ImageRef, insecure bool) error {
+	if !slices.Contains(p.Allow, ref.Host) {
+		if len(p.Allow) == 0 {
+			return tartarus.Errorf(tartarus.ErrPermissionDenied, "registry %s: this server pulls from no registry (its operator allows them with --registry HOST)", ref.Host)
+		}
+		return tartarus.Errorf(tartarus.ErrPermissionDenied, "registry %s: not one this server pulls from (%s)", ref.Host, strings.Join(p.Allow, ", "))
+	}
+	if insecure && !p.Insecure && !ref.Loopback() {
+		return tartarus.Errorf(tartarus.ErrPermissionDenied, "registry %s: plain HTTP is not allowed on this server (--registry-insecure)", ref.Host)
+	}
+	return nil
 }
 
 // PullOptions are how a pull reaches a registry.

@@ -232,6 +232,33 @@ func TestPullImage(t *testing.T) {
 	})
 }
 
+// TestRegistryPolicy: a pull reaches only a registry the operator listed,
+// and plain HTTP away from loopback only when the operator allows it.
+func TestRegistryPolicy(t *testing.T) {
+	loop := ImageRef{Host: "127.0.0.1:5000", Repo: "app", Tag: "1"}
+	far := ImageRef{Host: "registry.example:5000", Repo: "app", Tag: "1"}
+	for _, c := range []struct {
+		name     string
+		p        RegistryPolicy
+		ref      ImageRef
+		insecure bool
+		ok       bool
+	}{
+		{"none allowed", RegistryPolicy{}, loop, false, false},
+		{"listed", RegistryPolicy{Allow: []string{loop.Host}}, loop, false, true},
+		{"loopback plain", RegistryPolicy{Allow: []string{loop.Host}}, loop, true, true},
+		{"another host", RegistryPolicy{Allow: []string{loop.Host}}, far, false, false},
+		{"far over https", RegistryPolicy{Allow: []string{far.Host}}, far, false, true},
+		{"far plain, not allowed", RegistryPolicy{Allow: []string{far.Host}}, far, true, false},
+		{"far plain, allowed", RegistryPolicy{Allow: []string{far.Host}, Insecure: true}, far, true, true},
+	} {
+		err := c.p.Check(c.ref, c.insecure)
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, tartarus.ErrPermissionDenied)) {
+			t.Errorf("%s: %v, want ok %v", c.name, err, c.ok)
+		}
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
@@ -248,6 +275,12 @@ func TestBuildFromRegistry(t *testing.T) {
 	f.templates["base"] = &tartarus.Image{Name: "base", Digest: "sha256:base"}
 	cat := &fakeCatalog{f: f, dir: t.TempDir()}
 	bd := NewBuilder(f, cat, nil, nil)
+	// No registry is reached until the operator lists it.
+	b, _ := buildNamed(t, bd, "app", "acme", "FROM registry:"+ref.String()+"\nRUN true\n", t.TempDir())
+	if st := b.Status(); st.Status != StatusFailed || !strings.Contains(st.Error, "pulls from no registry") {
+		t.Errorf("FROM a registry no one allowed: %+v", st)
+	}
+	bd.SetRegistryPolicy(RegistryPolicy{Allow: []string{ref.Host}})
 	for i, from := range []string{"registry:" + ref.String(), ref.String()} {
 		b, evs := buildNamed(t, bd, "app", "acme", "FROM "+from+"\nRUN echo \"$GREETING\"\n", t.TempDir())
 		if st := b.Status(); st.Status != StatusSucceeded {
@@ -262,7 +295,7 @@ func TestBuildFromRegistry(t *testing.T) {
 	}
 	missing := ref
 	missing.Tag = "none"
-	b, _ := buildNamed(t, bd, "app2", "acme", "FROM "+missing.String()+"\nRUN true\n", t.TempDir())
+	b, _ = buildNamed(t, bd, "app2", "acme", "FROM "+missing.String()+"\nRUN true\n", t.TempDir())
 	if st := b.Status(); st.Status != StatusFailed || !strings.Contains(st.Error, "not found") {
 		t.Errorf("FROM a missing image: %+v", st)
 	}
