@@ -192,6 +192,13 @@ func (m *Manager) SetPolicy(ctx context.Context, p *QuarantinePolicy) error {
 		m.audit(ctx, AuditEvent{Action: "set_policy", Actor: p.UpdatedBy, Err: err})
 		return err
 	}
+	if _, ok := m.cfg.Host.(SeccompHardener); !ok && p.Isolation.SeccompProfile != "" {
+		// Accepted, it would not be applied (a cluster's replicas cannot
+		// yet carry it to their agents).
+		err := tartarus.Errorf(tartarus.ErrInvalid, "isolation.seccomp_profile %q: not supported on this server (a single node applies it; a cluster does not yet)", p.Isolation.SeccompProfile)
+		m.audit(ctx, AuditEvent{Action: "set_policy", Actor: p.UpdatedBy, Err: err})
+		return err
+	}
 	if _, err := compileTriggers(p, m.cfg.CostLimit); err != nil {
 		m.audit(ctx, AuditEvent{Action: "set_policy", Actor: p.UpdatedBy, Err: err})
 		return err

@@ -482,12 +482,16 @@ func TestPolicyRefusesUnenforcedIsolation(t *testing.T) {
 type strictHost struct {
 	sleepyHost
 	strict map[string]bool
-	wakes  []string // "id strict" or "id"
+	refuse map[string]bool // sandboxes it cannot restore strict (another runtime)
+	wakes  []string        // "id strict" or "id"
 }
 
 func (h *strictHost) SetStrictSeccomp(_ context.Context, id string, on bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if on && h.refuse[id] {
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "sandbox %s: not a jailed microVM", id)
+	}
 	h.strict[id] = on
 	return nil
 }
@@ -549,17 +553,26 @@ func TestStrictSeccompProfile(t *testing.T) {
 		t.Fatal("release did not lift the strict filter")
 	}
 
-	// A host that cannot: noted, still held.
+	// A sandbox the host cannot restore strict: noted, still held.
 	r2 := newRig(t, NewMemJournal(), "sb-2")
-	if err := r2.m.SetPolicy(ctx, pol); err != nil {
-		t.Fatal(err)
-	}
-	rec, err = r2.m.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-2", RequestedBy: "alice", Reason: tartarus.QuarantinePolicyViolation})
+	host2 := &strictHost{sleepyHost: sleepyHost{fakeHost: r2.host}, strict: map[string]bool{}, refuse: map[string]bool{"sb-2": true}}
+	m3, err := New(ctx, Config{Host: host2, Blobs: ErebusBlobs{r2.blobs}, Journal: NewMemJournal(), Clock: r2.clk, Network: r2.net})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.SeccompProfile != "" || len(rec.Notes) != 1 || !strings.Contains(rec.Notes[0], "seccomp_profile strict") || !r2.m.Contained("sb-2") {
+	if err := m3.SetPolicy(ctx, pol); err != nil {
+		t.Fatal(err)
+	}
+	rec, err = m3.Quarantine(ctx, &QuarantineRequest{SandboxID: "sb-2", RequestedBy: "alice", Reason: tartarus.QuarantinePolicyViolation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.SeccompProfile != "" || len(rec.Notes) != 1 || !strings.Contains(rec.Notes[0], "seccomp_profile strict") || !m3.Contained("sb-2") {
 		t.Fatalf("profile %q notes %q", rec.SeccompProfile, rec.Notes)
+	}
+	// A host that cannot at all (a cluster's, today) refuses the policy.
+	if err := r2.m.SetPolicy(ctx, pol); !errors.Is(err, tartarus.ErrInvalid) || !strings.Contains(err.Error(), "seccomp_profile") {
+		t.Errorf("a strict profile on a host that cannot apply it: %v, want refused", err)
 	}
 }
 
