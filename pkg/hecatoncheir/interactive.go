@@ -53,6 +53,9 @@ func (a *Agent) StartPTY(ctx context.Context, id string, req *tartarus.PTYReques
 	}
 	r := *req
 	r.Env = withSandboxEnv(sb, req.Env)
+	if r.Cwd == "" {
+		r.Cwd = a.templateDefaults(ctx, sb.Template).WorkDir
+	}
 	return rt.StartPTY(ctx, id, &r)
 }
 
@@ -65,6 +68,9 @@ func (a *Agent) StartProcess(ctx context.Context, id string, req *tartarus.Proce
 	defer a.touch(ctx, id)
 	r := *req
 	r.Env = withSandboxEnv(sb, req.Env)
+	if r.Cwd == "" {
+		r.Cwd = a.templateDefaults(ctx, sb.Template).WorkDir
+	}
 	return rt.StartProcess(ctx, id, &r)
 }
 
