@@ -44,25 +44,25 @@ func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) 
 	return res, err
 }
 
-// ExecDefaults are what a template gives the commands run in its
+// execDefault is what a template gives the commands run in its
 // sandboxes when they do not say: the image's WORKDIR and USER.
-type ExecDefaults struct {
+type execDefault struct {
 	WorkDir string
 	User    string
 }
 
-// execDefaults caches each template version's ExecDefaults, so that an
+// execDefaults caches each template version's execDefault, so that an
 // exec reads no manifest: a template version does not change once built.
 type execDefaults struct {
 	mu sync.Mutex
-	m  map[string]ExecDefaults
+	m  map[string]execDefault
 }
 
 // templateDefaults returns the exec defaults of template, reading its
 // manifest on first use. A template that cannot be read (removed
 // since, or a test catalog without it) gives none, and is asked again
 // next time.
-func (a *Agent) templateDefaults(ctx context.Context, template string) ExecDefaults {
+func (a *Agent) templateDefaults(ctx context.Context, template string) execDefault {
 	a.dflts.mu.Lock()
 	d, ok := a.dflts.m[template]
 	a.dflts.mu.Unlock()
@@ -72,12 +72,12 @@ func (a *Agent) templateDefaults(ctx context.Context, template string) ExecDefau
 	img, err := a.cfg.Images.Get(ctx, template)
 	if err != nil {
 		a.log.Debug("exec defaults: template unreadable", "template", template, "err", err)
-		return ExecDefaults{}
+		return execDefault{}
 	}
-	d = ExecDefaults{WorkDir: img.WorkDir, User: img.User}
+	d = execDefault{WorkDir: img.WorkDir, User: img.User}
 	a.dflts.mu.Lock()
 	if a.dflts.m == nil {
-		a.dflts.m = map[string]ExecDefaults{}
+		a.dflts.m = map[string]execDefault{}
 	}
 	a.dflts.m[template] = d
 	a.dflts.mu.Unlock()
