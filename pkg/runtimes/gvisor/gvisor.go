@@ -384,10 +384,20 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 	if err != nil {
 		return nil, err
 	}
+	if uid, gid, err := container.NumericUser(r.Name(), req.User); err != nil {
+		return nil, err
+	} else if uid != 0 || gid != 0 {
+		// The init spawns commands as root: a command of another user runs
+		// under `runsc exec` itself, which sets its user (so it does not
+		// survive a hibernation, as the init's children do).
+		direct := *req
+		direct.Cwd = cwd
+		return r.runscExec(ctx, m, &direct, nil)
+	}
 	name := newCommandName()
 	shim := *req
 	shim.Cmd = []string{"sh", "-c", shimScript, "sh", name, commandScript(req, cwd)}
-	shim.Env, shim.Cwd = nil, "/"
+	shim.Env, shim.Cwd, shim.User = nil, "/", ""
 	res, err := r.runscExec(ctx, m, &shim, func() { r.killSpawned(m, name) })
 	if err == nil && res.ExitCode == 125 {
 		return nil, fmt.Errorf("exec in %s: the sandbox's init could not start the command", m.ID)
@@ -409,7 +419,19 @@ func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequ
 	}
 	defer os.RemoveAll(tmp)
 	pj := filepath.Join(tmp, "process.json")
-	b, err := json.Marshal(process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), req.Env), cwd))
+	p := process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), req.Env), cwd)
+	if req.User != "" {
+		uid, gid, err := container.NumericUser(r.Name(), req.User)
+		if err != nil {
+			return nil, err
+		}
+		p.User = specs.User{UID: uid, GID: gid}
+		if uid != 0 {
+			// As Docker does: a user other than root gets no capabilities.
+			p.Capabilities.Effective, p.Capabilities.Permitted = nil, nil
+		}
+	}
+	b, err := json.Marshal(p)
 	if err != nil {
 		return nil, err
 	}
