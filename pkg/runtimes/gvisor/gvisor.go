@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -384,15 +385,21 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 	if err != nil {
 		return nil, err
 	}
-	if uid, gid, err := container.NumericUser(r.Name(), req.User); err != nil {
-		return nil, err
-	} else if uid != 0 || gid != 0 {
-		// The init spawns commands as root: a command of another user runs
-		// under `runsc exec` itself, which sets its user (so it does not
-		// survive a hibernation, as the init's children do).
-		direct := *req
-		direct.Cwd = cwd
-		return r.runscExec(ctx, m, &direct, nil)
+	if req.User != "" {
+		// The user is looked up in the template's tree, not the sandbox's
+		// overlay: users added inside the sandbox are not seen by name.
+		u, err := container.LookupUser(m.RootFS, req.User)
+		if err != nil {
+			return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
+		}
+		if u.UID != 0 || u.GID != 0 {
+			// The init spawns commands as root: a command of another user
+			// runs under `runsc exec` itself, which sets its user (so it
+			// does not survive a hibernation, as the init's children do).
+			direct := *req
+			direct.Cwd = cwd
+			return r.runscExecAs(ctx, m, &direct, nil, u)
+		}
 	}
 	name := newCommandName()
 	shim := *req
@@ -409,6 +416,12 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 // how a timeout or cancel ends the command (nil: kill the exec'd process's
 // group, which it leads in gVisor).
 func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequest, kill func()) (*tartarus.ExecResult, error) {
+	return r.runscExecAs(ctx, m, req, kill, nil)
+}
+
+// runscExecAs is runscExec as user u (nil: root), with u's HOME unless
+// req sets one.
+func (r *Runtime) runscExecAs(ctx context.Context, m *meta, req *tartarus.ExecRequest, kill func(), u *container.User) (*tartarus.ExecResult, error) {
 	cwd := req.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -419,14 +432,18 @@ func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequ
 	}
 	defer os.RemoveAll(tmp)
 	pj := filepath.Join(tmp, "process.json")
-	p := process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), req.Env), cwd)
-	if req.User != "" {
-		uid, gid, err := container.NumericUser(r.Name(), req.User)
-		if err != nil {
-			return nil, err
+	env := req.Env
+	if _, ok := env["HOME"]; u != nil && !ok {
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
 		}
-		p.User = specs.User{UID: uid, GID: gid}
-		if uid != 0 {
+		env["HOME"] = u.Home
+	}
+	p := process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), env), cwd)
+	if u != nil {
+		p.User = specs.User{UID: u.UID, GID: u.GID, AdditionalGids: u.Groups}
+		if u.UID != 0 {
 			// As Docker does: a user other than root gets no capabilities.
 			p.Capabilities.Effective, p.Capabilities.Permitted = nil, nil
 		}
