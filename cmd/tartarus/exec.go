@@ -36,9 +36,6 @@ command, a login shell.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if tty {
-				if user != "" {
-					return errors.New("exec: --user applies to commands without a terminal (-t)")
-				}
 				envMap, err := parseKV("env", env)
 				if err != nil {
 					return err
@@ -47,7 +44,7 @@ command, a login shell.`,
 				if err != nil {
 					return err
 				}
-				code, err := runPTY(cmd.Context(), c, args[0], &terminal.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd}, os.Stdin, cmd.OutOrStdout())
+				code, err := runPTY(cmd.Context(), c, args[0], &terminal.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd, User: user}, os.Stdin, cmd.OutOrStdout())
 				if err != nil {
 					return err
 				}

@@ -107,6 +107,12 @@ func TestImageImportEndToEnd(t *testing.T) {
 			if got != "/tmp\n0\n/root\n" {
 				t.Errorf("--user root --cwd /tmp: %q", got)
 			}
+			// A background process gets the same defaults.
+			e.as(t, acme, "proc", "start", id, "--", "sh", "-c", `echo $(pwd) $(id -u) >/tmp/p.tmp && mv /tmp/p.tmp /tmp/p`)
+			got = e.as(t, acme, "exec", id, "--", "sh", "-c", `i=0; while [ ! -s /tmp/p ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/p`)
+			if got != "/srv 1000\n" {
+				t.Errorf("background process: %q, want /srv 1000", got)
+			}
 			got = e.as(t, acme, "exec", id, "--user", "4242:50", "--", "sh", "-c", `id -u; id -g`)
 			if got != "4242\n50\n" {
 				t.Errorf("--user 4242:50: %q", got)

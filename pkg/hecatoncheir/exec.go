@@ -20,16 +20,10 @@ func (a *Agent) Exec(ctx context.Context, id string, req *tartarus.ExecRequest) 
 	}
 	defer a.work.begin(id)()
 	defer a.touch(ctx, id)
-	d := a.templateDefaults(ctx, sb.Template)
-	if len(sb.Env) > 0 || (req.Cwd == "" && d.WorkDir != "") || (req.User == "" && d.User != "") {
+	if cwd, user := a.withTemplateDefaults(ctx, sb, req.Cwd, req.User); len(sb.Env) > 0 || cwd != req.Cwd || user != req.User {
 		r := *req
 		r.Env = withSandboxEnv(sb, req.Env)
-		if r.Cwd == "" {
-			r.Cwd = d.WorkDir
-		}
-		if r.User == "" {
-			r.User = d.User
-		}
+		r.Cwd, r.User = cwd, user
 		req = &r
 	}
 	res, err := rt.Exec(ctx, id, req)
@@ -56,6 +50,22 @@ type execDefault struct {
 type execDefaults struct {
 	mu sync.Mutex
 	m  map[string]execDefault
+}
+
+// withTemplateDefaults returns cwd and user, or the sandbox's template's
+// WORKDIR and USER where they are empty.
+func (a *Agent) withTemplateDefaults(ctx context.Context, sb *tartarus.Sandbox, cwd, user string) (string, string) {
+	if cwd != "" && user != "" {
+		return cwd, user
+	}
+	d := a.templateDefaults(ctx, sb.Template)
+	if cwd == "" {
+		cwd = d.WorkDir
+	}
+	if user == "" {
+		user = d.User
+	}
+	return cwd, user
 }
 
 // templateDefaults returns the exec defaults of template, reading its
