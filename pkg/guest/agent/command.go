@@ -11,8 +11,9 @@ import (
 
 // command prepares req as an exec.Cmd the way exec does: the base
 // environment under req.Env, the program found in the command's own PATH,
-// the working directory checked, the user's credential and HOME set. When the program cannot be found or run,
-// it returns the shell's exit code and message instead (and a nil Cmd).
+// the working directory checked, req.User's credential and HOME set. When
+// the program cannot be found or run, it returns the shell's exit code and
+// message instead (and a nil Cmd).
 func command(req *proto.ExecRequest) (cmd *exec.Cmd, code int, msg string, err error) {
 	cred, home, err := credential(req.User)
 	if err != nil {
