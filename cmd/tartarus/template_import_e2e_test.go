@@ -135,6 +135,23 @@ func TestImageImportEndToEnd(t *testing.T) {
 		})
 	}
 
+	// A Dockerfile build FROM the imported template runs its steps as the
+	// image's USER (through su, the build's own commands being root's),
+	// and the built template keeps the WORKDIR and USER.
+	t.Run("BuildFrom", func(t *testing.T) {
+		ctxDir := t.TempDir()
+		df := filepath.Join(ctxDir, "Dockerfile")
+		os.WriteFile(df, []byte("FROM from-docker\nRUN id -u > /tmp/built-as\n"), 0o644)
+		if out, errOut, code := e.slowCLI(t, acme, "template", "build", "from-imported", "-f", df, ctxDir); code != 0 {
+			t.Fatalf("build FROM the imported template: exit %d\n%s\n%s", code, out, errOut)
+		}
+		id := strings.TrimSpace(e.as(t, acme, "sandbox", "create", "--template", "from-imported", "--timeout", "300"))
+		defer e.as(t, acme, "sandbox", "rm", id)
+		if got := e.as(t, acme, "exec", id, "--", "sh", "-c", "cat /tmp/built-as; id -u; pwd"); got != "1000\n1000\n/srv\n" {
+			t.Errorf("RUN's user, then exec's user and cwd: %q, want 1000, 1000, /srv", got)
+		}
+	})
+
 	t.Run("HostileLayer", func(t *testing.T) {
 		victimDir := t.TempDir()
 		victim := filepath.Join(victimDir, "victim.txt")
