@@ -21,6 +21,7 @@ func newExecCmd(o *clientOptions) *cobra.Command {
 		noStdin  bool
 		tty      bool
 		interact bool
+		user     string
 	)
 	cmd := &cobra.Command{
 		Use:   "exec [-it] ID -- CMD [ARG...]",
@@ -43,7 +44,7 @@ command, a login shell.`,
 				if err != nil {
 					return err
 				}
-				code, err := runPTY(cmd.Context(), c, args[0], &terminal.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd}, os.Stdin, cmd.OutOrStdout())
+				code, err := runPTY(cmd.Context(), c, args[0], &terminal.PTYOptions{Cmd: args[1:], Env: envMap, Cwd: cwd, User: user}, os.Stdin, cmd.OutOrStdout())
 				if err != nil {
 					return err
 				}
@@ -55,7 +56,7 @@ command, a login shell.`,
 			if len(args) < 2 {
 				return errors.New("exec: name a command after the sandbox id (or use -it for a shell)")
 			}
-			req := &api.ExecRequest{Cmd: args[1:], Cwd: cwd, TimeoutS: timeout}
+			req := &api.ExecRequest{Cmd: args[1:], Cwd: cwd, User: user, TimeoutS: timeout}
 			var err error
 			if req.Env, err = parseKV("env", env); err != nil {
 				return err
@@ -89,7 +90,8 @@ command, a login shell.`,
 	}
 	f := cmd.Flags()
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE for the command (repeatable)")
-	f.StringVar(&cwd, "cwd", "", "working directory in the sandbox (default /)")
+	f.StringVar(&cwd, "cwd", "", "working directory in the sandbox (default: the template's, else /)")
+	f.StringVarP(&user, "user", "u", "", "run as this user of the sandbox: NAME, UID, NAME:GROUP or UID:GID (default: the template's, else root)")
 	f.IntVar(&timeout, "timeout", 0, "kill the command after this many seconds (0: no limit)")
 	f.BoolVar(&noStdin, "no-stdin", false, "do not send standard input")
 	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal (with -i: interactive)")

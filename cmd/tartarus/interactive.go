@@ -145,6 +145,7 @@ func newProcCmd(o *clientOptions) *cobra.Command {
 		tag   string
 		env   []string
 		cwd   string
+		user  string
 		stdin bool
 	)
 	start := &cobra.Command{
@@ -160,7 +161,7 @@ func newProcCmd(o *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := c.StartProcess(cmd.Context(), args[0], &api.ProcessStart{Cmd: args[1:], Env: envMap, Cwd: cwd, Tag: tag, Stdin: stdin})
+			p, err := c.StartProcess(cmd.Context(), args[0], &api.ProcessStart{Cmd: args[1:], Env: envMap, Cwd: cwd, User: user, Tag: tag, Stdin: stdin})
 			if err != nil {
 				return err
 			}
@@ -171,7 +172,8 @@ func newProcCmd(o *clientOptions) *cobra.Command {
 	f := start.Flags()
 	f.StringVar(&tag, "tag", "", "name the process for later calls (not a number)")
 	f.StringArrayVar(&env, "env", nil, "KEY=VALUE for the command (repeatable)")
-	f.StringVar(&cwd, "cwd", "", "working directory in the sandbox (default /)")
+	f.StringVar(&cwd, "cwd", "", "working directory in the sandbox (default: the template's, else /)")
+	f.StringVarP(&user, "user", "u", "", "run as this user of the sandbox: NAME, UID, NAME:GROUP or UID:GID (default: the template's, else root)")
 	f.BoolVar(&stdin, "stdin", false, "keep its standard input open for \"proc input\"")
 
 	ls := &cobra.Command{

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +22,10 @@ import (
 // dockerd and containerd, an image of the local Docker daemon (docker
 // import of a busybox tree, with an ENV), the same image as an OCI layout
 // tarball and the same image in containerd each become a template whose
-// sandbox boots as a microVM with the image's env; a tarball whose layer
+// sandbox boots as a microVM with the image's env, runs its commands in
+// the image's WORKDIR as its USER (a user of the image's /etc/passwd,
+// with that user's groups and HOME) unless the exec names a user and
+// cwd, and refuses a user the image lacks; a tarball whose layer
 // reaches for a host file through an absolute link is refused and the host
 // file is unchanged.
 func TestImageImportEndToEnd(t *testing.T) {
@@ -35,6 +39,21 @@ func TestImageImportEndToEnd(t *testing.T) {
 	if err := containertest.BuildRootFS(tree); err != nil {
 		t.Fatal(err)
 	}
+	// The image's USER: a user of its own, in a second group too.
+	for name, line := range map[string]string{"etc/passwd": "app:x:1000:1000:app:/home/app:/bin/sh\n",
+		"etc/group": "app:x:1000:\nstaff:x:50:app\n"} {
+		f, err := os.OpenFile(filepath.Join(tree, name), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(line)
+		f.Close()
+	}
+	for _, d := range []string{"srv", "home/app"} {
+		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	work := t.TempDir()
 	rootTar := filepath.Join(work, "rootfs.tar")
 	docker := func(args ...string) {
@@ -46,7 +65,7 @@ func TestImageImportEndToEnd(t *testing.T) {
 	if out, err := exec.Command("tar", "-C", tree, "-cf", rootTar, ".").CombinedOutput(); err != nil {
 		t.Fatalf("tar: %v %s", err, out)
 	}
-	docker("import", "--change", "ENV GREETING=hello-oci", "--change", "WORKDIR /srv", rootTar, "tartarus-import-test:1")
+	docker("import", "--change", "ENV GREETING=hello-oci", "--change", "WORKDIR /srv", "--change", "USER app", rootTar, "tartarus-import-test:1")
 	saved := filepath.Join(work, "saved.tar")
 	docker("save", "-o", saved, "tartarus-import-test:1")
 	// The same image as an OCI image layout.
@@ -78,9 +97,60 @@ func TestImageImportEndToEnd(t *testing.T) {
 			if got != "hello-oci\nbusybox-root\n" {
 				t.Errorf("exec in the imported template's sandbox: %q", got)
 			}
+			// The image's WORKDIR and USER, with the user's groups and HOME.
+			got = e.as(t, acme, "exec", id, "--", "sh", "-c", `pwd; id -u; id -G; echo "$HOME"`)
+			if got != "/srv\n1000\n1000 50\n/home/app\n" {
+				t.Errorf("pwd, id -u, id -G, HOME by default: %q, want /srv, 1000, 1000 50, /home/app", got)
+			}
+			// An exec that names its user and cwd gets them.
+			got = e.as(t, acme, "exec", id, "--user", "root", "--cwd", "/tmp", "--", "sh", "-c", `pwd; id -u; echo "$HOME"`)
+			if got != "/tmp\n0\n/root\n" {
+				t.Errorf("--user root --cwd /tmp: %q", got)
+			}
+			// A background process gets the same defaults.
+			e.as(t, acme, "proc", "start", id, "--", "sh", "-c", `echo $(pwd) $(id -u) >/tmp/p.tmp && mv /tmp/p.tmp /tmp/p`)
+			got = e.as(t, acme, "exec", id, "--", "sh", "-c", `i=0; while [ ! -s /tmp/p ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/p`)
+			if got != "/srv 1000\n" {
+				t.Errorf("background process: %q, want /srv 1000", got)
+			}
+			got = e.as(t, acme, "exec", id, "--user", "4242:50", "--", "sh", "-c", `id -u; id -g`)
+			if got != "4242\n50\n" {
+				t.Errorf("--user 4242:50: %q", got)
+			}
+			if code, out, errOut := e.runAs(t, acme, "exec", id, "--user", "nosuch", "--", "id"); code == 0 || !strings.Contains(errOut, "nosuch") {
+				t.Errorf("--user nosuch: exit %d, stdout %q, stderr %q; want a refusal naming the user", code, out, errOut)
+			}
+			req, _ := http.NewRequest("POST", e.url+"/v1/sandboxes/"+id+"/exec", strings.NewReader(`{"cmd":["id","-u"],"user":"root"}`))
+			req.Header.Set("Authorization", "Bearer "+acme)
+			if resp, err := http.DefaultClient.Do(req); err != nil {
+				t.Error(err)
+			} else {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !strings.Contains(string(body), `"stdout":"0\n"`) {
+					t.Errorf(`exec {"user":"root"}: %d %s`, resp.StatusCode, body)
+				}
+			}
 			e.as(t, acme, "sandbox", "rm", id)
 		})
 	}
+
+	// A Dockerfile build FROM the imported template runs its steps as the
+	// image's USER (through su, the build's own commands being root's),
+	// and the built template keeps the WORKDIR and USER.
+	t.Run("BuildFrom", func(t *testing.T) {
+		ctxDir := t.TempDir()
+		df := filepath.Join(ctxDir, "Dockerfile")
+		os.WriteFile(df, []byte("FROM from-docker\nRUN id -u > /tmp/built-as\n"), 0o644)
+		if out, errOut, code := e.slowCLI(t, acme, "template", "build", "from-imported", "-f", df, ctxDir); code != 0 {
+			t.Fatalf("build FROM the imported template: exit %d\n%s\n%s", code, out, errOut)
+		}
+		id := strings.TrimSpace(e.as(t, acme, "sandbox", "create", "--template", "from-imported", "--timeout", "300"))
+		defer e.as(t, acme, "sandbox", "rm", id)
+		if got := e.as(t, acme, "exec", id, "--", "sh", "-c", "cat /tmp/built-as; id -u; pwd"); got != "1000\n1000\n/srv\n" {
+			t.Errorf("RUN's user, then exec's user and cwd: %q, want 1000, 1000, /srv", got)
+		}
+	})
 
 	t.Run("HostileLayer", func(t *testing.T) {
 		victimDir := t.TempDir()

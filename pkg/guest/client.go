@@ -320,6 +320,7 @@ func (c *Client) Exec(ctx context.Context, req *tartarus.ExecRequest) (*tartarus
 		Cmd:       req.Cmd,
 		Env:       req.Env,
 		Cwd:       req.Cwd,
+		User:      req.User,
 		Stdin:     req.Stdin != nil,
 		TimeoutMS: req.Timeout.Milliseconds(),
 	}}

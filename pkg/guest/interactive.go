@@ -22,7 +22,7 @@ const maxProcesses = 1024
 // whole session: when it ends, the terminal hangs up.
 func (c *Client) StartPTY(ctx context.Context, req *tartarus.PTYRequest) (tartarus.PTY, error) {
 	r, err := c.open(ctx, &proto.Request{Op: proto.OpPTY,
-		Exec: &proto.ExecRequest{Cmd: req.Cmd, Env: req.Env, Cwd: req.Cwd},
+		Exec: &proto.ExecRequest{Cmd: req.Cmd, Env: req.Env, Cwd: req.Cwd, User: req.User},
 		PTY:  &proto.PTYRequest{Cols: req.Cols, Rows: req.Rows}})
 	if err != nil {
 		return nil, err
@@ -134,7 +134,7 @@ func processFrom(in *proto.ProcInfo) tartarus.Process {
 func (c *Client) StartProcess(ctx context.Context, req *tartarus.ProcessRequest) (*tartarus.Process, error) {
 	var info proto.ProcInfo
 	err := c.call(ctx, &proto.Request{Op: proto.OpProcStart,
-		Exec: &proto.ExecRequest{Cmd: req.Cmd, Env: req.Env, Cwd: req.Cwd},
+		Exec: &proto.ExecRequest{Cmd: req.Cmd, Env: req.Env, Cwd: req.Cwd, User: req.User},
 		Proc: &proto.ProcRequest{Tag: req.Tag, Stdin: req.Stdin}}, &info)
 	if err != nil {
 		return nil, err

@@ -149,6 +149,7 @@ type Agent struct {
 	heat  *heatState        // heat classes and admission queues; nil when off
 	work  workCounter       // exec and file calls under way, per sandbox
 	execs execLog           // the API's last commands per sandbox (quarantine evidence)
+	dflts execDefaults      // each template's working directory and user, for execs
 	// strict are the sandboxes every restore of which runs under the
 	// strict seccomp filter (quarantine.go).
 	strict strictSet

@@ -53,6 +53,7 @@ func (a *Agent) StartPTY(ctx context.Context, id string, req *tartarus.PTYReques
 	}
 	r := *req
 	r.Env = withSandboxEnv(sb, req.Env)
+	r.Cwd, r.User = a.withTemplateDefaults(ctx, sb, req.Cwd, req.User)
 	return rt.StartPTY(ctx, id, &r)
 }
 
@@ -65,6 +66,7 @@ func (a *Agent) StartProcess(ctx context.Context, id string, req *tartarus.Proce
 	defer a.touch(ctx, id)
 	r := *req
 	r.Env = withSandboxEnv(sb, req.Env)
+	r.Cwd, r.User = a.withTemplateDefaults(ctx, sb, req.Cwd, req.User)
 	return rt.StartProcess(ctx, id, &r)
 }
 

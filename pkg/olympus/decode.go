@@ -98,7 +98,10 @@ func decodeExec(r io.Reader) (*tartarus.ExecRequest, error) {
 	if err := tartarus.ValidEnv(req.Env); err != nil {
 		return nil, err
 	}
-	out := &tartarus.ExecRequest{Cmd: req.Cmd, Env: req.Env, Timeout: time.Duration(req.TimeoutS) * time.Second}
+	if err := tartarus.ValidUser(req.User); err != nil {
+		return nil, err
+	}
+	out := &tartarus.ExecRequest{Cmd: req.Cmd, Env: req.Env, User: req.User, Timeout: time.Duration(req.TimeoutS) * time.Second}
 	if req.Cwd != "" {
 		cwd, err := sandboxPath(req.Cwd)
 		if err != nil {

@@ -32,7 +32,8 @@ func FuzzDecodeCreate(f *testing.F) {
 
 func FuzzDecodeExec(f *testing.F) {
 	for _, s := range []string{`{"cmd":["echo","hi"]}`, `{"cmd":[]}`, `{"cmd":["true"],"cwd":"/tmp/../x"}`,
-		`{"cmd":["sh"],"stdin":"abc","env":{"A":"b"},"timeout_s":5}`, `{"cmd":["a\u0000"]}`, `{"cmd":["x"],"cwd":"rel"}`} {
+		`{"cmd":["sh"],"stdin":"abc","env":{"A":"b"},"timeout_s":5}`, `{"cmd":["a\u0000"]}`, `{"cmd":["x"],"cwd":"rel"}`,
+		`{"cmd":["id"],"user":"app"}`, `{"cmd":["id"],"user":"1000:50"}`, `{"cmd":["id"],"user":"a b"}`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
@@ -40,7 +41,7 @@ func FuzzDecodeExec(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(req.Cmd) == 0 || req.Cmd[0] == "" || req.Timeout < 0 || tartarus.ValidEnv(req.Env) != nil {
+		if len(req.Cmd) == 0 || req.Cmd[0] == "" || req.Timeout < 0 || tartarus.ValidEnv(req.Env) != nil || tartarus.ValidUser(req.User) != nil {
 			t.Fatalf("accepted %+v from %q", req, body)
 		}
 		if req.Cwd != "" {

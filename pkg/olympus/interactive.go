@@ -132,11 +132,14 @@ func (s *Server) servePTY(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if err == nil {
 		err = checkCmd(start.Cmd, start.Env)
 	}
+	if err == nil {
+		err = tartarus.ValidUser(start.User)
+	}
 	if err != nil {
 		sendErr(err)
 		return
 	}
-	p, err := ps.StartPTY(ctx, sb.ID, &tartarus.PTYRequest{Cmd: start.Cmd, Env: start.Env, Cwd: cwd, Cols: start.Cols, Rows: start.Rows})
+	p, err := ps.StartPTY(ctx, sb.ID, &tartarus.PTYRequest{Cmd: start.Cmd, Env: start.Env, Cwd: cwd, User: start.User, Cols: start.Cols, Rows: start.Rows})
 	if err != nil {
 		sendErr(err)
 		return
@@ -242,6 +245,9 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			err = checkCmd(req.Cmd, req.Env)
 		}
+		if err == nil {
+			err = tartarus.ValidUser(req.User)
+		}
 		if err == nil && (len(req.Tag) > 128 || strings.ContainsFunc(req.Tag, func(c rune) bool { return c < 0x20 || c == 0x7f })) {
 			err = tartarus.Errorf(tartarus.ErrInvalid, "tag: at most 128 printable bytes")
 		}
@@ -253,7 +259,7 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return 0, nil, err
 		}
-		p, err := pm.StartProcess(ctx, sb.ID, &tartarus.ProcessRequest{Cmd: req.Cmd, Env: req.Env, Cwd: cwd, Tag: req.Tag, Stdin: req.Stdin})
+		p, err := pm.StartProcess(ctx, sb.ID, &tartarus.ProcessRequest{Cmd: req.Cmd, Env: req.Env, Cwd: cwd, User: req.User, Tag: req.Tag, Stdin: req.Stdin})
 		return http.StatusCreated, p, err
 	})
 }

@@ -119,6 +119,7 @@ func TestInteractiveRoutesInput(t *testing.T) {
 		{"start control tag", "POST", p + "/processes", `{"cmd":["true"],"tag":"a\nb"}`, 400, "invalid_argument"},
 		{"start relative cwd", "POST", p + "/processes", `{"cmd":["true"],"cwd":"tmp"}`, 400, "invalid_argument"},
 		{"start bad env", "POST", p + "/processes", `{"cmd":["true"],"env":{"A=B":"c"}}`, 400, "invalid_argument"},
+		{"start bad user", "POST", p + "/processes", `{"cmd":["true"],"user":"a b"}`, 400, "invalid_argument"},
 		{"list", "GET", p + "/processes", ``, 501, "not_implemented"},
 		{"signal bad name", "POST", p + "/processes/t/signal", `{"signal":"SIGNOPE"}`, 400, "invalid_argument"},
 		{"signal bad number", "POST", p + "/processes/t/signal", `{"signal":99}`, 400, "invalid_argument"},

@@ -17,9 +17,11 @@ type PTYStarter interface {
 
 // PTYRequest is a command to run on a terminal.
 type PTYRequest struct {
-	Cmd  []string
-	Env  map[string]string
-	Cwd  string
+	Cmd []string
+	Env map[string]string
+	Cwd string
+	// User is as ExecRequest.User.
+	User string
 	Cols int
 	Rows int
 }
@@ -61,6 +63,8 @@ type ProcessRequest struct {
 	Cmd []string
 	Env map[string]string
 	Cwd string
+	// User is as ExecRequest.User.
+	User string
 	// Tag names the process for later calls.
 	Tag string
 	// Stdin keeps the process's stdin open for ProcessInput; otherwise it

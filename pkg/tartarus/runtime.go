@@ -129,8 +129,10 @@ type Image struct {
 	Public bool   `json:"public,omitempty"`
 	// Env is the environment every sandbox of the template starts with
 	// (under its create request's env): a built template's ENV lines.
-	// WorkDir and User are the build's last WORKDIR and USER, for the
-	// record. BuildMS is how long the build took.
+	// WorkDir and User are the build's last WORKDIR and USER (an
+	// imported image's working directory and user): a sandbox's execs
+	// run there and as that user unless they ask otherwise. BuildMS is how
+	// long the build took.
 	Env     map[string]string `json:"env,omitempty"`
 	WorkDir string            `json:"workdir,omitempty"`
 	User    string            `json:"user,omitempty"`
@@ -152,6 +154,9 @@ type ExecRequest struct {
 	Env map[string]string
 	// Cwd is the working directory; empty means "/".
 	Cwd string
+	// User runs the command as this user ("NAME", "UID", "NAME:GROUP" or
+	// "UID:GID"; see ValidUser); empty means root.
+	User string
 	// Stdin is read until EOF and fed to the command; nil means no input.
 	Stdin io.Reader
 	// Stdout and Stderr receive the output as it is produced; nil discards.

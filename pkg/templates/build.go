@@ -566,6 +566,11 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// buildUser runs the build's own commands as root whatever the FROM
+// template's USER (which sandbox execs otherwise default to): the build
+// applies USER itself, through su.
+const buildUser = "root"
+
 // exec runs one command of a step in the build sandbox with the build's
 // env and workdir; a non-zero exit fails the step with its code.
 func (r *run) exec(ctx context.Context, step int, argv []string) error {
@@ -574,7 +579,7 @@ func (r *run) exec(ctx context.Context, step int, argv []string) error {
 	}
 	env := maps.Clone(r.args)
 	maps.Copy(env, r.env)
-	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: argv, Env: env, Cwd: r.workdir,
+	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{User: buildUser, Cmd: argv, Env: env, Cwd: r.workdir,
 		Stdout: &streamWriter{r: r, step: step, stream: "stdout"}, Stderr: &streamWriter{r: r, step: step, stream: "stderr"}})
 	if err != nil {
 		return fmt.Errorf("step %d: %w", step, err)
@@ -591,7 +596,7 @@ func (r *run) mkdirWorkdir(ctx context.Context) error {
 	if r.workdir == "/" {
 		return nil
 	}
-	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: []string{"mkdir", "-p", r.workdir}})
+	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{User: buildUser, Cmd: []string{"mkdir", "-p", r.workdir}})
 	if err != nil {
 		return err
 	}
@@ -658,7 +663,7 @@ func (r *run) startProcess(ctx context.Context, start, ready []string) error {
 		return err
 	}
 	launch := "setsid " + shellQuote(r.shell(start)) + " </dev/null >/tmp/tartarus-start.log 2>&1 &"
-	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: []string{"/bin/sh", "-c", launch}, Env: r.env, Cwd: r.workdir})
+	res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{User: buildUser, Cmd: []string{"/bin/sh", "-c", launch}, Env: r.env, Cwd: r.workdir})
 	if err != nil {
 		return fmt.Errorf("START: %w", err)
 	}
@@ -675,7 +680,7 @@ func (r *run) startProcess(ctx context.Context, start, ready []string) error {
 	deadline := r.bd.clock.Now().Add(limit)
 	for {
 		var out bytes.Buffer
-		res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: r.shell(ready), Env: r.env, Cwd: r.workdir, Stdout: &out, Stderr: &out, Timeout: 10 * time.Second})
+		res, err := r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{User: buildUser, Cmd: r.shell(ready), Env: r.env, Cwd: r.workdir, Stdout: &out, Stderr: &out, Timeout: 10 * time.Second})
 		if err != nil {
 			return fmt.Errorf("READY: %w", err)
 		}
@@ -684,7 +689,7 @@ func (r *run) startProcess(ctx context.Context, start, ready []string) error {
 		}
 		if r.bd.clock.Now().After(deadline) {
 			var log bytes.Buffer
-			_, _ = r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{Cmd: []string{"tail", "-c", "4096", "/tmp/tartarus-start.log"}, Stdout: &log})
+			_, _ = r.bd.be.Exec(ctx, r.sandbox, &tartarus.ExecRequest{User: buildUser, Cmd: []string{"tail", "-c", "4096", "/tmp/tartarus-start.log"}, Stdout: &log})
 			return tartarus.Errorf(tartarus.ErrFailedPrecondition, "READY did not succeed within %s (last exit code %d: %s); START's output: %s",
 				limit, res.ExitCode, strings.TrimSpace(out.String()), strings.TrimSpace(log.String()))
 		}

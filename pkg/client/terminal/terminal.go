@@ -25,6 +25,7 @@ type PTYOptions struct {
 	Cmd  []string // default: a login shell
 	Env  map[string]string
 	Cwd  string
+	User string // default: the template's user
 	Cols int
 	Rows int
 }
@@ -70,7 +71,7 @@ func Open(ctx context.Context, c *client.Client, id string, opts *PTYOptions) (*
 	}
 	conn.SetReadLimit(1 << 20)
 	p := &PTY{ctx: ctx, conn: conn}
-	start := api.PTYMessage{Type: api.PTYStart, Cmd: opts.Cmd, Env: opts.Env, Cwd: opts.Cwd, Cols: opts.Cols, Rows: opts.Rows}
+	start := api.PTYMessage{Type: api.PTYStart, Cmd: opts.Cmd, Env: opts.Env, Cwd: opts.Cwd, User: opts.User, Cols: opts.Cols, Rows: opts.Rows}
 	if err := p.send(&start); err != nil {
 		conn.CloseNow()
 		return nil, err

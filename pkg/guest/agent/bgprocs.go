@@ -6,7 +6,6 @@ import (
 	"os"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -196,7 +195,7 @@ func (a *Agent) procStart(req *proto.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr.Setpgid = true
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, err

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -170,38 +169,17 @@ func (s *session) exec(ctx context.Context, st *yamux.Stream, fr *proto.FrameRea
 	defer func() { a.activity.touch(a.clock.Now()) }()
 	fail := func(err error) { _ = fw.WriteJSON(proto.FrameError, proto.ErrorFrom(err)) }
 
-	env := buildEnv(req.Env)
-	pathEnv := ""
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			pathEnv = v
-		}
-	}
-	prog, code, err := lookPath(req.Cmd[0], pathEnv)
+	cmd, code, msg, err := command(req)
 	if err != nil {
-		_ = fw.Write(proto.FrameStderr, []byte("tartarus-guest: "+shellMessage(req.Cmd[0], err)+"\n"))
+		fail(err)
+		return
+	}
+	if cmd == nil {
+		_ = fw.Write(proto.FrameStderr, []byte(msg))
 		_ = fw.WriteJSON(proto.FrameResult, &proto.ExecResult{ExitCode: code, DurationNS: int64(a.clock.Now().Sub(started))})
 		return
 	}
-	cwd := req.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
-	if fi, err := os.Stat(cwd); err != nil {
-		fail(err)
-		return
-	} else if !fi.IsDir() {
-		fail(&proto.Error{Code: proto.CodeInvalid, Message: "cwd " + cwd + " is not a directory"})
-		return
-	}
-
-	cmd := &exec.Cmd{
-		Path:        prog,
-		Args:        req.Cmd,
-		Env:         env,
-		Dir:         cwd,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
-	}
+	cmd.SysProcAttr.Setpgid = true
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		fail(err)

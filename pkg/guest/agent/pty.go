@@ -87,7 +87,7 @@ func (s *session) pty(ctx context.Context, st *yamux.Stream, fr *proto.FrameRead
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	// Setsid makes the command a session leader, Setctty gives it the
 	// terminal (its fd 0) as controlling terminal: job control and ^C work.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = true, true, 0
 	hasTERM := false
 	for k := range req.Exec.Env {
 		hasTERM = hasTERM || k == "TERM"

@@ -108,6 +108,9 @@ type ExecRequest struct {
 	Cmd []string          `json:"cmd"`
 	Env map[string]string `json:"env,omitempty"`
 	Cwd string            `json:"cwd,omitempty"`
+	// User runs the command as this user of the guest's /etc/passwd
+	// (tartarus.ValidUser's forms); empty means root.
+	User string `json:"user,omitempty"`
 	// Stdin says the host will send stdin frames; otherwise the command's
 	// stdin is /dev/null.
 	Stdin     bool  `json:"stdin,omitempty"`
@@ -229,6 +232,9 @@ func (e *ExecRequest) validate(bad func(string, ...any) error) error {
 		}
 	}
 	if err := tartarus.ValidEnv(e.Env); err != nil {
+		return bad("%v", err)
+	}
+	if err := tartarus.ValidUser(e.User); err != nil {
 		return bad("%v", err)
 	}
 	if e.Cwd != "" {

@@ -98,7 +98,7 @@ func (c *Cluster) Exec(ctx context.Context, id string, req *tartarus.ExecRequest
 		return nil, err
 	}
 	defer done()
-	in := &api.ExecRequest{Cmd: req.Cmd, Env: req.Env, Cwd: req.Cwd}
+	in := &api.ExecRequest{Cmd: req.Cmd, Env: req.Env, Cwd: req.Cwd, User: req.User}
 	if req.Timeout > 0 {
 		in.TimeoutS = int((req.Timeout + time.Second - 1) / time.Second)
 	}

@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"io"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,26 @@ func CheckExec(req *tartarus.ExecRequest) (cwd string, err error) {
 		return "/", nil
 	}
 	return req.Cwd, nil
+}
+
+// NumericUser turns an exec's user into the uid and gid to run with, for
+// the runtimes that do not read the sandbox's /etc/passwd: "root", "UID"
+// (gid 0) or "UID:GID". A name other than root is ErrNotImplemented;
+// empty is root.
+func NumericUser(runtime, u string) (uid, gid uint32, err error) {
+	name, group, hasGroup := strings.Cut(u, ":")
+	if name == "" || name == "root" {
+		name = "0"
+	}
+	if !hasGroup || group == "root" {
+		group = "0"
+	}
+	n, err1 := strconv.ParseUint(name, 10, 32)
+	g, err2 := strconv.ParseUint(group, 10, 32)
+	if err1 != nil || err2 != nil {
+		return 0, 0, tartarus.Errorf(tartarus.ErrNotImplemented, "user %q: the %s runtime takes root, UID or UID:GID (it does not read the sandbox's /etc/passwd)", u, runtime)
+	}
+	return uint32(n), uint32(g), nil
 }
 
 // Wait waits for a command's end on done. When timeout (if above zero)

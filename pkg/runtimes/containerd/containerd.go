@@ -384,6 +384,19 @@ func (r *Runtime) exec(ctx context.Context, id string, t client.Task, env []stri
 		base.Args, base.Env, base.Cwd, base.Terminal = pspec.Args, pspec.Env, pspec.Cwd, false
 		pspec = &base
 	}
+	if req.User != "" {
+		uid, gid, err := container.NumericUser(r.Name(), req.User)
+		if err != nil {
+			return nil, err
+		}
+		pspec.User = specs.User{UID: uid, GID: gid}
+		if uid != 0 && pspec.Capabilities != nil {
+			// As Docker does: a user other than root gets no capabilities.
+			c := *pspec.Capabilities
+			c.Effective, c.Permitted, c.Ambient = nil, nil, nil
+			pspec.Capabilities = &c
+		}
+	}
 	var started = make(chan client.Process, 1)
 	var stdin io.Reader
 	if req.Stdin != nil {

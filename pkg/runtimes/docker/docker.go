@@ -425,7 +425,7 @@ func (r *Runtime) exec(ctx context.Context, info container.InspectResponse, req 
 	// kills the command instead of abandoning it.
 	bg := context.WithoutCancel(ctx)
 	created, err := r.cli.ContainerExecCreate(bg, info.ID, container.ExecOptions{
-		Cmd: req.Cmd, Env: rtcontainer.EnvList(info.Config.Env, req.Env), WorkingDir: cwd,
+		Cmd: req.Cmd, Env: rtcontainer.EnvList(info.Config.Env, req.Env), WorkingDir: cwd, User: req.User,
 		AttachStdin: req.Stdin != nil, AttachStdout: true, AttachStderr: true,
 	})
 	if err != nil {

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/clock"
+	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/container"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
@@ -250,6 +251,13 @@ func (r *Runtime) Exec(ctx context.Context, id string, req *tartarus.ExecRequest
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = req.Stdin, req.Stdout, req.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if req.User != "" {
+		uid, gid, err := container.NumericUser(r.Name(), req.User)
+		if err != nil {
+			return nil, err
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: gid}
+	}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
 	start := r.cfg.Clock.Now()

@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -384,10 +385,26 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 	if err != nil {
 		return nil, err
 	}
+	if req.User != "" {
+		// The user is looked up in the template's tree, not the sandbox's
+		// overlay: users added inside the sandbox are not seen by name.
+		u, err := container.LookupUser(m.RootFS, req.User)
+		if err != nil {
+			return nil, fmt.Errorf("exec in %s: %w", m.ID, err)
+		}
+		if u.UID != 0 || u.GID != 0 {
+			// The init spawns commands as root: a command of another user
+			// runs under `runsc exec` itself, which sets its user (so it
+			// does not survive a hibernation, as the init's children do).
+			direct := *req
+			direct.Cwd = cwd
+			return r.runscExecAs(ctx, m, &direct, nil, u)
+		}
+	}
 	name := newCommandName()
 	shim := *req
 	shim.Cmd = []string{"sh", "-c", shimScript, "sh", name, commandScript(req, cwd)}
-	shim.Env, shim.Cwd = nil, "/"
+	shim.Env, shim.Cwd, shim.User = nil, "/", ""
 	res, err := r.runscExec(ctx, m, &shim, func() { r.killSpawned(m, name) })
 	if err == nil && res.ExitCode == 125 {
 		return nil, fmt.Errorf("exec in %s: the sandbox's init could not start the command", m.ID)
@@ -399,6 +416,12 @@ func (r *Runtime) exec(ctx context.Context, m *meta, req *tartarus.ExecRequest) 
 // how a timeout or cancel ends the command (nil: kill the exec'd process's
 // group, which it leads in gVisor).
 func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequest, kill func()) (*tartarus.ExecResult, error) {
+	return r.runscExecAs(ctx, m, req, kill, nil)
+}
+
+// runscExecAs is runscExec as user u (nil: root), with u's HOME unless
+// req sets one.
+func (r *Runtime) runscExecAs(ctx context.Context, m *meta, req *tartarus.ExecRequest, kill func(), u *container.User) (*tartarus.ExecResult, error) {
 	cwd := req.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -409,7 +432,23 @@ func (r *Runtime) runscExec(ctx context.Context, m *meta, req *tartarus.ExecRequ
 	}
 	defer os.RemoveAll(tmp)
 	pj := filepath.Join(tmp, "process.json")
-	b, err := json.Marshal(process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), req.Env), cwd))
+	env := req.Env
+	if _, ok := env["HOME"]; u != nil && !ok {
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		env["HOME"] = u.Home
+	}
+	p := process(req.Cmd, container.EnvList(container.BaseEnv(m.ID, m.Env), env), cwd)
+	if u != nil {
+		p.User = specs.User{UID: u.UID, GID: u.GID, AdditionalGids: u.Groups}
+		if u.UID != 0 {
+			// As Docker does: a user other than root gets no capabilities.
+			p.Capabilities.Effective, p.Capabilities.Permitted = nil, nil
+		}
+	}
+	b, err := json.Marshal(p)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package gvisor_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -139,4 +140,39 @@ func BenchmarkCreateFirstExec(b *testing.B) {
 // BenchmarkExec measures one command's round trip in a running sandbox.
 func BenchmarkExec(b *testing.B) {
 	runtimetest.BenchExec(b, newRuntime(b, b.TempDir()), containertest.Image(b))
+}
+
+// TestExecUser: a named user is looked up in the sandbox's tree and the
+// command runs with its uid, gid and HOME; an unknown name is refused.
+func TestExecUser(t *testing.T) {
+	rt := newRuntime(t, t.TempDir())
+	img := containertest.Image(t)
+	ctx := context.Background()
+	cfg := &tartarus.VMConfig{ID: "user-1", Template: img.Name, Image: img, CPUs: 1, MemoryMB: 128}
+	if _, err := rt.Create(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Destroy(context.Background(), cfg.ID) })
+	if err := rt.Start(ctx, cfg.ID); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		user, want string
+	}{
+		{"nobody", "65534 65534 /\n"},
+		{"nobody:root", "65534 0 /\n"},
+		{"root", "0 0 /root\n"},
+		{"", "0 0 /root\n"},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		res, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"sh", "-c", `echo $(id -u) $(id -g) "$HOME"`}, User: tt.user, Stdout: &out, Stderr: &errb})
+		if err != nil || res.ExitCode != 0 || out.String() != tt.want {
+			t.Errorf("user %q: %v %+v %q %q; want %q", tt.user, err, res, out.String(), errb.String(), tt.want)
+		}
+	}
+	_, err := rt.Exec(ctx, cfg.ID, &tartarus.ExecRequest{Cmd: []string{"id"}, User: "nosuch"})
+	if !errors.Is(err, tartarus.ErrInvalid) || !strings.Contains(err.Error(), "nosuch") {
+		t.Errorf("unknown user: %v, want ErrInvalid naming it", err)
+	}
 }

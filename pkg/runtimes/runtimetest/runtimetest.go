@@ -268,6 +268,8 @@ func testExec(t *testing.T, rt tartarus.Runtime, id string) {
 		{name: "env from VMConfig and request", req: tartarus.ExecRequest{Cmd: []string{"sh", "-c", "echo $TT_VM $TT_REQ $TT_BOTH"},
 			Env: map[string]string{"TT_REQ": "from-req", "TT_BOTH": "req"}}, wantOut: "from-vm from-req req\n"},
 		{name: "cwd", req: tartarus.ExecRequest{Cmd: []string{"pwd"}, Cwd: "/tmp"}, wantOut: "/tmp\n"},
+		{name: "user", req: tartarus.ExecRequest{Cmd: []string{"sh", "-c", "id -u; id -g"}, User: "1000:1000"}, wantOut: "1000\n1000\n"},
+		{name: "root user", req: tartarus.ExecRequest{Cmd: []string{"id", "-u"}, User: "root"}, wantOut: "0\n"},
 		{name: "default cwd is /", req: tartarus.ExecRequest{Cmd: []string{"pwd"}}, wantOut: "/\n"},
 		{name: "killed by signal", req: tartarus.ExecRequest{Cmd: []string{"sh", "-c", "kill -9 $$"}}, wantExit: 137},
 		{name: "large output", req: tartarus.ExecRequest{Cmd: []string{"sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef; i=$((i+1)); done"}},

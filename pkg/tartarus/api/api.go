@@ -17,6 +17,11 @@ type ExecRequest struct {
 	Cwd      string            `json:"cwd,omitempty"`
 	Stdin    string            `json:"stdin,omitempty"`
 	TimeoutS int               `json:"timeout_s,omitempty"`
+	// User runs the command as a user of the sandbox: "NAME", "UID",
+	// "NAME:GROUP" or "UID:GID". Empty means the template's user (root
+	// unless its image set USER); cwd empty means the template's
+	// working directory ("/" unless its image set WORKDIR).
+	User string `json:"user,omitempty"`
 }
 
 // ExecResponse is the plain (non-streaming) answer to an exec.

@@ -12,6 +12,8 @@ type PTYMessage struct {
 	Cmd []string          `json:"cmd,omitempty"`
 	Env map[string]string `json:"env,omitempty"`
 	Cwd string            `json:"cwd,omitempty"`
+	// User is as ExecRequest's.
+	User string `json:"user,omitempty"`
 	// start and resize
 	Cols int `json:"cols,omitempty"`
 	Rows int `json:"rows,omitempty"`
@@ -36,7 +38,9 @@ type ProcessStart struct {
 	Cmd []string          `json:"cmd"`
 	Env map[string]string `json:"env,omitempty"`
 	Cwd string            `json:"cwd,omitempty"`
-	Tag string            `json:"tag,omitempty"`
+	// User is as ExecRequest's.
+	User string `json:"user,omitempty"`
+	Tag  string `json:"tag,omitempty"`
 	// Stdin keeps the process's stdin open for .../stdin calls.
 	Stdin bool `json:"stdin,omitempty"`
 }

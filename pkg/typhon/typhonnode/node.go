@@ -314,7 +314,7 @@ func (h *Host) guestRun(ctx context.Context, sb *tartarus.Sandbox, cmd []string)
 	out.limit = psOutputLimit
 	gctx, cancel := context.WithTimeout(ctx, guestCallLimit)
 	defer cancel()
-	res, err := h.agent.Exec(gctx, sb.ID, &tartarus.ExecRequest{Cmd: cmd, Stdout: &out, Stderr: &out, Timeout: guestCallLimit})
+	res, err := h.agent.Exec(gctx, sb.ID, &tartarus.ExecRequest{Cmd: cmd, User: "root", Stdout: &out, Stderr: &out, Timeout: guestCallLimit})
 	if err != nil {
 		return nil, err
 	}
