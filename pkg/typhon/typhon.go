@@ -17,6 +17,7 @@ package typhon
 import (
 	"context"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -143,6 +144,24 @@ type NetworkController interface {
 	Contain(ctx context.Context, id string, mode NetworkMode, allowedEgress []string, record bool) (prev *tartarus.NetworkSpec, err error)
 	// Restore puts back a spec Contain returned (nil: nothing to do).
 	Restore(ctx context.Context, id string, prev *tartarus.NetworkSpec) error
+}
+
+// ContainSpec is the network spec that contains a sandbox whose spec is
+// cur in mode (restricted allows only allowedEgress), its bandwidth limits
+// kept, and a copy of cur to put back at release; both nil for a sandbox
+// without a network (nothing leaves it anyway). The NetworkControllers of
+// a node and of a cluster apply it with their own live update.
+func ContainSpec(cur *tartarus.NetworkSpec, mode NetworkMode, allowedEgress []string) (spec, prev *tartarus.NetworkSpec) {
+	if cur == nil {
+		return nil, nil
+	}
+	p := *cur
+	p.Allow, p.Deny = slices.Clone(p.Allow), slices.Clone(p.Deny)
+	spec = &tartarus.NetworkSpec{Mode: string(mode), EgressBitsPerSec: p.EgressBitsPerSec, IngressBitsPerSec: p.IngressBitsPerSec}
+	if mode == NetworkModeRestricted {
+		spec.Allow = slices.Clone(allowedEgress)
+	}
+	return spec, &p
 }
 
 // BlobStore keeps evidence bytes with checksums (erebus.Store satisfies

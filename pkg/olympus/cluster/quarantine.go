@@ -134,19 +134,14 @@ func (h *QuarantineHost) Contain(ctx context.Context, id string, mode typhon.Net
 	if err != nil {
 		return nil, err
 	}
-	if sb.Network == nil {
+	spec, prev := typhon.ContainSpec(sb.Network, mode, allowedEgress)
+	if spec == nil {
 		return nil, nil
-	}
-	prev := *sb.Network
-	prev.Allow, prev.Deny = slices.Clone(prev.Allow), slices.Clone(prev.Deny)
-	spec := &tartarus.NetworkSpec{Mode: string(mode), EgressBitsPerSec: prev.EgressBitsPerSec, IngressBitsPerSec: prev.IngressBitsPerSec}
-	if mode == typhon.NetworkModeRestricted {
-		spec.Allow = slices.Clone(allowedEgress)
 	}
 	if _, err := h.c.UpdateNetwork(ctx, id, spec); err != nil {
 		return nil, err
 	}
-	return &prev, nil
+	return prev, nil
 }
 
 // Restore implements typhon.NetworkController.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"slices"
 	"time"
 
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
@@ -23,21 +22,16 @@ func (h *Host) Contain(ctx context.Context, id string, mode typhon.NetworkMode, 
 	if err != nil {
 		return nil, err
 	}
-	if sb.Network == nil {
+	spec, prev := typhon.ContainSpec(sb.Network, mode, allowedEgress)
+	if spec == nil {
 		return nil, nil
-	}
-	prev := *sb.Network
-	prev.Allow, prev.Deny = slices.Clone(prev.Allow), slices.Clone(prev.Deny)
-	spec := &tartarus.NetworkSpec{Mode: string(mode), EgressBitsPerSec: prev.EgressBitsPerSec, IngressBitsPerSec: prev.IngressBitsPerSec}
-	if mode == typhon.NetworkModeRestricted {
-		spec.Allow = slices.Clone(allowedEgress)
 	}
 	if _, err := h.agent.UpdateNetwork(ctx, id, spec); err != nil {
 		return nil, err
 	}
 	// A sandbox held again (after a restart) already carries the
 	// containment's spec; its owner's is on the record from the first time.
-	return &prev, nil
+	return prev, nil
 }
 
 // Restore implements typhon.NetworkController.
