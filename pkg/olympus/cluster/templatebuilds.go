@@ -104,19 +104,9 @@ func (b *clusterBuilds) builder(ctx context.Context, tenant, ref string, memoryM
 // Import implements olympus.TemplateBuilds: the chosen agent imports the
 // image, and the version it made is shared and tagged.
 func (b *clusterBuilds) Import(ctx context.Context, tenant, name, source string, r io.Reader) (*tartarus.Image, error) {
-	ref, err := tagRef(name)
-	if err != nil {
-		return nil, err
-	}
-	node, cl, err := b.builder(ctx, tenant, ref, 0, 0, nil, "")
-	if err != nil {
-		return nil, err
-	}
-	img, err := cl.ImportImage(ctx, name, source, r)
-	if err != nil {
-		return nil, fmt.Errorf("import on node %s: %w", node, err)
-	}
-	return b.c.share(ctx, node, tenant, img.Name, ref)
+	return b.importOn(ctx, tenant, name, func(cl *client.Client) (*tartarus.Image, error) {
+		return cl.ImportImage(ctx, name, source, r)
+	})
 }
 
 var _ olympus.RegistryImporter = (*clusterBuilds)(nil)
@@ -125,6 +115,14 @@ var _ olympus.RegistryImporter = (*clusterBuilds)(nil)
 // agent pulls the image from its registry (loopback is the agent's) and
 // imports it, and the version it made is shared and tagged.
 func (b *clusterBuilds) ImportFromRegistry(ctx context.Context, tenant, name, imageRef string, insecure bool) (*tartarus.Image, error) {
+	return b.importOn(ctx, tenant, name, func(cl *client.Client) (*tartarus.Image, error) {
+		return cl.ImportFromRegistry(ctx, name, imageRef, insecure)
+	})
+}
+
+// importOn has the agent chosen for an import of template name run it
+// through its client, then shares and tags the version it made.
+func (b *clusterBuilds) importOn(ctx context.Context, tenant, name string, run func(*client.Client) (*tartarus.Image, error)) (*tartarus.Image, error) {
 	ref, err := tagRef(name)
 	if err != nil {
 		return nil, err
@@ -133,7 +131,7 @@ func (b *clusterBuilds) ImportFromRegistry(ctx context.Context, tenant, name, im
 	if err != nil {
 		return nil, err
 	}
-	img, err := cl.ImportFromRegistry(ctx, name, imageRef, insecure)
+	img, err := run(cl)
 	if err != nil {
 		return nil, fmt.Errorf("import on node %s: %w", node, err)
 	}
