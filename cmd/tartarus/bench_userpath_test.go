@@ -365,6 +365,10 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 // each is outside: the client, HTTP and loopback.
 type createParts struct {
 	driver, agent, request, exec, outside time.Duration
+	// The driver restore's own phases (its log line's cumulative
+	// marks): QEMU started to its control socket, the memory loaded,
+	// the guest agent's handshake, the clock and entropy sync.
+	qemu, memory, handshake, sync time.Duration
 }
 
 var createPartNames = []struct {
@@ -372,6 +376,10 @@ var createPartNames = []struct {
 	get  func(createParts) time.Duration
 }{
 	{"driver restore (QEMU, guest, sync)", func(p createParts) time.Duration { return p.driver }},
+	{"  QEMU start", func(p createParts) time.Duration { return p.qemu }},
+	{"  memory load", func(p createParts) time.Duration { return p.memory }},
+	{"  guest agent handshake", func(p createParts) time.Duration { return p.handshake }},
+	{"  clock and entropy sync", func(p createParts) time.Duration { return p.sync }},
 	{"node agent around it", func(p createParts) time.Duration { return p.agent }},
 	{"API server around that", func(p createParts) time.Duration { return p.request }},
 	{"first exec in the server", func(p createParts) time.Duration { return p.exec }},
@@ -392,7 +400,10 @@ func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration)
 	if err != nil {
 		b.Fatal(err)
 	}
-	type seen struct{ driver, took, exec time.Duration }
+	type seen struct {
+		driver, took, exec time.Duration
+		marks              map[string]time.Duration
+	}
 	by := map[string]*seen{}
 	for _, id := range ids {
 		by[id] = &seen{}
@@ -413,10 +424,12 @@ func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration)
 			if s == nil {
 				continue
 			}
+			s.marks = map[string]time.Duration{}
 			for k, v := range f { // the phases are cumulative: take the last
 				if restorePart.MatchString(k) {
 					n, _ := strconv.Atoi(v)
 					s.driver = max(s.driver, time.Duration(n)*time.Millisecond)
+					s.marks[strings.TrimSuffix(k, "_ms")] = time.Duration(n) * time.Millisecond
 				}
 			}
 		case "sandbox running":
@@ -442,14 +455,22 @@ func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration)
 		b.Fatalf("server log has %d creates, want %d or more", len(createReqs), len(ids))
 	}
 	createReqs = createReqs[len(createReqs)-len(ids):]
-	var driver, agent, req, ex, out []time.Duration
+	var driver, agent, req, ex, out, qemu, memory, handshake, sync []time.Duration
 	for i, id := range ids {
 		s := by[id]
+		if m := s.marks; m != nil {
+			start := max(m["disk"], m["ram"])
+			qemu = append(qemu, m["qemu"]-start)
+			memory = append(memory, m["memory"]-m["qemu"])
+			handshake = append(handshake, m["guest"]-m["memory"])
+			sync = append(sync, m["sync"]-m["guest"])
+		}
 		driver = append(driver, s.driver)
 		agent = append(agent, s.took-s.driver)
 		req = append(req, createReqs[i]-s.took)
 		ex = append(ex, s.exec)
 		out = append(out, totals[i]-createReqs[i]-s.exec)
 	}
-	return createParts{driver: pct(driver, 50), agent: pct(agent, 50), request: pct(req, 50), exec: pct(ex, 50), outside: pct(out, 50)}
+	return createParts{driver: pct(driver, 50), agent: pct(agent, 50), request: pct(req, 50), exec: pct(ex, 50), outside: pct(out, 50),
+		qemu: pct(qemu, 50), memory: pct(memory, 50), handshake: pct(handshake, 50), sync: pct(sync, 50)}
 }

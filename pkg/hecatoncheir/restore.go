@@ -218,8 +218,21 @@ func (a *Agent) PoolSizes() map[string]int {
 // command line), so bump it when the drivers change those: existing data
 // directories then build new template snapshots instead of restoring the
 // old machine (format 2: tickless TCG guests with fixed address layout;
-// format 3: the microvm driver's memory file, mapped by restores).
-const templateSnapshotFormat = "f3"
+// format 3: the microvm driver's memory file, mapped by restores; format 4:
+// taken after templateWarmup).
+const templateSnapshotFormat = "f4"
+
+// templateWarmup runs in a template's guest before its snapshot is taken,
+// as the template's user, through the path users' commands take. What a
+// first command reads from disk (the agent's exec path, the dynamic loader
+// and libc, the shells, python where there is one) is then in the guest's
+// page cache in the snapshot, whose memory every sandbox of the template
+// maps and shares, instead of being read through emulated virtio by each
+// sandbox's first command. A missing program is not an error.
+var templateWarmup = [][]string{
+	{"true"},
+	{"/bin/sh", "-c", "command -v bash >/dev/null && bash -lc true; command -v python3 >/dev/null && python3 -c pass; true"},
+}
 
 // templateSnapshotID names the snapshot of img at a shape, with or without
 // a network card (a snapshot restores only into the same devices). An
@@ -279,6 +292,13 @@ func (a *Agent) templateSnapshot(ctx context.Context, sr *snapRuntime, img *tart
 	}
 	if err := sr.rt.Start(ctx, build); err != nil {
 		return "", fmt.Errorf("template snapshot %s: boot: %w", id, err)
+	}
+	for _, cmd := range templateWarmup {
+		res, err := sr.rt.Exec(ctx, build, &tartarus.ExecRequest{Cmd: cmd, Timeout: time.Minute})
+		if err != nil || res.ExitCode != 0 {
+			// Only slower first commands: the snapshot is still good.
+			a.log.Warn("template snapshot warm-up", "snapshot", id, "cmd", cmd, "err", err, "result", res)
+		}
 	}
 	snap, err := sr.templates.CreateFromRunning(ctx, build, &nyx.CreateOptions{ID: id,
 		Labels: map[string]string{"purpose": "template", "template": img.Name, "digest": img.Digest, "format": templateSnapshotFormat}})

@@ -9,6 +9,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -127,34 +128,91 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts Options) error {
 }
 
 // ErrStaleSession is what Serve returns when the session ended because the
-// other end stopped speaking yamux: a new host is handshaking with a session
-// left over from before a snapshot restore. Serve again at once.
+// other end stopped speaking yamux (a new host is handshaking with a session
+// left over from before a snapshot restore) and conn cannot interrupt a
+// read, so Serve cannot start the new session on it itself. Serve again at
+// once.
 var ErrStaleSession = errors.New("agent: stale session replaced by a new host")
 
 type rwc struct {
 	io.Reader
-	io.WriteCloser
+	io.Writer
+	io.Closer
+}
+
+// readInterrupter is a conn whose blocked reads can be ended without
+// closing it: the virtio port (a pollable file) and sockets.
+type readInterrupter interface {
+	SetReadDeadline(time.Time) error
+}
+
+// interrupt is the Close yamux sees when Serve keeps the conn: it ends a
+// read in progress, so the session's receiver stops, and leaves conn open.
+type interrupt struct{ readInterrupter }
+
+func (i interrupt) Close() error { return i.SetReadDeadline(time.Now()) }
+
+// lastRead remembers the bytes of the latest Read: when a stale session
+// fails on a new host's HELLO, they hold it, and the next handshake starts
+// from them instead of waiting for the host to repeat it.
+type lastRead struct {
+	r    io.Reader
+	last []byte
+}
+
+func (l *lastRead) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.last = append(l.last[:0], p[:n]...)
+	return n, err
 }
 
 // Serve handshakes with the host on conn and serves its RPCs until the host
 // goes away, conn fails, or ctx ends. It closes conn. A session that ends
-// because the peer left returns nil; one that a new host's handshake broke
-// returns ErrStaleSession.
+// because the peer left returns nil. When a new host's handshake breaks the
+// session (after a snapshot restore, the guest is mid-session with a host
+// that no longer exists), Serve answers that handshake on the same conn at
+// once; a conn that cannot interrupt reads makes it return ErrStaleSession
+// instead.
 func (a *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	ri, _ := conn.(readInterrupter)
+	var replay []byte
+	for {
+		tail, err := a.serveSession(ctx, conn, ri, replay)
+		if !errors.Is(err, ErrStaleSession) || ri == nil || ctx.Err() != nil {
+			return err
+		}
+		if err := ri.SetReadDeadline(time.Time{}); err != nil {
+			return fmt.Errorf("reuse the port: %w", err)
+		}
+		replay = tail
+	}
+}
 
-	r, err := proto.ServerHandshake(conn)
+// serveSession runs one session on conn, its handshake reading replay
+// first. A stale session returns ErrStaleSession and the bytes it last read.
+func (a *Agent) serveSession(ctx context.Context, conn io.ReadWriteCloser, ri readInterrupter, replay []byte) ([]byte, error) {
+	in := &lastRead{r: conn}
+	var src io.Reader = in
+	if len(replay) > 0 {
+		src = io.MultiReader(bytes.NewReader(replay), in)
+	}
+	r, err := proto.ServerHandshake(rwc{src, conn, conn})
 	if err != nil {
 		if ctx.Err() != nil || errors.Is(err, io.EOF) {
-			return nil
+			return nil, nil
 		}
-		return err
+		return nil, err
 	}
-	sess, err := yamux.Server(rwc{r, conn}, proto.YamuxConfig(a.log, proto.GuestWindow))
+	var closer io.Closer = conn
+	if ri != nil {
+		closer = interrupt{ri} // Serve closes conn when it is done with it
+	}
+	sess, err := yamux.Server(rwc{r, conn, closer}, proto.YamuxConfig(a.log, proto.GuestWindow))
 	if err != nil {
-		return fmt.Errorf("start yamux: %w", err)
+		return nil, fmt.Errorf("start yamux: %w", err)
 	}
 	defer sess.Close()
 	a.log.Info("host session started")
@@ -167,9 +225,10 @@ func (a *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 			if errors.Is(err, yamux.ErrInvalidVersion) || errors.Is(err, yamux.ErrInvalidMsgType) {
 				// Not yamux: a new host's handshake reached a stale
 				// session (after a snapshot restore).
-				return ErrStaleSession
+				sess.Close() // its receiver has stopped: last is final
+				return in.last, ErrStaleSession
 			}
-			return nil
+			return nil, nil
 		}
 		go s.handle(ctx, st)
 	}
