@@ -73,6 +73,18 @@ func BenchmarkUserPath(b *testing.B) {
 			}
 			e.kill(b)
 		}
+		// What `make run` gives: the same server with one warm sandbox
+		// per template, a user creating one sandbox at a time.
+		e := newE2E(b, "--prewarm", "--warm-pool", "1")
+		c := benchClient(b, e)
+		for i := range rows {
+			if rows[i].template == "base" || rows[i].template == "python" {
+				rows[i].warm = benchWarmCreates(b, e, c, rows[i].template, n.creates)
+				b.ReportMetric(ms(pct(rows[i].warm, 50)), rows[i].template+"-warm-create-exec-p50-ms")
+				b.ReportMetric(ms(pct(rows[i].warm, 99)), rows[i].template+"-warm-create-exec-p99-ms")
+			}
+		}
+		e.kill(b)
 		printUserPath(b, rows)
 	}
 }
@@ -92,6 +104,10 @@ func userPathCounts() userPathN {
 type userPathRow struct {
 	template                             string
 	create, exec, hibernate, wake, floor []time.Duration
+	// warm is create → first exec on a server with make run's warm pool.
+	warm []time.Duration
+	// wakeParts splits wake → first exec.
+	wakeParts wakeParts
 	// created lists the timed creates' sandboxes, for the breakdown.
 	created []string
 	// breakdown of the timed creates (medians), from the server's log
@@ -169,15 +185,152 @@ func benchUserPath(b *testing.B, e *e2e, c *client.Client, tpl string, n userPat
 		if w, err := c.Wake(ctx, id); err != nil || w.State != tartarus.StateRunning {
 			b.Fatalf("wake: %+v %v", w, err)
 		}
+		woken := time.Since(start)
 		benchExecTrue(b, c, id)
 		r.wake = append(r.wake, time.Since(start))
+		r.wakeParts.request = append(r.wakeParts.request, woken)
+		r.wakeParts.exec = append(r.wakeParts.exec, time.Since(start)-woken)
 	}
+	r.wakeParts.restores = restoreMarks(b, e, id, n.hibernates)
 	for _, id := range idle {
 		del(id)
 	}
 	r.floor = benchFloor(b, e, tpl, n.floor)
 	r.parts = createBreakdown(b, e, r.created, r.create)
 	return r
+}
+
+// wakeParts splits each wake → first exec: the wake request as the client
+// saw it, the driver's restore inside it (its log line's cumulative marks),
+// the wake's restore around that (fetching, checking and unpacking the
+// snapshot), and the first exec after it.
+type wakeParts struct {
+	request, exec []time.Duration
+	restores      []map[string]time.Duration
+}
+
+// restoreMarks returns the marks of the last n "restored" lines the server
+// logged for sandbox id (its wakes), oldest first.
+func restoreMarks(b *testing.B, e *e2e, id string, n int) []map[string]time.Duration {
+	b.Helper()
+	logs, err := os.ReadFile(e.logs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var all []map[string]time.Duration
+	var woken []time.Duration
+	for _, line := range strings.Split(string(logs), "\n") {
+		m := logMsg.FindStringSubmatch(line)
+		if m == nil || !strings.Contains(line, " sandbox="+id+" ") {
+			continue
+		}
+		if strings.Trim(m[1], `"`) == "sandbox woken" {
+			for _, kv := range logField.FindAllStringSubmatch(line, -1) {
+				if kv[1] == "restore" {
+					d, _ := time.ParseDuration(kv[2])
+					woken = append(woken, d)
+				}
+			}
+		}
+		if strings.Trim(m[1], `"`) != "restored" {
+			continue
+		}
+		marks := map[string]time.Duration{}
+		for _, kv := range logField.FindAllStringSubmatch(line, -1) {
+			if restorePart.MatchString(kv[1]) {
+				v, _ := strconv.Atoi(kv[2])
+				marks[strings.TrimSuffix(kv[1], "_ms")] = time.Duration(v) * time.Millisecond
+			}
+		}
+		all = append(all, marks)
+	}
+	if len(all) < n || len(woken) < n {
+		b.Fatalf("server log has %d restores and %d wakes of %s, want %d or more", len(all), len(woken), id, n)
+	}
+	all = all[len(all)-n:]
+	for i, d := range woken[len(woken)-n:] {
+		all[i]["woken"] = d // the wake's restore, the snapshot's fetch included
+	}
+	return all
+}
+
+// wakePartNames are the rows printUserPath shows for wakeParts (medians).
+var wakePartNames = []struct {
+	name string
+	get  func(p wakeParts) []time.Duration
+}{
+	{"server around the restore", func(p wakeParts) []time.Duration {
+		var out []time.Duration
+		for i, m := range p.restores {
+			out = append(out, p.request[i]-m["woken"])
+		}
+		return out
+	}},
+	{"fetch, check, unpack the snapshot", func(p wakeParts) []time.Duration { return markDiff(p.restores, "sync", "woken") }},
+	{"QEMU start and memory load", func(p wakeParts) []time.Duration { return markDiff(p.restores, "disk", "memory") }},
+	{"guest agent handshake", func(p wakeParts) []time.Duration { return markDiff(p.restores, "memory", "guest") }},
+	{"clock and entropy sync", func(p wakeParts) []time.Duration { return markDiff(p.restores, "guest", "sync") }},
+	{"first exec", func(p wakeParts) []time.Duration { return p.exec }},
+}
+
+func markDiff(ms []map[string]time.Duration, from, to string) []time.Duration {
+	var out []time.Duration
+	for _, m := range ms {
+		out = append(out, m[to]-m[from])
+	}
+	return out
+}
+
+// benchWarmCreates times n creates → first exec of tpl on a server started
+// with `make run`'s warm pool (--prewarm --warm-pool 1), each once the pool
+// has refilled after the last: one user creating one sandbox at a time.
+func benchWarmCreates(b *testing.B, e *e2e, c *client.Client, tpl string, n int) []time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	ready := func() int {
+		logs, err := os.ReadFile(e.logs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return countReady(string(logs), tpl)
+	}
+	createExec := func() time.Duration {
+		start := time.Now()
+		sb, err := c.CreateSandbox(ctx, &tartarus.CreateRequest{Template: tpl})
+		if err != nil {
+			b.Fatalf("create %s: %v", tpl, err)
+		}
+		benchExecTrue(b, c, sb.ID)
+		took := time.Since(start)
+		if _, err := c.DeleteSandbox(ctx, sb.ID); err != nil {
+			b.Fatal(err)
+		}
+		return took
+	}
+	createExec() // builds the template's snapshot; the pool fills after it
+	var out []time.Duration
+	for i := range n {
+		deadline := time.Now().Add(time.Minute)
+		for ready() < i+1 {
+			if time.Now().After(deadline) {
+				b.Fatalf("%s: the warm pool did not refill (%d ready of %d)", tpl, ready(), i+1)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		out = append(out, createExec())
+	}
+	return out
+}
+
+// countReady counts the server's "warm pool sandbox ready" lines for tpl.
+func countReady(logs, tpl string) int {
+	n := 0
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `msg="warm pool sandbox ready"`) && strings.Contains(line, " template="+tpl+" ") {
+			n++
+		}
+	}
+	return n
 }
 
 // cacheDir is the template cache newE2E linked the server's images from.
@@ -333,6 +486,7 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 		fmt.Fprintln(&w)
 	}
 	line("create → first exec", func(r userPathRow) []time.Duration { return r.create })
+	line("  … with make run's warm pool", func(r userPathRow) []time.Duration { return r.warm })
 	line("exec round trip of true", func(r userPathRow) []time.Duration { return r.exec })
 	line("hibernate (256 MiB, 20 MB random)", func(r userPathRow) []time.Duration { return r.hibernate })
 	line("wake → first exec", func(r userPathRow) []time.Duration { return r.wake })
@@ -343,6 +497,14 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 		fmt.Fprintf(&w, "%-34s", "  "+part.name)
 		for _, r := range rows {
 			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(r.parts))))
+		}
+		fmt.Fprintln(&w)
+	}
+	fmt.Fprintf(&w, "%-34s\n", "wake → first exec, p50 parts:")
+	for _, part := range wakePartNames {
+		fmt.Fprintf(&w, "%-34s", "  "+part.name)
+		for _, r := range rows {
+			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(pct(part.get(r.wakeParts), 50))))
 		}
 		fmt.Fprintln(&w)
 	}
