@@ -266,7 +266,7 @@ var wakePartNames = []struct {
 		}
 		return out
 	}},
-	{"fetch, check, unpack the snapshot", func(p wakeParts) []time.Duration { return markDiff(p.restores, "sync", "woken") }},
+	{"fetch, check, unpack; VM prepare", func(p wakeParts) []time.Duration { return markDiff(p.restores, "sync", "woken") }},
 	{"QEMU start and memory load", func(p wakeParts) []time.Duration { return markDiff(p.restores, "disk", "memory") }},
 	{"guest agent handshake", func(p wakeParts) []time.Duration { return markDiff(p.restores, "memory", "guest") }},
 	{"clock and entropy sync", func(p wakeParts) []time.Duration { return markDiff(p.restores, "guest", "sync") }},
