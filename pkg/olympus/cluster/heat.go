@@ -371,6 +371,12 @@ func (c *Cluster) cancelQueued(ctx context.Context, id string) (*tartarus.Sandbo
 				return nil, dbErr(err)
 			}
 		}
+		// The replica running the queue may have placed it between the
+		// caller's look for a sandbox and this write (admitQueued looks
+		// again after placing): then it exists, and ends as any does.
+		if _, err := c.st.Get(ctx, id); err == nil {
+			return c.destroy(ctx, id, nil)
+		}
 	}
 	return c.queuedSandbox(ctx, id)
 }
@@ -509,6 +515,17 @@ func (c *Cluster) admitQueued(ctx context.Context, e *phlegethon.Entry) error {
 		return err
 	}
 	c.publish(ctx, Event{Kind: EventCommand, Node: cmd.Node})
+	if rec, err := c.heat.journal.Get(ctx, e.ID); err == nil && rec.Status == phlegethon.StatusCancelled {
+		// Deleted at another replica while this placed it (cancelQueued
+		// looks for the sandbox after its write): end it. Not here, the
+		// queue's lock is held while the node answers.
+		go func() {
+			if _, err := c.destroy(context.WithoutCancel(ctx), e.ID, nil); err != nil {
+				c.log.Warn("end a create deleted while it was admitted", "sandbox", e.ID, "err", err)
+			}
+		}()
+		return tartarus.Errorf(tartarus.ErrFailedPrecondition, "deleted while queued")
+	}
 	c.log.Info("queued create admitted", "sandbox", e.ID, "node", cmd.Node, "heat", e.Heat,
 		"waited", now.Sub(e.EnqueuedAt).Round(time.Millisecond))
 	return nil
