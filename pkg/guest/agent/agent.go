@@ -154,7 +154,9 @@ func (i interrupt) Close() error { return i.SetReadDeadline(time.Now()) }
 
 // lastRead remembers the bytes of the latest Read: when a stale session
 // fails on a new host's HELLO, they hold it, and the next handshake starts
-// from them instead of waiting for the host to repeat it.
+// from them instead of waiting for the host to repeat it. It keeps the
+// reader's own slice, not a copy: once the session has failed, nothing
+// reads into that buffer again.
 type lastRead struct {
 	r    io.Reader
 	last []byte
@@ -162,7 +164,7 @@ type lastRead struct {
 
 func (l *lastRead) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
-	l.last = append(l.last[:0], p[:n]...)
+	l.last = p[:n]
 	return n, err
 }
 
