@@ -218,11 +218,19 @@ func restoreMarks(b *testing.B, e *e2e, id string, n int) []map[string]time.Dura
 		b.Fatal(err)
 	}
 	var all []map[string]time.Duration
-	var woken []time.Duration
+	var woken, fetches []time.Duration
 	for _, line := range strings.Split(string(logs), "\n") {
 		m := logMsg.FindStringSubmatch(line)
 		if m == nil || !strings.Contains(line, " sandbox="+id+" ") {
 			continue
+		}
+		if strings.Trim(m[1], `"`) == "snapshot restored" {
+			for _, kv := range logField.FindAllStringSubmatch(line, -1) {
+				if kv[1] == "fetch_ms" {
+					v, _ := strconv.Atoi(kv[2])
+					fetches = append(fetches, time.Duration(v)*time.Millisecond)
+				}
+			}
 		}
 		if strings.Trim(m[1], `"`) == "sandbox woken" {
 			for _, kv := range logField.FindAllStringSubmatch(line, -1) {
@@ -251,6 +259,11 @@ func restoreMarks(b *testing.B, e *e2e, id string, n int) []map[string]time.Dura
 	for i, d := range woken[len(woken)-n:] {
 		all[i]["woken"] = d // the wake's restore, the snapshot's fetch included
 	}
+	if len(fetches) >= n {
+		for i, d := range fetches[len(fetches)-n:] {
+			all[i]["fetch"] = d
+		}
+	}
 	return all
 }
 
@@ -266,7 +279,14 @@ var wakePartNames = []struct {
 		}
 		return out
 	}},
-	{"fetch, check, unpack; VM prepare", func(p wakeParts) []time.Duration { return markDiff(p.restores, "sync", "woken") }},
+	{"fetch, check, unpack the snapshot", func(p wakeParts) []time.Duration { return markDiff(p.restores, "", "fetch") }},
+	{"clear remains, prepare the VM", func(p wakeParts) []time.Duration {
+		var out []time.Duration
+		for _, m := range p.restores {
+			out = append(out, m["woken"]-m["fetch"]-m["sync"])
+		}
+		return out
+	}},
 	{"QEMU start and memory load", func(p wakeParts) []time.Duration { return markDiff(p.restores, "disk", "memory") }},
 	{"guest agent handshake", func(p wakeParts) []time.Duration { return markDiff(p.restores, "memory", "guest") }},
 	{"clock and entropy sync", func(p wakeParts) []time.Duration { return markDiff(p.restores, "guest", "sync") }},

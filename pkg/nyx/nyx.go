@@ -248,13 +248,16 @@ func (m *Manager) Restore(ctx context.Context, id string, cfg *tartarus.VMConfig
 		return nil, fmt.Errorf("restore %s: %w", cfg.ID, err)
 	}
 	defer os.RemoveAll(dir)
+	start := m.opts.Clock.Now()
 	if err := m.fetch(ctx, s, dir); err != nil {
 		return nil, fmt.Errorf("restore %s from snapshot %s: %w", cfg.ID, id, err)
 	}
+	fetched := m.opts.Clock.Now()
 	if err := m.snap.Restore(ctx, cfg, dir); err != nil {
 		return nil, fmt.Errorf("restore %s from snapshot %s: %w", cfg.ID, id, err)
 	}
-	m.log.Info("snapshot restored", "snapshot", id, "sandbox", cfg.ID)
+	m.log.Info("snapshot restored", "snapshot", id, "sandbox", cfg.ID,
+		"fetch_ms", fetched.Sub(start).Milliseconds(), "runtime_ms", m.opts.Clock.Now().Sub(fetched).Milliseconds())
 	return s, nil
 }
 
