@@ -134,6 +134,28 @@ func (p *partWriter) Write(b []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom reads r to its end straight into the part buffer, saving a copy
+// for a caller that copies a stream into the writer (io.Copy).
+func (p *partWriter) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	for {
+		k, err := r.Read(p.buf[len(p.buf):cap(p.buf)])
+		p.buf = p.buf[:len(p.buf)+k]
+		n += int64(k)
+		if len(p.buf) == cap(p.buf) {
+			if err := p.flush(); err != nil {
+				return n, err
+			}
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
 func (p *partWriter) flush() error {
 	if p.parts >= maxParts {
 		return fmt.Errorf("stream longer than %d parts of %d bytes", maxParts, partSize)

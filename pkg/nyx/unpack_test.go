@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"testing/iotest"
 )
 
 func TestUnpackRefusesHostileArchives(t *testing.T) {
@@ -89,13 +90,18 @@ func TestStreamPartsRoundTrip(t *testing.T) {
 			var buf bytes.Buffer
 			tw := tar.NewWriter(&buf)
 			pw := newPartWriter(tw)
-			// Odd write sizes, as a pipe hands them over.
-			for rest := data; len(rest) > 0; {
+			// Odd write sizes, as a pipe hands them over, then the rest
+			// read from a reader.
+			rest := data
+			for range 3 {
 				n := min(len(rest), 65536+17)
 				if _, err := pw.Write(rest[:n]); err != nil {
 					t.Fatal(err)
 				}
 				rest = rest[n:]
+			}
+			if n, err := pw.ReadFrom(iotest.HalfReader(bytes.NewReader(rest))); err != nil || n != int64(len(rest)) {
+				t.Fatalf("ReadFrom: %d, %v; want %d", n, err, len(rest))
 			}
 			if err := pw.Close(); err != nil {
 				t.Fatal(err)
