@@ -105,7 +105,7 @@ func (d *Driver) snapshot(ctx context.Context, id, dir string, stream io.Writer)
 	if stream == nil {
 		err = saveMemoryFile(ctx, q, filepath.Join(dir, snapMemory))
 	} else {
-		err = saveMemoryStream(ctx, q, stream)
+		err = saveMemoryStream(ctx, q, stream, maxStream(int64(v.conf.MemoryMB)<<20))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: save memory: %w", id, err)
@@ -170,13 +170,18 @@ func saveMemoryFile(ctx context.Context, q *qmp.Client, path string) error {
 	return waitMigration(ctx, q)
 }
 
+// maxStream bounds the migration stream of a guest of memory bytes: every
+// page with its header, and room for the device state. QEMU is not
+// trusted to stop.
+func maxStream(memory int64) int64 { return memory + memory/64 + 64<<20 }
+
 // saveMemoryStream migrates QEMU's memory and device state into w while
 // QEMU produces it: QEMU writes to a pipe (passed over QMP, as the file
-// is), and the driver copies the pipe into w. A failing w closes the pipe,
-// so QEMU's next write fails and so does the migration; a failed migration
-// or ctx closes it too, so the copy ends. Either way both have ended when
-// it returns.
-func saveMemoryStream(ctx context.Context, q *qmp.Client, w io.Writer) error {
+// is), and the driver copies at most limit bytes of the pipe into w. A
+// failing w (or a longer stream) closes the pipe, so QEMU's next write
+// fails and so does the migration; a failed migration or ctx closes it
+// too, so the copy ends. Either way both have ended when it returns.
+func saveMemoryStream(ctx context.Context, q *qmp.Client, w io.Writer, limit int64) error {
 	r, pw, err := migrationPipe()
 	if err != nil {
 		return err
@@ -189,10 +194,13 @@ func saveMemoryStream(ctx context.Context, q *qmp.Client, w io.Writer) error {
 	}
 	copied := make(chan error, 1)
 	go func() {
-		// struct{ io.Reader } hides os.File's WriteTo, whose fallback
-		// copies in 32 KiB pieces.
-		_, err := io.CopyBuffer(w, struct{ io.Reader }{r}, make([]byte, 1<<20))
-		r.Close() // on a write error: QEMU's next write fails (EPIPE)
+		// The LimitedReader also hides os.File's WriteTo, whose
+		// fallback copies in 32 KiB pieces.
+		n, err := io.CopyBuffer(w, &io.LimitedReader{R: r, N: limit + 1}, make([]byte, 1<<20))
+		if err == nil && n > limit {
+			err = fmt.Errorf("QEMU's stream is longer than %d bytes", limit)
+		}
+		r.Close() // on an error: QEMU's next write fails (EPIPE)
 		copied <- err
 	}()
 	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot-memory"}); err != nil {
