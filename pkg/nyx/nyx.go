@@ -221,10 +221,11 @@ func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus
 	}
 	s := m.newSnapshot(sandboxID, info, o)
 	s.Files = files
-	obj, err := m.storeData(ctx, s, func(tw *tar.Writer) error { return addFiles(tw, dir, files) })
+	obj, size, err := m.storeData(ctx, s.DataKey, o.Compression, func(tw *tar.Writer) error { return addFiles(tw, dir, files) })
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
 	}
+	s.Size = size
 	return m.putMeta(ctx, s, obj)
 }
 
@@ -234,11 +235,11 @@ func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus
 // finished (the disk is copied after the memory), follow. If the store
 // fails, writes to the stream fail and the runtime ends the snapshot.
 func (m *Manager) putStream(ctx context.Context, ss tartarus.StreamSnapshotter, sandboxID, dir string, o CreateOptions) (*Snapshot, error) {
-	s := &Snapshot{ID: o.ID, DataKey: m.key(o.ID, "data"), Compression: o.Compression}
+	var s *Snapshot // set by the packing goroutine, read after it ended
 	start := time.Now()
 	var saved time.Duration
 	var streamed int64
-	obj, err := m.storeData(ctx, s, func(tw *tar.Writer) error {
+	obj, size, err := m.storeData(ctx, m.key(o.ID, "data"), o.Compression, func(tw *tar.Writer) error {
 		parts := newPartWriter(tw)
 		info, err := ss.SnapshotStream(ctx, sandboxID, dir, parts)
 		if err != nil {
@@ -262,7 +263,7 @@ func (m *Manager) putStream(ctx context.Context, ss tartarus.StreamSnapshotter, 
 		if err := addFiles(tw, dir, files); err != nil {
 			return err
 		}
-		*s = *m.newSnapshot(sandboxID, info, o)
+		s = m.newSnapshot(sandboxID, info, o)
 		s.Stream = info.Stream
 		s.Files = append(files, info.Stream)
 		slices.Sort(s.Files)
@@ -271,37 +272,41 @@ func (m *Manager) putStream(ctx context.Context, ss tartarus.StreamSnapshotter, 
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
 	}
+	s.Size = size
 	m.log.Debug("snapshot streamed", "snapshot", s.ID, "sandbox", sandboxID, "stream_bytes", streamed,
 		"saved_ms", saved.Milliseconds(), "stored_ms", time.Since(start).Milliseconds())
 	return m.putMeta(ctx, s, obj)
 }
 
-// storeData stores what write puts into a tar, compressed as s says, as
-// s.DataKey, and sets s.Size to the tar's length. Packing and compressing
-// run in one goroutine while the store reads the other end of a pipe: the
-// snapshot crosses memory once, in buffer-sized pieces. On error nothing is
-// stored.
-func (m *Manager) storeData(ctx context.Context, s *Snapshot, write func(tw *tar.Writer) error) (erebus.Object, error) {
+// storeData stores what write puts into a tar, compressed as asked, as
+// key, and returns the stored object and the tar's length. Packing and
+// compressing run in one goroutine while the store reads the other end of
+// a pipe: the snapshot crosses memory once, in buffer-sized pieces. On
+// error nothing is stored.
+func (m *Manager) storeData(ctx context.Context, key, compression string, write func(tw *tar.Writer) error) (erebus.Object, int64, error) {
 	pr, pw := io.Pipe()
-	packed := make(chan error, 1)
-	go func() {
-		n, err := m.pack(s.Compression, pw, write)
-		s.Size = n
-		pw.CloseWithError(err) // nil err closes with EOF: the store commits
-		packed <- err
-	}()
-	obj, err := m.store.Put(ctx, s.DataKey, pr)
-	pr.CloseWithError(errStoreStopped) // unblocks pack if Put failed early
-	packErr := <-packed
-	switch {
-	case err != nil && (packErr == nil || errors.Is(packErr, errStoreStopped)):
-		return obj, fmt.Errorf("store: %w", err)
-	case packErr != nil:
-		return obj, packErr
-	case err != nil:
-		return obj, fmt.Errorf("store: %w", err)
+	type result struct {
+		n   int64
+		err error
 	}
-	return obj, nil
+	packed := make(chan result, 1)
+	go func() {
+		n, err := m.pack(compression, pw, write)
+		pw.CloseWithError(err) // nil err closes with EOF: the store commits
+		packed <- result{n, err}
+	}()
+	obj, err := m.store.Put(ctx, key, pr)
+	pr.CloseWithError(errStoreStopped) // unblocks pack if Put failed early
+	p := <-packed
+	switch {
+	case err != nil && (p.err == nil || errors.Is(p.err, errStoreStopped)):
+		return obj, p.n, fmt.Errorf("store: %w", err)
+	case p.err != nil:
+		return obj, p.n, p.err
+	case err != nil:
+		return obj, p.n, fmt.Errorf("store: %w", err)
+	}
+	return obj, p.n, nil
 }
 
 // errStoreStopped is what packing sees when the store stopped reading.
