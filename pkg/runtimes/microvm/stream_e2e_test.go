@@ -95,6 +95,34 @@ func testStreamedSnapshot(t *testing.T, d *microvm.Driver, img *tartarus.Image, 
 		before = waitCounter(t, id, before+3)
 	})
 
+	t.Run("HibernateCancelledMidStream", func(t *testing.T) {
+		// A caller that gives up while QEMU saves into a slow store: the
+		// migration is cancelled and the sandbox put back running.
+		slow := &slowStore{Store: local}
+		hyp, err := hypnos.NewHypnosManager(hypnos.Deps{Runtime: d, Records: hypnos.NewStoreRecords(local, ""),
+			Snapshots: nyx.New(d, slow, nyx.Options{TempDir: tmp})}, hypnos.HypnosConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		if _, err := hyp.Sleep(cctx, id, nil); err == nil {
+			t.Fatal("Sleep with a cancelled context succeeded")
+		} else {
+			t.Logf("cancelled hibernate: %v", err)
+		}
+		if objs, _ := local.List(ctx, ""); len(objs) != 0 {
+			t.Errorf("a cancelled hibernate left %d objects: %+v", len(objs), objs)
+		}
+		if in := findInstance(t, d, id); in == nil || in.State != tartarus.InstanceRunning {
+			t.Fatalf("after a cancelled hibernate the sandbox is %+v, want running", in)
+		}
+		if got := run(t, d, id, "cat", "/root/streamed"); got != "kept\n" {
+			t.Errorf("after a cancelled hibernate the file holds %q", got)
+		}
+		before = waitCounter(t, id, before+3)
+	})
+
 	t.Run("StoreAndRestore", func(t *testing.T) {
 		if findInstance(t, d, id) == nil {
 			t.Skip("no sandbox left")
@@ -153,4 +181,19 @@ func (f *failAfterReader) Read(p []byte) (int, error) {
 	n, err := f.r.Read(p[:min(int64(len(p)), f.left)])
 	f.left -= int64(n)
 	return n, err
+}
+
+// slowStore is a store whose Put reads 64 KiB every 20 ms, as a slow
+// remote store would.
+type slowStore struct{ erebus.Store }
+
+func (s *slowStore) Put(ctx context.Context, key string, r io.Reader) (erebus.Object, error) {
+	return s.Store.Put(ctx, key, slowReader{r})
+}
+
+type slowReader struct{ r io.Reader }
+
+func (s slowReader) Read(p []byte) (int, error) {
+	time.Sleep(20 * time.Millisecond)
+	return s.r.Read(p[:min(len(p), 64<<10)])
 }
