@@ -112,6 +112,7 @@ type userPathRow struct {
 	created []string
 	// breakdown of the timed creates (medians), from the server's log
 	parts           createParts
+	hibParts        hibernateParts // medians of the hibernates, from the server's log
 	stored          int64
 	pssMiB, idleCPU float64 // per idle sandbox; CPU in % of one core
 }
@@ -197,6 +198,7 @@ func benchUserPath(b *testing.B, e *e2e, c *client.Client, tpl string, n userPat
 	}
 	r.floor = benchFloor(b, e, tpl, n.floor)
 	r.parts = createBreakdown(b, e, r.created, r.create)
+	r.hibParts = hibernateBreakdown(b, e, id)
 	return r
 }
 
@@ -525,6 +527,15 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 		fmt.Fprintf(&w, "%-34s", "  "+part.name)
 		for _, r := range rows {
 			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(pct(part.get(r.wakeParts), 50))))
+		}
+		fmt.Fprintln(&w)
+	}
+	fmt.Fprintf(&w, "%-34s", "hibernate, p50 parts (server log):")
+	fmt.Fprintln(&w)
+	for _, part := range hibernatePartNames {
+		fmt.Fprintf(&w, "%-34s", "  "+part.name)
+		for _, r := range rows {
+			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(r.hibParts))))
 		}
 		fmt.Fprintln(&w)
 	}

@@ -1,6 +1,7 @@
 package nyx
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"io"
@@ -140,7 +141,7 @@ func BenchmarkPack(b *testing.B) {
 				b.SetBytes(int64(len(in.data)))
 				for b.Loop() {
 					cw.n = 0
-					if _, err := m.pack(dir, []string{in.name}, lv.compression, &cw); err != nil {
+					if _, err := m.pack(lv.compression, &cw, func(tw *tar.Writer) error { return addFiles(tw, dir, []string{in.name}) }); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -13,6 +13,7 @@
 package nyx
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -24,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -52,6 +54,11 @@ type Snapshot struct {
 	CPUs        int   `json:"cpus,omitempty"`
 	// Files are the runtime's snapshot files, relative names, sorted.
 	Files []string `json:"files"`
+	// Stream names the file of Files that the data holds as consecutive
+	// parts (stream.part-000000, …) rather than as one entry: a runtime's
+	// memory stream, packed while it was produced. Empty in snapshots
+	// packed from files only.
+	Stream string `json:"stream,omitempty"`
 	// Size is the length of the packed (tar) stream before compression;
 	// CompressedSize is what the store holds.
 	Size           int64  `json:"size"`
@@ -146,7 +153,9 @@ func (o *CreateOptions) withDefaults() (CreateOptions, error) {
 // CreateFromRunning snapshots sandbox sandboxID and stores it. The sandbox is
 // left paused (as the Snapshotter leaves it): the caller resumes it (a
 // template snapshot, a fork) or destroys it (hibernation). On error nothing
-// is stored.
+// is stored. A runtime that is a tartarus.StreamSnapshotter has its memory
+// stream packed, compressed and stored while it saves it; any other writes
+// its files first.
 func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts *CreateOptions) (*Snapshot, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -159,6 +168,9 @@ func (m *Manager) CreateFromRunning(ctx context.Context, sandboxID string, opts 
 	}
 	defer os.RemoveAll(dir)
 
+	if ss, ok := m.snap.(tartarus.StreamSnapshotter); ok {
+		return m.putStream(ctx, ss, sandboxID, dir, o)
+	}
 	info, err := m.snap.Snapshot(ctx, sandboxID, dir)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
@@ -177,12 +189,9 @@ func (m *Manager) CreateFromFiles(ctx context.Context, sandboxID, dir string, in
 	return m.put(ctx, sandboxID, dir, info, o)
 }
 
-// put packs the snapshot files in dir and stores them with their metadata.
-func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus.SnapshotInfo, o CreateOptions) (*Snapshot, error) {
-	files, err := listFiles(dir)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
-	}
+// newSnapshot returns the metadata of a snapshot of sandboxID described by
+// info, before its data is stored.
+func (m *Manager) newSnapshot(sandboxID string, info *tartarus.SnapshotInfo, o CreateOptions) *Snapshot {
 	s := &Snapshot{
 		ID:          o.ID,
 		SandboxID:   sandboxID,
@@ -190,7 +199,6 @@ func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus
 		ImageDigest: info.ImageDigest,
 		MemoryBytes: info.MemoryBytes,
 		CPUs:        info.CPUs,
-		Files:       files,
 		Compression: o.Compression,
 		DataKey:     m.key(o.ID, "data"),
 		Created:     info.Created,
@@ -199,33 +207,125 @@ func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus
 	if s.Created.IsZero() {
 		s.Created = m.opts.Clock.Now()
 	}
+	return s
+}
 
-	// Pack and compress in one goroutine while the store reads the other
-	// end of a pipe: the snapshot crosses memory once, in buffer-sized pieces.
-	pr, pw := io.Pipe()
-	packed := make(chan int64, 1)
-	go func() {
-		n, err := m.pack(dir, files, o.Compression, pw)
-		packed <- n
-		pw.CloseWithError(err) // nil err closes with EOF
-	}()
-	obj, err := m.store.Put(ctx, s.DataKey, pr)
-	pr.CloseWithError(errors.New("store stopped reading")) // unblocks pack if Put failed early
-	s.Size = <-packed
-	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: store: %w", sandboxID, err)
+// put packs the snapshot files in dir and stores them with their metadata.
+func (m *Manager) put(ctx context.Context, sandboxID, dir string, info *tartarus.SnapshotInfo, o CreateOptions) (*Snapshot, error) {
+	files, err := listFiles(dir)
+	if err == nil && len(files) == 0 {
+		err = errors.New("runtime wrote no snapshot files")
 	}
-	s.CompressedSize, s.Checksum = obj.Size, obj.Checksum
-
-	meta, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
 	}
-	if _, err := m.store.Put(ctx, m.key(o.ID, "meta.json"), bytes.NewReader(meta)); err != nil {
-		m.deleteQuietly(s.DataKey)
-		return nil, fmt.Errorf("snapshot %s: store metadata: %w", sandboxID, err)
+	s := m.newSnapshot(sandboxID, info, o)
+	s.Files = files
+	obj, size, err := m.storeData(ctx, s.DataKey, o.Compression, func(tw *tar.Writer) error { return addFiles(tw, dir, files) })
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
 	}
-	m.log.Info("snapshot stored", "snapshot", s.ID, "sandbox", sandboxID,
+	s.Size = size
+	return m.putMeta(ctx, s, obj)
+}
+
+// putStream snapshots sandboxID through ss and stores it in one pass: the
+// memory stream goes into the tar as parts while the runtime saves it, and
+// the files the runtime wrote to dir, which are complete only once it has
+// finished (the disk is copied after the memory), follow. If the store
+// fails, writes to the stream fail and the runtime ends the snapshot.
+func (m *Manager) putStream(ctx context.Context, ss tartarus.StreamSnapshotter, sandboxID, dir string, o CreateOptions) (*Snapshot, error) {
+	var s *Snapshot // set by the packing goroutine, read after it ended
+	start := time.Now()
+	var saved time.Duration
+	var streamed int64
+	obj, size, err := m.storeData(ctx, m.key(o.ID, "data"), o.Compression, func(tw *tar.Writer) error {
+		parts := newPartWriter(tw)
+		info, err := ss.SnapshotStream(ctx, sandboxID, dir, parts)
+		if err != nil {
+			return err
+		}
+		saved = time.Since(start)
+		if info.Stream == "" || !filepath.IsLocal(info.Stream) || strings.HasPrefix(info.Stream, partPrefix) {
+			return fmt.Errorf("runtime streamed a file named %q", info.Stream)
+		}
+		if err := parts.Close(); err != nil {
+			return fmt.Errorf("pack %s: %w", info.Stream, err)
+		}
+		streamed = parts.size
+		files, err := listFiles(dir)
+		if err != nil {
+			return err
+		}
+		if slices.Contains(files, info.Stream) {
+			return fmt.Errorf("runtime wrote %s both to the stream and into the directory", info.Stream)
+		}
+		if err := addFiles(tw, dir, files); err != nil {
+			return err
+		}
+		s = m.newSnapshot(sandboxID, info, o)
+		s.Stream = info.Stream
+		s.Files = append(files, info.Stream)
+		slices.Sort(s.Files)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", sandboxID, err)
+	}
+	s.Size = size
+	m.log.Debug("snapshot streamed", "snapshot", s.ID, "sandbox", sandboxID, "stream_bytes", streamed,
+		"saved_ms", saved.Milliseconds(), "stored_ms", time.Since(start).Milliseconds())
+	return m.putMeta(ctx, s, obj)
+}
+
+// storeData stores what write puts into a tar, compressed as asked, as
+// key, and returns the stored object and the tar's length. Packing and
+// compressing run in one goroutine while the store reads the other end of
+// a pipe: the snapshot crosses memory once, in buffer-sized pieces. On
+// error nothing is stored.
+func (m *Manager) storeData(ctx context.Context, key, compression string, write func(tw *tar.Writer) error) (erebus.Object, int64, error) {
+	pr, pw := io.Pipe()
+	type result struct {
+		n   int64
+		err error
+	}
+	packed := make(chan result, 1)
+	go func() {
+		n, err := m.pack(compression, pw, write)
+		pw.CloseWithError(err) // nil err closes with EOF: the store commits
+		packed <- result{n, err}
+	}()
+	obj, err := m.store.Put(ctx, key, pr)
+	pr.CloseWithError(errStoreStopped) // unblocks pack if Put failed early
+	p := <-packed
+	switch {
+	case err != nil && (p.err == nil || errors.Is(p.err, errStoreStopped)):
+		return obj, p.n, fmt.Errorf("store: %w", err)
+	case p.err != nil:
+		return obj, p.n, p.err
+	case err != nil:
+		return obj, p.n, fmt.Errorf("store: %w", err)
+	}
+	return obj, p.n, nil
+}
+
+// errStoreStopped is what packing sees when the store stopped reading.
+var errStoreStopped = errors.New("the store stopped reading")
+
+// putMeta completes s with its stored data obj and stores its metadata,
+// which makes the snapshot exist.
+func (m *Manager) putMeta(ctx context.Context, s *Snapshot, obj erebus.Object) (*Snapshot, error) {
+	s.CompressedSize, s.Checksum = obj.Size, obj.Checksum
+	meta, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		m.deleteQuietly(s.DataKey)
+		return nil, fmt.Errorf("snapshot %s: %w", s.SandboxID, err)
+	}
+	if _, err := m.store.Put(ctx, m.key(s.ID, "meta.json"), bytes.NewReader(meta)); err != nil {
+		m.deleteQuietly(s.DataKey)
+		return nil, fmt.Errorf("snapshot %s: store metadata: %w", s.SandboxID, err)
+	}
+	m.log.Info("snapshot stored", "snapshot", s.ID, "sandbox", s.SandboxID,
 		"memory_bytes", s.MemoryBytes, "size", s.Size, "compressed_size", s.CompressedSize)
 	return s, nil
 }
@@ -332,7 +432,7 @@ func (m *Manager) fetch(ctx context.Context, s *Snapshot, dir string) error {
 		}
 		in = dec
 	}
-	unpackErr := unpack(in, dir, s.Files)
+	unpackErr := unpack(in, dir, s.Files, s.Stream)
 	if unpackErr == nil {
 		_, unpackErr = io.Copy(io.Discard, in) // the end of the zstd frame
 	}

@@ -93,6 +93,44 @@ func (f *fakeSnapshotter) Restore(ctx context.Context, cfg *tartarus.VMConfig, d
 	return err
 }
 
+// streamingFake is the fake as a tartarus.StreamSnapshotter: the file
+// memory.bin goes to the stream, in odd-sized writes as from a pipe, and
+// not into dir. writeErr is what the stream's Write last failed with.
+type streamingFake struct {
+	*fakeSnapshotter
+	writeErr *error
+}
+
+var _ tartarus.StreamSnapshotter = streamingFake{}
+
+func (f streamingFake) SnapshotStream(ctx context.Context, id, dir string, w io.Writer) (*tartarus.SnapshotInfo, error) {
+	info, err := f.Snapshot(ctx, id, dir)
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(dir, "memory.bin")
+	mem, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer mem.Close()
+	if _, err := io.CopyBuffer(w, struct{ io.Reader }{mem}, make([]byte, 40000)); err != nil {
+		*f.writeErr = err
+		return nil, fmt.Errorf("save memory: %w", err)
+	}
+	info.Stream = "memory.bin"
+	return info, os.Remove(p)
+}
+
+// snapshotters are the two ways Nyx creates: from files, and streaming.
+var snapshotters = []struct {
+	name string
+	of   func(*fakeSnapshotter) tartarus.Snapshotter
+}{
+	{"files", func(f *fakeSnapshotter) tartarus.Snapshotter { return f }},
+	{"stream", func(f *fakeSnapshotter) tartarus.Snapshotter { return streamingFake{f, new(error)} }},
+}
+
 func memoryImage(n int) []byte {
 	b := make([]byte, n) // mostly zero, like guest memory
 	for i := 0; i < n; i += 8192 {
@@ -120,46 +158,54 @@ func setup(t *testing.T) (*nyx.Manager, *fakeSnapshotter, *erebus.Local, string)
 }
 
 func TestCreateAndRestore(t *testing.T) {
-	for _, compression := range []string{nyx.CompressionZstd, nyx.CompressionNone} {
-		t.Run(compression, func(t *testing.T) {
-			m, f, store, dir := setup(t)
-			ctx := t.Context()
-			s, err := m.CreateFromRunning(ctx, "sb-1", &nyx.CreateOptions{Compression: compression, Labels: map[string]string{"purpose": "test"}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !f.paused["sb-1"] {
-				t.Error("sandbox not left paused")
-			}
-			if s.Template != "base" || s.MemoryBytes != 256<<20 || len(s.Files) != 3 || s.Compression != compression {
-				t.Errorf("metadata %+v", s)
-			}
-			obj, err := store.Stat(ctx, s.DataKey)
-			if err != nil || obj.Checksum != s.Checksum || obj.Size != s.CompressedSize {
-				t.Fatalf("stored %+v, %v; metadata %+v", obj, err, s)
-			}
-			if compression == nyx.CompressionZstd && s.CompressedSize*5 > s.Size {
-				t.Errorf("zstd stored %d of %d bytes; want at least 5x smaller for this mostly-repetitive data", s.CompressedSize, s.Size)
-			}
-			got, err := m.Get(ctx, s.ID)
-			if err != nil || got.Checksum != s.Checksum || got.Labels["purpose"] != "test" {
-				t.Fatalf("Get = %+v, %v", got, err)
-			}
-			if _, err := m.Restore(ctx, s.ID, &tartarus.VMConfig{ID: "sb-2", Template: "base", Image: &tartarus.Image{Digest: "img-1"}}); err != nil {
-				t.Fatal(err)
-			}
-			for name, want := range f.boxes["sb-1"] {
-				if !bytes.Equal(f.boxes["sb-2"][name], want) {
-					t.Errorf("restored %s differs", name)
-				}
-			}
-			// The same snapshot restores again, into another sandbox.
-			if _, err := m.Restore(ctx, s.ID, &tartarus.VMConfig{ID: "sb-3"}); err != nil {
-				t.Fatal(err)
-			}
-			assertEmptyDir(t, filepath.Join(dir, "tmp"))
-		})
+	for _, sn := range snapshotters {
+		for _, compression := range []string{nyx.CompressionZstd, nyx.CompressionNone} {
+			t.Run(sn.name+"/"+compression, func(t *testing.T) { testCreateAndRestore(t, sn.of, compression) })
+		}
 	}
+}
+
+func testCreateAndRestore(t *testing.T, of func(*fakeSnapshotter) tartarus.Snapshotter, compression string) {
+	_, f, store, dir := setup(t)
+	m := nyx.New(of(f), store, nyx.Options{TempDir: filepath.Join(dir, "tmp")})
+	ctx := t.Context()
+	s, err := m.CreateFromRunning(ctx, "sb-1", &nyx.CreateOptions{Compression: compression, Labels: map[string]string{"purpose": "test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.paused["sb-1"] {
+		t.Error("sandbox not left paused")
+	}
+	_, streaming := of(f).(tartarus.StreamSnapshotter)
+	if s.Template != "base" || s.MemoryBytes != 256<<20 || s.Compression != compression ||
+		!slices.Equal(s.Files, []string{"disk/empty-extent", "disk/overlay.raw", "memory.bin"}) ||
+		(s.Stream == "memory.bin") != streaming || s.Created != time.Unix(1700000000, 0) {
+		t.Errorf("metadata %+v", s)
+	}
+	obj, err := store.Stat(ctx, s.DataKey)
+	if err != nil || obj.Checksum != s.Checksum || obj.Size != s.CompressedSize {
+		t.Fatalf("stored %+v, %v; metadata %+v", obj, err, s)
+	}
+	if compression == nyx.CompressionZstd && s.CompressedSize*5 > s.Size {
+		t.Errorf("zstd stored %d of %d bytes; want at least 5x smaller for this mostly-repetitive data", s.CompressedSize, s.Size)
+	}
+	got, err := m.Get(ctx, s.ID)
+	if err != nil || got.Checksum != s.Checksum || got.Labels["purpose"] != "test" {
+		t.Fatalf("Get = %+v, %v", got, err)
+	}
+	if _, err := m.Restore(ctx, s.ID, &tartarus.VMConfig{ID: "sb-2", Template: "base", Image: &tartarus.Image{Digest: "img-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range f.boxes["sb-1"] {
+		if !bytes.Equal(f.boxes["sb-2"][name], want) {
+			t.Errorf("restored %s differs", name)
+		}
+	}
+	// The same snapshot restores again, into another sandbox.
+	if _, err := m.Restore(ctx, s.ID, &tartarus.VMConfig{ID: "sb-3"}); err != nil {
+		t.Fatal(err)
+	}
+	assertEmptyDir(t, filepath.Join(dir, "tmp"))
 }
 
 func TestCreateFailuresStoreNothing(t *testing.T) {
@@ -173,21 +219,29 @@ func TestCreateFailuresStoreNothing(t *testing.T) {
 		{"data put fails", func(_ *fakeSnapshotter, s *failingStore) { s.failPut = "/data" }, syscall.ENOSPC},
 		{"metadata put fails", func(_ *fakeSnapshotter, s *failingStore) { s.failPut = "/meta.json" }, syscall.ENOSPC},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, f, store, dir := setup(t)
-			fs := &failingStore{Store: store}
-			tc.setup(f, fs)
-			m := nyx.New(f, fs, nyx.Options{TempDir: filepath.Join(dir, "tmp")})
-			_, err := m.CreateFromRunning(t.Context(), "sb-1", nil)
-			if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
-				t.Fatalf("CreateFromRunning: %v, want an error matching %v", err, tc.want)
-			}
-			objs, _ := store.List(t.Context(), "")
-			if len(objs) != 0 {
-				t.Errorf("failed create left %d objects: %+v", len(objs), objs)
-			}
-			assertEmptyDir(t, filepath.Join(dir, "tmp"))
-		})
+		for _, sn := range snapshotters {
+			t.Run(tc.name+"/"+sn.name, func(t *testing.T) {
+				_, f, store, dir := setup(t)
+				fs := &failingStore{Store: store}
+				tc.setup(f, fs)
+				snap := sn.of(f)
+				m := nyx.New(snap, fs, nyx.Options{TempDir: filepath.Join(dir, "tmp")})
+				_, err := m.CreateFromRunning(t.Context(), "sb-1", nil)
+				if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
+					t.Fatalf("CreateFromRunning: %v, want an error matching %v", err, tc.want)
+				}
+				// A store that fails mid-stream fails the runtime's writes,
+				// so that it stops saving.
+				if sf, ok := snap.(streamingFake); ok && fs.failPut == "/data" && *sf.writeErr == nil {
+					t.Error("the store failed but the stream's writes did not")
+				}
+				objs, _ := store.List(t.Context(), "")
+				if len(objs) != 0 {
+					t.Errorf("failed create left %d objects: %+v", len(objs), objs)
+				}
+				assertEmptyDir(t, filepath.Join(dir, "tmp"))
+			})
+		}
 	}
 }
 
@@ -306,7 +360,7 @@ type failingStore struct {
 
 func (s *failingStore) Put(ctx context.Context, key string, r io.Reader) (erebus.Object, error) {
 	if s.failPut != "" && strings.HasSuffix(key, s.failPut) {
-		io.CopyN(io.Discard, r, 1<<20) // fail part-way, like a disk filling up
+		io.CopyN(io.Discard, r, 4<<10) // fail part-way, like a disk filling up
 		return erebus.Object{}, fmt.Errorf("put %s: %w: %w", key, tartarus.ErrResourceExhausted, syscall.ENOSPC)
 	}
 	return s.Store.Put(ctx, key, r)
@@ -327,7 +381,14 @@ func assertEmptyDir(t *testing.T, dir string) {
 // file crosses them with a bounded amount of allocation (encoder and
 // decoder windows), not its size.
 func TestStreams(t *testing.T) {
-	m, f, _, _ := setup(t)
+	for _, sn := range snapshotters {
+		t.Run(sn.name, func(t *testing.T) { testStreams(t, sn.of) })
+	}
+}
+
+func testStreams(t *testing.T, of func(*fakeSnapshotter) tartarus.Snapshotter) {
+	_, f, store, dir := setup(t)
+	m := nyx.New(of(f), store, nyx.Options{TempDir: filepath.Join(dir, "tmp")})
 	const size = 128 << 20
 	img := make([]byte, size)
 	line := []byte("page of a test image with some text on it: ")

@@ -2,6 +2,7 @@ package tartarus
 
 import (
 	"context"
+	"io"
 	"time"
 )
 
@@ -32,6 +33,21 @@ type Snapshotter interface {
 	Restore(ctx context.Context, cfg *VMConfig, dir string) error
 }
 
+// StreamSnapshotter is the optional side interface of a Snapshotter that can
+// hand over the largest file of a snapshot, the memory and device state, as
+// a stream while the runtime produces it, so that a caller packs and stores
+// it in one pass instead of reading back a file. Nyx uses it when a runtime
+// has it and Snapshot otherwise.
+type StreamSnapshotter interface {
+	// SnapshotStream is Snapshot, except that the file the returned
+	// SnapshotInfo.Stream names (it is in Files too) is written to stream,
+	// in order, as it is produced, and not into dir; the other files go to
+	// dir as Snapshot writes them. On error the sandbox is left paused, as
+	// Snapshot leaves it, and what went to stream is incomplete. An error
+	// from stream's Write ends the snapshot with that error.
+	SnapshotStream(ctx context.Context, id, dir string, stream io.Writer) (*SnapshotInfo, error)
+}
+
 // SnapshotInfo describes the files one Snapshot call wrote.
 type SnapshotInfo struct {
 	// Template is the template the sandbox was created from; a snapshot only
@@ -43,6 +59,9 @@ type SnapshotInfo struct {
 	CPUs        int   `json:"cpus,omitempty"`
 	// Files are the names, relative to dir, of everything written.
 	Files []string `json:"files"`
+	// Stream, set by SnapshotStream only, is the name of the file of Files
+	// that went to the stream instead of dir; Restore wants it in dir.
+	Stream string `json:"stream,omitempty"`
 	// Created is when the sandbox was stopped for the snapshot.
 	Created time.Time `json:"created"`
 }

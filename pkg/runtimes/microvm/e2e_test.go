@@ -288,6 +288,7 @@ func TestSandboxes(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("StreamedSnapshot", func(t *testing.T) { testStreamedSnapshot(t, d, imgs.base, base) })
 	t.Run("Recover", func(t *testing.T) {
 		// Simulate a node agent restart: drop the driver, make a new one over the same state.
 		d.Close()

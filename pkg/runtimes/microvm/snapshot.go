@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,11 +14,16 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm/qmp"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
-var _ tartarus.Snapshotter = (*Driver)(nil)
+var (
+	_ tartarus.Snapshotter       = (*Driver)(nil)
+	_ tartarus.StreamSnapshotter = (*Driver)(nil)
+)
 
 // Files of a snapshot directory.
 const (
@@ -41,6 +47,23 @@ const migrateBandwidth = 16 << 30
 // migration to a file), its disk overlay and its config into dir. The
 // sandbox stays paused.
 func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus.SnapshotInfo, error) {
+	return d.snapshot(ctx, id, dir, nil)
+}
+
+// SnapshotStream is Snapshot with QEMU's migration stream (the file
+// "memory") written to stream while QEMU produces it, through a pipe,
+// instead of to a file in dir. If stream fails, QEMU's migration fails
+// with it and the sandbox stays paused.
+func (d *Driver) SnapshotStream(ctx context.Context, id, dir string, stream io.Writer) (*tartarus.SnapshotInfo, error) {
+	if stream == nil {
+		return nil, tartarus.Errorf(tartarus.ErrInvalid, "snapshot sandbox %s: no stream", id)
+	}
+	return d.snapshot(ctx, id, dir, stream)
+}
+
+// snapshot is Snapshot, with the migration stream going to stream if it is
+// not nil.
+func (d *Driver) snapshot(ctx context.Context, id, dir string, stream io.Writer) (*tartarus.SnapshotInfo, error) {
 	v, err := d.get(id)
 	if err != nil {
 		return nil, err
@@ -55,6 +78,9 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 	default:
 		return nil, tartarus.Errorf(tartarus.ErrFailedPrecondition, "snapshot sandbox %s: it is %s", id, st)
 	}
+	t0 := time.Now()
+	var phases []any
+	mark := func(name string) { phases = append(phases, name+"_ms", time.Since(t0).Milliseconds()) }
 	q := v.qmp
 	if _, err := q.Execute(ctx, "stop", nil); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
@@ -75,28 +101,21 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 	if _, err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
-	// QEMU writes the memory to a descriptor the host opened and passed
-	// over QMP: a jailed QEMU can neither open the snapshot directory nor
-	// spawn a process (-sandbox spawn=deny), so no "exec:" migration.
-	mem, err := os.OpenFile(filepath.Join(dir, snapMemory), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	mark("stop")
+	if stream == nil {
+		err = saveMemoryFile(ctx, q, filepath.Join(dir, snapMemory))
+	} else {
+		err = saveMemoryStream(ctx, q, stream, maxStream(int64(v.conf.MemoryMB)<<20))
+	}
 	if err != nil {
-		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
-	}
-	err = q.SendFile(ctx, "snapshot-memory", mem)
-	mem.Close() // QEMU holds its own copy now
-	if err != nil {
-		return nil, fmt.Errorf("snapshot sandbox %s: pass memory file: %w", id, err)
-	}
-	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot-memory"}); err != nil {
-		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
-	}
-	if err := waitMigration(ctx, q); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: save memory: %w", id, err)
 	}
+	mark("memory")
 	// After migration QEMU has flushed and let go of the disk; copy it now.
 	if err := copyFileSparse(ctx, v.path("overlay.qcow2"), filepath.Join(dir, snapDisk)); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: copy disk: %w", id, err)
 	}
+	mark("disk")
 	conf := v.conf
 	files := []string{snapMemory, snapDisk, snapConfig}
 	if ram != nil {
@@ -105,6 +124,7 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 			return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 		}
 		files = append(files, snapRAM)
+		mark("ram")
 	}
 	b, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
@@ -114,14 +134,131 @@ func (d *Driver) Snapshot(ctx context.Context, id string, dir string) (*tartarus
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", id, err)
 	}
 	v.touch(d.clock.Now())
-	return &tartarus.SnapshotInfo{
+	v.log.Info("snapshotted", append(phases, "streamed", stream != nil)...)
+	info := &tartarus.SnapshotInfo{
 		Template:    v.conf.Template,
 		ImageDigest: v.conf.Image.Digest,
 		MemoryBytes: int64(v.conf.MemoryMB) << 20,
 		CPUs:        v.conf.CPUs,
 		Files:       files,
 		Created:     created,
-	}, nil
+	}
+	if stream != nil {
+		info.Stream = snapMemory
+	}
+	return info, nil
+}
+
+// saveMemoryFile migrates QEMU's memory and device state into the file
+// path and waits until it is complete.
+func saveMemoryFile(ctx context.Context, q *qmp.Client, path string) error {
+	// QEMU writes the memory to a descriptor the host opened and passed
+	// over QMP: a jailed QEMU can neither open the snapshot directory nor
+	// spawn a process (-sandbox spawn=deny), so no "exec:" migration.
+	mem, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	err = q.SendFile(ctx, "snapshot-memory", mem)
+	mem.Close() // QEMU holds its own copy now
+	if err != nil {
+		return fmt.Errorf("pass memory file: %w", err)
+	}
+	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot-memory"}); err != nil {
+		return err
+	}
+	return waitMigration(ctx, q)
+}
+
+// maxStream bounds the migration stream of a guest of memory bytes: every
+// page with its header, and room for the device state. QEMU is not
+// trusted to stop.
+func maxStream(memory int64) int64 { return memory + memory/64 + 64<<20 }
+
+// saveMemoryStream migrates QEMU's memory and device state into w while
+// QEMU produces it: QEMU writes to a pipe (passed over QMP, as the file
+// is), and the driver copies at most limit bytes of the pipe into w. A
+// failing w (or a longer stream) closes the pipe, so QEMU's next write
+// fails and so does the migration; a failed migration or ctx closes it
+// too, so the copy ends. Either way both have ended when it returns.
+func saveMemoryStream(ctx context.Context, q *qmp.Client, w io.Writer, limit int64) error {
+	r, pw, err := migrationPipe()
+	if err != nil {
+		return err
+	}
+	err = q.SendFile(ctx, "snapshot-memory", pw)
+	pw.Close() // QEMU holds its own copy now: the copy ends when QEMU closes it
+	if err != nil {
+		r.Close()
+		return fmt.Errorf("pass memory pipe: %w", err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		// The LimitedReader also hides os.File's WriteTo, whose
+		// fallback copies in 32 KiB pieces.
+		n, err := io.CopyBuffer(w, &io.LimitedReader{R: r, N: limit + 1}, make([]byte, 1<<20))
+		if err == nil && n > limit {
+			err = fmt.Errorf("QEMU's stream is longer than %d bytes", limit)
+		}
+		r.Close() // on an error: QEMU's next write fails (EPIPE)
+		copied <- err
+	}()
+	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:snapshot-memory"}); err != nil {
+		r.Close()
+		<-copied
+		return err
+	}
+	migErr := waitMigration(ctx, q)
+	if migErr != nil {
+		// QEMU may still hold the pipe (ctx ended): end the copy, and
+		// with it the migration, before returning.
+		r.Close()
+		endMigration(context.WithoutCancel(ctx), q)
+	}
+	var copyErr error
+	select {
+	case copyErr = <-copied:
+	case <-ctx.Done():
+		r.Close()
+		copyErr = <-copied
+	}
+	switch {
+	case copyErr != nil && !errors.Is(copyErr, os.ErrClosed):
+		// The cause: its closing the pipe failed the migration.
+		return fmt.Errorf("write stream: %w", copyErr)
+	case migErr != nil:
+		return migErr
+	case copyErr != nil:
+		return fmt.Errorf("write stream: %w", copyErr)
+	}
+	return nil
+}
+
+// migrationPipe returns a pipe for QEMU's migration stream: the write end
+// blocking, as QEMU's file migration expects, the read end non-blocking so
+// that closing it ends a read in progress.
+func migrationPipe() (r, w *os.File, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe: %w", err)
+	}
+	// A larger pipe means fewer wake-ups of both sides; best effort.
+	_, _ = unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, 1<<20)
+	if err := unix.SetNonblock(p[0], true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, nil, fmt.Errorf("pipe: %w", err)
+	}
+	return os.NewFile(uintptr(p[0]), "migration-read"), os.NewFile(uintptr(p[1]), "migration-write"), nil
+}
+
+// endMigration cancels a migration that may still run and waits (briefly)
+// until QEMU says it ended, so that the caller can resume the sandbox.
+func endMigration(ctx context.Context, q *qmp.Client) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, _ = q.Execute(ctx, "migrate_cancel", nil)
+	_ = waitMigration(ctx, q)
 }
 
 // waitMigration polls query-migrate until the migration completes or fails.
