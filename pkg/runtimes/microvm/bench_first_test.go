@@ -8,13 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tartarus-sandbox/tartarus/pkg/jail"
 	"github.com/tartarus-sandbox/tartarus/pkg/runtimes/microvm"
 	"github.com/tartarus-sandbox/tartarus/pkg/tartarus"
 )
 
 // BenchmarkFirstCommand splits restore → first command on the python
 // template, driver alone (no server, no jail): the restore, the first
-// `true` and the second. The template is snapshotted warm, as the node
+// `true` and the second (TARTARUS_TEST_JAIL=1: jailed, as a server runs
+// it). The template is snapshotted warm, as the node
 // agent does (its first commands already run once). With
 // TARTARUS_BENCH_QEMU set, the restored sandboxes' QEMU is that program
 // (for example scripts/qemu-perf.sh, which records a CPU profile of each
@@ -26,7 +28,11 @@ func BenchmarkFirstCommand(b *testing.B) {
 	ctx := benchCtx(b)
 	state := b.TempDir()
 	newDrv := func(dir, qemu string) *microvm.Driver {
-		d, err := microvm.New(ctx, microvm.Config{StateDir: filepath.Join(state, dir), Log: testLogger(b), QEMU: qemu,
+		var j *jail.Jail
+		if os.Getenv("TARTARUS_TEST_JAIL") == "1" {
+			j = newJail(b, filepath.Join(state, dir))
+		}
+		d, err := microvm.New(ctx, microvm.Config{StateDir: filepath.Join(state, dir), Log: testLogger(b), QEMU: qemu, Jail: j,
 			ProbeImage: imgs.python, ProbeCache: filepath.Join(imagesVal.dataDir, "kvm-probe.json")})
 		if err != nil {
 			b.Fatal(err)
