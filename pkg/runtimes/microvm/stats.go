@@ -23,6 +23,14 @@ const (
 	// statsQuietPercent is QEMU's CPU use, in % of a core per guest CPU,
 	// under which the guest counts as quiet (an idle one uses about 0.5).
 	statsQuietPercent = 2.0
+	// statsQuietSlackTicks is QEMU CPU time, in clock ticks, a quiet guest
+	// may use on top of statsQuietPercent: the tail of the last answer
+	// (the stream's close, the agent going back to sleep) lands after it
+	// was counted, and /proc counts whole ticks, so a caller that came
+	// 0.4 s after an answer (allowed under one tick) asked again (60 idle
+	// sandboxes, BenchmarkDensity: most were asked two or three times in
+	// a row every 30 s).
+	statsQuietSlackTicks = 5
 )
 
 // statsCache is a guest's last stats answer and what the host saw then.
@@ -82,7 +90,8 @@ func (d *Driver) guestStats(ctx context.Context, v *vm, g guestConn, own int) (*
 		age := now.Sub(c.at)
 		used := float64(ticks-c.ticks) / clockTicksPerSecond
 		cpus := float64(max(v.conf.CPUs, 1))
-		if age >= 0 && age < statsReuseMax && used >= 0 && used <= statsQuietPercent/100*age.Seconds()*cpus {
+		quiet := statsQuietPercent/100*age.Seconds()*cpus + float64(statsQuietSlackTicks)/clockTicksPerSecond
+		if age >= 0 && age < statsReuseMax && used >= 0 && used <= quiet {
 			st := c.st
 			// The guest's own figure was for its last window; this one is
 			// QEMU's, since then, per guest CPU.

@@ -44,7 +44,7 @@ func TestGuestStatsReusedWhileQuiet(t *testing.T) {
 		{"QEMU busy since", func(v *vm, clk *clock.Fake) {
 			v.pid = os.Getpid()
 			v.stats.ticks, _ = cpuTicks(v.pid)
-			burnCPU(t, 5) // 50 ms of CPU in one second of the fake clock: above 2 %
+			burnCPU(t, 20) // 200 ms of CPU in one second of the fake clock: above 2 % and the slack
 			clk.Advance(time.Second)
 		}, true},
 	} {
