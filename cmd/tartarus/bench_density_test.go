@@ -58,6 +58,7 @@ func BenchmarkDensity(b *testing.B) {
 			b.ReportMetric(r.cpuMean, p+"idle-cpu-mean-%")
 			b.ReportMetric(r.cpuMax, p+"idle-cpu-max-%")
 			b.ReportMetric(r.pssMiB, p+"pss-MiB")
+			b.ReportMetric(r.privateMiB, p+"private-MiB")
 			b.ReportMetric(r.hostMiB, p+"host-MiB")
 			b.ReportMetric(ms(pct(r.execAll, 50)), p+"exec-p50-ms")
 			b.ReportMetric(ms(pct(r.execAll, 99)), p+"exec-p99-ms")
@@ -97,9 +98,10 @@ type densityRow struct {
 	// CPU in % of one core over the window: each QEMU's (mean, max), the
 	// server's, and the whole host's busy time (all cores).
 	cpuMean, cpuMax, serverCPU, hostCPU float64
-	// pssMiB is the mean PSS of the QEMUs; hostMiB the host's MemAvailable
+	// pssMiB is the mean PSS of the QEMUs, privateMiB their mean private
+	// memory (what only that QEMU maps); hostMiB the host's MemAvailable
 	// drop since before the fill, per sandbox.
-	pssMiB, hostMiB float64
+	pssMiB, privateMiB, hostMiB float64
 	// execAll is one `true` in every sandbox; execRepeat 10 in each of 10
 	// random ones.
 	execAll, execRepeat []time.Duration
@@ -173,6 +175,7 @@ func benchDensity(b *testing.B, e *e2e, c *client.Client, steps []int) []density
 				b.Fatal(err)
 			}
 			r.pssMiB += float64(p) / 1024 / float64(len(pids))
+			r.privateMiB += float64(privateKiB(b, pid)) / 1024 / float64(len(pids))
 		}
 		r.hostMiB = float64(before-memAvailableKiB(b)) / 1024 / float64(n)
 		load, _ := os.ReadFile("/proc/loadavg")
@@ -255,6 +258,24 @@ func hostBusyTicks(b *testing.B) int64 {
 	return busy
 }
 
+// privateKiB is the memory only pid maps (Private_Clean + Private_Dirty
+// of its smaps_rollup): what freeing it would give back.
+func privateKiB(b *testing.B, pid int) int64 {
+	b.Helper()
+	s, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var kib int64
+	for line := range strings.SplitSeq(string(s), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && (f[0] == "Private_Clean:" || f[0] == "Private_Dirty:") {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			kib += n
+		}
+	}
+	return kib
+}
+
 func memAvailableKiB(b *testing.B) int64 {
 	b.Helper()
 	s, err := os.ReadFile("/proc/meminfo")
@@ -307,6 +328,7 @@ func printDensity(rows []densityRow) {
 	line("the server process (% core)", func(r densityRow) string { return fmt.Sprintf("%.2f %%", r.serverCPU) })
 	line("the host, all cores busy (% core)", func(r densityRow) string { return fmt.Sprintf("%.1f %%", r.hostCPU) })
 	line("PSS per sandbox, mean", func(r densityRow) string { return fmt.Sprintf("%.1f MiB", r.pssMiB) })
+	line("private memory per QEMU, mean", func(r densityRow) string { return fmt.Sprintf("%.1f MiB", r.privateMiB) })
 	line("host MemAvailable drop per sandbox", func(r densityRow) string { return fmt.Sprintf("%.1f MiB", r.hostMiB) })
 	line("fit in 24 GiB at that", func(r densityRow) string { return strconv.Itoa(r.fit()) })
 	line("exec `true`, each sandbox once, p50 / p99", func(r densityRow) string { return durs(r.execAll) })
