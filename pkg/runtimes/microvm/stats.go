@@ -28,7 +28,7 @@ const (
 	// (the stream's close, the agent going back to sleep) lands after it
 	// was counted, and /proc counts whole ticks, so a caller that came
 	// 0.4 s after an answer (allowed under one tick) asked again (60 idle
-	// sandboxes, BenchmarkDensity: most were asked two or three times in
+	// sandboxes, BenchmarkDensity: some were asked two or three times in
 	// a row every 30 s).
 	statsQuietSlackTicks = 5
 )
@@ -43,9 +43,9 @@ type statsCache struct {
 
 // statsAsk is a stats question to a guest under way. Callers that come
 // while it is take its answer instead of asking again: when a guest's last
-// answer expired, every sampler and List of the node came within the same
-// few hundred ms (each seeing the others' calls as busy) and asked it up to
-// nine times at once (BenchmarkDensity, 60 idle sandboxes).
+// answer expired, every sampler and List that came before the new one was
+// in asked too, up to nine times at once (60 idle sandboxes, see
+// BenchmarkDensity in docs/BENCHMARKS.md).
 type statsAsk struct {
 	done chan struct{}
 	st   *tartarus.Stats
