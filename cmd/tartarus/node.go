@@ -58,6 +58,8 @@ type nodeOptions struct {
 
 	// capacityMemoryMB is hecatoncheir.Config.CapacityMemoryMB.
 	capacityMemoryMB int
+	// cpuOvercommit is hecatoncheir.Config.CPUOvercommit.
+	cpuOvercommit int
 
 	// registries are the registries template imports and builds may pull
 	// from (templates.RegistryPolicy).
@@ -91,6 +93,7 @@ func addNodeFlags(f *pflag.FlagSet, o *nodeOptions) {
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "grace period of each sandbox's termination with --on-shutdown terminate|hibernate")
 	f.StringSliceVar(&o.callbackAllow, "callback-allow-hosts", nil, "hosts, addresses or CIDR prefixes that termination callbacks may reach although loopback, private or this host's own")
 	f.IntVar(&o.capacityMemoryMB, "capacity-memory-mb", 0, "memory the node's sandboxes may hold together, in MiB, checked on forks, warm pools and heat-managed creates (0: the host's)")
+	f.IntVar(&o.cpuOvercommit, "cpu-overcommit", hecatoncheir.DefaultCPUOvercommit, "sandbox CPUs each host CPU may back, checked on every create (idle sandboxes cost next to no CPU; raise it to hold more of them)")
 	addNetworkFlags(f, &o.network)
 	f.BoolVar(&o.unsafeFake, "unsafe-fake-runtime", false, "allow --runtimes fake: commands run on the HOST without isolation (tests only)")
 	_ = f.MarkHidden("unsafe-fake-runtime")
@@ -174,7 +177,7 @@ func openNode(ctx context.Context, o *nodeOptions, dataDir string, st store.Stor
 		return nil, err
 	}
 	n.agent, err = hecatoncheir.New(hecatoncheir.Config{Node: o.node, Store: st, Runtimes: n.runtimes, Images: cat, Clock: clk, Log: log,
-		Termination: term, CapacityMemoryMB: o.capacityMemoryMB,
+		Termination: term, CapacityMemoryMB: o.capacityMemoryMB, CPUOvercommit: o.cpuOvercommit,
 		Snapshots: snaps, SnapshotPrefix: o.snapshotPrefix, SnapshotTempDir: snapTmp, CreateFromSnapshot: o.createFromSnapshot,
 		TemplateCacheDir: filepath.Join(dataDir, "template-cache"),
 		Hypnos: hypnos.HypnosConfig{DefaultIdleThreshold: o.autoHibernate, PrewarmPoolSize: o.warmPool,

@@ -89,6 +89,11 @@ type Config struct {
 	// CapacityMemoryMB caps the memory the node's capacity check counts
 	// as its own (0: the host's); the rest is left to other work.
 	CapacityMemoryMB int
+	// CPUOvercommit is how many sandbox CPUs one host CPU backs in the
+	// node's capacity check (0: DefaultCPUOvercommit). Idle sandboxes
+	// cost a host CPU next to nothing, so a host meant to hold many of
+	// them raises it.
+	CPUOvercommit int
 	// Networks, when set, is the node's sandbox network manager (the
 	// same one the microvm runtime builds networks with): updates, the
 	// connection log, exposed ports, clean-up on recovery.
@@ -116,6 +121,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CapacityMemoryMB < 0 {
 		errs = append(errs, fmt.Errorf("capacity memory %d MiB is negative", c.CapacityMemoryMB))
+	}
+	if c.CPUOvercommit < 0 {
+		errs = append(errs, fmt.Errorf("cpu overcommit %d is negative", c.CPUOvercommit))
 	}
 	if c.DefaultNetwork != nil {
 		if err := c.DefaultNetwork.Check(); err != nil {

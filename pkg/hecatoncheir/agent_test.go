@@ -419,11 +419,45 @@ func TestReady(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	_, err := New(Config{Node: "Bad Name"})
-	for _, want := range []string{"node name", "no store", "no runtime", "no template catalog"} {
+	_, err := New(Config{Node: "Bad Name", CPUOvercommit: -1})
+	for _, want := range []string{"node name", "no store", "no runtime", "no template catalog", "cpu overcommit"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("New: %v, want it to mention %q", err, want)
 		}
+	}
+}
+
+// TestCPUOvercommit checks how many one-CPU sandboxes a 2-CPU node takes
+// before it refuses for CPUs, by default and with CPUOvercommit set.
+func TestCPUOvercommit(t *testing.T) {
+	tests := []struct {
+		name       string
+		overcommit int
+		fit        int
+	}{
+		{"default", 0, 2 * DefaultCPUOvercommit},
+		{"lower", 3, 6},
+		{"higher", 12, 24},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, fake.Config{MaxCPUs: 2, MaxMemoryMB: 1 << 20})
+			a, err := New(Config{Node: "node-1", Store: e.store, Runtimes: []tartarus.Runtime{e.rt},
+				Images: catalog{"base": {Name: "base"}}, Clock: e.clock, CPUOvercommit: tt.overcommit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range tt.fit {
+				if _, err := a.Create(ctx, "acme", &tartarus.CreateRequest{}); err != nil {
+					t.Fatalf("create %d of %d: %v", i+1, tt.fit, err)
+				}
+			}
+			_, err = a.Create(ctx, "acme", &tartarus.CreateRequest{})
+			if !errors.Is(err, tartarus.ErrResourceExhausted) || !strings.Contains(err.Error(), "cpus") {
+				t.Errorf("create %d: %v, want ErrResourceExhausted for cpus", tt.fit+1, err)
+			}
+		})
 	}
 }
 

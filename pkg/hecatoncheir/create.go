@@ -274,8 +274,12 @@ func (a *Agent) checkCapacity(ctx context.Context, rt tartarus.Runtime, memoryMB
 		why = append(why, fmt.Sprintf("memory: %d MiB in use + %d MiB asked > %d MiB on this node", usedMem, memoryMB, hostMem))
 	}
 	// CPUs are shared in time, but not beyond a sane overcommit.
-	if fp.HostCPUs > 0 && usedCPUs+cpus > fp.HostCPUs*cpuOvercommit {
-		why = append(why, fmt.Sprintf("cpus: %d in use + %d asked > %d (%d host CPUs × %d)", usedCPUs, cpus, fp.HostCPUs*cpuOvercommit, fp.HostCPUs, cpuOvercommit))
+	oc := a.cfg.CPUOvercommit
+	if oc == 0 {
+		oc = DefaultCPUOvercommit
+	}
+	if fp.HostCPUs > 0 && usedCPUs+cpus > fp.HostCPUs*oc {
+		why = append(why, fmt.Sprintf("cpus: %d in use + %d asked > %d (%d host CPUs × %d)", usedCPUs, cpus, fp.HostCPUs*oc, fp.HostCPUs, oc))
 	}
 	if len(why) > 0 {
 		return tartarus.Errorf(tartarus.ErrResourceExhausted, "not enough capacity on node %s (%s)", a.cfg.Node, strings.Join(why, "; "))
@@ -283,5 +287,6 @@ func (a *Agent) checkCapacity(ctx context.Context, rt tartarus.Runtime, memoryMB
 	return nil
 }
 
-// cpuOvercommit is how many virtual CPUs a host CPU may back.
-const cpuOvercommit = 8
+// DefaultCPUOvercommit is how many virtual CPUs a host CPU may back
+// unless Config.CPUOvercommit says otherwise.
+const DefaultCPUOvercommit = 8

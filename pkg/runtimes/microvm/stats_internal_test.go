@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,7 +44,7 @@ func TestGuestStatsReusedWhileQuiet(t *testing.T) {
 		{"QEMU busy since", func(v *vm, clk *clock.Fake) {
 			v.pid = os.Getpid()
 			v.stats.ticks, _ = cpuTicks(v.pid)
-			burnCPU(t, 5) // 50 ms of CPU in one second of the fake clock: above 2 %
+			burnCPU(t, 20) // 200 ms of CPU in one second of the fake clock: above 2 % and the slack
 			clk.Advance(time.Second)
 		}, true},
 	} {
@@ -83,5 +85,84 @@ func burnCPU(t *testing.T, n int64) {
 				return
 			}
 		}
+	}
+}
+
+// slowStatsGuest answers stats only once released, counting the asks.
+type slowStatsGuest struct {
+	guestConn
+	asked   atomic.Int32
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *slowStatsGuest) Stats(context.Context) (*tartarus.Stats, error) {
+	g.asked.Add(1)
+	g.entered <- struct{}{}
+	<-g.release
+	return &tartarus.Stats{MemoryUsedMB: 42}, nil
+}
+
+// waitedCtx tells when a caller started waiting on it (guestStats waits
+// on Done only while another caller's question is under way).
+type waitedCtx struct {
+	context.Context
+	waiting chan struct{}
+	once    sync.Once
+}
+
+func (c *waitedCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
+}
+
+func TestGuestStatsAskedOnceAtATime(t *testing.T) {
+	d := testDriver(t)
+	g := &slowStatsGuest{entered: make(chan struct{}, 10), release: make(chan struct{})}
+	// Another call into the guest runs, so no answer is reused: without
+	// sharing, each caller would ask the guest.
+	v := &vm{id: "sb-1", pid: os.Getpid(), conf: vmConfig{CPUs: 1}, busy: 1}
+	const callers = 4
+	var wg sync.WaitGroup
+	got := make([]int, callers)
+	errs := make([]error, callers)
+	call := func(i int, ctx context.Context) {
+		defer wg.Done()
+		st, err := d.guestStats(ctx, v, g, 0)
+		errs[i] = err
+		if err == nil {
+			got[i] = st.MemoryUsedMB
+		}
+	}
+	wg.Add(callers)
+	go call(0, context.Background())
+	<-g.entered // the first question is under way
+	var waits []chan struct{}
+	for i := 1; i < callers; i++ {
+		c := &waitedCtx{Context: context.Background(), waiting: make(chan struct{})}
+		waits = append(waits, c.waiting)
+		go call(i, c)
+	}
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-g.entered:
+			t.Error("a caller asked the guest while another's question was under way")
+		}
+	}
+	close(g.release)
+	wg.Wait()
+	if n := g.asked.Load(); n != 1 {
+		t.Errorf("the guest was asked %d times, want 1", n)
+	}
+	for i := range callers {
+		if errs[i] != nil || got[i] != 42 {
+			t.Errorf("caller %d: %d MiB, %v", i, got[i], errs[i])
+		}
+	}
+	// The question is over: the next one asks the guest again.
+	go func() { <-g.entered }()
+	if _, err := d.guestStats(context.Background(), v, g, 0); err != nil || g.asked.Load() != 2 {
+		t.Errorf("after the shared answer: asked %d, %v", g.asked.Load(), err)
 	}
 }

@@ -95,6 +95,8 @@ type vm struct {
 	// last stats answer (see guestStats).
 	calls int
 	stats statsCache
+	// asking is the stats question to the guest under way, if any.
+	asking *statsAsk
 	// ram is the memory file of a sandbox this driver booted with mapped
 	// memory (QEMU maps it shared); nil otherwise.
 	ram *os.File
