@@ -88,6 +88,13 @@ type rwc struct {
 // host's clock and 64 random bytes, and records its Info. It fails, closing
 // conn, if ctx ends first. Dial owns conn from then on; Close closes it.
 func Dial(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*Client, error) {
+	return DialSync(ctx, conn, log, time.Now(), "")
+}
+
+// DialSync is Dial whose first sync sets the guest's clock to now and, if
+// hostname is not empty, its hostname (see SyncHostname): after a restore,
+// one round trip instead of two.
+func DialSync(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger, now time.Time, hostname string) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -118,7 +125,7 @@ func Dial(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*Clie
 		sess.Close()
 		return fail("sync", err)
 	}
-	if err := c.Sync(ctx, time.Now(), entropy); err != nil {
+	if err := c.SyncHostname(ctx, now, entropy, hostname); err != nil {
 		sess.Close()
 		return fail("sync", err)
 	}

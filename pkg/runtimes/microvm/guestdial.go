@@ -11,6 +11,6 @@ import (
 var _ guestConn = (*guest.Client)(nil)
 
 // dialGuest meets the real guest agent.
-func dialGuest(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (guestConn, error) {
-	return guest.Dial(ctx, conn, log)
+func dialGuest(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger, sync guestSync) (guestConn, error) {
+	return guest.DialSync(ctx, conn, log, sync.now, sync.hostname)
 }

@@ -2,7 +2,6 @@ package microvm
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -430,18 +429,13 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS, memoryDige
 	if _, err := q.Execute(ctx, "cont", nil); err != nil {
 		return err
 	}
-	if err := d.connectGuest(ctx, v, d.cfg.BootTimeout); err != nil {
+	// The session's first sync sets the clock, reseeds the guest's RNG
+	// with fresh host entropy and renames the guest, which still carries
+	// the snapshotted sandbox's hostname: one round trip.
+	if err := d.connectGuestSync(ctx, v, d.cfg.BootTimeout, guestSync{now: d.clock.Now(), hostname: v.id}); err != nil {
 		return err
 	}
 	mark("guest")
-	entropy := make([]byte, 64)
-	_, _ = rand.Read(entropy)
-	// The guest still carries the snapshotted sandbox's hostname; the sync
-	// renames it in the same round trip.
-	if err := v.guest.SyncHostname(ctx, d.clock.Now(), entropy, v.id); err != nil {
-		return fmt.Errorf("sync restored guest: %w", err)
-	}
-	mark("sync")
 	if v.guest.Info().Hostname != v.id {
 		// An older agent ignores the sync's hostname.
 		res, err := v.guest.Exec(ctx, &tartarus.ExecRequest{Cmd: []string{"hostname", v.id}})
@@ -456,6 +450,7 @@ func (d *Driver) restore(ctx context.Context, v *vm, dir, snapRootFS, memoryDige
 
 // waitIncoming waits until QEMU has loaded the incoming migration.
 func waitIncoming(ctx context.Context, q *qmp.Client) error {
+	delay := time.Millisecond // a mapped restore loads in a few
 	for {
 		ret, err := q.Execute(ctx, "query-status", nil)
 		if err != nil {
@@ -477,7 +472,8 @@ func waitIncoming(ctx context.Context, q *qmp.Client) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(delay):
 		}
+		delay = min(2*delay, 5*time.Millisecond)
 	}
 }

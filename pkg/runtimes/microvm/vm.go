@@ -41,8 +41,16 @@ type guestConn interface {
 	Done() <-chan struct{}
 }
 
-// guestDialer meets the guest agent on conn (the virtio-serial socket).
-type guestDialer func(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (guestConn, error)
+// guestDialer meets the guest agent on conn (the virtio-serial socket),
+// syncing its clock (and hostname) as sync says.
+type guestDialer func(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger, sync guestSync) (guestConn, error)
+
+// guestSync is what the first sync of a guest session sets: the clock, and
+// the hostname unless empty (a restored guest carries its snapshot's).
+type guestSync struct {
+	now      time.Time
+	hostname string
+}
 
 // vmConfig is a sandbox's config.json: what Recover needs to adopt it.
 type vmConfig struct {
@@ -433,6 +441,7 @@ func (d *Driver) markRunning(v *vm, accel string) error {
 // connection means "not yet" as much as a missing file does.
 func dialWhenReady[T any](ctx context.Context, path string, exited <-chan struct{}, dial func(context.Context, string) (T, error)) (T, error) {
 	var zero T
+	delay := time.Millisecond
 	for {
 		if _, err := os.Stat(path); err == nil {
 			c, err := dial(ctx, path)
@@ -445,13 +454,19 @@ func dialWhenReady[T any](ctx context.Context, path string, exited <-chan struct
 			return zero, errors.New("qemu exited during start")
 		case <-ctx.Done():
 			return zero, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(delay):
 		}
+		delay = min(2*delay, 5*time.Millisecond)
 	}
 }
 
 // connectGuest opens the agent socket and runs the guest handshake.
 func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration) error {
+	return d.connectGuestSync(ctx, v, timeout, guestSync{now: time.Now()})
+}
+
+// connectGuestSync is connectGuest with the session's first sync as given.
+func (d *Driver) connectGuestSync(ctx context.Context, v *vm, timeout time.Duration, sync guestSync) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var nd net.Dialer
@@ -461,7 +476,7 @@ func (d *Driver) connectGuest(ctx context.Context, v *vm, timeout time.Duration)
 	if err != nil {
 		return fmt.Errorf("guest agent socket: %w", err)
 	}
-	g, err := d.dial(ctx, conn, v.log)
+	g, err := d.dial(ctx, conn, v.log, sync)
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("guest agent: %w", err)
