@@ -18,10 +18,7 @@ type hibernateParts struct {
 	before, snapshot, store, destroy time.Duration
 }
 
-var hibernatePartNames = []struct {
-	name string
-	get  func(hibernateParts) time.Duration
-}{
+var hibernatePartNames = []partName[hibernateParts]{
 	{"before the snapshot (lookups)", func(p hibernateParts) time.Duration { return p.before }},
 	{"driver snapshot (save, stream)", func(p hibernateParts) time.Duration { return p.snapshot }},
 	{"pack + store the rest, metadata", func(p hibernateParts) time.Duration { return p.store }},

@@ -270,28 +270,25 @@ func restoreMarks(b *testing.B, e *e2e, id string, n int) []map[string]time.Dura
 }
 
 // wakePartNames are the rows printUserPath shows for wakeParts (medians).
-var wakePartNames = []struct {
-	name string
-	get  func(p wakeParts) []time.Duration
-}{
-	{"server around the restore", func(p wakeParts) []time.Duration {
+var wakePartNames = []partName[wakeParts]{
+	{"server around the restore", func(p wakeParts) time.Duration {
 		var out []time.Duration
 		for i, m := range p.restores {
 			out = append(out, p.request[i]-m["woken"])
 		}
-		return out
+		return pct(out, 50)
 	}},
-	{"fetch, check, unpack the snapshot", func(p wakeParts) []time.Duration { return markDiff(p.restores, "", "fetch") }},
-	{"clear remains, prepare the VM", func(p wakeParts) []time.Duration {
+	{"fetch, check, unpack the snapshot", func(p wakeParts) time.Duration { return pct(markDiff(p.restores, "", "fetch"), 50) }},
+	{"clear remains, prepare the VM", func(p wakeParts) time.Duration {
 		var out []time.Duration
 		for _, m := range p.restores {
 			out = append(out, m["woken"]-m["fetch"]-restoreEnd(m))
 		}
-		return out
+		return pct(out, 50)
 	}},
-	{"QEMU start and memory load", func(p wakeParts) []time.Duration { return markDiff(p.restores, "disk", "memory") }},
-	{"guest handshake and first sync", func(p wakeParts) []time.Duration { return markDiff(p.restores, "memory", "guest") }},
-	{"first exec", func(p wakeParts) []time.Duration { return p.exec }},
+	{"QEMU start and memory load", func(p wakeParts) time.Duration { return pct(markDiff(p.restores, "disk", "memory"), 50) }},
+	{"guest handshake and first sync", func(p wakeParts) time.Duration { return pct(markDiff(p.restores, "memory", "guest"), 50) }},
+	{"first exec", func(p wakeParts) time.Duration { return pct(p.exec, 50) }},
 }
 
 // restoreEnd is where a driver restore's marks end: the guest answered
@@ -516,32 +513,9 @@ func printUserPath(b *testing.B, rows []userPathRow) {
 	line("hibernate (256 MiB, 20 MB random)", func(r userPathRow) []time.Duration { return r.hibernate })
 	line("wake → first exec", func(r userPathRow) []time.Duration { return r.wake })
 	line("floor: driver restore + true", func(r userPathRow) []time.Duration { return r.floor })
-	fmt.Fprintf(&w, "%-34s", "create → first exec, p50 parts:")
-	fmt.Fprintln(&w)
-	for _, part := range createPartNames {
-		fmt.Fprintf(&w, "%-34s", "  "+part.name)
-		for _, r := range rows {
-			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(r.parts))))
-		}
-		fmt.Fprintln(&w)
-	}
-	fmt.Fprintf(&w, "%-34s\n", "wake → first exec, p50 parts:")
-	for _, part := range wakePartNames {
-		fmt.Fprintf(&w, "%-34s", "  "+part.name)
-		for _, r := range rows {
-			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(pct(part.get(r.wakeParts), 50))))
-		}
-		fmt.Fprintln(&w)
-	}
-	fmt.Fprintf(&w, "%-34s", "hibernate, p50 parts (server log):")
-	fmt.Fprintln(&w)
-	for _, part := range hibernatePartNames {
-		fmt.Fprintf(&w, "%-34s", "  "+part.name)
-		for _, r := range rows {
-			fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(r.hibParts))))
-		}
-		fmt.Fprintln(&w)
-	}
+	partRows(&w, "create → first exec, p50 parts:", rows, createPartNames, func(r userPathRow) createParts { return r.parts })
+	partRows(&w, "wake → first exec, p50 parts:", rows, wakePartNames, func(r userPathRow) wakeParts { return r.wakeParts })
+	partRows(&w, "hibernate, p50 parts (server log):", rows, hibernatePartNames, func(r userPathRow) hibernateParts { return r.hibParts })
 	fmt.Fprintf(&w, "%-34s", "stored snapshot")
 	for _, r := range rows {
 		fmt.Fprintf(&w, " | %-22s", fmt.Sprintf("%.1f MiB", float64(r.stored)/(1<<20)))
@@ -568,10 +542,25 @@ type createParts struct {
 	qemu, memory, handshake time.Duration
 }
 
-var createPartNames = []struct {
+// partName is one row of a breakdown: its name and how to get its median.
+type partName[P any] struct {
 	name string
-	get  func(createParts) time.Duration
-}{
+	get  func(P) time.Duration
+}
+
+// partRows prints a breakdown under title, a row a part, a column a template.
+func partRows[P any](w io.Writer, title string, rows []userPathRow, names []partName[P], of func(userPathRow) P) {
+	fmt.Fprintf(w, "%-34s\n", title)
+	for _, part := range names {
+		fmt.Fprintf(w, "%-34s", "  "+part.name)
+		for _, r := range rows {
+			fmt.Fprintf(w, " | %-22s", fmt.Sprintf("%.1f ms", ms(part.get(of(r)))))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+var createPartNames = []partName[createParts]{
 	{"driver restore (QEMU, guest, sync)", func(p createParts) time.Duration { return p.driver }},
 	{"  QEMU start", func(p createParts) time.Duration { return p.qemu }},
 	{"  memory load", func(p createParts) time.Duration { return p.memory }},
