@@ -1,9 +1,6 @@
 package main
 
 import (
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -28,35 +25,18 @@ var hibernatePartNames = []partName[hibernateParts]{
 // hibernateBreakdown reads the server's log for the hibernates of id.
 func hibernateBreakdown(b *testing.B, e *e2e, id string) hibernateParts {
 	b.Helper()
-	logs, err := os.ReadFile(e.logs)
-	if err != nil {
-		b.Fatal(err)
-	}
 	var before, snapshot, store, destroy []time.Duration
 	var snapAt, storedAt time.Time
 	var snapTook time.Duration
-	for _, line := range strings.Split(string(logs), "\n") {
-		m := logMsg.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		f := map[string]string{}
-		for _, kv := range logField.FindAllStringSubmatch(line, -1) {
-			f[kv[1]] = strings.Trim(kv[2], `"`)
-		}
+	for _, l := range serverLog(b, e) {
+		f := l.f
 		if f["sandbox"] != id {
 			continue
 		}
 		at, _ := time.Parse(time.RFC3339Nano, f["time"])
-		switch strings.Trim(m[1], `"`) {
+		switch l.msg {
 		case "snapshotted":
-			snapAt, snapTook = at, 0
-			for k, v := range f { // the phases are cumulative: take the last
-				if restorePart.MatchString(k) {
-					n, _ := strconv.Atoi(v)
-					snapTook = max(snapTook, time.Duration(n)*time.Millisecond)
-				}
-			}
+			snapAt, snapTook = at, lastMark(marks(f))
 		case "snapshot stored":
 			storedAt = at
 		case "sandbox hibernated":

@@ -215,44 +215,22 @@ type wakeParts struct {
 // logged for sandbox id (its wakes), oldest first.
 func restoreMarks(b *testing.B, e *e2e, id string, n int) []map[string]time.Duration {
 	b.Helper()
-	logs, err := os.ReadFile(e.logs)
-	if err != nil {
-		b.Fatal(err)
-	}
 	var all []map[string]time.Duration
 	var woken, fetches []time.Duration
-	for _, line := range strings.Split(string(logs), "\n") {
-		m := logMsg.FindStringSubmatch(line)
-		if m == nil || !strings.Contains(line, " sandbox="+id+" ") {
+	for _, l := range serverLog(b, e) {
+		if l.f["sandbox"] != id {
 			continue
 		}
-		if strings.Trim(m[1], `"`) == "snapshot restored" {
-			for _, kv := range logField.FindAllStringSubmatch(line, -1) {
-				if kv[1] == "fetch_ms" {
-					v, _ := strconv.Atoi(kv[2])
-					fetches = append(fetches, time.Duration(v)*time.Millisecond)
-				}
-			}
+		switch l.msg {
+		case "snapshot restored":
+			v, _ := strconv.Atoi(l.f["fetch_ms"])
+			fetches = append(fetches, time.Duration(v)*time.Millisecond)
+		case "sandbox woken":
+			d, _ := time.ParseDuration(l.f["restore"])
+			woken = append(woken, d)
+		case "restored":
+			all = append(all, marks(l.f))
 		}
-		if strings.Trim(m[1], `"`) == "sandbox woken" {
-			for _, kv := range logField.FindAllStringSubmatch(line, -1) {
-				if kv[1] == "restore" {
-					d, _ := time.ParseDuration(kv[2])
-					woken = append(woken, d)
-				}
-			}
-		}
-		if strings.Trim(m[1], `"`) != "restored" {
-			continue
-		}
-		marks := map[string]time.Duration{}
-		for _, kv := range logField.FindAllStringSubmatch(line, -1) {
-			if restorePart.MatchString(kv[1]) {
-				v, _ := strconv.Atoi(kv[2])
-				marks[strings.TrimSuffix(kv[1], "_ms")] = time.Duration(v) * time.Millisecond
-			}
-		}
-		all = append(all, marks)
 	}
 	if len(all) < n || len(woken) < n {
 		b.Fatalf("server log has %d restores and %d wakes of %s, want %d or more", len(all), len(woken), id, n)
@@ -577,23 +555,21 @@ var (
 	restorePart = regexp.MustCompile(`^\w+_ms$`)
 )
 
-// createBreakdown reads the server's log for the creates of ids (which
-// took totals) and returns the medians of their parts.
-func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration) createParts {
+// logLine is one line of the server's log: its message and its fields
+// (values unquoted).
+type logLine struct {
+	msg string
+	f   map[string]string
+}
+
+// serverLog reads the lines of the server's log that carry a message.
+func serverLog(b *testing.B, e *e2e) []logLine {
 	b.Helper()
 	logs, err := os.ReadFile(e.logs)
 	if err != nil {
 		b.Fatal(err)
 	}
-	type seen struct {
-		driver, took, exec time.Duration
-		marks              map[string]time.Duration
-	}
-	by := map[string]*seen{}
-	for _, id := range ids {
-		by[id] = &seen{}
-	}
-	var createReqs []time.Duration // POST /v1/sandboxes, in order
+	var out []logLine
 	for _, line := range strings.Split(string(logs), "\n") {
 		m := logMsg.FindStringSubmatch(line)
 		if m == nil {
@@ -603,20 +579,56 @@ func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration)
 		for _, kv := range logField.FindAllStringSubmatch(line, -1) {
 			f[kv[1]] = strings.Trim(kv[2], `"`)
 		}
+		out = append(out, logLine{msg: strings.Trim(m[1], `"`), f: f})
+	}
+	return out
+}
+
+// marks are a phase log line's NAME_ms fields (cumulative milliseconds),
+// by NAME.
+func marks(f map[string]string) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for k, v := range f {
+		if restorePart.MatchString(k) {
+			n, _ := strconv.Atoi(v)
+			out[strings.TrimSuffix(k, "_ms")] = time.Duration(n) * time.Millisecond
+		}
+	}
+	return out
+}
+
+// lastMark is where a phase line's cumulative marks end.
+func lastMark(m map[string]time.Duration) time.Duration {
+	var last time.Duration
+	for _, d := range m {
+		last = max(last, d)
+	}
+	return last
+}
+
+// createBreakdown reads the server's log for the creates of ids (which
+// took totals) and returns the medians of their parts.
+func createBreakdown(b *testing.B, e *e2e, ids []string, totals []time.Duration) createParts {
+	b.Helper()
+	type seen struct {
+		driver, took, exec time.Duration
+		marks              map[string]time.Duration
+	}
+	by := map[string]*seen{}
+	for _, id := range ids {
+		by[id] = &seen{}
+	}
+	var createReqs []time.Duration // POST /v1/sandboxes, in order
+	for _, l := range serverLog(b, e) {
+		f := l.f
 		s := by[f["sandbox"]]
-		switch strings.Trim(m[1], `"`) {
+		switch l.msg {
 		case "restored":
 			if s == nil {
 				continue
 			}
-			s.marks = map[string]time.Duration{}
-			for k, v := range f { // the phases are cumulative: take the last
-				if restorePart.MatchString(k) {
-					n, _ := strconv.Atoi(v)
-					s.driver = max(s.driver, time.Duration(n)*time.Millisecond)
-					s.marks[strings.TrimSuffix(k, "_ms")] = time.Duration(n) * time.Millisecond
-				}
-			}
+			s.marks = marks(f)
+			s.driver = lastMark(s.marks)
 		case "sandbox running":
 			if s != nil {
 				s.took, _ = time.ParseDuration(f["took"])
